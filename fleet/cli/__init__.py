@@ -1,0 +1,78 @@
+"""The command line: argument parsing and exit codes only.
+
+Each subcommand lives in its own module with a ``register(subparsers)`` function that adds
+its parser and sets ``handler`` (``args -> exit code``). Everything else is done by the
+core modules, which never parse arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from fleet import __version__
+from fleet.errors import EXIT_BAD_OPTIONS, FleetError, UsageError
+
+# The order in which subcommands appear in ``fleet --help``.
+_COMMAND_MODULES = ("lab", "inventory", "hosts")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that exits 5 (bad options) with the usage, as every fleet command does."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise UsageError(f"{self.prog}: {message}", fix=f"see '{self.prog} --help'")
+
+
+def build_parser() -> ArgumentParser:
+    """The full parser, with every subcommand registered."""
+    import importlib
+
+    parser = ArgumentParser(
+        prog="fleet",
+        description="Roll a layered GPU framework image out to a lab's machines over SSH.",
+        epilog="Exit codes: 0 all hosts ok, 1 error, 2 some host failed, "
+        "3 some host unreachable, 4 bad inventory/playbook/config file, 5 bad options.",
+    )
+    parser.add_argument("--version", action="version", version=f"fleet {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    for name in _COMMAND_MODULES:
+        module = importlib.import_module(f"fleet.cli.{name}")
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fleet`` console script; returns the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # A remote command follows '--' and is never parsed as options.
+    remote: list[str] | None = None
+    if "--" in args_list:
+        cut = args_list.index("--")
+        args_list, remote = args_list[:cut], args_list[cut + 1 :]
+    try:
+        parser = build_parser()
+        args = parser.parse_args(args_list)
+        if remote is not None:
+            if not getattr(args, "takes_remote_command", False):
+                parser.error(f"unexpected arguments after '--': {' '.join(remote)}")
+            args.remote_command = remote
+        if getattr(args, "handler", None) is None:
+            parser.print_help(sys.stderr)
+            return EXIT_BAD_OPTIONS
+        code: int = args.handler(args)
+        return code
+    except FleetError as exc:
+        print(f"fleet: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("fleet: interrupted", file=sys.stderr)
+        return 130
+
+
+def run() -> NoReturn:
+    """Console-script wrapper."""
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Options and plumbing shared by the subcommands that act on hosts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fleet import inventory as inventory_mod
+from fleet import report
+from fleet.errors import UsageError
+from fleet.inventory import Host, Inventory
+from fleet.results import FleetResult
+from fleet.runner import DEFAULT_FORKS, Interrupted, Runner, SSHConnector, Task
+from fleet.transport import KnownHosts
+
+DEFAULT_TIMEOUT = 30.0
+
+
+def add_inventory_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-i",
+        "--inventory",
+        action="append",
+        metavar="PATH",
+        help="inventory file or directory (repeatable; default $FLEET_INVENTORY or ./inventory/)",
+    )
+
+
+def add_host_options(parser: argparse.ArgumentParser, *, pattern: bool = True) -> None:
+    """PATTERN, --limit, inventory, connection and output options."""
+    if pattern:
+        parser.add_argument("pattern", nargs="?", default="all", metavar="PATTERN", help="host pattern (default: all)")
+    add_inventory_option(parser)
+    parser.add_argument("-l", "--limit", metavar="PATTERN", help="further limit the hosts (e.g. @retry-file)")
+    parser.add_argument("-f", "--forks", type=_positive_int, default=DEFAULT_FORKS, help=f"hosts at once (default {DEFAULT_FORKS})")
+    parser.add_argument(
+        "-T",
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"per host: connect timeout and per-command timeout (default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--accept-new-host-keys",
+        action="store_true",
+        help="record unknown host keys (like OpenSSH's accept-new); changed keys are always refused",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout, nothing else")
+    parser.add_argument("--retry-file", metavar="PATH", help="where to write failed+unreachable hosts (default ~/.cache/fleet/last.retry)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be more than 0")
+    return value
+
+
+def load_inventory(args: argparse.Namespace) -> Inventory:
+    paths = args.inventory or []
+    return inventory_mod.load(paths)
+
+
+def select_hosts(args: argparse.Namespace, inv: Inventory | None = None) -> tuple[Inventory, list[Host]]:
+    """The inventory and the hosts that PATTERN and --limit select."""
+    inv = inv or load_inventory(args)
+    for warning in inv.warnings:
+        print(f"fleet: warning: {warning}", file=sys.stderr)
+    hosts = inv.select(getattr(args, "pattern", "all") or "all", getattr(args, "limit", None))
+    return inv, hosts
+
+
+def make_runner(args: argparse.Namespace, events: Any) -> Runner:
+    connector = SSHConnector(
+        known_hosts=KnownHosts(accept_new=args.accept_new_host_keys),
+        connect_timeout=args.timeout,
+        command_timeout=args.timeout,
+    )
+    return Runner(connector, forks=args.forks, events=events)
+
+
+def default_retry_file() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return root / "fleet" / "last.retry"
+
+
+def write_retry_file(args: argparse.Namespace, result: FleetResult) -> Path | None:
+    """Write failed+unreachable hosts for ``--limit @FILE``; None when all went well."""
+    hosts = result.retry_hosts()
+    path = Path(args.retry_file) if args.retry_file else default_retry_file()
+    if not hosts:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(h + "\n" for h in hosts))
+    return path
+
+
+def run_on_hosts(
+    args: argparse.Namespace,
+    command: str,
+    task: Task,
+    *,
+    render: Callable[[FleetResult], Any] | None = None,
+    json_extra: Callable[[FleetResult], dict[str, Any]] | None = None,
+    detail_columns: tuple[str, ...] = (),
+) -> int:
+    """Select hosts, run ``task`` on them with live progress, show the recap; the exit code."""
+    _, hosts = select_hosts(args)
+    out = report.console()
+    reporter = report.LiveReporter([h.name for h in hosts], out, live=False if args.json else None)
+    runner = make_runner(args, reporter)
+    interrupted = False
+    try:
+        with reporter:
+            try:
+                result = runner.run(command, hosts, task)
+            except Interrupted as exc:
+                result, interrupted = exc.partial, True
+    finally:
+        runner.close()
+    retry = write_retry_file(args, result)
+    if args.json:
+        document = result.to_json()
+        if json_extra is not None:
+            document.update(json_extra(result))
+        json.dump(document, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        if render is not None:
+            report.console(sys.stdout).print(render(result))
+        out.print(report.recap(result, detail_columns))
+        if retry is not None:
+            out.print(f"retry with: --limit @{retry}")
+    if interrupted:
+        return 130
+    return result.exit_code
+
+
+def require(condition: bool, message: str, fix: str | None = None) -> None:
+    if not condition:
+        raise UsageError(message, fix=fix)

@@ -1,0 +1,81 @@
+"""``fleet lab up | down | status``: the local lab of real hosts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from fleet import lab, report
+
+DEFAULT_INVENTORY = Path("inventory") / "lab.yml"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("lab", help="start, stop or show the local lab of real SSH + Docker hosts")
+    actions = parser.add_subparsers(dest="lab_action", metavar="ACTION", required=True)
+    up = actions.add_parser("up", help="start N lab hosts (sshd + own Docker engine + cron each)")
+    up.add_argument("--hosts", type=int, default=3, metavar="N", help="number of hosts (default 3)")
+    up.add_argument(
+        "--engine",
+        choices=("classic", "containerd", "mixed"),
+        default="mixed",
+        help="image store of the hosts' engines; mixed alternates (default)",
+    )
+    _common(up)
+    up.set_defaults(handler=_up)
+    down = actions.add_parser("down", help="remove the lab's hosts and their volumes")
+    _common(down)
+    down.set_defaults(handler=_down)
+    status = actions.add_parser("status", help="host, address, engine version, image store, state")
+    _common(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=_status)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", default=lab.DEFAULT_LAB, help=f"lab name, a prefix of its containers (default {lab.DEFAULT_LAB})")
+    parser.add_argument(
+        "--write-inventory",
+        type=Path,
+        default=DEFAULT_INVENTORY,
+        metavar="PATH",
+        help=f"the lab's inventory file (default {DEFAULT_INVENTORY})",
+    )
+
+
+def _up(args: argparse.Namespace) -> int:
+    out = report.console()
+    lab_ = lab.up(
+        args.hosts,
+        args.engine,
+        name=args.name,
+        inventory=args.write_inventory,
+        log=lambda line: out.print(f"[dim]lab:[/dim] {line}"),
+    )
+    out.print(report.lab_table(lab_.hosts))
+    out.print(f"inventory: {args.write_inventory}   known_hosts: {lab_.known_hosts}")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    removed = lab.down(name=args.name, inventory=args.write_inventory)
+    report.console().print(f"removed {len(removed)} lab hosts: {', '.join(removed) or '-'}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    hosts = lab.status(name=args.name)
+    if args.json:
+        json.dump([asdict(h) for h in hosts], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        out = report.console(sys.stdout)
+        if hosts:
+            out.print(report.lab_table(hosts))
+        else:
+            out.print(f"no lab {args.name!r} is running; start one with 'fleet lab up'")
+    return 0

@@ -1,0 +1,157 @@
+"""The exception tree of fleet.
+
+    FleetError                       root; carries an exit code and a fix
+    ├── InputError (ValueError)      a file could not be parsed or validated   -> exit 4
+    │   ├── InventoryError           inventory files, group_vars/host_vars
+    │   ├── PlaybookError            playbooks
+    │   └── ProjectError             a framework project (git, Dockerfiles, settings)
+    ├── UsageError (ValueError)      bad or incomplete options, patterns     -> exit 5
+    │   └── PatternError             a host pattern that matches nothing or is malformed
+    ├── LabError (RuntimeError)      the local lab could not be brought up    -> exit 1
+    ├── EngineError (RuntimeError)   a Docker engine refused or is missing   -> exit 1
+    └── HostError (RuntimeError)     one host failed; caught per host, becomes a result
+        ├── UnreachableError         SSH could not connect or authenticate
+        │   └── HostKeyError         unknown or changed host key
+        └── CommandError             a command exited non-zero (command, code, stderr tail)
+
+Third-party errors are translated where they are caught (``raise X(...) from exc``), so
+callers only ever handle this tree. Every message names what went wrong and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# Exit codes follow Ansible's.
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_FAILED = 2
+EXIT_UNREACHABLE = 3
+EXIT_BAD_FILE = 4
+EXIT_BAD_OPTIONS = 5
+
+
+class FleetError(Exception):
+    """Root of fleet's errors. ``fix`` says what the user can do about it."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message: str, *, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+    def __str__(self) -> str:
+        if self.fix:
+            return f"{self.message}\n  fix: {self.fix}"
+        return self.message
+
+
+class InputError(FleetError, ValueError):
+    """A file (inventory, playbook, settings) could not be parsed or validated."""
+
+    exit_code = EXIT_BAD_FILE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+        fix: str | None = None,
+    ) -> None:
+        where = ""
+        if path is not None:
+            where = str(path)
+            if line is not None:
+                where += f":{line}"
+                if column is not None:
+                    where += f":{column}"
+            where += ": "
+        super().__init__(where + message, fix=fix)
+        self.path = path
+        self.line = line
+        self.column = column
+
+
+class InventoryError(InputError):
+    """An inventory file or its group_vars/host_vars is invalid."""
+
+
+class PlaybookError(InputError):
+    """A playbook is invalid."""
+
+
+class ProjectError(InputError):
+    """A framework project (git repository, Dockerfiles, settings) is unusable."""
+
+
+class UsageError(FleetError, ValueError):
+    """Bad or incomplete options."""
+
+    exit_code = EXIT_BAD_OPTIONS
+
+
+class PatternError(UsageError):
+    """A host pattern is malformed or matches no host."""
+
+
+class LabError(FleetError, RuntimeError):
+    """The local lab could not be brought up or inspected."""
+
+
+class EngineError(FleetError, RuntimeError):
+    """A Docker engine is missing, stopped or refused a request."""
+
+
+class HostError(FleetError, RuntimeError):
+    """Something failed on one host. Caught per host and turned into a result."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, host: str, message: str, *, fix: str | None = None) -> None:
+        super().__init__(f"{host}: {message}", fix=fix)
+        self.host = host
+        self.reason = message
+
+
+class UnreachableError(HostError):
+    """SSH could not reach or authenticate to the host."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
+class HostKeyError(UnreachableError):
+    """The host's key is unknown or differs from the recorded one."""
+
+
+class CommandError(HostError):
+    """A command on a host exited non-zero. Carries the command, code and output tail."""
+
+    def __init__(
+        self,
+        host: str,
+        argv: Sequence[str] | str,
+        exit_code: int,
+        stdout: str = "",
+        stderr: str = "",
+        *,
+        fix: str | None = None,
+    ) -> None:
+        command = argv if isinstance(argv, str) else " ".join(argv)
+        tail = tail_lines(stderr or stdout)
+        message = f"command exited {exit_code}: {command}"
+        if tail:
+            message += "\n" + tail
+        super().__init__(host, message, fix=fix)
+        self.command = command
+        self.returncode = exit_code
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+def tail_lines(text: str, count: int = 10) -> str:
+    """The last ``count`` non-empty lines of ``text``, indented as evidence."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join("    " + line for line in lines[-count:])

@@ -1,0 +1,182 @@
+"""Remote facts: what a host is and has, gathered in one round trip and parsed here.
+
+A fact is a command plus a parser of its output (as in pyinfra). All of a host's facts
+come from one constant shell script (no input is interpolated into it) that prints
+sections marked ``@@name``; :func:`parse` turns that text into :class:`HostFacts`, so the
+parsing is testable without a host.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fleet.transport import Transport
+
+FRAMEWORK_LABEL = "io.fleet.framework"
+
+# One round trip. Every section is printed even when its command fails, so the parser
+# can tell "no GPU" from "could not ask".
+SCRIPT = r"""
+exec 2>&1
+LC_ALL=C; export LC_ALL
+echo "@@hostname"; hostname
+echo "@@kernel"; uname -sr
+echo "@@docker_info"; docker info --format '{{json .}}'; echo "@@docker_info_rc $?"
+echo "@@docker_api"; docker version --format '{{.Server.APIVersion}}'
+echo "@@nvidia_smi"
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+else
+  echo "absent"
+fi
+root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null); [ -n "$root" ] || root=/var/lib/docker
+echo "@@df_docker"; df -PB1 "$root" | tail -n 1
+echo "@@df_data"; if [ -e /data ]; then df -PB1 /data | tail -n 1; else echo "absent"; fi
+echo "@@framework"; docker ps --filter label=io.fleet.framework --format '{{json .}}'
+echo "@@end"
+"""
+
+
+@dataclass(frozen=True)
+class Disk:
+    """Free and total bytes of the filesystem holding a path."""
+
+    path: str
+    total: int
+    free: int
+
+
+@dataclass(frozen=True)
+class GPU:
+    model: str
+    driver: str
+    memory: str
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What one host is and has."""
+
+    hostname: str = ""
+    kernel: str = ""
+    engine_ok: bool = False
+    engine_error: str = ""
+    engine_version: str = ""
+    api_version: str = ""
+    image_store: str = ""
+    storage_driver: str = ""
+    docker_root: str = ""
+    runtimes: tuple[str, ...] = ()
+    gpus: tuple[GPU, ...] = ()
+    nvidia_smi: bool = False
+    disk_docker: Disk | None = None
+    disk_data: Disk | None = None
+    framework_containers: tuple[Mapping[str, str], ...] = field(default_factory=tuple)
+
+    @property
+    def has_nvidia_runtime(self) -> bool:
+        return "nvidia" in self.runtimes
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["framework_containers"] = [dict(c) for c in self.framework_containers]
+        return data
+
+
+def gather(transport: Transport, timeout: float | None = None) -> HostFacts:
+    """Gather a host's facts in one round trip."""
+    result = transport.run(["sh", "-c", SCRIPT], timeout=timeout, check=False)
+    return parse(result.stdout)
+
+
+def sections(text: str) -> dict[str, list[str]]:
+    """Split the script's output into its ``@@name`` sections."""
+    found: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("@@"):
+            name, _, rest = line[2:].partition(" ")
+            current = found.setdefault(name, [])
+            if rest:
+                current.append(rest)
+            continue
+        if current is not None:
+            current.append(line)
+    return found
+
+
+def _store(info: Mapping[str, Any]) -> str:
+    for pair in info.get("DriverStatus") or []:
+        if len(pair) == 2 and pair[0] == "driver-type" and "containerd" in str(pair[1]):
+            return "containerd"
+    return "classic"
+
+
+def _disk(line: list[str]) -> Disk | None:
+    if not line or line[0].strip() == "absent":
+        return None
+    words = line[-1].split()
+    if len(words) < 6 or not words[1].isdigit():
+        return None
+    return Disk(path=words[5], total=int(words[1]), free=int(words[3]))
+
+
+def parse(text: str) -> HostFacts:
+    """Facts from the output of :data:`SCRIPT`."""
+    parts = sections(text)
+    info: dict[str, Any] = {}
+    engine_error = ""
+    raw_info = parts.get("docker_info", [])
+    rc_line = parts.get("docker_info_rc", ["1"])
+    for line in raw_info:
+        if line.startswith("{"):
+            try:
+                info = json.loads(line)
+            except json.JSONDecodeError:
+                engine_error = line
+    # docker info prints client errors inside the JSON (ServerErrors) or as plain text.
+    server_errors = info.get("ServerErrors") or []
+    if server_errors:
+        engine_error = "; ".join(str(e) for e in server_errors)
+    elif rc_line[:1] != ["0"] or not info:
+        engine_error = "\n".join(line for line in raw_info if not line.startswith("{")) or "docker info failed"
+    engine_ok = bool(info.get("ServerVersion")) and not server_errors
+    gpus: list[GPU] = []
+    smi = parts.get("nvidia_smi", [])
+    nvidia_smi = bool(smi) and smi[0].strip() != "absent"
+    if nvidia_smi:
+        for line in smi:
+            cells = [c.strip() for c in line.split(",")]
+            if len(cells) == 3:
+                gpus.append(GPU(*cells))
+    containers: list[dict[str, str]] = []
+    for line in parts.get("framework", []):
+        if line.startswith("{"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            containers.append({k: str(v) for k, v in row.items() if k in _CONTAINER_KEYS})
+    return HostFacts(
+        hostname=(parts.get("hostname") or [""])[0].strip(),
+        kernel=(parts.get("kernel") or [""])[0].strip(),
+        engine_ok=engine_ok,
+        engine_error=engine_error if not engine_ok else "",
+        engine_version=str(info.get("ServerVersion", "")),
+        api_version=(parts.get("docker_api") or [""])[0].strip() if engine_ok else "",
+        image_store=_store(info) if engine_ok else "",
+        storage_driver=str(info.get("Driver", "")),
+        docker_root=str(info.get("DockerRootDir", "")),
+        runtimes=tuple(sorted((info.get("Runtimes") or {}).keys())),
+        gpus=tuple(gpus),
+        nvidia_smi=nvidia_smi,
+        disk_docker=_disk(parts.get("df_docker", [])),
+        disk_data=_disk(parts.get("df_data", [])),
+        framework_containers=tuple(containers),
+    )
+
+
+_CONTAINER_KEYS = ("ID", "Names", "Image", "Status", "State", "RunningFor", "Labels")

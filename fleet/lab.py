@@ -1,0 +1,621 @@
+"""The local lab: real hosts (sshd + their own Docker engine + cron) as containers.
+
+Every lab host is a container on the controller's engine that runs ``sshd``, ``dockerd``
+(with its own image store on its own volume) and ``cron``, with its own ``/data`` and
+crontab, like a real GPU server without the GPU. ``classic`` hosts run Docker 20.10
+(Debian bookworm) with the classic image store; ``containerd`` hosts run Docker 26
+(Debian trixie) with the containerd image store.
+
+Nothing is pulled from a registry (there is none here): node images are bootstrapped from
+Debian packages with ``mmdebstrap`` and ``docker import``, and tagged by a hash of their
+recipe so they are built once and reused. Each host gets its own host keys on its first
+start; the lab records them, read out of band through the controller's engine, in the
+lab's own known_hosts, so host keys are verified like anywhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import yaml
+
+from fleet.errors import EngineError, HostError, LabError, UsageError
+from fleet.transport import Endpoint, KnownHosts, SSHTransport
+
+ENGINES = ("classic", "containerd")
+LABEL = "io.fleet.lab"
+LAYER1_IMAGE = "fleet-lab-layer1:bookworm"
+DEFAULT_LAB = "fleet-lab"
+
+_NODE_PACKAGES = (
+    "openssh-server",
+    "docker.io",
+    "cron",
+    "python3",
+    "iproute2",
+    "procps",
+    "ca-certificates",
+    "curl",
+)
+
+# Per host, on its first start: fresh host keys (never shared between hosts). On every
+# start: stale pid files of the previous run removed (a restarted host is a rebooted
+# server), cron and dockerd in the background, sshd in the foreground.
+_ENTRYPOINT = """\
+#!/bin/sh
+set -e
+if [ ! -s /etc/ssh/ssh_host_ed25519_key ]; then
+    ssh-keygen -A >/dev/null
+fi
+mkdir -p /run/sshd /data /var/log
+rm -f /var/run/docker.pid /var/run/docker/containerd/containerd.pid /var/run/crond.pid
+cron
+nohup dockerd >>/var/log/dockerd.log 2>&1 &
+exec /usr/sbin/sshd -D -e
+"""
+
+_SSHD_CONFIG = """\
+# fleet lab host: keys only, root allowed with a key (like a lab's GPU servers).
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+MaxSessions 64
+MaxStartups 64:30:128
+"""
+
+_DOCKERFILE = """\
+FROM {rootfs}
+COPY entrypoint /usr/local/sbin/fleet-lab-entrypoint
+COPY sshd.conf /etc/ssh/sshd_config.d/fleet-lab.conf
+COPY daemon.json /etc/docker/daemon.json
+RUN chmod 0755 /usr/local/sbin/fleet-lab-entrypoint \\
+ && rm -f /etc/ssh/ssh_host_* \\
+ && mkdir -p /root/.ssh /data && chmod 0700 /root/.ssh
+EXPOSE 22
+ENTRYPOINT ["/usr/local/sbin/fleet-lab-entrypoint"]
+"""
+
+
+@dataclass(frozen=True)
+class NodeRecipe:
+    """What a lab node image is made of; its hash is the image's tag."""
+
+    engine: str
+    suite: str
+    packages: tuple[str, ...]
+    daemon_json: str
+
+    @property
+    def digest(self) -> str:
+        text = json.dumps(
+            [self.suite, self.packages, self.daemon_json, _ENTRYPOINT, _SSHD_CONFIG, _DOCKERFILE]
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @property
+    def image(self) -> str:
+        return f"fleet-lab-node:{self.engine}-{self.digest}"
+
+
+def recipe(engine: str) -> NodeRecipe:
+    """The node recipe for an engine kind."""
+    if engine == "classic":
+        return NodeRecipe("classic", "bookworm", _NODE_PACKAGES, json.dumps({"log-driver": "json-file"}))
+    if engine == "containerd":
+        return NodeRecipe(
+            "containerd",
+            "trixie",
+            (*_NODE_PACKAGES, "docker-cli"),
+            json.dumps({"features": {"containerd-snapshotter": True}, "log-driver": "json-file"}),
+        )
+    raise UsageError(f"unknown engine {engine!r}", fix="use classic, containerd or mixed")
+
+
+@dataclass(frozen=True)
+class LabHost:
+    """One lab host as the controller's engine sees it."""
+
+    name: str
+    container: str
+    engine: str
+    address: str
+    port: int
+    state: str
+    engine_version: str = ""
+    image_store: str = ""
+
+
+@dataclass(frozen=True)
+class Lab:
+    """A running lab: its hosts and the files that reach them."""
+
+    name: str
+    hosts: tuple[LabHost, ...]
+    key_file: Path
+    known_hosts: Path
+    inventory: Path | None
+
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def engine_client() -> docker.DockerClient:
+    """The controller's Docker engine, or an error naming how to start it."""
+    try:
+        client = docker.from_env(timeout=300)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise EngineError(
+            f"the controller's Docker engine is not answering: {exc}",
+            fix="install and start it: 'scripts/setup.sh' (apt-get install docker.io; dockerd &)",
+        ) from exc
+    return client
+
+
+def _image_exists(client: docker.DockerClient, ref: str) -> bool:
+    try:
+        client.images.get(ref)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def _mmdebstrap(suite: str, packages: tuple[str, ...], out: Path, log: Log) -> None:
+    if shutil.which("mmdebstrap") is None:
+        raise LabError(
+            "mmdebstrap is not installed: lab images are bootstrapped from Debian packages",
+            fix="apt-get install mmdebstrap (scripts/setup.sh does it)",
+        )
+    log(f"bootstrapping a Debian {suite} root filesystem ({', '.join(packages)})")
+    argv = [
+        "mmdebstrap",
+        "--quiet",
+        "--variant=minbase",
+        f"--include={','.join(packages)}",
+        # Docs and man pages are dead weight in a lab host.
+        "--dpkgopt=path-exclude=/usr/share/doc/*",
+        "--dpkgopt=path-exclude=/usr/share/man/*",
+        suite,
+        str(out),
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise LabError(f"mmdebstrap {suite} failed (exit {proc.returncode}):\n{tail}")
+
+
+def _import_rootfs(client: docker.DockerClient, tarball: Path, ref: str) -> None:
+    repository, _, tag = ref.partition(":")
+    with tarball.open("rb") as handle:
+        client.api.import_image_from_data(handle, repository=repository, tag=tag)
+    if not _image_exists(client, ref):
+        raise LabError(f"docker import of {tarball} did not produce {ref}")
+
+
+def ensure_layer1_image(client: docker.DockerClient, log: Log = _quiet) -> str:
+    """The demo framework's layer 1 (Debian + python3), standing in for an upstream ML image."""
+    if not _image_exists(client, LAYER1_IMAGE):
+        with tempfile.TemporaryDirectory(prefix="fleet-layer1-") as tmp:
+            out = Path(tmp) / "rootfs.tar"
+            _mmdebstrap("bookworm", ("python3", "ca-certificates"), out, log)
+            _import_rootfs(client, out, LAYER1_IMAGE)
+    return LAYER1_IMAGE
+
+
+def ensure_node_image(client: docker.DockerClient, engine: str, log: Log = _quiet) -> str:
+    """The node image for ``engine``, built once per recipe."""
+    node = recipe(engine)
+    if _image_exists(client, node.image):
+        return node.image
+    rootfs = f"fleet-lab-rootfs:{node.engine}-{node.digest}"
+    with tempfile.TemporaryDirectory(prefix="fleet-node-") as tmp:
+        if not _image_exists(client, rootfs):
+            out = Path(tmp) / "rootfs.tar"
+            _mmdebstrap(node.suite, node.packages, out, log)
+            _import_rootfs(client, out, rootfs)
+            out.unlink()
+        context = Path(tmp) / "context"
+        context.mkdir()
+        (context / "Dockerfile").write_text(_DOCKERFILE.format(rootfs=rootfs))
+        (context / "entrypoint").write_text(_ENTRYPOINT)
+        (context / "sshd.conf").write_text(_SSHD_CONFIG)
+        (context / "daemon.json").write_text(node.daemon_json + "\n")
+        log(f"building node image {node.image}")
+        try:
+            client.images.build(path=str(context), tag=node.image, rm=True, labels={LABEL: "node"})
+        except docker.errors.BuildError as exc:
+            lines = "".join(str(c.get("stream", c.get("error", ""))) for c in exc.build_log)
+            raise LabError(f"building {node.image} failed: {exc}\n{lines[-2000:]}") from exc
+    return node.image
+
+
+# -- isolation ----------------------------------------------------------------------
+_CAPABILITIES = (
+    "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP "
+    "LINUX_IMMUTABLE NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER "
+    "SYS_MODULE SYS_RAWIO SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE "
+    "SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP "
+    "MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF "
+    "CHECKPOINT_RESTORE"
+).split()
+
+
+_ENGINE_KNOWN_CAPS = _CAPABILITIES.index("AUDIT_READ") + 1
+
+
+def bounding_capabilities(status: str | None = None) -> list[str]:
+    """The capability names in this process's bounding set (``CapBnd``)."""
+    if status is None:
+        status = Path("/proc/self/status").read_text()
+    for line in status.splitlines():
+        if line.startswith("CapBnd:"):
+            mask = int(line.split()[1], 16)
+            return [name for bit, name in enumerate(_CAPABILITIES) if mask >> bit & 1]
+    return []
+
+
+def isolation_options(status: str | None = None) -> dict[str, Any]:
+    """docker-py run options that let a lab host run its own engine.
+
+    ``--privileged`` where the machine allows it; where the bounding set lacks a
+    capability (this workplace lacks CAP_SYS_RESOURCE), privileged fails, so every
+    capability that *is* there is added and the confinement switched off one by one.
+    """
+    caps = bounding_capabilities(status)
+    if len(caps) == len(_CAPABILITIES):
+        return {"privileged": True}
+    return {
+        # Engines before 23 refuse capability names newer than AUDIT_READ.
+        "cap_add": [c for c in caps if c in _CAPABILITIES[:_ENGINE_KNOWN_CAPS]],
+        "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
+        "unmask_system_paths": True,
+        "device_cgroup_rules": ["a *:* rwm"],
+        "volumes_extra": {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}},
+    }
+
+
+# -- state on disk ------------------------------------------------------------------
+def state_dir(name: str = DEFAULT_LAB) -> Path:
+    """Where a lab keeps its key pair and known_hosts."""
+    root = Path(os.environ.get("FLEET_LAB_DIR", Path.home() / ".cache" / "fleet" / "lab"))
+    return root / name
+
+
+def _ensure_key_pair(directory: Path) -> Path:
+    key = directory / "id_ed25519"
+    if not key.is_file():
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fleet-lab", "-f", str(key)],
+            check=True,
+            capture_output=True,
+        )
+    return key
+
+
+def _put_file(container: Any, path: str, data: bytes, mode: int = 0o600) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo(Path(path).name)
+        info.size = len(data)
+        info.mode = mode
+        tar.addfile(info, io.BytesIO(data))
+    container.put_archive(str(Path(path).parent), buffer.getvalue())
+
+
+def _exec(container: Any, *argv: str) -> tuple[int, str]:
+    code, output = container.exec_run(list(argv), demux=False)
+    return int(code), (output or b"").decode("utf-8", "replace")
+
+
+def _containers(client: docker.DockerClient, lab: str) -> list[Any]:
+    found = client.containers.list(all=True, filters={"label": f"{LABEL}={lab}"})
+    return sorted(found, key=lambda c: _host_order(c.labels.get(f"{LABEL}.host", "")))
+
+
+def _host_order(name: str) -> tuple[str, int]:
+    stem = name.rstrip("0123456789")
+    digits = name[len(stem) :]
+    return (stem, int(digits) if digits else 0)
+
+
+def _published_port(container: Any) -> int:
+    container.reload()
+    ports = container.attrs["NetworkSettings"]["Ports"].get("22/tcp") or []
+    for binding in ports:
+        if binding.get("HostIp") in ("127.0.0.1", ""):
+            return int(binding["HostPort"])
+    raise LabError(f"lab host {container.name} has no published SSH port")
+
+
+def _engine_plan(count: int, engine: str) -> list[str]:
+    if engine == "mixed":
+        return [ENGINES[i % 2] for i in range(count)]
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}", fix="use classic, containerd or mixed")
+    return [engine] * count
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _start_host(
+    client: docker.DockerClient, lab: str, index: int, engine: str, image: str, key: Path
+) -> Any:
+    host = f"lab{index}"
+    container_name = f"{lab}-{host}"
+    options = isolation_options()
+    unmask = options.pop("unmask_system_paths", False)
+    binds = {f"{container_name}-docker": {"bind": "/var/lib/docker", "mode": "rw"}}
+    binds.update(options.pop("volumes_extra", {}))
+    api = client.api
+    host_config = api.create_host_config(
+        binds=binds,
+        # A fixed port, so a restarted ("rebooted") host keeps its address.
+        port_bindings={22: ("127.0.0.1", _free_port())},
+        tmpfs={"/run": "", "/tmp": ""},
+        **options,
+    )
+    if unmask:
+        # What the CLI's --security-opt systempaths=unconfined means; not in docker-py.
+        host_config["MaskedPaths"] = []
+        host_config["ReadonlyPaths"] = []
+    created = api.create_container(
+        image,
+        name=container_name,
+        hostname=host,
+        detach=True,
+        labels={LABEL: lab, f"{LABEL}.host": host, f"{LABEL}.engine": engine},
+        ports=[22],
+        volumes=["/var/lib/docker"],
+        host_config=host_config,
+    )
+    api.start(created["Id"])
+    container = client.containers.get(created["Id"])
+    public = (key.with_suffix(".pub")).read_bytes()
+    _put_file(container, "/root/.ssh/authorized_keys", public)
+    return container
+
+
+def _wait_ready(client: docker.DockerClient, container: Any, deadline: float) -> tuple[str, str]:
+    """Poll until the host's engine answers; (version, store) or LabError with its log."""
+    while True:
+        container.reload()
+        if container.status not in ("running", "created"):
+            logs = container.logs(tail=20).decode("utf-8", "replace")
+            raise LabError(f"lab host {container.name} stopped ({container.status}):\n{logs}")
+        code, out = _exec(
+            container, "docker", "info", "--format", "{{.ServerVersion}} {{json .DriverStatus}}"
+        )
+        version, _, status = out.strip().partition(" ")
+        # The CLI may exit 0 and print "Cannot connect ..." while the engine starts.
+        if code == 0 and version[:1].isdigit():
+            return version, _store_from_driver_status(status)
+        if time.monotonic() > deadline:
+            _, log = _exec(container, "tail", "-n", "20", "/var/log/dockerd.log")
+            raise LabError(
+                f"lab host {container.name}: its Docker engine did not answer in time; "
+                f"last lines of its engine log:\n{log}"
+            )
+        time.sleep(0.3)
+
+
+def _store_from_driver_status(status_json: str) -> str:
+    try:
+        status = json.loads(status_json) or []
+    except json.JSONDecodeError:
+        return "unknown"
+    for key, value in status:
+        if key == "driver-type" and "containerd" in str(value):
+            return "containerd"
+    return "classic"
+
+
+def _host_key_line(container: Any, port: int) -> str:
+    code, out = _exec(container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
+    if code != 0 or not out.startswith("ssh-ed25519 "):
+        raise LabError(f"lab host {container.name} has no ed25519 host key: {out.strip()}")
+    key_type, key_b64 = out.split()[:2]
+    return f"[127.0.0.1]:{port} {key_type} {key_b64}"
+
+
+def _write_known_hosts(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines))
+    path.chmod(0o600)
+
+
+def inventory_document(lab: Lab) -> dict[str, Any]:
+    """The Ansible-compatible inventory of a lab."""
+    hosts: dict[str, Any] = {}
+    for host in lab.hosts:
+        hosts[host.name] = {
+            "ansible_host": host.address,
+            "ansible_port": host.port,
+            "fleet_lab_engine": host.engine,
+        }
+    return {
+        "all": {
+            "children": {
+                "lab": {
+                    "hosts": hosts,
+                    "vars": {
+                        "ansible_user": "root",
+                        "ansible_ssh_private_key_file": str(lab.key_file),
+                        # Ansible and OpenSSH read the lab's known_hosts through this too.
+                        "ansible_ssh_common_args": f"-o UserKnownHostsFile={lab.known_hosts} "
+                        "-o StrictHostKeyChecking=yes",
+                        "fleet_known_hosts": str(lab.known_hosts),
+                    },
+                },
+            }
+        }
+    }
+
+
+def write_inventory(lab: Lab, path: Path) -> None:
+    """Write the lab's inventory file (generated: every ``lab up`` rewrites it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"# Generated by 'fleet lab up' for the lab {lab.name!r}; rewritten on every lab up.\n"
+        "# Hosts are containers on this machine; their sshd is published on loopback.\n"
+    )
+    path.write_text(header + yaml.safe_dump(inventory_document(lab), sort_keys=False))
+
+
+def up(
+    hosts: int = 3,
+    engine: str = "mixed",
+    *,
+    name: str = DEFAULT_LAB,
+    inventory: Path | None = None,
+    timeout: float = 180.0,
+    log: Log = _quiet,
+) -> Lab:
+    """Start (or complete) a lab of ``hosts`` hosts and write its inventory.
+
+    Hosts that already run with the right engine are kept; missing ones are started,
+    surplus ones removed. Returns when every host's sshd and engine answer.
+    """
+    if hosts < 1 or hosts > 32:
+        raise UsageError(f"--hosts {hosts}: a lab has 1 to 32 hosts")
+    plan = _engine_plan(hosts, engine)
+    client = engine_client()
+    directory = state_dir(name)
+    key = _ensure_key_pair(directory)
+    ensure_layer1_image(client, log)
+    images = {kind: ensure_node_image(client, kind, log) for kind in sorted(set(plan))}
+
+    existing = {c.labels.get(f"{LABEL}.host"): c for c in _containers(client, name)}
+    containers = []
+    for index, kind in enumerate(plan, start=1):
+        host = f"lab{index}"
+        current = existing.pop(host, None)
+        if current is not None and (
+            current.labels.get(f"{LABEL}.engine") != kind or current.image.tags[:1] != [images[kind]]
+        ):
+            log(f"replacing {current.name} (engine or node image changed)")
+            _remove_container(client, current)
+            current = None
+        if current is None:
+            log(f"starting {host} ({kind})")
+            current = _start_host(client, name, index, kind, images[kind], key)
+        elif current.status != "running":
+            current.start()
+        containers.append((host, kind, current))
+    for surplus in existing.values():
+        log(f"removing surplus host {surplus.name}")
+        _remove_container(client, surplus)
+
+    deadline = time.monotonic() + timeout
+    lab_hosts: list[LabHost] = []
+    key_lines: list[str] = []
+    for host, kind, container in containers:
+        version, store = _wait_ready(client, container, deadline)
+        port = _published_port(container)
+        key_lines.append(_host_key_line(container, port))
+        lab_hosts.append(LabHost(host, container.name, kind, "127.0.0.1", port, "running", version, store))
+    known_hosts = directory / "known_hosts"
+    _write_known_hosts(known_hosts, key_lines)
+    lab = Lab(name, tuple(lab_hosts), key, known_hosts, inventory)
+    _wait_ssh(lab, deadline)
+    if inventory is not None:
+        write_inventory(lab, inventory)
+    return lab
+
+
+def endpoints(lab: Lab) -> Iterator[Endpoint]:
+    """Connection settings for each lab host."""
+    for host in lab.hosts:
+        yield Endpoint(
+            name=host.name,
+            address=host.address,
+            port=host.port,
+            user="root",
+            key_files=(str(lab.key_file),),
+            known_hosts_files=(str(lab.known_hosts),),
+        )
+
+
+def _wait_ssh(lab: Lab, deadline: float) -> None:
+    """Poll each host's sshd with a verified host key until it answers."""
+    known = KnownHosts([lab.known_hosts])
+    for endpoint in endpoints(lab):
+        while True:
+            try:
+                transport = SSHTransport(endpoint, known)
+            except HostError as exc:
+                if time.monotonic() > deadline:
+                    raise LabError(f"lab host {endpoint.name}: sshd did not answer in time: {exc}") from exc
+                time.sleep(0.3)
+                continue
+            transport.close()
+            break
+
+
+def _remove_container(client: docker.DockerClient, container: Any) -> None:
+    volumes = [m["Name"] for m in container.attrs.get("Mounts", []) if m.get("Type") == "volume"]
+    container.remove(force=True, v=True)
+    for volume in volumes:
+        try:
+            client.volumes.get(volume).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+def down(*, name: str = DEFAULT_LAB, inventory: Path | None = None) -> list[str]:
+    """Remove a lab's hosts, their volumes, its known_hosts and inventory; returns the hosts."""
+    client = engine_client()
+    removed = []
+    for container in _containers(client, name):
+        removed.append(container.labels.get(f"{LABEL}.host", container.name))
+        _remove_container(client, container)
+    known = state_dir(name) / "known_hosts"
+    known.unlink(missing_ok=True)
+    if inventory is not None and inventory.is_file() and inventory.read_text().startswith("# Generated by 'fleet lab up'"):
+        inventory.unlink()
+    return removed
+
+
+def status(*, name: str = DEFAULT_LAB) -> list[LabHost]:
+    """The lab's hosts: address, engine version, image store, state."""
+    client = engine_client()
+    result = []
+    for container in _containers(client, name):
+        host = container.labels.get(f"{LABEL}.host", container.name)
+        kind = container.labels.get(f"{LABEL}.engine", "?")
+        version = store = ""
+        port = 0
+        if container.status == "running":
+            port = _published_port(container)
+            code, out = _exec(container, "docker", "info", "--format", "{{.ServerVersion}} {{json .DriverStatus}}")
+            version, _, driver = out.strip().partition(" ")
+            if code == 0 and version[:1].isdigit():
+                store = _store_from_driver_status(driver)
+            else:
+                version = ""
+                store = "engine down"
+        result.append(LabHost(host, container.name, kind, "127.0.0.1", port, container.status, version, store))
+    return result

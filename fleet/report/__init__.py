@@ -1,0 +1,240 @@
+"""Everything fleet shows a person: live progress, recaps, tables. The only user of rich.
+
+On a terminal, a run shows a live per-host view (host, step, progress, elapsed); piped or
+in CI, plain lines as hosts finish. At the end: a recap table (one row per host), a
+one-line summary, and the failed and unreachable hosts with their reason and fix, at the
+bottom where they are seen. ``--json`` output is written by the CLI, never through here.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from fleet.results import FleetResult, HostResult, Outcome
+
+STYLES: Mapping[Outcome, str] = {
+    Outcome.OK: "green",
+    Outcome.CHANGED: "yellow",
+    Outcome.SKIPPED: "cyan",
+    Outcome.FAILED: "bold red",
+    Outcome.UNREACHABLE: "bold magenta",
+}
+
+
+def console(file: IO[str] | None = None, *, width: int | None = None) -> Console:
+    """A console on ``file`` (stderr by default: stdout is kept for data)."""
+    return Console(file=file or sys.stderr, width=width, highlight=False, soft_wrap=False)
+
+
+@dataclass
+class _Row:
+    step: str
+    started: float
+    note: str = ""
+    done: int = 0
+    total: int = 0
+    result: HostResult | None = None
+
+
+class LiveReporter:
+    """Hears a run's events and shows them: live on a terminal, plain lines otherwise."""
+
+    def __init__(self, hosts: Sequence[str], out: Console | None = None, *, live: bool | None = None) -> None:
+        self.console = out or console()
+        self.hosts = list(hosts)
+        self._rows: dict[str, _Row] = {}
+        self._lock = threading.Lock()
+        use_live = self.console.is_terminal if live is None else live
+        self._live = Live(self._render(), console=self.console, refresh_per_second=8, transient=True) if use_live else None
+
+    def __enter__(self) -> LiveReporter:
+        if self._live is not None:
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+    def started(self, host: str, step: str) -> None:
+        with self._lock:
+            self._rows[host] = _Row(step, time.monotonic())
+        self._refresh()
+
+    def progress(self, host: str, step: str, note: str = "", done: int = 0, total: int = 0) -> None:
+        with self._lock:
+            row = self._rows.setdefault(host, _Row(step, time.monotonic()))
+            row.step, row.note, row.done, row.total = step, note, done, total
+        self._refresh()
+
+    def finished(self, result: HostResult) -> None:
+        with self._lock:
+            row = self._rows.setdefault(result.host, _Row("", time.monotonic()))
+            row.result = result
+        if self._live is None:
+            self.console.print(_plain_line(result))
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+
+    def _render(self) -> RenderableType:
+        table = Table(box=None, pad_edge=False)
+        for column in ("host", "step", "progress", "elapsed"):
+            table.add_column(column)
+        now = time.monotonic()
+        with self._lock:
+            for host in self.hosts:
+                row = self._rows.get(host)
+                if row is None:
+                    table.add_row(host, "waiting", "", "")
+                    continue
+                if row.result is not None:
+                    outcome = row.result.outcome
+                    status = Text(str(outcome), style=STYLES[outcome])
+                    table.add_row(host, row.step, status, f"{row.result.seconds:.1f}s")
+                    continue
+                progress = row.note
+                if row.total:
+                    progress = f"{_size(row.done)}/{_size(row.total)} {row.note}".strip()
+                table.add_row(host, row.step, progress, f"{now - row.started:.1f}s")
+        return table
+
+
+def _plain_line(result: HostResult) -> Text:
+    line = Text(f"{result.host}: ")
+    line.append(str(result.outcome), style=STYLES[result.outcome])
+    line.append(f" ({result.seconds:.1f}s)")
+    if result.reason and not result.succeeded:
+        line.append(f" {result.reason.splitlines()[0]}")
+    return line
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024 or unit == "GiB":
+            return f"{count:.0f}{unit}" if unit == "B" else f"{count:.1f}{unit}"
+        count /= 1024
+    return f"{count:.1f}GiB"
+
+
+def human_size(count: float) -> str:
+    """A byte count as people read it (1.5MiB)."""
+    return _size(count)
+
+
+def recap(result: FleetResult, detail_columns: Sequence[str] = ()) -> RenderableType:
+    """The end of every run: a row per host, the summary, then what went wrong."""
+    table = Table(title=f"RECAP {result.command}", title_justify="left", box=None, pad_edge=False)
+    table.add_column("host")
+    table.add_column("outcome")
+    table.add_column("time", justify="right")
+    for column in detail_columns:
+        table.add_column(column)
+    table.add_column("note")
+    for row in result.results:
+        note = ""
+        if row.succeeded and row.reason:
+            note = row.reason.splitlines()[0]
+        elif not row.succeeded:
+            note = "see below"
+        cells = [str(row.details.get(c, "")) for c in detail_columns]
+        table.add_row(
+            row.host,
+            Text(str(row.outcome), style=STYLES[row.outcome]),
+            f"{row.seconds:.1f}s",
+            *cells,
+            note,
+        )
+    parts: list[RenderableType] = [table, summary_line(result)]
+    for row in (*result.failed, *result.unreachable):
+        text = Text(f"{row.host} ", style="bold")
+        text.append(str(row.outcome), style=STYLES[row.outcome])
+        text.append(f": {row.reason or 'no reason given'}")
+        if row.fix:
+            text.append(f"\n  fix: {row.fix}", style="dim")
+        parts.append(text)
+    return Group(*parts)
+
+
+def summary_line(result: FleetResult) -> Text:
+    """``3 hosts in 1.2s: ok=2 changed=0 failed=1 unreachable=0 skipped=0``."""
+    counts = result.counts()
+    text = Text(f"{len(result.results)} hosts in {result.seconds:.1f}s:")
+    for outcome in (Outcome.OK, Outcome.CHANGED, Outcome.FAILED, Outcome.UNREACHABLE, Outcome.SKIPPED):
+        count = counts[outcome]
+        text.append(" ")
+        text.append(f"{outcome}={count}", style=STYLES[outcome] if count else "")
+    return text
+
+
+def command_output(result: FleetResult) -> RenderableType:
+    """``fleet exec`` output: each host's stdout/stderr under its name."""
+    parts: list[RenderableType] = []
+    for row in result.results:
+        if row.outcome is Outcome.UNREACHABLE:
+            continue
+        header = Text(f"--- {row.host} ", style="bold")
+        header.append(str(row.outcome), style=STYLES[row.outcome])
+        code = row.details.get("exit_code")
+        if code is not None:
+            header.append(f" rc={code}")
+        parts.append(header)
+        if row.stdout:
+            parts.append(Text(row.stdout.rstrip("\n")))
+        if row.stderr:
+            parts.append(Text(row.stderr.rstrip("\n"), style="red"))
+    return Group(*parts)
+
+
+def facts_table(rows: Iterable[tuple[str, Mapping[str, Any] | None]]) -> RenderableType:
+    """``fleet facts``: one row per host."""
+    table = Table(box=None, pad_edge=False)
+    for column in ("host", "hostname", "kernel", "engine", "api", "store", "runtimes", "gpus", "free docker", "free /data", "framework"):
+        table.add_column(column)
+    for host, facts in rows:
+        if facts is None:
+            table.add_row(host, *([""] * 10))
+            continue
+        engine = str(facts.get("engine_version") or Text("down", style="red"))
+        disk_docker = facts.get("disk_docker") or {}
+        disk_data = facts.get("disk_data") or {}
+        gpus = facts.get("gpus") or []
+        running = [str(c.get("Image", "")) for c in facts.get("framework_containers") or []]
+        table.add_row(
+            host,
+            str(facts.get("hostname", "")),
+            str(facts.get("kernel", "")),
+            engine,
+            str(facts.get("api_version", "")),
+            str(facts.get("image_store", "")),
+            ",".join(facts.get("runtimes") or ()),
+            f"{len(gpus)}x {gpus[0]['model']}" if gpus else "none",
+            human_size(disk_docker["free"]) if disk_docker else "?",
+            human_size(disk_data["free"]) if disk_data else "absent",
+            ",".join(running) or "-",
+        )
+    return table
+
+
+def lab_table(hosts: Iterable[Any]) -> RenderableType:
+    """``fleet lab status``."""
+    table = Table(box=None, pad_edge=False)
+    for column in ("host", "address", "engine", "version", "store", "state"):
+        table.add_column(column)
+    for host in hosts:
+        address = f"{host.address}:{host.port}" if host.port else "-"
+        state = Text(host.state, style="green" if host.state == "running" else "red")
+        table.add_row(host.name, address, host.engine, host.engine_version, host.image_store, state)
+    return table

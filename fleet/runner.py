@@ -1,0 +1,229 @@
+"""Fan-out: run one task on many hosts at once, and turn whatever happens into results.
+
+A task is a function of a :class:`HostContext` that returns a :class:`HostResult`. The
+runner bounds concurrency (``forks``), connects each host once and reuses the connection
+for every task of the run, and converts every failure into a value: an unreachable host
+is ``unreachable``, a failed command ``failed`` with its evidence, an unexpected bug
+``failed`` with its type. One host's trouble never stops the others.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from fleet.errors import FleetError, HostError, UnreachableError
+from fleet.inventory import Host
+from fleet.results import FleetResult, HostResult, Outcome
+from fleet.transport import DEFAULT_CONNECT_TIMEOUT, KnownHosts, SSHTransport, Transport, endpoint_for
+
+DEFAULT_FORKS = 20
+
+
+class Events(Protocol):
+    """What a reporter hears while a run goes on (called from worker threads)."""
+
+    def started(self, host: str, step: str) -> None: ...
+
+    def progress(self, host: str, step: str, note: str = "", done: int = 0, total: int = 0) -> None: ...
+
+    def finished(self, result: HostResult) -> None: ...
+
+
+class NoEvents:
+    """A reporter that hears nothing."""
+
+    def started(self, host: str, step: str) -> None:
+        return None
+
+    def progress(self, host: str, step: str, note: str = "", done: int = 0, total: int = 0) -> None:
+        return None
+
+    def finished(self, result: HostResult) -> None:
+        return None
+
+
+Connect = Callable[[Host], Transport]
+
+
+@dataclass
+class SSHConnector:
+    """Opens verified SSH connections to inventory hosts with one run's settings."""
+
+    known_hosts: KnownHosts = field(default_factory=KnownHosts)
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    command_timeout: float | None = None
+
+    def __call__(self, host: Host) -> Transport:
+        endpoint = endpoint_for(
+            host.name,
+            host.vars,
+            connect_timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+        )
+        return SSHTransport(endpoint, self.known_hosts)
+
+
+@dataclass
+class HostContext:
+    """What a task gets: its host, a (lazily opened, reused) connection, and a voice."""
+
+    host: Host
+    _runner: Runner
+    step: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+    @property
+    def transport(self) -> Transport:
+        return self._runner.transport(self.host)
+
+    def progress(self, note: str = "", done: int = 0, total: int = 0) -> None:
+        self._runner.events.progress(self.name, self.step, note, done, total)
+
+    def result(
+        self,
+        outcome: Outcome,
+        reason: str | None = None,
+        *,
+        details: dict[str, Any] | None = None,
+        stdout: str = "",
+        stderr: str = "",
+    ) -> HostResult:
+        return HostResult(
+            self.name, outcome, reason, details=details or {}, stdout=stdout, stderr=stderr
+        )
+
+
+Task = Callable[[HostContext], HostResult]
+
+
+class Runner:
+    """Runs tasks on hosts, ``forks`` at a time, keeping one connection per host."""
+
+    def __init__(
+        self,
+        connect: Connect | None = None,
+        *,
+        forks: int = DEFAULT_FORKS,
+        events: Events | None = None,
+    ) -> None:
+        if forks < 1:
+            raise ValueError("forks must be at least 1")
+        self.connect: Connect = connect or SSHConnector()
+        self.forks = forks
+        self.events: Events = events or NoEvents()
+        self._transports: dict[str, Transport] = {}
+        self._dead: dict[str, UnreachableError] = {}
+        self._lock = threading.Lock()
+
+    def transport(self, host: Host) -> Transport:
+        """The host's connection, opened on first use and reused after."""
+        with self._lock:
+            existing = self._transports.get(host.name)
+            dead = self._dead.get(host.name)
+        if existing is not None:
+            return existing
+        if dead is not None:
+            raise dead
+        try:
+            opened = self.connect(host)
+        except UnreachableError as exc:
+            with self._lock:
+                self._dead[host.name] = exc
+            raise
+        with self._lock:
+            self._transports[host.name] = opened
+        return opened
+
+    def drop(self, host: str) -> None:
+        """Forget a host's connection (after it broke), so the next use reconnects."""
+        with self._lock:
+            transport = self._transports.pop(host, None)
+            self._dead.pop(host, None)
+        if transport is not None:
+            transport.close()
+
+    def run(self, command: str, hosts: Sequence[Host], task: Task) -> FleetResult:
+        """Run ``task`` on every host; returns every host's result, in ``hosts`` order."""
+        started = time.monotonic()
+        results: dict[str, HostResult] = {}
+        pool = ThreadPoolExecutor(max_workers=min(self.forks, max(1, len(hosts))))
+        futures: dict[Future[HostResult], Host] = {}
+        try:
+            for host in hosts:
+                futures[pool.submit(self._one, command, host, task)] = host
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                for future in done:
+                    result = future.result()
+                    results[result.host] = result
+        except KeyboardInterrupt:
+            for future in futures:
+                future.cancel()
+            for host in hosts:
+                if host.name not in results:
+                    results[host.name] = HostResult(host.name, Outcome.SKIPPED, "interrupted (Ctrl-C)")
+            raise Interrupted(FleetResult.of(command, (results[h.name] for h in hosts))) from None
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        return FleetResult.of(command, (results[h.name] for h in hosts), time.monotonic() - started)
+
+    def _one(self, command: str, host: Host, task: Task) -> HostResult:
+        started = time.monotonic()
+        self.events.started(host.name, command)
+        context = HostContext(host, self, command)
+        try:
+            result = task(context)
+        except UnreachableError as exc:
+            self.drop(host.name)
+            with self._lock:
+                self._dead[host.name] = exc
+            result = HostResult(host.name, Outcome.UNREACHABLE, exc.reason, exc.fix)
+        except HostError as exc:
+            result = HostResult(host.name, Outcome.FAILED, exc.reason, exc.fix)
+        except FleetError as exc:
+            result = HostResult(host.name, Outcome.FAILED, exc.message, exc.fix)
+        except Exception as exc:  # noqa: BLE001 - a bug on one host must not stop the others
+            result = HostResult(host.name, Outcome.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+        result = _with_seconds(result, time.monotonic() - started)
+        self.events.finished(result)
+        return result
+
+    def close(self) -> None:
+        """Close every connection this runner opened."""
+        with self._lock:
+            transports = list(self._transports.values())
+            self._transports.clear()
+        for transport in transports:
+            try:
+                transport.close()
+            except Exception:  # noqa: BLE001, S110 - closing is best effort
+                pass
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Interrupted(FleetError):
+    """The run was interrupted; carries the results so far."""
+
+    exit_code = 130
+
+    def __init__(self, partial: FleetResult) -> None:
+        super().__init__("interrupted (Ctrl-C); results so far are shown")
+        self.partial = partial
+
+
+def _with_seconds(result: HostResult, seconds: float) -> HostResult:
+    return replace(result, seconds=seconds)

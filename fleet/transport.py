@@ -1,0 +1,563 @@
+"""How fleet reaches a host: one small interface, and its SSH implementation.
+
+The core only sees :class:`Transport` (``run`` a command given as an argv, stream bytes
+into one, ``close``). The SSH implementation is the only module that imports paramiko.
+Its policy, from ``shared/SSH.md``:
+
+- Host keys are always verified: against ``~/.ssh/known_hosts``, any
+  ``UserKnownHostsFile`` from ssh config or the inventory's own known_hosts. An unknown
+  key is refused unless the caller opted into *accept-new* (then it is recorded); a
+  changed key is always refused, with both fingerprints. The files are parsed once per
+  run and shared between threads (parsing is slow, and concurrent writers would
+  overwrite each other).
+- Commands are argv lists, joined with ``shlex.join``: no shell string is ever built
+  from unquoted input.
+- AES-GCM is preferred (fastest cipher paramiko has), and paramiko's own 512 MiB rekey
+  threshold is raised so the server drives rekeys (paramiko#822: a client-side rekey
+  during a channel close can deadlock multi-GB streams).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import select
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import paramiko
+
+from fleet.errors import CommandError, HostError, HostKeyError, UnreachableError
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+_READ_CHUNK = 1 << 16
+# Let the server (OpenSSH: 1-4 GiB) drive rekeys; see the module docstring.
+_REKEY_BYTES = 1 << 40
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a finished command left behind."""
+
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class Transport(Protocol):
+    """A connection to one host that runs commands."""
+
+    @property
+    def host(self) -> str: ...
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+    ) -> CommandResult: ...
+
+    def stream(
+        self,
+        argv: Sequence[str],
+        chunks: Iterable[bytes],
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+    ) -> CommandResult: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and as whom to connect: the resolved connection settings of one host."""
+
+    name: str
+    address: str
+    port: int = 22
+    user: str = "root"
+    key_files: tuple[str, ...] = ()
+    known_hosts_files: tuple[str, ...] = ()
+    jump: Endpoint | None = None
+    become: bool = False
+    become_user: str | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    command_timeout: float | None = None
+
+    @property
+    def known_hosts_name(self) -> str:
+        """The name this endpoint has in a known_hosts file, as OpenSSH writes it."""
+        if self.port == 22:
+            return self.address
+        return f"[{self.address}]:{self.port}"
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's SHA256 fingerprint of a public key."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class KnownHosts:
+    """The known_hosts files of one run: parsed once, shared, and written under a lock."""
+
+    def __init__(self, files: Iterable[str | Path] = (), *, accept_new: bool = False) -> None:
+        self.accept_new = accept_new
+        self._lock = threading.Lock()
+        self._keys = paramiko.HostKeys()
+        self._loaded: list[Path] = []
+        self._write_to: Path | None = None
+        self.accepted: list[tuple[str, str]] = []
+        for path in files:
+            self.add_file(path)
+
+    def add_file(self, path: str | Path) -> None:
+        """Load one more known_hosts file (once; missing files are fine)."""
+        resolved = Path(os.path.expanduser(str(path))).resolve()
+        with self._lock:
+            if resolved in self._loaded:
+                return
+            self._loaded.append(resolved)
+            if self._write_to is None:
+                self._write_to = resolved
+            if resolved.is_file():
+                self._keys.load(str(resolved))
+
+    def verify(self, endpoint: Endpoint, key: paramiko.PKey) -> None:
+        """Accept ``key`` for ``endpoint``, or raise :class:`HostKeyError` with evidence."""
+        name = endpoint.known_hosts_name
+        for path in endpoint.known_hosts_files:
+            self.add_file(path)
+        with self._lock:
+            known = self._keys.lookup(name)
+            if known is not None and key.get_name() in known:
+                expected = known[key.get_name()]
+                if expected == key:
+                    return
+                raise HostKeyError(
+                    endpoint.name,
+                    f"host key for {name} CHANGED: recorded {fingerprint(expected)}, "
+                    f"offered {fingerprint(key)} ({key.get_name()}); refusing to connect",
+                    fix=f"if the host was really reinstalled, remove its line with "
+                    f"'ssh-keygen -R {shlex.quote(name)}' and connect again",
+                )
+            if known:
+                # A key of another type is recorded: a downgrade or an attack, never a new host.
+                recorded = ", ".join(f"{t} {fingerprint(k)}" for t, k in known.items())
+                raise HostKeyError(
+                    endpoint.name,
+                    f"host {name} offered a {key.get_name()} key {fingerprint(key)}, but only "
+                    f"{recorded} is recorded; refusing to connect",
+                    fix=f"check the host; if it was reinstalled, 'ssh-keygen -R {shlex.quote(name)}'",
+                )
+            if not self.accept_new:
+                raise HostKeyError(
+                    endpoint.name,
+                    f"unknown host key for {name}: {key.get_name()} {fingerprint(key)}",
+                    fix="verify the fingerprint, then rerun with --accept-new-host-keys "
+                    "(records it, like OpenSSH's StrictHostKeyChecking=accept-new)",
+                )
+            self._keys.add(name, key.get_name(), key)
+            self.accepted.append((name, fingerprint(key)))
+            target = self._write_to or Path.home() / ".ssh" / "known_hosts"
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with target.open("a", encoding="ascii") as handle:
+                handle.write(f"{name} {key.get_name()} {key.get_base64()}\n")
+
+
+def _load_private_keys(endpoint: Endpoint) -> list[paramiko.PKey]:
+    keys: list[paramiko.PKey] = []
+    for name in endpoint.key_files:
+        path = Path(os.path.expanduser(name))
+        try:
+            keys.append(paramiko.PKey.from_path(path))
+        except FileNotFoundError as exc:
+            raise UnreachableError(
+                endpoint.name,
+                f"private key file {path} does not exist",
+                fix="fix ansible_ssh_private_key_file in the inventory",
+            ) from exc
+        except (paramiko.SSHException, ValueError) as exc:
+            raise UnreachableError(endpoint.name, f"cannot read private key {path}: {exc}") from exc
+    return keys
+
+
+def _default_key_files() -> tuple[str, ...]:
+    ssh_dir = Path.home() / ".ssh"
+    names = ("id_ed25519", "id_ecdsa", "id_rsa")
+    return tuple(str(ssh_dir / n) for n in names if (ssh_dir / n).is_file())
+
+
+class SSHTransport:
+    """A verified, authenticated SSH connection to one host, reused for every command."""
+
+    def __init__(self, endpoint: Endpoint, known_hosts: KnownHosts) -> None:
+        self.endpoint = endpoint
+        self._known_hosts = known_hosts
+        self._jump: SSHTransport | None = None
+        self._transport = self._connect()
+
+    @property
+    def host(self) -> str:
+        return self.endpoint.name
+
+    # -- connecting -------------------------------------------------------------------
+    def _open_socket(self) -> socket.socket | paramiko.Channel:
+        ep = self.endpoint
+        if ep.jump is not None:
+            self._jump = SSHTransport(ep.jump, self._known_hosts)
+            try:
+                return self._jump._transport.open_channel(
+                    "direct-tcpip",
+                    (ep.address, ep.port),
+                    ("127.0.0.1", 0),
+                    timeout=ep.connect_timeout,
+                )
+            except (paramiko.SSHException, OSError) as exc:
+                raise UnreachableError(
+                    ep.name,
+                    f"jump host {ep.jump.name} could not reach {ep.address}:{ep.port}: {exc}",
+                ) from exc
+        try:
+            return socket.create_connection((ep.address, ep.port), timeout=ep.connect_timeout)
+        except TimeoutError as exc:
+            raise UnreachableError(
+                ep.name, f"connecting to {ep.address}:{ep.port} timed out after {ep.connect_timeout:g}s"
+            ) from exc
+        except OSError as exc:
+            raise UnreachableError(
+                ep.name, f"cannot connect to {ep.address}:{ep.port}: {exc.strerror or exc}"
+            ) from exc
+
+    def _connect(self) -> paramiko.Transport:
+        ep = self.endpoint
+        sock = self._open_socket()
+        transport = paramiko.Transport(sock)
+        transport.packetizer.REKEY_BYTES = _REKEY_BYTES
+        options = transport.get_security_options()
+        preferred = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+        options.ciphers = preferred + tuple(c for c in options.ciphers if c not in preferred)
+        try:
+            try:
+                transport.start_client(timeout=ep.connect_timeout)
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise UnreachableError(
+                    ep.name, f"SSH handshake with {ep.address}:{ep.port} failed: {exc or type(exc).__name__}"
+                ) from exc
+            self._known_hosts.verify(ep, transport.get_remote_server_key())
+            self._authenticate(transport)
+        except BaseException:
+            transport.close()
+            if self._jump is not None:
+                self._jump.close()
+            raise
+        transport.set_keepalive(15)
+        return transport
+
+    def _authenticate(self, transport: paramiko.Transport) -> None:
+        ep = self.endpoint
+        keys = _load_private_keys(ep) if ep.key_files else []
+        if not ep.key_files:
+            keys = _load_private_keys(replace(ep, key_files=_default_key_files()))
+        errors: list[str] = []
+        for key in keys:
+            try:
+                transport.auth_publickey(ep.user, key)
+            except paramiko.AuthenticationException as exc:
+                errors.append(f"{key.get_name()} {fingerprint(key)}: {exc}")
+                continue
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise UnreachableError(ep.name, f"authentication failed: {exc}") from exc
+            if transport.is_authenticated():
+                return
+        try:
+            agent_keys = paramiko.Agent().get_keys()
+        except paramiko.SSHException:
+            agent_keys = ()
+        for agent_key in agent_keys:
+            try:
+                transport.auth_publickey(ep.user, agent_key)
+            except paramiko.AuthenticationException as exc:
+                errors.append(f"agent key {fingerprint(agent_key)}: {exc}")
+                continue
+            if transport.is_authenticated():
+                return
+        tried = "; ".join(errors) or "no private key found (no key file given, none in ~/.ssh, no agent)"
+        raise UnreachableError(
+            ep.name,
+            f"permission denied for {ep.user}@{ep.address}:{ep.port} ({tried})",
+            fix="set ansible_ssh_private_key_file/ansible_user in the inventory, or add your "
+            "public key to the host's authorized_keys",
+        )
+
+    # -- running ----------------------------------------------------------------------
+    def command_line(self, argv: Sequence[str]) -> str:
+        """The remote command line for ``argv``: quoted, under ``sudo -n`` when becoming."""
+        if not argv:
+            raise ValueError("empty command")
+        ep = self.endpoint
+        words = list(argv)
+        if ep.become:
+            prefix = ["sudo", "-n", "-H"]
+            if ep.become_user:
+                prefix += ["-u", ep.become_user]
+            words = [*prefix, "--", *words]
+        return shlex.join(words)
+
+    def _open_channel(self, command: str, timeout: float | None) -> paramiko.Channel:
+        try:
+            channel = self._transport.open_session(timeout=timeout or self.endpoint.connect_timeout)
+            channel.exec_command(command)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            if not self._transport.is_active():
+                raise UnreachableError(self.host, f"connection lost: {exc}") from exc
+            raise HostError(self.host, f"cannot start {command!r}: {exc}") from exc
+        return channel
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        chunks: Iterable[bytes] = (stdin,) if stdin is not None else ()
+        return self.stream(argv, chunks, timeout=timeout, check=check)
+
+    def stream(
+        self,
+        argv: Sequence[str],
+        chunks: Iterable[bytes],
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        """Run ``argv`` with ``chunks`` written to its stdin while its output is read."""
+        command = self.command_line(argv)
+        timeout = timeout if timeout is not None else self.endpoint.command_timeout
+        started = time.monotonic()
+        channel = self._open_channel(command, timeout)
+        writer_error: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                for chunk in chunks:
+                    if chunk:
+                        channel.sendall(chunk)
+                channel.shutdown_write()
+            except BaseException as exc:  # noqa: BLE001 - reported by the reader below
+                writer_error.append(exc)
+                channel.close()
+
+        writer = threading.Thread(target=write, name=f"stdin-{self.host}", daemon=True)
+        writer.start()
+        try:
+            stdout, stderr, code = self._collect(channel, command, started, timeout)
+        finally:
+            channel.close()
+            writer.join(timeout=5)
+        seconds = time.monotonic() - started
+        if writer_error and code != 0:
+            if not self._transport.is_active():
+                raise UnreachableError(self.host, f"connection lost while sending to {command!r}")
+        if writer_error and code == 0:
+            raise HostError(self.host, f"sending input to {command!r} failed: {writer_error[0]}")
+        result = CommandResult(command, code, stdout, stderr, seconds)
+        if check and code != 0:
+            raise CommandError(self.host, command, code, stdout, stderr, fix=_fix_for(stderr))
+        return result
+
+    def _collect(
+        self, channel: paramiko.Channel, command: str, started: float, timeout: float | None
+    ) -> tuple[str, str, int]:
+        out: list[bytes] = []
+        err: list[bytes] = []
+        while True:
+            if timeout is not None and time.monotonic() - started > timeout:
+                raise HostError(
+                    self.host,
+                    f"timed out after {timeout:g}s running {command!r}",
+                    fix="raise --timeout, or look at the host: it may be frozen or overloaded",
+                )
+            drained = False
+            while channel.recv_ready():
+                out.append(channel.recv(_READ_CHUNK))
+                drained = True
+            while channel.recv_stderr_ready():
+                err.append(channel.recv_stderr(_READ_CHUNK))
+                drained = True
+            if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                break
+            if channel.closed or not self._transport.is_active():
+                if channel.exit_status_ready():
+                    break
+                raise UnreachableError(self.host, f"connection lost while running {command!r}")
+            if not drained:
+                select.select([channel], [], [], 0.05)
+        code = channel.recv_exit_status()
+        return (
+            b"".join(out).decode("utf-8", "replace"),
+            b"".join(err).decode("utf-8", "replace"),
+            code,
+        )
+
+    def close(self) -> None:
+        self._transport.close()
+        if self._jump is not None:
+            self._jump.close()
+
+
+def _fix_for(stderr: str) -> str | None:
+    """A fix for well-known remote failures, recognised from their messages."""
+    text = stderr.lower()
+    if "permission denied" in text and "docker" in text and ".sock" in text:
+        return "add the SSH user to the host's 'docker' group, or set ansible_become: true"
+    if "cannot connect to the docker daemon" in text or "is the docker daemon running" in text:
+        return "start the host's Docker engine (e.g. 'systemctl start docker')"
+    if "sudo: a password is required" in text or "sudo: a terminal is required" in text:
+        return "allow passwordless sudo for the SSH user (NOPASSWD), or unset ansible_become"
+    return None
+
+
+# -- resolving connection settings ----------------------------------------------------
+@dataclass
+class SSHOptions:
+    """Options found in ``ansible_ssh_common_args`` that fleet honours."""
+
+    proxy_jump: str | None = None
+    known_hosts_files: list[str] = field(default_factory=list)
+    identity_files: list[str] = field(default_factory=list)
+
+
+def parse_ssh_args(args: str | None) -> SSHOptions:
+    """Read ``-o Key=Value``, ``-J jump`` and ``-i file`` from ssh arguments (as Ansible passes)."""
+    options = SSHOptions()
+    if not args:
+        return options
+    words: Iterator[str] = iter(shlex.split(args))
+    for word in words:
+        value: str | None
+        if word in ("-o", "-J", "-i"):
+            value = next(words, None)
+            flag = word
+        elif word.startswith(("-o", "-J", "-i")) and len(word) > 2:
+            flag, value = word[:2], word[2:]
+        else:
+            continue
+        if value is None:
+            break
+        if flag == "-J":
+            options.proxy_jump = value
+        elif flag == "-i":
+            options.identity_files.append(value)
+        else:
+            key, _, val = value.replace("=", " ", 1).partition(" ")
+            key = key.strip().lower()
+            val = val.strip()
+            if key == "proxyjump":
+                options.proxy_jump = val
+            elif key == "userknownhostsfile":
+                options.known_hosts_files.extend(val.split())
+            elif key == "identityfile":
+                options.identity_files.append(val)
+    return options
+
+
+def load_ssh_config(path: str | Path = "~/.ssh/config") -> paramiko.SSHConfig:
+    """The user's ssh config, or an empty one."""
+    resolved = Path(os.path.expanduser(str(path)))
+    if resolved.is_file():
+        return paramiko.SSHConfig.from_path(str(resolved))
+    return paramiko.SSHConfig()
+
+
+def _jump_endpoint(spec: str, config: paramiko.SSHConfig, base: Endpoint) -> Endpoint:
+    """An endpoint for a ProxyJump spec ``[user@]host[:port]`` (the first hop of a chain)."""
+    first = spec.split(",")[0].strip()
+    user, _, hostport = first.rpartition("@")
+    host, _, port = hostport.partition(":")
+    looked = config.lookup(host)
+    return Endpoint(
+        name=f"jump {first}",
+        address=str(looked.get("hostname", host)),
+        port=int(port or looked.get("port", 22)),
+        user=user or str(looked.get("user", base.user)),
+        key_files=tuple(looked.get("identityfile", ())) or base.key_files,
+        known_hosts_files=base.known_hosts_files,
+        connect_timeout=base.connect_timeout,
+    )
+
+
+def endpoint_for(
+    name: str,
+    hostvars: Mapping[str, Any],
+    *,
+    config: paramiko.SSHConfig | None = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    command_timeout: float | None = None,
+    extra_known_hosts: Sequence[str] = (),
+) -> Endpoint:
+    """Resolve a host's connection settings as OpenSSH under Ansible would.
+
+    Inventory variables win over ``~/.ssh/config``, which wins over the defaults.
+    """
+    config = config if config is not None else load_ssh_config()
+    target = str(hostvars.get("ansible_host") or name)
+    looked = config.lookup(target)
+    options = parse_ssh_args(
+        " ".join(
+            str(hostvars[k])
+            for k in ("ansible_ssh_common_args", "ansible_ssh_extra_args")
+            if hostvars.get(k)
+        )
+    )
+    key_file = hostvars.get("ansible_ssh_private_key_file") or hostvars.get("ansible_private_key_file")
+    key_files: tuple[str, ...] = (
+        (str(key_file),) if key_file else tuple(options.identity_files) or tuple(looked.get("identityfile", ()))
+    )
+    known = list(extra_known_hosts)
+    known += options.known_hosts_files
+    known += [str(p) for p in str(looked.get("userknownhostsfile", "")).split() if p]
+    if hostvars.get("fleet_known_hosts"):
+        known.append(str(hostvars["fleet_known_hosts"]))
+    known.append("~/.ssh/known_hosts")
+    port_value = hostvars.get("ansible_port") or hostvars.get("ansible_ssh_port") or looked.get("port", 22)
+    endpoint = Endpoint(
+        name=name,
+        address=str(looked.get("hostname", target)),
+        port=int(port_value),
+        user=str(hostvars.get("ansible_user") or hostvars.get("ansible_ssh_user") or looked.get("user", "root")),
+        key_files=key_files,
+        known_hosts_files=tuple(dict.fromkeys(known)),
+        become=_truthy(hostvars.get("ansible_become", False)),
+        become_user=(str(hostvars["ansible_become_user"]) if hostvars.get("ansible_become_user") else None),
+        connect_timeout=connect_timeout,
+        command_timeout=command_timeout,
+    )
+    jump = options.proxy_jump or looked.get("proxyjump")
+    if jump and str(jump).lower() != "none":
+        endpoint = replace(endpoint, jump=_jump_endpoint(str(jump), config, endpoint))
+    return endpoint
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on", "y")
+    return bool(value)

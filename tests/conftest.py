@@ -1,0 +1,74 @@
+"""Shared fixtures: the test lab (real sshd + real Docker engines) and CLI helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fleet import lab
+from fleet.cli import main
+
+TEST_LAB = "fleet-test"
+
+
+@dataclass(frozen=True)
+class TestLab:
+    """A running test lab and its generated inventory."""
+
+    lab: lab.Lab
+    inventory: Path
+    state: Path
+
+    def host(self, name: str) -> lab.LabHost:
+        return next(h for h in self.lab.hosts if h.name == name)
+
+
+def _engine_answers() -> bool:
+    try:
+        lab.engine_client()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestLab]:
+    """A two-host lab (one classic, one containerd engine), shared by the session."""
+    if not _engine_answers():
+        if os.environ.get("CI"):
+            pytest.fail("the controller's Docker engine is not running (scripts/setup.sh starts it)")
+        pytest.skip("no Docker engine on this machine: run scripts/setup.sh")
+    state = tmp_path_factory.mktemp("labstate")
+    os.environ["FLEET_LAB_DIR"] = str(state)
+    inventory = tmp_path_factory.mktemp("labinv") / "lab.yml"
+    started = lab.up(2, "mixed", name=TEST_LAB, inventory=inventory)
+    yield TestLab(started, inventory, state)
+    lab.down(name=TEST_LAB, inventory=inventory)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def heal(env: TestLab) -> TestLab:
+    """Bring every test-lab host back (after a test stopped one) and return the new lab."""
+    started = lab.up(2, "mixed", name=TEST_LAB, inventory=env.inventory)
+    return TestLab(started, env.inventory, env.state)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run fleet in-process; (exit code, stdout, stderr)."""
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, object]]:
+    code, out, err = run_cli(capsys, *argv, "--json")
+    try:
+        return code, json.loads(out)
+    except json.JSONDecodeError:
+        raise AssertionError(f"not one JSON document on stdout:\n{out}\nstderr:\n{err}") from None

@@ -1,0 +1,69 @@
+"""Fact parsing from outputs recorded on the lab's real hosts."""
+
+from pathlib import Path
+
+from fleet import facts
+
+FIXTURES = Path(__file__).parent / "fixtures" / "facts"
+
+
+def test_classic_host() -> None:
+    found = facts.parse((FIXTURES / "classic.txt").read_text())
+    assert found.hostname == "lab1"
+    assert found.engine_ok
+    assert found.engine_version.startswith("20.10")
+    assert found.api_version == "1.41"
+    assert found.image_store == "classic"
+    assert found.storage_driver == "overlay2"
+    assert "runc" in found.runtimes
+    assert not found.has_nvidia_runtime
+    assert found.gpus == ()
+    assert found.nvidia_smi is False
+    assert found.disk_docker is not None and found.disk_docker.path == "/var/lib/docker"
+    assert found.disk_docker.free > 0
+
+
+def test_containerd_host() -> None:
+    found = facts.parse((FIXTURES / "containerd.txt").read_text())
+    assert found.engine_version.startswith("26.")
+    assert found.image_store == "containerd"
+
+
+def test_engine_down_is_an_error_with_the_engines_words() -> None:
+    found = facts.parse((FIXTURES / "engine-down.txt").read_text())
+    assert not found.engine_ok
+    assert "Cannot connect to the Docker daemon" in found.engine_error
+    assert found.image_store == ""
+    assert found.framework_containers == ()
+
+
+def test_gpus_and_framework_containers() -> None:
+    text = "\n".join(
+        [
+            "@@hostname",
+            "gpu07",
+            "@@docker_info",
+            '{"ServerVersion":"24.0.7","Runtimes":{"nvidia":{},"runc":{}},"DriverStatus":[]}',
+            "@@docker_info_rc 0",
+            "@@nvidia_smi",
+            "NVIDIA A100-SXM4-80GB, 535.104.05, 81920 MiB",
+            "NVIDIA A100-SXM4-80GB, 535.104.05, 81920 MiB",
+            "@@df_data",
+            "absent",
+            "@@framework",
+            '{"ID":"abc","Names":"cauchy_service","Image":"cauchy:0.2.7","State":"running","Ignored":"x"}',
+            "@@end",
+        ]
+    )
+    found = facts.parse(text)
+    assert found.has_nvidia_runtime
+    assert len(found.gpus) == 2 and found.gpus[0].model == "NVIDIA A100-SXM4-80GB"
+    assert found.disk_data is None
+    assert found.framework_containers == (
+        {"ID": "abc", "Names": "cauchy_service", "Image": "cauchy:0.2.7", "State": "running"},
+    )
+
+
+def test_garbage_does_not_crash() -> None:
+    found = facts.parse("\x00garbage\n@@docker_info\n{not json\n@@df_docker\n1 2\n")
+    assert not found.engine_ok

@@ -1,0 +1,42 @@
+from fleet.results import FleetResult, HostResult, Outcome
+
+
+def result(*outcomes: Outcome) -> FleetResult:
+    return FleetResult.of("ping", (HostResult(f"h{i}", o) for i, o in enumerate(outcomes)))
+
+
+def test_exit_code_follows_ansible() -> None:
+    assert result(Outcome.OK, Outcome.CHANGED, Outcome.SKIPPED).exit_code == 0
+    assert result(Outcome.OK, Outcome.FAILED).exit_code == 2
+    assert result(Outcome.FAILED, Outcome.UNREACHABLE).exit_code == 3
+
+
+def test_counts_name_every_outcome() -> None:
+    counts = result(Outcome.OK, Outcome.OK, Outcome.FAILED).counts()
+    assert counts == {
+        Outcome.OK: 2,
+        Outcome.CHANGED: 0,
+        Outcome.SKIPPED: 0,
+        Outcome.FAILED: 1,
+        Outcome.UNREACHABLE: 0,
+    }
+
+
+def test_retry_hosts_are_failed_and_unreachable_in_order() -> None:
+    run = result(Outcome.UNREACHABLE, Outcome.OK, Outcome.FAILED)
+    assert run.retry_hosts() == ["h0", "h2"]
+
+
+def test_json_document_shape() -> None:
+    run = FleetResult.of(
+        "exec",
+        [HostResult("a", Outcome.FAILED, "command exited 1: false", details={"exit_code": 1})],
+        1.23456,
+    )
+    doc = run.to_json()
+    assert doc["schema"] == 1
+    assert doc["exit_code"] == 2
+    assert doc["seconds"] == 1.235
+    assert doc["summary"]["failed"] == 1
+    assert doc["hosts"]["a"]["reason"] == "command exited 1: false"
+    assert doc["hosts"]["a"]["details"] == {"exit_code": 1}
