@@ -142,7 +142,9 @@ def parse(text: str) -> HostFacts:
     if server_errors:
         engine_error = "; ".join(str(e) for e in server_errors)
     elif rc_line[:1] != ["0"] or not info:
-        engine_error = "\n".join(line for line in raw_info if not line.startswith("{")) or "docker info failed"
+        engine_error = (
+            "\n".join(line for line in raw_info if not line.startswith("{")) or "docker info failed"
+        )
     engine_ok = bool(info.get("ServerVersion")) and not server_errors
     gpus: list[GPU] = []
     smi = parts.get("nvidia_smi", [])

@@ -15,6 +15,7 @@ lab's own known_hosts, so host keys are verified like anywhere else.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -116,7 +117,9 @@ class NodeRecipe:
 def recipe(engine: str) -> NodeRecipe:
     """The node recipe for an engine kind."""
     if engine == "classic":
-        return NodeRecipe("classic", "bookworm", _NODE_PACKAGES, json.dumps({"log-driver": "json-file"}))
+        return NodeRecipe(
+            "classic", "bookworm", _NODE_PACKAGES, json.dumps({"log-driver": "json-file"})
+        )
     if engine == "containerd":
         return NodeRecipe(
             "containerd",
@@ -250,14 +253,49 @@ def ensure_node_image(client: docker.DockerClient, engine: str, log: Log = _quie
 
 
 # -- isolation ----------------------------------------------------------------------
-_CAPABILITIES = (
-    "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP "
-    "LINUX_IMMUTABLE NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER "
-    "SYS_MODULE SYS_RAWIO SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE "
-    "SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP "
-    "MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF "
-    "CHECKPOINT_RESTORE"
-).split()
+_CAPABILITIES = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+]
 
 
 _ENGINE_KNOWN_CAPS = _CAPABILITIES.index("AUDIT_READ") + 1
@@ -376,7 +414,7 @@ def _start_host(
         binds=binds,
         # A fixed port, so a restarted ("rebooted") host keeps its address.
         port_bindings={22: ("127.0.0.1", _free_port())},
-        tmpfs={"/run": "", "/tmp": ""},
+        tmpfs={"/run": "", "/tmp": ""},  # noqa: S108 - the lab host's own /tmp
         **options,
     )
     if unmask:
@@ -514,7 +552,8 @@ def up(
         host = f"lab{index}"
         current = existing.pop(host, None)
         if current is not None and (
-            current.labels.get(f"{LABEL}.engine") != kind or current.image.tags[:1] != [images[kind]]
+            current.labels.get(f"{LABEL}.engine") != kind
+            or current.image.tags[:1] != [images[kind]]
         ):
             log(f"replacing {current.name} (engine or node image changed)")
             _remove_container(client, current)
@@ -536,7 +575,9 @@ def up(
         version, store = _wait_ready(client, container, deadline)
         port = _published_port(container)
         key_lines.append(_host_key_line(container, port))
-        lab_hosts.append(LabHost(host, container.name, kind, "127.0.0.1", port, "running", version, store))
+        lab_hosts.append(
+            LabHost(host, container.name, kind, "127.0.0.1", port, "running", version, store)
+        )
     known_hosts = directory / "known_hosts"
     _write_known_hosts(known_hosts, key_lines)
     lab = Lab(name, tuple(lab_hosts), key, known_hosts, inventory)
@@ -568,7 +609,9 @@ def _wait_ssh(lab: Lab, deadline: float) -> None:
                 transport = SSHTransport(endpoint, known)
             except HostError as exc:
                 if time.monotonic() > deadline:
-                    raise LabError(f"lab host {endpoint.name}: sshd did not answer in time: {exc}") from exc
+                    raise LabError(
+                        f"lab host {endpoint.name}: sshd did not answer in time: {exc}"
+                    ) from exc
                 time.sleep(0.3)
                 continue
             transport.close()
@@ -579,10 +622,8 @@ def _remove_container(client: docker.DockerClient, container: Any) -> None:
     volumes = [m["Name"] for m in container.attrs.get("Mounts", []) if m.get("Type") == "volume"]
     container.remove(force=True, v=True)
     for volume in volumes:
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             client.volumes.get(volume).remove(force=True)
-        except docker.errors.NotFound:
-            pass
 
 
 def down(*, name: str = DEFAULT_LAB, inventory: Path | None = None) -> list[str]:
@@ -594,7 +635,11 @@ def down(*, name: str = DEFAULT_LAB, inventory: Path | None = None) -> list[str]
         _remove_container(client, container)
     known = state_dir(name) / "known_hosts"
     known.unlink(missing_ok=True)
-    if inventory is not None and inventory.is_file() and inventory.read_text().startswith("# Generated by 'fleet lab up'"):
+    if (
+        inventory is not None
+        and inventory.is_file()
+        and inventory.read_text().startswith("# Generated by 'fleet lab up'")
+    ):
         inventory.unlink()
     return removed
 
@@ -610,12 +655,16 @@ def status(*, name: str = DEFAULT_LAB) -> list[LabHost]:
         port = 0
         if container.status == "running":
             port = _published_port(container)
-            code, out = _exec(container, "docker", "info", "--format", "{{.ServerVersion}} {{json .DriverStatus}}")
+            code, out = _exec(
+                container, "docker", "info", "--format", "{{.ServerVersion}} {{json .DriverStatus}}"
+            )
             version, _, driver = out.strip().partition(" ")
             if code == 0 and version[:1].isdigit():
                 store = _store_from_driver_status(driver)
             else:
                 version = ""
                 store = "engine down"
-        result.append(LabHost(host, container.name, kind, "127.0.0.1", port, container.status, version, store))
+        result.append(
+            LabHost(host, container.name, kind, "127.0.0.1", port, container.status, version, store)
+        )
     return result

@@ -9,6 +9,7 @@ is ``unreachable``, a failed command ``failed`` with its evidence, an unexpected
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +20,13 @@ from typing import Any, Protocol
 from fleet.errors import FleetError, HostError, UnreachableError
 from fleet.inventory import Host
 from fleet.results import FleetResult, HostResult, Outcome
-from fleet.transport import DEFAULT_CONNECT_TIMEOUT, KnownHosts, SSHTransport, Transport, endpoint_for
+from fleet.transport import (
+    DEFAULT_CONNECT_TIMEOUT,
+    KnownHosts,
+    SSHTransport,
+    Transport,
+    endpoint_for,
+)
 
 DEFAULT_FORKS = 20
 
@@ -29,7 +36,9 @@ class Events(Protocol):
 
     def started(self, host: str, step: str) -> None: ...
 
-    def progress(self, host: str, step: str, note: str = "", done: int = 0, total: int = 0) -> None: ...
+    def progress(
+        self, host: str, step: str, note: str = "", done: int = 0, total: int = 0
+    ) -> None: ...
 
     def finished(self, result: HostResult) -> None: ...
 
@@ -170,7 +179,9 @@ class Runner:
                 future.cancel()
             for host in hosts:
                 if host.name not in results:
-                    results[host.name] = HostResult(host.name, Outcome.SKIPPED, "interrupted (Ctrl-C)")
+                    results[host.name] = HostResult(
+                        host.name, Outcome.SKIPPED, "interrupted (Ctrl-C)"
+                    )
             raise Interrupted(FleetResult.of(command, (results[h.name] for h in hosts))) from None
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -191,8 +202,10 @@ class Runner:
             result = HostResult(host.name, Outcome.FAILED, exc.reason, exc.fix)
         except FleetError as exc:
             result = HostResult(host.name, Outcome.FAILED, exc.message, exc.fix)
-        except Exception as exc:  # noqa: BLE001 - a bug on one host must not stop the others
-            result = HostResult(host.name, Outcome.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+        except Exception as exc:
+            result = HostResult(
+                host.name, Outcome.FAILED, f"internal error: {type(exc).__name__}: {exc}"
+            )
         result = _with_seconds(result, time.monotonic() - started)
         self.events.finished(result)
         return result
@@ -203,10 +216,8 @@ class Runner:
             transports = list(self._transports.values())
             self._transports.clear()
         for transport in transports:
-            try:
+            with contextlib.suppress(Exception):  # closing is best effort
                 transport.close()
-            except Exception:  # noqa: BLE001, S110 - closing is best effort
-                pass
 
     def __enter__(self) -> Runner:
         return self

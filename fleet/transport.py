@@ -238,7 +238,8 @@ class SSHTransport:
             return socket.create_connection((ep.address, ep.port), timeout=ep.connect_timeout)
         except TimeoutError as exc:
             raise UnreachableError(
-                ep.name, f"connecting to {ep.address}:{ep.port} timed out after {ep.connect_timeout:g}s"
+                ep.name,
+                f"connecting to {ep.address}:{ep.port} timed out after {ep.connect_timeout:g}s",
             ) from exc
         except OSError as exc:
             raise UnreachableError(
@@ -258,7 +259,8 @@ class SSHTransport:
                 transport.start_client(timeout=ep.connect_timeout)
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 raise UnreachableError(
-                    ep.name, f"SSH handshake with {ep.address}:{ep.port} failed: {exc or type(exc).__name__}"
+                    ep.name,
+                    f"SSH handshake with {ep.address}:{ep.port} failed: {exc or type(exc).__name__}",
                 ) from exc
             self._known_hosts.verify(ep, transport.get_remote_server_key())
             self._authenticate(transport)
@@ -298,7 +300,10 @@ class SSHTransport:
                 continue
             if transport.is_authenticated():
                 return
-        tried = "; ".join(errors) or "no private key found (no key file given, none in ~/.ssh, no agent)"
+        tried = (
+            "; ".join(errors)
+            or "no private key found (no key file given, none in ~/.ssh, no agent)"
+        )
         raise UnreachableError(
             ep.name,
             f"permission denied for {ep.user}@{ep.address}:{ep.port} ({tried})",
@@ -362,7 +367,7 @@ class SSHTransport:
                     if chunk:
                         channel.sendall(chunk)
                 channel.shutdown_write()
-            except BaseException as exc:  # noqa: BLE001 - reported by the reader below
+            except BaseException as exc:
                 writer_error.append(exc)
                 channel.close()
 
@@ -374,9 +379,8 @@ class SSHTransport:
             channel.close()
             writer.join(timeout=5)
         seconds = time.monotonic() - started
-        if writer_error and code != 0:
-            if not self._transport.is_active():
-                raise UnreachableError(self.host, f"connection lost while sending to {command!r}")
+        if writer_error and code != 0 and not self._transport.is_active():
+            raise UnreachableError(self.host, f"connection lost while sending to {command!r}")
         if writer_error and code == 0:
             raise HostError(self.host, f"sending input to {command!r} failed: {writer_error[0]}")
         result = CommandResult(command, code, stdout, stderr, seconds)
@@ -403,7 +407,11 @@ class SSHTransport:
             while channel.recv_stderr_ready():
                 err.append(channel.recv_stderr(_READ_CHUNK))
                 drained = True
-            if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+            if (
+                channel.exit_status_ready()
+                and not channel.recv_ready()
+                and not channel.recv_stderr_ready()
+            ):
                 break
             if channel.closed or not self._transport.is_active():
                 if channel.exit_status_ready():
@@ -412,6 +420,14 @@ class SSHTransport:
             if not drained:
                 select.select([channel], [], [], 0.05)
         code = channel.recv_exit_status()
+        if code == -1:
+            # Closed without an exit status: the connection died, or sshd killed the session.
+            deadline = time.monotonic() + 1.0
+            while self._transport.is_active() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not self._transport.is_active():
+                raise UnreachableError(self.host, f"connection lost while running {command!r}")
+            raise HostError(self.host, f"{command!r} ended without an exit status (killed?)")
         return (
             b"".join(out).decode("utf-8", "replace"),
             b"".join(err).decode("utf-8", "replace"),
@@ -490,14 +506,14 @@ def load_ssh_config(path: str | Path = "~/.ssh/config") -> paramiko.SSHConfig:
 
 def _jump_endpoint(spec: str, config: paramiko.SSHConfig, base: Endpoint) -> Endpoint:
     """An endpoint for a ProxyJump spec ``[user@]host[:port]`` (the first hop of a chain)."""
-    first = spec.split(",")[0].strip()
+    first = spec.split(",", maxsplit=1)[0].strip()
     user, _, hostport = first.rpartition("@")
     host, _, port = hostport.partition(":")
     looked = config.lookup(host)
     return Endpoint(
         name=f"jump {first}",
         address=str(looked.get("hostname", host)),
-        port=int(port or looked.get("port", 22)),
+        port=int(port or looked.get("port") or 22),
         user=user or str(looked.get("user", base.user)),
         key_files=tuple(looked.get("identityfile", ())) or base.key_files,
         known_hosts_files=base.known_hosts_files,
@@ -528,9 +544,13 @@ def endpoint_for(
             if hostvars.get(k)
         )
     )
-    key_file = hostvars.get("ansible_ssh_private_key_file") or hostvars.get("ansible_private_key_file")
+    key_file = hostvars.get("ansible_ssh_private_key_file") or hostvars.get(
+        "ansible_private_key_file"
+    )
     key_files: tuple[str, ...] = (
-        (str(key_file),) if key_file else tuple(options.identity_files) or tuple(looked.get("identityfile", ()))
+        (str(key_file),)
+        if key_file
+        else tuple(options.identity_files) or tuple(looked.get("identityfile", ()))
     )
     known = list(extra_known_hosts)
     known += options.known_hosts_files
@@ -538,16 +558,24 @@ def endpoint_for(
     if hostvars.get("fleet_known_hosts"):
         known.append(str(hostvars["fleet_known_hosts"]))
     known.append("~/.ssh/known_hosts")
-    port_value = hostvars.get("ansible_port") or hostvars.get("ansible_ssh_port") or looked.get("port", 22)
+    port_value = (
+        hostvars.get("ansible_port") or hostvars.get("ansible_ssh_port") or looked.get("port", 22)
+    )
     endpoint = Endpoint(
         name=name,
         address=str(looked.get("hostname", target)),
-        port=int(port_value),
-        user=str(hostvars.get("ansible_user") or hostvars.get("ansible_ssh_user") or looked.get("user", "root")),
+        port=_port(name, port_value),
+        user=str(
+            hostvars.get("ansible_user")
+            or hostvars.get("ansible_ssh_user")
+            or looked.get("user", "root")
+        ),
         key_files=key_files,
         known_hosts_files=tuple(dict.fromkeys(known)),
         become=_truthy(hostvars.get("ansible_become", False)),
-        become_user=(str(hostvars["ansible_become_user"]) if hostvars.get("ansible_become_user") else None),
+        become_user=(
+            str(hostvars["ansible_become_user"]) if hostvars.get("ansible_become_user") else None
+        ),
         connect_timeout=connect_timeout,
         command_timeout=command_timeout,
     )
@@ -555,6 +583,16 @@ def endpoint_for(
     if jump and str(jump).lower() != "none":
         endpoint = replace(endpoint, jump=_jump_endpoint(str(jump), config, endpoint))
     return endpoint
+
+
+def _port(host: str, value: Any) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        port = 0
+    if not 0 < port < 65536:
+        raise UnreachableError(host, f"port {value!r} is not a TCP port", fix="fix ansible_port")
+    return port
 
 
 def _truthy(value: Any) -> bool:

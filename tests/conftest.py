@@ -18,7 +18,7 @@ TEST_LAB = "fleet-test"
 
 
 @dataclass(frozen=True)
-class TestLab:
+class LabFixture:
     """A running test lab and its generated inventory."""
 
     lab: lab.Lab
@@ -38,25 +38,27 @@ def _engine_answers() -> bool:
 
 
 @pytest.fixture(scope="session")
-def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestLab]:
+def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabFixture]:
     """A two-host lab (one classic, one containerd engine), shared by the session."""
     if not _engine_answers():
         if os.environ.get("CI"):
-            pytest.fail("the controller's Docker engine is not running (scripts/setup.sh starts it)")
+            pytest.fail(
+                "the controller's Docker engine is not running (scripts/setup.sh starts it)"
+            )
         pytest.skip("no Docker engine on this machine: run scripts/setup.sh")
     state = tmp_path_factory.mktemp("labstate")
     os.environ["FLEET_LAB_DIR"] = str(state)
     inventory = tmp_path_factory.mktemp("labinv") / "lab.yml"
     started = lab.up(2, "mixed", name=TEST_LAB, inventory=inventory)
-    yield TestLab(started, inventory, state)
+    yield LabFixture(started, inventory, state)
     lab.down(name=TEST_LAB, inventory=inventory)
     shutil.rmtree(state, ignore_errors=True)
 
 
-def heal(env: TestLab) -> TestLab:
+def heal(env: LabFixture) -> LabFixture:
     """Bring every test-lab host back (after a test stopped one) and return the new lab."""
     started = lab.up(2, "mixed", name=TEST_LAB, inventory=env.inventory)
-    return TestLab(started, env.inventory, env.state)
+    return LabFixture(started, env.inventory, env.state)
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -67,7 +69,9 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, object]]:
-    code, out, err = run_cli(capsys, *argv, "--json")
+    args = list(argv)
+    cut = args.index("--") if "--" in args else len(args)
+    code, out, err = run_cli(capsys, *args[:cut], "--json", *args[cut:])
     try:
         return code, json.loads(out)
     except json.JSONDecodeError:

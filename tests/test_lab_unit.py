@@ -59,5 +59,7 @@ def test_inventory_is_ansible_yaml_with_pinned_keys(tmp_path: Path) -> None:
         "fleet_lab_engine": "classic",
     }
     assert group["vars"]["ansible_ssh_private_key_file"] == str(tmp_path / "id_ed25519")
-    assert f"UserKnownHostsFile={tmp_path / 'known_hosts'}" in group["vars"]["ansible_ssh_common_args"]
+    assert (
+        f"UserKnownHostsFile={tmp_path / 'known_hosts'}" in group["vars"]["ansible_ssh_common_args"]
+    )
     assert "StrictHostKeyChecking=yes" in group["vars"]["ansible_ssh_common_args"]

@@ -18,7 +18,9 @@ def test_recap_lists_every_host_and_puts_failures_last() -> None:
         "exec",
         [
             HostResult("gpu01", Outcome.CHANGED, seconds=0.4),
-            HostResult("gpu02", Outcome.FAILED, "command exited 3: false", fix="look at it", seconds=1.0),
+            HostResult(
+                "gpu02", Outcome.FAILED, "command exited 3: false", fix="look at it", seconds=1.0
+            ),
             HostResult("gpu03", Outcome.UNREACHABLE, "cannot connect to 10.0.0.3:22: refused"),
         ],
         1.5,

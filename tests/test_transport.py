@@ -51,7 +51,7 @@ def test_key_of_another_type_is_not_a_new_host(tmp_path: Path, keys) -> None:
     path = tmp_path / "kh"
     KnownHosts([path], accept_new=True).verify(endpoint(), keys[0])
     rsa = paramiko.RSAKey.generate(1024)
-    with pytest.raises(HostKeyError, match="only .* is recorded"):
+    with pytest.raises(HostKeyError, match=r"only .* is recorded"):
         KnownHosts([path], accept_new=True).verify(endpoint(), rsa)
 
 
@@ -73,15 +73,29 @@ def test_endpoint_inventory_wins_over_ssh_config(tmp_path: Path) -> None:
     )
     config = paramiko.SSHConfig.from_path(str(config_file))
     from_config = endpoint_for("gpu01", {}, config=config)
-    assert (from_config.address, from_config.port, from_config.user) == ("gpu01.lab.example", 2200, "trainer")
+    assert (from_config.address, from_config.port, from_config.user) == (
+        "gpu01.lab.example",
+        2200,
+        "trainer",
+    )
     assert from_config.jump is not None
     assert (from_config.jump.address, from_config.jump.user) == ("192.0.2.1", "admin")
     explicit = endpoint_for(
         "gpu01",
-        {"ansible_host": "10.1.1.1", "ansible_port": "22", "ansible_user": "root", "ansible_become": "yes"},
+        {
+            "ansible_host": "10.1.1.1",
+            "ansible_port": "22",
+            "ansible_user": "root",
+            "ansible_become": "yes",
+        },
         config=config,
     )
-    assert (explicit.address, explicit.port, explicit.user, explicit.become) == ("10.1.1.1", 22, "root", True)
+    assert (explicit.address, explicit.port, explicit.user, explicit.become) == (
+        "10.1.1.1",
+        22,
+        "root",
+        True,
+    )
 
 
 def test_known_hosts_files_in_openssh_order(tmp_path: Path) -> None:

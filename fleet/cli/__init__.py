@@ -16,7 +16,7 @@ from fleet import __version__
 from fleet.errors import EXIT_BAD_OPTIONS, FleetError, UsageError
 
 # The order in which subcommands appear in ``fleet --help``.
-_COMMAND_MODULES = ("lab", "inventory", "hosts")
+_COMMAND_MODULES = ("lab", "inventory", "hosts", "build")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -38,7 +38,9 @@ def build_parser() -> ArgumentParser:
         "3 some host unreachable, 4 bad inventory/playbook/config file, 5 bad options.",
     )
     parser.add_argument("--version", action="version", version=f"fleet {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=ArgumentParser
+    )
     for name in _COMMAND_MODULES:
         module = importlib.import_module(f"fleet.cli.{name}")
         module.register(subparsers)

@@ -34,10 +34,24 @@ def add_inventory_option(parser: argparse.ArgumentParser) -> None:
 def add_host_options(parser: argparse.ArgumentParser, *, pattern: bool = True) -> None:
     """PATTERN, --limit, inventory, connection and output options."""
     if pattern:
-        parser.add_argument("pattern", nargs="?", default="all", metavar="PATTERN", help="host pattern (default: all)")
+        parser.add_argument(
+            "pattern",
+            nargs="?",
+            default="all",
+            metavar="PATTERN",
+            help="host pattern (default: all)",
+        )
     add_inventory_option(parser)
-    parser.add_argument("-l", "--limit", metavar="PATTERN", help="further limit the hosts (e.g. @retry-file)")
-    parser.add_argument("-f", "--forks", type=_positive_int, default=DEFAULT_FORKS, help=f"hosts at once (default {DEFAULT_FORKS})")
+    parser.add_argument(
+        "-l", "--limit", metavar="PATTERN", help="further limit the hosts (e.g. @retry-file)"
+    )
+    parser.add_argument(
+        "-f",
+        "--forks",
+        type=_positive_int,
+        default=DEFAULT_FORKS,
+        help=f"hosts at once (default {DEFAULT_FORKS})",
+    )
     parser.add_argument(
         "-T",
         "--timeout",
@@ -51,8 +65,14 @@ def add_host_options(parser: argparse.ArgumentParser, *, pattern: bool = True) -
         action="store_true",
         help="record unknown host keys (like OpenSSH's accept-new); changed keys are always refused",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout, nothing else")
-    parser.add_argument("--retry-file", metavar="PATH", help="where to write failed+unreachable hosts (default ~/.cache/fleet/last.retry)")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document on stdout, nothing else"
+    )
+    parser.add_argument(
+        "--retry-file",
+        metavar="PATH",
+        help="where to write failed+unreachable hosts (default ~/.cache/fleet/last.retry)",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -80,7 +100,9 @@ def load_inventory(args: argparse.Namespace) -> Inventory:
     return inventory_mod.load(paths)
 
 
-def select_hosts(args: argparse.Namespace, inv: Inventory | None = None) -> tuple[Inventory, list[Host]]:
+def select_hosts(
+    args: argparse.Namespace, inv: Inventory | None = None
+) -> tuple[Inventory, list[Host]]:
     """The inventory and the hosts that PATTERN and --limit select."""
     inv = inv or load_inventory(args)
     for warning in inv.warnings:

@@ -25,10 +25,14 @@ def register(subparsers: Any) -> None:
         "are, quoted; use --shell to have a shell interpret one command string).",
     )
     common.add_host_options(exec_)
-    exec_.add_argument("--shell", action="store_true", help="run CMD as one 'sh -c' string (pipes, globs)")
+    exec_.add_argument(
+        "--shell", action="store_true", help="run CMD as one 'sh -c' string (pipes, globs)"
+    )
     exec_.set_defaults(handler=_exec, takes_remote_command=True)
 
-    facts = subparsers.add_parser("facts", help="hostname, kernel, engine, image store, runtimes, GPUs, disk, framework")
+    facts = subparsers.add_parser(
+        "facts", help="hostname, kernel, engine, image store, runtimes, GPUs, disk, framework"
+    )
     common.add_host_options(facts)
     facts.set_defaults(handler=_facts)
 
@@ -58,10 +62,16 @@ def _exec(args: argparse.Namespace) -> int:
         outcome = Outcome.CHANGED if ran.ok else Outcome.FAILED
         reason = None if ran.ok else f"command exited {ran.exit_code}: {ran.command}"
         return ctx.result(
-            outcome, reason, details={"exit_code": ran.exit_code}, stdout=ran.stdout, stderr=ran.stderr
+            outcome,
+            reason,
+            details={"exit_code": ran.exit_code},
+            stdout=ran.stdout,
+            stderr=ran.stderr,
         )
 
-    return common.run_on_hosts(args, "exec", task, render=report.command_output, detail_columns=("exit_code",))
+    return common.run_on_hosts(
+        args, "exec", task, render=report.command_output, detail_columns=("exit_code",)
+    )
 
 
 def _facts(args: argparse.Namespace) -> int:

@@ -11,12 +11,20 @@ from fleet.cli import common
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("inventory", help="show the inventory (as ansible-inventory does)")
+    parser = subparsers.add_parser(
+        "inventory", help="show the inventory (as ansible-inventory does)"
+    )
     common.add_inventory_option(parser)
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--list", action="store_true", help="JSON in ansible-inventory --list's shape")
-    what.add_argument("--graph", nargs="?", const="all", metavar="GROUP", help="a tree of groups and hosts")
-    what.add_argument("--list-hosts", metavar="PATTERN", help="the hosts PATTERN selects, one per line")
+    what.add_argument(
+        "--list", action="store_true", help="JSON in ansible-inventory --list's shape"
+    )
+    what.add_argument(
+        "--graph", nargs="?", const="all", metavar="GROUP", help="a tree of groups and hosts"
+    )
+    what.add_argument(
+        "--list-hosts", metavar="PATTERN", help="the hosts PATTERN selects, one per line"
+    )
     what.add_argument("--host", metavar="HOST", help="one host's variables as JSON")
     parser.add_argument("-l", "--limit", metavar="PATTERN", help="further limit --list-hosts")
     parser.set_defaults(handler=_inventory)

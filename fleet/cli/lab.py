@@ -15,7 +15,9 @@ DEFAULT_INVENTORY = Path("inventory") / "lab.yml"
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("lab", help="start, stop or show the local lab of real SSH + Docker hosts")
+    parser = subparsers.add_parser(
+        "lab", help="start, stop or show the local lab of real SSH + Docker hosts"
+    )
     actions = parser.add_subparsers(dest="lab_action", metavar="ACTION", required=True)
     up = actions.add_parser("up", help="start N lab hosts (sshd + own Docker engine + cron each)")
     up.add_argument("--hosts", type=int, default=3, metavar="N", help="number of hosts (default 3)")
@@ -37,7 +39,11 @@ def register(subparsers: Any) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--name", default=lab.DEFAULT_LAB, help=f"lab name, a prefix of its containers (default {lab.DEFAULT_LAB})")
+    parser.add_argument(
+        "--name",
+        default=lab.DEFAULT_LAB,
+        help=f"lab name, a prefix of its containers (default {lab.DEFAULT_LAB})",
+    )
     parser.add_argument(
         "--write-inventory",
         type=Path,

@@ -49,13 +49,19 @@ class _Row:
 class LiveReporter:
     """Hears a run's events and shows them: live on a terminal, plain lines otherwise."""
 
-    def __init__(self, hosts: Sequence[str], out: Console | None = None, *, live: bool | None = None) -> None:
+    def __init__(
+        self, hosts: Sequence[str], out: Console | None = None, *, live: bool | None = None
+    ) -> None:
         self.console = out or console()
         self.hosts = list(hosts)
         self._rows: dict[str, _Row] = {}
         self._lock = threading.Lock()
         use_live = self.console.is_terminal if live is None else live
-        self._live = Live(self._render(), console=self.console, refresh_per_second=8, transient=True) if use_live else None
+        self._live = (
+            Live(self._render(), console=self.console, refresh_per_second=8, transient=True)
+            if use_live
+            else None
+        )
 
     def __enter__(self) -> LiveReporter:
         if self._live is not None:
@@ -172,7 +178,13 @@ def summary_line(result: FleetResult) -> Text:
     """``3 hosts in 1.2s: ok=2 changed=0 failed=1 unreachable=0 skipped=0``."""
     counts = result.counts()
     text = Text(f"{len(result.results)} hosts in {result.seconds:.1f}s:")
-    for outcome in (Outcome.OK, Outcome.CHANGED, Outcome.FAILED, Outcome.UNREACHABLE, Outcome.SKIPPED):
+    for outcome in (
+        Outcome.OK,
+        Outcome.CHANGED,
+        Outcome.FAILED,
+        Outcome.UNREACHABLE,
+        Outcome.SKIPPED,
+    ):
         count = counts[outcome]
         text.append(" ")
         text.append(f"{outcome}={count}", style=STYLES[outcome] if count else "")
@@ -201,7 +213,19 @@ def command_output(result: FleetResult) -> RenderableType:
 def facts_table(rows: Iterable[tuple[str, Mapping[str, Any] | None]]) -> RenderableType:
     """``fleet facts``: one row per host."""
     table = Table(box=None, pad_edge=False)
-    for column in ("host", "hostname", "kernel", "engine", "api", "store", "runtimes", "gpus", "free docker", "free /data", "framework"):
+    for column in (
+        "host",
+        "hostname",
+        "kernel",
+        "engine",
+        "api",
+        "store",
+        "runtimes",
+        "gpus",
+        "free docker",
+        "free /data",
+        "framework",
+    ):
         table.add_column(column)
     for host, facts in rows:
         if facts is None:

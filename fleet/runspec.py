@@ -1,0 +1,732 @@
+"""How the framework's container is run: a structured ``docker run``.
+
+The run command lives in the framework's settings (inventory variables), is written into
+every framework image as the ``org.label-schema.docker.cmd`` label, and is read back from
+a host's image when deploying. Three shapes of the same thing:
+
+* settings: ``fleet_run`` (lab-wide, e.g. ``inventory/group_vars/all.yml``) and
+  ``fleet_run_overrides`` (per group or host), keys as in ``RunSpec`` below, e.g.
+  ``fleet_run: {name: cauchy_service, restart: unless-stopped, volumes: [/data:/data],
+  network: host, hostname: colorai, runtime: nvidia, shm_size: 2g,
+  ulimits: {memlock: -1, stack: 67108864}, env: {}, command: [python,
+  cauchy_services.py], port: 8339, health: {path: /health, timeout: 60, interval: 1}}``;
+* a value: the frozen ``RunSpec`` (``health`` is kept apart in ``HealthCheck``, since
+  ``docker run`` has no place for it);
+* text: ``RunSpec.render(image)``, parsed back by ``parse_docker_cmd``, which treats the
+  text as untrusted (it comes from an image label that anybody who can build an image can
+  write): no shell, only ``docker run`` of the expected image, only whitelisted flags,
+  and no flag that hands the container the host (``--privileged``, ``--pid host``,
+  ``--cap-add``, ``--device``, host-system mounts, ...) unless the caller allows it.
+
+Overrides merge key by key: a scalar replaces (``null`` clears it, e.g. ``runtime: null``
+on a CPU host), a list replaces, and ``ulimits``/``env`` merge per entry where ``null``
+drops the entry (``ulimits: {memlock: null}``).
+
+The command's port is kept apart (``port``) and rendered as a trailing ``--port N``, which
+is also how it is recognised when parsing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+import re
+import shlex
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fleet.errors import InputError
+
+FLEET_RUN = "fleet_run"
+FLEET_RUN_OVERRIDES = "fleet_run_overrides"
+
+
+class RunSpecError(InputError):
+    """A run spec (settings or an image's docker.cmd label) is malformed or unsupported."""
+
+
+class DangerousRunError(RunSpecError):
+    """A run command asks for a flag that gives the container power over the host."""
+
+    def __init__(
+        self, flag: str, value: str, *, dangers: Sequence[Danger] = (), fix: str | None = None
+    ) -> None:
+        listed = ", ".join(str(danger) for danger in dangers) or f"{flag} {value}"
+        super().__init__(
+            f"the run command asks for {listed}, which gives the container power over the "
+            "host; fleet refuses it",
+            fix=fix
+            or f"remove {flag} from the run command, or, if you trust whoever builds the "
+            f"image, allow it explicitly (allow={{{flag!r}}})",
+        )
+        self.flag = flag
+        self.value = value
+        self.dangers = tuple(dangers) or (Danger(flag, value),)
+
+
+@dataclass(frozen=True)
+class Danger:
+    """One flag of a run command that hands the container part of the host."""
+
+    flag: str
+    value: str
+
+    def __str__(self) -> str:
+        return self.flag if self.value == "true" else f"{self.flag} {self.value}"
+
+
+_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
+_RESTART = re.compile(r"no|always|unless-stopped|on-failure(?::[0-9]+)?")
+_NETWORK = re.compile(r"(?:container:)?[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+_RUNTIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_GPUS = re.compile(r'[A-Za-z0-9"][A-Za-z0-9"=,_.:-]*')
+_SHM_SIZE = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:[kKmMgGtT][iI]?)?[bB]?")
+_ULIMIT_VALUE = re.compile(r"-?[0-9]+(?::-?[0-9]+)?")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PUBLISH = re.compile(
+    r"(?:(?:[0-9.]+|\[[0-9a-fA-F:]+\]):)?(?:[0-9]*(?:-[0-9]+)?:)?"
+    r"[0-9]+(?:-[0-9]+)?(?:/(?:tcp|udp|sctp))?"
+)
+_IPC = re.compile(r"none|private|shareable|host|container:[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+_PID = re.compile(r"host|container:[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+_USERNS = re.compile(r"host")
+_CAPABILITY = re.compile(r"[A-Za-z_]+")
+_DEVICE = re.compile(r"/[^\s:]+(?::/[^\s:]+)?(?::[rwm]{1,3})?")
+_SECURITY_OPT = re.compile(r"[A-Za-z][A-Za-z0-9_.=:/,-]*")
+_VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+_PORT_TEXT = re.compile(r"[0-9]{1,5}")
+_ULIMITS = frozenset(
+    [
+        "core",
+        "cpu",
+        "data",
+        "fsize",
+        "locks",
+        "memlock",
+        "msgqueue",
+        "nice",
+        "nofile",
+        "nproc",
+        "rss",
+        "rtprio",
+        "rttime",
+        "sigpending",
+        "stack",
+    ]
+)
+_VOLUME_OPTIONS = frozenset(
+    [
+        "ro",
+        "rw",
+        "z",
+        "Z",
+        "shared",
+        "slave",
+        "private",
+        "rshared",
+        "rslave",
+        "rprivate",
+        "nocopy",
+        "consistent",
+        "cached",
+        "delegated",
+    ]
+)
+# Host paths whose mount gives a container the host (mounting one of their parents too).
+_HOST_SYSTEM_PATHS = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/lib/containerd",
+    "/var/lib/docker",
+    "/var/run",
+)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A ``docker run`` of the framework image, field by field (flag order as rendered)."""
+
+    name: str | None = None
+    restart: str | None = None
+    detach: bool = True
+    volumes: tuple[str, ...] = ()
+    network: str | None = None
+    hostname: str | None = None
+    runtime: str | None = None
+    gpus: str | None = None
+    shm_size: str | None = None
+    ulimits: tuple[tuple[str, str], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    publish: tuple[str, ...] = ()
+    ipc: str | None = None
+    pid: str | None = None
+    userns: str | None = None
+    privileged: bool = False
+    cap_add: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+    security_opt: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+    port: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in _SEQUENCE_FIELDS | _MAPPING_FIELDS | {"command"}:
+            object.__setattr__(self, name, _as_tuple(name, getattr(self, name)))
+        _validate(self)
+        command = self.command
+        if len(command) >= 2 and command[-2] == "--port" and _is_port_text(command[-1]):
+            if self.port is not None:
+                raise RunSpecError(
+                    f"command: ends with '--port {command[-1]}' and port is {self.port}",
+                    fix="set the port only once, with the port key",
+                )
+            object.__setattr__(self, "command", command[:-2])
+            object.__setattr__(self, "port", int(command[-1]))
+
+    @classmethod
+    def from_settings(cls, variables: Mapping[str, Any]) -> RunSpec:
+        """The spec in ``fleet_run``, with ``fleet_run_overrides`` merged on top."""
+        spec = cls()
+        for key in (FLEET_RUN, FLEET_RUN_OVERRIDES):
+            section = variables.get(key)
+            if section is None:
+                continue
+            if not isinstance(section, Mapping):
+                raise RunSpecError(
+                    f"{key}: expected a mapping of run settings, got {type(section).__name__}",
+                    fix=f"write {key} as a mapping, e.g. {key}: {{name: cauchy_service}}",
+                )
+            spec = spec.with_overrides(section, location=key)
+        return spec
+
+    def with_overrides(self, overrides: Mapping[str, Any], *, location: str = "") -> RunSpec:
+        """A copy with ``overrides`` (settings keys) merged on top; see the module doc."""
+        changes: dict[str, Any] = {}
+        for raw_key, value in overrides.items():
+            key = str(raw_key)
+            where = f"{location}.{key}" if location else key
+            if key == "health":
+                continue
+            if key not in _SETTINGS_FIELDS:
+                raise RunSpecError(
+                    f"{where}: unknown run setting",
+                    fix="use one of: " + ", ".join(sorted(_SETTINGS_FIELDS | {"health"})),
+                )
+            changes[key] = _setting_value(self, key, value, where)
+        try:
+            return dataclasses.replace(self, **changes)
+        except RunSpecError as exc:
+            prefix = f"{location}." if location else ""
+            raise RunSpecError(prefix + exc.message, fix=exc.fix) from None
+
+    def to_argv(self, image: str) -> list[str]:
+        """The ``docker run`` argv of this spec for ``image`` (no shell involved)."""
+        _check_image(image)
+        argv = ["docker", "run"]
+        if self.detach:
+            argv.append("-d")
+        _option(argv, "--name", self.name)
+        _option(argv, "--restart", self.restart)
+        for volume in self.volumes:
+            argv += ["--volume", volume]
+        _option(argv, "--network", self.network)
+        _option(argv, "--hostname", self.hostname)
+        _option(argv, "--runtime", self.runtime)
+        _option(argv, "--gpus", self.gpus)
+        if self.shm_size is not None:
+            argv.append(f"--shm-size={self.shm_size}")
+        for name, limit in self.ulimits:
+            argv += ["--ulimit", f"{name}={limit}"]
+        for key, value in self.env:
+            argv += ["--env", f"{key}={value}"]
+        for mapping in self.publish:
+            argv += ["--publish", mapping]
+        _option(argv, "--ipc", self.ipc)
+        _option(argv, "--pid", self.pid)
+        _option(argv, "--userns", self.userns)
+        if self.privileged:
+            argv.append("--privileged")
+        for capability in self.cap_add:
+            argv += ["--cap-add", capability]
+        for device in self.devices:
+            argv += ["--device", device]
+        for option in self.security_opt:
+            argv += ["--security-opt", option]
+        argv.append(image)
+        argv += self.command
+        if self.port is not None:
+            argv += ["--port", str(self.port)]
+        return argv
+
+    def render(self, image: str) -> str:
+        """The command as one line of shell words: the ``docker.cmd`` label text."""
+        return shlex.join(self.to_argv(image))
+
+    def dangers(self) -> tuple[Danger, ...]:
+        """The flags of this spec that hand the container part of the host."""
+        found: list[Danger] = []
+        if self.privileged:
+            found.append(Danger("--privileged", "true"))
+        found += [Danger("--cap-add", capability) for capability in self.cap_add]
+        found += [Danger("--device", device) for device in self.devices]
+        found += [Danger("--security-opt", option) for option in self.security_opt]
+        if self.pid is not None:
+            found.append(Danger("--pid", self.pid))
+        if self.ipc is not None and (self.ipc == "host" or self.ipc.startswith("container:")):
+            found.append(Danger("--ipc", self.ipc))
+        if self.userns is not None:
+            found.append(Danger("--userns", self.userns))
+        if self.network is not None and self.network.startswith("container:"):
+            found.append(Danger("--network", self.network))
+        found += [Danger("--volume", v) for v in self.volumes if _mounts_host_system(v)]
+        return tuple(found)
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """How a started container is judged healthy: HTTP GET ``path`` until 200 or timeout."""
+
+    path: str = "/health"
+    timeout: float = 60.0
+    interval: float = 1.0
+
+    @classmethod
+    def from_settings(cls, variables: Mapping[str, Any]) -> HealthCheck:
+        """``fleet_run.health``, with ``fleet_run_overrides.health`` merged on top."""
+        check = cls()
+        for key in (FLEET_RUN, FLEET_RUN_OVERRIDES):
+            section = variables.get(key)
+            if not isinstance(section, Mapping) or section.get("health") is None:
+                continue
+            health = section["health"]
+            where = f"{key}.health"
+            if not isinstance(health, Mapping):
+                raise RunSpecError(
+                    f"{where}: expected a mapping", fix="e.g. health: {path: /health, timeout: 60}"
+                )
+            changes: dict[str, Any] = {}
+            for name, value in health.items():
+                if name == "path":
+                    if not isinstance(value, str) or not value.startswith("/"):
+                        raise RunSpecError(
+                            f"{where}.path: expected an absolute URL path, got {value!r}",
+                            fix="e.g. path: /health",
+                        )
+                    changes["path"] = value
+                elif name in {"timeout", "interval"}:
+                    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                        raise RunSpecError(
+                            f"{where}.{name}: expected a positive number of seconds, got {value!r}"
+                        )
+                    changes[name] = float(value)
+                else:
+                    raise RunSpecError(
+                        f"{where}.{name}: unknown health setting",
+                        fix="use path, timeout or interval",
+                    )
+            check = dataclasses.replace(check, **changes)
+        return check
+
+
+def parse_docker_cmd(
+    label: str, expected_image: str, *, allow: Collection[str] = frozenset()
+) -> RunSpec:
+    """The ``RunSpec`` of an untrusted ``docker run`` command line.
+
+    Accepts only ``docker run [whitelisted flags] EXPECTED_IMAGE [command...]``. Flags that
+    hand the container the host raise ``DangerousRunError`` unless their long name (e.g.
+    ``"--privileged"``, ``"--volume"`` for host-system mounts) is in ``allow``. Anything
+    else malformed raises ``RunSpecError``. The text is split like a POSIX shell would
+    split words, and nothing in it is ever interpreted by a shell.
+    """
+    if not isinstance(label, str):
+        raise RunSpecError(f"docker.cmd: expected text, got {type(label).__name__}")
+    try:
+        tokens = shlex.split(label)
+    except ValueError as exc:
+        raise RunSpecError(
+            f"docker.cmd: not a valid command line ({exc}): {label!r}",
+            fix="quote the command as shlex.join does",
+        ) from None
+    if any("\x00" in token for token in tokens):
+        raise RunSpecError("docker.cmd: contains a NUL character")
+    if tokens[:2] != ["docker", "run"]:
+        raise RunSpecError(
+            f"docker.cmd: must start with 'docker run', got {shlex.join(tokens[:2])!r}",
+            fix="the label must be a plain 'docker run ...' command",
+        )
+    values: dict[str, Any] = {}
+    index = 2
+    while index < len(tokens):
+        word = tokens[index]
+        if not word.startswith("-") or word == "-":
+            break
+        flag, value, consumed = _read_flag(tokens, index)
+        index += consumed
+        _store_flag(values, flag, value)
+    values.setdefault("detach", False)
+    if index >= len(tokens):
+        raise RunSpecError(
+            "docker.cmd: names no image", fix=f"the command must run {expected_image}"
+        )
+    image = tokens[index]
+    if image != expected_image:
+        raise RunSpecError(
+            f"docker.cmd: runs image {image!r}, expected {expected_image!r}",
+            fix="a framework image's run command may only run that image itself",
+        )
+    try:
+        spec = RunSpec(**values, command=tuple(tokens[index + 1 :]))
+    except RunSpecError as exc:
+        raise RunSpecError(f"docker.cmd: {exc.message}", fix=exc.fix) from None
+    refused = [danger for danger in spec.dangers() if danger.flag not in allow]
+    if refused:
+        raise DangerousRunError(refused[0].flag, refused[0].value, dangers=refused)
+    return spec
+
+
+# --- fields -------------------------------------------------------------------------------
+
+_SCALAR_FIELDS = frozenset(
+    {"name", "restart", "network", "hostname", "runtime", "gpus", "shm_size", "ipc", "pid"}
+    | {"userns"}
+)
+_SEQUENCE_FIELDS = frozenset({"volumes", "publish", "cap_add", "devices", "security_opt"})
+_MAPPING_FIELDS = frozenset({"ulimits", "env"})
+_BOOLEAN_FIELDS = frozenset({"detach", "privileged"})
+_SETTINGS_FIELDS = (
+    _SCALAR_FIELDS | _SEQUENCE_FIELDS | _MAPPING_FIELDS | _BOOLEAN_FIELDS | {"command", "port"}
+)
+
+# Long flag -> (field, kind). Kinds: bool, scalar, list, map.
+_FLAGS: dict[str, tuple[str, str]] = {
+    "--detach": ("detach", "bool"),
+    "--name": ("name", "scalar"),
+    "--restart": ("restart", "scalar"),
+    "--volume": ("volumes", "list"),
+    "--network": ("network", "scalar"),
+    "--hostname": ("hostname", "scalar"),
+    "--runtime": ("runtime", "scalar"),
+    "--gpus": ("gpus", "scalar"),
+    "--shm-size": ("shm_size", "scalar"),
+    "--ulimit": ("ulimits", "map"),
+    "--env": ("env", "map"),
+    "--publish": ("publish", "list"),
+    "--ipc": ("ipc", "scalar"),
+    "--pid": ("pid", "scalar"),
+    "--userns": ("userns", "scalar"),
+    "--privileged": ("privileged", "bool"),
+    "--cap-add": ("cap_add", "list"),
+    "--device": ("devices", "list"),
+    "--security-opt": ("security_opt", "list"),
+}
+_ALIASES = {"-d": "--detach", "-v": "--volume", "-e": "--env", "-p": "--publish"}
+_ALIASES |= {"-h": "--hostname", "--net": "--network"}
+# Flags that give the container the host and that a RunSpec cannot even express.
+_UNEXPRESSIBLE_DANGERS = frozenset(
+    [
+        "--uts",
+        "--cgroupns",
+        "--mount",
+        "--volumes-from",
+        "--device-cgroup-rule",
+        "--cgroup-parent",
+        "--sysctl",
+        "--group-add",
+        "--oom-kill-disable",
+        "--env-file",
+        "--label-file",
+        "--cidfile",
+        "--volume-driver",
+        "--isolation",
+    ]
+)
+
+
+def _validate(spec: RunSpec) -> None:
+    _match("name", spec.name, _NAME, "e.g. cauchy_service")
+    _match("restart", spec.restart, _RESTART, "no, always, unless-stopped or on-failure[:N]")
+    for index, volume in enumerate(spec.volumes):
+        _check_volume(f"volumes[{index}]", volume)
+    _match("network", spec.network, _NETWORK, "e.g. host, bridge or a network name")
+    _match("hostname", spec.hostname, _HOSTNAME, "letters, digits, '-' and '.'")
+    _match("runtime", spec.runtime, _RUNTIME, "e.g. nvidia or runc")
+    _match("gpus", spec.gpus, _GPUS, "e.g. all, 2 or device=0,1")
+    _match("shm_size", spec.shm_size, _SHM_SIZE, "e.g. 2g or 512m")
+    seen: set[str] = set()
+    for name, limit in spec.ulimits:
+        if name not in _ULIMITS:
+            raise RunSpecError(
+                f"ulimits.{name}: unknown ulimit", fix="use one of " + ", ".join(sorted(_ULIMITS))
+            )
+        _match(f"ulimits.{name}", limit, _ULIMIT_VALUE, "a number or SOFT:HARD, -1 = unlimited")
+        _unique(f"ulimits.{name}", name, seen)
+    seen = set()
+    for key, value in spec.env:
+        _match(f"env.{key}", key, _ENV_KEY, "a variable name: letters, digits, '_'")
+        _no_nul(f"env.{key}", value)
+        _unique(f"env.{key}", key, seen)
+    for index, mapping in enumerate(spec.publish):
+        _match(f"publish[{index}]", mapping, _PUBLISH, "[IP:][HOSTPORT]:PORT[/PROTO]")
+    _match("ipc", spec.ipc, _IPC, "none, private, shareable, host or container:NAME")
+    _match("pid", spec.pid, _PID, "host or container:NAME")
+    _match("userns", spec.userns, _USERNS, "host")
+    for index, capability in enumerate(spec.cap_add):
+        _match(f"cap_add[{index}]", capability, _CAPABILITY, "e.g. SYS_PTRACE")
+    for index, device in enumerate(spec.devices):
+        _match(f"devices[{index}]", device, _DEVICE, "HOSTPATH[:CONTAINERPATH][:rwm]")
+    for index, option in enumerate(spec.security_opt):
+        _match(f"security_opt[{index}]", option, _SECURITY_OPT, "e.g. seccomp=unconfined")
+    for index, word in enumerate(spec.command):
+        if not isinstance(word, str):
+            raise RunSpecError(f"command[{index}]: expected text, got {word!r}")
+        _no_nul(f"command[{index}]", word)
+    for name in _BOOLEAN_FIELDS:
+        if not isinstance(getattr(spec, name), bool):
+            raise RunSpecError(f"{name}: expected true or false, got {getattr(spec, name)!r}")
+    port = spec.port
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
+        raise RunSpecError(f"port: expected a number, got {port!r}")
+    if port is not None and not 1 <= port <= 65535:
+        raise RunSpecError(f"port: {port} is not a TCP port", fix="use 1..65535")
+
+
+def _as_tuple(name: str, value: Any) -> tuple[Any, ...]:
+    """Sequence fields as tuples, mapping fields as tuples of (key, value) text pairs."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise RunSpecError(f"{name}: expected a sequence, got {value!r}")
+    if name not in _MAPPING_FIELDS:
+        return tuple(value)
+    pairs = value.items() if isinstance(value, Mapping) else value
+    result = []
+    for pair in pairs:
+        if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise RunSpecError(f"{name}: expected (name, value) pairs, got {pair!r}")
+        result.append((str(pair[0]), str(pair[1])))
+    return tuple(result)
+
+
+def _match(where: str, value: str | None, pattern: re.Pattern[str], expected: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise RunSpecError(f"{where}: expected text, got {value!r}", fix=expected)
+    if not pattern.fullmatch(value):
+        raise RunSpecError(f"{where}: {value!r} is not valid", fix=f"expected {expected}")
+
+
+def _no_nul(where: str, value: str) -> None:
+    if not isinstance(value, str):
+        raise RunSpecError(f"{where}: expected text, got {value!r}")
+    if "\x00" in value:
+        raise RunSpecError(f"{where}: contains a NUL character")
+
+
+def _unique(where: str, key: str, seen: set[str]) -> None:
+    if key in seen:
+        raise RunSpecError(f"{where}: given twice", fix="give each entry once")
+    seen.add(key)
+
+
+def _check_volume(where: str, volume: str) -> None:
+    if not isinstance(volume, str) or not volume or "\x00" in volume:
+        raise RunSpecError(f"{where}: expected SOURCE:DEST[:OPTIONS], got {volume!r}")
+    parts = volume.split(":")
+    fix = "expected HOSTPATH:CONTAINERPATH[:ro], VOLUME:CONTAINERPATH or CONTAINERPATH"
+    if len(parts) > 3:
+        raise RunSpecError(f"{where}: {volume!r} has too many ':'", fix=fix)
+    if len(parts) == 1:
+        source, destination, options = None, parts[0], None
+    else:
+        source, destination = parts[0], parts[1]
+        options = parts[2] if len(parts) == 3 else None
+    if not destination.startswith("/"):
+        raise RunSpecError(f"{where}: container path {destination!r} is not absolute", fix=fix)
+    if source is not None and not (source.startswith("/") or _VOLUME_NAME.fullmatch(source)):
+        raise RunSpecError(
+            f"{where}: source {source!r} is neither an absolute path nor a volume name", fix=fix
+        )
+    if options is not None and not set(options.split(",")) <= _VOLUME_OPTIONS:
+        raise RunSpecError(
+            f"{where}: unknown mount options {options!r}",
+            fix="use " + ", ".join(sorted(_VOLUME_OPTIONS)),
+        )
+
+
+def _mounts_host_system(volume: str) -> bool:
+    """True when ``volume`` binds ``/``, a host-system tree, or a parent of one."""
+    source = volume.split(":", maxsplit=1)[0] if ":" in volume else ""
+    if not source.startswith("/"):
+        return False
+    path = "/" + posixpath.normpath(source).lstrip("/")
+    if path == "/":
+        return True
+    return any(
+        path == system or path.startswith(system + "/") or system.startswith(path + "/")
+        for system in _HOST_SYSTEM_PATHS
+    )
+
+
+def _is_port_text(text: str) -> bool:
+    return bool(_PORT_TEXT.fullmatch(text)) and 1 <= int(text) <= 65535
+
+
+def _check_image(image: str) -> None:
+    if not isinstance(image, str) or not image or image.startswith("-"):
+        raise RunSpecError(f"image: {image!r} is not an image reference")
+    if any(character.isspace() or character == "\x00" for character in image):
+        raise RunSpecError(f"image: {image!r} contains whitespace")
+
+
+def _option(argv: list[str], flag: str, value: str | None) -> None:
+    if value is not None:
+        argv += [flag, value]
+
+
+# --- settings -----------------------------------------------------------------------------
+
+
+def _setting_value(spec: RunSpec, key: str, value: Any, where: str) -> Any:
+    """The field value for settings ``key``; ``None`` clears scalars, lists and mappings."""
+    if key in _SCALAR_FIELDS:
+        return None if value is None else _setting_text(value, where)
+    if key in _BOOLEAN_FIELDS:
+        if not isinstance(value, bool):
+            raise RunSpecError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if key == "port":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise RunSpecError(f"{where}: expected a port number, got {value!r}", fix="e.g. 8339")
+        return value
+    if key in _SEQUENCE_FIELDS or key == "command":
+        if value is None:
+            return ()
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise RunSpecError(
+                f"{where}: expected a list, got {value!r}",
+                fix=f"write {key} as a YAML list, e.g. [python, cauchy_services.py]",
+            )
+        return tuple(_setting_text(item, f"{where}[{index}]") for index, item in enumerate(value))
+    # ulimits / env: merged entry by entry, None drops an entry
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise RunSpecError(
+            f"{where}: expected a mapping, got {value!r}", fix=f"e.g. {key}: {{NAME: VALUE}}"
+        )
+    merged = dict(getattr(spec, key))
+    for raw_name, item in value.items():
+        name = str(raw_name)
+        if item is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = _setting_text(item, f"{where}.{name}")
+    return tuple(merged.items())
+
+
+def _setting_text(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise RunSpecError(f"{where}: expected text or a number, got {value!r}")
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+
+def _read_flag(tokens: Sequence[str], index: int) -> tuple[str, str | None, int]:
+    """(long flag, value, tokens consumed) of the flag at ``tokens[index]``."""
+    token = tokens[index]
+    if token.startswith("--"):
+        flag, equals, inline = token.partition("=")
+    else:
+        flag, rest = token[:2], token[2:]
+        if rest and not rest.startswith("="):
+            raise RunSpecError(
+                f"docker.cmd: {token!r}: combined or attached short flags are not accepted",
+                fix="write each flag and its value separately, e.g. -d -v /data:/data",
+            )
+        equals, inline = ("=", rest[1:]) if rest else ("", "")
+    flag = _ALIASES.get(flag, flag)
+    if flag == "--":
+        raise RunSpecError("docker.cmd: '--' before the image is not accepted")
+    if flag in _UNEXPRESSIBLE_DANGERS:
+        raise DangerousRunError(
+            flag,
+            inline or (tokens[index + 1] if index + 1 < len(tokens) else ""),
+            fix=f"remove {flag}: fleet's run spec cannot express it",
+        )
+    if flag not in _FLAGS:
+        raise RunSpecError(
+            f"docker.cmd: flag {flag!r} is not supported",
+            fix="fleet accepts only " + ", ".join(sorted(_FLAGS)),
+        )
+    kind = _FLAGS[flag][1]
+    if kind == "bool":
+        if not equals:
+            return flag, None, 1
+        if inline not in {"true", "false"}:
+            raise RunSpecError(f"docker.cmd: {token!r}: expected {flag}=true or {flag}=false")
+        return flag, inline, 1
+    if equals:
+        value, consumed = inline, 1
+    elif index + 1 < len(tokens):
+        value, consumed = tokens[index + 1], 2
+    else:
+        raise RunSpecError(f"docker.cmd: {flag} needs a value")
+    if not value or value.startswith("-"):
+        raise RunSpecError(
+            f"docker.cmd: {flag} {value!r}: a value must not be empty or start with '-'"
+        )
+    return flag, value, consumed
+
+
+def _store_flag(values: dict[str, Any], flag: str, value: str | None) -> None:
+    field_name, kind = _FLAGS[flag]
+    if kind == "list":
+        values[field_name] = (*values.get(field_name, ()), value)
+        return
+    if kind == "map":
+        assert value is not None
+        key, equals, item = value.partition("=")
+        if not equals:
+            raise RunSpecError(
+                f"docker.cmd: {flag} {value!r}: expected NAME=VALUE",
+                fix="pass-through variables (--env NAME) are not accepted: give the value",
+            )
+        entries = dict(values.get(field_name, ()))
+        if key in entries:
+            raise RunSpecError(f"docker.cmd: {flag} {key} given twice")
+        entries[key] = item
+        values[field_name] = tuple(entries.items())
+        return
+    if field_name in values:
+        raise RunSpecError(f"docker.cmd: {flag} given twice", fix="give each flag once")
+    values[field_name] = value != "false" if kind == "bool" else value
+
+
+__all__ = [
+    "FLEET_RUN",
+    "FLEET_RUN_OVERRIDES",
+    "Danger",
+    "DangerousRunError",
+    "HealthCheck",
+    "RunSpec",
+    "RunSpecError",
+    "parse_docker_cmd",
+]

@@ -1,0 +1,613 @@
+"""Ship an image to hosts, sending each host only the layers it lacks.
+
+One tarball format serves both image stores (measured on the lab, see ``shared/LAB.md``):
+an OCI image layout (``oci-layout``, ``index.json``, ``blobs/sha256/...``) that also
+carries a legacy ``manifest.json`` pointing into ``blobs/``. Docker 20.10's classic store
+reads ``manifest.json`` and skips every layer whose *chain* already exists without opening
+its file; the containerd store (Docker 26+) reads ``index.json`` and accepts a missing
+blob only when its content store really has it. So, per host:
+
+- classic: layer *i* may be left out when the chain ID of layers ``0..i`` is among the
+  chains of the host's images (``docker image inspect`` of all images);
+- containerd: layer *i* may be left out only when the host's content store lists a blob
+  whose digest is the layer's diff ID (``ctr content ls``); when that cannot be asked
+  (no ``ctr``, no root), every layer is sent.
+
+The controller's ``docker save`` is read once per wave of hosts as a stream, never stored:
+each tar member is (optionally) gzip-compressed once as its own gzip member, and the same
+compressed bytes are fanned out to every host of the wave that needs them (concatenated
+gzip members are one valid gzip stream). Memory stays bounded by the per-host queues.
+After loading, the host's image is verified (ID, layers, listed): ``docker load`` can
+report success for an image that is not usable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import queue
+import tarfile
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleet.errors import HostError
+from fleet.results import HostResult, Outcome
+from fleet.runner import HostContext
+from fleet.transport import Transport
+
+SaveStream = Callable[[], Iterable[bytes]]
+_CHUNK = 1 << 20
+_QUEUE_CHUNKS = 32
+_REPLAY_CACHE_BYTES = 256 << 20
+_LOAD_TIMEOUT = 3600.0
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+
+
+# -- the image, as the controller knows it ---------------------------------------------
+@dataclass(frozen=True)
+class ImageSpec:
+    """What is shipped: a name, its config digest (the image ID) and its layers."""
+
+    ref: str
+    config_digest: str
+    diff_ids: tuple[str, ...]
+
+    @property
+    def chain_ids(self) -> tuple[str, ...]:
+        return chain_ids(self.diff_ids)
+
+
+def chain_ids(diff_ids: Sequence[str]) -> tuple[str, ...]:
+    """The chain ID of each layer prefix, as the classic store names its layers."""
+    chains: list[str] = []
+    for diff in diff_ids:
+        if not chains:
+            chains.append(diff)
+        else:
+            digest = hashlib.sha256(f"{chains[-1]} {diff}".encode()).hexdigest()
+            chains.append(f"sha256:{digest}")
+    return tuple(chains)
+
+
+def normalized_name(ref: str) -> str:
+    """A reference as containerd names it (``docker.io/library/repo:tag``)."""
+    repo, _, tag = ref.rpartition(":")
+    if not repo or "/" in tag:
+        repo, tag = ref, "latest"
+    first = repo.split("/", 1)[0]
+    if "/" not in repo:
+        repo = f"docker.io/library/{repo}"
+    elif not ("." in first or ":" in first or first == "localhost"):
+        repo = f"docker.io/{repo}"
+    return f"{repo}:{tag}"
+
+
+# -- what a host has --------------------------------------------------------------------
+# One round trip; "$1" is the image reference, passed as an argument, never interpolated.
+STATE_SCRIPT = r"""
+ref="$1"
+echo "@@engine"; docker version --format '{{.Server.Version}}' 2>&1; echo "@@engine_rc $?"
+echo "@@store"; docker info --format '{{json .DriverStatus}}' 2>/dev/null
+echo "@@target"; docker image inspect --format '{{.Id}} {{json .RootFS.Layers}}' "$ref" 2>/dev/null
+echo "@@listed"; docker image ls -q --no-trunc "$ref" 2>/dev/null
+echo "@@layers"; docker image ls -aq --no-trunc 2>/dev/null | sort -u | xargs -r docker image inspect --format '{{json .RootFS.Layers}}' 2>/dev/null
+echo "@@target_manifest"; id=$(docker image inspect --format '{{.Id}}' "$ref" 2>/dev/null) && ctr --address /run/docker/containerd/containerd.sock -n moby content get "$id" 2>/dev/null | head -c 262144; echo
+echo "@@content"; ctr --address /run/docker/containerd/containerd.sock -n moby content ls -q 2>&1; echo "@@content_rc $?"
+root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null); [ -n "$root" ] || root=/var/lib/docker
+echo "@@df"; df -PB1 "$root" 2>/dev/null | tail -n 1
+echo "@@end"
+"""
+
+
+@dataclass(frozen=True)
+class HostImageState:
+    """What a host's engine holds, as far as shipping one image is concerned."""
+
+    engine_ok: bool
+    engine_error: str = ""
+    store: str = "classic"
+    target_id: str = ""
+    target_layers: tuple[str, ...] = ()
+    target_listed: bool = False
+    target_config: str = ""
+    chains: frozenset[str] = frozenset()
+    content: frozenset[str] | None = None
+    content_error: str = ""
+    free_bytes: int | None = None
+
+
+def _sections(text: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("@@"):
+            name, _, rest = line[2:].partition(" ")
+            current = found.setdefault(name, [])
+            if rest:
+                current.append(rest)
+        elif current is not None and line.strip():
+            current.append(line.strip())
+    return found
+
+
+def parse_state(text: str) -> HostImageState:
+    """A host's image state from the output of :data:`STATE_SCRIPT`."""
+    parts = _sections(text)
+    engine_lines = parts.get("engine", [])
+    if parts.get("engine_rc", ["1"])[:1] != ["0"] or not engine_lines[:1] or not engine_lines[0][:1].isdigit():
+        return HostImageState(False, "\n".join(engine_lines) or "docker did not answer")
+    store = "classic"
+    for line in parts.get("store", []):
+        if "io.containerd.snapshotter" in line:
+            store = "containerd"
+    chains: set[str] = set()
+    for line in parts.get("layers", []):
+        try:
+            layers = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(layers, list):
+            chains.update(chain_ids([str(x) for x in layers]))
+    target_id, target_layers = "", ()
+    for line in parts.get("target", [])[:1]:
+        ident, _, layers_json = line.partition(" ")
+        try:
+            target_layers = tuple(str(x) for x in json.loads(layers_json) or ())
+            target_id = ident
+        except json.JSONDecodeError:
+            pass
+    target_config = ""
+    for line in parts.get("target_manifest", []):
+        try:
+            manifest = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(manifest, dict) and isinstance(manifest.get("config"), dict):
+            target_config = str(manifest["config"].get("digest", ""))
+    content: frozenset[str] | None = None
+    content_error = ""
+    content_lines = parts.get("content", [])
+    if parts.get("content_rc", ["1"])[:1] == ["0"]:
+        content = frozenset(x for x in content_lines if x.startswith("sha256:"))
+    else:
+        content_error = " ".join(content_lines[-2:]) or "ctr failed"
+    free: int | None = None
+    df_words = (parts.get("df") or [""])[-1].split()
+    if len(df_words) >= 4 and df_words[3].isdigit():
+        free = int(df_words[3])
+    return HostImageState(
+        engine_ok=True,
+        store=store,
+        target_id=target_id,
+        target_layers=target_layers,
+        target_listed=bool(parts.get("listed")),
+        target_config=target_config,
+        chains=frozenset(chains),
+        content=content,
+        content_error=content_error,
+        free_bytes=free,
+    )
+
+
+def read_state(transport: Transport, ref: str, timeout: float | None = None) -> HostImageState:
+    """Ask a host what it holds (one round trip)."""
+    ran = transport.run(["sh", "-c", STATE_SCRIPT, "fleet-state", ref], timeout=timeout, check=False)
+    return parse_state(ran.stdout)
+
+
+# -- planning ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """Which layers one host gets, and why."""
+
+    host: str
+    store: str
+    up_to_date: bool
+    send: frozenset[int]
+    reason: str = ""
+
+
+
+def is_current(spec: ImageSpec, state: HostImageState) -> bool:
+    """Whether the host already has exactly this image under its name.
+
+    The classic store's image ID is the config digest; the containerd store's is the
+    digest of a manifest, whose config the host's content store tells.
+    """
+    if not state.target_listed or state.target_layers != spec.diff_ids:
+        return False
+    return spec.config_digest in (state.target_id, state.target_config)
+
+
+def plan(host: str, spec: ImageSpec, state: HostImageState) -> Plan:
+    """The layers ``host`` lacks (a pure function of what it reported)."""
+    if is_current(spec, state):
+        return Plan(host, state.store, True, frozenset())
+    if state.store == "containerd":
+        if state.content is None:
+            return Plan(
+                host,
+                state.store,
+                False,
+                frozenset(range(len(spec.diff_ids))),
+                f"content store not readable ({state.content_error}); sending every layer",
+            )
+        send = frozenset(i for i, d in enumerate(spec.diff_ids) if d not in state.content)
+        return Plan(host, state.store, False, send)
+    chains = spec.chain_ids
+    send = frozenset(i for i, c in enumerate(chains) if c not in state.chains)
+    return Plan(host, state.store, False, send)
+
+
+# -- the stream -------------------------------------------------------------------------
+class _IterReader(io.RawIOBase):
+    """A file over an iterator of byte chunks (what docker-py's save stream gives)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        count = min(len(target), len(self._buffer))
+        target[:count] = self._buffer[:count]
+        self._buffer = self._buffer[count:]
+        return count
+
+
+def _go_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _v1_candidates(document: Mapping[str, Any], chain: str) -> Iterator[str]:
+    """Docker's legacy v1 layer IDs for a layer ``json`` file, assuming chain ID ``chain``.
+
+    ``docker save`` names each layer directory ``sha256(json of the v1 config, minus its
+    id, plus "layer_id": chain and "parent": parent)``; lower layers were hashed before
+    ``os`` was set. Recomputing it tells which layer a directory holds *before* its data
+    arrives, so the stream is never buffered.
+    """
+    for drop in ((), ("os",)):
+        fields = {k: _go_json(v) for k, v in document.items() if k != "id" and k not in drop}
+        if "parent" in document:
+            fields["parent"] = _go_json("sha256:" + str(document["parent"]))
+        fields["layer_id"] = _go_json(chain)
+        text = "{" + ",".join(_go_json(k) + ":" + fields[k] for k in sorted(fields)) + "}"
+        yield hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class _Member:
+    """One tar member of the output: its key, its tar header+data, compressed or not."""
+
+    key: str
+    layer: int | None
+    chunks: list[bytes] = field(default_factory=list)
+
+
+def _tar_header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o644
+    info.mtime = 0
+    return info.tobuf(format=tarfile.GNU_FORMAT)
+
+
+def _padding(size: int) -> bytes:
+    return b"\0" * (-size % tarfile.BLOCKSIZE)
+
+
+class _Encoder:
+    """Turns raw tar bytes into what goes on the wire (gzip members, or as they are)."""
+
+    def __init__(self, compress: str) -> None:
+        if compress not in ("gzip", "none"):
+            raise ValueError(f"unknown compression {compress!r}")
+        self.gzip = compress == "gzip"
+        self._zip: Any = None
+
+    def start(self) -> None:
+        if self.gzip:
+            self._zip = zlib.compressobj(1, zlib.DEFLATED, 31)
+
+    def feed(self, data: bytes) -> bytes:
+        return self._zip.compress(data) if self.gzip else data
+
+    def finish(self) -> bytes:
+        if not self.gzip:
+            return b""
+        tail: bytes = self._zip.flush()
+        self._zip = None
+        return tail
+
+
+def _manifest_bytes(spec: ImageSpec, config: bytes, sizes: Sequence[int]) -> bytes:
+    document = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": spec.config_digest, "size": len(config)},
+        "layers": [
+            {"mediaType": OCI_LAYER_TAR, "digest": d, "size": s} for d, s in zip(spec.diff_ids, sizes, strict=True)
+        ],
+    }
+    return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+
+
+class ImageStream:
+    """Reads ``docker save`` once and yields the dual-format tarball's members, encoded."""
+
+    def __init__(self, spec: ImageSpec, save: SaveStream, compress: str = "gzip") -> None:
+        self.spec = spec
+        self._save = save
+        self.compress = compress
+        self.layer_sizes: list[int] = [0] * len(spec.diff_ids)
+        self.config_size = 0
+        self.manifest_digest = ""
+
+    def members(self) -> Iterator[tuple[_Member, Iterator[bytes]]]:
+        """Yield each output member with an iterator of its encoded chunks, in order."""
+        spec = self.spec
+        chains = spec.chain_ids
+        index_of_v1: dict[str, int] = {}
+        config = b""
+        encoder = _Encoder(self.compress)
+        with tarfile.open(fileobj=io.BufferedReader(_IterReader(self._save()), _CHUNK), mode="r|") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                name = info.name
+                directory, _, base = name.rpartition("/")
+                source = tar.extractfile(info)
+                if source is None:
+                    continue
+                if not directory and base == spec.config_digest.removeprefix("sha256:") + ".json":
+                    config = source.read()
+                    continue
+                if base == "json" and directory:
+                    document = json.loads(source.read())
+                    for i, chain in enumerate(chains):
+                        if directory in _v1_candidates(document, chain):
+                            index_of_v1[directory] = i
+                            break
+                    continue
+                if base != "layer.tar":
+                    continue
+                layer = index_of_v1.get(directory)
+                if layer is None:
+                    raise HostError(
+                        "controller",
+                        f"cannot tell which layer of {spec.ref} 'docker save' put in {directory}",
+                        fix="report this with the controller's Docker version",
+                    )
+                self.layer_sizes[layer] = info.size
+                member = _Member(f"layer {layer}", layer)
+                yield member, self._encode(encoder, f"blobs/sha256/{spec.diff_ids[layer][7:]}", info.size, _read(source))
+        if not config:
+            raise HostError("controller", f"'docker save {spec.ref}' did not contain its config")
+        if hashlib.sha256(config).hexdigest() != spec.config_digest.removeprefix("sha256:"):
+            raise HostError("controller", f"the config of {spec.ref} does not match its image ID")
+        self.config_size = len(config)
+        manifest = _manifest_bytes(spec, config, self.layer_sizes)
+        self.manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+        index = {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": self.manifest_digest,
+                    "size": len(manifest),
+                    "annotations": {
+                        "io.containerd.image.name": normalized_name(spec.ref),
+                        "org.opencontainers.image.ref.name": spec.ref.rpartition(":")[2],
+                    },
+                }
+            ],
+        }
+        legacy = [
+            {
+                "Config": f"blobs/sha256/{spec.config_digest[7:]}",
+                "RepoTags": [spec.ref],
+                "Layers": [f"blobs/sha256/{d[7:]}" for d in spec.diff_ids],
+            }
+        ]
+        small = {
+            f"blobs/sha256/{spec.config_digest[7:]}": config,
+            f"blobs/sha256/{self.manifest_digest[7:]}": manifest,
+            "oci-layout": b'{"imageLayoutVersion":"1.0.0"}',
+            "index.json": json.dumps(index, separators=(",", ":")).encode(),
+            "manifest.json": json.dumps(legacy, separators=(",", ":")).encode(),
+        }
+        for name, data in small.items():
+            yield _Member(name, None), self._encode(encoder, name, len(data), iter((data,)))
+        yield _Member("end", None), self._encode_raw(encoder, b"\0" * (2 * tarfile.BLOCKSIZE))
+
+    def _encode(self, encoder: _Encoder, name: str, size: int, data: Iterator[bytes]) -> Iterator[bytes]:
+        encoder.start()
+        out = encoder.feed(_tar_header(name, size))
+        if out:
+            yield out
+        for chunk in data:
+            out = encoder.feed(chunk)
+            if out:
+                yield out
+        out = encoder.feed(_padding(size)) + encoder.finish()
+        if out:
+            yield out
+
+    def _encode_raw(self, encoder: _Encoder, data: bytes) -> Iterator[bytes]:
+        encoder.start()
+        yield encoder.feed(data) + encoder.finish()
+
+
+def _read(source: Any) -> Iterator[bytes]:
+    while True:
+        chunk = source.read(_CHUNK)
+        if not chunk:
+            return
+        yield chunk
+
+
+# -- fan-out ----------------------------------------------------------------------------
+class _Sink:
+    """One host's bounded queue of encoded chunks; the producer never waits on a dead one."""
+
+    def __init__(self, host: str, send: frozenset[int]) -> None:
+        self.host = host
+        self.send = send
+        self.queue: queue.Queue[bytes | None] = queue.Queue(_QUEUE_CHUNKS)
+        self.dead = threading.Event()
+        self.bytes = 0
+
+    def wants(self, member: _Member) -> bool:
+        return member.layer is None or member.layer in self.send
+
+    def put(self, chunk: bytes | None) -> None:
+        while not self.dead.is_set():
+            try:
+                self.queue.put(chunk, timeout=0.2)
+            except queue.Full:
+                continue
+            return
+
+    def chunks(self) -> Iterator[bytes]:
+        while True:
+            chunk = self.queue.get()
+            if chunk is None:
+                return
+            self.bytes += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        self.dead.set()
+        while True:  # unblock a producer waiting on a full queue
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                return
+
+
+class Broadcast:
+    """Feeds one pass over ``docker save`` to several hosts' sinks, each its own layers.
+
+    Encoded members are kept for replay to later waves while they fit in a bounded cache;
+    past that, a later wave reads ``docker save`` again.
+    """
+
+    def __init__(self, spec: ImageSpec, save: SaveStream, compress: str) -> None:
+        self.spec = spec
+        self.save = save
+        self.compress = compress
+        self._replay: list[_Member] | None = None
+        self.error: BaseException | None = None
+        self.manifest_digest = ""
+        self.layer_sizes: list[int] = []
+
+    def run(self, sinks: Sequence[_Sink]) -> None:
+        """Produce into ``sinks`` until the end (call in a thread)."""
+        try:
+            if self._replay is not None:
+                for member in self._replay:
+                    for chunk in member.chunks:
+                        for sink in sinks:
+                            if sink.wants(member):
+                                sink.put(chunk)
+                return
+            stream = ImageStream(self.spec, self.save, self.compress)
+            cache: list[_Member] | None = []
+            cached = 0
+            for member, chunks in stream.members():
+                for chunk in chunks:
+                    for sink in sinks:
+                        if sink.wants(member):
+                            sink.put(chunk)
+                    if cache is not None:
+                        member.chunks.append(chunk)
+                        cached += len(chunk)
+                        if cached > _REPLAY_CACHE_BYTES:
+                            cache = None
+                if cache is not None:
+                    cache.append(member)
+            self._replay = cache
+            self.manifest_digest = stream.manifest_digest
+            self.layer_sizes = stream.layer_sizes
+        except BaseException as exc:  # noqa: BLE001 - handed to every host's task
+            self.error = exc
+        finally:
+            for sink in sinks:
+                sink.put(None)
+
+
+# -- one host ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shipment:
+    """What a host's transfer did, for the result's details."""
+
+    store: str
+    layers_total: int
+    layers_sent: int
+    bytes_sent: int
+    image_id: str
+
+
+def verify(transport: Transport, spec: ImageSpec, timeout: float | None = None) -> str:
+    """Check the host's image after a load; its ID, or HostError with the evidence."""
+    state = read_state(transport, spec.ref, timeout)
+    if is_current(spec, state):
+        return state.target_id
+    evidence = (
+        f"expected config {spec.config_digest[:19]} with {len(spec.diff_ids)} layers; "
+        f"host has ID {state.target_id[:19] or 'none'} with {len(state.target_layers)} layers"
+        f"{'' if state.target_listed else ', not listed by docker image ls'}"
+    )
+    raise HostError(transport.host, f"image {spec.ref} did not verify after loading: {evidence}", fix="rerun: the missing layers are sent again")
+
+
+def load(ctx: HostContext, sink: _Sink, timeout: float = _LOAD_TIMEOUT) -> None:
+    """Stream a sink into ``docker load`` on the host."""
+    try:
+        ctx.transport.stream(["docker", "load", "--quiet"], sink.chunks(), timeout=timeout)
+    finally:
+        sink.close()
+
+
+def disk_needed(spec_sizes: Sequence[int], send: Iterable[int], store: str) -> int:
+    """Bytes a load needs at the Docker root: layers once, twice on the containerd store."""
+    total = sum(spec_sizes[i] for i in send if i < len(spec_sizes))
+    return total * (2 if store == "containerd" else 1)
+
+
+def result_for(ctx: HostContext, shipment: Shipment, seconds_note: str = "") -> HostResult:
+    outcome = Outcome.CHANGED if shipment.layers_sent or shipment.bytes_sent else Outcome.OK
+    reason = (
+        f"sent {shipment.layers_sent}/{shipment.layers_total} layers, {shipment.bytes_sent} bytes"
+        if outcome is Outcome.CHANGED
+        else "image already present"
+    )
+    return ctx.result(
+        outcome,
+        reason + seconds_note,
+        details={
+            "store": shipment.store,
+            "layers_total": shipment.layers_total,
+            "layers_present": shipment.layers_total - shipment.layers_sent,
+            "layers_sent": shipment.layers_sent,
+            "bytes_sent": shipment.bytes_sent,
+            "image_id": shipment.image_id,
+        },
+    )

@@ -1,0 +1,398 @@
+"""The run spec: settings, rendering, and parsing untrusted docker.cmd labels (no engine)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fleet.errors import FleetError
+from fleet.runspec import (
+    DangerousRunError,
+    HealthCheck,
+    RunSpec,
+    RunSpecError,
+    parse_docker_cmd,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = "cauchy:0.2.7"
+LAB_COMMAND = (
+    "docker run -d --name cauchy_service --restart unless-stopped --volume /data:/data "
+    "--network host --hostname colorai --runtime nvidia --shm-size=2g --ulimit memlock=-1 "
+    "--ulimit stack=67108864 cauchy:0.2.7 python cauchy_services.py --port 8339"
+)
+LAB_OVERRIDES = {"runtime": None, "ulimits": {"memlock": None}}
+
+
+def lab_settings() -> dict[str, Any]:
+    data = yaml.safe_load((ROOT / "inventory" / "group_vars" / "all.yml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def lab_spec() -> RunSpec:
+    return RunSpec.from_settings(lab_settings())
+
+
+# --- settings and rendering ---------------------------------------------------------------
+
+
+def test_the_default_settings_reproduce_the_labs_command_exactly() -> None:
+    spec = lab_spec()
+    assert spec.render(IMAGE) == LAB_COMMAND
+    assert spec.to_argv(IMAGE) == shlex.split(LAB_COMMAND)
+    assert spec.port == 8339
+    assert spec.command == ("python", "cauchy_services.py")
+
+
+def test_the_lab_group_override_drops_runtime_and_memlock() -> None:
+    variables = {**lab_settings(), "fleet_run_overrides": LAB_OVERRIDES}
+    spec = RunSpec.from_settings(variables)
+    assert spec.runtime is None
+    assert spec.ulimits == (("stack", "67108864"),)
+    assert spec.render(IMAGE) == LAB_COMMAND.replace(" --runtime nvidia", "").replace(
+        " --ulimit memlock=-1", ""
+    )
+    assert lab_spec().with_overrides(LAB_OVERRIDES) == spec
+
+
+def test_overrides_merge_key_by_key() -> None:
+    spec = RunSpec.from_settings(
+        {
+            "fleet_run": {
+                "name": "svc",
+                "env": {"A": "1", "B": 2, "C": True},
+                "volumes": ["/data:/data"],
+                "ulimits": {"stack": 1},
+            },
+            "fleet_run_overrides": {
+                "env": {"B": None, "D": "four"},
+                "volumes": ["/scratch:/scratch:ro"],
+                "gpus": "all",
+            },
+        }
+    )
+    assert spec.name == "svc"
+    assert spec.env == (("A", "1"), ("C", "true"), ("D", "four"))
+    assert spec.volumes == ("/scratch:/scratch:ro",)
+    assert spec.ulimits == (("stack", "1"),)
+    assert spec.gpus == "all"
+    assert spec.with_overrides({"env": None, "volumes": None}).env == ()
+
+
+def test_health_settings() -> None:
+    assert HealthCheck.from_settings({}) == HealthCheck()
+    check = HealthCheck.from_settings(
+        {**lab_settings(), "fleet_run_overrides": {"health": {"timeout": 5}}}
+    )
+    assert check == HealthCheck(path="/health", timeout=5.0, interval=1.0)
+    with pytest.raises(RunSpecError, match=r"fleet_run\.health\.retries: unknown"):
+        HealthCheck.from_settings({"fleet_run": {"health": {"retries": 3}}})
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"fleet_run": {"nmae": "x"}}, r"fleet_run\.nmae: unknown run setting"),
+        ({"fleet_run": {"command": "python x.py"}}, r"fleet_run\.command: expected a list"),
+        ({"fleet_run": {"port": "8339"}}, r"fleet_run\.port: expected a port number"),
+        ({"fleet_run": {"port": 70000}}, r"port: 70000 is not a TCP port"),
+        ({"fleet_run": {"restart": "sometimes"}}, r"fleet_run\.restart: 'sometimes'"),
+        ({"fleet_run": {"ulimits": {"memlok": -1}}}, r"ulimits\.memlok: unknown ulimit"),
+        ({"fleet_run": {"ulimits": {"memlock": "lots"}}}, r"ulimits\.memlock: 'lots'"),
+        ({"fleet_run": {"volumes": ["data"]}}, r"volumes\[0\]: container path"),
+        ({"fleet_run": {"env": {"BAD-KEY": 1}}}, r"env\.BAD-KEY"),
+        ({"fleet_run": {"name": "--privileged"}}, r"name: '--privileged' is not valid"),
+        ({"fleet_run_overrides": {"detach": "yes"}}, r"fleet_run_overrides\.detach"),
+        ({"fleet_run": ["docker", "run"]}, r"fleet_run: expected a mapping"),
+    ],
+)
+def test_bad_settings_name_their_location(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(RunSpecError, match=message):
+        RunSpec.from_settings(settings)
+
+
+def test_a_trailing_port_in_the_command_becomes_the_port() -> None:
+    spec = RunSpec(command=("python", "x.py", "--port", "80"))
+    assert spec == RunSpec(command=("python", "x.py"), port=80)
+    with pytest.raises(RunSpecError, match="set the port only once"):
+        RunSpec(command=("x", "--port", "80"), port=81)
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+
+def test_the_label_round_trips() -> None:
+    spec = lab_spec()
+    assert parse_docker_cmd(spec.render(IMAGE), IMAGE) == spec
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        "docker run -d --name=cauchy_service --restart=unless-stopped -v /data:/data "
+        "--net=host -h colorai --runtime=nvidia --shm-size 2g --ulimit=memlock=-1 "
+        "--ulimit stack=67108864 cauchy:0.2.7 python cauchy_services.py --port 8339",
+        "docker run --detach --name 'cauchy_service' --restart \"unless-stopped\" "
+        "--volume=/data:/data --network host --hostname=colorai --runtime nvidia "
+        "--shm-size=2g --ulimit memlock=-1 --ulimit stack=67108864 cauchy:0.2.7 "
+        "python cauchy_services.py --port 8339",
+    ],
+)
+def test_equivalent_spellings_parse_to_the_same_spec(label: str) -> None:
+    assert parse_docker_cmd(label, IMAGE) == lab_spec()
+
+
+def test_shell_metacharacters_are_literal() -> None:
+    hostile = "$(touch /tmp/pwned); `id` | rm -rf / && echo '\"\n"
+    spec = RunSpec(env=(("NOTE", hostile),), command=("python", "x.py", ";", "rm", "-rf", "/"))
+    label = spec.render(IMAGE)
+    parsed = parse_docker_cmd(label, IMAGE)
+    assert parsed == spec
+    argv = parsed.to_argv(IMAGE)
+    assert f"NOTE={hostile}" in argv
+    assert argv[-4:] == [";", "rm", "-rf", "/"]
+    # Unquoted metacharacters in a label are words, never shell syntax.
+    parsed = parse_docker_cmd("docker run -d cauchy:0.2.7 python x.py; rm -rf / | sh", IMAGE)
+    assert parsed.command == ("python", "x.py;", "rm", "-rf", "/", "|", "sh")
+
+
+@pytest.mark.parametrize(
+    ("label", "flag"),
+    [
+        ("docker run --privileged cauchy:0.2.7", "--privileged"),
+        ("docker run --privileged=true cauchy:0.2.7", "--privileged"),
+        ("docker run --pid host cauchy:0.2.7", "--pid"),
+        ("docker run --pid=container:other cauchy:0.2.7", "--pid"),
+        ("docker run --ipc=host cauchy:0.2.7", "--ipc"),
+        ("docker run --userns=host cauchy:0.2.7", "--userns"),
+        ("docker run --cap-add SYS_ADMIN cauchy:0.2.7", "--cap-add"),
+        ("docker run --cap-add=ALL cauchy:0.2.7", "--cap-add"),
+        ("docker run --device /dev/sda cauchy:0.2.7", "--device"),
+        ("docker run --security-opt seccomp=unconfined cauchy:0.2.7", "--security-opt"),
+        ("docker run --network container:db cauchy:0.2.7", "--network"),
+        ("docker run -v /:/x cauchy:0.2.7", "--volume"),
+        ("docker run -v /:/x:ro cauchy:0.2.7", "--volume"),
+        ("docker run --volume //:/x cauchy:0.2.7", "--volume"),
+        ("docker run -v /etc:/etc cauchy:0.2.7", "--volume"),
+        ("docker run -v /var:/v cauchy:0.2.7", "--volume"),
+        ("docker run -v /var/run/docker.sock:/s cauchy:0.2.7", "--volume"),
+        ("docker run -v /data/../root:/r cauchy:0.2.7", "--volume"),
+        ("docker run -v /proc/1/root:/r cauchy:0.2.7", "--volume"),
+    ],
+)
+def test_dangerous_flags_are_refused_unless_allowed(label: str, flag: str) -> None:
+    with pytest.raises(DangerousRunError) as caught:
+        parse_docker_cmd(label, IMAGE)
+    assert caught.value.flag == flag
+    assert flag in str(caught.value)
+    assert caught.value.fix
+    spec = parse_docker_cmd(label, IMAGE, allow={flag})
+    assert [danger.flag for danger in spec.dangers()] == [flag]
+    assert parse_docker_cmd(spec.render(IMAGE), IMAGE, allow={flag}) == spec
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--uts=host",
+        "--cgroupns=host",
+        "--mount=type=bind,src=/,dst=/h",
+        "--volumes-from=x",
+        "--device-cgroup-rule=a *:* rwm",
+        "--env-file=/etc/shadow",
+        "--sysctl=kernel.x=1",
+    ],
+)
+def test_dangerous_flags_that_a_spec_cannot_express_are_always_refused(flag: str) -> None:
+    label = shlex.join(["docker", "run", flag, IMAGE])
+    name = flag.partition("=")[0]
+    with pytest.raises(DangerousRunError) as caught:
+        parse_docker_cmd(label, IMAGE, allow={name})
+    assert caught.value.flag == name
+
+
+def test_every_danger_is_listed() -> None:
+    with pytest.raises(DangerousRunError) as caught:
+        parse_docker_cmd("docker run --privileged -v /:/h --cap-add ALL cauchy:0.2.7", IMAGE)
+    flags = [danger.flag for danger in caught.value.dangers]
+    assert flags == ["--privileged", "--cap-add", "--volume"]
+
+
+def test_harmless_mounts_are_accepted() -> None:
+    spec = parse_docker_cmd(
+        "docker run -v /data:/data -v /srv/models:/models:ro -v cache:/cache -v /scratch "
+        "cauchy:0.2.7",
+        IMAGE,
+    )
+    assert spec.dangers() == ()
+    assert len(spec.volumes) == 4
+
+
+@pytest.mark.parametrize(
+    ("label", "message"),
+    [
+        ("", "must start with 'docker run'"),
+        ("docker", "must start with 'docker run'"),
+        ("sudo docker run cauchy:0.2.7", "must start with 'docker run'"),
+        ("docker -H tcp://evil:2375 run cauchy:0.2.7", "must start with 'docker run'"),
+        ("docker exec cauchy:0.2.7", "must start with 'docker run'"),
+        ("docker run", "names no image"),
+        ("docker run -d", "names no image"),
+        ("docker run -d other:1.0", "runs image 'other:1.0'"),
+        ("docker run -d cauchy:0.2.8", "runs image 'cauchy:0.2.8'"),
+        ("docker run -d cauchy", "runs image 'cauchy'"),
+        ("docker run -it cauchy:0.2.7", "combined or attached short flags"),
+        ("docker run -v/:/x cauchy:0.2.7", "combined or attached short flags"),
+        ("docker run --rm cauchy:0.2.7", "'--rm' is not supported"),
+        ("docker run --entrypoint sh cauchy:0.2.7", "'--entrypoint' is not supported"),
+        ("docker run -u root cauchy:0.2.7", "'-u' is not supported"),
+        ("docker run --name cauchy:0.2.7", "names no image"),
+        ("docker run --name --privileged cauchy:0.2.7", "must not be empty or start with '-'"),
+        ("docker run --name a --name b cauchy:0.2.7", "--name given twice"),
+        ("docker run -e A=1 -e A=2 cauchy:0.2.7", "--env A given twice"),
+        ("docker run -e PATH cauchy:0.2.7", "expected NAME=VALUE"),
+        ("docker run --privileged=maybe cauchy:0.2.7", "expected --privileged=true"),
+        ("docker run -- cauchy:0.2.7", "'--' before the image"),
+        ("docker run --restart=sometimes cauchy:0.2.7", "restart: 'sometimes' is not valid"),
+        ("docker run 'cauchy:0.2.7", "not a valid command line"),
+        ("docker run cauchy:0.2.7 \\", "not a valid command line"),
+        ("docker run -e 'A=\x00' cauchy:0.2.7", "NUL"),
+    ],
+)
+def test_malformed_or_unsupported_labels_are_refused(label: str, message: str) -> None:
+    with pytest.raises(RunSpecError, match=message):
+        parse_docker_cmd(label, IMAGE)
+
+
+def test_the_detach_flag_round_trips_both_ways() -> None:
+    assert parse_docker_cmd("docker run cauchy:0.2.7", IMAGE).detach is False
+    assert parse_docker_cmd("docker run --detach=false cauchy:0.2.7", IMAGE).detach is False
+    attached = RunSpec(detach=False, name="x1")
+    assert parse_docker_cmd(attached.render(IMAGE), IMAGE) == attached
+
+
+def test_settings_win_over_the_label() -> None:
+    from_label = parse_docker_cmd(LAB_COMMAND, IMAGE)
+    on_a_cpu_host = from_label.with_overrides(LAB_OVERRIDES)
+    assert "--runtime" not in on_a_cpu_host.to_argv(IMAGE)
+    assert "memlock=-1" not in on_a_cpu_host.to_argv(IMAGE)
+
+
+# --- properties ---------------------------------------------------------------------------
+
+_NAME = st.from_regex(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{1,20}", fullmatch=True)
+_PATH = st.from_regex(r"(/[a-z0-9_.-]{1,8}){1,3}", fullmatch=True).filter(
+    lambda path: ".." not in path.split("/") and "." not in path.split("/")
+)
+_WORD = st.text(st.characters(blacklist_characters="\x00"), max_size=12)
+_VALUE = st.text(st.characters(blacklist_characters="\x00"), max_size=30)
+_ENV = st.dictionaries(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True), _VALUE)
+_ULIMITS = st.dictionaries(
+    st.sampled_from(["core", "memlock", "nofile", "stack", "nproc"]),
+    st.from_regex(r"-?[0-9]{1,9}(:-?[0-9]{1,9})?", fullmatch=True),
+)
+_COMMAND = st.lists(_WORD.filter(lambda word: word != "--port"), max_size=5)
+
+
+@st.composite
+def run_specs(draw: st.DrawFn) -> RunSpec:
+    optional = st.none() | st.just(True)
+    return RunSpec(
+        name=draw(st.none() | _NAME),
+        restart=draw(st.none() | st.sampled_from(["no", "always", "on-failure:3"])),
+        detach=draw(st.booleans()),
+        volumes=tuple(draw(st.lists(st.tuples(_PATH, _PATH).map(":".join), max_size=3))),
+        network=draw(st.none() | st.sampled_from(["host", "bridge", "lab_net"])),
+        hostname=draw(st.none() | st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True)),
+        runtime=draw(st.none() | st.sampled_from(["nvidia", "runc"])),
+        gpus=draw(st.none() | st.sampled_from(["all", "2", '"device=0,1"'])),
+        shm_size=draw(st.none() | st.from_regex(r"[1-9][0-9]{0,3}[kmg]?", fullmatch=True)),
+        ulimits=tuple(draw(_ULIMITS).items()),
+        env=tuple(draw(_ENV).items()),
+        publish=tuple(draw(st.lists(st.sampled_from(["8339", "127.0.0.1::8339"]), max_size=2))),
+        ipc=draw(st.none() | st.sampled_from(["private", "host"])),
+        privileged=draw(optional) is True,
+        cap_add=tuple(draw(st.lists(st.sampled_from(["SYS_PTRACE", "NET_ADMIN"]), max_size=2))),
+        command=tuple(draw(_COMMAND)),
+        port=draw(st.none() | st.integers(1, 65535)),
+    )
+
+
+_EVERY_FLAG = {"--privileged", "--cap-add", "--ipc", "--volume", "--device", "--pid"}
+
+
+@given(spec=run_specs(), image=st.from_regex(r"[a-z0-9]{1,10}(:[0-9.]{1,8})?", fullmatch=True))
+def test_rendered_specs_parse_back_to_themselves(spec: RunSpec, image: str) -> None:
+    label = spec.render(image)
+    assert shlex.split(label) == spec.to_argv(image)
+    assert parse_docker_cmd(label, image, allow=_EVERY_FLAG) == spec
+    if not spec.dangers():
+        assert parse_docker_cmd(label, image) == spec
+
+
+_FLAG_WORDS = sorted(
+    [
+        "-d",
+        "-v",
+        "-e",
+        "-p",
+        "-h",
+        "--name",
+        "--volume",
+        "--env",
+        "--ulimit",
+        "--shm-size=",
+        "--privileged",
+        "--pid",
+        "--cap-add",
+        "--network",
+        "--mount",
+        "--detach=false",
+        "-it",
+        "--",
+        "-",
+        "=",
+        "/:/x",
+        "memlock=-1",
+        "host",
+        IMAGE,
+    ]
+)
+
+
+@settings(max_examples=400)
+@given(st.text(max_size=120))
+def test_arbitrary_text_raises_nothing_but_fleet_errors(text: str) -> None:
+    try:
+        parse_docker_cmd(text, IMAGE)
+    except FleetError as exc:
+        assert isinstance(exc, RunSpecError)
+        assert isinstance(exc, ValueError)
+
+
+@settings(max_examples=400)
+@given(
+    st.lists(
+        st.sampled_from(_FLAG_WORDS) | st.text(max_size=15) | _NAME,
+        max_size=12,
+    ),
+    st.booleans(),
+)
+def test_hostile_command_lines_raise_nothing_but_fleet_errors(
+    words: list[str], quote: bool
+) -> None:
+    label = shlex.join(["docker", "run", *words]) if quote else " ".join(["docker run", *words])
+    try:
+        spec = parse_docker_cmd(label, IMAGE)
+    except RunSpecError:
+        return
+    # Whatever is accepted is harmless and renders back to itself.
+    assert spec.dangers() == ()
+    assert parse_docker_cmd(spec.render(IMAGE), IMAGE) == spec
