@@ -32,7 +32,7 @@ import os
 import re
 import stat
 import tarfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -984,3 +984,72 @@ def _version(repository: str, image: Any) -> ImageVersion:
         tagged=f"{repository}:{tag}" in (image.attrs.get("RepoTags") or []),
         docker_cmd=labels.get(LABEL_DOCKER_CMD, ""),
     )
+
+
+# --- shipping -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageSpec:
+    """What is shipped: a name, its config digest (the image ID) and its layers."""
+
+    ref: str
+    config_digest: str
+    diff_ids: tuple[str, ...]
+
+    @property
+    def chain_ids(self) -> tuple[str, ...]:
+        return chain_ids(self.diff_ids)
+
+
+def chain_ids(diff_ids: Sequence[str]) -> tuple[str, ...]:
+    """The chain ID of each layer prefix, as the classic store names its layers."""
+    chains: list[str] = []
+    for diff in diff_ids:
+        if not chains:
+            chains.append(diff)
+        else:
+            digest = hashlib.sha256(f"{chains[-1]} {diff}".encode()).hexdigest()
+            chains.append(f"sha256:{digest}")
+    return tuple(chains)
+
+
+def has_image(client: Any, reference: str) -> bool:
+    """Whether the engine has an image of that name."""
+    return _image(client, reference) is not None
+
+
+def image_spec(client: Any, reference: str) -> ImageSpec:
+    """What ``fleet push`` ships: the image's name, config digest (ID) and layers."""
+    image = _image(client, reference)
+    if image is None:
+        raise EngineError(
+            f"no image {reference} on the controller",
+            fix="build it first ('fleet build'), or name an existing IMAGE:TAG ('fleet images')",
+        )
+    return ImageSpec(reference, str(image.id), tuple(_layers(image)))
+
+
+def layer_sizes(client: Any, reference: str) -> list[int]:
+    """Estimated unpacked size of each layer, bottom first (from the image's history).
+
+    History lists empty steps (ENV, LABEL) too; their size is 0. Only an estimate for
+    disk checks: the exact tar sizes are known once ``docker save`` streams them.
+    """
+    spec = image_spec(client, reference)
+    try:
+        history = client.api.history(reference)
+    except (docker.errors.DockerException, OSError) as exc:
+        raise EngineError(f"cannot read the history of {reference}: {exc}") from exc
+    sizes = [int(entry.get("Size") or 0) for entry in reversed(history)]
+    non_empty = [s for s in sizes if s > 0]
+    count = len(spec.diff_ids)
+    if len(non_empty) >= count:
+        return non_empty[-count:] if count else []
+    return [*([0] * (count - len(non_empty))), *non_empty]
+
+
+def save_stream(client: Any, reference: str) -> Iterator[bytes]:
+    """``docker save REFERENCE`` as a stream of chunks, never held whole."""
+    try:
+        yield from client.api.get_image(reference, chunk_size=1 << 20)
+    except (docker.errors.DockerException, OSError) as exc:
+        raise EngineError(f"docker save {reference} failed on the controller: {exc}") from exc

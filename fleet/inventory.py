@@ -1445,7 +1445,7 @@ def _finish(builder: _Builder, sources: Sequence[Path]) -> Inventory:
 
     hosts: dict[str, Host] = {}
     own_vars: dict[str, Mapping[str, Any]] = {}
-    problems: list[InventoryError] = []
+    problems: list[_Problem] = []
     for name, draft in builder.hosts.items():
         member_of = builder.ancestors(draft.groups)
         ordered = sorted(
@@ -1476,17 +1476,7 @@ def _finish(builder: _Builder, sources: Sequence[Path]) -> Inventory:
         )
         own_vars[name] = FrozenDict({key: value for key, (value, _) in own.items()})
     if problems:
-        first = problems[0]
-        if len(problems) > 1:
-            others = "\n".join(f"    {p}" for p in problems[1:6])
-            more = f"\n    ... and {len(problems) - 6} more" if len(problems) > 6 else ""
-            first = InventoryError(
-                f"{first.message}\n  other problems:\n{others}{more}",
-                path=first.path,
-                line=first.line,
-                fix=first.fix,
-            )
-        raise first
+        raise _problems_error(problems)
     return Inventory(
         hosts=FrozenDict(hosts),
         groups=FrozenDict(groups),
@@ -1496,17 +1486,30 @@ def _finish(builder: _Builder, sources: Sequence[Path]) -> Inventory:
     )
 
 
-def _check_connection(host: str, merged: Mapping[str, _Var]) -> list[InventoryError]:
+@dataclass(frozen=True)
+class _Problem:
+    """One invalid connection setting: where it was set, what is wrong, the fix."""
+
+    origin: _Origin
+    message: str
+    fix: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.origin}: {self.message}"
+
+
+def _check_connection(host: str, merged: Mapping[str, _Var]) -> list[_Problem]:
     """The problems fleet would hit when connecting: bad ports, missing keys, bad booleans."""
-    problems: list[InventoryError] = []
+    problems: list[_Problem] = []
     for key in _PORT_VARS:
         value, origin = merged.get(key, (None, None))
         if value is not None and origin is not None and _port_number(value) is None:
             problems.append(
-                origin.error(
+                _Problem(
+                    origin,
                     f"host {host!r}: {key} is {value!r}, not a port number (1-65535)"
                     + _template_note(value),
-                    fix=f"set {key} to a number from 1 to 65535 (or leave it out for 22)",
+                    f"set {key} to a number from 1 to 65535 (or leave it out for 22)",
                 )
             )
     for key in _KEY_VARS:
@@ -1514,27 +1517,40 @@ def _check_connection(host: str, merged: Mapping[str, _Var]) -> list[InventoryEr
         if value is None or origin is None:
             continue
         if not isinstance(value, str):
-            problems.append(origin.error(f"host {host!r}: {key} is {value!r}, not a path"))
+            problems.append(_Problem(origin, f"host {host!r}: {key} is {value!r}, not a path"))
             continue
         path = os.path.expanduser(value)
         if not os.path.isfile(path):
             state = "is not a file" if os.path.exists(path) else "does not exist"
             problems.append(
-                origin.error(
+                _Problem(
+                    origin,
                     f"host {host!r}: {key} {os.path.abspath(path)} {state}" + _template_note(value),
-                    fix=f"create the key (ssh-keygen -f {value}) or fix the path",
+                    f"create the key (ssh-keygen -f {value}) or fix the path",
                 )
             )
     for key in ("ansible_become",):
         value, origin = merged.get(key, (None, None))
         if value is not None and origin is not None and _as_bool(value) is None:
             problems.append(
-                origin.error(
+                _Problem(
+                    origin,
                     f"host {host!r}: {key} is {value!r}, not a boolean",
-                    fix=f"set {key} to true or false",
+                    f"set {key} to true or false",
                 )
             )
     return problems
+
+
+def _problems_error(problems: Sequence[_Problem], shown: int = 5) -> InventoryError:
+    """The first problem as the error, the next few listed in its message."""
+    first = problems[0]
+    message = first.message
+    if len(problems) > 1:
+        message += "\n  other problems:" + "".join(f"\n    {p}" for p in problems[1 : shown + 1])
+        if len(problems) > shown + 1:
+            message += f"\n    ... and {len(problems) - shown - 1} more"
+    return first.origin.error(message, fix=first.fix)
 
 
 def _template_note(value: object) -> str:

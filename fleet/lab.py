@@ -506,6 +506,8 @@ def inventory_document(lab: Lab) -> dict[str, Any]:
                         "ansible_ssh_common_args": f"-o UserKnownHostsFile={lab.known_hosts} "
                         "-o StrictHostKeyChecking=yes",
                         "fleet_known_hosts": str(lab.known_hosts),
+                        # Lab hosts have no GPU and cannot grant memlock=-1.
+                        "fleet_run_overrides": {"runtime": None, "ulimits": {"memlock": None}},
                     },
                 },
             }

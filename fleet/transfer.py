@@ -29,14 +29,17 @@ import json
 import queue
 import tarfile
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fleet.errors import HostError
-from fleet.results import HostResult, Outcome
-from fleet.runner import HostContext
+from fleet.images import ImageSpec, chain_ids
+from fleet.inventory import Host
+from fleet.results import FleetResult, HostResult, Outcome
+from fleet.runner import HostContext, Runner
 from fleet.transport import Transport
 
 SaveStream = Callable[[], Iterable[bytes]]
@@ -49,32 +52,6 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
-
-
-# -- the image, as the controller knows it ---------------------------------------------
-@dataclass(frozen=True)
-class ImageSpec:
-    """What is shipped: a name, its config digest (the image ID) and its layers."""
-
-    ref: str
-    config_digest: str
-    diff_ids: tuple[str, ...]
-
-    @property
-    def chain_ids(self) -> tuple[str, ...]:
-        return chain_ids(self.diff_ids)
-
-
-def chain_ids(diff_ids: Sequence[str]) -> tuple[str, ...]:
-    """The chain ID of each layer prefix, as the classic store names its layers."""
-    chains: list[str] = []
-    for diff in diff_ids:
-        if not chains:
-            chains.append(diff)
-        else:
-            digest = hashlib.sha256(f"{chains[-1]} {diff}".encode()).hexdigest()
-            chains.append(f"sha256:{digest}")
-    return tuple(chains)
 
 
 def normalized_name(ref: str) -> str:
@@ -142,7 +119,11 @@ def parse_state(text: str) -> HostImageState:
     """A host's image state from the output of :data:`STATE_SCRIPT`."""
     parts = _sections(text)
     engine_lines = parts.get("engine", [])
-    if parts.get("engine_rc", ["1"])[:1] != ["0"] or not engine_lines[:1] or not engine_lines[0][:1].isdigit():
+    if (
+        parts.get("engine_rc", ["1"])[:1] != ["0"]
+        or not engine_lines[:1]
+        or not engine_lines[0][:1].isdigit()
+    ):
         return HostImageState(False, "\n".join(engine_lines) or "docker did not answer")
     store = "classic"
     for line in parts.get("store", []):
@@ -156,7 +137,8 @@ def parse_state(text: str) -> HostImageState:
             continue
         if isinstance(layers, list):
             chains.update(chain_ids([str(x) for x in layers]))
-    target_id, target_layers = "", ()
+    target_id = ""
+    target_layers: tuple[str, ...] = ()
     for line in parts.get("target", [])[:1]:
         ident, _, layers_json = line.partition(" ")
         try:
@@ -199,7 +181,9 @@ def parse_state(text: str) -> HostImageState:
 
 def read_state(transport: Transport, ref: str, timeout: float | None = None) -> HostImageState:
     """Ask a host what it holds (one round trip)."""
-    ran = transport.run(["sh", "-c", STATE_SCRIPT, "fleet-state", ref], timeout=timeout, check=False)
+    ran = transport.run(
+        ["sh", "-c", STATE_SCRIPT, "fleet-state", ref], timeout=timeout, check=False
+    )
     return parse_state(ran.stdout)
 
 
@@ -213,7 +197,6 @@ class Plan:
     up_to_date: bool
     send: frozenset[int]
     reason: str = ""
-
 
 
 def is_current(spec: ImageSpec, state: HostImageState) -> bool:
@@ -342,7 +325,8 @@ def _manifest_bytes(spec: ImageSpec, config: bytes, sizes: Sequence[int]) -> byt
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": spec.config_digest, "size": len(config)},
         "layers": [
-            {"mediaType": OCI_LAYER_TAR, "digest": d, "size": s} for d, s in zip(spec.diff_ids, sizes, strict=True)
+            {"mediaType": OCI_LAYER_TAR, "digest": d, "size": s}
+            for d, s in zip(spec.diff_ids, sizes, strict=True)
         ],
     }
     return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
@@ -366,7 +350,9 @@ class ImageStream:
         index_of_v1: dict[str, int] = {}
         config = b""
         encoder = _Encoder(self.compress)
-        with tarfile.open(fileobj=io.BufferedReader(_IterReader(self._save()), _CHUNK), mode="r|") as tar:
+        with tarfile.open(
+            fileobj=io.BufferedReader(_IterReader(self._save()), _CHUNK), mode="r|"
+        ) as tar:
             for info in tar:
                 if not info.isfile():
                     continue
@@ -396,7 +382,15 @@ class ImageStream:
                     )
                 self.layer_sizes[layer] = info.size
                 member = _Member(f"layer {layer}", layer)
-                yield member, self._encode(encoder, f"blobs/sha256/{spec.diff_ids[layer][7:]}", info.size, _read(source))
+                yield (
+                    member,
+                    self._encode(
+                        encoder,
+                        f"blobs/sha256/{spec.diff_ids[layer][7:]}",
+                        info.size,
+                        _read(source),
+                    ),
+                )
         if not config:
             raise HostError("controller", f"'docker save {spec.ref}' did not contain its config")
         if hashlib.sha256(config).hexdigest() != spec.config_digest.removeprefix("sha256:"):
@@ -437,7 +431,9 @@ class ImageStream:
             yield _Member(name, None), self._encode(encoder, name, len(data), iter((data,)))
         yield _Member("end", None), self._encode_raw(encoder, b"\0" * (2 * tarfile.BLOCKSIZE))
 
-    def _encode(self, encoder: _Encoder, name: str, size: int, data: Iterator[bytes]) -> Iterator[bytes]:
+    def _encode(
+        self, encoder: _Encoder, name: str, size: int, data: Iterator[bytes]
+    ) -> Iterator[bytes]:
         encoder.start()
         out = encoder.feed(_tar_header(name, size))
         if out:
@@ -473,6 +469,8 @@ class _Sink:
         self.queue: queue.Queue[bytes | None] = queue.Queue(_QUEUE_CHUNKS)
         self.dead = threading.Event()
         self.bytes = 0
+        self.on_progress: Callable[[int], None] | None = None
+        self._reported = 0
 
     def wants(self, member: _Member) -> bool:
         return member.layer is None or member.layer in self.send
@@ -491,6 +489,9 @@ class _Sink:
             if chunk is None:
                 return
             self.bytes += len(chunk)
+            if self.on_progress is not None and self.bytes - self._reported >= _CHUNK:
+                self._reported = self.bytes
+                self.on_progress(self.bytes)
             yield chunk
 
     def close(self) -> None:
@@ -546,7 +547,7 @@ class Broadcast:
             self._replay = cache
             self.manifest_digest = stream.manifest_digest
             self.layer_sizes = stream.layer_sizes
-        except BaseException as exc:  # noqa: BLE001 - handed to every host's task
+        except BaseException as exc:
             self.error = exc
         finally:
             for sink in sinks:
@@ -575,7 +576,11 @@ def verify(transport: Transport, spec: ImageSpec, timeout: float | None = None) 
         f"host has ID {state.target_id[:19] or 'none'} with {len(state.target_layers)} layers"
         f"{'' if state.target_listed else ', not listed by docker image ls'}"
     )
-    raise HostError(transport.host, f"image {spec.ref} did not verify after loading: {evidence}", fix="rerun: the missing layers are sent again")
+    raise HostError(
+        transport.host,
+        f"image {spec.ref} did not verify after loading: {evidence}",
+        fix="rerun: the missing layers are sent again",
+    )
 
 
 def load(ctx: HostContext, sink: _Sink, timeout: float = _LOAD_TIMEOUT) -> None:
@@ -611,3 +616,133 @@ def result_for(ctx: HostContext, shipment: Shipment, seconds_note: str = "") -> 
             "image_id": shipment.image_id,
         },
     )
+
+
+# -- the whole push ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class PushOptions:
+    """How to push: compression, dry run, and the limits of one host."""
+
+    compress: str = "gzip"
+    check: bool = False
+    min_free_bytes: int = 0
+    load_timeout: float = _LOAD_TIMEOUT
+    state_timeout: float | None = None
+
+
+def push(
+    runner: Runner,
+    hosts: Sequence[Host],
+    spec: ImageSpec,
+    save: SaveStream,
+    sizes: Sequence[int],
+    options: PushOptions = PushOptions(),
+) -> FleetResult:
+    """Ship ``spec`` to every host that lacks it; one result per host, in host order.
+
+    First every host says what it has (one round trip each); then, in waves of at most
+    ``runner.forks`` hosts, one pass over ``docker save`` feeds every host of the wave its
+    missing layers; then each host's image is verified.
+    """
+    started = time.monotonic()
+    plans: dict[str, Plan] = {}
+    lock = threading.Lock()
+
+    def inspect(ctx: HostContext) -> HostResult:
+        state = read_state(ctx.transport, spec.ref, options.state_timeout)
+        if not state.engine_ok:
+            raise HostError(
+                ctx.name,
+                f"Docker engine not usable: {state.engine_error}",
+                fix=engine_fix(state.engine_error),
+            )
+        decided = plan(ctx.name, spec, state)
+        needed = disk_needed(sizes, decided.send, decided.store)
+        details: dict[str, Any] = {
+            "store": decided.store,
+            "layers_total": len(spec.diff_ids),
+            "layers_present": len(spec.diff_ids) - len(decided.send),
+            "layers_to_send": len(decided.send),
+            "bytes_to_send": sum(sizes[i] for i in decided.send if i < len(sizes)),
+        }
+        if decided.up_to_date:
+            return ctx.result(
+                Outcome.OK,
+                "image already present",
+                details={**details, "image_id": state.target_id},
+            )
+        if state.free_bytes is not None and state.free_bytes - needed < options.min_free_bytes:
+            raise HostError(
+                ctx.name,
+                f"not enough disk at the Docker root: needs {needed} bytes"
+                f"{f' plus a reserve of {options.min_free_bytes}' if options.min_free_bytes else ''}, "
+                f"has {state.free_bytes} free",
+                fix="free space on the host (fleet prune, docker system prune) or grow its disk",
+            )
+        with lock:
+            plans[ctx.name] = decided
+        note = decided.reason or f"would send {len(decided.send)}/{len(spec.diff_ids)} layers"
+        return ctx.result(Outcome.CHANGED if options.check else Outcome.OK, note, details=details)
+
+    inspected = runner.run("push: inspect", hosts, inspect)
+    results = {r.host: r for r in inspected.results}
+    if options.check:
+        return FleetResult.of("push --check", inspected.results, time.monotonic() - started)
+    todo = [h for h in hosts if h.name in plans]
+    broadcast = Broadcast(spec, save, options.compress)
+    for first in range(0, len(todo), runner.forks):
+        wave = todo[first : first + runner.forks]
+        sinks = {h.name: _Sink(h.name, plans[h.name].send) for h in wave}
+        producer = threading.Thread(target=broadcast.run, args=(list(sinks.values()),), daemon=True)
+        producer.start()
+
+        def ship(ctx: HostContext, sinks: dict[str, _Sink] = sinks) -> HostResult:
+            sink = sinks[ctx.name]
+            sink.on_progress = lambda sent: ctx.progress("sending", sent, 0)
+            try:
+                load(ctx, sink, options.load_timeout)
+            except HostError:
+                if broadcast.error is not None:
+                    raise HostError(
+                        ctx.name, f"reading the image on the controller failed: {broadcast.error}"
+                    ) from broadcast.error
+                raise
+            if broadcast.error is not None:
+                raise HostError(
+                    ctx.name, f"reading the image on the controller failed: {broadcast.error}"
+                )
+            image_id = verify(ctx.transport, spec, options.state_timeout)
+            decided = plans[ctx.name]
+            shipment = Shipment(
+                decided.store, len(spec.diff_ids), len(decided.send), sink.bytes, image_id
+            )
+            result = result_for(ctx, shipment)
+            return replace(
+                result,
+                details={
+                    **result.details,
+                    "missing_bytes": sum(broadcast.layer_sizes[i] for i in decided.send)
+                    if broadcast.layer_sizes
+                    else None,
+                },
+            )
+
+        shipped = runner.run("push", wave, ship)
+        producer.join(timeout=60)
+        for row in shipped.results:
+            results[row.host] = _merge_seconds(results[row.host], row)
+    return FleetResult.of("push", (results[h.name] for h in hosts), time.monotonic() - started)
+
+
+def _merge_seconds(inspected: HostResult, shipped: HostResult) -> HostResult:
+    return replace(shipped, seconds=inspected.seconds + shipped.seconds)
+
+
+def engine_fix(error: str) -> str:
+    """The fix for an engine that does not answer, recognised from what docker said."""
+    text = error.lower()
+    if "permission denied" in text:
+        return "add the SSH user to the host's 'docker' group, or set ansible_become: true"
+    if "command not found" in text or ("not found" in text and "docker" in text):
+        return "install Docker on the host (fleet provision checks this)"
+    return "start the host's Docker engine (e.g. 'systemctl start docker') and check 'docker info' there"

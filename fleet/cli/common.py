@@ -159,7 +159,45 @@ def run_on_hosts(
                 result, interrupted = exc.partial, True
     finally:
         runner.close()
+    return _finish(args, result, interrupted, detail_columns, render=render, json_extra=json_extra)
+
+
+def run_fleet(
+    args: argparse.Namespace,
+    operation: Callable[[Runner, list[Host]], FleetResult],
+    *,
+    detail_columns: tuple[str, ...] = (),
+    title: str | None = None,
+) -> int:
+    """Like :func:`run_on_hosts`, for operations that run several steps over the hosts."""
+    _, hosts = select_hosts(args)
+    out = report.console()
+    reporter = report.LiveReporter([h.name for h in hosts], out, live=False if args.json else None)
+    runner = make_runner(args, reporter)
+    interrupted = False
+    try:
+        with reporter:
+            try:
+                result = operation(runner, hosts)
+            except Interrupted as exc:
+                result, interrupted = exc.partial, True
+    finally:
+        runner.close()
+    return _finish(args, result, interrupted, detail_columns, title=title)
+
+
+def _finish(
+    args: argparse.Namespace,
+    result: FleetResult,
+    interrupted: bool,
+    detail_columns: tuple[str, ...],
+    *,
+    render: Callable[[FleetResult], Any] | None = None,
+    json_extra: Callable[[FleetResult], dict[str, Any]] | None = None,
+    title: str | None = None,
+) -> int:
     retry = write_retry_file(args, result)
+    out = report.console()
     if args.json:
         document = result.to_json()
         if json_extra is not None:
@@ -169,7 +207,7 @@ def run_on_hosts(
     else:
         if render is not None:
             report.console(sys.stdout).print(render(result))
-        out.print(report.recap(result, detail_columns))
+        out.print(report.recap(result, detail_columns, title=title))
         if retry is not None:
             out.print(f"retry with: --limit @{retry}")
     if interrupted:

@@ -140,9 +140,12 @@ def human_size(count: float) -> str:
     return _size(count)
 
 
-def recap(result: FleetResult, detail_columns: Sequence[str] = ()) -> RenderableType:
+def recap(
+    result: FleetResult, detail_columns: Sequence[str] = (), *, title: str | None = None
+) -> RenderableType:
     """The end of every run: a row per host, the summary, then what went wrong."""
-    table = Table(title=f"RECAP {result.command}", title_justify="left", box=None, pad_edge=False)
+    heading = f"RECAP {title or result.command}"
+    table = Table(title=heading, title_justify="left", box=None, pad_edge=False)
     table.add_column("host")
     table.add_column("outcome")
     table.add_column("time", justify="right")
