@@ -28,6 +28,7 @@ import io
 import json
 import queue
 import tarfile
+import tempfile
 import threading
 import time
 import zlib
@@ -254,7 +255,20 @@ class _IterReader(io.RawIOBase):
 
 
 def _go_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """JSON as Go's encoding/json writes it: compact, HTML characters escaped."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    for char, escaped in _GO_ESCAPES:
+        text = text.replace(char, escaped)
+    return text
+
+
+_GO_ESCAPES = (
+    ("<", "\\u003c"),
+    (">", "\\u003e"),
+    ("&", "\\u0026"),
+    ("\u2028", "\\u2028"),
+    ("\u2029", "\\u2029"),
+)
 
 
 def _v1_candidates(document: Mapping[str, Any], chain: str) -> Iterator[str]:
@@ -374,21 +388,17 @@ class ImageStream:
                 if base != "layer.tar":
                     continue
                 layer = index_of_v1.get(directory)
+                data: Iterator[bytes] = _read(source)
                 if layer is None:
-                    raise HostError(
-                        "controller",
-                        f"cannot tell which layer of {spec.ref} 'docker save' put in {directory}",
-                        fix="report this with the controller's Docker version",
-                    )
+                    # An engine whose v1 IDs we cannot recompute: learn the layer from its
+                    # digest instead, at the cost of spooling this one layer.
+                    layer, data = _identify_by_digest(spec, source)
                 self.layer_sizes[layer] = info.size
                 member = _Member(f"layer {layer}", layer)
                 yield (
                     member,
                     self._encode(
-                        encoder,
-                        f"blobs/sha256/{spec.diff_ids[layer][7:]}",
-                        info.size,
-                        _read(source),
+                        encoder, f"blobs/sha256/{spec.diff_ids[layer][7:]}", info.size, data
                     ),
                 )
         if not config:
@@ -427,8 +437,8 @@ class ImageStream:
             "index.json": json.dumps(index, separators=(",", ":")).encode(),
             "manifest.json": json.dumps(legacy, separators=(",", ":")).encode(),
         }
-        for name, data in small.items():
-            yield _Member(name, None), self._encode(encoder, name, len(data), iter((data,)))
+        for name, content in small.items():
+            yield _Member(name, None), self._encode(encoder, name, len(content), iter((content,)))
         yield _Member("end", None), self._encode_raw(encoder, b"\0" * (2 * tarfile.BLOCKSIZE))
 
     def _encode(
@@ -449,6 +459,28 @@ class ImageStream:
     def _encode_raw(self, encoder: _Encoder, data: bytes) -> Iterator[bytes]:
         encoder.start()
         yield encoder.feed(data) + encoder.finish()
+
+
+def _identify_by_digest(spec: ImageSpec, source: Any) -> tuple[int, Iterator[bytes]]:
+    spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)  # noqa: SIM115 - handed on
+    digest = hashlib.sha256()
+    for chunk in _read(source):
+        digest.update(chunk)
+        spool.write(chunk)
+    diff_id = f"sha256:{digest.hexdigest()}"
+    if diff_id not in spec.diff_ids:
+        spool.close()
+        raise HostError(
+            "controller",
+            f"'docker save {spec.ref}' holds a layer {diff_id[:19]} that is not in the image",
+        )
+    spool.seek(0)
+
+    def replay() -> Iterator[bytes]:
+        with spool:
+            yield from _read(spool)
+
+    return spec.diff_ids.index(diff_id), replay()
 
 
 def _read(source: Any) -> Iterator[bytes]:

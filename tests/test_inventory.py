@@ -339,9 +339,7 @@ def test_empty_inventory() -> None:
 # --- where inventories come from -------------------------------------------------------
 
 
-def test_default_sources(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: Write
-) -> None:
+def test_default_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: Write) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FLEET_INVENTORY", raising=False)
     with pytest.raises(InventoryError, match="does not exist") as caught:
@@ -383,16 +381,19 @@ def test_symlink_loop_in_directory(tmp_path: Path, write: Write) -> None:
         ("hosts", "[web]\nweb1\n", ["web1"], None),
         ("hosts", "all:\n  hosts:\n    y1:\n", ["y1"], None),
         ("hosts", "plain1\nplain2\n", ["plain1", "plain2"], None),
-        ("hosts.json", '{"all": {"hosts": {"j1": {"v": {"__ansible_unsafe": "{{x}}"}}}}}', ["j1"], None),
+        (
+            "hosts.json",
+            '{"all": {"hosts": {"j1": {"v": {"__ansible_unsafe": "{{x}}"}}}}}',
+            ["j1"],
+            None,
+        ),
         # A .yml file that is not YAML is still read as INI (with a warning).
         ("hosts.yml", "[web]\nweb1\n", ["web1"], "read it as INI"),
         ("hosts.yml", "", [], "the YAML inventory is empty"),
         ("hosts.inventory", "w1 a=1\n", ["w1"], None),
     ],
 )
-def test_formats(
-    write: Write, name: str, text: str, hosts: list[str], warning: str | None
-) -> None:
+def test_formats(write: Write, name: str, text: str, hosts: list[str], warning: str | None) -> None:
     inv = load_one(write(name, text))
     assert list(inv.hosts) == hosts
     if warning:
@@ -625,9 +626,7 @@ def test_deep_nesting_is_refused_without_crashing(write: Write) -> None:
 
 
 def test_many_small_aliases_are_fine(write: Write) -> None:
-    text = "all:\n  vars:\n    base: &b {x: 1}\n" + "".join(
-        f"    v{i}: *b\n" for i in range(2000)
-    )
+    text = "all:\n  vars:\n    base: &b {x: 1}\n" + "".join(f"    v{i}: *b\n" for i in range(2000))
     assert load_one(write("ok.yml", text)).groups["all"].vars["v1999"] == {"x": 1}
 
 
@@ -751,9 +750,7 @@ def _load_or_fleet_error(path: Path) -> None:
     _check_loaded(inv)
 
 
-_PROPERTY = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+_PROPERTY = settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @_PROPERTY

@@ -1,0 +1,253 @@
+"""Transfer planning and the stream format, from states recorded on the lab's hosts."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from fleet import transfer
+from fleet.images import ImageSpec, chain_ids
+
+FIXTURES = Path(__file__).parent / "fixtures" / "transfer"
+# cauchy:0.2.3 as built on the controller when the fixtures were recorded.
+SPEC = ImageSpec(
+    "cauchy:0.2.3",
+    "sha256:c7227963f03904824365555c726e9c575b4dc5fb57bc73a4489a10f73e2c4e86",
+    (
+        "sha256:c473b14f4a0bfdb36e90404acdb326e16dfac65f9c90c33579c8e78b5958951a",
+        "sha256:0fd2eacb7785f36f9d3f2f3a52705bd581fbddde034d91e00a16c7818d72c334",
+        "sha256:999a40c64ee6077a92ae3bb0b483c05c6a418d93ad5b5dfde87b90c3f7faf329",
+        "sha256:a1797895f8972fb3712c6050e7b766d790faa73acaf067168ec122d0796c8bff",
+        "sha256:c021fea5422181b46d4c8746fa73c46e5415995963d7d774a141b5356e878eda",
+        "sha256:d107795b09ced1858f645338965319932c674cc0a2454d3820e623429a275858",
+        "sha256:093131973c84049160288607f2167fd3b6d4e55b7a3a38f0a463e035943db446",
+    ),
+)
+
+
+def state(name: str) -> transfer.HostImageState:
+    return transfer.parse_state((FIXTURES / f"state-{name}.txt").read_text())
+
+
+def test_chain_ids_follow_dockers_rule() -> None:
+    chains = chain_ids(["sha256:aa", "sha256:bb", "sha256:cc"])
+    assert chains[0] == "sha256:aa"
+    second = "sha256:" + hashlib.sha256(b"sha256:aa sha256:bb").hexdigest()
+    assert chains[1] == second
+    assert chains[2] == "sha256:" + hashlib.sha256(f"{second} sha256:cc".encode()).hexdigest()
+
+
+def test_layer_of_unknown_v1_id_is_identified_by_its_digest() -> None:
+    data = b"layer bytes" * 1000
+    diff = "sha256:" + hashlib.sha256(data).hexdigest()
+    spec = ImageSpec("x:1", "sha256:" + "0" * 64, ("sha256:" + "1" * 64, diff))
+    index, chunks = transfer._identify_by_digest(spec, io.BytesIO(data))
+    assert index == 1
+    assert b"".join(chunks) == data
+    with pytest.raises(transfer.HostError, match="not in the image"):
+        transfer._identify_by_digest(spec, io.BytesIO(b"other"))
+
+
+def test_classic_host_with_the_image_is_current() -> None:
+    found = state("classic-current")
+    assert found.engine_ok and found.store == "classic"
+    assert found.target_id == SPEC.config_digest and found.target_listed
+    plan = transfer.plan("lab1", SPEC, found)
+    assert plan.up_to_date and plan.send == frozenset()
+
+
+def test_containerd_host_with_the_image_is_current_by_its_manifests_config() -> None:
+    found = state("containerd-current")
+    assert found.store == "containerd"
+    assert found.target_id != SPEC.config_digest  # the manifest's digest on this store
+    assert found.target_config == SPEC.config_digest
+    assert transfer.plan("lab2", SPEC, found).up_to_date
+
+
+def test_new_top_layer_is_all_a_classic_host_lacks() -> None:
+    newer = ImageSpec(
+        "cauchy:0.2.4", "sha256:" + "1" * 64, (*SPEC.diff_ids[:-1], "sha256:" + "2" * 64)
+    )
+    plan = transfer.plan("lab1", newer, state("classic-missing"))
+    assert not plan.up_to_date
+    assert plan.send == frozenset({6})
+
+
+def test_same_layer_on_another_parent_is_not_present_on_classic() -> None:
+    # Chains, not diff IDs: layer 6 alone, without its parents, is not "present".
+    moved = ImageSpec("x:1", "sha256:" + "3" * 64, ("sha256:" + "4" * 64, SPEC.diff_ids[6]))
+    assert transfer.plan("lab1", moved, state("classic-missing")).send == frozenset({0, 1})
+
+
+def test_containerd_leaves_out_only_blobs_its_content_store_lists() -> None:
+    found = state("containerd-missing")
+    assert found.content is not None and SPEC.diff_ids[0] in found.content
+    newer = ImageSpec(
+        "cauchy:0.2.4", "sha256:" + "1" * 64, (*SPEC.diff_ids[:-1], "sha256:" + "2" * 64)
+    )
+    assert transfer.plan("lab2", newer, found).send == frozenset({6})
+
+
+def test_containerd_without_a_readable_content_store_gets_every_layer() -> None:
+    text = (FIXTURES / "state-containerd-missing.txt").read_text()
+    text = text.replace("@@content_rc 0", "@@content_rc 1")
+    found = transfer.parse_state(text)
+    assert found.content is None
+    plan = transfer.plan("lab2", SPEC, found)
+    assert plan.send == frozenset(range(7))
+    assert "sending every layer" in plan.reason
+
+
+def test_engine_down_is_reported_with_its_words() -> None:
+    found = transfer.parse_state(
+        "@@engine\nCannot connect to the Docker daemon at unix:///var/run/docker.sock. "
+        "Is the docker daemon running?\n@@engine_rc 1\n@@end\n"
+    )
+    assert not found.engine_ok
+    assert "Cannot connect" in found.engine_error
+    assert "start the host's Docker engine" in transfer.engine_fix(found.engine_error)
+    assert "docker' group" in transfer.engine_fix("permission denied while trying to connect")
+
+
+def test_v1_directories_are_recognised_before_their_data() -> None:
+    # Recorded from a real 'docker save' (Engine 20.10) of a 7-layer image.
+    diff_ids = [
+        "sha256:c473b14f4a0bfdb36e90404acdb326e16dfac65f9c90c33579c8e78b5958951a",
+        "sha256:0ce0aa1dc5d8de7f95949727e155c8a8fdab8aad21d0ab35fe88273c6056a077",
+        "sha256:abaa8fedfacd9a9e90170fe62b757770c5933547c4469330d10adaecc3fe5eef",
+        "sha256:f2d49bd89102c00a60c9ee07851e5a2eb6f5391225be4f33e6ba7264035192df",
+        "sha256:a9f04adc79d18aea122e50d635c0b0466496fce23017c49accf42b494ef75f3b",
+        "sha256:9264ec6b5c1b12ace3680e06bd6aa1634b74e5fd94b7a13905394e65e99eda91",
+        "sha256:9d899604dd3b7d308fe0e3f7306828b1cef98ae007293c73e2747524ed54428a",
+    ]
+    expected = {
+        "e24cd8d06713": 0,
+        "1b2326882af1": 1,
+        "7b063d4874e7": 2,
+        "cfdb84a1226a": 3,
+        "38b3a9fc822e": 4,
+        "7a7cd5c5e5fb": 5,
+        "4f688140ca76": 6,
+    }
+    chains = chain_ids(diff_ids)
+    for path in sorted((FIXTURES / "v1").glob("*.json")):
+        document = json.loads(path.read_text())
+        found = [
+            i
+            for i, chain in enumerate(chains)
+            if path.stem in transfer._v1_candidates(document, chain)
+        ]
+        assert found == [expected[path.stem[:12]]], path.name
+
+
+def test_normalized_names() -> None:
+    assert transfer.normalized_name("cauchy:0.2.7") == "docker.io/library/cauchy:0.2.7"
+    assert transfer.normalized_name("lab/cauchy:1") == "docker.io/lab/cauchy:1"
+    assert transfer.normalized_name("reg.example:5000/cauchy:1") == "reg.example:5000/cauchy:1"
+    assert transfer.normalized_name("cauchy") == "docker.io/library/cauchy:latest"
+
+
+def test_disk_needed_counts_twice_on_containerd() -> None:
+    assert transfer.disk_needed([10, 20, 30], {1, 2}, "classic") == 50
+    assert transfer.disk_needed([10, 20, 30], {1, 2}, "containerd") == 100
+
+
+# -- the stream, on the controller's engine ---------------------------------------------
+@pytest.fixture(scope="module")
+def small_image():
+    docker = pytest.importorskip("docker")
+    from fleet import images, lab
+
+    client = lab.engine_client()
+    lab.ensure_layer1_image(client)
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        dockerfile = b"FROM fleet-lab-layer1:bookworm\nRUN echo one > /one\nRUN echo two > /two\n"
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+    context.seek(0)
+    client.images.build(fileobj=context, custom_context=True, tag="fleet-test-stream:1", rm=True)
+    yield client, images.image_spec(client, "fleet-test-stream:1")
+    with contextlib.suppress(docker.errors.NotFound):
+        client.images.remove("fleet-test-stream:1", force=True)
+
+
+def _members(raw: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+
+
+@pytest.mark.docker
+def test_dual_tarball_has_both_manifests_and_only_wanted_layers(small_image) -> None:
+    from fleet import images
+
+    client, spec = small_image
+    broadcast = transfer.Broadcast(spec, lambda: images.save_stream(client, spec.ref), "gzip")
+    everything = transfer._Sink("a", frozenset(range(len(spec.diff_ids))))
+    top_only = transfer._Sink("b", frozenset({len(spec.diff_ids) - 1}))
+    import threading
+
+    outputs: dict[str, bytes] = {}
+
+    def drain(sink: transfer._Sink) -> None:
+        outputs[sink.host] = b"".join(sink.chunks())
+
+    readers = [threading.Thread(target=drain, args=(s,)) for s in (everything, top_only)]
+    for reader in readers:
+        reader.start()
+    broadcast.run([everything, top_only])
+    for reader in readers:
+        reader.join()
+    assert broadcast.error is None
+    full = _members(gzip.decompress(outputs["a"]))
+    thin = _members(gzip.decompress(outputs["b"]))
+    blobs = {f"blobs/sha256/{d[7:]}" for d in spec.diff_ids}
+    assert blobs <= set(full)
+    assert set(thin) & blobs == {f"blobs/sha256/{spec.diff_ids[-1][7:]}"}
+    for name in (
+        "oci-layout",
+        "index.json",
+        "manifest.json",
+        f"blobs/sha256/{spec.config_digest[7:]}",
+    ):
+        assert name in full and full[name] == thin[name]
+    legacy = json.loads(full["manifest.json"])
+    assert legacy[0]["RepoTags"] == [spec.ref]
+    assert legacy[0]["Layers"] == [f"blobs/sha256/{d[7:]}" for d in spec.diff_ids]
+    index = json.loads(full["index.json"])
+    annotations = index["manifests"][0]["annotations"]
+    assert annotations["io.containerd.image.name"] == "docker.io/library/fleet-test-stream:1"
+    manifest = full[f"blobs/sha256/{index['manifests'][0]['digest'][7:]}"]
+    assert [layer["digest"] for layer in json.loads(manifest)["layers"]] == list(spec.diff_ids)
+    # Every blob is what its name says: the receiving store checks digests.
+    for name, data in full.items():
+        if name.startswith("blobs/sha256/"):
+            assert hashlib.sha256(data).hexdigest() == name.rsplit("/", 1)[1]
+    # The thin stream is a small fraction of the full one: only the top layer travels.
+    assert len(outputs["b"]) < len(outputs["a"]) / 10
+    # Compressed once: a later wave is replayed from the cache, byte for byte.
+    again = transfer._Sink("c", frozenset({len(spec.diff_ids) - 1}))
+    reader = threading.Thread(target=drain, args=(again,))
+    reader.start()
+    broadcast.run([again])
+    reader.join()
+    assert outputs["c"] == outputs["b"]
+
+
+@pytest.mark.docker
+def test_uncompressed_stream_is_a_plain_tar(small_image) -> None:
+    from fleet import images
+
+    client, spec = small_image
+    stream = transfer.ImageStream(spec, lambda: images.save_stream(client, spec.ref), "none")
+    raw = b"".join(b"".join(chunks) for _, chunks in stream.members())
+    assert f"blobs/sha256/{spec.diff_ids[0][7:]}" in _members(raw)
+    assert stream.layer_sizes[0] > 1_000_000
