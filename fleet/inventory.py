@@ -563,6 +563,11 @@ class _Builder:
             elif not mine - {"all"}:
                 ungrouped.hosts.append(host.name)
                 host.groups.append("ungrouped")
+            if not self.ancestors(host.groups):
+                self.warn(
+                    f"host {host.name!r} is in no group, not even 'all' ('ungrouped' is a child "
+                    "of another group); no pattern but its name selects it"
+                )
         for name in self.groups.keys() & self.hosts.keys():
             self.warn(f"{name!r} is both a group and a host; a pattern {name!r} means the host")
 
@@ -1472,7 +1477,9 @@ def _finish(builder: _Builder, sources: Sequence[Path]) -> Inventory:
         hosts[name] = Host(
             name,
             FrozenDict({key: value for key, (value, _) in merged.items()}),
-            (*sorted(member_of - {"all"}), "all"),
+            # Ansible's group_names, then 'all' (which a host is outside of only when it
+            # was ungrouped and 'ungrouped' was made some other group's child).
+            (*sorted(member_of - {"all"}), "all") if "all" in member_of else (),
         )
         own_vars[name] = FrozenDict({key: value for key, (value, _) in own.items()})
     if problems:

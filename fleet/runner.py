@@ -93,6 +93,11 @@ class HostContext:
     def transport(self) -> Transport:
         return self._runner.transport(self.host)
 
+    @property
+    def cancelled(self) -> bool:
+        """Whether the run was interrupted: a task checks it between its steps."""
+        return self._runner.stopping.is_set()
+
     def progress(self, note: str = "", done: int = 0, total: int = 0) -> None:
         self._runner.events.progress(self.name, self.step, note, done, total)
 
@@ -131,6 +136,7 @@ class Runner:
         self._transports: dict[str, Transport] = {}
         self._dead: dict[str, UnreachableError] = {}
         self._lock = threading.Lock()
+        self.stopping = threading.Event()
 
     def transport(self, host: Host) -> Transport:
         """The host's connection, opened on first use and reused after."""
@@ -175,12 +181,22 @@ class Runner:
                     result = future.result()
                     results[result.host] = result
         except KeyboardInterrupt:
+            # Hosts not started yet are skipped; hosts in the middle of a step finish it,
+            # so none is left half-switched. A second Ctrl-C abandons them.
+            self.stopping.set()
             for future in futures:
                 future.cancel()
+            try:
+                for future in futures:
+                    if not future.cancelled():
+                        result = future.result()
+                        results[result.host] = result
+            except KeyboardInterrupt:
+                pass
             for host in hosts:
                 if host.name not in results:
                     results[host.name] = HostResult(
-                        host.name, Outcome.SKIPPED, "interrupted (Ctrl-C)"
+                        host.name, Outcome.SKIPPED, "interrupted (Ctrl-C) before it started"
                     )
             raise Interrupted(FleetResult.of(command, (results[h.name] for h in hosts))) from None
         finally:

@@ -736,10 +736,11 @@ def _check_loaded(inv: Inventory) -> None:
     json.dumps(inv.to_ansible_list())
     inv.graph()
     for host in inv.hosts.values():
-        assert host.groups[-1] == "all"
-    # The walk behind the pattern 'all' reaches every host (the pattern itself may not:
-    # a host named 'all' is what 'all' means then, as in Ansible).
-    assert set(patterns.group_hosts(inv, "all")) == set(inv.hosts)
+        assert host.groups == () or host.groups[-1] == "all"
+    # The walk behind the pattern 'all' reaches every host that is in a group (the pattern
+    # itself may not: a host named 'all' is what 'all' means then, as in Ansible).
+    grouped = {name for name, host in inv.hosts.items() if host.groups}
+    assert set(patterns.group_hosts(inv, "all")) == grouped
 
 
 def _load_or_fleet_error(path: Path) -> None:

@@ -1,0 +1,167 @@
+"""``fleet deploy``, ``fleet rollback`` and ``fleet prune``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from fleet import deploy, images
+from fleet.cli import common
+from fleet.cli.push import default_image
+from fleet.errors import UsageError
+from fleet.results import FleetResult
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "deploy",
+        help="roll a framework version out: ship, stop the old, start the new, health-gate",
+        description="Per host: ship the image (only missing layers), take the deploy lock, "
+        "stop the other framework versions (kept for rollback), start VERSION with its "
+        "image's recommended run command, and wait until it is healthy; if it is not, "
+        "start the previous version again.",
+    )
+    common.add_host_options(parser)
+    parser.add_argument(
+        "version",
+        nargs="?",
+        metavar="VERSION",
+        help="a tag (0.2.7) or IMAGE:TAG; default: the newest built",
+    )
+    _common(parser)
+    parser.add_argument(
+        "--serial", metavar="N|N%", help="deploy in batches of N hosts (or N%% of them)"
+    )
+    parser.add_argument(
+        "--max-fail",
+        type=_percent,
+        metavar="N%",
+        help="stop the rollout when more than N%% of a batch failed",
+    )
+    parser.add_argument(
+        "--compress",
+        choices=("gzip", "none"),
+        default="gzip",
+        help="transfer compression (default gzip)",
+    )
+    parser.set_defaults(handler=_deploy)
+
+    back = subparsers.add_parser(
+        "rollback", help="back to the previous version recorded on each host"
+    )
+    common.add_host_options(back)
+    back.add_argument("--to", metavar="VERSION", help="roll back to this version (a tag) instead")
+    _common(back)
+    back.set_defaults(handler=_rollback)
+
+    prune = subparsers.add_parser(
+        "prune", help="remove old framework images and stopped containers"
+    )
+    common.add_host_options(prune)
+    prune.add_argument(
+        "--keep",
+        type=int,
+        default=3,
+        metavar="K",
+        help="versions to keep besides the running one and the rollback target (default 3)",
+    )
+    _common(prune)
+    prune.set_defaults(handler=_prune)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--project", default=".", metavar="DIR", help="framework project (default .)"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="show what would change, change nothing"
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for another deploy's lock (default: fail at once)",
+    )
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text.strip().rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage like 25%") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0% and 100%")
+    return value
+
+
+def _options(args: argparse.Namespace, repository: str) -> deploy.DeployOptions:
+    return deploy.DeployOptions(
+        repository=repository,
+        serial=getattr(args, "serial", None),
+        max_fail_percent=getattr(args, "max_fail", None),
+        check=args.check,
+        wait_lock=args.wait,
+        compress=getattr(args, "compress", "gzip"),
+        state_timeout=args.timeout,
+    )
+
+
+COLUMNS = ("version_before", "version_after", "bytes_sent")
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    client = images.connect()
+    project = images.load_project(args.project)
+    if args.version is None:
+        reference = default_image(client, args.project)
+    elif ":" in args.version:
+        reference = args.version
+    else:
+        reference = f"{project.repository}:{args.version}"
+    spec = images.image_spec(client, reference)
+    sizes = images.layer_sizes(client, reference)
+    repository = reference.rpartition(":")[0]
+    if args.serial is not None:
+        deploy.batches([], args.serial)  # validate before touching any host
+    options = _options(args, repository)
+
+    def operation(runner: Any, hosts: Any) -> FleetResult:
+        deploy.batches(hosts, args.serial)
+        return deploy.deploy(
+            runner, hosts, spec, lambda: images.save_stream(client, reference), sizes, options
+        )
+
+    return common.run_fleet(args, operation, detail_columns=COLUMNS, title=f"deploy {reference}")
+
+
+def _repository(args: argparse.Namespace) -> str:
+    try:
+        return images.load_project(args.project).repository
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(
+            f"cannot tell the framework's repository from {args.project}: {exc}",
+            fix="run from the framework project, or pass --project DIR",
+        ) from exc
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    options = _options(args, _repository(args))
+    return common.run_fleet(
+        args,
+        lambda runner, hosts: deploy.rollback(runner, hosts, args.to, options),
+        detail_columns=COLUMNS[:2],
+        title="rollback",
+    )
+
+
+def _prune(args: argparse.Namespace) -> int:
+    options = _options(args, _repository(args))
+    return common.run_fleet(
+        args,
+        lambda runner, hosts: deploy.prune(runner, hosts, args.keep, options),
+        detail_columns=("bytes_freed",),
+        title="prune",
+    )

@@ -1,0 +1,233 @@
+"""The framework on a host: its containers, its images, the deploy lock and the history.
+
+One constant script gathers it all in one round trip (the framework's repository is
+passed as an argument, never interpolated); :func:`parse` turns its output into
+:class:`HostFramework`. Everything read here comes from the host and is treated as
+untrusted: labels are only ever parsed, never executed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleet.images import LABEL_COMMIT_COUNT, LABEL_DIRTY, LABEL_DOCKER_CMD, LABEL_TAG
+from fleet.transport import Transport
+
+LABEL_VERSION = "org.label-schema.version"
+STATE_DIR = "/var/lib/fleet"
+HISTORY_FILE = f"{STATE_DIR}/history.jsonl"
+LOCK_FILE = f"{STATE_DIR}/deploy.lock"
+
+SCRIPT = r"""
+repo="$1"; history_lines="$2"
+echo "@@engine"; docker version --format '{{.Server.Version}}' 2>&1; echo "@@engine_rc $?"
+echo "@@containers"
+ids=$(docker ps -aq --no-trunc --filter "label=io.fleet.framework=$repo" 2>/dev/null)
+[ -n "$ids" ] && docker inspect --type container --format '{{json .}}' $ids 2>/dev/null
+echo "@@images"
+imgs=$(docker image ls -q --no-trunc --filter "label=io.fleet.framework=$repo" 2>/dev/null | sort -u)
+[ -n "$imgs" ] && docker image inspect --format '{{json .}}' $imgs 2>/dev/null
+echo "@@lock"; cat /var/lib/fleet/deploy.lock 2>/dev/null; echo
+echo "@@history"; tail -n "$history_lines" /var/lib/fleet/history.jsonl 2>/dev/null
+echo "@@end"
+"""
+
+
+@dataclass(frozen=True)
+class FrameworkImage:
+    """A framework image on a host, described by its own labels."""
+
+    id: str
+    tags: tuple[str, ...]
+    labels: Mapping[str, str]
+    size: int
+    created: str
+
+    @property
+    def tag(self) -> str:
+        return self.labels.get(LABEL_TAG, "")
+
+    @property
+    def commit_count(self) -> int:
+        text = self.labels.get(LABEL_COMMIT_COUNT, "")
+        return int(text) if text.isascii() and text.isdigit() else -1
+
+    @property
+    def dirty(self) -> bool:
+        return self.labels.get(LABEL_DIRTY) == "true"
+
+    @property
+    def docker_cmd(self) -> str:
+        return self.labels.get(LABEL_DOCKER_CMD, "")
+
+
+@dataclass(frozen=True)
+class FrameworkContainer:
+    """A framework container on a host."""
+
+    id: str
+    name: str
+    image: str
+    image_id: str
+    labels: Mapping[str, str]
+    status: str
+    health: str
+    started_at: str
+    finished_at: str
+    restart_count: int
+    exit_code: int
+    config: Mapping[str, Any] = field(default_factory=dict)
+    host_config: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("running", "restarting")
+
+    @property
+    def tag(self) -> str:
+        return self.labels.get(LABEL_TAG, "")
+
+    @property
+    def version(self) -> str:
+        return self.labels.get(LABEL_VERSION, "")
+
+    @property
+    def commit_count(self) -> int:
+        text = self.labels.get(LABEL_COMMIT_COUNT, "")
+        return int(text) if text.isascii() and text.isdigit() else -1
+
+
+@dataclass(frozen=True)
+class HostFramework:
+    """What one host runs and holds of the framework."""
+
+    engine_ok: bool
+    engine_error: str = ""
+    engine_version: str = ""
+    containers: tuple[FrameworkContainer, ...] = ()
+    images: tuple[FrameworkImage, ...] = ()
+    lock: Mapping[str, Any] | None = None
+    lock_raw: str = ""
+    history: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def running(self) -> tuple[FrameworkContainer, ...]:
+        return tuple(c for c in self.containers if c.running)
+
+    def image_by_tag(self, tag: str) -> FrameworkImage | None:
+        for image in self.images:
+            if image.tag == tag:
+                return image
+        return None
+
+
+def gather(
+    transport: Transport, repository: str, *, history: int = 20, timeout: float | None = None
+) -> HostFramework:
+    """Ask a host about the framework (one round trip)."""
+    ran = transport.run(
+        ["sh", "-c", SCRIPT, "fleet-framework", repository, str(history)],
+        timeout=timeout,
+        check=False,
+    )
+    return parse(ran.stdout)
+
+
+def _sections(text: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("@@"):
+            name, _, rest = line[2:].partition(" ")
+            current = found.setdefault(name, [])
+            if rest:
+                current.append(rest)
+        elif current is not None and line.strip():
+            current.append(line)
+    return found
+
+
+def _json_lines(lines: list[str]) -> list[dict[str, Any]]:
+    found = []
+    for line in lines:
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            found.append(value)
+    return found
+
+
+def _labels(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _container(doc: Mapping[str, Any]) -> FrameworkContainer:
+    state = doc.get("State") or {}
+    config = doc.get("Config") or {}
+    health = state.get("Health") or {}
+    return FrameworkContainer(
+        id=str(doc.get("Id", "")),
+        name=str(doc.get("Name", "")).lstrip("/"),
+        image=str(config.get("Image", "")),
+        image_id=str(doc.get("Image", "")),
+        labels=_labels(config.get("Labels")),
+        status=str(state.get("Status", "")),
+        health=str(health.get("Status", "")) if isinstance(health, Mapping) else "",
+        started_at=str(state.get("StartedAt", "")),
+        finished_at=str(state.get("FinishedAt", "")),
+        restart_count=int(doc.get("RestartCount") or 0),
+        exit_code=int(state.get("ExitCode") or 0),
+        config=config if isinstance(config, Mapping) else {},
+        host_config=doc.get("HostConfig") or {},
+    )
+
+
+def _image(doc: Mapping[str, Any]) -> FrameworkImage:
+    config = doc.get("Config") or {}
+    return FrameworkImage(
+        id=str(doc.get("Id", "")),
+        tags=tuple(str(t) for t in doc.get("RepoTags") or ()),
+        labels=_labels(config.get("Labels")),
+        size=int(doc.get("Size") or 0),
+        created=str(doc.get("Created", "")),
+    )
+
+
+def parse(text: str) -> HostFramework:
+    """The framework's state from the output of :data:`SCRIPT`."""
+    parts = _sections(text)
+    engine = parts.get("engine", [])
+    if parts.get("engine_rc", ["1"])[:1] != ["0"] or not engine[:1] or not engine[0][:1].isdigit():
+        return HostFramework(False, "\n".join(engine) or "docker did not answer")
+    lock_raw = "\n".join(parts.get("lock", [])).strip()
+    lock: Mapping[str, Any] | None = None
+    if lock_raw:
+        try:
+            parsed = json.loads(lock_raw)
+            lock = parsed if isinstance(parsed, dict) else {"raw": lock_raw}
+        except json.JSONDecodeError:
+            lock = {"raw": lock_raw}
+    containers = sorted(
+        (_container(d) for d in _json_lines(parts.get("containers", []))),
+        key=lambda c: (not c.running, -c.commit_count, c.name),
+    )
+    images = sorted(
+        (_image(d) for d in _json_lines(parts.get("images", []))),
+        key=lambda i: (-i.commit_count, i.created),
+    )
+    return HostFramework(
+        engine_ok=True,
+        engine_version=engine[0].strip(),
+        containers=tuple(containers),
+        images=tuple(images),
+        lock=lock,
+        lock_raw=lock_raw,
+        history=tuple(_json_lines(parts.get("history", []))),
+    )

@@ -1,0 +1,115 @@
+#!/bin/sh
+# aicron.sh: keeps this host's pretrained-weights HTTP service up; cron runs it.
+#
+# Installed by 'fleet provision' from fleet/data/aicron.sh in the fleet repository, with the
+# settings below filled in from the inventory (fleet_provision). Local edits are replaced
+# on the next provision: change the template or the settings instead.
+#
+# What one run does, and logs with a timestamp:
+#   - the service answers HTTP on its URL     -> nothing (logged as "up")
+#   - it does not                             -> start it, detached:
+#       python3 -m http.server PORT --bind BIND --directory WEIGHTS_DIR
+#     as WEIGHTS_USER when run as root (a root server would follow any symlink a user
+#     drops into the weights directory), then wait until it answers.
+# Runs are serialised with flock on this file (a second run waits up to 30 s, then finds
+# the service up), so cron and a person may run it at the same time. Exit 0 when the
+# service answers at the end, 1 otherwise.
+
+# -- settings (filled in by fleet provision; every value is shell-quoted) --
+SELF=__FLEET_SELF__
+WEIGHTS_DIR=__FLEET_WEIGHTS_DIR__
+WEIGHTS_PORT=__FLEET_WEIGHTS_PORT__
+WEIGHTS_BIND=__FLEET_WEIGHTS_BIND__
+WEIGHTS_USER=__FLEET_WEIGHTS_USER__
+URL=__FLEET_URL__
+LOG=__FLEET_LOG__
+PID_FILE=__FLEET_PID_FILE__
+# -- end of settings --
+
+set -u
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+LC_ALL=C
+export LC_ALL
+SERVICE_LOG="$LOG.weights"
+LOG_MAX_BYTES=1048576
+
+log() {
+    line="$(date '+%Y-%m-%dT%H:%M:%S%z') aicron[$$]: $*"
+    printf '%s\n' "$line" >>"$LOG"
+    printf '%s\n' "$line"
+}
+
+# True when something answers HTTP on $URL (any status: an error page is an answer).
+answers() {
+    python3 -c '
+import sys, urllib.error, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+try:
+    opener.open(sys.argv[1], timeout=5).close()
+except urllib.error.HTTPError:
+    pass
+except Exception as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(1)
+' "$URL"
+}
+
+# Keep a log under LOG_MAX_BYTES: its content moves to FILE.1. Truncating in place (not
+# renaming) also works for the service's log, which the running server holds open.
+bound() {
+    [ -f "$1" ] || return 0
+    size=$(wc -c <"$1")
+    [ "$size" -gt "$LOG_MAX_BYTES" ] || return 0
+    cp -f "$1" "$1.1" && : >"$1"
+}
+
+# One run at a time: the lock is on this script (opened read-only: nothing is created).
+exec 9<"$SELF" || exit 1
+if ! flock -w 30 9; then
+    log "ERROR: another aicron.sh held the lock for 30 s; giving up"
+    exit 1
+fi
+bound "$LOG"
+bound "$SERVICE_LOG"
+exec 2>>"$LOG"
+
+if answers 2>/dev/null; then
+    log "weights service answers on $URL: nothing to do"
+    exit 0
+fi
+if [ ! -d "$WEIGHTS_DIR" ]; then
+    log "ERROR: $WEIGHTS_DIR does not exist; run 'fleet provision' for this host"
+    exit 1
+fi
+
+log "weights service does not answer on $URL: starting it"
+if [ "$(id -u)" = 0 ] && [ -n "$WEIGHTS_USER" ]; then
+    uid=$(id -u "$WEIGHTS_USER") && gid=$(id -g "$WEIGHTS_USER") || {
+        log "ERROR: user $WEIGHTS_USER does not exist"
+        exit 1
+    }
+    set -- setpriv --reuid="$uid" --regid="$gid" --clear-groups --
+else
+    set --
+fi
+# Detached from this run: own session, no terminal, none of this script's descriptors
+# (the lock on fd 9 must not outlive the run).
+setsid nohup "$@" python3 -m http.server "$WEIGHTS_PORT" --bind "$WEIGHTS_BIND" \
+    --directory "$WEIGHTS_DIR" </dev/null >>"$SERVICE_LOG" 2>&1 9<&- &
+pid=$!
+printf '%s\n' "$pid" >"$PID_FILE" 2>/dev/null || log "warning: cannot write $PID_FILE"
+
+tries=0
+while [ "$tries" -lt 50 ]; do
+    if answers 2>/dev/null; then
+        log "started the weights service (pid $pid): $WEIGHTS_DIR on $WEIGHTS_BIND:$WEIGHTS_PORT"
+        exit 0
+    fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.2
+    tries=$((tries + 1))
+done
+log "ERROR: the weights service did not come up on $URL; last lines of $SERVICE_LOG:"
+tail -n 5 "$SERVICE_LOG" | while IFS= read -r line; do log "  $line"; done
+exit 1

@@ -1,0 +1,689 @@
+"""Deploy, roll back and prune the framework on hosts: the labeled run command, gated.
+
+Per host, a deploy is: take the host's deploy lock; read what runs (one round trip); if
+the target version already runs healthy, nothing else (``ok``); otherwise stop the other
+framework versions (they share the host network's port) and keep them, renamed with their
+version, for rollback; start the target with the run command from *its own image's
+label* (untrusted: parsed, only ``docker run`` of that image, dangerous flags refused,
+per-group/host overrides win); wait until it is healthy. If it is not: stop it, start the
+previous version again, and report ``failed`` with "rolled back to VERSION" and the new
+container's last log lines. Every deploy, rollback and failure appends one JSON line to
+the host's history. Nothing is stopped until the new image is verified on the host (the
+transfer of ``fleet push`` runs first), so a failing host keeps what it ran.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import math
+import socket
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from fleet import containers, transfer
+from fleet.containers import (
+    LOCK_FILE,
+    STATE_DIR,
+    FrameworkContainer,
+    FrameworkImage,
+    HostFramework,
+)
+from fleet.errors import FleetError, HostError, UsageError, tail_lines
+from fleet.images import ImageSpec
+from fleet.inventory import Host
+from fleet.results import FleetResult, HostResult, Outcome
+from fleet.runner import HostContext, Interrupted, Runner
+from fleet.runspec import HealthCheck, RunSpec, RunSpecError, parse_docker_cmd
+from fleet.transport import Transport
+
+DEFAULT_LOCK_TTL = 1800.0
+_LOG_LINES = 20
+
+# Probe the framework's health from the host itself (its port is on the host's network).
+HEALTH_SCRIPT = r"""
+url="$1"; name="$2"
+echo "state $(docker inspect --type container --format '{{.State.Status}}' "$name" 2>/dev/null)"
+if command -v curl >/dev/null 2>&1; then
+  code=$(curl -s -o /dev/null -m 3 -w '%{http_code}' "$url" 2>/dev/null)
+elif command -v wget >/dev/null 2>&1; then
+  wget -q -T 3 -O /dev/null "$url" 2>/dev/null && code=200 || code=000
+else
+  code=$(python3 -c 'import sys,urllib.request as u
+try: print(u.urlopen(sys.argv[1], timeout=3).status)
+except Exception as e: print(getattr(e, "code", "000"))' "$url" 2>/dev/null)
+fi
+echo "http ${code:-000}"
+"""
+
+# Create the lock file only if it does not exist (noclobber): atomic on every POSIX shell.
+LOCK_SCRIPT = r"""
+mkdir -p /var/lib/fleet || exit 3
+if ( set -C; cat > /var/lib/fleet/deploy.lock ) 2>/dev/null; then exit 0; fi
+cat /var/lib/fleet/deploy.lock 2>/dev/null
+exit 1
+"""
+
+# Remove the lock only while it still holds the given token (ours, or a stale one).
+UNLOCK_SCRIPT = r"""
+grep -qF "\"token\": \"$1\"" /var/lib/fleet/deploy.lock 2>/dev/null && rm -f /var/lib/fleet/deploy.lock
+exit 0
+"""
+
+APPEND_SCRIPT = r"""
+mkdir -p /var/lib/fleet && cat >> /var/lib/fleet/history.jsonl
+"""
+
+
+def controller_identity() -> str:
+    """``user@controller`` for locks and history (never a credential)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(text: str) -> float | None:
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+# -- options ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeployOptions:
+    """How a rollout runs."""
+
+    repository: str
+    serial: str | None = None
+    max_fail_percent: float | None = None
+    check: bool = False
+    wait_lock: float = 0.0
+    lock_ttl: float = DEFAULT_LOCK_TTL
+    compress: str = "gzip"
+    state_timeout: float | None = None
+    controller: str = field(default_factory=controller_identity)
+
+
+def batches(hosts: Sequence[Host], serial: str | None) -> list[list[Host]]:
+    """Split hosts into rollout batches: ``N`` hosts or ``N%`` of them at a time."""
+    if not serial:
+        return [list(hosts)] if hosts else []
+    text = serial.strip()
+    try:
+        if text.endswith("%"):
+            percent = float(text[:-1])
+            if not 0 < percent <= 100:
+                raise ValueError
+            size = max(1, math.floor(len(hosts) * percent / 100))
+        else:
+            size = int(text)
+            if size < 1:
+                raise ValueError
+    except ValueError:
+        raise UsageError(
+            f"--serial {serial!r}: expected a number of hosts (2) or a share (25%)"
+        ) from None
+    return [list(hosts[i : i + size]) for i in range(0, len(hosts), size)]
+
+
+# -- the lock ---------------------------------------------------------------------------
+@dataclass
+class Lock:
+    """A host's deploy lock, held by this run."""
+
+    transport: Transport
+    token: str
+
+    def release(self) -> None:
+        self.transport.run(["sh", "-c", UNLOCK_SCRIPT, "fleet-unlock", self.token], check=False)
+
+
+def acquire_lock(ctx: HostContext, what: str, options: DeployOptions) -> Lock:
+    """Take the host's deploy lock, waiting up to ``options.wait_lock``; HostError if held."""
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + options.wait_lock
+    while True:
+        document = {
+            "token": token,
+            "holder": options.controller,
+            "what": what,
+            "since": now_iso(),
+            "expires": datetime.fromtimestamp(time.time() + options.lock_ttl, UTC).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            ),
+        }
+        ran = ctx.transport.run(
+            ["sh", "-c", LOCK_SCRIPT, "fleet-lock"],
+            stdin=json.dumps(document).encode() + b"\n",
+            check=False,
+        )
+        if ran.exit_code == 0:
+            return Lock(ctx.transport, token)
+        if ran.exit_code == 3:
+            raise HostError(
+                ctx.name,
+                f"cannot create {STATE_DIR}: {ran.stderr.strip()}",
+                fix="check the SSH user's rights, or set ansible_become",
+            )
+        holder = _lock_document(ran.stdout)
+        expires = _parse_time(str(holder.get("expires", "")))
+        if expires is not None and expires < time.time():
+            ctx.transport.run(
+                ["sh", "-c", UNLOCK_SCRIPT, "fleet-unlock", str(holder.get("token", ""))],
+                check=False,
+            )
+            ctx.progress(
+                f"removed a stale lock of {holder.get('holder', '?')} from {holder.get('since', '?')}"
+            )
+            continue
+        if time.monotonic() >= deadline:
+            raise HostError(
+                ctx.name,
+                f"deploy lock held by {holder.get('holder', '?')} ({holder.get('what', '?')}) "
+                f"since {holder.get('since', '?')}, expires {holder.get('expires', '?')}",
+                fix="wait for that deploy to finish, rerun with --wait SECONDS, or remove "
+                f"{LOCK_FILE} on the host if it is dead",
+            )
+        ctx.progress(f"waiting for the lock of {holder.get('holder', '?')}")
+        time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+
+
+def _lock_document(text: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(text.strip() or "{}")
+    except json.JSONDecodeError:
+        return {"holder": text.strip()[:200] or "?"}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+# -- history ----------------------------------------------------------------------------
+def record(transport: Transport, entry: Mapping[str, Any]) -> None:
+    """Append one JSON line to the host's history (best effort: never hides the outcome)."""
+    line = json.dumps(dict(entry), sort_keys=True, separators=(",", ":")) + "\n"
+    transport.run(["sh", "-c", APPEND_SCRIPT], stdin=line.encode(), check=False)
+
+
+# -- health -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Health:
+    healthy: bool
+    detail: str
+
+
+def wait_healthy(transport: Transport, name: str, spec: RunSpec, check: HealthCheck) -> Health:
+    """Poll the started container until its health endpoint answers 200, it dies, or time runs out."""
+    if spec.port is None:
+        return Health(True, "no port to check")
+    url = f"http://127.0.0.1:{spec.port}{check.path}"
+    deadline = time.monotonic() + check.timeout
+    last = ""
+    while True:
+        ran = transport.run(["sh", "-c", HEALTH_SCRIPT, "fleet-health", url, name], check=False)
+        values = dict(line.split(" ", 1) for line in ran.stdout.splitlines() if " " in line)
+        state, code = values.get("state", "").strip(), values.get("http", "000").strip()
+        last = f"container {state or 'gone'}, GET {check.path} -> {code}"
+        if code == "200" and state == "running":
+            return Health(True, last)
+        if state in ("exited", "dead", ""):
+            return Health(False, last)
+        if time.monotonic() >= deadline:
+            return Health(False, f"not healthy after {check.timeout:g}s: {last}")
+        time.sleep(check.interval)
+
+
+# -- one host ---------------------------------------------------------------------------
+def run_spec_for(
+    host: Host, image: FrameworkImage, reference: str, options_allow: frozenset[str] = frozenset()
+) -> RunSpec:
+    """The host's run command: the image's label, parsed as untrusted, with overrides."""
+    label = image.docker_cmd
+    if not label:
+        raise HostError(
+            host.name,
+            f"image {reference} has no org.label-schema.docker.cmd label",
+            fix="build it with 'fleet build'",
+        )
+    allow = frozenset(str(x) for x in host.vars.get("fleet_run_allow") or ()) | options_allow
+    try:
+        spec = parse_docker_cmd(label, reference, allow=allow)
+        overrides = host.vars.get("fleet_run_overrides")
+        if isinstance(overrides, Mapping):
+            spec = spec.with_overrides(overrides, location="fleet_run_overrides")
+    except RunSpecError as exc:
+        raise HostError(
+            host.name, f"refusing the run command of {reference}: {exc.message}", fix=exc.fix
+        ) from exc
+    return spec
+
+
+def _docker(transport: Transport, *argv: str) -> None:
+    transport.run(["docker", *argv], timeout=120)
+
+
+def _kept_name(name: str, container: FrameworkContainer, suffix: str = "") -> str:
+    tag = container.tag or container.id[:12]
+    return f"{name}-{tag}{suffix}"
+
+
+def _remove_if_exists(transport: Transport, state: HostFramework, name: str) -> None:
+    for container in state.containers:
+        if container.name == name:
+            _docker(transport, "rm", "-f", container.id)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The version to run on a host."""
+
+    reference: str
+    tag: str
+    image_id: str
+
+
+def switch(
+    ctx: HostContext, state: HostFramework, target: Target, options: DeployOptions, action: str
+) -> HostResult:
+    """Make ``target`` the running framework version on one host (lock held by caller)."""
+    transport = ctx.transport
+    image = state.image_by_tag(target.tag)
+    if image is None or (
+        target.image_id and image.id != target.image_id and target.image_id not in image.id
+    ):
+        raise HostError(
+            ctx.name, f"image {target.reference} is not on the host", fix="fleet push it first"
+        )
+    spec = run_spec_for(ctx.host, image, target.reference)
+    check = HealthCheck.from_settings(ctx.host.vars)
+    name = spec.name or options.repository
+    running = state.running
+    before = ", ".join(sorted({c.tag or c.image for c in running})) or "none"
+    current = [
+        c for c in running if c.tag == target.tag and c.image_id == image.id and c.name == name
+    ]
+    if current and len(running) == 1:
+        health = wait_healthy(
+            transport, name, spec, replace(check, timeout=min(check.timeout, 5.0))
+        )
+        if health.healthy:
+            return ctx.result(
+                Outcome.OK,
+                f"{target.tag} already runs",
+                details={"version_before": target.tag, "version_after": target.tag},
+            )
+    if options.check:
+        return ctx.result(
+            Outcome.CHANGED,
+            f"would {action}: {before} -> {target.tag}",
+            details={
+                "version_before": before,
+                "version_after": target.tag,
+                "would_stop": [c.name for c in running],
+                "would_start": name,
+            },
+        )
+    started = time.monotonic()
+    previous = next((c for c in running if c.name == name), running[0] if running else None)
+    names = {c.id: c.name for c in state.containers}
+
+    def remove_named(wanted: str) -> None:
+        for ident, current_name in list(names.items()):
+            if current_name == wanted:
+                _docker(transport, "rm", "-f", ident)
+                del names[ident]
+
+    # Stop every other version first: they share the host network's port.
+    for container in running:
+        ctx.progress(f"stopping {container.name} ({container.tag})")
+        _docker(transport, "stop", container.id)
+    # Keep them for rollback, under their version's name; the name is the new one's.
+    renamed: dict[str, str] = {}
+    for container in state.containers:
+        if container.name == name:
+            kept_name = _kept_name(name, container)
+            remove_named(kept_name)
+            _docker(transport, "rename", container.id, kept_name)
+            names[container.id] = renamed[container.id] = kept_name
+    # A kept container of the target version is replaced by a fresh one from the label.
+    for ident, current_name in list(names.items()):
+        if current_name == f"{name}-{target.tag}" and (previous is None or ident != previous.id):
+            _docker(transport, "rm", "-f", ident)
+            del names[ident]
+    ctx.progress(f"starting {target.tag}")
+    error = ""
+    try:
+        transport.run(spec.to_argv(target.reference), timeout=120)
+        health = wait_healthy(transport, name, spec, check)
+    except HostError as exc:
+        health, error = Health(False, exc.reason), exc.reason
+    entry = {
+        "time": now_iso(),
+        "by": options.controller,
+        "action": action,
+        "from": previous.tag if previous else None,
+        "to": target.tag,
+        "image": target.reference,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    if health.healthy:
+        record(transport, {**entry, "outcome": "changed"})
+        return ctx.result(
+            Outcome.CHANGED,
+            f"{before} -> {target.tag}",
+            details={
+                "version_before": before,
+                "version_after": target.tag,
+                "health": health.detail,
+            },
+        )
+    logs = transport.run(["docker", "logs", "--tail", str(_LOG_LINES), name], check=False)
+    _docker_quiet(transport, "stop", name)
+    failed_name = f"{name}-{target.tag}-failed"
+    _docker_quiet(transport, "rm", "-f", failed_name)
+    _docker_quiet(transport, "rename", name, failed_name)
+    restored = "nothing ran before"
+    if previous is not None:
+        if previous.id in renamed:
+            _docker_quiet(transport, "rename", previous.id, name)
+        back = transport.run(["docker", "start", previous.id], check=False)
+        restored_health = (
+            wait_healthy(
+                transport, previous.id, spec_for_container(ctx, state, previous, spec), check
+            )
+            if back.ok
+            else Health(False, back.stderr.strip())
+        )
+        restored = f"rolled back to {previous.tag}" + (
+            ""
+            if restored_health.healthy
+            else f" (which is not healthy either: {restored_health.detail})"
+        )
+    record(
+        transport,
+        {
+            **entry,
+            "outcome": "failed",
+            "reason": health.detail,
+            "restored": previous.tag if previous else None,
+        },
+    )
+    evidence = tail_lines((logs.stdout + logs.stderr).strip(), _LOG_LINES)
+    reason = f"{target.tag} {error or 'failed its health check'}: {health.detail}; {restored}"
+    if evidence:
+        reason += f"\n  last log lines of {target.tag}:\n{evidence}"
+    return ctx.result(
+        Outcome.FAILED,
+        reason,
+        details={
+            "version_before": before,
+            "version_after": previous.tag if previous else "none",
+            "rolled_back": previous is not None,
+        },
+    )
+
+
+def spec_for_container(
+    ctx: HostContext, state: HostFramework, container: FrameworkContainer, fallback: RunSpec
+) -> RunSpec:
+    """The run spec of a kept container's version (for its health check)."""
+    image = state.image_by_tag(container.tag)
+    if image is None:
+        return fallback
+    try:
+        return run_spec_for(ctx.host, image, f"{image.tags[0] if image.tags else container.image}")
+    except FleetError:
+        return fallback
+
+
+def _docker_quiet(transport: Transport, *argv: str) -> None:
+    transport.run(["docker", *argv], check=False, timeout=120)
+
+
+def _locked(ctx: HostContext, what: str, options: DeployOptions, body: Any) -> HostResult:
+    if options.check:
+        return body()  # type: ignore[no-any-return]
+    lock = acquire_lock(ctx, what, options)
+    try:
+        return body()  # type: ignore[no-any-return]
+    finally:
+        lock.release()
+
+
+def _gather(ctx: HostContext, options: DeployOptions) -> HostFramework:
+    state = containers.gather(ctx.transport, options.repository, timeout=options.state_timeout)
+    if not state.engine_ok:
+        raise HostError(
+            ctx.name,
+            f"Docker engine not usable: {state.engine_error}",
+            fix=transfer.engine_fix(state.engine_error),
+        )
+    return state
+
+
+# -- the fleet --------------------------------------------------------------------------
+def deploy(
+    runner: Runner,
+    hosts: Sequence[Host],
+    spec: ImageSpec,
+    save: transfer.SaveStream,
+    sizes: Sequence[int],
+    options: DeployOptions,
+) -> FleetResult:
+    """Roll ``spec`` out in batches: ship it, switch each host, stop when too many fail."""
+    started = time.monotonic()
+    tag = spec.ref.rpartition(":")[2]
+    results: dict[str, HostResult] = {}
+    try:
+        _rollout(runner, hosts, spec, save, sizes, options, tag, results)
+    except Interrupted as exc:
+        results.update({r.host: r for r in exc.partial.results})
+        for host in hosts:
+            results.setdefault(
+                host.name,
+                HostResult(host.name, Outcome.SKIPPED, "interrupted (Ctrl-C) before it started"),
+            )
+        raise Interrupted(
+            FleetResult.of("deploy", (results[h.name] for h in hosts), time.monotonic() - started)
+        ) from None
+    return FleetResult.of("deploy", (results[h.name] for h in hosts), time.monotonic() - started)
+
+
+def _rollout(
+    runner: Runner,
+    hosts: Sequence[Host],
+    spec: ImageSpec,
+    save: transfer.SaveStream,
+    sizes: Sequence[int],
+    options: DeployOptions,
+    tag: str,
+    results: dict[str, HostResult],
+) -> None:
+    stop_reason = ""
+    for index, batch in enumerate(batches(hosts, options.serial), start=1):
+        if stop_reason:
+            for host in batch:
+                results[host.name] = HostResult(host.name, Outcome.SKIPPED, stop_reason)
+            continue
+        pushed = transfer.push(
+            runner,
+            batch,
+            spec,
+            save,
+            sizes,
+            transfer.PushOptions(
+                compress=options.compress, check=options.check, state_timeout=options.state_timeout
+            ),
+        )
+        ready = [h for h in batch if pushed_ok(pushed, h.name)]
+        for row in pushed.results:
+            if not row.succeeded:
+                results[row.host] = row
+        id_by_host = {r.host: str(r.details.get("image_id", "")) for r in pushed.results}
+
+        def task(ctx: HostContext, id_by_host: dict[str, str] = id_by_host) -> HostResult:
+            def body() -> HostResult:
+                if ctx.cancelled:
+                    return ctx.result(
+                        Outcome.SKIPPED, "interrupted (Ctrl-C) before the switch; nothing changed"
+                    )
+                state = _gather(ctx, options)
+                here = Target(spec.ref, tag, "" if options.check else id_by_host.get(ctx.name, ""))
+                if options.check and state.image_by_tag(tag) is None:
+                    return ctx.result(
+                        Outcome.CHANGED,
+                        f"would ship and start {tag}",
+                        details={"version_after": tag},
+                    )
+                return switch(ctx, state, here, options, "deploy")
+
+            return _locked(ctx, f"deploy {tag}", options, body)
+
+        switched = runner.run("deploy", ready, task)
+        for row in switched.results:
+            push_row = next(r for r in pushed.results if r.host == row.host)
+            details = {**push_row.details, **row.details}
+            results[row.host] = replace(
+                row, details=details, seconds=row.seconds + push_row.seconds
+            )
+        failed = sum(1 for h in batch if not results[h.name].succeeded)
+        if (
+            options.max_fail_percent is not None
+            and batch
+            and failed * 100 / len(batch) > options.max_fail_percent
+        ):
+            stop_reason = (
+                f"rollout stopped after batch {index}: {failed}/{len(batch)} hosts failed, "
+                f"more than --max-fail {options.max_fail_percent:g}%; this host was left untouched"
+            )
+
+
+def pushed_ok(result: FleetResult, host: str) -> bool:
+    row = next((r for r in result.results if r.host == host), None)
+    return row is not None and row.succeeded
+
+
+def previous_version(state: HostFramework) -> str | None:
+    """The version to roll back to: what the running one replaced, from the history."""
+    running = state.running
+    current = running[0].tag if running else None
+    for entry in reversed(state.history):
+        if (
+            entry.get("outcome") == "changed"
+            and entry.get("to") == current
+            and entry.get("from")
+            and entry.get("from") != current
+        ):
+            return str(entry["from"])
+    kept = [
+        c
+        for c in state.containers
+        if not c.running and c.tag and c.tag != current and not c.name.endswith("-failed")
+    ]
+    if kept:
+        return max(kept, key=lambda c: c.commit_count).tag
+    return None
+
+
+def rollback(
+    runner: Runner, hosts: Sequence[Host], to: str | None, options: DeployOptions
+) -> FleetResult:
+    """Back to the previous version (from each host's history) or to ``to``."""
+
+    def task(ctx: HostContext) -> HostResult:
+        def body() -> HostResult:
+            state = _gather(ctx, options)
+            version = to or previous_version(state)
+            if version is None:
+                return ctx.result(Outcome.SKIPPED, "no previous version recorded on this host")
+            image = state.image_by_tag(version)
+            if image is None:
+                raise HostError(
+                    ctx.name,
+                    f"version {version} is not on the host",
+                    fix="fleet deploy it instead (it ships the image)",
+                )
+            reference = next(
+                (t for t in image.tags if t.endswith(f":{version}")),
+                f"{options.repository}:{version}",
+            )
+            return switch(ctx, state, Target(reference, version, image.id), options, "rollback")
+
+        return _locked(ctx, f"rollback to {to or 'previous'}", options, body)
+
+    return runner.run("rollback", hosts, task)
+
+
+def prune(runner: Runner, hosts: Sequence[Host], keep: int, options: DeployOptions) -> FleetResult:
+    """Remove framework images and stopped containers beyond the ``keep`` newest versions."""
+    if keep < 1:
+        raise UsageError("--keep must be at least 1")
+
+    def task(ctx: HostContext) -> HostResult:
+        def body() -> HostResult:
+            state = _gather(ctx, options)
+            protected = {c.tag for c in state.running}
+            rollback_to = previous_version(state)
+            if rollback_to:
+                protected.add(rollback_to)
+            newest = [i.tag for i in state.images if i.tag][:keep]
+            keep_tags = protected | set(newest)
+            doomed_containers = [
+                c
+                for c in state.containers
+                if not c.running and (c.tag not in keep_tags or c.name.endswith("-failed"))
+            ]
+            doomed_images = [
+                i
+                for i in state.images
+                if i.tag not in keep_tags
+                and not any(
+                    c.image_id == i.id for c in state.containers if c not in doomed_containers
+                )
+            ]
+            if not doomed_containers and not doomed_images:
+                return ctx.result(
+                    Outcome.OK, f"nothing to prune (keeping {', '.join(sorted(keep_tags)) or '-'})"
+                )
+            names = [c.name for c in doomed_containers] + [
+                i.tags[0] if i.tags else i.id[:19] for i in doomed_images
+            ]
+            if options.check:
+                return ctx.result(
+                    Outcome.CHANGED,
+                    f"would remove {', '.join(names)}",
+                    details={"would_remove": names},
+                )
+            before = _free(ctx.transport)
+            for container in doomed_containers:
+                _docker(ctx.transport, "rm", container.id)
+            for image in doomed_images:
+                _docker_quiet(ctx.transport, "image", "rm", *(image.tags or (image.id,)))
+            freed = max(0, _free(ctx.transport) - before)
+            return ctx.result(
+                Outcome.CHANGED,
+                f"removed {', '.join(names)}; freed {freed} bytes",
+                details={"removed": names, "bytes_freed": freed, "kept": sorted(keep_tags)},
+            )
+
+        return _locked(ctx, "prune", options, body)
+
+    return runner.run("prune", hosts, task)
+
+
+def _free(transport: Transport) -> int:
+    ran = transport.run(
+        ["sh", "-c", 'df -PB1 "$(docker info --format "{{.DockerRootDir}}")" | tail -n 1'],
+        check=False,
+    )
+    words = ran.stdout.split()
+    return int(words[3]) if len(words) >= 4 and words[3].isdigit() else 0
