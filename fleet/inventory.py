@@ -568,8 +568,9 @@ class _Builder:
                     f"host {host.name!r} is in no group, not even 'all' ('ungrouped' is a child "
                     "of another group); no pattern but its name selects it"
                 )
-        for name in self.groups.keys() & self.hosts.keys():
-            self.warn(f"{name!r} is both a group and a host; a pattern {name!r} means the host")
+        for name in self.groups:
+            if name in self.hosts:
+                self.warn(f"{name!r} is both a group and a host; pattern {name!r} means the host")
 
     def ancestors(self, groups: Sequence[str]) -> set[str]:
         """The groups and all their ancestors."""

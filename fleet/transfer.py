@@ -237,7 +237,7 @@ class _IterReader(io.RawIOBase):
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks = iter(chunks)
-        self._buffer = b""
+        self._buffer = memoryview(b"")
 
     def readable(self) -> bool:
         return True
@@ -245,7 +245,7 @@ class _IterReader(io.RawIOBase):
     def readinto(self, target: Any) -> int:
         while not self._buffer:
             try:
-                self._buffer = next(self._chunks)
+                self._buffer = memoryview(next(self._chunks))
             except StopIteration:
                 return 0
         count = min(len(target), len(self._buffer))
@@ -551,8 +551,12 @@ class Broadcast:
         self.manifest_digest = ""
         self.layer_sizes: list[int] = []
 
-    def run(self, sinks: Sequence[_Sink]) -> None:
-        """Produce into ``sinks`` until the end (call in a thread)."""
+    def run(self, sinks: Sequence[_Sink], *, replay: bool = True) -> None:
+        """Produce into ``sinks`` until the end (call in a thread).
+
+        ``replay``: later waves will follow, so keep what was encoded for them. Without
+        it, members that no sink wants are skipped unencoded.
+        """
         try:
             if self._replay is not None:
                 for member in self._replay:
@@ -562,9 +566,11 @@ class Broadcast:
                                 sink.put(chunk)
                 return
             stream = ImageStream(self.spec, self.save, self.compress)
-            cache: list[_Member] | None = []
+            cache: list[_Member] | None = [] if replay else None
             cached = 0
             for member, chunks in stream.members():
+                if cache is None and not any(sink.wants(member) for sink in sinks):
+                    continue  # tarfile skips the unread data
                 for chunk in chunks:
                     for sink in sinks:
                         if sink.wants(member):
@@ -579,7 +585,7 @@ class Broadcast:
             self._replay = cache
             self.manifest_digest = stream.manifest_digest
             self.layer_sizes = stream.layer_sizes
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to every host's task
             self.error = exc
         finally:
             for sink in sinks:
@@ -725,7 +731,10 @@ def push(
     for first in range(0, len(todo), runner.forks):
         wave = todo[first : first + runner.forks]
         sinks = {h.name: _Sink(h.name, plans[h.name].send) for h in wave}
-        producer = threading.Thread(target=broadcast.run, args=(list(sinks.values()),), daemon=True)
+        more = first + runner.forks < len(todo)
+        producer = threading.Thread(
+            target=broadcast.run, args=(list(sinks.values()),), kwargs={"replay": more}, daemon=True
+        )
         producer.start()
 
         def ship(ctx: HostContext, sinks: dict[str, _Sink] = sinks) -> HostResult:
