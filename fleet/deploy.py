@@ -43,11 +43,13 @@ from fleet.transport import Transport
 
 DEFAULT_LOCK_TTL = 1800.0
 _LOG_LINES = 20
+_SETTLE_SECONDS = 3.0
 
 # Probe the framework's health from the host itself (its port is on the host's network).
 HEALTH_SCRIPT = r"""
 url="$1"; name="$2"
 echo "state $(docker inspect --type container --format '{{.State.Status}}' "$name" 2>/dev/null)"
+[ -n "$url" ] || exit 0
 if command -v curl >/dev/null 2>&1; then
   code=$(curl -s -o /dev/null -m 3 -w '%{http_code}' "$url" 2>/dev/null)
 elif command -v wget >/dev/null 2>&1; then
@@ -223,17 +225,22 @@ class Health:
 
 def wait_healthy(transport: Transport, name: str, spec: RunSpec, check: HealthCheck) -> Health:
     """Poll the started container until its health endpoint answers 200, it dies, or time runs out."""
-    if spec.port is None:
-        return Health(True, "no port to check")
-    url = f"http://127.0.0.1:{spec.port}{check.path}"
+    # Without a port, "healthy" means: still running after a few seconds.
+    url = f"http://127.0.0.1:{spec.port}{check.path}" if spec.port is not None else ""
+    settle = time.monotonic() + min(check.timeout, _SETTLE_SECONDS)
     deadline = time.monotonic() + check.timeout
     last = ""
     while True:
         ran = transport.run(["sh", "-c", HEALTH_SCRIPT, "fleet-health", url, name], check=False)
         values = dict(line.split(" ", 1) for line in ran.stdout.splitlines() if " " in line)
         state, code = values.get("state", "").strip(), values.get("http", "000").strip()
-        last = f"container {state or 'gone'}, GET {check.path} -> {code}"
-        if code == "200" and state == "running":
+        if not url:
+            last = f"container {state or 'gone'} (no port to check)"
+            if state == "running" and time.monotonic() >= settle:
+                return Health(True, last)
+        else:
+            last = f"container {state or 'gone'}, GET {check.path} -> {code}"
+        if url and code == "200" and state == "running":
             return Health(True, last)
         if state in ("exited", "dead", ""):
             return Health(False, last)

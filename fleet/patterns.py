@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import os
 import re
 import string
 from collections.abc import Iterable, Iterator, Sequence
@@ -279,7 +280,7 @@ def _terms(pattern: str, what: str) -> list[str]:
 
 def _read_pattern_file(name: str, what: str) -> list[str]:
     """The non-empty stripped lines of a retry/limit file."""
-    path = Path(name).expanduser()
+    path = Path(os.path.expanduser(name))
     try:
         if not path.is_file():
             problem = "is a directory" if path.is_dir() else "does not exist"

@@ -585,7 +585,7 @@ class Broadcast:
             self._replay = cache
             self.manifest_digest = stream.manifest_digest
             self.layer_sizes = stream.layer_sizes
-        except BaseException as exc:  # noqa: BLE001 - handed to every host's task
+        except BaseException as exc:
             self.error = exc
         finally:
             for sink in sinks:

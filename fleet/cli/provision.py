@@ -1,0 +1,149 @@
+"""``fleet provision [PATTERN]``: make fresh GPU servers ready (see :mod:`fleet.provision`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from dataclasses import replace
+from functools import partial
+from typing import Any
+
+from fleet import images
+from fleet import provision as provision_mod
+from fleet.cli import common
+from fleet.errors import UsageError
+from fleet.inventory import Host
+from fleet.provision import BaseImage, ProvisionOptions, ProvisionSettings
+from fleet.results import FleetResult
+from fleet.runner import Runner
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "provision",
+        help="prepare fresh GPU servers: /data, aicron.sh and its cron entry, engine and GPU "
+        "preflight, the base image",
+        description="Bring every selected host to the state its fleet_provision settings "
+        "describe: the data tree (created, owner and mode fixed; content never touched), "
+        "aicron.sh and its block in the crontab, the pretrained-weights service answering, "
+        "and the base image (layers 1-2). First a preflight: the engine answers, can run "
+        "what the run spec asks (nvidia runtime, GPUs, ulimits), and there is enough free "
+        "disk; a host that fails it is left alone. Only what is missing is changed: a "
+        "second run reports every host ok.",
+    )
+    common.add_host_options(parser)
+    parser.add_argument(
+        "--check", action="store_true", help="report what would change, change nothing"
+    )
+    parser.add_argument(
+        "--diff",
+        action="store_true",
+        help="show the differences of aicron.sh and the crontab (unified diff)",
+    )
+    parser.add_argument(
+        "--skip-base", action="store_true", help="do not ship the base image (layers 1-2)"
+    )
+    parser.add_argument(
+        "--project",
+        default=".",
+        metavar="DIR",
+        help="framework project, for the default base image (default .)",
+    )
+    parser.add_argument(
+        "--compress",
+        choices=("gzip", "none"),
+        default="gzip",
+        help="the base image on the wire (default gzip)",
+    )
+    parser.set_defaults(handler=_provision)
+
+
+def _base_images(
+    args: argparse.Namespace, settings: dict[str, ProvisionSettings]
+) -> dict[str, BaseImage]:
+    """Resolve each host's base image on the controller; UsageError when one is missing.
+
+    Runs before any host is touched. Hosts without ``base_image`` get the project's base.
+    """
+    origins: dict[str, list[str]] = {}
+    project: images.Project | None = None
+    for name, host_settings in settings.items():
+        ref = host_settings.base_image
+        if ref is None:
+            project = project or images.load_project(args.project)
+            ref = project.base_reference
+            settings[name] = replace(host_settings, base_image=ref)
+            source = project.settings_path or project.root
+            origins.setdefault(ref, []).append(f"the project's base image, fleet_image in {source}")
+        else:
+            origins.setdefault(ref, []).append(f"fleet_provision.base_image of {name}")
+    if not origins:
+        return {}
+    client = images.connect()
+    found: dict[str, BaseImage] = {}
+    for ref, named_by in origins.items():
+        if not images.has_image(client, ref):
+            raise UsageError(
+                f"the base image {ref} ({', '.join(dict.fromkeys(named_by))}) is not on this "
+                "machine: there is nothing to ship",
+                fix="build it with 'fleet build' (it builds the base, layers 1-2, first), set "
+                "fleet_provision.base_image to an image you have, or pass --skip-base",
+            )
+        found[ref] = BaseImage(
+            spec=images.image_spec(client, ref),
+            sizes=tuple(images.layer_sizes(client, ref)),
+            save=partial(images.save_stream, client, ref),
+        )
+    return found
+
+
+def render_warnings(result: FleetResult) -> str:
+    """Each host's warnings, one line each."""
+    return "".join(
+        f"{row.host}: warning: {warning}\n"
+        for row in result.results
+        for warning in row.details.get("warnings") or ()
+    )
+
+
+def render_diffs(result: FleetResult) -> str:
+    """Each host's file differences (``--diff``), under the host's name."""
+    parts: list[str] = []
+    for row in result.results:
+        text = str(row.details.get("diff") or "")
+        if text:
+            parts.append(f"=== {row.host} ({row.outcome})\n{text}")
+    return "".join(parts)
+
+
+def _provision(args: argparse.Namespace) -> int:
+    options = ProvisionOptions(
+        check=args.check,
+        diff=args.diff,
+        ship_base=not args.skip_base,
+        compress=args.compress,
+        timeout=args.timeout,
+    )
+    finished: list[FleetResult] = []
+
+    def operation(runner: Runner, hosts: list[Host]) -> FleetResult:
+        # Settings and base images are checked before any host is touched (the runner
+        # connects lazily): a bad setting exits 4, a missing base image 5.
+        settings = provision_mod.settings_for_hosts(hosts)
+        bases: Mapping[str, BaseImage] = {}
+        if options.ship_base:
+            bases = _base_images(args, settings)
+        result = provision_mod.provision(runner, hosts, settings, bases, options)
+        finished.append(result)
+        return result
+
+    title = "provision --check" if args.check else "provision"
+    code = common.run_fleet(args, operation, detail_columns=("engine", "store"), title=title)
+    if finished and not args.json:
+        # After the recap (run_fleet prints it): warnings beside it on stderr, diffs (data)
+        # on stdout.
+        sys.stderr.write(render_warnings(finished[0]))
+        if args.diff:
+            sys.stdout.write(render_diffs(finished[0]))
+    return code

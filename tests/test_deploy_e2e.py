@@ -1,0 +1,312 @@
+"""End to end on the lab: deploy, health gate, rollback, locks, refusals and prune."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fleet import lab
+from fleet.transport import KnownHosts, SSHTransport
+from tests.conftest import LabFixture, run_json
+from tests.framework import FrameworkProject, build_with_label
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrameworkProject]:
+    repository = f"fleet-test-fw-{uuid.uuid4().hex[:6]}"
+    built = FrameworkProject.create(tmp_path_factory.mktemp("fw") / "cauchy", repository)
+    built.commit_and_build("v1")
+    built.commit_and_build("v2")
+    built.commit_and_build("v3 fails its health check", {"env": {"CAUCHY_FAIL_HEALTH": "1"}})
+    yield built
+    built.remove_images()
+
+
+@pytest.fixture(scope="module")
+def inventory(lab_env: LabFixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The lab's inventory with a short health timeout, so failing versions fail fast."""
+    document = yaml.safe_load(lab_env.inventory.read_text())
+    group = document["all"]["children"]["lab"]["vars"]
+    group["fleet_run_overrides"] = {
+        **group["fleet_run_overrides"],
+        "health": {"timeout": 8, "interval": 0.5},
+    }
+    path = tmp_path_factory.mktemp("deployinv") / "lab.yml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def host_sh(env: LabFixture, host: str, *argv: str) -> str:
+    endpoint = next(e for e in lab.endpoints(env.lab) if e.name == host)
+    transport = SSHTransport(endpoint, KnownHosts([env.lab.known_hosts]))
+    try:
+        return transport.run(list(argv), check=False).stdout
+    finally:
+        transport.close()
+
+
+def containers(env: LabFixture, host: str, repository: str) -> dict[str, str]:
+    out = host_sh(
+        env,
+        host,
+        "docker",
+        "ps",
+        "-a",
+        "--filter",
+        f"label=io.fleet.framework={repository}",
+        "--format",
+        "{{.Names}} {{.State}}",
+    )
+    return dict(line.split(" ", 1) for line in out.splitlines() if line)
+
+
+def fleet(capsys, inventory: Path, project: FrameworkProject, *args: str) -> tuple[int, dict]:
+    return run_json(
+        capsys,
+        *args,
+        "-i",
+        str(inventory),
+        "--project",
+        str(project.root),
+        "--retry-file",
+        "/dev/null",
+    )
+
+
+def test_rollout_story(
+    lab_env: LabFixture, inventory: Path, project: FrameworkProject, capsys
+) -> None:
+    v1, v2, v3 = project.built
+    code, doc = fleet(capsys, inventory, project, "deploy", "all", v1)
+    assert code == 0, doc
+    assert {h: r["outcome"] for h, r in doc["hosts"].items()} == {
+        "lab1": "changed",
+        "lab2": "changed",
+    }
+    for host in ("lab1", "lab2"):
+        version = json.loads(host_sh(lab_env, host, "curl", "-s", "http://127.0.0.1:8339/version"))
+        assert version["tag"] == v1 or v1 in json.dumps(version)
+    started = {
+        h: host_sh(lab_env, h, "docker", "inspect", "-f", "{{.State.StartedAt}}", "cauchy_service")
+        for h in ("lab1", "lab2")
+    }
+
+    # The same version again: nothing restarted.
+    code, doc = fleet(capsys, inventory, project, "deploy", "all", v1)
+    assert code == 0
+    assert all(r["outcome"] == "ok" for r in doc["hosts"].values())
+    for host in ("lab1", "lab2"):
+        assert (
+            host_sh(
+                lab_env, host, "docker", "inspect", "-f", "{{.State.StartedAt}}", "cauchy_service"
+            )
+            == started[host]
+        )
+
+    # v2: v1 stopped and kept under its version's name.
+    code, doc = fleet(capsys, inventory, project, "deploy", "all", v2)
+    assert code == 0, doc
+    for host in ("lab1", "lab2"):
+        assert containers(lab_env, host, project.repository) == {
+            "cauchy_service": "running",
+            f"cauchy_service-{v1}": "exited",
+        }
+        assert doc["hosts"][host]["details"]["version_before"] == v1
+        assert doc["hosts"][host]["details"]["version_after"] == v2
+
+    # v3 fails its health check everywhere: every host back on v2, said so, with logs.
+    code, doc = fleet(capsys, inventory, project, "deploy", "all", v3)
+    assert code == 2
+    for host in ("lab1", "lab2"):
+        result = doc["hosts"][host]
+        assert result["outcome"] == "failed"
+        assert f"rolled back to {v2}" in result["reason"]
+        assert "last log lines" in result["reason"]
+        assert containers(lab_env, host, project.repository)["cauchy_service"] == "running"
+        assert json.loads(host_sh(lab_env, host, "curl", "-s", "http://127.0.0.1:8339/version"))
+        history = [
+            json.loads(line)
+            for line in host_sh(lab_env, host, "cat", "/var/lib/fleet/history.jsonl").splitlines()
+        ]
+        assert (
+            history[-1]["outcome"] == "failed"
+            and history[-1]["to"] == v3
+            and history[-1]["restored"] == v2
+        )
+        assert [h["to"] for h in history if h["outcome"] == "changed"][-2:] == [v1, v2]
+
+    # Rollback: v2 -> v1 (from each host's history); the v2 container is kept.
+    code, doc = fleet(capsys, inventory, project, "rollback", "all")
+    assert code == 0, doc
+    for host in ("lab1", "lab2"):
+        assert doc["hosts"][host]["details"]["version_after"] == v1
+        names = containers(lab_env, host, project.repository)
+        assert names["cauchy_service"] == "running"
+        assert names[f"cauchy_service-{v2}"] == "exited"
+
+    # Prune with --keep 1: the newest, the running version and the rollback target stay;
+    # the failed v3 container goes.
+    code, doc = fleet(capsys, inventory, project, "prune", "all", "--keep", "1")
+    assert code == 0, doc
+    for host in ("lab1", "lab2"):
+        assert set(doc["hosts"][host]["details"]["kept"]) == {v1, v2, v3}
+        assert f"cauchy_service-{v3}-failed" in doc["hosts"][host]["details"]["removed"]
+        names = containers(lab_env, host, project.repository)
+        assert f"cauchy_service-{v3}-failed" not in names and names["cauchy_service"] == "running"
+        images_left = host_sh(
+            lab_env, host, "docker", "image", "ls", "--format", "{{.Tag}}", project.repository
+        ).split()
+        assert sorted(images_left) == sorted([v1, v2, v3])
+    code, doc = fleet(capsys, inventory, project, "prune", "all", "--keep", "1")
+    assert all(r["outcome"] == "ok" for r in doc["hosts"].values())
+
+
+def test_serial_max_fail_stops_after_the_first_host(
+    lab_env: LabFixture, inventory: Path, project: FrameworkProject, capsys
+) -> None:
+    v1, v2, v3 = project.built
+    fleet(capsys, inventory, project, "deploy", "all", v2)
+    code, doc = fleet(
+        capsys, inventory, project, "deploy", "all", v3, "--serial", "1", "--max-fail", "0"
+    )
+    assert code == 2
+    assert doc["hosts"]["lab1"]["outcome"] == "failed"
+    assert doc["hosts"]["lab2"]["outcome"] == "skipped"
+    assert "rollout stopped after batch 1" in doc["hosts"]["lab2"]["reason"]
+    assert containers(lab_env, "lab2", project.repository)["cauchy_service"] == "running"
+
+
+def test_concurrent_deploy_fails_with_the_lock_holder(
+    lab_env: LabFixture, inventory: Path, project: FrameworkProject, capsys
+) -> None:
+    v1, v2, _ = project.built
+    fleet(capsys, inventory, project, "deploy", "all", v1)
+    holder = {
+        "token": "t0",
+        "holder": "alice@laptop",
+        "what": "deploy 0.0.1",
+        "since": "2026-01-01T00:00:00Z",
+        "expires": "2999-01-01T00:00:00Z",
+    }
+    host_sh(
+        lab_env,
+        "lab1",
+        "sh",
+        "-c",
+        f"mkdir -p /var/lib/fleet && echo '{json.dumps(holder)}' > /var/lib/fleet/deploy.lock",
+    )
+    try:
+        code, doc = fleet(capsys, inventory, project, "deploy", "all", v2)
+        assert code == 2
+        assert doc["hosts"]["lab1"]["outcome"] == "failed"
+        assert "alice@laptop" in doc["hosts"]["lab1"]["reason"]
+        assert doc["hosts"]["lab2"]["outcome"] == "changed"
+        assert containers(lab_env, "lab1", project.repository) == {
+            "cauchy_service": "running",
+            **{
+                k: v
+                for k, v in containers(lab_env, "lab1", project.repository).items()
+                if k != "cauchy_service"
+            },
+        }
+    finally:
+        host_sh(lab_env, "lab1", "rm", "-f", "/var/lib/fleet/deploy.lock")
+    # A stale lock (expired) is taken over, and said so.
+    stale = {**holder, "expires": "2001-01-01T00:00:00Z"}
+    host_sh(lab_env, "lab1", "sh", "-c", f"echo '{json.dumps(stale)}' > /var/lib/fleet/deploy.lock")
+    code, doc = fleet(capsys, inventory, project, "deploy", "all", v2)
+    assert code == 0, doc
+    assert host_sh(lab_env, "lab1", "ls", "/var/lib/fleet/").split().count("deploy.lock") == 0
+
+
+def test_two_controllers_at_once_one_waits(
+    lab_env: LabFixture, inventory: Path, project: FrameworkProject, capsys
+) -> None:
+    v1, v2, _ = project.built
+    fleet(capsys, inventory, project, "deploy", "all", v1)
+    argv = [
+        "deploy",
+        "lab1",
+        v2,
+        "-i",
+        str(inventory),
+        "--project",
+        str(project.root),
+        "--wait",
+        "120",
+        "--json",
+        "--retry-file",
+        "/dev/null",
+    ]
+    # A second controller: another process, deploying to the same host at the same time.
+    other = subprocess.Popen(
+        [sys.executable, "-m", "fleet", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    code, doc = run_json(capsys, *argv[:-3], "--retry-file", "/dev/null")
+    out, err = other.communicate(timeout=300)
+    assert code == 0 and other.returncode == 0, err
+    outcomes = sorted(
+        [doc["hosts"]["lab1"]["outcome"], json.loads(out)["hosts"]["lab1"]["outcome"]]
+    )
+    assert outcomes == ["changed", "ok"]  # one switched, the other waited and found it done
+    history = [
+        json.loads(x)
+        for x in host_sh(lab_env, "lab1", "cat", "/var/lib/fleet/history.jsonl").splitlines()
+    ]
+    assert history[-1]["to"] == v2
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        "docker run -d --name cauchy_service --privileged {image} python cauchy_services.py --port 8339",
+        "docker run -d --name cauchy_service --volume /:/host {image} python cauchy_services.py --port 8339",
+        "docker run -d --name cauchy_service --pid host {image} python cauchy_services.py --port 8339",
+        "docker run -d --name cauchy_service fleet-lab-layer1:bookworm python3 -c 'print(1)'",
+        "docker run -d --name cauchy_service {image} sh -c 'touch /tmp/pwned'; touch /tmp/pwned-host",
+    ],
+)
+def test_hostile_labels_are_refused(
+    lab_env: LabFixture, inventory: Path, project: FrameworkProject, capsys, label: str
+) -> None:
+    v1 = project.built[0]
+    fleet(capsys, inventory, project, "deploy", "lab1", v1)
+    tag = f"66.{uuid.uuid4().int % 1000}"
+    reference = f"{project.repository}:{tag}"
+    build_with_label(
+        f"{project.repository}:{v1}",
+        reference,
+        {
+            "io.fleet.tag": tag,
+            "io.fleet.commit-count": "9999",
+            "org.label-schema.docker.cmd": label.format(image=reference),
+        },
+    )
+    try:
+        code, doc = fleet(capsys, inventory, project, "deploy", "lab1", tag)
+        result = doc["hosts"]["lab1"]
+        if "touch /tmp/pwned-host" in label:
+            # Passed literally to the container (which exits): never seen by the host's shell.
+            assert host_sh(lab_env, "lab1", "ls", "/tmp").split().count("pwned-host") == 0
+            assert code == 2 and f"rolled back to {v1}" in result["reason"]
+        else:
+            assert code == 2
+            assert result["outcome"] == "failed"
+            assert "refusing the run command" in result["reason"]
+        assert containers(lab_env, "lab1", project.repository).get("cauchy_service") == "running"
+    finally:
+        from fleet import images
+
+        images.connect().images.remove(reference, force=True)

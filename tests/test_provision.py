@@ -1,0 +1,877 @@
+"""Provisioning without a host: settings, facts recorded on the lab, the pure planner.
+
+Facts fixtures (``tests/fixtures/provision/*.json``) were recorded on the lab's hosts with
+``tests/fixtures/provision/record.py``: ``fresh-*`` just after ``lab up``, ``provisioned-*``
+after a provision with ``cron_schedule: "* * * * *"``. Variations are handwritten from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fleet.cli
+from fleet import provision
+from fleet.errors import CommandError
+from fleet.facts import GPU, Disk
+from fleet.inventory import FrozenDict, Host
+from fleet.provision import (
+    BEGIN_MARKER,
+    END_MARKER,
+    CronBlockError,
+    FileState,
+    PathState,
+    ProvisionFacts,
+    ProvisionOptions,
+    ProvisionSettings,
+    ProvisionSettingsError,
+)
+from fleet.results import FleetResult, HostResult, Outcome
+from fleet.runner import Runner
+from fleet.runspec import RunSpec
+from fleet.transport import CommandResult
+from tests.conftest import run_cli
+
+FIXTURES = Path(__file__).parent / "fixtures" / "provision"
+DEFAULTS = provision.settings_from_vars({})
+USER_CRONTAB = (
+    b"SHELL=/bin/sh\n"
+    b"# the user's own jobs, with tabs, trailing blanks, CRLF and latin-1 bytes\n"
+    b"17 *\t* * *\troot\tcd / && run-parts --report /etc/cron.hourly   \n"
+    b"0 3 * * * backup /usr/local/bin/backup --to \xe9t\xe9\r\n"
+)
+
+
+def recorded(name: str) -> ProvisionFacts:
+    record = json.loads((FIXTURES / f"{name}.json").read_text())
+    return provision.parse_facts(record["stdout"], record["paths"])
+
+
+def settings(**provision_vars: Any) -> ProvisionSettings:
+    return provision.settings_from_vars({"fleet_provision": provision_vars})
+
+
+def file_state(content: bytes, mode: int = 0o644, uid: int = 0) -> FileState:
+    return FileState(
+        kind="regular file",
+        mode=mode,
+        uid=uid,
+        gid=0,
+        size=len(content),
+        sha256=hashlib.sha256(content).hexdigest(),
+        content=content,
+    )
+
+
+def converged(config: ProvisionSettings, base: ProvisionFacts | None = None) -> ProvisionFacts:
+    """The facts of a host on which ``config`` has been applied."""
+    base = base or recorded("fresh-classic")
+    paths = {
+        d.path: PathState("directory", d.mode, 0, 0, d.owner, d.group) for d in config.managed_dirs
+    }
+    cron_before = base.cron.content if base.cron is not None else b""
+    cron = provision.apply_block(cron_before or b"", provision.cron_block(config))
+    return dataclasses.replace(
+        base,
+        paths=paths,
+        script=file_state(provision.render_script(config), 0o755),
+        cron=file_state(cron),
+        weights_up=True,
+        weights_probe="up",
+    )
+
+
+def kinds(changes: Sequence[provision.Change]) -> list[str]:
+    return [c.kind for c in changes]
+
+
+def written(change: provision.Change) -> bytes:
+    """What a file change writes (the stdin of its write command)."""
+    (stdin,) = [c.stdin for c in change.commands if c.stdin is not None]
+    return stdin
+
+
+# -- settings ----------------------------------------------------------------------------
+def test_defaults_describe_the_labs_tree() -> None:
+    assert DEFAULTS.data_root == "/data"
+    assert [d.path for d in DEFAULTS.managed_dirs] == [
+        "/data",
+        "/data/checkpoints",
+        "/data/datasets",
+        "/data/pretrained_models",
+        "/data/projects",
+    ]
+    assert DEFAULTS.script_path == "/data/aicron.sh"
+    assert (DEFAULTS.cron_file, DEFAULTS.cron_schedule) == ("/etc/crontab", "*/5 * * * *")
+    assert DEFAULTS.weights_url == "http://127.0.0.1:8340/"
+    assert (DEFAULTS.min_free_docker, DEFAULTS.min_free_data) == (10 << 30, 1 << 30)
+    assert DEFAULTS.cron_line == "*/5 * * * * root /bin/sh /data/aicron.sh >/dev/null"
+
+
+def test_the_documented_settings_are_the_defaults() -> None:
+    import yaml
+
+    project = yaml.safe_load(
+        (Path(__file__).parent.parent / "inventory/group_vars/all.yml").read_text()
+    )
+    documented = provision.settings_from_vars({"fleet_provision": project["fleet_provision"]})
+    assert documented == DEFAULTS
+
+
+def test_overrides_merge_key_by_key_and_min_free_entry_by_entry() -> None:
+    found = provision.settings_from_vars(
+        {
+            "fleet_provision": {"data_root": "/srv/data", "min_free": {"docker": "20G"}},
+            "fleet_provision_overrides": {"cron_schedule": "*/2  * * * *", "min_free": {"data": 0}},
+            "fleet_run": {"runtime": "nvidia"},
+        }
+    )
+    assert found.data_root == "/srv/data"
+    assert found.script_path == "/srv/data/aicron.sh"
+    assert found.cron_schedule == "*/2 * * * *"  # blanks normalised
+    assert (found.min_free_docker, found.min_free_data) == (20 << 30, 0)
+    assert found.run_spec.runtime == "nvidia"
+
+
+def test_directory_entries_may_carry_their_own_owner_and_mode() -> None:
+    found = settings(
+        dirs=["projects/shared", {"path": "projects", "mode": "2775", "group": "lab"}],
+        weights_dir="projects/weights",
+    )
+    dirs = {d.path: d for d in found.managed_dirs}
+    assert list(dirs) == [
+        "/data",
+        "/data/projects",
+        "/data/projects/shared",
+        "/data/projects/weights",
+    ]
+    assert (dirs["/data/projects"].mode, dirs["/data/projects"].group) == (0o2775, "lab")
+    assert dirs["/data/projects/shared"].mode == 0o755
+
+
+@pytest.mark.parametrize(
+    ("variables", "message", "fix"),
+    [
+        ({"mode": 493}, "fleet_provision.mode: expected an octal mode", 'mode: "0755"'),
+        ({"modes": "0755"}, "fleet_provision.modes: unknown setting", "use one of"),
+        ({"cron_schedule": "*/5 * * *"}, "fleet_provision.cron_schedule", "5 fields"),
+        ({"cron_schedule": "* * * * * rm -rf /"}, "fleet_provision.cron_schedule", None),
+        ({"dirs": ["../etc"]}, "fleet_provision.dirs[0]", "below the data root"),
+        ({"dirs": "checkpoints"}, "fleet_provision.dirs: expected a list", None),
+        ({"data_root": "/etc"}, "is a system directory", None),
+        ({"data_root": "/data; rm -rf /"}, "fleet_provision.data_root", "no spaces"),
+        ({"cron_file": "/etc/cron.d/fleet.cron"}, "cron ignores files", "/etc/cron.d/fleet"),
+        ({"min_free": {"docker": "10X"}}, "fleet_provision.min_free.docker", "10G"),
+        ({"min_free": {"disk": "1G"}}, "fleet_provision.min_free.disk: unknown", None),
+        ({"weights_port": 70000}, "fleet_provision.weights_port", None),
+        ({"weights_bind": "every where"}, "fleet_provision.weights_bind", "0.0.0.0"),
+        ({"owner": "bad name"}, "fleet_provision.owner", None),
+        ({"base_image": " x"}, "fleet_provision.base_image", None),
+    ],
+)
+def test_invalid_settings_name_the_place_and_the_fix(
+    variables: dict[str, Any], message: str, fix: str | None
+) -> None:
+    with pytest.raises(ProvisionSettingsError) as caught:
+        settings(**variables)
+    assert message in caught.value.message
+    assert caught.value.exit_code == 4
+    if fix:
+        assert fix in str(caught.value.fix) + caught.value.message
+
+
+def test_settings_error_names_the_host() -> None:
+    hosts = [Host("gpu1", FrozenDict({"fleet_provision": "yes"}))]
+    with pytest.raises(
+        ProvisionSettingsError, match="host gpu1: fleet_provision: expected a mapping"
+    ):
+        provision.settings_for_hosts(hosts)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("10G", 10 << 30),
+        ("500M", 500 << 20),
+        ("1.5T", 3 << 39),
+        ("10GiB", 10 << 30),
+        ("2kb", 2048),
+        (7, 7),
+    ],
+)
+def test_sizes(text: Any, size: int) -> None:
+    assert provision.parse_size(text) == size
+
+
+# -- the script ---------------------------------------------------------------------------
+def test_rendered_script_is_valid_shell_with_every_setting_filled_in(tmp_path: Path) -> None:
+    script = provision.render_script(DEFAULTS)
+    assert b"__FLEET_" not in script
+    assert b"WEIGHTS_PORT=8340\n" in script and b"URL=http://127.0.0.1:8340/\n" in script
+    path = tmp_path / "aicron.sh"
+    path.write_bytes(script)
+    assert subprocess.run(["sh", "-n", str(path)], check=False).returncode == 0
+
+
+def test_rendered_values_are_shell_quoted() -> None:
+    hostile = "/tmp/it's $(touch /tmp/pwned) `x`; here"
+    config = dataclasses.replace(DEFAULTS, log_file=hostile)
+    template = "LOG=__FLEET_LOG__\nprintf '%s' \"$LOG\"\n"
+    rendered = provision.render_script(config, template)
+    out = subprocess.run(["sh", "-c", rendered.decode()], capture_output=True, check=True)
+    assert out.stdout.decode() == hostile
+    with pytest.raises(ValueError, match="__FLEET_NOPE__"):
+        provision.render_script(config, "X=__FLEET_NOPE__\n")
+
+
+@pytest.fixture
+def local_service(tmp_path: Path) -> Iterator[tuple[ProvisionSettings, Path]]:
+    """aicron.sh rendered for a temporary tree on this machine, and its service killed after."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = tmp_path / "data"
+    (root / "pretrained_models").mkdir(parents=True)
+    (root / "pretrained_models" / "model.bin").write_bytes(b"weights")
+    config = dataclasses.replace(
+        DEFAULTS,
+        data_root=str(root),
+        weights_dir=str(root / "pretrained_models"),
+        weights_port=port,
+        weights_bind="127.0.0.1",
+        weights_user="",
+        log_file=str(tmp_path / "aicron.log"),
+        pid_file=str(tmp_path / "weights.pid"),
+    )
+    script = root / "aicron.sh"
+    script.write_bytes(provision.render_script(config))
+    yield config, script
+    pid_file = tmp_path / "weights.pid"
+    if pid_file.exists():
+        pid = int(pid_file.read_text())
+        cmdline = (
+            Path(f"/proc/{pid}/cmdline").read_bytes() if Path(f"/proc/{pid}").exists() else b""
+        )
+        if b"http.server" in cmdline:
+            os.kill(pid, signal.SIGTERM)
+
+
+def test_script_starts_the_service_once_and_logs_with_timestamps(
+    local_service: tuple[ProvisionSettings, Path],
+) -> None:
+    config, script = local_service
+    runs = [
+        subprocess.Popen(["/bin/sh", str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    for run in runs:
+        run.communicate(timeout=60)
+    codes = [run.returncode for run in runs]
+    assert codes == [0, 0, 0]
+    with urllib.request.urlopen(config.weights_url + "model.bin", timeout=5) as answer:
+        assert answer.read() == b"weights"
+    log = Path(config.log_file).read_text().splitlines()
+    started = [line for line in log if "started the weights service" in line]
+    assert len(started) == 1, log  # concurrent runs: one starts it, the others find it up
+    assert sum("nothing to do" in line for line in log) == 2
+    assert all(line[:4].isdigit() and "T" in line[:11] and "aicron[" in line for line in log)
+    again = subprocess.run(["/bin/sh", str(script)], capture_output=True, check=False, timeout=30)
+    assert again.returncode == 0
+    assert b"nothing to do" in again.stdout
+
+
+def test_script_reports_a_missing_weights_directory(
+    local_service: tuple[ProvisionSettings, Path],
+) -> None:
+    config, script = local_service
+    os.rename(config.weights_dir, config.weights_dir + ".gone")
+    ran = subprocess.run(["/bin/sh", str(script)], capture_output=True, check=False, timeout=30)
+    assert ran.returncode == 1
+    assert b"does not exist; run 'fleet provision'" in ran.stdout
+
+
+# -- the cron block -----------------------------------------------------------------------
+BLOCK = provision.cron_block(DEFAULTS)
+
+
+def test_block_is_appended_after_the_users_lines_byte_for_byte() -> None:
+    after = provision.apply_block(USER_CRONTAB, BLOCK)
+    assert after == USER_CRONTAB + BLOCK
+    assert provision.apply_block(after, BLOCK) == after  # rerun: no duplicate
+
+
+def test_unterminated_last_line_gets_its_newline_and_keeps_its_bytes() -> None:
+    after = provision.apply_block(b"0 1 * * * root /bin/true", BLOCK)
+    assert after == b"0 1 * * * root /bin/true\n" + BLOCK
+
+
+def test_block_is_replaced_in_place_between_user_lines() -> None:
+    before = USER_CRONTAB + BLOCK + b"# after the block\n5 5 * * * root true\n"
+    new_block = provision.cron_block(dataclasses.replace(DEFAULTS, cron_schedule="* * * * *"))
+    after = provision.apply_block(before, new_block)
+    assert after == USER_CRONTAB + new_block + b"# after the block\n5 5 * * * root true\n"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        BLOCK + BLOCK,
+        BEGIN_MARKER.encode() + b"\n* * * * * root x\n",
+        END_MARKER.encode() + b"\n" + BEGIN_MARKER.encode() + b"\n",
+    ],
+)
+def test_malformed_markers_are_refused(content: bytes) -> None:
+    with pytest.raises(CronBlockError, match="not one well-formed block"):
+        provision.apply_block(content, BLOCK)
+    facts = dataclasses.replace(converged(DEFAULTS), cron=file_state(content))
+    verdict = provision.preflight(DEFAULTS, facts)
+    assert "markers are not one well-formed block" in verdict.failures[0].message
+    assert "cron_block" not in " ".join(kinds(provision.plan(DEFAULTS, facts)))
+
+
+_user_text = st.lists(
+    st.binary(max_size=40).filter(lambda b: b"fleet aicron" not in b), max_size=8
+).map(b"\n".join)
+
+
+@given(before=_user_text, after=_user_text)
+def test_user_bytes_survive_any_number_of_applications(before: bytes, after: bytes) -> None:
+    once = provision.apply_block(before, BLOCK)
+    prefix = once[: -len(BLOCK)]
+    assert once.endswith(BLOCK) and prefix in (before, before + b"\n")
+    assert provision.apply_block(once, BLOCK) == once
+    other = BLOCK.replace(b"*/5", b"*/9")
+    assert provision.apply_block(once + after, other) == prefix + other + after
+
+
+# -- facts recorded on the lab -------------------------------------------------------------
+def test_fresh_classic_host_facts() -> None:
+    found = recorded("fresh-classic")
+    assert found.host.engine_ok and found.host.image_store == "classic"
+    assert (found.uid, found.user, found.owner_uid, found.group_gid) == (0, "root", 0, 0)
+    assert found.paths["/data"] == PathState("directory", 0o755, 0, 0, "root", "root")
+    assert found.paths["/data/checkpoints"] is None
+    assert found.script is None
+    assert found.cron is not None and found.cron.complete
+    assert (found.cron.content or b"").startswith(b"# /etc/crontab: system-wide crontab")
+    assert {"python3", "flock", "setsid", "setpriv"} <= found.tools
+    assert found.cron_running is True
+    assert found.limits_source == "dockerd"
+    assert found.hard_limits["memlock"] == 8 << 20 and found.hard_limits["stack"] is None
+    assert found.cap_sys_resource is False  # the lab has no CAP_SYS_RESOURCE
+    assert not found.weights_up and "refused" in found.weights_probe
+    assert found.data_disk is not None and found.data_disk.free > 0
+    assert found.logging_driver == "json-file"
+
+
+def test_provisioned_containerd_host_facts() -> None:
+    found = recorded("provisioned-containerd")
+    assert found.host.image_store == "containerd"
+    assert found.weights_up
+    assert (
+        found.script is not None and found.script.mode == 0o755 and len(found.script.sha256) == 64
+    )
+    assert provision.find_block(found.cron.content or b"") is not None  # type: ignore[union-attr]
+
+
+def test_unparsable_output_gives_empty_facts_not_an_exception() -> None:
+    found = provision.parse_facts("garbage\n@@p_paths\nx|y\n@@p_script\n1|2\n", ["/data"])
+    assert not found.host.engine_ok
+    assert found.paths == {}
+    assert found.script is not None and found.script.kind.startswith("unreadable")
+
+
+# -- planning ------------------------------------------------------------------------------
+def test_fresh_host_gets_everything_in_order() -> None:
+    for name in ("fresh-classic", "fresh-containerd"):
+        facts = recorded(name)
+        verdict = provision.preflight(DEFAULTS, facts)
+        assert verdict.ok, verdict
+        assert any("not rotated" in w for w in verdict.warnings)
+        changes = provision.plan(DEFAULTS, facts)
+        assert kinds(changes) == [
+            "dir_created",
+            "dir_created",
+            "dir_created",
+            "dir_created",
+            "script_installed",
+            "cron_block_added",
+            "service_started",
+        ]
+        assert changes[0].commands[0].argv == ("mkdir", "-p", "--", "/data/checkpoints")
+        assert changes[0].commands[-1].argv == ("chmod", "00755", "/data/checkpoints")
+        script = changes[4]
+        assert written(script) == provision.render_script(DEFAULTS)
+        assert script.commands[0].argv[-3:] == ("/data/aicron.sh", "0755", "absent")
+        cron = changes[5]
+        assert written(cron) == (facts.cron.content or b"") + BLOCK  # type: ignore[union-attr]
+        assert "+*/5 * * * * root /bin/sh /data/aicron.sh >/dev/null" in cron.diff
+        assert changes[6].commands[0].argv == ("/bin/sh", "/data/aicron.sh")
+
+
+def test_nothing_to_do_means_no_changes() -> None:
+    for name in ("fresh-classic", "provisioned-containerd"):
+        facts = converged(DEFAULTS, recorded(name))
+        assert provision.plan(DEFAULTS, facts) == []
+        assert provision.preflight(DEFAULTS, facts).ok
+
+
+def test_mode_fix_is_one_chmod() -> None:
+    facts = converged(DEFAULTS)
+    paths = dict(facts.paths)
+    paths["/data/datasets"] = PathState("directory", 0o2700, 0, 0, "root", "root")
+    changes = provision.plan(DEFAULTS, dataclasses.replace(facts, paths=paths))
+    assert kinds(changes) == ["dir_mode_fixed"]
+    assert changes[0].what == "fix mode of /data/datasets: 2700 -> 0755"
+    assert changes[0].commands[0].argv == ("chmod", "00755", "/data/datasets")  # clears setgid
+
+
+def test_owner_fix_is_one_chown() -> None:
+    config = settings(owner="lab", group="lab")
+    facts = dataclasses.replace(converged(config), owner_uid=1000, group_gid=1000)
+    paths = {p: dataclasses.replace(s, uid=1000, gid=1000) for p, s in facts.paths.items() if s}
+    paths["/data/projects"] = PathState("directory", 0o755, 0, 0, "root", "root")
+    changes = provision.plan(config, dataclasses.replace(facts, paths=paths))
+    assert kinds(changes) == ["dir_owner_fixed"]
+    assert changes[0].commands[0].argv == ("chown", "--", "lab:lab", "/data/projects")
+
+
+def test_users_crontab_lines_are_kept_byte_for_byte() -> None:
+    facts = dataclasses.replace(converged(DEFAULTS), cron=file_state(USER_CRONTAB))
+    (change,) = provision.plan(DEFAULTS, facts)
+    assert change.kind == "cron_block_added"
+    assert written(change) == USER_CRONTAB + BLOCK
+    # Refused when the file changed since it was read: its sha256 goes with the write.
+    assert change.commands[0].argv[-1] == hashlib.sha256(USER_CRONTAB).hexdigest()
+
+
+def test_schedule_change_updates_the_block_in_place() -> None:
+    before = USER_CRONTAB + BLOCK + b"# mine, after fleet's\n"
+    facts = dataclasses.replace(converged(DEFAULTS), cron=file_state(before))
+    config = dataclasses.replace(DEFAULTS, cron_schedule="*/7 * * * *")
+    (change,) = provision.plan(config, facts)
+    assert change.kind == "cron_block_updated"
+    assert "'*/5 * * * * root" in change.why and "'*/7 * * * * root" in change.why
+    assert (
+        written(change) == USER_CRONTAB + provision.cron_block(config) + b"# mine, after fleet's\n"
+    )
+    assert "-*/5 * * * * root" in change.diff and "+*/7 * * * * root" in change.diff
+    assert (
+        provision.plan(config, dataclasses.replace(facts, cron=file_state(written(change)))) == []
+    )
+
+
+def test_recorded_host_with_another_schedule_only_updates_its_block() -> None:
+    facts = recorded("provisioned-classic")
+    facts = dataclasses.replace(
+        facts, script=file_state(provision.render_script(DEFAULTS), 0o755)
+    )  # the template may have changed since the recording
+    assert kinds(provision.plan(DEFAULTS, facts)) == ["cron_block_updated"]
+
+
+def test_changed_script_is_updated_with_a_diff() -> None:
+    old = provision.render_script(DEFAULTS).replace(b"flock -w 30", b"flock -w 5")
+    facts = dataclasses.replace(converged(DEFAULTS), script=file_state(old, 0o755))
+    (change,) = provision.plan(DEFAULTS, facts)
+    assert change.kind == "script_updated"
+    assert "-if ! flock -w 5 9; then" in change.diff and "+if ! flock -w 30 9; then" in change.diff
+    assert change.commands[0].argv[-1] == hashlib.sha256(old).hexdigest()
+
+
+def test_script_writable_by_others_is_fixed() -> None:
+    script = provision.render_script(DEFAULTS)
+    facts = dataclasses.replace(converged(DEFAULTS), script=file_state(script, 0o777, uid=1000))
+    (change,) = provision.plan(DEFAULTS, facts)
+    assert change.kind == "script_mode_fixed"
+    assert [c.argv for c in change.commands] == [
+        ("chown", "--", "0:0", "/data/aicron.sh"),
+        ("chmod", "00755", "/data/aicron.sh"),
+    ]
+
+
+def test_group_writable_crontab_is_fixed_and_written_files_keep_a_safe_mode() -> None:
+    facts = converged(DEFAULTS)
+    content = facts.cron.content or b""  # type: ignore[union-attr]
+    bad = dataclasses.replace(facts, cron=file_state(content, 0o664))
+    (change,) = provision.plan(DEFAULTS, bad)
+    assert change.kind == "cron_mode_fixed"
+    assert change.commands[-1].argv == ("chmod", "0644", "/etc/crontab")
+    private = dataclasses.replace(facts, cron=file_state(USER_CRONTAB, 0o600))
+    (write,) = provision.plan(DEFAULTS, private)
+    assert write.commands[0].argv[-2] == "0600"  # its own safe mode is kept
+
+
+def test_service_down_is_started() -> None:
+    facts = dataclasses.replace(converged(DEFAULTS), weights_up=False, weights_probe="down x")
+    (change,) = provision.plan(DEFAULTS, facts)
+    assert change.kind == "service_started"
+    assert change.why == "nothing answers on http://127.0.0.1:8340/ (down x)"
+
+
+# -- preflight -------------------------------------------------------------------------------
+def with_host(facts: ProvisionFacts, **changes: Any) -> ProvisionFacts:
+    return dataclasses.replace(facts, host=dataclasses.replace(facts.host, **changes))
+
+
+def gpu_settings(**run: Any) -> ProvisionSettings:
+    return dataclasses.replace(DEFAULTS, run_spec=RunSpec(**run))
+
+
+def test_gpu_run_spec_without_nvidia_runtime_fails_with_the_fix() -> None:
+    verdict = provision.preflight(gpu_settings(runtime="nvidia"), converged(DEFAULTS))
+    messages = [p.message for p in verdict.failures]
+    assert messages[0] == (
+        "the run spec asks for --runtime nvidia, but the engine has no 'nvidia' runtime "
+        "(it has: io.containerd.runc.v2, io.containerd.runtime.v1.linux, runc)"
+    )
+    assert "nvidia-ctk runtime configure" in verdict.failures[0].fix
+    assert "fleet_run_overrides: {runtime: null}" in verdict.failures[0].fix
+    assert "nvidia-smi is not installed" in messages[1]
+
+
+def test_gpu_host_with_runtime_and_driver_passes() -> None:
+    facts = with_host(
+        converged(DEFAULTS),
+        runtimes=("nvidia", "runc"),
+        nvidia_smi=True,
+        gpus=(GPU("NVIDIA A100", "550.54", "81920 MiB"),),
+    )
+    assert provision.preflight(gpu_settings(runtime="nvidia"), facts).ok
+
+
+def test_driver_that_lists_no_gpu_fails() -> None:
+    facts = dataclasses.replace(
+        with_host(converged(DEFAULTS), runtimes=("nvidia",), nvidia_smi=True),
+        nvidia_smi_output="Failed to initialize NVML: Driver/library version mismatch",
+    )
+    (problem,) = provision.preflight(gpu_settings(runtime="nvidia"), facts).failures
+    assert problem.message.startswith("nvidia-smi lists no GPU: Failed to initialize NVML")
+
+
+def test_gpus_flag_needs_the_container_toolkit() -> None:
+    facts = with_host(converged(DEFAULTS), nvidia_smi=True, gpus=(GPU("T4", "535", "15360 MiB"),))
+    (problem,) = provision.preflight(gpu_settings(gpus="all"), facts).failures
+    assert "--gpus all" in problem.message and "NVIDIA Container Toolkit" in problem.message
+    with_hook = dataclasses.replace(facts, tools=facts.tools | {"nvidia-container-runtime-hook"})
+    assert provision.preflight(gpu_settings(gpus="all"), with_hook).ok
+
+
+def test_ulimits_the_host_cannot_grant() -> None:
+    config = gpu_settings(ulimits={"memlock": "-1", "stack": "67108864"})
+    facts = converged(DEFAULTS)  # recorded: memlock hard 8 MiB, stack unlimited, no capability
+    (problem,) = provision.preflight(config, facts).failures
+    assert problem.message == (
+        "host cannot grant memlock=unlimited: the engine's hard limit is 8388608 bytes and it "
+        "lacks CAP_SYS_RESOURCE to raise it"
+    )
+    assert "fleet_run_overrides: {ulimits: {memlock: null}}" in problem.fix
+    assert provision.preflight(config, dataclasses.replace(facts, cap_sys_resource=True)).ok
+    small = gpu_settings(ulimits={"memlock": "1024:4096"})
+    assert provision.preflight(small, facts).ok
+
+
+@pytest.mark.parametrize("which", ["docker", "data"])
+def test_too_little_disk_is_refused(which: str) -> None:
+    config = settings(min_free={which: "100G"})
+    facts = converged(config)
+    small = Disk("/x", 200 << 30, 5 << 30)
+    facts = (
+        with_host(facts, disk_docker=small)
+        if which == "docker"
+        else dataclasses.replace(facts, data_disk=small)
+    )
+    (problem,) = provision.preflight(config, facts).failures
+    assert problem.message.startswith("refused: only 5.0GiB free at ")
+    assert f"below fleet_provision.min_free.{which} = 100.0GiB" in problem.message
+
+
+def test_engine_that_refuses_the_user_names_the_docker_group() -> None:
+    facts = with_host(
+        converged(DEFAULTS),
+        engine_ok=False,
+        engine_error="permission denied while trying to connect to the Docker daemon socket",
+    )
+    (problem,) = provision.preflight(DEFAULTS, facts).failures
+    assert problem.message.startswith("Docker engine not usable: permission denied")
+    assert "docker' group" in problem.fix and "ansible_become" in problem.fix
+
+
+def test_non_root_user_is_refused_only_when_something_must_change() -> None:
+    facts = dataclasses.replace(converged(DEFAULTS), uid=1000, user="alice")
+    assert provision.preflight(DEFAULTS, facts).ok
+    broken = dataclasses.replace(facts, weights_up=False)
+    (problem,) = provision.preflight(DEFAULTS, broken).failures
+    assert "provisioning needs root" in problem.message and "connected as alice" in problem.message
+    assert "ansible_become: true" in problem.fix
+
+
+def test_log_rotation_configured_means_no_warning() -> None:
+    rotated = b'{"log-driver": "json-file", "log-opts": {"max-size": "100m"}}'
+    facts = dataclasses.replace(converged(DEFAULTS), daemon_json=file_state(rotated))
+    assert provision.preflight(DEFAULTS, facts).warnings == ()
+    broken = dataclasses.replace(facts, daemon_json=file_state(b"{not json"))
+    assert provision.preflight(DEFAULTS, broken).warnings == (
+        "/etc/docker/daemon.json is not valid JSON",
+    )
+
+
+def test_things_in_the_way_are_failures() -> None:
+    facts = converged(DEFAULTS)
+    paths = {**facts.paths, "/data/datasets": PathState("regular file", 0o644, 0, 0)}
+    blocked = dataclasses.replace(
+        facts, paths=paths, owner_uid=None, tools=frozenset({"python3"}), cron_running=False
+    )
+    verdict = provision.preflight(settings(owner="lab"), blocked)
+    text = "\n".join(p.message for p in verdict.failures)
+    assert "/data/datasets exists and is not a directory (regular file)" in text
+    assert "the owner 'lab' of /data does not exist on the host" in text
+    assert "flock is missing" in text and "setpriv is missing" in text
+    assert any("no cron daemon is running" in w for w in verdict.warnings)
+
+
+@pytest.mark.parametrize(
+    ("variables", "warned"),
+    [
+        ({}, False),
+        ({"owner": "lab"}, True),
+        ({"mode": "0777"}, True),
+        ({"mode": "1777"}, False),
+        ({"mode": "0775", "group": "lab"}, True),
+        ({"mode": "0775"}, False),
+        ({"owner": "lab", "cron_user": "lab"}, False),
+    ],
+)
+def test_data_root_writable_by_others_is_a_warning(variables: dict[str, Any], warned: bool) -> None:
+    config = settings(**variables)
+    facts = dataclasses.replace(converged(config), owner_uid=1000, group_gid=1000)
+    warnings = provision.preflight(config, facts).warnings
+    assert any("can replace the script" in w for w in warnings) is warned
+
+
+def test_hand_made_aicron_line_is_a_warning_and_left_alone() -> None:
+    content = USER_CRONTAB + b"*/5 * * * * root /data/aicron.sh\n" + BLOCK
+    facts = dataclasses.replace(converged(DEFAULTS), cron=file_state(content))
+    verdict = provision.preflight(DEFAULTS, facts)
+    assert verdict.ok
+    assert "line(s) 5 outside fleet's block also run aicron.sh" in verdict.warnings[-1]
+    assert provision.plan(DEFAULTS, facts) == []
+
+
+# -- running (a fake transport of fleet's own interface) -----------------------------------
+class FakeTransport:
+    """Records commands; answers the facts script from a queue of facts."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.commands: list[tuple[tuple[str, ...], bytes | None]] = []
+        self.fail_on = fail_on
+
+    @property
+    def host(self) -> str:
+        return "gpu1"
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        self.commands.append((tuple(argv), stdin))
+        if self.fail_on and self.fail_on in argv:
+            raise CommandError("gpu1", argv, 1, "", "mkdir: cannot create directory: Read-only")
+        return CommandResult(" ".join(argv), 0, "", "", 0.0)
+
+    def stream(self, *args: Any, **kwargs: Any) -> CommandResult:
+        raise AssertionError("not used")
+
+    def close(self) -> None:
+        return None
+
+
+def run_provision(
+    monkeypatch: pytest.MonkeyPatch,
+    states: list[ProvisionFacts],
+    options: ProvisionOptions,
+    transport: FakeTransport,
+) -> HostResult:
+    queue = list(states)
+    monkeypatch.setattr(provision, "gather", lambda *args, **kwargs: queue.pop(0))
+    host = Host("gpu1", FrozenDict())
+    runner = Runner(lambda _: transport)
+    result = provision.provision(runner, [host], {"gpu1": DEFAULTS}, {}, options)
+    return result.results[0]
+
+
+def test_changes_run_in_order_then_the_host_is_verified(monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh = recorded("fresh-classic")
+    transport = FakeTransport()
+    result = run_provision(
+        monkeypatch, [fresh, converged(DEFAULTS, fresh)], ProvisionOptions(), transport
+    )
+    assert result.outcome is Outcome.CHANGED
+    assert result.reason == (
+        "created 4 dirs, installed aicron.sh, added the cron block, started the weights service"
+    )
+    sent = [argv for argv, _ in transport.commands]
+    assert sent[0] == ("mkdir", "-p", "--", "/data/checkpoints")
+    assert sent[-1] == ("/bin/sh", "/data/aicron.sh")
+    assert [c["kind"] for c in result.details["changes"]][:1] == ["dir_created"]
+    assert result.details["engine"].startswith("20.10") and result.details["store"] == "classic"
+
+
+def test_check_changes_nothing_and_says_what_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    transport = FakeTransport()
+    options = ProvisionOptions(check=True, diff=True)
+    result = run_provision(monkeypatch, [recorded("fresh-classic")], options, transport)
+    assert transport.commands == []
+    assert result.outcome is Outcome.CHANGED
+    assert result.reason is not None and result.reason.startswith("would create 4 dirs")
+    assert "+++ gpu1:/etc/crontab (after)" in result.details["diff"]
+    assert "+++ gpu1:/data/aicron.sh (after)" in result.details["diff"]
+
+
+def test_converged_host_is_ok(monkeypatch: pytest.MonkeyPatch) -> None:
+    transport = FakeTransport()
+    result = run_provision(monkeypatch, [converged(DEFAULTS)], ProvisionOptions(), transport)
+    assert (result.outcome, result.reason, transport.commands) == (
+        Outcome.OK,
+        "nothing to change",
+        [],
+    )
+
+
+def test_failed_change_names_itself_and_what_was_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    transport = FakeTransport(fail_on="/data/datasets")
+    result = run_provision(monkeypatch, [recorded("fresh-classic")], ProvisionOptions(), transport)
+    assert result.outcome is Outcome.FAILED
+    assert result.reason is not None
+    assert result.reason.startswith("create directory /data/datasets (root:root 0755): command")
+    assert [c["target"] for c in result.details["changes"]] == ["/data/checkpoints"]
+    assert result.details["failed_change"]["target"] == "/data/datasets"
+
+
+def test_host_that_does_not_converge_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    down = dataclasses.replace(converged(DEFAULTS), weights_up=False)
+    result = run_provision(monkeypatch, [down, down], ProvisionOptions(), FakeTransport())
+    assert result.outcome is Outcome.FAILED
+    assert result.reason == (
+        "the host did not converge; still needed after applying: start the weights service "
+        "on 0.0.0.0:8340 (run /data/aicron.sh)"
+    )
+
+
+def test_preflight_failure_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    transport = FakeTransport()
+    facts = with_host(recorded("fresh-classic"), disk_docker=Disk("/var/lib/docker", 1, 1))
+    result = run_provision(monkeypatch, [facts], ProvisionOptions(), transport)
+    assert result.outcome is Outcome.FAILED and transport.commands == []
+    assert result.reason is not None and result.reason.startswith("refused: only 1B free")
+    assert result.details["problems"][0]["fix"].startswith("free space on the host")
+
+
+def test_base_shipping_merges_into_the_hosts_result() -> None:
+    done = HostResult(
+        "gpu1",
+        Outcome.CHANGED,
+        "created 4 dirs",
+        details={"changes": [{"kind": "dir_created"}] * 4},
+    )
+    pushed = HostResult(
+        "gpu1",
+        Outcome.CHANGED,
+        "sent 2/2 layers, 1000 bytes",
+        details={"layers_sent": 2, "layers_present": 0},
+    )
+    merged = provision.with_base(done, pushed, "base:1", check=False)
+    assert merged.outcome is Outcome.CHANGED
+    assert merged.reason == "created 4 dirs, shipped the base image"
+    assert merged.details["base_image"]["ref"] == "base:1"
+    ok = HostResult("gpu1", Outcome.OK, "nothing to change", details={"changes": []})
+    present = HostResult("gpu1", Outcome.OK, "image already present", details={"layers_sent": 0})
+    assert provision.with_base(ok, present, "base:1", check=False).outcome is Outcome.OK
+    refused = HostResult("gpu1", Outcome.FAILED, "not enough disk", "free space")
+    failed = provision.with_base(ok, refused, "base:1", check=False)
+    assert (failed.outcome, failed.reason) == (Outcome.FAILED, "base image base:1: not enough disk")
+
+
+# -- the command line ---------------------------------------------------------------------
+@pytest.fixture
+def cli_with_provision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The provision subcommand registered, whether or not fleet.cli lists it yet."""
+    if "provision" not in fleet.cli._COMMAND_MODULES:
+        monkeypatch.setattr(
+            fleet.cli, "_COMMAND_MODULES", (*fleet.cli._COMMAND_MODULES, "provision")
+        )
+
+
+def _unreachable_inventory(tmp_path: Path, host_vars: dict[str, Any]) -> Path:
+    path = tmp_path / "inventory.yml"
+    host = {"ansible_host": "127.0.0.1", "ansible_port": 9, **host_vars}
+    path.write_text(json.dumps({"all": {"hosts": {"gpu1": host}}}))
+    return path
+
+
+def test_help_lists_the_flags(cli_with_provision: None, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        fleet.cli.main(["provision", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--check", "--diff", "--skip-base", "--project", "--limit", "--json"):
+        assert flag in out
+
+
+def test_bad_settings_exit_4_before_any_host_is_touched(
+    cli_with_provision: None, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    inventory = _unreachable_inventory(tmp_path, {"fleet_provision": {"mode": 755}})
+    code, out, err = run_cli(capsys, "provision", "-i", str(inventory), "--skip-base")
+    assert code == 4
+    assert "host gpu1: fleet_provision.mode: expected an octal mode" in err
+    assert "unreachable" not in out + err
+
+
+def test_missing_base_image_exits_5_naming_fleet_build(
+    cli_with_provision: None,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fleet import images
+
+    monkeypatch.setattr(images, "connect", object)
+    monkeypatch.setattr(images, "has_image", lambda client, ref: False)
+    inventory = _unreachable_inventory(
+        tmp_path, {"fleet_provision": {"base_image": "cauchy_base:nope"}}
+    )
+    code, out, err = run_cli(capsys, "provision", "-i", str(inventory))
+    assert code == 5
+    assert "the base image cauchy_base:nope (fleet_provision.base_image of gpu1)" in err
+    assert "'fleet build'" in err and "--skip-base" in err
+    assert "unreachable" not in out + err
+
+
+def test_warnings_and_diffs_are_rendered_per_host() -> None:
+    from fleet.cli import provision as cli
+
+    row = HostResult(
+        "gpu1",
+        Outcome.CHANGED,
+        details={"warnings": ["logs not rotated"], "diff": "--- a\n+++ b\n"},
+    )
+    result = FleetResult.of("provision", [row])
+    assert cli.render_warnings(result) == "gpu1: warning: logs not rotated\n"
+    assert cli.render_diffs(result) == "=== gpu1 (changed)\n--- a\n+++ b\n"

@@ -1,0 +1,338 @@
+"""End to end on the lab: fleet provision on a classic and a containerd host over real SSH.
+
+Each test uses its own data root, port and log under ``/srv/fleet-e2e-*`` (settings in a
+copy of the lab's inventory, with the project's real ``fleet_run`` on top, so the lab's own
+overrides are what lets it pass the preflight), and puts back ``/etc/crontab``, stops the
+weights services it started (by their pid file) and removes its files afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import fleet.cli
+from fleet import lab, provision
+from fleet.transport import CommandResult, KnownHosts, SSHTransport
+from tests.conftest import LabFixture, run_cli, run_json
+
+pytestmark = pytest.mark.lab
+
+HOSTS = ("lab1", "lab2")
+BASE_IMAGE = "fleet-test-provision:base"
+PROJECT_SETTINGS = Path(__file__).parent.parent / "inventory" / "group_vars" / "all.yml"
+
+
+@pytest.fixture(autouse=True)
+def _provision_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    if "provision" not in fleet.cli._COMMAND_MODULES:
+        monkeypatch.setattr(
+            fleet.cli, "_COMMAND_MODULES", (*fleet.cli._COMMAND_MODULES, "provision")
+        )
+
+
+@pytest.fixture(scope="module")
+def base_image(lab_env: LabFixture) -> Iterator[str]:
+    """A tiny base image (layer 1 + one RUN) built on the controller, removed afterwards."""
+    client = lab.engine_client()
+    lab.ensure_layer1_image(client)
+    dockerfile = b"FROM fleet-lab-layer1:bookworm\nRUN echo provision > /provision-base\n"
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+    context.seek(0)
+    client.images.build(fileobj=context, custom_context=True, tag=BASE_IMAGE, rm=True)
+    yield BASE_IMAGE
+    for host in HOSTS:
+        host_run(lab_env, host, "docker", "image", "rm", "-f", BASE_IMAGE)
+    client.images.remove(BASE_IMAGE, force=True)
+
+
+def host_run(env: LabFixture, host: str, *argv: str, stdin: bytes | None = None) -> CommandResult:
+    endpoint = next(e for e in lab.endpoints(env.lab) if e.name == host)
+    transport = SSHTransport(endpoint, KnownHosts([env.lab.known_hosts]))
+    try:
+        return transport.run(list(argv), stdin=stdin, check=False, timeout=60)
+    finally:
+        transport.close()
+
+
+def read_bytes(env: LabFixture, host: str, path: str) -> bytes:
+    ran = host_run(env, host, "base64", "-w0", path)
+    assert ran.ok, ran.stderr
+    return base64.b64decode(ran.stdout)
+
+
+class Sandbox:
+    """One test's settings on the lab, and their clean-up."""
+
+    def __init__(self, env: LabFixture, tmp_path: Path, port: int) -> None:
+        self.env = env
+        self.tmp_path = tmp_path
+        self.root = f"/srv/fleet-e2e-{uuid.uuid4().hex[:8]}"
+        self.port = port
+        self.settings: dict[str, Any] = {
+            "data_root": f"{self.root}/data",
+            "weights_port": port,
+            "log_file": f"{self.root}/aicron.log",
+            "min_free": {"docker": "1M", "data": "1M"},
+        }
+        self.crontabs = {host: read_bytes(env, host, "/etc/crontab") for host in HOSTS}
+
+    def inventory(
+        self, host_vars: dict[str, dict[str, Any]] | None = None, **settings: Any
+    ) -> Path:
+        document = yaml.safe_load(self.env.inventory.read_text())
+        project = yaml.safe_load(PROJECT_SETTINGS.read_text())
+        document["all"]["vars"] = {"fleet_run": project["fleet_run"]}
+        lab_group = document["all"]["children"]["lab"]
+        lab_group["vars"]["fleet_provision"] = {**self.settings, **settings}
+        for host, variables in (host_vars or {}).items():
+            lab_group["hosts"][host].update(variables)
+        path = self.tmp_path / f"inventory-{uuid.uuid4().hex[:6]}.yml"
+        path.write_text(yaml.safe_dump(document))
+        return path
+
+    def provision(self, capsys: Any, inventory: Path, *args: str) -> tuple[int, dict[str, Any]]:
+        return run_json(
+            capsys, "provision", "all", "-i", str(inventory), "--retry-file", "/dev/null", *args
+        )
+
+    def kill_service(self, host: str) -> None:
+        pid_file = f"/run/aicron-weights-{self.port}.pid"
+        script = (
+            'pid=$(cat "$1" 2>/dev/null) || exit 0; '
+            'grep -q http.server "/proc/$pid/cmdline" 2>/dev/null && kill "$pid"; '
+            'while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done; rm -f "$1"'
+        )
+        host_run(self.env, host, "sh", "-c", script, "kill", pid_file)
+
+    def answers(self, host: str) -> bool:
+        url = f"http://127.0.0.1:{self.port}/"
+        return host_run(self.env, host, "curl", "-fsS", "-o", "/dev/null", url).ok
+
+    def clean(self) -> None:
+        for host in HOSTS:
+            self.kill_service(host)
+            host_run(
+                self.env,
+                host,
+                "sh",
+                "-c",
+                'cat >/etc/crontab.fleet-e2e && mv /etc/crontab.fleet-e2e /etc/crontab && rm -rf "$1"',
+                "restore",
+                self.root,
+                stdin=self.crontabs[host],
+            )
+
+
+@pytest.fixture
+def sandbox(
+    lab_env: LabFixture, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Sandbox]:
+    ports = {
+        "test_fresh_hosts_provisioned_then_ok": 18341,
+        "test_users_crontab_kept_byte_for_byte_and_schedule_updated_in_place": 18342,
+        "test_check_changes_nothing": 18343,
+        "test_preflight_failures_leave_the_host_alone": 18344,
+        "test_missing_base_image_is_a_usage_error": 18345,
+    }
+    box = Sandbox(lab_env, tmp_path, ports.get(request.node.name, 18349))
+    try:
+        yield box
+    finally:
+        box.clean()
+
+
+def cron_command(block: bytes) -> str:
+    """The command of the block's cron line (after the 5 schedule fields and the user)."""
+    line = next(text for text in block.decode().splitlines() if text and not text.startswith("#"))
+    return line.split(None, 6)[6]
+
+
+def test_fresh_hosts_provisioned_then_ok(
+    lab_env: LabFixture, sandbox: Sandbox, base_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The cron block goes in first (without the base image), so that waiting for cron's
+    # first run overlaps with shipping the base image and the reruns.
+    inventory = sandbox.inventory(cron_schedule="* * * * *", base_image=base_image)
+    code, doc = sandbox.provision(capsys, inventory, "--skip-base")
+    assert code == 0, doc
+    expected = provision.settings_from_vars(
+        {"fleet_provision": {**sandbox.settings, "cron_schedule": "* * * * *"}}
+    )
+    script = provision.render_script(expected)
+    block = provision.cron_block(expected)
+    for host in HOSTS:
+        result = doc["hosts"][host]
+        assert result["outcome"] == "changed", result
+        kinds = [c["kind"] for c in result["details"]["changes"]]
+        assert kinds == [
+            *["dir_created"] * 5,
+            "script_installed",
+            "cron_block_added",
+            "service_started",
+        ]
+        listing = host_run(
+            lab_env, host, "stat", "-c", "%n %a %U %G", *(d.path for d in expected.managed_dirs)
+        ).stdout.splitlines()
+        assert listing == [f"{d.path} 755 root root" for d in expected.managed_dirs]
+        assert read_bytes(lab_env, host, expected.script_path) == script
+        mode = host_run(lab_env, host, "stat", "-c", "%a %U", expected.script_path).stdout
+        assert mode == "755 root\n"
+        assert read_bytes(lab_env, host, "/etc/crontab") == sandbox.crontabs[host] + block
+        assert sandbox.answers(host)
+
+    # The cron line's command, run by hand, restarts a stopped service and logs it.
+    command = cron_command(block)
+    marks = {}
+    for host in HOSTS:
+        sandbox.kill_service(host)
+        assert not sandbox.answers(host)
+        before = len(read_bytes(lab_env, host, expected.log_file))
+        assert host_run(lab_env, host, "sh", "-c", command).ok
+        assert sandbox.answers(host)
+        log = read_bytes(lab_env, host, expected.log_file)
+        assert "started the weights service" in log[before:].decode()
+        marks[host] = len(log)  # from here on, only cron runs aicron.sh
+
+    code, doc = sandbox.provision(capsys, inventory)
+    assert code == 0, doc
+    for host in HOSTS:
+        result = doc["hosts"][host]
+        assert [c["kind"] for c in result["details"]["changes"]] == ["base_shipped"], result
+        assert result["details"]["base_image"]["layers_sent"] >= 1
+        image = host_run(
+            lab_env, host, "docker", "run", "--rm", base_image, "cat", "/provision-base"
+        )
+        assert image.stdout == "provision\n"
+
+    started = time.monotonic()
+    code, doc = sandbox.provision(capsys, inventory)
+    assert code == 0, doc
+    assert time.monotonic() - started < 15
+    for host in HOSTS:
+        result = doc["hosts"][host]
+        assert (result["outcome"], result["reason"]) == ("ok", "nothing to change"), result
+        assert result["details"]["base_image"]["layers_to_send"] == 0  # nothing sent again
+
+    # Cron itself runs aicron.sh: a new log line appears (at most a minute after the block).
+    deadline = time.monotonic() + 75
+    waiting = set(HOSTS)
+    while waiting and time.monotonic() < deadline:
+        for host in sorted(waiting):
+            new = read_bytes(lab_env, host, expected.log_file)[marks[host] :].decode()
+            if "aicron[" in new:
+                waiting.discard(host)
+        time.sleep(1)
+    assert not waiting, f"cron did not run aicron.sh on {sorted(waiting)} within 75 s"
+
+
+def test_users_crontab_kept_byte_for_byte_and_schedule_updated_in_place(
+    lab_env: LabFixture, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mine = (
+        b"# my own jobs: tabs, trailing blanks, CRLF, latin-1\n"
+        b"0 3 * * *\troot\t/usr/local/bin/backup --to \xe9t\xe9   \r\n"
+    )
+    before = sandbox.crontabs["lab1"] + mine
+    assert host_run(lab_env, "lab1", "sh", "-c", "cat >/etc/crontab", stdin=before).ok
+    inventory = sandbox.inventory(cron_schedule="*/5 * * * *")
+    code, doc = sandbox.provision(capsys, inventory, "--limit", "lab1", "--skip-base")
+    assert code == 0, doc
+    settings = provision.settings_from_vars({"fleet_provision": sandbox.settings})
+    block = provision.cron_block(settings)
+    assert read_bytes(lab_env, "lab1", "/etc/crontab") == before + block
+
+    after_block = b"# added by hand after fleet's block\n15 4 * * * root /bin/true\n"
+    assert host_run(lab_env, "lab1", "sh", "-c", "cat >>/etc/crontab", stdin=after_block).ok
+    inventory = sandbox.inventory(cron_schedule="*/7 * * * *")
+    code, doc = sandbox.provision(capsys, inventory, "--limit", "lab1", "--skip-base", "--diff")
+    assert code == 0, doc
+    result = doc["hosts"]["lab1"]
+    assert [c["kind"] for c in result["details"]["changes"]] == ["cron_block_updated"]
+    assert "-*/5 * * * * root" in result["details"]["diff"]
+    assert "+*/7 * * * * root" in result["details"]["diff"]
+    new_block = provision.cron_block(replace(settings, cron_schedule="*/7 * * * *"))
+    assert read_bytes(lab_env, "lab1", "/etc/crontab") == before + new_block + after_block
+
+    code, doc = sandbox.provision(capsys, inventory, "--limit", "lab1", "--skip-base")
+    assert code == 0 and doc["hosts"]["lab1"]["outcome"] == "ok", doc
+
+
+def _state(env: LabFixture, host: str, sandbox: Sandbox) -> str:
+    script = (
+        'sha256sum /etc/crontab; ls -la --time-style=full-iso /srv "$1" 2>&1; '
+        "pgrep -af 'python3 -m http[.]server'; docker image ls -q --no-trunc | sort"
+    )
+    return host_run(env, host, "sh", "-c", script, "state", sandbox.root).stdout
+
+
+def test_check_changes_nothing(
+    lab_env: LabFixture, sandbox: Sandbox, base_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = {host: _state(lab_env, host, sandbox) for host in HOSTS}
+    inventory = sandbox.inventory(base_image=base_image)
+    code, doc = sandbox.provision(capsys, inventory, "--check", "--diff")
+    assert code == 0, doc
+    for host in HOSTS:
+        result = doc["hosts"][host]
+        assert result["outcome"] == "changed"
+        assert result["reason"].startswith("would create 5 dirs, install aicron.sh")
+        assert f"+++ {host}:/etc/crontab (after)" in result["details"]["diff"]
+        assert _state(lab_env, host, sandbox) == before[host]
+    code, out, err = run_cli(
+        capsys, "provision", "lab1", "-i", str(inventory), "--check", "--diff", "--skip-base"
+    )
+    assert code == 0
+    assert "=== lab1 (changed)" in out and "+# BEGIN fleet aicron" in out
+    assert "would create 5 dirs" in err
+    assert _state(lab_env, "lab1", sandbox) == before["lab1"]
+
+
+def test_preflight_failures_leave_the_host_alone(
+    lab_env: LabFixture, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inventory = sandbox.inventory(
+        host_vars={
+            # The lab group drops the nvidia runtime (fleet_run_overrides); put it back.
+            "lab2": {"fleet_run_overrides": {"runtime": "nvidia", "ulimits": {"memlock": None}}},
+            "lab1": {"fleet_provision_overrides": {"min_free": {"data": "1000T"}}},
+        }
+    )
+    code, doc = sandbox.provision(capsys, inventory, "--skip-base")
+    assert code == 2, doc
+    lab1, lab2 = doc["hosts"]["lab1"], doc["hosts"]["lab2"]
+    assert lab1["outcome"] == lab2["outcome"] == "failed"
+    assert lab1["reason"].startswith("refused: only ")
+    assert "below fleet_provision.min_free.data = 1000.0TiB" in lab1["reason"]
+    assert lab2["reason"].startswith(
+        "the run spec asks for --runtime nvidia, but the engine has no 'nvidia' runtime"
+    )
+    assert "nvidia-smi is not installed" in lab2["reason"]
+    assert "nvidia-ctk runtime configure" in lab2["fix"]
+    for host in HOSTS:
+        assert not host_run(lab_env, host, "test", "-e", sandbox.root).ok
+
+
+def test_missing_base_image_is_a_usage_error(
+    lab_env: LabFixture, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inventory = sandbox.inventory(base_image="fleet-test-provision:absent")
+    code, _, err = run_cli(capsys, "provision", "-i", str(inventory))
+    assert code == 5
+    assert "fleet-test-provision:absent" in err and "'fleet build'" in err
+    for host in HOSTS:
+        assert not host_run(lab_env, host, "test", "-e", sandbox.root).ok
