@@ -173,7 +173,7 @@ def test_rollout_story(
 def test_serial_max_fail_stops_after_the_first_host(
     lab_env: LabFixture, inventory: Path, project: FrameworkProject, capsys
 ) -> None:
-    v1, v2, v3 = project.built
+    _, v2, v3 = project.built
     fleet(capsys, inventory, project, "deploy", "all", v2)
     code, doc = fleet(
         capsys, inventory, project, "deploy", "all", v3, "--serial", "1", "--max-fail", "0"
