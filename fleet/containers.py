@@ -4,6 +4,15 @@ One constant script gathers it all in one round trip (the framework's repository
 passed as an argument, never interpolated); :func:`parse` turns its output into
 :class:`HostFramework`. Everything read here comes from the host and is treated as
 untrusted: labels are only ever parsed, never executed.
+
+Which image a host holds is told by its *config digest* (the digest of the image's
+config JSON, which names its layers, labels, environment and command): the classic store
+uses it as the image ID; the containerd store's image ID is the digest of a manifest
+instead, so the script reads each framework image's manifest from the engine's content
+store (``ctr``, sections ``@@store`` and ``@@manifests``) and :attr:`FrameworkImage.
+config_digest` is the digest that manifest names. Output of older versions of the script
+(without those sections) still parses: the store is then unknown ("") and the config
+digest known only where the store was classic... i.e. not at all ("").
 """
 
 from __future__ import annotations
@@ -32,6 +41,14 @@ imgs=$(docker image ls -q --no-trunc --filter "label=io.fleet.framework=$repo" 2
 [ -n "$imgs" ] && docker image inspect --format '{{json .}}' $imgs 2>/dev/null
 echo "@@lock"; cat /var/lib/fleet/deploy.lock 2>/dev/null; echo
 echo "@@history"; tail -n "$history_lines" /var/lib/fleet/history.jsonl 2>/dev/null
+echo "@@store"; store=$(docker info --format '{{json .DriverStatus}}' 2>/dev/null); echo "$store"
+echo "@@manifests"
+case "$store" in *io.containerd.snapshotter*)
+  for i in $imgs; do
+    m=$(ctr --address /run/docker/containerd/containerd.sock -n moby content get "$i" 2>/dev/null | head -c 65536 | tr -d '\n')
+    [ -n "$m" ] && echo "$i $m"
+  done;;
+esac
 echo "@@end"
 """
 

@@ -485,13 +485,14 @@ def deploy(
     save: transfer.SaveStream,
     sizes: Sequence[int],
     options: DeployOptions,
+    local: transfer.LayerSource | None = None,
 ) -> FleetResult:
     """Roll ``spec`` out in batches: ship it, switch each host, stop when too many fail."""
     started = time.monotonic()
     tag = spec.ref.rpartition(":")[2]
     results: dict[str, HostResult] = {}
     try:
-        _rollout(runner, hosts, spec, save, sizes, options, tag, results)
+        _rollout(runner, hosts, spec, save, sizes, options, tag, results, local)
     except Interrupted as exc:
         results.update({r.host: r for r in exc.partial.results})
         for host in hosts:
@@ -514,6 +515,7 @@ def _rollout(
     options: DeployOptions,
     tag: str,
     results: dict[str, HostResult],
+    local: transfer.LayerSource | None,
 ) -> None:
     stop_reason = ""
     for index, batch in enumerate(batches(hosts, options.serial), start=1):

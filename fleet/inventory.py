@@ -82,20 +82,8 @@ ENV_VAR = "FLEET_INVENTORY"
 
 _YAML_EXTS = (".yml", ".yaml", ".json")
 # What Ansible skips in inventory directories (INVENTORY_IGNORE_EXTS and fixed names).
-_IGNORED_EXTS = (
-    ".pyc",
-    ".pyo",
-    ".swp",
-    ".bak",
-    "~",
-    ".rpm",
-    ".md",
-    ".txt",
-    ".rst",
-    ".orig",
-    ".cfg",
-    ".retry",
-)
+_IGNORED_EXTS = (".pyc", ".pyo", ".swp", ".bak", "~", ".rpm", ".md", ".txt", ".rst")  # REJECT_EXTS
+_IGNORED_EXTS += (".orig", ".cfg", ".retry")
 _IGNORED_ENTRY = re.compile(
     r"^\.|^host_vars$|^group_vars$|^vars_plugins$|(?:"
     + "|".join(re.escape(ext) for ext in _IGNORED_EXTS)
@@ -103,7 +91,7 @@ _IGNORED_ENTRY = re.compile(
 )
 # Variables ansible-inventory never prints (magic and play variables).
 _INTERNAL_VARS = frozenset(
-    {
+    [
         "ansible_async_path",
         "ansible_collection_name",
         "ansible_config_file",
@@ -137,7 +125,7 @@ _INTERNAL_VARS = frozenset(
         "role_names",
         "role_path",
         "role_uuid",
-    }
+    ]
 )
 # Ansible's names for the connection settings; where two names exist the later one wins.
 _HOST_VARS = ("ansible_host", "ansible_ssh_host")

@@ -34,7 +34,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from fleet.errors import HostError
 from fleet.images import ImageSpec, chain_ids
@@ -44,9 +44,24 @@ from fleet.runner import HostContext, Runner
 from fleet.transport import Transport
 
 SaveStream = Callable[[], Iterable[bytes]]
+
+
+class LayerSource(Protocol):
+    """Layers and config of an image read without ``docker save`` (see images.LocalLayers)."""
+
+    def config(self, image_id: str) -> bytes: ...
+
+    def tar_size(self, chain_id: str) -> int: ...
+
+    def tar(self, chain_id: str, diff_id: str) -> bytes: ...
+
+
 _CHUNK = 1 << 20
 _QUEUE_CHUNKS = 32
 _REPLAY_CACHE_BYTES = 256 << 20
+_SMALL_MEMBER = 16 << 20
+# Up to this much of missing layers is read from the local store instead of docker save.
+_LOCAL_LAYERS_BYTES = 256 << 20
 _LOAD_TIMEOUT = 3600.0
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -318,9 +333,12 @@ class _Encoder:
         self.gzip = compress == "gzip"
         self._zip: Any = None
 
-    def start(self) -> None:
+    def start(self, size: int = 0) -> None:
         if self.gzip:
-            self._zip = zlib.compressobj(1, zlib.DEFLATED, 31)
+            # Small members (configs, thin layers) get gzip's default level: every byte
+            # counts on the wire and the CPU cost is nil; large layers get the fast level.
+            level = 6 if size < _SMALL_MEMBER else 1
+            self._zip = zlib.compressobj(level, zlib.DEFLATED, 31)
 
     def feed(self, data: bytes) -> bytes:
         return self._zip.compress(data) if self.gzip else data
@@ -356,6 +374,35 @@ class ImageStream:
         self.layer_sizes: list[int] = [0] * len(spec.diff_ids)
         self.config_size = 0
         self.manifest_digest = ""
+
+    def local_members(
+        self, source: LayerSource, wanted: set[int]
+    ) -> list[tuple[_Member, Iterator[bytes]]]:
+        """The members, with the wanted layers read from ``source``; OSError if it cannot.
+
+        Everything is read and checked before the first byte is sent, so a failure here
+        falls back to ``docker save`` cleanly.
+        """
+        spec = self.spec
+        chains = spec.chain_ids
+        sizes = [source.tar_size(chain) for chain in chains]
+        if sum(sizes[i] for i in wanted) > _LOCAL_LAYERS_BYTES:
+            raise OSError("too much to read from the local store")
+        blobs = {i: source.tar(chains[i], spec.diff_ids[i]) for i in sorted(wanted)}
+        config = source.config(spec.config_digest)
+        self.layer_sizes = sizes
+        encoder = _Encoder(self.compress)
+        members: list[tuple[_Member, Iterator[bytes]]] = []
+        for index, blob in blobs.items():
+            name = f"blobs/sha256/{spec.diff_ids[index][7:]}"
+            members.append(
+                (
+                    _Member(f"layer {index}", index),
+                    self._encode(encoder, name, len(blob), iter((blob,))),
+                )
+            )
+        members += self._closing_members(encoder, config)
+        return members
 
     def members(self) -> Iterator[tuple[_Member, Iterator[bytes]]]:
         """Yield each output member with an iterator of its encoded chunks, in order."""
@@ -403,6 +450,13 @@ class ImageStream:
                 )
         if not config:
             raise HostError("controller", f"'docker save {spec.ref}' did not contain its config")
+        yield from self._closing_members(encoder, config)
+
+    def _closing_members(
+        self, encoder: _Encoder, config: bytes
+    ) -> list[tuple[_Member, Iterator[bytes]]]:
+        """Config, manifests, index and the end of the archive (layer sizes known by now)."""
+        spec = self.spec
         if hashlib.sha256(config).hexdigest() != spec.config_digest.removeprefix("sha256:"):
             raise HostError("controller", f"the config of {spec.ref} does not match its image ID")
         self.config_size = len(config)
@@ -437,14 +491,19 @@ class ImageStream:
             "index.json": json.dumps(index, separators=(",", ":")).encode(),
             "manifest.json": json.dumps(legacy, separators=(",", ":")).encode(),
         }
-        for name, content in small.items():
-            yield _Member(name, None), self._encode(encoder, name, len(content), iter((content,)))
-        yield _Member("end", None), self._encode_raw(encoder, b"\0" * (2 * tarfile.BLOCKSIZE))
+        members = [
+            (_Member(name, None), self._encode(encoder, name, len(content), iter((content,))))
+            for name, content in small.items()
+        ]
+        members.append(
+            (_Member("end", None), self._encode_raw(encoder, b"\0" * (2 * tarfile.BLOCKSIZE)))
+        )
+        return members
 
     def _encode(
         self, encoder: _Encoder, name: str, size: int, data: Iterator[bytes]
     ) -> Iterator[bytes]:
-        encoder.start()
+        encoder.start(size)
         out = encoder.feed(_tar_header(name, size))
         if out:
             yield out
@@ -542,10 +601,14 @@ class Broadcast:
     past that, a later wave reads ``docker save`` again.
     """
 
-    def __init__(self, spec: ImageSpec, save: SaveStream, compress: str) -> None:
+    def __init__(
+        self, spec: ImageSpec, save: SaveStream, compress: str, local: LayerSource | None = None
+    ) -> None:
         self.spec = spec
         self.save = save
         self.compress = compress
+        self.local = local
+        self.source = ""
         self._replay: list[_Member] | None = None
         self.error: BaseException | None = None
         self.manifest_digest = ""
@@ -568,7 +631,18 @@ class Broadcast:
             stream = ImageStream(self.spec, self.save, self.compress)
             cache: list[_Member] | None = [] if replay else None
             cached = 0
-            for member, chunks in stream.members():
+            members: Iterable[tuple[_Member, Iterator[bytes]]] | None = None
+            if self.local is not None:
+                wanted: set[int] = set().union(*(sink.send for sink in sinks))
+                try:
+                    members = stream.local_members(self.local, wanted)
+                    self.source = "local store"
+                except (OSError, ValueError, KeyError):
+                    members = None  # docker save reads it all instead
+            if members is None:
+                members = stream.members()
+                self.source = "docker save"
+            for member, chunks in members:
                 if cache is None and not any(sink.wants(member) for sink in sinks):
                     continue  # tarfile skips the unread data
                 for chunk in chunks:
@@ -675,6 +749,7 @@ def push(
     save: SaveStream,
     sizes: Sequence[int],
     options: PushOptions = PushOptions(),
+    local: LayerSource | None = None,
 ) -> FleetResult:
     """Ship ``spec`` to every host that lacks it; one result per host, in host order.
 
@@ -727,7 +802,7 @@ def push(
     if options.check:
         return FleetResult.of("push --check", inspected.results, time.monotonic() - started)
     todo = [h for h in hosts if h.name in plans]
-    broadcast = Broadcast(spec, save, options.compress)
+    broadcast = Broadcast(spec, save, options.compress, local)
     for first in range(0, len(todo), runner.forks):
         wave = todo[first : first + runner.forks]
         sinks = {h.name: _Sink(h.name, plans[h.name].send) for h in wave}
@@ -758,15 +833,10 @@ def push(
                 decided.store, len(spec.diff_ids), len(decided.send), sink.bytes, image_id
             )
             result = result_for(ctx, shipment)
-            return replace(
-                result,
-                details={
-                    **result.details,
-                    "missing_bytes": sum(broadcast.layer_sizes[i] for i in decided.send)
-                    if broadcast.layer_sizes
-                    else None,
-                },
-            )
+            sizes_known = broadcast.layer_sizes
+            missing = sum(sizes_known[i] for i in decided.send) if sizes_known else None
+            extra = {"missing_bytes": missing, "source": broadcast.source}
+            return replace(result, details={**result.details, **extra})
 
         shipped = runner.run("push", wave, ship)
         producer.join(timeout=60)

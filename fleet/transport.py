@@ -27,7 +27,7 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +40,9 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 _READ_CHUNK = 1 << 16
 # Let the server (OpenSSH: 1-4 GiB) drive rekeys; see the module docstring.
 _REKEY_BYTES = 1 << 40
+_MAX_LINE = 1 << 16
+# What :meth:`SSHTransport.follow` returns when it was stopped (exit codes are 0-255).
+FOLLOW_STOPPED = -1
 
 
 @dataclass(frozen=True)
@@ -434,6 +437,125 @@ class SSHTransport:
             code,
         )
 
+    # -- sessions that outlive a command timeout ------------------------------------------
+    def follow(
+        self,
+        argv: Sequence[str],
+        on_line: Callable[[str], None],
+        stop: threading.Event,
+    ) -> int:
+        """Run ``argv`` and hand each line of its output to ``on_line`` as it arrives.
+
+        stdout and stderr are merged line by line (``docker logs`` writes the container's
+        stderr to its own). Runs until the command ends (its exit code) or ``stop`` is
+        set (the channel is closed, :data:`FOLLOW_STOPPED`). No command timeout applies;
+        a lost connection raises :class:`UnreachableError`.
+        """
+        command = self.command_line(argv)
+        channel = self._open_channel(command, None)
+        streams = {False: _LineBuffer(on_line), True: _LineBuffer(on_line)}
+        try:
+            while not stop.is_set():
+                drained = False
+                while channel.recv_ready():
+                    streams[False].feed(channel.recv(_READ_CHUNK))
+                    drained = True
+                while channel.recv_stderr_ready():
+                    streams[True].feed(channel.recv_stderr(_READ_CHUNK))
+                    drained = True
+                if (
+                    channel.exit_status_ready()
+                    and not channel.recv_ready()
+                    and not channel.recv_stderr_ready()
+                ):
+                    break
+                if channel.closed or not self._transport.is_active():
+                    if channel.exit_status_ready():
+                        break
+                    raise UnreachableError(self.host, f"connection lost while running {command!r}")
+                if not drained:
+                    select.select([channel], [], [], 0.1)
+            else:
+                return FOLLOW_STOPPED
+        finally:
+            channel.close()
+            for buffer in streams.values():
+                buffer.flush()
+        code = channel.recv_exit_status()
+        if code == -1 and not self._transport.is_active():
+            raise UnreachableError(self.host, f"connection lost while running {command!r}")
+        return code
+
+    def interactive(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin_fd: int,
+        stdout_fd: int,
+        stderr_fd: int | None = None,
+        term: str | None = None,
+        size: Callable[[], tuple[int, int]] | None = None,
+    ) -> int:
+        """Run ``argv`` wired to local file descriptors, with a PTY when ``term`` is given.
+
+        With a PTY (``term``, e.g. ``$TERM``) the remote side gets a terminal of
+        ``size()`` (columns, rows), polled so that a resized window follows; stdout and
+        stderr then arrive merged, as on any terminal. Without one, the remote stderr goes
+        to ``stderr_fd`` (or ``stdout_fd``). The caller puts its own terminal in raw mode.
+        Returns the command's exit code; a lost connection raises :class:`UnreachableError`.
+        """
+        command = self.command_line(argv)
+        try:
+            channel = self._transport.open_session(timeout=self.endpoint.connect_timeout)
+            window = size() if size is not None else (80, 24)
+            if term is not None:
+                channel.get_pty(term=term, width=window[0], height=window[1])
+            channel.exec_command(command)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            if not self._transport.is_active():
+                raise UnreachableError(self.host, f"connection lost: {exc}") from exc
+            raise HostError(self.host, f"cannot start {command!r}: {exc}") from exc
+        err_fd = stdout_fd if stderr_fd is None else stderr_fd
+        reading_stdin = True
+        try:
+            while True:
+                if term is not None and size is not None:
+                    current = size()
+                    if current != window:
+                        window = current
+                        channel.resize_pty(width=window[0], height=window[1])
+                while channel.recv_ready():
+                    _write_all(stdout_fd, channel.recv(_READ_CHUNK))
+                while channel.recv_stderr_ready():
+                    _write_all(err_fd, channel.recv_stderr(_READ_CHUNK))
+                if channel.exit_status_ready() and not (
+                    channel.recv_ready() or channel.recv_stderr_ready()
+                ):
+                    break
+                if not self._transport.is_active():
+                    raise UnreachableError(self.host, f"connection lost while running {command!r}")
+                watched: list[Any] = [channel]
+                if reading_stdin:
+                    watched.append(stdin_fd)
+                ready, _, _ = select.select(watched, [], [], 0.1)
+                if reading_stdin and stdin_fd in ready:
+                    data = os.read(stdin_fd, _READ_CHUNK)
+                    if data:
+                        channel.sendall(data)
+                    else:
+                        reading_stdin = False
+                        channel.shutdown_write()
+                if channel.eof_received and not (
+                    channel.recv_ready() or channel.recv_stderr_ready()
+                ):
+                    channel.status_event.wait(0.1)
+        finally:
+            channel.close()
+        code = channel.recv_exit_status()
+        if code == -1:
+            raise UnreachableError(self.host, f"{command!r} ended without an exit status")
+        return code
+
     def close(self) -> None:
         self._transport.close()
         if self._jump is not None:
@@ -450,6 +572,37 @@ def _fix_for(stderr: str) -> str | None:
     if "sudo: a password is required" in text or "sudo: a terminal is required" in text:
         return "allow passwordless sudo for the SSH user (NOPASSWD), or unset ansible_become"
     return None
+
+
+class _LineBuffer:
+    """Bytes in, whole decoded lines out (an endless line is cut at ``_MAX_LINE``)."""
+
+    def __init__(self, on_line: Callable[[str], None]) -> None:
+        self._on_line = on_line
+        self._pending = b""
+
+    def feed(self, data: bytes) -> None:
+        self._pending += data
+        while True:
+            cut = self._pending.find(b"\n")
+            if cut < 0:
+                if len(self._pending) >= _MAX_LINE:
+                    cut = _MAX_LINE - 1
+                else:
+                    return
+            line, self._pending = self._pending[: cut + 1], self._pending[cut + 1 :]
+            self._on_line(line.rstrip(b"\r\n").decode("utf-8", "replace"))
+
+    def flush(self) -> None:
+        if self._pending:
+            line, self._pending = self._pending, b""
+            self._on_line(line.rstrip(b"\r\n").decode("utf-8", "replace"))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 # -- resolving connection settings ----------------------------------------------------

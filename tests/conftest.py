@@ -14,7 +14,8 @@ import pytest
 from fleet import lab
 from fleet.cli import main
 
-TEST_LAB = "fleet-test"
+# Unique per test session: several sessions (developers, CI) may share one engine.
+TEST_LAB = os.environ.get("FLEET_TEST_LAB", f"fleet-test-{os.getpid()}")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabFixture]:
                 "the controller's Docker engine is not running (scripts/setup.sh starts it)"
             )
         pytest.skip("no Docker engine on this machine: run scripts/setup.sh")
+    _remove_abandoned_test_labs()
     state = tmp_path_factory.mktemp("labstate")
     os.environ["FLEET_LAB_DIR"] = str(state)
     inventory = tmp_path_factory.mktemp("labinv") / "lab.yml"
@@ -53,6 +55,16 @@ def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabFixture]:
     yield LabFixture(started, inventory, state)
     lab.down(name=TEST_LAB, inventory=inventory)
     shutil.rmtree(state, ignore_errors=True)
+
+
+def _remove_abandoned_test_labs() -> None:
+    """Labs of test sessions that died without tearing down (their process is gone)."""
+    client = lab.engine_client()
+    names = {c.labels.get(lab.LABEL, "") for c in client.containers.list(all=True, filters={"label": lab.LABEL})}
+    for name in names:
+        pid = name.removeprefix("fleet-test-")
+        if name.startswith("fleet-test-") and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            lab.down(name=name)
 
 
 def heal(env: LabFixture) -> LabFixture:

@@ -751,7 +751,7 @@ def _load_or_fleet_error(path: Path) -> None:
     _check_loaded(inv)
 
 
-_PROPERTY = settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @_PROPERTY

@@ -306,7 +306,7 @@ _PATTERN_PIECES = st.sampled_from(
 _PATTERNS = st.lists(_PATTERN_PIECES, max_size=12).map("".join)
 
 
-@settings(max_examples=5000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(pattern=st.one_of(_PATTERNS, st.text(max_size=20)), limit=st.none() | _PATTERNS)
 def test_random_patterns_only_raise_pattern_errors(
     inv: inventory.Inventory, pattern: str, limit: str | None
