@@ -11,8 +11,8 @@ uses it as the image ID; the containerd store's image ID is the digest of a mani
 instead, so the script reads each framework image's manifest from the engine's content
 store (``ctr``, sections ``@@store`` and ``@@manifests``) and :attr:`FrameworkImage.
 config_digest` is the digest that manifest names. Output of older versions of the script
-(without those sections) still parses: the store is then unknown ("") and the config
-digest known only where the store was classic... i.e. not at all ("").
+(without those sections) still parses: the store is then unknown (``""``), and so is
+every config digest.
 """
 
 from __future__ import annotations
@@ -62,6 +62,10 @@ class FrameworkImage:
     labels: Mapping[str, str]
     size: int
     created: str
+    # Added with the @@store/@@manifests sections; empty when the host did not tell.
+    layers: tuple[str, ...] = ()  # RootFS diff IDs, bottom first
+    config: Mapping[str, Any] = field(default_factory=dict)  # Env, Cmd, Entrypoint, ...
+    config_digest: str = ""  # see the module docstring
 
     @property
     def tag(self) -> str:
@@ -129,6 +133,13 @@ class HostFramework:
     lock: Mapping[str, Any] | None = None
     lock_raw: str = ""
     history: tuple[Mapping[str, Any], ...] = ()
+    store: str = ""  # "classic", "containerd", or "" when the host did not tell
+
+    def image_by_id(self, image_id: str) -> FrameworkImage | None:
+        for image in self.images:
+            if image.id == image_id:
+                return image
+        return None
 
     @property
     def running(self) -> tuple[FrameworkContainer, ...]:
@@ -206,15 +217,48 @@ def _container(doc: Mapping[str, Any]) -> FrameworkContainer:
     )
 
 
-def _image(doc: Mapping[str, Any]) -> FrameworkImage:
+def _image(doc: Mapping[str, Any], store: str, manifests: Mapping[str, str]) -> FrameworkImage:
     config = doc.get("Config") or {}
+    rootfs = doc.get("RootFS") or {}
+    layers = rootfs.get("Layers") if isinstance(rootfs, Mapping) else None
+    ident = str(doc.get("Id", ""))
+    if store == "classic":
+        config_digest = ident
+    else:
+        config_digest = manifests.get(ident, "")
     return FrameworkImage(
-        id=str(doc.get("Id", "")),
+        id=ident,
         tags=tuple(str(t) for t in doc.get("RepoTags") or ()),
         labels=_labels(config.get("Labels")),
         size=int(doc.get("Size") or 0),
         created=str(doc.get("Created", "")),
+        layers=tuple(str(x) for x in layers) if isinstance(layers, list) else (),
+        config=config if isinstance(config, Mapping) else {},
+        config_digest=config_digest,
     )
+
+
+def _store(lines: list[str]) -> str:
+    """The image store from ``docker info``'s DriverStatus ("" when not told)."""
+    if not lines:
+        return ""
+    return "containerd" if any("io.containerd.snapshotter" in line for line in lines) else "classic"
+
+
+def _manifest_configs(lines: list[str]) -> dict[str, str]:
+    """Image ID -> config digest, from ``ID MANIFEST-JSON`` lines (indexes are skipped)."""
+    found: dict[str, str] = {}
+    for line in lines:
+        ident, _, text = line.partition(" ")
+        try:
+            manifest = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        config = manifest.get("config") if isinstance(manifest, dict) else None
+        digest = config.get("digest") if isinstance(config, dict) else None
+        if isinstance(digest, str) and digest.startswith("sha256:"):
+            found[ident] = digest
+    return found
 
 
 def parse(text: str) -> HostFramework:
@@ -235,8 +279,10 @@ def parse(text: str) -> HostFramework:
         (_container(d) for d in _json_lines(parts.get("containers", []))),
         key=lambda c: (not c.running, -c.commit_count, c.name),
     )
+    store = _store(parts.get("store", []))
+    manifests = _manifest_configs(parts.get("manifests", []))
     images = sorted(
-        (_image(d) for d in _json_lines(parts.get("images", []))),
+        (_image(d, store, manifests) for d in _json_lines(parts.get("images", []))),
         key=lambda i: (-i.commit_count, i.created),
     )
     return HostFramework(
@@ -247,4 +293,5 @@ def parse(text: str) -> HostFramework:
         lock=lock,
         lock_raw=lock_raw,
         history=tuple(_json_lines(parts.get("history", []))),
+        store=store,
     )

@@ -82,8 +82,8 @@ ENV_VAR = "FLEET_INVENTORY"
 
 _YAML_EXTS = (".yml", ".yaml", ".json")
 # What Ansible skips in inventory directories (INVENTORY_IGNORE_EXTS and fixed names).
-_IGNORED_EXTS = (".pyc", ".pyo", ".swp", ".bak", "~", ".rpm", ".md", ".txt", ".rst")  # REJECT_EXTS
-_IGNORED_EXTS += (".orig", ".cfg", ".retry")
+_REJECT_EXTS = (".pyc", ".pyo", ".swp", ".bak", "~", ".rpm", ".md", ".txt", ".rst")
+_IGNORED_EXTS = (*_REJECT_EXTS, ".orig", ".cfg", ".retry")
 _IGNORED_ENTRY = re.compile(
     r"^\.|^host_vars$|^group_vars$|^vars_plugins$|(?:"
     + "|".join(re.escape(ext) for ext in _IGNORED_EXTS)
@@ -330,12 +330,15 @@ def load(paths: Sequence[str | Path] = ()) -> Inventory:
                 f"no inventory given and ./{DEFAULT_SOURCE}/ does not exist",
                 fix=f"pass -i PATH, set {ENV_VAR}, or create ./{DEFAULT_SOURCE}/hosts.yml",
             )
+        from_where = f" (from ${ENV_VAR})" if from_env else ""
+    else:
+        from_where = ""
     sources: list[Path] = []
     for text in given:
         source = Path(os.path.abspath(os.path.expanduser(text)))
         if not source.exists():
             raise InventoryError(
-                "inventory source does not exist",
+                f"inventory source does not exist{from_where}",
                 path=text,
                 fix="pass an existing inventory file or directory",
             )

@@ -532,28 +532,33 @@ class SSHTransport:
                     channel.recv_ready() or channel.recv_stderr_ready()
                 ):
                     break
-                if not self._transport.is_active():
-                    raise UnreachableError(self.host, f"connection lost while running {command!r}")
+                if channel.closed or not self._transport.is_active():
+                    break
                 watched: list[Any] = [channel]
                 if reading_stdin:
                     watched.append(stdin_fd)
                 ready, _, _ = select.select(watched, [], [], 0.1)
                 if reading_stdin and stdin_fd in ready:
                     data = os.read(stdin_fd, _READ_CHUNK)
-                    if data:
-                        channel.sendall(data)
-                    else:
-                        reading_stdin = False
-                        channel.shutdown_write()
+                    try:
+                        if data:
+                            channel.sendall(data)
+                        else:
+                            reading_stdin = False
+                            channel.shutdown_write()
+                    except OSError:
+                        reading_stdin = False  # the remote side is gone: its status tells
                 if channel.eof_received and not (
                     channel.recv_ready() or channel.recv_stderr_ready()
                 ):
                     channel.status_event.wait(0.1)
         finally:
             channel.close()
-        code = channel.recv_exit_status()
+        code = channel.recv_exit_status() if channel.exit_status_ready() else -1
         if code == -1:
-            raise UnreachableError(self.host, f"{command!r} ended without an exit status")
+            if not self._transport.is_active():
+                raise UnreachableError(self.host, f"connection lost while running {command!r}")
+            raise HostError(self.host, f"{command!r} ended without an exit status (killed?)")
         return code
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from typing import Any
 
 from fleet import deploy, images
@@ -128,8 +129,9 @@ def _deploy(args: argparse.Namespace) -> int:
 
     def operation(runner: Any, hosts: Any) -> FleetResult:
         deploy.batches(hosts, args.serial)
+        save = partial(images.save_stream, client, reference)
         return deploy.deploy(
-            runner, hosts, spec, lambda: images.save_stream(client, reference), sizes, options
+            runner, hosts, spec, save, sizes, options, images.LocalLayers.of(client)
         )
 
     return common.run_fleet(args, operation, detail_columns=COLUMNS, title=f"deploy {reference}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from typing import Any
 
 from fleet import images, transfer
@@ -84,8 +85,9 @@ def _push(args: argparse.Namespace) -> int:
     )
 
     def task(runner: Any, hosts: Any) -> FleetResult:
+        save = partial(images.save_stream, client, reference)
         return transfer.push(
-            runner, hosts, spec, lambda: images.save_stream(client, reference), sizes, options
+            runner, hosts, spec, save, sizes, options, images.LocalLayers.of(client)
         )
 
     columns = (
