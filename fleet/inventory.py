@@ -192,7 +192,10 @@ class Host:
 
     @property
     def key_file(self) -> str | None:
-        """ansible_ssh_private_key_file (or ansible_private_key_file) with ``~`` expanded."""
+        """ansible_ssh_private_key_file (or ansible_private_key_file), ``~`` expanded.
+
+        A relative path is relative to the current directory, as it is for ssh -i.
+        """
         value = _effective(self.vars, _KEY_VARS)
         return None if value is None else os.path.expanduser(str(value))
 
@@ -540,10 +543,10 @@ class _Builder:
 
     def reconcile(self) -> None:
         """Ansible's reconcile_inventory: every group under 'all', hostless hosts ungrouped."""
-        self.check_cycles()
         for group in list(self.groups.values()):
             if group.name != "all" and not group.parents:
                 self.add_child("all", group.name, group.origin)
+        self.check_cycles()  # after: a group that lists 'all' as a child closes a loop here
         ungrouped = self.groups["ungrouped"]
         for host in self.hosts.values():
             mine = self.ancestors(host.groups)
@@ -955,7 +958,7 @@ def _yaml_error(exc: yaml.MarkedYAMLError, path: Path) -> InventoryError:
     if "could not determine a constructor for the tag" in problem:
         tag = problem.split("tag", 1)[1].strip(" '").replace("tag:yaml.org,2002:", "!!")
         problem = f"the YAML tag {tag!r} is not allowed"
-        fix = "fleet reads YAML with a safe loader that builds no Python objects; remove the tag"
+        fix = "fleet's safe YAML loader builds no Python objects; remove the tag"
     elif exc.context and exc.context_mark is not None and exc.context_mark is not mark:
         problem += f" ({exc.context} at line {exc.context_mark.line + 1})"
     elif exc.context:
@@ -1356,6 +1359,8 @@ class _VarsFiles:
         """host_vars for an unknown host is an error; group_vars for an unknown group a warning."""
         for basedir in dict.fromkeys(self.basedirs):
             for kind, known in (("host_vars", builder.hosts), ("group_vars", builder.groups)):
+                if (basedir / kind).exists() and not (basedir / kind).is_dir():
+                    builder.warn(f"{basedir / kind}: not a directory, so not read")
                 for entry, stem in self._unclaimed(basedir / kind, known):
                     where = basedir / kind / entry
                     if stem in known:
@@ -1400,9 +1405,14 @@ class _VarsFiles:
         return unclaimed
 
 
-def _dir_vars_files(directory: Path) -> list[Path]:
+def _dir_vars_files(directory: Path, visited: set[str] | None = None) -> list[Path]:
     """Files of a group_vars/NAME/ directory, recursively in name order, as Ansible reads them."""
+    visited = set() if visited is None else visited
     found: list[Path] = []
+    real = os.path.realpath(directory)
+    if real in visited:  # a symlink loop
+        return found
+    visited.add(real)
     try:
         entries = sorted(os.listdir(directory))
     except OSError:
@@ -1413,7 +1423,7 @@ def _dir_vars_files(directory: Path) -> list[Path]:
         path = directory / entry
         ext = os.path.splitext(entry)[1]
         if path.is_dir() and not ext:
-            found.extend(_dir_vars_files(path))
+            found.extend(_dir_vars_files(path, visited))
         elif path.is_file() and (not ext or ext in _YAML_EXTS):
             found.append(path)
     return found

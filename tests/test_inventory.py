@@ -464,6 +464,16 @@ def test_host_vars_for_unknown_host() -> None:
     assert "rename or remove" in str(caught.value.fix)
 
 
+def test_vars_dir_symlink_loop_and_vars_file_not_dir(write: Write, tmp_path: Path) -> None:
+    path = write("inv/hosts.ini", "[web]\nweb1\n")
+    write("inv/group_vars/web/main.yml", "a: 1\n")
+    (tmp_path / "inv" / "group_vars" / "web" / "again").symlink_to(tmp_path / "inv" / "group_vars")
+    write("inv/host_vars", "not a directory\n")
+    inv = load_one(path)
+    assert inv.hosts["web1"].vars == {"a": 1}
+    assert inv.warnings == (f"{tmp_path / 'inv' / 'host_vars'}: not a directory, so not read",)
+
+
 def test_vars_files_for_unknown_groups_and_shadowed_files(write: Write) -> None:
     path = write("inv/hosts.yml", "all:\n  children:\n    web:\n      hosts:\n        web1:\n")
     write("inv/group_vars/nosuch.yml", "a: 1\n")
@@ -488,6 +498,7 @@ def test_vars_files_for_unknown_groups_and_shadowed_files(write: Write) -> None:
         ("[a:children]\nb\n\n[c]\n", 2, "lists 'b', which is not a defined group"),
         ("x\n[ghost:vars]\nv=1\n", 2, "[ghost:vars] is for group 'ghost'"),
         ("[a:children]\na\n", 2, "lists itself"),
+        ("[web:children]\nall\n", 2, "group cycle: all -> web -> all"),
         ("[web:vars]\nnovalue\n[web]\n", 2, "expected key=value in [web:vars]"),
         ("[web:children]\nbad child\n", 2, "expected a group name"),
         ("[web]\nweb1:\n", 2, "ends with ':'"),
@@ -710,6 +721,8 @@ _INI_LINES = st.one_of(
             "[ungrouped]",
             "[x:bogus]",
             "web1",
+            "all",
+            "ungrouped",
             "db1 ansible_port=22",
             "gpu[01:03] x=1",
             "h:2222",

@@ -251,3 +251,24 @@ def test_uncompressed_stream_is_a_plain_tar(small_image) -> None:
     raw = b"".join(b"".join(chunks) for _, chunks in stream.members())
     assert f"blobs/sha256/{spec.diff_ids[0][7:]}" in _members(raw)
     assert stream.layer_sizes[0] > 1_000_000
+
+
+@pytest.mark.docker
+def test_local_store_gives_the_same_stream_as_docker_save(small_image) -> None:
+    from fleet import images
+
+    client, spec = small_image
+    local = images.LocalLayers.of(client)
+    if local is None:
+        pytest.skip("the controller's store is not a readable classic overlay2 store")
+    top = len(spec.diff_ids) - 1
+    chains = spec.chain_ids
+    assert local.tar_size(chains[top]) == len(local.tar(chains[top], spec.diff_ids[top]))
+    with pytest.raises(OSError, match="does not match"):
+        local.tar(chains[top], spec.diff_ids[0])
+    saved = transfer.ImageStream(spec, lambda: images.save_stream(client, spec.ref), "none")
+    from_save = {m.key: b"".join(c) for m, c in saved.members() if m.layer in (None, top)}
+    read = transfer.ImageStream(spec, lambda: iter(()), "none")
+    from_store = {m.key: b"".join(c) for m, c in read.local_members(local, {top})}
+    assert from_store == from_save
+    assert read.layer_sizes == saved.layer_sizes
