@@ -380,7 +380,7 @@ _Var = tuple[Any, _Origin]
 class _GroupDraft:
     name: str
     origin: _Origin
-    hosts: list[str] = field(default_factory=list)
+    hosts: dict[str, None] = field(default_factory=dict)  # an ordered set
     children: list[str] = field(default_factory=list)
     parents: list[str] = field(default_factory=list)
     vars: dict[str, _Var] = field(default_factory=dict)
@@ -389,7 +389,7 @@ class _GroupDraft:
     def copy(self) -> _GroupDraft:
         return dataclasses.replace(
             self,
-            hosts=list(self.hosts),
+            hosts=dict(self.hosts),
             children=list(self.children),
             parents=list(self.parents),
             vars=dict(self.vars),
@@ -469,7 +469,7 @@ class _Builder:
             if port:  # Ansible applies 'name:port' only where the host is first defined
                 host.vars["ansible_port"] = (port, origin)
         if name not in self.groups[group].hosts:
-            self.groups[group].hosts.append(name)
+            self.groups[group].hosts[name] = None
             host.groups.append(group)
 
     def add_child(self, parent: str, child: str, origin: _Origin) -> None:
@@ -552,10 +552,10 @@ class _Builder:
             mine = self.ancestors(host.groups)
             if "ungrouped" in mine:
                 if mine - {"all", "ungrouped"} and host.name in ungrouped.hosts:
-                    ungrouped.hosts.remove(host.name)
+                    del ungrouped.hosts[host.name]
                     host.groups.remove("ungrouped")
             elif not mine - {"all"}:
-                ungrouped.hosts.append(host.name)
+                ungrouped.hosts[host.name] = None
                 host.groups.append("ungrouped")
             if not self.ancestors(host.groups):
                 self.warn(

@@ -223,8 +223,9 @@ def ansible(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], A
     commands += [_list_hosts_command(case) for case in CASES]
 
     def run(command: list[str]) -> subprocess.CompletedProcess[str]:
+        # check=False: a refusal (exit 1) is part of what is compared.
         return subprocess.run(
-            command, cwd=workdir, env=env, capture_output=True, text=True, timeout=120
+            command, check=False, cwd=workdir, env=env, capture_output=True, text=True, timeout=120
         )
 
     with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 2)) as pool:

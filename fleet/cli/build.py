@@ -1,7 +1,7 @@
 """``fleet build`` and ``fleet images``: the framework's images on the local engine.
 
     fleet build [--project DIR] [--rebuild-base] [--rebuild] [--tag-prefix P] [-v] [--json]
-    fleet images [--project DIR | --repository NAME] [--json]
+    fleet images [--project DIR | --repository NAME] [--on PATTERN [host options]] [--json]
 
 The project (default: the current directory) holds ``Dockerfile.base``, ``Dockerfile`` and
 its settings (``fleet.yml``, else ``inventory/group_vars/all.yml``; see ``fleet.images``).
@@ -16,6 +16,8 @@ from typing import Any
 
 from fleet import gitinfo, images
 from fleet import report as report_mod
+from fleet.cli import common
+from fleet.cli import views as cli_views
 from fleet.report import build as build_report
 
 
@@ -63,8 +65,12 @@ def register(subparsers: Any) -> None:
         help="the framework repository to list (default: the project's fleet_image.repository)",
     )
     versions.add_argument(
-        "--json", action="store_true", help="print one JSON document on stdout, nothing else"
+        "--on",
+        metavar="PATTERN",
+        help="also the framework images on these hosts: which runs, which is the rollback "
+        "target (the host options below apply to it)",
     )
+    common.add_host_options(versions, pattern=False)
     versions.set_defaults(handler=_images)
 
 
@@ -106,6 +112,8 @@ def _build(args: argparse.Namespace) -> int:
 
 def _images(args: argparse.Namespace) -> int:
     repository = args.repository or images.load_project(args.project).repository
+    if args.on is not None:
+        return cli_views.images_on(args, repository)
     client = images.connect()
     try:
         versions = images.list_versions(client, repository)

@@ -8,6 +8,7 @@ from typing import Any
 
 from fleet import deploy, images
 from fleet.cli import common
+from fleet.cli import views as cli_views
 from fleet.cli.push import default_image
 from fleet.errors import UsageError
 from fleet.results import FleetResult
@@ -27,7 +28,8 @@ def register(subparsers: Any) -> None:
         "version",
         nargs="?",
         metavar="VERSION",
-        help="a tag (0.2.7) or IMAGE:TAG; default: the newest built",
+        help="a tag (0.2.7) or IMAGE:TAG; default: pick from the built versions on a "
+        "terminal, else the newest built",
     )
     _common(parser)
     parser.add_argument(
@@ -51,7 +53,12 @@ def register(subparsers: Any) -> None:
         "rollback", help="back to the previous version recorded on each host"
     )
     common.add_host_options(back)
-    back.add_argument("--to", metavar="VERSION", help="roll back to this version (a tag) instead")
+    back.add_argument(
+        "--to",
+        metavar="VERSION",
+        help="roll back to this version (a tag) instead; on a terminal, without it, "
+        "pick from the versions on the hosts",
+    )
     _common(back)
     back.set_defaults(handler=_rollback)
 
@@ -115,7 +122,11 @@ def _deploy(args: argparse.Namespace) -> int:
     client = images.connect()
     project = images.load_project(args.project)
     if args.version is None:
-        reference = default_image(client, args.project)
+        reference = (
+            cli_views.pick_deploy_reference(args, client, project.repository)
+            if cli_views.picker_wanted()
+            else default_image(client, args.project)
+        )
     elif ":" in args.version:
         reference = args.version
     else:
@@ -151,9 +162,12 @@ def _repository(args: argparse.Namespace) -> str:
 
 def _rollback(args: argparse.Namespace) -> int:
     options = _options(args, _repository(args))
+    to = args.to
+    if to is None and cli_views.picker_wanted():
+        to = cli_views.pick_rollback_target(args, options.repository)
     return common.run_fleet(
         args,
-        lambda runner, hosts: deploy.rollback(runner, hosts, args.to, options),
+        lambda runner, hosts: deploy.rollback(runner, hosts, to, options),
         detail_columns=COLUMNS[:2],
         title="rollback",
     )

@@ -1,0 +1,681 @@
+"""Running a playbook: plays in order, tasks in order, every host's outcome counted.
+
+Ansible's semantics where they apply: a play's hosts run in ``serial`` batches; within a
+batch each task runs on every host still in play; a host that fails (or cannot be
+reached) leaves the play unless the task says ``ignore_errors``; ``max_fail_percentage``
+ends the play when more of a batch failed; ``any_errors_fatal`` ends everything at the
+first failure. Arguments are templated per host; a fleet-wide step (push, deploy, ...)
+runs once for each group of hosts whose arguments came out the same. The result counts,
+per host, ok/changed/failed/unreachable/skipped/ignored, plus the framework version before
+and after (from deploy and rollback).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import difflib
+import json
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol
+
+from fleet import deploy as deploy_mod
+from fleet import images, transfer
+from fleet.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    FleetError,
+    HostError,
+    PlaybookError,
+    UsageError,
+)
+from fleet.inventory import Host, Inventory
+from fleet.playbook import Play, Playbook, Task, condition, render
+from fleet.results import FleetResult, HostResult, Outcome
+from fleet.runner import HostContext, Interrupted, Runner
+
+__all__ = ["Interrupted", "PlayOptions", "PlaybookRun", "Player", "Tally", "run"]
+
+
+@dataclass(frozen=True)
+class PlayOptions:
+    """How to run: dry run, diffs, tags, limit, extra variables."""
+
+    check: bool = False
+    diff: bool = False
+    tags: frozenset[str] = frozenset()
+    skip_tags: frozenset[str] = frozenset()
+    limit: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    project: str = "."
+
+
+class PlayEvents(Protocol):
+    """What a reporter hears of a playbook run."""
+
+    def play_started(self, play: Play, hosts: Sequence[str]) -> None: ...
+
+    def task_started(self, play: Play, task: Task, hosts: Sequence[str]) -> None: ...
+
+    def task_finished(self, play: Play, task: Task, result: FleetResult) -> None: ...
+
+
+@dataclass
+class Tally:
+    """One host's counts over a whole playbook, and its framework version before and after."""
+
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("ok", "changed", "failed", "unreachable", "skipped", "ignored"), 0
+        )
+    )
+    version_before: str | None = None
+    version_after: str | None = None
+
+    def add(self, result: HostResult, ignored: bool) -> None:
+        key = "ignored" if ignored and not result.succeeded else str(result.outcome)
+        self.counts[key] += 1
+        before = result.details.get("version_before")
+        after = result.details.get("version_after")
+        if before is not None and self.version_before is None:
+            self.version_before = str(before)
+        if after is not None:
+            self.version_after = str(after)
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    play: str
+    task: str
+    step: str
+    result: FleetResult
+
+
+@dataclass
+class PlaybookRun:
+    """Everything a playbook run did."""
+
+    tasks: list[TaskRun] = field(default_factory=list)
+    tallies: dict[str, Tally] = field(default_factory=dict)
+    stopped: str = ""
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        if any(t.counts["unreachable"] for t in self.tallies.values()):
+            return EXIT_UNREACHABLE
+        if any(t.counts["failed"] for t in self.tallies.values()):
+            return EXIT_FAILED
+        return EXIT_OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": 1,
+            "seconds": round(self.seconds, 3),
+            "exit_code": self.exit_code,
+            "stopped": self.stopped or None,
+            "tasks": [
+                {"play": t.play, "task": t.task, "step": t.step, **t.result.to_json()}
+                for t in self.tasks
+            ],
+            "recap": {
+                host: {
+                    **tally.counts,
+                    "version_before": tally.version_before,
+                    "version_after": tally.version_after,
+                }
+                for host, tally in self.tallies.items()
+            },
+        }
+
+
+class _Stop(Exception):
+    """Ends the play (max_fail_percentage) or the playbook (any_errors_fatal)."""
+
+    def __init__(self, reason: str, *, everything: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.everything = everything
+
+
+# -- running ----------------------------------------------------------------------------
+class Player:
+    """Runs a validated playbook against an inventory with one runner (one connection per host)."""
+
+    def __init__(
+        self,
+        book: Playbook,
+        inventory: Inventory,
+        runner: Runner,
+        options: PlayOptions,
+        events: PlayEvents,
+    ) -> None:
+        self.book = book
+        self.inventory = inventory
+        self.runner = runner
+        self.options = options
+        self.events = events
+        self.run = PlaybookRun()
+        self._client: Any = None
+        self.controller_vars: dict[str, Any] = {}
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = images.connect()
+        return self._client
+
+    def prepare(self) -> list[tuple[Play, list[Host]]]:
+        """Select every play's hosts before anything runs (bad patterns: exit 5, no host touched)."""
+        return [
+            (play, self.inventory.select(play.hosts, self.options.limit))
+            for play in self.book.plays
+        ]
+
+    def play_all(self) -> PlaybookRun:
+        started = time.monotonic()
+        selected = self.prepare()
+        for _, hosts in selected:
+            for host in hosts:
+                self.run.tallies.setdefault(host.name, Tally())
+        try:
+            for play, hosts in selected:
+                self.events.play_started(play, [h.name for h in hosts])
+                try:
+                    self._play(play, hosts)
+                except _Stop as stop:
+                    self.run.stopped = stop.reason
+                    if stop.everything:
+                        break
+        finally:
+            self.run.seconds = time.monotonic() - started
+        return self.run
+
+    def _play(self, play: Play, hosts: list[Host]) -> None:
+        tasks = [t for t in play.tasks if self._tag_selected(t)]
+        for batch in deploy_mod.batches(hosts, play.serial):
+            active = list(batch)
+            for task in tasks:
+                if not active:
+                    break
+                result = self._task(play, task, active)
+                self.run.tasks.append(TaskRun(play.name, task.title, task.step, result))
+                failed = [r.host for r in result.results if not r.succeeded]
+                for row in result.results:
+                    self.run.tallies.setdefault(row.host, Tally()).add(row, task.ignore_errors)
+                if failed and not task.ignore_errors:
+                    active = [h for h in active if h.name not in failed]
+                    if play.any_errors_fatal:
+                        raise _Stop(
+                            f"any_errors_fatal: {task.title} failed on {', '.join(failed)}",
+                            everything=True,
+                        )
+                    gone = len(batch) - len(active)
+                    if (
+                        play.max_fail_percentage is not None
+                        and gone * 100 / len(batch) > play.max_fail_percentage
+                    ):
+                        raise _Stop(
+                            f"play '{play.name}' stopped: {gone}/{len(batch)} hosts of a batch failed, "
+                            f"more than max_fail_percentage {play.max_fail_percentage:g}",
+                            everything=False,
+                        )
+
+    def _tag_selected(self, task: Task) -> bool:
+        tags = set(task.tags)
+        if "always" in tags:
+            return True
+        if self.options.skip_tags & tags:
+            return False
+        return not self.options.tags or bool(self.options.tags & tags)
+
+    def variables(self, play: Play, host: Host | None) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        if host is not None:
+            merged.update(host.vars)
+            merged["inventory_hostname"] = host.name
+            merged["group_names"] = sorted(g for g in host.groups if g not in ("all", "ungrouped"))
+        merged.update(play.vars)
+        merged.update(self.controller_vars)
+        merged.update(self.options.extra)
+        # Play vars may refer to each other and to inventory vars: one rendering pass.
+        for key in play.vars:
+            if key not in self.options.extra:
+                with contextlib.suppress(PlaybookError):
+                    merged[key] = render(play.vars[key], merged)
+        return merged
+
+    def _task(self, play: Play, task: Task, hosts: list[Host]) -> FleetResult:
+        started = time.monotonic()
+        self.events.task_started(play, task, [h.name for h in hosts])
+        if task.step == "build":
+            result = self._build(play, task, hosts)
+            self.events.task_finished(play, task, result)
+            return result
+        skipped: list[HostResult] = []
+        groups: dict[str, tuple[dict[str, Any], list[Host]]] = {}
+        for host in hosts:
+            variables = self.variables(play, host)
+            try:
+                if not condition(task, variables):
+                    skipped.append(HostResult(host.name, Outcome.SKIPPED, f"when: {task.when}"))
+                    continue
+                args = render(task.args, variables)
+            except PlaybookError as exc:
+                raise PlaybookError(
+                    f"{task.where} ({task.title}) on {host.name}: {exc.message}",
+                    path=str(self.book.path),
+                    line=task.line,
+                    fix=exc.fix or "define the variable (play vars, inventory, -e)",
+                ) from None
+            key = json.dumps(args, sort_keys=True, default=str)
+            groups.setdefault(key, (args, []))[1].append(host)
+        results: dict[str, HostResult] = {r.host: r for r in skipped}
+        for args, members in groups.values():
+            step = _STEPS[task.step]
+            try:
+                outcome = step(self, play, task, args, members)
+            except Interrupted:
+                raise
+            except FleetError as exc:
+                # A step that cannot start (no image, bad option) fails each of its hosts.
+                outcome = FleetResult.of(
+                    task.step,
+                    (HostResult(h.name, Outcome.FAILED, exc.message, exc.fix) for h in members),
+                )
+            results.update({r.host: r for r in outcome.results})
+        result = FleetResult.of(
+            task.step,
+            (results[h.name] for h in hosts if h.name in results),
+            time.monotonic() - started,
+        )
+        self.events.task_finished(play, task, result)
+        return result
+
+    # -- controller steps -------------------------------------------------------------
+    def _build(self, play: Play, task: Task, hosts: list[Host]) -> FleetResult:
+        args = render(task.args, self.variables(play, None))
+        if "build" in self.controller_vars and self.controller_vars["build"].get("args") == args:
+            built = self.controller_vars["build"]
+            return FleetResult.of(
+                "build",
+                (HostResult(h.name, Outcome.OK, f"built {built['reference']}") for h in hosts),
+            )
+        project = images.load_project(
+            str(args.get("project", self.options.project)), tag_prefix=args.get("tag_prefix")
+        )
+        if self.options.check:
+            from fleet import gitinfo
+
+            git = gitinfo.read(project.root)
+            tag = project.tag(git)
+            reference = f"{project.repository}:{tag}"
+            self.controller_vars["build"] = {
+                "reference": reference,
+                "tag": tag,
+                "image_id": "",
+                "args": args,
+            }
+            outcome, note = Outcome.CHANGED, f"would build {reference}"
+        else:
+            built = images.build(
+                self.client,
+                project,
+                rebuild_base=bool(args.get("rebuild_base")),
+                rebuild=bool(args.get("rebuild")),
+            )
+            self.controller_vars["build"] = {
+                "reference": built.reference,
+                "tag": built.tag,
+                "image_id": built.image_id,
+                "args": args,
+            }
+            reused = built.framework.action != "built"
+            outcome = Outcome.OK if reused else Outcome.CHANGED
+            note = f"{'reused' if reused else 'built'} {built.reference}"
+        # Reported once per host so the recap shows the play's hosts saw it (Ansible's run_once).
+        return FleetResult.of(
+            "build",
+            (
+                HostResult(
+                    h.name,
+                    outcome,
+                    note,
+                    details={"image": self.controller_vars["build"]["reference"]},
+                )
+                for h in hosts
+            ),
+        )
+
+    def image(self, args: Mapping[str, Any], key: str) -> str:
+        """The image a step ships: its argument, the play's build, or the newest built."""
+        value = args.get(key)
+        if value:
+            text = str(value)
+            if ":" not in text:
+                text = f"{images.load_project(str(args.get('project', self.options.project))).repository}:{text}"
+            return text
+        if "build" in self.controller_vars:
+            return str(self.controller_vars["build"]["reference"])
+        repository = images.load_project(str(args.get("project", self.options.project))).repository
+        for version in images.list_versions(self.client, repository):
+            if version.tagged:
+                return version.reference
+        raise UsageError(
+            f"no version of {repository} is built on this machine",
+            fix="add a build task, or run 'fleet build'",
+        )
+
+
+# -- fleet-wide steps -------------------------------------------------------------------
+Step = Callable[[Player, Play, Task, dict[str, Any], list[Host]], FleetResult]
+
+
+def _ship_inputs(player: Player, reference: str) -> tuple[Any, list[int], Any, Any]:
+    client = player.client
+    spec = images.image_spec(client, reference)
+    sizes = images.layer_sizes(client, reference)
+    return (
+        spec,
+        sizes,
+        partial(images.save_stream, client, reference),
+        images.LocalLayers.of(client),
+    )
+
+
+def _not_built(reference: str, hosts: list[Host], what: str) -> FleetResult:
+    return FleetResult.of(
+        what,
+        (
+            HostResult(
+                h.name, Outcome.CHANGED, f"would {what} {reference} (not built yet: check mode)"
+            )
+            for h in hosts
+        ),
+    )
+
+
+def _push(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    reference = player.image(args, "image")
+    if player.options.check and not images.has_image(player.client, reference):
+        return _not_built(reference, hosts, "push")
+    spec, sizes, save, local = _ship_inputs(player, reference)
+    min_free = args.get("min_free") or 0
+    options = transfer.PushOptions(
+        compress=str(args.get("compress", "gzip")),
+        check=player.options.check,
+        min_free_bytes=_size(min_free),
+    )
+    return transfer.push(player.runner, hosts, spec, save, sizes, options, local)
+
+
+def _deploy_options(
+    player: Player, args: Mapping[str, Any], repository: str
+) -> deploy_mod.DeployOptions:
+    return deploy_mod.DeployOptions(
+        repository=repository,
+        check=player.options.check,
+        wait_lock=float(args.get("wait", 0)),
+        compress=str(args.get("compress", "gzip")),
+    )
+
+
+def _deploy(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    reference = player.image(args, "version")
+    if player.options.check and not images.has_image(player.client, reference):
+        return _not_built(reference, hosts, "deploy")
+    spec, sizes, save, local = _ship_inputs(player, reference)
+    options = _deploy_options(player, args, reference.rpartition(":")[0])
+    return deploy_mod.deploy(player.runner, hosts, spec, save, sizes, options, local)
+
+
+def _repository(player: Player, args: Mapping[str, Any]) -> str:
+    return images.load_project(str(args.get("project", player.options.project))).repository
+
+
+def _rollback(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    options = _deploy_options(player, args, _repository(player, args))
+    to = args.get("to")
+    return deploy_mod.rollback(player.runner, hosts, str(to) if to else None, options)
+
+
+def _prune(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    options = _deploy_options(player, args, _repository(player, args))
+    return deploy_mod.prune(player.runner, hosts, int(args.get("keep", 3)), options)
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", str(value), re.I)
+    if not match:
+        raise UsageError(f"min_free: {value!r} is not a size like 10G")
+    return int(float(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " "))
+
+
+# -- small host steps -------------------------------------------------------------------
+def _host_step(
+    player: Player, hosts: list[Host], name: str, body: Callable[[HostContext], HostResult]
+) -> FleetResult:
+    return player.runner.run(name, hosts, body)
+
+
+def _exec(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    argv = (
+        [str(a) for a in args["command"]] if "command" in args else ["sh", "-c", str(args["shell"])]
+    )
+
+    def body(ctx: HostContext) -> HostResult:
+        if player.options.check:
+            return ctx.result(Outcome.SKIPPED, "exec does not run in check mode")
+        ran = ctx.transport.run(argv, check=False)
+        outcome = Outcome.CHANGED if ran.ok else Outcome.FAILED
+        reason = None if ran.ok else f"command exited {ran.exit_code}: {ran.command}"
+        return ctx.result(
+            outcome,
+            reason,
+            details={"exit_code": ran.exit_code},
+            stdout=ran.stdout,
+            stderr=ran.stderr,
+        )
+
+    return _host_step(player, hosts, "exec", body)
+
+
+_MODE = re.compile(r"0?[0-7]{3,4}")
+_ACCOUNT = re.compile(r"[A-Za-z_][\w.-]*|\d+")
+
+# Read a path's kind, mode, owner and group, and (for a file) its content, base64.
+_STAT_SCRIPT = r"""
+if [ -e "$1" ]; then stat -c '%F|%a|%U|%G' "$1"; else echo "absent"; fi
+if [ "$2" = content ] && [ -f "$1" ]; then base64 < "$1"; fi
+"""
+_WRITE_SCRIPT = r"""
+umask 077
+tmp="$1.fleet-tmp"
+cat > "$tmp" && chmod "$2" "$tmp" && mv -f "$tmp" "$1"
+"""
+
+
+def _stat(
+    ctx: HostContext, path: str, content: bool = False
+) -> tuple[str, str, str, str, bytes | None]:
+    ran = ctx.transport.run(
+        ["sh", "-c", _STAT_SCRIPT, "fleet-stat", path, "content" if content else ""], check=False
+    )
+    lines = ran.stdout.splitlines()
+    if not lines or lines[0] == "absent":
+        return "absent", "", "", "", None
+    kind, mode, owner, group = ([*lines[0].split("|"), "", "", "", ""])[:4]
+    data = (
+        base64.b64decode("".join(lines[1:]))
+        if content and len(lines) > 1
+        else (b"" if content else None)
+    )
+    return kind, mode, owner, group, data
+
+
+def _mode_of(task: Task, value: Any, default: str) -> str:
+    text = str(value if value is not None else default)
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = (
+            format(value, "o")
+            if value > 0o777 or value in (0o644, 0o755, 0o700, 0o600)
+            else str(value)
+        )
+    if not _MODE.fullmatch(text):
+        raise PlaybookError(
+            f"{task.where}: mode {value!r} is not an octal mode like '0755'", line=task.line
+        )
+    return text.lstrip("0").rjust(3, "0")
+
+
+def _dir(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    path = str(args["path"])
+    if not path.startswith("/") or ".." in path.split("/"):
+        raise PlaybookError(
+            f"{task.where}.dir.path: {path!r} must be absolute, without '..'", line=task.line
+        )
+    mode = _mode_of(task, args.get("mode"), "0755")
+    for key in ("owner", "group"):
+        if key in args and not _ACCOUNT.fullmatch(str(args[key])):
+            raise PlaybookError(
+                f"{task.where}.dir.{key}: {args[key]!r} is not a user or group name", line=task.line
+            )
+
+    def body(ctx: HostContext) -> HostResult:
+        kind, current, owner, group, _ = _stat(ctx, path)
+        changes: list[str] = []
+        if kind == "absent":
+            changes.append("create")
+        elif kind != "directory":
+            raise HostError(ctx.name, f"{path} exists and is a {kind}, not a directory")
+        if kind == "absent" or current != mode:
+            changes.append(f"mode {mode}")
+        wanted_owner = str(args.get("owner", owner or "root"))
+        wanted_group = str(args.get("group", group or wanted_owner))
+        owned = "owner" in args or "group" in args
+        if owned and (kind == "absent" or owner != wanted_owner or group != wanted_group):
+            changes.append(f"owner {wanted_owner}:{wanted_group}")
+        if not changes:
+            return ctx.result(Outcome.OK, f"{path} as wanted")
+        if not player.options.check:
+            ctx.transport.run(["mkdir", "-p", path])
+            ctx.transport.run(["chmod", mode, path])
+            if "owner" in args or "group" in args:
+                ctx.transport.run(["chown", f"{wanted_owner}:{wanted_group}", path])
+        verb = "would " if player.options.check else ""
+        return ctx.result(Outcome.CHANGED, f"{verb}{', '.join(changes)}: {path}")
+
+    return _host_step(player, hosts, "dir", body)
+
+
+def _write_file(
+    player: Player, ctx: HostContext, path: str, content: bytes, mode: str
+) -> HostResult:
+    kind, current_mode, _, _, current = _stat(ctx, path, content=True)
+    if kind not in ("absent", "regular file", "regular empty file"):
+        raise HostError(ctx.name, f"{path} exists and is a {kind}, not a file")
+    changes = []
+    if current != content:
+        changes.append("content")
+    if kind == "absent" or current_mode != mode:
+        changes.append(f"mode {mode}")
+    details: dict[str, Any] = {}
+    if player.options.diff and current != content:
+        before = (current or b"").decode("utf-8", "replace").splitlines(keepends=True)
+        after = content.decode("utf-8", "replace").splitlines(keepends=True)
+        details["diff"] = "".join(
+            difflib.unified_diff(before, after, f"{path} (before)", f"{path} (after)")
+        )
+    if not changes:
+        return ctx.result(Outcome.OK, f"{path} as wanted")
+    if not player.options.check:
+        ctx.transport.run(["sh", "-c", _WRITE_SCRIPT, "fleet-write", path, mode], stdin=content)
+    verb = "would change" if player.options.check else "changed"
+    return ctx.result(Outcome.CHANGED, f"{verb} {' and '.join(changes)} of {path}", details=details)
+
+
+def _copy(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    path = str(args["dest"])
+    if not path.startswith("/") or ".." in path.split("/"):
+        raise PlaybookError(
+            f"{task.where}.copy.dest: {path!r} must be absolute, without '..'", line=task.line
+        )
+    mode = _mode_of(task, args.get("mode"), "0644")
+    content = str(args["content"]).encode()
+    return _host_step(
+        player, hosts, "copy", lambda ctx: _write_file(player, ctx, path, content, mode)
+    )
+
+
+_CRON_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_CRON_SCHEDULE = re.compile(
+    r"(@(reboot|yearly|annually|monthly|weekly|daily|hourly))|(\S+\s+){4}\S+"
+)
+
+
+def _cron(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    name, schedule, job = str(args["name"]), str(args["schedule"]).strip(), str(args["job"])
+    if not _CRON_NAME.fullmatch(name):
+        # cron ignores /etc/cron.d files whose names have dots or odd characters.
+        raise PlaybookError(
+            f"{task.where}.cron.name: {name!r}: use letters, digits, '-' and '_'", line=task.line
+        )
+    if not _CRON_SCHEDULE.fullmatch(schedule) or "\n" in job:
+        raise PlaybookError(
+            f"{task.where}.cron: schedule {schedule!r} needs five fields (or @daily...), job one line",
+            line=task.line,
+        )
+    content = f"# Managed by fleet (playbook task '{task.title}'); edits are overwritten.\n{schedule} root {job}\n".encode()
+    path = f"/etc/cron.d/fleet-{name}"
+    return _host_step(
+        player, hosts, "cron", lambda ctx: _write_file(player, ctx, path, content, "644")
+    )
+
+
+_STEPS: dict[str, Step] = {
+    "push": _push,
+    "deploy": _deploy,
+    "rollback": _rollback,
+    "prune": _prune,
+    "exec": _exec,
+    "dir": _dir,
+    "copy": _copy,
+    "cron": _cron,
+}
+
+
+def run(
+    book: Playbook, inventory: Inventory, runner: Runner, options: PlayOptions, events: PlayEvents
+) -> PlaybookRun:
+    """Run a validated playbook; the whole account of it."""
+    player = Player(book, inventory, runner, options, events)
+    try:
+        return player.play_all()
+    except Interrupted as exc:
+        for row in exc.partial.results:
+            player.run.tallies.setdefault(row.host, Tally()).add(row, False)
+        player.run.stopped = "interrupted (Ctrl-C)"
+        return player.run

@@ -1,0 +1,595 @@
+"""Playbooks: a whole rollout written down once, validated, then run the same way every time.
+
+A playbook is a YAML list of plays::
+
+    - name: Roll the framework out           # optional
+      hosts: lab                             # a host pattern
+      serial: 50%                            # optional: batches of N hosts or N%
+      max_fail_percentage: 0                 # optional: stop when more of a batch failed
+      any_errors_fatal: false                # optional: stop everything at the first failure
+      vars: {project: .}                     # optional: play variables
+      tasks:
+        - name: Build                        # optional
+          build: {project: "{{ project }}"}  # exactly one step, with its arguments
+          when: build_enabled | default(true) # optional condition
+          tags: [build]                      # optional
+          ignore_errors: false               # optional
+
+Steps: ``build`` (on the controller, once per play; its result is the variable ``build``
+with ``reference``, ``tag``, ``image_id``), ``push``, ``provision``, ``deploy``,
+``rollback``, ``prune``, ``audit``, ``exec`` (``command: [argv]`` or ``shell: "..."``),
+``dir`` (``path``, ``mode``, ``owner``, ``group``), ``copy`` (``dest``, ``content``,
+``mode``), ``cron`` (``name``, ``schedule``, ``job``). The names are Ansible's where they
+mean the same.
+
+Variables, lowest to highest: inventory (group_vars, host_vars), play ``vars``, extra vars
+(``-e key=value``, ``-e @file.yml``). Strings are templated: ``{{ name }}``,
+``{{ name.key }}``, ``{{ name | default(value) }}``; a string that is exactly one
+expression keeps the value's type. An undefined variable is an error naming the task.
+``when`` is a small expression language: names, literals, ``==``, ``!=``, ``<``, ``>``,
+``in``, ``not``, ``and``, ``or``, ``X is defined``, ``X is not defined``.
+
+Everything is validated before anything runs (unknown keys, wrong types, unknown steps,
+bad patterns): errors name the file, the line and the dotted path
+(``plays[0].tasks[2].deploy.version``), exit 4, and no host is touched.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleet.errors import InventoryError, PlaybookError, UsageError
+
+# -- the model --------------------------------------------------------------------------
+PLAY_KEYS = frozenset(
+    {"name", "hosts", "serial", "max_fail_percentage", "any_errors_fatal", "vars", "tasks"}
+)
+TASK_KEYS = frozenset({"name", "when", "tags", "ignore_errors"})
+
+_STR = (str,)
+_NUM = (int, float)
+# Each step's arguments: name -> accepted types. Values may also be templated strings.
+STEPS: Mapping[str, Mapping[str, tuple[type, ...]]] = {
+    "build": {"project": _STR, "rebuild_base": (bool,), "rebuild": (bool,), "tag_prefix": _STR},
+    "push": {"image": _STR, "project": _STR, "compress": _STR, "min_free": (str, int)},
+    "provision": {"skip_base": (bool,)},
+    "deploy": {"version": _STR, "project": _STR, "compress": _STR, "wait": _NUM},
+    "rollback": {"to": _STR, "project": _STR, "wait": _NUM},
+    "prune": {"keep": (int,), "project": _STR},
+    "audit": {"expect": _STR, "project": _STR, "history": (int,)},
+    "exec": {"command": (list,), "shell": _STR},
+    "dir": {"path": _STR, "mode": (str, int), "owner": _STR, "group": _STR},
+    "copy": {"dest": _STR, "content": _STR, "mode": (str, int)},
+    "cron": {"name": _STR, "schedule": _STR, "job": _STR},
+}
+REQUIRED: Mapping[str, tuple[str, ...]] = {
+    "dir": ("path",),
+    "copy": ("dest", "content"),
+    "cron": ("name", "schedule", "job"),
+}
+CONTROLLER_STEPS = frozenset({"build"})
+
+
+@dataclass(frozen=True)
+class Task:
+    """One step of a play, with where it was written."""
+
+    step: str
+    args: Mapping[str, Any]
+    name: str
+    where: str
+    line: int | None
+    when: str | None = None
+    tags: tuple[str, ...] = ()
+    ignore_errors: bool = False
+
+    @property
+    def title(self) -> str:
+        return self.name or self.step
+
+
+@dataclass(frozen=True)
+class Play:
+    """Hosts and the tasks to run on them."""
+
+    name: str
+    hosts: str
+    tasks: tuple[Task, ...]
+    where: str
+    line: int | None
+    serial: str | None = None
+    max_fail_percentage: float | None = None
+    any_errors_fatal: bool = False
+    vars: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Playbook:
+    path: Path
+    plays: tuple[Play, ...]
+
+
+# -- loading and validation -------------------------------------------------------------
+class _Lines:
+    """The line of each mapping key of a loaded document."""
+
+    def __init__(self, key_lines: Mapping[int, Mapping[Any, int]]) -> None:
+        self._key_lines = key_lines
+
+    def of(self, mapping: object, key: object) -> int | None:
+        return self._key_lines.get(id(mapping), {}).get(key)
+
+
+def _load_yaml(path: Path) -> tuple[Any, _Lines]:
+    """A safe, bounded YAML load that remembers lines (the inventory's loader)."""
+    from fleet.inventory import _load_structured, _read_bytes
+
+    try:
+        loaded = _load_structured(_read_bytes(path), path)
+    except InventoryError as exc:
+        raise PlaybookError(exc.message, fix=exc.fix) from None
+    return loaded.document, _Lines(loaded.key_lines)
+
+
+def load(path: str | Path) -> Playbook:
+    """Read and validate a playbook; PlaybookError (exit 4) on anything wrong."""
+    file = Path(path)
+    if not file.is_file():
+        raise PlaybookError(
+            f"playbook {file} does not exist",
+            fix="name a playbook file, e.g. playbooks/rollout.yml",
+        )
+    document, lines = _load_yaml(file)
+    checker = _Checker(str(file), lines)
+    if not isinstance(document, list) or not document:
+        raise PlaybookError(
+            "a playbook is a non-empty list of plays",
+            path=str(file),
+            line=1,
+            fix="start with '- hosts: all'",
+        )
+    plays = tuple(checker.play(raw, f"plays[{i}]", document, i) for i, raw in enumerate(document))
+    return Playbook(file, plays)
+
+
+class _Checker:
+    def __init__(self, path: str, lines: _Lines) -> None:
+        self.path = path
+        self.lines = lines
+
+    def fail(
+        self, where: str, message: str, line: int | None, fix: str | None = None
+    ) -> PlaybookError:
+        return PlaybookError(f"{where}: {message}", path=self.path, line=line, fix=fix)
+
+    def play(self, raw: Any, where: str, parent: Any, index: int) -> Play:
+        line = None
+        if not isinstance(raw, Mapping):
+            raise self.fail(
+                where,
+                f"a play is a mapping, not {type(raw).__name__}",
+                line,
+                "write '- hosts: PATTERN' with 'tasks:'",
+            )
+        for key in raw:
+            if key not in PLAY_KEYS:
+                raise self.fail(
+                    f"{where}.{key}",
+                    "unknown play key",
+                    self.lines.of(raw, key),
+                    "use " + ", ".join(sorted(PLAY_KEYS)),
+                )
+        line = self.lines.of(raw, "hosts") or self.lines.of(raw, "tasks")
+        hosts = raw.get("hosts")
+        if not isinstance(hosts, str) or not hosts.strip():
+            raise self.fail(f"{where}.hosts", "required: a host pattern", line, "e.g. hosts: all")
+        _check_pattern_syntax(
+            hosts, lambda m: self.fail(f"{where}.hosts", m, self.lines.of(raw, "hosts"))
+        )
+        serial = raw.get("serial")
+        if serial is not None:
+            text = str(serial)
+            if not re.fullmatch(r"[1-9]\d*%?", text.strip()):
+                raise self.fail(
+                    f"{where}.serial",
+                    f"expected a number of hosts or a share like 25%, got {serial!r}",
+                    self.lines.of(raw, "serial"),
+                )
+        max_fail = raw.get("max_fail_percentage")
+        if max_fail is not None and (
+            isinstance(max_fail, bool)
+            or not isinstance(max_fail, int | float)
+            or not 0 <= max_fail <= 100
+        ):
+            raise self.fail(
+                f"{where}.max_fail_percentage",
+                f"expected a number from 0 to 100, got {max_fail!r}",
+                self.lines.of(raw, "max_fail_percentage"),
+            )
+        fatal = raw.get("any_errors_fatal", False)
+        if not isinstance(fatal, bool):
+            raise self.fail(
+                f"{where}.any_errors_fatal",
+                "expected true or false",
+                self.lines.of(raw, "any_errors_fatal"),
+            )
+        variables = raw.get("vars") or {}
+        if not isinstance(variables, Mapping):
+            raise self.fail(f"{where}.vars", "expected a mapping", self.lines.of(raw, "vars"))
+        tasks = raw.get("tasks")
+        if not isinstance(tasks, list) or not tasks:
+            raise self.fail(
+                f"{where}.tasks", "required: a list of tasks", self.lines.of(raw, "tasks") or line
+            )
+        name = raw.get("name") or hosts
+        return Play(
+            name=str(name),
+            hosts=hosts,
+            tasks=tuple(
+                self.task(t, f"{where}.tasks[{i}]", self.lines.of(raw, "tasks"))
+                for i, t in enumerate(tasks)
+            ),
+            where=where,
+            line=line,
+            serial=None if serial is None else str(serial).strip(),
+            max_fail_percentage=None if max_fail is None else float(max_fail),
+            any_errors_fatal=fatal,
+            vars=dict(variables),
+        )
+
+    def task(self, raw: Any, where: str, near: int | None) -> Task:
+        if not isinstance(raw, Mapping):
+            raise self.fail(
+                where,
+                f"a task is a mapping, not {type(raw).__name__}",
+                near,
+                "e.g. '- deploy: {version: 0.2.7}'",
+            )
+        steps = [k for k in raw if k in STEPS]
+        unknown = [k for k in raw if k not in STEPS and k not in TASK_KEYS]
+        if unknown:
+            key = unknown[0]
+            raise self.fail(
+                f"{where}.{key}",
+                "unknown step or task key",
+                self.lines.of(raw, key),
+                "steps: "
+                + ", ".join(sorted(STEPS))
+                + "; task keys: "
+                + ", ".join(sorted(TASK_KEYS)),
+            )
+        line = self.lines.of(raw, steps[0]) if steps else self.lines.of(raw, next(iter(raw), None))
+        if len(steps) != 1:
+            found = ", ".join(steps) or "none"
+            raise self.fail(
+                where,
+                f"a task names exactly one step (found {found})",
+                line,
+                "split it into one task per step",
+            )
+        step = steps[0]
+        args = raw[step]
+        if args is None:
+            args = {}
+        if step == "exec" and isinstance(args, str):
+            args = {"shell": args}
+        if not isinstance(args, Mapping):
+            raise self.fail(
+                f"{where}.{step}",
+                f"expected a mapping of arguments, got {type(args).__name__}",
+                line,
+            )
+        schema = STEPS[step]
+        for key, value in args.items():
+            if key not in schema:
+                raise self.fail(
+                    f"{where}.{step}.{key}",
+                    "unknown argument",
+                    self.lines.of(args, key) or line,
+                    "arguments: " + ", ".join(sorted(schema)),
+                )
+            if not isinstance(value, schema[key]) and not (
+                isinstance(value, str) and "{{" in value
+            ):
+                expected = " or ".join(t.__name__ for t in schema[key])
+                raise self.fail(
+                    f"{where}.{step}.{key}",
+                    f"expected {expected}, got {type(value).__name__} {value!r}",
+                    self.lines.of(args, key) or line,
+                )
+        for key in REQUIRED.get(step, ()):
+            if key not in args:
+                raise self.fail(f"{where}.{step}.{key}", "required", line)
+        if step == "exec" and ("command" in args) == ("shell" in args):
+            raise self.fail(
+                f"{where}.exec", "give either command (a list) or shell (a string)", line
+            )
+        when = raw.get("when")
+        if when is not None:
+            if isinstance(when, bool):
+                when = "true" if when else "false"
+            if not isinstance(when, str):
+                raise self.fail(
+                    f"{where}.when", "expected a condition (a string)", self.lines.of(raw, "when")
+                )
+            try:
+                _compile_condition(when)
+            except PlaybookError as exc:
+                raise self.fail(f"{where}.when", exc.message, self.lines.of(raw, "when")) from None
+        tags = raw.get("tags") or ()
+        if isinstance(tags, str):
+            tags = (tags,)
+        if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
+            raise self.fail(f"{where}.tags", "expected a list of names", self.lines.of(raw, "tags"))
+        ignore = raw.get("ignore_errors", False)
+        if not isinstance(ignore, bool):
+            raise self.fail(
+                f"{where}.ignore_errors",
+                "expected true or false",
+                self.lines.of(raw, "ignore_errors"),
+            )
+        for text in _strings(args):
+            try:
+                for expression in _EXPRESSION.findall(text):
+                    _compile_expression(expression)
+            except PlaybookError as exc:
+                raise self.fail(f"{where}.{step}", exc.message, line) from None
+        return Task(
+            step, dict(args), str(raw.get("name") or ""), where, line, when, tuple(tags), ignore
+        )
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _check_pattern_syntax(pattern: str, fail: Callable[[str], PlaybookError]) -> None:
+    if any(ch in pattern for ch in "\n\r\0"):
+        raise fail("a host pattern is one line")
+    if pattern.startswith("~"):
+        try:
+            re.compile(pattern[1:])
+        except re.error as exc:
+            raise fail(f"invalid regular expression: {exc}") from None
+
+
+# -- expressions ------------------------------------------------------------------------
+_EXPRESSION = re.compile(r"\{\{\s*((?:(?!\}\}).)*?)\s*\}\}", re.S)
+_DEFINED = re.compile(r"([A-Za-z_][\w.]*)\s+is\s+(not\s+)?defined")
+_FILTER_DEFAULT = re.compile(r"^(.*?)\s*\|\s*default\((.*)\)\s*$", re.S)
+_ALLOWED = (
+    ast.Expression,
+    ast.BoolOp,
+    ast.And,
+    ast.Or,
+    ast.UnaryOp,
+    ast.Not,
+    ast.Compare,
+    ast.Eq,
+    ast.NotEq,
+    ast.Lt,
+    ast.LtE,
+    ast.Gt,
+    ast.GtE,
+    ast.In,
+    ast.NotIn,
+    ast.Name,
+    ast.Load,
+    ast.Attribute,
+    ast.Constant,
+    ast.List,
+    ast.Tuple,
+    ast.Call,
+    ast.Subscript,
+)
+_LITERALS = {"true": True, "false": False, "none": None, "True": True, "False": False, "None": None}
+
+
+class Undefined(PlaybookError):
+    """A variable that is not defined."""
+
+
+def _compile_expression(text: str) -> tuple[ast.Expression, ast.Expression | None]:
+    """Parse ``EXPR`` or ``EXPR | default(VALUE)`` into safe ASTs."""
+    default: ast.Expression | None = None
+    match = _FILTER_DEFAULT.match(text)
+    if match:
+        text, default_text = match.group(1), match.group(2)
+        default = _parse(default_text)
+    elif "|" in text:
+        raise PlaybookError(
+            f"unsupported filter in {{{{ {text} }}}}: only '| default(...)' is known"
+        )
+    return _parse(
+        _DEFINED.sub(lambda m: f"{'not ' if m.group(2) else ''}_defined({m.group(1)!r})", text)
+    ), default
+
+
+def _compile_condition(text: str) -> tuple[ast.Expression, ast.Expression | None]:
+    return _compile_expression(text)
+
+
+def _parse(text: str) -> ast.Expression:
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise PlaybookError(f"cannot parse expression {text!r}: {exc.msg}") from None
+    for node in ast.walk(tree):
+        if not isinstance(node, _ALLOWED):
+            raise PlaybookError(
+                f"expression {text!r} uses {type(node).__name__}, which playbooks do not allow"
+            )
+        if isinstance(node, ast.Call) and not (
+            isinstance(node.func, ast.Name) and node.func.id == "_defined"
+        ):
+            raise PlaybookError(
+                f"expression {text!r} calls a function; playbooks only know 'is defined'"
+            )
+    return tree
+
+
+def _lookup(variables: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = variables
+    for part in dotted.split("."):
+        if isinstance(value, Mapping) and part in value:
+            value = value[part]
+        else:
+            raise Undefined(f"'{dotted}' is undefined")
+    return value
+
+
+def _evaluate(node: ast.AST, variables: Mapping[str, Any]) -> Any:
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body, variables)
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        if node.id in variables:
+            return variables[node.id]
+        if node.id in _LITERALS:
+            return _LITERALS[node.id]
+        raise Undefined(f"'{node.id}' is undefined")
+    if isinstance(node, ast.Attribute):
+        base = _evaluate(node.value, variables)
+        if isinstance(base, Mapping) and node.attr in base:
+            return base[node.attr]
+        raise Undefined(f"'{ast.unparse(node)}' is undefined")
+    if isinstance(node, ast.Subscript):
+        base = _evaluate(node.value, variables)
+        key = _evaluate(node.slice, variables)
+        try:
+            return base[key]
+        except (KeyError, IndexError, TypeError):
+            raise Undefined(f"'{ast.unparse(node)}' is undefined") from None
+    if isinstance(node, ast.List | ast.Tuple):
+        return [_evaluate(e, variables) for e in node.elts]
+    if isinstance(node, ast.BoolOp):
+        values = (_evaluate(v, variables) for v in node.values)
+        return all(values) if isinstance(node.op, ast.And) else any(values)
+    if isinstance(node, ast.UnaryOp):
+        return not _evaluate(node.operand, variables)
+    if isinstance(node, ast.Call):
+        name = _evaluate(node.args[0], variables) if node.args else ""
+        try:
+            _lookup(variables, str(name))
+        except Undefined:
+            return False
+        return True
+    if isinstance(node, ast.Compare):
+        left = _evaluate(node.left, variables)
+        for op, right_node in zip(node.ops, node.comparators, strict=True):
+            right = _evaluate(right_node, variables)
+            if not _compare(op, left, right):
+                return False
+            left = right
+        return True
+    raise PlaybookError(f"unsupported expression {ast.unparse(node)!r}")
+
+
+def _compare(op: ast.cmpop, left: Any, right: Any) -> bool:
+    try:
+        if isinstance(op, ast.Eq):
+            return bool(left == right)
+        if isinstance(op, ast.NotEq):
+            return bool(left != right)
+        if isinstance(op, ast.Lt):
+            return bool(left < right)
+        if isinstance(op, ast.LtE):
+            return bool(left <= right)
+        if isinstance(op, ast.Gt):
+            return bool(left > right)
+        if isinstance(op, ast.GtE):
+            return bool(left >= right)
+        if isinstance(op, ast.In):
+            return bool(left in right)
+        if isinstance(op, ast.NotIn):
+            return bool(left not in right)
+    except TypeError as exc:
+        raise PlaybookError(f"cannot compare {left!r} and {right!r}: {exc}") from None
+    raise PlaybookError("unsupported comparison")
+
+
+def expression(text: str, variables: Mapping[str, Any]) -> Any:
+    """The value of one ``{{ }}`` expression (or a ``when`` condition)."""
+    tree, default = _compile_expression(text)
+    try:
+        return _evaluate(tree, variables)
+    except Undefined:
+        if default is None:
+            raise
+        return _evaluate(default, variables)
+
+
+def render(value: Any, variables: Mapping[str, Any]) -> Any:
+    """``value`` with every ``{{ }}`` in its strings replaced (Undefined if one is unknown)."""
+    if isinstance(value, str):
+        whole = _EXPRESSION.fullmatch(value.strip())
+        if whole and value.strip() == value:
+            return expression(whole.group(1), variables)
+        return _EXPRESSION.sub(lambda m: _text(expression(m.group(1), variables)), value)
+    if isinstance(value, Mapping):
+        return {k: render(v, variables) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [render(v, variables) for v in value]
+    return value
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def condition(task: Task, variables: Mapping[str, Any]) -> bool:
+    """Whether ``task`` runs for a host with these variables."""
+    if task.when is None:
+        return True
+    try:
+        return bool(expression(task.when, variables))
+    except Undefined as exc:
+        raise PlaybookError(
+            f"{task.where}.when: {exc.message}",
+            line=task.line,
+            fix="define it (vars, -e) or test it with 'is defined'",
+        ) from None
+
+
+def extra_vars(items: Sequence[str]) -> dict[str, Any]:
+    """``-e key=value`` and ``-e @file.yml``, later ones winning."""
+    import yaml
+
+    merged: dict[str, Any] = {}
+    for item in items:
+        if item.startswith("@"):
+            path = Path(item[1:])
+            try:
+                loaded = yaml.safe_load(path.read_text())
+            except OSError as exc:
+                raise PlaybookError(f"-e {item}: cannot read {path}: {exc.strerror}") from None
+            except yaml.YAMLError as exc:
+                raise PlaybookError(f"-e {item}: invalid YAML: {exc}", path=str(path)) from None
+            if not isinstance(loaded, Mapping):
+                raise PlaybookError(f"-e {item}: expected a mapping of variables", path=str(path))
+            merged.update(loaded)
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_]\w*", key):
+            raise UsageError(
+                f"-e {item!r}: expected key=value or @file.yml",
+                fix="-e version=0.2.7 or -e @vars.yml",
+            )
+        merged[key] = value
+    return merged

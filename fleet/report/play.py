@@ -1,0 +1,81 @@
+"""How a playbook run looks: play and task headers, per-host lines, the PLAY RECAP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from fleet.play import PlaybookRun
+from fleet.playbook import Play, Task
+from fleet.report import STYLES
+from fleet.results import FleetResult, Outcome
+
+
+class PlayReporter:
+    """Prints a playbook run as it goes: one header per play and task, one line per host."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def play_started(self, play: Play, hosts: Sequence[str]) -> None:
+        self.console.print(Text(f"\nPLAY [{play.name}] ({len(hosts)} hosts)", style="bold"))
+
+    def task_started(self, play: Play, task: Task, hosts: Sequence[str]) -> None:
+        self.console.print(Text(f"TASK [{task.title}] ({task.step})", style="bold cyan"))
+
+    def task_finished(self, play: Play, task: Task, result: FleetResult) -> None:
+        for row in result.results:
+            line = Text(f"  {row.host}: ")
+            line.append(str(row.outcome), style=STYLES[row.outcome])
+            if row.reason:
+                first = row.reason.splitlines()[0]
+                line.append(f" {first}" if row.succeeded else f": {first}")
+            bytes_sent = row.details.get("bytes_sent")
+            if bytes_sent:
+                line.append(f" [{bytes_sent} bytes sent]", style="dim")
+            self.console.print(line)
+            diff = row.details.get("diff")
+            if diff:
+                self.console.print(Text(str(diff).rstrip("\n"), style="dim"))
+            if not row.succeeded and row.fix:
+                self.console.print(Text(f"    fix: {row.fix}", style="dim"))
+
+    # The runner's per-host events are not shown line by line: task_finished does it.
+    def started(self, host: str, step: str) -> None:
+        return None
+
+    def progress(self, host: str, step: str, note: str = "", done: int = 0, total: int = 0) -> None:
+        return None
+
+    def finished(self, result: Any) -> None:
+        return None
+
+
+def recap(run: PlaybookRun) -> RenderableType:
+    """Ansible's PLAY RECAP, plus each host's framework version before -> after."""
+    table = Table(title="PLAY RECAP", title_justify="left", box=None, pad_edge=False)
+    table.add_column("host")
+    for key in ("ok", "changed", "failed", "unreachable", "skipped", "ignored"):
+        table.add_column(key, justify="right")
+    table.add_column("version")
+    for host, tally in run.tallies.items():
+        cells = []
+        for key in ("ok", "changed", "failed", "unreachable", "skipped", "ignored"):
+            count = tally.counts[key]
+            style = STYLES.get(Outcome(key), "") if key != "ignored" and count else ""
+            cells.append(Text(str(count), style=style))
+        version = ""
+        if tally.version_before is not None or tally.version_after is not None:
+            version = f"{tally.version_before or '-'} -> {tally.version_after or '-'}"
+        table.add_row(host, *cells, version)
+    parts: list[RenderableType] = [
+        table,
+        Text(f"{len(run.tallies)} hosts, {len(run.tasks)} tasks in {run.seconds:.1f}s"),
+    ]
+    if run.stopped:
+        parts.append(Text(f"stopped: {run.stopped}", style="bold red"))
+    return Group(*parts)
