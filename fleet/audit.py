@@ -349,16 +349,16 @@ def audit_host(
                     Reason("unknown_version", f"the controller never built {tag or 'this image'}")
                 )
             elif match in ("different", "superseded"):
-                what = (
+                here = _short(framework.config_digest or primary.image_id)
+                theirs = (
                     "an older build of it, since rebuilt"
                     if match == "superseded"
-                    else f"{_short(controller_id)}"
+                    else _short(controller_id)
                 )
                 reasons.append(
                     Reason(
                         "other_build",
-                        f"the image of {tag} here ({_short(framework.config_digest or primary.image_id)})"
-                        f" is not the controller's build ({what})",
+                        f"the image of {tag} here ({here}) is not the controller's build ({theirs})",
                     )
                 )
             if framework.dirty:

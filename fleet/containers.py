@@ -44,8 +44,9 @@ echo "@@history"; tail -n "$history_lines" /var/lib/fleet/history.jsonl 2>/dev/n
 echo "@@store"; store=$(docker info --format '{{json .DriverStatus}}' 2>/dev/null); echo "$store"
 echo "@@manifests"
 case "$store" in *io.containerd.snapshotter*)
+  sock=/run/docker/containerd/containerd.sock
   for i in $imgs; do
-    m=$(ctr --address /run/docker/containerd/containerd.sock -n moby content get "$i" 2>/dev/null | head -c 65536 | tr -d '\n')
+    m=$(ctr --address "$sock" -n moby content get "$i" 2>/dev/null | head -c 65536 | tr -d '\n')
     [ -n "$m" ] && echo "$i $m"
   done;;
 esac
@@ -222,10 +223,7 @@ def _image(doc: Mapping[str, Any], store: str, manifests: Mapping[str, str]) -> 
     rootfs = doc.get("RootFS") or {}
     layers = rootfs.get("Layers") if isinstance(rootfs, Mapping) else None
     ident = str(doc.get("Id", ""))
-    if store == "classic":
-        config_digest = ident
-    else:
-        config_digest = manifests.get(ident, "")
+    config_digest = ident if store == "classic" else manifests.get(ident, "")
     return FrameworkImage(
         id=ident,
         tags=tuple(str(t) for t in doc.get("RepoTags") or ()),

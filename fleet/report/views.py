@@ -185,6 +185,7 @@ class LogPrinter:
         text.append(visible(line) if self.out.is_terminal else line)
         with self._lock:
             self.out.print(text, soft_wrap=True)
+            self.out.file.flush()  # piped, a followed line is passed on at once
 
     def host_log(self, result: HostResult) -> None:
         """A host's whole log (``fleet logs`` without ``--follow``)."""

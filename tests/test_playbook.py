@@ -1,0 +1,128 @@
+"""Playbook validation, templating and conditions: no host needed."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from fleet import playbook
+from fleet.errors import EXIT_BAD_FILE, PlaybookError, UsageError
+from tests.conftest import run_cli
+
+BAD = Path(__file__).parent / "fixtures" / "playbooks" / "bad"
+ROOT = Path(__file__).resolve().parents[1]
+
+# Each broken playbook with what its error must say (file:line: dotted path: problem).
+EXPECTED = {
+    "unknown-argument.yml": (
+        "unknown-argument.yml:5:",
+        "plays[0].tasks[0].deploy.versoin: unknown argument",
+    ),
+    "unknown-step.yml": (
+        "unknown-step.yml:4:",
+        "plays[0].tasks[0].deplyo: unknown step or task key",
+    ),
+    "unknown-play-key.yml": ("unknown-play-key.yml:2:", "plays[0].taks: unknown play key"),
+    "two-steps.yml": (
+        "two-steps.yml:3:",
+        "plays[0].tasks[0]: a task names exactly one step (found deploy, push)",
+    ),
+    "bad-serial.yml": (
+        "bad-serial.yml:2:",
+        "plays[0].serial: expected a number of hosts or a share",
+    ),
+    "wrong-type.yml": (
+        "wrong-type.yml:3:",
+        "plays[0].tasks[0].prune.keep: expected int, got str 'many'",
+    ),
+    "unsafe-when.yml": ("unsafe-when.yml:4:", "plays[0].tasks[0].when: expression"),
+    "missing-required.yml": ("missing-required.yml:3:", "plays[0].tasks[0].copy.content: required"),
+    "syntax.yml": ("syntax.yml:", "invalid YAML"),
+    "python-tag.yml": ("python-tag.yml:3:", "is not allowed"),
+    "billion-laughs.yml": ("billion-laughs.yml:", "billion laughs"),
+    "bad-filter.yml": ("bad-filter.yml:3:", "only '| default(...)' is known"),
+    "bad-regex.yml": ("bad-regex.yml:1:", "plays[0].hosts: invalid regular expression"),
+    "not-a-list.yml": ("not-a-list.yml:1:", "a playbook is a non-empty list of plays"),
+    "exec-both.yml": ("exec-both.yml:3:", "plays[0].tasks[0].exec: give either command"),
+}
+
+
+def test_every_broken_playbook_has_an_expectation() -> None:
+    assert sorted(p.name for p in BAD.glob("*.yml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_broken_playbook_is_refused_with_its_location(name: str) -> None:
+    where, message = EXPECTED[name]
+    started = time.monotonic()
+    with pytest.raises(PlaybookError) as caught:
+        playbook.load(BAD / name)
+    assert time.monotonic() - started < 2
+    text = str(caught.value)
+    assert where in text, text
+    assert message in text, text
+
+
+def test_cli_exits_4_and_touches_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all:\n  hosts:\n    ghost: {ansible_host: 127.0.0.1, ansible_port: 9}\n")
+    code, out, err = run_cli(
+        capsys, "play", str(BAD / "unknown-argument.yml"), "-i", str(inventory)
+    )
+    assert code == EXIT_BAD_FILE
+    assert "versoin" in err
+    assert "ghost" not in out + err  # validation came before any connection
+
+
+def test_shipped_playbooks_are_valid() -> None:
+    for path in sorted((ROOT / "playbooks").glob("*.yml")):
+        book = playbook.load(path)
+        assert book.plays and all(play.tasks for play in book.plays), path
+
+
+def test_render_keeps_types_and_templates_strings() -> None:
+    variables = {"port": 8339, "name": "lab1", "build": {"tag": "0.2.7"}}
+    assert playbook.render("{{ port }}", variables) == 8339
+    assert playbook.render("http://{{ name }}:{{ port }}/", variables) == "http://lab1:8339/"
+    assert playbook.render({"v": ["{{ build.tag }}"]}, variables) == {"v": ["0.2.7"]}
+    assert playbook.render("{{ missing | default('x') }}", variables) == "x"
+    with pytest.raises(playbook.Undefined, match="'missing' is undefined"):
+        playbook.render("{{ missing }}", variables)
+
+
+def test_conditions() -> None:
+    variables = {"inventory_hostname": "gpu01", "group_names": ["gpu", "rack1"], "n": 3}
+    cases = {
+        "inventory_hostname == 'gpu01'": True,
+        "'rack1' in group_names and n > 2": True,
+        "not (n >= 3)": False,
+        "undefined_thing is defined": False,
+        "undefined_thing is not defined": True,
+        "n is defined or false": True,
+        "true": True,
+    }
+    for text, expected in cases.items():
+        task = playbook.Task("exec", {}, "", "t", 1, when=text)
+        assert playbook.condition(task, variables) is expected, text
+
+
+def test_condition_on_undefined_names_the_task() -> None:
+    task = playbook.Task("exec", {}, "x", "plays[0].tasks[3]", 9, when="flavour == 'gpu'")
+    with pytest.raises(
+        PlaybookError, match=r"plays\[0\]\.tasks\[3\]\.when: 'flavour' is undefined"
+    ):
+        playbook.condition(task, {})
+
+
+def test_extra_vars(tmp_path: Path) -> None:
+    extra = tmp_path / "vars.yml"
+    extra.write_text("a: 1\nb: two\n")
+    assert playbook.extra_vars(["x=1", f"@{extra}", "b=three"]) == {"x": "1", "a": 1, "b": "three"}
+    with pytest.raises(UsageError):
+        playbook.extra_vars(["no-equals"])
+    with pytest.raises(PlaybookError):
+        playbook.extra_vars([f"@{tmp_path / 'missing.yml'}"])
