@@ -74,10 +74,17 @@ def fleet(*argv: str) -> tuple[float, float, dict[str, Any]]:
     """Run fleet; (wall seconds, controller CPU seconds, JSON document)."""
     cpu = child_seconds()
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "fleet", *argv, "--json"], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fleet", *argv, "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     wall = time.perf_counter() - started
     if proc.returncode != 0:
-        raise SystemExit(f"fleet {' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise SystemExit(
+            f"fleet {' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return wall, child_seconds() - cpu, json.loads(proc.stdout)
 
 
@@ -105,7 +112,12 @@ def naive(inventory: Path, hosts: list[str], reference: str) -> float:
 
     def one(host: str) -> None:
         save = subprocess.Popen(["docker", "save", reference], stdout=subprocess.PIPE)
-        load = subprocess.run([*ssh_argv(inventory, host), "docker load -q"], stdin=save.stdout, capture_output=True, check=False)
+        load = subprocess.run(
+            [*ssh_argv(inventory, host), "docker load -q"],
+            stdin=save.stdout,
+            capture_output=True,
+            check=False,
+        )
         save.wait()
         if load.returncode != 0:
             raise SystemExit(f"naive load on {host} failed: {load.stderr.decode()}")
@@ -117,7 +129,9 @@ def naive(inventory: Path, hosts: list[str], reference: str) -> float:
 
 def remove_on_hosts(inventory: Path, hosts: list[str], reference: str) -> None:
     for host in hosts:
-        subprocess.run([*ssh_argv(inventory, host), f"docker image rm -f {reference} >/dev/null"], check=False)
+        subprocess.run(
+            [*ssh_argv(inventory, host), f"docker image rm -f {reference} >/dev/null"], check=False
+        )
 
 
 def missing_gzip_size(client: Any, reference: str, diff_ids: set[str]) -> int:
@@ -171,7 +185,11 @@ def main() -> int:
     inventory = work / "lab.yml"
     client = lab.engine_client()
     lab.ensure_layer1_image(client)
-    base = build(client, "base", "FROM fleet-lab-layer1:bookworm\nRUN head -c 40000000 /dev/urandom > /deps\n")
+    base = build(
+        client,
+        "base",
+        "FROM fleet-lab-layer1:bookworm\nRUN head -c 40000000 /dev/urandom > /deps\n",
+    )
     version_n = build(client, "n", f"FROM {base}\n{top_layer('n')}")
     version_n1 = build(client, "n1", f"FROM {base}\n{top_layer('n1')}")
     names = [f"lab{i}" for i in range(1, HOSTS + 1)]
@@ -197,7 +215,9 @@ def main() -> int:
     missing = missing_gzip_size(client, version_n1, lacking)
     per_store: dict[str, list[int]] = {}
     for result in doc["hosts"].values():
-        per_store.setdefault(result["details"]["store"], []).append(int(result["details"]["bytes_sent"]))
+        per_store.setdefault(result["details"]["store"], []).append(
+            int(result["details"]["bytes_sent"])
+        )
     worst = max(max(v) for v in per_store.values())
     ours, openssh = throughput(inventory, lab_)
 
@@ -227,7 +247,9 @@ def main() -> int:
         "bytes_over_missing_raw": round(worst / missing, 3) if missing else None,
         "hosts8_over_hosts1": round(thin8_wall / thin1_wall, 3),
         "first_push_hosts8_over_hosts1": round(first8_wall / first1_wall, 3),
-        "first_push_cpu_hosts8_over_hosts1": round(first8_cpu / first1_cpu, 3) if first1_cpu else None,
+        "first_push_cpu_hosts8_over_hosts1": round(first8_cpu / first1_cpu, 3)
+        if first1_cpu
+        else None,
         "speedup_vs_naive": round(naive_wall / thin8_wall, 2),
         "ssh_throughput_over_openssh": round(ours / openssh, 3),
     }

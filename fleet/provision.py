@@ -79,11 +79,12 @@ END_MARKER = "# END fleet aicron"
 SCRIPT_NAME = "aicron.sh"
 SCRIPT_MODE = 0o755
 CRON_MODE = 0o644
-# Files read whole for editing or diffing; larger ones are refused rather than truncated.
+# The cron file is read whole to edit it (the facts script's "head -c 1048576"); a larger
+# one is refused rather than truncated.
 CRON_MAX_BYTES = 1 << 20
-SCRIPT_MAX_BYTES = 256 << 10
 CAP_SYS_RESOURCE = 24
 _GIB = 1 << 30
+DEFAULT_DIRS = ("checkpoints", "datasets", "pretrained_models", "projects")
 
 
 class ProvisionSettingsError(InputError):
@@ -113,7 +114,9 @@ class ProvisionSettings:
     owner: str = "root"
     group: str = "root"
     mode: int = 0o755
-    dirs: tuple[DirSpec, ...] = ()
+    dirs: tuple[DirSpec, ...] = tuple(
+        DirSpec(f"/data/{name}", "root", "root", 0o755) for name in DEFAULT_DIRS
+    )
     weights_dir: str = "/data/pretrained_models"
     weights_port: int = 8340
     weights_bind: str = "0.0.0.0"  # noqa: S104 - the service is meant for the lab's network
@@ -179,7 +182,6 @@ _SETTING_KEYS = frozenset(
         "base_image",
     }
 )
-DEFAULT_DIRS = ("checkpoints", "datasets", "pretrained_models", "projects")
 _PATH_PART = r"[A-Za-z0-9_+@-][A-Za-z0-9._+@-]*"
 _ABSOLUTE = re.compile(rf"/{_PATH_PART}(?:/{_PATH_PART})*")
 _RELATIVE = re.compile(rf"{_PATH_PART}(?:/{_PATH_PART})*")
@@ -1669,7 +1671,8 @@ def provision(
 
     First each host on its own (facts, preflight, plan, changes, verification); then the
     hosts that succeeded get their base image (``settings[host].base_image``, which must be
-    a key of ``bases``), grouped by image and disk reserve, through :func:`transfer.push`.
+    a key of ``bases``; None ships nothing), grouped by image and disk reserve (the reserve
+    is ``min_free.docker``: left free after loading), through :func:`transfer.push`.
     """
     started = time.monotonic()
     first = runner.run(

@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from fleet import containers, deploy
 from fleet.containers import FrameworkContainer, FrameworkImage, HostFramework
-from fleet.errors import FleetError, HostError, UsageError
+from fleet.errors import FleetError, HostError, UnreachableError, UsageError
 from fleet.images import ImageVersion
 from fleet.inventory import Host
 from fleet.results import FleetResult, HostResult, Outcome
@@ -337,7 +337,7 @@ def follow_logs(
                 logs_argv(container, log), lambda line: on_line(ctx.name, line), runner.stopping
             )
         except HostError as exc:
-            outcome = Outcome.UNREACHABLE if exc.exit_code == 3 else Outcome.FAILED
+            outcome = Outcome.UNREACHABLE if isinstance(exc, UnreachableError) else Outcome.FAILED
             ended = ctx.result(outcome, exc.reason, details=details)
             on_end(replace(ended, fix=exc.fix))
             return ended
@@ -396,6 +396,8 @@ def terminal_size(fd: int) -> tuple[int, int]:
     try:
         size = os.get_terminal_size(fd)
     except OSError:
+        return (80, 24)
+    if not size.columns or not size.lines:  # a terminal nobody gave a size
         return (80, 24)
     return (size.columns, size.lines)
 

@@ -60,7 +60,10 @@ def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabFixture]:
 def _remove_abandoned_test_labs() -> None:
     """Labs of test sessions that died without tearing down (their process is gone)."""
     client = lab.engine_client()
-    names = {c.labels.get(lab.LABEL, "") for c in client.containers.list(all=True, filters={"label": lab.LABEL})}
+    names = {
+        c.labels.get(lab.LABEL, "")
+        for c in client.containers.list(all=True, filters={"label": lab.LABEL})
+    }
     for name in names:
         pid = name.removeprefix("fleet-test-")
         if name.startswith("fleet-test-") and pid.isdigit() and not Path(f"/proc/{pid}").exists():

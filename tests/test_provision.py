@@ -105,6 +105,7 @@ def written(change: provision.Change) -> bytes:
 
 # -- settings ----------------------------------------------------------------------------
 def test_defaults_describe_the_labs_tree() -> None:
+    assert ProvisionSettings() == DEFAULTS
     assert DEFAULTS.data_root == "/data"
     assert [d.path for d in DEFAULTS.managed_dirs] == [
         "/data",

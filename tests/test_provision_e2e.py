@@ -113,9 +113,9 @@ class Sandbox:
     def kill_service(self, host: str) -> None:
         pid_file = f"/run/aicron-weights-{self.port}.pid"
         script = (
-            'pid=$(cat "$1" 2>/dev/null) || exit 0; '
-            'grep -q http.server "/proc/$pid/cmdline" 2>/dev/null && kill "$pid"; '
-            'while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done; rm -f "$1"'
+            'pid=$(cat "$1" 2>/dev/null) || exit 0; rm -f "$1"; '
+            'grep -q http.server "/proc/$pid/cmdline" 2>/dev/null || exit 0; kill "$pid"; '
+            'i=0; while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done'
         )
         host_run(self.env, host, "sh", "-c", script, "kill", pid_file)
 

@@ -228,11 +228,16 @@ def _follow(args: argparse.Namespace, options: views.ViewOptions, log: views.Log
     err = report.console()
     following = set(names)
 
+    runner = common.make_runner(args, NoEvents())
+
     def on_line(host: str, line: str) -> None:
-        if args.json:
-            _json_line({"host": host, "line": line})
-        else:
-            printer.line(host, line)
+        try:
+            if args.json:
+                _json_line({"host": host, "line": line})
+            else:
+                printer.line(host, line)
+        except BrokenPipeError:  # the reader is gone (| head): stop as on Ctrl-C
+            runner.stopping.set()
 
     def on_end(row: HostResult) -> None:
         following.discard(row.host)
@@ -241,7 +246,6 @@ def _follow(args: argparse.Namespace, options: views.ViewOptions, log: views.Log
         else:
             err.print(report_views.log_end(row, following=sorted(following)))
 
-    runner = common.make_runner(args, NoEvents())
     try:
         result = views.follow_logs(runner, hosts, options, log, on_line, on_end)
     except Interrupted as exc:  # Ctrl-C before the streams started
@@ -286,7 +290,8 @@ def _shell(args: argparse.Namespace) -> int:
             raise HostError(host.name, f"Docker engine not usable: {state.engine_error}")
         container = views.shell_container(host.name, state, name)
         tty_mode = sys.stdin.isatty() and sys.stdout.isatty()
-        argv = views.shell_argv(container, args.remote_command or (), tty=tty_mode)
+        command = getattr(args, "remote_command", None) or ()
+        argv = views.shell_argv(container, command, tty=tty_mode)
         sys.stdout.flush()
         sys.stderr.flush()
         return views.run_shell(

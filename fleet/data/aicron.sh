@@ -6,7 +6,7 @@
 # on the next provision: change the template or the settings instead.
 #
 # What one run does, and logs with a timestamp:
-#   - the service answers HTTP on its URL     -> nothing (logged as "up")
+#   - the service answers HTTP on its URL     -> nothing to do (logged as such)
 #   - it does not                             -> start it, detached:
 #       python3 -m http.server PORT --bind BIND --directory WEIGHTS_DIR
 #     as WEIGHTS_USER when run as root (a root server would follow any symlink a user

@@ -50,11 +50,13 @@ def age(seconds: float) -> str:
 
 
 def since(text: str, now: datetime) -> str:
-    """``2026-11-28 04:27 (5m)`` for a Docker time; ``-`` when unset."""
+    """``11-28 04:27 (5m)`` for a Docker time (with the year when not this one's); ``-``
+    when unset. UTC, as Docker reports it."""
     when = _parse_time(text)
     if when is None:
         return "-"
-    return f"{when:%Y-%m-%d %H:%M} ({age((now - when).total_seconds())})"
+    shown = f"{when:%m-%d %H:%M}" if when.year == now.year else f"{when:%Y-%m-%d}"
+    return f"{shown} ({age((now - when).total_seconds())})"
 
 
 def _state(row: Mapping[str, Any]) -> Text:
@@ -70,8 +72,8 @@ def _health(row: Mapping[str, Any]) -> Text:
         return Text("-" if row.get("state") != "running" else "", style="dim")
     text = Text(health, style=_HEALTH_STYLES.get(health, ""))
     detail = str(row.get("health_detail", ""))
-    if health != "healthy" and detail:
-        text.append(f" ({detail})", style="dim")
+    if health == "unhealthy" and detail.startswith("GET "):
+        text.append(f" (http {detail.rpartition(' ')[2]})", style="dim")
     return text
 
 
@@ -84,15 +86,20 @@ def ps_table(result: FleetResult, *, now: datetime | None = None) -> RenderableT
     now = now or datetime.now(UTC)
     table = Table(box=None, pad_edge=False)
     for column in ("host", "name", "image", "version", "state", "health", "up since"):
-        table.add_column(column, no_wrap=column in ("host", "state", "up since"))
-    table.add_column("restarts", justify="right")
+        # Names are never cut: folded, if the terminal is really that narrow.
+        table.add_column(
+            column,
+            no_wrap=column not in ("version", "health"),
+            overflow="fold" if column in ("name", "image", "health") else "ellipsis",
+        )
+    table.add_column("restarts", justify="right", no_wrap=True)
     for host in result.results:
         rows = host.details.get("containers")
         if not isinstance(rows, list):
             table.add_row(host.host, "", "", "", _host_failure(host), "", "", "")
             continue
         if not rows:
-            table.add_row(host.host, Text("no framework container", style="dim"), *[""] * 6)
+            table.add_row(host.host, "", "", "", Text("none", style="dim"), "", "", "")
             continue
         for index, row in enumerate(rows):
             style = "" if row.get("framework") else "dim"

@@ -1,0 +1,254 @@
+"""``fleet audit`` as people see it: one row per host, the summary under it, then why.
+
+The table says what each host runs (version, commit, build date, dirty flag), how (state,
+health, up since, restarts, image ID), whether that image is the controller's build, the
+other versions it holds (rollback targets) and its last history line. Under it: how many
+hosts run each version, how many drifted and why, and the unreachable hosts by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from fleet.audit import STATUS_ERROR, STATUS_OK, STATUS_UNREACHABLE, AuditReport, AuditRow
+
+_MATCH_STYLES = {
+    "same": "green",
+    "labels": "green",
+    "superseded": "red",
+    "different": "red",
+    "unknown": "red",
+}
+
+
+def audit_view(report: AuditReport, *, now: datetime | None = None) -> RenderableType:
+    """The table, the summary under it, and each drifted or unreachable host's reasons."""
+    now = now or datetime.now(UTC)
+    parts: list[RenderableType] = [audit_table(report.rows, now=now), Text("")]
+    parts += summary_lines(report)
+    details = drift_details(report.rows)
+    if details:
+        parts.append(Text(""))
+        parts += details
+    return Group(*parts)
+
+
+def audit_table(rows: Sequence[AuditRow], *, now: datetime | None = None) -> Table:
+    """One row per host."""
+    now = now or datetime.now(UTC)
+    table = Table(box=None, pad_edge=False)
+    for column in (
+        "host",
+        "version",
+        "commit",
+        "built",
+        "state",
+        "up since",
+        "restarts",
+        "image",
+        "controller",
+        "other versions",
+        "last deploy",
+        "drift",
+    ):
+        table.add_column(column, justify="right" if column == "restarts" else "left")
+    for row in rows:
+        table.add_row(*_cells(row, now))
+    return table
+
+
+def _cells(row: AuditRow, now: datetime) -> list[str | Text]:
+    drift = _drift_cell(row)
+    framework = row.framework
+    state: str | Text
+    if framework is None:
+        state = "-"
+        if row.status == STATUS_UNREACHABLE:
+            state = Text("unreachable", style="bold magenta")
+        elif row.status == STATUS_ERROR:
+            state = Text("error", style="bold red")
+        elif "no_engine" in row.codes:
+            state = Text("no engine", style="red")
+        else:
+            state = Text("not installed", style="red")
+        return [
+            row.host,
+            "-",
+            "",
+            "",
+            state,
+            "",
+            "",
+            "",
+            "",
+            ",".join(row.other_versions),
+            _last_deploy(row.last_deploy),
+            drift,
+        ]
+    version = Text(framework.tag or "?")
+    if framework.dirty:
+        version.append(" dirty", style="bold yellow")
+    commit = framework.short_commit or framework.commit[:7]
+    if framework.branch:
+        commit += f" {framework.branch}"
+    status = Text(framework.state, style="green" if framework.running else "red")
+    if framework.health:
+        status.append(
+            f" ({framework.health})", style="green" if framework.health == "healthy" else "red"
+        )
+    if not framework.running:
+        status.append(f" ({framework.exit_code})")
+    match = Text(
+        row.controller_match or "-", style=_MATCH_STYLES.get(row.controller_match or "", "")
+    )
+    return [
+        row.host,
+        version,
+        commit,
+        framework.build_date[:10],
+        status,
+        _since(framework.since, now) if framework.running else "",
+        str(framework.restart_count),
+        framework.image_id.removeprefix("sha256:")[:12],
+        match,
+        ",".join(row.other_versions),
+        _last_deploy(row.last_deploy),
+        drift,
+    ]
+
+
+def _drift_cell(row: AuditRow) -> Text:
+    if row.status == STATUS_OK:
+        return Text("ok", style="green")
+    if row.status == STATUS_UNREACHABLE:
+        return Text("unreachable", style="bold magenta")
+    return Text(",".join(row.codes), style="bold red")
+
+
+def summary_lines(report: AuditReport) -> list[RenderableType]:
+    """Hosts per version, drifted hosts, unreachable hosts, what was expected."""
+    rows = report.rows
+    versions = report.versions()
+    line = Text(f"{len(rows)} hosts in {report.result.seconds:.1f}s: ")
+    if versions:
+        line.append(
+            ", ".join(
+                f"{'not running' if tag == 'none' else tag} x{n}" for tag, n in versions.items()
+            )
+        )
+    else:
+        line.append("none reached")
+    lines: list[RenderableType] = [line]
+    expected = report.options.expected
+    builds = [v.tag for v in report.options.controller_versions if v.tagged]
+    controller = Text(f"controller: {report.options.repository} ")
+    controller.append(f"builds {', '.join(builds)}" if builds else "has no build")
+    if expected:
+        controller.append(f"; expected {expected}")
+    lines.append(controller)
+    drifted = report.drifted
+    if drifted:
+        text = Text(f"drifted: {len(drifted)} of {len(rows)}: ", style="bold red")
+        text.append(", ".join(f"{r.host} ({','.join(r.codes)})" for r in drifted), style="")
+        lines.append(text)
+    else:
+        lines.append(Text("drifted: none", style="green"))
+    unreachable = report.unreachable
+    if unreachable:
+        text = Text(f"unreachable: {len(unreachable)}: ", style="bold magenta")
+        text.append(", ".join(r.host for r in unreachable), style="")
+        lines.append(text)
+    if report.interrupted:
+        lines.append(Text("interrupted (Ctrl-C): hosts not audited are marked", style="yellow"))
+    return lines
+
+
+def drift_details(rows: Sequence[AuditRow]) -> list[RenderableType]:
+    """Each drifted or unreachable host's reasons, one per line, and deploys in progress."""
+    parts: list[RenderableType] = []
+    for row in rows:
+        if not row.ok:
+            style = "bold magenta" if row.status == STATUS_UNREACHABLE else "bold red"
+            text = Text(f"{row.host} ", style="bold")
+            text.append(row.status, style=style)
+            for reason in row.reasons:
+                text.append(f"\n  {reason.code}: ", style="dim")
+                text.append(reason.message)
+            parts.append(text)
+        if row.lock:
+            lock = row.lock
+            parts.append(
+                Text(
+                    f"{row.host}: a deploy is in progress: lock of {lock.get('holder', '?')} "
+                    f"({lock.get('what', '?')}) since {lock.get('since', '?')}",
+                    style="yellow",
+                )
+            )
+    return parts
+
+
+def history_view(rows: Sequence[AuditRow]) -> RenderableType:
+    """``--history N``: each host's last N history lines, oldest first."""
+    parts: list[RenderableType] = [Text("history", style="bold")]
+    for row in rows:
+        parts.append(Text(row.host, style="bold"))
+        if not row.history:
+            parts.append(Text("  (unreachable)" if not row.reachable else "  (none)", style="dim"))
+        for entry in row.history:
+            parts.append(Text("  " + history_line(entry)))
+    return Group(*parts)
+
+
+def history_line(entry: Mapping[str, Any]) -> str:
+    """``2026-11-28T04:27:13Z deploy 0.2.6 -> 0.2.7 changed by alice@ctl (1.7s)``."""
+    text = (
+        f"{entry.get('time', '?')} {entry.get('action', '?')} "
+        f"{entry.get('from') or 'none'} -> {entry.get('to') or '?'} "
+        f"{entry.get('outcome', '?')} by {entry.get('by', '?')}"
+    )
+    if entry.get("seconds") is not None:
+        text += f" ({entry['seconds']}s)"
+    if entry.get("restored"):
+        text += f", restored {entry['restored']}"
+    return text
+
+
+def _last_deploy(entry: Mapping[str, Any] | None) -> str:
+    if not entry:
+        return "-"
+    action = "" if entry.get("action") == "deploy" else f"{entry.get('action', '?')} "
+    arrow = f"{entry.get('from') or 'none'}->{entry.get('to') or '?'}"
+    outcome = "" if entry.get("outcome") == "changed" else f" {entry.get('outcome', '?')}"
+    when = _when(str(entry.get("time", "")))
+    return f"{action}{arrow}{outcome} by {entry.get('by', '?')} {when}"
+
+
+def _when(timestamp: str) -> str:
+    """``2026-11-28T04:24:52Z`` -> ``2026-11-28 04:24``."""
+    if not timestamp:
+        return ""
+    return timestamp.replace("T", " ")[:16]
+
+
+def _since(timestamp: str, now: datetime) -> str:
+    if not timestamp:
+        return ""
+    try:
+        started = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return timestamp
+    return f"{_when(timestamp)} ({_age((now - started).total_seconds())})"
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
