@@ -685,6 +685,16 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
+def read_yaml(path: Path) -> tuple[Any, dict[int, dict[Any, int]]]:
+    """A YAML file read the safe, bounded way inventories are: (document, key lines).
+
+    Key lines map ``id(mapping) -> key -> line``. Playbooks use it too; errors are
+    InventoryError with the file, line and column.
+    """
+    loaded = _load_structured(_read_bytes(path), path)
+    return loaded.document, loaded.key_lines
+
+
 def _decode_ini(data: bytes, path: Path) -> list[str]:
     """The lines of an INI file; like Ansible, bytes that are not UTF-8 may only be comments."""
     try:

@@ -655,7 +655,23 @@ def _cron(
     )
 
 
+def _provision(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    from fleet import provision as provision_mod
+
+    options = provision_mod.ProvisionOptions(
+        check=player.options.check, diff=player.options.diff, ship_base=not args.get("skip_base")
+    )
+    settings = provision_mod.settings_for_hosts(hosts)
+    bases: Mapping[str, provision_mod.BaseImage] = {}
+    if options.ship_base:
+        settings, bases = provision_mod.resolve_base_images(settings, player.options.project)
+    return provision_mod.provision(player.runner, hosts, settings, bases, options)
+
+
 _STEPS: dict[str, Step] = {
+    "provision": _provision,
     "push": _push,
     "deploy": _deploy,
     "rollback": _rollback,

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.errors import InventoryError, PlaybookError, UsageError
+from fleet.inventory import read_yaml
 
 # -- the model --------------------------------------------------------------------------
 PLAY_KEYS = frozenset(
@@ -127,13 +128,11 @@ class _Lines:
 
 def _load_yaml(path: Path) -> tuple[Any, _Lines]:
     """A safe, bounded YAML load that remembers lines (the inventory's loader)."""
-    from fleet.inventory import _load_structured, _read_bytes
-
     try:
-        loaded = _load_structured(_read_bytes(path), path)
+        document, key_lines = read_yaml(path)
     except InventoryError as exc:
         raise PlaybookError(exc.message, fix=exc.fix) from None
-    return loaded.document, _Lines(loaded.key_lines)
+    return document, _Lines(key_lines)
 
 
 def load(path: str | Path) -> Playbook:

@@ -48,6 +48,7 @@ import binascii
 import contextlib
 import dataclasses
 import difflib
+import functools
 import hashlib
 import ipaddress
 import json
@@ -59,11 +60,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from fleet import facts as facts_mod
-from fleet import transfer
-from fleet.errors import CommandError, InputError
+from fleet import images, transfer
+from fleet.errors import CommandError, InputError, UsageError
 from fleet.facts import Disk, HostFacts
 from fleet.images import ImageSpec
 from fleet.inventory import Host
@@ -1527,6 +1529,50 @@ class ProvisionOptions:
     ship_base: bool = True
     compress: str = "gzip"
     timeout: float | None = None
+
+
+def resolve_base_images(
+    settings: Mapping[str, ProvisionSettings], project: str | Path = "."
+) -> tuple[dict[str, ProvisionSettings], dict[str, BaseImage]]:
+    """Each host's base image, found on the controller, before any host is touched.
+
+    A host without ``base_image`` gets the project's base (``fleet_image`` in ``project``).
+    Returns the settings with every ``base_image`` filled in, and the images by name; a
+    missing image is a :class:`UsageError` naming ``fleet build``.
+    """
+    resolved = dict(settings)
+    named_by: dict[str, list[str]] = {}
+    project_settings: images.Project | None = None
+    for name, host_settings in settings.items():
+        ref = host_settings.base_image
+        if ref is None:
+            project_settings = project_settings or images.load_project(project)
+            ref = project_settings.base_reference
+            resolved[name] = dataclasses.replace(host_settings, base_image=ref)
+            source = project_settings.settings_path or project_settings.root
+            named_by.setdefault(ref, []).append(
+                f"the project's base image, fleet_image in {source}"
+            )
+        else:
+            named_by.setdefault(ref, []).append(f"fleet_provision.base_image of {name}")
+    if not named_by:
+        return resolved, {}
+    client = images.connect()
+    found: dict[str, BaseImage] = {}
+    for ref, sources in named_by.items():
+        if not images.has_image(client, ref):
+            raise UsageError(
+                f"the base image {ref} ({', '.join(dict.fromkeys(sources))}) is not on this "
+                "machine: there is nothing to ship",
+                fix="build it with 'fleet build' (it builds the base, layers 1-2, first), set "
+                "fleet_provision.base_image to an image you have, or pass --skip-base",
+            )
+        found[ref] = BaseImage(
+            spec=images.image_spec(client, ref),
+            sizes=tuple(images.layer_sizes(client, ref)),
+            save=functools.partial(images.save_stream, client, ref),
+        )
+    return resolved, found
 
 
 _SUMMARY = {

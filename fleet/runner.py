@@ -109,9 +109,10 @@ class HostContext:
         details: dict[str, Any] | None = None,
         stdout: str = "",
         stderr: str = "",
+        fix: str | None = None,
     ) -> HostResult:
         return HostResult(
-            self.name, outcome, reason, details=details or {}, stdout=stdout, stderr=stderr
+            self.name, outcome, reason, fix, details=details or {}, stdout=stdout, stderr=stderr
         )
 
 

@@ -865,6 +865,22 @@ def test_missing_base_image_exits_5_naming_fleet_build(
     assert "unreachable" not in out + err
 
 
+def test_hosts_without_a_base_image_get_the_projects(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleet import images
+    from fleet.images import ImageSpec
+
+    monkeypatch.setattr(images, "connect", object)
+    monkeypatch.setattr(images, "has_image", lambda client, ref: True)
+    monkeypatch.setattr(images, "image_spec", lambda client, ref: ImageSpec(ref, "sha256:c", ()))
+    monkeypatch.setattr(images, "layer_sizes", lambda client, ref: [])
+    given = {"gpu1": DEFAULTS, "gpu2": dataclasses.replace(DEFAULTS, base_image="other:1")}
+    resolved, bases = provision.resolve_base_images(given, Path(__file__).parent.parent)
+    assert resolved["gpu1"].base_image == "cauchy_base:latest"  # fleet_image in all.yml
+    assert resolved["gpu2"].base_image == "other:1"
+    assert sorted(bases) == ["cauchy_base:latest", "other:1"]
+    assert bases["other:1"].spec.ref == "other:1"
+
+
 def test_warnings_and_diffs_are_rendered_per_host() -> None:
     from fleet.cli import provision as cli
 

@@ -236,6 +236,9 @@ class Following:
         code = self.proc.wait(timeout=15)
         for reader in self._readers:
             reader.join(timeout=5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
         return code, "\n".join(self.errors)
 
 

@@ -125,10 +125,13 @@ def _audit(args: argparse.Namespace) -> int:
     else:
         # Piped, one line per host however wide: the table is for reading and for grep.
         out = report.console(sys.stdout, width=None if sys.stdout.isatty() else WIDE)
-        out.print(audit_report.audit_view(result))
-        if args.history:
-            out.print()
-            out.print(audit_report.history_view(result.rows))
+        with out.capture() as captured:
+            out.print(audit_report.audit_view(result))
+            if args.history:
+                out.print()
+                out.print(audit_report.history_view(result.rows))
+        # Table cells are padded to their column's width; lines end at their last word.
+        sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
         if retry is not None:
             err.print(f"drifted and unreachable hosts: --limit @{retry}")
     return result.exit_code

@@ -168,6 +168,7 @@ def run_fleet(
     *,
     detail_columns: tuple[str, ...] = (),
     title: str | None = None,
+    render: Callable[[FleetResult], Any] | None = None,
 ) -> int:
     """Like :func:`run_on_hosts`, for operations that run several steps over the hosts."""
     _, hosts = select_hosts(args)
@@ -183,7 +184,7 @@ def run_fleet(
                 result, interrupted = exc.partial, True
     finally:
         runner.close()
-    return _finish(args, result, interrupted, detail_columns, title=title)
+    return _finish(args, result, interrupted, detail_columns, title=title, render=render)
 
 
 def _finish(

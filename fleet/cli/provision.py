@@ -5,16 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping
-from dataclasses import replace
-from functools import partial
 from typing import Any
 
-from fleet import images
 from fleet import provision as provision_mod
 from fleet.cli import common
-from fleet.errors import UsageError
 from fleet.inventory import Host
-from fleet.provision import BaseImage, ProvisionOptions, ProvisionSettings
+from fleet.provision import BaseImage, ProvisionOptions
 from fleet.results import FleetResult
 from fleet.runner import Runner
 
@@ -59,45 +55,6 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=_provision)
 
 
-def _base_images(
-    args: argparse.Namespace, settings: dict[str, ProvisionSettings]
-) -> dict[str, BaseImage]:
-    """Resolve each host's base image on the controller; UsageError when one is missing.
-
-    Runs before any host is touched. Hosts without ``base_image`` get the project's base.
-    """
-    origins: dict[str, list[str]] = {}
-    project: images.Project | None = None
-    for name, host_settings in settings.items():
-        ref = host_settings.base_image
-        if ref is None:
-            project = project or images.load_project(args.project)
-            ref = project.base_reference
-            settings[name] = replace(host_settings, base_image=ref)
-            source = project.settings_path or project.root
-            origins.setdefault(ref, []).append(f"the project's base image, fleet_image in {source}")
-        else:
-            origins.setdefault(ref, []).append(f"fleet_provision.base_image of {name}")
-    if not origins:
-        return {}
-    client = images.connect()
-    found: dict[str, BaseImage] = {}
-    for ref, named_by in origins.items():
-        if not images.has_image(client, ref):
-            raise UsageError(
-                f"the base image {ref} ({', '.join(dict.fromkeys(named_by))}) is not on this "
-                "machine: there is nothing to ship",
-                fix="build it with 'fleet build' (it builds the base, layers 1-2, first), set "
-                "fleet_provision.base_image to an image you have, or pass --skip-base",
-            )
-        found[ref] = BaseImage(
-            spec=images.image_spec(client, ref),
-            sizes=tuple(images.layer_sizes(client, ref)),
-            save=partial(images.save_stream, client, ref),
-        )
-    return found
-
-
 def render_warnings(result: FleetResult) -> str:
     """Each host's warnings, one line each."""
     return "".join(
@@ -133,7 +90,7 @@ def _provision(args: argparse.Namespace) -> int:
         settings = provision_mod.settings_for_hosts(hosts)
         bases: Mapping[str, BaseImage] = {}
         if options.ship_base:
-            bases = _base_images(args, settings)
+            settings, bases = provision_mod.resolve_base_images(settings, args.project)
         result = provision_mod.provision(runner, hosts, settings, bases, options)
         finished.append(result)
         return result
