@@ -131,7 +131,6 @@ LABEL_BRANCH = "org.label-schema.vcs-branch"
 LABEL_BUILD_DATE = "org.label-schema.build-date"
 
 _DEFAULT_SHM = 64 << 20
-_KEPT_SUFFIX = re.compile(r"-[0-9A-Za-z._]+(-failed)?$")
 _SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtTpP]?)[iI]?[bB]?")
 
 
@@ -308,7 +307,10 @@ def audit_host(
     match: str | None = None
     controller_id: str | None = None
     differences: tuple[ConfigDifference, ...] = ()
-    if primary is None:
+    if primary is None and facts.containers:
+        kept = ", ".join(f"{c.name} ({c.status})" for c in facts.containers)
+        reasons.append(Reason("not_running", f"no framework container runs; kept: {kept}"))
+    elif primary is None:
         reasons.append(Reason("no_framework", "no framework container on the host"))
     else:
         image = facts.image_by_id(primary.image_id)
@@ -445,9 +447,9 @@ def _primary(facts: HostFramework) -> FrameworkContainer | None:
 
 def _kept(container: FrameworkContainer) -> bool:
     """A version kept for rollback by deploy (``<name>-<tag>``) or a failed one."""
-    if container.tag and container.name.endswith((f"-{container.tag}", f"-{container.tag}-failed")):
+    if container.tag and container.name.endswith(f"-{container.tag}"):
         return True
-    return bool(container.name.endswith("-failed") and _KEPT_SUFFIX.search(container.name))
+    return container.name.endswith("-failed")
 
 
 def _framework(container: FrameworkContainer, image: FrameworkImage | None) -> Framework:
@@ -776,7 +778,7 @@ class AuditReport:
     def versions(self) -> dict[str, int]:
         """How many reachable hosts run each version ("none": nothing runs)."""
         found = Counter(row.tag or "none" for row in self.rows if row.reachable)
-        return dict(sorted(found.items(), key=lambda item: (item[0] == "none", item[0])))
+        return dict(sorted(found.items(), key=lambda item: _tag_order(item[0])))
 
     @property
     def drifted(self) -> tuple[AuditRow, ...]:
@@ -951,6 +953,13 @@ def _summary(row: AuditRow) -> str:
     if row.framework is None:
         return "no framework"
     return f"runs {row.framework.tag or '?'}"
+
+
+def _tag_order(tag: str) -> tuple[tuple[int, int, str], ...]:
+    """0.2.9 before 0.2.10, and "none" (nothing runs) last."""
+    if tag == "none":
+        return ((2, 0, ""),)
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in tag.split("."))
 
 
 def _first_line(text: str) -> str:

@@ -63,6 +63,7 @@ _SMALL_MEMBER = 16 << 20
 # Up to this much of missing layers is read from the local store instead of docker save.
 _LOCAL_LAYERS_BYTES = 256 << 20
 _LOAD_TIMEOUT = 3600.0
+_STALL_DEFAULT = 60.0
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -695,10 +696,14 @@ def verify(transport: Transport, spec: ImageSpec, timeout: float | None = None) 
     )
 
 
-def load(ctx: HostContext, sink: _Sink, timeout: float = _LOAD_TIMEOUT) -> None:
-    """Stream a sink into ``docker load`` on the host."""
+def load(
+    ctx: HostContext, sink: _Sink, timeout: float = _LOAD_TIMEOUT, stall: float | None = None
+) -> None:
+    """Stream a sink into ``docker load`` on the host; a host that stops taking data fails."""
     try:
-        ctx.transport.stream(["docker", "load", "--quiet"], sink.chunks(), timeout=timeout)
+        ctx.transport.stream(
+            ["docker", "load", "--quiet"], sink.chunks(), timeout=timeout, stall_timeout=stall
+        )
     finally:
         sink.close()
 
@@ -816,7 +821,7 @@ def push(
             sink = sinks[ctx.name]
             sink.on_progress = lambda sent: ctx.progress("sending", sent, 0)
             try:
-                load(ctx, sink, options.load_timeout)
+                load(ctx, sink, options.load_timeout, options.state_timeout or _STALL_DEFAULT)
             except HostError:
                 if broadcast.error is not None:
                     raise HostError(

@@ -82,6 +82,7 @@ class Transport(Protocol):
         *,
         timeout: float | None = None,
         check: bool = True,
+        stall_timeout: float | None = None,
     ) -> CommandResult: ...
 
     def close(self) -> None: ...
@@ -265,7 +266,13 @@ class SSHTransport:
                     ep.name,
                     f"SSH handshake with {ep.address}:{ep.port} failed: {exc or type(exc).__name__}",
                 ) from exc
-            self._known_hosts.verify(ep, transport.get_remote_server_key())
+            try:
+                key = transport.get_remote_server_key()
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise UnreachableError(
+                    ep.name, f"SSH handshake with {ep.address}:{ep.port} did not finish: {exc}"
+                ) from exc
+            self._known_hosts.verify(ep, key)
             self._authenticate(transport)
         except BaseException:
             transport.close()
@@ -301,6 +308,8 @@ class SSHTransport:
             except paramiko.AuthenticationException as exc:
                 errors.append(f"agent key {fingerprint(agent_key)}: {exc}")
                 continue
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise UnreachableError(ep.name, f"authentication failed: {exc}") from exc
             if transport.is_authenticated():
                 return
         tried = (
@@ -356,19 +365,27 @@ class SSHTransport:
         *,
         timeout: float | None = None,
         check: bool = True,
+        stall_timeout: float | None = None,
     ) -> CommandResult:
-        """Run ``argv`` with ``chunks`` written to its stdin while its output is read."""
+        """Run ``argv`` with ``chunks`` written to its stdin while its output is read.
+
+        ``stall_timeout``: fail when the host has not taken a chunk for that long (a frozen
+        or dead host), however long the whole stream may take.
+        """
         command = self.command_line(argv)
         timeout = timeout if timeout is not None else self.endpoint.command_timeout
         started = time.monotonic()
         channel = self._open_channel(command, timeout)
         writer_error: list[BaseException] = []
+        blocked_since: list[float | None] = [None]
 
         def write() -> None:
             try:
                 for chunk in chunks:
                     if chunk:
+                        blocked_since[0] = time.monotonic()
                         channel.sendall(chunk)
+                        blocked_since[0] = None
                 channel.shutdown_write()
             except BaseException as exc:
                 writer_error.append(exc)
@@ -377,7 +394,13 @@ class SSHTransport:
         writer = threading.Thread(target=write, name=f"stdin-{self.host}", daemon=True)
         writer.start()
         try:
-            stdout, stderr, code = self._collect(channel, command, started, timeout)
+            stdout, stderr, code = self._collect(
+                channel,
+                command,
+                started,
+                timeout,
+                lambda: _stalled(blocked_since[0], stall_timeout),
+            )
         finally:
             channel.close()
             writer.join(timeout=5)
@@ -392,7 +415,12 @@ class SSHTransport:
         return result
 
     def _collect(
-        self, channel: paramiko.Channel, command: str, started: float, timeout: float | None
+        self,
+        channel: paramiko.Channel,
+        command: str,
+        started: float,
+        timeout: float | None,
+        stalled: Callable[[], float | None] = lambda: None,
     ) -> tuple[str, str, int]:
         out: list[bytes] = []
         err: list[bytes] = []
@@ -402,6 +430,13 @@ class SSHTransport:
                     self.host,
                     f"timed out after {timeout:g}s running {command!r}",
                     fix="raise --timeout, or look at the host: it may be frozen or overloaded",
+                )
+            idle = stalled()
+            if idle is not None:
+                raise HostError(
+                    self.host,
+                    f"stalled: the host took no data for {idle:.0f}s while running {command!r}",
+                    fix="look at the host: it may be frozen, out of disk or overloaded",
                 )
             drained = False
             while channel.recv_ready():
@@ -565,6 +600,14 @@ class SSHTransport:
         self._transport.close()
         if self._jump is not None:
             self._jump.close()
+
+
+def _stalled(blocked_since: float | None, limit: float | None) -> float | None:
+    """How long the writer has waited on the host, once that is past ``limit``."""
+    if blocked_since is None or limit is None:
+        return None
+    waited = time.monotonic() - blocked_since
+    return waited if waited > limit else None
 
 
 def _fix_for(stderr: str) -> str | None:

@@ -223,6 +223,16 @@ def test_a_stopped_framework_container() -> None:
     )
 
 
+def test_only_versions_kept_for_rollback() -> None:
+    state = facts("containerd-v2")
+    kept_only = dataclasses.replace(
+        state, containers=tuple(c for c in state.containers if c.name != "cauchy_service")
+    )
+    found = audit_host(kept_only, controller(), None, LAB_HOST)
+    assert found.codes == ("not_running",) and found.framework is None
+    assert "kept: cauchy_service-9.0.1 (exited)" in found.reason_text()
+
+
 def test_no_framework_and_no_engine() -> None:
     found = row("containerd-none")
     assert found.codes == ("no_framework",) and found.framework is None

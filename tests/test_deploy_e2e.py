@@ -38,7 +38,7 @@ def inventory(lab_env: LabFixture, tmp_path_factory: pytest.TempPathFactory) -> 
     group = document["all"]["children"]["lab"]["vars"]
     group["fleet_run_overrides"] = {
         **group["fleet_run_overrides"],
-        "health": {"timeout": 8, "interval": 0.5},
+        "health": {"timeout": 15, "interval": 0.5},
     }
     path = tmp_path_factory.mktemp("deployinv") / "lab.yml"
     path.write_text(yaml.safe_dump(document))

@@ -8,12 +8,16 @@ registered), on a pseudo-terminal where a terminal is the point.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 import uuid
@@ -40,6 +44,7 @@ BOOT = (
     "sys.exit(c.main(sys.argv[1:]))\n"
 )
 FLEET = (sys.executable, "-c", BOOT)
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 CLEAR_FRAMEWORK = (
     'ids=$(docker ps -aq --filter "label=io.fleet.framework${1:+=$1}"); '
     '[ -z "$ids" ] || docker rm -f $ids >/dev/null; '
@@ -116,12 +121,36 @@ def run_fleet_process(*argv: str, timeout: float = 300) -> tuple[int, str, str]:
     return proc.returncode, proc.stdout, proc.stderr
 
 
-@pytest.fixture(scope="module")
-def deployed(lab_env: LabFixture, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
-    built = deploy_two_versions(lab_env, tmp_path_factory.mktemp("views"), "9.5")
-    yield built
-    clear_framework(lab_env, built.project.repository)
-    built.project.remove_images()
+# One deployment for this module and test_reboot_e2e (it builds two versions and ships them).
+_SHARED: dict[str, Deployed] = {}
+
+
+@pytest.fixture(scope="session")
+def views_framework(lab_env: LabFixture) -> Iterator[dict[str, Deployed]]:
+    """The shared deployment's holder; removes it from the lab at the end of the session."""
+    yield _SHARED
+    for built in _SHARED.values():
+        clear_framework(lab_env, built.project.repository)
+        built.project.remove_images()
+    _SHARED.clear()
+
+
+def shared_deployment(
+    env: LabFixture, holder: dict[str, Deployed], tmp_path_factory: pytest.TempPathFactory
+) -> Deployed:
+    """The deployment of this session, made on first use."""
+    if "views" not in holder:
+        holder["views"] = deploy_two_versions(env, tmp_path_factory.mktemp("views"), "9.5")
+    return holder["views"]
+
+
+@pytest.fixture
+def deployed(
+    lab_env: LabFixture,
+    views_framework: dict[str, Deployed],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Deployed:
+    return shared_deployment(lab_env, views_framework, tmp_path_factory)
 
 
 def request(env: LabFixture, host: str, marker: str) -> None:
@@ -292,10 +321,16 @@ def test_shell_runs_one_command_in_the_framework_container(deployed: Deployed) -
 def run_on_pty(
     argv: Sequence[str], answer: bytes, *, after: bytes, timeout: float = 120
 ) -> tuple[int, str]:
-    """Run ``argv`` on a pseudo-terminal; type ``answer`` once ``after`` was printed."""
+    """Run ``argv`` on a pseudo-terminal; type ``answer`` once ``after`` was printed.
+
+    The exit code and what the terminal showed, without its colours and cursor moves.
+    """
     master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))  # rows, columns
+    # The terminal's own size, not the COLUMNS/LINES readline put in this process's environ.
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     proc = subprocess.Popen(
-        argv, stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, start_new_session=True
+        argv, stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env, start_new_session=True
     )
     os.close(slave)
     output = b""
@@ -322,7 +357,7 @@ def run_on_pty(
         if proc.poll() is None:
             proc.kill()
         os.close(master)
-    return code, output.decode("utf-8", "replace")
+    return code, ANSI.sub("", output.decode("utf-8", "replace"))
 
 
 def test_shell_gives_an_interactive_shell_a_real_terminal(deployed: Deployed) -> None:
@@ -343,34 +378,38 @@ def current_tag(env: LabFixture, host: str) -> str:
 
 
 def test_deploy_and_rollback_pickers_on_a_terminal(deployed: Deployed) -> None:
-    # deploy: the built versions, newest first and preselected, with the hosts running each.
-    code, out = run_on_pty(
-        [sys.executable, "-m", "fleet", "deploy", "lab2", *deployed.options],
-        b"2\n",
-        after=b"]: ",
-    )
-    assert code == 0, out
-    menu = out[: out.index("]: ")]
-    assert f"> 1)  {deployed.v2}" in menu and "newest" in menu
-    v2_row = next(line for line in menu.splitlines() if f"1)  {deployed.v2}" in line)
-    assert "lab2" in v2_row
-    assert menu.index(deployed.v2) < menu.index(deployed.v1)
-    assert f"deploy which version [1: {deployed.v2}]" in out
-    assert current_tag(deployed.env, "lab2") == deployed.v1
-    assert current_tag(deployed.env, "lab1") == deployed.v2
+    try:
+        # deploy: the built versions, newest first and preselected, with the hosts running each.
+        code, out = run_on_pty(
+            [sys.executable, "-m", "fleet", "deploy", "lab2", *deployed.options],
+            b"2\n",
+            after=b"]: ",
+        )
+        assert code == 0, out
+        menu = out[: out.index("]: ")]
+        assert f"> 1)  {deployed.v2}" in menu and "newest" in menu
+        v2_row = next(line for line in menu.splitlines() if f"1)  {deployed.v2}" in line)
+        assert "lab2" in v2_row
+        assert menu.index(deployed.v2) < menu.index(deployed.v1)
+        assert f"deploy which version [1: {deployed.v2}]" in out
+        assert current_tag(deployed.env, "lab2") == deployed.v1
+        assert current_tag(deployed.env, "lab1") == deployed.v2
 
-    # rollback: each host's previous version preselected (lab2: back to v2, lab1: to v1).
-    code, out = run_on_pty(
-        [sys.executable, "-m", "fleet", "rollback", "lab2", *deployed.options],
-        b"\n",
-        after=b"]: ",
-    )
-    assert code == 0, out
-    assert f"lab2 -> {deployed.v2}" in out and "roll back to [1: previous]" in out
-    assert current_tag(deployed.env, "lab2") == deployed.v2
+        # rollback: each host's own previous version preselected (lab2: back to v2).
+        code, out = run_on_pty(
+            [sys.executable, "-m", "fleet", "rollback", "lab2", *deployed.options],
+            b"\n",
+            after=b"]: ",
+        )
+        assert code == 0, out
+        assert f"lab2 -> {deployed.v2}" in out and "roll back to [1: previous]" in out, out
+        assert current_tag(deployed.env, "lab2") == deployed.v2
 
-    # Not on a terminal: no question, the newest, as before.
-    code, out, err = run_fleet_process("deploy", "lab2", *deployed.options, "--json")
-    assert code == 0, err
-    assert json.loads(out)["hosts"]["lab2"]["outcome"] == "ok"
-    assert "which version" not in err
+        # Not on a terminal: no question, the newest, as before.
+        code, out, err = run_fleet_process("deploy", "lab2", *deployed.options, "--json")
+        assert code == 0, err
+        assert json.loads(out)["hosts"]["lab2"]["outcome"] == "ok"
+        assert "which version" not in err
+    finally:
+        if current_tag(deployed.env, "lab2") != deployed.v2:  # as the other tests expect it
+            run_fleet_process("deploy", "lab2", deployed.v2, *deployed.options)

@@ -217,7 +217,7 @@ def _logs(args: argparse.Namespace) -> int:
         for row in result.results:
             printer.host_log(row)
             if row.outcome is Outcome.SKIPPED:
-                err.print(report_views.log_end(row))
+                err.print(report_views.log_end(row), soft_wrap=True)
     return _finish(args, result, interrupted)
 
 
@@ -244,26 +244,22 @@ def _follow(args: argparse.Namespace, options: views.ViewOptions, log: views.Log
         if args.json:
             _json_line({"host": row.host, "outcome": str(row.outcome), "reason": row.reason})
         else:
-            err.print(report_views.log_end(row, following=sorted(following)))
+            err.print(report_views.log_end(row, following=sorted(following)), soft_wrap=True)
 
     try:
         result = views.follow_logs(runner, hosts, options, log, on_line, on_end)
     except Interrupted as exc:  # Ctrl-C before the streams started
-        result = exc.partial
-        return _finish(args, result, True)
+        return _finish(args, exc.partial, True)
     finally:
         runner.close()
-    return _finish(args, result, False) if not args.json else _json_exit(args, result)
+    # Every host that stopped was reported when it did; Ctrl-C is the normal end.
+    common.write_retry_file(args, result)
+    return result.exit_code
 
 
 def _json_line(document: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(document) + "\n")
     sys.stdout.flush()
-
-
-def _json_exit(args: argparse.Namespace, result: FleetResult) -> int:
-    common.write_retry_file(args, result)
-    return result.exit_code
 
 
 # -- shell --------------------------------------------------------------------------------

@@ -75,6 +75,8 @@ def _cells(row: AuditRow, now: datetime) -> list[str | Text]:
             state = Text("error", style="bold red")
         elif "no_engine" in row.codes:
             state = Text("no engine", style="red")
+        elif "not_running" in row.codes:
+            state = Text("not running", style="red")
         else:
             state = Text("not installed", style="red")
         return [
