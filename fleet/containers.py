@@ -13,6 +13,13 @@ store (``ctr``, sections ``@@store`` and ``@@manifests``) and :attr:`FrameworkIm
 config_digest` is the digest that manifest names. Output of older versions of the script
 (without those sections) still parses: the store is then unknown (``""``), and so is
 every config digest.
+
+Where it can, the script lets one ``python3`` process (:data:`FAST_GATHER`, passed as an
+argument) ask the engine's API socket for the same documents instead of six ``docker``
+CLI processes, and read the containerd store's manifests from the content store's files
+(verified by their digest) instead of running ``ctr``: the same sections, in less time
+and CPU on the host. Without python3, with ``DOCKER_HOST`` or a docker context set, or
+when it fails, the docker CLI answers as before.
 """
 
 from __future__ import annotations
@@ -31,7 +38,12 @@ HISTORY_FILE = f"{STATE_DIR}/history.jsonl"
 LOCK_FILE = f"{STATE_DIR}/deploy.lock"
 
 SCRIPT = r"""
-repo="$1"; history_lines="$2"
+repo="$1"; history_lines="$2"; fast="$3"
+if [ -n "$fast" ] && [ -z "$DOCKER_HOST$DOCKER_CONTEXT" ] && [ -S /var/run/docker.sock ] &&
+  command -v python3 >/dev/null 2>&1 &&
+  ! grep -qs currentContext "${DOCKER_CONFIG:-$HOME/.docker}/config.json"; then
+  python3 -c "$fast" "$repo" "$history_lines" && exit 0
+fi
 echo "@@engine"; docker version --format '{{.Server.Version}}' 2>&1; echo "@@engine_rc $?"
 echo "@@containers"
 ids=$(docker ps -aq --no-trunc --filter "label=io.fleet.framework=$repo" 2>/dev/null)
@@ -51,6 +63,93 @@ case "$store" in *io.containerd.snapshotter*)
   done;;
 esac
 echo "@@end"
+"""
+
+# The same sections as SCRIPT, read from the engine's API socket by one python3 process
+# instead of six docker CLI processes (about a third of the time on the lab's hosts).
+# SCRIPT runs it only where the CLI would talk to that same socket (no DOCKER_HOST, no
+# context) and falls back to the CLI when it fails: it prints nothing until it has all.
+# Python 3.5 compatible (old GPU servers).
+FAST_GATHER = r"""
+import collections, hashlib, http.client, json, socket, subprocess, sys
+from urllib.parse import quote
+
+repo, lines = sys.argv[1], int(sys.argv[2])
+
+
+class Engine(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(60)
+        self.sock.connect("/var/run/docker.sock")
+
+
+engine = Engine("docker")
+
+
+def get(path):
+    engine.request("GET", path)
+    answer = engine.getresponse()
+    body = answer.read()
+    if answer.status != 200:
+        raise OSError("%s: %s" % (path, answer.status))
+    return json.loads(body.decode("utf-8"))
+
+
+def text(path, tail=None):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            if tail is None:
+                return handle.read()
+            return "".join(collections.deque(handle, maxlen=tail))
+    except OSError:
+        return ""
+
+
+def blob(root, digest):
+    # A blob of the containerd content store: read where it lives, else asked of ctr.
+    hexa = digest.split(":", 1)[-1]
+    tail = "io.containerd.content.v1.content/blobs/sha256/" + hexa
+    for path in (root + "/containerd/daemon/" + tail, "/var/lib/containerd/" + tail):
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(65537)
+        except OSError:
+            continue
+        if len(data) <= 65536 and hashlib.sha256(data).hexdigest() == hexa:
+            return data.decode("utf-8", "replace")
+    try:
+        got = subprocess.run(
+            ["ctr", "--address", "/run/docker/containerd/containerd.sock", "-n", "moby",
+             "content", "get", digest],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return got.stdout[:65536].decode("utf-8", "replace") if got.returncode == 0 else ""
+
+
+def compact(value):
+    return json.dumps(value, separators=(",", ":"))
+
+
+only = quote(json.dumps({"label": ["io.fleet.framework=" + repo]}))
+version = get("/version")["Version"]
+found = [get("/containers/%s/json" % c["Id"]) for c in get("/containers/json?all=1&filters=" + only)]
+images = [get("/images/%s/json" % i["Id"]) for i in get("/images/json?filters=" + only)]
+info = get("/info")
+drivers = info.get("DriverStatus")
+out = ["@@engine", version, "@@engine_rc 0", "@@containers"] + [compact(c) for c in found]
+out += ["@@images"] + [compact(i) for i in images]
+out += ["@@lock", text("/var/lib/fleet/deploy.lock"), "@@history"]
+out += [text("/var/lib/fleet/history.jsonl", lines) if lines > 0 else ""]
+out += ["@@store", compact(drivers), "@@manifests"]
+if "io.containerd.snapshotter" in compact(drivers):
+    for image in images:
+        manifest = blob(info.get("DockerRootDir") or "/var/lib/docker", image["Id"])
+        if manifest:
+            out.append(image["Id"] + " " + manifest.replace("\n", ""))
+out.append("@@end")
+sys.stdout.write("\n".join(out) + "\n")
 """
 
 
@@ -158,7 +257,7 @@ def gather(
 ) -> HostFramework:
     """Ask a host about the framework (one round trip)."""
     ran = transport.run(
-        ["sh", "-c", SCRIPT, "fleet-framework", repository, str(history)],
+        ["sh", "-c", SCRIPT, "fleet-framework", repository, str(history), FAST_GATHER],
         timeout=timeout,
         check=False,
     )

@@ -107,8 +107,13 @@ def container_view(container: FrameworkContainer, *, framework: bool) -> dict[st
         "started_at": container.started_at,
         "finished_at": container.finished_at,
         "restarts": container.restart_count,
-        "restart_policy": str((container.host_config.get("RestartPolicy") or {}).get("Name", "")),
+        "restart_policy": _restart_policy(container),
     }
+
+
+def _restart_policy(container: FrameworkContainer) -> str:
+    policy = container.host_config.get("RestartPolicy")
+    return str(policy.get("Name") or "") if isinstance(policy, Mapping) else ""
 
 
 def probe_health(

@@ -421,10 +421,24 @@ def test_one_read_only_round_trip_per_host() -> None:
     assert [r.host for r in report.rows] == list(LAB)
     for transport in transports.values():
         assert transport.commands == [
-            ["sh", "-c", containers.SCRIPT, "fleet-framework", REPOSITORY, "3"]
+            [
+                "sh",
+                "-c",
+                containers.SCRIPT,
+                "fleet-framework",
+                REPOSITORY,
+                "3",
+                containers.FAST_GATHER,
+            ]
         ]
-    # Nothing in the script writes: no redirection into a file, no lock, no history line.
-    assert ">" not in containers.SCRIPT.replace("2>/dev/null", "").replace("2>&1", "")
+    # Nothing the host runs writes: no redirection into a file, no file opened to write.
+    redirections = ("2>/dev/null", ">/dev/null", "2>&1")
+    script = containers.SCRIPT
+    for harmless in redirections:
+        script = script.replace(harmless, "")
+    assert ">" not in script
+    assert 'open(path, "rb")' in containers.FAST_GATHER
+    assert not any(mode in containers.FAST_GATHER for mode in ('"w', '"a', "'w", "'a"))
     assert [r.status for r in report.rows] == ["ok", "ok", "drift", "drift", "drift"]
     assert report.exit_code == 2
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from fleet import cli as fleet_cli
-from fleet import images, lab
+from fleet import containers, images, lab
 from fleet.transport import KnownHosts, SSHTransport
 from tests.conftest import LabFixture, run_cli, run_json
 from tests.framework import FrameworkProject
@@ -309,6 +309,26 @@ def test_a_stopped_host_is_unreachable_and_named(
     assert code == 3
     assert "unreachable: 1: gone" in out
     assert "gone unreachable" in out
+
+
+def test_the_fast_path_says_what_the_docker_cli_says(
+    lab_env: LabFixture, project: FrameworkProject
+) -> None:
+    """containers.FAST_GATHER (python3 on the API socket) against the docker CLI, per store."""
+    for host in HOSTS:
+        endpoint = next(e for e in lab.endpoints(lab_env.lab) if e.name == host)
+        transport = SSHTransport(endpoint, KnownHosts([lab_env.lab.known_hosts]))
+        try:
+            argv = ["sh", "-c", containers.SCRIPT, "fleet-framework", project.repository, "5"]
+            by_cli = transport.run(argv).stdout
+            fast = transport.run(["python3", "-c", containers.FAST_GATHER, project.repository, "5"])
+            chosen = transport.run([*argv, containers.FAST_GATHER]).stdout
+        finally:
+            transport.close()
+        parsed = containers.parse(fast.stdout)
+        assert containers.parse(chosen) == parsed
+        assert parsed == containers.parse(by_cli)
+        assert parsed.images and all(image.config_digest for image in parsed.images), host
 
 
 def test_audit_changes_nothing_and_ignores_the_deploy_lock(

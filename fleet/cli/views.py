@@ -51,7 +51,11 @@ def register(subparsers: Any) -> None:
         "arrive, until Ctrl-C; a host that goes away is reported and the others go on.",
     )
     common.add_host_options(logs)
-    logs.add_argument("--follow", action="store_true", help="keep printing new lines until Ctrl-C")
+    logs.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep printing new lines until Ctrl-C (with --json: one JSON object per line)",
+    )
     logs.add_argument(
         "--tail", default="all", metavar="N", help="only the last N lines of each (default all)"
     )
@@ -64,6 +68,7 @@ def register(subparsers: Any) -> None:
 
     shell = subparsers.add_parser(
         "shell",
+        usage="fleet shell HOST [options] [-- CMD ARGS...]",
         help="a shell (or one command) in the framework container of one host: fleet shell HOST [-- CMD]",
         description="Like 'docker exec -it' over SSH: an interactive shell, or CMD ARGS..., in "
         "the running framework container of HOST, with a terminal when fleet has one. The "
@@ -272,6 +277,7 @@ def _shell(args: argparse.Namespace) -> int:
             f"{', ...' if len(hosts) > 5 else ''}); fleet shell opens one",
             fix="name one host",
         )
+    common.require(args.timeout > 0, f"--timeout {args.timeout:g} must be more than 0")
     host = hosts[0]
     name = repository(args)
     connect = SSHConnector(
