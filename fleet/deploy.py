@@ -20,7 +20,7 @@ import math
 import socket
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -456,12 +456,15 @@ def _docker_quiet(transport: Transport, *argv: str) -> None:
     transport.run(["docker", *argv], check=False, timeout=120)
 
 
-def _locked(ctx: HostContext, what: str, options: DeployOptions, body: Any) -> HostResult:
+def _locked(
+    ctx: HostContext, what: str, options: DeployOptions, body: Callable[[], HostResult]
+) -> HostResult:
+    """``body`` under the host's deploy lock (a dry run takes no lock)."""
     if options.check:
-        return body()  # type: ignore[no-any-return]
+        return body()
     lock = acquire_lock(ctx, what, options)
     try:
-        return body()  # type: ignore[no-any-return]
+        return body()
     finally:
         lock.release()
 

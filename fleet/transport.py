@@ -438,25 +438,8 @@ class SSHTransport:
                     f"stalled: the host took no data for {idle:.0f}s while running {command!r}",
                     fix="look at the host: it may be frozen, out of disk or overloaded",
                 )
-            drained = False
-            while channel.recv_ready():
-                out.append(channel.recv(_READ_CHUNK))
-                drained = True
-            while channel.recv_stderr_ready():
-                err.append(channel.recv_stderr(_READ_CHUNK))
-                drained = True
-            if (
-                channel.exit_status_ready()
-                and not channel.recv_ready()
-                and not channel.recv_stderr_ready()
-            ):
+            if self._pump(channel, command, out.append, err.append, 0.05):
                 break
-            if channel.closed or not self._transport.is_active():
-                if channel.exit_status_ready():
-                    break
-                raise UnreachableError(self.host, f"connection lost while running {command!r}")
-            if not drained:
-                select.select([channel], [], [], 0.05)
         code = channel.recv_exit_status()
         if code == -1:
             # Closed without an exit status: the connection died, or sshd killed the session.
@@ -471,6 +454,36 @@ class SSHTransport:
             b"".join(err).decode("utf-8", "replace"),
             code,
         )
+
+    def _pump(
+        self,
+        channel: paramiko.Channel,
+        command: str,
+        on_stdout: Callable[[bytes], Any],
+        on_stderr: Callable[[bytes], Any],
+        wait: float,
+    ) -> bool:
+        """Hand on what the channel has; True once the command ended and all was read."""
+        drained = False
+        while channel.recv_ready():
+            on_stdout(channel.recv(_READ_CHUNK))
+            drained = True
+        while channel.recv_stderr_ready():
+            on_stderr(channel.recv_stderr(_READ_CHUNK))
+            drained = True
+        if (
+            channel.exit_status_ready()
+            and not channel.recv_ready()
+            and not channel.recv_stderr_ready()
+        ):
+            return True
+        if channel.closed or not self._transport.is_active():
+            if channel.exit_status_ready():
+                return True
+            raise UnreachableError(self.host, f"connection lost while running {command!r}")
+        if not drained:
+            select.select([channel], [], [], wait)
+        return False
 
     # -- sessions that outlive a command timeout ------------------------------------------
     def follow(
@@ -491,25 +504,8 @@ class SSHTransport:
         streams = {False: _LineBuffer(on_line), True: _LineBuffer(on_line)}
         try:
             while not stop.is_set():
-                drained = False
-                while channel.recv_ready():
-                    streams[False].feed(channel.recv(_READ_CHUNK))
-                    drained = True
-                while channel.recv_stderr_ready():
-                    streams[True].feed(channel.recv_stderr(_READ_CHUNK))
-                    drained = True
-                if (
-                    channel.exit_status_ready()
-                    and not channel.recv_ready()
-                    and not channel.recv_stderr_ready()
-                ):
+                if self._pump(channel, command, streams[False].feed, streams[True].feed, 0.1):
                     break
-                if channel.closed or not self._transport.is_active():
-                    if channel.exit_status_ready():
-                        break
-                    raise UnreachableError(self.host, f"connection lost while running {command!r}")
-                if not drained:
-                    select.select([channel], [], [], 0.1)
             else:
                 return FOLLOW_STOPPED
         finally:

@@ -146,20 +146,13 @@ def run_on_hosts(
     detail_columns: tuple[str, ...] = (),
 ) -> int:
     """Select hosts, run ``task`` on them with live progress, show the recap; the exit code."""
-    _, hosts = select_hosts(args)
-    out = report.console()
-    reporter = report.LiveReporter([h.name for h in hosts], out, live=False if args.json else None)
-    runner = make_runner(args, reporter)
-    interrupted = False
-    try:
-        with reporter:
-            try:
-                result = runner.run(command, hosts, task)
-            except Interrupted as exc:
-                result, interrupted = exc.partial, True
-    finally:
-        runner.close()
-    return _finish(args, result, interrupted, detail_columns, render=render, json_extra=json_extra)
+    return run_fleet(
+        args,
+        lambda runner, hosts: runner.run(command, hosts, task),
+        render=render,
+        json_extra=json_extra,
+        detail_columns=detail_columns,
+    )
 
 
 def run_fleet(
@@ -169,8 +162,9 @@ def run_fleet(
     detail_columns: tuple[str, ...] = (),
     title: str | None = None,
     render: Callable[[FleetResult], Any] | None = None,
+    json_extra: Callable[[FleetResult], dict[str, Any]] | None = None,
 ) -> int:
-    """Like :func:`run_on_hosts`, for operations that run several steps over the hosts."""
+    """Select hosts, run an operation (one or several steps) with live progress, recap."""
     _, hosts = select_hosts(args)
     out = report.console()
     reporter = report.LiveReporter([h.name for h in hosts], out, live=False if args.json else None)
@@ -184,7 +178,9 @@ def run_fleet(
                 result, interrupted = exc.partial, True
     finally:
         runner.close()
-    return _finish(args, result, interrupted, detail_columns, title=title, render=render)
+    return _finish(
+        args, result, interrupted, detail_columns, title=title, render=render, json_extra=json_extra
+    )
 
 
 def _finish(

@@ -10,7 +10,6 @@ from fleet import deploy, images
 from fleet.cli import common
 from fleet.cli import views as cli_views
 from fleet.cli.push import default_image
-from fleet.errors import UsageError
 from fleet.results import FleetResult
 
 
@@ -149,15 +148,7 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _repository(args: argparse.Namespace) -> str:
-    try:
-        return images.load_project(args.project).repository
-    except UsageError:
-        raise
-    except Exception as exc:
-        raise UsageError(
-            f"cannot tell the framework's repository from {args.project}: {exc}",
-            fix="run from the framework project, or pass --project DIR",
-        ) from exc
+    return images.load_project(args.project).repository
 
 
 def _rollback(args: argparse.Namespace) -> int:
