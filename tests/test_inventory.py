@@ -632,7 +632,9 @@ def test_deep_nesting_is_refused_without_crashing(write: Write) -> None:
         ("block.yml", "".join(f"{'  ' * i}k{i}:\n" for i in range(150))),
     ]:
         # fleet's own limit, or PyYAML's (6.0.4 and later stop deep flow nesting themselves).
-        with pytest.raises(InventoryError, match="nested more than 100 levels|maximum nesting depth"):
+        with pytest.raises(
+            InventoryError, match=r"nested more than 100 levels|maximum nesting depth"
+        ):
             load_one(write(name, text))
     assert time.perf_counter() - started < 2
 

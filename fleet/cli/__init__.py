@@ -16,7 +16,17 @@ from fleet import __version__
 from fleet.errors import EXIT_BAD_OPTIONS, FleetError, UsageError
 
 # The order in which subcommands appear in ``fleet --help``.
-_COMMAND_MODULES = ("lab", "inventory", "hosts", "build", "push", "provision", "deploy", "play")
+_COMMAND_MODULES = (
+    "lab",
+    "inventory",
+    "hosts",
+    "build",
+    "push",
+    "provision",
+    "deploy",
+    "views",
+    "play",
+)
 
 
 class ArgumentParser(argparse.ArgumentParser):
