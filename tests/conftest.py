@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fleet import lab
 from fleet.cli import main
+from fleet.transport import KnownHosts, SSHTransport
 
 # Unique per test session: several sessions (developers, CI) may share one engine.
 TEST_LAB = os.environ.get("FLEET_TEST_LAB", f"fleet-test-{os.getpid()}")
@@ -74,6 +76,46 @@ def heal(env: LabFixture) -> LabFixture:
     """Bring every test-lab host back (after a test stopped one) and return the new lab."""
     started = lab.up(2, "mixed", name=TEST_LAB, inventory=env.inventory)
     return LabFixture(started, env.inventory, env.state)
+
+
+@pytest.fixture(scope="module")
+def fast_inventory(lab_env: LabFixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The lab's inventory with a short health timeout, so failing versions fail fast."""
+    document = yaml.safe_load(lab_env.inventory.read_text())
+    group = document["all"]["children"]["lab"]["vars"]
+    group["fleet_run_overrides"] = {
+        **group["fleet_run_overrides"],
+        "health": {"timeout": 15, "interval": 0.5},
+    }
+    path = tmp_path_factory.mktemp("fastinv") / "lab.yml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def host_sh(env: LabFixture, host: str, *argv: str) -> str:
+    """Run argv on a lab host over SSH (pinned keys); its stdout."""
+    endpoint = next(e for e in lab.endpoints(env.lab) if e.name == host)
+    transport = SSHTransport(endpoint, KnownHosts([env.lab.known_hosts]))
+    try:
+        return transport.run(list(argv), check=False).stdout
+    finally:
+        transport.close()
+
+
+def clear_framework(env: LabFixture) -> None:
+    """Remove every framework container from the lab's hosts (another module's deploys).
+
+    Each test module deploys its own framework repository under the same container name
+    and port, as one lab would; on a real host there is only one.
+    """
+    for host in env.lab.hosts:
+        host_sh(
+            env,
+            host.name,
+            "sh",
+            "-c",
+            'ids=$(docker ps -aq --filter label=io.fleet.framework); [ -z "$ids" ] || docker rm -f $ids >/dev/null; rm -f /var/lib/fleet/deploy.lock',
+        )
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -10,18 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from fleet import lab
-from fleet.transport import KnownHosts, SSHTransport
-from tests.conftest import LabFixture, run_json
+from tests.conftest import LabFixture, clear_framework, host_sh, run_json
 from tests.framework import FrameworkProject, build_with_label
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrameworkProject]:
+def project(
+    lab_env: LabFixture, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FrameworkProject]:
+    clear_framework(lab_env)
     repository = f"fleet-test-fw-{uuid.uuid4().hex[:6]}"
     built = FrameworkProject.create(tmp_path_factory.mktemp("fw") / "cauchy", repository)
     built.commit_and_build("v1")
@@ -29,29 +29,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrameworkProje
     built.commit_and_build("v3 fails its health check", {"env": {"CAUCHY_FAIL_HEALTH": "1"}})
     yield built
     built.remove_images()
-
-
-@pytest.fixture(scope="module")
-def inventory(lab_env: LabFixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The lab's inventory with a short health timeout, so failing versions fail fast."""
-    document = yaml.safe_load(lab_env.inventory.read_text())
-    group = document["all"]["children"]["lab"]["vars"]
-    group["fleet_run_overrides"] = {
-        **group["fleet_run_overrides"],
-        "health": {"timeout": 15, "interval": 0.5},
-    }
-    path = tmp_path_factory.mktemp("deployinv") / "lab.yml"
-    path.write_text(yaml.safe_dump(document))
-    return path
-
-
-def host_sh(env: LabFixture, host: str, *argv: str) -> str:
-    endpoint = next(e for e in lab.endpoints(env.lab) if e.name == host)
-    transport = SSHTransport(endpoint, KnownHosts([env.lab.known_hosts]))
-    try:
-        return transport.run(list(argv), check=False).stdout
-    finally:
-        transport.close()
 
 
 def containers(env: LabFixture, host: str, repository: str) -> dict[str, str]:
@@ -83,10 +60,10 @@ def fleet(capsys, inventory: Path, project: FrameworkProject, *args: str) -> tup
 
 
 def test_rollout_story(
-    lab_env: LabFixture, inventory: Path, project: FrameworkProject, capsys
+    lab_env: LabFixture, fast_inventory: Path, project: FrameworkProject, capsys
 ) -> None:
     v1, v2, v3 = project.built
-    code, doc = fleet(capsys, inventory, project, "deploy", "all", v1)
+    code, doc = fleet(capsys, fast_inventory, project, "deploy", "all", v1)
     assert code == 0, doc
     assert {h: r["outcome"] for h, r in doc["hosts"].items()} == {
         "lab1": "changed",
@@ -101,7 +78,7 @@ def test_rollout_story(
     }
 
     # The same version again: nothing restarted.
-    code, doc = fleet(capsys, inventory, project, "deploy", "all", v1)
+    code, doc = fleet(capsys, fast_inventory, project, "deploy", "all", v1)
     assert code == 0
     assert all(r["outcome"] == "ok" for r in doc["hosts"].values())
     for host in ("lab1", "lab2"):
@@ -113,7 +90,7 @@ def test_rollout_story(
         )
 
     # v2: v1 stopped and kept under its version's name.
-    code, doc = fleet(capsys, inventory, project, "deploy", "all", v2)
+    code, doc = fleet(capsys, fast_inventory, project, "deploy", "all", v2)
     assert code == 0, doc
     for host in ("lab1", "lab2"):
         assert containers(lab_env, host, project.repository) == {
@@ -124,7 +101,7 @@ def test_rollout_story(
         assert doc["hosts"][host]["details"]["version_after"] == v2
 
     # v3 fails its health check everywhere: every host back on v2, said so, with logs.
-    code, doc = fleet(capsys, inventory, project, "deploy", "all", v3)
+    code, doc = fleet(capsys, fast_inventory, project, "deploy", "all", v3)
     assert code == 2
     for host in ("lab1", "lab2"):
         result = doc["hosts"][host]
@@ -145,7 +122,7 @@ def test_rollout_story(
         assert [h["to"] for h in history if h["outcome"] == "changed"][-2:] == [v1, v2]
 
     # Rollback: v2 -> v1 (from each host's history); the v2 container is kept.
-    code, doc = fleet(capsys, inventory, project, "rollback", "all")
+    code, doc = fleet(capsys, fast_inventory, project, "rollback", "all")
     assert code == 0, doc
     for host in ("lab1", "lab2"):
         assert doc["hosts"][host]["details"]["version_after"] == v1
@@ -155,7 +132,7 @@ def test_rollout_story(
 
     # Prune with --keep 1: the newest, the running version and the rollback target stay;
     # the failed v3 container goes.
-    code, doc = fleet(capsys, inventory, project, "prune", "all", "--keep", "1")
+    code, doc = fleet(capsys, fast_inventory, project, "prune", "all", "--keep", "1")
     assert code == 0, doc
     for host in ("lab1", "lab2"):
         assert set(doc["hosts"][host]["details"]["kept"]) == {v1, v2, v3}
@@ -166,17 +143,17 @@ def test_rollout_story(
             lab_env, host, "docker", "image", "ls", "--format", "{{.Tag}}", project.repository
         ).split()
         assert sorted(images_left) == sorted([v1, v2, v3])
-    code, doc = fleet(capsys, inventory, project, "prune", "all", "--keep", "1")
+    code, doc = fleet(capsys, fast_inventory, project, "prune", "all", "--keep", "1")
     assert all(r["outcome"] == "ok" for r in doc["hosts"].values())
 
 
 def test_serial_max_fail_stops_after_the_first_host(
-    lab_env: LabFixture, inventory: Path, project: FrameworkProject, capsys
+    lab_env: LabFixture, fast_inventory: Path, project: FrameworkProject, capsys
 ) -> None:
     _, v2, v3 = project.built
-    fleet(capsys, inventory, project, "deploy", "all", v2)
+    fleet(capsys, fast_inventory, project, "deploy", "all", v2)
     code, doc = fleet(
-        capsys, inventory, project, "deploy", "all", v3, "--serial", "1", "--max-fail", "0"
+        capsys, fast_inventory, project, "deploy", "all", v3, "--serial", "1", "--max-fail", "0"
     )
     assert code == 2
     assert doc["hosts"]["lab1"]["outcome"] == "failed"
@@ -186,10 +163,10 @@ def test_serial_max_fail_stops_after_the_first_host(
 
 
 def test_concurrent_deploy_fails_with_the_lock_holder(
-    lab_env: LabFixture, inventory: Path, project: FrameworkProject, capsys
+    lab_env: LabFixture, fast_inventory: Path, project: FrameworkProject, capsys
 ) -> None:
     v1, v2, _ = project.built
-    fleet(capsys, inventory, project, "deploy", "all", v1)
+    fleet(capsys, fast_inventory, project, "deploy", "all", v1)
     holder = {
         "token": "t0",
         "holder": "alice@laptop",
@@ -205,7 +182,7 @@ def test_concurrent_deploy_fails_with_the_lock_holder(
         f"mkdir -p /var/lib/fleet && echo '{json.dumps(holder)}' > /var/lib/fleet/deploy.lock",
     )
     try:
-        code, doc = fleet(capsys, inventory, project, "deploy", "all", v2)
+        code, doc = fleet(capsys, fast_inventory, project, "deploy", "all", v2)
         assert code == 2
         assert doc["hosts"]["lab1"]["outcome"] == "failed"
         assert "alice@laptop" in doc["hosts"]["lab1"]["reason"]
@@ -223,22 +200,22 @@ def test_concurrent_deploy_fails_with_the_lock_holder(
     # A stale lock (expired) is taken over, and said so.
     stale = {**holder, "expires": "2001-01-01T00:00:00Z"}
     host_sh(lab_env, "lab1", "sh", "-c", f"echo '{json.dumps(stale)}' > /var/lib/fleet/deploy.lock")
-    code, doc = fleet(capsys, inventory, project, "deploy", "all", v2)
+    code, doc = fleet(capsys, fast_inventory, project, "deploy", "all", v2)
     assert code == 0, doc
     assert host_sh(lab_env, "lab1", "ls", "/var/lib/fleet/").split().count("deploy.lock") == 0
 
 
 def test_two_controllers_at_once_one_waits(
-    lab_env: LabFixture, inventory: Path, project: FrameworkProject, capsys
+    lab_env: LabFixture, fast_inventory: Path, project: FrameworkProject, capsys
 ) -> None:
     v1, v2, _ = project.built
-    fleet(capsys, inventory, project, "deploy", "all", v1)
+    fleet(capsys, fast_inventory, project, "deploy", "all", v1)
     argv = [
         "deploy",
         "lab1",
         v2,
         "-i",
-        str(inventory),
+        str(fast_inventory),
         "--project",
         str(project.root),
         "--wait",
@@ -279,10 +256,10 @@ def test_two_controllers_at_once_one_waits(
     ],
 )
 def test_hostile_labels_are_refused(
-    lab_env: LabFixture, inventory: Path, project: FrameworkProject, capsys, label: str
+    lab_env: LabFixture, fast_inventory: Path, project: FrameworkProject, capsys, label: str
 ) -> None:
     v1 = project.built[0]
-    fleet(capsys, inventory, project, "deploy", "lab1", v1)
+    fleet(capsys, fast_inventory, project, "deploy", "lab1", v1)
     tag = f"66.{uuid.uuid4().int % 1000}"
     reference = f"{project.repository}:{tag}"
     build_with_label(
@@ -295,7 +272,7 @@ def test_hostile_labels_are_refused(
         },
     )
     try:
-        code, doc = fleet(capsys, inventory, project, "deploy", "lab1", tag)
+        code, doc = fleet(capsys, fast_inventory, project, "deploy", "lab1", tag)
         result = doc["hosts"]["lab1"]
         if "touch /tmp/pwned-host" in label:
             # Passed literally to the container (which exits): never seen by the host's shell.

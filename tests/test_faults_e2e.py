@@ -14,14 +14,17 @@ import pytest
 import yaml
 
 from fleet import lab
-from tests.conftest import LabFixture, heal, run_json
+from tests.conftest import LabFixture, clear_framework, heal, run_json
 from tests.framework import FrameworkProject
 
 pytestmark = [pytest.mark.lab, pytest.mark.faults]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrameworkProject]:
+def project(
+    lab_env: LabFixture, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FrameworkProject]:
+    clear_framework(lab_env)
     built = FrameworkProject.create(
         tmp_path_factory.mktemp("fw") / "cauchy", f"fleet-test-faults-{uuid.uuid4().hex[:6]}"
     )
@@ -29,19 +32,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrameworkProje
     built.commit_and_build("v2")
     yield built
     built.remove_images()
-
-
-@pytest.fixture(scope="module")
-def inventory(lab_env: LabFixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    document = yaml.safe_load(lab_env.inventory.read_text())
-    group = document["all"]["children"]["lab"]["vars"]
-    group["fleet_run_overrides"] = {
-        **group["fleet_run_overrides"],
-        "health": {"timeout": 15, "interval": 0.5},
-    }
-    path = tmp_path_factory.mktemp("faultinv") / "lab.yml"
-    path.write_text(yaml.safe_dump(document))
-    return path
 
 
 def fleet(capsys, inventory: Path, project: FrameworkProject, *args: str) -> tuple[int, dict]:
@@ -73,15 +63,15 @@ def running_tag(env: LabFixture, host: str) -> str:
 
 
 def test_frozen_host_times_out_named_and_does_not_hold_up_the_others(
-    lab_env: LabFixture, inventory: Path, project: FrameworkProject, capsys
+    lab_env: LabFixture, fast_inventory: Path, project: FrameworkProject, capsys
 ) -> None:
     v1, v2 = project.built
-    assert fleet(capsys, inventory, project, "deploy", "all", v1)[0] == 0
+    assert fleet(capsys, fast_inventory, project, "deploy", "all", v1)[0] == 0
     frozen = lab.engine_client().containers.get(lab_env.host("lab2").container)
     frozen.pause()
     try:
         started = time.monotonic()
-        code, doc = fleet(capsys, inventory, project, "deploy", "all", v2, "--timeout", "6")
+        code, doc = fleet(capsys, fast_inventory, project, "deploy", "all", v2, "--timeout", "6")
         elapsed = time.monotonic() - started
     finally:
         frozen.unpause()
@@ -96,18 +86,18 @@ def test_frozen_host_times_out_named_and_does_not_hold_up_the_others(
     assert running_tag(lab_env, "lab1") == v2
     assert running_tag(lab_env, "lab2") == v1  # untouched, still running the old version
     # A rerun converges the whole fleet.
-    code, doc = fleet(capsys, inventory, project, "deploy", "all", v2)
+    code, doc = fleet(capsys, fast_inventory, project, "deploy", "all", v2)
     assert code == 0, doc
     assert running_tag(lab_env, "lab2") == v2
 
 
 def test_new_version_unhealthy_on_one_host_only(
-    lab_env: LabFixture, inventory: Path, project: FrameworkProject, capsys, tmp_path: Path
+    lab_env: LabFixture, fast_inventory: Path, project: FrameworkProject, capsys, tmp_path: Path
 ) -> None:
     v1, v2 = project.built
-    assert fleet(capsys, inventory, project, "deploy", "all", v1)[0] == 0
+    assert fleet(capsys, fast_inventory, project, "deploy", "all", v1)[0] == 0
     # Only lab2's settings make the service fail its health check.
-    document = yaml.safe_load(inventory.read_text())
+    document = yaml.safe_load(fast_inventory.read_text())
     host = document["all"]["children"]["lab"]["hosts"]["lab2"]
     group = document["all"]["children"]["lab"]["vars"]["fleet_run_overrides"]
     host["fleet_run_overrides"] = {**group, "env": {"CAUCHY_FAIL_HEALTH": "1"}}
@@ -126,16 +116,16 @@ def test_new_version_unhealthy_on_one_host_only(
         .output
     )
     assert json.loads(history)["outcome"] == "failed"
-    code, doc = fleet(capsys, inventory, project, "deploy", "all", v2)
+    code, doc = fleet(capsys, fast_inventory, project, "deploy", "all", v2)
     assert code == 0, doc["hosts"]["lab2"]["reason"]
     assert running_tag(lab_env, "lab2") == v2
 
 
 def test_sshd_killed_mid_deploy_leaves_the_old_version_running(
-    lab_env: LabFixture, inventory: Path, project: FrameworkProject, capsys
+    lab_env: LabFixture, fast_inventory: Path, project: FrameworkProject, capsys
 ) -> None:
     v1, v2 = project.built
-    assert fleet(capsys, inventory, project, "deploy", "all", v1)[0] == 0
+    assert fleet(capsys, fast_inventory, project, "deploy", "all", v1)[0] == 0
     victim = lab.engine_client().containers.get(lab_env.host("lab2").container)
 
     def kill_sshd_after_the_image_arrived() -> None:
@@ -155,14 +145,14 @@ def test_sshd_killed_mid_deploy_leaves_the_old_version_running(
     killer = threading.Thread(target=kill_sshd_after_the_image_arrived)
     killer.start()
     try:
-        code, doc = fleet(capsys, inventory, project, "deploy", "all", v2)
+        code, doc = fleet(capsys, fast_inventory, project, "deploy", "all", v2)
     finally:
         killer.join()
     assert doc["hosts"]["lab1"]["outcome"] == "changed"
     assert doc["hosts"]["lab2"]["outcome"] in ("unreachable", "failed", "changed")
     # Whatever the moment: lab2 runs a framework (old or new), and a rerun converges.
     assert running_tag(lab_env, "lab2") in (v1, v2)
-    code, doc = fleet(capsys, inventory, project, "deploy", "all", v2)
+    code, doc = fleet(capsys, fast_inventory, project, "deploy", "all", v2)
     assert code == 0, doc
     assert running_tag(lab_env, "lab2") == v2
 
