@@ -670,7 +670,25 @@ def _provision(
     return provision_mod.provision(player.runner, hosts, settings, bases, options)
 
 
+def _audit(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    from fleet import audit as audit_mod
+
+    repository = _repository(player, args)
+    versions = images.list_versions(player.client, repository)
+    expect = args.get("expect")
+    options = audit_mod.AuditOptions(
+        repository=repository,
+        controller_versions=tuple(versions),
+        expected=audit_mod.resolve_expected(str(expect), versions) if expect else None,
+        history=int(args.get("history", 1)),
+    )
+    return audit_mod.audit(player.runner, hosts, options).result
+
+
 _STEPS: dict[str, Step] = {
+    "audit": _audit,
     "provision": _provision,
     "push": _push,
     "deploy": _deploy,

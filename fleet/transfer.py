@@ -63,7 +63,7 @@ _SMALL_MEMBER = 16 << 20
 # Up to this much of missing layers is read from the local store instead of docker save.
 _LOCAL_LAYERS_BYTES = 256 << 20
 _LOAD_TIMEOUT = 3600.0
-_STALL_DEFAULT = 60.0
+_STALL_DEFAULT = 180.0
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -821,7 +821,7 @@ def push(
             sink = sinks[ctx.name]
             sink.on_progress = lambda sent: ctx.progress("sending", sent, 0)
             try:
-                load(ctx, sink, options.load_timeout, options.state_timeout or _STALL_DEFAULT)
+                load(ctx, sink, options.load_timeout, _STALL_DEFAULT)
             except HostError:
                 if broadcast.error is not None:
                     raise HostError(

@@ -82,6 +82,14 @@ def test_the_image_store_and_config_digests_are_read() -> None:
     assert len(v2.layers) == 7 and v2.config["Cmd"][0] == "python"
 
 
+@pytest.mark.parametrize("name", ["classic-dirty", "containerd-v2"])
+def test_the_python3_fast_path_says_what_the_docker_cli_says(name: str) -> None:
+    by_cli = (FIXTURES / f"{name}.txt").read_text()
+    fast = (FIXTURES / f"{name}-fast.txt").read_text()
+    assert fast != by_cli  # recorded one after the other on the same host
+    assert containers.parse(fast) == containers.parse(by_cli)
+
+
 def test_output_of_the_previous_script_still_parses() -> None:
     for name in ("v0-classic-v1", "v0-containerd-v2"):
         old = facts(name)

@@ -1,0 +1,144 @@
+"""End to end on the lab: the shipped rollout playbook, check mode, tags and limits."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LabFixture, clear_framework, host_sh, run_json
+from tests.framework import FrameworkProject
+
+pytestmark = pytest.mark.lab
+ROLLOUT = str(Path(__file__).resolve().parents[1] / "playbooks" / "rollout.yml")
+
+
+@pytest.fixture(scope="module")
+def project(
+    lab_env: LabFixture, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FrameworkProject]:
+    clear_framework(lab_env)
+    built = FrameworkProject.create(
+        tmp_path_factory.mktemp("fw") / "cauchy", f"fleet-test-play-{uuid.uuid4().hex[:6]}"
+    )
+    built.git("add", "-A")
+    built.git("commit", "-q", "-m", "v1")
+    yield built
+    built.remove_images()
+
+
+def play(capsys, inventory: Path, project: FrameworkProject, *args: str) -> tuple[int, dict]:
+    return run_json(
+        capsys,
+        "play",
+        ROLLOUT,
+        "-i",
+        str(inventory),
+        "-e",
+        f"project={project.root}",
+        "--retry-file",
+        "/dev/null",
+        *args,
+    )
+
+
+def running(env: LabFixture, host: str, repository: str) -> str:
+    return host_sh(
+        env,
+        host,
+        "docker",
+        "ps",
+        "--filter",
+        f"label=io.fleet.framework={repository}",
+        "--format",
+        '{{.Label "io.fleet.tag"}}',
+    ).strip()
+
+
+def snapshot(env: LabFixture) -> list[str]:
+    return [
+        host_sh(
+            env,
+            h.name,
+            "sh",
+            "-c",
+            "docker ps -a --format '{{.Names}} {{.Image}} {{.State}}'; docker image ls -q | sort; cat /var/lib/fleet/history.jsonl 2>/dev/null",
+        )
+        for h in env.lab.hosts
+    ]
+
+
+def test_check_mode_changes_nothing(
+    lab_env: LabFixture, fast_inventory: Path, project: FrameworkProject, capsys
+) -> None:
+    before = snapshot(lab_env)
+    code, doc = play(capsys, fast_inventory, project, "--check")
+    assert code == 0, [
+        (t["step"], h, r["reason"])
+        for t in doc["tasks"]
+        for h, r in t["hosts"].items()
+        if r["outcome"] == "failed"
+    ]
+    assert all(t["changed"] >= 1 for t in doc["recap"].values())
+    assert snapshot(lab_env) == before
+
+
+def test_rollout_then_rerun_is_all_ok(
+    lab_env: LabFixture, fast_inventory: Path, project: FrameworkProject, capsys
+) -> None:
+    code, doc = play(capsys, fast_inventory, project)
+    assert code == 0, [
+        (t["step"], h, r["reason"])
+        for t in doc["tasks"]
+        for h, r in t["hosts"].items()
+        if r["outcome"] == "failed"
+    ]
+    tag = [t for t in doc["tasks"] if t["step"] == "build"][0]["hosts"]["lab1"]["details"][
+        "image"
+    ].rpartition(":")[2]
+    for host in ("lab1", "lab2"):
+        assert running(lab_env, host, project.repository) == tag
+        assert doc["recap"][host]["failed"] == 0 and doc["recap"][host]["version_after"] == tag
+    code, doc = play(capsys, fast_inventory, project)
+    assert code == 0
+    for host, recap in doc["recap"].items():
+        assert recap["changed"] == 0, (host, recap)
+        assert recap["ok"] == 3
+
+
+def test_a_new_commit_ships_only_the_thin_layer(
+    lab_env: LabFixture, fast_inventory: Path, project: FrameworkProject, capsys
+) -> None:
+    play(capsys, fast_inventory, project)
+    (project.root / "framework" / "RELEASE").write_text("v2\n")
+    project.git("add", "-A")
+    project.git("commit", "-q", "-m", "v2")
+    code, doc = play(capsys, fast_inventory, project)
+    assert code == 0, [
+        (t["step"], h, r["reason"])
+        for t in doc["tasks"]
+        for h, r in t["hosts"].items()
+        if r["outcome"] == "failed"
+    ]
+    push = [t for t in doc["tasks"] if t["step"] == "push"]
+    for task in push:
+        for host, result in task["hosts"].items():
+            # Only the framework layer's own steps travel, never the base's.
+            assert result["details"]["layers_present"] >= 5, (host, result["details"])
+            assert result["details"]["bytes_sent"] < 64 * 1024
+
+
+def test_tags_and_limit_select_tasks_and_hosts(
+    lab_env: LabFixture, fast_inventory: Path, project: FrameworkProject, capsys
+) -> None:
+    code, doc = play(capsys, fast_inventory, project, "--tags", "build", "--limit", "lab1")
+    assert code == 0, [
+        (t["step"], h, r["reason"])
+        for t in doc["tasks"]
+        for h, r in t["hosts"].items()
+        if r["outcome"] == "failed"
+    ]
+    assert {t["step"] for t in doc["tasks"]} == {"build"}
+    assert list(doc["recap"]) == ["lab1"]
