@@ -95,7 +95,7 @@ def test_rollout_then_rerun_is_all_ok(
         for h, r in t["hosts"].items()
         if r["outcome"] == "failed"
     ]
-    tag = [t for t in doc["tasks"] if t["step"] == "build"][0]["hosts"]["lab1"]["details"][
+    tag = next(t for t in doc["tasks"] if t["step"] == "build")["hosts"]["lab1"]["details"][
         "image"
     ].rpartition(":")[2]
     for host in ("lab1", "lab2"):
