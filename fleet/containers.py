@@ -246,10 +246,12 @@ class HostFramework:
         return tuple(c for c in self.containers if c.running)
 
     def image_by_tag(self, tag: str) -> FrameworkImage | None:
-        for image in self.images:
-            if image.tag == tag:
+        """The image the tag names now; else one whose labels say the tag (an older build)."""
+        labelled = [image for image in self.images if image.tag == tag]
+        for image in labelled:
+            if any(name.endswith(f":{tag}") for name in image.tags):
                 return image
-        return None
+        return labelled[0] if labelled else None
 
 
 def gather(

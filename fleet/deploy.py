@@ -303,10 +303,10 @@ def switch(
 ) -> HostResult:
     """Make ``target`` the running framework version on one host (lock held by caller)."""
     transport = ctx.transport
-    image = state.image_by_tag(target.tag)
-    if image is None or (
-        target.image_id and image.id != target.image_id and target.image_id not in image.id
-    ):
+    image = (
+        state.image_by_id(target.image_id) if target.image_id else state.image_by_tag(target.tag)
+    )
+    if image is None:
         raise HostError(
             ctx.name, f"image {target.reference} is not on the host", fix="fleet push it first"
         )
@@ -349,6 +349,16 @@ def switch(
                 _docker(transport, "rm", "-f", ident)
                 del names[ident]
 
+    # A container of that name that fleet did not start (the lab's old hand-run script):
+    # stopped and kept under another name, like an old version, and restored on failure.
+    unmanaged = _unmanaged(transport, name, names)
+    if unmanaged is not None:
+        ident, was_running = unmanaged
+        ctx.progress(f"keeping the unmanaged container {name} as {name}-unmanaged")
+        if was_running:
+            _docker(transport, "stop", ident)
+        remove_named(f"{name}-unmanaged")
+        _docker(transport, "rename", ident, f"{name}-unmanaged")
     # Stop every other version first: they share the host network's port.
     for container in running:
         ctx.progress(f"stopping {container.name} ({container.tag})")
@@ -399,6 +409,17 @@ def switch(
     _docker_quiet(transport, "rm", "-f", failed_name)
     _docker_quiet(transport, "rename", name, failed_name)
     restored = "nothing ran before"
+    if previous is None and unmanaged is not None:
+        _docker_quiet(transport, "rename", unmanaged[0], name)
+        if unmanaged[1]:
+            back = transport.run(["docker", "start", unmanaged[0]], check=False)
+            restored = (
+                "restarted the unmanaged container"
+                if back.ok
+                else f"could not restart the unmanaged container: {back.stderr.strip()}"
+            )
+        else:
+            restored = "put the unmanaged container back"
     if previous is not None:
         if previous.id in renamed:
             _docker_quiet(transport, "rename", previous.id, name)
@@ -437,6 +458,28 @@ def switch(
             "rolled_back": previous is not None,
         },
     )
+
+
+def _unmanaged(
+    transport: Transport, name: str, known: Mapping[str, str]
+) -> tuple[str, bool] | None:
+    """A container named ``name`` that is not one of the framework's: (id, running)."""
+    ran = transport.run(
+        [
+            "docker",
+            "inspect",
+            "--type",
+            "container",
+            "--format",
+            "{{.Id}} {{.State.Running}}",
+            name,
+        ],
+        check=False,
+    )
+    ident, _, running = ran.stdout.strip().partition(" ")
+    if not ran.ok or not ident or ident in known:
+        return None
+    return ident, running == "true"
 
 
 def spec_for_container(

@@ -304,7 +304,12 @@ class Player:
             built = self.controller_vars["build"]
             return FleetResult.of(
                 "build",
-                (HostResult(h.name, Outcome.OK, f"built {built['reference']}") for h in hosts),
+                (
+                    HostResult(
+                        h.name, Outcome.OK, f"{built['reference']} (built earlier in this play)"
+                    )
+                    for h in hosts
+                ),
             )
         project = images.load_project(
             str(args.get("project", self.options.project)), tag_prefix=args.get("tag_prefix")

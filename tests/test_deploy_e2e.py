@@ -287,3 +287,39 @@ def test_hostile_labels_are_refused(
         from fleet import images
 
         images.connect().images.remove(reference, force=True)
+
+
+def test_a_hand_started_container_of_that_name_is_kept_aside(
+    lab_env: LabFixture, fast_inventory: Path, project: FrameworkProject, capsys
+) -> None:
+    """A host still running the lab's old hand-made container: fleet takes over, keeps it."""
+    v1 = project.built[0]
+    clear_framework(lab_env)
+    host_sh(lab_env, "lab1", "docker", "rm", "-f", "cauchy_service-unmanaged")
+    assert (
+        run_json(capsys, "push", "lab1", f"{project.repository}:{v1}", "-i", str(fast_inventory))[0]
+        == 0
+    )
+    # Not labelled as this framework: started by hand, the way the lab did before fleet.
+    host_sh(
+        lab_env,
+        "lab1",
+        "docker",
+        "run",
+        "-d",
+        "--name",
+        "cauchy_service",
+        "--label",
+        "io.fleet.framework=hand-made",
+        "--network",
+        "host",
+        f"{project.repository}:{v1}",
+        "sleep",
+        "600",
+    )
+    code, doc = fleet(capsys, fast_inventory, project, "deploy", "lab1", v1)
+    assert code == 0, doc["hosts"]["lab1"]["reason"]
+    names = host_sh(lab_env, "lab1", "docker", "ps", "-a", "--format", "{{.Names}} {{.State}}")
+    assert "cauchy_service-unmanaged exited" in names, (names, doc["hosts"]["lab1"])
+    assert "cauchy_service running" in names
+    host_sh(lab_env, "lab1", "docker", "rm", "-f", "cauchy_service-unmanaged")

@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "push",
     "provision",
     "deploy",
+    "audit",
     "views",
     "play",
 )
