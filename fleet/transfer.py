@@ -509,9 +509,13 @@ class ImageStream:
         if out:
             yield out
         for chunk in data:
-            out = encoder.feed(chunk)
-            if out:
-                yield out
+            # Bounded pieces: a whole layer in one piece would be sliced quadratically
+            # by paramiko's sendall, and would sit whole in every host's queue.
+            view = memoryview(chunk)
+            for start in range(0, len(view), _CHUNK):
+                out = encoder.feed(bytes(view[start : start + _CHUNK]))
+                if out:
+                    yield out
         out = encoder.feed(_padding(size)) + encoder.finish()
         if out:
             yield out

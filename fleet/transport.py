@@ -38,6 +38,7 @@ from fleet.errors import CommandError, HostError, HostKeyError, UnreachableError
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 _READ_CHUNK = 1 << 16
+_SEND_PIECE = 1 << 18
 # Let the server (OpenSSH: 1-4 GiB) drive rekeys; see the module docstring.
 _REKEY_BYTES = 1 << 40
 _MAX_LINE = 1 << 16
@@ -382,9 +383,12 @@ class SSHTransport:
         def write() -> None:
             try:
                 for chunk in chunks:
-                    if chunk:
+                    view = memoryview(chunk)
+                    # paramiko's sendall re-slices what is left after every packet:
+                    # keep each call small so that stays cheap.
+                    for start in range(0, len(view), _SEND_PIECE):
                         blocked_since[0] = time.monotonic()
-                        channel.sendall(chunk)
+                        channel.sendall(bytes(view[start : start + _SEND_PIECE]))
                         blocked_since[0] = None
                 channel.shutdown_write()
             except BaseException as exc:
