@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleet import facts
 from fleet.images import LABEL_COMMIT_COUNT, LABEL_DIRTY, LABEL_DOCKER_CMD, LABEL_TAG
 from fleet.transport import Transport
 
@@ -267,17 +268,7 @@ def gather(
 
 
 def _sections(text: str) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in text.splitlines():
-        if line.startswith("@@"):
-            name, _, rest = line[2:].partition(" ")
-            current = found.setdefault(name, [])
-            if rest:
-                current.append(rest)
-        elif current is not None and line.strip():
-            current.append(line)
-    return found
+    return facts.sections(text, keep_blank=False)
 
 
 def _json_lines(lines: list[str]) -> list[dict[str, Any]]:

@@ -92,8 +92,11 @@ def gather(transport: Transport, timeout: float | None = None) -> HostFacts:
     return parse(result.stdout)
 
 
-def sections(text: str) -> dict[str, list[str]]:
-    """Split the script's output into its ``@@name`` sections."""
+def sections(text: str, *, keep_blank: bool = True) -> dict[str, list[str]]:
+    """Split a fact script's output into its ``@@name`` sections (every fact script's format).
+
+    A marker line may carry a value after a space (``@@engine_rc 0``).
+    """
     found: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in text.splitlines():
@@ -103,7 +106,7 @@ def sections(text: str) -> dict[str, list[str]]:
             if rest:
                 current.append(rest)
             continue
-        if current is not None:
+        if current is not None and (keep_blank or line.strip()):
             current.append(line)
     return found
 

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from fleet import facts
 from fleet.errors import HostError
 from fleet.images import ImageSpec, chain_ids
 from fleet.inventory import Host
@@ -119,17 +120,9 @@ class HostImageState:
 
 
 def _sections(text: str) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in text.splitlines():
-        if line.startswith("@@"):
-            name, _, rest = line[2:].partition(" ")
-            current = found.setdefault(name, [])
-            if rest:
-                current.append(rest)
-        elif current is not None and line.strip():
-            current.append(line.strip())
-    return found
+    return {
+        k: [line.strip() for line in v] for k, v in facts.sections(text, keep_blank=False).items()
+    }
 
 
 def parse_state(text: str) -> HostImageState:

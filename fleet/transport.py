@@ -288,26 +288,18 @@ class SSHTransport:
         keys = _load_private_keys(ep) if ep.key_files else []
         if not ep.key_files:
             keys = _load_private_keys(replace(ep, key_files=_default_key_files()))
+        try:
+            agent_keys = list(paramiko.Agent().get_keys())
+        except paramiko.SSHException:
+            agent_keys = []
         errors: list[str] = []
-        for key in keys:
+        offers = [(f"{k.get_name()} {fingerprint(k)}", k) for k in keys]
+        offers += [(f"agent key {fingerprint(k)}", k) for k in agent_keys]
+        for label, key in offers:
             try:
                 transport.auth_publickey(ep.user, key)
             except paramiko.AuthenticationException as exc:
-                errors.append(f"{key.get_name()} {fingerprint(key)}: {exc}")
-                continue
-            except (paramiko.SSHException, EOFError, OSError) as exc:
-                raise UnreachableError(ep.name, f"authentication failed: {exc}") from exc
-            if transport.is_authenticated():
-                return
-        try:
-            agent_keys = paramiko.Agent().get_keys()
-        except paramiko.SSHException:
-            agent_keys = ()
-        for agent_key in agent_keys:
-            try:
-                transport.auth_publickey(ep.user, agent_key)
-            except paramiko.AuthenticationException as exc:
-                errors.append(f"agent key {fingerprint(agent_key)}: {exc}")
+                errors.append(f"{label}: {exc}")
                 continue
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 raise UnreachableError(ep.name, f"authentication failed: {exc}") from exc
