@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -218,3 +222,42 @@ def test_heal_after_faults(lab_env: LabFixture) -> None:
     """Leave the lab as the next tests expect it."""
     healed = heal(lab_env)
     assert [h.state for h in healed.lab.hosts] == ["running", "running"]
+
+
+def test_ctrl_c_mid_rollout_releases_locks_and_leaves_every_host_running(
+    lab_env: LabFixture, fast_inventory: Path, project: FrameworkProject, capsys
+) -> None:
+    v1, v2 = project.built
+    assert fleet(capsys, fast_inventory, project, "deploy", "all", v1)[0] == 0
+    argv = [
+        sys.executable,
+        "-m",
+        "fleet",
+        "deploy",
+        "all",
+        v2,
+        "--serial",
+        "1",
+        "-i",
+        str(fast_inventory),
+    ]
+    argv += ["--project", str(project.root), "--retry-file", "/dev/null"]
+    controller = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
+    time.sleep(2.5)  # in the middle of the first batch
+    controller.send_signal(signal.SIGINT)
+    _, err = controller.communicate(timeout=120)
+    assert controller.returncode == 130, err[-2000:]
+    assert "RECAP deploy" in err  # what was done so far is printed
+    for host in ("lab1", "lab2"):
+        lock = (
+            lab.engine_client()
+            .containers.get(lab_env.host(host).container)
+            .exec_run(["test", "-e", "/var/lib/fleet/deploy.lock"])
+        )
+        assert lock.exit_code != 0, f"{host} still locked"
+        assert running_tag(lab_env, host) in (v1, v2), f"{host} runs no framework"
+    code, doc = fleet(capsys, fast_inventory, project, "deploy", "all", v2)
+    assert code == 0, doc
+    assert running_tag(lab_env, "lab1") == v2 and running_tag(lab_env, "lab2") == v2
