@@ -283,12 +283,6 @@ def _kept_name(name: str, container: FrameworkContainer, suffix: str = "") -> st
     return f"{name}-{tag}{suffix}"
 
 
-def _remove_if_exists(transport: Transport, state: HostFramework, name: str) -> None:
-    for container in state.containers:
-        if container.name == name:
-            _docker(transport, "rm", "-f", container.id)
-
-
 @dataclass(frozen=True)
 class Target:
     """The version to run on a host."""

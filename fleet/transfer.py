@@ -366,7 +366,6 @@ class ImageStream:
         self._save = save
         self.compress = compress
         self.layer_sizes: list[int] = [0] * len(spec.diff_ids)
-        self.config_size = 0
         self.manifest_digest = ""
 
     def local_members(
@@ -453,7 +452,6 @@ class ImageStream:
         spec = self.spec
         if hashlib.sha256(config).hexdigest() != spec.config_digest.removeprefix("sha256:"):
             raise HostError("controller", f"the config of {spec.ref} does not match its image ID")
-        self.config_size = len(config)
         manifest = _manifest_bytes(spec, config, self.layer_sizes)
         self.manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
         index = {
@@ -609,7 +607,6 @@ class Broadcast:
         self.source = ""
         self._replay: list[_Member] | None = None
         self.error: BaseException | None = None
-        self.manifest_digest = ""
         self.layer_sizes: list[int] = []
 
     def run(self, sinks: Sequence[_Sink], *, replay: bool = True) -> None:
@@ -655,7 +652,6 @@ class Broadcast:
                 if cache is not None:
                     cache.append(member)
             self._replay = cache
-            self.manifest_digest = stream.manifest_digest
             self.layer_sizes = stream.layer_sizes
         except BaseException as exc:
             self.error = exc
@@ -711,7 +707,7 @@ def disk_needed(spec_sizes: Sequence[int], send: Iterable[int], store: str) -> i
     return total * (2 if store == "containerd" else 1)
 
 
-def result_for(ctx: HostContext, shipment: Shipment, seconds_note: str = "") -> HostResult:
+def result_for(ctx: HostContext, shipment: Shipment) -> HostResult:
     outcome = Outcome.CHANGED if shipment.layers_sent or shipment.bytes_sent else Outcome.OK
     reason = (
         f"sent {shipment.layers_sent}/{shipment.layers_total} layers, {shipment.bytes_sent} bytes"
@@ -720,7 +716,7 @@ def result_for(ctx: HostContext, shipment: Shipment, seconds_note: str = "") -> 
     )
     return ctx.result(
         outcome,
-        reason + seconds_note,
+        reason,
         details={
             "store": shipment.store,
             "layers_total": shipment.layers_total,

@@ -138,7 +138,6 @@ def _deploy(args: argparse.Namespace) -> int:
     options = _options(args, repository)
 
     def operation(runner: Any, hosts: Any) -> FleetResult:
-        deploy.batches(hosts, args.serial)
         save = partial(images.save_stream, client, reference)
         return deploy.deploy(
             runner, hosts, spec, save, sizes, options, images.LocalLayers.of(client)
