@@ -34,7 +34,7 @@ from fleet.containers import (
     HostFramework,
 )
 from fleet.errors import FleetError, HostError, UsageError, tail_lines
-from fleet.images import ImageSpec
+from fleet.images import Shippable
 from fleet.inventory import Host
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Interrupted, Runner
@@ -519,20 +519,13 @@ def _gather(ctx: HostContext, options: DeployOptions) -> HostFramework:
 
 # -- the fleet --------------------------------------------------------------------------
 def deploy(
-    runner: Runner,
-    hosts: Sequence[Host],
-    spec: ImageSpec,
-    save: transfer.SaveStream,
-    sizes: Sequence[int],
-    options: DeployOptions,
-    local: transfer.LayerSource | None = None,
+    runner: Runner, hosts: Sequence[Host], image: Shippable, options: DeployOptions
 ) -> FleetResult:
-    """Roll ``spec`` out in batches: ship it, switch each host, stop when too many fail."""
+    """Roll ``image`` out in batches: ship it, switch each host, stop when too many fail."""
     started = time.monotonic()
-    tag = spec.ref.rpartition(":")[2]
     results: dict[str, HostResult] = {}
     try:
-        _rollout(runner, hosts, spec, save, sizes, options, tag, results, local)
+        _rollout(runner, hosts, image, options, results)
     except Interrupted as exc:
         results.update({r.host: r for r in exc.partial.results})
         for host in hosts:
@@ -549,14 +542,12 @@ def deploy(
 def _rollout(
     runner: Runner,
     hosts: Sequence[Host],
-    spec: ImageSpec,
-    save: transfer.SaveStream,
-    sizes: Sequence[int],
+    image: Shippable,
     options: DeployOptions,
-    tag: str,
     results: dict[str, HostResult],
-    local: transfer.LayerSource | None,
 ) -> None:
+    spec = image.spec
+    tag = spec.ref.rpartition(":")[2]
     stop_reason = ""
     for index, batch in enumerate(batches(hosts, options.serial), start=1):
         if stop_reason:
@@ -566,9 +557,7 @@ def _rollout(
         pushed = transfer.push(
             runner,
             batch,
-            spec,
-            save,
-            sizes,
+            image,
             transfer.PushOptions(
                 compress=options.compress, check=options.check, state_timeout=options.state_timeout
             ),

@@ -26,6 +26,7 @@ Only this module talks to docker-py. ``build`` and ``list_versions`` take a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import os
@@ -1028,23 +1029,42 @@ def image_spec(client: Any, reference: str) -> ImageSpec:
     return ImageSpec(reference, str(image.id), tuple(_layers(image)))
 
 
-def layer_sizes(client: Any, reference: str) -> list[int]:
-    """Estimated unpacked size of each layer, bottom first (from the image's history).
+def layer_sizes(client: Any, reference: str, count: int) -> list[int]:
+    """Estimated unpacked size of each of the image's ``count`` layers, bottom first.
 
-    History lists empty steps (ENV, LABEL) too; their size is 0. Only an estimate for
-    disk checks: the exact tar sizes are known once ``docker save`` streams them.
+    From the image's history, which lists empty steps (ENV, LABEL) too, with size 0. Only
+    an estimate for disk checks: the exact tar sizes are known once the layers stream.
     """
-    spec = image_spec(client, reference)
     try:
         history = client.api.history(reference)
     except (docker.errors.DockerException, OSError) as exc:
         raise EngineError(f"cannot read the history of {reference}: {exc}") from exc
     sizes = [int(entry.get("Size") or 0) for entry in reversed(history)]
     non_empty = [s for s in sizes if s > 0]
-    count = len(spec.diff_ids)
     if len(non_empty) >= count:
         return non_empty[-count:] if count else []
     return [*([0] * (count - len(non_empty))), *non_empty]
+
+
+@dataclass(frozen=True)
+class Shippable:
+    """An image on the controller as ``transfer.push`` ships it."""
+
+    spec: ImageSpec
+    sizes: tuple[int, ...]
+    save: Callable[[], Iterable[bytes]]
+    local: LocalLayers | None = None
+
+
+def shippable(client: Any, reference: str) -> Shippable:
+    """Everything push needs of ``reference``: its layers, their sizes, how to read them."""
+    spec = image_spec(client, reference)
+    return Shippable(
+        spec=spec,
+        sizes=tuple(layer_sizes(client, reference, len(spec.diff_ids))),
+        save=functools.partial(save_stream, client, reference),
+        local=LocalLayers.of(client),
+    )
 
 
 def save_stream(client: Any, reference: str) -> Iterator[bytes]:

@@ -20,7 +20,6 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Protocol
 
 from fleet import deploy as deploy_mod
@@ -381,18 +380,6 @@ class Player:
 Step = Callable[[Player, Play, Task, dict[str, Any], list[Host]], FleetResult]
 
 
-def _ship_inputs(player: Player, reference: str) -> tuple[Any, list[int], Any, Any]:
-    client = player.client
-    spec = images.image_spec(client, reference)
-    sizes = images.layer_sizes(client, reference)
-    return (
-        spec,
-        sizes,
-        partial(images.save_stream, client, reference),
-        images.LocalLayers.of(client),
-    )
-
-
 def _not_built(reference: str, hosts: list[Host], what: str) -> FleetResult:
     return FleetResult.of(
         what,
@@ -411,14 +398,14 @@ def _push(
     reference = player.image(args, "image")
     if player.options.check and not images.has_image(player.client, reference):
         return _not_built(reference, hosts, "push")
-    spec, sizes, save, local = _ship_inputs(player, reference)
+    image = images.shippable(player.client, reference)
     min_free = args.get("min_free") or 0
     options = transfer.PushOptions(
         compress=str(args.get("compress", "gzip")),
         check=player.options.check,
         min_free_bytes=_size(min_free),
     )
-    return transfer.push(player.runner, hosts, spec, save, sizes, options, local)
+    return transfer.push(player.runner, hosts, image, options)
 
 
 def _deploy_options(
@@ -438,9 +425,10 @@ def _deploy(
     reference = player.image(args, "version")
     if player.options.check and not images.has_image(player.client, reference):
         return _not_built(reference, hosts, "deploy")
-    spec, sizes, save, local = _ship_inputs(player, reference)
     options = _deploy_options(player, args, reference.rpartition(":")[0])
-    return deploy_mod.deploy(player.runner, hosts, spec, save, sizes, options, local)
+    return deploy_mod.deploy(
+        player.runner, hosts, images.shippable(player.client, reference), options
+    )
 
 
 def _repository(player: Player, args: Mapping[str, Any]) -> str:

@@ -48,7 +48,6 @@ import binascii
 import contextlib
 import dataclasses
 import difflib
-import functools
 import hashlib
 import ipaddress
 import json
@@ -57,7 +56,7 @@ import re
 import shlex
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -67,7 +66,6 @@ from fleet import facts as facts_mod
 from fleet import images, transfer
 from fleet.errors import CommandError, InputError, UsageError
 from fleet.facts import Disk, HostFacts
-from fleet.images import ImageSpec
 from fleet.inventory import Host
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
@@ -1508,16 +1506,8 @@ def _block_line(block: bytes) -> str:
 
 
 # -- running ----------------------------------------------------------------------------
-SaveStream = Callable[[], Iterable[bytes]]
-
-
-@dataclass(frozen=True)
-class BaseImage:
-    """The base image as the controller has it: what push ships."""
-
-    spec: ImageSpec
-    sizes: tuple[int, ...]
-    save: SaveStream
+# The base image as the controller has it: what push ships.
+BaseImage = images.Shippable
 
 
 @dataclass(frozen=True)
@@ -1567,11 +1557,7 @@ def resolve_base_images(
                 fix="build it with 'fleet build' (it builds the base, layers 1-2, first), set "
                 "fleet_provision.base_image to an image you have, or pass --skip-base",
             )
-        found[ref] = BaseImage(
-            spec=images.image_spec(client, ref),
-            sizes=tuple(images.layer_sizes(client, ref)),
-            save=functools.partial(images.save_stream, client, ref),
-        )
+        found[ref] = images.shippable(client, ref)
     return resolved, found
 
 
@@ -1733,14 +1719,13 @@ def provision(
                 key = (ref, settings[host.name].min_free_docker)
                 groups.setdefault(key, []).append(host)
         for (ref, reserve), members in groups.items():
-            base = bases[ref]
             push_options = transfer.PushOptions(
                 compress=options.compress,
                 check=options.check,
                 min_free_bytes=reserve,
                 state_timeout=options.timeout,
             )
-            pushed = transfer.push(runner, members, base.spec, base.save, base.sizes, push_options)
+            pushed = transfer.push(runner, members, bases[ref], push_options)
             for row in pushed.results:
                 results[row.host] = with_base(results[row.host], row, ref, options.check)
     command = "provision --check" if options.check else "provision"

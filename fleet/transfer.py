@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from fleet import facts
 from fleet.errors import HostError
-from fleet.images import ImageSpec, chain_ids
+from fleet.images import ImageSpec, Shippable, chain_ids
 from fleet.inventory import Host
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
@@ -743,18 +743,16 @@ class PushOptions:
 def push(
     runner: Runner,
     hosts: Sequence[Host],
-    spec: ImageSpec,
-    save: SaveStream,
-    sizes: Sequence[int],
+    image: Shippable,
     options: PushOptions = PushOptions(),
-    local: LayerSource | None = None,
 ) -> FleetResult:
-    """Ship ``spec`` to every host that lacks it; one result per host, in host order.
+    """Ship ``image`` to every host that lacks it; one result per host, in host order.
 
     First every host says what it has (one round trip each); then, in waves of at most
     ``runner.forks`` hosts, one pass over ``docker save`` feeds every host of the wave its
     missing layers; then each host's image is verified.
     """
+    spec, sizes = image.spec, image.sizes
     started = time.monotonic()
     plans: dict[str, Plan] = {}
     lock = threading.Lock()
@@ -800,7 +798,7 @@ def push(
     if options.check:
         return FleetResult.of("push --check", inspected.results, time.monotonic() - started)
     todo = [h for h in hosts if h.name in plans]
-    broadcast = Broadcast(spec, save, options.compress, local)
+    broadcast = Broadcast(spec, image.save, options.compress, image.local)
     for first in range(0, len(todo), runner.forks):
         wave = todo[first : first + runner.forks]
         sinks = {h.name: _Sink(h.name, plans[h.name].send) for h in wave}

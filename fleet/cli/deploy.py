@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from functools import partial
 from typing import Any
 
 from fleet import deploy, images
@@ -130,18 +129,14 @@ def _deploy(args: argparse.Namespace) -> int:
         reference = args.version
     else:
         reference = f"{project.repository}:{args.version}"
-    spec = images.image_spec(client, reference)
-    sizes = images.layer_sizes(client, reference)
+    image = images.shippable(client, reference)
     repository = reference.rpartition(":")[0]
     if args.serial is not None:
         deploy.batches([], args.serial)  # validate before touching any host
     options = _options(args, repository)
 
     def operation(runner: Any, hosts: Any) -> FleetResult:
-        save = partial(images.save_stream, client, reference)
-        return deploy.deploy(
-            runner, hosts, spec, save, sizes, options, images.LocalLayers.of(client)
-        )
+        return deploy.deploy(runner, hosts, image, options)
 
     return common.run_fleet(args, operation, detail_columns=COLUMNS, title=f"deploy {reference}")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from functools import partial
 from typing import Any
 
 from fleet import images, transfer
@@ -75,8 +74,7 @@ def _push(args: argparse.Namespace) -> int:
         # 'fleet push cauchy:0.2.7' names an image, not the union of two host patterns.
         args.image, args.pattern = args.pattern, "all"
     reference = args.image or default_image(client, args.project)
-    spec = images.image_spec(client, reference)
-    sizes = images.layer_sizes(client, reference)
+    image = images.shippable(client, reference)
     options = transfer.PushOptions(
         compress=args.compress,
         check=args.check,
@@ -85,10 +83,7 @@ def _push(args: argparse.Namespace) -> int:
     )
 
     def task(runner: Any, hosts: Any) -> FleetResult:
-        save = partial(images.save_stream, client, reference)
-        return transfer.push(
-            runner, hosts, spec, save, sizes, options, images.LocalLayers.of(client)
-        )
+        return transfer.push(runner, hosts, image, options)
 
     columns = (
         ("store", "layers_present", "layers_to_send")
