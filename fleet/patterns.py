@@ -29,6 +29,7 @@ import fnmatch
 import os
 import re
 import string
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -369,7 +370,7 @@ class _Matcher:
 
     def _enumerate(self, expr: str, pattern: str) -> tuple[list[str], bool]:
         """Hosts of the groups ``expr`` matches, plus hosts it matches by name."""
-        regex = _compile(expr, pattern)
+        regex = compile_term(expr, pattern)
         groups = [name for name in self.inventory.groups if regex.match(name)]
         hosts: list[str] = []
         for name in groups:
@@ -400,12 +401,16 @@ def _split_subscript(body: str) -> tuple[str, tuple[int, int | None] | None]:
     return expr, (int(start), int(end) if end else -1)
 
 
-def _compile(expr: str, pattern: str) -> re.Pattern[str]:
+def compile_term(expr: str, pattern: str) -> re.Pattern[str]:
     """A glob (fnmatch, whole name) or, with '~', a regex matched from the name's start."""
     try:
-        if expr[0] == "~":
-            return re.compile(expr[1:])
-        return re.compile(fnmatch.translate(expr))
+        with warnings.catch_warnings():
+            # Python warns of syntax that may change meaning one day ('[[' ...); the
+            # expression compiles and means what it says today, so the user is not nagged.
+            warnings.simplefilter("ignore", FutureWarning)
+            if expr[0] == "~":
+                return re.compile(expr[1:])
+            return re.compile(fnmatch.translate(expr))
     except (re.error, OverflowError, RecursionError) as exc:
         raise PatternError(
             f"{expr!r} in pattern {pattern!r} is not a valid regular expression: {exc}",

@@ -43,8 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleet.errors import InventoryError, PlaybookError, UsageError
+from fleet.errors import InventoryError, PatternError, PlaybookError, UsageError
 from fleet.inventory import read_yaml
+from fleet.patterns import compile_term, split_pattern
 
 # -- the model --------------------------------------------------------------------------
 PLAY_KEYS = frozenset(
@@ -354,13 +355,17 @@ def _strings(value: Any) -> list[str]:
 
 
 def _check_pattern_syntax(pattern: str, fail: Callable[[str], PlaybookError]) -> None:
+    """Every regular expression of the pattern compiles, the way selecting will compile it."""
     if any(ch in pattern for ch in "\n\r\0"):
         raise fail("a host pattern is one line")
-    if pattern.startswith("~"):
-        try:
-            re.compile(pattern[1:])
-        except re.error as exc:
-            raise fail(f"invalid regular expression: {exc}") from None
+    # The whole pattern too: an unclosed '[' keeps split_pattern from seeing the term whole.
+    for term in [pattern, *split_pattern(pattern)]:
+        expr = term.lstrip("!&")
+        if expr.startswith("~"):
+            try:
+                compile_term(expr, pattern)
+            except PatternError as exc:
+                raise fail(f"invalid regular expression: {exc.message}") from None
 
 
 # -- expressions ------------------------------------------------------------------------
