@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -123,6 +124,22 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     code = main(list(argv))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def run_project_json(
+    capsys: pytest.CaptureFixture[str], inventory: Path, project: Any, *args: str
+) -> tuple[int, dict[str, Any]]:
+    """Run a fleet command on the lab for a test framework project; (exit code, JSON)."""
+    return run_json(
+        capsys,
+        *args,
+        "-i",
+        str(inventory),
+        "--project",
+        str(project.root),
+        "--retry-file",
+        "/dev/null",
+    )
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, object]]:

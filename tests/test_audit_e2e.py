@@ -21,7 +21,7 @@ import yaml
 from fleet import cli as fleet_cli
 from fleet import containers, images, lab
 from fleet.transport import KnownHosts, SSHTransport
-from tests.conftest import LabFixture, run_cli, run_json
+from tests.conftest import LabFixture, run_cli, run_project_json
 from tests.framework import FrameworkProject
 
 pytestmark = pytest.mark.lab
@@ -105,19 +105,7 @@ def inventory(lab_env: LabFixture, tmp_path_factory: pytest.TempPathFactory) -> 
     return path
 
 
-def fleet(
-    capsys: pytest.CaptureFixture[str], inventory: Path, project: FrameworkProject, *args: str
-) -> tuple[int, dict[str, Any]]:
-    return run_json(
-        capsys,
-        *args,
-        "-i",
-        str(inventory),
-        "--project",
-        str(project.root),
-        "--retry-file",
-        "/dev/null",
-    )
+fleet = run_project_json
 
 
 def audit_rows(

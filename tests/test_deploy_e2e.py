@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LabFixture, clear_framework, host_sh, run_json
+from tests.conftest import LabFixture, clear_framework, host_sh, run_json, run_project_json
 from tests.framework import FrameworkProject, build_with_label
 
 pytestmark = pytest.mark.lab
@@ -46,17 +46,7 @@ def containers(env: LabFixture, host: str, repository: str) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in out.splitlines() if line)
 
 
-def fleet(capsys, inventory: Path, project: FrameworkProject, *args: str) -> tuple[int, dict]:
-    return run_json(
-        capsys,
-        *args,
-        "-i",
-        str(inventory),
-        "--project",
-        str(project.root),
-        "--retry-file",
-        "/dev/null",
-    )
+fleet = run_project_json
 
 
 def test_rollout_story(

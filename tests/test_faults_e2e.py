@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from fleet import lab
-from tests.conftest import LabFixture, clear_framework, heal, run_json
+from tests.conftest import LabFixture, clear_framework, heal, run_json, run_project_json
 from tests.framework import FrameworkProject
 
 pytestmark = [pytest.mark.lab, pytest.mark.faults]
@@ -38,17 +38,7 @@ def project(
     built.remove_images()
 
 
-def fleet(capsys, inventory: Path, project: FrameworkProject, *args: str) -> tuple[int, dict]:
-    return run_json(
-        capsys,
-        *args,
-        "-i",
-        str(inventory),
-        "--project",
-        str(project.root),
-        "--retry-file",
-        "/dev/null",
-    )
+fleet = run_project_json
 
 
 def running_tag(env: LabFixture, host: str) -> str:
