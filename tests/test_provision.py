@@ -871,8 +871,11 @@ def test_hosts_without_a_base_image_get_the_projects(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(images, "connect", object)
     monkeypatch.setattr(images, "has_image", lambda client, ref: True)
-    monkeypatch.setattr(images, "image_spec", lambda client, ref: ImageSpec(ref, "sha256:c", ()))
-    monkeypatch.setattr(images, "layer_sizes", lambda client, ref: [])
+    monkeypatch.setattr(
+        images,
+        "shippable",
+        lambda client, ref: images.Shippable(ImageSpec(ref, "sha256:c", ()), (), lambda: iter(())),
+    )
     given = {"gpu1": DEFAULTS, "gpu2": dataclasses.replace(DEFAULTS, base_image="other:1")}
     resolved, bases = provision.resolve_base_images(given, Path(__file__).parent.parent)
     assert resolved["gpu1"].base_image == "cauchy_base:latest"  # fleet_image in all.yml
