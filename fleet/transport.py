@@ -20,6 +20,7 @@ Its policy, from ``shared/SSH.md``:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import select
@@ -385,7 +386,7 @@ class SSHTransport:
                 channel.shutdown_write()
             except BaseException as exc:
                 writer_error.append(exc)
-                channel.close()
+                _close(channel)
 
         writer = threading.Thread(target=write, name=f"stdin-{self.host}", daemon=True)
         writer.start()
@@ -398,7 +399,7 @@ class SSHTransport:
                 lambda: _stalled(blocked_since[0], stall_timeout),
             )
         finally:
-            channel.close()
+            _close(channel)
             writer.join(timeout=5)
         seconds = time.monotonic() - started
         if writer_error and code != 0 and not self._transport.is_active():
@@ -505,7 +506,7 @@ class SSHTransport:
             else:
                 return FOLLOW_STOPPED
         finally:
-            channel.close()
+            _close(channel)
             for buffer in streams.values():
                 buffer.flush()
         code = channel.recv_exit_status()
@@ -580,7 +581,7 @@ class SSHTransport:
                 ):
                     channel.status_event.wait(0.1)
         finally:
-            channel.close()
+            _close(channel)
         code = channel.recv_exit_status() if channel.exit_status_ready() else -1
         if code == -1:
             if not self._transport.is_active():
@@ -592,6 +593,15 @@ class SSHTransport:
         self._transport.close()
         if self._jump is not None:
             self._jump.close()
+
+
+def _close(channel: paramiko.Channel) -> None:
+    """Close ``channel``; closing sends a message, which fails again on a dead connection.
+
+    The caller reports the lost connection from the exit status and the transport state.
+    """
+    with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
+        channel.close()
 
 
 def _stalled(blocked_since: float | None, limit: float | None) -> float | None:
