@@ -589,6 +589,51 @@ class SSHTransport:
             raise HostError(self.host, f"{command!r} ended without an exit status (killed?)")
         return code
 
+    # -- byte pipes -------------------------------------------------------------------------
+    def splice(self, argv: Sequence[str], sock: socket.socket) -> int:
+        """Run ``argv`` with its stdin and stdout joined to ``sock``, until both ends close.
+
+        The way to reach a host's Unix socket over this connection, e.g. the Docker API
+        through ``docker system dial-stdio``, as the docker CLI's ``ssh://`` hosts do.
+        Returns the command's exit code (-1 when it gave none); ``sock`` is closed.
+        """
+        command = self.command_line(argv)
+        channel = self._open_channel(command, None)
+        _join(channel, sock)
+        return channel.recv_exit_status() if channel.exit_status_ready() else -1
+
+    def forward_remote(self, port: int, target: tuple[str, int]) -> int:
+        """Listen on the host's ``127.0.0.1:port`` and join each connection to ``target``.
+
+        ``target`` is an address the controller connects to (OpenSSH's ``ssh -R``); ``port``
+        0 lets sshd choose. Returns the host's port; :meth:`cancel_forward` ends it.
+        """
+
+        def accept(channel: paramiko.Channel, origin: Any, server: Any) -> None:
+            # Called on paramiko's transport thread: connect and copy elsewhere.
+            threading.Thread(
+                target=_join_target,
+                args=(channel, target),
+                name=f"forward-{self.host}",
+                daemon=True,
+            ).start()
+
+        try:
+            return int(self._transport.request_port_forward("127.0.0.1", port, handler=accept))
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            if not self._transport.is_active():
+                raise UnreachableError(self.host, f"connection lost: {exc}") from exc
+            raise HostError(
+                self.host,
+                f"sshd refused to forward 127.0.0.1:{port} to the controller: {exc}",
+                fix="allow it in the host's sshd_config (AllowTcpForwarding yes, the default)",
+            ) from exc
+
+    def cancel_forward(self, port: int) -> None:
+        """Stop listening on the host's ``127.0.0.1:port``; open connections go on."""
+        with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
+            self._transport.cancel_port_forward("127.0.0.1", port)
+
     def close(self) -> None:
         self._transport.close()
         if self._jump is not None:
@@ -602,6 +647,47 @@ def _close(channel: paramiko.Channel) -> None:
     """
     with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
         channel.close()
+
+
+def _join_target(channel: paramiko.Channel, target: tuple[str, int]) -> None:
+    try:
+        sock = socket.create_connection(target, timeout=DEFAULT_CONNECT_TIMEOUT)
+    except OSError:
+        _close(channel)  # the host's client sees the connection refused
+        return
+    sock.settimeout(None)
+    _join(channel, sock)
+
+
+def _join(channel: paramiko.Channel, sock: socket.socket) -> None:
+    """Copy bytes both ways between ``channel`` and ``sock`` until the channel's end closes.
+
+    One thread per direction: a direction that blocks (its reader is busy) never stalls
+    the other, which a single select loop with blocking sends would. The joined protocols
+    (HTTP) never half-close, so once the channel's side has ended, the socket is cut too.
+    """
+
+    def copy_out() -> None:  # socket -> channel
+        try:
+            while data := sock.recv(_READ_CHUNK):
+                channel.sendall(data)
+            channel.shutdown_write()
+        except (paramiko.SSHException, EOFError, OSError):
+            _close(channel)
+
+    sender = threading.Thread(target=copy_out, name="splice-out", daemon=True)
+    sender.start()
+    try:
+        while data := channel.recv(_READ_CHUNK):
+            sock.sendall(data)
+    except (paramiko.SSHException, EOFError, OSError):
+        pass  # one side went away: close both
+    finally:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # wakes the sender's recv
+        sender.join()
+        _close(channel)
+        sock.close()
 
 
 def _stalled(blocked_since: float | None, limit: float | None) -> float | None:
