@@ -660,6 +660,29 @@ class Broadcast:
                 sink.put(None)
 
 
+def thin_tarball(image: Shippable, send: Iterable[int], compress: str = "none") -> Iterator[bytes]:
+    """The tarball ``docker load`` takes, with only the layers ``send``, as a stream.
+
+    For one receiver that is not a host of the fleet (the controller pulling an image back
+    from a build host); a thread reads the image while the caller consumes the stream.
+    """
+    broadcast = Broadcast(image.spec, image.save, compress, image.local)
+    sink = _Sink("controller", frozenset(send))
+    producer = threading.Thread(
+        target=broadcast.run, args=([sink],), kwargs={"replay": False}, daemon=True
+    )
+    producer.start()
+    try:
+        yield from sink.chunks()
+    finally:
+        sink.close()
+        producer.join(timeout=60)
+    if broadcast.error is not None:
+        raise HostError(
+            "controller", f"reading {image.spec.ref} failed: {broadcast.error}"
+        ) from broadcast.error
+
+
 # -- one host ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Shipment:
