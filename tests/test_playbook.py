@@ -59,7 +59,7 @@ def test_broken_playbook_is_refused_with_its_location(name: str) -> None:
     started = time.monotonic()
     with pytest.raises(PlaybookError) as caught:
         playbook.load(BAD / name)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 30  # a hang guard, not a speed target
     text = str(caught.value)
     assert where in text, text
     assert message in text, text

@@ -222,7 +222,9 @@ def test_fresh_hosts_provisioned_then_ok(
     started = time.monotonic()
     code, doc = sandbox.provision(capsys, inventory)
     assert code == 0, doc
-    assert time.monotonic() - started < 15
+    assert (
+        time.monotonic() - started < 120
+    )  # a hang guard: "nothing to change" below is the real check
     for host in HOSTS:
         result = doc["hosts"][host]
         assert (result["outcome"], result["reason"]) == ("ok", "nothing to change"), result

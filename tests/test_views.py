@@ -405,7 +405,7 @@ def test_follow_merges_hosts_reports_the_one_that_goes_away_and_stops_on_request
         lambda host, line: seen.append((host, line)),
         on_end,
     )
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30  # a hang guard: the stop must end every stream
     assert sorted(seen) == [("lab1", "l1 a"), ("lab1", "l1 b"), ("lab2", "l2 a")]
     assert [(r.host, r.outcome) for r in ended] == [
         ("lab3", Outcome.SKIPPED),

@@ -11,6 +11,7 @@ from fleet import play as play_mod
 from fleet import playbook as playbook_mod
 from fleet import report
 from fleet.cli import common
+from fleet.errors import FleetError
 from fleet.report import play as play_report
 
 
@@ -47,6 +48,14 @@ def register(subparsers: Any) -> None:
         help="extra variables (highest precedence)",
     )
     parser.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME|@FILE",
+        help="mark variable NAME secret (or load @FILE's variables as secrets): its value "
+        "never appears in the output, --json, image labels or host history",
+    )
+    parser.add_argument(
         "--project",
         default=".",
         metavar="DIR",
@@ -59,6 +68,14 @@ def register(subparsers: Any) -> None:
 def _play(args: argparse.Namespace) -> int:
     book = playbook_mod.load(args.playbook)
     extra = playbook_mod.extra_vars(args.extra_vars)
+    secret_names: set[str] = set()
+    for item in args.secret:
+        if item.startswith("@"):
+            loaded = playbook_mod.vars_file(item)
+            extra.update(loaded)
+            secret_names.update(loaded)
+        else:
+            secret_names.add(item)
     if args.syntax_check:
         print(
             f"playbook: {book.path} ({len(book.plays)} plays, {sum(len(p.tasks) for p in book.plays)} tasks): ok"
@@ -75,12 +92,13 @@ def _play(args: argparse.Namespace) -> int:
         limit=args.limit,
         extra=extra,
         project=args.project,
+        secret_names=frozenset(secret_names),
     )
     out = report.console()
     events = play_report.PlayReporter(out)
     runner = common.make_runner(args, events)
+    player = play_mod.Player(book, inventory, runner, options, events)
     try:
-        player = play_mod.Player(book, inventory, runner, options, events)
         player.prepare()  # every pattern resolves before any host is touched
         try:
             run = player.play_all()
@@ -89,10 +107,12 @@ def _play(args: argparse.Namespace) -> int:
             for row in exc.partial.results:
                 run.tallies.setdefault(row.host, play_mod.Tally()).add(row, False)
             run.stopped = "interrupted (Ctrl-C)"
+    except FleetError as exc:
+        raise player.secrets.error(exc) from None
     finally:
         runner.close()
     if args.json:
-        json.dump(run.to_json(), sys.stdout, indent=2, default=str)
+        json.dump(player.secrets.redact(run.to_json()), sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     out.print(play_report.recap(run))
     return 130 if run.stopped.startswith("interrupted") else run.exit_code
