@@ -633,6 +633,101 @@ def connect() -> Any:
     return client
 
 
+def connect_url(base_url: str, *, where: str, fix: str) -> Any:
+    """A ``docker.DockerClient`` for the engine at ``base_url`` (e.g. a relayed socket).
+
+    ``where`` names the engine in errors (a build host), ``fix`` says what to do when it
+    does not answer.
+    """
+    try:
+        client = docker.DockerClient(base_url=base_url)
+        client.ping()
+    except (docker.errors.DockerException, OSError) as exc:
+        raise EngineError(f"cannot reach the Docker engine of {where}: {exc}", fix=fix) from exc
+    return client
+
+
+def image_store(client: Any) -> str:
+    """``containerd`` when the engine keeps images in containerd's store, else ``classic``."""
+    try:
+        info = client.info()
+    except (docker.errors.DockerException, OSError) as exc:
+        raise EngineError(f"cannot read the engine's info: {exc}") from exc
+    for pair in info.get("DriverStatus") or ():
+        if len(pair) == 2 and pair[0] == "driver-type" and "containerd" in str(pair[1]):
+            return "containerd"
+    return "classic"
+
+
+def layer_chains(client: Any) -> frozenset[str]:
+    """The chain IDs of every image's layers: what a classic store's ``docker load`` skips.
+
+    Intermediate images count (their layers are in the store too); an image removed
+    between the listing and its inspection (another user's prune) is skipped.
+    """
+    try:
+        ids = client.api.images(all=True, quiet=True)
+    except (docker.errors.DockerException, OSError) as exc:
+        raise EngineError(f"cannot list the engine's images: {exc}") from exc
+    chains: set[str] = set()
+    for image_id in ids:
+        try:
+            attrs = client.api.inspect_image(image_id)
+        except docker.errors.NotFound:
+            continue
+        except (docker.errors.DockerException, OSError) as exc:
+            raise EngineError(f"cannot inspect the image {image_id}: {exc}") from exc
+        chains.update(chain_ids((attrs.get("RootFS") or {}).get("Layers") or []))
+    return frozenset(chains)
+
+
+def find_image(client: Any, reference: str) -> ImageSpec | None:
+    """The image named ``reference`` (a name or an ID) as a spec, or None when it is absent."""
+    image = _image(client, reference)
+    if image is None:
+        return None
+    return ImageSpec(reference, str(image.id), tuple(_layers(image)))
+
+
+def image_parent(client: Any, reference: str) -> str:
+    """The image's parent in this engine: set by a local build, empty after a load."""
+    image = _image(client, reference)
+    return str(image.attrs.get("Parent") or "") if image is not None else ""
+
+
+def tag_image(client: Any, image_id: str, reference: str) -> None:
+    """Name ``image_id`` ``reference`` (``docker tag``)."""
+    repository, _, tag = reference.rpartition(":")
+    try:
+        client.api.tag(image_id, repository, tag, force=True)
+    except (docker.errors.DockerException, OSError) as exc:
+        raise EngineError(f"docker tag {image_id[:19]} {reference} failed: {exc}") from exc
+
+
+def load_stream(client: Any, chunks: Iterable[bytes]) -> list[str]:
+    """``docker load`` of a tarball given as a stream; the engine's messages.
+
+    The engine may answer 200 and report the failure inside the stream, or not at all
+    (``shared/LAB.md``): callers verify the image afterwards.
+    """
+    messages: list[str] = []
+    try:
+        for item in client.api.load_image(chunks):
+            if not isinstance(item, dict):
+                continue
+            if "error" in item:
+                detail = item.get("errorDetail") or {}
+                raise EngineError(
+                    f"docker load failed: {detail.get('message') or item['error']}",
+                    fix="check the engine's free disk (docker system df) and rerun",
+                )
+            if item.get("stream"):
+                messages.append(str(item["stream"]).strip())
+    except (docker.errors.DockerException, OSError) as exc:
+        raise EngineError(f"docker load failed: {exc}") from exc
+    return messages
+
+
 def _image(client: Any, reference: str) -> Any | None:
     """The image named ``reference``, or None when the engine has none."""
     try:
@@ -1067,12 +1162,12 @@ def shippable(client: Any, reference: str) -> Shippable:
     )
 
 
-def save_stream(client: Any, reference: str) -> Iterator[bytes]:
+def save_stream(client: Any, reference: str, where: str = "the controller") -> Iterator[bytes]:
     """``docker save REFERENCE`` as a stream of chunks, never held whole."""
     try:
         yield from client.api.get_image(reference, chunk_size=1 << 20)
     except (docker.errors.DockerException, OSError) as exc:
-        raise EngineError(f"docker save {reference} failed on the controller: {exc}") from exc
+        raise EngineError(f"docker save {reference} failed on {where}: {exc}") from exc
 
 
 class LocalLayers:

@@ -1,6 +1,7 @@
 """``fleet build`` and ``fleet images``: the framework's images on the local engine.
 
     fleet build [--project DIR] [--rebuild-base] [--rebuild] [--tag-prefix P] [-v] [--json]
+                [--build-host HOST [-i INVENTORY] [-T SECONDS] [--accept-new-host-keys]]
     fleet images [--project DIR | --repository NAME] [--on PATTERN [host options]] [--json]
 
 The project (default: the current directory) holds ``Dockerfile.base``, ``Dockerfile`` and
@@ -14,11 +15,15 @@ import json
 import sys
 from typing import Any
 
-from fleet import gitinfo, images
+from fleet import buildhost, gitinfo, images
 from fleet import report as report_mod
 from fleet.cli import common
 from fleet.cli import views as cli_views
+from fleet.errors import PatternError, UsageError
+from fleet.inventory import Host
 from fleet.report import build as build_report
+from fleet.runner import Runner, SSHConnector
+from fleet.transport import KnownHosts
 
 
 def register(subparsers: Any) -> None:
@@ -49,6 +54,28 @@ def register(subparsers: Any) -> None:
     build.add_argument("-v", "--verbose", action="store_true", help="stream the whole build output")
     build.add_argument(
         "--json", action="store_true", help="print one JSON document on stdout, nothing else"
+    )
+    build.add_argument(
+        "--build-host",
+        metavar="HOST",
+        help="build on this inventory host's Docker engine over SSH, then pull back into "
+        "this machine's engine only the layers it lacks",
+    )
+    common.add_inventory_option(build)
+    build.add_argument(
+        "-T",
+        "--timeout",
+        type=float,
+        default=common.DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"with --build-host: connect and per-command timeout (default "
+        f"{common.DEFAULT_TIMEOUT:g}); the build itself has none",
+    )
+    build.add_argument(
+        "--accept-new-host-keys",
+        action="store_true",
+        help="with --build-host: record an unknown host key (like OpenSSH's accept-new); "
+        "changed keys are always refused",
     )
     build.set_defaults(handler=_build)
 
@@ -86,6 +113,8 @@ def _project_option(parser: argparse.ArgumentParser) -> None:
 def _build(args: argparse.Namespace) -> int:
     project = images.load_project(args.project, tag_prefix=args.tag_prefix)
     git = gitinfo.read(project.root)
+    if args.build_host is not None:
+        return _build_on_host(args, project, git)
     client = images.connect()
     progress = build_report.BuildProgress(report_mod.console(), verbose=args.verbose)
     try:
@@ -104,10 +133,68 @@ def _build(args: argparse.Namespace) -> int:
     finally:
         client.close()
     if args.json:
-        _print_json(result.to_json())
+        _print_json({**result.to_json(), "build_host": None})
     else:
         report_mod.console(sys.stdout).print(build_report.build_view(result))
     return 0
+
+
+def _build_on_host(args: argparse.Namespace, project: images.Project, git: gitinfo.GitFacts) -> int:
+    """``fleet build --build-host HOST``: build there, pull back what this engine lacks."""
+    common.require(args.timeout > 0, f"--timeout {args.timeout:g} must be more than 0")
+    host = _one_host(args)
+    connector = SSHConnector(
+        known_hosts=KnownHosts(accept_new=args.accept_new_host_keys),
+        connect_timeout=args.timeout,
+        command_timeout=args.timeout,
+    )
+    runner = Runner(connector, forks=1)
+    progress = build_report.BuildProgress(report_mod.console(), verbose=args.verbose)
+    try:
+        runner.transport(host)  # unreachable: exit 3 before the local engine is asked
+        local = images.connect()
+        try:
+            remote = buildhost.build_on(
+                runner,
+                host,
+                local,
+                project,
+                git=git,
+                rebuild_base=args.rebuild_base,
+                rebuild=args.rebuild,
+                on_step=progress.step,
+                on_output=progress.output,
+            )
+        finally:
+            local.close()
+    except images.BuildError as exc:
+        progress.failed(exc)
+        raise
+    finally:
+        runner.close()
+    if args.json:
+        _print_json(remote.to_json())
+    else:
+        report_mod.console(sys.stdout).print(build_report.build_host_view(remote))
+    return 0
+
+
+def _one_host(args: argparse.Namespace) -> Host:
+    """The inventory host ``--build-host`` names; exactly one, or a UsageError."""
+    args.pattern, args.limit = args.build_host, None
+    try:
+        _, hosts = common.select_hosts(args)
+    except PatternError as exc:
+        raise UsageError(f"--build-host {args.build_host!r}: {exc.message}", fix=exc.fix) from exc
+    if len(hosts) != 1:
+        chosen = ", ".join(h.name for h in hosts[:5]) + (", ..." if len(hosts) > 5 else "")
+        raise UsageError(
+            f"--build-host {args.build_host!r} selects {len(hosts)} hosts of the inventory"
+            f"{f' ({chosen})' if hosts else ''}; a build runs on exactly one",
+            fix="name one inventory host (fleet inventory --list-hosts all), or pass its "
+            "inventory with -i",
+        )
+    return hosts[0]
 
 
 def _images(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from fleet.buildhost import PullBack, RemoteBuild
 from fleet.images import BuildError, BuildResult, ImageVersion, LayerInfo
 from fleet.report import human_size
 
@@ -94,6 +95,46 @@ def build_view(result: BuildResult) -> RenderableType:
             )
         )
     return Group(*parts)
+
+
+def build_host_view(remote: RemoteBuild) -> RenderableType:
+    """A build on a build host: the build as ``build_view`` shows it, then per layer where
+    it was built and what came back to the controller."""
+    host = remote.host
+    lines = Text(f"built on {host}; pulled back to this machine's engine:\n", style="bold")
+    upstream = remote.build.upstream
+    lines.append("  upstream: ", style="bold")
+    if remote.upstream is not None:
+        shipped = remote.upstream
+        lines.append(
+            f"{shipped.reference} shipped to {host} first, {shipped.layers_sent}/"
+            f"{shipped.layers_total} layers, {human_size(shipped.bytes_sent)}\n"
+        )
+    else:
+        lines.append(f"{upstream.reference or '?'} {upstream.action} on {host}\n")
+    for layer, pulled in (
+        (remote.build.base, remote.base),
+        (remote.build.framework, remote.framework),
+    ):
+        lines.append(f"  {layer.role}: ", style="bold")
+        lines.append(layer.action, style=_ACTION_STYLES.get(layer.action, ""))
+        lines.append(f" on {host}, {_pulled_text(pulled)}\n")
+    read = sum(p.bytes_read for p in remote.pulled)
+    if read:
+        lines.append(
+            f"  (the build host's docker save streams whole images: "
+            f"{human_size(read)} crossed the SSH connection)",
+            style="dim",
+        )
+    return Group(build_view(remote.build), lines)
+
+
+def _pulled_text(pulled: PullBack) -> str:
+    text = (
+        f"pulled back {pulled.layers_pulled}/{pulled.layers_total} layers, "
+        f"{human_size(pulled.bytes_pulled)}"
+    )
+    return f"{text} ({pulled.note})" if pulled.note else text
 
 
 def versions_table(repository: str, versions: Sequence[ImageVersion]) -> RenderableType:
