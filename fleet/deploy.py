@@ -115,6 +115,23 @@ class DeployOptions:
     compress: str = "gzip"
     state_timeout: float | None = None
     controller: str = field(default_factory=controller_identity)
+    # How the image travels (transfer.PushOptions): SSH stream or registry, and limits.
+    via: str = "ssh"
+    registry: str | None = None
+    max_rate: float | None = None
+    max_rate_per_host: float | None = None
+
+    def push_options(self) -> transfer.PushOptions:
+        """The shipping step's options."""
+        return transfer.PushOptions(
+            compress=self.compress,
+            check=self.check,
+            state_timeout=self.state_timeout,
+            via=self.via,
+            registry=self.registry,
+            max_rate=self.max_rate,
+            max_rate_per_host=self.max_rate_per_host,
+        )
 
 
 def batches(hosts: Sequence[Host], serial: str | None) -> list[list[Host]]:
@@ -554,14 +571,7 @@ def _rollout(
             for host in batch:
                 results[host.name] = HostResult(host.name, Outcome.SKIPPED, stop_reason)
             continue
-        pushed = transfer.push(
-            runner,
-            batch,
-            image,
-            transfer.PushOptions(
-                compress=options.compress, check=options.check, state_timeout=options.state_timeout
-            ),
-        )
+        pushed = transfer.push(runner, batch, image, options.push_options())
         ready = [h for h in batch if pushed_ok(pushed, h.name)]
         for row in pushed.results:
             if not row.succeeded:

@@ -9,6 +9,7 @@
     │   └── PatternError             a host pattern that matches nothing or is malformed
     ├── LabError (RuntimeError)      the local lab could not be brought up    -> exit 1
     ├── EngineError (RuntimeError)   a Docker engine refused or is missing   -> exit 1
+    ├── RegistryError (RuntimeError) a registry could not start or take a push -> exit 1
     └── HostError (RuntimeError)     one host failed; caught per host, becomes a result
         ├── UnreachableError         SSH could not connect or authenticate
         │   └── HostKeyError         unknown or changed host key
@@ -103,6 +104,10 @@ class LabError(FleetError, RuntimeError):
 
 class EngineError(FleetError, RuntimeError):
     """A Docker engine is missing, stopped or refused a request."""
+
+
+class RegistryError(FleetError, RuntimeError):
+    """A registry could not be started, or an image could not be pushed to it."""
 
 
 class HostError(FleetError, RuntimeError):

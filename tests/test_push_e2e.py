@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fleet import lab
+from fleet import lab, transfer
 from fleet.transport import KnownHosts, SSHTransport
 from tests.conftest import LabFixture, heal, run_json
 
@@ -43,6 +43,12 @@ def versions() -> Iterator[dict[str, str]]:
         "big": _build(
             client, "big", f"FROM {REPO}:v1\nRUN head -c 120000000 /dev/urandom > /big\n"
         ),
+        "zstd": _build(
+            client,
+            "zstd",
+            f"FROM {REPO}:v1\nRUN head -c 400000 /dev/urandom > /z && seq 1 300000 > /seq\n",
+        ),
+        "slow": _build(client, "slow", f"FROM {REPO}:v1\nRUN head -c 3000000 /dev/urandom > /s\n"),
     }
     yield refs
     for ref in refs.values():
@@ -182,3 +188,42 @@ def test_stream_over_one_gib(lab_env: LabFixture) -> None:
     finally:
         transport.close()
     assert int(result.stdout.split()[0]) == total << 20
+
+
+@pytest.mark.skipif(
+    transfer.zstd_program() is None,
+    reason="no zstd program on the controller (scripts/setup.sh should install zstd)",
+)
+def test_zstd_goes_to_the_engine_that_loads_it_and_gzip_to_the_other(
+    lab_env: LabFixture, versions, capsys
+) -> None:
+    push(capsys, lab_env, versions["v1"])
+    code, doc = push(capsys, lab_env, versions["zstd"], "--compress", "zstd", "--check")
+    assert code == 0
+    assert "gzip" in doc["hosts"]["lab1"]["reason"], doc  # says why it falls back
+    code, doc = push(capsys, lab_env, versions["zstd"], "--compress", "zstd")
+    assert code == 0, doc
+    hosts = doc["hosts"]
+    # Docker 20.10 cannot load zstd (measured); Docker 26.1 can.
+    assert hosts["lab1"]["details"]["compress"] == "gzip"
+    assert hosts["lab2"]["details"]["compress"] == "zstd"
+    for host in ("lab1", "lab2"):
+        assert hosts[host]["outcome"] == "changed"
+        # 400 kB random + 2 MB of compressible text: the wire carries far less than 2.4 MB.
+        assert hosts[host]["details"]["bytes_sent"] < 1_200_000, hosts[host]
+        out = host_run(lab_env, host, "docker", "run", "--rm", versions["zstd"], "wc", "-c", "/z")
+        assert out.split()[0] == "400000"
+
+
+def test_max_rate_caps_the_total_over_all_hosts(lab_env: LabFixture, versions, capsys) -> None:
+    push(capsys, lab_env, versions["v1"])
+    rate = 2 << 20
+    started = time.monotonic()
+    code, doc = push(capsys, lab_env, versions["slow"], "--max-rate", "2M", "--compress", "none")
+    took = time.monotonic() - started
+    assert code == 0, doc
+    sent = sum(r["details"]["bytes_sent"] for r in doc["hosts"].values())
+    assert sent > 2 * 3_000_000, doc
+    # Both hosts share the 2 MiB/s: at least N/R (generous: 0.8), and not absurdly longer.
+    assert took >= sent / rate * 0.8, (took, sent)
+    assert took < sent / rate * 5 + 60, (took, sent)

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,122 @@ def test_local_store_gives_the_same_stream_as_docker_save(small_image) -> None:
     from_store = {m.key: b"".join(c) for m, c in read.local_members(local, {top})}
     assert from_store == from_save
     assert read.layer_sizes == saved.layer_sizes
+
+
+# -- compression per host ----------------------------------------------------------------
+def test_zstd_goes_only_to_engines_that_load_it() -> None:
+    assert not transfer.zstd_loads("20.10.24+dfsg1")  # measured: "invalid tar header"
+    assert transfer.zstd_loads("26.1.5+dfsg1")  # measured: loads, concatenated frames too
+    assert transfer.zstd_loads("23.0.0")
+    assert not transfer.zstd_loads("")
+    classic = transfer.HostImageState(True, engine_version="20.10.24")
+    recent = transfer.HostImageState(True, engine_version="26.1.5")
+    assert transfer.wire_compression("zstd", classic) == "gzip"
+    assert transfer.wire_compression("zstd", recent) == "zstd"
+    assert transfer.wire_compression("none", classic) == "none"
+    found = state("containerd-current")
+    assert found.engine_version[:1].isdigit()
+
+
+needs_zstd = pytest.mark.skipif(transfer.zstd_program() is None, reason="no zstd program")
+
+
+@needs_zstd
+def test_zstd_members_concatenate_into_one_stream() -> None:
+    import subprocess
+
+    encoder = transfer._Encoder("zstd")
+    parts = [b"header" * 100, bytes(range(256)) * 5000, b"end"]
+    wire = b""
+    for index, part in enumerate(parts):
+        encoder.start(len(part) if index else 1 << 30)  # both levels
+        wire += encoder.feed(part[:1000]) + encoder.feed(part[1000:]) + encoder.finish()
+    assert wire[:4] == b"\x28\xb5\x2f\xfd"  # zstd's magic number
+    assert len(wire) < sum(map(len, parts)) / 10
+    decoded = subprocess.run(["zstd", "-d", "-c"], input=wire, capture_output=True, check=True)
+    assert decoded.stdout == b"".join(parts)
+
+
+@needs_zstd
+def test_an_abandoned_zstd_member_leaves_no_process() -> None:
+    encoder = transfer._Encoder("zstd")
+    encoder.start(10)
+    frame = encoder._zip
+    encoder.feed(b"partial")
+    encoder.abort()
+    assert frame._process.poll() is not None
+
+
+def test_registry_manifests_spread_over_many_lines_still_verify() -> None:
+    text = (FIXTURES / "state-containerd-current.txt").read_text()
+    head, _, rest = text.partition("@@target_manifest\n")
+    line, _, tail = rest.partition("\n")
+    pretty = json.dumps(json.loads(line), indent=3)  # as 'docker push' writes manifests
+    found = transfer.parse_state(f"{head}@@target_manifest\n{pretty}\n{tail}")
+    assert found.target_config == SPEC.config_digest
+    assert transfer.is_current(SPEC, found)
+
+
+def test_a_pull_plans_by_layer_chains_on_both_stores() -> None:
+    newer = ImageSpec(
+        "cauchy:0.2.4", "sha256:" + "1" * 64, (*SPEC.diff_ids[:-1], "sha256:" + "2" * 64)
+    )
+    for name in ("classic-current", "containerd-current"):
+        plan = transfer.pull_plan("h", newer, state(name))
+        assert plan.send == frozenset({6}), name
+        assert transfer.pull_plan("h", SPEC, state(name)).up_to_date
+
+
+# -- bandwidth ---------------------------------------------------------------------------
+def test_token_bucket_lends_and_makes_later_takers_repay() -> None:
+    from fleet.bandwidth import TokenBucket
+
+    now = [0.0]
+    bucket = TokenBucket(1000, burst=100, clock=lambda: now[0])
+    assert bucket.reserve(100) == 0  # the burst
+    assert bucket.reserve(500) == pytest.approx(0.5)  # in debt: wait half a second
+    assert bucket.reserve(500) == pytest.approx(1.0)  # queued behind the first debt
+    now[0] = 1.0
+    assert bucket.reserve(0) == pytest.approx(0.0)
+
+
+def test_limits_share_one_total_bucket_and_give_each_host_its_own() -> None:
+    from fleet.bandwidth import Limits
+
+    assert Limits().for_host() is None
+    limits = Limits(total=1000, per_host=500)
+    one, two = limits.for_host(), limits.for_host()
+    assert one is not None and two is not None
+    assert one.buckets[0] is two.buckets[0]  # the total
+    assert one.buckets[1] is not two.buckets[1]  # each host's
+
+
+def test_a_throttled_sink_takes_at_least_size_over_rate() -> None:
+    from fleet.bandwidth import Limits
+
+    size, rate = 3 << 20, 4 << 20  # 3 MiB at 4 MiB/s: at least 0.75 s
+    limits = Limits(total=rate)
+    sinks = [transfer._Sink(name, frozenset(), limits.for_host()) for name in ("a", "b")]
+
+    def produce(sink: transfer._Sink) -> None:
+        for _ in range(size // len(sinks) >> 16):
+            sink.put(b"\0" * (1 << 16))
+        sink.put(None)
+
+    import threading
+
+    counted: list[int] = []
+    started = time.monotonic()
+    threads = [threading.Thread(target=produce, args=(s,)) for s in sinks]
+    threads += [
+        threading.Thread(target=lambda s=s: counted.append(sum(map(len, s.chunks()))))
+        for s in sinks
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    took = time.monotonic() - started
+    assert sum(counted) == size
+    assert took >= size / rate * 0.8, took  # the total holds for both hosts together
+    assert took < size / rate * 4 + 2, took

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fleet import deploy, images
+from fleet import deploy, images, transfer
 from fleet.cli import common
+from fleet.cli import push as push_cli
 from fleet.cli import views as cli_views
 from fleet.cli.push import default_image
 from fleet.results import FleetResult
@@ -39,12 +40,7 @@ def register(subparsers: Any) -> None:
         metavar="N%",
         help="stop the rollout when more than N%% of a batch failed",
     )
-    parser.add_argument(
-        "--compress",
-        choices=("gzip", "none"),
-        default="gzip",
-        help="transfer compression (default gzip)",
-    )
+    push_cli.add_path_options(parser)
     parser.set_defaults(handler=_deploy)
 
     back = subparsers.add_parser(
@@ -102,14 +98,15 @@ def _percent(text: str) -> float:
 
 
 def _options(args: argparse.Namespace, repository: str) -> deploy.DeployOptions:
+    paths = push_cli.path_options(args) if hasattr(args, "via") else {}
     return deploy.DeployOptions(
         repository=repository,
         serial=getattr(args, "serial", None),
         max_fail_percent=getattr(args, "max_fail", None),
         check=args.check,
         wait_lock=args.wait,
-        compress=getattr(args, "compress", "gzip"),
         state_timeout=args.timeout,
+        **paths,
     )
 
 
@@ -134,6 +131,7 @@ def _deploy(args: argparse.Namespace) -> int:
     if args.serial is not None:
         deploy.batches([], args.serial)  # validate before touching any host
     options = _options(args, repository)
+    transfer.check_options(options.push_options())  # bad options exit 5 before any host
 
     def operation(runner: Any, hosts: Any) -> FleetResult:
         return deploy.deploy(runner, hosts, image, options)

@@ -1,0 +1,408 @@
+"""The registry an image travels through when hosts pull it instead of being sent it.
+
+Two kinds (``fleet push --via registry``):
+
+- an existing registry the hosts reach themselves (Harbor, distribution, a pull-through
+  mirror): the controller's engine pushes the image there with its own credentials
+  (``docker login`` on the controller; fleet never reads, prints or stores them), and
+  each host pulls it with its own;
+- a registry on the controller, for hosts that reach no registry: Debian's
+  ``docker-registry`` (distribution 2.8) serving a temporary directory on
+  ``127.0.0.1``, reverse-tunnelled over each host's SSH connection to the host's own
+  ``127.0.0.1:PORT``. Engines allow plain HTTP to ``127.0.0.0/8``, so hosts need no TLS
+  and no daemon configuration (checked on Docker 20.10 classic and 26.1 containerd).
+  Each tunnel ends in a :class:`Relay`, a loopback port on the controller that counts
+  (and, with ``--max-rate``, limits) the bytes each host pulls.
+
+The per-host steps (pull, retag, verify, remove the temporary tag) live in
+:mod:`fleet.transfer`, beside the SSH path they replace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from fleet.bandwidth import Throttle
+from fleet.errors import RegistryError, UsageError, tail_lines
+
+DEFAULT_BINARY = "/usr/bin/docker-registry"
+# The repository prefix in the controller's own registry: its names say who put them there.
+LOOPBACK_PREFIX = "fleet"
+_START_TIMEOUT = 20.0
+_COPY_CHUNK = 1 << 16
+_LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+
+
+@runtime_checkable
+class Forwarding(Protocol):
+    """A transport that can listen on the host's loopback for the controller (``ssh -R``)."""
+
+    def forward_remote(self, port: int, target: tuple[str, int]) -> int: ...
+
+    def cancel_forward(self, port: int) -> None: ...
+
+
+# -- names ------------------------------------------------------------------------------
+def parse_address(url: str) -> str:
+    """A registry URL as image names spell it: ``host[:port][/prefix]``, without scheme.
+
+    Credentials in the URL are refused: they would end up in process lists, logs and
+    shell history. The engine's own ``docker login`` is the place for them.
+    """
+    text = url.strip()
+    for scheme in ("https://", "http://"):
+        if text.lower().startswith(scheme):
+            text = text[len(scheme) :]
+    text = text.rstrip("/")
+    host = text.split("/", 1)[0]
+    if "@" in host:
+        raise UsageError(
+            "--registry must not carry credentials",
+            fix="log in on the controller with 'docker login HOST' (and on each host for "
+            "private registries); fleet uses the engines' own credentials",
+        )
+    if not text or any(c in text for c in " ?#\\") or not re.fullmatch(r"[A-Za-z0-9._:/-]+", text):
+        raise UsageError(f"--registry {url!r} is not a registry address like harbor.lab/ml")
+    if not ("." in host or ":" in host or host == "localhost"):
+        raise UsageError(
+            f"--registry {url!r} does not name a registry host",
+            fix="give the host, e.g. harbor.lab:5000/ml or docker.io/lab",
+        )
+    return text
+
+
+def repository_path(ref: str) -> tuple[str, str]:
+    """``(path, tag)`` of ``repo:tag`` without its registry host (``lab/cauchy``, ``1``)."""
+    repo, _, tag = ref.rpartition(":")
+    if not repo or "/" in tag:
+        repo, tag = ref, "latest"
+    first, _, rest = repo.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        repo = rest
+    return repo, tag
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where an image is published: the name the controller pushes, and how hosts reach it.
+
+    ``tunnel`` is the controller's registry address that each host gets on its own
+    loopback (the name hosts pull then carries the host's port); None when the hosts
+    reach ``address`` themselves.
+    """
+
+    address: str
+    tunnel: tuple[str, int] | None = None
+
+    def name_for(self, ref: str, host_port: int | None = None) -> str:
+        """The name of ``ref`` in this registry, as the controller (or a host) says it."""
+        path, tag = repository_path(ref)
+        address = self.address
+        if host_port is not None:
+            prefix = address.partition("/")[2]
+            address = f"127.0.0.1:{host_port}" + (f"/{prefix}" if prefix else "")
+        return f"{address}/{path}:{tag}"
+
+    @property
+    def description(self) -> str:
+        """For results: which registry (never credentials: addresses carry none)."""
+        return "controller (tunnelled)" if self.tunnel else self.address
+
+
+# -- the controller's registry ---------------------------------------------------------
+class LoopbackRegistry:
+    """A ``docker-registry serve`` on ``127.0.0.1`` with its own temporary storage.
+
+    A context manager: the process and its directory are gone when the block ends,
+    whatever happened inside.
+    """
+
+    def __init__(self, binary: str = DEFAULT_BINARY, start_timeout: float = _START_TIMEOUT):
+        self.binary = binary
+        self.start_timeout = start_timeout
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self._dir: Path | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> LoopbackRegistry:
+        if not (os.path.isfile(self.binary) and os.access(self.binary, os.X_OK)):
+            raise RegistryError(
+                f"{self.binary} is not installed on the controller",
+                fix="apt-get install docker-registry (scripts/setup.sh does), or use "
+                "--registry URL / --via ssh",
+            )
+        self._dir = Path(tempfile.mkdtemp(prefix="fleet-registry-"))
+        config = self._dir / "config.yml"
+        # Port 0: the kernel picks a free port, and the registry says which in its log.
+        config.write_text(
+            "version: 0.1\n"
+            "log: {level: info, accesslog: {disabled: true}}\n"
+            f"storage: {{filesystem: {{rootdirectory: {self._dir / 'storage'}}}, "
+            "delete: {enabled: true}}\n"
+            "http: {addr: '127.0.0.1:0'}\n"
+        )
+        log_path = self._dir / "registry.log"
+        # The upload-state secret of this one process; set so that no warning is logged.
+        env = {**os.environ, "REGISTRY_HTTP_SECRET": secrets.token_hex(16)}
+        with log_path.open("wb") as log:
+            # Its own session: a Ctrl-C on the terminal must not kill it under hosts that
+            # are finishing their pull; stop() ends it.
+            self.process = subprocess.Popen(
+                [self.binary, "serve", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        try:
+            self.port = self._wait_listening(log_path)
+            self._wait_answering()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_listening(self, log_path: Path) -> int:
+        deadline = time.monotonic() + self.start_timeout
+        assert self.process is not None
+        while time.monotonic() < deadline:
+            text = log_path.read_text(errors="replace")
+            found = _LISTENING.search(text)
+            if found:
+                return int(found.group(1))
+            if self.process.poll() is not None:
+                raise RegistryError(
+                    f"docker-registry exited with {self.process.returncode} on start:\n"
+                    + tail_lines(text)
+                )
+            time.sleep(0.05)
+        raise RegistryError(
+            f"docker-registry did not start listening within {self.start_timeout:g}s:\n"
+            + tail_lines(log_path.read_text(errors="replace"))
+        )
+
+    def _wait_answering(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        url = f"http://{self.address}/v2/"
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, OSError) as exc:
+                last = str(exc)
+            time.sleep(0.05)
+        raise RegistryError(f"docker-registry on {self.address} does not answer: {last}")
+
+    def stop(self) -> None:
+        """End the process and remove its storage (idempotent)."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __enter__(self) -> LoopbackRegistry:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Relay:
+    """A loopback port on the controller that joins each connection to ``target``.
+
+    The host's end of the tunnel forwards here. What flows towards the host (the
+    registry's answers: manifests and layers) is counted in ``bytes_out`` and held to
+    ``throttle``; requests flow the other way unlimited.
+    """
+
+    def __init__(self, target: tuple[str, int], throttle: Throttle | None = None) -> None:
+        self.target = target
+        self.throttle = throttle
+        self.bytes_out = 0
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._closed = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        threading.Thread(target=self._accept, name="relay-accept", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.target, timeout=10)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        with self._lock:
+            if self._closed.is_set():
+                client.close()
+                upstream.close()
+                return
+            self._sockets.update((client, upstream))
+        sender = threading.Thread(target=self._copy, args=(client, upstream, False), daemon=True)
+        sender.start()
+        self._copy(upstream, client, True)
+        sender.join()
+        with self._lock:
+            self._sockets.difference_update((client, upstream))
+        client.close()
+        upstream.close()
+
+    def _copy(self, source: socket.socket, sink: socket.socket, to_host: bool) -> None:
+        try:
+            while data := source.recv(_COPY_CHUNK):
+                if to_host:
+                    if self.throttle is not None:
+                        self.throttle.take(len(data))
+                    with self._lock:
+                        self.bytes_out += len(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            # HTTP keeps both directions of a connection together: one ends, both end.
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Stop listening and cut the connections still open."""
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        with self._lock:
+            open_sockets = list(self._sockets)
+        for sock in open_sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+# -- publishing -------------------------------------------------------------------------
+class Publisher(Protocol):
+    """What the controller does for a registry push (the engine's; tests use a fake)."""
+
+    def serve(self) -> contextlib.AbstractContextManager[Location]:
+        """A registry to publish to, live for the ``with`` block."""
+        ...
+
+    def publish(self, ref: str, name: str) -> str:
+        """Push the controller's ``ref`` as ``name``; the pushed manifest's digest."""
+        ...
+
+
+class EnginePublisher:
+    """Publishes with the controller's Docker engine, to ``url`` or to a loopback registry."""
+
+    def __init__(self, client: Any, url: str | None = None, binary: str = DEFAULT_BINARY):
+        self.client = client
+        self.address = parse_address(url) if url else None
+        self.binary = binary
+
+    @contextlib.contextmanager
+    def serve(self) -> Iterator[Location]:
+        if self.address is not None:
+            yield Location(self.address)
+            return
+        with LoopbackRegistry(self.binary) as registry:
+            yield Location(f"{registry.address}/{LOOPBACK_PREFIX}", ("127.0.0.1", registry.port))
+
+    def publish(self, ref: str, name: str) -> str:
+        return publish(self.client, ref, name)
+
+
+def publish(client: Any, ref: str, name: str) -> str:
+    """``docker tag REF NAME && docker push NAME`` on the controller's engine.
+
+    The engine authenticates with its own credentials (docker-py reads the same config
+    as the docker CLI); fleet never sees them. A tag this function created is removed
+    again; one that existed before is left alone.
+    """
+    import docker.errors
+
+    repository, _, tag = name.rpartition(":")
+    try:
+        existed = _has_image(client, name)
+        client.api.tag(ref, repository, tag, force=True)
+        try:
+            digest = ""
+            errors: list[str] = []
+            for line in client.api.push(repository, tag=tag, stream=True, decode=True):
+                if not isinstance(line, dict):
+                    continue
+                if line.get("error"):
+                    errors.append(str(line.get("error")))
+                aux = line.get("aux")
+                if isinstance(aux, dict) and aux.get("Digest"):
+                    digest = str(aux["Digest"])
+            if errors:
+                raise RegistryError(
+                    f"pushing {ref} to {name} failed: {errors[-1]}", fix=_publish_fix(errors[-1])
+                )
+            return digest
+        finally:
+            if not existed:
+                with contextlib.suppress(docker.errors.DockerException, OSError):
+                    client.api.remove_image(name, noprune=True)
+    except (docker.errors.DockerException, OSError) as exc:
+        raise RegistryError(
+            f"pushing {ref} to {name} failed: {exc}", fix=_publish_fix(str(exc))
+        ) from exc
+
+
+def _has_image(client: Any, name: str) -> bool:
+    import docker.errors
+
+    try:
+        client.api.inspect_image(name)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def _publish_fix(error: str) -> str:
+    text = error.lower()
+    if "denied" in text or "unauthorized" in text or "authentication required" in text:
+        return "log in on the controller ('docker login REGISTRY') with a user that may push there"
+    if "http response to https client" in text or "certificate" in text:
+        return (
+            "the registry's TLS is not trusted by the controller's engine: install its CA "
+            "(/etc/docker/certs.d/HOST/ca.crt) or list it in insecure-registries"
+        )
+    return "check that the registry answers from the controller ('docker push' by hand)"
