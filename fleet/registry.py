@@ -21,6 +21,7 @@ The per-host steps (pull, retag, verify, remove the temporary tag) live in
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -125,16 +126,33 @@ class Location:
 
 
 # -- the controller's registry ---------------------------------------------------------
-class LoopbackRegistry:
-    """A ``docker-registry serve`` on ``127.0.0.1`` with its own temporary storage.
+def cache_storage() -> Path:
+    """Where the controller's registry keeps its blobs between runs.
 
-    A context manager: the process and its directory are gone when the block ends,
-    whatever happened inside.
+    ``$FLEET_REGISTRY_CACHE`` or ``~/.cache/fleet/registry``: kept, so that the next
+    publish pushes only the layers it lacks (the engine asks before it uploads a blob).
+    Safe to delete at any time.
+    """
+    return Path(os.environ.get("FLEET_REGISTRY_CACHE") or "~/.cache/fleet/registry").expanduser()
+
+
+class LoopbackRegistry:
+    """A ``docker-registry serve`` on ``127.0.0.1``.
+
+    A context manager: the process and its temporary directory are gone when the block
+    ends, whatever happened inside. Its blobs live there too, unless ``storage`` names a
+    directory that outlives the process (see :func:`cache_storage`).
     """
 
-    def __init__(self, binary: str = DEFAULT_BINARY, start_timeout: float = _START_TIMEOUT):
+    def __init__(
+        self,
+        binary: str = DEFAULT_BINARY,
+        start_timeout: float = _START_TIMEOUT,
+        storage: Path | None = None,
+    ):
         self.binary = binary
         self.start_timeout = start_timeout
+        self.storage = storage
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
@@ -151,12 +169,14 @@ class LoopbackRegistry:
                 "--registry URL / --via ssh",
             )
         self._dir = Path(tempfile.mkdtemp(prefix="fleet-registry-"))
+        storage = self.storage or self._dir / "storage"
+        storage.mkdir(mode=0o700, parents=True, exist_ok=True)
         config = self._dir / "config.yml"
         # Port 0: the kernel picks a free port, and the registry says which in its log.
         config.write_text(
             "version: 0.1\n"
             "log: {level: info, accesslog: {disabled: true}}\n"
-            f"storage: {{filesystem: {{rootdirectory: {self._dir / 'storage'}}}, "
+            f"storage: {{filesystem: {{rootdirectory: {json.dumps(str(storage))}}}, "
             "delete: {enabled: true}}\n"
             "http: {addr: '127.0.0.1:0'}\n"
         )
@@ -216,7 +236,7 @@ class LoopbackRegistry:
         raise RegistryError(f"docker-registry on {self.address} does not answer: {last}")
 
     def stop(self) -> None:
-        """End the process and remove its storage (idempotent)."""
+        """End the process and remove its temporary directory (idempotent)."""
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
             process.terminate()
@@ -340,7 +360,7 @@ class EnginePublisher:
         if self.address is not None:
             yield Location(self.address)
             return
-        with LoopbackRegistry(self.binary) as registry:
+        with LoopbackRegistry(self.binary, storage=cache_storage()) as registry:
             yield Location(f"{registry.address}/{LOOPBACK_PREFIX}", ("127.0.0.1", registry.port))
 
     def publish(self, ref: str, name: str) -> str:

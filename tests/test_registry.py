@@ -8,6 +8,7 @@ real processes and sockets on this machine.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -399,3 +400,32 @@ def test_deploy_takes_the_same_path_options_as_push() -> None:
 
     with pytest.raises(UsageError, match="--compress applies to --via ssh"):
         push_cli.path_options(args)
+
+
+@needs_registry
+def test_a_registry_with_cache_storage_keeps_blobs_for_the_next_run(tmp_path: Path) -> None:
+    blob = b"a layer the next publish need not upload again"
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    storage = tmp_path / "cache"
+    with registry.LoopbackRegistry(storage=storage) as first:
+        base = f"http://{first.address}/v2/fleet-test/blobs"
+        started = urllib.request.urlopen(
+            urllib.request.Request(f"{base}/uploads/", method="POST"), timeout=5
+        )
+        location = started.headers["Location"]
+        if location.startswith("/"):
+            location = f"http://{first.address}{location}"
+        joiner = "&" if "?" in location else "?"
+        put = urllib.request.Request(
+            f"{location}{joiner}digest={digest}",
+            data=blob,
+            method="PUT",
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert urllib.request.urlopen(put, timeout=5).status == 201
+    assert storage.is_dir()
+    with registry.LoopbackRegistry(storage=storage) as second:
+        head = urllib.request.Request(
+            f"http://{second.address}/v2/fleet-test/blobs/{digest}", method="HEAD"
+        )
+        assert urllib.request.urlopen(head, timeout=5).status == 200
