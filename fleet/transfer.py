@@ -106,19 +106,51 @@ def normalized_name(ref: str) -> str:
 
 # -- what a host has --------------------------------------------------------------------
 # One round trip; "$1" is the image reference, passed as an argument, never interpolated.
-STATE_SCRIPT = r"""
-ref="$1"
-echo "@@engine"; docker version --format '{{.Server.Version}}' 2>&1; echo "@@engine_rc $?"
-echo "@@store"; docker info --format '{{json .DriverStatus}}' 2>/dev/null
-echo "@@target"; docker image inspect --format '{{.Id}} {{json .RootFS.Layers}}' "$ref" 2>/dev/null
+# The target image as the host has it; shared by the state script and the load. ``$store``
+# says whether the containerd content store holds its manifest (whose config is the ID).
+_TARGET_SCRIPT = r"""
+echo "@@target"; target=$(docker image inspect --format '{{.Id}} {{json .RootFS.Layers}}' "$ref" 2>/dev/null) && printf '%s\n' "$target"
 echo "@@listed"; docker image ls -q --no-trunc "$ref" 2>/dev/null
+if [ "$store" = containerd ]; then
+  echo "@@target_manifest"; [ -n "$target" ] && ctr --address /run/docker/containerd/containerd.sock -n moby content get "${target%% *}" 2>/dev/null | head -c 262144; echo
+fi
+"""
+
+# Every docker CLI call costs a Go process start on the host (tens of ms of CPU): on hosts
+# that share cores, as a lab's or a busy GPU server's do, that is most of a thin push.
+# So one 'docker info' says engine, store and root, and ctr runs on containerd stores only.
+STATE_SCRIPT = (
+    r"""
+ref="$1"
+info=$(docker info --format '{{.ServerVersion}}|{{.DockerRootDir}}|{{json .DriverStatus}}' 2>&1)
+echo "@@engine"
+case "$info" in
+  [0-9]*) printf '%s\n' "${info%%|*}"; echo "@@engine_rc 0" ;;
+  *) printf '%s\n' "$info"; echo "@@engine_rc 1"; exit 0 ;;
+esac
+echo "@@store"; printf '%s\n' "${info#*|*|}"
+store=classic; case "$info" in *io.containerd.snapshotter*) store=containerd ;; esac
+root=${info#*|}; root=${root%%|*}; [ -n "$root" ] || root=/var/lib/docker
+"""
+    + _TARGET_SCRIPT
+    + r"""
 echo "@@layers"; docker image ls -aq --no-trunc 2>/dev/null | sort -u | xargs -r docker image inspect --format '{{json .RootFS.Layers}}' 2>/dev/null
-echo "@@target_manifest"; id=$(docker image inspect --format '{{.Id}}' "$ref" 2>/dev/null) && ctr --address /run/docker/containerd/containerd.sock -n moby content get "$id" 2>/dev/null | head -c 262144; echo
-echo "@@content"; ctr --address /run/docker/containerd/containerd.sock -n moby content ls -q 2>&1; echo "@@content_rc $?"
-root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null); [ -n "$root" ] || root=/var/lib/docker
+if [ "$store" = containerd ]; then
+  echo "@@content"; ctr --address /run/docker/containerd/containerd.sock -n moby content ls -q 2>&1; echo "@@content_rc $?"
+fi
 echo "@@df"; df -PB1 "$root" 2>/dev/null | tail -n 1
 echo "@@end"
 """
+)
+
+# docker load, then the target as it now is: the verification costs no extra round trip.
+LOAD_SCRIPT = (
+    r"""
+ref="$1"; store="$2"
+docker load --quiet || exit $?
+"""
+    + _TARGET_SCRIPT
+)
 
 
 @dataclass(frozen=True)
@@ -167,6 +199,30 @@ def parse_state(text: str) -> HostImageState:
             continue
         if isinstance(layers, list):
             chains.update(chain_ids([str(x) for x in layers]))
+    content: frozenset[str] | None = None
+    content_error = ""
+    content_lines = parts.get("content", [])
+    if parts.get("content_rc", ["1"])[:1] == ["0"]:
+        content = frozenset(x for x in content_lines if x.startswith("sha256:"))
+    else:
+        content_error = " ".join(content_lines[-2:]) or "ctr failed"
+    free: int | None = None
+    df_words = (parts.get("df") or [""])[-1].split()
+    if len(df_words) >= 4 and df_words[3].isdigit():
+        free = int(df_words[3])
+    return replace(
+        _target(parts),
+        engine_version=engine_lines[0],
+        store=store,
+        chains=frozenset(chains),
+        content=content,
+        content_error=content_error,
+        free_bytes=free,
+    )
+
+
+def _target(parts: Mapping[str, list[str]]) -> HostImageState:
+    """The target image's part of a state: its ID, layers, listing and manifest's config."""
     target_id = ""
     target_layers: tuple[str, ...] = ()
     for line in parts.get("target", [])[:1]:
@@ -187,29 +243,12 @@ def parse_state(text: str) -> HostImageState:
         if isinstance(manifest, dict) and isinstance(manifest.get("config"), dict):
             target_config = str(manifest["config"].get("digest", ""))
             break
-    content: frozenset[str] | None = None
-    content_error = ""
-    content_lines = parts.get("content", [])
-    if parts.get("content_rc", ["1"])[:1] == ["0"]:
-        content = frozenset(x for x in content_lines if x.startswith("sha256:"))
-    else:
-        content_error = " ".join(content_lines[-2:]) or "ctr failed"
-    free: int | None = None
-    df_words = (parts.get("df") or [""])[-1].split()
-    if len(df_words) >= 4 and df_words[3].isdigit():
-        free = int(df_words[3])
     return HostImageState(
         engine_ok=True,
-        engine_version=engine_lines[0],
-        store=store,
         target_id=target_id,
         target_layers=target_layers,
         target_listed=bool(parts.get("listed")),
         target_config=target_config,
-        chains=frozenset(chains),
-        content=content,
-        content_error=content_error,
-        free_bytes=free,
     )
 
 
@@ -862,9 +901,18 @@ class Shipment:
     image_id: str
 
 
-def verify(transport: Transport, spec: ImageSpec, timeout: float | None = None) -> str:
-    """Check the host's image after a load; its ID, or HostError with the evidence."""
-    state = read_state(transport, spec.ref, timeout)
+def verify(
+    transport: Transport, spec: ImageSpec, timeout: float | None = None, loaded: str | None = None
+) -> str:
+    """Check the host's image after a load; its ID, or HostError with the evidence.
+
+    ``loaded``: what :func:`load` printed, which already says how the target is now;
+    without it the host is asked.
+    """
+    if loaded is not None:
+        state = _target(_sections(loaded))
+    else:
+        state = read_state(transport, spec.ref, timeout)
     if is_current(spec, state):
         return state.target_id
     evidence = (
@@ -880,15 +928,27 @@ def verify(transport: Transport, spec: ImageSpec, timeout: float | None = None) 
 
 
 def load(
-    ctx: HostContext, sink: _Sink, timeout: float = _LOAD_TIMEOUT, stall: float | None = None
-) -> None:
-    """Stream a sink into ``docker load`` on the host; a host that stops taking data fails."""
+    ctx: HostContext,
+    sink: _Sink,
+    plan: Plan,
+    ref: str,
+    timeout: float = _LOAD_TIMEOUT,
+    stall: float | None = None,
+) -> str:
+    """Stream a sink into ``docker load`` on the host; a host that stops taking data fails.
+
+    Returns what the host then says of ``ref`` (for :func:`verify`), in the same round trip.
+    """
     try:
-        ctx.transport.stream(
-            ["docker", "load", "--quiet"], sink.chunks(), timeout=timeout, stall_timeout=stall
+        ran = ctx.transport.stream(
+            ["sh", "-c", LOAD_SCRIPT, "fleet-load", ref, plan.store],
+            sink.chunks(),
+            timeout=timeout,
+            stall_timeout=stall,
         )
     finally:
         sink.close()
+    return ran.stdout
 
 
 def disk_needed(spec_sizes: Sequence[int], send: Iterable[int], store: str) -> int:
@@ -1096,8 +1156,9 @@ def _send_all(
             sink = sinks[ctx.name]
             broadcast = broadcasts[compress_of[ctx.name]]
             sink.on_progress = lambda sent: ctx.progress("sending", sent, 0)
+            decided = plans[ctx.name]
             try:
-                load(ctx, sink, options.load_timeout, _STALL_DEFAULT)
+                loaded = load(ctx, sink, decided, spec.ref, options.load_timeout, _STALL_DEFAULT)
             except HostError:
                 if broadcast.error is not None:
                     raise HostError(
@@ -1108,8 +1169,7 @@ def _send_all(
                 raise HostError(
                     ctx.name, f"reading the image on the controller failed: {broadcast.error}"
                 )
-            image_id = verify(ctx.transport, spec, options.state_timeout)
-            decided = plans[ctx.name]
+            image_id = verify(ctx.transport, spec, options.state_timeout, loaded)
             shipment = Shipment(
                 decided.store, len(spec.diff_ids), len(decided.send), sink.bytes, image_id
             )
