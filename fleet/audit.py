@@ -106,18 +106,21 @@ import re
 import shlex
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from fleet import containers, deploy
-from fleet.containers import FrameworkContainer, FrameworkImage, HostFramework
+from fleet import containers
+from fleet.containers import LABEL_DOCKER_CMD, FrameworkContainer, FrameworkImage, HostFramework
 from fleet.errors import HostError, UsageError
-from fleet.images import LABEL_DOCKER_CMD, ImageVersion
 from fleet.inventory import Host
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Interrupted, Runner
-from fleet.runspec import RunSpec
-from fleet.transfer import normalized_name
+
+if TYPE_CHECKING:
+    from fleet.images import ImageVersion
+    from fleet.runspec import RunSpec
 
 LATEST = "latest"
 STATUS_OK = "ok"
@@ -378,7 +381,7 @@ def audit_host(
             else:
                 reference = f"{repository or primary.image.rpartition(':')[0]}:{tag}"
                 try:
-                    spec = deploy.run_spec_for(host, image, reference)
+                    spec = _deploy().run_spec_for(host, image, reference)
                 except HostError as exc:
                     reasons.append(Reason("run_command", exc.reason))
                 else:
@@ -415,7 +418,7 @@ def audit_host(
         expected=expected,
         containers=tuple((c.name, c.tag, c.status) for c in facts.containers),
         other_versions=other_versions,
-        rollback_to=deploy.previous_version(facts) if running_tag else None,
+        rollback_to=_deploy().previous_version(facts) if running_tag else None,
         lock=facts.lock,
         history=facts.history,
     )
@@ -522,6 +525,8 @@ def config_differences(
     def check(name: str, expected: Any, actual: Any) -> None:
         if expected != actual:
             found.append(ConfigDifference(name, expected, actual))
+
+    from fleet.transfer import normalized_name  # see _deploy
 
     actual_image = str(config.get("Image", ""))
     same_image = actual_image in (reference, image.id, image.id.removeprefix("sha256:")) or (
@@ -804,13 +809,52 @@ class AuditReport:
         return document
 
 
-def audit(runner: Runner, hosts: Sequence[Host], options: AuditOptions) -> AuditReport:
+def controller_options(
+    repository: str,
+    *,
+    expect: str | None = None,
+    history: int = 1,
+    timeout: float | None = None,
+) -> AuditOptions:
+    """The options of an audit against this machine's builds of ``repository``.
+
+    Slow to start: docker-py is imported (and :func:`_deploy`, which :func:`audit_host`
+    needs) before the engine is asked. ``fleet audit`` calls it on a thread of its own
+    while the hosts answer (``audit(..., controller=)``).
+    """
+    _deploy()
+    from fleet import images
+
+    versions = images.list_versions(images.connect(), repository)
+    return AuditOptions(
+        repository=repository,
+        controller_versions=tuple(versions),
+        expected=resolve_expected(expect, versions),
+        history=history,
+        timeout=timeout,
+    )
+
+
+def audit(
+    runner: Runner,
+    hosts: Sequence[Host],
+    options: AuditOptions,
+    *,
+    controller: Future[AuditOptions] | None = None,
+) -> AuditReport:
     """Audit every host (``runner.forks`` at a time); a host's trouble is a row, not a raise.
 
     The task asks each host once (:func:`fleet.containers.gather`) and writes nothing: no
-    lock is taken, no history line is written.
+    lock is taken, no history line is written. ``controller``, when given, is the options
+    still being made (the controller's builds, the expected version: see
+    :func:`controller_options`); ``options`` then only says what to ask the hosts
+    (repository, history, timeout), and each host's row waits for the rest. What the
+    future raises is the audit's error.
     """
     rows: dict[str, AuditRow] = {}
+
+    def complete() -> AuditOptions:
+        return controller.result() if controller is not None else options
 
     def task(ctx: HostContext) -> HostResult:
         facts = containers.gather(
@@ -819,12 +863,13 @@ def audit(runner: Runner, hosts: Sequence[Host], options: AuditOptions) -> Audit
             history=max(1, options.history),
             timeout=options.timeout,
         )
+        final = complete()
         row = audit_host(
             facts,
-            options.controller_versions,
-            options.expected,
+            final.controller_versions,
+            final.expected,
             ctx.host,
-            repository=options.repository,
+            repository=final.repository,
         )
         rows[ctx.name] = row
         if row.ok:
@@ -834,8 +879,11 @@ def audit(runner: Runner, hosts: Sequence[Host], options: AuditOptions) -> Audit
     try:
         result = runner.run("audit", hosts, task)
     except Interrupted as exc:
-        raise AuditInterrupted(report_of(exc.partial, options, rows, interrupted=True)) from None
-    return report_of(result, options, rows)
+        done = controller is None or (controller.done() and controller.exception() is None)
+        raise AuditInterrupted(
+            report_of(exc.partial, complete() if done else options, rows, interrupted=True)
+        ) from None
+    return report_of(result, complete(), rows)
 
 
 class AuditInterrupted(Interrupted):
@@ -949,6 +997,18 @@ def _csv_text(value: Any) -> str:
 
 
 # -- small helpers ------------------------------------------------------------------------
+def _deploy() -> ModuleType:
+    """fleet.deploy (the run command of a host, the version to roll back to).
+
+    Imported when first needed, not with this module: it pulls in docker-py and paramiko
+    (0.3 s), and ``fleet audit`` imports them on a thread of their own while the hosts
+    answer (:func:`controller_options`).
+    """
+    from fleet import deploy
+
+    return deploy
+
+
 def _summary(row: AuditRow) -> str:
     if row.framework is None:
         return "no framework"
@@ -1008,6 +1068,7 @@ __all__ = [
     "audit_host",
     "compare_build",
     "config_differences",
+    "controller_options",
     "csv_record",
     "resolve_expected",
 ]

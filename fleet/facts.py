@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fleet.transport import Transport
+if TYPE_CHECKING:
+    from fleet.remote import Transport
 
 FRAMEWORK_LABEL = "io.fleet.framework"
 

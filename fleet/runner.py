@@ -10,23 +10,28 @@ is ``unreachable``, a failed command ``failed`` with its evidence, an unexpected
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from fleet.errors import FleetError, HostError, UnreachableError
+from fleet.endpoint import DEFAULT_CONNECT_TIMEOUT
+from fleet.errors import FleetError, HostError, InventoryError, UnreachableError, UsageError
 from fleet.inventory import Host
+from fleet.remote import Transport
 from fleet.results import FleetResult, HostResult, Outcome
-from fleet.transport import (
-    DEFAULT_CONNECT_TIMEOUT,
-    KnownHosts,
-    SSHTransport,
-    Transport,
-    endpoint_for,
-)
+
+if TYPE_CHECKING:
+    from fleet.transport import KnownHosts
+
+# Which SSH client reaches a host (see ClientConnector).
+SSH_CLIENTS = ("openssh", "paramiko")
+SSH_CLIENT_VAR = "fleet_ssh_client"
+SSH_CLIENT_ENV = "FLEET_SSH_CLIENT"
 
 DEFAULT_FORKS = 20
 
@@ -59,15 +64,24 @@ class NoEvents:
 Connect = Callable[[Host], Transport]
 
 
+def _known_hosts() -> KnownHosts:
+    # fleet.transport imports paramiko: only when a paramiko connection is wanted.
+    from fleet.transport import KnownHosts
+
+    return KnownHosts()
+
+
 @dataclass
 class SSHConnector:
     """Opens verified SSH connections to inventory hosts with one run's settings."""
 
-    known_hosts: KnownHosts = field(default_factory=KnownHosts)
+    known_hosts: KnownHosts = field(default_factory=_known_hosts)
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     command_timeout: float | None = None
 
     def __call__(self, host: Host) -> Transport:
+        from fleet.transport import SSHTransport, endpoint_for
+
         endpoint = endpoint_for(
             host.name,
             host.vars,
@@ -75,6 +89,71 @@ class SSHConnector:
             command_timeout=self.command_timeout,
         )
         return SSHTransport(endpoint, self.known_hosts)
+
+
+@dataclass
+class ClientConnector:
+    """Connects each host with the SSH client chosen for it: for read-only fan-out.
+
+    The host's ``fleet_ssh_client`` variable (``openssh`` or ``paramiko``) wins, then
+    ``$FLEET_SSH_CLIENT``, then ``default``. ``openssh`` is the system's ssh with shared
+    connections kept for 60 s (:mod:`fleet.openssh`); as the default it falls back to
+    paramiko (:class:`SSHConnector`) when no ``ssh`` is on PATH.
+    """
+
+    accept_new: bool = False
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    command_timeout: float | None = None
+    default: str = "openssh"
+    _connectors: dict[str, Connect] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def client(self, host: Host) -> str:
+        """The SSH client for ``host``: one of :data:`SSH_CLIENTS`."""
+        chosen = host.vars.get(SSH_CLIENT_VAR)
+        if chosen is not None:
+            if chosen not in SSH_CLIENTS:
+                raise InventoryError(
+                    f"host {host.name}: {SSH_CLIENT_VAR} {chosen!r} is not an SSH client",
+                    fix=f"set it to one of: {', '.join(SSH_CLIENTS)}",
+                )
+            return str(chosen)
+        chosen = os.environ.get(SSH_CLIENT_ENV) or None
+        if chosen is not None:
+            if chosen not in SSH_CLIENTS:
+                raise UsageError(
+                    f"${SSH_CLIENT_ENV} {chosen!r} is not an SSH client",
+                    fix=f"set it to one of: {', '.join(SSH_CLIENTS)}",
+                )
+            return chosen
+        if self.default == "openssh" and shutil.which("ssh") is None:
+            return "paramiko"
+        return self.default
+
+    def __call__(self, host: Host) -> Transport:
+        name = self.client(host)
+        with self._lock:
+            connector = self._connectors.get(name)
+            if connector is None:
+                connector = self._connectors[name] = self._connector(name)
+        return connector(host)
+
+    def _connector(self, name: str) -> Connect:
+        if name == "openssh":
+            from fleet.openssh import OpenSSHConnector
+
+            return OpenSSHConnector(
+                accept_new=self.accept_new,
+                connect_timeout=self.connect_timeout,
+                command_timeout=self.command_timeout,
+            )
+        from fleet.transport import KnownHosts
+
+        return SSHConnector(
+            known_hosts=KnownHosts(accept_new=self.accept_new),
+            connect_timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+        )
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """How fleet reaches a host: one small interface, and its SSH implementation.
 
 The core only sees :class:`Transport` (``run`` a command given as an argv, stream bytes
-into one, ``close``). The SSH implementation is the only module that imports paramiko.
+into one, ``close``; defined in :mod:`fleet.remote`, re-exported here with the endpoint
+helpers of :mod:`fleet.endpoint`). This SSH implementation is the only module that imports
+paramiko; :mod:`fleet.openssh` is the other one (the system's ssh, for read-only fan-out).
 Its policy, from ``shared/SSH.md``:
 
 - Host keys are always verified: against ``~/.ssh/known_hosts``, any
@@ -28,16 +30,27 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import paramiko
 
+# The paramiko-free parts live in fleet.endpoint and fleet.remote; re-exported here for
+# the modules that import them from fleet.transport.
+from fleet.endpoint import (
+    DEFAULT_CONNECT_TIMEOUT,
+    Endpoint,
+    SSHOptions,
+    command_line,
+    parse_ssh_args,
+    resolve,
+)
 from fleet.errors import CommandError, HostError, HostKeyError, UnreachableError
+from fleet.remote import CommandResult, Transport
+from fleet.remote import fix_for as _fix_for
 
-DEFAULT_CONNECT_TIMEOUT = 10.0
 _READ_CHUNK = 1 << 16
 _SEND_PIECE = 1 << 18
 # Let the server (OpenSSH: 1-4 GiB) drive rekeys; see the module docstring.
@@ -45,73 +58,6 @@ _REKEY_BYTES = 1 << 40
 _MAX_LINE = 1 << 16
 # What :meth:`SSHTransport.follow` returns when it was stopped (exit codes are 0-255).
 FOLLOW_STOPPED = -1
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """What a finished command left behind."""
-
-    command: str
-    exit_code: int
-    stdout: str
-    stderr: str
-    seconds: float
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
-
-
-class Transport(Protocol):
-    """A connection to one host that runs commands."""
-
-    @property
-    def host(self) -> str: ...
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        timeout: float | None = None,
-        check: bool = True,
-    ) -> CommandResult: ...
-
-    def stream(
-        self,
-        argv: Sequence[str],
-        chunks: Iterable[bytes],
-        *,
-        timeout: float | None = None,
-        check: bool = True,
-        stall_timeout: float | None = None,
-    ) -> CommandResult: ...
-
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where and as whom to connect: the resolved connection settings of one host."""
-
-    name: str
-    address: str
-    port: int = 22
-    user: str = "root"
-    key_files: tuple[str, ...] = ()
-    known_hosts_files: tuple[str, ...] = ()
-    jump: Endpoint | None = None
-    become: bool = False
-    become_user: str | None = None
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    command_timeout: float | None = None
-
-    @property
-    def known_hosts_name(self) -> str:
-        """The name this endpoint has in a known_hosts file, as OpenSSH writes it."""
-        if self.port == 22:
-            return self.address
-        return f"[{self.address}]:{self.port}"
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -320,16 +266,7 @@ class SSHTransport:
     # -- running ----------------------------------------------------------------------
     def command_line(self, argv: Sequence[str]) -> str:
         """The remote command line for ``argv``: quoted, under ``sudo -n`` when becoming."""
-        if not argv:
-            raise ValueError("empty command")
-        ep = self.endpoint
-        words = list(argv)
-        if ep.become:
-            prefix = ["sudo", "-n", "-H"]
-            if ep.become_user:
-                prefix += ["-u", ep.become_user]
-            words = [*prefix, "--", *words]
-        return shlex.join(words)
+        return command_line(self.endpoint, argv)
 
     def _open_channel(self, command: str, timeout: float | None) -> paramiko.Channel:
         try:
@@ -698,18 +635,6 @@ def _stalled(blocked_since: float | None, limit: float | None) -> float | None:
     return waited if waited > limit else None
 
 
-def _fix_for(stderr: str) -> str | None:
-    """A fix for well-known remote failures, recognised from their messages."""
-    text = stderr.lower()
-    if "permission denied" in text and "docker" in text and ".sock" in text:
-        return "add the SSH user to the host's 'docker' group, or set ansible_become: true"
-    if "cannot connect to the docker daemon" in text or "is the docker daemon running" in text:
-        return "start the host's Docker engine (e.g. 'systemctl start docker')"
-    if "sudo: a password is required" in text or "sudo: a terminal is required" in text:
-        return "allow passwordless sudo for the SSH user (NOPASSWD), or unset ansible_become"
-    return None
-
-
 class _LineBuffer:
     """Bytes in, whole decoded lines out (an endless line is cut at ``_MAX_LINE``)."""
 
@@ -741,73 +666,13 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-# -- resolving connection settings ----------------------------------------------------
-@dataclass
-class SSHOptions:
-    """Options found in ``ansible_ssh_common_args`` that fleet honours."""
-
-    proxy_jump: str | None = None
-    known_hosts_files: list[str] = field(default_factory=list)
-    identity_files: list[str] = field(default_factory=list)
-
-
-def parse_ssh_args(args: str | None) -> SSHOptions:
-    """Read ``-o Key=Value``, ``-J jump`` and ``-i file`` from ssh arguments (as Ansible passes)."""
-    options = SSHOptions()
-    if not args:
-        return options
-    words: Iterator[str] = iter(shlex.split(args))
-    for word in words:
-        value: str | None
-        if word in ("-o", "-J", "-i"):
-            value = next(words, None)
-            flag = word
-        elif word.startswith(("-o", "-J", "-i")) and len(word) > 2:
-            flag, value = word[:2], word[2:]
-        else:
-            continue
-        if value is None:
-            break
-        if flag == "-J":
-            options.proxy_jump = value
-        elif flag == "-i":
-            options.identity_files.append(value)
-        else:
-            key, _, val = value.replace("=", " ", 1).partition(" ")
-            key = key.strip().lower()
-            val = val.strip()
-            if key == "proxyjump":
-                options.proxy_jump = val
-            elif key == "userknownhostsfile":
-                options.known_hosts_files.extend(val.split())
-            elif key == "identityfile":
-                options.identity_files.append(val)
-    return options
-
-
+# -- resolving connection settings (paramiko's ssh config parser; the rest: fleet.endpoint)
 def load_ssh_config(path: str | Path = "~/.ssh/config") -> paramiko.SSHConfig:
     """The user's ssh config, or an empty one."""
     resolved = Path(os.path.expanduser(str(path)))
     if resolved.is_file():
         return paramiko.SSHConfig.from_path(str(resolved))
     return paramiko.SSHConfig()
-
-
-def _jump_endpoint(spec: str, config: paramiko.SSHConfig, base: Endpoint) -> Endpoint:
-    """An endpoint for a ProxyJump spec ``[user@]host[:port]`` (the first hop of a chain)."""
-    first = spec.split(",", maxsplit=1)[0].strip()
-    user, _, hostport = first.rpartition("@")
-    host, _, port = hostport.partition(":")
-    looked = config.lookup(host)
-    return Endpoint(
-        name=f"jump {first}",
-        address=str(looked.get("hostname", host)),
-        port=int(port or looked.get("port") or 22),
-        user=user or str(looked.get("user", base.user)),
-        key_files=tuple(looked.get("identityfile", ())) or base.key_files,
-        known_hosts_files=base.known_hosts_files,
-        connect_timeout=base.connect_timeout,
-    )
 
 
 def endpoint_for(
@@ -824,67 +689,27 @@ def endpoint_for(
     Inventory variables win over ``~/.ssh/config``, which wins over the defaults.
     """
     config = config if config is not None else load_ssh_config()
-    target = str(hostvars.get("ansible_host") or name)
-    looked = config.lookup(target)
-    options = parse_ssh_args(
-        " ".join(
-            str(hostvars[k])
-            for k in ("ansible_ssh_common_args", "ansible_ssh_extra_args")
-            if hostvars.get(k)
-        )
-    )
-    key_file = hostvars.get("ansible_ssh_private_key_file") or hostvars.get(
-        "ansible_private_key_file"
-    )
-    key_files: tuple[str, ...] = (
-        (str(key_file),)
-        if key_file
-        else tuple(options.identity_files) or tuple(looked.get("identityfile", ()))
-    )
-    known = list(extra_known_hosts)
-    known += options.known_hosts_files
-    known += [str(p) for p in str(looked.get("userknownhostsfile", "")).split() if p]
-    if hostvars.get("fleet_known_hosts"):
-        known.append(str(hostvars["fleet_known_hosts"]))
-    known.append("~/.ssh/known_hosts")
-    port_value = (
-        hostvars.get("ansible_port") or hostvars.get("ansible_ssh_port") or looked.get("port", 22)
-    )
-    endpoint = Endpoint(
-        name=name,
-        address=str(looked.get("hostname", target)),
-        port=_port(name, port_value),
-        user=str(
-            hostvars.get("ansible_user")
-            or hostvars.get("ansible_ssh_user")
-            or looked.get("user", "root")
-        ),
-        key_files=key_files,
-        known_hosts_files=tuple(dict.fromkeys(known)),
-        become=_truthy(hostvars.get("ansible_become", False)),
-        become_user=(
-            str(hostvars["ansible_become_user"]) if hostvars.get("ansible_become_user") else None
-        ),
+    return resolve(
+        name,
+        hostvars,
+        lookup=config.lookup,
         connect_timeout=connect_timeout,
         command_timeout=command_timeout,
+        extra_known_hosts=extra_known_hosts,
     )
-    jump = options.proxy_jump or looked.get("proxyjump")
-    if jump and str(jump).lower() != "none":
-        endpoint = replace(endpoint, jump=_jump_endpoint(str(jump), config, endpoint))
-    return endpoint
 
 
-def _port(host: str, value: Any) -> int:
-    try:
-        port = int(value)
-    except (TypeError, ValueError):
-        port = 0
-    if not 0 < port < 65536:
-        raise UnreachableError(host, f"port {value!r} is not a TCP port", fix="fix ansible_port")
-    return port
-
-
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on", "y")
-    return bool(value)
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "FOLLOW_STOPPED",
+    "CommandResult",
+    "Endpoint",
+    "KnownHosts",
+    "SSHOptions",
+    "SSHTransport",
+    "Transport",
+    "endpoint_for",
+    "fingerprint",
+    "load_ssh_config",
+    "parse_ssh_args",
+]

@@ -610,7 +610,7 @@ def test_csv_rows_keep_host_data_as_data() -> None:
 @pytest.fixture
 def fake_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """'fleet audit' against the fake lab: the controller's builds from the fixture."""
-    from fleet.cli import common
+    from fleet.cli import audit as audit_cli
 
     names = {"lab1": "classic-v1", "lab2": "containerd-v2", "gone": "down"}
     inventory = tmp_path / "inv.yml"
@@ -623,7 +623,7 @@ def fake_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     def make_runner(args: object, events: object) -> Runner:
         return fake_lab(names)[0]
 
-    monkeypatch.setattr(common, "make_runner", make_runner)
+    monkeypatch.setattr(audit_cli, "make_runner", make_runner)
     return inventory
 
 

@@ -4,7 +4,10 @@
                 [--project DIR | --repository NAME] [host options]
 
 Read-only: one round trip per host, no deploy lock, no history line. Exit codes: 0 every
-host as expected, 2 some host drifted, 3 some host unreachable.
+host as expected, 2 some host drifted, 3 some host unreachable. Hosts are reached through
+the system's ssh where it is installed, its connections kept for 60 s so that the next
+audit needs no handshake (:mod:`fleet.openssh`; ``fleet_ssh_client: paramiko`` or
+``FLEET_SSH_CLIENT=paramiko`` choose paramiko).
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import contextlib
 import csv
 import json
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from fleet import audit, images, report
+from fleet import audit, report
 from fleet.cli import common
 from fleet.errors import FleetError, UsageError
 from fleet.report import audit as audit_report
-from fleet.runner import Events, NoEvents
+from fleet.runner import ClientConnector, Events, NoEvents, Runner
 
 DEFAULT_HISTORY = 5
 WIDE = 220
@@ -75,6 +79,8 @@ def register(subparsers: Any) -> None:
 def _repository(args: argparse.Namespace) -> str:
     if args.repository:
         return str(args.repository)
+    from fleet import images  # docker-py: only to read a project's settings
+
     try:
         return images.load_project(args.project).repository
     except FleetError:
@@ -90,29 +96,62 @@ def _audit(args: argparse.Namespace) -> int:
     if args.json and args.csv:
         raise UsageError("--json and --csv exclude each other", fix="choose one output format")
     repository = _repository(args)
-    versions = images.list_versions(images.connect(), repository)
     options = audit.AuditOptions(
-        repository=repository,
-        controller_versions=tuple(versions),
-        expected=audit.resolve_expected(args.expect, versions),
-        history=args.history or 1,
-        timeout=args.timeout,
+        repository=repository, history=args.history or 1, timeout=args.timeout
     )
+    # The controller's builds are listed (docker-py: slow to import) on a thread of their
+    # own, started first, while the hosts answer.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="controller")
+    controller = pool.submit(
+        audit.controller_options,
+        repository,
+        expect=args.expect,
+        history=options.history,
+        timeout=options.timeout,
+    )
+    try:
+        result = _run(args, options, controller)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return _print(args, result)
+
+
+def _run(
+    args: argparse.Namespace, options: audit.AuditOptions, controller: Future[audit.AuditOptions]
+) -> audit.AuditReport:
     _, hosts = common.select_hosts(args)
     err = report.console()
     live = err.is_terminal and not (args.json or args.csv)
     events: Events = (
         report.LiveReporter([h.name for h in hosts], err, live=True) if live else NoEvents()
     )
-    runner = common.make_runner(args, events)
+    runner = make_runner(args, events)
     try:
         with events if isinstance(events, report.LiveReporter) else contextlib.nullcontext():
             try:
-                result = audit.audit(runner, hosts, options)
+                return audit.audit(runner, hosts, options, controller=controller)
             except audit.AuditInterrupted as exc:
-                result = exc.report
+                return exc.report
     finally:
         runner.close()
+
+
+def make_runner(args: argparse.Namespace, events: Events) -> Runner:
+    """The audit's runner: read-only fan-out over the system's ssh where it is installed.
+
+    Its connections are shared and kept for 60 s, so a second audit needs no handshake;
+    a host's ``fleet_ssh_client`` or ``$FLEET_SSH_CLIENT`` chooses the client.
+    """
+    connector = ClientConnector(
+        accept_new=args.accept_new_host_keys,
+        connect_timeout=args.timeout,
+        command_timeout=args.timeout,
+    )
+    return Runner(connector, forks=args.forks, events=events)
+
+
+def _print(args: argparse.Namespace, result: audit.AuditReport) -> int:
+    err = report.console()
     retry = common.write_retry_file(args, result.result)
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2, default=str)

@@ -16,7 +16,6 @@ from fleet.errors import UsageError
 from fleet.inventory import Host, Inventory
 from fleet.results import FleetResult
 from fleet.runner import DEFAULT_FORKS, Interrupted, Runner, SSHConnector, Task
-from fleet.transport import KnownHosts
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -112,6 +111,9 @@ def select_hosts(
 
 
 def make_runner(args: argparse.Namespace, events: Any) -> Runner:
+    # Imported here: fleet.transport imports paramiko, which 'fleet audit' does without.
+    from fleet.transport import KnownHosts
+
     connector = SSHConnector(
         known_hosts=KnownHosts(accept_new=args.accept_new_host_keys),
         connect_timeout=args.timeout,
