@@ -41,23 +41,44 @@ def _engine_answers() -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabFixture]:
-    """A two-host lab (one classic, one containerd engine), shared by the session."""
+def _require_engine() -> None:
     if not _engine_answers():
         if os.environ.get("CI"):
             pytest.fail(
                 "the controller's Docker engine is not running (scripts/setup.sh starts it)"
             )
         pytest.skip("no Docker engine on this machine: run scripts/setup.sh")
+
+
+@pytest.fixture(scope="session")
+def lab_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Where this session's labs keep their keys and known_hosts (``FLEET_LAB_DIR``)."""
+    _require_engine()
     _remove_abandoned_test_labs()
     state = tmp_path_factory.mktemp("labstate")
     os.environ["FLEET_LAB_DIR"] = str(state)
-    inventory = tmp_path_factory.mktemp("labinv") / "lab.yml"
-    started = lab.up(2, "mixed", name=TEST_LAB, inventory=inventory)
-    yield LabFixture(started, inventory, state)
-    lab.down(name=TEST_LAB, inventory=inventory)
+    yield state
     shutil.rmtree(state, ignore_errors=True)
+
+
+def start_lab(
+    state: Path, tmp_path_factory: pytest.TempPathFactory, name: str, hosts: int
+) -> LabFixture:
+    """Start a mixed lab (classic, containerd, classic, ...) and write its inventory."""
+    inventory = tmp_path_factory.mktemp("labinv") / "lab.yml"
+    return LabFixture(lab.up(hosts, "mixed", name=name, inventory=inventory), inventory, state)
+
+
+def stop_lab(env: LabFixture) -> None:
+    lab.down(name=env.lab.name, inventory=env.inventory)
+
+
+@pytest.fixture(scope="session")
+def lab_env(lab_state: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabFixture]:
+    """A two-host lab (one classic, one containerd engine), shared by the session."""
+    started = start_lab(lab_state, tmp_path_factory, TEST_LAB, 2)
+    yield started
+    stop_lab(started)
 
 
 def _remove_abandoned_test_labs() -> None:
@@ -68,27 +89,32 @@ def _remove_abandoned_test_labs() -> None:
         for c in client.containers.list(all=True, filters={"label": lab.LABEL})
     }
     for name in names:
-        pid = name.removeprefix("fleet-test-")
+        # fleet-test-PID, or fleet-test-PID-SUFFIX (a module's own lab).
+        pid = name.removeprefix("fleet-test-").partition("-")[0]
         if name.startswith("fleet-test-") and pid.isdigit() and not Path(f"/proc/{pid}").exists():
             lab.down(name=name)
 
 
 def heal(env: LabFixture) -> LabFixture:
-    """Bring every test-lab host back (after a test stopped one) and return the new lab."""
-    started = lab.up(2, "mixed", name=TEST_LAB, inventory=env.inventory)
+    """Bring every host of a test lab back (after a test stopped one) and return the new lab."""
+    started = lab.up(len(env.lab.hosts), "mixed", name=env.lab.name, inventory=env.inventory)
     return LabFixture(started, env.inventory, env.state)
 
 
 @pytest.fixture(scope="module")
 def fast_inventory(lab_env: LabFixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The lab's inventory with a short health timeout, so failing versions fail fast."""
-    document = yaml.safe_load(lab_env.inventory.read_text())
+    return write_fast_inventory(lab_env, tmp_path_factory.mktemp("fastinv") / "lab.yml")
+
+
+def write_fast_inventory(env: LabFixture, path: Path, timeout: float = 15) -> Path:
+    """Write a copy of the lab's inventory whose health gate gives up after ``timeout``."""
+    document = yaml.safe_load(env.inventory.read_text())
     group = document["all"]["children"]["lab"]["vars"]
     group["fleet_run_overrides"] = {
         **group["fleet_run_overrides"],
-        "health": {"timeout": 15, "interval": 0.5},
+        "health": {"timeout": timeout, "interval": 0.5},
     }
-    path = tmp_path_factory.mktemp("fastinv") / "lab.yml"
     path.write_text(yaml.safe_dump(document))
     return path
 
@@ -150,3 +176,94 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[
         return code, json.loads(out)
     except json.JSONDecodeError:
         raise AssertionError(f"not one JSON document on stdout:\n{out}\nstderr:\n{err}") from None
+
+
+# -- the faults table (tests/test_faults_e2e.py fills it; printed at the session's end) ----
+@dataclass
+class FaultRow:
+    """One fault's line: what fleet reported, and what survived it."""
+
+    fault: str
+    hosts_affected: str
+    outcome_reported: str = ""
+    outcome_correct: bool = False
+    framework_running: bool = False
+    images_whole: bool = False
+    history_ok: bool = False
+    converged: bool = False
+
+    @property
+    def survived(self) -> bool:
+        return all(
+            (
+                self.outcome_correct,
+                self.framework_running,
+                self.images_whole,
+                self.history_ok,
+                self.converged,
+            )
+        )
+
+
+@dataclass
+class FaultTable:
+    """The faults the suite meant to inject, and a row for each one that ran."""
+
+    expected: list[str]
+    rows: dict[str, FaultRow]
+
+    def render(self) -> list[str]:
+        rows = [self.rows.get(f) or FaultRow(f, "-") for f in self.expected]
+        header = (
+            "fault",
+            "hosts affected",
+            "outcome reported",
+            "framework still running",
+            "no half-tagged image",
+            "history line",
+            "converged on rerun",
+        )
+        cells = [
+            (
+                r.fault,
+                r.hosts_affected,
+                f"{r.outcome_reported} ({'correct' if r.outcome_correct else 'WRONG'})"
+                if r.fault in self.rows
+                else "did not run to the end",
+                *("yes" if ok else "no" for ok in (r.framework_running, r.images_whole)),
+                *("yes" if ok else "no" for ok in (r.history_ok, r.converged)),
+            )
+            for r in rows
+        ]
+        widths = [max(len(str(c[i])) for c in [header, *cells]) for i in range(len(header))]
+        lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+        lines.append("-+-".join("-" * w for w in widths))
+        lines += [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+        survived = sum(1 for r in rows if r.survived)
+        lines.append(f"faults survived: {survived}/{len(rows)}")
+        return lines
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "expected": self.expected,
+            "rows": [
+                {**vars(self.rows[f]), "survived": self.rows[f].survived}
+                for f in self.expected
+                if f in self.rows
+            ],
+        }
+
+
+FAULTS = FaultTable([], {})
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The faults table, when the faults suite ran (also written to $FLEET_FAULTS_JSON)."""
+    if not FAULTS.expected:
+        return
+    terminalreporter.section("faults")
+    for line in FAULTS.render():
+        terminalreporter.write_line(line)
+    target = os.environ.get("FLEET_FAULTS_JSON")
+    if target:
+        Path(target).write_text(json.dumps(FAULTS.to_json(), indent=2))
