@@ -146,7 +146,7 @@ class CommandError(HostError):
     ) -> None:
         command = argv if isinstance(argv, str) else " ".join(argv)
         tail = tail_lines(stderr or stdout)
-        message = f"command exited {exit_code}: {command}"
+        message = f"command exited {exit_code}: {_abbreviated(command)}"
         if tail:
             message += "\n" + tail
         super().__init__(host, message, fix=fix)
@@ -154,6 +154,12 @@ class CommandError(HostError):
         self.returncode = exit_code
         self.stdout = stdout
         self.stderr = stderr
+
+
+def _abbreviated(command: str, limit: int = 160) -> str:
+    """A command line short enough for a message: fleet's scripts run as long ``sh -c`` words."""
+    flat = " ".join(command.split())
+    return flat if len(flat) <= limit else f"{flat[: limit - 24]} ... ({len(command)} chars)"
 
 
 def tail_lines(text: str, count: int = 10) -> str:

@@ -56,7 +56,7 @@ from typing import Any, Protocol
 
 from fleet import facts, images, registry
 from fleet.bandwidth import Limits, Throttle
-from fleet.errors import HostError, RegistryError, UsageError
+from fleet.errors import CommandError, HostError, RegistryError, UsageError, tail_lines
 from fleet.images import ImageSpec, Shippable, chain_ids
 from fleet.inventory import Host
 from fleet.results import FleetResult, HostResult, Outcome
@@ -946,15 +946,31 @@ def load(
             timeout=timeout,
             stall_timeout=stall,
         )
+    except CommandError as exc:
+        said = tail_lines(exc.stderr or exc.stdout)
+        full = "no space left on device" in (exc.stderr + exc.stdout).lower()
+        raise HostError(
+            ctx.name,
+            f"docker load of {ref} failed (exit {exc.returncode})"
+            f"{': the disk at the Docker root is full' if full else ''}:\n{said}",
+            fix="free space on the host (fleet prune, docker system prune) or grow its disk, "
+            "then rerun"
+            if full
+            else exc.fix or "rerun: nothing was tagged, the missing layers are sent again",
+        ) from exc
     finally:
         sink.close()
     return ran.stdout
 
 
 def disk_needed(spec_sizes: Sequence[int], send: Iterable[int], store: str) -> int:
-    """Bytes a load needs at the Docker root: layers once, twice on the containerd store."""
-    total = sum(spec_sizes[i] for i in send if i < len(spec_sizes))
-    return total * (2 if store == "containerd" else 1)
+    """Bytes a load needs at the Docker root: the missing layers twice, on either store.
+
+    The classic store's ``docker load`` spools the whole tarball under ``<root>/tmp``
+    before it unpacks it (incompressible layers cost their size twice); the containerd
+    store keeps the compressed blob beside the unpacked snapshot.
+    """
+    return 2 * sum(spec_sizes[i] for i in send if i < len(spec_sizes))
 
 
 def result_for(ctx: HostContext, shipment: Shipment) -> HostResult:

@@ -1,3 +1,4 @@
+from fleet.errors import CommandError
 from fleet.results import FleetResult, HostResult, Outcome
 
 
@@ -40,3 +41,13 @@ def test_json_document_shape() -> None:
     assert doc["summary"]["failed"] == 1
     assert doc["hosts"]["a"]["reason"] == "command exited 1: false"
     assert doc["hosts"]["a"]["details"] == {"exit_code": 1}
+
+
+def test_a_long_script_is_abbreviated_in_its_error_but_the_evidence_stays() -> None:
+    script = "sh -c '" + "echo step; " * 200 + "' fleet-load ref"
+    error = CommandError("gpu01", script, 1, stderr="open /var/lib/docker/tmp/x: no space left")
+    first_line = error.message.splitlines()[0]
+    assert first_line.startswith("gpu01: command exited 1: sh -c 'echo step;")
+    assert f"({len(script)} chars)" in first_line and len(first_line) < 200
+    assert error.message.endswith("no space left")
+    assert error.command == script  # the whole command stays on the error for callers
