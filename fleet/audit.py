@@ -50,7 +50,7 @@ Drift (each a :class:`Reason` with a ``code``; a host with none is ``ok``):
                         (:func:`config_differences` says field by field)
     ``version``         it runs another version than ``--expect``
 
-The container is compared with ``deploy.run_spec_for(host, image, REPOSITORY:TAG)``, field
+The container is compared with ``runspec.run_spec_for(host, image, REPOSITORY:TAG)``, field
 by field, as Docker records it (``docker inspect``), with Docker's defaults for what the
 run command leaves out: image (the reference, or the image's ID), name, command
 (``Config.Cmd``, or the image's when the spec has none), entrypoint (the image's),
@@ -108,18 +108,30 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from fleet import containers
-from fleet.containers import LABEL_DOCKER_CMD, FrameworkContainer, FrameworkImage, HostFramework
+from fleet.containers import FrameworkContainer, FrameworkImage, HostFramework
 from fleet.errors import HostError, UsageError
 from fleet.inventory import Host
+from fleet.labels import (
+    LABEL_BRANCH,
+    LABEL_BUILD_DATE,
+    LABEL_DOCKER_CMD,
+    LABEL_REVISION,
+    LABEL_SHORT_COMMIT,
+    LABEL_VERSION,
+    ImageVersion,
+    framework_filter,
+    image_version,
+    newest_first,
+    normalized_name,
+)
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Interrupted, Runner
+from fleet.runspec import run_spec_for
 
 if TYPE_CHECKING:
-    from fleet.images import ImageVersion
     from fleet.runspec import RunSpec
 
 LATEST = "latest"
@@ -127,11 +139,6 @@ STATUS_OK = "ok"
 STATUS_DRIFT = "drift"
 STATUS_UNREACHABLE = "unreachable"
 STATUS_ERROR = "error"
-
-LABEL_REVISION = "org.opencontainers.image.revision"
-LABEL_SHORT_COMMIT = "org.label-schema.vcs-ref"
-LABEL_BRANCH = "org.label-schema.vcs-branch"
-LABEL_BUILD_DATE = "org.label-schema.build-date"
 
 _DEFAULT_SHM = 64 << 20
 _SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtTpP]?)[iI]?[bB]?")
@@ -381,7 +388,7 @@ def audit_host(
             else:
                 reference = f"{repository or primary.image.rpartition(':')[0]}:{tag}"
                 try:
-                    spec = _deploy().run_spec_for(host, image, reference)
+                    spec = run_spec_for(host, image, reference)
                 except HostError as exc:
                     reasons.append(Reason("run_command", exc.reason))
                 else:
@@ -418,7 +425,7 @@ def audit_host(
         expected=expected,
         containers=tuple((c.name, c.tag, c.status) for c in facts.containers),
         other_versions=other_versions,
-        rollback_to=_deploy().previous_version(facts) if running_tag else None,
+        rollback_to=containers.previous_version(facts) if running_tag else None,
         lock=facts.lock,
         history=facts.history,
     )
@@ -468,7 +475,7 @@ def _framework(container: FrameworkContainer, image: FrameworkImage | None) -> F
         since=_second(container.started_at if running else container.finished_at),
         restart_count=container.restart_count,
         tag=labels.get("io.fleet.tag", ""),
-        version=labels.get(containers.LABEL_VERSION, ""),
+        version=labels.get(LABEL_VERSION, ""),
         commit=labels.get(LABEL_REVISION, ""),
         short_commit=labels.get(LABEL_SHORT_COMMIT, ""),
         branch=labels.get(LABEL_BRANCH, ""),
@@ -525,8 +532,6 @@ def config_differences(
     def check(name: str, expected: Any, actual: Any) -> None:
         if expected != actual:
             found.append(ConfigDifference(name, expected, actual))
-
-    from fleet.transfer import normalized_name  # see _deploy
 
     actual_image = str(config.get("Image", ""))
     same_image = actual_image in (reference, image.id, image.id.removeprefix("sha256:")) or (
@@ -818,14 +823,11 @@ def controller_options(
 ) -> AuditOptions:
     """The options of an audit against this machine's builds of ``repository``.
 
-    Slow to start: docker-py is imported (and :func:`_deploy`, which :func:`audit_host`
-    needs) before the engine is asked. ``fleet audit`` calls it on a thread of its own
+    A local engine is asked over its socket directly (:mod:`fleet.engine`), another one
+    through docker-py (0.2 s to import). ``fleet audit`` calls it on a thread of its own
     while the hosts answer (``audit(..., controller=)``).
     """
-    _deploy()
-    from fleet import images
-
-    versions = images.list_versions(images.connect(), repository)
+    versions = local_versions(repository)
     return AuditOptions(
         repository=repository,
         controller_versions=tuple(versions),
@@ -833,6 +835,18 @@ def controller_options(
         history=history,
         timeout=timeout,
     )
+
+
+def local_versions(repository: str) -> list[ImageVersion]:
+    """This machine's builds of ``repository``, newest first (see :func:`controller_options`)."""
+    from fleet import engine
+
+    summaries = engine.get_json("/images/json", {"filters": framework_filter(repository)})
+    if summaries is None:
+        from fleet import images
+
+        return images.list_versions(images.connect(), repository)
+    return newest_first([image_version(repository, summary) for summary in summaries])
 
 
 def audit(
@@ -997,18 +1011,6 @@ def _csv_text(value: Any) -> str:
 
 
 # -- small helpers ------------------------------------------------------------------------
-def _deploy() -> ModuleType:
-    """fleet.deploy (the run command of a host, the version to roll back to).
-
-    Imported when first needed, not with this module: it pulls in docker-py and paramiko
-    (0.3 s), and ``fleet audit`` imports them on a thread of their own while the hosts
-    answer (:func:`controller_options`).
-    """
-    from fleet import deploy
-
-    return deploy
-
-
 def _summary(row: AuditRow) -> str:
     if row.framework is None:
         return "no framework"

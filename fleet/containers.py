@@ -31,17 +31,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fleet import facts
+from fleet.labels import (
+    LABEL_COMMIT_COUNT,
+    LABEL_DIRTY,
+    LABEL_DOCKER_CMD,
+    LABEL_TAG,
+    LABEL_VERSION,
+)
 
 if TYPE_CHECKING:
     from fleet.remote import Transport
 
-# The labels fleet.images writes, named here too: importing fleet.images costs docker-py
-# (0.15 s), which a read-only audit only needs for the controller's builds.
-LABEL_TAG = "io.fleet.tag"
-LABEL_DIRTY = "io.fleet.dirty"
-LABEL_COMMIT_COUNT = "io.fleet.commit-count"
-LABEL_DOCKER_CMD = "org.label-schema.docker.cmd"
-LABEL_VERSION = "org.label-schema.version"
 STATE_DIR = "/var/lib/fleet"
 HISTORY_FILE = f"{STATE_DIR}/history.jsonl"
 LOCK_FILE = f"{STATE_DIR}/deploy.lock"
@@ -400,3 +400,25 @@ def parse(text: str) -> HostFramework:
         history=tuple(_json_lines(parts.get("history", []))),
         store=store,
     )
+
+
+def previous_version(state: HostFramework) -> str | None:
+    """The version to roll back to: what the running one replaced, from the history."""
+    running = state.running
+    current = running[0].tag if running else None
+    for entry in reversed(state.history):
+        if (
+            entry.get("outcome") == "changed"
+            and entry.get("to") == current
+            and entry.get("from")
+            and entry.get("from") != current
+        ):
+            return str(entry["from"])
+    kept = [
+        c
+        for c in state.containers
+        if not c.running and c.tag and c.tag != current and not c.name.endswith("-failed")
+    ]
+    if kept:
+        return max(kept, key=lambda c: c.commit_count).tag
+    return None

@@ -30,15 +30,15 @@ from fleet.containers import (
     LOCK_FILE,
     STATE_DIR,
     FrameworkContainer,
-    FrameworkImage,
     HostFramework,
+    previous_version,
 )
 from fleet.errors import FleetError, HostError, UsageError, tail_lines
 from fleet.images import Shippable
 from fleet.inventory import Host
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Interrupted, Runner
-from fleet.runspec import HealthCheck, RunSpec, RunSpecError, parse_docker_cmd
+from fleet.runspec import HealthCheck, RunSpec, run_spec_for
 from fleet.transport import Transport
 
 DEFAULT_LOCK_TTL = 1800.0
@@ -267,30 +267,6 @@ def wait_healthy(transport: Transport, name: str, spec: RunSpec, check: HealthCh
 
 
 # -- one host ---------------------------------------------------------------------------
-def run_spec_for(
-    host: Host, image: FrameworkImage, reference: str, options_allow: frozenset[str] = frozenset()
-) -> RunSpec:
-    """The host's run command: the image's label, parsed as untrusted, with overrides."""
-    label = image.docker_cmd
-    if not label:
-        raise HostError(
-            host.name,
-            f"image {reference} has no org.label-schema.docker.cmd label",
-            fix="build it with 'fleet build'",
-        )
-    allow = frozenset(str(x) for x in host.vars.get("fleet_run_allow") or ()) | options_allow
-    try:
-        spec = parse_docker_cmd(label, reference, allow=allow)
-        overrides = host.vars.get("fleet_run_overrides")
-        if isinstance(overrides, Mapping):
-            spec = spec.with_overrides(overrides, location="fleet_run_overrides")
-    except RunSpecError as exc:
-        raise HostError(
-            host.name, f"refusing the run command of {reference}: {exc.message}", fix=exc.fix
-        ) from exc
-    return spec
-
-
 def _docker(transport: Transport, *argv: str) -> None:
     transport.run(["docker", *argv], timeout=120)
 
@@ -618,28 +594,6 @@ def _rollout(
 def pushed_ok(result: FleetResult, host: str) -> bool:
     row = next((r for r in result.results if r.host == host), None)
     return row is not None and row.succeeded
-
-
-def previous_version(state: HostFramework) -> str | None:
-    """The version to roll back to: what the running one replaced, from the history."""
-    running = state.running
-    current = running[0].tag if running else None
-    for entry in reversed(state.history):
-        if (
-            entry.get("outcome") == "changed"
-            and entry.get("to") == current
-            and entry.get("from")
-            and entry.get("from") != current
-        ):
-            return str(entry["from"])
-    kept = [
-        c
-        for c in state.containers
-        if not c.running and c.tag and c.tag != current and not c.name.endswith("-failed")
-    ]
-    if kept:
-        return max(kept, key=lambda c: c.commit_count).tag
-    return None
 
 
 def rollback(

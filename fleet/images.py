@@ -46,6 +46,22 @@ import yaml
 from fleet import gitinfo
 from fleet.errors import EngineError, ProjectError, UsageError, tail_lines
 from fleet.gitinfo import GitFacts
+from fleet.labels import (
+    LABEL_BASE,
+    LABEL_BASE_INPUTS,
+    LABEL_COMMIT_COUNT,
+    LABEL_DETACHED,
+    LABEL_DIRTY,
+    LABEL_DOCKER_CMD,
+    LABEL_FRAMEWORK,
+    LABEL_INPUTS,
+    LABEL_TAG,
+    LABEL_UPSTREAM,
+    ImageVersion,
+    framework_filter,
+    image_version,
+    newest_first,
+)
 from fleet.runspec import HealthCheck, RunSpec, RunSpecError
 
 SETTINGS_FILES = ("fleet.yml", "inventory/group_vars/all.yml")
@@ -53,16 +69,6 @@ BASE_DOCKERFILE = "Dockerfile.base"
 FRAMEWORK_DOCKERFILE = "Dockerfile"
 DEFAULT_TAG_PREFIX = "0.1"
 
-LABEL_FRAMEWORK = "io.fleet.framework"
-LABEL_TAG = "io.fleet.tag"
-LABEL_DIRTY = "io.fleet.dirty"
-LABEL_DETACHED = "io.fleet.detached"
-LABEL_COMMIT_COUNT = "io.fleet.commit-count"
-LABEL_INPUTS = "io.fleet.inputs"
-LABEL_BASE = "io.fleet.base"
-LABEL_BASE_INPUTS = "io.fleet.base.inputs"
-LABEL_UPSTREAM = "io.fleet.upstream"
-LABEL_DOCKER_CMD = "org.label-schema.docker.cmd"
 # Labels that differ between two builds of the same inputs.
 _VOLATILE_LABELS = frozenset({"org.label-schema.build-date", "org.opencontainers.image.created"})
 
@@ -211,34 +217,6 @@ class BuildResult:
             "run_command": self.labels.get(LABEL_DOCKER_CMD, ""),
             "labels": dict(self.labels),
         }
-
-
-@dataclass(frozen=True)
-class ImageVersion:
-    """One local framework image, from its labels (like a row of ``docker images``)."""
-
-    repository: str
-    tag: str
-    image_id: str
-    created: str
-    build_date: str
-    commit: str
-    short_commit: str
-    branch: str | None
-    dirty: bool
-    commit_count: int | None
-    version: str
-    size: int
-    tagged: bool  # False when the tag has moved to a newer build of the same commit count
-    docker_cmd: str
-
-    @property
-    def reference(self) -> str:
-        return f"{self.repository}:{self.tag}"
-
-    def to_json(self) -> dict[str, Any]:
-        """One entry of the ``fleet images --json`` document."""
-        return {"reference": self.reference, **dataclasses.asdict(self)}
 
 
 # --- settings -----------------------------------------------------------------------------
@@ -1045,41 +1023,16 @@ def list_versions(client: Any, repository: str) -> list[ImageVersion]:
 
     Newest means the highest commit count, then the latest build date. Images whose tag
     moved on to a newer build (``tagged`` False) are listed too, like ``docker images``
-    lists dangling images.
+    lists dangling images. One API call: the image summaries carry the labels.
     """
     try:
-        found = client.images.list(filters={"label": f"{LABEL_FRAMEWORK}={repository}"})
+        found = client.api.images(filters=framework_filter(repository))
     except (docker.errors.DockerException, OSError) as exc:
         raise EngineError(
             f"cannot list the images of {repository}: {exc}",
             fix="check that the Docker engine is running and answers (docker info)",
         ) from exc
-    versions = [_version(repository, image) for image in found]
-    versions.sort(key=lambda v: (v.commit_count or -1, v.build_date, v.created), reverse=True)
-    return versions
-
-
-def _version(repository: str, image: Any) -> ImageVersion:
-    labels = _labels(image)
-    tag = labels.get(LABEL_TAG, "")
-    count = labels.get(LABEL_COMMIT_COUNT, "")
-    branch = labels.get("org.label-schema.vcs-branch") or None
-    return ImageVersion(
-        repository=repository,
-        tag=tag,
-        image_id=str(image.id),
-        created=str(image.attrs.get("Created", "")),
-        build_date=labels.get("org.label-schema.build-date", ""),
-        commit=labels.get("org.opencontainers.image.revision", ""),
-        short_commit=labels.get("org.label-schema.vcs-ref", ""),
-        branch=branch,
-        dirty=labels.get(LABEL_DIRTY) == "true",
-        commit_count=int(count) if count.isascii() and count.isdigit() else None,
-        version=labels.get("org.label-schema.version", ""),
-        size=_size(image) or 0,
-        tagged=f"{repository}:{tag}" in (image.attrs.get("RepoTags") or []),
-        docker_cmd=labels.get(LABEL_DOCKER_CMD, ""),
-    )
+    return newest_first([image_version(repository, summary) for summary in found])
 
 
 # --- shipping -----------------------------------------------------------------------------

@@ -34,9 +34,13 @@ import re
 import shlex
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fleet.errors import InputError
+from fleet.errors import HostError, InputError
+
+if TYPE_CHECKING:
+    from fleet.containers import FrameworkImage
+    from fleet.inventory import Host
 
 FLEET_RUN = "fleet_run"
 FLEET_RUN_OVERRIDES = "fleet_run_overrides"
@@ -730,3 +734,27 @@ __all__ = [
     "RunSpecError",
     "parse_docker_cmd",
 ]
+
+
+def run_spec_for(
+    host: Host, image: FrameworkImage, reference: str, options_allow: frozenset[str] = frozenset()
+) -> RunSpec:
+    """The host's run command: the image's label, parsed as untrusted, with overrides."""
+    label = image.docker_cmd
+    if not label:
+        raise HostError(
+            host.name,
+            f"image {reference} has no org.label-schema.docker.cmd label",
+            fix="build it with 'fleet build'",
+        )
+    allow = frozenset(str(x) for x in host.vars.get("fleet_run_allow") or ()) | options_allow
+    try:
+        spec = parse_docker_cmd(label, reference, allow=allow)
+        overrides = host.vars.get("fleet_run_overrides")
+        if isinstance(overrides, Mapping):
+            spec = spec.with_overrides(overrides, location="fleet_run_overrides")
+    except RunSpecError as exc:
+        raise HostError(
+            host.name, f"refusing the run command of {reference}: {exc.message}", fix=exc.fix
+        ) from exc
+    return spec

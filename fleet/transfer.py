@@ -59,6 +59,7 @@ from fleet.bandwidth import Limits, Throttle
 from fleet.errors import CommandError, HostError, RegistryError, UsageError, tail_lines
 from fleet.images import ImageSpec, Shippable, chain_ids
 from fleet.inventory import Host
+from fleet.labels import normalized_name
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
 from fleet.transport import Transport
@@ -89,19 +90,6 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
-
-
-def normalized_name(ref: str) -> str:
-    """A reference as containerd names it (``docker.io/library/repo:tag``)."""
-    repo, _, tag = ref.rpartition(":")
-    if not repo or "/" in tag:
-        repo, tag = ref, "latest"
-    first = repo.split("/", 1)[0]
-    if "/" not in repo:
-        repo = f"docker.io/library/{repo}"
-    elif not ("." in first or ":" in first or first == "localhost"):
-        repo = f"docker.io/{repo}"
-    return f"{repo}:{tag}"
 
 
 # -- what a host has --------------------------------------------------------------------

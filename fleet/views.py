@@ -8,7 +8,7 @@ JSON-ready values the CLI prints with ``--json`` and ``fleet.report.views`` rend
   health as a deploy judges it (the image's run command names the port, the settings the
   path) unless the container has a Docker HEALTHCHECK of its own;
 - ``images --on``: the framework images on each host, which one runs and which one
-  ``fleet rollback`` would go back to (:func:`fleet.deploy.previous_version`);
+  ``fleet rollback`` would go back to (:func:`fleet.containers.previous_version`);
 - ``logs``: the framework container's log, or followed (``docker logs --follow``) from
   every host at once until the run is stopped;
 - ``shell``: ``docker exec -it`` in the framework container over the host's SSH session;
@@ -31,11 +31,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
-from fleet import containers, deploy
+from fleet import containers, deploy, runspec
 from fleet.containers import FrameworkContainer, FrameworkImage, HostFramework
 from fleet.errors import FleetError, HostError, UnreachableError, UsageError
-from fleet.images import ImageVersion
 from fleet.inventory import Host
+from fleet.labels import ImageVersion
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Interrupted, Runner, Task
 from fleet.runspec import HealthCheck
@@ -128,7 +128,7 @@ def probe_health(
     if image is None:
         return "unknown", "its image is not on the host any more"
     try:
-        spec = deploy.run_spec_for(ctx.host, image, container.image)
+        spec = runspec.run_spec_for(ctx.host, image, container.image)
         check = HealthCheck.from_settings(ctx.host.vars)
     except FleetError as exc:
         return "unknown", exc.message
@@ -207,7 +207,7 @@ def images_task(options: ViewOptions) -> Task:
 
     def task(ctx: HostContext) -> HostResult:
         state = gather_state(ctx, options)
-        target = deploy.previous_version(state)
+        target = containers.previous_version(state)
         rows = [image_view(image, state, target) for image in state.images]
         running = sorted({c.tag for c in state.running if c.tag})
         return ctx.result(
@@ -510,7 +510,7 @@ def rollback_menu(states: Mapping[str, HostFramework | None]) -> list[MenuRow]:
     """The picker of ``fleet rollback``: each host's previous version (preselected), or one
     version for all, from the framework images present on the hosts, newest first."""
     answered = {h: s for h, s in states.items() if s is not None}
-    targets = [f"{h} -> {deploy.previous_version(s) or 'none'}" for h, s in answered.items()]
+    targets = [f"{h} -> {containers.previous_version(s) or 'none'}" for h, s in answered.items()]
     rows = [
         MenuRow(
             key="1",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet import audit, containers, images
+from fleet import audit, containers
 from fleet import cli as fleet_cli
 from fleet.audit import AuditOptions, AuditRow, audit_host
 from fleet.errors import UnreachableError, UsageError
@@ -617,8 +617,7 @@ def fake_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     inventory.write_text(
         json.dumps({"all": {"hosts": {name: {} for name in names}, "vars": LAB_VARS}})
     )
-    monkeypatch.setattr(images, "connect", object)
-    monkeypatch.setattr(images, "list_versions", lambda client, repository: controller())
+    monkeypatch.setattr(audit, "local_versions", lambda repository: controller())
 
     def make_runner(args: object, events: object) -> Runner:
         return fake_lab(names)[0]

@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-from fleet import containers, images, report, views
+from fleet import containers, images, labels, report, views
 from fleet.cli import common
 from fleet.containers import HostFramework
 from fleet.errors import HostError, UsageError
@@ -176,7 +176,7 @@ def images_on(args: argparse.Namespace, repository_name: str) -> int:
     """``fleet images --on PATTERN``: the controller's versions, then each host's images."""
     args.pattern = args.on
     controller_error = ""
-    versions: list[images.ImageVersion] = []
+    versions: list[labels.ImageVersion] = []
     try:
         client = images.connect()
         try:

@@ -14,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from fleet.buildhost import PullBack, RemoteBuild
-from fleet.images import BuildError, BuildResult, ImageVersion, LayerInfo
+from fleet.images import BuildError, BuildResult, LayerInfo
+from fleet.labels import ImageVersion
 from fleet.report import human_size
 
 _ACTION_STYLES = {"built": "yellow", "reused": "green", "present": "green", "missing": "red"}
