@@ -15,6 +15,7 @@ import yaml
 
 from fleet import lab
 from fleet.cli import main
+from fleet.remote import CommandResult
 from fleet.transport import KnownHosts, SSHTransport
 
 # Unique per test session: several sessions (developers, CI) may share one engine.
@@ -119,14 +120,19 @@ def write_fast_inventory(env: LabFixture, path: Path, timeout: float = 15) -> Pa
     return path
 
 
-def host_sh(env: LabFixture, host: str, *argv: str) -> str:
-    """Run argv on a lab host over SSH (pinned keys); its stdout."""
+def host_run(env: LabFixture, host: str, *argv: str, stdin: bytes | None = None) -> CommandResult:
+    """Run argv on a lab host over SSH (pinned keys), whatever its exit code."""
     endpoint = next(e for e in lab.endpoints(env.lab) if e.name == host)
     transport = SSHTransport(endpoint, KnownHosts([env.lab.known_hosts]))
     try:
-        return transport.run(list(argv), check=False).stdout
+        return transport.run(list(argv), stdin=stdin, check=False, timeout=60)
     finally:
         transport.close()
+
+
+def host_sh(env: LabFixture, host: str, *argv: str) -> str:
+    """Run argv on a lab host over SSH (pinned keys); its stdout."""
+    return host_run(env, host, *argv).stdout
 
 
 def clear_framework(env: LabFixture) -> None:

@@ -89,14 +89,20 @@ class FrameworkProject:
 
 def build_with_label(base_ref: str, reference: str, labels: Mapping[str, str]) -> str:
     """An image FROM ``base_ref`` with extra labels (hostile run commands, for example)."""
-    client = images.connect()
     lines = [f"FROM {base_ref}"] + [f"LABEL {_quote(k)}={_quote(v)}" for k, v in labels.items()]
-    data = ("\n".join(lines) + "\n").encode()
+    return build_image(images.connect(), reference, "\n".join(lines) + "\n")
+
+
+def build_image(
+    client: Any, reference: str, dockerfile: str, files: Mapping[str, bytes] | None = None
+) -> str:
+    """Build ``reference`` on the controller's engine from ``dockerfile`` and context files."""
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+        for name, data in {"Dockerfile": dockerfile.encode(), **(files or {})}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
     context.seek(0)
     client.images.build(fileobj=context, custom_context=True, tag=reference, rm=True)
     return reference

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 import uuid
 
 import pytest
 
 from fleet import audit, engine, images, labels
+from tests.framework import build_image
 
 
 def test_only_a_local_socket_is_spoken_to(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,16 +43,8 @@ def test_local_versions_equal_docker_py_s() -> None:
             dockerfile = (
                 f"FROM scratch\nLABEL {labels.LABEL_FRAMEWORK}={repository} "
                 f"{labels.LABEL_TAG}=0.1.{count} {labels.LABEL_COMMIT_COUNT}={count}\n"
-            ).encode()
-            context = io.BytesIO()
-            with tarfile.open(fileobj=context, mode="w") as tar:
-                info = tarfile.TarInfo("Dockerfile")
-                info.size = len(dockerfile)
-                tar.addfile(info, io.BytesIO(dockerfile))
-            context.seek(0)
-            tag = f"{repository}:0.1.{count}"
-            client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True)
-            built.append(tag)
+            )
+            built.append(build_image(client, f"{repository}:0.1.{count}", dockerfile))
         fast = audit.local_versions(repository)
         assert [v.tag for v in fast] == ["0.1.4", "0.1.3"]
         assert fast == images.list_versions(client, repository)

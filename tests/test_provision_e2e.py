@@ -9,8 +9,6 @@ weights services it started (by their pid file) and removes its files afterwards
 from __future__ import annotations
 
 import base64
-import io
-import tarfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,8 +21,8 @@ import yaml
 
 import fleet.cli
 from fleet import lab, provision
-from fleet.transport import CommandResult, KnownHosts, SSHTransport
-from tests.conftest import LabFixture, run_cli, run_json
+from tests.conftest import LabFixture, host_run, run_cli, run_json
+from tests.framework import build_image
 
 pytestmark = pytest.mark.lab
 
@@ -46,27 +44,12 @@ def base_image(lab_env: LabFixture) -> Iterator[str]:
     """A tiny base image (layer 1 + one RUN) built on the controller, removed afterwards."""
     client = lab.engine_client()
     lab.ensure_layer1_image(client)
-    dockerfile = b"FROM fleet-lab-layer1:bookworm\nRUN echo provision > /provision-base\n"
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
-    context.seek(0)
-    client.images.build(fileobj=context, custom_context=True, tag=BASE_IMAGE, rm=True)
+    dockerfile = "FROM fleet-lab-layer1:bookworm\nRUN echo provision > /provision-base\n"
+    build_image(client, BASE_IMAGE, dockerfile)
     yield BASE_IMAGE
     for host in HOSTS:
         host_run(lab_env, host, "docker", "image", "rm", "-f", BASE_IMAGE)
     client.images.remove(BASE_IMAGE, force=True)
-
-
-def host_run(env: LabFixture, host: str, *argv: str, stdin: bytes | None = None) -> CommandResult:
-    endpoint = next(e for e in lab.endpoints(env.lab) if e.name == host)
-    transport = SSHTransport(endpoint, KnownHosts([env.lab.known_hosts]))
-    try:
-        return transport.run(list(argv), stdin=stdin, check=False, timeout=60)
-    finally:
-        transport.close()
 
 
 def read_bytes(env: LabFixture, host: str, path: str) -> bytes:

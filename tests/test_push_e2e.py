@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +10,8 @@ import pytest
 
 from fleet import lab, transfer
 from fleet.transport import KnownHosts, SSHTransport
-from tests.conftest import LabFixture, heal, run_json
+from tests.conftest import LabFixture, heal, host_sh, run_json
+from tests.framework import build_image
 
 pytestmark = pytest.mark.lab
 
@@ -20,15 +19,7 @@ REPO = "fleet-test-push"
 
 
 def _build(client, tag: str, dockerfile: str) -> str:
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        data = dockerfile.encode()
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    context.seek(0)
-    client.images.build(fileobj=context, custom_context=True, tag=f"{REPO}:{tag}", rm=True)
-    return f"{REPO}:{tag}"
+    return build_image(client, f"{REPO}:{tag}", dockerfile)
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +46,6 @@ def versions() -> Iterator[dict[str, str]]:
         client.images.remove(ref, force=True)
 
 
-def host_run(env: LabFixture, host: str, *argv: str) -> str:
-    endpoint = next(e for e in lab.endpoints(env.lab) if e.name == host)
-    transport = SSHTransport(endpoint, KnownHosts([env.lab.known_hosts]))
-    try:
-        return transport.run(list(argv), check=False).stdout
-    finally:
-        transport.close()
-
-
 def push(capsys, env: LabFixture, *args: str) -> tuple[int, dict]:
     return run_json(
         capsys, "push", "all", *args, "-i", str(env.inventory), "--retry-file", "/dev/null"
@@ -79,7 +61,7 @@ def test_push_ships_verifies_and_converges(lab_env: LabFixture, versions, capsys
     assert hosts["lab2"]["details"]["store"] == "containerd"
     for host in ("lab1", "lab2"):
         # The image is really usable on the host, not just reported loaded.
-        out = host_run(lab_env, host, "docker", "run", "--rm", versions["v1"], "wc", "-c", "/v1")
+        out = host_sh(lab_env, host, "docker", "run", "--rm", versions["v1"], "wc", "-c", "/v1")
         assert out.split()[0] == "300000"
 
     code, doc = push(capsys, lab_env, versions["v1"])
@@ -103,7 +85,7 @@ def test_check_sends_nothing(lab_env: LabFixture, versions, capsys) -> None:
     for host, result in doc["hosts"].items():
         assert result["outcome"] == "changed"
         assert result["details"]["layers_to_send"] == 1
-        assert host_run(lab_env, host, "docker", "image", "ls", "-q", versions["v3"]).strip() == ""
+        assert host_sh(lab_env, host, "docker", "image", "ls", "-q", versions["v3"]).strip() == ""
 
 
 def test_not_enough_disk_is_refused_before_sending(lab_env: LabFixture, versions, capsys) -> None:
@@ -112,7 +94,7 @@ def test_not_enough_disk_is_refused_before_sending(lab_env: LabFixture, versions
     for host, result in doc["hosts"].items():
         assert result["outcome"] == "failed"
         assert "not enough disk" in result["reason"] and "free" in result["reason"]
-        assert host_run(lab_env, host, "docker", "image", "ls", "-q", versions["v3"]).strip() == ""
+        assert host_sh(lab_env, host, "docker", "image", "ls", "-q", versions["v3"]).strip() == ""
 
 
 def test_engine_stopped_fails_that_host_only(lab_env: LabFixture, versions, capsys) -> None:
@@ -167,10 +149,10 @@ def test_connection_dropped_mid_stream_then_rerun_converges(
     assert doc["hosts"]["lab1"]["outcome"] == "changed"
     # Nothing half-loaded carries the name.
     deadline = time.monotonic() + 60
-    while "Server Version" not in host_run(env, "lab2", "docker", "info"):
+    while "Server Version" not in host_sh(env, "lab2", "docker", "info"):
         assert time.monotonic() < deadline
         time.sleep(0.3)
-    assert host_run(env, "lab2", "docker", "image", "ls", "-q", versions["big"]).strip() == ""
+    assert host_sh(env, "lab2", "docker", "image", "ls", "-q", versions["big"]).strip() == ""
     code, doc = push(capsys, env, versions["big"])
     assert code == 0, doc
     assert doc["hosts"]["lab1"]["outcome"] == "ok"
@@ -211,7 +193,7 @@ def test_zstd_goes_to_the_engine_that_loads_it_and_gzip_to_the_other(
         assert hosts[host]["outcome"] == "changed"
         # 400 kB random + 2 MB of compressible text: the wire carries far less than 2.4 MB.
         assert hosts[host]["details"]["bytes_sent"] < 1_200_000, hosts[host]
-        out = host_run(lab_env, host, "docker", "run", "--rm", versions["zstd"], "wc", "-c", "/z")
+        out = host_sh(lab_env, host, "docker", "run", "--rm", versions["zstd"], "wc", "-c", "/z")
         assert out.split()[0] == "400000"
 
 

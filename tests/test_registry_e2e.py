@@ -7,10 +7,8 @@ the hosts are the lab's classic (20.10) and containerd (26.1) engines over real 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,8 @@ import pytest
 
 from fleet import lab, registry
 from fleet.transport import KnownHosts, SSHTransport
-from tests.conftest import LabFixture, run_cli, run_json
+from tests.conftest import LabFixture, host_sh, run_cli, run_json
+from tests.framework import build_image
 
 pytestmark = [
     pytest.mark.lab,
@@ -34,19 +33,8 @@ REPO = "fleet-test-registry"
 
 def _build(client, tag: str, parent: str | None, size: int) -> str:
     """An image of one more layer: ``size`` random bytes (new on every run) over ``parent``."""
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        files = {
-            "Dockerfile": f"FROM {parent or 'scratch'}\nCOPY {tag} /{tag}\n".encode(),
-            tag: os.urandom(size),
-        }
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    context.seek(0)
-    client.images.build(fileobj=context, custom_context=True, tag=f"{REPO}:{tag}", rm=True)
-    return f"{REPO}:{tag}"
+    dockerfile = f"FROM {parent or 'scratch'}\nCOPY {tag} /{tag}\n"
+    return build_image(client, f"{REPO}:{tag}", dockerfile, {tag: os.urandom(size)})
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +50,6 @@ def versions() -> Iterator[dict[str, str]]:
     for ref in refs.values():
         with contextlib.suppress(Exception):
             client.images.remove(ref, force=True)
-
-
-def host_run(env: LabFixture, host: str, *argv: str) -> str:
-    endpoint = next(e for e in lab.endpoints(env.lab) if e.name == host)
-    transport = SSHTransport(endpoint, KnownHosts([env.lab.known_hosts]))
-    try:
-        return transport.run(list(argv), check=False).stdout
-    finally:
-        transport.close()
 
 
 def push(capsys, env: LabFixture, *args: str) -> tuple[int, dict]:
@@ -93,21 +72,21 @@ def registry_processes() -> list[int]:
 
 
 def names_on(env: LabFixture, host: str) -> list[str]:
-    out = host_run(env, host, "docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}")
+    out = host_sh(env, host, "docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}")
     return out.split()
 
 
 def assert_image_is(env: LabFixture, host: str, ref: str) -> None:
     """The host has ``ref`` under its real name, with the controller's config and layers."""
     local = lab.engine_client().images.get(ref)
-    inspected = host_run(
+    inspected = host_sh(
         env, host, "docker", "image", "inspect", "--format", "{{.Id}} {{json .RootFS.Layers}}", ref
     ).split(" ", 1)
     assert json.loads(inspected[1]) == local.attrs["RootFS"]["Layers"], (host, inspected)
     if host == "lab1":  # classic store: the image ID is the config digest
         assert inspected[0] == local.id
     else:  # containerd store: the ID is the pulled manifest's digest; its config is ours
-        manifest = host_run(
+        manifest = host_sh(
             env,
             host,
             "ctr",
@@ -168,7 +147,7 @@ def test_check_says_what_would_be_pulled_and_starts_nothing(
         assert result["outcome"] == "changed"
         assert result["details"]["layers_to_pull"] == 1, (host, result)
         assert "would pull 1/3 layers" in result["reason"]
-        assert host_run(lab_env, host, "docker", "image", "ls", "-q", versions["v3"]).strip() == ""
+        assert host_sh(lab_env, host, "docker", "image", "ls", "-q", versions["v3"]).strip() == ""
     assert registry_processes() == []
 
 
@@ -227,7 +206,7 @@ def test_existing_registry_is_pulled_directly_and_a_failing_host_does_not_stop_o
         assert_image_is(lab_env, "lab2", versions["direct"])
         for host in ("lab1", "lab2"):
             assert not [n for n in names_on(lab_env, host) if n.startswith(address)]
-        assert host_run(lab_env, "lab1", "docker", "image", "ls", "-q", versions["direct"]) == ""
+        assert host_sh(lab_env, "lab1", "docker", "image", "ls", "-q", versions["direct"]) == ""
 
 
 def test_unreachable_registry_fails_every_host_with_the_evidence(

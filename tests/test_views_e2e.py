@@ -28,9 +28,7 @@ from pathlib import Path
 import pytest
 
 import fleet.cli
-from fleet import lab
-from fleet.transport import CommandResult, KnownHosts, SSHTransport
-from tests.conftest import LabFixture, run_cli, run_json
+from tests.conftest import LabFixture, host_run, run_cli, run_json
 from tests.framework import ROOT, FrameworkProject
 
 pytestmark = pytest.mark.lab
@@ -57,15 +55,6 @@ CLEAR_FRAMEWORK = (
 def _views_registered(monkeypatch: pytest.MonkeyPatch) -> None:
     if "views" not in fleet.cli._COMMAND_MODULES:
         monkeypatch.setattr(fleet.cli, "_COMMAND_MODULES", (*fleet.cli._COMMAND_MODULES, "views"))
-
-
-def host_run(env: LabFixture, host: str, *argv: str) -> CommandResult:
-    endpoint = next(e for e in lab.endpoints(env.lab) if e.name == host)
-    transport = SSHTransport(endpoint, KnownHosts([env.lab.known_hosts]))
-    try:
-        return transport.run(list(argv), check=False, timeout=60)
-    finally:
-        transport.close()
 
 
 def clear_framework(env: LabFixture, repository: str = "") -> None:
