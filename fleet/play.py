@@ -450,8 +450,18 @@ def _push(
         compress=str(args.get("compress", "gzip")),
         check=player.options.check,
         min_free_bytes=_size(min_free),
+        **shipping_options(args),
     )
     return transfer.push(player.runner, hosts, image, options)
+
+
+def shipping_options(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The push/deploy arguments that say how the image travels (``fleet push --via``...)."""
+    rates = {
+        key: float(_size(str(args[key]).removesuffix("/s"), key)) if args.get(key) else None
+        for key in ("max_rate", "max_rate_per_host")
+    }
+    return {"via": str(args.get("via", "ssh")), "registry": args.get("registry"), **rates}
 
 
 def _deploy_options(
@@ -462,6 +472,7 @@ def _deploy_options(
         check=player.options.check,
         wait_lock=float(args.get("wait", 0)),
         compress=str(args.get("compress", "gzip")),
+        **shipping_options(args),
     )
 
 
@@ -496,12 +507,12 @@ def _prune(
     return deploy_mod.prune(player.runner, hosts, int(args.get("keep", 3)), options)
 
 
-def _size(value: Any) -> int:
+def _size(value: Any, what: str = "min_free") -> int:
     if isinstance(value, int):
         return value
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", str(value), re.I)
     if not match:
-        raise UsageError(f"min_free: {value!r} is not a size like 10G")
+        raise UsageError(f"{what}: {value!r} is not a size like 10G")
     return int(float(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " "))
 
 

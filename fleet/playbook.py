@@ -55,12 +55,25 @@ TASK_KEYS = frozenset({"name", "when", "tags", "ignore_errors"})
 
 _STR = (str,)
 _NUM = (int, float)
+# How push and deploy ship the image (fleet push --via/--registry/--max-rate*).
+_SHIPPING: Mapping[str, tuple[type, ...]] = {
+    "via": _STR,
+    "registry": _STR,
+    "max_rate": (str, int),
+    "max_rate_per_host": (str, int),
+}
 # Each step's arguments: name -> accepted types. Values may also be templated strings.
 STEPS: Mapping[str, Mapping[str, tuple[type, ...]]] = {
     "build": {"project": _STR, "rebuild_base": (bool,), "rebuild": (bool,), "tag_prefix": _STR},
-    "push": {"image": _STR, "project": _STR, "compress": _STR, "min_free": (str, int)},
+    "push": {
+        "image": _STR,
+        "project": _STR,
+        "compress": _STR,
+        "min_free": (str, int),
+        **_SHIPPING,
+    },
     "provision": {"skip_base": (bool,)},
-    "deploy": {"version": _STR, "project": _STR, "compress": _STR, "wait": _NUM},
+    "deploy": {"version": _STR, "project": _STR, "compress": _STR, "wait": _NUM, **_SHIPPING},
     "rollback": {"to": _STR, "project": _STR, "wait": _NUM},
     "prune": {"keep": (int,), "project": _STR},
     "audit": {"expect": _STR, "project": _STR, "history": (int,)},

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet import playbook
+from fleet import play, playbook
 from fleet.errors import EXIT_BAD_FILE, PlaybookError, UsageError
 from tests.conftest import run_cli
 
@@ -126,3 +126,23 @@ def test_extra_vars(tmp_path: Path) -> None:
         playbook.extra_vars(["no-equals"])
     with pytest.raises(PlaybookError):
         playbook.extra_vars([f"@{tmp_path / 'missing.yml'}"])
+
+
+def test_push_and_deploy_say_how_the_image_travels(tmp_path: Path) -> None:
+    book = tmp_path / "ship.yml"
+    book.write_text(
+        "- hosts: all\n"
+        "  tasks:\n"
+        "    - push: {via: registry, max_rate: 20M/s, max_rate_per_host: 5M}\n"
+        "    - deploy: {via: registry, registry: 'harbor.lab:5000/ml'}\n"
+    )
+    tasks = playbook.load(book).plays[0].tasks
+    assert play.shipping_options(tasks[0].args) == {
+        "via": "registry",
+        "registry": None,
+        "max_rate": 20 * 1024**2,
+        "max_rate_per_host": 5 * 1024**2,
+    }
+    assert play.shipping_options(tasks[1].args)["registry"] == "harbor.lab:5000/ml"
+    with pytest.raises(UsageError, match="max_rate: 'fast'"):
+        play.shipping_options({"max_rate": "fast"})

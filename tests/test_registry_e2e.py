@@ -17,8 +17,8 @@ import pytest
 
 from fleet import lab, registry
 from fleet.transport import KnownHosts, SSHTransport
-from tests.conftest import LabFixture, host_sh, run_cli, run_json
-from tests.framework import build_image
+from tests.conftest import LabFixture, clear_framework, host_sh, run_cli, run_json
+from tests.framework import FrameworkProject, build_image
 
 pytestmark = [
     pytest.mark.lab,
@@ -236,3 +236,33 @@ def test_bad_option_mixes_exit_5_before_touching_hosts(lab_env: LabFixture, vers
     assert code == 5 and "--compress applies to --via ssh" in text, text
     code, text = cli("--via", "registry", "--registry", "harbor.lab", "--max-rate", "1M")
     assert code == 5 and "cannot limit" in text, text
+
+
+def test_a_playbook_deploys_through_the_tunnelled_registry(
+    lab_env: LabFixture, fast_inventory: Path, tmp_path: Path, capsys
+) -> None:
+    clear_framework(lab_env)
+    project = FrameworkProject.create(tmp_path / "cauchy", f"fleet-test-regdeploy-{os.getpid()}")
+    try:
+        tag = project.commit_and_build("v1")
+        book = tmp_path / "rollout.yml"
+        book.write_text(
+            "- name: roll out through a registry\n"
+            "  hosts: all\n"
+            "  tasks:\n"
+            f"    - deploy: {{project: {project.root}, via: registry, max_rate: 200M}}\n"
+        )
+        argv = ["play", str(book), "-i", str(fast_inventory), "--retry-file", "/dev/null"]
+        code, doc = run_json(capsys, *argv)
+        assert code == 0, doc
+        for host in ("lab1", "lab2"):
+            assert doc["recap"][host]["version_after"] == tag
+            running = host_sh(
+                lab_env, host, "docker", "ps", "--format", '{{.Label "io.fleet.tag"}}'
+            )
+            assert tag in running.split()
+            names = host_sh(lab_env, host, "docker", "image", "ls", "--format", "{{.Repository}}")
+            assert "127.0.0.1:" not in names  # the temporary name is gone
+    finally:
+        clear_framework(lab_env)
+        project.remove_images()
