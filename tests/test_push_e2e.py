@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +16,8 @@ from tests.framework import build_image
 
 pytestmark = pytest.mark.lab
 
-REPO = "fleet-test-push"
+# Per session: a concurrent session (another checkout's tests) must not remove ours.
+REPO = f"fleet-test-push-{os.getpid()}"
 
 
 def _build(client, tag: str, dockerfile: str) -> str:

@@ -28,7 +28,8 @@ pytestmark = [
     ),
 ]
 
-REPO = "fleet-test-registry"
+# Per session: a concurrent session (another checkout's tests) must not remove ours.
+REPO = f"fleet-test-registry-{os.getpid()}"
 
 
 def _build(client, tag: str, parent: str | None, size: int) -> str:
