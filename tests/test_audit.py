@@ -7,7 +7,7 @@ import csv
 import dataclasses
 import io
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,14 +17,15 @@ from fleet import audit, containers
 from fleet import cli as fleet_cli
 from fleet.audit import AuditOptions, AuditRow, audit_host
 from fleet.errors import UnreachableError, UsageError
-from fleet.images import ImageVersion
 from fleet.inventory import Host
+from fleet.labels import ImageVersion
 from fleet.report import audit as audit_report
 from fleet.report import console
 from fleet.results import Outcome
 from fleet.runner import Runner
 from fleet.runspec import RunSpec
 from fleet.transport import CommandResult
+from tests import fakes
 from tests.conftest import run_cli, run_json
 
 FIXTURES = Path(__file__).parent / "fixtures" / "audit"
@@ -369,30 +370,15 @@ def test_expect_names_a_tag_an_image_a_git_version_or_latest() -> None:
 
 
 # -- the fan-out ------------------------------------------------------------------------------------
-class FakeTransport:
-    """Answers the audit script with a recorded output, and remembers what it was asked."""
+class FakeTransport(fakes.FakeTransport):
+    """Answers the audit script with a recorded output (an audit never streams)."""
 
     def __init__(self, host: str, output: str) -> None:
-        self.host = host
+        super().__init__(host)
         self.output = output
-        self.commands: list[list[str]] = []
 
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        timeout: float | None = None,
-        check: bool = True,
-    ) -> CommandResult:
-        self.commands.append(list(argv))
+    def answer(self, argv: list[str], stdin: bytes | None) -> CommandResult:
         return CommandResult(" ".join(argv), 0, self.output, "", 0.01)
-
-    def stream(self, argv: Sequence[str], chunks: Iterable[bytes], **_: object) -> CommandResult:
-        raise AssertionError("an audit never streams anything to a host")
-
-    def close(self) -> None:
-        return None
 
 
 LAB = {

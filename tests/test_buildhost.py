@@ -10,7 +10,7 @@ import os
 import socket
 import stat
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ import yaml
 from fleet import buildhost, images
 from fleet.errors import EngineError
 from fleet.transport import CommandResult
+from tests import fakes
 from tests.conftest import run_cli
 from tests.framework import FrameworkProject
 
@@ -148,39 +149,15 @@ def test_docker_py_speaks_through_the_relay() -> None:
 
 
 # -- the engine check ------------------------------------------------------------------------
-class FakeTransport:
+class FakeTransport(fakes.FakeTransport):
     """A transport of fleet's interface that answers one command."""
 
-    host = "big"
-
     def __init__(self, result: CommandResult) -> None:
+        super().__init__("big")
         self.result = result
-        self.commands: list[list[str]] = []
 
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        timeout: float | None = None,
-        check: bool = True,
-    ) -> CommandResult:
-        self.commands.append(list(argv))
+    def answer(self, argv: list[str], stdin: bytes | None) -> CommandResult:
         return self.result
-
-    def stream(
-        self,
-        argv: Sequence[str],
-        chunks: Iterable[bytes],
-        *,
-        timeout: float | None = None,
-        check: bool = True,
-        stall_timeout: float | None = None,
-    ) -> CommandResult:
-        raise AssertionError("not used")
-
-    def close(self) -> None:
-        return None
 
 
 def test_engine_check_passes_an_answering_engine() -> None:

@@ -25,6 +25,7 @@ from fleet.report import views as report_views
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import Runner
 from fleet.transport import FOLLOW_STOPPED, CommandResult, _LineBuffer
+from tests import fakes
 
 REPO = "cauchy"
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
@@ -111,7 +112,7 @@ MIXED = gather_output(
 )
 
 
-class FakeTransport:
+class FakeTransport(fakes.FakeTransport):
     """Answers fleet's scripts from recorded output; records every command."""
 
     def __init__(
@@ -132,21 +133,9 @@ class FakeTransport:
         self.everything = everything
         self.lines = lines
         self.lose_connection = lose_connection
-        self.commands: list[list[str]] = []
+        super().__init__(name)
 
-    @property
-    def host(self) -> str:
-        return self.name
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        timeout: float | None = None,
-        check: bool = True,
-    ) -> CommandResult:
-        self.commands.append(list(argv))
+    def answer(self, argv: list[str], stdin: bytes | None) -> CommandResult:
         out = ""
         if argv[:3] == ["sh", "-c", containers.SCRIPT]:
             out = self.gather
@@ -158,9 +147,6 @@ class FakeTransport:
             out = self.logs
         return CommandResult(" ".join(argv), 0, out, "", 0.0)
 
-    def stream(self, *args: Any, **kwargs: Any) -> CommandResult:
-        raise AssertionError("not used")
-
     def follow(
         self, argv: Sequence[str], on_line: Callable[[str], None], stop: threading.Event
     ) -> int:
@@ -171,9 +157,6 @@ class FakeTransport:
             raise UnreachableError(self.name, "connection lost while running 'docker logs'")
         stop.wait(10)
         return FOLLOW_STOPPED
-
-    def close(self) -> None:
-        return None
 
 
 def run_task(task: Any, transports: dict[str, FakeTransport]) -> FleetResult:
