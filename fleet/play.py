@@ -533,16 +533,7 @@ def _exec(
     def body(ctx: HostContext) -> HostResult:
         if player.options.check:
             return ctx.result(Outcome.SKIPPED, "exec does not run in check mode")
-        ran = ctx.transport.run(argv, check=False)
-        outcome = Outcome.CHANGED if ran.ok else Outcome.FAILED
-        reason = None if ran.ok else f"command exited {ran.exit_code}: {ran.command}"
-        return ctx.result(
-            outcome,
-            reason,
-            details={"exit_code": ran.exit_code},
-            stdout=ran.stdout,
-            stderr=ran.stderr,
-        )
+        return ctx.run_command(argv)
 
     return _host_step(player, hosts, "exec", body)
 
@@ -595,14 +586,21 @@ def _mode_of(task: Task, value: Any, default: str) -> str:
     return text.lstrip("0").rjust(3, "0")
 
 
+def _host_path(task: Task, args: Mapping[str, Any], key: str) -> str:
+    """A task's path on the hosts: absolute, and never climbing out with '..'."""
+    path = str(args[key])
+    if not path.startswith("/") or ".." in path.split("/"):
+        raise PlaybookError(
+            f"{task.where}.{task.step}.{key}: {path!r} must be absolute, without '..'",
+            line=task.line,
+        )
+    return path
+
+
 def _dir(
     player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
 ) -> FleetResult:
-    path = str(args["path"])
-    if not path.startswith("/") or ".." in path.split("/"):
-        raise PlaybookError(
-            f"{task.where}.dir.path: {path!r} must be absolute, without '..'", line=task.line
-        )
+    path = _host_path(task, args, "path")
     mode = _mode_of(task, args.get("mode"), "0755")
     for key in ("owner", "group"):
         if key in args and not _ACCOUNT.fullmatch(str(args[key])):
@@ -666,11 +664,7 @@ def _write_file(
 def _copy(
     player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
 ) -> FleetResult:
-    path = str(args["dest"])
-    if not path.startswith("/") or ".." in path.split("/"):
-        raise PlaybookError(
-            f"{task.where}.copy.dest: {path!r} must be absolute, without '..'", line=task.line
-        )
+    path = _host_path(task, args, "dest")
     mode = _mode_of(task, args.get("mode"), "0644")
     content = str(args["content"]).encode()
     return _host_step(

@@ -194,6 +194,17 @@ class HostContext:
             self.name, outcome, reason, fix, details=details or {}, stdout=stdout, stderr=stderr
         )
 
+    def run_command(self, argv: Sequence[str]) -> HostResult:
+        """Run a command for its own sake (``fleet exec``): changed, or failed with its code."""
+        ran = self.transport.run(argv, check=False)
+        return self.result(
+            Outcome.CHANGED if ran.ok else Outcome.FAILED,
+            None if ran.ok else f"command exited {ran.exit_code}: {ran.command}",
+            details={"exit_code": ran.exit_code},
+            stdout=ran.stdout,
+            stderr=ran.stderr,
+        )
+
 
 Task = Callable[[HostContext], HostResult]
 

@@ -146,3 +146,44 @@ def test_push_and_deploy_say_how_the_image_travels(tmp_path: Path) -> None:
     assert play.shipping_options(tasks[1].args)["registry"] == "harbor.lab:5000/ml"
     with pytest.raises(UsageError, match="max_rate: 'fast'"):
         play.shipping_options({"max_rate": "fast"})
+
+
+@pytest.mark.parametrize(
+    ("task", "key"),
+    [
+        ("dir: {path: /data/../etc}", "dir.path"),
+        ("copy: {dest: 'etc/cron.d/x', content: x}", "copy.dest"),
+    ],
+)
+def test_a_host_path_climbing_out_or_relative_fails_every_host_and_runs_nothing(
+    tmp_path: Path, task: str, key: str
+) -> None:
+    from fleet import inventory as inventory_mod
+    from fleet.results import FleetResult
+
+    class NoRunner:
+        forks = 1
+
+        def run(self, *args: object, **kwargs: object) -> FleetResult:
+            raise AssertionError("a host was touched")
+
+    class Silent:
+        def __getattr__(self, name: str) -> object:
+            return lambda *args: None
+
+    book = tmp_path / "paths.yml"
+    book.write_text(f"- hosts: all\n  tasks:\n    - {task}\n")
+    hosts_file = tmp_path / "hosts.yml"
+    hosts_file.write_text("all:\n  hosts:\n    gpu1:\n")
+    inventory = inventory_mod.load([hosts_file])
+    player = play.Player(
+        playbook.load(book),
+        inventory,
+        NoRunner(),  # type: ignore[arg-type]
+        play.PlayOptions(),
+        Silent(),  # type: ignore[arg-type]
+    )
+    run = player.play_all()
+    (row,) = run.tasks[0].result.results
+    assert row.outcome == "failed"
+    assert key in (row.reason or "") and "must be absolute, without '..'" in (row.reason or "")

@@ -58,16 +58,7 @@ def _exec(args: argparse.Namespace) -> int:
         argv = ["sh", "-c", argv[0]]
 
     def task(ctx: HostContext) -> HostResult:
-        ran = ctx.transport.run(argv, check=False)
-        outcome = Outcome.CHANGED if ran.ok else Outcome.FAILED
-        reason = None if ran.ok else f"command exited {ran.exit_code}: {ran.command}"
-        return ctx.result(
-            outcome,
-            reason,
-            details={"exit_code": ran.exit_code},
-            stdout=ran.stdout,
-            stderr=ran.stderr,
-        )
+        return ctx.run_command(argv)
 
     return common.run_on_hosts(
         args, "exec", task, render=report.command_output, detail_columns=("exit_code",)
