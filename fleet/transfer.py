@@ -60,9 +60,9 @@ from fleet.errors import CommandError, HostError, RegistryError, UsageError, tai
 from fleet.images import ImageSpec, Shippable, chain_ids
 from fleet.inventory import Host
 from fleet.labels import normalized_name
+from fleet.remote import CommandResult, Transport
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
-from fleet.transport import Transport
 
 SaveStream = Callable[[], Iterable[bytes]]
 
@@ -130,6 +130,9 @@ echo "@@df"; df -PB1 "$root" 2>/dev/null | tail -n 1
 echo "@@end"
 """
 )
+
+# containerd's client on the engine's own containerd (the moby namespace holds its images).
+_CTR = ("ctr", "--address", "/run/docker/containerd/containerd.sock", "-n", "moby")
 
 # docker load, then the target as it now is: the verification costs no extra round trip.
 LOAD_SCRIPT = (
@@ -1253,9 +1256,20 @@ def pull(
     name = location.name_for(spec.ref, host_port)
     temporary = name != spec.ref
     failed = True
+    fetched: CommandResult | None = None
     try:
         ctx.progress("pulling")
         transport.run(["docker", "pull", "--quiet", name], timeout=options.load_timeout)
+        if decided.store == "containerd":
+            # The pull skips a layer whose snapshot exists (one loaded over SSH, say) without
+            # its registry blob; Docker then neither lists nor saves the image. Fetch the
+            # blobs the content store lacks, and only those, while the registry is reachable.
+            plain = ["--plain-http"] if host_port is not None else []
+            fetched = transport.run(
+                [*_CTR, "content", "fetch", *plain, name],
+                timeout=options.load_timeout,
+                check=False,
+            )
         if temporary:
             transport.run(["docker", "tag", name, spec.ref], timeout=options.state_timeout)
         failed = False
@@ -1272,7 +1286,17 @@ def pull(
             f"pulled, but the temporary name {name} could not be removed: {leftover}",
             fix=f"run 'docker rmi {name}' on the host",
         )
-    image_id = verify(transport, spec, options.state_timeout)
+    try:
+        image_id = verify(transport, spec, options.state_timeout)
+    except HostError as exc:
+        if fetched is None or fetched.ok:
+            raise
+        said = tail_lines(fetched.stderr or fetched.stdout)
+        raise HostError(
+            ctx.name,
+            f"{exc.reason}; fetching the missing blobs with ctr failed:\n{said}",
+            fix="use --via ssh for this host (a registry ctr cannot reach or log in to)",
+        ) from exc
     pulled = len(decided.send)
     details: dict[str, Any] = {
         "via": "registry",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fleet import registry
 from tests.conftest import LabFixture, clear_framework, host_sh, run_json
 from tests.framework import FrameworkProject
 
@@ -142,3 +144,37 @@ def test_tags_and_limit_select_tasks_and_hosts(
     ]
     assert {t["step"] for t in doc["tasks"]} == {"build"}
     assert list(doc["recap"]) == ["lab1"]
+
+
+@pytest.mark.skipif(
+    not os.access(registry.DEFAULT_BINARY, os.X_OK),
+    reason="docker-registry is not installed (scripts/setup.sh installs it)",
+)
+def test_a_playbook_deploys_through_the_tunnelled_registry(
+    lab_env: LabFixture, fast_inventory: Path, tmp_path: Path, capsys
+) -> None:
+    clear_framework(lab_env)
+    project = FrameworkProject.create(tmp_path / "cauchy", f"fleet-test-regdeploy-{os.getpid()}")
+    try:
+        tag = project.commit_and_build("v1")
+        book = tmp_path / "rollout.yml"
+        book.write_text(
+            "- name: roll out through a registry\n"
+            "  hosts: all\n"
+            "  tasks:\n"
+            f"    - deploy: {{project: {project.root}, via: registry, max_rate: 200M}}\n"
+        )
+        argv = ["play", str(book), "-i", str(fast_inventory), "--retry-file", "/dev/null"]
+        code, doc = run_json(capsys, *argv)
+        assert code == 0, [(h, r["reason"]) for t in doc["tasks"] for h, r in t["hosts"].items()]
+        for host in ("lab1", "lab2"):
+            assert doc["recap"][host]["version_after"] == tag
+            running = host_sh(
+                lab_env, host, "docker", "ps", "--format", '{{.Label "io.fleet.tag"}}'
+            )
+            assert tag in running.split()
+            names = host_sh(lab_env, host, "docker", "image", "ls", "--format", "{{.Repository}}")
+            assert "127.0.0.1:" not in names  # the temporary name is gone
+    finally:
+        clear_framework(lab_env)
+        project.remove_images()

@@ -155,7 +155,7 @@ class FakeHost:
         return None
 
     def verbs(self) -> list[str]:
-        return [c[1] for c in self.commands]
+        return [c[1] if c[0] == "docker" else " ".join(c[-4:-1]) for c in self.commands]
 
 
 class FakePublisher:
@@ -209,9 +209,11 @@ def test_hosts_pull_through_their_tunnel_get_the_real_name_and_lose_the_temporar
         "c": "ok",
     }
     assert publisher.published == [(SPEC.ref, "127.0.0.1:5001/fleet/cauchy:0.2.3")]
+    assert hosts["a"].verbs() == ["pull", "tag", "rmi"], hosts["a"].commands
+    # The containerd store also fetches the blobs its snapshots lack, through the tunnel.
+    assert hosts["b"].verbs() == ["pull", "content fetch --plain-http", "tag", "rmi"]
     for name in ("a", "b"):
         host = hosts[name]
-        assert host.verbs() == ["pull", "tag", "rmi"], host.commands
         pulled = host.commands[0][-1]
         assert pulled.startswith("127.0.0.1:40000/fleet/cauchy:0.2.3")
         assert host.forwards[40000] != ("127.0.0.1", 5001)  # a relay, not the registry itself
