@@ -7,8 +7,8 @@ Two kinds (``fleet push --via registry``):
   (``docker login`` on the controller; fleet never reads, prints or stores them), and
   each host pulls it with its own;
 - a registry on the controller, for hosts that reach no registry: Debian's
-  ``docker-registry`` (distribution 2.8) serving a temporary directory on
-  ``127.0.0.1``, reverse-tunnelled over each host's SSH connection to the host's own
+  ``docker-registry`` (distribution 2.8) on ``127.0.0.1``, its blobs kept between runs
+  (:func:`cache_storage`), reverse-tunnelled over each host's SSH connection to the host's own
   ``127.0.0.1:PORT``. Engines allow plain HTTP to ``127.0.0.0/8``, so hosts need no TLS
   and no daemon configuration (checked on Docker 20.10 classic and 26.1 containerd).
   Each tunnel ends in a :class:`Relay`, a loopback port on the controller that counts
