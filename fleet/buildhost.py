@@ -35,12 +35,12 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from fleet import images, transfer
+from fleet import images, savefilter, transfer
 from fleet.errors import EngineError, HostError, UnreachableError, UsageError
 from fleet.gitinfo import GitFacts
 from fleet.images import BuildResult, ImageSpec, OutputCallback, Project, Shippable, StepCallback
@@ -317,11 +317,70 @@ def _build_and_pull(
     )
     local_store = images.image_store(local)
     present = images.layer_chains(local) if local_store == "classic" else None
-    base = pull_back(remote, local, "base", project.base_reference, present, host.name, step)
+    saver = FilteredSave.on(runner.transport(host)) if present is not None else None
+    base = pull_back(remote, local, "base", project.base_reference, present, host.name, step, saver)
     if present is not None:
         present = present | set(images.chain_ids(_diff_ids(local, project.base_reference)))
-    framework = pull_back(remote, local, "framework", result.reference, present, host.name, step)
+    framework = pull_back(
+        remote, local, "framework", result.reference, present, host.name, step, saver
+    )
     return RemoteBuild(host.name, result, upstream, base, framework)
+
+
+# The host's docker save, cut by fleet.savefilter there: "$@" are the CHAIN=DIFF to leave out.
+_SAVE_SCRIPT = r"""
+ref="$1"; source="$2"; shift 2
+docker save "$ref" | python3 -c "$source" "$@"
+"""
+
+
+class FilteredSave:
+    """``docker save`` on the build host without the layers the controller has.
+
+    The save is cut on the host by :mod:`fleet.savefilter` (its source runs there under
+    ``python3``), so a thin pull-back crosses the network thin; the bytes come back through
+    an SSH session spliced to a local socket.
+    """
+
+    def __init__(self, splicer: Splicer) -> None:
+        self.splicer = splicer
+
+    @classmethod
+    def on(cls, transport: Transport) -> FilteredSave | None:
+        """The host's filtered save, when it has Python 3.9+ (else None: the whole save)."""
+        if not isinstance(transport, Splicer):
+            return None
+        probe = ["python3", "-c", "import sys; sys.exit(sys.version_info < (3, 9))"]
+        return cls(transport) if transport.run(probe, check=False).ok else None
+
+    def __call__(self, reference: str, drop: Mapping[str, str]) -> Iterator[bytes]:
+        mine, theirs = socket.socketpair()
+        argv = ["sh", "-c", _SAVE_SCRIPT, "fleet-save", reference, _FILTER_SOURCE]
+        argv += [f"{chain}={diff}" for chain, diff in sorted(drop.items())]
+        status: list[int] = []
+        worker = threading.Thread(
+            target=lambda: status.append(self.splicer.splice(argv, theirs)),
+            name=f"save-{self.splicer.host}",
+            daemon=True,
+        )
+        worker.start()
+        mine.shutdown(socket.SHUT_WR)  # nothing goes to its stdin
+        try:
+            while chunk := mine.recv(1 << 20):
+                yield chunk
+        finally:
+            mine.close()
+            worker.join(timeout=_JOIN_SECONDS)
+        # -1: the session ended before its status arrived; the load's verification judges.
+        if status and status[0] > 0:
+            raise EngineError(
+                f"'docker save {reference} | filter' on build host {self.splicer.host} "
+                f"exited {status[0]}",
+                fix="check 'docker save' and python3 on the build host, then rerun",
+            )
+
+
+_FILTER_SOURCE = Path(savefilter.__file__).read_text()
 
 
 def check_engine(transport: Transport) -> None:
@@ -400,11 +459,13 @@ def pull_back(
     present: frozenset[str] | None,
     host: str,
     step: StepCallback,
+    saver: FilteredSave | None = None,
 ) -> PullBack:
     """Bring ``reference`` from the build host into the controller's engine, verified.
 
     ``present``: the chain IDs the controller's classic store holds, ``None`` for a
-    containerd store (every layer is sent).
+    containerd store (every layer is sent). ``saver``: the host's filtered save, so that
+    the layers the controller has are not read across (else the whole save is).
     """
     started = time.monotonic()
     spec = images.find_image(remote, reference)
@@ -440,10 +501,21 @@ def pull_back(
     send = missing_layers(spec.diff_ids, present)
     step(role, f"pulling back {len(send)}/{len(spec.diff_ids)} layers of {reference} from {host}")
     read, loaded = _Tally(), _Tally()
+    drop = {
+        chain: diff
+        for index, (chain, diff) in enumerate(zip(spec.chain_ids, spec.diff_ids, strict=True))
+        if index not in send
+    }
+
+    def save() -> Iterator[bytes]:
+        if saver is not None and drop:
+            return read.count(saver(reference, drop))
+        return read.count(images.save_stream(remote, reference, f"build host {host}"))
+
     image = Shippable(
         spec=ImageSpec(reference, spec.config_digest, spec.diff_ids),
         sizes=tuple(images.layer_sizes(remote, reference, len(spec.diff_ids))),
-        save=lambda: read.count(images.save_stream(remote, reference, f"build host {host}")),
+        save=save,
         local=None,  # images.LocalLayers reads the controller's store, never the host's
     )
     try:

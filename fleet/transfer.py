@@ -63,6 +63,7 @@ from fleet.labels import normalized_name
 from fleet.remote import CommandResult, Transport
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
+from fleet.savefilter import v1_candidates
 
 SaveStream = Callable[[], Iterable[bytes]]
 
@@ -353,40 +354,6 @@ class _IterReader(io.RawIOBase):
         return count
 
 
-def _go_json(value: Any) -> str:
-    """JSON as Go's encoding/json writes it: compact, HTML characters escaped."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    for char, escaped in _GO_ESCAPES:
-        text = text.replace(char, escaped)
-    return text
-
-
-_GO_ESCAPES = (
-    ("<", "\\u003c"),
-    (">", "\\u003e"),
-    ("&", "\\u0026"),
-    ("\u2028", "\\u2028"),
-    ("\u2029", "\\u2029"),
-)
-
-
-def _v1_candidates(document: Mapping[str, Any], chain: str) -> Iterator[str]:
-    """Docker's legacy v1 layer IDs for a layer ``json`` file, assuming chain ID ``chain``.
-
-    ``docker save`` names each layer directory ``sha256(json of the v1 config, minus its
-    id, plus "layer_id": chain and "parent": parent)``; lower layers were hashed before
-    ``os`` was set. Recomputing it tells which layer a directory holds *before* its data
-    arrives, so the stream is never buffered.
-    """
-    for drop in ((), ("os",)):
-        fields = {k: _go_json(v) for k, v in document.items() if k != "id" and k not in drop}
-        if "parent" in document:
-            fields["parent"] = _go_json("sha256:" + str(document["parent"]))
-        fields["layer_id"] = _go_json(chain)
-        text = "{" + ",".join(_go_json(k) + ":" + fields[k] for k in sorted(fields)) + "}"
-        yield hashlib.sha256(text.encode()).hexdigest()
-
-
 @dataclass
 class _Member:
     """One tar member of the output: its key, its tar header+data, compressed or not."""
@@ -609,7 +576,7 @@ class ImageStream:
                 if base == "json" and directory:
                     document = json.loads(source.read())
                     for i, chain in enumerate(chains):
-                        if directory in _v1_candidates(document, chain):
+                        if directory in v1_candidates(document, chain):
                             index_of_v1[directory] = i
                             break
                     continue

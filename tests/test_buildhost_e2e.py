@@ -145,8 +145,9 @@ def test_build_host_builds_there_and_pulls_back_only_missing_layers(
     assert framework["layers_pulled"] == len(fresh)
     increment = second["layers"][2]["increment"]
     assert 0 < framework["bytes_pulled"] <= increment + (256 << 10)
-    # The whole image crossed the tunnel (docker save), only the thin part was loaded.
-    assert framework["bytes_read"] > 20 * framework["bytes_pulled"]
+    # The host cut its docker save (python3 there): the layers the controller has did not
+    # cross; what did is the thin layers plus the save's small files (configs, json).
+    assert 0 < framework["bytes_read"] <= increment + (512 << 10)
     remote_id, remote_parent = _remote(lab_env, host, second["reference"])
     assert remote_id == second["image_id"] and remote_parent
     mine = images.find_image(local, second["reference"])

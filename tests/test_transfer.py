@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet import transfer
+from fleet import savefilter, transfer
 from fleet.images import ImageSpec, chain_ids
 
 FIXTURES = Path(__file__).parent / "fixtures" / "transfer"
@@ -143,7 +143,7 @@ def test_v1_directories_are_recognised_before_their_data() -> None:
         found = [
             i
             for i, chain in enumerate(chains)
-            if path.stem in transfer._v1_candidates(document, chain)
+            if path.stem in savefilter.v1_candidates(document, chain)
         ]
         assert found == [expected[path.stem[:12]]], path.name
 
