@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import shutil
 import socket
 import tempfile
@@ -166,7 +167,7 @@ class PullBack:
     layers_total: int
     layers_pulled: int
     bytes_pulled: int  # the thin tarball fed to the controller's docker load
-    bytes_read: int  # the host's docker save read through the tunnel (0 when not needed)
+    bytes_read: int  # what came over SSH of the host's docker save, cut there if it could be
     seconds: float
     note: str = ""
 
@@ -317,7 +318,7 @@ def _build_and_pull(
     )
     local_store = images.image_store(local)
     present = images.layer_chains(local) if local_store == "classic" else None
-    saver = FilteredSave.on(runner.transport(host)) if present is not None else None
+    saver = FilteredSave(runner.transport(host)) if present is not None else None
     base = pull_back(remote, local, "base", project.base_reference, present, host.name, step, saver)
     if present is not None:
         present = present | set(images.chain_ids(_diff_ids(local, project.base_reference)))
@@ -342,25 +343,31 @@ class FilteredSave:
     an SSH session spliced to a local socket.
     """
 
-    def __init__(self, splicer: Splicer) -> None:
-        self.splicer = splicer
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
 
-    @classmethod
-    def on(cls, transport: Transport) -> FilteredSave | None:
-        """The host's filtered save, when it has Python 3.9+ (else None: the whole save)."""
-        if not isinstance(transport, Splicer):
-            return None
+    @functools.cached_property
+    def usable(self) -> bool:
+        """Whether the host can cut its save: a splicing connection and Python 3.9+.
+
+        Asked once, when a save is first needed (a build already on the controller needs
+        none); without it the whole save is read.
+        """
+        if not isinstance(self.transport, Splicer):
+            return False
         probe = ["python3", "-c", "import sys; sys.exit(sys.version_info < (3, 9))"]
-        return cls(transport) if transport.run(probe, check=False).ok else None
+        return self.transport.run(probe, check=False).ok
 
     def __call__(self, reference: str, drop: Mapping[str, str]) -> Iterator[bytes]:
+        splicer = self.transport
+        assert isinstance(splicer, Splicer), "only called when usable"
         mine, theirs = socket.socketpair()
-        argv = ["sh", "-c", _SAVE_SCRIPT, "fleet-save", reference, _FILTER_SOURCE]
+        argv = ["sh", "-c", _SAVE_SCRIPT, "fleet-save", reference, _filter_source()]
         argv += [f"{chain}={diff}" for chain, diff in sorted(drop.items())]
         status: list[int] = []
         worker = threading.Thread(
-            target=lambda: status.append(self.splicer.splice(argv, theirs)),
-            name=f"save-{self.splicer.host}",
+            target=lambda: status.append(splicer.splice(argv, theirs)),
+            name=f"save-{splicer.host}",
             daemon=True,
         )
         worker.start()
@@ -374,13 +381,16 @@ class FilteredSave:
         # -1: the session ended before its status arrived; the load's verification judges.
         if status and status[0] > 0:
             raise EngineError(
-                f"'docker save {reference} | filter' on build host {self.splicer.host} "
+                f"'docker save {reference} | filter' on build host {splicer.host} "
                 f"exited {status[0]}",
                 fix="check 'docker save' and python3 on the build host, then rerun",
             )
 
 
-_FILTER_SOURCE = Path(savefilter.__file__).read_text()
+@functools.cache
+def _filter_source() -> str:
+    """What runs on the build host: :mod:`fleet.savefilter`'s own source."""
+    return Path(savefilter.__file__).read_text()
 
 
 def check_engine(transport: Transport) -> None:
@@ -508,7 +518,7 @@ def pull_back(
     }
 
     def save() -> Iterator[bytes]:
-        if saver is not None and drop:
+        if saver is not None and drop and saver.usable:
             return read.count(saver(reference, drop))
         return read.count(images.save_stream(remote, reference, f"build host {host}"))
 

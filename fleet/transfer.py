@@ -296,11 +296,13 @@ def plan(host: str, spec: ImageSpec, state: HostImageState) -> Plan:
 
 
 def pull_plan(host: str, spec: ImageSpec, state: HostImageState) -> Plan:
-    """The layers a pull from a registry downloads: those whose chain the host lacks.
+    """The layers a pull from a registry unpacks: those whose chain the host lacks.
 
     On both stores (measured on the lab: Docker 26.1's containerd store skips the
     download of a layer whose snapshot exists, even when its content store holds the
-    layer only uncompressed, as ``docker load`` left it).
+    layer only uncompressed, as ``docker load`` left it). :func:`pull` then fetches such
+    layers' registry blobs too, so on that store the bytes pulled (counted by the relay)
+    can exceed these layers: the plan is a lower bound there.
     """
     if is_current(spec, state):
         return Plan(host, state.store, True, frozenset())

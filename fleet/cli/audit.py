@@ -99,8 +99,8 @@ def _audit(args: argparse.Namespace) -> int:
     options = audit.AuditOptions(
         repository=repository, history=args.history or 1, timeout=args.timeout
     )
-    # The controller's builds are listed (docker-py: slow to import) on a thread of their
-    # own, started first, while the hosts answer.
+    # The controller's builds are listed on a thread of their own, started first, while
+    # the hosts answer (an engine other than the local socket costs docker-py's import).
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="controller")
     controller = pool.submit(
         audit.controller_options,
