@@ -162,16 +162,12 @@ def run_project_json(
     capsys: pytest.CaptureFixture[str], inventory: Path, project: Any, *args: str
 ) -> tuple[int, dict[str, Any]]:
     """Run a fleet command on the lab for a test framework project; (exit code, JSON)."""
-    return run_json(
-        capsys,
-        *args,
-        "-i",
-        str(inventory),
-        "--project",
-        str(project.root),
-        "--retry-file",
-        "/dev/null",
-    )
+    return run_json(capsys, *args, *project_options(inventory, project))
+
+
+def project_options(inventory: Path, project: Any) -> list[str]:
+    """The options of a fleet command on the lab for a test framework project."""
+    return ["-i", str(inventory), "--project", str(project.root), "--retry-file", "/dev/null"]
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, object]]:

@@ -21,7 +21,7 @@ import yaml
 from fleet import cli as fleet_cli
 from fleet import containers, images, lab
 from fleet.transport import KnownHosts, SSHTransport
-from tests.conftest import LabFixture, run_cli, run_project_json
+from tests.conftest import LabFixture, project_options, run_cli, run_project_json
 from tests.framework import FrameworkProject
 
 pytestmark = pytest.mark.lab
@@ -172,12 +172,7 @@ def test_audit_of_a_mixed_lab(
         capsys,
         "audit",
         "lab1:lab2",
-        "-i",
-        str(inventory),
-        "--project",
-        str(project.root),
-        "--retry-file",
-        "/dev/null",
+        *project_options(inventory, project),
     )
     assert code == 0
     table = out.splitlines()
@@ -255,12 +250,7 @@ def test_audit_of_a_mixed_lab(
         capsys,
         "audit",
         "all",
-        "-i",
-        str(inventory),
-        "--project",
-        str(project.root),
-        "--retry-file",
-        "/dev/null",
+        *project_options(inventory, project),
     )
     assert code == 3
     rows_text = {line.split()[0]: line for line in out.splitlines()[1:4]}
@@ -287,12 +277,7 @@ def test_a_stopped_host_is_unreachable_and_named(
         capsys,
         "audit",
         "all",
-        "-i",
-        str(inventory),
-        "--project",
-        str(project.root),
-        "--retry-file",
-        "/dev/null",
+        *project_options(inventory, project),
     )
     assert code == 3
     assert "unreachable: 1: gone" in out
@@ -345,12 +330,7 @@ def test_audit_changes_nothing_and_ignores_the_deploy_lock(
             capsys,
             "audit",
             "lab1:lab2",
-            "-i",
-            str(inventory),
-            "--project",
-            str(project.root),
-            "--retry-file",
-            "/dev/null",
+            *project_options(inventory, project),
             "--csv",
             "--expect",
             "latest",
