@@ -290,7 +290,6 @@ class Player:
                     skipped.append(HostResult(host.name, Outcome.SKIPPED, f"when: {task.when}"))
                     continue
                 args = render(task.args, variables)
-                self._refuse_recorded_secrets(task, args)
             except PlaybookError as exc:
                 raise PlaybookError(
                     f"{task.where} ({task.title}) on {host.name}: {exc.message}",
@@ -298,6 +297,7 @@ class Player:
                     line=task.line,
                     fix=exc.fix or "define the variable (play vars, inventory, -e)",
                 ) from None
+            self._refuse_recorded_secrets(task, args, f" on {host.name}")
             key = json.dumps(args, sort_keys=True, default=str)
             groups.setdefault(key, (args, []))[1].append(host)
         results: dict[str, HostResult] = {r.host: r for r in skipped}
@@ -323,28 +323,25 @@ class Player:
         self.events.task_finished(play, task, result)
         return result
 
-    def _refuse_recorded_secrets(self, task: Task, args: Mapping[str, Any]) -> None:
+    def _refuse_recorded_secrets(
+        self, task: Task, args: Mapping[str, Any], on_host: str = ""
+    ) -> None:
         """Secrets stay out of steps whose arguments end up in image labels or host history."""
         if task.step in _HOST_STEPS or not self.secrets.found_in(args):
             return
         raise PlaybookError(
-            f"a secret variable ({', '.join(sorted(self.secrets.names))}) is used in the "
-            f"arguments of '{task.step}', which records them (image labels, host history)",
+            f"{task.where} ({task.title}){on_host}: a secret variable "
+            f"({', '.join(sorted(self.secrets.names))}) is used in the arguments of "
+            f"'{task.step}', which records them (image labels, host history)",
+            path=str(self.book.path),
+            line=task.line,
             fix="use secrets only in exec, copy, cron or dir tasks",
         )
 
     # -- controller steps -------------------------------------------------------------
     def _build(self, play: Play, task: Task, hosts: list[Host]) -> FleetResult:
         args = render(task.args, self.variables(play, None))
-        try:
-            self._refuse_recorded_secrets(task, args)
-        except PlaybookError as exc:
-            raise PlaybookError(
-                f"{task.where} ({task.title}): {exc.message}",
-                path=str(self.book.path),
-                line=task.line,
-                fix=exc.fix,
-            ) from None
+        self._refuse_recorded_secrets(task, args)
         if "build" in self.controller_vars and self.controller_vars["build"].get("args") == args:
             built = self.controller_vars["build"]
             return FleetResult.of(

@@ -104,3 +104,30 @@ def test_secret_files_are_read_safely(tmp_path: Path) -> None:
         playbook.vars_file(f"@{tagged}")
     with pytest.raises(UsageError):
         playbook.extra_vars(["no-equals"])
+
+
+def test_a_secret_reaching_a_recording_step_through_play_vars_is_refused_there(
+    tmp_path: Path,
+) -> None:
+    from fleet import inventory
+
+    hosts = tmp_path / "hosts.yml"
+    hosts.write_text("all:\n  hosts:\n    gpu1:\n")
+    path = tmp_path / "book.yml"
+    path.write_text(
+        "- name: p\n  hosts: all\n  vars: {tag: '{{ token }}'}\n  tasks:\n"
+        "    - deploy: {version: '{{ tag }}'}\n"
+    )
+    options = play_mod.PlayOptions(extra={"token": "s3cr3t"}, secret_names=frozenset({"token"}))
+    player = play_mod.Player(
+        playbook.load(str(path)),
+        inventory.load([hosts]),
+        _NoHosts(),  # type: ignore[arg-type]
+        options,
+        _Silent(),
+    )
+    player.prepare()  # the template names 'tag', not the secret: only its value tells
+    with pytest.raises(PlaybookError) as caught:
+        player.play_all()
+    assert "book.yml:5" in str(caught.value) and "on gpu1" in str(caught.value)
+    assert "s3cr3t" not in str(caught.value)
