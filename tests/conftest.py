@@ -259,8 +259,32 @@ class FaultTable:
 FAULTS = FaultTable([], {})
 
 
+# -- hostile inputs (tests marked ``hostile``): counted at the session's end ------------
+HOSTILE: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Record the outcome of each hostile-input test (its call, or a failed setup)."""
+    if "hostile" not in report.keywords:
+        return
+    if report.when == "call" or report.outcome != "passed":
+        HOSTILE[report.nodeid] = report.outcome
+
+
+def hostile_summary() -> str:
+    """``hostile inputs handled: N/M`` over the hostile-input tests that ran."""
+    handled = sum(1 for outcome in HOSTILE.values() if outcome == "passed")
+    return f"hostile inputs handled: {handled}/{len(HOSTILE)}"
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """The faults table, when the faults suite ran (also written to $FLEET_FAULTS_JSON)."""
+    """The hostile-input count, and the faults table when the faults suite ran."""
+    if HOSTILE:
+        terminalreporter.section("hostile inputs")
+        for nodeid, outcome in sorted(HOSTILE.items()):
+            if outcome != "passed":
+                terminalreporter.write_line(f"NOT HANDLED ({outcome}): {nodeid}")
+        terminalreporter.write_line(hostile_summary())
     if not FAULTS.expected:
         return
     terminalreporter.section("faults")

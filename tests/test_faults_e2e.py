@@ -775,6 +775,7 @@ def _silent_server() -> tuple[socket.socket, int]:
     return server, server.getsockname()[1]
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("behaviour", ["never answers", "sends garbage"])
 def test_hostile_ssh_peer_is_unreachable_with_the_reason(
     faults: Faults, capsys, tmp_path: Path, behaviour: str
