@@ -263,12 +263,15 @@ FAULTS = FaultTable([], {})
 HOSTILE: dict[str, str] = {}
 
 
+# Comparisons with ansible-core (tests marked ``ansible_oracle``) that ran, by outcome.
+ORACLE: dict[str, str] = {}
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Record the outcome of each hostile-input test (its call, or a failed setup)."""
-    if "hostile" not in report.keywords:
-        return
-    if report.when == "call" or report.outcome != "passed":
-        HOSTILE[report.nodeid] = report.outcome
+    """Record the outcome of each hostile-input and oracle test (its call, or a failed setup)."""
+    for marker, outcomes in (("hostile", HOSTILE), ("ansible_oracle", ORACLE)):
+        if marker in report.keywords and (report.when == "call" or report.outcome != "passed"):
+            outcomes[report.nodeid] = report.outcome
 
 
 def hostile_summary() -> str:
@@ -278,7 +281,10 @@ def hostile_summary() -> str:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """The hostile-input count, and the faults table when the faults suite ran."""
+    """The oracle and hostile-input counts, and the faults table when the faults suite ran."""
+    if ORACLE:
+        ran = sum(1 for outcome in ORACLE.values() if outcome != "skipped")
+        terminalreporter.write_line(f"comparisons with ansible-core run: {ran}/{len(ORACLE)}")
     if HOSTILE:
         terminalreporter.section("hostile inputs")
         for nodeid, outcome in sorted(HOSTILE.items()):
