@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from fleet import __version__
 from fleet.errors import EXIT_BAD_OPTIONS, FleetError, UsageError
@@ -81,6 +81,32 @@ def build_parser(command: str | None = None) -> ArgumentParser:
     return parser
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[Any] | None:
+    # argparse has no public way to reach a parser's subcommands: its actions are read.
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse with options before, between or after positionals, as Ansible users type them.
+
+    ``fleet push all -i inv cauchy:0.2.67`` and ``fleet push -i inv all cauchy:0.2.67``
+    mean the same. Subcommands are followed down to the parser that has no more of them,
+    which parses its words intermixed.
+    """
+    words = list(argv)
+    commands = _subcommands(parser)
+    if commands is None:
+        return parser.parse_intermixed_args(words)
+    index = next((i for i, word in enumerate(words) if word in commands.choices), None)
+    if index is None or index > 0:
+        # No subcommand, or options of this parser before it (--version, --help): argparse's
+        # own handling says what is wrong or prints what was asked.
+        return parser.parse_args(words)
+    namespace = parse(commands.choices[words[0]], words[1:])
+    setattr(namespace, commands.dest, words[0])
+    return namespace
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fleet`` console script; returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -92,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         command = next((word for word in args_list if not word.startswith("-")), None)
         parser = build_parser(command)
-        args = parser.parse_args(args_list)
+        args = parse(parser, args_list)
         if remote is not None:
             if not getattr(args, "takes_remote_command", False):
                 parser.error(f"unexpected arguments after '--': {' '.join(remote)}")
