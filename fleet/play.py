@@ -37,7 +37,7 @@ from fleet.inventory import Host, Inventory
 from fleet.playbook import Play, Playbook, Task, condition, render
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Interrupted, Runner
-from fleet.secret import Secrets
+from fleet.secret import DIFF_HIDDEN, Secrets
 
 __all__ = ["Interrupted", "PlayOptions", "PlaybookRun", "Player", "Tally", "run"]
 
@@ -196,6 +196,10 @@ class Player:
                         line=task.line,
                         fix="use secrets only in exec, copy, cron or dir tasks",
                     )
+                if task.step == "copy" and _secret_references(
+                    task.args.get("content"), self.secrets.names
+                ):
+                    self._refuse_readable_secret_file(task, task.args)
         return [
             (play, self.inventory.select(play.hosts, self.options.limit))
             for play in self.book.plays
@@ -298,6 +302,8 @@ class Player:
                     fix=exc.fix or "define the variable (play vars, inventory, -e)",
                 ) from None
             self._refuse_recorded_secrets(task, args, f" on {host.name}")
+            if task.step == "copy" and self.secrets.found_in(args.get("content")):
+                self._refuse_readable_secret_file(task, args, f" on {host.name}")
             key = json.dumps(args, sort_keys=True, default=str)
             groups.setdefault(key, (args, []))[1].append(host)
         results: dict[str, HostResult] = {r.host: r for r in skipped}
@@ -337,6 +343,25 @@ class Player:
             line=task.line,
             fix="use secrets only in exec, copy, cron or dir tasks",
         )
+
+    def _refuse_readable_secret_file(
+        self, task: Task, args: Mapping[str, Any], on_host: str = ""
+    ) -> None:
+        """A file holding a secret is for its owner only: a mode that lets others read it
+        is refused, not tightened, since whoever asked for it expects others to read it."""
+        given = args.get("mode")
+        if given is None or (isinstance(given, str) and "{{" in given):
+            return  # the default for such a file is 0600; a template is judged once rendered
+        mode = _mode_of(task, given, "0600")
+        if int(mode, 8) & 0o077:
+            raise PlaybookError(
+                f"{task.where}.copy.mode ({task.title}){on_host}: the content holds a secret "
+                f"variable, and mode {mode} lets others than the owner read it",
+                path=str(self.book.path),
+                line=task.line,
+                fix="use mode 0600 (or 0400, 0700), or leave mode out: a file holding a "
+                "secret defaults to 0600",
+            )
 
     # -- controller steps -------------------------------------------------------------
     def _build(self, play: Play, task: Task, hosts: list[Host]) -> FleetResult:
@@ -532,7 +557,32 @@ def _exec(
             return ctx.result(Outcome.SKIPPED, "exec does not run in check mode")
         return ctx.run_command(argv)
 
-    return _host_step(player, hosts, "exec", body)
+    return _host_step(player, hosts, "exec", _hiding(player, args, [argv], body))
+
+
+def _hiding(
+    player: Player,
+    args: Mapping[str, Any],
+    commands: Sequence[Sequence[str]],
+    body: Callable[[HostContext], HostResult],
+) -> Callable[[HostContext], HostResult]:
+    """``body``, whose reasons name none of ``commands`` when ``args`` hold a secret.
+
+    Redaction finds a secret's known renderings; a command line can also show a part of one
+    (an abbreviated message, a word split by the shell), so a task that holds a secret
+    shows no command line at all.
+    """
+    if not player.secrets.found_in(args):
+        return body
+
+    def hidden(ctx: HostContext) -> HostResult:
+        try:
+            row = body(ctx)
+        except HostError as exc:
+            raise player.secrets.hide_commands_in_error(exc, commands) from None
+        return player.secrets.hide_commands_in_row(row, commands)
+
+    return hidden
 
 
 _MODE = re.compile(r"0?[0-7]{3,4}")
@@ -543,19 +593,39 @@ _STAT_SCRIPT = r"""
 if [ -e "$1" ]; then stat -c '%F|%a|%U|%G' "$1"; else echo "absent"; fi
 if [ "$2" = content ] && [ -f "$1" ]; then base64 < "$1"; fi
 """
+# Write stdin to "$1" with mode "$2", atomically, through a temp file in the same directory.
+# That directory may be writable by others (a group-writable /data/projects, 2775): a temp
+# name they can foresee, or a file they can swap between its creation and its use, would
+# let them point root's write at any file. So the name is random (mktemp), the file is
+# created by the very open that writes it, with O_EXCL (noclobber: it fails on anything
+# already there, a symlink included), and every later step uses that open file, never the
+# name again: the mode is set through /proc/self/fd, and the rename (-T: never into a
+# directory) moves whatever the name holds into place, which anyone who can swap it could
+# have written there anyway. The temp file is removed when a step fails.
 _WRITE_SCRIPT = r"""
+set -C
 umask 077
-tmp="$1.fleet-tmp"
-cat > "$tmp" && chmod "$2" "$tmp" && mv -f "$tmp" "$1"
+dir=$(dirname -- "$1") && name=$(basename -- "$1") || exit 1
+tmp=$(mktemp -u -- "$dir/.$name.XXXXXX") || exit 1
+exec 3>"$tmp" || exit 1
+if cat >&3 && chmod -- "$2" /proc/self/fd/3 && mv -fT -- "$tmp" "$1"; then exit 0; fi
+rm -f -- "$tmp"
+exit 1
 """
+
+
+def _stat_argv(path: str, content: bool = False) -> list[str]:
+    return ["sh", "-c", _STAT_SCRIPT, "fleet-stat", path, "content" if content else ""]
+
+
+def _write_argv(path: str, mode: str) -> list[str]:
+    return ["sh", "-c", _WRITE_SCRIPT, "fleet-write", path, mode]
 
 
 def _stat(
     ctx: HostContext, path: str, content: bool = False
 ) -> tuple[str, str, str, str, bytes | None]:
-    ran = ctx.transport.run(
-        ["sh", "-c", _STAT_SCRIPT, "fleet-stat", path, "content" if content else ""], check=False
-    )
+    ran = ctx.transport.run(_stat_argv(path, content), check=False)
     lines = ran.stdout.splitlines()
     if not lines or lines[0] == "absent":
         return "absent", "", "", "", None
@@ -629,12 +699,14 @@ def _dir(
         verb = "would " if player.options.check else ""
         return ctx.result(Outcome.CHANGED, f"{verb}{', '.join(changes)}: {path}")
 
-    return _host_step(player, hosts, "dir", body)
+    commands = [_stat_argv(path), ["mkdir", "-p", path], ["chmod", mode, path]]
+    return _host_step(player, hosts, "dir", _hiding(player, args, commands, body))
 
 
 def _write_file(
-    player: Player, ctx: HostContext, path: str, content: bytes, mode: str
+    player: Player, ctx: HostContext, path: str, content: bytes, mode: str, secret: bool
 ) -> HostResult:
+    """Put ``content`` at ``path`` with ``mode``; a ``secret`` one shows no diff."""
     kind, current_mode, _, _, current = _stat(ctx, path, content=True)
     if kind not in ("absent", "regular file", "regular empty file"):
         raise HostError(ctx.name, f"{path} exists and is a {kind}, not a file")
@@ -644,7 +716,9 @@ def _write_file(
     if kind == "absent" or current_mode != mode:
         changes.append(f"mode {mode}")
     details: dict[str, Any] = {}
-    if player.options.diff and current != content:
+    if player.options.diff and current != content and secret:
+        details["diff"] = DIFF_HIDDEN
+    elif player.options.diff and current != content:
         before = (current or b"").decode("utf-8", "replace").splitlines(keepends=True)
         after = content.decode("utf-8", "replace").splitlines(keepends=True)
         details["diff"] = "".join(
@@ -653,7 +727,7 @@ def _write_file(
     if not changes:
         return ctx.result(Outcome.OK, f"{path} as wanted")
     if not player.options.check:
-        ctx.transport.run(["sh", "-c", _WRITE_SCRIPT, "fleet-write", path, mode], stdin=content)
+        ctx.transport.run(_write_argv(path, mode), stdin=content)
     verb = "would change" if player.options.check else "changed"
     return ctx.result(Outcome.CHANGED, f"{verb} {' and '.join(changes)} of {path}", details=details)
 
@@ -662,11 +736,30 @@ def _copy(
     player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
 ) -> FleetResult:
     path = _host_path(task, args, "dest")
-    mode = _mode_of(task, args.get("mode"), "0644")
+    secret = player.secrets.found_in(args)
+    # A file holding a secret is its owner's alone unless the task says otherwise (a mode
+    # that lets others read it was refused before the task started).
+    default = "0600" if player.secrets.found_in(args["content"]) else "0644"
+    mode = _mode_of(task, args.get("mode"), default)
     content = str(args["content"]).encode()
-    return _host_step(
-        player, hosts, "copy", lambda ctx: _write_file(player, ctx, path, content, mode)
-    )
+    return _write_step(player, hosts, "copy", args, path, content, mode, secret)
+
+
+def _write_step(
+    player: Player,
+    hosts: list[Host],
+    step: str,
+    args: Mapping[str, Any],
+    path: str,
+    content: bytes,
+    mode: str,
+    secret: bool,
+) -> FleetResult:
+    def body(ctx: HostContext) -> HostResult:
+        return _write_file(player, ctx, path, content, mode, secret)
+
+    commands = [_stat_argv(path, content=True), _write_argv(path, mode)]
+    return _host_step(player, hosts, step, _hiding(player, args, commands, body))
 
 
 _CRON_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -691,9 +784,10 @@ def _cron(
         )
     content = f"# Managed by fleet (playbook task '{task.title}'); edits are overwritten.\n{schedule} root {job}\n".encode()
     path = f"/etc/cron.d/fleet-{name}"
-    return _host_step(
-        player, hosts, "cron", lambda ctx: _write_file(player, ctx, path, content, "644")
-    )
+    # Only root's cron reads these files, and a job line often carries a credential, marked
+    # secret or not: 0600 always, so a file's mode never depends on what a run marked.
+    secret = player.secrets.found_in(args)
+    return _write_step(player, hosts, "cron", args, path, content, "600", secret)
 
 
 def _provision(

@@ -4,19 +4,109 @@ A playbook run marks variables secret (``fleet play --secret NAME``, or ``--secr
 for a file of them). Their values may be used where a host needs them (``exec``,
 ``copy``, ``cron``, ``dir``); every result is redacted before anyone sees it, and steps
 whose arguments are recorded (in image labels, the hosts' history) refuse them.
+
+A value is redacted in every form it takes on the way to a reader, not only as itself: a
+command line quotes it for the shell, an error message ``repr``s that command line, a
+JSON document escapes it, a diff splits it into lines (see :func:`renderings`). A task
+whose arguments hold a secret also shows no diff content and no command line at all
+(:data:`DIFF_HIDDEN`, :meth:`Secrets.hide_commands`): what is left of a secret after
+quoting, truncation or partial output cannot be told from the rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+import json
+import shlex
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from fleet.errors import FleetError
+from fleet.errors import CommandError, FleetError, HostError, UnreachableError, tail_lines
 from fleet.results import FleetResult, HostResult
 
 REDACTED = "********"
+COMMAND_HIDDEN = "(command hidden: holds a secret)"
+DIFF_HIDDEN = "diff hidden: the task's content holds a secret"
+
+# A line of a multi-line secret (a key file, a credentials file) is redacted on its own
+# from this length, counted without its indentation. Shorter lines of such files are their
+# structure ("}", "---", blank lines) and would, redacted everywhere, garble unrelated
+# output and tell a reader which short strings the secret contains; a credential of three
+# characters falls to guessing whatever the output shows. A whole value is redacted at any
+# length, as before.
+MIN_LINE = 4
+
+
+def _shell_quoted(text: str) -> str:
+    # shlex.quote wraps in '...' and writes each ' as '"'"': the inside of that, which is
+    # also what a secret looks like inside a longer quoted word (sh -c 'echo SECRET').
+    return text.replace("'", "'\"'\"'")
+
+
+def _repr_in_single_quotes(text: str) -> str:
+    # The inside of a repr() that chose '...': with a trailing " it always does.
+    return repr(text + '"')[1:-2]
+
+
+def _repr_in_double_quotes(text: str) -> str:
+    # repr() chooses "..." for a string with ' and no ": a secret without " may sit in one.
+    return repr(text + "'")[1:-2] if '"' not in text else text
+
+
+def _json_ascii(text: str) -> str:
+    return json.dumps(text)[1:-1]
+
+
+def _json_unicode(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)[1:-1]
+
+
+def _collapsed(text: str) -> str:
+    # Messages that abbreviate commands join their words with single spaces.
+    return " ".join(text.split())
+
+
+_RENDERERS: tuple[Callable[[str], str], ...] = (
+    _shell_quoted,
+    _repr_in_single_quotes,
+    _repr_in_double_quotes,
+    _json_ascii,
+    _json_unicode,
+    _collapsed,
+)
+# A repr'd shell command line (a timeout message) is two renderings deep; a third covers
+# such a message inside a JSON document or a list's repr.
+_DEPTH = 3
+
+
+def renderings(text: str) -> frozenset[str]:
+    """Every form ``text`` takes in output, ``text`` itself included.
+
+    Shell-quoted (``shlex.quote``), ``repr`` (alone or in a list, either quote), JSON
+    (ASCII or not), whitespace-collapsed, and combinations of up to :data:`_DEPTH` of
+    them; then the same for each line of a multi-line ``text`` that has at least
+    :data:`MIN_LINE` characters besides indentation.
+    """
+    bases = {text, text.strip()}
+    if "\n" in text or "\r" in text:
+        bases.update(line.strip() for line in text.splitlines() if len(line.strip()) >= MIN_LINE)
+    forms = {base for base in bases if base}
+    for _ in range(_DEPTH):
+        forms |= {render(form) for form in forms for render in _RENDERERS}
+    return frozenset(form for form in forms if form)
+
+
+def _longest_first(texts: Iterable[str]) -> tuple[str, ...]:
+    # Longest first, so that no form is left half-replaced by a shorter one inside it.
+    return tuple(sorted(set(texts), key=lambda text: (-len(text), text)))
+
+
+def _replace_all(text: str, forms: Sequence[str], replacement: str) -> str:
+    for form in forms:
+        if form in text:
+            text = text.replace(form, replacement)
+    return text
 
 
 @dataclass(frozen=True)
@@ -25,6 +115,11 @@ class Secrets:
 
     names: frozenset[str] = frozenset()
     values: tuple[str, ...] = ()
+    forms: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        forms = (form for value in self.values for form in renderings(value))
+        object.__setattr__(self, "forms", _longest_first(forms))
 
     @classmethod
     def of(cls, names: Iterable[str], sources: Iterable[Mapping[str, Any]]) -> Secrets:
@@ -44,13 +139,11 @@ class Secrets:
         return any(secret in text for text in _leaves(value) for secret in self.values)
 
     def redact(self, value: Any) -> Any:
-        """``value`` with every secret replaced by :data:`REDACTED`, at any depth."""
+        """``value`` with every rendering of every secret replaced by :data:`REDACTED`."""
         if not self.values:
             return value
         if isinstance(value, str):
-            for secret in self.values:
-                value = value.replace(secret, REDACTED)
-            return value
+            return _replace_all(value, self.forms, REDACTED)
         if isinstance(value, Mapping):
             return {key: self.redact(item) for key, item in value.items()}
         if isinstance(value, list | tuple):
@@ -81,6 +174,46 @@ class Secrets:
             exc.fix = self.redact(exc.fix)
             exc.args = (exc.message,)
         return exc
+
+    # -- tasks whose arguments hold a secret --------------------------------------------
+    def hide_commands(self, text: str | None, commands: Iterable[Sequence[str]]) -> str | None:
+        """``text`` with each command line of ``commands`` (argv lists) replaced by
+        :data:`COMMAND_HIDDEN` in every rendering, then redacted."""
+        if text is None:
+            return None
+        lines = {line for argv in commands for line in (shlex.join(argv), " ".join(argv))}
+        forms = _longest_first(form for line in lines if line for form in renderings(line))
+        return str(self.redact(_replace_all(text, forms, COMMAND_HIDDEN)))
+
+    def hide_commands_in_row(
+        self, row: HostResult, commands: Iterable[Sequence[str]]
+    ) -> HostResult:
+        """``row`` whose reason and fix name none of ``commands``."""
+        listed = [list(argv) for argv in commands]
+        return dataclasses.replace(
+            row,
+            reason=self.hide_commands(row.reason, listed),
+            fix=self.hide_commands(row.fix, listed),
+        )
+
+    def hide_commands_in_error(
+        self, exc: HostError, commands: Iterable[Sequence[str]]
+    ) -> HostError:
+        """A host error like ``exc`` (unreachable stays unreachable) that names none of
+        ``commands``: a failed command says its exit code and output tail only (its message
+        abbreviates long command lines, which could cut a secret where no form matches)."""
+        listed = [list(argv) for argv in commands]
+        if isinstance(exc, CommandError):
+            reason = f"command exited {exc.returncode}: {COMMAND_HIDDEN}"
+            tail = tail_lines(exc.stderr or exc.stdout)
+            if tail:
+                reason += "\n" + tail
+            reason = str(self.redact(reason))
+        else:
+            reason = str(self.hide_commands(exc.reason, listed))
+        fix = self.hide_commands(exc.fix, listed)
+        kind = UnreachableError if isinstance(exc, UnreachableError) else HostError
+        return kind(exc.host, reason, fix=fix)
 
 
 def _leaves(value: Any) -> Iterator[str]:

@@ -187,3 +187,31 @@ def test_a_host_path_climbing_out_or_relative_fails_every_host_and_runs_nothing(
     (row,) = run.tasks[0].result.results
     assert row.outcome == "failed"
     assert key in (row.reason or "") and "must be absolute, without '..'" in (row.reason or "")
+
+
+# -- the write of copy and cron steps, run by this machine's own sh ----------------------------
+@pytest.mark.hostile
+def test_a_file_is_written_through_no_name_planted_in_a_shared_directory(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    shared = tmp_path / "projects"
+    shared.mkdir()
+    shared.chmod(0o2775)  # group-writable, not sticky: a member may plant names here
+    victim = tmp_path / "victim"
+    victim.write_text("victim\n")
+    target = shared / "app.env"
+    # Every name the write used to go through is a symlink to the victim.
+    (shared / "app.env.fleet-tmp").symlink_to(victim)
+    ran = subprocess.run(play._write_argv(str(target), "640"), input=b"new\n", check=False)
+    assert ran.returncode == 0
+    assert victim.read_text() == "victim\n" and oct(victim.stat().st_mode & 0o777) != "0o640"
+    assert not target.is_symlink() and target.read_text() == "new\n"
+    assert target.stat().st_mode & 0o777 == 0o640
+    assert sorted(os.listdir(shared)) == ["app.env", "app.env.fleet-tmp"]  # no temp file left
+    # A failing step (chmod refuses the mode) leaves the target as it was and no temp file.
+    failed = subprocess.run(
+        play._write_argv(str(target), "9"), input=b"other\n", check=False, capture_output=True
+    )
+    assert failed.returncode != 0 and target.read_text() == "new\n"
+    assert sorted(os.listdir(shared)) == ["app.env", "app.env.fleet-tmp"]
