@@ -361,18 +361,10 @@ def audit_host(
                     Reason("unknown_version", f"the controller never built {tag or 'this image'}")
                 )
             elif match in ("different", "superseded"):
-                here = _short(framework.config_digest or primary.image_id)
-                theirs = (
-                    "an older build of it, since rebuilt"
-                    if match == "superseded"
-                    else _short(controller_id)
+                current = next(
+                    (v for v in controller_versions if v.tag == tag and v.tagged), version
                 )
-                reasons.append(
-                    Reason(
-                        "other_build",
-                        f"the image of {tag} here ({here}) is not the controller's build ({theirs})",
-                    )
-                )
+                reasons.append(_other_build(tag, framework, primary.image_id, match, current))
             if framework.dirty:
                 reasons.append(
                     Reason("dirty", f"{tag} was built from a dirty work tree (uncommitted changes)")
@@ -485,6 +477,39 @@ def _framework(container: FrameworkContainer, image: FrameworkImage | None) -> F
         image_id=container.image_id,
         config_digest=image.config_digest if image is not None else "",
     )
+
+
+def _other_build(
+    tag: str,
+    framework: Framework,
+    image_id: str,
+    match: str,
+    version: ImageVersion | None,
+) -> Reason:
+    """The host runs an image of ``tag`` that is not the controller's: which, and which commit.
+
+    ``version`` is the controller's current build of ``tag`` (the tagged one).
+    """
+    here = _short(framework.config_digest or image_id)
+    ours = framework.commit
+    if version is not None and ours and version.commit and ours != version.commit:
+        # Another commit under the same tag: a branch or a rebase reached the same count.
+        return Reason(
+            "other_commit",
+            f"the image of {tag} here ({here}) is commit {ours[:12]}"
+            f"{_on_branch(framework.branch)}, the controller's ({_short(version.image_id)}) "
+            f"is commit {version.commit[:12]}{_on_branch(version.branch)}",
+        )
+    theirs = "an older build of it, since rebuilt" if match == "superseded" else ""
+    if version is not None and not theirs:
+        theirs = _short(version.image_id)
+    return Reason(
+        "other_build", f"the image of {tag} here ({here}) is not the controller's build ({theirs})"
+    )
+
+
+def _on_branch(branch: str | None) -> str:
+    return f" on {branch}" if branch else ""
 
 
 def compare_build(

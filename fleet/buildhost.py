@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from fleet import images, savefilter, transfer
+from fleet import gitinfo, images, savefilter, transfer
 from fleet.errors import EngineError, HostError, UnreachableError, UsageError
 from fleet.gitinfo import GitFacts
 from fleet.images import BuildResult, ImageSpec, OutputCallback, Project, Shippable, StepCallback
@@ -226,8 +226,12 @@ def build_on(
     rebuild: bool = False,
     on_step: StepCallback | None = None,
     on_output: OutputCallback | None = None,
+    retag: bool = False,
 ) -> RemoteBuild:
     """Build ``project`` on ``host``'s engine, then pull it back into ``local``'s engine.
+
+    The version tag is checked on both engines before anything is built: a tag that names
+    another commit's image on either raises ``TagCollisionError`` unless ``retag``.
 
     ``runner`` connects to the host (its verified SSH connection is reused for the relay
     and for shipping layer 1); ``local`` is the controller's ``docker.DockerClient``.
@@ -235,6 +239,8 @@ def build_on(
     the fix) when its engine or the controller's fails, ``BuildError`` when a layer fails.
     """
     step = on_step or (lambda layer, message: None)
+    git = git if git is not None else gitinfo.read(project.root)
+    images.check_tag(local, project, git, retag=retag)
     transport = runner.transport(host)
     if not isinstance(transport, Splicer):
         raise UsageError(
@@ -261,6 +267,7 @@ def build_on(
                 rebuild=rebuild,
                 step=step,
                 on_output=on_output,
+                retag=retag,
             )
         except images.BuildError as exc:
             fix = exc.fix or ""
@@ -298,6 +305,7 @@ def _build_and_pull(
     rebuild: bool,
     step: StepCallback,
     on_output: OutputCallback | None,
+    retag: bool,
 ) -> RemoteBuild:
     store = images.image_store(remote)
     if store != "classic":
@@ -315,6 +323,7 @@ def _build_and_pull(
         rebuild=rebuild,
         on_step=lambda layer, message: step(layer, f"{message} (on {host.name})"),
         on_output=on_output,
+        retag=retag,
     )
     local_store = images.image_store(local)
     present = images.layer_chains(local) if local_store == "classic" else None

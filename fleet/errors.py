@@ -5,6 +5,7 @@
     │   ├── InventoryError           inventory files, group_vars/host_vars
     │   ├── PlaybookError            playbooks
     │   └── ProjectError             a framework project (git, Dockerfiles, settings)
+    │       └── TagCollisionError    the version tag already names another commit's image
     ├── UsageError (ValueError)      bad or incomplete options, patterns     -> exit 5
     │   └── PatternError             a host pattern that matches nothing or is malformed
     ├── LabError (RuntimeError)      the local lab could not be brought up    -> exit 1
@@ -86,6 +87,16 @@ class PlaybookError(InputError):
 
 class ProjectError(InputError):
     """A framework project (git repository, Dockerfiles, settings) is unusable."""
+
+
+class TagCollisionError(ProjectError):
+    """A build would move a version tag that names another commit's image."""
+
+    def __init__(self, message: str, *, reference: str, theirs: str, ours: str, fix: str) -> None:
+        super().__init__(message, fix=fix)
+        self.reference = reference
+        self.theirs = theirs
+        self.ours = ours
 
 
 class UsageError(FleetError, ValueError):

@@ -44,17 +44,21 @@ import docker.errors
 import yaml
 
 from fleet import gitinfo
-from fleet.errors import EngineError, ProjectError, UsageError, tail_lines
+from fleet.errors import EngineError, ProjectError, TagCollisionError, UsageError, tail_lines
 from fleet.gitinfo import GitFacts
 from fleet.labels import (
     LABEL_BASE,
     LABEL_BASE_INPUTS,
+    LABEL_BRANCH,
+    LABEL_BUILD_DATE,
     LABEL_COMMIT_COUNT,
     LABEL_DETACHED,
     LABEL_DIRTY,
     LABEL_DOCKER_CMD,
     LABEL_FRAMEWORK,
     LABEL_INPUTS,
+    LABEL_MOVED_FROM,
+    LABEL_REVISION,
     LABEL_TAG,
     LABEL_UPSTREAM,
     ImageVersion,
@@ -752,14 +756,18 @@ def build(
     on_step: StepCallback | None = None,
     on_output: OutputCallback | None = None,
     build_date: str | None = None,
+    retag: bool = False,
 ) -> BuildResult:
     """Build layer 2 if needed, then layer 3, on the engine of ``client``.
 
     ``rebuild_base`` rebuilds layer 2 without the build cache; ``rebuild`` builds layer 3
     even when an identical build of this commit exists. ``on_step(layer, message)`` hears
-    what is being done, ``on_output(line)`` every line of build output.
+    what is being done, ``on_output(line)`` every line of build output. A tag that names
+    another commit's image raises TagCollisionError before anything is built, unless
+    ``retag`` moves it on purpose (recorded in the image's ``io.fleet.moved-from`` label).
     """
     git = git if git is not None else gitinfo.read(project.root)
+    moved_from = check_tag(client, project, git, retag=retag)
     step = on_step or (lambda layer, message: None)
     output = on_output or (lambda line: None)
     log: list[str] = []
@@ -823,6 +831,8 @@ def build(
         base_id=base_id,
         inputs=inputs,
     )
+    if moved_from:
+        labels[LABEL_MOVED_FROM] = moved_from
     existing = _image(client, reference)
     if not rebuild and not git.dirty and existing is not None and _same_build(existing, labels):
         framework = existing
@@ -890,6 +900,47 @@ def build(
         labels=labels,
         log=tuple(log),
     )
+
+
+def check_tag(client: Any, project: Project, git: GitFacts, *, retag: bool = False) -> str:
+    """The commit a build of ``git`` would take the version tag from; "" when it is free.
+
+    The tag counts commits (``<prefix>.<commit count>``), which is unique along one line of
+    history only: a branch, or main after a rebase, can reach the same count with another
+    commit. Moving the tag silently would make every host that runs that version run
+    "another build of it", so it is refused unless ``retag`` asks for it.
+    """
+    reference = f"{project.repository}:{project.tag(git)}"
+    existing = _image(client, reference)
+    if existing is None:
+        return ""
+    labels = _labels(existing)
+    theirs = labels.get(LABEL_REVISION, "")
+    if not theirs or theirs == git.commit:
+        return ""
+    if retag:
+        return theirs
+    their_branch = labels.get(LABEL_BRANCH) or "no branch"
+    our_branch = git.branch or "a detached HEAD"
+    raise TagCollisionError(
+        f"{reference} already names the image of commit {theirs[:12]} (branch {their_branch}, "
+        f"built {labels.get(LABEL_BUILD_DATE) or 'at an unknown date'}); this build is commit "
+        f"{git.short_commit} (branch {our_branch}, committed {git.commit_date}), which has "
+        f"the same commit count {git.commit_count}. Nothing was built",
+        reference=reference,
+        theirs=theirs,
+        ours=git.commit,
+        fix=f"build from the branch that owns the numbering ({their_branch}); or give this "
+        "branch its own numbering (fleet_image.tag_prefix, or --tag-prefix, e.g. "
+        f"--tag-prefix {project.tag_prefix}-{_tag_word(git.branch)}); or move the tag on "
+        "purpose with --retag (recorded in the new image's io.fleet.moved-from label)",
+    )
+
+
+def _tag_word(branch: str | None) -> str:
+    """A branch name as it may appear in an image tag."""
+    word = re.sub(r"[^A-Za-z0-9_.-]+", "-", branch or "detached").strip(".-")
+    return word[:40] or "branch"
 
 
 def _base_rebuild_reason(

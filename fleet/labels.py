@@ -21,6 +21,8 @@ LABEL_INPUTS = "io.fleet.inputs"
 LABEL_BASE = "io.fleet.base"
 LABEL_BASE_INPUTS = "io.fleet.base.inputs"
 LABEL_UPSTREAM = "io.fleet.upstream"
+# Set by ``fleet build --retag``: the commit whose image the tag named before this build.
+LABEL_MOVED_FROM = "io.fleet.moved-from"
 LABEL_DOCKER_CMD = "org.label-schema.docker.cmd"
 LABEL_VERSION = "org.label-schema.version"
 LABEL_BUILD_DATE = "org.label-schema.build-date"
@@ -47,6 +49,7 @@ class ImageVersion:
     size: int
     tagged: bool  # False when the tag has moved to a newer build of the same commit count
     docker_cmd: str
+    moved_from: str = ""  # the commit the tag named before ``fleet build --retag`` moved it
 
     @property
     def reference(self) -> str:
@@ -78,6 +81,7 @@ def image_version(repository: str, summary: Mapping[str, Any]) -> ImageVersion:
         size=int(summary.get("Size") or 0),
         tagged=f"{repository}:{tag}" in (summary.get("RepoTags") or []),
         docker_cmd=labels.get(LABEL_DOCKER_CMD, ""),
+        moved_from=labels.get(LABEL_MOVED_FROM, ""),
     )
 
 

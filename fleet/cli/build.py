@@ -51,6 +51,12 @@ def register(subparsers: Any) -> None:
         metavar="PREFIX",
         help="tag prefix, e.g. 0.3 gives 0.3.<commit count> (default: fleet_image.tag_prefix)",
     )
+    build.add_argument(
+        "--retag",
+        action="store_true",
+        help="move the version tag even when it names another commit's image (a branch or a "
+        "rebase with the same commit count); recorded in the image's io.fleet.moved-from label",
+    )
     build.add_argument("-v", "--verbose", action="store_true", help="stream the whole build output")
     build.add_argument(
         "--json", action="store_true", help="print one JSON document on stdout, nothing else"
@@ -126,6 +132,7 @@ def _build(args: argparse.Namespace) -> int:
             rebuild=args.rebuild,
             on_step=progress.step,
             on_output=progress.output,
+            retag=args.retag,
         )
     except images.BuildError as exc:
         progress.failed(exc)
@@ -164,6 +171,7 @@ def _build_on_host(args: argparse.Namespace, project: images.Project, git: gitin
                 rebuild=args.rebuild,
                 on_step=progress.step,
                 on_output=progress.output,
+                retag=args.retag,
             )
         finally:
             local.close()
