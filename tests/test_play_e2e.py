@@ -178,3 +178,49 @@ def test_a_playbook_deploys_through_the_tunnelled_registry(
     finally:
         clear_framework(lab_env)
         project.remove_images()
+
+
+@pytest.mark.hostile
+def test_a_copy_into_a_shared_directory_writes_its_target_not_a_planted_symlink(
+    lab_env: LabFixture, fast_inventory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shared = f"/data/fleet-test-projects-{os.getpid()}"  # like /data/projects: 2775, not sticky
+    target = f"{shared}/app.env"
+    victim = f"/etc/fleet-test-victim-{os.getpid()}"
+    book = tmp_path / "copy.yml"
+    book.write_text(
+        f"- hosts: all\n  tasks:\n    - copy: {{dest: {target}, content: \"new\\n\", mode: '0640'}}\n"
+    )
+    hosts = [h.name for h in lab_env.lab.hosts]
+    for host in hosts:
+        # A member of the directory's group plants the name the write used to go through.
+        host_sh(
+            lab_env,
+            host,
+            "sh",
+            "-c",
+            'mkdir -p "$1" && chmod 2775 "$1" && echo victim > "$2" && chmod 600 "$2" '
+            '&& ln -s "$2" "$3.fleet-tmp"',
+            "plant",
+            shared,
+            victim,
+            target,
+        )
+    try:
+        code, doc = run_json(
+            capsys, "play", str(book), "-i", str(fast_inventory), "--retry-file", "/dev/null"
+        )
+        assert code == 0, [(h, r["reason"]) for t in doc["tasks"] for h, r in t["hosts"].items()]
+        for host in hosts:
+            assert host_sh(lab_env, host, "cat", victim) == "victim\n"
+            assert host_sh(lab_env, host, "stat", "-c", "%a %F", victim) == "600 regular file\n"
+            assert host_sh(lab_env, host, "stat", "-c", "%a %F", target) == "640 regular file\n"
+            assert host_sh(lab_env, host, "cat", target) == "new\n"
+            # No temp file left beside it.
+            assert host_sh(lab_env, host, "ls", "-A", shared).split() == [
+                "app.env",
+                "app.env.fleet-tmp",
+            ]
+    finally:
+        for host in hosts:
+            host_sh(lab_env, host, "rm", "-rf", shared, victim)
