@@ -19,8 +19,9 @@ Steps: ``build`` (on the controller, once per play; its result is the variable `
 with ``reference``, ``tag``, ``image_id``), ``push``, ``provision``, ``deploy``,
 ``rollback``, ``prune``, ``audit``, ``exec`` (``command: [argv]`` or ``shell: "..."``),
 ``dir`` (``path``, ``mode``, ``owner``, ``group``), ``copy`` (``dest``, ``content``,
-``mode``), ``cron`` (``name``, ``schedule``, ``job``). The names are Ansible's where they
-mean the same.
+``mode``: 0644 by default, 0600 when the content holds a secret), ``cron`` (``name``,
+``schedule``, ``job``; written to ``/etc/cron.d/fleet-NAME``, mode 0600). The names are
+Ansible's where they mean the same.
 
 Variables, lowest to highest: inventory (group_vars, host_vars), play ``vars``, extra vars
 (``-e key=value``, ``-e @file.yml``). Strings are templated: ``{{ name }}``,

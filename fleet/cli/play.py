@@ -53,7 +53,8 @@ def register(subparsers: Any) -> None:
         default=[],
         metavar="NAME|@FILE",
         help="mark variable NAME secret (or load @FILE's variables as secrets): its value "
-        "never appears in the output, --json, image labels or host history",
+        "never appears in the output, --json, image labels or host history (quoted, escaped "
+        "or line by line neither); a task using it shows no diff and no command line",
     )
     parser.add_argument(
         "--project",
