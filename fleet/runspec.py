@@ -14,9 +14,19 @@ a host's image when deploying. Three shapes of the same thing:
   ``docker run`` has no place for it);
 * text: ``RunSpec.render(image)``, parsed back by ``parse_docker_cmd``, which treats the
   text as untrusted (it comes from an image label that anybody who can build an image can
-  write): no shell, only ``docker run`` of the expected image, only whitelisted flags,
-  and no flag that hands the container the host (``--privileged``, ``--pid host``,
-  ``--cap-add``, ``--device``, host-system mounts, ...) unless the caller allows it.
+  write): at most ``MAX_LABEL_BYTES``, no shell, only a detached ``docker run`` of the
+  expected image, only whitelisted flags, and no flag that hands the container the host
+  (``--privileged``, ``--pid host``, ``--cap-add``, ``--device``, ``--ulimit rtprio``, a
+  network other than ``host``/``bridge``/``none``, a host path outside the allowed ones,
+  ...) unless the caller allows it.
+
+What a host lets a label do is its ``RunPolicy``, from the inventory: ``fleet_run_allow``
+(flags, e.g. ``[--network]``), ``fleet_run_allow_paths`` (host paths that may be mounted
+besides the data root, ``fleet_provision.data_root``, default ``/data``) and the container's
+name (``fleet_run.name`` with ``fleet_run_overrides``): a label naming another container is
+refused. Mount propagation (``shared``, ``slave``, ...) is refused everywhere. The host-path
+check here is textual; a deploy also resolves every mount's symlinks on the host before it
+stops anything (``fleet.deploy.check_mounts``).
 
 Overrides merge key by key: a scalar replaces (``null`` clears it, e.g. ``runtime: null``
 on a CPU host), a list replaces, and ``ulimits``/``env`` merge per entry where ``null``
@@ -44,6 +54,16 @@ if TYPE_CHECKING:
 
 FLEET_RUN = "fleet_run"
 FLEET_RUN_OVERRIDES = "fleet_run_overrides"
+FLEET_RUN_ALLOW = "fleet_run_allow"
+FLEET_RUN_ALLOW_PATHS = "fleet_run_allow_paths"
+# Where provision's settings keep the data root (fleet.provision reads the same keys).
+_PROVISION_SECTIONS = ("fleet_provision_overrides", "fleet_provision")
+DEFAULT_DATA_ROOT = "/data"
+# An image label is untrusted text: bounded before it is even split into words.
+MAX_LABEL_BYTES = 64 * 1024
+# Networks a label may ask for; any other (a named one, container:X) joins the container
+# to something else on the host, and needs the host's allow (fleet_run_allow: [--network]).
+SAFE_NETWORKS = frozenset({"host", "bridge", "none"})
 
 
 class RunSpecError(InputError):
@@ -114,7 +134,7 @@ _ULIMITS = frozenset(
         "nofile",
         "nproc",
         "rss",
-        "rtprio",
+        "rtprio",  # refused from a label unless allowed: see RunSpec.dangers
         "rttime",
         "sigpending",
         "stack",
@@ -126,11 +146,7 @@ _VOLUME_OPTIONS = frozenset(
         "rw",
         "z",
         "Z",
-        "shared",
-        "slave",
         "private",
-        "rshared",
-        "rslave",
         "rprivate",
         "nocopy",
         "consistent",
@@ -138,7 +154,10 @@ _VOLUME_OPTIONS = frozenset(
         "delegated",
     ]
 )
-# Host paths whose mount gives a container the host (mounting one of their parents too).
+# Mount propagation that carries mounts between the container and the host: refused always.
+_PROPAGATION = frozenset({"shared", "rshared", "slave", "rslave"})
+# Host paths whose mount gives a container the host (mounting one of their parents too):
+# refused even when an allowed path holds them (fleet_run_allow_paths: [/var], say).
 _HOST_SYSTEM_PATHS = (
     "/bin",
     "/boot",
@@ -280,8 +299,18 @@ class RunSpec:
         """The command as one line of shell words: the ``docker.cmd`` label text."""
         return shlex.join(self.to_argv(image))
 
-    def dangers(self) -> tuple[Danger, ...]:
-        """The flags of this spec that hand the container part of the host."""
+    def bind_sources(self) -> tuple[str, ...]:
+        """The host paths this spec mounts (``HOSTPATH:...`` volumes), in order."""
+        return tuple(
+            source for source in (_bind_source(volume) for volume in self.volumes) if source
+        )
+
+    def dangers(self, allowed_paths: Collection[str] = (DEFAULT_DATA_ROOT,)) -> tuple[Danger, ...]:
+        """The flags of this spec that hand the container part of the host.
+
+        A host path is one unless it is normalised, lies in (or is) one of
+        ``allowed_paths`` and holds no host-system tree.
+        """
         found: list[Danger] = []
         if self.privileged:
             found.append(Danger("--privileged", "true"))
@@ -294,9 +323,15 @@ class RunSpec:
             found.append(Danger("--ipc", self.ipc))
         if self.userns is not None:
             found.append(Danger("--userns", self.userns))
-        if self.network is not None and self.network.startswith("container:"):
+        if self.network is not None and self.network not in SAFE_NETWORKS:
             found.append(Danger("--network", self.network))
-        found += [Danger("--volume", v) for v in self.volumes if _mounts_host_system(v)]
+        found += [Danger("--ulimit", f"{n}={v}") for n, v in self.ulimits if n == "rtprio"]
+        found += [
+            Danger("--volume", volume)
+            for volume in self.volumes
+            if (source := _bind_source(volume))
+            and (not path_within(source, allowed_paths) or _mounts_host_system(source))
+        ]
         return tuple(found)
 
 
@@ -347,33 +382,47 @@ class HealthCheck:
 
 
 def parse_docker_cmd(
-    label: str, expected_image: str, *, allow: Collection[str] = frozenset()
+    label: str,
+    expected_image: str,
+    *,
+    allow: Collection[str] = frozenset(),
+    allowed_paths: Collection[str] = (DEFAULT_DATA_ROOT,),
 ) -> RunSpec:
     """The ``RunSpec`` of an untrusted ``docker run`` command line.
 
-    Accepts only ``docker run [whitelisted flags] EXPECTED_IMAGE [command...]``. Flags that
-    hand the container the host raise ``DangerousRunError`` unless their long name (e.g.
-    ``"--privileged"``, ``"--volume"`` for host-system mounts) is in ``allow``. Anything
-    else malformed raises ``RunSpecError``. The text is split like a POSIX shell would
-    split words, and nothing in it is ever interpreted by a shell.
+    Accepts only ``docker run -d [whitelisted flags] EXPECTED_IMAGE [command...]`` of at
+    most ``MAX_LABEL_BYTES``. Flags that hand the container the host raise
+    ``DangerousRunError`` unless their long name (e.g. ``"--privileged"``, ``"--volume"``
+    for any host path, ``"--network"`` for a named network) is in ``allow``; host paths
+    are allowed when they lie in ``allowed_paths``. Anything else malformed raises
+    ``RunSpecError``. The text is split like a POSIX shell would split words (in time
+    linear in its length), and nothing in it is ever interpreted by a shell.
     """
     if not isinstance(label, str):
         raise RunSpecError(f"docker.cmd: expected text, got {type(label).__name__}")
+    size = len(label.encode("utf-8", "replace"))
+    if size > MAX_LABEL_BYTES:
+        raise RunSpecError(
+            f"docker.cmd: the label is {size} bytes, more than fleet accepts "
+            f"({MAX_LABEL_BYTES // 1024} KiB)",
+            fix="keep the run command short: settings such as env and volumes belong in "
+            "the inventory's fleet_run, not in the image's label",
+        )
     try:
         tokens = shlex.split(label)
     except ValueError as exc:
         raise RunSpecError(
-            f"docker.cmd: not a valid command line ({exc}): {label!r}",
+            f"docker.cmd: not a valid command line ({exc}): {label[:200]!r}",
             fix="quote the command as shlex.join does",
         ) from None
     if any("\x00" in token for token in tokens):
         raise RunSpecError("docker.cmd: contains a NUL character")
     if tokens[:2] != ["docker", "run"]:
         raise RunSpecError(
-            f"docker.cmd: must start with 'docker run', got {shlex.join(tokens[:2])!r}",
+            f"docker.cmd: must start with 'docker run', got {shlex.join(tokens[:2])[:200]!r}",
             fix="the label must be a plain 'docker run ...' command",
         )
-    values: dict[str, Any] = {}
+    parsed = _Flags()
     index = 2
     while index < len(tokens):
         word = tokens[index]
@@ -381,8 +430,7 @@ def parse_docker_cmd(
             break
         flag, value, consumed = _read_flag(tokens, index)
         index += consumed
-        _store_flag(values, flag, value)
-    values.setdefault("detach", False)
+        parsed.store(flag, value)
     if index >= len(tokens):
         raise RunSpecError(
             "docker.cmd: names no image", fix=f"the command must run {expected_image}"
@@ -390,16 +438,38 @@ def parse_docker_cmd(
     image = tokens[index]
     if image != expected_image:
         raise RunSpecError(
-            f"docker.cmd: runs image {image!r}, expected {expected_image!r}",
+            f"docker.cmd: runs image {image[:200]!r}, expected {expected_image!r}",
             fix="a framework image's run command may only run that image itself",
         )
     try:
-        spec = RunSpec(**values, command=tuple(tokens[index + 1 :]))
+        spec = RunSpec(**parsed.values(), command=tuple(tokens[index + 1 :]))
     except RunSpecError as exc:
         raise RunSpecError(f"docker.cmd: {exc.message}", fix=exc.fix) from None
-    refused = [danger for danger in spec.dangers() if danger.flag not in allow]
+    refused = [danger for danger in spec.dangers(allowed_paths) if danger.flag not in allow]
     if refused:
-        raise DangerousRunError(refused[0].flag, refused[0].value, dangers=refused)
+        fix = None
+        if any(danger.flag == "--volume" for danger in refused):
+            fix = (
+                "mount only host paths in "
+                + ", ".join(sorted(allowed_paths))
+                + f" (written normalised, without '..'); let a host mount another path with "
+                f"{FLEET_RUN_ALLOW_PATHS} in the inventory (never a host-system tree such as "
+                "/etc or /var/lib/docker), or allow any host path with "
+                f"{FLEET_RUN_ALLOW}: [--volume] if you trust whoever builds the image"
+            )
+        elif any(danger.flag == "--network" for danger in refused):
+            fix = (
+                "use --network host or bridge, or, if you trust whoever builds the image, "
+                f"allow other networks with {FLEET_RUN_ALLOW}: [--network] in the inventory"
+            )
+        raise DangerousRunError(refused[0].flag, refused[0].value, dangers=refused, fix=fix)
+    if not spec.detach:
+        raise RunSpecError(
+            "docker.cmd: runs the container attached (no -d): 'docker run' would not return "
+            "until the container exits, and every deploy would wait for it",
+            fix="add -d to the run command (fleet_run: detach: true, the default) and "
+            "rebuild the image",
+        )
     return spec
 
 
@@ -564,6 +634,14 @@ def _check_volume(where: str, volume: str) -> None:
         raise RunSpecError(
             f"{where}: source {source!r} is neither an absolute path nor a volume name", fix=fix
         )
+    propagation = sorted(set(options.split(",")) & _PROPAGATION) if options else []
+    if propagation:
+        raise RunSpecError(
+            f"{where}: mount propagation {propagation[0]!r} is refused: mounts made on one "
+            "side would appear on the other (the container's in the host, or the host's "
+            "in the container)",
+            fix="drop it: the default (rprivate) keeps the container's mounts to itself",
+        )
     if options is not None and not set(options.split(",")) <= _VOLUME_OPTIONS:
         raise RunSpecError(
             f"{where}: unknown mount options {options!r}",
@@ -571,11 +649,14 @@ def _check_volume(where: str, volume: str) -> None:
         )
 
 
-def _mounts_host_system(volume: str) -> bool:
-    """True when ``volume`` binds ``/``, a host-system tree, or a parent of one."""
-    source = volume.split(":", maxsplit=1)[0] if ":" in volume else ""
-    if not source.startswith("/"):
-        return False
+def _bind_source(volume: str) -> str | None:
+    """The host path a ``HOSTPATH:CONTAINERPATH[:OPTIONS]`` volume binds (else None)."""
+    source, colon, _ = volume.partition(":")
+    return source if colon and source.startswith("/") else None
+
+
+def _mounts_host_system(source: str) -> bool:
+    """True when ``source`` is ``/``, in a host-system tree, or a parent of one."""
     path = "/" + posixpath.normpath(source).lstrip("/")
     if path == "/":
         return True
@@ -700,46 +781,166 @@ def _read_flag(tokens: Sequence[str], index: int) -> tuple[str, str | None, int]
     return flag, value, consumed
 
 
-def _store_flag(values: dict[str, Any], flag: str, value: str | None) -> None:
-    field_name, kind = _FLAGS[flag]
-    if kind == "list":
-        values[field_name] = (*values.get(field_name, ()), value)
-        return
-    if kind == "map":
-        assert value is not None
-        key, equals, item = value.partition("=")
-        if not equals:
-            raise RunSpecError(
-                f"docker.cmd: {flag} {value!r}: expected NAME=VALUE",
-                fix="pass-through variables (--env NAME) are not accepted: give the value",
-            )
-        entries = dict(values.get(field_name, ()))
-        if key in entries:
-            raise RunSpecError(f"docker.cmd: {flag} {key} given twice")
-        entries[key] = item
-        values[field_name] = tuple(entries.items())
-        return
-    if field_name in values:
-        raise RunSpecError(f"docker.cmd: {flag} given twice", fix="give each flag once")
-    values[field_name] = value != "false" if kind == "bool" else value
+class _Flags:
+    """The flags of a label as they are read: lists and mappings grow in place (linear time)."""
+
+    def __init__(self) -> None:
+        self._scalars: dict[str, Any] = {}
+        self._lists: dict[str, list[str]] = {}
+        self._maps: dict[str, dict[str, str]] = {}
+
+    def store(self, flag: str, value: str | None) -> None:
+        field_name, kind = _FLAGS[flag]
+        if kind == "list":
+            assert value is not None
+            self._lists.setdefault(field_name, []).append(value)
+            return
+        if kind == "map":
+            assert value is not None
+            key, equals, item = value.partition("=")
+            if not equals:
+                raise RunSpecError(
+                    f"docker.cmd: {flag} {value[:200]!r}: expected NAME=VALUE",
+                    fix="pass-through variables (--env NAME) are not accepted: give the value",
+                )
+            entries = self._maps.setdefault(field_name, {})
+            if key in entries:
+                raise RunSpecError(f"docker.cmd: {flag} {key[:200]} given twice")
+            entries[key] = item
+            return
+        if field_name in self._scalars:
+            raise RunSpecError(f"docker.cmd: {flag} given twice", fix="give each flag once")
+        self._scalars[field_name] = value != "false" if kind == "bool" else value
+
+    def values(self) -> dict[str, Any]:
+        """``RunSpec`` keyword arguments (``detach`` false unless the label says ``-d``)."""
+        values: dict[str, Any] = {"detach": False, **self._scalars}
+        values.update((name, tuple(items)) for name, items in self._lists.items())
+        values.update((name, tuple(entries.items())) for name, entries in self._maps.items())
+        return values
 
 
 __all__ = [
+    "DEFAULT_DATA_ROOT",
     "FLEET_RUN",
+    "FLEET_RUN_ALLOW",
+    "FLEET_RUN_ALLOW_PATHS",
     "FLEET_RUN_OVERRIDES",
+    "MAX_LABEL_BYTES",
+    "SAFE_NETWORKS",
     "Danger",
     "DangerousRunError",
     "HealthCheck",
+    "RunPolicy",
     "RunSpec",
     "RunSpecError",
+    "data_root",
     "parse_docker_cmd",
+    "path_within",
+    "run_spec_for",
 ]
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    """What a host lets an image's run command do, from the host's inventory variables."""
+
+    # Flags allowed although they hand the container part of the host (fleet_run_allow).
+    allow: frozenset[str] = frozenset()
+    # Host paths that may be mounted: the data root, then fleet_run_allow_paths.
+    paths: tuple[str, ...] = (DEFAULT_DATA_ROOT,)
+    # The container's name from fleet_run/fleet_run_overrides; None when they name none.
+    name: str | None = None
+
+    @classmethod
+    def for_host(
+        cls, variables: Mapping[str, Any], options_allow: Collection[str] = frozenset()
+    ) -> RunPolicy:
+        """The policy of a host's variables; ``RunSpecError`` names a malformed setting."""
+        allow = frozenset(_text_list(variables.get(FLEET_RUN_ALLOW), FLEET_RUN_ALLOW))
+        paths = [data_root(variables)]
+        for index, path in enumerate(
+            _text_list(variables.get(FLEET_RUN_ALLOW_PATHS), FLEET_RUN_ALLOW_PATHS)
+        ):
+            paths.append(_allowed_path(path, f"{FLEET_RUN_ALLOW_PATHS}[{index}]"))
+        return cls(
+            allow=allow | frozenset(options_allow),
+            paths=tuple(dict.fromkeys(paths)),
+            name=RunSpec.from_settings(variables).name,
+        )
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """The allowed paths that no other allowed path holds.
+
+        Only these may be trusted in their resolved form (a data root that is a symlink to
+        a bigger disk): a path inside another one could have been replaced by a symlink by
+        any container that mounts the outer one.
+        """
+        return tuple(
+            path
+            for path in self.paths
+            if not any(other != path and path_within(path, (other,)) for other in self.paths)
+        )
+
+
+def data_root(variables: Mapping[str, Any]) -> str:
+    """The host's data root: ``fleet_provision_overrides``/``fleet_provision`` ``data_root``."""
+    for section_name in _PROVISION_SECTIONS:
+        section = variables.get(section_name)
+        if isinstance(section, Mapping) and section.get("data_root") is not None:
+            return _allowed_path(section["data_root"], f"{section_name}.data_root")
+    return DEFAULT_DATA_ROOT
+
+
+def path_within(path: str, allowed: Iterable[str]) -> bool:
+    """True when ``path`` is normalised and equal to or under one of ``allowed``."""
+    if not _is_normalised(path):
+        return False
+    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in allowed)
+
+
+def _is_normalised(path: str) -> bool:
+    """An absolute path with no '.', '..', '//' or trailing '/' and no control character."""
+    return (
+        path.startswith("/")
+        and posixpath.normpath(path) == path
+        and not path.startswith("//")
+        and not any(ord(character) < 32 or ord(character) == 127 for character in path)
+    )
+
+
+def _allowed_path(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _is_normalised(value):
+        raise RunSpecError(
+            f"{where}: {value!r} is not an absolute, normalised path",
+            fix="write it like /scratch/models (no '..', no trailing '/')",
+        )
+    return value
+
+
+def _text_list(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise RunSpecError(
+            f"{where}: expected a list, got {value!r}", fix=f"e.g. {where}: [--network]"
+        )
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise RunSpecError(f"{where}[{index}]: expected text, got {item!r}")
+    return list(value)
 
 
 def run_spec_for(
     host: Host, image: FrameworkImage, reference: str, options_allow: frozenset[str] = frozenset()
 ) -> RunSpec:
-    """The host's run command: the image's label, parsed as untrusted, with overrides."""
+    """The host's run command: the image's label, parsed as untrusted, with overrides.
+
+    The container's name is the inventory's (``fleet_run.name``, ``fleet_run_overrides``):
+    a label that names another container is refused, so an image cannot pick which of the
+    host's containers a deploy stops.
+    """
     label = image.docker_cmd
     if not label:
         raise HostError(
@@ -747,12 +948,28 @@ def run_spec_for(
             f"image {reference} has no org.label-schema.docker.cmd label",
             fix="build it with 'fleet build'",
         )
-    allow = frozenset(str(x) for x in host.vars.get("fleet_run_allow") or ()) | options_allow
     try:
-        spec = parse_docker_cmd(label, reference, allow=allow)
-        overrides = host.vars.get("fleet_run_overrides")
+        policy = RunPolicy.for_host(host.vars, options_allow)
+        spec = parse_docker_cmd(label, reference, allow=policy.allow, allowed_paths=policy.paths)
+        if policy.name is not None and spec.name not in (None, policy.name):
+            raise RunSpecError(
+                f"docker.cmd: names the container {spec.name!r}, but the inventory's run spec "
+                f"names it {policy.name!r}",
+                fix=f"build the image with fleet_run.name: {policy.name}; if the framework's "
+                f"container is to be called {spec.name!r}, set fleet_run.name (or "
+                "fleet_run_overrides.name) in the inventory first",
+            )
+        overrides = host.vars.get(FLEET_RUN_OVERRIDES)
         if isinstance(overrides, Mapping):
-            spec = spec.with_overrides(overrides, location="fleet_run_overrides")
+            spec = spec.with_overrides(overrides, location=FLEET_RUN_OVERRIDES)
+        if policy.name is not None:
+            spec = dataclasses.replace(spec, name=policy.name)
+        if not spec.detach:
+            raise RunSpecError(
+                f"{FLEET_RUN_OVERRIDES}.detach: false would run the container attached, and "
+                "every deploy would wait for it to exit",
+                fix=f"remove detach from {FLEET_RUN_OVERRIDES}",
+            )
     except RunSpecError as exc:
         raise HostError(
             host.name, f"refusing the run command of {reference}: {exc.message}", fix=exc.fix

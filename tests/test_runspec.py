@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,18 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.errors import FleetError
+from fleet.containers import FrameworkImage
+from fleet.errors import FleetError, HostError
+from fleet.inventory import Host
 from fleet.runspec import (
+    MAX_LABEL_BYTES,
     DangerousRunError,
     HealthCheck,
+    RunPolicy,
     RunSpec,
     RunSpecError,
     parse_docker_cmd,
+    run_spec_for,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,28 +169,50 @@ def test_shell_metacharacters_are_literal() -> None:
     assert parsed.command == ("python", "x.py;", "rm", "-rf", "/", "|", "sh")
 
 
+_REFUSED_HOST_PATHS = [
+    "/var/spool/cron",  # root's crontab
+    "/var/lib/fleet",  # fleet's history and deploy lock
+    "/opt",
+    "/srv",
+    "/mnt",
+    "/tmp",
+    "/var/log",
+    "/var/snap/docker",
+    "/datasets",  # a sibling of /data, not in it
+    "/data/../root",
+    "/data/./x",
+    "/data//x",
+    "/data/",
+    "//data",
+]
+
+
+@pytest.mark.hostile
 @pytest.mark.parametrize(
     ("label", "flag"),
     [
-        ("docker run --privileged cauchy:0.2.7", "--privileged"),
-        ("docker run --privileged=true cauchy:0.2.7", "--privileged"),
-        ("docker run --pid host cauchy:0.2.7", "--pid"),
-        ("docker run --pid=container:other cauchy:0.2.7", "--pid"),
-        ("docker run --ipc=host cauchy:0.2.7", "--ipc"),
-        ("docker run --userns=host cauchy:0.2.7", "--userns"),
-        ("docker run --cap-add SYS_ADMIN cauchy:0.2.7", "--cap-add"),
-        ("docker run --cap-add=ALL cauchy:0.2.7", "--cap-add"),
-        ("docker run --device /dev/sda cauchy:0.2.7", "--device"),
-        ("docker run --security-opt seccomp=unconfined cauchy:0.2.7", "--security-opt"),
-        ("docker run --network container:db cauchy:0.2.7", "--network"),
-        ("docker run -v /:/x cauchy:0.2.7", "--volume"),
-        ("docker run -v /:/x:ro cauchy:0.2.7", "--volume"),
-        ("docker run --volume //:/x cauchy:0.2.7", "--volume"),
-        ("docker run -v /etc:/etc cauchy:0.2.7", "--volume"),
-        ("docker run -v /var:/v cauchy:0.2.7", "--volume"),
-        ("docker run -v /var/run/docker.sock:/s cauchy:0.2.7", "--volume"),
-        ("docker run -v /data/../root:/r cauchy:0.2.7", "--volume"),
-        ("docker run -v /proc/1/root:/r cauchy:0.2.7", "--volume"),
+        ("docker run -d --privileged cauchy:0.2.7", "--privileged"),
+        ("docker run -d --privileged=true cauchy:0.2.7", "--privileged"),
+        ("docker run -d --pid host cauchy:0.2.7", "--pid"),
+        ("docker run -d --pid=container:other cauchy:0.2.7", "--pid"),
+        ("docker run -d --ipc=host cauchy:0.2.7", "--ipc"),
+        ("docker run -d --userns=host cauchy:0.2.7", "--userns"),
+        ("docker run -d --cap-add SYS_ADMIN cauchy:0.2.7", "--cap-add"),
+        ("docker run -d --cap-add=ALL cauchy:0.2.7", "--cap-add"),
+        ("docker run -d --device /dev/sda cauchy:0.2.7", "--device"),
+        ("docker run -d --security-opt seccomp=unconfined cauchy:0.2.7", "--security-opt"),
+        ("docker run -d --network container:db cauchy:0.2.7", "--network"),
+        ("docker run -d --network lab_net cauchy:0.2.7", "--network"),
+        ("docker run -d --net=db_backend cauchy:0.2.7", "--network"),
+        ("docker run -d --ulimit rtprio=99 cauchy:0.2.7", "--ulimit"),
+        ("docker run -d -v /:/x cauchy:0.2.7", "--volume"),
+        ("docker run -d -v /:/x:ro cauchy:0.2.7", "--volume"),
+        ("docker run -d --volume //:/x cauchy:0.2.7", "--volume"),
+        ("docker run -d -v /etc:/etc cauchy:0.2.7", "--volume"),
+        ("docker run -d -v /var:/v cauchy:0.2.7", "--volume"),
+        ("docker run -d -v /var/run/docker.sock:/s cauchy:0.2.7", "--volume"),
+        ("docker run -d -v /proc/1/root:/r cauchy:0.2.7", "--volume"),
+        *((f"docker run -d -v {path}:/c cauchy:0.2.7", "--volume") for path in _REFUSED_HOST_PATHS),
     ],
 )
 def test_dangerous_flags_are_refused_unless_allowed(label: str, flag: str) -> None:
@@ -196,6 +224,31 @@ def test_dangerous_flags_are_refused_unless_allowed(label: str, flag: str) -> No
     spec = parse_docker_cmd(label, IMAGE, allow={flag})
     assert [danger.flag for danger in spec.dangers()] == [flag]
     assert parse_docker_cmd(spec.render(IMAGE), IMAGE, allow={flag}) == spec
+
+
+@pytest.mark.hostile
+def test_a_refused_host_path_names_the_allowed_ones_and_the_setting() -> None:
+    with pytest.raises(DangerousRunError) as caught:
+        parse_docker_cmd("docker run -d -v /var/spool/cron:/c cauchy:0.2.7", IMAGE)
+    assert "--volume /var/spool/cron:/c" in caught.value.message
+    assert caught.value.fix is not None
+    assert "/data" in caught.value.fix and "fleet_run_allow_paths" in caught.value.fix
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("propagation", ["shared", "rshared", "slave", "rslave", "ro,rshared"])
+def test_mount_propagation_is_refused_even_when_volumes_are_allowed(propagation: str) -> None:
+    label = f"docker run -d -v /data/x:/data:{propagation} cauchy:0.2.7"
+    with pytest.raises(RunSpecError, match=r"mount propagation .* is refused") as caught:
+        parse_docker_cmd(label, IMAGE, allow={"--volume"})
+    assert caught.value.fix
+    with pytest.raises(RunSpecError, match="mount propagation"):
+        RunSpec.from_settings({"fleet_run": {"volumes": [f"/data:/data:{propagation}"]}})
+
+
+def test_private_propagation_stays_accepted() -> None:
+    spec = parse_docker_cmd("docker run -d -v /data/x:/x:ro,rprivate cauchy:0.2.7", IMAGE)
+    assert spec.volumes == ("/data/x:/x:ro,rprivate",)
 
 
 @pytest.mark.parametrize(
@@ -218,6 +271,7 @@ def test_dangerous_flags_that_a_spec_cannot_express_are_always_refused(flag: str
     assert caught.value.flag == name
 
 
+@pytest.mark.hostile
 def test_every_danger_is_listed() -> None:
     with pytest.raises(DangerousRunError) as caught:
         parse_docker_cmd("docker run --privileged -v /:/h --cap-add ALL cauchy:0.2.7", IMAGE)
@@ -226,13 +280,52 @@ def test_every_danger_is_listed() -> None:
 
 
 def test_harmless_mounts_are_accepted() -> None:
-    spec = parse_docker_cmd(
-        "docker run -v /data:/data -v /srv/models:/models:ro -v cache:/cache -v /scratch "
-        "cauchy:0.2.7",
-        IMAGE,
+    label = (
+        "docker run -d -v /data:/data -v /data/models:/models:ro -v cache:/cache -v /scratch "
+        "cauchy:0.2.7"
     )
+    spec = parse_docker_cmd(label, IMAGE)
     assert spec.dangers() == ()
     assert len(spec.volumes) == 4
+    assert spec.bind_sources() == ("/data", "/data/models")
+
+
+def test_a_host_allows_more_paths_and_its_own_data_root() -> None:
+    # /srv was accepted by the old denylist; now only when the host allows it.
+    label = "docker run -d -v /srv/models:/models:ro -v /scratch/run:/run cauchy:0.2.7"
+    with pytest.raises(DangerousRunError):
+        parse_docker_cmd(label, IMAGE)
+    spec = parse_docker_cmd(label, IMAGE, allowed_paths=("/data", "/srv/models", "/scratch"))
+    assert spec.bind_sources() == ("/srv/models", "/scratch/run")
+    policy = RunPolicy.for_host(
+        {
+            "fleet_provision": {"data_root": "/data"},
+            "fleet_provision_overrides": {"data_root": "/storage/lab"},
+            "fleet_run_allow_paths": ["/srv/models", "/storage/lab/x"],
+        }
+    )
+    assert policy.paths == ("/storage/lab", "/srv/models", "/storage/lab/x")
+    assert policy.roots == ("/storage/lab", "/srv/models")
+    assert RunPolicy.for_host({}).paths == ("/data",)
+    # A host path never lets a label mount a host-system tree.
+    with pytest.raises(DangerousRunError):
+        parse_docker_cmd("docker run -d -v /var/run:/r cauchy:0.2.7", IMAGE, allowed_paths=["/var"])
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"fleet_run_allow_paths": "/srv"}, r"fleet_run_allow_paths: expected a list"),
+        ({"fleet_run_allow_paths": ["srv"]}, r"fleet_run_allow_paths\[0\]: 'srv' is not"),
+        ({"fleet_run_allow_paths": ["/data/../etc"]}, r"fleet_run_allow_paths\[0\]"),
+        ({"fleet_run_allow_paths": [7]}, r"fleet_run_allow_paths\[0\]: expected text"),
+        ({"fleet_run_allow": "--network"}, r"fleet_run_allow: expected a list"),
+        ({"fleet_provision": {"data_root": "data"}}, r"fleet_provision\.data_root: 'data'"),
+    ],
+)
+def test_a_malformed_policy_names_its_setting(variables: dict[str, Any], message: str) -> None:
+    with pytest.raises(RunSpecError, match=message):
+        RunPolicy.for_host(variables)
 
 
 @pytest.mark.parametrize(
@@ -271,11 +364,25 @@ def test_malformed_or_unsupported_labels_are_refused(label: str, message: str) -
         parse_docker_cmd(label, IMAGE)
 
 
-def test_the_detach_flag_round_trips_both_ways() -> None:
-    assert parse_docker_cmd("docker run cauchy:0.2.7", IMAGE).detach is False
-    assert parse_docker_cmd("docker run --detach=false cauchy:0.2.7", IMAGE).detach is False
-    attached = RunSpec(detach=False, name="x1")
-    assert parse_docker_cmd(attached.render(IMAGE), IMAGE) == attached
+@pytest.mark.hostile
+@pytest.mark.parametrize(
+    "label",
+    [
+        "docker run cauchy:0.2.7",
+        "docker run --detach=false cauchy:0.2.7",
+        RunSpec(detach=False, name="x1").render(IMAGE),
+    ],
+)
+def test_a_label_without_detach_is_refused(label: str) -> None:
+    # Attached, 'docker run' returns only when the container exits: every deploy would hang.
+    with pytest.raises(RunSpecError, match=r"attached \(no -d\)") as caught:
+        parse_docker_cmd(label, IMAGE)
+    assert caught.value.fix is not None and "add -d" in caught.value.fix
+
+
+def test_the_detach_flag_is_read_in_every_spelling() -> None:
+    for label in ("docker run -d cauchy:0.2.7", "docker run --detach=true cauchy:0.2.7"):
+        assert parse_docker_cmd(label, IMAGE).detach is True
 
 
 def test_settings_win_over_the_label() -> None:
@@ -325,13 +432,17 @@ def run_specs(draw: st.DrawFn) -> RunSpec:
     )
 
 
-_EVERY_FLAG = {"--privileged", "--cap-add", "--ipc", "--volume", "--device", "--pid"}
+_EVERY_FLAG = {"--privileged", "--cap-add", "--ipc", "--volume", "--device", "--pid", "--network"}
 
 
 @given(spec=run_specs(), image=st.from_regex(r"[a-z0-9]{1,10}(:[0-9.]{1,8})?", fullmatch=True))
 def test_rendered_specs_parse_back_to_themselves(spec: RunSpec, image: str) -> None:
     label = spec.render(image)
     assert shlex.split(label) == spec.to_argv(image)
+    if not spec.detach:
+        with pytest.raises(RunSpecError, match="no -d"):
+            parse_docker_cmd(label, image, allow=_EVERY_FLAG)
+        return
     assert parse_docker_cmd(label, image, allow=_EVERY_FLAG) == spec
     if not spec.dangers():
         assert parse_docker_cmd(label, image) == spec
@@ -377,6 +488,7 @@ def test_arbitrary_text_raises_nothing_but_fleet_errors(text: str) -> None:
         assert isinstance(exc, ValueError)
 
 
+@pytest.mark.hostile
 @settings(max_examples=400)
 @given(
     st.lists(
@@ -396,3 +508,99 @@ def test_hostile_command_lines_raise_nothing_but_fleet_errors(
     # Whatever is accepted is harmless and renders back to itself.
     assert spec.dangers() == ()
     assert parse_docker_cmd(spec.render(IMAGE), IMAGE) == spec
+
+
+# --- size, speed and names ----------------------------------------------------------------
+
+
+def _with_env(count: int) -> str:
+    return "docker run -d " + " ".join(f"-e V{i}={i}" for i in range(count)) + " " + IMAGE
+
+
+def _parse_seconds(label: str) -> tuple[float, RunSpec | RunSpecError]:
+    started = time.monotonic()
+    try:
+        outcome: RunSpec | RunSpecError = parse_docker_cmd(label, IMAGE)
+    except RunSpecError as exc:
+        outcome = exc
+    return time.monotonic() - started, outcome
+
+
+@pytest.mark.hostile
+def test_a_huge_label_is_refused_at_once_and_says_the_limit() -> None:
+    label = _with_env(50_000)  # 50k --env entries: about 600 s with a quadratic parser
+    seconds, outcome = _parse_seconds(label)
+    assert isinstance(outcome, RunSpecError)
+    assert "64 KiB" in outcome.message and str(len(label)) in outcome.message
+    assert seconds < 5  # a hang guard, not a benchmark
+
+
+@pytest.mark.hostile
+def test_a_label_just_under_the_limit_parses_in_linear_time() -> None:
+    count = 4_500
+    label = _with_env(count)
+    assert len(label) <= MAX_LABEL_BYTES
+    seconds, outcome = _parse_seconds(label)
+    assert isinstance(outcome, RunSpec), outcome
+    assert len(outcome.env) == count
+    assert seconds < 5  # a hang guard, not a benchmark
+    _, repeated = _parse_seconds(label.replace(IMAGE, f"-e V0=again {IMAGE}"))
+    assert isinstance(repeated, RunSpecError) and "--env V0 given twice" in repeated.message
+
+
+def _image(label: str) -> FrameworkImage:
+    return FrameworkImage(
+        id="sha256:" + "1" * 64,
+        tags=(IMAGE,),
+        labels={"org.label-schema.docker.cmd": label},
+        size=1,
+        created="",
+    )
+
+
+NAMED_HOST = Host(
+    "gpu1",
+    {
+        "fleet_run": {"name": "cauchy_service", "volumes": ["/data:/data"]},
+        "fleet_run_overrides": {"runtime": None},
+    },
+)
+
+
+@pytest.mark.hostile
+def test_a_label_naming_another_container_is_refused() -> None:
+    label = "docker run -d --name postgres -v /data:/data cauchy:0.2.7 python x.py"
+    with pytest.raises(HostError) as caught:
+        run_spec_for(NAMED_HOST, _image(label), IMAGE)
+    assert "names the container 'postgres'" in caught.value.reason
+    assert "'cauchy_service'" in caught.value.reason
+    assert caught.value.fix is not None and "fleet_run.name: cauchy_service" in caught.value.fix
+
+
+def test_the_inventorys_name_is_the_containers_name() -> None:
+    unnamed = run_spec_for(NAMED_HOST, _image("docker run -d cauchy:0.2.7"), IMAGE)
+    assert unnamed.name == "cauchy_service"
+    same = run_spec_for(
+        NAMED_HOST, _image("docker run -d --name cauchy_service cauchy:0.2.7"), IMAGE
+    )
+    assert same.name == "cauchy_service"
+    renamed = Host("gpu2", {**NAMED_HOST.vars, "fleet_run_overrides": {"name": "svc2"}})
+    assert run_spec_for(renamed, _image("docker run -d cauchy:0.2.7"), IMAGE).name == "svc2"
+    # An inventory naming no container keeps the label's (deploy guards the host's others).
+    anonymous = Host("gpu3", {})
+    assert run_spec_for(anonymous, _image(LAB_COMMAND), IMAGE).name == "cauchy_service"
+
+
+@pytest.mark.hostile
+def test_the_hosts_policy_reaches_the_label() -> None:
+    label = "docker run -d --network lab_net -v /scratch/x:/x cauchy:0.2.7"
+    with pytest.raises(HostError, match="refusing the run command"):
+        run_spec_for(Host("gpu4", {}), _image(label), IMAGE)
+    trusting = Host(
+        "gpu5", {"fleet_run_allow": ["--network"], "fleet_run_allow_paths": ["/scratch"]}
+    )
+    spec = run_spec_for(trusting, _image(label), IMAGE)
+    assert spec.network == "lab_net" and spec.bind_sources() == ("/scratch/x",)
+    attached = Host("gpu6", {"fleet_run_overrides": {"detach": False}})
+    with pytest.raises(HostError, match="detach: false"):
+        run_spec_for(attached, _image("docker run -d cauchy:0.2.7"), IMAGE)
