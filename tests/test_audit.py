@@ -27,6 +27,7 @@ from fleet.runspec import RunSpec
 from fleet.transport import CommandResult
 from tests import fakes
 from tests.conftest import run_cli, run_json
+from tests.test_report import assert_harmless
 
 FIXTURES = Path(__file__).parent / "fixtures" / "audit"
 REPOSITORY = "fleet-auditdev-fw"
@@ -639,3 +640,86 @@ def test_cli_refuses_bad_options(fake_cli: Path, capsys: pytest.CaptureFixture[s
     assert code == 5 and "--json and --csv" in err
     code, _, err = run_cli(capsys, "audit", *base, "--expect", "7.7.7")
     assert code == 5 and "never built that version" in err and "9.0.3, 9.0.2, 9.0.1" in err
+
+
+# -- hostile hosts and labels -------------------------------------------------------------------
+def hostile_output() -> str:
+    """classic-v1 as a hostile host would tell it: markup and terminal controls in its labels
+    (branch, tag, commit), its history line's ``by`` and its deploy lock."""
+    output = (FIXTURES / "classic-v1.txt").read_text()
+    for old, new in (
+        ('"org.label-schema.vcs-branch":"main"', f'"org.label-schema.vcs-branch":"main[/]{ESC}"'),
+        ('"io.fleet.tag":"9.0.1"', f'"io.fleet.tag":"9.0.1[bold]{ESC}"'),
+        ('"org.label-schema.vcs-ref":"8bf0edb"', '"org.label-schema.vcs-ref":"x[/red]"'),
+        ('"by":"root@vm"', f'"by":"x[/red]{ESC}{NEWLINE}"'),
+        ("@@lock\n", f'@@lock\n{{"holder":"[link=http://evil.example]{ESC}","what":"[/]"}}\n'),
+    ):
+        assert old in output
+        output = output.replace(old, new)
+    return output
+
+
+# JSON-escaped inside the recorded docker output: an OSC title, a CSI clear and cursor-up.
+ESC = "\\u001b]0;title\\u0007\\u001b[2J\\u001b[1A"
+NEWLINE = "\\nlab9 ok"
+ESC_SHOWN = "\\x1b]0;title\\x07\\x1b[2J\\x1b[1A"
+
+
+def hostile_report(history: int = 1) -> audit.AuditReport:
+    names = {f"x[/red]{chr(27)}]0;t{chr(7)}": hostile_output(), "main[/]": hostile_output()}
+
+    def connect(host: Host) -> FakeTransport:
+        return FakeTransport(host.name, names[host.name])
+
+    hosts = [Host(name, LAB_VARS) for name in names]
+    return audit.audit(Runner(connect, forks=2), hosts, options(history=history))  # type: ignore[arg-type]
+
+
+@pytest.mark.hostile
+def test_hostile_labels_history_lock_and_host_names_are_shown_as_text() -> None:
+    report = hostile_report()
+    assert report.rows[0].framework is not None
+    assert report.rows[0].framework.branch.startswith("main[/]\x1b]0;title")
+    assert report.rows[0].lock is not None
+    text = assert_harmless(
+        audit_report.audit_view(report, now=NOW),
+        "x[/red]\\x1b]0;t\\x07",
+        f"9.0.1[bold]{ESC_SHOWN}",
+        f"x[/red] main[/]{ESC_SHOWN}",
+        f"by x[/red]{ESC_SHOWN}\\nlab9 ok",
+        f"lock of [link=http://evil.example]{ESC_SHOWN} ([/])",
+        f"9.0.1[bold]{ESC_SHOWN} x2",
+        "drifted: 2 of 2: x[/red]\\x1b]0;t\\x07 (run_command), main[/] (run_command)",
+        width=1000,
+    )
+    assert not any(line.startswith("lab9") for line in text.splitlines())
+    history = assert_harmless(
+        audit_report.history_view(report.rows), f"by x[/red]{ESC_SHOWN}\\nlab9 ok", width=1000
+    )
+    assert len(history.splitlines()) == 5
+
+
+@pytest.mark.hostile
+def test_cli_table_of_hostile_hosts_is_text_and_json_has_the_exact_strings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fleet.cli import audit as audit_cli
+
+    inventory = tmp_path / "inv.yml"
+    inventory.write_text(json.dumps({"all": {"hosts": {"main]": {}}, "vars": LAB_VARS}}))
+    monkeypatch.setattr(audit, "local_versions", lambda repository: controller())
+
+    def connect(host: Host) -> FakeTransport:
+        return FakeTransport(host.name, hostile_output())
+
+    monkeypatch.setattr(audit_cli, "make_runner", lambda args, events: Runner(connect))
+    base = ["audit", "-i", str(inventory), "--repository", REPOSITORY, "--retry-file", "/dev/null"]
+    code, out, err = run_cli(capsys, *base, "--history")
+    assert code == 2, out + err
+    assert "\x1b" not in out + err and "\x07" not in out + err
+    assert f"lock of [link=http://evil.example]{ESC_SHOWN} ([/])" in out
+    assert f"by x[/red]{ESC_SHOWN}\\nlab9 ok (3.8s)" in out
+    code, document = run_json(capsys, *base)
+    framework = document["hosts"]["main]"]["details"]["framework"]  # type: ignore[index]
+    assert framework["branch"] == "main[/]\x1b]0;title\x07\x1b[2J\x1b[1A"
+    assert framework["tag"] == "9.0.1[bold]\x1b]0;title\x07\x1b[2J\x1b[1A"

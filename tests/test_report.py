@@ -1,8 +1,19 @@
 """The reporter renders to a fixed-width console; compare what a person would read."""
 
 import io
+import re
+
+import pytest
+from rich.console import Console
 
 from fleet import report
+from fleet.labels import ImageVersion
+from fleet.play import PlaybookRun, Tally
+from fleet.playbook import Play, Task
+from fleet.report import untrusted
+from fleet.report.build import versions_table
+from fleet.report.play import PlayReporter
+from fleet.report.play import recap as play_recap
 from fleet.results import FleetResult, HostResult, Outcome
 
 
@@ -67,3 +78,251 @@ def test_human_size() -> None:
     assert report.human_size(512) == "512B"
     assert report.human_size(1536) == "1.5KiB"
     assert report.human_size(3 * 1024**3) == "3.0GiB"
+
+
+# -- hostile text: from hosts, image labels and inventories, never markup or a control --------
+# Rich markup (an unbalanced close tag raises MarkupError when parsed), OSC (terminal title,
+# hyperlink), CSI (colour, clear screen, cursor up), a C1 CSI, a bidi override, a byte
+# that was not UTF-8 (surrogateescape) and one decoded with "replace".
+HOSTILE = (
+    "[bold]b[/bold] [link=http://evil.example]l[/link] [/] x[/red] "
+    "\x1b]0;title\x07 \x1b]8;;http://evil.example\x1b\\t\x1b]8;;\x1b\\ "
+    "\x1b[31mred\x1b[2J\x1b[1A \x9b2J \u202eevil \udcff\ufffd"
+)
+# How each part of HOSTILE reads once shown.
+HOSTILE_SHOWN = (
+    "[bold]b[/bold]",
+    "[link=http://evil.example]l[/link]",
+    "[/] x[/red]",
+    "\\x1b]0;title\\x07",
+    "\\x1b]8;;http://evil.example\\x1b\\t\\x1b]8;;\\x1b\\",
+    "\\x1b[31mred\\x1b[2J\\x1b[1A",
+    "\\x9b2J",
+    "\\u202eevil",
+    "\\xff\ufffd",
+)
+# A newline that would start a line of its own: a forged row.
+FORGED = "v1\nlab9   ok"
+_SGR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def shown(renderable: object, width: int = 400) -> tuple[str, str]:
+    """``renderable`` on a colour terminal and piped, each on a console that parses markup
+    in plain strings (rich's default): a table cell left a ``str`` would be parsed."""
+    terminal, plain = io.StringIO(), io.StringIO()
+    Console(file=terminal, width=width, force_terminal=True, color_system="standard").print(
+        renderable
+    )
+    Console(file=plain, width=width, force_terminal=False).print(renderable)
+    return terminal.getvalue(), plain.getvalue()
+
+
+def assert_harmless(renderable: object, *expected: str, width: int = 400) -> str:
+    """Render on a terminal and piped: no ESC but rich's own colours, no other control,
+    each of ``expected`` shown as text; the piped text."""
+    terminal, plain = shown(renderable, width)
+    assert "\x1b" not in plain  # piped, rich writes no ESC of its own: any would be a host's
+    assert "\x1b" not in _SGR.sub("", terminal)  # on a terminal: only rich's colours
+    for output in (terminal, plain):
+        for control in ("\x07", "\x9b", "\u202e", "\udcff", "\r"):
+            assert control not in output
+    plain = "\n".join(line.rstrip() for line in plain.splitlines())
+    for text in expected:
+        assert text in plain, f"{text!r} not shown in:\n{plain}"
+    return plain
+
+
+@pytest.mark.parametrize(
+    ("text", "one_line", "block"),
+    [
+        ("plain [b] text\ttab", "plain [b] text\ttab", "plain [b] text\ttab"),
+        ("a\x1b[2Jb\x07", "a\\x1b[2Jb\\x07", "a\\x1b[2Jb\\x07"),
+        ("a\nb\rc", "a\\nb\\rc", "a\n    b\\rc"),
+        ("del\x7f c1\x85 nul\x00", "del\\x7f c1\\x85 nul\\x00", "del\\x7f c1\\x85 nul\\x00"),
+        ("\u202egnp.exe \u2066x\u2069 \u2028", "\\u202egnp.exe \\u2066x\\u2069 \\u2028", None),
+        (b"caf\xe9 \xff".decode("utf-8", "surrogateescape"), "caf\\xe9 \\xff", None),
+        (b"caf\xe9".decode("utf-8", "replace"), "caf\ufffd", None),
+        ("\ud800 lone", "\\ud800 lone", None),
+        ("caf\u00e9 \u65e5\u672c \U0001f600", "caf\u00e9 \u65e5\u672c \U0001f600", None),
+    ],
+)
+@pytest.mark.hostile
+def test_visible_escapes_what_steers_a_terminal_and_nothing_else(
+    text: str, one_line: str, block: str | None
+) -> None:
+    assert untrusted.visible(text) == one_line
+    assert untrusted.visible(text, lines=True, indent="    ") == (block or one_line)
+    made = untrusted.safe_text(text, style="bold")
+    assert made.plain == one_line and str(made.style) == "bold"
+    assert untrusted.visible(3) == "3"
+
+
+@pytest.mark.hostile
+def test_recap_shows_hostile_hosts_reasons_and_details_as_text() -> None:
+    run = FleetResult.of(
+        "exec",
+        [
+            HostResult("x[/red]", Outcome.CHANGED, f"ok {HOSTILE}", details={"exit_code": 0}),
+            HostResult(
+                HOSTILE,
+                Outcome.FAILED,
+                f"command exited 3: {HOSTILE}\n  fix: curl evil | sh\nlab9 ok",
+                fix=f"look at {HOSTILE}",
+                details={"exit_code": FORGED},
+            ),
+            HostResult("main[/]", Outcome.UNREACHABLE, "cannot connect [/]"),
+        ],
+    )
+    plain = assert_harmless(
+        report.recap(run, ("exit_code",)), *HOSTILE_SHOWN, "x[/red]", "main[/]", "v1\\nlab9"
+    )
+    lines = plain.splitlines()
+    # The host's own lines stay under its reason, deeper than fleet's "fix:".
+    assert "      fix: curl evil | sh" in lines and "    lab9 ok" in lines
+    assert not any(line.startswith(("lab9", "  fix: curl")) for line in lines)
+    assert any(line.startswith("  fix: look at [bold]b[/bold]") for line in lines)
+
+
+@pytest.mark.hostile
+def test_progress_lines_and_the_live_view_show_hostile_hosts_as_text() -> None:
+    piped = io.StringIO()
+    reporter = report.LiveReporter([HOSTILE, "x[/red]"], Console(file=piped, width=400))
+    with reporter:
+        reporter.started(HOSTILE, f"deploy {HOSTILE}")
+        reporter.finished(HostResult(HOSTILE, Outcome.FAILED, f"{HOSTILE}\nsecond", seconds=1))
+        reporter.finished(HostResult("x[/red]", Outcome.OK, seconds=1))
+    assert piped.getvalue().splitlines()[1] == "x[/red]: ok (1.0s)"
+    assert "\x1b" not in piped.getvalue() and "[link=http://evil.example]" in piped.getvalue()
+    # On a terminal: the live table, redrawn on every event.
+    terminal = io.StringIO()
+    out = Console(file=terminal, width=400, force_terminal=True, color_system="standard")
+    reporter = report.LiveReporter([HOSTILE, "x[/red]", "main[/]"], out)
+    with reporter:
+        reporter.started(HOSTILE, f"push {HOSTILE}")
+        reporter.progress("x[/red]", "push", f"layer {HOSTILE}", 5, 10)
+        reporter.finished(HostResult(HOSTILE, Outcome.FAILED, HOSTILE, seconds=1))
+    written = terminal.getvalue()
+    assert "\\x1b]0;title\\x07" in written and "x[/red]" in written
+    for raw in ("\x1b]", "\x1b[31mred", "\x1b[2J", "\x07", "\x9b"):
+        assert raw not in written
+
+
+@pytest.mark.hostile
+def test_exec_output_is_raw_on_a_terminal_and_escaped_otherwise() -> None:
+    run = FleetResult.of(
+        "exec",
+        [
+            HostResult(
+                HOSTILE,
+                Outcome.CHANGED,
+                details={"exit_code": 0},
+                stdout="\x1b]0;title\x07\x1b[31mred [bold]\nline 2\n",
+                stderr="\x1b[2J err\n",
+            )
+        ],
+    )
+    plain = assert_harmless(report.command_output(run), *HOSTILE_SHOWN)
+    assert plain.splitlines()[1:] == [
+        "\\x1b]0;title\\x07\\x1b[31mred [bold]",
+        "line 2",
+        "\\x1b[2J err",
+    ]
+    # Like ssh: the operator's own terminal gets the output as it came; the header is fleet's.
+    terminal, _ = shown(report.command_output(run, raw=True))
+    assert "\x1b]0;title" in terminal and "\x1b[2J err" in terminal and "[bold]" in terminal
+    assert "--- [bold]b[/bold]" in terminal and "\x1b]8;;http://evil" not in terminal
+
+
+@pytest.mark.hostile
+def test_facts_table_shows_what_a_host_said_as_text() -> None:
+    facts = {
+        "hostname": HOSTILE,
+        "kernel": "6.1[/]",
+        "engine_version": "x[/red]",
+        "api_version": "\x1b[2J",
+        "image_store": FORGED,
+        "runtimes": ["runc", "[link=http://evil.example]nvidia"],
+        "gpus": [{"model": "\x1b]0;gpu\x07", "driver": "1", "memory": "1"}],
+        "disk_docker": {"path": "/", "total": 10, "free": "lots"},
+        "disk_data": {"path": "/data", "total": 10, "free": 2048},
+        "framework_containers": [{"Image": "cauchy:[/]"}],
+    }
+    plain = assert_harmless(
+        report.facts_table([(HOSTILE, facts), ("main[/]", None)]),
+        *HOSTILE_SHOWN,
+        "6.1[/]",
+        "x[/red]",
+        "\\x1b[2J",
+        "v1\\nlab9   ok",
+        "runc,[link=http://evil.example]nvidia",
+        "1x \\x1b]0;gpu\\x07",
+        "2.0KiB",
+        "cauchy:[/]",
+        "main[/]",
+        width=1000,
+    )
+    assert len(plain.splitlines()) == 3, plain
+
+
+@pytest.mark.hostile
+def test_play_lines_and_recap_show_hosts_reasons_diffs_and_versions_as_text() -> None:
+    task = Task("copy", {}, f"write {HOSTILE}", "book.yml", 3)
+    play = Play("play [/]", "all", (task,), "book.yml", 1)
+    rows = [
+        HostResult(
+            HOSTILE,
+            Outcome.CHANGED,
+            f"changed {HOSTILE}",
+            details={"diff": f"-old\n+{HOSTILE}\n", "bytes_sent": "[/]"},
+        ),
+        HostResult("x[/red]", Outcome.FAILED, f"{HOSTILE}\nlab9 ok", fix=f"fix {HOSTILE}"),
+    ]
+    buffer = io.StringIO()
+    reporter = PlayReporter(Console(file=buffer, width=400, force_terminal=True))
+    reporter.play_started(play, [HOSTILE])
+    reporter.task_started(play, task, [HOSTILE])
+    reporter.task_finished(play, task, FleetResult.of("copy", rows))
+    written = buffer.getvalue()
+    assert "\x1b" not in _SGR.sub("", written)
+    plain = _SGR.sub("", written)
+    for text in (*HOSTILE_SHOWN, "PLAY [play [/]]", "x[/red]: failed: [bold]", "[[/] bytes sent]"):
+        assert text in plain
+    assert f"+{untrusted.visible(HOSTILE)}" in plain.splitlines()
+    assert "lab9 ok" not in plain  # a one-line entry: the rest of the reason is not shown
+
+    run = PlaybookRun(stopped=f"stopped by {HOSTILE}")
+    tally = run.tallies.setdefault(HOSTILE, Tally())
+    tally.add(
+        HostResult(HOSTILE, Outcome.CHANGED, details={"version_after": f"9.0.1{HOSTILE}"}), False
+    )
+    run.tallies["x[/red]"] = Tally()
+    assert_harmless(play_recap(run), *HOSTILE_SHOWN, "x[/red]", "-> 9.0.1[bold]b[/bold]")
+
+
+@pytest.mark.hostile
+def test_images_table_shows_labels_as_text() -> None:
+    version = ImageVersion(
+        repository="cauchy",
+        tag=f"0.2[/]{HOSTILE}",
+        image_id="sha256:" + "1" * 64,
+        created="",
+        build_date=FORGED,
+        commit="abc",
+        short_commit="x[/red]",
+        branch="main[/]",
+        dirty=False,
+        commit_count=2,
+        version="",
+        size=0,
+        tagged=False,
+        docker_cmd="",
+    )
+    plain = assert_harmless(
+        versions_table("cauchy", [version]),
+        *HOSTILE_SHOWN,
+        "x[/red]",
+        "main[/]",
+        "v1\\nlab9   ok",
+        "(untagged)",
+    )
+    assert len(plain.splitlines()) == 2

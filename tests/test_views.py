@@ -22,10 +22,13 @@ from fleet.errors import HostError, UnreachableError, UsageError
 from fleet.images import ImageVersion
 from fleet.inventory import FrozenDict, Host
 from fleet.report import views as report_views
+from fleet.report.untrusted import visible
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import Runner
 from fleet.transport import FOLLOW_STOPPED, CommandResult, _LineBuffer
 from tests import fakes
+from tests.test_report import _SGR as SGR
+from tests.test_report import FORGED, HOSTILE, HOSTILE_SHOWN, assert_harmless
 
 REPO = "cauchy"
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
@@ -345,14 +348,17 @@ def test_logs_task_returns_the_log_and_skips_hosts_without_the_framework() -> No
     assert lab1.commands[-1][:4] == ["sh", "-c", views.LOGS_SCRIPT, "fleet-logs"]
 
 
-def test_log_printer_prefixes_aligned_and_shows_control_characters_on_a_terminal() -> None:
+@pytest.mark.hostile
+def test_log_printer_prefixes_aligned_and_shows_control_characters_piped_or_not() -> None:
     plain = io.StringIO()
     printer = report_views.LogPrinter(["lab1", "gpu-long"], Console(file=plain, width=20))
     printer.line("lab1", "a line that is much longer than the console is wide")
     printer.line("gpu-long", "x\x1b[2Jy")
+    # Piped too: a log saved to a file or grepped is read on a terminal later (--json
+    # carries the exact line).
     assert plain.getvalue().splitlines() == [
         "lab1     | a line that is much longer than the console is wide",
-        "gpu-long | x\x1b[2Jy",  # piped: the bytes as they are
+        "gpu-long | x\\x1b[2Jy",
     ]
     terminal = io.StringIO()
     printer = report_views.LogPrinter(
@@ -360,7 +366,7 @@ def test_log_printer_prefixes_aligned_and_shows_control_characters_on_a_terminal
     )
     printer.line("lab1", "x\x1b[2Jy\x07")
     output = terminal.getvalue()
-    assert "x^[[2Jy^G" in output and "\x1b[2J" not in output and "\x07" not in output
+    assert "x\\x1b[2Jy\\x07" in output and "\x1b[2J" not in output and "\x07" not in output
     assert "\x1b[36m" in output  # the host's colour
 
 
@@ -515,3 +521,86 @@ def test_choose_and_prompt() -> None:
     assert "'nope' is not one of the choices" in written[1]
     with pytest.raises(UsageError, match="end of input"):
         views.prompt(rows, lambda: "", written.append)
+
+
+# -- hostile hosts and labels ---------------------------------------------------------------
+def hostile_host() -> str:
+    """A host whose framework container, image and labels carry markup and terminal controls."""
+    running = container_doc(f"svc{HOSTILE}", f"0.2.2{HOSTILE}", 2, V2, "running")
+    running["Config"]["Labels"]["org.label-schema.version"] = f"main[/]{FORGED}"
+    stopped = container_doc("x[/red]", "0.2.1", 1, V1, "exited")
+    newer = image_doc(f"0.2.2{HOSTILE}", 2, V2)
+    newer["Config"]["Labels"]["org.label-schema.vcs-ref"] = "x[/red]"
+    newer["Config"]["Labels"]["org.label-schema.build-date"] = "\x1b[2J"
+    older = image_doc("0.2.1", 1, V1)
+    history = [{"action": "deploy", "outcome": "changed", "from": "0.2.1", "to": HOSTILE}]
+    return gather_output([running, stopped], [newer, older], history)
+
+
+@pytest.mark.hostile
+def test_ps_images_on_and_problems_show_what_hosts_said_as_text() -> None:
+    transports = {
+        HOSTILE: FakeTransport(HOSTILE, hostile_host()),
+        "main[/]": FakeTransport("main[/]", MIXED, http="[/]"),
+    }
+    options = views.ViewOptions(REPO, probe_health=True)
+    ps = run_task(views.ps_task(options), transports)
+    images = run_task(views.images_task(options), transports)
+    failed = HostResult("x[/red]", Outcome.FAILED, f"{HOSTILE}\nlab9 ok", fix=HOSTILE)
+    ps = FleetResult.of("ps", [*ps.results, failed])
+    images = FleetResult.of("images", [*images.results, failed])
+    table = assert_harmless(
+        report_views.ps_table(ps, now=NOW),
+        *HOSTILE_SHOWN,
+        "main[/]",
+        "main[/]v1\\nlab9   ok",
+        width=2000,
+    )
+    assert f"svc{visible(HOSTILE)}" in table and "x[/red]" in table
+    assert not any(line.startswith("lab9") for line in table.splitlines())
+    table = assert_harmless(
+        report_views.images_on_table(images), *HOSTILE_SHOWN, "x[/red]", width=2000
+    )
+    assert f"0.2.2{visible(HOSTILE)}" in table and "\\x1b[2J" in table
+    problems = assert_harmless(report_views.host_problems(ps), *HOSTILE_SHOWN, "x[/red] failed")
+    assert "    lab9 ok" in problems.splitlines()
+    # --json carries the exact strings, escaped by JSON: no ESC byte, nothing lost.
+    for result in (ps, images):
+        document = json.dumps(result.to_json())
+        assert "\x1b" not in document and "\\u001b]0;title\\u0007" in document
+        assert json.loads(document) == json.loads(json.dumps(result.to_json()))
+    rows = ps.to_json()["hosts"][HOSTILE]["details"]["containers"]
+    assert rows[0]["name"] == f"svc{HOSTILE}"
+
+
+@pytest.mark.hostile
+def test_logs_and_the_picker_show_hostile_hosts_and_labels_as_text() -> None:
+    buffer = io.StringIO()
+    printer = report_views.LogPrinter(
+        [HOSTILE, "x[/red]"],
+        Console(file=buffer, width=400, force_terminal=True, color_system="standard"),
+    )
+    printer.line(HOSTILE, f"line {HOSTILE}")
+    printer.line("x[/red]", FORGED)
+    written = buffer.getvalue()
+    assert "\x1b" not in SGR.sub("", written)
+    lines = SGR.sub("", written).splitlines()
+    assert lines[0].startswith(f"{visible(HOSTILE)} | line [bold]b[/bold]")
+    assert lines[1] == f"{'x[/red]':<{len(visible(HOSTILE))}} | v1\\nlab9   ok"
+    ended = HostResult(HOSTILE, Outcome.UNREACHABLE, f"lost {HOSTILE}\nlab9 ok")
+    assert_harmless(report_views.log_end(ended, following=["x[/red]"]), *HOSTILE_SHOWN, "x[/red]")
+    assert_harmless(
+        report_views.log_end(HostResult("main[/]", Outcome.OK, HOSTILE)), *HOSTILE_SHOWN
+    )
+    rows = [
+        views.MenuRow("1", HOSTILE, HOSTILE, "x[/red]", FORGED, (HOSTILE, "main[/]"), HOSTILE),
+        views.MenuRow("2", None, "main[/]", note="[link=http://evil.example]"),
+    ]
+    menu = assert_harmless(
+        report_views.version_menu(rows, "pick"),
+        *HOSTILE_SHOWN,
+        "x[/red]",
+        "v1\\nlab9   ok",
+        width=1000,
+    )
+    assert len(menu.splitlines()) == 4

@@ -24,6 +24,7 @@ from fleet import audit, report
 from fleet.cli import common
 from fleet.errors import FleetError, UsageError
 from fleet.report import audit as audit_report
+from fleet.report.untrusted import safe_text
 from fleet.runner import ClientConnector, Events, NoEvents, Runner
 
 DEFAULT_HISTORY = 5
@@ -172,5 +173,5 @@ def _print(args: argparse.Namespace, result: audit.AuditReport) -> int:
         # Table cells are padded to their column's width; lines end at their last word.
         sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
         if retry is not None:
-            err.print(f"drifted and unreachable hosts: --limit @{retry}")
+            err.print(safe_text(f"drifted and unreachable hosts: --limit @{retry}"))
     return result.exit_code

@@ -14,6 +14,7 @@ from fleet import inventory as inventory_mod
 from fleet import report
 from fleet.errors import UsageError
 from fleet.inventory import Host, Inventory
+from fleet.report.untrusted import safe_text, visible
 from fleet.results import FleetResult
 from fleet.runner import DEFAULT_FORKS, Interrupted, Runner, SSHConnector, Task
 
@@ -105,7 +106,7 @@ def select_hosts(
     """The inventory and the hosts that PATTERN and --limit select."""
     inv = inv or load_inventory(args)
     for warning in inv.warnings:
-        print(f"fleet: warning: {warning}", file=sys.stderr)
+        print(f"fleet: warning: {visible(warning, lines=True)}", file=sys.stderr)
     hosts = inv.select(getattr(args, "pattern", "all") or "all", getattr(args, "limit", None))
     return inv, hosts
 
@@ -208,7 +209,7 @@ def _finish(
             report.console(sys.stdout).print(render(result))
         out.print(report.recap(result, detail_columns, title=title))
         if retry is not None:
-            out.print(f"retry with: --limit @{retry}")
+            out.print(safe_text(f"retry with: --limit @{retry}"))
     if interrupted:
         return 130
     return result.exit_code

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from fleet import facts as facts_mod
@@ -60,9 +61,13 @@ def _exec(args: argparse.Namespace) -> int:
     def task(ctx: HostContext) -> HostResult:
         return ctx.run_command(argv)
 
-    return common.run_on_hosts(
-        args, "exec", task, render=report.command_output, detail_columns=("exit_code",)
-    )
+    def render(result: FleetResult) -> Any:
+        # On a terminal the output is passed as it came, as ssh passes it; captured (a
+        # file, a pipe, a CI log read later on a terminal) its controls are escaped.
+        # --json carries the exact text either way.
+        return report.command_output(result, raw=sys.stdout.isatty())
+
+    return common.run_on_hosts(args, "exec", task, render=render, detail_columns=("exit_code",))
 
 
 def _facts(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet import lab, report
+from fleet.report.untrusted import safe_text
 
 DEFAULT_INVENTORY = Path("inventory") / "lab.yml"
 
@@ -60,16 +61,18 @@ def _up(args: argparse.Namespace) -> int:
         args.engine,
         name=args.name,
         inventory=args.write_inventory,
-        log=lambda line: out.print(f"[dim]lab:[/dim] {line}"),
+        log=lambda line: out.print(safe_text("lab: ", style="dim") + safe_text(line, lines=True)),
     )
     out.print(report.lab_table(lab_.hosts))
-    out.print(f"inventory: {args.write_inventory}   known_hosts: {lab_.known_hosts}")
+    out.print(safe_text(f"inventory: {args.write_inventory}   known_hosts: {lab_.known_hosts}"))
     return 0
 
 
 def _down(args: argparse.Namespace) -> int:
     removed = lab.down(name=args.name, inventory=args.write_inventory)
-    report.console().print(f"removed {len(removed)} lab hosts: {', '.join(removed) or '-'}")
+    report.console().print(
+        safe_text(f"removed {len(removed)} lab hosts: {', '.join(removed) or '-'}")
+    )
     return 0
 
 
@@ -83,5 +86,5 @@ def _status(args: argparse.Namespace) -> int:
         if hosts:
             out.print(report.lab_table(hosts))
         else:
-            out.print(f"no lab {args.name!r} is running; start one with 'fleet lab up'")
+            out.print(safe_text(f"no lab {args.name!r} is running; start one with 'fleet lab up'"))
     return 0

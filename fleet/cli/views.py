@@ -23,6 +23,7 @@ from fleet.containers import HostFramework
 from fleet.errors import HostError, UsageError
 from fleet.report import build as build_report
 from fleet.report import views as report_views
+from fleet.report.untrusted import safe_text
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Interrupted, NoEvents, Runner, SSHConnector, Task
 from fleet.transport import KnownHosts
@@ -199,7 +200,9 @@ def images_on(args: argparse.Namespace, repository_name: str) -> int:
     else:
         out = _stdout()
         if controller_error:
-            report.console().print(f"fleet: warning: the controller's images: {controller_error}")
+            report.console().print(
+                safe_text(f"fleet: warning: the controller's images: {controller_error}")
+            )
         else:
             out.print("on this controller:", style="bold")
             out.print(build_report.versions_table(repository_name, versions))
@@ -326,7 +329,7 @@ def host_states(args: argparse.Namespace, repository_name: str) -> dict[str, Hos
         runner.close()
     err = report.console()
     for row in (*result.failed, *result.unreachable):
-        err.print(f"{row.host}: {row.outcome}: {row.reason} (not shown below)", highlight=False)
+        err.print(safe_text(f"{row.host}: {row.outcome}: {row.reason} (not shown below)"))
     return states
 
 

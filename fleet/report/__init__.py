@@ -4,6 +4,11 @@ On a terminal, a run shows a live per-host view (host, step, progress, elapsed);
 in CI, plain lines as hosts finish. At the end: a recap table (one row per host), a
 one-line summary, and the failed and unreachable hosts with their reason and fix, at the
 bottom where they are seen. ``--json`` output is written by the CLI, never through here.
+
+Every string that came from a host, an image label or the inventory is shown through
+:mod:`fleet.report.untrusted`: as a ``Text`` (rich markup is never parsed in it) with its
+terminal controls escaped. The consoles made here parse no markup and no emoji codes in
+plain strings either, so a ``print(str)`` cannot go wrong.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from fleet.report.untrusted import first_line, safe_text, visible
 from fleet.results import FleetResult, HostResult, Outcome
 
 STYLES: Mapping[Outcome, str] = {
@@ -33,7 +39,14 @@ STYLES: Mapping[Outcome, str] = {
 
 def console(file: IO[str] | None = None, *, width: int | None = None) -> Console:
     """A console on ``file`` (stderr by default: stdout is kept for data)."""
-    return Console(file=file or sys.stderr, width=width, highlight=False, soft_wrap=False)
+    return Console(
+        file=file or sys.stderr,
+        width=width,
+        highlight=False,
+        soft_wrap=False,
+        markup=False,
+        emoji=False,
+    )
 
 
 @dataclass
@@ -103,27 +116,30 @@ class LiveReporter:
         with self._lock:
             for host in self.hosts:
                 row = self._rows.get(host)
+                name = safe_text(host)
                 if row is None:
-                    table.add_row(host, "waiting", "", "")
+                    table.add_row(name, "waiting", "", "")
                     continue
+                step = safe_text(row.step)
                 if row.result is not None:
                     outcome = row.result.outcome
                     status = Text(str(outcome), style=STYLES[outcome])
-                    table.add_row(host, row.step, status, f"{row.result.seconds:.1f}s")
+                    table.add_row(name, step, status, f"{row.result.seconds:.1f}s")
                     continue
                 progress = row.note
                 if row.total:
                     progress = f"{_size(row.done)}/{_size(row.total)} {row.note}".strip()
-                table.add_row(host, row.step, progress, f"{now - row.started:.1f}s")
+                table.add_row(name, step, safe_text(progress), f"{now - row.started:.1f}s")
         return table
 
 
 def _plain_line(result: HostResult) -> Text:
-    line = Text(f"{result.host}: ")
+    line = safe_text(result.host)
+    line.append(": ")
     line.append(str(result.outcome), style=STYLES[result.outcome])
     line.append(f" ({result.seconds:.1f}s)")
     if result.reason and not result.succeeded:
-        line.append(f" {result.reason.splitlines()[0]}")
+        line.append(f" {visible(first_line(result.reason))}")
     return line
 
 
@@ -155,26 +171,44 @@ def recap(
     for row in result.results:
         note = ""
         if row.succeeded and row.reason:
-            note = row.reason.splitlines()[0]
+            note = first_line(row.reason)
         elif not row.succeeded:
             note = "see below"
-        cells = [str(row.details.get(c, "")) for c in detail_columns]
+        cells = [safe_text(row.details.get(c, "")) for c in detail_columns]
         table.add_row(
-            row.host,
+            safe_text(row.host),
             Text(str(row.outcome), style=STYLES[row.outcome]),
             f"{row.seconds:.1f}s",
             *cells,
-            note,
+            safe_text(note),
         )
     parts: list[RenderableType] = [table, summary_line(result)]
-    for row in (*result.failed, *result.unreachable):
-        text = Text(f"{row.host} ", style="bold")
-        text.append(str(row.outcome), style=STYLES[row.outcome])
-        text.append(f": {row.reason or 'no reason given'}")
-        if row.fix:
-            text.append(f"\n  fix: {row.fix}", style="dim")
-        parts.append(text)
+    parts += problem_lines(result)
     return Group(*parts)
+
+
+def problem_lines(result: FleetResult) -> list[Text]:
+    """Each failed and unreachable host: its reason, then the fix.
+
+    The reason's own lines (a command's output tail) are indented under it, deeper than
+    the fix, so no line of a host's output can pass for another host or for a fix.
+    """
+    parts: list[Text] = []
+    for row in (*result.failed, *result.unreachable):
+        text = safe_text(row.host, style="bold")
+        text.append(" ")
+        text.append(str(row.outcome), style=STYLES[row.outcome])
+        text.append(": ")
+        text.append(visible(row.reason or "no reason given", lines=True, indent=REASON_INDENT))
+        if row.fix:
+            text.append("\n  fix: ", style="dim")
+            text.append(visible(row.fix, lines=True, indent=REASON_INDENT), style="dim")
+        parts.append(text)
+    return parts
+
+
+# Where a reason's second and later lines start: deeper than "  fix:".
+REASON_INDENT = "    "
 
 
 def summary_line(result: FleetResult) -> Text:
@@ -194,22 +228,29 @@ def summary_line(result: FleetResult) -> Text:
     return text
 
 
-def command_output(result: FleetResult) -> RenderableType:
-    """``fleet exec`` output: each host's stdout/stderr under its name."""
+def command_output(result: FleetResult, *, raw: bool = False) -> RenderableType:
+    """``fleet exec`` output: each host's stdout/stderr under its name.
+
+    ``raw`` passes the output to the terminal as it came, as ssh does (the operator asked
+    to see it there); otherwise its controls are escaped like any host's text. The
+    ``--- host`` headers are fleet's own lines: always escaped.
+    """
     parts: list[RenderableType] = []
     for row in result.results:
         if row.outcome is Outcome.UNREACHABLE:
             continue
-        header = Text(f"--- {row.host} ", style="bold")
+        header = Text("--- ", style="bold")
+        header.append(visible(row.host))
+        header.append(" ")
         header.append(str(row.outcome), style=STYLES[row.outcome])
         code = row.details.get("exit_code")
         if code is not None:
-            header.append(f" rc={code}")
+            header.append(f" rc={visible(code)}")
         parts.append(header)
-        if row.stdout:
-            parts.append(Text(row.stdout.rstrip("\n")))
-        if row.stderr:
-            parts.append(Text(row.stderr.rstrip("\n"), style="red"))
+        for stream, style in ((row.stdout, ""), (row.stderr, "red")):
+            if stream:
+                body = stream.rstrip("\n")
+                parts.append(Text(body, style=style) if raw else safe_text(body, style, lines=True))
     return Group(*parts)
 
 
@@ -232,27 +273,33 @@ def facts_table(rows: Iterable[tuple[str, Mapping[str, Any] | None]]) -> Rendera
         table.add_column(column)
     for host, facts in rows:
         if facts is None:
-            table.add_row(host, *([""] * 10))
+            table.add_row(safe_text(host), *([""] * 10))
             continue
-        engine = str(facts.get("engine_version") or Text("down", style="red"))
+        version = facts.get("engine_version")
+        engine = safe_text(version) if version else Text("down", style="red")
         disk_docker = facts.get("disk_docker") or {}
         disk_data = facts.get("disk_data") or {}
         gpus = facts.get("gpus") or []
         running = [str(c.get("Image", "")) for c in facts.get("framework_containers") or []]
         table.add_row(
-            host,
-            str(facts.get("hostname", "")),
-            str(facts.get("kernel", "")),
+            safe_text(host),
+            safe_text(facts.get("hostname", "")),
+            safe_text(facts.get("kernel", "")),
             engine,
-            str(facts.get("api_version", "")),
-            str(facts.get("image_store", "")),
-            ",".join(facts.get("runtimes") or ()),
-            f"{len(gpus)}x {gpus[0]['model']}" if gpus else "none",
-            human_size(disk_docker["free"]) if disk_docker else "?",
-            human_size(disk_data["free"]) if disk_data else "absent",
-            ",".join(running) or "-",
+            safe_text(facts.get("api_version", "")),
+            safe_text(facts.get("image_store", "")),
+            safe_text(",".join(str(r) for r in facts.get("runtimes") or ())),
+            safe_text(f"{len(gpus)}x {gpus[0].get('model', '?')}" if gpus else "none"),
+            _free(disk_docker, "?"),
+            _free(disk_data, "absent"),
+            safe_text(",".join(running) or "-"),
         )
     return table
+
+
+def _free(disk: Mapping[str, Any], missing: str) -> str:
+    free = disk.get("free")
+    return human_size(free) if isinstance(free, int | float) else missing
 
 
 def lab_table(hosts: Iterable[Any]) -> RenderableType:
@@ -262,6 +309,13 @@ def lab_table(hosts: Iterable[Any]) -> RenderableType:
         table.add_column(column)
     for host in hosts:
         address = f"{host.address}:{host.port}" if host.port else "-"
-        state = Text(host.state, style="green" if host.state == "running" else "red")
-        table.add_row(host.name, address, host.engine, host.engine_version, host.image_store, state)
+        state = safe_text(host.state, style="green" if host.state == "running" else "red")
+        table.add_row(
+            safe_text(host.name),
+            address,
+            safe_text(host.engine),
+            safe_text(host.engine_version),
+            safe_text(host.image_store),
+            state,
+        )
     return table

@@ -4,6 +4,9 @@ The table says what each host runs (version, commit, build date, dirty flag), ho
 health, up since, restarts, image ID), whether that image is the controller's build, the
 other versions it holds (rollback targets) and its last history line. Under it: how many
 hosts run each version, how many drifted and why, and the unreachable hosts by name.
+
+Everything in a row came from the host (its labels, its history file, its lock): it is
+shown through :mod:`fleet.report.untrusted`, never as markup, its controls escaped.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from rich.table import Table
 from rich.text import Text
 
 from fleet.audit import STATUS_ERROR, STATUS_OK, STATUS_UNREACHABLE, AuditReport, AuditRow
+from fleet.report import REASON_INDENT
+from fleet.report.untrusted import safe_text, visible
 
 _MATCH_STYLES = {
     "same": "green",
@@ -64,6 +69,12 @@ def audit_table(rows: Sequence[AuditRow], *, now: datetime | None = None) -> Tab
 
 
 def _cells(row: AuditRow, now: datetime) -> list[str | Text]:
+    return [safe_text(cell) if isinstance(cell, str) else cell for cell in _values(row, now)]
+
+
+def _values(row: AuditRow, now: datetime) -> list[str | Text]:
+    """The row's cells: ``Text`` where fleet styles them, else the host's own strings
+    (made safe by ``_cells``)."""
     drift = _drift_cell(row)
     framework = row.framework
     state: str | Text
@@ -93,16 +104,17 @@ def _cells(row: AuditRow, now: datetime) -> list[str | Text]:
             _last_deploy(row.last_deploy),
             drift,
         ]
-    version = Text(framework.tag or "?")
+    version = safe_text(framework.tag or "?")
     if framework.dirty:
         version.append(" dirty", style="bold yellow")
     commit = framework.short_commit or framework.commit[:7]
     if framework.branch:
         commit += f" {framework.branch}"
-    status = Text(framework.state, style="green" if framework.running else "red")
+    status = safe_text(framework.state, style="green" if framework.running else "red")
     if framework.health:
         status.append(
-            f" ({framework.health})", style="green" if framework.health == "healthy" else "red"
+            f" ({visible(framework.health)})",
+            style="green" if framework.health == "healthy" else "red",
         )
     if not framework.running:
         status.append(f" ({framework.exit_code})")
@@ -130,7 +142,7 @@ def _drift_cell(row: AuditRow) -> Text:
         return Text("ok", style="green")
     if row.status == STATUS_UNREACHABLE:
         return Text("unreachable", style="bold magenta")
-    return Text(",".join(row.codes), style="bold red")
+    return safe_text(",".join(row.codes), style="bold red")
 
 
 def summary_lines(report: AuditReport) -> list[RenderableType]:
@@ -140,8 +152,10 @@ def summary_lines(report: AuditReport) -> list[RenderableType]:
     line = Text(f"{len(rows)} hosts in {report.result.seconds:.1f}s: ")
     if versions:
         line.append(
-            ", ".join(
-                f"{'not running' if tag == 'none' else tag} x{n}" for tag, n in versions.items()
+            visible(
+                ", ".join(
+                    f"{'not running' if tag == 'none' else tag} x{n}" for tag, n in versions.items()
+                )
             )
         )
     else:
@@ -149,22 +163,24 @@ def summary_lines(report: AuditReport) -> list[RenderableType]:
     lines: list[RenderableType] = [line]
     expected = report.options.expected
     builds = [v.tag for v in report.options.controller_versions if v.tagged]
-    controller = Text(f"controller: {report.options.repository} ")
-    controller.append(f"builds {', '.join(builds)}" if builds else "has no build")
+    controller = Text(f"controller: {visible(report.options.repository)} ")
+    controller.append(visible(f"builds {', '.join(builds)}") if builds else "has no build")
     if expected:
-        controller.append(f"; expected {expected}")
+        controller.append(f"; expected {visible(expected)}")
     lines.append(controller)
     drifted = report.drifted
     if drifted:
         text = Text(f"drifted: {len(drifted)} of {len(rows)}: ", style="bold red")
-        text.append(", ".join(f"{r.host} ({','.join(r.codes)})" for r in drifted), style="")
+        text.append(
+            visible(", ".join(f"{r.host} ({','.join(r.codes)})" for r in drifted)), style=""
+        )
         lines.append(text)
     else:
         lines.append(Text("drifted: none", style="green"))
     unreachable = report.unreachable
     if unreachable:
         text = Text(f"unreachable: {len(unreachable)}: ", style="bold magenta")
-        text.append(", ".join(r.host for r in unreachable), style="")
+        text.append(visible(", ".join(r.host for r in unreachable)), style="")
         lines.append(text)
     if report.interrupted:
         lines.append(Text("interrupted (Ctrl-C): hosts not audited are marked", style="yellow"))
@@ -177,16 +193,17 @@ def drift_details(rows: Sequence[AuditRow]) -> list[RenderableType]:
     for row in rows:
         if not row.ok:
             style = "bold magenta" if row.status == STATUS_UNREACHABLE else "bold red"
-            text = Text(f"{row.host} ", style="bold")
-            text.append(row.status, style=style)
+            text = safe_text(row.host, style="bold")
+            text.append(" ")
+            text.append(visible(row.status), style=style)
             for reason in row.reasons:
-                text.append(f"\n  {reason.code}: ", style="dim")
-                text.append(reason.message)
+                text.append(f"\n  {visible(reason.code)}: ", style="dim")
+                text.append(visible(reason.message, lines=True, indent=REASON_INDENT))
             parts.append(text)
         if row.lock:
             lock = row.lock
             parts.append(
-                Text(
+                safe_text(
                     f"{row.host}: a deploy is in progress: lock of {lock.get('holder', '?')} "
                     f"({lock.get('what', '?')}) since {lock.get('since', '?')}",
                     style="yellow",
@@ -199,16 +216,18 @@ def history_view(rows: Sequence[AuditRow]) -> RenderableType:
     """``--history N``: each host's last N history lines, oldest first."""
     parts: list[RenderableType] = [Text("history", style="bold")]
     for row in rows:
-        parts.append(Text(row.host, style="bold"))
+        parts.append(safe_text(row.host, style="bold"))
         if not row.history:
             parts.append(Text("  (unreachable)" if not row.reachable else "  (none)", style="dim"))
         for entry in row.history:
-            parts.append(Text("  " + history_line(entry)))
+            parts.append(safe_text("  " + history_line(entry)))
     return Group(*parts)
 
 
 def history_line(entry: Mapping[str, Any]) -> str:
-    """``2026-11-28T04:27:13Z deploy 0.2.6 -> 0.2.7 changed by alice@ctl (1.7s)``."""
+    """``2026-11-28T04:27:13Z deploy 0.2.6 -> 0.2.7 changed by alice@ctl (1.7s)``.
+
+    The host's own words: show it with :func:`fleet.report.untrusted.untrusted`."""
     text = (
         f"{entry.get('time', '?')} {entry.get('action', '?')} "
         f"{entry.get('from') or 'none'} -> {entry.get('to') or '?'} "

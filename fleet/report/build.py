@@ -3,6 +3,10 @@
 Progress (the layer being built, and the build output with ``-v``) goes to stderr; the
 result (the three layers, the git facts, the run command) to stdout. On a failed build
 without ``-v`` the whole build log is shown, since the error only carries its tail.
+
+Labels, branch names and build output are shown through :mod:`fleet.report.untrusted`
+(an image may come from elsewhere, a branch may be named ``main[/]``, a build step may
+print terminal controls): never markup, controls escaped.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from fleet.buildhost import PullBack, RemoteBuild
 from fleet.images import BuildError, BuildResult, LayerInfo
 from fleet.labels import ImageVersion
 from fleet.report import human_size
+from fleet.report.untrusted import safe_text, visible
 
 _ACTION_STYLES = {"built": "yellow", "reused": "green", "present": "green", "missing": "red"}
 
@@ -30,31 +35,31 @@ class BuildProgress:
         self._lines: list[str] = []
 
     def step(self, layer: str, message: str) -> None:
-        text = Text(f"{layer}: ", style="bold")
-        text.append(message)
+        text = safe_text(f"{layer}: ", style="bold")
+        text.append(visible(message, lines=True))
         self.out.print(text)
 
     def output(self, line: str) -> None:
         self._lines.append(line)
         if self.verbose:
-            self.out.print(Text(f"  {line}", style="dim"))
+            self.out.print(safe_text(f"  {line}", style="dim"))
 
     def failed(self, error: BuildError) -> None:
         """Show the whole log of a failed build, unless it was already streamed."""
         if self.verbose or not error.log:
             return
-        self.out.print(Text(f"build log of {error.reference}:", style="bold red"))
+        self.out.print(safe_text(f"build log of {error.reference}:", style="bold red"))
         for line in error.log:
-            self.out.print(Text(f"  {line}"))
+            self.out.print(safe_text(f"  {line}"))
 
 
 def build_view(result: BuildResult) -> RenderableType:
     """The outcome of a build: the image, its three layers, the git facts, the command."""
     framework = result.framework
-    head = Text(result.reference, style="bold")
-    head.append(f"  {_short_id(framework.image_id)}  ")
+    head = safe_text(result.reference, style="bold")
+    head.append(f"  {visible(_short_id(framework.image_id))}  ")
     head.append(framework.action, style=_ACTION_STYLES.get(framework.action, ""))
-    head.append(f" ({framework.reason})")
+    head.append(f" ({visible(framework.reason)})")
 
     table = Table(box=None, pad_edge=False)
     for column in ("layer", "image", "id", "size", "added", "action"):
@@ -66,23 +71,24 @@ def build_view(result: BuildResult) -> RenderableType:
     git = result.git
     facts = Text("git: ")
     commits = "commit" if git.commit_count == 1 else "commits"
-    facts.append(f"{git.short_commit} ({git.commit_count} {commits}) ")
+    facts.append(visible(f"{git.short_commit} ({git.commit_count} {commits}) "))
     facts.append(
-        f"on {git.branch}" if git.branch else "detached HEAD", style="" if git.branch else "yellow"
+        visible(f"on {git.branch}") if git.branch else "detached HEAD",
+        style="" if git.branch else "yellow",
     )
-    facts.append(f", version {git.version}")
+    facts.append(visible(f", version {git.version}"))
     if git.dirty:
         facts.append(", uncommitted changes", style="yellow")
     if git.remote_url:
-        facts.append(f", remote {git.remote_url}")
+        facts.append(visible(f", remote {git.remote_url}"))
 
     parts: list[RenderableType] = [head, table, facts]
     command = result.labels.get("org.label-schema.docker.cmd")
     if command:
-        parts.append(Text(f"run: {command}"))
+        parts.append(safe_text(f"run: {command}"))
     if git.dirty:
         parts.append(
-            Text(
+            safe_text(
                 f"warning: {result.reference} was built from a dirty tree "
                 "(io.fleet.dirty=true); commit before deploying it",
                 style="yellow",
@@ -102,24 +108,27 @@ def build_host_view(remote: RemoteBuild) -> RenderableType:
     """A build on a build host: the build as ``build_view`` shows it, then per layer where
     it was built and what came back to the controller."""
     host = remote.host
-    lines = Text(f"built on {host}; pulled back to this machine's engine:\n", style="bold")
+    lines = Text(f"built on {visible(host)}; pulled back to this machine's engine:\n", style="bold")
     upstream = remote.build.upstream
     lines.append("  upstream: ", style="bold")
     if remote.upstream is not None:
         shipped = remote.upstream
         lines.append(
-            f"{shipped.reference} shipped to {host} first, {shipped.layers_sent}/"
-            f"{shipped.layers_total} layers, {human_size(shipped.bytes_sent)}\n"
+            visible(
+                f"{shipped.reference} shipped to {host} first, {shipped.layers_sent}/"
+                f"{shipped.layers_total} layers, {human_size(shipped.bytes_sent)}"
+            )
+            + "\n"
         )
     else:
-        lines.append(f"{upstream.reference or '?'} {upstream.action} on {host}\n")
+        lines.append(visible(f"{upstream.reference or '?'} {upstream.action} on {host}") + "\n")
     for layer, pulled in (
         (remote.build.base, remote.base),
         (remote.build.framework, remote.framework),
     ):
         lines.append(f"  {layer.role}: ", style="bold")
         lines.append(layer.action, style=_ACTION_STYLES.get(layer.action, ""))
-        lines.append(f" on {host}, {_pulled_text(pulled)}\n")
+        lines.append(visible(f" on {host}, {_pulled_text(pulled)}") + "\n")
     read = sum(p.bytes_read for p in remote.pulled)
     if read:
         lines.append(
@@ -141,37 +150,37 @@ def _pulled_text(pulled: PullBack) -> str:
 def versions_table(repository: str, versions: Sequence[ImageVersion]) -> RenderableType:
     """``fleet images``: the local versions of ``repository``, newest first."""
     if not versions:
-        return Text(f"no {repository} framework images in this engine (fleet build makes one)")
+        return safe_text(f"no {repository} framework images in this engine (fleet build makes one)")
     table = Table(box=None, pad_edge=False)
     for column in ("tag", "image id", "built", "commit", "branch", "dirty", "size"):
         table.add_column(column, justify="right" if column == "size" else "left")
     for version in versions:
-        tag = Text(version.tag)
+        tag = safe_text(version.tag)
         if not version.tagged:
             tag.append(" (untagged)", style="dim")
         table.add_row(
             tag,
-            _short_id(version.image_id),
-            version.build_date or version.created,
-            version.short_commit,
-            version.branch or "(detached)",
+            safe_text(_short_id(version.image_id)),
+            safe_text(version.build_date or version.created),
+            safe_text(version.short_commit),
+            safe_text(version.branch or "(detached)"),
             Text("dirty", style="yellow") if version.dirty else Text("clean"),
             human_size(version.size),
         )
     return table
 
 
-def _layer_cells(layer: LayerInfo) -> tuple[str | Text, ...]:
+def _layer_cells(layer: LayerInfo) -> tuple[Text, ...]:
     action = Text(layer.action, style=_ACTION_STYLES.get(layer.action, ""))
     added = "" if layer.increment is None else human_size(layer.increment)
     if layer.role != "upstream" and layer.increment is not None:
         added = "+" + added
     return (
-        layer.role,
-        layer.reference or "?",
-        _short_id(layer.image_id),
-        "?" if layer.size is None else human_size(layer.size),
-        added,
+        safe_text(layer.role),
+        safe_text(layer.reference or "?"),
+        safe_text(_short_id(layer.image_id)),
+        Text("?" if layer.size is None else human_size(layer.size)),
+        Text(added),
         action,
     )
 

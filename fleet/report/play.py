@@ -1,4 +1,8 @@
-"""How a playbook run looks: play and task headers, per-host lines, the PLAY RECAP."""
+"""How a playbook run looks: play and task headers, per-host lines, the PLAY RECAP.
+
+Host names, reasons, diffs (a file's content on the host) and versions (image labels)
+are shown through :mod:`fleet.report.untrusted`: never markup, their controls escaped.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from rich.text import Text
 
 from fleet.play import PlaybookRun
 from fleet.playbook import Play, Task
-from fleet.report import STYLES
+from fleet.report import REASON_INDENT, STYLES
+from fleet.report.untrusted import first_line, safe_text, visible
 from fleet.results import FleetResult, Outcome
 
 
@@ -22,27 +27,30 @@ class PlayReporter:
         self.console = console
 
     def play_started(self, play: Play, hosts: Sequence[str]) -> None:
-        self.console.print(Text(f"\nPLAY [{play.name}] ({len(hosts)} hosts)", style="bold"))
+        self.console.print(
+            Text("\n" + visible(f"PLAY [{play.name}] ({len(hosts)} hosts)"), style="bold")
+        )
 
     def task_started(self, play: Play, task: Task, hosts: Sequence[str]) -> None:
-        self.console.print(Text(f"TASK [{task.title}] ({task.step})", style="bold cyan"))
+        self.console.print(safe_text(f"TASK [{task.title}] ({task.step})", style="bold cyan"))
 
     def task_finished(self, play: Play, task: Task, result: FleetResult) -> None:
         for row in result.results:
-            line = Text(f"  {row.host}: ")
+            line = safe_text(f"  {row.host}: ")
             line.append(str(row.outcome), style=STYLES[row.outcome])
             if row.reason:
-                first = row.reason.splitlines()[0]
+                first = visible(first_line(row.reason))
                 line.append(f" {first}" if row.succeeded else f": {first}")
             bytes_sent = row.details.get("bytes_sent")
             if bytes_sent:
-                line.append(f" [{bytes_sent} bytes sent]", style="dim")
+                line.append(f" [{visible(bytes_sent)} bytes sent]", style="dim")
             self.console.print(line)
             diff = row.details.get("diff")
             if diff:
-                self.console.print(Text(str(diff).rstrip("\n"), style="dim"))
+                self.console.print(safe_text(str(diff).rstrip("\n"), style="dim", lines=True))
             if not row.succeeded and row.fix:
-                self.console.print(Text(f"    fix: {row.fix}", style="dim"))
+                fix = visible(row.fix, lines=True, indent=REASON_INDENT + "  ")
+                self.console.print(Text(f"    fix: {fix}", style="dim"))
 
     # The runner's per-host events are not shown line by line: task_finished does it.
     def started(self, host: str, step: str) -> None:
@@ -71,11 +79,11 @@ def recap(run: PlaybookRun) -> RenderableType:
         version = ""
         if tally.version_before is not None or tally.version_after is not None:
             version = f"{tally.version_before or '-'} -> {tally.version_after or '-'}"
-        table.add_row(host, *cells, version)
+        table.add_row(safe_text(host), *cells, safe_text(version))
     parts: list[RenderableType] = [
         table,
         Text(f"{len(run.tallies)} hosts, {len(run.tasks)} tasks in {run.seconds:.1f}s"),
     ]
     if run.stopped:
-        parts.append(Text(f"stopped: {run.stopped}", style="bold red"))
+        parts.append(safe_text(f"stopped: {run.stopped}", style="bold red", lines=True))
     return Group(*parts)

@@ -2,14 +2,15 @@
 
 The tables are built from the JSON-ready details of ``fleet.views`` (the same values
 ``--json`` prints), so what a person reads and what a script reads cannot drift apart.
-Log lines come from the hosts: they are printed as plain text (never as rich markup), and
-on a terminal their control characters are made visible, so a container's log cannot
-drive the operator's terminal.
+Everything in them came from the hosts (container names, image labels, log lines): it is
+shown through :mod:`fleet.report.untrusted`, as plain text (never rich markup) with its
+control characters made visible, on a terminal or not (a piped log is read on a terminal
+later), so a container cannot drive the operator's terminal or forge a row. ``--json``
+carries the exact strings.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -19,15 +20,14 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from fleet.report import STYLES, human_size
+from fleet.report import STYLES, human_size, problem_lines
+from fleet.report.untrusted import first_line, safe_text, visible
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.views import MenuRow
 
 HOST_COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_red", "bright_cyan")
 _STATE_STYLES = {"running": "green", "restarting": "yellow", "paused": "yellow", "dead": "red"}
 _HEALTH_STYLES = {"healthy": "green", "unhealthy": "bold red", "starting": "yellow"}
-# C0 controls but tab, DEL and the C1 controls: what could steer a terminal.
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
 def _parse_time(text: str) -> datetime | None:
@@ -62,18 +62,18 @@ def since(text: str, now: datetime) -> str:
 def _state(row: Mapping[str, Any]) -> Text:
     state = str(row.get("state", ""))
     if state == "exited":
-        return Text(f"exited ({row.get('exit_code', '?')})", style="dim")
-    return Text(state, style=_STATE_STYLES.get(state, ""))
+        return safe_text(f"exited ({row.get('exit_code', '?')})", style="dim")
+    return safe_text(state, style=_STATE_STYLES.get(state, ""))
 
 
 def _health(row: Mapping[str, Any]) -> Text:
     health = str(row.get("health", ""))
     if not health:
         return Text("-" if row.get("state") != "running" else "", style="dim")
-    text = Text(health, style=_HEALTH_STYLES.get(health, ""))
+    text = safe_text(health, style=_HEALTH_STYLES.get(health, ""))
     detail = str(row.get("health_detail", ""))
     if health == "unhealthy" and detail.startswith("GET "):
-        text.append(f" (http {detail.rpartition(' ')[2]})", style="dim")
+        text.append(f" (http {visible(detail.rpartition(' ')[2])})", style="dim")
     return text
 
 
@@ -95,24 +95,25 @@ def ps_table(result: FleetResult, *, now: datetime | None = None) -> RenderableT
     table.add_column("restarts", justify="right", no_wrap=True)
     for host in result.results:
         rows = host.details.get("containers")
+        name = safe_text(host.host)
         if not isinstance(rows, list):
-            table.add_row(host.host, "", "", "", _host_failure(host), "", "", "")
+            table.add_row(name, "", "", "", _host_failure(host), "", "", "")
             continue
         if not rows:
-            table.add_row(host.host, "", "", "", Text("none", style="dim"), "", "", "")
+            table.add_row(name, "", "", "", Text("none", style="dim"), "", "", "")
             continue
         for index, row in enumerate(rows):
             style = "" if row.get("framework") else "dim"
             running = row.get("state") == "running"
             table.add_row(
-                host.host if index == 0 else "",
-                Text(str(row.get("name", "")), style=style),
-                Text(str(row.get("image", "")), style=style),
-                Text(str(row.get("version", "")) or "-", style=style),
+                name if index == 0 else "",
+                safe_text(row.get("name", ""), style=style),
+                safe_text(row.get("image", ""), style=style),
+                safe_text(str(row.get("version", "")) or "-", style=style),
                 _state(row),
                 _health(row),
-                since(str(row.get("started_at", "")), now) if running else "-",
-                str(row.get("restarts", 0)),
+                safe_text(since(str(row.get("started_at", "")), now) if running else "-"),
+                safe_text(row.get("restarts", 0)),
             )
     return table
 
@@ -124,11 +125,12 @@ def images_on_table(result: FleetResult) -> RenderableType:
         table.add_column(column, justify="right" if column == "size" else "left")
     for host in result.results:
         rows = host.details.get("images")
+        name = safe_text(host.host)
         if not isinstance(rows, list):
-            table.add_row(host.host, _host_failure(host), *[""] * 6)
+            table.add_row(name, _host_failure(host), *[""] * 6)
             continue
         if not rows:
-            table.add_row(host.host, Text("no framework image", style="dim"), *[""] * 6)
+            table.add_row(name, Text("no framework image", style="dim"), *[""] * 6)
             continue
         for index, row in enumerate(rows):
             marks = Text()
@@ -140,39 +142,22 @@ def images_on_table(result: FleetResult) -> RenderableType:
                 f"{c.get('name')} ({c.get('state')})" for c in row.get("containers") or ()
             )
             table.add_row(
-                host.host if index == 0 else "",
-                str(row.get("tag") or "(no tag)"),
-                _short_id(str(row.get("id", ""))),
-                human_size(float(row.get("size") or 0)),
-                _date(str(row.get("build_date") or row.get("created") or "")),
-                str(row.get("commit") or "-"),
+                name if index == 0 else "",
+                safe_text(row.get("tag") or "(no tag)"),
+                safe_text(_short_id(str(row.get("id", "")))),
+                human_size(_number(row.get("size"))),
+                safe_text(_date(str(row.get("build_date") or row.get("created") or ""))),
+                safe_text(row.get("commit") or "-"),
                 marks,
-                Text(kept or "-", style="dim"),
+                safe_text(kept or "-", style="dim"),
             )
     return Group(Text("on the hosts:", style="bold"), table)
 
 
 def host_problems(result: FleetResult) -> RenderableType | None:
     """The failed and unreachable hosts with their reason and fix; None when there are none."""
-    parts: list[RenderableType] = []
-    for row in (*result.failed, *result.unreachable):
-        text = Text(f"{row.host} ", style="bold")
-        text.append(str(row.outcome), style=STYLES[row.outcome])
-        text.append(f": {row.reason or 'no reason given'}")
-        if row.fix:
-            text.append(f"\n  fix: {row.fix}", style="dim")
-        parts.append(text)
+    parts = problem_lines(result)
     return Group(*parts) if parts else None
-
-
-def visible(line: str) -> str:
-    """A log line with its control characters shown as ``^X`` (for a terminal)."""
-
-    def caret(match: re.Match[str]) -> str:
-        code = ord(match.group())
-        return f"^{chr(code + 64)}" if code < 32 else f"\\x{code:02x}"
-
-    return _CONTROL.sub(caret, line)
 
 
 class LogPrinter:
@@ -183,13 +168,13 @@ class LogPrinter:
 
     def __init__(self, hosts: Sequence[str], out: Console) -> None:
         self.out = out
-        self._width = max((len(h) for h in hosts), default=0)
+        self._width = max((len(visible(h)) for h in hosts), default=0)
         self._colours = {h: HOST_COLOURS[i % len(HOST_COLOURS)] for i, h in enumerate(hosts)}
         self._lock = threading.Lock()
 
     def line(self, host: str, line: str) -> None:
-        text = Text(f"{host:<{self._width}} | ", style=self._colours.get(host, "bold"))
-        text.append(visible(line) if self.out.is_terminal else line)
+        text = Text(f"{visible(host):<{self._width}} | ", style=self._colours.get(host, "bold"))
+        text.append(visible(line))
         with self._lock:
             self.out.print(text, soft_wrap=True)
             self.out.file.flush()  # piped, a followed line is passed on at once
@@ -202,14 +187,14 @@ class LogPrinter:
 
 def log_end(result: HostResult, *, following: Sequence[str] = ()) -> Text:
     """Why a host's log stopped, while the others go on."""
-    text = Text(f"{result.host}: ", style="bold")
+    text = Text(f"{visible(result.host)}: ", style="bold")
     if result.outcome is Outcome.OK:
-        text.append(result.reason or "log ended")
+        text.append(visible(result.reason or "log ended"))
     else:
         text.append(str(result.outcome), style=STYLES[result.outcome])
-        text.append(f": {(result.reason or '').splitlines()[0] if result.reason else ''}")
+        text.append(f": {visible(first_line(result.reason or ''))}")
     if following:
-        text.append(f"; still following {', '.join(following)}", style="dim")
+        text.append(f"; still following {visible(', '.join(following))}", style="dim")
     return text
 
 
@@ -222,13 +207,18 @@ def version_menu(rows: Sequence[MenuRow], title: str) -> RenderableType:
         key = Text(f"{'>' if row.default else ' '} {row.key})", style="bold" if row.default else "")
         table.add_row(
             key,
-            Text(row.label, style="bold" if row.default else ""),
-            row.commit or "",
-            row.date or "",
-            ", ".join(row.running_on) or "-",
-            Text(row.note, style="dim"),
+            safe_text(row.label, style="bold" if row.default else ""),
+            safe_text(row.commit or ""),
+            safe_text(row.date or ""),
+            safe_text(", ".join(row.running_on) or "-"),
+            safe_text(row.note, style="dim"),
         )
     return table
+
+
+def _number(value: Any) -> float:
+    """A size from the host's JSON: 0 unless it is a number."""
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def _date(text: str) -> str:
