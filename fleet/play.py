@@ -588,10 +588,17 @@ def _hiding(
 _MODE = re.compile(r"0?[0-7]{3,4}")
 _ACCOUNT = re.compile(r"[A-Za-z_][\w.-]*|\d+")
 
-# Read a path's kind, mode, owner and group, and (for a file) its content, base64.
+# Read a path's kind, mode, owner and group, and (for a file) its content, base64. The
+# content is read through one open file, and only when that file is the one the name holds
+# itself (same device and inode as the name, not followed): in a directory others may
+# write, a name swapped for a symlink between the two reads shows no other file's content
+# (root reads /etc/shadow as well as anything) in a diff.
 _STAT_SCRIPT = r"""
 if [ -e "$1" ]; then stat -c '%F|%a|%U|%G' "$1"; else echo "absent"; fi
-if [ "$2" = content ] && [ -f "$1" ]; then base64 < "$1"; fi
+if [ "$2" = content ] && [ -f "$1" ] && exec 3<"$1" &&
+    [ "$(stat -L -c %d:%i /proc/self/fd/3)" = "$(stat -c %d:%i -- "$1")" ]; then
+    base64 <&3
+fi
 """
 # Write stdin to "$1" with mode "$2", atomically, through a temp file in the same directory.
 # That directory may be writable by others (a group-writable /data/projects, 2775): a temp

@@ -215,3 +215,23 @@ def test_a_file_is_written_through_no_name_planted_in_a_shared_directory(tmp_pat
     )
     assert failed.returncode != 0 and target.read_text() == "new\n"
     assert sorted(os.listdir(shared)) == ["app.env", "app.env.fleet-tmp"]
+
+
+@pytest.mark.hostile
+def test_a_file_is_read_for_its_diff_only_through_its_own_name(tmp_path: Path) -> None:
+    import base64
+    import subprocess
+
+    victim = tmp_path / "shadow"
+    victim.write_text("root:$6$hash:19000::::::\n")
+    planted = tmp_path / "app.env"
+    planted.symlink_to(victim)  # what the name holds when the diff reads it
+    ran = subprocess.run(
+        play._stat_argv(str(planted), content=True), check=False, capture_output=True
+    )
+    assert ran.stdout.decode().startswith("symbolic link|")
+    assert base64.b64encode(victim.read_bytes()) not in ran.stdout
+    real = tmp_path / "real.env"
+    real.write_text("mine\n")
+    ran = subprocess.run(play._stat_argv(str(real), content=True), check=False, capture_output=True)
+    assert ran.stdout.decode().splitlines()[1:] == [base64.b64encode(b"mine\n").decode()]
