@@ -69,10 +69,14 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
+    owner = lab.inventory_lab(args.write_inventory)
     removed = lab.down(name=args.name, inventory=args.write_inventory)
-    report.console().print(
-        safe_text(f"removed {len(removed)} lab hosts: {', '.join(removed) or '-'}")
-    )
+    out = report.console()
+    out.print(safe_text(f"removed {len(removed)} lab hosts: {', '.join(removed) or '-'}"))
+    if owner is not None and owner != args.name:
+        out.print(
+            safe_text(f"kept {args.write_inventory}: it is the inventory of the lab {owner!r}")
+        )
     return 0
 
 
