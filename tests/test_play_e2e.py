@@ -200,7 +200,7 @@ def test_a_copy_into_a_shared_directory_writes_its_target_not_a_planted_symlink(
             "sh",
             "-c",
             'mkdir -p "$1" && chmod 2775 "$1" && echo victim > "$2" && chmod 600 "$2" '
-            '&& ln -s "$2" "$3.fleet-tmp"',
+            '&& ln -s "$2" "$3.fleet-tmp" && echo old > "$3"',
             "plant",
             shared,
             victim,
@@ -208,9 +208,12 @@ def test_a_copy_into_a_shared_directory_writes_its_target_not_a_planted_symlink(
         )
     try:
         code, doc = run_json(
-            capsys, "play", str(book), "-i", str(fast_inventory), "--retry-file", "/dev/null"
+            capsys,
+            *("play", str(book), "-i", str(fast_inventory), "--retry-file", "/dev/null", "--diff"),
         )
-        assert code == 0, [(h, r["reason"]) for t in doc["tasks"] for h, r in t["hosts"].items()]
+        rows = doc["tasks"][0]["hosts"].values()  # type: ignore[index]
+        assert code == 0, [r["reason"] for r in rows]
+        assert all("-old\n+new\n" in r["details"]["diff"] for r in rows)
         for host in hosts:
             assert host_sh(lab_env, host, "cat", victim) == "victim\n"
             assert host_sh(lab_env, host, "stat", "-c", "%a %F", victim) == "600 regular file\n"
