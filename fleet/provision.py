@@ -6,15 +6,37 @@ What a provisioned host has (every item is a setting of ``fleet_provision``, see
 - the shared data tree, ``/data/{checkpoints,datasets,pretrained_models,projects}``, with
   its owner, group and mode. Only the listed directories themselves are created, chowned
   or chmodded (never recursively): existing content is never touched or removed;
-- ``/data/aicron.sh``, rendered from the template ``fleet/data/aicron.sh``: it keeps the
-  pretrained-weights HTTP service up (``python3 -m http.server`` on ``weights_port``,
-  serving ``/data/pretrained_models``) and logs what it did to ``/var/log/aicron.log``;
-- a managed block in ``/etc/crontab`` that runs ``aicron.sh`` on ``cron_schedule``;
+- ``/usr/local/lib/fleet/aicron.sh`` (:data:`SCRIPT_PATH`), rendered from the template
+  ``fleet/data/aicron.sh``: it keeps the pretrained-weights HTTP service up (``python3 -m
+  http.server`` on ``weights_port``, serving ``/data/pretrained_models``) and logs what it
+  did to ``/var/log/aicron.log``. ``<data_root>/aicron.sh`` is a copy of it for people to
+  read (mode 0644, marked as a copy at its top); nothing runs it;
+- a managed block in ``/etc/crontab`` that runs ``/usr/local/lib/fleet/aicron.sh`` on
+  ``cron_schedule``;
 - the weights service itself, answering (started by running ``aicron.sh`` once);
 - an engine that answers and can run what the run spec (``fleet_run``) asks: the runtime,
   GPUs, ulimits; free disk at Docker's root and at the data root: the *preflight*;
 - the base image (layers 1-2), shipped with :func:`fleet.transfer.push`, so that a
   framework release then only sends its thin top layer.
+
+Nothing a container can write is run by root. The framework's run command mounts the data
+root read-write into a root container, so anything below it may have been written or
+replaced by any framework image: the script cron runs lives in a root-owned directory
+outside it (0755, not 0700, so that a non-root ``cron_user`` can read it; its content is no
+secret, only who may change it matters), whose parents must be root's and not writable by
+everyone (preflight). A hand-made cron line that runs ``<data_root>/aicron.sh`` fails the
+host. ``log_file`` and ``cron_file`` below the data root are refused (root would write
+through links planted there). Below the data root, fleet never follows a symbolic link:
+directories are walked one component at a time and changed through the directory itself
+(:data:`DIR_SCRIPT`), and files are written through a ``mktemp`` file (``O_EXCL``) in the
+target's directory that is checked to be the file just made, then renamed over the target
+(:data:`WRITE_SCRIPT`), so a link planted by a container redirects nothing.
+
+The data root itself must be writable by its owner only: a ``mode`` that lets a group
+(other than ``root``) or everyone write it is refused per host, unless
+``allow_writable_data_root: true`` says that this is wanted (for example a lab group that
+shares ``/data``). Subdirectories (``projects`` at ``2775`` for a lab group) are not
+checked: they hold data, not what cron runs.
 
 Design (pyinfra's): per host one round trip gathers every fact (:data:`FACTS_SCRIPT`, a
 constant script that takes the settings as arguments; :func:`parse_facts` is pure). Pure
@@ -23,8 +45,8 @@ functions decide: :func:`preflight` (what stops the host; what only deserves a w
 changes run; then the facts are gathered again and the plan must be empty (the host
 converged), else the host fails with what is still missing. Nothing to do is ``ok``.
 ``check`` stops after planning; ``diff`` adds unified diffs of the files to the details.
-Files are written atomically (a temporary file in the same directory, then ``mv``), their
-content sent on stdin, and refused when the file changed since its facts were read.
+Files are written atomically (see above), their content sent on stdin, and refused when
+the file changed since its facts were read.
 
 Where the cron entry goes: ``/etc/crontab`` (setting ``cron_file``), because that is where
 the lab's hosts carry the aicron entry today and where their admins look for it, and every
@@ -34,7 +56,9 @@ hand-made line in ``/etc/crontab`` would run the script twice unnoticed. Sharing
 with its owner is safe: fleet only rewrites the lines between its markers (``# BEGIN fleet
 aicron`` / ``# END fleet aicron``) and keeps every other byte; a hand-made aicron line
 outside the block is reported as a warning, never edited. ``cron_file: /etc/cron.d/fleet``
-works the same way for those who prefer it.
+works the same way for those who prefer it. A host provisioned before the script moved
+(its block runs ``/data/aicron.sh``) converges on the next run: the block is rewritten to
+the new path and ``/data/aicron.sh`` becomes the copy.
 
 Errors: invalid settings raise :class:`ProvisionSettingsError` (an ``InputError``, exit 4)
 before any host is touched; a host that fails its preflight or a change is ``failed`` with
@@ -77,7 +101,17 @@ FLEET_PROVISION_OVERRIDES = "fleet_provision_overrides"
 BEGIN_MARKER = "# BEGIN fleet aicron"
 END_MARKER = "# END fleet aicron"
 SCRIPT_NAME = "aicron.sh"
+# What cron runs: root's, outside every path a framework container may mount.
+SCRIPT_DIR = "/usr/local/lib/fleet"
+SCRIPT_PATH = f"{SCRIPT_DIR}/{SCRIPT_NAME}"
+SCRIPT_DIR_MODE = 0o755
 SCRIPT_MODE = 0o755
+# <data_root>/aicron.sh: a copy for people to read, not executable.
+COPY_MODE = 0o644
+COPY_NOTE = (
+    f"# A COPY, for reading: cron runs {SCRIPT_PATH} (root's, outside the data root,\n"
+    "# which every framework container can write). Editing this file changes nothing.\n"
+)
 CRON_MODE = 0o644
 # The cron file is read whole to edit it (the facts script's "head -c 1048576"); a larger
 # one is refused rather than truncated.
@@ -128,12 +162,21 @@ class ProvisionSettings:
     min_free_docker: int = 10 * _GIB
     min_free_data: int = 1 * _GIB
     base_image: str | None = None
+    allow_writable_data_root: bool = False
     # Derived, not settings of their own.
     pid_file: str = "/run/aicron-weights-8340.pid"
     run_spec: RunSpec = field(default_factory=RunSpec)
+    # The script cron runs: always SCRIPT_PATH on a host (a field so that a test can run it
+    # elsewhere).
+    script_path: str = SCRIPT_PATH
 
     @property
-    def script_path(self) -> str:
+    def script_dir(self) -> str:
+        return posixpath.dirname(self.script_path)
+
+    @property
+    def copy_path(self) -> str:
+        """The copy of the script for people, in the data root; nothing runs it."""
         return posixpath.join(self.data_root, SCRIPT_NAME)
 
     @property
@@ -180,6 +223,7 @@ _SETTING_KEYS = frozenset(
         "log_file",
         "min_free",
         "base_image",
+        "allow_writable_data_root",
     }
 )
 _PATH_PART = r"[A-Za-z0-9_+@-][A-Za-z0-9._+@-]*"
@@ -272,7 +316,13 @@ def _build_settings(raw: Mapping[str, tuple[Any, str]], run_spec: RunSpec) -> Pr
     weights_user = (
         "" if weights_user_value in (None, "") else _account(weights_user_value, weights_user_where)
     )
-    cron_file = _absolute_path(*get("cron_file", defaults.cron_file))
+    if _below(SCRIPT_DIR, data_root) or _below(data_root, SCRIPT_DIR):
+        raise ProvisionSettingsError(
+            f"{get('data_root', '')[1]}: {data_root} would hold {SCRIPT_DIR}, where the script "
+            "cron runs as root lives; every framework container can write the data root",
+            fix="use a directory of its own, e.g. data_root: /data",
+        )
+    cron_file = _outside(*get("cron_file", defaults.cron_file), data_root)
     if posixpath.dirname(cron_file) == "/etc/cron.d" and not _CRON_D_NAME.fullmatch(
         posixpath.basename(cron_file)
     ):
@@ -283,9 +333,16 @@ def _build_settings(raw: Mapping[str, tuple[Any, str]], run_spec: RunSpec) -> Pr
         )
     cron_user = _account(*get("cron_user", defaults.cron_user))
     schedule = _schedule(*get("cron_schedule", defaults.cron_schedule))
-    log_file = _absolute_path(*get("log_file", defaults.log_file))
+    log_file = _outside(*get("log_file", defaults.log_file), data_root)
     min_free_docker, min_free_data = _min_free(raw.get("min_free"))
     base_image = _base_image(raw.get("base_image"))
+    allow_writable, allow_where = get("allow_writable_data_root", False)
+    if not isinstance(allow_writable, bool):
+        raise ProvisionSettingsError(
+            f"{allow_where}: expected true or false, got {allow_writable!r}",
+            fix="allow_writable_data_root: true (only when others than the data root's "
+            "owner are meant to write it)",
+        )
     return ProvisionSettings(
         data_root=data_root,
         owner=owner,
@@ -303,6 +360,7 @@ def _build_settings(raw: Mapping[str, tuple[Any, str]], run_spec: RunSpec) -> Pr
         min_free_docker=min_free_docker,
         min_free_data=min_free_data,
         base_image=base_image,
+        allow_writable_data_root=allow_writable,
         pid_file=f"/run/aicron-weights-{port}.pid",
         run_spec=run_spec,
     )
@@ -330,6 +388,23 @@ def _absolute_path(value: Any, where: str) -> str:
             fix="e.g. /data (no spaces, quotes, '%' or '..')",
         )
     return value
+
+
+def _below(path: str, directory: str) -> bool:
+    """Whether ``path`` is ``directory`` or inside it (both normalised absolute paths)."""
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _outside(value: Any, where: str, data_root: str) -> str:
+    """An absolute path that root writes, refused below the data root."""
+    path = _absolute_path(value, where)
+    if _below(path, data_root):
+        raise ProvisionSettingsError(
+            f"{where}: {path} is below the data root {data_root}, which every framework "
+            "container can write: root would write through the links planted there",
+            fix=f"use a path outside {data_root}, e.g. the default",
+        )
+    return path
 
 
 def _relative_path(value: Any, where: str) -> str:
@@ -518,6 +593,13 @@ def render_script(settings: ProvisionSettings, template: str | None = None) -> b
     return text.encode()
 
 
+def render_copy(settings: ProvisionSettings, template: str | None = None) -> bytes:
+    """The copy in the data root: the script with :data:`COPY_NOTE` after its first line."""
+    script = render_script(settings, template)
+    first, newline, rest = script.partition(b"\n")
+    return first + newline + COPY_NOTE.encode() + rest
+
+
 def cron_block(settings: ProvisionSettings) -> bytes:
     """fleet's block in the cron file, markers included, ending with a newline."""
     return (
@@ -618,13 +700,17 @@ def label_diff(text: str, host: str) -> str:
 # -- facts ------------------------------------------------------------------------------
 # Appended to fleet.facts.SCRIPT (engine, runtimes, nvidia-smi, disk at Docker's root):
 # one round trip. Settings arrive as arguments, never interpolated: $1 cron file, $2
-# script, $3 owner, $4 group, $5 weights user, $6 weights URL, $7 data root, then the
-# directories to stat. File contents travel base64-encoded, so every byte survives.
+# script, $3 owner, $4 group, $5 weights user, $6 weights URL, $7 data root, $8 the
+# script's copy, then the directories to stat. File contents travel base64-encoded, so
+# every byte survives. Below the data root nothing is followed: a symbolic link there shows
+# as one (the data root itself may be the admin's link to a bigger disk).
+#   p_lib: the script's directory (not followed) and each of its parents (followed);
+#   p_lib_real: that directory's parent and the data root, links resolved.
 FACTS_SCRIPT = (
     facts_mod.SCRIPT
     + r"""
-cron_file=$1; script=$2; owner=$3; group=$4; weights_user=$5; url=$6; data_root=$7
-shift 7
+cron_file=$1; script=$2; owner=$3; group=$4; weights_user=$5; url=$6; data_root=$7; copy=$8
+shift 8
 echo "@@p_id"; id -u; id -un
 echo "@@p_owner"; id -u "$owner" 2>/dev/null || echo absent
 echo "@@p_group"; gid=$(getent group "$group" 2>/dev/null | cut -d: -f3); echo "${gid:-absent}"
@@ -633,14 +719,16 @@ if [ -z "$weights_user" ]; then echo none; else id -u "$weights_user" 2>/dev/nul
 echo "@@p_paths"
 i=0
 for p in "$@"; do
-  if [ -e "$p" ]; then stat -L -c "$i|%F|%a|%u|%g|%U|%G" -- "$p" 2>&1 | head -n 1; else echo "$i|absent"; fi
+  if [ "$p" = "$data_root" ]; then follow=-L; else follow=; fi
+  if [ -e "$p" ] || [ -L "$p" ]; then stat $follow -c "$i|%F|%a|%u|%g|%U|%G" -- "$p" 2>&1 | head -n 1; else echo "$i|absent"; fi
   i=$((i + 1))
 done
+# $4: -L follows a symbolic link; empty: a link is reported as one and not read.
 file_fact() {
   echo "@@$1"
-  if [ -e "$2" ]; then
-    stat -L -c '%F|%a|%u|%g|%s' -- "$2" 2>&1 | head -n 1
-    if [ -f "$2" ] && [ -r "$2" ]; then
+  if [ -e "$2" ] || [ -L "$2" ]; then
+    stat $4 -c '%F|%a|%u|%g|%s' -- "$2" 2>&1 | head -n 1
+    if [ -f "$2" ] && [ -r "$2" ] && { [ -n "$4" ] || [ ! -L "$2" ]; }; then
       sha256sum <"$2" | cut -d' ' -f1
       head -c "$3" <"$2" | base64 | tr -d '\n'; echo
     fi
@@ -648,9 +736,21 @@ file_fact() {
     echo absent
   fi
 }
-file_fact p_script "$script" 262144
-file_fact p_cron "$cron_file" 1048576
-file_fact p_daemon_json /etc/docker/daemon.json 65536
+file_fact p_script "$script" 262144 ""
+file_fact p_copy "$copy" 262144 ""
+file_fact p_cron "$cron_file" 1048576 -L
+file_fact p_daemon_json /etc/docker/daemon.json 65536 -L
+echo "@@p_lib"
+d=${script%/*}; follow=
+while :; do
+  if [ -e "${d:-/}" ] || [ -L "${d:-/}" ]; then stat $follow -c '%n|%F|%a|%u|%g' -- "${d:-/}" 2>&1 | head -n 1
+  else echo "${d:-/}|absent"; fi
+  [ -n "$d" ] || break
+  d=${d%/*}; follow=-L
+done
+echo "@@p_lib_real"
+lib=${script%/*}; readlink -f -- "${lib%/*}" || echo absent
+readlink -f -- "$data_root" || echo absent
 echo "@@p_tools"
 for t in python3 flock setpriv setsid nvidia-container-runtime-hook nvidia-ctk; do
   command -v "$t" >/dev/null 2>&1 && echo "$t"
@@ -669,7 +769,7 @@ d=$data_root; while [ ! -e "$d" ]; do d=$(dirname -- "$d"); done
 df -PB1 -- "$d" | tail -n 1
 echo "@@p_weights"
 if command -v python3 >/dev/null 2>&1; then
-python3 -c '
+python3 -I -c '
 import sys, urllib.error, urllib.request
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 try:
@@ -729,6 +829,11 @@ class ProvisionFacts:
     weights_user_exists: bool = True
     paths: Mapping[str, PathState | None] = field(default_factory=dict)  # None: absent
     script: FileState | None = None
+    copy: FileState | None = None
+    # The script's directory and its parents (None: absent; not a key: not reported).
+    lib: Mapping[str, PathState | None] = field(default_factory=dict)
+    lib_parent_real: str = ""  # the script directory's parent, links resolved
+    data_root_real: str = ""
     cron: FileState | None = None
     daemon_json: FileState | None = None
     tools: frozenset[str] = frozenset()
@@ -764,6 +869,7 @@ def facts_arguments(settings: ProvisionSettings) -> list[str]:
         settings.weights_user,
         settings.weights_url,
         settings.data_root,
+        settings.copy_path,
         *(d.path for d in settings.managed_dirs),
     ]
 
@@ -859,6 +965,23 @@ def _path_states(lines: list[str], paths: Sequence[str]) -> dict[str, PathState 
     return found
 
 
+def _lib_states(lines: list[str]) -> dict[str, PathState | None]:
+    found: dict[str, PathState | None] = {}
+    for line in lines:
+        cells = line.strip().split("|")
+        if not cells[0].startswith("/"):
+            continue
+        if cells[1:] == ["absent"]:
+            found[cells[0]] = None
+        elif len(cells) == 5 and re.fullmatch(r"[0-7]+", cells[2]):
+            found[cells[0]] = PathState(cells[1], int(cells[2], 8), _id(cells[3]), _id(cells[4]))
+        else:
+            found[cells[0]] = PathState(
+                f"unreadable: {'|'.join(cells[1:])}", mode=0, uid=-1, gid=-1
+            )
+    return found
+
+
 def _limits(lines: list[str]) -> tuple[str, dict[str, int | None], bool | None]:
     source = ""
     hard: dict[str, int | None] = {}
@@ -914,6 +1037,9 @@ def parse_facts(text: str, paths: Sequence[str]) -> ProvisionFacts:
     source, hard, capable = _limits(parts.get("p_limits", []))
     smi = parts.get("nvidia_smi", [])
     probe = _first(parts, "p_weights")
+    real = [line.strip() for line in parts.get("p_lib_real", [])]
+    real = ["" if line == "absent" else line for line in real]
+    real += ["", ""]
     return ProvisionFacts(
         host=host,
         uid=uid,
@@ -924,6 +1050,10 @@ def parse_facts(text: str, paths: Sequence[str]) -> ProvisionFacts:
         weights_user_exists=weights != "absent",
         paths=_path_states(parts.get("p_paths", []), paths),
         script=_file_state(parts.get("p_script", [])),
+        copy=_file_state(parts.get("p_copy", [])),
+        lib=_lib_states(parts.get("p_lib", [])),
+        lib_parent_real=real[0],
+        data_root_real=real[1],
         cron=_file_state(parts.get("p_cron", [])),
         daemon_json=_file_state(parts.get("p_daemon_json", [])),
         tools=frozenset(line.strip() for line in parts.get("p_tools", [])),
@@ -1181,29 +1311,118 @@ def _check_files(
                     )
                 )
             else:
-                others = _other_aicron_lines(content, span)
-                if others:
-                    warnings.append(
-                        f"{settings.cron_file}: line(s) {', '.join(map(str, others))} outside "
-                        "fleet's block also run aicron.sh; fleet leaves them alone (runs are "
-                        "serialised by flock); remove them when convenient"
-                    )
-    if settings.cron_user in ("root", "0") and _writable_by_others(settings):
+                _check_other_lines(settings, content, span, failures, warnings)
+    copy = facts.copy
+    if copy is not None and copy.kind == "directory":
         warnings.append(
-            f"{settings.data_root} is writable by others than root, and cron runs "
-            f"{settings.script_path} as root: whoever can write {settings.data_root} can "
-            "replace the script"
+            f"{settings.copy_path} is a directory: the readable copy of {settings.script_path} "
+            "is not written there (nothing runs it; remove the directory when convenient)"
+        )
+    if _writable_by_others(settings) and not settings.allow_writable_data_root:
+        state = facts.paths.get(settings.data_root)
+        now = (
+            f"; on the host now: mode {state.mode:04o}, owner {state.user or state.uid}:"
+            f"{state.group or state.gid}"
+            if state is not None and state.kind == "directory"
+            else ""
+        )
+        failures.append(
+            Problem(
+                f"refused: the data root {settings.data_root} would be writable by others than "
+                f"its owner: mode {settings.mode:04o}, owner {settings.owner}:{settings.group} "
+                f"(fleet_provision.mode/owner/group){now}",
+                f'set fleet_provision.mode: "{settings.mode & ~0o022:04o}" (fleet then does the '
+                f"chmod), or, when others than {settings.owner} are meant to write it, "
+                "fleet_provision.allow_writable_data_root: true",
+            )
+        )
+    _check_script_home(settings, facts, failures, warnings)
+
+
+def _check_other_lines(
+    settings: ProvisionSettings,
+    content: bytes,
+    span: tuple[int, int] | None,
+    failures: list[Problem],
+    warnings: list[str],
+) -> None:
+    """Hand-made aicron lines: one that runs the copy in the data root fails the host."""
+    others = _other_aicron_lines(content, span)
+    lines = _lines(content)
+    runs_copy = [n for n in others if settings.copy_path.encode() in lines[n - 1][1]]
+    if runs_copy:
+        failures.append(
+            Problem(
+                f"{settings.cron_file}: line(s) {', '.join(map(str, runs_copy))} outside fleet's "
+                f"block run {settings.copy_path}, which every framework container can write: "
+                "whatever a container appends to it would run on this host",
+                f"remove those lines from {settings.cron_file} (fleet's block runs "
+                f"{settings.script_path}, root's own)",
+            )
+        )
+    rest = [n for n in others if n not in runs_copy]
+    if rest:
+        warnings.append(
+            f"{settings.cron_file}: line(s) {', '.join(map(str, rest))} outside "
+            "fleet's block also run aicron.sh; fleet leaves them alone (runs are "
+            "serialised by flock); remove them when convenient"
         )
 
 
 def _writable_by_others(settings: ProvisionSettings) -> bool:
-    """Whether someone but root may rename files in the data root, as configured."""
+    """Whether the data root, as configured, lets others than its owner write it.
+
+    Sticky or not: everyone may create names in a sticky directory. A group-writable root
+    is fine when the group is root's, whose members are root-equivalent by convention.
+    """
     mode = settings.mode
-    if settings.owner not in ("root", "0"):
-        return True
-    if mode & 0o1000:  # sticky: only a file's owner (root) may rename it
-        return False
     return bool(mode & 0o002 or (mode & 0o020 and settings.group not in ("root", "0")))
+
+
+def _check_script_home(
+    settings: ProvisionSettings,
+    facts: ProvisionFacts,
+    failures: list[Problem],
+    warnings: list[str],
+) -> None:
+    """The script cron runs: in a directory that only root can change, outside the data root."""
+    home = facts.lib.get(settings.script_dir)
+    if home is not None and home.kind != "directory":
+        failures.append(
+            Problem(
+                f"{settings.script_dir} exists and is not a directory ({home.kind}); cron's script must "
+                "live in a directory of root's own",
+                "move it away on the host; fleet then creates the directory",
+            )
+        )
+    for path, state in facts.lib.items():
+        if path == settings.script_dir or state is None:
+            continue
+        if state.kind != "directory" or state.uid != 0 or state.mode & 0o002:
+            failures.append(
+                Problem(
+                    f"{path} ({state.kind}, mode {state.mode:04o}, uid {state.uid}) holds "
+                    f"{settings.script_path}, which cron runs as root, but is not a directory "
+                    "of root's that others cannot write",
+                    f"chown root {path} and chmod o-w {path} on the host",
+                )
+            )
+        elif state.mode & 0o020 and state.gid != 0:
+            warnings.append(
+                f"{path} is writable by group {state.gid}: its members can replace "
+                f"{settings.script_path}, which cron runs as root (chmod g-w {path})"
+            )
+    real = facts.lib_parent_real and posixpath.join(
+        facts.lib_parent_real, posixpath.basename(settings.script_dir)
+    )
+    if real and facts.data_root_real and _below(real, facts.data_root_real):
+        failures.append(
+            Problem(
+                f"{settings.script_dir} is really {real}, inside the data root {facts.data_root_real} "
+                "(through a symbolic link), which every framework container can write",
+                f"make {posixpath.dirname(settings.script_dir)} a directory outside the data root",
+            )
+        )
 
 
 def _check_accounts(
@@ -1296,32 +1515,106 @@ class Change:
         }
 
 
-# Writes stdin to $1 atomically with mode $2, but only when the file is still what the
-# facts saw ($3: its sha256, or "absent"); a concurrent edit is never overwritten.
+# Writes stdin to $1 atomically with mode $2, root's, but only when the file is still what
+# the facts saw ($3: its sha256, "absent", or "any" for the copy nobody runs); a concurrent
+# edit is never overwritten. It works inside the target's directory (its own links
+# followed, as the admin made them) and never through a name that may have been swapped:
+# mktemp creates the temporary file there with O_EXCL; where others can write the
+# directory (the data root: every framework container can), that name may be replaced by a
+# link before it is opened, so the open descriptor must be that very file (same inode, one
+# link, not a link) and its mode and owner are set through the descriptor. The rename
+# replaces a link at the target instead of writing through it (-T: nor into a directory).
+# The temporary file is removed on any failure or signal.
 WRITE_SCRIPT = r"""
 set -eu
 path=$1; mode=$2; expected=$3
-if [ "$expected" = absent ]; then
-  if [ -e "$path" ]; then echo "fleet: $path appeared since its facts were read; rerun" >&2; exit 3; fi
-else
-  current=$(sha256sum <"$path" | cut -d' ' -f1)
-  if [ "$current" != "$expected" ]; then echo "fleet: $path changed since its facts were read; rerun" >&2; exit 3; fi
-fi
-tmp=$(mktemp "$path.fleet-XXXXXX")
+dir=${path%/*}; name=${path##*/}
+cd -P -- "${dir:-/}"
+case $expected in
+  any) ;;
+  absent)
+    if [ -e "$name" ] || [ -L "$name" ]; then echo "fleet: $path appeared since its facts were read; rerun" >&2; exit 3; fi ;;
+  *)
+    current=$(sha256sum <"$name" | cut -d' ' -f1)
+    if [ "$current" != "$expected" ]; then echo "fleet: $path changed since its facts were read; rerun" >&2; exit 3; fi ;;
+esac
+tmp=$(mktemp "$name.fleet-XXXXXX")
 trap 'rm -f -- "$tmp"' EXIT
-cat >"$tmp"
-chmod "$mode" "$tmp"
-mv -f -- "$tmp" "$path"
+trap 'exit 1' HUP INT TERM PIPE
+exec 3>>"$tmp"
+fd=/proc/$$/fd/3
+if [ -L "$tmp" ] || ! [ "$tmp" -ef "$fd" ] || [ "$(stat -L -c %h "$fd")" != 1 ]; then
+  echo "fleet: $dir/$tmp was replaced before fleet wrote it (by a link?); nothing written" >&2; exit 3
+fi
+cat >&3
+chown 0:0 "$fd"
+chmod "$mode" "$fd"
+exec 3>&-
+mv -fT -- "$tmp" "$name"
 trap - EXIT
 """
 
 
-def write_command(path: str, content: bytes, mode: int, expected: FileState | None) -> Command:
-    """The command that writes ``content`` to ``path`` (see :data:`WRITE_SCRIPT`)."""
-    seen = "absent" if expected is None else expected.sha256
+def write_command(
+    path: str, content: bytes, mode: int, expected: FileState | str | None
+) -> Command:
+    """The command that writes ``content`` to ``path`` (see :data:`WRITE_SCRIPT`).
+
+    ``expected`` is what the facts saw (None: no file); the string ``"any"`` writes whatever
+    is there (the copy in the data root, which nothing runs).
+    """
+    if isinstance(expected, str):
+        seen = expected
+    else:
+        seen = "absent" if expected is None else expected.sha256
     argv = ("sh", "-c", WRITE_SCRIPT, "fleet-write", path, f"{mode:04o}", seen)
-    label = f"write {path} (mode {mode:04o}, {len(content)} bytes, atomically, unless changed)"
+    unless = "" if seen == "any" else ", unless changed"
+    label = f"write {path} (root, mode {mode:04o}, {len(content)} bytes, atomically{unless})"
     return Command(argv, content, label)
+
+
+# Creates directory $2 (or only fixes it), then chowns it to $3 and chmods it to $4 (either
+# may be empty: left alone). $1 is the data root: it and its parents are followed as the
+# admin made them (a link to a bigger disk); below it, every component is entered with
+# "cd -P" and checked to be where it should be, so a link planted by a container fails
+# the change instead of redirecting a chown or chmod; created and changed through the
+# directory itself (the current one), never through its name.
+DIR_SCRIPT = r"""
+set -euf
+root=$1; path=$2; owner=$3; mode=$4
+mkdir -p -- "$root"
+cd -P -- "$root"
+here=$(pwd -P); at=$root
+IFS=/
+for part in ${path#"$root"}; do
+  [ -n "$part" ] || continue
+  [ -e "$part" ] || [ -L "$part" ] || mkdir -- "$part" || [ -d "$part" ]
+  cd -P -- "$part"
+  here=${here%/}/$part; at=$at/$part
+  if [ "$(pwd -P)" != "$here" ]; then
+    echo "fleet: $at leads to $(pwd -P): a symbolic link below the data root; fleet does not change what it points to" >&2
+    exit 3
+  fi
+done
+if [ -n "$owner" ]; then chown -- "$owner" .; fi
+if [ -n "$mode" ]; then chmod -- "$mode" .; fi
+"""
+
+
+def dir_command(
+    root: str, path: str, owner: str = "", mode: int | None = None, create: bool = False
+) -> Command:
+    """Creates or fixes ``path`` (``root`` or below it) following no link below ``root``.
+
+    See :data:`DIR_SCRIPT`; ``owner`` empty and ``mode`` None leave them alone.
+    """
+    # Five digits: GNU chmod keeps a directory's setgid bit on "0755" but sets it exactly on "00755".
+    mode_text = "" if mode is None else f"0{mode:04o}"
+    argv = ("sh", "-c", DIR_SCRIPT, "fleet-dir", root, path, owner, mode_text)
+    done = ["mkdir"] if create else []
+    done += [f"chown {owner}"] if owner else []
+    done += [f"chmod {mode_text}"] if mode_text else []
+    return Command(argv, label=f"{', '.join(done)} {path} (following no link below {root})")
 
 
 def _chmod(mode: int, path: str) -> Command:
@@ -1354,7 +1647,9 @@ def plan(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Change]:
     changes: list[Change] = []
     for spec in settings.managed_dirs:
         changes += _plan_dir(spec, facts, settings)
+    changes += _plan_script_dir(settings, facts)
     changes += _plan_script(settings, facts)
+    changes += _plan_copy(settings, facts)
     changes += _plan_cron(settings, facts)
     if not facts.weights_up:
         changes.append(
@@ -1383,11 +1678,7 @@ def _plan_dir(spec: DirSpec, facts: ProvisionFacts, settings: ProvisionSettings)
                 spec.path,
                 f"create directory {spec.path} ({owner} {spec.mode:04o})",
                 "missing",
-                (
-                    Command(("mkdir", "-p", "--", spec.path)),
-                    Command(("chown", "--", owner, spec.path)),
-                    _chmod(spec.mode, spec.path),
-                ),
+                (dir_command(settings.data_root, spec.path, owner, spec.mode, create=True),),
             )
         ]
     if state.kind != "directory":
@@ -1400,7 +1691,7 @@ def _plan_dir(spec: DirSpec, facts: ProvisionFacts, settings: ProvisionSettings)
                 spec.path,
                 f"fix owner of {spec.path}: {state.user or state.uid}:{state.group or state.gid} -> {owner}",
                 f"owned by {state.user or state.uid}:{state.group or state.gid}",
-                (Command(("chown", "--", owner, spec.path)),),
+                (dir_command(settings.data_root, spec.path, owner),),
             )
         )
     if state.mode != spec.mode:
@@ -1410,10 +1701,46 @@ def _plan_dir(spec: DirSpec, facts: ProvisionFacts, settings: ProvisionSettings)
                 spec.path,
                 f"fix mode of {spec.path}: {state.mode:04o} -> {spec.mode:04o}",
                 f"mode is {state.mode:04o}",
-                (_chmod(spec.mode, spec.path),),
+                (dir_command(settings.data_root, spec.path, mode=spec.mode),),
             )
         )
     return changes
+
+
+def _plan_script_dir(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Change]:
+    """The script's own directory: root's, 0755 (its parents are checked, never changed)."""
+    if settings.script_dir not in facts.lib:
+        return []  # not reported: nothing to plan from
+    state = facts.lib[settings.script_dir]
+    if state is None:
+        return [
+            Change(
+                "script_dir_created",
+                settings.script_dir,
+                f"create directory {settings.script_dir} (root:root {SCRIPT_DIR_MODE:04o})",
+                "missing",
+                (
+                    Command(("mkdir", "-p", "--", settings.script_dir)),
+                    Command(("chown", "--", "0:0", settings.script_dir)),
+                    _chmod(SCRIPT_DIR_MODE, settings.script_dir),
+                ),
+            )
+        ]
+    if state.kind == "directory" and (state.uid, state.gid, state.mode) != (0, 0, SCRIPT_DIR_MODE):
+        return [
+            Change(
+                "script_dir_fixed",
+                settings.script_dir,
+                f"fix {settings.script_dir}: owner {state.uid}:{state.gid} mode {state.mode:04o} -> "
+                f"root:root {SCRIPT_DIR_MODE:04o}",
+                "cron runs a script from it as root; only root may change it",
+                (
+                    Command(("chown", "--", "0:0", settings.script_dir)),
+                    _chmod(SCRIPT_DIR_MODE, settings.script_dir),
+                ),
+            )
+        ]
+    return []
 
 
 def _plan_script(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Change]:
@@ -1431,25 +1758,55 @@ def _plan_script(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Cha
                 path,
                 f"{'install' if current is None else 'update'} {path}",
                 "missing" if current is None else f"content differs (sha256 {current.sha256[:12]})",
-                (
-                    write_command(path, wanted, SCRIPT_MODE, current),
-                    Command(("chown", "--", "0:0", path)),
-                ),
+                (write_command(path, wanted, SCRIPT_MODE, current),),
                 diff=unified_diff(path, before, wanted),
             )
         ]
-    if current.mode != SCRIPT_MODE or current.uid != 0:
+    if current.mode != SCRIPT_MODE or current.uid != 0 or current.gid != 0:
         return [
             Change(
                 "script_mode_fixed",
                 path,
-                f"fix {path}: owner uid {current.uid} mode {current.mode:04o} -> root "
-                f"{SCRIPT_MODE:04o}",
+                f"fix {path}: owner {current.uid}:{current.gid} mode {current.mode:04o} -> "
+                f"root:root {SCRIPT_MODE:04o}",
                 "cron runs it; only root may change it",
                 (Command(("chown", "--", "0:0", path)), _chmod(SCRIPT_MODE, path)),
             )
         ]
     return []
+
+
+def _plan_copy(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Change]:
+    """The readable copy in the data root: rewritten whole (never chmodded by name)."""
+    path = settings.copy_path
+    wanted = render_copy(settings)
+    current = facts.copy
+    if current is not None and current.kind == "directory":
+        return []  # preflight warns
+    if (
+        current is not None
+        and current.kind in ("regular file", "regular empty file")
+        and current.sha256 == hashlib.sha256(wanted).hexdigest()
+        and (current.mode, current.uid, current.gid) == (COPY_MODE, 0, 0)
+    ):
+        return []
+    why = (
+        "missing"
+        if current is None
+        else f"it is a {current.kind}"
+        if current.kind not in ("regular file", "regular empty file")
+        else f"differs from {settings.script_path} or is not root's {COPY_MODE:04o}"
+    )
+    return [
+        Change(
+            "copy_installed" if current is None else "copy_updated",
+            path,
+            f"{'write' if current is None else 'rewrite'} {path}, a copy of "
+            f"{settings.script_path} to read (cron does not run it)",
+            why,
+            (write_command(path, wanted, COPY_MODE, "any"),),
+        )
+    ]
 
 
 def _plan_cron(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Change]:
@@ -1565,9 +1922,13 @@ _SUMMARY = {
     "dir_created": ("created {n} dir{s}", "create {n} dir{s}"),
     "dir_owner_fixed": ("fixed owner of {n} dir{s}", "fix owner of {n} dir{s}"),
     "dir_mode_fixed": ("fixed mode of {n} dir{s}", "fix mode of {n} dir{s}"),
+    "script_dir_created": (f"created {SCRIPT_DIR}", f"create {SCRIPT_DIR}"),
+    "script_dir_fixed": (f"fixed {SCRIPT_DIR}'s mode", f"fix {SCRIPT_DIR}'s mode"),
     "script_installed": ("installed aicron.sh", "install aicron.sh"),
     "script_updated": ("updated aicron.sh", "update aicron.sh"),
     "script_mode_fixed": ("fixed aicron.sh's mode", "fix aicron.sh's mode"),
+    "copy_installed": ("wrote its readable copy", "write its readable copy"),
+    "copy_updated": ("rewrote its readable copy", "rewrite its readable copy"),
     "cron_block_added": ("added the cron block", "add the cron block"),
     "cron_block_updated": ("updated the cron block", "update the cron block"),
     "cron_mode_fixed": ("fixed the cron file's mode", "fix the cron file's mode"),

@@ -2,7 +2,9 @@
 
 Facts fixtures (``tests/fixtures/provision/*.json``) were recorded on the lab's hosts with
 ``tests/fixtures/provision/record.py``: ``fresh-*`` just after ``lab up``, ``provisioned-*``
-after a provision with ``cron_schedule: "* * * * *"``. Variations are handwritten from them.
+after a provision with ``cron_schedule: "* * * * *"``, both before the script cron runs
+moved out of the data root (:func:`recorded` says how they read now). Variations are
+handwritten from them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import urllib.request
@@ -54,9 +58,29 @@ USER_CRONTAB = (
 )
 
 
+# What a Debian host answers for the script's directory and its parents, before provision.
+LIB_FACTS = (
+    "@@p_lib\n/usr/local/lib/fleet|absent\n/usr/local/lib|directory|755|0|0\n"
+    "/usr/local|directory|755|0|0\n/usr|directory|755|0|0\n/|directory|755|0|0\n"
+    "@@p_lib_real\n/usr/local/lib\n/data\n"
+)
+
+
 def recorded(name: str) -> ProvisionFacts:
+    """A recorded host's facts, as the facts script of today reads that host.
+
+    The fixtures were recorded while cron ran ``/data/aicron.sh``: what they say of the
+    script is now what is said of the copy at that place, the new place is empty, and its
+    directory's parents are Debian's (:data:`LIB_FACTS`). A ``provisioned-*`` fixture is
+    thus a host provisioned by the fleet of before the move.
+    """
     record = json.loads((FIXTURES / f"{name}.json").read_text())
-    return provision.parse_facts(record["stdout"], record["paths"])
+    stdout = record["stdout"]
+    if record["arguments"][1] == "/data/aicron.sh":
+        stdout = stdout.replace("\n@@p_script\n", "\n@@p_copy\n")
+        stdout = stdout.replace("\n@@p_cron\n", "\n@@p_script\nabsent\n@@p_cron\n")
+        stdout += LIB_FACTS
+    return provision.parse_facts(stdout, record["paths"])
 
 
 def settings(**provision_vars: Any) -> ProvisionSettings:
@@ -83,10 +107,13 @@ def converged(config: ProvisionSettings, base: ProvisionFacts | None = None) -> 
     }
     cron_before = base.cron.content if base.cron is not None else b""
     cron = provision.apply_block(cron_before or b"", provision.cron_block(config))
+    lib = {**base.lib, config.script_dir: PathState("directory", 0o755, 0, 0)}
     return dataclasses.replace(
         base,
         paths=paths,
         script=file_state(provision.render_script(config), 0o755),
+        copy=file_state(provision.render_copy(config), 0o644),
+        lib=lib,
         cron=file_state(cron),
         weights_up=True,
         weights_probe="up",
@@ -114,11 +141,15 @@ def test_defaults_describe_the_labs_tree() -> None:
         "/data/pretrained_models",
         "/data/projects",
     ]
-    assert DEFAULTS.script_path == "/data/aicron.sh"
+    assert DEFAULTS.script_path == "/usr/local/lib/fleet/aicron.sh"
+    assert DEFAULTS.copy_path == "/data/aicron.sh"
     assert (DEFAULTS.cron_file, DEFAULTS.cron_schedule) == ("/etc/crontab", "*/5 * * * *")
     assert DEFAULTS.weights_url == "http://127.0.0.1:8340/"
     assert (DEFAULTS.min_free_docker, DEFAULTS.min_free_data) == (10 << 30, 1 << 30)
-    assert DEFAULTS.cron_line == "*/5 * * * * root /bin/sh /data/aicron.sh >/dev/null"
+    assert DEFAULTS.cron_line == (
+        "*/5 * * * * root /bin/sh /usr/local/lib/fleet/aicron.sh >/dev/null"
+    )
+    assert not DEFAULTS.allow_writable_data_root
 
 
 def test_the_documented_settings_are_the_defaults() -> None:
@@ -140,7 +171,8 @@ def test_overrides_merge_key_by_key_and_min_free_entry_by_entry() -> None:
         }
     )
     assert found.data_root == "/srv/data"
-    assert found.script_path == "/srv/data/aicron.sh"
+    assert found.copy_path == "/srv/data/aicron.sh"
+    assert found.script_path == "/usr/local/lib/fleet/aicron.sh"  # wherever the data is
     assert found.cron_schedule == "*/2 * * * *"  # blanks normalised
     assert (found.min_free_docker, found.min_free_data) == (20 << 30, 0)
     assert found.run_spec.runtime == "nvidia"
@@ -180,6 +212,16 @@ def test_directory_entries_may_carry_their_own_owner_and_mode() -> None:
         ({"weights_bind": "every where"}, "fleet_provision.weights_bind", "0.0.0.0"),
         ({"owner": "bad name"}, "fleet_provision.owner", None),
         ({"base_image": " x"}, "fleet_provision.base_image", None),
+        (
+            {"allow_writable_data_root": "yes"},
+            "fleet_provision.allow_writable_data_root: expected true or false",
+            "allow_writable_data_root: true",
+        ),
+        # Root must never write, nor cron run, what a framework container can write.
+        ({"data_root": "/usr/local"}, "would hold /usr/local/lib/fleet", "data_root: /data"),
+        ({"data_root": "/usr/local/lib/fleet/x"}, "would hold /usr/local/lib/fleet", None),
+        ({"log_file": "/data/logs/aicron.log"}, "is below the data root /data", "outside"),
+        ({"cron_file": "/data/crontab"}, "fleet_provision.cron_file: /data/crontab is below", None),
     ],
 )
 def test_invalid_settings_name_the_place_and_the_fix(
@@ -248,8 +290,10 @@ def local_service(tmp_path: Path) -> Iterator[tuple[ProvisionSettings, Path]]:
     root = tmp_path / "data"
     (root / "pretrained_models").mkdir(parents=True)
     (root / "pretrained_models" / "model.bin").write_bytes(b"weights")
+    script = root / "aicron.sh"
     config = dataclasses.replace(
         DEFAULTS,
+        script_path=str(script),
         data_root=str(root),
         weights_dir=str(root / "pretrained_models"),
         weights_port=port,
@@ -258,7 +302,6 @@ def local_service(tmp_path: Path) -> Iterator[tuple[ProvisionSettings, Path]]:
         log_file=str(tmp_path / "aicron.log"),
         pid_file=str(tmp_path / "weights.pid"),
     )
-    script = root / "aicron.sh"
     script.write_bytes(provision.render_script(config))
     yield config, script
     pid_file = tmp_path / "weights.pid"
@@ -303,6 +346,51 @@ def test_script_reports_a_missing_weights_directory(
     ran = subprocess.run(["/bin/sh", str(script)], capture_output=True, check=False, timeout=30)
     assert ran.returncode == 1
     assert b"does not exist; run 'fleet provision'" in ran.stdout
+
+
+def test_script_runs_from_root_and_python_isolated() -> None:
+    script = provision.render_script(DEFAULTS).decode()
+    code = [line.strip() for line in script.splitlines() if not line.lstrip().startswith("#")]
+    commands = [line for line in code if line and not re.fullmatch(r"[A-Z_]+=\S*", line)]
+    assert commands[:2] == ["set -u", "cd / || exit 1"]
+    calls = re.findall(r"python3(?: +-\S+)*", "\n".join(code))
+    assert calls == ["python3 -I -c", "python3 -I -m"], calls
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("planted", ["cwd", "PYTHONPATH"])
+def test_script_imports_nothing_from_where_it_was_started(
+    local_service: tuple[ProvisionSettings, Path], tmp_path: Path, planted: str
+) -> None:
+    # A urllib package where cron or a person starts the script, or on PYTHONPATH: python3
+    # without -I (and without cd /) would import it as root.
+    evil = tmp_path / "evil"
+    marker = tmp_path / "imported"
+    (evil / "urllib").mkdir(parents=True)
+    (evil / "urllib" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    _, script = local_service
+    env = {**os.environ, "PYTHONPATH": str(evil)} if planted == "PYTHONPATH" else None
+    cwd = evil if planted == "cwd" else None
+    ran = subprocess.run(
+        ["/bin/sh", str(script)], cwd=cwd, env=env, capture_output=True, check=False, timeout=60
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert not marker.exists()
+
+
+def test_copy_says_at_its_top_that_cron_runs_the_root_owned_script(tmp_path: Path) -> None:
+    copy = provision.render_copy(DEFAULTS)
+    script = provision.render_script(DEFAULTS)
+    lines = copy.decode().splitlines()
+    assert lines[0] == "#!/bin/sh"
+    assert lines[1] == (
+        "# A COPY, for reading: cron runs /usr/local/lib/fleet/aicron.sh (root's, outside the "
+        "data root,"
+    )
+    assert copy.replace(provision.COPY_NOTE.encode(), b"") == script
+    assert b"\nSELF=/usr/local/lib/fleet/aicron.sh\n" in copy  # one lock for both
+    (tmp_path / "copy.sh").write_bytes(copy)
+    assert subprocess.run(["sh", "-n", str(tmp_path / "copy.sh")], check=False).returncode == 0
 
 
 # -- the cron block -----------------------------------------------------------------------
@@ -383,9 +471,9 @@ def test_provisioned_containerd_host_facts() -> None:
     found = recorded("provisioned-containerd")
     assert found.host.image_store == "containerd"
     assert found.weights_up
-    assert (
-        found.script is not None and found.script.mode == 0o755 and len(found.script.sha256) == 64
-    )
+    # Recorded when cron ran /data/aicron.sh: the copy's place holds the old script.
+    assert found.copy is not None and found.copy.mode == 0o755 and len(found.copy.sha256) == 64
+    assert found.script is None and found.lib["/usr/local/lib/fleet"] is None
     assert provision.find_block(found.cron.content or b"") is not None  # type: ignore[union-attr]
 
 
@@ -409,19 +497,33 @@ def test_fresh_host_gets_everything_in_order() -> None:
             "dir_created",
             "dir_created",
             "dir_created",
+            "script_dir_created",
             "script_installed",
+            "copy_installed",
             "cron_block_added",
             "service_started",
         ]
-        assert changes[0].commands[0].argv == ("mkdir", "-p", "--", "/data/checkpoints")
-        assert changes[0].commands[-1].argv == ("chmod", "00755", "/data/checkpoints")
-        script = changes[4]
+        (mkdir,) = changes[0].commands
+        assert mkdir.argv[:3] == ("sh", "-c", provision.DIR_SCRIPT)
+        assert mkdir.argv[-4:] == ("/data", "/data/checkpoints", "root:root", "00755")
+        assert str(mkdir) == (
+            "mkdir, chown root:root, chmod 00755 /data/checkpoints (following no link below /data)"
+        )
+        assert [c.argv for c in changes[4].commands] == [
+            ("mkdir", "-p", "--", "/usr/local/lib/fleet"),
+            ("chown", "--", "0:0", "/usr/local/lib/fleet"),
+            ("chmod", "00755", "/usr/local/lib/fleet"),
+        ]
+        script = changes[5]
         assert written(script) == provision.render_script(DEFAULTS)
-        assert script.commands[0].argv[-3:] == ("/data/aicron.sh", "0755", "absent")
-        cron = changes[5]
+        assert script.commands[0].argv[-3:] == ("/usr/local/lib/fleet/aicron.sh", "0755", "absent")
+        copy = changes[6]
+        assert written(copy) == provision.render_copy(DEFAULTS)
+        assert copy.commands[0].argv[-3:] == ("/data/aicron.sh", "0644", "any")
+        cron = changes[7]
         assert written(cron) == (facts.cron.content or b"") + BLOCK  # type: ignore[union-attr]
-        assert "+*/5 * * * * root /bin/sh /data/aicron.sh >/dev/null" in cron.diff
-        assert changes[6].commands[0].argv == ("/bin/sh", "/data/aicron.sh")
+        assert "+*/5 * * * * root /bin/sh /usr/local/lib/fleet/aicron.sh >/dev/null" in cron.diff
+        assert changes[8].commands[0].argv == ("/bin/sh", "/usr/local/lib/fleet/aicron.sh")
 
 
 def test_nothing_to_do_means_no_changes() -> None:
@@ -438,7 +540,8 @@ def test_mode_fix_is_one_chmod() -> None:
     changes = provision.plan(DEFAULTS, dataclasses.replace(facts, paths=paths))
     assert kinds(changes) == ["dir_mode_fixed"]
     assert changes[0].what == "fix mode of /data/datasets: 2700 -> 0755"
-    assert changes[0].commands[0].argv == ("chmod", "00755", "/data/datasets")  # clears setgid
+    # Through the directory itself, not its name; five digits clear the setgid bit.
+    assert changes[0].commands[0].argv[-4:] == ("/data", "/data/datasets", "", "00755")
 
 
 def test_owner_fix_is_one_chown() -> None:
@@ -448,7 +551,7 @@ def test_owner_fix_is_one_chown() -> None:
     paths["/data/projects"] = PathState("directory", 0o755, 0, 0, "root", "root")
     changes = provision.plan(config, dataclasses.replace(facts, paths=paths))
     assert kinds(changes) == ["dir_owner_fixed"]
-    assert changes[0].commands[0].argv == ("chown", "--", "lab:lab", "/data/projects")
+    assert changes[0].commands[0].argv[-4:] == ("/data", "/data/projects", "lab:lab", "")
 
 
 def test_users_crontab_lines_are_kept_byte_for_byte() -> None:
@@ -477,11 +580,41 @@ def test_schedule_change_updates_the_block_in_place() -> None:
 
 
 def test_recorded_host_with_another_schedule_only_updates_its_block() -> None:
-    facts = recorded("provisioned-classic")
-    facts = dataclasses.replace(
-        facts, script=file_state(provision.render_script(DEFAULTS), 0o755)
-    )  # the template may have changed since the recording
+    facts = converged(DEFAULTS, recorded("provisioned-classic"))
+    facts = dataclasses.replace(facts, cron=recorded("provisioned-classic").cron)
     assert kinds(provision.plan(DEFAULTS, facts)) == ["cron_block_updated"]
+
+
+def test_host_provisioned_when_cron_ran_the_data_roots_script_converges() -> None:
+    old = recorded("provisioned-classic")  # its block runs /bin/sh /data/aicron.sh
+    old_block = old.cron.content or b""  # type: ignore[union-attr]
+    assert b"root /bin/sh /data/aicron.sh" in old_block
+    verdict = provision.preflight(DEFAULTS, old)
+    assert verdict.ok, verdict
+    changes = provision.plan(DEFAULTS, old)
+    assert kinds(changes) == [
+        "script_dir_created",
+        "script_installed",
+        "copy_updated",
+        "cron_block_updated",
+    ]
+    cron = changes[-1]
+    assert "'* * * * * root /bin/sh /data/aicron.sh >/dev/null' -> '*/5 * * * * root /bin/sh " in (
+        cron.why
+    )
+    assert "-* * * * * root /bin/sh /data/aicron.sh >/dev/null" in cron.diff  # --diff shows it
+    assert "+*/5 * * * * root /bin/sh /usr/local/lib/fleet/aicron.sh >/dev/null" in cron.diff
+    assert "/data/aicron.sh" not in provision.cron_block(DEFAULTS).decode()
+    assert written(changes[2]).startswith(b"#!/bin/sh\n# A COPY, for reading: cron runs ")
+    # Once applied, nothing is left: the next run is ok.
+    applied = dataclasses.replace(
+        old,
+        lib={**old.lib, "/usr/local/lib/fleet": PathState("directory", 0o755, 0, 0)},
+        script=file_state(written(changes[1]), 0o755),
+        copy=file_state(written(changes[2]), 0o644),
+        cron=file_state(written(cron)),
+    )
+    assert provision.plan(DEFAULTS, applied) == []
 
 
 def test_changed_script_is_updated_with_a_diff() -> None:
@@ -498,10 +631,30 @@ def test_script_writable_by_others_is_fixed() -> None:
     facts = dataclasses.replace(converged(DEFAULTS), script=file_state(script, 0o777, uid=1000))
     (change,) = provision.plan(DEFAULTS, facts)
     assert change.kind == "script_mode_fixed"
+    # By name: the script's directory is root's alone (preflight checks its parents).
     assert [c.argv for c in change.commands] == [
-        ("chown", "--", "0:0", "/data/aicron.sh"),
-        ("chmod", "00755", "/data/aicron.sh"),
+        ("chown", "--", "0:0", "/usr/local/lib/fleet/aicron.sh"),
+        ("chmod", "00755", "/usr/local/lib/fleet/aicron.sh"),
     ]
+
+
+def test_copy_that_is_a_link_or_changed_is_rewritten_whole() -> None:
+    facts = converged(DEFAULTS)
+    copy = provision.render_copy(DEFAULTS)
+    found = {
+        "a link": FileState("symbolic link", 0o777, 0, 0, 11),
+        "appended to": file_state(copy + b"touch /pwned\n", 0o644),
+        "executable": file_state(copy, 0o755),
+    }
+    for state in found.values():
+        (change,) = provision.plan(DEFAULTS, dataclasses.replace(facts, copy=state))
+        assert change.kind == "copy_updated"
+        (write,) = change.commands
+        assert write.argv[-3:] == ("/data/aicron.sh", "0644", "any")
+        assert written(change) == copy
+    directory = dataclasses.replace(facts, copy=FileState("directory", 0o755, 0, 0, 4096))
+    assert provision.plan(DEFAULTS, directory) == []
+    assert "is a directory" in provision.preflight(DEFAULTS, directory).warnings[-1]
 
 
 def test_group_writable_crontab_is_fixed_and_written_files_keep_a_safe_mode() -> None:
@@ -521,6 +674,158 @@ def test_service_down_is_started() -> None:
     (change,) = provision.plan(DEFAULTS, facts)
     assert change.kind == "service_started"
     assert change.why == "nothing answers on http://127.0.0.1:8340/ (down x)"
+
+
+# -- the write and directory scripts, run on this machine -------------------------------------
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="provision runs them as root (chown 0:0)")
+
+
+def run_here(
+    command: provision.Command, path_dirs: Sequence[Path] = ()
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a planned command on this machine, with ``path_dirs`` first on PATH."""
+    env = {**os.environ, "PATH": os.pathsep.join([*map(str, path_dirs), os.environ["PATH"]])}
+    return subprocess.run(
+        list(command.argv),
+        input=command.stdin or b"",
+        env=env,
+        capture_output=True,
+        check=False,
+        timeout=30,
+    )
+
+
+def fake_mktemp(tmp_path: Path, after: str = "") -> Path:
+    """A ``mktemp`` that logs where and how it was called, then runs ``after`` on the name."""
+    real = shutil.which("mktemp")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "mktemp"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'echo "$(pwd -P) $*" >>{tmp_path}/mktemp.log\n'
+        f'name=$({real} "$@") || exit 1\n'
+        f"{after}\n"
+        'echo "$name"\n'
+    )
+    wrapper.chmod(0o755)
+    return bin_dir
+
+
+@as_root
+def test_files_are_written_through_mktemp_in_their_directory_then_renamed(tmp_path: Path) -> None:
+    bin_dir = fake_mktemp(tmp_path)
+    target = tmp_path / "etc" / "crontab"
+    target.parent.mkdir()
+    target.write_bytes(b"old\n")
+    command = provision.write_command(str(target), b"new\n", 0o600, file_state(b"old\n"))
+    ran = run_here(command, [bin_dir])
+    assert ran.returncode == 0, ran.stderr
+    # mktemp (O_EXCL) made the temporary file beside the target, by a relative template.
+    assert (tmp_path / "mktemp.log").read_text() == f"{target.parent} crontab.fleet-XXXXXX\n"
+    assert target.read_bytes() == b"new\n"
+    assert (target.stat().st_mode & 0o7777, target.stat().st_uid) == (0o600, 0)
+    assert os.listdir(target.parent) == ["crontab"]
+    # The file changed since its facts were read: refused, nothing left behind.
+    ran = run_here(provision.write_command(str(target), b"x", 0o600, file_state(b"old\n")))
+    assert ran.returncode == 3 and b"changed since its facts were read" in ran.stderr
+    assert target.read_bytes() == b"new\n" and os.listdir(target.parent) == ["crontab"]
+
+
+@as_root
+def test_a_failed_write_removes_its_temporary_file(tmp_path: Path) -> None:
+    target = tmp_path / "aicron.sh"
+    command = provision.write_command(str(target), b"x\n", 0o644, None)
+    broken = provision.Command((*command.argv[:-2], "0999", "absent"), command.stdin)
+    ran = run_here(broken)
+    assert ran.returncode != 0 and b"invalid mode" in ran.stderr
+    assert os.listdir(tmp_path) == []
+
+
+@as_root
+@pytest.mark.hostile
+def test_a_link_planted_at_the_temporary_name_redirects_nothing(tmp_path: Path) -> None:
+    # A container that watches the data root replaces mktemp's file with a link to a file of
+    # the host's, before fleet opens it: root's write and chmod must not reach that file.
+    victim = tmp_path / "shadow"
+    victim.write_bytes(b"root:secret\n")
+    victim.chmod(0o600)
+    bin_dir = fake_mktemp(tmp_path, after=f'rm -f -- "$name"; ln -s {victim} "$name"')
+    data = tmp_path / "data"
+    data.mkdir()
+    config = settings(data_root=str(data))
+    command = provision.write_command(config.copy_path, provision.render_copy(config), 0o644, "any")
+    ran = run_here(command, [bin_dir])
+    assert ran.returncode == 3, ran.stderr
+    assert b"was replaced before fleet wrote it" in ran.stderr
+    assert victim.read_bytes() == b"root:secret\n"
+    assert victim.stat().st_mode & 0o7777 == 0o600
+    assert os.listdir(data) == []  # the planted link is gone too
+
+
+@as_root
+@pytest.mark.hostile
+def test_the_copy_replaces_a_link_at_its_place_instead_of_writing_through_it(
+    tmp_path: Path,
+) -> None:
+    victim = tmp_path / "passwd"
+    victim.write_bytes(b"root:x:0:0\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    config = settings(data_root=str(data))
+    Path(config.copy_path).symlink_to(victim)
+    ran = run_here(
+        provision.write_command(config.copy_path, provision.render_copy(config), 0o644, "any")
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert victim.read_bytes() == b"root:x:0:0\n"
+    copy = Path(config.copy_path)
+    assert not copy.is_symlink() and copy.read_bytes() == provision.render_copy(config)
+    assert copy.stat().st_mode & 0o7777 == 0o644
+
+
+@as_root
+@pytest.mark.hostile
+@pytest.mark.parametrize("listed", ["projects", "projects/shared"])
+def test_a_link_planted_below_the_data_root_redirects_no_chmod(tmp_path: Path, listed: str) -> None:
+    # The facts saw a directory; by the time the change runs, a container has swapped it for
+    # a link to a directory of the host's.
+    victim = tmp_path / "etc"
+    victim.mkdir()
+    victim.chmod(0o755)
+    data = tmp_path / "data"
+    data.mkdir()
+    config = settings(data_root=str(data), dirs=[{"path": listed, "mode": "2777"}])
+    facts = converged(config)
+    paths = dict(facts.paths)
+    paths[f"{data}/{listed}"] = (
+        PathState("directory", 0o755, 0, 0, "root", "root") if listed == "projects" else None
+    )
+    (change,) = provision.plan(config, dataclasses.replace(facts, paths=paths))
+    (data / "projects").symlink_to(victim)
+    (command,) = change.commands
+    ran = run_here(command)
+    assert ran.returncode == 3, ran.stderr
+    assert f"{data}/projects leads to {victim}: a symbolic link below the data root".encode() in (
+        ran.stderr
+    )
+    assert victim.stat().st_mode & 0o7777 == 0o755
+    assert os.listdir(victim) == []
+
+
+@as_root
+def test_directories_are_created_and_fixed_through_themselves(tmp_path: Path) -> None:
+    # The data root itself may be the admin's link to a bigger disk: followed.
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    (tmp_path / "data").symlink_to(disk)
+    root = str(tmp_path / "data")
+    ran = run_here(provision.dir_command(root, f"{root}/a/b", "0:0", 0o2750, create=True))
+    assert ran.returncode == 0, ran.stderr
+    assert (disk / "a" / "b").stat().st_mode & 0o7777 == 0o2750
+    ran = run_here(provision.dir_command(root, f"{root}/a/b", mode=0o755))
+    assert ran.returncode == 0, ran.stderr
+    assert (disk / "a" / "b").stat().st_mode & 0o7777 == 0o755  # five digits: setgid cleared
 
 
 # -- preflight -------------------------------------------------------------------------------
@@ -644,32 +949,153 @@ def test_things_in_the_way_are_failures() -> None:
     assert any("no cron daemon is running" in w for w in verdict.warnings)
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize(
-    ("variables", "warned"),
+    ("variables", "refused"),
     [
         ({}, False),
-        ({"owner": "lab"}, True),
+        ({"owner": "lab"}, False),  # writable by its owner only
         ({"mode": "0777"}, True),
-        ({"mode": "1777"}, False),
+        ({"mode": "1777"}, True),  # sticky: everyone may still create names in it
         ({"mode": "0775", "group": "lab"}, True),
-        ({"mode": "0775"}, False),
-        ({"owner": "lab", "cron_user": "lab"}, False),
+        ({"mode": "0775"}, False),  # group root: root-equivalent by convention
+        ({"owner": "lab", "mode": "0770", "group": "lab"}, True),
+        ({"mode": "0777", "allow_writable_data_root": True}, False),
+        ({"mode": "0775", "group": "lab", "allow_writable_data_root": True}, False),
+        # Subdirectories hold data, not what cron runs: not checked.
+        ({"dirs": [{"path": "projects", "mode": "2775", "group": "lab"}]}, False),
     ],
 )
-def test_data_root_writable_by_others_is_a_warning(variables: dict[str, Any], warned: bool) -> None:
+def test_data_root_writable_by_others_is_refused_unless_allowed(
+    variables: dict[str, Any], refused: bool
+) -> None:
     config = settings(**variables)
     facts = dataclasses.replace(converged(config), owner_uid=1000, group_gid=1000)
-    warnings = provision.preflight(config, facts).warnings
-    assert any("can replace the script" in w for w in warnings) is warned
+    failures = provision.preflight(config, facts).failures
+    assert any("writable by others than its owner" in p.message for p in failures) is refused
+
+
+def _lib(path: str = "/", state: PathState | None = None) -> dict[str, PathState | None]:
+    """The script directory's facts of a provisioned host, with ``path`` as ``state``."""
+    lib = dict(converged(DEFAULTS).lib)
+    return lib if state is None else {**lib, path: state}
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize(
+    ("lib", "real", "failure", "warning"),
+    [
+        (
+            _lib("/usr/local/lib/fleet", PathState("symbolic link", 0o777, 0, 0)),
+            "/usr/local/lib",
+            "/usr/local/lib/fleet exists and is not a directory (symbolic link)",
+            None,
+        ),
+        (
+            _lib("/usr/local/lib", PathState("directory", 0o1777, 0, 0)),
+            "/usr/local/lib",
+            "/usr/local/lib (directory, mode 1777, uid 0) holds /usr/local/lib/fleet/aicron.sh",
+            None,
+        ),
+        (
+            _lib("/usr/local", PathState("directory", 0o755, 1000, 1000)),
+            "/usr/local/lib",
+            "/usr/local (directory, mode 0755, uid 1000) holds",
+            None,
+        ),
+        (
+            _lib("/usr/local", PathState("directory", 0o2775, 0, 50)),  # Debian's old root:staff
+            "/usr/local/lib",
+            None,
+            "/usr/local is writable by group 50: its members can replace",
+        ),
+        (
+            _lib(),
+            "/data/system/lib",  # /usr/local/lib links into the data root
+            "/usr/local/lib/fleet is really /data/system/lib/fleet, inside the data root /data",
+            None,
+        ),
+    ],
+)
+def test_the_scripts_directory_must_be_roots_alone(
+    lib: dict[str, PathState | None], real: str, failure: str | None, warning: str | None
+) -> None:
+    facts = dataclasses.replace(
+        converged(DEFAULTS), lib=lib, lib_parent_real=real, data_root_real="/data"
+    )
+    verdict = provision.preflight(DEFAULTS, facts)
+    if failure:
+        (problem,) = verdict.failures
+        assert failure in problem.message
+    else:
+        assert verdict.ok, verdict
+    if warning:
+        assert any(warning in w for w in verdict.warnings), verdict.warnings
+
+
+def test_the_scripts_directory_is_created_or_fixed_as_roots() -> None:
+    facts = converged(DEFAULTS)
+    loose = dataclasses.replace(
+        facts, lib=_lib("/usr/local/lib/fleet", PathState("directory", 0o777, 1000, 0))
+    )
+    (change,) = provision.plan(DEFAULTS, loose)
+    assert change.kind == "script_dir_fixed"
+    assert [c.argv for c in change.commands] == [
+        ("chown", "--", "0:0", "/usr/local/lib/fleet"),
+        ("chmod", "00755", "/usr/local/lib/fleet"),
+    ]
+
+
+@pytest.mark.hostile
+def test_links_below_the_data_root_show_as_links_in_the_facts(tmp_path: Path) -> None:
+    # The facts script itself, run on this machine against a data tree a container has
+    # played with: a directory and the copy replaced by links to the host's files.
+    data = tmp_path / "data"
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "secret").write_bytes(b"root:secret\n")
+    data.mkdir()
+    (data / "projects").symlink_to(tmp_path / "etc")
+    (data / "aicron.sh").symlink_to(tmp_path / "secret")
+    config = dataclasses.replace(
+        settings(data_root=str(data)), script_path=str(tmp_path / "lib" / "fleet" / "aicron.sh")
+    )
+    (tmp_path / "lib").mkdir()
+    argv = ["sh", "-c", provision.FACTS_SCRIPT, "facts", *provision.facts_arguments(config)]
+    ran = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+    facts = provision.parse_facts(ran.stdout, [d.path for d in config.managed_dirs])
+    projects = facts.paths[f"{data}/projects"]
+    assert projects is not None and projects.kind == "symbolic link"
+    assert facts.copy is not None and facts.copy.kind == "symbolic link"
+    assert facts.copy.content is None  # the link's target is not read
+    assert facts.lib[f"{tmp_path}/lib/fleet"] is None
+    assert facts.lib[f"{tmp_path}/lib"] == PathState("directory", 0o755, 0, 0)
+    assert "/" in facts.lib
+    assert (facts.lib_parent_real, facts.data_root_real) == (f"{tmp_path}/lib", str(data))
+    problems = [p.message for p in provision.preflight(config, facts).failures]
+    assert f"{data}/projects exists and is not a directory (symbolic link); fleet does not " in (
+        "\n".join(problems)
+    )
 
 
 def test_hand_made_aicron_line_is_a_warning_and_left_alone() -> None:
-    content = USER_CRONTAB + b"*/5 * * * * root /data/aicron.sh\n" + BLOCK
-    facts = dataclasses.replace(converged(DEFAULTS), cron=file_state(content))
+    line = b"*/5 * * * * root /usr/local/lib/fleet/aicron.sh\n"
+    facts = dataclasses.replace(converged(DEFAULTS), cron=file_state(USER_CRONTAB + line + BLOCK))
     verdict = provision.preflight(DEFAULTS, facts)
     assert verdict.ok
     assert "line(s) 5 outside fleet's block also run aicron.sh" in verdict.warnings[-1]
     assert provision.plan(DEFAULTS, facts) == []
+
+
+@pytest.mark.hostile
+def test_hand_made_line_running_the_data_roots_copy_fails_the_host() -> None:
+    content = USER_CRONTAB + b"*/5 * * * * root /bin/sh /data/aicron.sh\n" + BLOCK
+    facts = dataclasses.replace(converged(DEFAULTS), cron=file_state(content))
+    (problem,) = provision.preflight(DEFAULTS, facts).failures
+    assert problem.message == (
+        "/etc/crontab: line(s) 5 outside fleet's block run /data/aicron.sh, which every "
+        "framework container can write: whatever a container appends to it would run on this host"
+    )
+    assert problem.fix.startswith("remove those lines from /etc/crontab")
 
 
 # -- running (a fake transport of fleet's own interface) -----------------------------------
@@ -709,12 +1135,13 @@ def run_provision(
     states: list[ProvisionFacts],
     options: ProvisionOptions,
     transport: FakeTransport,
+    config: ProvisionSettings = DEFAULTS,
 ) -> HostResult:
     queue = list(states)
     monkeypatch.setattr(provision, "gather", lambda *args, **kwargs: queue.pop(0))
     host = Host("gpu1", FrozenDict())
     runner = Runner(lambda _: transport)
-    result = provision.provision(runner, [host], {"gpu1": DEFAULTS}, {}, options)
+    result = provision.provision(runner, [host], {"gpu1": config}, {}, options)
     return result.results[0]
 
 
@@ -726,11 +1153,12 @@ def test_changes_run_in_order_then_the_host_is_verified(monkeypatch: pytest.Monk
     )
     assert result.outcome is Outcome.CHANGED
     assert result.reason == (
-        "created 4 dirs, installed aicron.sh, added the cron block, started the weights service"
+        "created 4 dirs, created /usr/local/lib/fleet, installed aicron.sh, wrote its readable "
+        "copy, added the cron block, started the weights service"
     )
     sent = [argv for argv, _ in transport.commands]
-    assert sent[0] == ("mkdir", "-p", "--", "/data/checkpoints")
-    assert sent[-1] == ("/bin/sh", "/data/aicron.sh")
+    assert sent[0][-4:] == ("/data", "/data/checkpoints", "root:root", "00755")
+    assert sent[-1] == ("/bin/sh", "/usr/local/lib/fleet/aicron.sh")
     assert [c["kind"] for c in result.details["changes"]][:1] == ["dir_created"]
     assert result.details["engine"].startswith("20.10") and result.details["store"] == "classic"
 
@@ -743,7 +1171,7 @@ def test_check_changes_nothing_and_says_what_would(monkeypatch: pytest.MonkeyPat
     assert result.outcome is Outcome.CHANGED
     assert result.reason is not None and result.reason.startswith("would create 4 dirs")
     assert "+++ gpu1:/etc/crontab (after)" in result.details["diff"]
-    assert "+++ gpu1:/data/aicron.sh (after)" in result.details["diff"]
+    assert "+++ gpu1:/usr/local/lib/fleet/aicron.sh (after)" in result.details["diff"]
 
 
 def test_converged_host_is_ok(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -772,7 +1200,7 @@ def test_host_that_does_not_converge_fails(monkeypatch: pytest.MonkeyPatch) -> N
     assert result.outcome is Outcome.FAILED
     assert result.reason == (
         "the host did not converge; still needed after applying: start the weights service "
-        "on 0.0.0.0:8340 (run /data/aicron.sh)"
+        "on 0.0.0.0:8340 (run /usr/local/lib/fleet/aicron.sh)"
     )
 
 
@@ -783,6 +1211,26 @@ def test_preflight_failure_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> N
     assert result.outcome is Outcome.FAILED and transport.commands == []
     assert result.reason is not None and result.reason.startswith("refused: only 1B free")
     assert result.details["problems"][0]["fix"].startswith("free space on the host")
+
+
+@pytest.mark.hostile
+def test_world_writable_data_root_fails_the_host_naming_mode_owner_and_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = settings(mode="0777")
+    facts = recorded("fresh-classic")  # /data is 0755 root:root there
+    transport = FakeTransport()
+    result = run_provision(monkeypatch, [facts], ProvisionOptions(), transport, config)
+    assert result.outcome is Outcome.FAILED and transport.commands == []
+    assert result.reason == (
+        "refused: the data root /data would be writable by others than its owner: mode 0777, "
+        "owner root:root (fleet_provision.mode/owner/group); on the host now: mode 0755, "
+        "owner root:root"
+    )
+    assert result.fix == (
+        'set fleet_provision.mode: "0755" (fleet then does the chmod), or, when others than '
+        "root are meant to write it, fleet_provision.allow_writable_data_root: true"
+    )
 
 
 def test_base_shipping_merges_into_the_hosts_result() -> None:

@@ -4,16 +4,20 @@
 # Installed by 'fleet provision' from fleet/data/aicron.sh in the fleet repository, with the
 # settings below filled in from the inventory (fleet_provision). Local edits are replaced
 # on the next provision: change the template or the settings instead.
+# Cron runs it as root from a root-owned directory (SELF below), never from the data root:
+# every framework container can write the data root, which holds only a copy to read.
 #
 # What one run does, and logs with a timestamp:
 #   - the service answers HTTP on its URL     -> nothing to do (logged as such)
 #   - it does not                             -> start it, detached:
-#       python3 -m http.server PORT --bind BIND --directory WEIGHTS_DIR
+#       python3 -I -m http.server PORT --bind BIND --directory WEIGHTS_DIR
 #     as WEIGHTS_USER when run as root (a root server would follow any symlink a user
 #     drops into the weights directory), then wait until it answers.
 # Runs are serialised with flock on this file (a second run waits up to 30 s, then finds
 # the service up), so cron and a person may run it at the same time. Exit 0 when the
-# service answers at the end, 1 otherwise.
+# service answers at the end, 1 otherwise. It runs from / and starts python3 isolated (-I:
+# no current directory, user site or PYTHON* variables on its import path), so nothing
+# where cron or a person started it is imported as root.
 
 # -- settings (filled in by fleet provision; every value is shell-quoted) --
 SELF=__FLEET_SELF__
@@ -27,6 +31,7 @@ PID_FILE=__FLEET_PID_FILE__
 # -- end of settings --
 
 set -u
+cd / || exit 1
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 LC_ALL=C
@@ -42,7 +47,7 @@ log() {
 
 # True when something answers HTTP on $URL (any status: an error page is an answer).
 answers() {
-    python3 -c '
+    python3 -I -c '
 import sys, urllib.error, urllib.request
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 try:
@@ -95,7 +100,7 @@ else
 fi
 # Detached from this run: own session, no terminal, none of this script's descriptors
 # (the lock on fd 9 must not outlive the run).
-setsid nohup "$@" python3 -m http.server "$WEIGHTS_PORT" --bind "$WEIGHTS_BIND" \
+setsid nohup "$@" python3 -I -m http.server "$WEIGHTS_PORT" --bind "$WEIGHTS_BIND" \
     --directory "$WEIGHTS_DIR" </dev/null >>"$SERVICE_LOG" 2>&1 9<&- &
 pid=$!
 printf '%s\n' "$pid" >"$PID_FILE" 2>/dev/null || log "warning: cannot write $PID_FILE"
