@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 STATE_DIR = "/var/lib/fleet"
 HISTORY_FILE = f"{STATE_DIR}/history.jsonl"
 LOCK_FILE = f"{STATE_DIR}/deploy.lock"
+# flock(1) on this file serialises every change of LOCK_FILE (take, take over, release);
+# LOCK_FILE itself is what a deploy holds, across many commands.
+LOCK_GUARD = f"{STATE_DIR}/deploy.lock.guard"
 
 SCRIPT = r"""
 repo="$1"; history_lines="$2"; fast="$3"; cfg="${DOCKER_CONFIG:-$HOME/.docker}/config.json"

@@ -28,6 +28,7 @@ from typing import Any
 from fleet import containers, transfer
 from fleet.containers import (
     LOCK_FILE,
+    LOCK_GUARD,
     STATE_DIR,
     FrameworkContainer,
     HostFramework,
@@ -38,7 +39,14 @@ from fleet.images import Shippable
 from fleet.inventory import Host
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Interrupted, Runner
-from fleet.runspec import HealthCheck, RunSpec, run_spec_for
+from fleet.runspec import (
+    HealthCheck,
+    RunPolicy,
+    RunSpec,
+    RunSpecError,
+    path_within,
+    run_spec_for,
+)
 from fleet.transport import Transport
 
 DEFAULT_LOCK_TTL = 1800.0
@@ -62,17 +70,36 @@ fi
 echo "http ${code:-000}"
 """
 
-# Create the lock file only if it does not exist (noclobber): atomic on every POSIX shell.
+# Take the lock (stdin: our lock document), under flock of the guard file, so that taking,
+# taking over and releasing never interleave between controllers. With a checksum ($4), a
+# lock with exactly that content (the stale one the controller judged) is replaced by ours;
+# any other lock is left alone. Exit 0: ours (prints its checksum); 1: held (prints its
+# checksum, age in seconds and content); 3: no state directory; 4: no flock; 5: busy.
 LOCK_SCRIPT = r"""
-mkdir -p /var/lib/fleet || exit 3
-if ( set -C; cat > /var/lib/fleet/deploy.lock ) 2>/dev/null; then exit 0; fi
-cat /var/lib/fleet/deploy.lock 2>/dev/null
+dir=$1; lock=$2; guard=$3; stale=$4
+mkdir -p -- "$dir" || exit 3
+command -v flock >/dev/null 2>&1 || { echo "flock (util-linux) is not installed" >&2; exit 4; }
+exec 9>>"$guard" || exit 3
+flock -w 10 9 || exit 5
+if [ -n "$stale" ] && [ -f "$lock" ] && [ "$(cksum < "$lock")" = "$stale" ]; then
+  cat > "$lock.new" && mv -f -- "$lock.new" "$lock" || exit 3
+  echo "@@sum $(cksum < "$lock")"; exit 0
+fi
+# noclobber: a controller of an older fleet creates the lock the same way, without flock.
+if ( set -C; cat > "$lock" ) 2>/dev/null; then echo "@@sum $(cksum < "$lock")"; exit 0; fi
+echo "@@sum $(cksum < "$lock" 2>/dev/null)"
+echo "@@age $(( $(date +%s) - $(stat -c %Y -- "$lock" 2>/dev/null || date +%s) ))"
+echo "@@lock"; head -c 65536 -- "$lock" 2>/dev/null
 exit 1
 """
 
-# Remove the lock only while it still holds the given token (ours, or a stale one).
+# Release the lock only while it is exactly the one this controller wrote (its checksum),
+# under the same flock: another controller's lock is never removed.
 UNLOCK_SCRIPT = r"""
-grep -qF "\"token\": \"$1\"" /var/lib/fleet/deploy.lock 2>/dev/null && rm -f /var/lib/fleet/deploy.lock
+lock=$2; guard=$3; mine=$4
+exec 9>>"$guard" || exit 3
+flock -w 10 9 || exit 5
+[ "$(cksum < "$lock" 2>/dev/null)" = "$mine" ] && rm -f -- "$lock"
 exit 0
 """
 
@@ -157,21 +184,76 @@ def batches(hosts: Sequence[Host], serial: str | None) -> list[list[Host]]:
 
 
 # -- the lock ---------------------------------------------------------------------------
+_LOCK_ARGS = (STATE_DIR, LOCK_FILE, LOCK_GUARD)
+# Take-overs tried at once, one after another, before a run waits like for a held lock.
+_MAX_TAKE_OVERS = 3
+
+
 @dataclass
 class Lock:
-    """A host's deploy lock, held by this run."""
+    """A host's deploy lock, held by this run (``checksum``: of the lock file we wrote)."""
 
     transport: Transport
     token: str
+    checksum: str
 
     def release(self) -> None:
-        self.transport.run(["sh", "-c", UNLOCK_SCRIPT, "fleet-unlock", self.token], check=False)
+        """Remove the lock if it is still ours (best effort: a lost lock expires)."""
+        for attempt in range(3):
+            ran = self.transport.run(
+                ["sh", "-c", UNLOCK_SCRIPT, "fleet-unlock", *_LOCK_ARGS, self.checksum],
+                check=False,
+            )
+            if ran.exit_code != 5:
+                return
+            time.sleep(0.5 * (attempt + 1))
+
+
+@dataclass(frozen=True)
+class LockState:
+    """What the lock script saw on a host: the lock's checksum, age and document."""
+
+    checksum: str
+    age: float | None
+    raw: str
+    document: Mapping[str, Any]
+
+    @classmethod
+    def parse(cls, text: str) -> LockState:
+        head, marker, raw = text.partition("@@lock\n")
+        fields = dict(line.partition(" ")[::2] for line in head.splitlines())
+        age = fields.get("@@age", "").strip()
+        return cls(
+            checksum=fields.get("@@sum", "").strip(),
+            age=float(age) if age.lstrip("-").isdigit() else None,
+            raw=raw if marker else "",
+            document=_lock_document(raw) if marker else {},
+        )
+
+    def stale(self, ttl: float) -> bool:
+        """Expired (by its ``expires``), or without one and older than ``ttl`` on the host."""
+        expires = _parse_time(str(self.document.get("expires", "")))
+        if expires is not None:
+            return expires < time.time()
+        return self.age is not None and self.age > ttl
+
+    def holder(self) -> str:
+        return str(self.document.get("holder", "?"))
 
 
 def acquire_lock(ctx: HostContext, what: str, options: DeployOptions) -> Lock:
-    """Take the host's deploy lock, waiting up to ``options.wait_lock``; HostError if held."""
+    """Take the host's deploy lock, waiting up to ``options.wait_lock``; HostError if held.
+
+    A stale lock (expired, or unreadable and older than the lock's TTL) is taken over
+    atomically: the host replaces exactly the lock this run judged stale, so of two
+    controllers taking over one stale lock, one wins and the other sees a fresh lock.
+    Every try but a take-over's sleeps first, and the deadline holds in every branch.
+    """
     token = uuid.uuid4().hex
-    deadline = time.monotonic() + options.wait_lock
+    deadline = time.monotonic() + max(0.0, options.wait_lock)
+    take_over = ""
+    taken_over: set[str] = set()
+    judged: LockState | None = None
     while True:
         document = {
             "token": token,
@@ -183,39 +265,74 @@ def acquire_lock(ctx: HostContext, what: str, options: DeployOptions) -> Lock:
             ),
         }
         ran = ctx.transport.run(
-            ["sh", "-c", LOCK_SCRIPT, "fleet-lock"],
+            ["sh", "-c", LOCK_SCRIPT, "fleet-lock", *_LOCK_ARGS, take_over],
             stdin=json.dumps(document).encode() + b"\n",
             check=False,
         )
+        state = LockState.parse(ran.stdout)
         if ran.exit_code == 0:
-            return Lock(ctx.transport, token)
-        if ran.exit_code == 3:
+            if take_over and judged is not None:
+                ctx.progress(
+                    f"took over a stale lock of {judged.holder()} from "
+                    f"{judged.document.get('since', '?')}"
+                )
+            return Lock(ctx.transport, token, state.checksum)
+        if ran.exit_code == 4:
             raise HostError(
                 ctx.name,
-                f"cannot create {STATE_DIR}: {ran.stderr.strip()}",
+                f"cannot take the deploy lock: {ran.stderr.strip()}",
+                fix="install util-linux (flock) on the host",
+            )
+        if ran.exit_code not in (1, 5):
+            raise HostError(
+                ctx.name,
+                f"cannot take the deploy lock in {STATE_DIR} (exit {ran.exit_code}): "
+                f"{ran.stderr.strip() or ran.stdout.strip()[:200]}",
                 fix="check the SSH user's rights, or set ansible_become",
             )
-        holder = _lock_document(ran.stdout)
-        expires = _parse_time(str(holder.get("expires", "")))
-        if expires is not None and expires < time.time():
-            ctx.transport.run(
-                ["sh", "-c", UNLOCK_SCRIPT, "fleet-unlock", str(holder.get("token", ""))],
-                check=False,
-            )
-            ctx.progress(
-                f"removed a stale lock of {holder.get('holder', '?')} from {holder.get('since', '?')}"
-            )
+        take_over = ""
+        if (
+            ran.exit_code == 1
+            and state.checksum
+            and state.stale(options.lock_ttl)
+            and state.checksum not in taken_over
+            and len(taken_over) < _MAX_TAKE_OVERS
+        ):
+            # Replace exactly this lock on the next try, at once (bounded by the set).
+            taken_over.add(state.checksum)
+            take_over, judged = state.checksum, state
             continue
         if time.monotonic() >= deadline:
-            raise HostError(
-                ctx.name,
-                f"deploy lock held by {holder.get('holder', '?')} ({holder.get('what', '?')}) "
-                f"since {holder.get('since', '?')}, expires {holder.get('expires', '?')}",
-                fix="wait for that deploy to finish, rerun with --wait SECONDS, or remove "
-                f"{LOCK_FILE} on the host if it is dead",
-            )
-        ctx.progress(f"waiting for the lock of {holder.get('holder', '?')}")
+            raise _held(ctx.name, state, options.lock_ttl, busy=ran.exit_code == 5)
+        ctx.progress(f"waiting for the lock of {state.holder()}")
         time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+
+
+def _held(host: str, state: LockState, ttl: float, *, busy: bool) -> HostError:
+    """The error of a lock this run could not take before its deadline."""
+    if busy:
+        return HostError(
+            host,
+            f"the deploy lock's guard {LOCK_GUARD} stayed busy",
+            fix="rerun with --wait SECONDS; if it persists, look for a hung fleet on the host",
+        )
+    document = state.document
+    if _parse_time(str(document.get("expires", ""))) is None:
+        shown = state.raw.strip()[:200] or "(empty)"
+        return HostError(
+            host,
+            f"deploy lock {LOCK_FILE} has no readable expiry ({shown!r}); it counts as held "
+            f"until it is {ttl:g}s old",
+            fix=f"wait, rerun with --wait SECONDS, or remove {LOCK_FILE} on the host if no "
+            "deploy runs there",
+        )
+    return HostError(
+        host,
+        f"deploy lock held by {state.holder()} ({document.get('what', '?')}) "
+        f"since {document.get('since', '?')}, expires {document.get('expires', '?')}",
+        fix="wait for that deploy to finish, rerun with --wait SECONDS, or remove "
+        f"{LOCK_FILE} on the host if it is dead",
+    )
 
 
 def _lock_document(text: str) -> dict[str, Any]:
@@ -298,7 +415,10 @@ def switch(
             ctx.name, f"image {target.reference} is not on the host", fix="fleet push it first"
         )
     spec = run_spec_for(ctx.host, image, target.reference)
+    policy = RunPolicy.for_host(ctx.host.vars)  # read by run_spec_for already: valid
     check = HealthCheck.from_settings(ctx.host.vars)
+    if spec.name is None:
+        spec = _named(ctx.name, spec, options.repository.rpartition("/")[2])
     name = spec.name or options.repository
     running = state.running
     before = ", ".join(sorted({c.tag or c.image for c in running})) or "none"
@@ -315,6 +435,19 @@ def switch(
                 f"{target.tag} already runs",
                 details={"version_before": target.tag, "version_after": target.tag},
             )
+    # Refused before anything is stopped: the old version keeps running.
+    unmanaged = _unmanaged(transport, name, {c.id: c.name for c in state.containers})
+    if unmanaged is not None and policy.name != name:
+        raise HostError(
+            ctx.name,
+            f"a container named {name!r} that fleet did not start is on the host, and the "
+            f"run command of {target.reference} would replace it; the inventory names no "
+            "framework container, so fleet leaves it alone",
+            fix=f"if {name!r} is the framework's own hand-started container, set fleet_run.name "
+            f"(or fleet_run_overrides.name) to {name} in the inventory and deploy again; "
+            "otherwise give the framework its own name (fleet_run.name) and rebuild the image",
+        )
+    check_mounts(transport, ctx.name, spec, policy)
     if options.check:
         return ctx.result(
             Outcome.CHANGED,
@@ -336,9 +469,9 @@ def switch(
                 _docker(transport, "rm", "-f", ident)
                 del names[ident]
 
-    # A container of that name that fleet did not start (the lab's old hand-run script):
-    # stopped and kept under another name, like an old version, and restored on failure.
-    unmanaged = _unmanaged(transport, name, names)
+    # A container of the inventory's name that fleet did not start (the lab's old hand-run
+    # script): stopped and kept under another name, like an old version, and restored on
+    # failure.
     if unmanaged is not None:
         ident, was_running = unmanaged
         ctx.progress(f"keeping the unmanaged container {name} as {name}-unmanaged")
@@ -366,6 +499,8 @@ def switch(
     ctx.progress(f"starting {target.tag}")
     error = ""
     try:
+        # Again just before the start: the old version, stopped now, cannot plant a symlink.
+        check_mounts(transport, ctx.name, spec, policy)
         transport.run(spec.to_argv(target.reference), timeout=120)
         health = wait_healthy(transport, name, spec, check)
     except HostError as exc:
@@ -445,6 +580,57 @@ def switch(
             "rolled_back": previous is not None,
         },
     )
+
+
+def _named(host: str, spec: RunSpec, name: str) -> RunSpec:
+    """``spec`` with the container name ``name`` (when neither label nor inventory names one)."""
+    try:
+        return spec.with_overrides({"name": name})
+    except RunSpecError as exc:
+        raise HostError(
+            host,
+            f"cannot name the container after the repository: {exc.message}",
+            fix="set fleet_run.name in the inventory",
+        ) from exc
+
+
+# Resolve each path's symlinks on the host (GNU readlink: missing components allowed,
+# output NUL-terminated, so no path can be mistaken for another).
+RESOLVE_ARGV = ("readlink", "-m", "-z", "--")
+
+
+def check_mounts(transport: Transport, host: str, spec: RunSpec, policy: RunPolicy) -> None:
+    """Refuse a bind mount whose source, symlinks resolved on the host, leaves the allowed paths.
+
+    The label's paths were checked as text; this catches ``/data/r -> /`` planted by an
+    earlier container. An allowed path that no other allowed path holds also counts in its
+    resolved form (a data root that is a symlink to a bigger disk).
+    """
+    sources = spec.bind_sources()
+    if not sources or "--volume" in policy.allow:
+        return
+    roots = policy.roots
+    ran = transport.run([*RESOLVE_ARGV, *roots, *sources], check=False)
+    resolved = ran.stdout.split("\0")
+    if not ran.ok or len(resolved) != len(roots) + len(sources) + 1 or resolved[-1]:
+        raise HostError(
+            host,
+            "cannot resolve the run command's host paths on the host "
+            f"({' '.join(RESOLVE_ARGV)}: {ran.stderr.strip() or f'exit {ran.exit_code}'})",
+            fix="fleet needs GNU coreutils' readlink on the host to check mounts",
+        )
+    allowed = (*policy.paths, *resolved[: len(roots)])
+    for source, real in zip(sources, resolved[len(roots) : -1], strict=True):
+        if not path_within(real, allowed):
+            raise HostError(
+                host,
+                f"the run command mounts {source}, which is {real} on the host (after its "
+                f"symlinks), outside the host paths a container may mount "
+                f"({', '.join(policy.paths)})",
+                fix=f"remove whatever symlink led {source} out (a container may have planted "
+                f"it); if {real} is meant to be mounted, add it to fleet_run_allow_paths in "
+                "the inventory",
+            )
 
 
 def _unmanaged(

@@ -1,0 +1,224 @@
+"""The deploy lock: take-over of stale and malformed locks, deadlines, and races (no lab).
+
+The lock scripts run for real, in this machine's ``sh`` with its ``flock``, against a
+temporary directory standing in for the host's state directory: a fake of fleet's
+Transport (``LocalHost``) that maps the state directory's path, nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fleet import deploy
+from fleet.containers import LOCK_FILE, STATE_DIR
+from fleet.errors import HostError
+from fleet.inventory import Host
+from fleet.remote import CommandResult
+from fleet.runner import HostContext, Runner
+from tests.fakes import FakeTransport
+
+# More commands than this for one lock is a livelock (each try is one command).
+COMMAND_LIMIT = 60
+
+
+class LocalHost(FakeTransport):
+    """A host whose state directory is ``root``: fleet's ``sh -c`` scripts run locally."""
+
+    def __init__(self, name: str, root: Path, path: str | None = None) -> None:
+        super().__init__(name)
+        self.root = root
+        self.path = path
+
+    def answer(self, argv: list[str], stdin: bytes | None) -> CommandResult:
+        if len(self.commands) > COMMAND_LIMIT:
+            raise AssertionError(f"{len(self.commands)} lock commands: a livelock")
+        assert argv[:2] == ["sh", "-c"], argv  # only fleet's own scripts run here
+        local = [word.replace(STATE_DIR, str(self.root)) for word in argv]
+        env = dict(os.environ)
+        if self.path:
+            env["PATH"] = f"{self.path}:{env['PATH']}"
+        done = subprocess.run(
+            local, input=stdin or b"", capture_output=True, env=env, timeout=60, check=False
+        )
+        return CommandResult(
+            " ".join(argv),
+            done.returncode,
+            done.stdout.decode("utf-8", "replace"),
+            done.stderr.decode("utf-8", "replace"),
+            0.0,
+        )
+
+
+def context(transport: FakeTransport) -> HostContext:
+    return HostContext(Host(transport.host), Runner(lambda _: transport))
+
+
+def options(wait: float = 0.0, controller: str = "bob@ctl") -> deploy.DeployOptions:
+    return deploy.DeployOptions(repository="cauchy", wait_lock=wait, controller=controller)
+
+
+def lock_path(root: Path) -> Path:
+    return root / Path(LOCK_FILE).relative_to(STATE_DIR)
+
+
+def lock_document(token: str | None, expires: str, **fields: str) -> dict[str, str]:
+    document = {"holder": "alice@laptop", "what": "deploy 0.2.1", "since": "2001-01-01T00:00:00Z"}
+    if token is not None:
+        document["token"] = token
+    return {**document, "expires": expires, **fields}
+
+
+EXPIRED = "2001-01-01T00:00:10Z"
+FUTURE = "2999-01-01T00:00:00Z"
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize(
+    "content",
+    [
+        json.dumps(lock_document("t0", EXPIRED)) + "\n",  # what fleet writes
+        json.dumps(lock_document("t0", EXPIRED), separators=(",", ":")) + "\n",  # compact
+        json.dumps(lock_document(None, EXPIRED)),  # no token, no newline
+        json.dumps(lock_document("", EXPIRED), indent=2),  # several lines
+    ],
+    ids=["fleet", "compact", "no-token", "indented"],
+)
+def test_an_expired_lock_of_any_format_is_taken_over_in_a_few_commands(
+    tmp_path: Path, content: str
+) -> None:
+    tmp_path.joinpath("deploy.lock").write_text(content)
+    host = LocalHost("gpu1", tmp_path)
+    lock = deploy.acquire_lock(context(host), "deploy 0.2.2", options(wait=0))
+    assert len(host.commands) <= 3
+    held = json.loads(lock_path(tmp_path).read_text())
+    assert held["token"] == lock.token and held["holder"] == "bob@ctl"
+    lock.release()
+    assert not lock_path(tmp_path).exists()
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("content", ["", "garbage \x01\x1b[2J", "[1, 2]", '{"token": "x"}'])
+def test_a_lock_without_a_readable_expiry_is_held_until_it_is_older_than_the_ttl(
+    tmp_path: Path, content: str
+) -> None:
+    path = lock_path(tmp_path)
+    path.write_text(content)
+    host = LocalHost("gpu1", tmp_path)
+    with pytest.raises(HostError, match="no readable expiry") as caught:
+        deploy.acquire_lock(context(host), "deploy 0.2.2", options(wait=0))
+    assert len(host.commands) == 1
+    assert caught.value.fix is not None and LOCK_FILE in caught.value.fix
+    assert path.read_text() == content
+    # Older than the lock's TTL (an unfinished write of a controller long gone): taken over.
+    old = time.time() - deploy.DEFAULT_LOCK_TTL - 60
+    os.utime(path, (old, old))
+    lock = deploy.acquire_lock(context(host), "deploy 0.2.2", options(wait=0))
+    assert json.loads(path.read_text())["token"] == lock.token
+    assert len(host.commands) <= 4
+
+
+def test_a_held_lock_is_waited_for_with_sleeps_until_the_deadline(tmp_path: Path) -> None:
+    lock_path(tmp_path).write_text(json.dumps(lock_document("t0", FUTURE)) + "\n")
+    host = LocalHost("gpu1", tmp_path)
+    started = time.monotonic()
+    with pytest.raises(HostError, match="held by alice@laptop") as caught:
+        deploy.acquire_lock(context(host), "deploy 0.2.2", options(wait=1.5))
+    elapsed = time.monotonic() - started
+    assert 1.5 <= elapsed < 10
+    assert 2 <= len(host.commands) <= 4  # a try, sleeps, a try at the deadline
+    assert caught.value.fix is not None and "--wait" in caught.value.fix
+
+
+def test_a_lock_freed_while_waiting_is_taken(tmp_path: Path) -> None:
+    path = lock_path(tmp_path)
+    path.write_text(json.dumps(lock_document("t0", FUTURE)) + "\n")
+    freer = threading.Timer(0.5, path.unlink)
+    freer.start()
+    host = LocalHost("gpu1", tmp_path)
+    lock = deploy.acquire_lock(context(host), "deploy 0.2.2", options(wait=30))
+    freer.join()
+    assert json.loads(path.read_text())["token"] == lock.token
+
+
+def test_release_removes_only_the_lock_this_run_wrote(tmp_path: Path) -> None:
+    host = LocalHost("gpu1", tmp_path)
+    lock = deploy.acquire_lock(context(host), "deploy 0.2.2", options())
+    path = lock_path(tmp_path)
+    # Another controller's lock now (ours was taken over, say): release must leave it.
+    other = json.dumps(lock_document("other", FUTURE)) + "\n"
+    path.write_text(other)
+    lock.release()
+    assert path.read_text() == other
+
+
+def _slow_rm(directory: Path) -> Path:
+    """An ``rm`` that takes long, the second one longer: widens any check-then-remove race."""
+    shims = directory / "shims"
+    shims.mkdir()
+    script = shims / "rm"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'if mkdir "{directory}/first-rm" 2>/dev/null; then sleep 0.2; else sleep 1; fi\n'
+        'exec /bin/rm "$@"\n'
+    )
+    script.chmod(0o755)
+    return shims
+
+
+def _race(
+    take: Callable[[str], deploy.Lock], controllers: list[str]
+) -> dict[str, deploy.Lock | BaseException]:
+    outcomes: dict[str, deploy.Lock | BaseException] = {}
+    start = threading.Barrier(len(controllers))
+
+    def run(controller: str) -> None:
+        start.wait()
+        try:
+            outcomes[controller] = take(controller)
+        except BaseException as exc:  # recorded, asserted on below
+            outcomes[controller] = exc
+
+    threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in controllers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "a controller never finished"
+    return outcomes
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("compact", [False, True], ids=["fleet", "compact"])
+def test_two_controllers_taking_over_one_stale_lock_one_wins(tmp_path: Path, compact: bool) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    separators = (",", ":") if compact else None
+    lock_path(state).write_text(
+        json.dumps(lock_document("t0", EXPIRED), separators=separators) + "\n"
+    )
+    shims = _slow_rm(tmp_path)
+
+    def take(controller: str) -> deploy.Lock:
+        host = LocalHost("gpu1", state, path=str(shims))
+        return deploy.acquire_lock(context(host), "deploy 0.2.2", options(0, controller))
+
+    outcomes = _race(take, ["a@ctl", "b@ctl"])
+    won = {c: o for c, o in outcomes.items() if isinstance(o, deploy.Lock)}
+    lost = {c: o for c, o in outcomes.items() if not isinstance(o, deploy.Lock)}
+    assert len(won) == 1, outcomes
+    [(winner, lock)] = won.items()
+    [(loser, error)] = lost.items()
+    assert isinstance(error, HostError) and f"held by {winner}" in error.reason, error
+    # The loser removed nothing: the lock on the host is the winner's, until it releases.
+    held = json.loads(lock_path(state).read_text())
+    assert held["token"] == lock.token and held["holder"] == winner != loser
+    lock.release()
+    assert not lock_path(state).exists()
