@@ -21,8 +21,15 @@ import yaml
 from fleet import cli as fleet_cli
 from fleet import containers, images, lab
 from fleet.transport import KnownHosts, SSHTransport
-from tests.conftest import LabFixture, project_options, run_cli, run_project_json
-from tests.framework import FrameworkProject
+from tests.conftest import (
+    LabFixture,
+    host_run,
+    project_options,
+    run_cli,
+    run_json,
+    run_project_json,
+)
+from tests.framework import FrameworkProject, build_with_label
 
 pytestmark = pytest.mark.lab
 
@@ -340,3 +347,80 @@ def test_audit_changes_nothing_and_ignores_the_deploy_lock(
         assert snapshot(lab_env) == before
     finally:
         host_sh(lab_env, "lab1", "rm", "-f", "/var/lib/fleet/deploy.lock")
+
+
+# Labels of an image from elsewhere: rich markup (an unbalanced close tag), CSI and OSC.
+HOSTILE_LABELS = {
+    "org.label-schema.vcs-branch": "main[/]\x1b[2J",
+    "org.label-schema.vcs-ref": "x[/red]",
+    "org.label-schema.build-date": "[link=http://evil.example]\x1b]0;title\x07",
+}
+
+
+@pytest.mark.hostile
+def test_hostile_labels_history_and_lock_are_shown_as_text(
+    lab_env: LabFixture,
+    inventory: Path,
+    project: FrameworkProject,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An image whose labels carry markup and terminal controls runs on lab1, whose history
+    and deploy lock carry more (and a byte that is not UTF-8): the audit and images views
+    show them as text, escaped; --json carries them exactly."""
+    v1 = project.built[0]
+    base = images.connect().images.get(f"{project.repository}:{v1}")
+    tag = "9.0.66"
+    reference = f"{project.repository}:{tag}"
+    command = base.labels["org.label-schema.docker.cmd"].replace(f":{v1} ", f":{tag} ")
+    labels = {**HOSTILE_LABELS, "io.fleet.tag": tag, "org.label-schema.docker.cmd": command}
+    build_with_label(f"{project.repository}:{v1}", reference, labels)
+    code, doc = fleet(capsys, inventory, project, "push", "lab1", reference)
+    assert code == 0, doc
+    remove_framework_containers(lab_env, f"io.fleet.framework={project.repository}", ("lab1",))
+    host_sh(
+        lab_env, "lab1", "docker", "run", "-d", "--name", "fleet-hostile", reference, "sleep", "600"
+    )
+    history = "/var/lib/fleet/history.jsonl"
+    entry = (
+        b'{"time": "2026-12-01T00:00:00Z", "action": "deploy", "from": null, "to": "9.0.66", '
+        b'"outcome": "changed", "by": "x[/red]\\u001b]8;;http://evil.example\\u001b\\\\ '
+        b'\\u009b2J caf\xff"}\n'
+    )
+    lock = (
+        b'{"token": "t0", "holder": "[bold]mallory\\u001b[1A", "what": "deploy [/]", '
+        b'"since": "2026-01-01T00:00:00Z", "expires": "2999-01-01T00:00:00Z"}\n'
+    )
+    saved = f"{history}.before-hostile"
+    host_sh(lab_env, "lab1", "sh", "-c", f"mkdir -p /var/lib/fleet; cp {history} {saved}")
+    host_run(lab_env, "lab1", "sh", "-c", f"cat >> {history}", stdin=entry)
+    host_run(lab_env, "lab1", "sh", "-c", "cat > /var/lib/fleet/deploy.lock", stdin=lock)
+    try:
+        options = project_options(inventory, project)
+        code, out, err = run_cli(capsys, "audit", "lab1", *options, "--history")
+        assert code == 2, out + err
+        for raw in ("\x1b", "\x07", "\x9b"):
+            assert raw not in out + err
+        assert "x[/red] main[/]\\x1b[2J" in out  # the commit column: commit and branch
+        assert "lock of [bold]mallory\\x1b[1A (deploy [/])" in out
+        assert "by x[/red]\\x1b]8;;http://evil.example\\x1b\\ \\x9b2J caf\ufffd" in out
+        code, document = run_json(capsys, "audit", "lab1", *options)
+        framework = document["hosts"]["lab1"]["details"]["framework"]  # type: ignore[index]
+        assert framework["branch"] == "main[/]\x1b[2J"
+        assert document["hosts"]["lab1"]["details"]["lock"]["holder"] == (  # type: ignore[index]
+            "[bold]mallory\x1b[1A"
+        )
+
+        code, out, err = run_cli(capsys, "images", "--on", "lab1", *options)
+        assert code == 0, out + err
+        for raw in ("\x1b", "\x07"):
+            assert raw not in out + err
+        controller, _, on_hosts = out.partition("on the hosts:")
+        mine = next(line for line in on_hosts.splitlines() if f" {tag} " in f" {line} ")
+        assert "x[/red]" in mine and "[link=http://evil.example]\\x1b]0;title\\x07" in mine
+        built = next(line for line in controller.splitlines() if line.startswith(f"{tag} "))
+        assert " main[/]\\x1b[2J " in built and "x[/red]" in built
+    finally:
+        host_sh(lab_env, "lab1", "rm", "-f", "/var/lib/fleet/deploy.lock")
+        restore = f"if [ -e {saved} ]; then mv {saved} {history}; else rm -f {history}; fi"
+        host_sh(lab_env, "lab1", "sh", "-c", restore)
+        host_sh(lab_env, "lab1", "docker", "rm", "-f", "fleet-hostile")
