@@ -2,8 +2,9 @@
 
 Each test uses its own data root, port and log under ``/srv/fleet-e2e-*`` (settings in a
 copy of the lab's inventory, with the project's real ``fleet_run`` on top, so the lab's own
-overrides are what lets it pass the preflight), and puts back ``/etc/crontab``, stops the
-weights services it started (by their pid file) and removes its files afterwards.
+overrides are what lets it pass the preflight), and puts back ``/etc/crontab`` and the
+script cron runs (``/usr/local/lib/fleet``, one per host), stops the weights services it
+started (by their pid file) and removes its files afterwards.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.lab
 
 HOSTS = ("lab1", "lab2")
 BASE_IMAGE = "fleet-test-provision:base"
+SCRIPT_DIR = provision.SCRIPT_DIR
 PROJECT_SETTINGS = Path(__file__).parent.parent / "inventory" / "group_vars" / "all.yml"
 
 
@@ -73,6 +75,13 @@ class Sandbox:
             "min_free": {"docker": "1M", "data": "1M"},
         }
         self.crontabs = {host: read_bytes(env, host, "/etc/crontab") for host in HOSTS}
+        # The script cron runs is one per host, whatever the data root: put back as found.
+        self.scripts: dict[str, bytes | None] = {}
+        self.script_dirs: dict[str, bool] = {}
+        for host in HOSTS:
+            self.script_dirs[host] = host_run(env, host, "test", "-d", SCRIPT_DIR).ok
+            found = host_run(env, host, "test", "-f", provision.SCRIPT_PATH).ok
+            self.scripts[host] = read_bytes(env, host, provision.SCRIPT_PATH) if found else None
 
     def inventory(
         self, host_vars: dict[str, dict[str, Any]] | None = None, **settings: Any
@@ -119,6 +128,25 @@ class Sandbox:
                 self.root,
                 stdin=self.crontabs[host],
             )
+            script = self.scripts[host]
+            if not self.script_dirs[host]:
+                host_run(self.env, host, "rm", "-rf", SCRIPT_DIR)
+            elif script is None:
+                host_run(self.env, host, "rm", "-f", provision.SCRIPT_PATH)
+            else:
+                restore = (
+                    'cat >"$1.fleet-e2e" && chmod 0755 "$1.fleet-e2e" && mv "$1.fleet-e2e" "$1"'
+                )
+                host_run(
+                    self.env,
+                    host,
+                    "sh",
+                    "-c",
+                    restore,
+                    "restore",
+                    provision.SCRIPT_PATH,
+                    stdin=script,
+                )
 
 
 @pytest.fixture
@@ -131,6 +159,7 @@ def sandbox(
         "test_check_changes_nothing": 18343,
         "test_preflight_failures_leave_the_host_alone": 18344,
         "test_missing_base_image_is_a_usage_error": 18345,
+        "test_a_container_appending_to_the_data_roots_aicron_runs_nothing_as_root": 18346,
     }
     box = Sandbox(lab_env, tmp_path, ports.get(request.node.name, 18349))
     try:
@@ -164,7 +193,9 @@ def test_fresh_hosts_provisioned_then_ok(
         kinds = [c["kind"] for c in result["details"]["changes"]]
         assert kinds == [
             *["dir_created"] * 5,
-            "script_installed",
+            *([] if sandbox.script_dirs[host] else ["script_dir_created"]),
+            "script_installed" if sandbox.scripts[host] is None else "script_updated",
+            "copy_installed",
             "cron_block_added",
             "service_started",
         ]
@@ -173,8 +204,21 @@ def test_fresh_hosts_provisioned_then_ok(
         ).stdout.splitlines()
         assert listing == [f"{d.path} 755 root root" for d in expected.managed_dirs]
         assert read_bytes(lab_env, host, expected.script_path) == script
-        mode = host_run(lab_env, host, "stat", "-c", "%a %U", expected.script_path).stdout
-        assert mode == "755 root\n"
+        assert read_bytes(lab_env, host, expected.copy_path) == provision.render_copy(expected)
+        modes = host_run(
+            lab_env,
+            host,
+            "stat",
+            "-c",
+            "%n %a %U %G",
+            SCRIPT_DIR,
+            expected.script_path,
+            expected.copy_path,
+        ).stdout
+        assert modes == (
+            f"{SCRIPT_DIR} 755 root root\n{expected.script_path} 755 root root\n"
+            f"{expected.copy_path} 644 root root\n"
+        )
         assert read_bytes(lab_env, host, "/etc/crontab") == sandbox.crontabs[host] + block
         assert sandbox.answers(host)
 
@@ -259,10 +303,10 @@ def test_users_crontab_kept_byte_for_byte_and_schedule_updated_in_place(
 
 def _state(env: LabFixture, host: str, sandbox: Sandbox) -> str:
     script = (
-        'sha256sum /etc/crontab; ls -la --time-style=full-iso /srv "$1" 2>&1; '
-        "pgrep -af 'python3 -m http[.]server'; docker image ls -q --no-trunc | sort"
+        'sha256sum /etc/crontab; ls -la --time-style=full-iso /srv "$1" "$2" 2>&1; '
+        "pgrep -af 'http[.]server'; docker image ls -q --no-trunc | sort"
     )
-    return host_run(env, host, "sh", "-c", script, "state", sandbox.root).stdout
+    return host_run(env, host, "sh", "-c", script, "state", sandbox.root, SCRIPT_DIR).stdout
 
 
 def test_check_changes_nothing(
@@ -275,7 +319,8 @@ def test_check_changes_nothing(
     for host in HOSTS:
         result = doc["hosts"][host]
         assert result["outcome"] == "changed"
-        assert result["reason"].startswith("would create 5 dirs, install aicron.sh")
+        assert result["reason"].startswith("would create 5 dirs, "), result
+        assert "aicron.sh, write its readable copy, add the cron block" in result["reason"]
         assert f"+++ {host}:/etc/crontab (after)" in result["details"]["diff"]
         assert _state(lab_env, host, sandbox) == before[host]
     code, out, err = run_cli(
@@ -290,6 +335,7 @@ def test_check_changes_nothing(
 def test_preflight_failures_leave_the_host_alone(
     lab_env: LabFixture, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    before = {host: _state(lab_env, host, sandbox) for host in HOSTS}
     inventory = sandbox.inventory(
         host_vars={
             # The lab group drops the nvidia runtime (fleet_run_overrides); put it back.
@@ -310,6 +356,7 @@ def test_preflight_failures_leave_the_host_alone(
     assert "nvidia-ctk runtime configure" in lab2["fix"]
     for host in HOSTS:
         assert not host_run(lab_env, host, "test", "-e", sandbox.root).ok
+        assert _state(lab_env, host, sandbox) == before[host]
 
 
 def test_missing_base_image_is_a_usage_error(
@@ -321,3 +368,97 @@ def test_missing_base_image_is_a_usage_error(
     assert "fleet-test-provision:absent" in err and "'fleet build'" in err
     for host in HOSTS:
         assert not host_run(lab_env, host, "test", "-e", sandbox.root).ok
+
+
+def fleet_cron_command(env: LabFixture, host: str) -> str:
+    """The command of the line in fleet's block of the host's /etc/crontab, as cron reads it."""
+    crontab = read_bytes(env, host, "/etc/crontab")
+    span = provision.find_block(crontab)
+    assert span is not None, crontab
+    return cron_command(crontab[span[0] : span[1]])
+
+
+@pytest.mark.hostile
+def test_a_container_appending_to_the_data_roots_aicron_runs_nothing_as_root(
+    lab_env: LabFixture, sandbox: Sandbox, base_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = provision.settings_from_vars({"fleet_provision": sandbox.settings})
+    marker = f"{sandbox.root}/owned-by-a-container"
+
+    # A data root that others than its owner may write is refused, naming the fix.
+    inventory = sandbox.inventory(mode="0777")
+    code, doc = sandbox.provision(capsys, inventory, "--limit", "lab1", "--skip-base")
+    assert code == 2, doc
+    lab1 = doc["hosts"]["lab1"]
+    assert lab1["outcome"] == "failed"
+    assert lab1["reason"].startswith(
+        f"refused: the data root {settings.data_root} would be writable by others than its "
+        "owner: mode 0777, owner root:root"
+    )
+    assert "allow_writable_data_root: true" in lab1["fix"]
+    assert not host_run(lab_env, "lab1", "test", "-e", sandbox.root).ok
+
+    # Hosts provisioned before the script moved: fleet's block runs the data root's aicron.sh.
+    old_block = provision.cron_block(settings).replace(
+        provision.SCRIPT_PATH.encode(), settings.copy_path.encode()
+    )
+    for host in HOSTS:
+        crontab = sandbox.crontabs[host] + old_block
+        assert host_run(lab_env, host, "sh", "-c", "cat >/etc/crontab", stdin=crontab).ok
+        assert fleet_cron_command(lab_env, host) == f"/bin/sh {settings.copy_path} >/dev/null"
+
+    inventory = sandbox.inventory(base_image=base_image)
+    code, doc = sandbox.provision(capsys, inventory, "--diff")
+    assert code == 0, doc
+    for host in HOSTS:
+        result = doc["hosts"][host]
+        kinds = [c["kind"] for c in result["details"]["changes"]]
+        assert "cron_block_updated" in kinds, result
+        assert (
+            f"-*/5 * * * * root /bin/sh {settings.copy_path} >/dev/null"
+            in (result["details"]["diff"])
+        )
+        assert (
+            f"+*/5 * * * * root /bin/sh {provision.SCRIPT_PATH} >/dev/null"
+            in (result["details"]["diff"])
+        )
+
+    for host in HOSTS:
+        # A framework image, run the way the framework's run command mounts the data root.
+        appended = host_run(
+            lab_env,
+            host,
+            "docker",
+            "run",
+            "--rm",
+            "--volume",
+            f"{settings.data_root}:/data",
+            base_image,
+            "sh",
+            "-c",
+            f'printf "touch %s\\n" {marker} >>/data/aicron.sh',
+        )
+        assert appended.ok, appended.stderr
+        assert marker.encode() in read_bytes(lab_env, host, settings.copy_path)
+
+        # What cron runs every 5 minutes, run now, as root, exactly as the crontab says.
+        command = fleet_cron_command(lab_env, host)
+        assert command == f"/bin/sh {provision.SCRIPT_PATH} >/dev/null"
+        log_before = len(read_bytes(lab_env, host, settings.log_file))
+        assert host_run(lab_env, host, "sh", "-c", command).ok
+        assert not host_run(lab_env, host, "test", "-e", marker).ok, "root ran the container's line"
+        log = read_bytes(lab_env, host, settings.log_file)[log_before:].decode()
+        assert "aicron[" in log and "nothing to do" in log  # the root-owned script ran
+        assert read_bytes(lab_env, host, provision.SCRIPT_PATH) == provision.render_script(settings)
+        owners = host_run(
+            lab_env, host, "stat", "-c", "%a %U %G", SCRIPT_DIR, provision.SCRIPT_PATH
+        ).stdout
+        assert owners == "755 root root\n755 root root\n"
+
+    # The next provision puts the copy back as it was; nothing else changed.
+    code, doc = sandbox.provision(capsys, inventory, "--skip-base")
+    assert code == 0, doc
+    for host in HOSTS:
+        result = doc["hosts"][host]
+        assert [c["kind"] for c in result["details"]["changes"]] == ["copy_updated"], result
+        assert read_bytes(lab_env, host, settings.copy_path) == provision.render_copy(settings)

@@ -22,11 +22,13 @@ def register(subparsers: Any) -> None:
         "preflight, the base image",
         description="Bring every selected host to the state its fleet_provision settings "
         "describe: the data tree (created, owner and mode fixed; content never touched), "
-        "aicron.sh and its block in the crontab, the pretrained-weights service answering, "
+        "aicron.sh (root's, in /usr/local/lib/fleet; a copy to read in the data root) and its "
+        "block in the crontab, the pretrained-weights service answering, "
         "and the base image (layers 1-2). First a preflight: the engine answers, can run "
         "what the run spec asks (nvidia runtime, GPUs, ulimits), and there is enough free "
-        "disk; a host that fails it is left alone. Only what is missing is changed: a "
-        "second run reports every host ok.",
+        "disk; a data root that others than its owner may write is refused unless "
+        "fleet_provision.allow_writable_data_root; a host that fails it is left alone. Only "
+        "what is missing is changed: a second run reports every host ok.",
     )
     common.add_host_options(parser)
     parser.add_argument(
