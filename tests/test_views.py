@@ -18,6 +18,7 @@ import pytest
 from rich.console import Console
 
 from fleet import containers, deploy, views
+from fleet.cli import views as cli_views
 from fleet.errors import HostError, UnreachableError, UsageError
 from fleet.images import ImageVersion
 from fleet.inventory import FrozenDict, Host
@@ -604,3 +605,19 @@ def test_logs_and_the_picker_show_hostile_hosts_and_labels_as_text() -> None:
         width=1000,
     )
     assert len(menu.splitlines()) == 4
+
+
+@pytest.mark.hostile
+def test_the_pickers_question_shows_a_hostile_label_as_text(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [
+        views.MenuRow("1", HOSTILE, HOSTILE, default=True),
+        views.MenuRow("2", "0.2.1", "0.2.1"),
+    ]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\x1b[2J\n2\n"))
+    assert cli_views._ask(rows, "roll back to", "roll back to") is rows[1]
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert f"roll back to [1: {visible(HOSTILE)}]: " in err
+    assert "'\\x1b[2J' is not one of the choices" in err

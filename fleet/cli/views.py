@@ -23,7 +23,7 @@ from fleet.containers import HostFramework
 from fleet.errors import HostError, UsageError
 from fleet.report import build as build_report
 from fleet.report import views as report_views
-from fleet.report.untrusted import safe_text
+from fleet.report.untrusted import safe_text, visible
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Interrupted, NoEvents, Runner, SSHConnector, Task
 from fleet.transport import KnownHosts
@@ -337,7 +337,8 @@ def _ask(rows: list[views.MenuRow], title: str, question: str) -> views.MenuRow:
     report.console().print(report_views.version_menu(rows, title))
 
     def write(text: str) -> None:
-        sys.stderr.write(text)
+        # The question names the preselected version: a label, from an image or a host.
+        sys.stderr.write(visible(text, lines=True))
         sys.stderr.flush()
 
     return views.prompt(rows, sys.stdin.readline, write, question=question)
