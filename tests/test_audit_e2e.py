@@ -354,7 +354,10 @@ HOSTILE_LABELS = {
     "org.label-schema.vcs-branch": "main[/]\x1b[2J",
     "org.label-schema.vcs-ref": "x[/red]",
     "org.label-schema.build-date": "[link=http://evil.example]\x1b]0;title\x07",
+    "org.label-schema.version": "[bold]v9\x1b]8;;http://evil.example\x1b\\",
 }
+# What the hostile container prints: an OSC title, a colour, markup, a C1 CSI.
+HOSTILE_LOG = r"printf '\033]0;pwned\007\033[31mred [/] \302\2332J\n'; exec sleep 600"
 
 
 @pytest.mark.hostile
@@ -377,9 +380,8 @@ def test_hostile_labels_history_and_lock_are_shown_as_text(
     code, doc = fleet(capsys, inventory, project, "push", "lab1", reference)
     assert code == 0, doc
     remove_framework_containers(lab_env, f"io.fleet.framework={project.repository}", ("lab1",))
-    host_sh(
-        lab_env, "lab1", "docker", "run", "-d", "--name", "fleet-hostile", reference, "sleep", "600"
-    )
+    run = ["docker", "run", "-d", "--name", "fleet-hostile", reference, "sh", "-c", HOSTILE_LOG]
+    host_sh(lab_env, "lab1", *run)
     history = "/var/lib/fleet/history.jsonl"
     entry = (
         b'{"time": "2026-12-01T00:00:00Z", "action": "deploy", "from": null, "to": "9.0.66", '
@@ -419,6 +421,19 @@ def test_hostile_labels_history_and_lock_are_shown_as_text(
         assert "x[/red]" in mine and "[link=http://evil.example]\\x1b]0;title\\x07" in mine
         built = next(line for line in controller.splitlines() if line.startswith(f"{tag} "))
         assert " main[/]\\x1b[2J " in built and "x[/red]" in built
+
+        code, out, err = run_cli(capsys, "ps", "lab1", *options)
+        assert code == 0, out + err
+        assert "\x1b" not in out + err
+        assert "fleet-hostile" in out and "[bold]v9\\x1b]8;;http://evil.example\\x1b\\" in out
+        code, out, err = run_cli(capsys, "logs", "lab1", *options)
+        assert code == 0, out + err
+        assert "\x1b" not in out + err and "\x07" not in out + err and "\x9b" not in out + err
+        assert "lab1 | \\x1b]0;pwned\\x07\\x1b[31mred [/] \\x9b2J" in out.splitlines()
+        code, document = run_json(capsys, "logs", "lab1", *options)
+        assert document["hosts"]["lab1"]["stdout"] == (  # type: ignore[index]
+            "\x1b]0;pwned\x07\x1b[31mred [/] \x9b2J\n"
+        )
     finally:
         host_sh(lab_env, "lab1", "rm", "-f", "/var/lib/fleet/deploy.lock")
         restore = f"if [ -e {saved} ]; then mv {saved} {history}; else rm -f {history}; fi"
