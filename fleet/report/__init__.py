@@ -187,6 +187,10 @@ def recap(
     return Group(*parts)
 
 
+# Where a reason's second and later lines start: deeper than "  fix:".
+REASON_INDENT = "    "
+
+
 def problem_lines(result: FleetResult) -> list[Text]:
     """Each failed and unreachable host: its reason, then the fix.
 
@@ -205,10 +209,6 @@ def problem_lines(result: FleetResult) -> list[Text]:
             text.append(visible(row.fix, lines=True, indent=REASON_INDENT), style="dim")
         parts.append(text)
     return parts
-
-
-# Where a reason's second and later lines start: deeper than "  fix:".
-REASON_INDENT = "    "
 
 
 def summary_line(result: FleetResult) -> Text:
