@@ -1,9 +1,17 @@
 """The command line's contract: help, version and exit codes."""
 
+from pathlib import Path
+
 import pytest
 
 from fleet import __version__
-from tests.conftest import run_cli
+from fleet.cli import common
+from fleet.errors import UnreachableError
+from fleet.inventory import Host
+from fleet.remote import CommandResult
+from fleet.runner import Runner
+from tests import fakes
+from tests.conftest import run_cli, run_json
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -38,7 +46,9 @@ def test_bad_options_exit_5_with_usage(capsys: pytest.CaptureFixture[str], argv:
     assert "usage:" in err or "fix:" in err
 
 
-def test_exec_without_command_is_bad_options(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+def test_exec_without_command_is_bad_options(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     inventory = tmp_path / "hosts.yml"
     inventory.write_text("all:\n  hosts:\n    a:\n")
     code, _, err = run_cli(capsys, "exec", "all", "-i", str(inventory))
@@ -50,3 +60,43 @@ def test_no_subcommand_prints_help_and_exits_5(capsys: pytest.CaptureFixture[str
     code, _, err = run_cli(capsys)
     assert code == 5
     assert "usage: fleet" in err
+
+
+# What a hostile host prints: an OSC title, a CSI clear, rich markup.
+HOSTILE_OUT = "\x1b]0;pwned\x07\x1b[2Jred [/] x[/red]\n"
+
+
+class HostileHost(fakes.FakeTransport):
+    def answer(self, argv: list[str], stdin: bytes | None) -> CommandResult:
+        return CommandResult(" ".join(argv), 3, HOSTILE_OUT, f"err {HOSTILE_OUT}", 0.0)
+
+
+@pytest.mark.hostile
+def test_exec_piped_shows_hostile_output_escaped_and_json_has_it_exactly(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all:\n  hosts:\n    main]:\n    gone:\n")
+
+    def connect(host: Host) -> HostileHost:
+        if host.name == "gone":
+            raise UnreachableError(host.name, f"connection lost: {HOSTILE_OUT}more")
+        return HostileHost(host.name)
+
+    monkeypatch.setattr(common, "make_runner", lambda args, events: Runner(connect, events=events))
+    argv = ["exec", "all", "-i", str(inventory), "--retry-file", "/dev/null"]
+    code, out, err = run_cli(capsys, *argv, "--", "cat", "f")
+    assert code == 3
+    assert "\x1b" not in out + err and "\x07" not in out + err
+    assert out.splitlines() == [
+        "--- main] failed rc=3",
+        "\\x1b]0;pwned\\x07\\x1b[2Jred [/] x[/red]",
+        "err \\x1b]0;pwned\\x07\\x1b[2Jred [/] x[/red]",
+    ]
+    said = err.splitlines()
+    assert "gone unreachable: connection lost: \\x1b]0;pwned\\x07\\x1b[2Jred [/] x[/red]" in said
+    assert "    more" in said  # the host's next line, under its reason
+    code, document = run_json(capsys, *argv, "--", "cat", "f")
+    hosts = document["hosts"]
+    assert hosts["main]"]["stdout"] == HOSTILE_OUT  # type: ignore[index]
+    assert hosts["gone"]["reason"] == f"connection lost: {HOSTILE_OUT}more"  # type: ignore[index]
