@@ -101,3 +101,15 @@ def test_a_remote_command_after_the_double_dash_is_never_parsed(capsys) -> None:
 def test_an_extra_positional_is_still_a_usage_error() -> None:
     with pytest.raises(UsageError, match="unrecognized arguments: extra"):
         parse(build_parser("push"), ["push", "all", "cauchy:0.2.67", "extra", "-i", "inv.yml"])
+
+
+@pytest.mark.hostile
+def test_an_error_message_shows_terminal_controls_escaped(capsys, tmp_path) -> None:
+    # An error names what it read (a path here; host output and labels elsewhere).
+    hostile = tmp_path / "inv\x1b]0;owned\x07\x1b[2J.yml"
+    hostile.write_text("all: [not, a, mapping\n")
+    code = main(["inventory", "--list", "-i", str(hostile)])
+    err = capsys.readouterr().err
+    assert code == 4
+    assert "\x1b" not in err and "\x07" not in err
+    assert "inv\\x1b]0;owned\\x07\\x1b[2J.yml" in err

@@ -326,3 +326,34 @@ def test_images_table_shows_labels_as_text() -> None:
         "(untagged)",
     )
     assert len(plain.splitlines()) == 2
+
+
+def test_images_table_shows_a_tag_moved_by_retag() -> None:
+    def version(commit: str, *, tagged: bool, moved_from: str = "") -> ImageVersion:
+        return ImageVersion(
+            repository="cauchy",
+            tag="0.2.68",
+            image_id="sha256:" + commit[0] * 64,
+            created="",
+            build_date="2026-12-03T10:00:00Z",
+            commit=commit * 40,
+            short_commit=commit * 7,
+            branch="main",
+            dirty=False,
+            commit_count=68,
+            version="",
+            size=0,
+            tagged=tagged,
+            docker_cmd="",
+            moved_from=moved_from,
+        )
+
+    shown = render(
+        versions_table(
+            "cauchy", [version("b", tagged=True, moved_from="a" * 40), version("a", tagged=False)]
+        ),
+        width=140,
+    )
+    lines = shown.splitlines()
+    assert "0.2.68 (moved from aaaaaaa by --retag)" in lines[1]
+    assert "0.2.68 (tag moved to bbbbbbb)" in lines[2]

@@ -129,7 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
         return code
     except FleetError as exc:
-        print(f"fleet: error: {exc}", file=sys.stderr)
+        # Messages carry host output and label text: shown escaped, never obeyed. Imported
+        # here so that a command's start does not pay for rich.
+        from fleet.report.untrusted import visible
+
+        print(f"fleet: error: {visible(str(exc), lines=True)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("fleet: interrupted", file=sys.stderr)

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from fleet.cli import common
+from fleet.report.untrusted import visible
 
 
 def register(subparsers: Any) -> None:
@@ -33,7 +34,7 @@ def register(subparsers: Any) -> None:
 def _inventory(args: argparse.Namespace) -> int:
     inv = common.load_inventory(args)
     for warning in inv.warnings:
-        print(f"fleet: warning: {warning}", file=sys.stderr)
+        print(f"fleet: warning: {visible(warning, lines=True)}", file=sys.stderr)
     if args.list:
         json.dump(inv.to_ansible_list(), sys.stdout, indent=4, sort_keys=True, default=str)
         sys.stdout.write("\n")

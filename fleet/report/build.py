@@ -154,10 +154,18 @@ def versions_table(repository: str, versions: Sequence[ImageVersion]) -> Rendera
     table = Table(box=None, pad_edge=False)
     for column in ("tag", "image id", "built", "commit", "branch", "dirty", "size"):
         table.add_column(column, justify="right" if column == "size" else "left")
+    holders = {v.tag: v for v in versions if v.tagged}
     for version in versions:
         tag = safe_text(version.tag)
-        if not version.tagged:
+        holder = holders.get(version.tag)
+        if not version.tagged and holder is not None and holder.commit != version.commit:
+            tag.append(f" (tag moved to {holder.short_commit or '?'})", style="yellow")
+        elif not version.tagged:
             tag.append(" (untagged)", style="dim")
+        if version.tagged and version.moved_from:
+            tag.append(" (moved from ", style="yellow")
+            tag.append_text(safe_text(version.moved_from[:7], "yellow"))
+            tag.append(" by --retag)", style="yellow")
         table.add_row(
             tag,
             safe_text(_short_id(version.image_id)),
