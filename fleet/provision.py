@@ -55,7 +55,8 @@ has a dot or they are group/other writable, and a new ``/etc/cron.d/fleet`` besi
 hand-made line in ``/etc/crontab`` would run the script twice unnoticed. Sharing the file
 with its owner is safe: fleet only rewrites the lines between its markers (``# BEGIN fleet
 aicron`` / ``# END fleet aicron``) and keeps every other byte; a hand-made aicron line
-outside the block is reported as a warning, never edited. ``cron_file: /etc/cron.d/fleet``
+outside the block is never edited: it is a warning, or a failure when it runs the copy in
+the data root. ``cron_file: /etc/cron.d/fleet``
 works the same way for those who prefer it. A host provisioned before the script moved
 (its block runs ``/data/aicron.sh``) converges on the next run: the block is rewritten to
 the new path and ``/data/aicron.sh`` becomes the copy.
