@@ -14,13 +14,33 @@ Two kinds (``fleet push --via registry``):
   Each tunnel ends in a :class:`Relay`, a loopback port on the controller that counts
   (and, with ``--max-rate``, limits) the bytes each host pulls.
 
-The per-host steps (pull, retag, verify, remove the temporary tag) live in
+What a host pulls is what the controller pushed, whoever else reaches the registry:
+
+- Hosts pull by the manifest digest the push returned (``NAME@sha256:...``), never by a
+  tag, and the pulled image is verified before it gets its real name.
+- A tunnel's end on the host is reachable by anything on the host's loopback (every
+  ``--network host`` container). The :class:`Relay` behind it therefore lets through only
+  what a pull of the one published repository needs (``GET``/``HEAD`` of ``/v2/`` and of
+  that repository's manifests and blobs by digest), and only with the relay's own random
+  :class:`Credential`; everything else is answered 401/403/405 and never reaches the
+  registry. The relay checks the credential, not the registry: distribution's htpasswd
+  wants bcrypt hashes (another package on the controller) and would let every holder of
+  the credential push too. The controller's engine pushes straight to the registry on
+  the controller's own loopback.
+- The registry's delete API is off. Its cache cannot be poisoned: it stores blobs and
+  manifests under the digest of their content (checked on upload, and again by the
+  engine on every pull), and the only thing a push by someone else can change, a tag,
+  is never what a host pulls.
+
+The per-host steps (pull, verify, name, remove the pull's name) live in
 :mod:`fleet.transfer`, beside the SSH path they replace.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hmac
 import json
 import os
 import re
@@ -34,7 +54,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -47,6 +67,14 @@ LOOPBACK_PREFIX = "fleet"
 _START_TIMEOUT = 20.0
 _COPY_CHUNK = 1 << 16
 _LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+# A pull's request heads are a few hundred bytes; a bigger one is not a pull.
+_MAX_HEAD = 16 << 10
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_VISIBLE = re.compile(r"[\t\x20-\x7e]*")
+_HEAD_BYTES = re.compile(rb"[\t\r\n\x20-\x7e]*")
+# A line end other than CRLF: some servers end a head at "\n\n", where the relay would not.
+_BARE_LINE_END = re.compile(rb"(?<!\r)\n|\r(?!\n|$)")
 
 
 @runtime_checkable
@@ -110,14 +138,23 @@ class Location:
     address: str
     tunnel: tuple[str, int] | None = None
 
-    def name_for(self, ref: str, host_port: int | None = None) -> str:
-        """The name of ``ref`` in this registry, as the controller (or a host) says it."""
+    def name_for(self, ref: str, host_port: int | None = None, digest: str | None = None) -> str:
+        """The name of ``ref`` in this registry, as the controller (or a host) says it.
+
+        With ``digest``: the name that pulls exactly that manifest, ``NAME@sha256:...``.
+        """
         path, tag = repository_path(ref)
         address = self.address
         if host_port is not None:
             prefix = address.partition("/")[2]
             address = f"127.0.0.1:{host_port}" + (f"/{prefix}" if prefix else "")
-        return f"{address}/{path}:{tag}"
+        return f"{address}/{path}@{digest}" if digest else f"{address}/{path}:{tag}"
+
+    def repository(self, ref: str) -> str:
+        """The repository ``ref`` is published in, as the registry's API says it."""
+        path, _ = repository_path(ref)
+        prefix = self.address.partition("/")[2]
+        return f"{prefix}/{path}" if prefix else path
 
     @property
     def description(self) -> str:
@@ -177,7 +214,7 @@ class LoopbackRegistry:
             "version: 0.1\n"
             "log: {level: info, accesslog: {disabled: true}}\n"
             f"storage: {{filesystem: {{rootdirectory: {json.dumps(str(storage))}}}, "
-            "delete: {enabled: true}}\n"
+            "delete: {enabled: false}}\n"
             "http: {addr: '127.0.0.1:0'}\n"
         )
         log_path = self._dir / "registry.log"
@@ -256,24 +293,121 @@ class LoopbackRegistry:
         self.stop()
 
 
-class Relay:
-    """A loopback port on the controller that joins each connection to ``target``.
+@dataclass(frozen=True)
+class Credential:
+    """A random user and password that one relay asks for (HTTP basic); never printed."""
 
-    The host's end of the tunnel forwards here. What flows towards the host (the
-    registry's answers: manifests and layers) is counted in ``bytes_out`` and held to
-    ``throttle``; requests flow the other way unlimited.
+    user: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def generate(cls) -> Credential:
+        return cls(f"fleet-{secrets.token_hex(4)}", secrets.token_urlsafe(32))
+
+    @property
+    def basic(self) -> str:
+        """``base64(user:password)``: a docker config's ``auth``, the header's value."""
+        return base64.b64encode(f"{self.user}:{self.password}".encode()).decode("ascii")
+
+
+# Why a request is refused: (status, reason phrase, registry error code, message).
+_REFUSALS = {
+    400: ("Bad Request", "UNSUPPORTED", "malformed request"),
+    401: ("Unauthorized", "UNAUTHORIZED", "authentication required"),
+    403: ("Forbidden", "DENIED", "requested access to the resource is denied"),
+    405: ("Method Not Allowed", "UNSUPPORTED", "the operation is unsupported"),
+}
+
+
+def refusal_answer(status: int) -> bytes:
+    """The relay's whole answer to a refused request, as the registry words its own."""
+    phrase, code, message = _REFUSALS[status]
+    body = json.dumps({"errors": [{"code": code, "message": message, "detail": None}]})
+    lines = [
+        f"HTTP/1.1 {status} {phrase}",
+        "Content-Type: application/json; charset=utf-8",
+        "Docker-Distribution-Api-Version: registry/2.0",
+    ]
+    if status == 401:
+        # The challenge that makes docker and containerd send the credential they hold.
+        lines.append('WWW-Authenticate: Basic realm="fleet"')
+    lines += [f"Content-Length: {len(body)}", "Connection: close", "", body]
+    return "\r\n".join(lines).encode("ascii")
+
+
+class Relay:
+    """A loopback port on the controller that hands a host's pull requests to ``target``.
+
+    The host's end of the tunnel forwards here, and anything on the host's loopback can
+    connect to that end. So each request is checked before it reaches the registry
+    (:meth:`check`): only ``GET``/``HEAD`` of ``/v2/`` and of ``repository``'s manifests
+    and blobs by digest, with no body, carrying ``credential``. The first refused request
+    of a connection is answered (401 with a challenge, 403 or 405) and the connection
+    closed; nothing it sent reaches the registry.
+
+    What flows towards the host (the registry's answers: manifests and layers) is copied
+    as it comes, counted in ``bytes_out`` and held to ``throttle``.
     """
 
-    def __init__(self, target: tuple[str, int], throttle: Throttle | None = None) -> None:
+    def __init__(
+        self,
+        target: tuple[str, int],
+        repository: str,
+        throttle: Throttle | None = None,
+        credential: Credential | None = None,
+    ) -> None:
         self.target = target
         self.throttle = throttle
+        self.credential = credential or Credential.generate()
         self.bytes_out = 0
+        self.refused = 0
+        self._paths = re.compile(
+            rf"/v2/|/v2/{re.escape(repository)}/(?:manifests|blobs)/sha256:[0-9a-f]{{64}}"
+        )
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._closed = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
         threading.Thread(target=self._accept, name="relay-accept", daemon=True).start()
+
+    def check(self, head: bytes) -> int | None:
+        """The status a request head (up to its blank line) is refused with, or None.
+
+        Strict, so that the relay and the registry cannot disagree on where a request ends:
+        CRLF line ends only, visible ASCII, no folded lines, and no body at all (a pull
+        sends none), so the next request starts right after the blank line.
+        """
+        if len(head) > _MAX_HEAD or not head.endswith(b"\r\n\r\n"):
+            return 400
+        try:
+            lines = head[:-4].decode("ascii").split("\r\n")
+        except UnicodeDecodeError:
+            return 400
+        if not all(_VISIBLE.fullmatch(line) for line in lines):
+            return 400
+        request = lines[0].split(" ")
+        if len(request) != 3 or request[2] not in ("HTTP/1.1", "HTTP/1.0"):
+            return 400
+        method, target, _ = request
+        headers: dict[str, list[str]] = {}
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            if not colon or not _HEADER_NAME.fullmatch(name):
+                return 400
+            headers.setdefault(name.lower(), []).append(value.strip(" \t"))
+        if "transfer-encoding" in headers or headers.get("content-length", ["0"]) != ["0"]:
+            return 400
+        offered = headers.get("authorization", [])
+        scheme, _, token = offered[0].partition(" ") if len(offered) == 1 else ("", "", "")
+        expected = self.credential.basic.encode("ascii")
+        if scheme.lower() != "basic" or not hmac.compare_digest(token.strip().encode(), expected):
+            return 401
+        if method not in ("GET", "HEAD"):
+            return 405
+        if not self._paths.fullmatch(target):
+            return 403
+        return None
 
     def _accept(self) -> None:
         while not self._closed.is_set():
@@ -284,40 +418,64 @@ class Relay:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
-        try:
-            upstream = socket.create_connection(self.target, timeout=10)
-        except OSError:
-            client.close()
+        upstream: socket.socket | None = None
+        responses: threading.Thread | None = None
+        if not self._track(client):
             return
-        upstream.settimeout(None)
-        with self._lock:
-            if self._closed.is_set():
-                client.close()
-                upstream.close()
-                return
-            self._sockets.update((client, upstream))
-        sender = threading.Thread(target=self._copy, args=(client, upstream, False), daemon=True)
-        sender.start()
-        self._copy(upstream, client, True)
-        sender.join()
-        with self._lock:
-            self._sockets.difference_update((client, upstream))
-        client.close()
-        upstream.close()
-
-    def _copy(self, source: socket.socket, sink: socket.socket, to_host: bool) -> None:
         try:
-            while data := source.recv(_COPY_CHUNK):
-                if to_host:
-                    if self.throttle is not None:
-                        self.throttle.take(len(data))
+            for head in _request_heads(client):
+                status = self.check(head)
+                if status is not None:
                     with self._lock:
-                        self.bytes_out += len(data)
-                sink.sendall(data)
+                        self.refused += 1
+                    if upstream is None:  # no answer of the registry's can be under way
+                        client.sendall(refusal_answer(status))
+                    return
+                if upstream is None:
+                    upstream = socket.create_connection(self.target, timeout=10)
+                    upstream.settimeout(None)
+                    if not self._track(upstream):
+                        return
+                    responses = threading.Thread(
+                        target=self._copy, args=(upstream, client), daemon=True
+                    )
+                    responses.start()
+                upstream.sendall(head)
         except OSError:
             pass
         finally:
             # HTTP keeps both directions of a connection together: one ends, both end.
+            ends = [end for end in (client, upstream) if end is not None]
+            for end in ends:
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+            if responses is not None:
+                responses.join()
+            with self._lock:
+                self._sockets.difference_update(ends)
+            for end in ends:
+                end.close()
+
+    def _track(self, sock: socket.socket) -> bool:
+        """Remember ``sock`` for :meth:`close`; False (and closed) when the relay is closed."""
+        with self._lock:
+            if not self._closed.is_set():
+                self._sockets.add(sock)
+                return True
+        sock.close()
+        return False
+
+    def _copy(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(_COPY_CHUNK):
+                if self.throttle is not None:
+                    self.throttle.take(len(data))
+                with self._lock:
+                    self.bytes_out += len(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
             for end in (source, sink):
                 with contextlib.suppress(OSError):
                     end.shutdown(socket.SHUT_RDWR)
@@ -325,6 +483,10 @@ class Relay:
     def close(self) -> None:
         """Stop listening and cut the connections still open."""
         self._closed.set()
+        # shutdown() wakes the thread blocked in accept(); close() alone would leave the
+        # port listening until one more connection came.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self._listener.close()
         with self._lock:
@@ -332,6 +494,43 @@ class Relay:
         for sock in open_sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def _request_heads(sock: socket.socket) -> Iterator[bytes]:
+    """Each request head a client sends, up to and with its blank line, until it stops.
+
+    Bytes no request head has (a TLS handshake: engines try HTTPS first; a line end other
+    than CRLF), or a head that grows past the limit, are yielded at once as they are, to
+    be refused: a client that tried HTTPS then hears an HTTP answer and falls back to
+    HTTP at once, instead of waiting for its handshake to time out.
+    """
+    buffer = b""
+    while True:
+        end = buffer.find(b"\r\n\r\n")
+        while end < 0:
+            if len(buffer) > _MAX_HEAD:
+                yield buffer
+                return
+            data = sock.recv(_COPY_CHUNK)
+            if not data:
+                return
+            buffer += data
+            if not _HEAD_BYTES.fullmatch(data) or _BARE_LINE_END.search(buffer):
+                yield buffer
+                return
+            end = buffer.find(b"\r\n\r\n")
+        head, buffer = buffer[: end + 4], buffer[end + 4 :]
+        yield head
+
+
+def checked_digest(digest: str, name: str) -> str:
+    """The manifest digest a push returned, or :class:`RegistryError` when it gave none."""
+    if not _DIGEST.fullmatch(digest):
+        raise RegistryError(
+            f"pushing {name} returned no manifest digest ({digest!r}): hosts pull by digest",
+            fix="check the registry ('docker push' by hand prints the digest), or use --via ssh",
+        )
+    return digest
 
 
 # -- publishing -------------------------------------------------------------------------

@@ -60,7 +60,8 @@ from fleet.errors import CommandError, HostError, RegistryError, UsageError, tai
 from fleet.images import ImageSpec, Shippable, chain_ids
 from fleet.inventory import Host
 from fleet.labels import normalized_name
-from fleet.remote import CommandResult, Transport
+from fleet.remote import Transport
+from fleet.remote import fix_for as _fix_for
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
 from fleet.savefilter import v1_candidates
@@ -140,6 +141,40 @@ LOAD_SCRIPT = (
     r"""
 ref="$1"; store="$2"
 docker load --quiet || exit $?
+"""
+    + _TARGET_SCRIPT
+)
+
+# A pull by digest (and, on the containerd store, ctr's fetch of the blobs the pull skipped),
+# then the pulled image as the host has it, so that it is verified before it gets its real
+# name, in the same round trip. "$3": the tunnelled registry's address on the host, or empty
+# for a registry the host reaches with its own credentials. The tunnel's credential comes
+# on stdin, never in argv (which other users of the host see) nor in the user's docker
+# config: it lives in a private directory that is removed on exit, and is worthless once
+# the tunnel has closed.
+PULL_SCRIPT = (
+    r"""
+name="$1"; store="$2"; registry="$3"; ref="$name"; config=""
+if [ -n "$registry" ]; then
+  config=$(umask 077 && mktemp -d) || exit 125
+  trap 'rm -rf "$config"' EXIT
+  trap 'exit 129' HUP INT TERM
+  IFS= read -r auth || exit 125
+  umask 077
+  printf '{"auths":{"%s":{"auth":"%s"}}}\n' "$registry" "$auth" >"$config/config.json" || exit 125
+  mkdir "$config/hosts" "$config/hosts/$registry" || exit 125
+  printf 'server = "http://%s"\n\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n  [host."http://%s".header]\n    Authorization = "Basic %s"\n' \
+    "$registry" "$registry" "$registry" "$auth" >"$config/hosts/$registry/hosts.toml" || exit 125
+  set -- --config "$config"
+else
+  set --
+fi
+docker "$@" pull --quiet "$name" >/dev/null || exit $?
+if [ "$store" = containerd ]; then
+  if [ -n "$config" ]; then set -- --hosts-dir "$config/hosts"; else set --; fi
+  fetched=$(ctr --address /run/docker/containerd/containerd.sock -n moby content fetch "$@" "$name" 2>&1)
+  echo "@@fetch_rc $?"; echo "@@fetch"; printf '%s\n' "$fetched" | tail -n 5
+fi
 """
     + _TARGET_SCRIPT
 )
@@ -875,15 +910,19 @@ def verify(
         state = read_state(transport, spec.ref, timeout)
     if is_current(spec, state):
         return state.target_id
-    evidence = (
+    raise HostError(
+        transport.host,
+        f"image {spec.ref} did not verify after loading: {_evidence(spec, state)}",
+        fix="rerun: the missing layers are sent again",
+    )
+
+
+def _evidence(spec: ImageSpec, state: HostImageState) -> str:
+    """How the host's image differs from ``spec``."""
+    return (
         f"expected config {spec.config_digest[:19]} with {len(spec.diff_ids)} layers; "
         f"host has ID {state.target_id[:19] or 'none'} with {len(state.target_layers)} layers"
         f"{'' if state.target_listed else ', not listed by docker image ls'}"
-    )
-    raise HostError(
-        transport.host,
-        f"image {spec.ref} did not verify after loading: {evidence}",
-        fix="rerun: the missing layers are sent again",
     )
 
 
@@ -1179,10 +1218,12 @@ def _pull_all(
         publisher = registry.EnginePublisher(images.connect(), options.registry)
     try:
         with publisher.serve() as location:
-            publisher.publish(spec.ref, location.name_for(spec.ref))
+            published = location.name_for(spec.ref)
+            digest = registry.checked_digest(publisher.publish(spec.ref, published), published)
 
             def task(ctx: HostContext) -> HostResult:
-                return pull(ctx, spec, location, plans[ctx.name], options, limits.for_host())
+                decided = plans[ctx.name]
+                return pull(ctx, spec, location, digest, decided, options, limits.for_host())
 
             return list(runner.run("push", todo, task).results)
     except RegistryError as exc:
@@ -1195,16 +1236,20 @@ def pull(
     ctx: HostContext,
     spec: ImageSpec,
     location: registry.Location,
+    digest: str,
     decided: Plan,
     options: PushOptions,
     throttle: Throttle | None = None,
 ) -> HostResult:
-    """One host pulls the published image, names it ``spec.ref`` and drops the pull's name.
+    """One host pulls the published manifest by its digest, verifies it, then names it.
 
-    With the controller's registry, the host reaches it through its own end of a tunnel
-    (``127.0.0.1:PORT`` on the host, a :class:`registry.Relay` on the controller). The
-    temporary name is removed and the tunnel closed whatever happens; then the image is
-    verified under its real name, as after a load.
+    What a tag in the registry names is never trusted: the host pulls ``NAME@digest``,
+    the image that arrived is checked against ``spec`` (config, layers, listed) and only
+    then tagged ``spec.ref``; a mismatch fails the host with the evidence and tags
+    nothing. With the controller's registry, the host reaches it through its own end of
+    a tunnel (``127.0.0.1:PORT`` on the host, a :class:`registry.Relay` on the controller,
+    which asks for its own credential), closed as soon as the pull is done. The pull's
+    name is removed whatever happens.
     """
     transport = ctx.transport
     relay: registry.Relay | None = None
@@ -1216,70 +1261,80 @@ def pull(
                 "this connection cannot forward a port to the controller's registry",
                 fix="use --via ssh, or --registry URL for a registry the host reaches",
             )
-        relay = registry.Relay(location.tunnel, throttle)
+        relay = registry.Relay(location.tunnel, location.repository(spec.ref), throttle)
         try:
             host_port = transport.forward_remote(0, ("127.0.0.1", relay.port))
         except BaseException:
             relay.close()
             raise
-    name = location.name_for(spec.ref, host_port)
-    temporary = name != spec.ref
+    name = location.name_for(spec.ref, host_port, digest)
     failed = True
-    fetched: CommandResult | None = None
     try:
         ctx.progress("pulling")
-        transport.run(["docker", "pull", "--quiet", name], timeout=options.load_timeout)
-        if decided.store == "containerd":
-            # The pull skips a layer whose snapshot exists (one loaded over SSH, say) without
-            # its registry blob; Docker then neither lists nor saves the image. Fetch the
-            # blobs the content store lacks, and only those, while the registry is reachable.
-            plain = ["--plain-http"] if host_port is not None else []
-            fetched = transport.run(
-                [*_CTR, "content", "fetch", *plain, name],
+        try:
+            ran = transport.run(
+                [
+                    "sh",
+                    "-c",
+                    PULL_SCRIPT,
+                    "fleet-pull",
+                    name,
+                    decided.store,
+                    f"127.0.0.1:{host_port}" if host_port is not None else "",
+                ],
+                stdin=f"{relay.credential.basic}\n".encode() if relay is not None else None,
                 timeout=options.load_timeout,
                 check=False,
             )
-        if temporary:
-            transport.run(["docker", "tag", name, spec.ref], timeout=options.state_timeout)
+        finally:
+            if host_port is not None:
+                assert isinstance(transport, registry.Forwarding)
+                transport.cancel_forward(host_port)
+            if relay is not None:
+                relay.close()
+        if not ran.ok:
+            said = tail_lines(ran.stderr or ran.stdout)
+            raise HostError(
+                ctx.name,
+                f"docker pull {name} failed (exit {ran.exit_code}):\n{said}",
+                fix=_fix_for(ran.stderr)
+                or "check that the host reaches the registry and may pull from it, then rerun",
+            )
+        parts = _sections(ran.stdout)
+        pulled = _target(parts)
+        if not is_current(spec, pulled):
+            reason = f"pulled {name}, but it is not {spec.ref}: {_evidence(spec, pulled)}"
+            fix = "rerun; if it fails again, the registry holds another image under that digest"
+            if parts.get("fetch_rc", ["0"])[:1] != ["0"]:
+                said = "\n".join(parts.get("fetch", [])[-5:])
+                reason += f"; fetching the missing blobs with ctr failed:\n{said}"
+                fix = "use --via ssh for this host (a registry ctr cannot reach or log in to)"
+            raise HostError(ctx.name, f"{reason}\nnothing was tagged", fix=fix)
+        transport.run(["docker", "tag", name, spec.ref], timeout=options.state_timeout)
         failed = False
     finally:
-        leftover = _remove_tag(transport, name, options.state_timeout) if temporary else None
-        if host_port is not None:
-            assert isinstance(transport, registry.Forwarding)
-            transport.cancel_forward(host_port)
-        if relay is not None:
-            relay.close()
+        leftover = _remove_tag(transport, name, options.state_timeout)
     if leftover is not None and not failed:
         raise HostError(
             ctx.name,
             f"pulled, but the temporary name {name} could not be removed: {leftover}",
             fix=f"run 'docker rmi {name}' on the host",
         )
-    try:
-        image_id = verify(transport, spec, options.state_timeout)
-    except HostError as exc:
-        if fetched is None or fetched.ok:
-            raise
-        said = tail_lines(fetched.stderr or fetched.stdout)
-        raise HostError(
-            ctx.name,
-            f"{exc.reason}; fetching the missing blobs with ctr failed:\n{said}",
-            fix="use --via ssh for this host (a registry ctr cannot reach or log in to)",
-        ) from exc
-    pulled = len(decided.send)
+    image_id = verify(transport, spec, options.state_timeout)
+    layers = len(decided.send)
     details: dict[str, Any] = {
         "via": "registry",
         "registry": location.description,
         "store": decided.store,
         "layers_total": len(spec.diff_ids),
-        "layers_present": len(spec.diff_ids) - pulled,
-        "layers_pulled": pulled,
+        "layers_present": len(spec.diff_ids) - layers,
+        "layers_pulled": layers,
         "bytes_pulled": relay.bytes_out if relay is not None else None,
         "image_id": image_id,
     }
     return ctx.result(
         Outcome.CHANGED,
-        f"pulled {pulled}/{len(spec.diff_ids)} layers from {location.description}",
+        f"pulled {layers}/{len(spec.diff_ids)} layers from {location.description}",
         details=details,
     )
 

@@ -7,15 +7,21 @@ the hosts are the lab's classic (20.10) and containerd (26.1) engines over real 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from fleet import lab, registry
+from fleet import images, inventory, lab, registry, transfer
+from fleet.remote import CommandResult, Transport
+from fleet.results import FleetResult
+from fleet.runner import Runner, SSHConnector
 from fleet.transport import KnownHosts, SSHTransport
 from tests.conftest import LabFixture, host_sh, run_cli, run_json
 from tests.framework import build_image
@@ -261,3 +267,185 @@ def test_a_registry_update_over_layers_loaded_by_ssh_is_complete_on_both_stores(
     finally:
         for ref in (update, base):
             client.images.remove(ref, force=True)
+
+
+# -- someone else on the registry path ------------------------------------------------------
+# What a host's loopback neighbour runs once the tunnel is open: an image of its own, under
+# the very name the host is about to pull, pushed to the tunnel's end; the pushed name is
+# removed again, so that only the registry could hand it back.
+POISON_PUSH = r"""
+docker import - "$1" >/dev/null || exit 125
+docker push "$1"; pushed=$?
+docker rmi "$1" >/dev/null 2>&1
+exit $pushed
+"""
+
+
+def poison_tar() -> bytes:
+    """A root filesystem of one file of random bytes: an image no one else has."""
+    data = os.urandom(4096)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("poison")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+class PushesFirst:
+    """A host's connection that, once the host's end of the tunnel is open and before
+    the host's next command (its pull), pushes a poisoned image through that end.
+
+    A wrapper of fleet's own Transport interface (and its port forward): the pull window
+    made deterministic, with the push coming from the host's loopback for real.
+    """
+
+    def __init__(self, inner: SSHTransport, ref: str) -> None:
+        self.inner = inner
+        self.ref = ref
+        self.port: int | None = None
+        self.pushed: CommandResult | None = None
+
+    @property
+    def host(self) -> str:
+        return self.inner.host
+
+    def forward_remote(self, port: int, target: tuple[str, int]) -> int:
+        self.port = self.inner.forward_remote(port, target)
+        return self.port
+
+    def cancel_forward(self, port: int) -> None:
+        self.inner.cancel_forward(port)
+
+    def run(self, argv: Sequence[str], **options: Any) -> CommandResult:
+        if self.port is not None and self.pushed is None:
+            path, tag = registry.repository_path(self.ref)
+            name = f"127.0.0.1:{self.port}/{registry.LOOPBACK_PREFIX}/{path}:{tag}"
+            self.pushed = self.inner.run(
+                ["sh", "-c", POISON_PUSH, "fleet-poison", name],
+                stdin=poison_tar(),
+                check=False,
+                timeout=120,
+            )
+        return self.inner.run(argv, **options)
+
+    def stream(self, argv: Sequence[str], chunks: Iterable[bytes], **options: Any) -> CommandResult:
+        return self.inner.stream(argv, chunks, **options)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class MovesTheTag:
+    """Publishes with the controller's engine, then pushes another image under the same
+    name (someone who reaches the registry moving the tag). ``hand_out``: report that
+    other image's digest as the published one (the registry's answer cannot be trusted).
+    """
+
+    def __init__(self, poison: str, hand_out: bool = False) -> None:
+        self.inner = registry.EnginePublisher(lab.engine_client())
+        self.poison = poison
+        self.hand_out = hand_out
+
+    def serve(self) -> contextlib.AbstractContextManager[registry.Location]:
+        return self.inner.serve()
+
+    def publish(self, ref: str, name: str) -> str:
+        genuine = self.inner.publish(ref, name)
+        moved = registry.publish(lab.engine_client(), self.poison, name)
+        assert moved != genuine
+        return moved if self.hand_out else genuine
+
+
+def push_via_registry(
+    env: LabFixture,
+    ref: str,
+    wrap: Any = None,
+    publisher: registry.Publisher | None = None,
+) -> tuple[FleetResult, list[Transport]]:
+    """``fleet push --via registry`` through fleet's API, with a seam for each connection."""
+    hosts = inventory.load([env.inventory]).select("all")
+    connector = SSHConnector(KnownHosts())
+    opened: list[Transport] = []
+
+    def connect(host: Any) -> Transport:
+        transport = connector(host)
+        if wrap is not None:
+            transport = wrap(transport)
+        opened.append(transport)
+        return transport
+
+    runner = Runner(connect, forks=4)
+    try:
+        image = images.shippable(lab.engine_client(), ref)
+        options = transfer.PushOptions(via="registry")
+        return transfer.push(runner, hosts, image, options, publisher=publisher), opened
+    finally:
+        runner.close()
+
+
+def assert_genuine_or_absent(env: LabFixture, host: str, ref: str) -> None:
+    """The host has ``ref`` as the controller built it, or not at all; no pull's name left."""
+    if host_sh(env, host, "docker", "image", "ls", "-q", ref).strip():
+        assert_image_is(env, host, ref)
+    assert not [n for n in names_on(env, host) if n.startswith("127.0.0.1:")]
+
+
+@pytest.mark.hostile
+def test_a_push_from_the_hosts_loopback_during_the_pull_is_refused(
+    lab_env: LabFixture, versions
+) -> None:
+    client = lab.engine_client()
+    ref = _build(client, "window", versions["v1"], 60_000)
+    try:
+        result, opened = push_via_registry(lab_env, ref, lambda t: PushesFirst(t, ref))
+        for row in result.results:
+            # The real name on the genuine image (not on the one pushed during the pull).
+            assert_genuine_or_absent(lab_env, row.host, ref)
+            assert row.outcome.value == "changed", row
+            assert_image_is(lab_env, row.host, ref)
+        for transport in opened:
+            assert isinstance(transport, PushesFirst)
+            pushed = transport.pushed
+            assert pushed is not None, f"{transport.host}: the poison was never pushed"
+            # Refused by the relay: no credential (and it would be read-only anyway).
+            assert pushed.exit_code != 0, (transport.host, pushed)
+            said = (pushed.stderr + pushed.stdout).lower()
+            assert "auth" in said or "unauthorized" in said, (transport.host, said)
+    finally:
+        client.images.remove(ref, force=True)
+
+
+@pytest.mark.hostile
+def test_a_tag_moved_in_the_registry_is_not_what_hosts_pull(lab_env: LabFixture, versions) -> None:
+    client = lab.engine_client()
+    ref = _build(client, "moved", versions["v1"], 70_000)
+    poison = _build(client, "moved-poison", None, 10_000)
+    try:
+        result, _ = push_via_registry(lab_env, ref, publisher=MovesTheTag(poison))
+        for row in result.results:
+            assert row.outcome.value == "changed", row
+            assert_image_is(lab_env, row.host, ref)
+            assert_genuine_or_absent(lab_env, row.host, ref)
+    finally:
+        for name in (ref, poison):
+            client.images.remove(name, force=True)
+
+
+@pytest.mark.hostile
+def test_a_pulled_image_that_does_not_verify_is_never_tagged(lab_env: LabFixture, versions) -> None:
+    client = lab.engine_client()
+    ref = _build(client, "handed", versions["v1"], 80_000)
+    poison = _build(client, "handed-poison", None, 10_000)
+    try:
+        result, _ = push_via_registry(lab_env, ref, publisher=MovesTheTag(poison, True))
+        for row in result.results:
+            assert row.outcome.value == "failed", row
+            reason = row.reason or ""
+            assert "nothing was tagged" in reason and "expected config" in reason, row
+            listed = host_sh(lab_env, row.host, "docker", "image", "ls", "-q", ref)
+            assert listed.strip() == "", (row.host, listed)
+            assert_genuine_or_absent(lab_env, row.host, ref)
+    finally:
+        for name in (ref, poison):
+            client.images.remove(name, force=True)
