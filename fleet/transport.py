@@ -6,12 +6,12 @@ helpers of :mod:`fleet.endpoint`). This SSH implementation is the only module th
 paramiko; :mod:`fleet.openssh` is the other one (the system's ssh, for read-only fan-out).
 Its policy, from ``shared/SSH.md``:
 
-- Host keys are always verified: against ``~/.ssh/known_hosts``, any
-  ``UserKnownHostsFile`` from ssh config or the inventory's own known_hosts. An unknown
-  key is refused unless the caller opted into *accept-new* (then it is recorded); a
-  changed key is always refused, with both fingerprints. The files are parsed once per
-  run and shared between threads (parsing is slow, and concurrent writers would
-  overwrite each other).
+- Host keys are always verified: each host against its own files only (``~/.ssh/known_hosts``,
+  any ``UserKnownHostsFile`` from ssh config or the inventory, its ``fleet_known_hosts``),
+  never against another host's. An unknown key is refused unless the caller opted into
+  *accept-new* (then it is recorded); a changed key is always refused, with both
+  fingerprints. Each file is parsed once per run and shared between threads (parsing is
+  slow, and concurrent writers would overwrite each other).
 - Commands are argv lists, joined with ``shlex.join``: no shell string is ever built
   from unquoted input.
 - AES-GCM is preferred (fastest cipher paramiko has), and paramiko's own 512 MiB rekey
@@ -41,6 +41,7 @@ import paramiko
 # the modules that import them from fleet.transport.
 from fleet.endpoint import (
     DEFAULT_CONNECT_TIMEOUT,
+    USER_KNOWN_HOSTS,
     Endpoint,
     SSHOptions,
     command_line,
@@ -67,67 +68,88 @@ def fingerprint(key: paramiko.PKey) -> str:
 
 
 class KnownHosts:
-    """The known_hosts files of one run: parsed once, shared, and written under a lock."""
+    """The known_hosts files of one run: each parsed once, shared, and written under a lock.
+
+    Each host is verified against its own files only: its endpoint's
+    ``known_hosts_files`` (which :func:`fleet.endpoint.resolve` ends with the user's
+    ``~/.ssh/known_hosts``, as OpenSSH's default ``UserKnownHostsFile``), exactly the files
+    the OpenSSH transport passes for it. So a key recorded in one host's file (a lab's, a
+    group's ``fleet_known_hosts``) never vouches for a host that does not list that file,
+    whatever else this run has read. ``files``: for an endpoint that names none (without
+    them, ``~/.ssh/known_hosts``). A key is accepted when any of the host's files records
+    it under the host's name; accept-new writes to the host's first file, as OpenSSH does.
+    """
 
     def __init__(self, files: Iterable[str | Path] = (), *, accept_new: bool = False) -> None:
         self.accept_new = accept_new
         self._lock = threading.Lock()
-        self._keys = paramiko.HostKeys()
-        self._loaded: list[Path] = []
-        self._write_to: Path | None = None
+        self._default = tuple(str(path) for path in files)
+        self._parsed: dict[Path, paramiko.HostKeys] = {}
         self.accepted: list[tuple[str, str]] = []
-        for path in files:
-            self.add_file(path)
 
-    def add_file(self, path: str | Path) -> None:
-        """Load one more known_hosts file (once; missing files are fine)."""
-        resolved = Path(os.path.expanduser(str(path))).resolve()
+    @property
+    def parsed(self) -> list[Path]:
+        """The files this run has read so far, each once."""
         with self._lock:
-            if resolved in self._loaded:
-                return
-            self._loaded.append(resolved)
-            if self._write_to is None:
-                self._write_to = resolved
-            if resolved.is_file():
-                self._keys.load(str(resolved))
+            return list(self._parsed)
+
+    def files_for(self, endpoint: Endpoint) -> list[Path]:
+        """The files ``endpoint`` is verified against, in order, without repeats."""
+        named = endpoint.known_hosts_files or self._default or (USER_KNOWN_HOSTS,)
+        return list(dict.fromkeys(Path(os.path.expanduser(p)).resolve() for p in named))
+
+    def _keys(self, path: Path) -> paramiko.HostKeys:
+        """``path`` parsed, the first time it is asked for (call with the lock held)."""
+        keys = self._parsed.get(path)
+        if keys is None:
+            keys = paramiko.HostKeys()
+            if path.is_file():
+                keys.load(str(path))
+            self._parsed[path] = keys
+        return keys
 
     def verify(self, endpoint: Endpoint, key: paramiko.PKey) -> None:
         """Accept ``key`` for ``endpoint``, or raise :class:`HostKeyError` with evidence."""
         name = endpoint.known_hosts_name
-        for path in endpoint.known_hosts_files:
-            self.add_file(path)
+        files = self.files_for(endpoint)
         with self._lock:
-            known = self._keys.lookup(name)
-            if known is not None and key.get_name() in known:
-                expected = known[key.get_name()]
-                if expected == key:
-                    return
+            recorded: list[tuple[Path, paramiko.PKey]] = []
+            for path in files:
+                found = self._keys(path).lookup(name)
+                recorded += [(path, k) for k in (found or {}).values()]
+            if any(k == key for _, k in recorded):
+                return
+            same_type = [(p, k) for p, k in recorded if k.get_name() == key.get_name()]
+            if same_type:
+                path, expected = same_type[0]
                 raise HostKeyError(
                     endpoint.name,
-                    f"host key for {name} CHANGED: recorded {fingerprint(expected)}, "
+                    f"host key for {name} CHANGED: recorded {fingerprint(expected)} in {path}, "
                     f"offered {fingerprint(key)} ({key.get_name()}); refusing to connect",
                     fix=f"if the host was really reinstalled, remove its line with "
-                    f"'ssh-keygen -R {shlex.quote(name)}' and connect again",
+                    f"'ssh-keygen -R {shlex.quote(name)} -f {shlex.quote(str(path))}' "
+                    "and connect again",
                 )
-            if known:
+            if recorded:
                 # A key of another type is recorded: a downgrade or an attack, never a new host.
-                recorded = ", ".join(f"{t} {fingerprint(k)}" for t, k in known.items())
+                listed = ", ".join(f"{k.get_name()} {fingerprint(k)}" for _, k in recorded)
                 raise HostKeyError(
                     endpoint.name,
                     f"host {name} offered a {key.get_name()} key {fingerprint(key)}, but only "
-                    f"{recorded} is recorded; refusing to connect",
+                    f"{listed} is recorded; refusing to connect",
                     fix=f"check the host; if it was reinstalled, 'ssh-keygen -R {shlex.quote(name)}'",
                 )
             if not self.accept_new:
                 raise HostKeyError(
                     endpoint.name,
-                    f"unknown host key for {name}: {key.get_name()} {fingerprint(key)}",
+                    f"unknown host key for {name}: {key.get_name()} {fingerprint(key)} "
+                    f"(not in {', '.join(str(p) for p in files)})",
                     fix="verify the fingerprint, then rerun with --accept-new-host-keys "
                     "(records it, like OpenSSH's StrictHostKeyChecking=accept-new)",
                 )
-            self._keys.add(name, key.get_name(), key)
+            target = files[0]
+            self._keys(target).add(name, key.get_name(), key)
             self.accepted.append((name, fingerprint(key)))
-            target = self._write_to or Path.home() / ".ssh" / "known_hosts"
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             with target.open("a", encoding="ascii") as handle:
                 handle.write(f"{name} {key.get_name()} {key.get_base64()}\n")

@@ -55,6 +55,82 @@ def test_key_of_another_type_is_not_a_new_host(tmp_path: Path, keys) -> None:
         KnownHosts([path], accept_new=True).verify(endpoint(), rsa)
 
 
+# -- each host against its own known_hosts ------------------------------------------------
+def gpu(number: int, *files: Path) -> Endpoint:
+    """Host gpuN at 10.0.0.N:2222, verified against ``files``."""
+    return Endpoint(
+        name=f"gpu{number}",
+        address=f"10.0.0.{number}",
+        port=2222,
+        known_hosts_files=tuple(str(f) for f in files),
+    )
+
+
+def record(path: Path, endpoint: Endpoint, key: paramiko.PKey) -> None:
+    with path.open("a") as handle:
+        handle.write(f"{endpoint.known_hosts_name} {key.get_name()} {key.get_base64()}\n")
+
+
+@pytest.mark.hostile
+def test_a_key_in_one_hosts_file_does_not_vouch_for_another_host(tmp_path: Path) -> None:
+    # Host A's own known_hosts (say its fleet_known_hosts) also lists a key under host B's
+    # name: once A's file has been read, that key must still not let "B" in.
+    a_file, b_file = tmp_path / "a_known_hosts", tmp_path / "b_known_hosts"
+    key_a, impostor = paramiko.RSAKey.generate(1024), paramiko.RSAKey.generate(1024)
+    a, b = gpu(1, a_file), gpu(2, b_file)
+    record(a_file, a, key_a)
+    record(a_file, b, impostor)
+    known = KnownHosts()
+    known.verify(a, key_a)
+    with pytest.raises(HostKeyError, match=r"unknown host key for \[10\.0\.0\.2\]:2222") as caught:
+        known.verify(b, impostor)
+    assert str(b_file) in str(caught.value)
+    # Also when B's own file records B's real key: the impostor is a changed key, named so.
+    real_b = paramiko.RSAKey.generate(1024)
+    record(b_file, b, real_b)
+    fresh = KnownHosts(accept_new=True)
+    fresh.verify(a, key_a)
+    with pytest.raises(HostKeyError, match="CHANGED") as changed:
+        fresh.verify(b, impostor)
+    assert fingerprint(real_b) in str(changed.value) and str(b_file) in str(changed.value)
+    fresh.verify(b, real_b)
+    assert fresh.accepted == []
+
+
+@pytest.mark.hostile
+def test_accept_new_records_a_host_in_its_own_file(tmp_path: Path) -> None:
+    # Not in the first file the run happened to read (another host's).
+    a_file, b_file = tmp_path / "a_known_hosts", tmp_path / "b_known_hosts"
+    key_a, key_b = paramiko.RSAKey.generate(1024), paramiko.ECDSAKey.generate()
+    a, b = gpu(1, a_file), gpu(2, b_file)
+    record(a_file, a, key_a)
+    known = KnownHosts(accept_new=True)
+    known.verify(a, key_a)
+    known.verify(b, key_b)
+    assert a_file.read_text().count("\n") == 1
+    assert b_file.read_text() == f"[10.0.0.2]:2222 {key_b.get_name()} {key_b.get_base64()}\n"
+    known.verify(b, key_b)  # recorded for the rest of the run too
+    with pytest.raises(HostKeyError):
+        KnownHosts().verify(gpu(2, a_file), key_b)
+
+
+def test_each_file_is_parsed_once_per_run_and_shared(tmp_path: Path) -> None:
+    shared, own = tmp_path / "shared", tmp_path / "own"
+    keys = {n: paramiko.ECDSAKey.generate() for n in (1, 2, 3)}
+    endpoints = {n: gpu(n, *((own, shared) if n == 3 else (shared,))) for n in keys}
+    for n, key in keys.items():
+        record(shared, endpoints[n], key)
+    known = KnownHosts()
+    for n, key in keys.items():
+        known.verify(endpoints[n], key)
+    assert known.parsed == [shared.resolve(), own.resolve()]
+    # What a host's files say is what counts, in the order OpenSSH reads them.
+    assert known.files_for(endpoints[3]) == [own.resolve(), shared.resolve()]
+    assert KnownHosts([own]).files_for(Endpoint("x", "10.0.0.9")) == [own.resolve()]
+    home = Path("~/.ssh/known_hosts").expanduser().resolve()
+    assert KnownHosts().files_for(Endpoint("x", "10.0.0.9")) == [home]
+
+
 def test_parse_ssh_args_reads_what_ansible_passes() -> None:
     options = parse_ssh_args(
         "-o UserKnownHostsFile=/lab/known_hosts -o StrictHostKeyChecking=yes -J admin@bastion:2200 "
