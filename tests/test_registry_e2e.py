@@ -125,6 +125,12 @@ def test_tunnelled_registry_ships_verifies_cleans_up_and_converges(
         assert 300_000 < details["bytes_pulled"] < 300_000 * 1.1 + 65536, details
         assert_image_is(lab_env, host, versions["v1"])
         assert not [n for n in names_on(lab_env, host) if n.startswith("127.0.0.1:")]
+        # The tunnel's credential is gone from the host: its private docker config and ctr
+        # hosts directory were removed, and the user's own docker config never had it.
+        leftovers = host_sh(
+            lab_env, host, "sh", "-c", "find /tmp -name hosts.toml; cat ~/.docker/config.json"
+        )
+        assert "hosts.toml" not in leftovers and "127.0.0.1" not in leftovers, leftovers
     assert registry_processes() == []
     local_tags = [t for i in lab.engine_client().images.list(name=REPO) for t in i.tags]
     assert not [t for t in local_tags if t.startswith("127.0.0.1:")]
