@@ -26,7 +26,9 @@ What a host pulls is what the controller pushed, whoever else reaches the regist
   registry. The relay checks the credential, not the registry: distribution's htpasswd
   wants bcrypt hashes (another package on the controller) and would let every holder of
   the credential push too. The controller's engine pushes straight to the registry on
-  the controller's own loopback.
+  the controller's own loopback, where it stays unauthenticated (the engine needs a TCP
+  address): a user of the controller can read it while it runs, and what anyone pushes
+  there changes nothing a host pulls (below).
 - The registry's delete API is off. Its cache cannot be poisoned: it stores blobs and
   manifests under the digest of their content (checked on upload, and again by the
   engine on every pull), and the only thing a push by someone else can change, a tag,
@@ -310,7 +312,7 @@ class Credential:
         return base64.b64encode(f"{self.user}:{self.password}".encode()).decode("ascii")
 
 
-# Why a request is refused: (status, reason phrase, registry error code, message).
+# A refusal's status -> its reason phrase, the registry's error code and message.
 _REFUSALS = {
     400: ("Bad Request", "UNSUPPORTED", "malformed request"),
     401: ("Unauthorized", "UNAUTHORIZED", "authentication required"),

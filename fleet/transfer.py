@@ -27,8 +27,9 @@ one frame per member (concatenated frames are one valid zstd stream): no Python 
 
 ``--via registry`` replaces the stream: the image is pushed once to a registry (an
 existing one, or the controller's own, tunnelled to each host's loopback; see
-:mod:`fleet.registry`) and every host pulls it, keeping what it has. Planning, disk
-checks, verification and results are the same as for the SSH path.
+:mod:`fleet.registry`) and every host pulls it by the pushed manifest's digest, keeping
+what it has; the pulled image is verified before it is tagged. Planning, disk checks,
+verification and results are the same as for the SSH path.
 
 ``--max-rate``: token buckets (:mod:`fleet.bandwidth`), one for the whole run and one
 per host, on the bytes that leave the controller for the hosts (compressed, before SSH
@@ -145,13 +146,16 @@ docker load --quiet || exit $?
     + _TARGET_SCRIPT
 )
 
-# A pull by digest (and, on the containerd store, ctr's fetch of the blobs the pull skipped),
-# then the pulled image as the host has it, so that it is verified before it gets its real
-# name, in the same round trip. "$3": the tunnelled registry's address on the host, or empty
-# for a registry the host reaches with its own credentials. The tunnel's credential comes
-# on stdin, never in argv (which other users of the host see) nor in the user's docker
-# config: it lives in a private directory that is removed on exit, and is worthless once
-# the tunnel has closed.
+# A pull by digest, then the pulled image as the host has it, so that it is verified before
+# it gets its real name, in the same round trip. On the containerd store the pull skips a
+# layer whose snapshot exists (one loaded over SSH, say) without its registry blob, and
+# Docker then neither lists nor saves the image: ctr fetches the blobs the content store
+# lacks, and only those, while the registry is reachable.
+# "$3": the tunnelled registry's address on the host, or empty for a registry the host
+# reaches with its own credentials. The tunnel's credential comes on stdin, never in argv
+# (which other users of the host see) nor in the user's docker config: it lives in a
+# private directory (docker's --config, ctr's --hosts-dir) that is removed on exit, and is
+# worthless once the tunnel has closed.
 PULL_SCRIPT = (
     r"""
 name="$1"; store="$2"; registry="$3"; ref="$name"; config=""
