@@ -87,7 +87,7 @@ if [ -n "$stale" ] && [ -f "$lock" ] && [ "$(cksum < "$lock")" = "$stale" ]; the
 fi
 # noclobber: a controller of an older fleet creates the lock the same way, without flock.
 if ( set -C; cat > "$lock" ) 2>/dev/null; then echo "@@sum $(cksum < "$lock")"; exit 0; fi
-echo "@@sum $(cksum < "$lock" 2>/dev/null)"
+echo "@@sum $(cksum 2>/dev/null < "$lock")"
 echo "@@age $(( $(date +%s) - $(stat -c %Y -- "$lock" 2>/dev/null || date +%s) ))"
 echo "@@lock"; head -c 65536 -- "$lock" 2>/dev/null
 exit 1
@@ -99,7 +99,7 @@ UNLOCK_SCRIPT = r"""
 lock=$2; guard=$3; mine=$4
 exec 9>>"$guard" || exit 3
 flock -w 10 9 || exit 5
-[ "$(cksum < "$lock" 2>/dev/null)" = "$mine" ] && rm -f -- "$lock"
+[ -n "$mine" ] && [ "$(cksum 2>/dev/null < "$lock")" = "$mine" ] && rm -f -- "$lock"
 exit 0
 """
 

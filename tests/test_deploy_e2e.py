@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import LabFixture, clear_framework, host_sh, run_json, run_project_json
 from tests.framework import FrameworkProject, build_with_label
@@ -47,6 +49,43 @@ def containers(env: LabFixture, host: str, repository: str) -> dict[str, str]:
 
 
 fleet = run_project_json
+
+
+@pytest.fixture(scope="module")
+def named_inventory(fast_inventory: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The lab's inventory naming the framework's container, as inventory/group_vars does."""
+    document = yaml.safe_load(fast_inventory.read_text())
+    group = document["all"]["children"]["lab"]["vars"]
+    group["fleet_run"] = {**group.get("fleet_run", {}), "name": "cauchy_service"}
+    path = tmp_path_factory.mktemp("namedinv") / "lab.yml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def started_at(env: LabFixture, host: str, name: str) -> str:
+    return host_sh(env, host, "docker", "inspect", "-f", "{{.Id}} {{.State.StartedAt}}", name)
+
+
+def hostile_image(project: FrameworkProject, label: str) -> tuple[str, str]:
+    """An image FROM v1 whose run command is ``label`` ({image}: itself); (tag, reference)."""
+    tag = f"66.{uuid.uuid4().int % 1000}"
+    reference = f"{project.repository}:{tag}"
+    build_with_label(
+        f"{project.repository}:{project.built[0]}",
+        reference,
+        {
+            "io.fleet.tag": tag,
+            "io.fleet.commit-count": "9999",
+            "org.label-schema.docker.cmd": label.format(image=reference),
+        },
+    )
+    return tag, reference
+
+
+def remove_image(reference: str) -> None:
+    from fleet import images
+
+    images.connect().images.remove(reference, force=True)
 
 
 def test_rollout_story(
@@ -235,6 +274,7 @@ def test_two_controllers_at_once_one_waits(
     assert history[-1]["to"] == v2
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize(
     "label",
     [
@@ -280,9 +320,14 @@ def test_hostile_labels_are_refused(
 
 
 def test_a_hand_started_container_of_that_name_is_kept_aside(
-    lab_env: LabFixture, fast_inventory: Path, project: FrameworkProject, capsys
+    lab_env: LabFixture,
+    fast_inventory: Path,
+    named_inventory: Path,
+    project: FrameworkProject,
+    capsys,
 ) -> None:
-    """A host still running the lab's old hand-made container: fleet takes over, keeps it."""
+    """A host still running the lab's old hand-made container: fleet takes over, keeps it,
+    when the inventory names the framework's container so (else it is left alone)."""
     v1 = project.built[0]
     clear_framework(lab_env)
     host_sh(lab_env, "lab1", "docker", "rm", "-f", "cauchy_service-unmanaged")
@@ -307,9 +352,168 @@ def test_a_hand_started_container_of_that_name_is_kept_aside(
         "sleep",
         "600",
     )
+    # The lab's inventory names no container: the label's name is no licence to stop it.
     code, doc = fleet(capsys, fast_inventory, project, "deploy", "lab1", v1)
+    assert code == 2 and "that fleet did not start" in doc["hosts"]["lab1"]["reason"]
+    names = host_sh(lab_env, "lab1", "docker", "ps", "-a", "--format", "{{.Names}} {{.State}}")
+    assert "cauchy_service running" in names and "cauchy_service-unmanaged" not in names
+    code, doc = fleet(capsys, named_inventory, project, "deploy", "lab1", v1)
     assert code == 0, doc["hosts"]["lab1"]["reason"]
     names = host_sh(lab_env, "lab1", "docker", "ps", "-a", "--format", "{{.Names}} {{.State}}")
     assert "cauchy_service-unmanaged exited" in names, (names, doc["hosts"]["lab1"])
     assert "cauchy_service running" in names
     host_sh(lab_env, "lab1", "docker", "rm", "-f", "cauchy_service-unmanaged")
+
+
+@pytest.mark.hostile
+def test_a_symlink_planted_under_the_data_root_does_not_mount_the_host(
+    lab_env: LabFixture, fast_inventory: Path, project: FrameworkProject, capsys
+) -> None:
+    """/data/r -> / (what any container with /data mounted can plant): refused on the host."""
+    v1 = project.built[0]
+    code, doc = fleet(capsys, fast_inventory, project, "deploy", "lab1", v1)
+    assert code == 0, doc
+    before = started_at(lab_env, "lab1", "cauchy_service")
+    host_sh(lab_env, "lab1", "sh", "-c", "mkdir -p /data && ln -sfn / /data/r")
+    tag, reference = hostile_image(
+        project,
+        "docker run -d --name cauchy_service --network host -v /data/r:/host {image} "
+        "python cauchy_services.py --port 8339",
+    )
+    try:
+        code, doc = fleet(capsys, fast_inventory, project, "deploy", "lab1", tag)
+        result = doc["hosts"]["lab1"]
+        assert code == 2 and result["outcome"] == "failed", result
+        assert "mounts /data/r, which is / on the host" in result["reason"]
+        assert "fleet_run_allow_paths" in result["fix"]
+        # Nothing was stopped: the running version is the same container, never restarted.
+        assert started_at(lab_env, "lab1", "cauchy_service") == before
+        assert containers(lab_env, "lab1", project.repository)["cauchy_service"] == "running"
+    finally:
+        host_sh(lab_env, "lab1", "rm", "-f", "/data/r")
+        remove_image(reference)
+
+
+@pytest.mark.hostile
+def test_a_label_naming_an_unrelated_container_stops_nothing(
+    lab_env: LabFixture,
+    fast_inventory: Path,
+    named_inventory: Path,
+    project: FrameworkProject,
+    capsys,
+) -> None:
+    """A label with --name postgres while the host runs its own postgres: refused."""
+    v1 = project.built[0]
+    code, doc = fleet(capsys, fast_inventory, project, "deploy", "lab1", v1)
+    assert code == 0, doc
+    host_sh(lab_env, "lab1", "docker", "rm", "-f", "postgres", "postgres-unmanaged")
+    host_sh(
+        lab_env,
+        "lab1",
+        "docker",
+        "run",
+        "-d",
+        "--name",
+        "postgres",
+        "--label",
+        "io.fleet.framework=someone-elses",
+        f"{project.repository}:{v1}",
+        "sleep",
+        "600",
+    )
+    framework_before = started_at(lab_env, "lab1", "cauchy_service")
+    postgres_before = started_at(lab_env, "lab1", "postgres")
+    tag, reference = hostile_image(
+        project,
+        "docker run -d --name postgres --network host -v /data:/data {image} "
+        "python cauchy_services.py --port 8339",
+    )
+    try:
+        # Without a name in the inventory (the lab's own): the host's postgres is left alone.
+        code, doc = fleet(capsys, fast_inventory, project, "deploy", "lab1", tag)
+        result = doc["hosts"]["lab1"]
+        assert (
+            code == 2
+            and "a container named 'postgres' that fleet did not start" in (result["reason"])
+        )
+        # With the inventory naming the framework's container: the label is refused outright.
+        code, doc = fleet(capsys, named_inventory, project, "deploy", "lab1", tag)
+        result = doc["hosts"]["lab1"]
+        assert code == 2 and "names the container 'postgres'" in result["reason"], result
+        assert "fleet_run.name: cauchy_service" in result["fix"]
+        names = host_sh(lab_env, "lab1", "docker", "ps", "-a", "--format", "{{.Names}} {{.State}}")
+        assert "postgres running" in names.splitlines() and "postgres-unmanaged" not in names
+        assert started_at(lab_env, "lab1", "postgres") == postgres_before
+        assert started_at(lab_env, "lab1", "cauchy_service") == framework_before
+    finally:
+        host_sh(lab_env, "lab1", "docker", "rm", "-f", "postgres")
+        remove_image(reference)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("separators", [None, (",", ":")], ids=["fleet", "compact"])
+def test_two_controllers_taking_over_one_stale_lock(
+    lab_env: LabFixture, separators: tuple[str, str] | None
+) -> None:
+    """Two take-overs of one stale lock at once: one wins, the other deletes nothing."""
+    from fleet import deploy, lab
+    from fleet.errors import HostError
+    from fleet.inventory import Host
+    from fleet.runner import HostContext, Runner
+    from fleet.transport import KnownHosts, SSHTransport
+
+    endpoint = next(e for e in lab.endpoints(lab_env.lab) if e.name == "lab1")
+    stale = {
+        "token": "t0",
+        "holder": "alice@laptop",
+        "what": "deploy 0.0.1",
+        "since": "2001-01-01T00:00:00Z",
+        "expires": "2001-01-01T00:10:00Z",
+    }
+    controllers = ["a@ctl", "b@ctl"]
+    transports = {
+        c: SSHTransport(endpoint, KnownHosts([lab_env.lab.known_hosts])) for c in controllers
+    }
+    try:
+        for _ in range(3):
+            host_sh(
+                lab_env,
+                "lab1",
+                "sh",
+                "-c",
+                'mkdir -p /var/lib/fleet && printf "%s\\n" "$1" > /var/lib/fleet/deploy.lock',
+                "fleet-test",
+                json.dumps(stale, separators=separators),
+            )
+            outcomes: dict[str, object] = {}
+            start = threading.Barrier(len(controllers))
+
+            def take(controller: str) -> None:
+                transport = transports[controller]
+                ctx = HostContext(Host("lab1"), Runner(lambda _, t=transport: t))
+                options = deploy.DeployOptions("cauchy", controller=controller)
+                start.wait()
+                try:
+                    outcomes[controller] = deploy.acquire_lock(ctx, "deploy 9.9", options)
+                except HostError as exc:
+                    outcomes[controller] = exc
+
+            threads = [threading.Thread(target=take, args=(c,), daemon=True) for c in controllers]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+            assert not any(t.is_alive() for t in threads), "a controller never finished"
+            won = [(c, o) for c, o in outcomes.items() if isinstance(o, deploy.Lock)]
+            assert len(won) == 1, outcomes
+            [(winner, lock)] = won
+            [error] = [o for o in outcomes.values() if not isinstance(o, deploy.Lock)]
+            assert isinstance(error, HostError) and f"held by {winner}" in error.reason
+            held = json.loads(host_sh(lab_env, "lab1", "cat", "/var/lib/fleet/deploy.lock"))
+            assert held["token"] == lock.token and held["holder"] == winner
+            lock.release()
+            assert "deploy.lock" not in host_sh(lab_env, "lab1", "ls", "/var/lib/fleet").split()
+    finally:
+        for transport in transports.values():
+            transport.close()
+        host_sh(lab_env, "lab1", "rm", "-f", "/var/lib/fleet/deploy.lock")
