@@ -176,7 +176,9 @@ _HOST_SYSTEM_PATHS = (
     "/usr",
     "/var/lib/containerd",
     "/var/lib/docker",
+    "/var/lib/fleet",  # deploy lock and history: a container would forge them
     "/var/run",
+    "/var/spool/cron",  # root's crontab
 )
 
 

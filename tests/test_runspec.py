@@ -308,8 +308,11 @@ def test_a_host_allows_more_paths_and_its_own_data_root() -> None:
     assert policy.roots == ("/storage/lab", "/srv/models")
     assert RunPolicy.for_host({}).paths == ("/data",)
     # A host path never lets a label mount a host-system tree.
-    with pytest.raises(DangerousRunError):
-        parse_docker_cmd("docker run -d -v /var/run:/r cauchy:0.2.7", IMAGE, allowed_paths=["/var"])
+    for system in ("/var/run", "/var/lib/fleet", "/var/spool/cron", "/usr/local/lib/fleet"):
+        with pytest.raises(DangerousRunError):
+            parse_docker_cmd(
+                f"docker run -d -v {system}:/r cauchy:0.2.7", IMAGE, allowed_paths=["/var", "/usr"]
+            )
 
 
 @pytest.mark.parametrize(
