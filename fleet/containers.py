@@ -38,6 +38,7 @@ from fleet.labels import (
     LABEL_TAG,
     LABEL_VERSION,
 )
+from fleet.remote import gathered, parses_host_output
 
 if TYPE_CHECKING:
     from fleet.remote import Transport
@@ -369,9 +370,10 @@ def _manifest_configs(lines: list[str]) -> dict[str, str]:
     return found
 
 
+@parses_host_output("the framework's state")
 def parse(text: str) -> HostFramework:
     """The framework's state from the output of :data:`SCRIPT`."""
-    parts = _sections(text)
+    parts = _sections(gathered(text, "the framework's state"))
     engine = parts.get("engine", [])
     if parts.get("engine_rc", ["1"])[:1] != ["0"] or not engine[:1] or not engine[0][:1].isdigit():
         return HostFramework(False, "\n".join(engine) or "docker did not answer")

@@ -37,6 +37,7 @@ from fleet.containers import (
 from fleet.errors import FleetError, HostError, UsageError, tail_lines
 from fleet.images import Shippable
 from fleet.inventory import Host
+from fleet.remote import parses_host_output
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Interrupted, Runner
 from fleet.runspec import (
@@ -219,6 +220,7 @@ class LockState:
     document: Mapping[str, Any]
 
     @classmethod
+    @parses_host_output("the deploy lock's state")
     def parse(cls, text: str) -> LockState:
         head, marker, raw = text.partition("@@lock\n")
         fields = dict(line.partition(" ")[::2] for line in head.splitlines())
@@ -338,7 +340,7 @@ def _held(host: str, state: LockState, ttl: float, *, busy: bool) -> HostError:
 def _lock_document(text: str) -> dict[str, Any]:
     try:
         parsed = json.loads(text.strip() or "{}")
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return {"holder": text.strip()[:200] or "?"}
     return parsed if isinstance(parsed, dict) else {}
 

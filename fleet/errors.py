@@ -11,6 +11,7 @@
     ├── LabError (RuntimeError)      the local lab could not be brought up    -> exit 1
     ├── EngineError (RuntimeError)   a Docker engine refused or is missing   -> exit 1
     ├── RegistryError (RuntimeError) a registry could not start or take a push -> exit 1
+    ├── HostOutputError (ValueError) a host printed what no sane host prints  -> its host fails
     └── HostError (RuntimeError)     one host failed; caught per host, becomes a result
         ├── UnreachableError         SSH could not connect or authenticate
         │   └── HostKeyError         unknown or changed host key
@@ -119,6 +120,19 @@ class EngineError(FleetError, RuntimeError):
 
 class RegistryError(FleetError, RuntimeError):
     """A registry could not be started, or an image could not be pushed to it."""
+
+
+class HostOutputError(FleetError, ValueError):
+    """What a host printed is past fleet's limits (size, lines, nesting) or not parseable.
+
+    Raised while parsing one host's output, so the runner fails that host alone with it.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            message,
+            fix="look at the host: its docker or shell tools may be replaced, broken or hostile",
+        )
 
 
 class HostError(FleetError, RuntimeError):

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from fleet.remote import gathered, parses_host_output
+
 if TYPE_CHECKING:
     from fleet.remote import Transport
 
@@ -128,9 +130,10 @@ def _disk(line: list[str]) -> Disk | None:
     return Disk(path=words[5], total=int(words[1]), free=int(words[3]))
 
 
+@parses_host_output("facts")
 def parse(text: str) -> HostFacts:
     """Facts from the output of :data:`SCRIPT`."""
-    parts = sections(text)
+    parts = sections(gathered(text, "facts"))
     info: dict[str, Any] = {}
     engine_error = ""
     raw_info = parts.get("docker_info", [])

@@ -53,7 +53,7 @@ from fleet.endpoint import (
     resolve,
 )
 from fleet.errors import CommandError, HostError, HostKeyError, UnreachableError
-from fleet.remote import CommandResult, fix_for
+from fleet.remote import MAX_OUTPUT, CommandResult, fix_for, too_much_output
 
 if TYPE_CHECKING:
     from fleet.inventory import Host
@@ -65,6 +65,7 @@ _KEEPALIVE = 15
 _NAME_LENGTH = 24
 _MAX_DIR = 107 - 1 - _NAME_LENGTH - 17
 _EXIT_SSH = 255
+_READ_SIZE = 256 * 1024
 _TIMEOUT_FIX = "raise --timeout, or look at the host: it may be frozen or overloaded"
 
 
@@ -287,8 +288,16 @@ class OpenSSHTransport:
             proc = self._spawn(
                 command, subprocess.PIPE if stdin is not None else subprocess.DEVNULL, errors
             )
+            assert proc.stdout is not None
+            reader = _CappedReader(proc, proc.stdout)
             try:
-                stdout, _ = proc.communicate(stdin, timeout=timeout)
+                if stdin is not None:
+                    assert proc.stdin is not None
+                    with contextlib.suppress(BrokenPipeError):
+                        proc.stdin.write(stdin)
+                    with contextlib.suppress(BrokenPipeError):
+                        proc.stdin.close()
+                proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 _kill(proc)
                 raise HostError(
@@ -297,7 +306,10 @@ class OpenSSHTransport:
             except BaseException:
                 _kill(proc)
                 raise
-            stderr = _read(errors)
+            finally:
+                reader.join()
+            stdout = reader.output(self.host, command)
+            stderr = _read(errors, self.host, command)
         return self._result(command, proc.returncode, stdout, stderr, started, check)
 
     def stream(
@@ -320,7 +332,6 @@ class OpenSSHTransport:
             proc = self._spawn(command, subprocess.PIPE, errors)
             pipe_in, pipe_out = proc.stdin, proc.stdout
             assert pipe_in is not None and pipe_out is not None
-            out: list[bytes] = []
             writer_error: list[BaseException] = []
             blocked_since: list[float | None] = [None]
 
@@ -337,15 +348,10 @@ class OpenSSHTransport:
                     with contextlib.suppress(OSError):
                         pipe_in.close()
 
-            def read() -> None:
-                out.append(pipe_out.read())
-
-            threads = [
-                threading.Thread(target=write, name=f"stdin-{self.host}", daemon=True),
-                threading.Thread(target=read, name=f"stdout-{self.host}", daemon=True),
-            ]
-            for thread in threads:
-                thread.start()
+            writer = threading.Thread(target=write, name=f"stdin-{self.host}", daemon=True)
+            writer.start()
+            reader = _CappedReader(proc, pipe_out)
+            threads: list[threading.Thread] = [writer, reader]
             try:
                 self._wait(proc, command, started, timeout, blocked_since, stall_timeout)
             except BaseException:
@@ -355,11 +361,12 @@ class OpenSSHTransport:
                 for thread in threads:
                     thread.join(timeout=5)
                 pipe_out.close()
-            stderr = _read(errors)
+            stdout = reader.output(self.host, command)
+            stderr = _read(errors, self.host, command)
         code = proc.returncode
         if writer_error and code == 0:
             raise HostError(self.host, f"sending input to {command!r} failed: {writer_error[0]}")
-        return self._result(command, code, b"".join(out), stderr, started, check)
+        return self._result(command, code, stdout, stderr, started, check)
 
     def _wait(
         self,
@@ -484,9 +491,41 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         proc.communicate(timeout=5)
 
 
-def _read(handle: IO[bytes]) -> bytes:
+def _read(handle: IO[bytes], host: str, command: str) -> bytes:
+    """What the command wrote to its stderr file, up to :data:`MAX_OUTPUT`."""
     handle.seek(0)
-    return handle.read()
+    data = handle.read(MAX_OUTPUT + 1)
+    if len(data) > MAX_OUTPUT:
+        raise too_much_output(host, command)
+    return data
+
+
+class _CappedReader(threading.Thread):
+    """Reads a command's stdout as it comes, up to :data:`MAX_OUTPUT`; past it, kills ssh."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], pipe: IO[bytes]) -> None:
+        super().__init__(name="stdout-reader", daemon=True)
+        self._proc, self._pipe = proc, pipe
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.overflowed = False
+        self.start()
+
+    def run(self) -> None:
+        with contextlib.suppress(OSError, ValueError):  # the pipe closed under us
+            while chunk := os.read(self._pipe.fileno(), _READ_SIZE):
+                self._size += len(chunk)
+                if self._size > MAX_OUTPUT:
+                    self.overflowed = True
+                    _kill(self._proc)
+                    return
+                self._chunks.append(chunk)
+
+    def output(self, host: str, command: str) -> bytes:
+        """All of stdout; the host's error when it printed too much."""
+        if self.overflowed:
+            raise too_much_output(host, command)
+        return b"".join(self._chunks)
 
 
 # -- connecting inventory hosts ---------------------------------------------------------

@@ -92,6 +92,7 @@ from fleet import images, transfer
 from fleet.errors import CommandError, InputError, UsageError
 from fleet.facts import Disk, HostFacts
 from fleet.inventory import Host
+from fleet.remote import gathered, parses_host_output
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
 from fleet.runspec import RunSpec
@@ -1017,11 +1018,12 @@ def _disk(lines: list[str]) -> Disk | None:
     return None
 
 
+@parses_host_output("the provisioning facts")
 def parse_facts(text: str, paths: Sequence[str]) -> ProvisionFacts:
     """Facts from the output of :data:`FACTS_SCRIPT`; ``paths`` are the directories asked."""
     parts = {
         name: [line for line in lines if line.strip()]
-        for name, lines in facts_mod.sections(text).items()
+        for name, lines in facts_mod.sections(gathered(text, "the provisioning facts")).items()
     }
     host = facts_mod.parse(text)
     ids = parts.get("p_id", [])

@@ -61,7 +61,7 @@ from fleet.errors import CommandError, HostError, RegistryError, UsageError, tai
 from fleet.images import ImageSpec, Shippable, chain_ids
 from fleet.inventory import Host
 from fleet.labels import normalized_name
-from fleet.remote import Transport
+from fleet.remote import Transport, gathered, parses_host_output
 from fleet.remote import fix_for as _fix_for
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
@@ -208,9 +208,10 @@ def _sections(text: str) -> dict[str, list[str]]:
     }
 
 
+@parses_host_output("the host's image state")
 def parse_state(text: str) -> HostImageState:
     """A host's image state from the output of :data:`STATE_SCRIPT`."""
-    parts = _sections(text)
+    parts = _sections(gathered(text, "the host's image state"))
     engine_lines = parts.get("engine", [])
     if (
         parts.get("engine_rc", ["1"])[:1] != ["0"]

@@ -49,7 +49,7 @@ from fleet.endpoint import (
     resolve,
 )
 from fleet.errors import CommandError, HostError, HostKeyError, UnreachableError
-from fleet.remote import CommandResult, Transport
+from fleet.remote import MAX_OUTPUT, CommandResult, Transport, too_much_output
 from fleet.remote import fix_for as _fix_for
 
 _READ_CHUNK = 1 << 16
@@ -378,8 +378,8 @@ class SSHTransport:
         timeout: float | None,
         stalled: Callable[[], float | None] = lambda: None,
     ) -> tuple[str, str, int]:
-        out: list[bytes] = []
-        err: list[bytes] = []
+        out = _Capped(self.host, command)
+        err = _Capped(self.host, command)
         while True:
             if timeout is not None and time.monotonic() - started > timeout:
                 raise HostError(
@@ -394,8 +394,12 @@ class SSHTransport:
                     f"stalled: the host took no data for {idle:.0f}s while running {command!r}",
                     fix="look at the host: it may be frozen, out of disk or overloaded",
                 )
-            if self._pump(channel, command, out.append, err.append, 0.05):
-                break
+            try:
+                if self._pump(channel, command, out.append, err.append, 0.05):
+                    break
+            except HostError:
+                _close(channel)
+                raise
         code = channel.recv_exit_status()
         if code == -1:
             # Closed without an exit status: the connection died, or sshd killed the session.
@@ -405,11 +409,7 @@ class SSHTransport:
             if not self._transport.is_active():
                 raise UnreachableError(self.host, f"connection lost while running {command!r}")
             raise HostError(self.host, f"{command!r} ended without an exit status (killed?)")
-        return (
-            b"".join(out).decode("utf-8", "replace"),
-            b"".join(err).decode("utf-8", "replace"),
-            code,
-        )
+        return out.text(), err.text(), code
 
     def _pump(
         self,
@@ -427,8 +427,11 @@ class SSHTransport:
         while channel.recv_stderr_ready():
             on_stderr(channel.recv_stderr(_READ_CHUNK))
             drained = True
+        # The exit status may arrive before the last output: done only once the host also
+        # said end-of-file (or closed), and everything it sent was read.
         if (
             channel.exit_status_ready()
+            and (channel.eof_received or channel.closed)
             and not channel.recv_ready()
             and not channel.recv_stderr_ready()
         ):
@@ -647,6 +650,24 @@ def _join(channel: paramiko.Channel, sock: socket.socket) -> None:
         sender.join()
         _close(channel)
         sock.close()
+
+
+class _Capped:
+    """One output stream of a command, held up to :data:`MAX_OUTPUT` bytes."""
+
+    def __init__(self, host: str, command: str) -> None:
+        self._host, self._command = host, command
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def append(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > MAX_OUTPUT:
+            raise too_much_output(self._host, self._command)
+        self._chunks.append(chunk)
+
+    def text(self) -> str:
+        return b"".join(self._chunks).decode("utf-8", "replace")
 
 
 def _stalled(blocked_since: float | None, limit: float | None) -> float | None:
