@@ -173,7 +173,7 @@ def parse(text: str) -> HostFacts:
         hostname=(parts.get("hostname") or [""])[0].strip(),
         kernel=(parts.get("kernel") or [""])[0].strip(),
         engine_ok=engine_ok,
-        engine_error=engine_error if not engine_ok else "",
+        engine_error=_clipped(engine_error) if not engine_ok else "",
         engine_version=str(info.get("ServerVersion", "")),
         api_version=(parts.get("docker_api") or [""])[0].strip() if engine_ok else "",
         image_store=_store(info) if engine_ok else "",
@@ -186,6 +186,11 @@ def parse(text: str) -> HostFacts:
         disk_data=_disk(parts.get("df_data", [])),
         framework_containers=tuple(containers),
     )
+
+
+def _clipped(text: str, limit: int = 1000) -> str:
+    """Evidence short enough for a reason: a host may answer megabytes."""
+    return text if len(text) <= limit else f"{text[:limit]} ... ({len(text)} characters)"
 
 
 _CONTAINER_KEYS = ("ID", "Names", "Image", "Status", "State", "RunningFor", "Labels")

@@ -25,7 +25,8 @@ def too_much_output(host: str, command: str) -> HostError:
     """The error of a host whose command printed more than :data:`MAX_OUTPUT`."""
     return HostError(
         host,
-        f"printed more than {MAX_OUTPUT // (1024 * 1024)} MiB running {command[:200]!r}; "
+        f"printed more than {MAX_OUTPUT // (1024 * 1024)} MiB running "
+        f"{_clipped(' '.join(command.split()), 120)!r}; "
         "fleet stopped reading it",
         fix="look at the host (its tools may be replaced or broken); a command of yours that "
         "prints this much should write to a file on the host instead",
