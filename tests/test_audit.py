@@ -723,3 +723,7 @@ def test_cli_table_of_hostile_hosts_is_text_and_json_has_the_exact_strings(
     framework = document["hosts"]["main]"]["details"]["framework"]  # type: ignore[index]
     assert framework["branch"] == "main[/]\x1b]0;title\x07\x1b[2J\x1b[1A"
     assert framework["tag"] == "9.0.1[bold]\x1b]0;title\x07\x1b[2J\x1b[1A"
+    code, out, err = run_cli(capsys, *base, "--csv")
+    assert code == 2, err
+    assert "\x1b" not in out and "\x07" not in out
+    assert "main[/]\\x1b]0;title\\x07\\x1b[2J\\x1b[1A" in out

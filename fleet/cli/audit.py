@@ -24,7 +24,7 @@ from fleet import audit, report
 from fleet.cli import common
 from fleet.errors import FleetError, UsageError
 from fleet.report import audit as audit_report
-from fleet.report.untrusted import safe_text
+from fleet.report.untrusted import safe_text, visible
 from fleet.runner import ClientConnector, Events, NoEvents, Runner
 
 DEFAULT_HISTORY = 5
@@ -161,7 +161,10 @@ def _print(args: argparse.Namespace, result: audit.AuditReport) -> int:
         writer = csv.DictWriter(sys.stdout, fieldnames=audit.CSV_COLUMNS, lineterminator="\n")
         writer.writeheader()
         for row in result.rows:
-            writer.writerow(audit.csv_record(row))
+            # A CSV is read with cat and less too: terminal controls in a cell are shown
+            # escaped (newlines as well: a cell keeps its row on one line).
+            record = audit.csv_record(row)
+            writer.writerow({key: visible(value) for key, value in record.items()})
     else:
         # Piped, one line per host however wide: the table is for reading and for grep.
         out = report.console(sys.stdout, width=None if sys.stdout.isatty() else WIDE)
