@@ -102,7 +102,6 @@ Exit codes: 0 every host as expected, 2 some host drifted (or could not be audit
 
 from __future__ import annotations
 
-import re
 import shlex
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -110,7 +109,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from fleet import containers
+from fleet import containers, units
 from fleet.containers import FrameworkContainer, FrameworkImage, HostFramework
 from fleet.errors import HostError, UsageError
 from fleet.inventory import Host
@@ -141,7 +140,6 @@ STATUS_UNREACHABLE = "unreachable"
 STATUS_ERROR = "error"
 
 _DEFAULT_SHM = 64 << 20
-_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtTpP]?)[iI]?[bB]?")
 
 
 @dataclass(frozen=True)
@@ -650,12 +648,11 @@ def _gpus(requests: Any) -> str | None:
 
 
 def _bytes(text: str) -> int | str:
-    """Docker's RAMInBytes: binary units, case-insensitive (2g = 2 GiB)."""
-    match = _SIZE.fullmatch(text.strip())
-    if match is None:
+    """Docker's RAMInBytes (binary units: 2g = 2 GiB); the text itself when it is none."""
+    try:
+        return units.parse_size(text)
+    except ValueError:
         return text
-    power = " kmgtp".index(match.group(2).lower() or " ")
-    return int(float(match.group(1)) * (1024**power))
 
 
 def _ulimit_pair(value: str) -> tuple[int, int] | str:

@@ -49,6 +49,7 @@ from fleet.runspec import (
     run_spec_for,
 )
 from fleet.transport import Transport
+from fleet.units import utc_now
 
 DEFAULT_LOCK_TTL = 1800.0
 _LOG_LINES = 20
@@ -116,10 +117,6 @@ def controller_identity() -> str:
     except (KeyError, OSError):
         user = "unknown"
     return f"{user}@{socket.gethostname()}"
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_time(text: str) -> float | None:
@@ -261,7 +258,7 @@ def acquire_lock(ctx: HostContext, what: str, options: DeployOptions) -> Lock:
             "token": token,
             "holder": options.controller,
             "what": what,
-            "since": now_iso(),
+            "since": utc_now(),
             "expires": datetime.fromtimestamp(time.time() + options.lock_ttl, UTC).strftime(
                 "%Y-%m-%dT%H:%M:%SZ"
             ),
@@ -508,7 +505,7 @@ def switch(
     except HostError as exc:
         health, error = Health(False, exc.reason), exc.reason
     entry = {
-        "time": now_iso(),
+        "time": utc_now(),
         "by": options.controller,
         "action": action,
         "from": previous.tag if previous else None,

@@ -35,7 +35,6 @@ import stat
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +66,7 @@ from fleet.labels import (
     newest_first,
 )
 from fleet.runspec import HealthCheck, RunSpec, RunSpecError
+from fleet.units import utc_now
 
 SETTINGS_FILES = ("fleet.yml", "inventory/group_vars/all.yml")
 BASE_DOCKERFILE = "Dockerfile.base"
@@ -480,11 +480,6 @@ def framework_build_args(labels: Mapping[str, str]) -> dict[str, str]:
 
 def _flag(value: bool) -> str:
     return "true" if value else "false"
-
-
-def utc_now() -> str:
-    """The current time as UTC ISO-8601 with a ``Z``, to the second."""
-    return datetime.now(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- build contexts -----------------------------------------------------------------------

@@ -88,7 +88,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet import facts as facts_mod
-from fleet import images, transfer
+from fleet import images, transfer, units
 from fleet.errors import CommandError, InputError, UsageError
 from fleet.facts import Disk, HostFacts
 from fleet.inventory import Host
@@ -240,8 +240,6 @@ _SCHEDULE = re.compile(
 )
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _IMAGE_REF = re.compile(r"[A-Za-z0-9][^\s]*")
-_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]?)(?:I?B)?", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 _CRON_D_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # A data root that would have fleet chown/chmod a system directory.
 _SYSTEM_DIRS = frozenset(
@@ -512,15 +510,10 @@ def _schedule(value: Any, where: str) -> str:
 
 def parse_size(value: Any, where: str = "size") -> int:
     """Bytes from ``10G``, ``500M``, ``1.5T``, ``10GiB`` or a plain number of bytes."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str):
-        match = _SIZE.fullmatch(value.strip())
-        if match:
-            return int(float(match[1]) * _SIZE_UNITS[match[2].upper()])
-    raise ProvisionSettingsError(
-        f"{where}: expected a size like 10G or 500M, got {value!r}", fix="e.g. 10G"
-    )
+    try:
+        return units.parse_size(value)
+    except ValueError as exc:
+        raise ProvisionSettingsError(f"{where}: {exc}", fix="e.g. 10G") from None
 
 
 def _min_free(entry: tuple[Any, str] | None) -> tuple[int, int]:
@@ -555,15 +548,6 @@ def _base_image(entry: tuple[Any, str] | None) -> str | None:
             f"{where}: expected an image reference, got {value!r}", fix="e.g. cauchy_base:latest"
         )
     return value
-
-
-def human_size(count: float) -> str:
-    """A byte count as people read it (1.5GiB)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(count) < 1024 or unit == "TiB":
-            return f"{count:.0f}{unit}" if unit == "B" else f"{count:.1f}{unit}"
-        count /= 1024
-    return f"{count:.1f}TiB"  # pragma: no cover - the loop always returns
 
 
 # -- the script and the cron block ------------------------------------------------------
@@ -1252,8 +1236,8 @@ def _check_disk(
             continue
         failures.append(
             Problem(
-                f"refused: only {human_size(disk.free)} free at {label} (filesystem of "
-                f"{disk.path}), below fleet_provision.min_free.{key} = {human_size(minimum)}",
+                f"refused: only {units.format_size(disk.free)} free at {label} (filesystem of "
+                f"{disk.path}), below fleet_provision.min_free.{key} = {units.format_size(minimum)}",
                 "free space on the host (docker system prune, old checkpoints) or grow the "
                 f"disk; or lower fleet_provision.min_free.{key}",
             )

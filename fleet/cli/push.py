@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fleet import images, transfer
+from fleet import images, transfer, units
 from fleet.cli import common
 from fleet.errors import UsageError
 from fleet.results import FleetResult
@@ -100,30 +100,27 @@ def path_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _size(text: str) -> int:
+    try:
+        return units.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _rate(text: str) -> int:
     """A rate in bytes per second: ``20M``, ``20M/s``, ``500KB/s``."""
     cleaned = text.strip()
     if cleaned.lower().endswith("/s"):
         cleaned = cleaned[:-2]
     try:
-        value = _size(cleaned)
-    except argparse.ArgumentTypeError:
+        value = units.parse_size(cleaned)
+    except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a rate like 20M (bytes per second)"
         ) from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: a rate must be more than 0")
     return value
-
-
-def _size(text: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    number = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = number[-1:] if number[-1:] in units else ""
-    try:
-        return int(float(number[: len(number) - len(unit)]) * units[unit])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 500M or 10G") from None
 
 
 def default_image(client: Any, project: str) -> str:

@@ -27,6 +27,7 @@ from rich.text import Text
 
 from fleet.report.untrusted import first_line, safe_text, visible
 from fleet.results import FleetResult, HostResult, Outcome
+from fleet.units import format_size
 
 STYLES: Mapping[Outcome, str] = {
     Outcome.OK: "green",
@@ -128,7 +129,9 @@ class LiveReporter:
                     continue
                 progress = row.note
                 if row.total:
-                    progress = f"{_size(row.done)}/{_size(row.total)} {row.note}".strip()
+                    progress = (
+                        f"{format_size(row.done)}/{format_size(row.total)} {row.note}".strip()
+                    )
                 table.add_row(name, step, safe_text(progress), f"{now - row.started:.1f}s")
         return table
 
@@ -143,17 +146,9 @@ def _plain_line(result: HostResult) -> Text:
     return line
 
 
-def _size(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(count) < 1024 or unit == "GiB":
-            return f"{count:.0f}{unit}" if unit == "B" else f"{count:.1f}{unit}"
-        count /= 1024
-    return f"{count:.1f}GiB"
-
-
 def human_size(count: float) -> str:
     """A byte count as people read it (1.5MiB)."""
-    return _size(count)
+    return format_size(count)
 
 
 def recap(
