@@ -32,6 +32,7 @@ EXIT_FAILED = 2
 EXIT_UNREACHABLE = 3
 EXIT_BAD_FILE = 4
 EXIT_BAD_OPTIONS = 5
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT (128 + 2)
 
 
 class FleetError(Exception):

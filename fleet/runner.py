@@ -20,7 +20,14 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fleet.endpoint import DEFAULT_CONNECT_TIMEOUT
-from fleet.errors import FleetError, HostError, InventoryError, UnreachableError, UsageError
+from fleet.errors import (
+    EXIT_INTERRUPTED,
+    FleetError,
+    HostError,
+    InventoryError,
+    UnreachableError,
+    UsageError,
+)
 from fleet.inventory import Host
 from fleet.remote import Transport
 from fleet.results import FleetResult, HostResult, Outcome
@@ -336,7 +343,7 @@ class Runner:
 class Interrupted(FleetError):
     """The run was interrupted; carries the results so far."""
 
-    exit_code = 130
+    exit_code = EXIT_INTERRUPTED
 
     def __init__(self, partial: FleetResult) -> None:
         super().__init__("interrupted (Ctrl-C); results so far are shown")

@@ -113,3 +113,27 @@ def test_an_error_message_shows_terminal_controls_escaped(capsys, tmp_path) -> N
     assert code == 4
     assert "\x1b" not in err and "\x07" not in err
     assert "inv\\x1b]0;owned\\x07\\x1b[2J.yml" in err
+
+
+@pytest.mark.parametrize("command", ["ps", "logs", "audit", "rollback", "prune", "images"])
+def test_every_command_names_an_unreadable_project_the_same_way(
+    command: str, tmp_path, capsys
+) -> None:
+    # One resolver of the framework's repository: a bad project is a bad file (exit 4).
+    inventory = tmp_path / "inv.yml"
+    inventory.write_text("all: {hosts: {lab1: {ansible_host: 127.0.0.1, ansible_port: 9}}}\n")
+    args = [command, "-i", str(inventory), "--project", str(tmp_path / "missing")]
+    if command == "images":
+        args = [
+            "images",
+            "--on",
+            "all",
+            "-i",
+            str(inventory),
+            "--project",
+            str(tmp_path / "missing"),
+        ]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 4, err
+    assert "does not exist" in err and "--project DIR" in err

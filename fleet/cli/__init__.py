@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from fleet import __version__
-from fleet.errors import EXIT_BAD_OPTIONS, FleetError, UsageError
+from fleet.errors import EXIT_BAD_OPTIONS, EXIT_INTERRUPTED, FleetError, UsageError
 
 # The order in which subcommands appear in ``fleet --help``.
 _COMMAND_MODULES = (
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("fleet: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def run() -> NoReturn:

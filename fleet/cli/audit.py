@@ -22,7 +22,7 @@ from typing import Any
 
 from fleet import audit, report
 from fleet.cli import common
-from fleet.errors import FleetError, UsageError
+from fleet.errors import UsageError
 from fleet.report import audit as audit_report
 from fleet.report.untrusted import safe_text, visible
 from fleet.runner import ClientConnector, Events, NoEvents, Runner
@@ -77,26 +77,10 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=_audit)
 
 
-def _repository(args: argparse.Namespace) -> str:
-    if args.repository:
-        return str(args.repository)
-    from fleet import images  # docker-py: only to read a project's settings
-
-    try:
-        return images.load_project(args.project).repository
-    except FleetError:
-        raise
-    except Exception as exc:
-        raise UsageError(
-            f"cannot tell the framework's repository from {args.project}: {exc}",
-            fix="run from the framework project, or pass --project DIR or --repository NAME",
-        ) from exc
-
-
 def _audit(args: argparse.Namespace) -> int:
     if args.json and args.csv:
         raise UsageError("--json and --csv exclude each other", fix="choose one output format")
-    repository = _repository(args)
+    repository = common.repository(args)
     options = audit.AuditOptions(
         repository=repository, history=args.history or 1, timeout=args.timeout
     )

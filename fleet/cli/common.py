@@ -12,7 +12,7 @@ from typing import Any
 
 from fleet import inventory as inventory_mod
 from fleet import report
-from fleet.errors import UsageError
+from fleet.errors import EXIT_INTERRUPTED, UsageError
 from fleet.inventory import Host, Inventory
 from fleet.report.untrusted import safe_text, visible
 from fleet.results import FleetResult
@@ -211,8 +211,21 @@ def _finish(
         if retry is not None:
             out.print(safe_text(f"retry with: --limit @{retry}"))
     if interrupted:
-        return 130
+        return EXIT_INTERRUPTED
     return result.exit_code
+
+
+def repository(args: argparse.Namespace) -> str:
+    """The framework's image repository: ``--repository``, else the project's settings.
+
+    A project that cannot be read is a bad file: its ProjectError exits 4 with the fix.
+    """
+    given = getattr(args, "repository", None)
+    if given:
+        return str(given)
+    from fleet import images  # docker-py: paid only when a project's settings are read
+
+    return images.load_project(args.project).repository
 
 
 def require(condition: bool, message: str, fix: str | None = None) -> None:

@@ -139,12 +139,8 @@ def _deploy(args: argparse.Namespace) -> int:
     return common.run_fleet(args, operation, detail_columns=COLUMNS, title=f"deploy {reference}")
 
 
-def _repository(args: argparse.Namespace) -> str:
-    return images.load_project(args.project).repository
-
-
 def _rollback(args: argparse.Namespace) -> int:
-    options = _options(args, _repository(args))
+    options = _options(args, common.repository(args))
     to = args.to
     if to is None and cli_views.picker_wanted():
         to = cli_views.pick_rollback_target(args, options.repository)
@@ -157,7 +153,7 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    options = _options(args, _repository(args))
+    options = _options(args, common.repository(args))
     return common.run_fleet(
         args,
         lambda runner, hosts: deploy.prune(runner, hosts, args.keep, options),

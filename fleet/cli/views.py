@@ -20,7 +20,7 @@ from typing import Any
 from fleet import containers, images, labels, report, views
 from fleet.cli import common
 from fleet.containers import HostFramework
-from fleet.errors import HostError, UsageError
+from fleet.errors import EXIT_INTERRUPTED, HostError, UsageError
 from fleet.report import build as build_report
 from fleet.report import views as report_views
 from fleet.report.untrusted import safe_text, visible
@@ -105,19 +105,6 @@ def _repository_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def repository(args: argparse.Namespace) -> str:
-    """The framework's repository: ``--repository``, else the project's."""
-    if getattr(args, "repository", None):
-        return str(args.repository)
-    try:
-        return images.load_project(args.project).repository
-    except Exception as exc:
-        raise UsageError(
-            f"cannot tell the framework's repository from {args.project}: {exc}",
-            fix="run from the framework project, or pass --project DIR or --repository NAME",
-        ) from exc
-
-
 def _stdout() -> Any:
     # Piped, a table is not cut to 80 columns.
     return report.console(sys.stdout, width=None if sys.stdout.isatty() else 200)
@@ -157,13 +144,15 @@ def _finish(args: argparse.Namespace, result: FleetResult, interrupted: bool) ->
     if problems is not None and not args.json:
         report.console().print(problems)
     if interrupted:
-        return 130
+        return EXIT_INTERRUPTED
     return result.exit_code
 
 
 # -- ps -----------------------------------------------------------------------------------
 def _ps(args: argparse.Namespace) -> int:
-    options = views.ViewOptions(repository(args), all_containers=args.all, timeout=args.timeout)
+    options = views.ViewOptions(
+        common.repository(args), all_containers=args.all, timeout=args.timeout
+    )
     result, interrupted = run_view(args, "ps", views.ps_task(options))
     if args.json:
         _print_json({**result.to_json(), "repository": options.repository})
@@ -212,7 +201,7 @@ def images_on(args: argparse.Namespace, repository_name: str) -> int:
 
 # -- logs ---------------------------------------------------------------------------------
 def _logs(args: argparse.Namespace) -> int:
-    options = views.ViewOptions(repository(args), timeout=args.timeout)
+    options = views.ViewOptions(common.repository(args), timeout=args.timeout)
     log = views.LogOptions(tail=args.tail, since=args.since, timestamps=args.timestamps)
     if args.follow:
         return _follow(args, options, log)
@@ -282,7 +271,7 @@ def _shell(args: argparse.Namespace) -> int:
         )
     common.require(args.timeout > 0, f"--timeout {args.timeout:g} must be more than 0")
     host = hosts[0]
-    name = repository(args)
+    name = common.repository(args)
     connect = SSHConnector(
         known_hosts=KnownHosts(accept_new=args.accept_new_host_keys),
         connect_timeout=args.timeout,
