@@ -90,10 +90,10 @@ fi
 
 log "weights service does not answer on $URL: starting it"
 if [ "$(id -u)" = 0 ] && [ -n "$WEIGHTS_USER" ]; then
-    uid=$(id -u "$WEIGHTS_USER") && gid=$(id -g "$WEIGHTS_USER") || {
+    if ! uid=$(id -u "$WEIGHTS_USER") || ! gid=$(id -g "$WEIGHTS_USER"); then
         log "ERROR: user $WEIGHTS_USER does not exist"
         exit 1
-    }
+    fi
     set -- setpriv --reuid="$uid" --regid="$gid" --clear-groups --
 else
     set --
