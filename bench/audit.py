@@ -19,7 +19,7 @@ alike:
 
 Both tools keep their SSH connections between runs, so a timed run pays no handshake:
 Ansible through OpenSSH's ``ControlPersist=60s`` (its default), fleet audit through the
-same (its OpenSSH client transport, ``fleet.openssh``); the warm-up run opens them and
+same (its OpenSSH client transport, ``fleet.ssh.openssh``); the warm-up run opens them and
 each tool runs again well within 60 s. fleet's own modules are byte-compiled first, as
 pip does on install (ansible's are): this machine sets ``PYTHONDONTWRITEBYTECODE=1``,
 which would leave an editable checkout compiling every module on every run.

@@ -37,7 +37,8 @@ from typing import Any
 import yaml
 
 from fleet import images, lab
-from fleet.transport import KnownHosts, SSHTransport
+from fleet.ssh.known_hosts import KnownHosts
+from fleet.ssh.paramiko_client import SSHTransport
 
 LAB = "fleet-bench-transfer"
 HOSTS = 8

@@ -19,7 +19,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from fleet.endpoint import DEFAULT_CONNECT_TIMEOUT
 from fleet.errors import (
     EXIT_INTERRUPTED,
     FleetError,
@@ -29,11 +28,12 @@ from fleet.errors import (
     UsageError,
 )
 from fleet.inventory import Host
-from fleet.remote import Transport
 from fleet.results import FleetResult, HostResult, Outcome
+from fleet.ssh.base import Transport
+from fleet.ssh.endpoint import DEFAULT_CONNECT_TIMEOUT
 
 if TYPE_CHECKING:
-    from fleet.transport import KnownHosts
+    from fleet.ssh.known_hosts import KnownHosts
 
 # Which SSH client reaches a host (see ClientConnector).
 SSH_CLIENTS = ("openssh", "paramiko")
@@ -72,8 +72,8 @@ Connect = Callable[[Host], Transport]
 
 
 def _known_hosts() -> KnownHosts:
-    # fleet.transport imports paramiko: only when a paramiko connection is wanted.
-    from fleet.transport import KnownHosts
+    # fleet.ssh.paramiko_client imports paramiko: only when a paramiko connection is wanted.
+    from fleet.ssh.known_hosts import KnownHosts
 
     return KnownHosts()
 
@@ -87,7 +87,7 @@ class SSHConnector:
     command_timeout: float | None = None
 
     def __call__(self, host: Host) -> Transport:
-        from fleet.transport import SSHTransport, endpoint_for
+        from fleet.ssh.paramiko_client import SSHTransport, endpoint_for
 
         endpoint = endpoint_for(
             host.name,
@@ -104,7 +104,7 @@ class ClientConnector:
 
     The host's ``fleet_ssh_client`` variable (``openssh`` or ``paramiko``) wins, then
     ``$FLEET_SSH_CLIENT``, then ``default``. ``openssh`` is the system's ssh with shared
-    connections kept for 60 s (:mod:`fleet.openssh`); as the default it falls back to
+    connections kept for 60 s (:mod:`fleet.ssh.openssh`); as the default it falls back to
     paramiko (:class:`SSHConnector`) when no ``ssh`` is on PATH.
     """
 
@@ -147,14 +147,14 @@ class ClientConnector:
 
     def _connector(self, name: str) -> Connect:
         if name == "openssh":
-            from fleet.openssh import OpenSSHConnector
+            from fleet.ssh.openssh import OpenSSHConnector
 
             return OpenSSHConnector(
                 accept_new=self.accept_new,
                 connect_timeout=self.connect_timeout,
                 command_timeout=self.command_timeout,
             )
-        from fleet.transport import KnownHosts
+        from fleet.ssh.known_hosts import KnownHosts
 
         return SSHConnector(
             known_hosts=KnownHosts(accept_new=self.accept_new),

@@ -39,7 +39,8 @@ from fleet.labels import ImageVersion
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Interrupted, Runner, Task
 from fleet.runspec import HealthCheck
-from fleet.transport import FOLLOW_STOPPED, Transport
+from fleet.ssh.base import Transport
+from fleet.ssh.paramiko_client import FOLLOW_STOPPED
 
 LABEL_COMMIT = "org.label-schema.vcs-ref"
 LABEL_BUILD_DATE = "org.label-schema.build-date"

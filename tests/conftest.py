@@ -15,8 +15,9 @@ import yaml
 
 from fleet import lab
 from fleet.cli import main
-from fleet.remote import CommandResult
-from fleet.transport import KnownHosts, SSHTransport
+from fleet.ssh.base import CommandResult
+from fleet.ssh.known_hosts import KnownHosts
+from fleet.ssh.paramiko_client import SSHTransport
 
 # Unique per test session: several sessions (developers, CI) may share one engine.
 TEST_LAB = os.environ.get("FLEET_TEST_LAB", f"fleet-test-{os.getpid()}")

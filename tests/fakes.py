@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from fleet.errors import CommandError
-from fleet.remote import CommandResult
+from fleet.ssh.base import CommandResult
 
 
 class FakeTransport:

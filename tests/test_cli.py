@@ -8,8 +8,8 @@ from fleet import __version__
 from fleet.cli import common
 from fleet.errors import UnreachableError
 from fleet.inventory import Host
-from fleet.remote import CommandResult
 from fleet.runner import Runner
+from fleet.ssh.base import CommandResult
 from tests import fakes
 from tests.conftest import run_cli, run_json
 

@@ -40,7 +40,8 @@ import pytest
 import yaml
 
 from fleet import images, lab, transfer
-from fleet.transport import KnownHosts, SSHTransport
+from fleet.ssh.known_hosts import KnownHosts
+from fleet.ssh.paramiko_client import SSHTransport
 from tests.conftest import (
     FAULTS,
     TEST_LAB,

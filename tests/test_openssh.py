@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from fleet.endpoint import Endpoint, command_line
 from fleet.errors import InventoryError, UnreachableError, UsageError
 from fleet.inventory import Host
-from fleet.openssh import OpenSSHConnector, OpenSSHTransport, private_dir
 from fleet.runner import ClientConnector
+from fleet.ssh.endpoint import Endpoint, command_line
+from fleet.ssh.openssh import OpenSSHConnector, OpenSSHTransport, private_dir
 
 
 @pytest.fixture

@@ -22,10 +22,11 @@ import pytest
 import yaml
 
 from fleet import lab
-from fleet.endpoint import Endpoint
 from fleet.errors import CommandError, HostError, HostKeyError, UnreachableError
-from fleet.openssh import OpenSSHTransport
-from fleet.transport import KnownHosts, SSHTransport
+from fleet.ssh.endpoint import Endpoint
+from fleet.ssh.known_hosts import KnownHosts
+from fleet.ssh.openssh import OpenSSHTransport
+from fleet.ssh.paramiko_client import SSHTransport
 from tests.conftest import LabFixture
 
 pytestmark = [pytest.mark.lab]

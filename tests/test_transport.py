@@ -6,7 +6,9 @@ import paramiko
 import pytest
 
 from fleet.errors import HostKeyError
-from fleet.transport import Endpoint, KnownHosts, endpoint_for, fingerprint, parse_ssh_args
+from fleet.ssh.endpoint import Endpoint, parse_ssh_args
+from fleet.ssh.known_hosts import KnownHosts, fingerprint
+from fleet.ssh.paramiko_client import endpoint_for
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,8 @@ from fleet.report import views as report_views
 from fleet.report.untrusted import visible
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import Runner
-from fleet.transport import FOLLOW_STOPPED, CommandResult, _LineBuffer
+from fleet.ssh.base import CommandResult
+from fleet.ssh.paramiko_client import FOLLOW_STOPPED, _LineBuffer
 from tests import fakes
 from tests.test_report import _SGR as SGR
 from tests.test_report import FORGED, HOSTILE, HOSTILE_SHOWN, assert_harmless

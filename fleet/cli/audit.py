@@ -6,7 +6,7 @@
 Read-only: one round trip per host, no deploy lock, no history line. Exit codes: 0 every
 host as expected, 2 some host drifted, 3 some host unreachable. Hosts are reached through
 the system's ssh where it is installed, its connections kept for 60 s so that the next
-audit needs no handshake (:mod:`fleet.openssh`; ``fleet_ssh_client: paramiko`` or
+audit needs no handshake (:mod:`fleet.ssh.openssh`; ``fleet_ssh_client: paramiko`` or
 ``FLEET_SSH_CLIENT=paramiko`` choose paramiko).
 """
 

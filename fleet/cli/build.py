@@ -23,7 +23,7 @@ from fleet.errors import PatternError, UsageError
 from fleet.inventory import Host
 from fleet.report import build as build_report
 from fleet.runner import Runner, SSHConnector
-from fleet.transport import KnownHosts
+from fleet.ssh.known_hosts import KnownHosts
 
 
 def register(subparsers: Any) -> None:

@@ -112,8 +112,8 @@ def select_hosts(
 
 
 def make_runner(args: argparse.Namespace, events: Any) -> Runner:
-    # Imported here: fleet.transport imports paramiko, which 'fleet audit' does without.
-    from fleet.transport import KnownHosts
+    # Imported here: fleet.ssh.paramiko_client imports paramiko, which 'fleet audit' does without.
+    from fleet.ssh.known_hosts import KnownHosts
 
     connector = SSHConnector(
         known_hosts=KnownHosts(accept_new=args.accept_new_host_keys),

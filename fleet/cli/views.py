@@ -26,7 +26,7 @@ from fleet.report import views as report_views
 from fleet.report.untrusted import safe_text, visible
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Interrupted, NoEvents, Runner, SSHConnector, Task
-from fleet.transport import KnownHosts
+from fleet.ssh.known_hosts import KnownHosts
 
 
 def register(subparsers: Any) -> None:
