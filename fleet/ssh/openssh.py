@@ -308,6 +308,7 @@ class OpenSSHTransport:
                 raise
             finally:
                 reader.join()
+                proc.stdout.close()
             stdout = reader.output(self.host, command)
             stderr = _read(errors, self.host, command)
         return self._result(command, proc.returncode, stdout, stderr, started, check)
