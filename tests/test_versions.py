@@ -16,7 +16,7 @@ import pytest
 from fleet import images
 from tests.conftest import (
     LabFixture,
-    clear_framework,
+    host_run,
     project_options,
     run_cli,
     run_json,
@@ -34,14 +34,25 @@ def project(
     """9.0.1 and 9.0.2 on main; a branch 'feature' cut at 9.0.1 with one commit of its own."""
     repository = f"fleet-test-versions-{uuid.uuid4().hex[:6]}"
     built = FrameworkProject.create(tmp_path_factory.mktemp("fw") / "cauchy", repository)
+    # A container name and port of its own: the lab's other framework deployments (shared
+    # by other modules) keep running beside it.
+    built.write_settings({"name": "versions_service", "port": 8349})
     built.commit_and_build("one")
     built.commit_and_build("two on main")
     built.git("checkout", "-q", "-b", "feature", "HEAD~1")
     (built.root / "framework" / "RELEASE").write_text("two on feature\n")
     built.git("commit", "-q", "-am", "two on feature")
-    clear_framework(lab_env)
     yield built
-    clear_framework(lab_env)
+    for host in ("lab1", "lab2"):
+        host_run(
+            lab_env,
+            host,
+            "sh",
+            "-c",
+            'docker ps -aq --filter "label=io.fleet.framework=$1" | xargs -r docker rm -f',
+            "clear",
+            repository,
+        )
     built.remove_images()
 
 
