@@ -12,7 +12,7 @@ alike:
 - ``ansible all -m raw --forks 8`` on the same inventory, three ways:
   ``ps+inspect``: ``docker ps --format ...; docker inspect ...`` of the framework's
   containers (less than fleet learns: no images, lock, history or store); ``CLI script``:
-  ``fleet.containers.SCRIPT`` as the docker CLI runs it (the same facts); ``same script``:
+  ``fleet.ops.containers.SCRIPT`` as the docker CLI runs it (the same facts); ``same script``:
   the script exactly as fleet runs it, with its python3 fast path (the same remote work:
   what is left is the tools' own cost),
 - ``fleet audit lab1 --json`` on 1 host.
@@ -50,7 +50,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fleet import containers, lab  # noqa: E402
+from fleet.lab import nodes as lab  # noqa: E402
+from fleet.ops import containers  # noqa: E402
 from tests.framework import FrameworkProject  # noqa: E402
 
 HOSTS = 8

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from fleet import lab
+from fleet.lab import nodes as lab
 
 HOSTS = 8
 

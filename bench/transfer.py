@@ -36,7 +36,8 @@ from typing import Any
 
 import yaml
 
-from fleet import images, lab
+from fleet.images import build as images
+from fleet.lab import nodes as lab
 from fleet.ssh.known_hosts import KnownHosts
 from fleet.ssh.paramiko_client import SSHTransport
 

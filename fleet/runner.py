@@ -27,7 +27,7 @@ from fleet.errors import (
     UnreachableError,
     UsageError,
 )
-from fleet.inventory import Host
+from fleet.hosts.inventory import Host
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.ssh.base import Transport
 from fleet.ssh.endpoint import DEFAULT_CONNECT_TIMEOUT

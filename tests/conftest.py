@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from fleet import lab
 from fleet.cli import main
+from fleet.lab import nodes as lab
 from fleet.ssh.base import CommandResult
 from fleet.ssh.known_hosts import KnownHosts
 from fleet.ssh.paramiko_client import SSHTransport

@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from fleet import images, lab
+from fleet.images import build as images
+from fleet.lab import nodes as lab
 
 ROOT = Path(__file__).resolve().parents[1]
 _ENV = {

@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from fleet import audit, containers
 from fleet import cli as fleet_cli
-from fleet.audit import AuditOptions, AuditRow, audit_host
 from fleet.errors import UnreachableError, UsageError
-from fleet.inventory import Host
-from fleet.labels import ImageVersion
+from fleet.hosts.inventory import Host
+from fleet.images.labels import ImageVersion
+from fleet.ops import audit, containers
+from fleet.ops.audit import AuditOptions, AuditRow, audit_host
+from fleet.ops.runspec import RunSpec
 from fleet.report import audit as audit_report
 from fleet.report import console
 from fleet.results import Outcome
 from fleet.runner import Runner
-from fleet.runspec import RunSpec
-from fleet.transport import CommandResult
+from fleet.ssh.base import CommandResult
 from tests import fakes
 from tests.conftest import run_cli, run_json
 from tests.test_report import assert_harmless

@@ -19,8 +19,11 @@ import pytest
 import yaml
 
 from fleet import cli as fleet_cli
-from fleet import containers, images, lab
-from fleet.transport import KnownHosts, SSHTransport
+from fleet.images import build as images
+from fleet.lab import nodes as lab
+from fleet.ops import containers
+from fleet.ssh.known_hosts import KnownHosts
+from fleet.ssh.paramiko_client import SSHTransport
 from tests.conftest import (
     LabFixture,
     host_run,

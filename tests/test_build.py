@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 import yaml
 
-from fleet import gitinfo, images
 from fleet.cli import ArgumentParser
 from fleet.cli import build as build_cli
 from fleet.errors import (
@@ -33,7 +32,9 @@ from fleet.errors import (
     ProjectError,
     UsageError,
 )
-from fleet.runspec import parse_docker_cmd
+from fleet.images import build as images
+from fleet.images import gitinfo
+from fleet.ops.runspec import parse_docker_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYER1 = "fleet-lab-layer1:bookworm"
@@ -278,7 +279,7 @@ def engine() -> Iterator[Any]:
     if not client.images.list(name=LAYER1):
         pytest.fail(
             f"the layer-1 image {LAYER1} is missing: create it with mmdebstrap + docker "
-            "import (see shared/LAB.md)"
+            "import (scripts/setup.sh does)"
         )
     yield client
     client.close()

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet import buildhost, images
 from fleet.errors import EngineError
-from fleet.transport import CommandResult
+from fleet.images import build as images
+from fleet.images import buildhost
+from fleet.ssh.base import CommandResult
 from tests import fakes
 from tests.conftest import run_cli
 from tests.framework import FrameworkProject

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from fleet import images, lab
+from fleet.images import build as images
+from fleet.lab import nodes as lab
 from tests.conftest import LabFixture, host_sh, run_json
 from tests.framework import FrameworkProject
 

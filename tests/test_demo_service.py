@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from fleet import images
 from fleet.errors import FleetError
+from fleet.images import build as images
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYER1 = "fleet-lab-layer1:bookworm"

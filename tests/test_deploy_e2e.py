@@ -83,7 +83,7 @@ def hostile_image(project: FrameworkProject, label: str) -> tuple[str, str]:
 
 
 def remove_image(reference: str) -> None:
-    from fleet import images
+    from fleet.images import build as images
 
     images.connect().images.remove(reference, force=True)
 
@@ -314,7 +314,7 @@ def test_hostile_labels_are_refused(
             assert "refusing the run command" in result["reason"]
         assert containers(lab_env, "lab1", project.repository).get("cauchy_service") == "running"
     finally:
-        from fleet import images
+        from fleet.images import build as images
 
         images.connect().images.remove(reference, force=True)
 
@@ -456,11 +456,13 @@ def test_two_controllers_taking_over_one_stale_lock(
     lab_env: LabFixture, separators: tuple[str, str] | None
 ) -> None:
     """Two take-overs of one stale lock at once: one wins, the other deletes nothing."""
-    from fleet import deploy, lab
     from fleet.errors import HostError
-    from fleet.inventory import Host
+    from fleet.hosts.inventory import Host
+    from fleet.lab import nodes as lab
+    from fleet.ops import deploy
     from fleet.runner import HostContext, Runner
-    from fleet.transport import KnownHosts, SSHTransport
+    from fleet.ssh.known_hosts import KnownHosts
+    from fleet.ssh.paramiko_client import SSHTransport
 
     endpoint = next(e for e in lab.endpoints(lab_env.lab) if e.name == "lab1")
     stale = {

@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from fleet import deploy
-from fleet.containers import FrameworkContainer, FrameworkImage, HostFramework
 from fleet.errors import HostError
-from fleet.inventory import Host
-from fleet.labels import LABEL_DOCKER_CMD, LABEL_TAG
-from fleet.remote import CommandResult
+from fleet.hosts.inventory import Host
+from fleet.images.labels import LABEL_DOCKER_CMD, LABEL_TAG
+from fleet.ops import deploy
+from fleet.ops.containers import FrameworkContainer, FrameworkImage, HostFramework
+from fleet.ops.runspec import RunPolicy, RunSpec
 from fleet.runner import HostContext, Runner
-from fleet.runspec import RunPolicy, RunSpec
+from fleet.ssh.base import CommandResult
 from tests.fakes import FakeTransport
 
 OLD, NEW = "cauchy:0.2.1", "cauchy:0.2.2"

@@ -6,7 +6,9 @@ import uuid
 
 import pytest
 
-from fleet import audit, engine, images, labels
+from fleet.images import build as images
+from fleet.images import engine, labels
+from fleet.ops import audit
 from tests.framework import build_image
 
 

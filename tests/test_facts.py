@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from fleet import facts
+from fleet.ops import facts
 
 FIXTURES = Path(__file__).parent / "fixtures" / "facts"
 

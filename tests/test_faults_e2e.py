@@ -39,7 +39,9 @@ from typing import Any
 import pytest
 import yaml
 
-from fleet import images, lab, transfer
+from fleet.images import build as images
+from fleet.lab import nodes as lab
+from fleet.ship import transfer
 from fleet.ssh.known_hosts import KnownHosts
 from fleet.ssh.paramiko_client import SSHTransport
 from tests.conftest import (

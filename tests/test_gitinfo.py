@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleet import gitinfo
 from fleet.errors import EXIT_BAD_FILE, ProjectError
+from fleet.images import gitinfo
 
 
 def git(repo: Path, *args: str) -> str:

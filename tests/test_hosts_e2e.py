@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet import lab
+from fleet.lab import nodes as lab
 from tests.conftest import LabFixture, heal, run_cli, run_json
 
 pytestmark = pytest.mark.lab

@@ -1,4 +1,4 @@
-"""Loading inventories (fleet.inventory): model, variable precedence, refusals, limits.
+"""Loading inventories (fleet.hosts.inventory): model, variable precedence, refusals, limits.
 
 The fixtures are compared with Ansible itself in test_inventory_ansible.py; here the
 expected values are spelled out, so these tests run (and fail) without Ansible installed.
@@ -21,9 +21,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet import inventory, patterns
 from fleet.errors import EXIT_BAD_FILE, FleetError, InventoryError, PatternError
-from fleet.inventory import FrozenDict, Host, Inventory, Unsafe
+from fleet.hosts import inventory, patterns
+from fleet.hosts.inventory import FrozenDict, Host, Inventory, Unsafe
 
 FIXTURES = Path(__file__).parent / "fixtures" / "inventories"
 BAD = FIXTURES / "bad"

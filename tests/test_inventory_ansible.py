@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from fleet import inventory, patterns
 from fleet.errors import PatternError
+from fleet.hosts import inventory, patterns
 
 FIXTURES = Path(__file__).parent / "fixtures" / "inventories"
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fleet import lab
-from fleet.transport import KnownHosts, SSHTransport
+from fleet.lab import nodes as lab
+from fleet.ssh.known_hosts import KnownHosts
+from fleet.ssh.paramiko_client import SSHTransport
 from tests.conftest import TEST_LAB, LabFixture, run_cli
 
 pytestmark = pytest.mark.lab

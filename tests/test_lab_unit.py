@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet import lab
 from fleet.errors import UsageError
+from fleet.lab import nodes as lab
 from tests.conftest import run_cli
 
 FULL = "CapBnd:\t000001ffffffffff\n"

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from fleet import deploy
-from fleet.containers import LOCK_FILE, STATE_DIR
 from fleet.errors import HostError
-from fleet.inventory import Host
-from fleet.remote import CommandResult
+from fleet.hosts.inventory import Host
+from fleet.ops import deploy
+from fleet.ops.containers import LOCK_FILE, STATE_DIR
 from fleet.runner import HostContext, Runner
+from fleet.ssh.base import CommandResult
 from tests.fakes import FakeTransport
 
 # More commands than this for one lock is a livelock (each try is one command).

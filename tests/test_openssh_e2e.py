@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet import lab
 from fleet.errors import CommandError, HostError, HostKeyError, UnreachableError
+from fleet.lab import nodes as lab
 from fleet.ssh.endpoint import Endpoint
 from fleet.ssh.known_hosts import KnownHosts
 from fleet.ssh.openssh import OpenSSHTransport
@@ -210,7 +210,7 @@ def test_a_command_past_its_timeout_fails_the_host(lab_env: LabFixture, control_
 
 
 def test_each_host_gets_the_client_it_asks_for(lab_env: LabFixture) -> None:
-    from fleet.inventory import Host
+    from fleet.hosts.inventory import Host
     from fleet.runner import ClientConnector
 
     vars_ = yaml.safe_load(lab_env.inventory.read_text())["all"]["children"]["lab"]

@@ -1,4 +1,4 @@
-"""The host-pattern language (fleet.patterns) on small inventories; Ansible parity is in
+"""The host-pattern language (fleet.hosts.patterns) on small inventories; Ansible parity is in
 test_inventory_ansible.py."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet import inventory, patterns
 from fleet.errors import EXIT_BAD_OPTIONS, FleetError, PatternError
+from fleet.hosts import inventory, patterns
 
 LAB = """\
 all:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet import registry
+from fleet.ship import registry
 from tests.conftest import LabFixture, clear_framework, host_sh, run_json
 from tests.framework import FrameworkProject
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet import play, playbook
 from fleet.errors import EXIT_BAD_FILE, PlaybookError, UsageError
+from fleet.playbook import run as play
+from fleet.playbook import schema as playbook
 from tests.conftest import run_cli
 
 BAD = Path(__file__).parent / "fixtures" / "playbooks" / "bad"
@@ -158,7 +159,7 @@ def test_push_and_deploy_say_how_the_image_travels(tmp_path: Path) -> None:
 def test_a_host_path_climbing_out_or_relative_fails_every_host_and_runs_nothing(
     tmp_path: Path, task: str, key: str
 ) -> None:
-    from fleet import inventory as inventory_mod
+    from fleet.hosts import inventory as inventory_mod
     from fleet.results import FleetResult
 
     class NoRunner:

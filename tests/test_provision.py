@@ -27,11 +27,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fleet.cli
-from fleet import provision
 from fleet.errors import CommandError
-from fleet.facts import GPU, Disk
-from fleet.inventory import FrozenDict, Host
-from fleet.provision import (
+from fleet.hosts.inventory import FrozenDict, Host
+from fleet.ops import provision
+from fleet.ops.facts import GPU, Disk
+from fleet.ops.provision import (
     BEGIN_MARKER,
     END_MARKER,
     CronBlockError,
@@ -42,10 +42,10 @@ from fleet.provision import (
     ProvisionSettings,
     ProvisionSettingsError,
 )
+from fleet.ops.runspec import RunSpec
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import Runner
-from fleet.runspec import RunSpec
-from fleet.transport import CommandResult
+from fleet.ssh.base import CommandResult
 from tests.conftest import run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "provision"
@@ -1299,7 +1299,7 @@ def test_missing_base_image_exits_5_naming_fleet_build(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from fleet import images
+    from fleet.images import build as images
 
     monkeypatch.setattr(images, "connect", object)
     monkeypatch.setattr(images, "has_image", lambda client, ref: False)
@@ -1314,8 +1314,8 @@ def test_missing_base_image_exits_5_naming_fleet_build(
 
 
 def test_hosts_without_a_base_image_get_the_projects(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fleet import images
-    from fleet.images import ImageSpec
+    from fleet.images import build as images
+    from fleet.images.build import ImageSpec
 
     monkeypatch.setattr(images, "connect", object)
     monkeypatch.setattr(images, "has_image", lambda client, ref: True)

@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 import fleet.cli
-from fleet import lab, provision
+from fleet.lab import nodes as lab
+from fleet.ops import provision
 from tests.conftest import LabFixture, host_run, run_cli, run_json
 from tests.framework import build_image
 

@@ -9,8 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from fleet import lab, transfer
-from fleet.transport import KnownHosts, SSHTransport
+from fleet.lab import nodes as lab
+from fleet.ship import transfer
+from fleet.ssh.known_hosts import KnownHosts
+from fleet.ssh.paramiko_client import SSHTransport
 from tests.conftest import LabFixture, heal, host_sh, run_json
 from tests.framework import build_image
 

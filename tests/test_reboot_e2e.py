@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from fleet import lab
+from fleet.lab import nodes as lab
 from tests import test_views_e2e as views_e2e
 from tests.conftest import LabFixture, heal, run_cli, run_json
 from tests.test_views_e2e import HOSTS, Deployed, Following, request

@@ -24,14 +24,14 @@ from pathlib import Path
 
 import pytest
 
-from fleet import registry, transfer
-from fleet.bandwidth import Throttle, TokenBucket
 from fleet.errors import RegistryError, UsageError
-from fleet.images import ImageSpec, Shippable
-from fleet.inventory import Host
+from fleet.hosts.inventory import Host
+from fleet.images.build import ImageSpec, Shippable
 from fleet.results import Outcome
 from fleet.runner import Runner
-from fleet.transport import CommandResult
+from fleet.ship import registry, transfer
+from fleet.ship.bandwidth import Throttle, TokenBucket
+from fleet.ssh.base import CommandResult
 
 SPEC = ImageSpec(
     "cauchy:0.2.3",

@@ -18,11 +18,15 @@ from typing import Any
 
 import pytest
 
-from fleet import images, inventory, lab, registry, transfer
-from fleet.remote import CommandResult, Transport
+from fleet.hosts import inventory
+from fleet.images import build as images
+from fleet.lab import nodes as lab
 from fleet.results import FleetResult
 from fleet.runner import Runner, SSHConnector
-from fleet.transport import KnownHosts, SSHTransport
+from fleet.ship import registry, transfer
+from fleet.ssh.base import CommandResult, Transport
+from fleet.ssh.known_hosts import KnownHosts
+from fleet.ssh.paramiko_client import SSHTransport
 from tests.conftest import LabFixture, host_sh, run_cli, run_json
 from tests.framework import build_image
 

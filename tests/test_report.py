@@ -7,9 +7,9 @@ import pytest
 from rich.console import Console
 
 from fleet import report
-from fleet.labels import ImageVersion
-from fleet.play import PlaybookRun, Tally
-from fleet.playbook import Play, Task
+from fleet.images.labels import ImageVersion
+from fleet.playbook.run import PlaybookRun, Tally
+from fleet.playbook.schema import Play, Task
 from fleet.report import untrusted
 from fleet.report.build import versions_table
 from fleet.report.play import PlayReporter

@@ -12,10 +12,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.containers import FrameworkImage
 from fleet.errors import FleetError, HostError
-from fleet.inventory import Host
-from fleet.runspec import (
+from fleet.hosts.inventory import Host
+from fleet.ops.containers import FrameworkImage
+from fleet.ops.runspec import (
     MAX_LABEL_BYTES,
     DangerousRunError,
     HealthCheck,

@@ -10,7 +10,8 @@ import uuid
 
 import pytest
 
-from fleet import images, savefilter
+from fleet.images import build as images
+from fleet.images import savefilter
 from tests.framework import build_image
 
 

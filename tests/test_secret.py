@@ -11,14 +11,15 @@ from typing import Any
 
 import pytest
 
-from fleet import inventory, playbook
-from fleet import play as play_mod
 from fleet.errors import CommandError, HostError, PlaybookError, UnreachableError, UsageError
-from fleet.inventory import empty
-from fleet.remote import CommandResult
+from fleet.hosts import inventory
+from fleet.hosts.inventory import empty
+from fleet.playbook import run as play_mod
+from fleet.playbook import schema as playbook
+from fleet.playbook.secret import COMMAND_HIDDEN, DIFF_HIDDEN, MIN_LINE, REDACTED, Secrets
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import Runner
-from fleet.secret import COMMAND_HIDDEN, DIFF_HIDDEN, MIN_LINE, REDACTED, Secrets
+from fleet.ssh.base import CommandResult
 from tests import fakes
 
 

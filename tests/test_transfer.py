@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet import savefilter, transfer
-from fleet.images import ImageSpec, chain_ids
+from fleet.images import savefilter
+from fleet.images.build import ImageSpec, chain_ids
+from fleet.ship import transfer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "transfer"
 # cauchy:0.2.3 as built on the controller when the fixtures were recorded.
@@ -165,7 +166,8 @@ def test_disk_needed_counts_the_missing_layers_twice_on_both_stores() -> None:
 @pytest.fixture(scope="module")
 def small_image():
     docker = pytest.importorskip("docker")
-    from fleet import images, lab
+    from fleet.images import build as images
+    from fleet.lab import nodes as lab
 
     client = lab.engine_client()
     lab.ensure_layer1_image(client)
@@ -189,7 +191,7 @@ def _members(raw: bytes) -> dict[str, bytes]:
 
 @pytest.mark.docker
 def test_dual_tarball_has_both_manifests_and_only_wanted_layers(small_image) -> None:
-    from fleet import images
+    from fleet.images import build as images
 
     client, spec = small_image
     broadcast = transfer.Broadcast(spec, lambda: images.save_stream(client, spec.ref), "gzip")
@@ -246,7 +248,7 @@ def test_dual_tarball_has_both_manifests_and_only_wanted_layers(small_image) -> 
 
 @pytest.mark.docker
 def test_uncompressed_stream_is_a_plain_tar(small_image) -> None:
-    from fleet import images
+    from fleet.images import build as images
 
     client, spec = small_image
     stream = transfer.ImageStream(spec, lambda: images.save_stream(client, spec.ref), "none")
@@ -257,7 +259,7 @@ def test_uncompressed_stream_is_a_plain_tar(small_image) -> None:
 
 @pytest.mark.docker
 def test_local_store_gives_the_same_stream_as_docker_save(small_image) -> None:
-    from fleet import images
+    from fleet.images import build as images
 
     client, spec = small_image
     local = images.LocalLayers.of(client)
@@ -342,7 +344,7 @@ def test_a_pull_plans_by_layer_chains_on_both_stores() -> None:
 
 # -- bandwidth ---------------------------------------------------------------------------
 def test_token_bucket_lends_and_makes_later_takers_repay() -> None:
-    from fleet.bandwidth import TokenBucket
+    from fleet.ship.bandwidth import TokenBucket
 
     now = [0.0]
     bucket = TokenBucket(1000, burst=100, clock=lambda: now[0])
@@ -354,7 +356,7 @@ def test_token_bucket_lends_and_makes_later_takers_repay() -> None:
 
 
 def test_limits_share_one_total_bucket_and_give_each_host_its_own() -> None:
-    from fleet.bandwidth import Limits
+    from fleet.ship.bandwidth import Limits
 
     assert Limits().for_host() is None
     limits = Limits(total=1000, per_host=500)
@@ -365,7 +367,7 @@ def test_limits_share_one_total_bucket_and_give_each_host_its_own() -> None:
 
 
 def test_a_throttled_sink_takes_at_least_size_over_rate() -> None:
-    from fleet.bandwidth import Limits
+    from fleet.ship.bandwidth import Limits
 
     size, rate = 3 << 20, 4 << 20  # 3 MiB at 4 MiB/s: at least 0.75 s
     limits = Limits(total=rate)

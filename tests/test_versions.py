@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet import images
+from fleet.images import build as images
 from tests.conftest import (
     LabFixture,
     host_run,

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from fleet import containers, deploy, views
 from fleet.cli import views as cli_views
 from fleet.errors import HostError, UnreachableError, UsageError
-from fleet.images import ImageVersion
-from fleet.inventory import FrozenDict, Host
+from fleet.hosts.inventory import FrozenDict, Host
+from fleet.images.build import ImageVersion
+from fleet.ops import containers, deploy, views
 from fleet.report import views as report_views
 from fleet.report.untrusted import visible
 from fleet.results import FleetResult, HostResult, Outcome

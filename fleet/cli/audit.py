@@ -20,9 +20,10 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from fleet import audit, report
+from fleet import report
 from fleet.cli import common
 from fleet.errors import UsageError
+from fleet.ops import audit
 from fleet.report import audit as audit_report
 from fleet.report.untrusted import safe_text, visible
 from fleet.runner import ClientConnector, Events, NoEvents, Runner

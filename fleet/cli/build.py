@@ -5,7 +5,7 @@
     fleet images [--project DIR | --repository NAME] [--on PATTERN [host options]] [--json]
 
 The project (default: the current directory) holds ``Dockerfile.base``, ``Dockerfile`` and
-its settings (``fleet.yml``, else ``inventory/group_vars/all.yml``; see ``fleet.images``).
+its settings (``fleet.yml``, else ``inventory/group_vars/all.yml``; see ``fleet.images.build``).
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ import json
 import sys
 from typing import Any
 
-from fleet import buildhost, gitinfo, images
 from fleet import report as report_mod
 from fleet.cli import common
 from fleet.cli import views as cli_views
 from fleet.errors import PatternError, UsageError
-from fleet.inventory import Host
+from fleet.hosts.inventory import Host
+from fleet.images import build as images
+from fleet.images import buildhost, gitinfo
 from fleet.report import build as build_report
 from fleet.runner import Runner, SSHConnector
 from fleet.ssh.known_hosts import KnownHosts

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fleet import inventory as inventory_mod
 from fleet import report
 from fleet.errors import EXIT_INTERRUPTED, UsageError
-from fleet.inventory import Host, Inventory
+from fleet.hosts import inventory as inventory_mod
+from fleet.hosts.inventory import Host, Inventory
 from fleet.report.untrusted import safe_text, visible
 from fleet.results import FleetResult
 from fleet.runner import DEFAULT_FORKS, Interrupted, Runner, SSHConnector, Task
@@ -223,7 +223,7 @@ def repository(args: argparse.Namespace) -> str:
     given = getattr(args, "repository", None)
     if given:
         return str(given)
-    from fleet import images  # docker-py: paid only when a project's settings are read
+    from fleet.images import build as images
 
     return images.load_project(args.project).repository
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fleet import deploy, images, transfer
 from fleet.cli import common
 from fleet.cli import push as push_cli
 from fleet.cli import views as cli_views
 from fleet.cli.push import default_image
+from fleet.images import build as images
+from fleet.ops import deploy
 from fleet.results import FleetResult
+from fleet.ship import transfer
 
 
 def register(subparsers: Any) -> None:

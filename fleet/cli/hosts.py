@@ -6,10 +6,10 @@ import argparse
 import sys
 from typing import Any
 
-from fleet import facts as facts_mod
 from fleet import report
 from fleet.cli import common
 from fleet.errors import UsageError
+from fleet.ops import facts as facts_mod
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext
 

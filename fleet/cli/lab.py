@@ -9,7 +9,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fleet import lab, report
+from fleet import report
+from fleet.lab import nodes as lab
 from fleet.report.untrusted import safe_text
 
 DEFAULT_INVENTORY = Path("inventory") / "lab.yml"
@@ -64,7 +65,11 @@ def _up(args: argparse.Namespace) -> int:
         log=lambda line: out.print(safe_text("lab: ", style="dim") + safe_text(line, lines=True)),
     )
     out.print(report.lab_table(lab_.hosts))
-    out.print(safe_text(f"inventory: {args.write_inventory}   known_hosts: {lab_.known_hosts}"))
+    # Paths are printed unwrapped: an operator copies them.
+    out.print(
+        safe_text(f"inventory: {args.write_inventory}   known_hosts: {lab_.known_hosts}"),
+        soft_wrap=True,
+    )
     return 0
 
 
@@ -75,7 +80,8 @@ def _down(args: argparse.Namespace) -> int:
     out.print(safe_text(f"removed {len(removed)} lab hosts: {', '.join(removed) or '-'}"))
     if owner is not None and owner != args.name:
         out.print(
-            safe_text(f"kept {args.write_inventory}: it is the inventory of the lab {owner!r}")
+            safe_text(f"kept {args.write_inventory}: it is the inventory of the lab {owner!r}"),
+            soft_wrap=True,
         )
     return 0
 

@@ -1,4 +1,4 @@
-"""``fleet play PLAYBOOK``: run a playbook (see :mod:`fleet.playbook`)."""
+"""``fleet play PLAYBOOK``: run a playbook (see :mod:`fleet.playbook.schema`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import json
 import sys
 from typing import Any
 
-from fleet import play as play_mod
-from fleet import playbook as playbook_mod
 from fleet import report
 from fleet.cli import common
 from fleet.errors import FleetError
+from fleet.playbook import run as play_mod
+from fleet.playbook import schema as playbook_mod
 from fleet.report import play as play_report
 
 

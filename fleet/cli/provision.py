@@ -1,4 +1,4 @@
-"""``fleet provision [PATTERN]``: make fresh GPU servers ready (see :mod:`fleet.provision`)."""
+"""``fleet provision [PATTERN]``: make fresh GPU servers ready (see :mod:`fleet.ops.provision`)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from fleet import provision as provision_mod
 from fleet.cli import common
-from fleet.inventory import Host
-from fleet.provision import BaseImage, ProvisionOptions
+from fleet.hosts.inventory import Host
+from fleet.ops import provision as provision_mod
+from fleet.ops.provision import BaseImage, ProvisionOptions
 from fleet.results import FleetResult
 from fleet.runner import Runner
 

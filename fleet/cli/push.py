@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fleet import images, transfer, units
+from fleet import units
 from fleet.cli import common
 from fleet.errors import UsageError
+from fleet.images import build as images
 from fleet.results import FleetResult
+from fleet.ship import transfer
 
 
 def register(subparsers: Any) -> None:

@@ -17,10 +17,13 @@ import os
 import sys
 from typing import Any
 
-from fleet import containers, images, labels, report, views
+from fleet import report
 from fleet.cli import common
-from fleet.containers import HostFramework
 from fleet.errors import EXIT_INTERRUPTED, HostError, UsageError
+from fleet.images import build as images
+from fleet.images import labels
+from fleet.ops import containers, views
+from fleet.ops.containers import HostFramework
 from fleet.report import build as build_report
 from fleet.report import views as report_views
 from fleet.report.untrusted import safe_text, visible

@@ -19,7 +19,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from fleet.audit import STATUS_ERROR, STATUS_OK, STATUS_UNREACHABLE, AuditReport, AuditRow
+from fleet.ops.audit import STATUS_ERROR, STATUS_OK, STATUS_UNREACHABLE, AuditReport, AuditRow
 from fleet.report import REASON_INDENT
 from fleet.report.untrusted import safe_text, visible
 

@@ -17,9 +17,9 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from fleet.buildhost import PullBack, RemoteBuild
-from fleet.images import BuildError, BuildResult, LayerInfo
-from fleet.labels import ImageVersion
+from fleet.images.build import BuildError, BuildResult, LayerInfo
+from fleet.images.buildhost import PullBack, RemoteBuild
+from fleet.images.labels import ImageVersion
 from fleet.report import human_size
 from fleet.report.untrusted import safe_text, visible
 

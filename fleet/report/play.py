@@ -13,8 +13,8 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from fleet.play import PlaybookRun
-from fleet.playbook import Play, Task
+from fleet.playbook.run import PlaybookRun
+from fleet.playbook.schema import Play, Task
 from fleet.report import REASON_INDENT, STYLES
 from fleet.report.untrusted import first_line, safe_text, visible
 from fleet.results import FleetResult, Outcome

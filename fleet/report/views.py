@@ -1,6 +1,6 @@
 """``fleet ps``, ``fleet images --on``, ``fleet logs`` and the version picker as people see them.
 
-The tables are built from the JSON-ready details of ``fleet.views`` (the same values
+The tables are built from the JSON-ready details of ``fleet.ops.views`` (the same values
 ``--json`` prints), so what a person reads and what a script reads cannot drift apart.
 Everything in them came from the hosts (container names, image labels, log lines): it is
 shown through :mod:`fleet.report.untrusted`, as plain text (never rich markup) with its
@@ -20,10 +20,10 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from fleet.ops.views import MenuRow
 from fleet.report import STYLES, human_size, problem_lines
 from fleet.report.untrusted import first_line, safe_text, visible
 from fleet.results import FleetResult, HostResult, Outcome
-from fleet.views import MenuRow
 
 HOST_COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_red", "bright_cyan")
 _STATE_STYLES = {"running": "green", "restarting": "yellow", "paused": "yellow", "dead": "red"}

@@ -41,14 +41,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from fleet import gitinfo, images, savefilter, transfer
 from fleet.errors import EngineError, HostError, UnreachableError, UsageError
-from fleet.gitinfo import GitFacts
-from fleet.images import BuildResult, ImageSpec, OutputCallback, Project, Shippable, StepCallback
-from fleet.inventory import Host
+from fleet.hosts.inventory import Host
+from fleet.images import build as images
+from fleet.images import gitinfo, savefilter
+from fleet.images.build import (
+    BuildResult,
+    ImageSpec,
+    OutputCallback,
+    Project,
+    Shippable,
+    StepCallback,
+)
+from fleet.images.gitinfo import GitFacts
 from fleet.results import Outcome
 from fleet.runner import Runner
-from fleet.transport import Transport
+from fleet.ship import transfer
+from fleet.ssh.base import Transport
 
 DIAL_STDIO = ("docker", "system", "dial-stdio")
 _ACCEPT_POLL = 0.2
@@ -337,7 +346,7 @@ def _build_and_pull(
     return RemoteBuild(host.name, result, upstream, base, framework)
 
 
-# The host's docker save, cut by fleet.savefilter there: "$@" are the CHAIN=DIFF to leave out.
+# The host's docker save, cut by fleet.images.savefilter there: "$@" are the CHAIN=DIFF to leave out.
 _SAVE_SCRIPT = r"""
 ref="$1"; source="$2"; shift 2
 docker save "$ref" | python3 -c "$source" "$@"
@@ -347,7 +356,7 @@ docker save "$ref" | python3 -c "$source" "$@"
 class FilteredSave:
     """``docker save`` on the build host without the layers the controller has.
 
-    The save is cut on the host by :mod:`fleet.savefilter` (its source runs there under
+    The save is cut on the host by :mod:`fleet.images.savefilter` (its source runs there under
     ``python3``), so a thin pull-back crosses the network thin; the bytes come back through
     an SSH session spliced to a local socket.
     """
@@ -398,7 +407,7 @@ class FilteredSave:
 
 @functools.cache
 def _filter_source() -> str:
-    """What runs on the build host: :mod:`fleet.savefilter`'s own source."""
+    """What runs on the build host: :mod:`fleet.images.savefilter`'s own source."""
     return Path(savefilter.__file__).read_text()
 
 

@@ -16,7 +16,7 @@ Settings are read from ``fleet.yml`` at the project's root when it exists, other
 ``inventory/group_vars/all.yml``: the ``fleet_image`` mapping (repository, tag_prefix,
 base_repository, base_tag, upstream_image, base_build_args, base_context, context,
 description, vendor, url) and the run command (``fleet_run``/``fleet_run_overrides``, see
-``fleet.runspec``). Each build sends a context of exactly the listed paths, so nothing
+``fleet.ops.runspec``). Each build sends a context of exactly the listed paths, so nothing
 else of the repository (``.git``, caches, lab files) reaches the engine.
 
 Only this module talks to docker-py. ``build`` and ``list_versions`` take a
@@ -42,10 +42,10 @@ import docker
 import docker.errors
 import yaml
 
-from fleet import gitinfo
 from fleet.errors import EngineError, ProjectError, TagCollisionError, UsageError, tail_lines
-from fleet.gitinfo import GitFacts
-from fleet.labels import (
+from fleet.images import gitinfo
+from fleet.images.gitinfo import GitFacts
+from fleet.images.labels import (
     LABEL_BASE,
     LABEL_BASE_INPUTS,
     LABEL_BRANCH,
@@ -65,7 +65,7 @@ from fleet.labels import (
     image_version,
     newest_first,
 )
-from fleet.runspec import HealthCheck, RunSpec, RunSpecError
+from fleet.ops.runspec import HealthCheck, RunSpec, RunSpecError
 from fleet.units import utc_now
 
 SETTINGS_FILES = ("fleet.yml", "inventory/group_vars/all.yml")
@@ -685,7 +685,7 @@ def load_stream(client: Any, chunks: Iterable[bytes]) -> list[str]:
     """``docker load`` of a tarball given as a stream; the engine's messages.
 
     The engine may answer 200 and report the failure inside the stream, or not at all
-    (``shared/LAB.md``): callers verify the image afterwards.
+    (seen on the lab's Docker 20.10 engines): callers verify the image afterwards.
     """
     messages: list[str] = []
     try:

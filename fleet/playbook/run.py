@@ -22,8 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from fleet import deploy as deploy_mod
-from fleet import images, transfer
 from fleet.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -33,11 +31,14 @@ from fleet.errors import (
     PlaybookError,
     UsageError,
 )
-from fleet.inventory import Host, Inventory
-from fleet.playbook import Play, Playbook, Task, condition, render
+from fleet.hosts.inventory import Host, Inventory
+from fleet.images import build as images
+from fleet.ops import deploy as deploy_mod
+from fleet.playbook.schema import Play, Playbook, Task, condition, render
+from fleet.playbook.secret import DIFF_HIDDEN, Secrets
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Interrupted, Runner
-from fleet.secret import DIFF_HIDDEN, Secrets
+from fleet.ship import transfer
 
 __all__ = ["Interrupted", "PlayOptions", "PlaybookRun", "Player", "Tally", "run"]
 
@@ -382,7 +383,7 @@ class Player:
             str(args.get("project", self.options.project)), tag_prefix=args.get("tag_prefix")
         )
         if self.options.check:
-            from fleet import gitinfo
+            from fleet.images import gitinfo
 
             git = gitinfo.read(project.root)
             tag = project.tag(git)
@@ -800,7 +801,7 @@ def _cron(
 def _provision(
     player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
 ) -> FleetResult:
-    from fleet import provision as provision_mod
+    from fleet.ops import provision as provision_mod
 
     options = provision_mod.ProvisionOptions(
         check=player.options.check, diff=player.options.diff, ship_base=not args.get("skip_base")
@@ -815,7 +816,7 @@ def _provision(
 def _audit(
     player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
 ) -> FleetResult:
-    from fleet import audit as audit_mod
+    from fleet.ops import audit as audit_mod
 
     repository = _repository(player, args)
     versions = images.list_versions(player.client, repository)

@@ -37,7 +37,9 @@ import docker.errors
 import yaml
 
 from fleet.errors import EngineError, HostError, LabError, UsageError
-from fleet.transport import Endpoint, KnownHosts, SSHTransport
+from fleet.ssh.endpoint import Endpoint
+from fleet.ssh.known_hosts import KnownHosts
+from fleet.ssh.paramiko_client import SSHTransport
 
 ENGINES = ("classic", "containerd")
 LABEL = "io.fleet.lab"

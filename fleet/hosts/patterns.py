@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 from fleet.errors import PatternError
 
 if TYPE_CHECKING:
-    from fleet.inventory import Inventory
+    from fleet.hosts.inventory import Inventory
 
 # Host ranges, addresses and ports, as Ansible's parse_address() accepts them.
 _NUMERIC_RANGE = r"\[[0-9]+:[0-9]+(?::[0-9]+)?\]"

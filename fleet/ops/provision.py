@@ -16,7 +16,7 @@ What a provisioned host has (every item is a setting of ``fleet_provision``, see
 - the weights service itself, answering (started by running ``aicron.sh`` once);
 - an engine that answers and can run what the run spec (``fleet_run``) asks: the runtime,
   GPUs, ulimits; free disk at Docker's root and at the data root: the *preflight*;
-- the base image (layers 1-2), shipped with :func:`fleet.transfer.push`, so that a
+- the base image (layers 1-2), shipped with :func:`fleet.ship.transfer.push`, so that a
   framework release then only sends its thin top layer.
 
 Nothing a container can write is run by root. The framework's run command mounts the data
@@ -87,16 +87,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fleet import facts as facts_mod
-from fleet import images, transfer, units
+from fleet import units
 from fleet.errors import CommandError, InputError, UsageError
-from fleet.facts import Disk, HostFacts
-from fleet.inventory import Host
-from fleet.remote import gathered, parses_host_output
+from fleet.hosts.inventory import Host
+from fleet.images import build as images
+from fleet.ops import facts as facts_mod
+from fleet.ops.facts import Disk, HostFacts
+from fleet.ops.runspec import RunSpec
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
-from fleet.runspec import RunSpec
-from fleet.transport import Transport
+from fleet.ship import transfer
+from fleet.ssh.base import Transport, gathered, parses_host_output
 
 FLEET_PROVISION = "fleet_provision"
 FLEET_PROVISION_OVERRIDES = "fleet_provision_overrides"
@@ -684,7 +685,7 @@ def label_diff(text: str, host: str) -> str:
 
 
 # -- facts ------------------------------------------------------------------------------
-# Appended to fleet.facts.SCRIPT (engine, runtimes, nvidia-smi, disk at Docker's root):
+# Appended to fleet.ops.facts.SCRIPT (engine, runtimes, nvidia-smi, disk at Docker's root):
 # one round trip. Settings arrive as arguments, never interpolated: $1 cron file, $2
 # script, $3 owner, $4 group, $5 weights user, $6 weights URL, $7 data root, $8 the
 # script's copy, then the directories to stat. File contents travel base64-encoded, so

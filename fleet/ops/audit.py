@@ -1,9 +1,9 @@
 """Audit: which framework version each host runs, since when, and whether it drifted.
 
 What a host runs is read from the host itself, in one round trip and without the deploy
-lock (:func:`fleet.containers.gather`: containers, images, lock, history, image store):
+lock (:func:`fleet.ops.containers.gather`: containers, images, lock, history, image store):
 an audit never writes anything to a host. :func:`audit_host` is a pure function of those
-facts, the controller's builds (:func:`fleet.images.list_versions`), the expected version
+facts, the controller's builds (:func:`fleet.images.build.list_versions`), the expected version
 and the host's settings; it returns one :class:`AuditRow`.
 
 Which container is "the framework" on a host: the running framework container (the one
@@ -109,11 +109,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from fleet import containers, units
-from fleet.containers import FrameworkContainer, FrameworkImage, HostFramework
+from fleet import units
 from fleet.errors import HostError, UsageError
-from fleet.inventory import Host
-from fleet.labels import (
+from fleet.hosts.inventory import Host
+from fleet.images.labels import (
     LABEL_BRANCH,
     LABEL_BUILD_DATE,
     LABEL_DOCKER_CMD,
@@ -126,12 +125,14 @@ from fleet.labels import (
     newest_first,
     normalized_name,
 )
+from fleet.ops import containers
+from fleet.ops.containers import FrameworkContainer, FrameworkImage, HostFramework
+from fleet.ops.runspec import run_spec_for
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Interrupted, Runner
-from fleet.runspec import run_spec_for
 
 if TYPE_CHECKING:
-    from fleet.runspec import RunSpec
+    from fleet.ops.runspec import RunSpec
 
 LATEST = "latest"
 STATUS_OK = "ok"
@@ -845,7 +846,7 @@ def controller_options(
 ) -> AuditOptions:
     """The options of an audit against this machine's builds of ``repository``.
 
-    A local engine is asked over its socket directly (:mod:`fleet.engine`), another one
+    A local engine is asked over its socket directly (:mod:`fleet.images.engine`), another one
     through docker-py (0.2 s to import). ``fleet audit`` calls it on a thread of its own
     while the hosts answer (``audit(..., controller=)``).
     """
@@ -861,11 +862,12 @@ def controller_options(
 
 def local_versions(repository: str) -> list[ImageVersion]:
     """This machine's builds of ``repository``, newest first (see :func:`controller_options`)."""
-    from fleet import engine
+    from fleet.images import engine
 
     summaries = engine.get_json("/images/json", {"filters": framework_filter(repository)})
     if summaries is None:
-        from fleet import images
+        # docker-py is paid for only when a project's settings are read.
+        from fleet.images import build as images
 
         return images.list_versions(images.connect(), repository)
     return newest_first([image_version(repository, summary) for summary in summaries])
@@ -880,7 +882,7 @@ def audit(
 ) -> AuditReport:
     """Audit every host (``runner.forks`` at a time); a host's trouble is a row, not a raise.
 
-    The task asks each host once (:func:`fleet.containers.gather`) and writes nothing: no
+    The task asks each host once (:func:`fleet.ops.containers.gather`) and writes nothing: no
     lock is taken, no history line is written. ``controller``, when given, is the options
     still being made (the controller's builds, the expected version: see
     :func:`controller_options`); ``options`` then only says what to ask the hosts

@@ -1,6 +1,6 @@
 """Ship an image to hosts, sending each host only the layers it lacks.
 
-One tarball format serves both image stores (measured on the lab, see ``shared/LAB.md``):
+One tarball format serves both image stores (measured on the lab's engines):
 an OCI image layout (``oci-layout``, ``index.json``, ``blobs/sha256/...``) that also
 carries a legacy ``manifest.json`` pointing into ``blobs/``. Docker 20.10's classic store
 reads ``manifest.json`` and skips every layer whose *chain* already exists without opening
@@ -27,11 +27,11 @@ one frame per member (concatenated frames are one valid zstd stream): no Python 
 
 ``--via registry`` replaces the stream: the image is pushed once to a registry (an
 existing one, or the controller's own, tunnelled to each host's loopback; see
-:mod:`fleet.registry`) and every host pulls it by the pushed manifest's digest, keeping
+:mod:`fleet.ship.registry`) and every host pulls it by the pushed manifest's digest, keeping
 what it has; the pulled image is verified before it is tagged. Planning, disk checks,
 verification and results are the same as for the SSH path.
 
-``--max-rate``: token buckets (:mod:`fleet.bandwidth`), one for the whole run and one
+``--max-rate``: token buckets (:mod:`fleet.ship.bandwidth`), one for the whole run and one
 per host, on the bytes that leave the controller for the hosts (compressed, before SSH
 framing); on the tunnelled registry path, on what the registry sends each host.
 """
@@ -55,17 +55,19 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from fleet import facts, images, registry
-from fleet.bandwidth import Limits, Throttle
 from fleet.errors import CommandError, HostError, RegistryError, UsageError, tail_lines
-from fleet.images import ImageSpec, Shippable, chain_ids
-from fleet.inventory import Host
-from fleet.labels import normalized_name
-from fleet.remote import Transport, gathered, parses_host_output
-from fleet.remote import fix_for as _fix_for
+from fleet.hosts.inventory import Host
+from fleet.images import build as images
+from fleet.images.build import ImageSpec, Shippable, chain_ids
+from fleet.images.labels import normalized_name
+from fleet.images.savefilter import v1_candidates
+from fleet.ops import facts
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
-from fleet.savefilter import v1_candidates
+from fleet.ship import registry
+from fleet.ship.bandwidth import Limits, Throttle
+from fleet.ssh.base import Transport, gathered, parses_host_output
+from fleet.ssh.base import fix_for as _fix_for
 
 SaveStream = Callable[[], Iterable[bytes]]
 

@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from fleet.errors import InventoryError, PatternError, PlaybookError, UsageError
-from fleet.inventory import read_yaml
-from fleet.patterns import compile_term, split_pattern
+from fleet.hosts.inventory import read_yaml
+from fleet.hosts.patterns import compile_term, split_pattern
 
 # -- the model --------------------------------------------------------------------------
 PLAY_KEYS = frozenset(

@@ -30,18 +30,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fleet import facts
-from fleet.labels import (
+from fleet.images.labels import (
     LABEL_COMMIT_COUNT,
     LABEL_DIRTY,
     LABEL_DOCKER_CMD,
     LABEL_TAG,
     LABEL_VERSION,
 )
-from fleet.remote import gathered, parses_host_output
+from fleet.ops import facts
+from fleet.ssh.base import gathered, parses_host_output
 
 if TYPE_CHECKING:
-    from fleet.remote import Transport
+    from fleet.ssh.base import Transport
 
 STATE_DIR = "/var/lib/fleet"
 HISTORY_FILE = f"{STATE_DIR}/history.jsonl"

@@ -1,6 +1,6 @@
 """Everyday views of the fleet: what runs, what each host holds, the logs, a shell.
 
-Per host everything starts from one :func:`fleet.containers.gather` round trip (the
+Per host everything starts from one :func:`fleet.ops.containers.gather` round trip (the
 framework's containers, images and history); what is shown is derived from it here, as
 JSON-ready values the CLI prints with ``--json`` and ``fleet.report.views`` renders:
 
@@ -8,7 +8,7 @@ JSON-ready values the CLI prints with ``--json`` and ``fleet.report.views`` rend
   health as a deploy judges it (the image's run command names the port, the settings the
   path) unless the container has a Docker HEALTHCHECK of its own;
 - ``images --on``: the framework images on each host, which one runs and which one
-  ``fleet rollback`` would go back to (:func:`fleet.containers.previous_version`);
+  ``fleet rollback`` would go back to (:func:`fleet.ops.containers.previous_version`);
 - ``logs``: the framework container's log, or followed (``docker logs --follow``) from
   every host at once until the run is stopped;
 - ``shell``: ``docker exec -it`` in the framework container over the host's SSH session;
@@ -31,14 +31,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
-from fleet import containers, deploy, runspec
-from fleet.containers import FrameworkContainer, FrameworkImage, HostFramework
 from fleet.errors import FleetError, HostError, UnreachableError, UsageError
-from fleet.inventory import Host
-from fleet.labels import ImageVersion
+from fleet.hosts.inventory import Host
+from fleet.images.labels import ImageVersion
+from fleet.ops import containers, deploy, runspec
+from fleet.ops.containers import FrameworkContainer, FrameworkImage, HostFramework
+from fleet.ops.runspec import HealthCheck
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Interrupted, Runner, Task
-from fleet.runspec import HealthCheck
 from fleet.ssh.base import Transport
 from fleet.ssh.paramiko_client import FOLLOW_STOPPED
 

@@ -35,7 +35,7 @@ What a host pulls is what the controller pushed, whoever else reaches the regist
   is never what a host pulls.
 
 The per-host steps (pull, verify, name, remove the pull's name) live in
-:mod:`fleet.transfer`, beside the SSH path they replace.
+:mod:`fleet.ship.transfer`, beside the SSH path they replace.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from fleet.bandwidth import Throttle
 from fleet.errors import RegistryError, UsageError, tail_lines
+from fleet.ship.bandwidth import Throttle
 
 DEFAULT_BINARY = "/usr/bin/docker-registry"
 # The repository prefix in the controller's own registry: its names say who put them there.

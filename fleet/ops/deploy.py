@@ -25,8 +25,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from fleet import containers, transfer
-from fleet.containers import (
+from fleet.errors import FleetError, HostError, UsageError, tail_lines
+from fleet.hosts.inventory import Host
+from fleet.images.build import Shippable
+from fleet.ops import containers
+from fleet.ops.containers import (
     LOCK_FILE,
     LOCK_GUARD,
     STATE_DIR,
@@ -34,13 +37,7 @@ from fleet.containers import (
     HostFramework,
     previous_version,
 )
-from fleet.errors import FleetError, HostError, UsageError, tail_lines
-from fleet.images import Shippable
-from fleet.inventory import Host
-from fleet.remote import parses_host_output
-from fleet.results import FleetResult, HostResult, Outcome
-from fleet.runner import HostContext, Interrupted, Runner
-from fleet.runspec import (
+from fleet.ops.runspec import (
     HealthCheck,
     RunPolicy,
     RunSpec,
@@ -48,7 +45,10 @@ from fleet.runspec import (
     path_within,
     run_spec_for,
 )
-from fleet.transport import Transport
+from fleet.results import FleetResult, HostResult, Outcome
+from fleet.runner import HostContext, Interrupted, Runner
+from fleet.ship import transfer
+from fleet.ssh.base import Transport, parses_host_output
 from fleet.units import utc_now
 
 DEFAULT_LOCK_TTL = 1800.0

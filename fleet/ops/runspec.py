@@ -26,7 +26,7 @@ besides the data root, ``fleet_provision.data_root``, default ``/data``) and the
 name (``fleet_run.name`` with ``fleet_run_overrides``): a label naming another container is
 refused. Mount propagation (``shared``, ``slave``, ...) is refused everywhere. The host-path
 check here is textual; a deploy also resolves every mount's symlinks on the host before it
-stops anything (``fleet.deploy.check_mounts``).
+stops anything (``fleet.ops.deploy.check_mounts``).
 
 Overrides merge key by key: a scalar replaces (``null`` clears it, e.g. ``runtime: null``
 on a CPU host), a list replaces, and ``ulimits``/``env`` merge per entry where ``null``
@@ -49,14 +49,14 @@ from typing import TYPE_CHECKING, Any
 from fleet.errors import HostError, InputError
 
 if TYPE_CHECKING:
-    from fleet.containers import FrameworkImage
-    from fleet.inventory import Host
+    from fleet.hosts.inventory import Host
+    from fleet.ops.containers import FrameworkImage
 
 FLEET_RUN = "fleet_run"
 FLEET_RUN_OVERRIDES = "fleet_run_overrides"
 FLEET_RUN_ALLOW = "fleet_run_allow"
 FLEET_RUN_ALLOW_PATHS = "fleet_run_allow_paths"
-# Where provision's settings keep the data root (fleet.provision reads the same keys).
+# Where provision's settings keep the data root (fleet.ops.provision reads the same keys).
 _PROVISION_SECTIONS = ("fleet_provision_overrides", "fleet_provision")
 DEFAULT_DATA_ROOT = "/data"
 # An image label is untrusted text: bounded before it is even split into words.

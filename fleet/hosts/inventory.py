@@ -60,8 +60,8 @@ from yaml.events import (
 )
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from fleet import patterns
 from fleet.errors import InventoryError, PatternError
+from fleet.hosts import patterns
 
 try:  # libyaml's parser is much faster; the composing below is fleet's own either way.
     from yaml import CSafeLoader as _SafeLoaderBase
@@ -253,7 +253,7 @@ class Inventory:
             ) from None
 
     def select(self, pattern: str = "all", limit: str | None = None) -> list[Host]:
-        """The hosts an Ansible host pattern selects, in Ansible's order (see fleet.patterns)."""
+        """The hosts an Ansible host pattern selects, in Ansible's order (see fleet.hosts.patterns)."""
         return [self.hosts[name] for name in patterns.select(self, pattern, limit)]
 
     def to_ansible_list(self, *, export: bool = False) -> dict[str, Any]:

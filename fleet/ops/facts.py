@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fleet.remote import gathered, parses_host_output
+from fleet.ssh.base import gathered, parses_host_output
 
 if TYPE_CHECKING:
-    from fleet.remote import Transport
+    from fleet.ssh.base import Transport
 
 FRAMEWORK_LABEL = "io.fleet.framework"
 

@@ -1,0 +1,1 @@
+"""Hosts: the inventory (Ansible's YAML and INI formats) and host patterns."""

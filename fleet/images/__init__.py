@@ -1,0 +1,1 @@
+"""Images: the project's settings, git identity, labels, builds, the local engine, build hosts."""

@@ -1,0 +1,1 @@
+"""Operations on a host: facts, the run command, deploy, audit, provisioning, views."""

@@ -1,0 +1,1 @@
+"""Playbooks: their schema and templates, secrets, and running them over the inventory."""

@@ -1,0 +1,1 @@
+"""Shipping images to hosts: what each host lacks, streamed over SSH or through a registry."""
