@@ -30,7 +30,7 @@ from fleet.errors import (
 from fleet.hosts.inventory import Host
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.ssh.base import Transport
-from fleet.ssh.endpoint import DEFAULT_CONNECT_TIMEOUT
+from fleet.ssh.endpoint import BECOME_PASSWORD_VARS, DEFAULT_CONNECT_TIMEOUT
 
 if TYPE_CHECKING:
     from fleet.ssh.known_hosts import KnownHosts
@@ -85,6 +85,8 @@ class SSHConnector:
     known_hosts: KnownHosts = field(default_factory=_known_hosts)
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     command_timeout: float | None = None
+    # -K's answer: sudo's password for hosts whose inventory gives none.
+    become_password: str | None = field(default=None, repr=False)
 
     def __call__(self, host: Host) -> Transport:
         from fleet.ssh.paramiko_client import SSHTransport, endpoint_for
@@ -94,6 +96,7 @@ class SSHConnector:
             host.vars,
             connect_timeout=self.connect_timeout,
             command_timeout=self.command_timeout,
+            become_password=self.become_password,
         )
         return SSHTransport(endpoint, self.known_hosts)
 
@@ -112,11 +115,20 @@ class ClientConnector:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     command_timeout: float | None = None
     default: str = "openssh"
+    become_password: str | None = field(default=None, repr=False)
     _connectors: dict[str, Connect] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def client(self, host: Host) -> str:
-        """The SSH client for ``host``: one of :data:`SSH_CLIENTS`."""
+        """The SSH client for ``host``: one of :data:`SSH_CLIENTS`.
+
+        A host that becomes with a password gets paramiko: only it answers sudo's prompt.
+        """
+        if host.become and (
+            self.become_password is not None
+            or any(host.vars.get(k) is not None for k in BECOME_PASSWORD_VARS)
+        ):
+            return "paramiko"
         chosen = host.vars.get(SSH_CLIENT_VAR)
         if chosen is not None:
             if chosen not in SSH_CLIENTS:
@@ -160,6 +172,7 @@ class ClientConnector:
             known_hosts=KnownHosts(accept_new=self.accept_new),
             connect_timeout=self.connect_timeout,
             command_timeout=self.command_timeout,
+            become_password=self.become_password,
         )
 
 

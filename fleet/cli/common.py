@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -66,6 +67,13 @@ def add_host_options(parser: argparse.ArgumentParser, *, pattern: bool = True) -
         help="record unknown host keys (like OpenSSH's accept-new); changed keys are always refused",
     )
     parser.add_argument(
+        "-K",
+        "--ask-become-pass",
+        action="store_true",
+        help="ask once for sudo's password, for hosts that become (ansible_become) and whose "
+        "inventory gives no ansible_become_password",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print one JSON document on stdout, nothing else"
     )
     parser.add_argument(
@@ -111,6 +119,23 @@ def select_hosts(
     return inv, hosts
 
 
+def become_password(args: argparse.Namespace) -> str | None:
+    """-K's answer, asked once per run without echo; None without -K."""
+    if not getattr(args, "ask_become_pass", False):
+        return None
+    cached: str | None = getattr(args, "_become_password", None)
+    if cached is None:
+        try:
+            cached = getpass.getpass("BECOME password: ")
+        except EOFError:
+            raise UsageError(
+                "-K: no password was given (end of input)",
+                fix="run it on a terminal, or set ansible_become_password in the inventory",
+            ) from None
+        args._become_password = cached
+    return cached
+
+
 def make_runner(args: argparse.Namespace, events: Any) -> Runner:
     # Imported here: fleet.ssh.paramiko_client imports paramiko, which 'fleet audit' does without.
     from fleet.ssh.known_hosts import KnownHosts
@@ -119,6 +144,7 @@ def make_runner(args: argparse.Namespace, events: Any) -> Runner:
         known_hosts=KnownHosts(accept_new=args.accept_new_host_keys),
         connect_timeout=args.timeout,
         command_timeout=args.timeout,
+        become_password=become_password(args),
     )
     return Runner(connector, forks=args.forks, events=events)
 

@@ -93,6 +93,9 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="record unknown host keys (like OpenSSH's accept-new); changed keys are always refused",
     )
+    shell.add_argument(
+        "-K", "--ask-become-pass", action="store_true", help="ask once for sudo's password"
+    )
     _repository_options(shell)
     shell.set_defaults(handler=_shell, takes_remote_command=True)
 
@@ -279,6 +282,7 @@ def _shell(args: argparse.Namespace) -> int:
         known_hosts=KnownHosts(accept_new=args.accept_new_host_keys),
         connect_timeout=args.timeout,
         command_timeout=args.timeout,
+        become_password=common.become_password(args),
     )
     transport = connect(host)
     try:

@@ -158,5 +158,8 @@ def fix_for(stderr: str) -> str | None:
     if "cannot connect to the docker daemon" in text or "is the docker daemon running" in text:
         return "start the host's Docker engine (e.g. 'systemctl start docker')"
     if "sudo: a password is required" in text or "sudo: a terminal is required" in text:
-        return "allow passwordless sudo for the SSH user (NOPASSWD), or unset ansible_become"
+        return (
+            "give sudo's password with -K/--ask-become-pass or ansible_become_password, "
+            "allow passwordless sudo for the SSH user (NOPASSWD), or unset ansible_become"
+        )
     return None

@@ -36,6 +36,8 @@ class Endpoint:
     jump: Endpoint | None = None
     become: bool = False
     become_user: str | None = None
+    # sudo's password: answered over the channel (fleet.ssh.become), never shown or compared.
+    become_password: str | None = field(default=None, repr=False, compare=False)
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     command_timeout: float | None = None
 
@@ -47,8 +49,15 @@ class Endpoint:
         return f"[{self.address}]:{self.port}"
 
 
+# Ansible's names for sudo's password, newest first.
+BECOME_PASSWORD_VARS = ("ansible_become_password", "ansible_become_pass", "ansible_sudo_pass")
+
+
 def command_line(endpoint: Endpoint, argv: Sequence[str]) -> str:
-    """The remote command line for ``argv``: quoted, under ``sudo -n`` when becoming."""
+    """The remote command line for ``argv``: quoted, under ``sudo -n`` when becoming.
+
+    With a become password the SSH client wraps ``argv`` itself (fleet.ssh.become).
+    """
     if not argv:
         raise ValueError("empty command")
     words = list(argv)
@@ -133,6 +142,7 @@ def resolve(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     command_timeout: float | None = None,
     extra_known_hosts: Sequence[str] = (),
+    become_password: str | None = None,
 ) -> Endpoint:
     """Resolve a host's connection settings as OpenSSH under Ansible would.
 
@@ -178,6 +188,11 @@ def resolve(
         become=_truthy(hostvars.get("ansible_become", False)),
         become_user=(
             str(hostvars["ansible_become_user"]) if hostvars.get("ansible_become_user") else None
+        ),
+        # The inventory's password wins over -K's, as Ansible's connection variables do.
+        become_password=next(
+            (str(hostvars[k]) for k in BECOME_PASSWORD_VARS if hostvars.get(k) is not None),
+            become_password,
         ),
         connect_timeout=connect_timeout,
         command_timeout=command_timeout,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shlex
 import socket
 import threading
 import time
@@ -34,6 +35,7 @@ from typing import Any
 import paramiko
 
 from fleet.errors import CommandError, HostError, UnreachableError
+from fleet.ssh import become
 from fleet.ssh.base import MAX_OUTPUT, CommandResult, fix_for, too_much_output
 from fleet.ssh.endpoint import DEFAULT_CONNECT_TIMEOUT, Endpoint, command_line, resolve
 from fleet.ssh.known_hosts import KnownHosts, fingerprint
@@ -204,11 +206,32 @@ class SSHTransport:
         """The remote command line for ``argv``: quoted, under ``sudo -n`` when becoming."""
         return command_line(self.endpoint, argv)
 
-    def _open_channel(self, command: str, timeout: float | None) -> paramiko.Channel:
+    def _start(
+        self,
+        argv: Sequence[str],
+        timeout: float | None,
+        *,
+        pty: tuple[str, int, int] | None = None,
+    ) -> tuple[paramiko.Channel, str]:
+        """A channel running ``argv`` (past sudo's prompt when becoming with a password)."""
+        password = self.endpoint.become_password if self.endpoint.become else None
+        wrapped = become.wrap(argv, self.endpoint.become_user) if password is not None else None
+        command = shlex.join(wrapped.argv) if wrapped else self.command_line(argv)
         with translated(self.host, f"cannot start {command!r}", self._transport):
             channel = self._transport.open_session(timeout=timeout or self.endpoint.connect_timeout)
+            if pty is not None:
+                channel.get_pty(term=pty[0], width=pty[1], height=pty[2])
             channel.exec_command(command)
-        return channel
+        if wrapped is not None and password is not None:
+            # With a PTY sudo's prompt and the marker arrive on the merged stdout.
+            read = (lambda: channel.recv(1)) if pty else (lambda: channel.recv_stderr(1))
+            try:
+                with translated(self.host, "sudo's password prompt", self._transport):
+                    become.handshake(self.host, wrapped, password, read=read, send=channel.sendall)
+            except BaseException:
+                _close(channel)
+                raise
+        return channel, command
 
     def run(
         self,
@@ -235,10 +258,9 @@ class SSHTransport:
         ``stall_timeout``: fail when the host has not taken a chunk for that long (a frozen
         or dead host), however long the whole stream may take.
         """
-        command = self.command_line(argv)
         timeout = timeout if timeout is not None else self.endpoint.command_timeout
         started = time.monotonic()
-        channel = self._open_channel(command, timeout)
+        channel, command = self._start(argv, timeout)
         writer_error: list[BaseException] = []
         blocked_since: list[float | None] = [None]
 
@@ -368,8 +390,7 @@ class SSHTransport:
         set (the channel is closed, :data:`FOLLOW_STOPPED`). No command timeout applies;
         a lost connection raises :class:`UnreachableError`.
         """
-        command = self.command_line(argv)
-        channel = self._open_channel(command, None)
+        channel, command = self._start(argv, None)
         streams = {False: _LineBuffer(on_line), True: _LineBuffer(on_line)}
         try:
             while not stop.is_set():
@@ -404,13 +425,9 @@ class SSHTransport:
         to ``stderr_fd`` (or ``stdout_fd``). The caller puts its own terminal in raw mode.
         Returns the command's exit code; a lost connection raises :class:`UnreachableError`.
         """
-        command = self.command_line(argv)
-        with translated(self.host, f"cannot start {command!r}", self._transport):
-            channel = self._transport.open_session(timeout=self.endpoint.connect_timeout)
-            window = size() if size is not None else (80, 24)
-            if term is not None:
-                channel.get_pty(term=term, width=window[0], height=window[1])
-            channel.exec_command(command)
+        window = size() if size is not None else (80, 24)
+        pty = (term, window[0], window[1]) if term is not None else None
+        channel, command = self._start(argv, None, pty=pty)
         err_fd = stdout_fd if stderr_fd is None else stderr_fd
         reading_stdin = True
         try:
@@ -465,8 +482,7 @@ class SSHTransport:
         through ``docker system dial-stdio``, as the docker CLI's ``ssh://`` hosts do.
         Returns the command's exit code (-1 when it gave none); ``sock`` is closed.
         """
-        command = self.command_line(argv)
-        channel = self._open_channel(command, None)
+        channel, _ = self._start(argv, None)
         _join(channel, sock)
         return channel.recv_exit_status() if channel.exit_status_ready() else -1
 
@@ -629,10 +645,12 @@ def endpoint_for(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     command_timeout: float | None = None,
     extra_known_hosts: Sequence[str] = (),
+    become_password: str | None = None,
 ) -> Endpoint:
     """Resolve a host's connection settings as OpenSSH under Ansible would.
 
-    Inventory variables win over ``~/.ssh/config``, which wins over the defaults.
+    Inventory variables win over ``~/.ssh/config``, which wins over the defaults;
+    ``become_password`` (-K's) is used where the inventory gives none.
     """
     config = config if config is not None else load_ssh_config()
     return resolve(
@@ -642,4 +660,5 @@ def endpoint_for(
         connect_timeout=connect_timeout,
         command_timeout=command_timeout,
         extra_known_hosts=extra_known_hosts,
+        become_password=become_password,
     )
