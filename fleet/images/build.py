@@ -741,6 +741,60 @@ def _increment(upper: int | None, lower: int | None) -> int | None:
 # --- build --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _LayerBuild:
+    """One layer's ``docker build``: what :func:`_run_build` needs, and why it would run."""
+
+    layer: str
+    reference: str
+    files: list[tuple[str, Path]]
+    dockerfile: str
+    build_args: Mapping[str, str]
+    labels: Mapping[str, str]
+    nocache: bool = False
+    upstream_reference: str | None = None
+
+
+def _layer(
+    client: Any,
+    spec: _LayerBuild,
+    *,
+    existing: Any,
+    reason: str | None,
+    reused: tuple[str, str],
+    step: StepCallback,
+    output: OutputCallback,
+) -> tuple[Any, str, str]:
+    """Reuse ``existing`` (``reason`` None) or build the layer: (image, action, reason).
+
+    ``reused`` is (why it is reused, what the step says after "is up to date").
+    """
+    if reason is None and existing is not None:
+        step(spec.layer, f"{spec.reference} is up to date{reused[1]}")
+        return existing, "reused", reused[0]
+    reason = reason or "its image is missing"
+    step(spec.layer, f"building {spec.reference}: {reason}")
+    _run_build(
+        client,
+        layer=spec.layer,
+        reference=spec.reference,
+        files=spec.files,
+        dockerfile=spec.dockerfile,
+        build_args=spec.build_args,
+        labels=spec.labels,
+        nocache=spec.nocache,
+        output=output,
+        upstream_reference=spec.upstream_reference,
+    )
+    image = _image(client, spec.reference)
+    if image is None:
+        raise EngineError(
+            f"the image {spec.reference} vanished right after its build",
+            fix="run fleet build again; do not remove images while it runs",
+        )
+    return image, "built", reason
+
+
 def build(
     client: Any,
     project: Project,
@@ -764,136 +818,151 @@ def build(
     git = git if git is not None else gitinfo.read(project.root)
     moved_from = check_tag(client, project, git, retag=retag)
     step = on_step or (lambda layer, message: None)
-    output = on_output or (lambda line: None)
     log: list[str] = []
 
     def collect(line: str) -> None:
         log.append(line)
-        output(line)
-
-    base_files = context_files(project.root, BASE_DOCKERFILE, project.base_context)
-    framework_files = context_files(project.root, FRAMEWORK_DOCKERFILE, project.context)
+        (on_output or (lambda line: None))(line)
 
     upstream_reference = project.upstream_reference()
-    base_args = dict(project.base_build_args)
-    if project.upstream_image:
-        base_args["BASE_IMAGE"] = project.upstream_image
-    base_inputs = context_digest(base_files, base_args)
     upstream = _image(client, upstream_reference) if upstream_reference else None
+    base_spec = _base_spec(project, rebuild_base)
     existing_base = _image(client, project.base_reference)
-    reason = _base_rebuild_reason(existing_base, upstream, base_inputs, rebuild_base)
-    if reason is None:
-        base_action, base_reason = "reused", "inputs unchanged"
-        step("base", f"{project.base_reference} is up to date")
-        base = existing_base
-    else:
-        base_action, base_reason = "built", reason
-        step("base", f"building {project.base_reference}: {reason}")
-        _run_build(
-            client,
-            layer="base",
-            reference=project.base_reference,
-            files=base_files,
-            dockerfile=BASE_DOCKERFILE,
-            build_args=base_args,
-            labels={
-                LABEL_BASE: project.repository,
-                LABEL_BASE_INPUTS: base_inputs,
-                LABEL_UPSTREAM: upstream_reference or "",
-            },
-            nocache=rebuild_base,
-            output=collect,
-            upstream_reference=upstream_reference,
-        )
-        base = _image(client, project.base_reference)
-        if upstream is None and upstream_reference:
-            upstream = _image(client, upstream_reference)  # pulled by the build
-    if base is None:
-        raise EngineError(
-            f"the base image {project.base_reference} vanished during the build",
-            fix="run fleet build again; do not remove images while it runs",
-        )
-    base_id = str(base.id)
+    base_reason = _base_rebuild_reason(
+        existing_base, upstream, base_spec.labels[LABEL_BASE_INPUTS], rebuild_base
+    )
+    base, base_action, base_why = _layer(
+        client,
+        base_spec,
+        existing=existing_base,
+        reason=base_reason,
+        reused=("inputs unchanged", ""),
+        step=step,
+        output=collect,
+    )
+    if upstream is None and upstream_reference:
+        upstream = _image(client, upstream_reference)  # pulled by the build
+    framework_spec = _framework_spec(project, git, str(base.id), build_date, moved_from)
+    existing = _image(client, framework_spec.reference)
+    same = not git.dirty and existing is not None and _same_build(existing, framework_spec.labels)
+    framework, framework_action, framework_why = _layer(
+        client,
+        framework_spec,
+        existing=existing,
+        reason=None if same and not rebuild else _framework_reason(git, existing, rebuild),
+        reused=(f"commit {git.short_commit} already built", f" (commit {git.short_commit})"),
+        step=step,
+        output=collect,
+    )
+    labels = {k: v for k, v in _labels(framework).items() if k in framework_spec.labels}
+    return _build_result(
+        project,
+        git,
+        (upstream_reference, upstream),
+        (base, base_action, base_why),
+        (framework, framework_action, framework_why),
+        labels=labels,
+        log=tuple(log),
+    )
 
-    tag = project.tag(git)
-    reference = f"{project.repository}:{tag}"
-    inputs = context_digest(framework_files, {})
+
+def _base_spec(project: Project, rebuild_base: bool) -> _LayerBuild:
+    """Layer 2's build: Dockerfile.base on the upstream image, its inputs in its labels."""
+    files = context_files(project.root, BASE_DOCKERFILE, project.base_context)
+    upstream_reference = project.upstream_reference()
+    args = dict(project.base_build_args)
+    if project.upstream_image:
+        args["BASE_IMAGE"] = project.upstream_image
+    return _LayerBuild(
+        layer="base",
+        reference=project.base_reference,
+        files=files,
+        dockerfile=BASE_DOCKERFILE,
+        build_args=args,
+        labels={
+            LABEL_BASE: project.repository,
+            LABEL_BASE_INPUTS: context_digest(files, args),
+            LABEL_UPSTREAM: upstream_reference or "",
+        },
+        nocache=rebuild_base,
+        upstream_reference=upstream_reference,
+    )
+
+
+def _framework_spec(
+    project: Project, git: GitFacts, base_id: str, build_date: str | None, moved_from: str
+) -> _LayerBuild:
+    """Layer 3's build: the Dockerfile on the base, the git identity in its labels."""
+    files = context_files(project.root, FRAMEWORK_DOCKERFILE, project.context)
     labels = framework_labels(
         project,
         git,
         build_date=build_date or utc_now(),
         base_reference=project.base_reference,
         base_id=base_id,
-        inputs=inputs,
+        inputs=context_digest(files, {}),
     )
     if moved_from:
         labels[LABEL_MOVED_FROM] = moved_from
-    existing = _image(client, reference)
-    if not rebuild and not git.dirty and existing is not None and _same_build(existing, labels):
-        framework = existing
-        framework_action, framework_reason = "reused", f"commit {git.short_commit} already built"
-        labels = {key: value for key, value in _labels(existing).items() if key in labels}
-        step("framework", f"{reference} is up to date (commit {git.short_commit})")
-    else:
-        framework_action = "built"
-        framework_reason = _framework_reason(git, existing, rebuild)
-        step("framework", f"building {reference}: {framework_reason}")
-        _run_build(
-            client,
-            layer="framework",
-            reference=reference,
-            files=framework_files,
-            dockerfile=FRAMEWORK_DOCKERFILE,
-            build_args=framework_build_args(labels),
-            labels=labels,
-            nocache=False,
-            output=collect,
-            upstream_reference=None,
-        )
-        framework = _image(client, reference)
-        if framework is None:
-            raise EngineError(
-                f"the image {reference} vanished right after its build",
-                fix="run fleet build again; do not remove images while it runs",
-            )
-        labels = {key: value for key, value in _labels(framework).items() if key in labels}
+    return _LayerBuild(
+        layer="framework",
+        reference=f"{project.repository}:{project.tag(git)}",
+        files=files,
+        dockerfile=FRAMEWORK_DOCKERFILE,
+        build_args=framework_build_args(labels),
+        labels=labels,
+    )
 
-    upstream_size, base_size = _size(upstream), _size(base)
-    framework_size = _size(framework)
+
+def _build_result(
+    project: Project,
+    git: GitFacts,
+    upstream: tuple[str | None, Any],
+    base: tuple[Any, str, str],
+    framework: tuple[Any, str, str],
+    *,
+    labels: dict[str, str],
+    log: tuple[str, ...],
+) -> BuildResult:
+    """The three layers as a BuildResult: sizes, and what each adds over the one below."""
+    upstream_reference, upstream_image = upstream
+    upstream_size, base_size = _size(upstream_image), _size(base[0])
+    framework_size = _size(framework[0])
+    tag = project.tag(git)
     return BuildResult(
         project=project,
         git=git,
         tag=tag,
-        reference=reference,
+        reference=f"{project.repository}:{tag}",
         upstream=LayerInfo(
             role="upstream",
             reference=upstream_reference,
-            image_id=str(upstream.id) if upstream is not None else None,
+            image_id=str(upstream_image.id) if upstream_image is not None else None,
             size=upstream_size,
             increment=upstream_size,
-            action="present" if upstream is not None else "missing",
+            action="present" if upstream_image is not None else "missing",
             reason="layer 1, never built here",
         ),
         base=LayerInfo(
             role="base",
             reference=project.base_reference,
-            image_id=base_id,
+            image_id=str(base[0].id),
             size=base_size,
             increment=_increment(base_size, upstream_size),
-            action=base_action,
-            reason=base_reason,
+            action=base[1],
+            reason=base[2],
         ),
         framework=LayerInfo(
             role="framework",
-            reference=reference,
-            image_id=str(framework.id),
+            reference=f"{project.repository}:{tag}",
+            image_id=str(framework[0].id),
             size=framework_size,
             increment=_increment(framework_size, base_size),
-            action=framework_action,
-            reason=framework_reason,
+            action=framework[1],
+            reason=framework[2],
         ),
         labels=labels,
-        log=tuple(log),
+        log=log,
     )
 
 
