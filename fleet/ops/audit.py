@@ -299,6 +299,7 @@ def audit_host(
     ``expected`` is a tag (see :func:`resolve_expected`) or None; ``host`` gives the name
     and the settings (``fleet_run_overrides``, ``fleet_run_allow``) that the run command is
     compared under. ``repository`` names the framework image (default: the controller's).
+    Each check adds its reasons; any reason makes the host drift.
     """
     if not facts.engine_ok:
         return AuditRow(
@@ -310,99 +311,31 @@ def audit_host(
             history=facts.history,
         )
     repository = repository or next((v.repository for v in controller_versions), "")
-    reasons: list[Reason] = []
     primary = _primary(facts)
+    reasons = _check_presence(facts, primary)
     framework = None
     match: str | None = None
     controller_id: str | None = None
     differences: tuple[ConfigDifference, ...] = ()
-    if primary is None and facts.containers:
-        kept = ", ".join(f"{c.name} ({c.status})" for c in facts.containers)
-        reasons.append(Reason("not_running", f"no framework container runs; kept: {kept}"))
-    elif primary is None:
-        reasons.append(Reason("no_framework", "no framework container on the host"))
-    else:
+    if primary is not None:
         image = facts.image_by_id(primary.image_id)
         framework = _framework(primary, image)
-        tag = framework.tag
-        if not framework.running:
-            when = f" since {framework.since}" if framework.since else ""
-            reasons.append(
-                Reason(
-                    "not_running",
-                    f"{primary.name} ({tag or '?'}) is {framework.state}"
-                    f" (exit code {framework.exit_code}){when}",
-                )
+        if framework.running:
+            reasons += _check_health(facts, primary, framework)
+            build_reasons, match, controller_id = _check_build(
+                primary, image, framework, controller_versions
             )
+            reasons += build_reasons
+            command_reasons, differences = _check_run_command(
+                host, primary, image, framework.tag, repository
+            )
+            reasons += command_reasons
         else:
-            several = [c for c in facts.running if c.id != primary.id]
-            if several:
-                names = ", ".join(f"{c.name} ({c.tag or '?'})" for c in several)
-                reasons.append(
-                    Reason("several_running", f"more framework containers run besides: {names}")
-                )
-            if framework.health == "unhealthy" or framework.state == "restarting":
-                reasons.append(
-                    Reason(
-                        "unhealthy",
-                        f"{primary.name} is {framework.health or framework.state} "
-                        f"({framework.restart_count} restarts)",
-                    )
-                )
-            labels = image.labels if image is not None else primary.labels
-            found = compare_build(
-                primary.image_id, framework.config_digest, labels, controller_versions
-            )
-            match, version = found
-            controller_id = version.image_id if version is not None else None
-            if match == "unknown":
-                reasons.append(
-                    Reason("unknown_version", f"the controller never built {tag or 'this image'}")
-                )
-            elif match in ("different", "superseded"):
-                current = next(
-                    (v for v in controller_versions if v.tag == tag and v.tagged), version
-                )
-                reasons.append(_other_build(tag, framework, primary.image_id, match, current))
-            if framework.dirty:
-                reasons.append(
-                    Reason("dirty", f"{tag} was built from a dirty work tree (uncommitted changes)")
-                )
-            if image is None:
-                reasons.append(
-                    Reason(
-                        "run_command",
-                        f"the image of {primary.name} ({_short(primary.image_id)}) is no longer "
-                        "on the host; its run command cannot be read",
-                    )
-                )
-            else:
-                reference = f"{repository or primary.image.rpartition(':')[0]}:{tag}"
-                try:
-                    spec = run_spec_for(host, image, reference)
-                except HostError as exc:
-                    reasons.append(Reason("run_command", exc.reason))
-                else:
-                    differences = tuple(config_differences(primary, image, spec, reference))
-                    if differences:
-                        reasons.append(
-                            Reason(
-                                "config",
-                                "the container differs from its image's run command: "
-                                + ", ".join(str(d) for d in differences),
-                            )
-                        )
-    if (
-        expected is not None
-        and framework is not None
-        and framework.running
-        and framework.tag != expected
-    ):
-        reasons.append(Reason("version", f"runs {framework.tag or '?'}, expected {expected}"))
+            reasons.append(_stopped(primary, framework))
     running_tag = framework.tag if framework is not None and framework.running else None
-    other_versions = tuple(
-        dict.fromkeys(i.tag for i in facts.images if i.tag and i.tag != running_tag)
-    )
+    running = framework is not None and framework.running
+    if expected is not None and running and framework is not None and framework.tag != expected:
+        reasons.append(Reason("version", f"runs {framework.tag or '?'}, expected {expected}"))
     return AuditRow(
         host=host.name,
         status=STATUS_DRIFT if reasons else STATUS_OK,
@@ -415,11 +348,109 @@ def audit_host(
         config_diff=differences,
         expected=expected,
         containers=tuple((c.name, c.tag, c.status) for c in facts.containers),
-        other_versions=other_versions,
+        other_versions=tuple(
+            dict.fromkeys(i.tag for i in facts.images if i.tag and i.tag != running_tag)
+        ),
         rollback_to=containers.previous_version(facts) if running_tag else None,
         lock=facts.lock,
         history=facts.history,
     )
+
+
+def _check_presence(facts: HostFramework, primary: FrameworkContainer | None) -> list[Reason]:
+    """A host without a framework container, or with only stopped ones."""
+    if primary is not None:
+        return []
+    if facts.containers:
+        kept = ", ".join(f"{c.name} ({c.status})" for c in facts.containers)
+        return [Reason("not_running", f"no framework container runs; kept: {kept}")]
+    return [Reason("no_framework", "no framework container on the host")]
+
+
+def _stopped(primary: FrameworkContainer, framework: Framework) -> Reason:
+    when = f" since {framework.since}" if framework.since else ""
+    return Reason(
+        "not_running",
+        f"{primary.name} ({framework.tag or '?'}) is {framework.state}"
+        f" (exit code {framework.exit_code}){when}",
+    )
+
+
+def _check_health(
+    facts: HostFramework, primary: FrameworkContainer, framework: Framework
+) -> list[Reason]:
+    """Other framework containers running beside it; unhealthy or restarting."""
+    reasons = []
+    several = [c for c in facts.running if c.id != primary.id]
+    if several:
+        names = ", ".join(f"{c.name} ({c.tag or '?'})" for c in several)
+        reasons.append(Reason("several_running", f"more framework containers run besides: {names}"))
+    if framework.health == "unhealthy" or framework.state == "restarting":
+        reasons.append(
+            Reason(
+                "unhealthy",
+                f"{primary.name} is {framework.health or framework.state} "
+                f"({framework.restart_count} restarts)",
+            )
+        )
+    return reasons
+
+
+def _check_build(
+    primary: FrameworkContainer,
+    image: FrameworkImage | None,
+    framework: Framework,
+    controller_versions: Sequence[ImageVersion],
+) -> tuple[list[Reason], str | None, str | None]:
+    """Whether the controller built what runs: (reasons, match, the controller's image id)."""
+    tag = framework.tag
+    labels = image.labels if image is not None else primary.labels
+    match, version = compare_build(
+        primary.image_id, framework.config_digest, labels, controller_versions
+    )
+    reasons = []
+    if match == "unknown":
+        reasons.append(
+            Reason("unknown_version", f"the controller never built {tag or 'this image'}")
+        )
+    elif match in ("different", "superseded"):
+        current = next((v for v in controller_versions if v.tag == tag and v.tagged), version)
+        reasons.append(_other_build(tag, framework, primary.image_id, match, current))
+    if framework.dirty:
+        reasons.append(
+            Reason("dirty", f"{tag} was built from a dirty work tree (uncommitted changes)")
+        )
+    return reasons, match, version.image_id if version is not None else None
+
+
+def _check_run_command(
+    host: Host,
+    primary: FrameworkContainer,
+    image: FrameworkImage | None,
+    tag: str | None,
+    repository: str,
+) -> tuple[list[Reason], tuple[ConfigDifference, ...]]:
+    """Whether the container runs as its image's run command says: (reasons, differences)."""
+    if image is None:
+        return [
+            Reason(
+                "run_command",
+                f"the image of {primary.name} ({_short(primary.image_id)}) is no longer "
+                "on the host; its run command cannot be read",
+            )
+        ], ()
+    reference = f"{repository or primary.image.rpartition(':')[0]}:{tag}"
+    try:
+        spec = run_spec_for(host, image, reference)
+    except HostError as exc:
+        return [Reason("run_command", exc.reason)], ()
+    differences = tuple(config_differences(primary, image, spec, reference))
+    if not differences:
+        return [], ()
+    described = ", ".join(str(d) for d in differences)
+    return [
+        Reason("config", f"the container differs from its image's run command: {described}")
+    ], differences
 
 
 def unreachable_row(host: str, reason: str, expected: str | None = None) -> AuditRow:
