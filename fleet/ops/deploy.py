@@ -34,6 +34,7 @@ from fleet.ops.containers import (
     LOCK_GUARD,
     STATE_DIR,
     FrameworkContainer,
+    FrameworkImage,
     HostFramework,
     previous_version,
 )
@@ -401,52 +402,52 @@ class Target:
     image_id: str
 
 
+@dataclass
+class _Switch:
+    """One host's switch to ``target``: what was decided before anything is stopped."""
+
+    ctx: HostContext
+    state: HostFramework
+    target: Target
+    image: FrameworkImage
+    spec: RunSpec
+    policy: RunPolicy
+    check: HealthCheck
+    name: str
+    # A container of the framework's name that fleet did not start: (id, was running).
+    unmanaged: tuple[str, bool] | None
+    # Container id -> its name on the host, as the switch renames and removes them.
+    names: dict[str, str] = field(default_factory=dict)
+    # Containers renamed aside to keep them for rollback: id -> kept name.
+    renamed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def previous(self) -> FrameworkContainer | None:
+        """The version that ran under the framework's name (else any running one)."""
+        running = self.state.running
+        return next((c for c in running if c.name == self.name), running[0] if running else None)
+
+    def remove_named(self, wanted: str) -> None:
+        for ident, current_name in list(self.names.items()):
+            if current_name == wanted:
+                _docker(self.ctx.transport, "rm", "-f", ident)
+                del self.names[ident]
+
+
 def switch(
     ctx: HostContext, state: HostFramework, target: Target, options: DeployOptions, action: str
 ) -> HostResult:
     """Make ``target`` the running framework version on one host (lock held by caller)."""
-    transport = ctx.transport
-    image = (
-        state.image_by_id(target.image_id) if target.image_id else state.image_by_tag(target.tag)
-    )
-    if image is None:
-        raise HostError(
-            ctx.name, f"image {target.reference} is not on the host", fix="fleet push it first"
-        )
-    spec = run_spec_for(ctx.host, image, target.reference)
-    policy = RunPolicy.for_host(ctx.host.vars)  # read by run_spec_for already: valid
-    check = HealthCheck.from_settings(ctx.host.vars)
-    if spec.name is None:
-        spec = _named(ctx.name, spec, options.repository.rpartition("/")[2])
-    name = spec.name or options.repository
+    plan = _plan_switch(ctx, state, target, options)
     running = state.running
     before = ", ".join(sorted({c.tag or c.image for c in running})) or "none"
-    current = [
-        c for c in running if c.tag == target.tag and c.image_id == image.id and c.name == name
-    ]
-    if current and len(running) == 1:
-        health = wait_healthy(
-            transport, name, spec, replace(check, timeout=min(check.timeout, 5.0))
+    if _already_runs(plan):
+        return ctx.result(
+            Outcome.OK,
+            f"{target.tag} already runs",
+            details={"version_before": target.tag, "version_after": target.tag},
         )
-        if health.healthy:
-            return ctx.result(
-                Outcome.OK,
-                f"{target.tag} already runs",
-                details={"version_before": target.tag, "version_after": target.tag},
-            )
-    # Refused before anything is stopped: the old version keeps running.
-    unmanaged = _unmanaged(transport, name, {c.id: c.name for c in state.containers})
-    if unmanaged is not None and policy.name != name:
-        raise HostError(
-            ctx.name,
-            f"a container named {name!r} that fleet did not start is on the host, and the "
-            f"run command of {target.reference} would replace it; the inventory names no "
-            "framework container, so fleet leaves it alone",
-            fix=f"if {name!r} is the framework's own hand-started container, set fleet_run.name "
-            f"(or fleet_run_overrides.name) to {name} in the inventory and deploy again; "
-            "otherwise give the framework its own name (fleet_run.name) and rebuild the image",
-        )
-    check_mounts(transport, ctx.name, spec, policy)
+    check_mounts(ctx.transport, ctx.name, plan.spec, plan.policy)
     if options.check:
         return ctx.result(
             Outcome.CHANGED,
@@ -455,55 +456,13 @@ def switch(
                 "version_before": before,
                 "version_after": target.tag,
                 "would_stop": [c.name for c in running],
-                "would_start": name,
+                "would_start": plan.name,
             },
         )
     started = time.monotonic()
-    previous = next((c for c in running if c.name == name), running[0] if running else None)
-    names = {c.id: c.name for c in state.containers}
-
-    def remove_named(wanted: str) -> None:
-        for ident, current_name in list(names.items()):
-            if current_name == wanted:
-                _docker(transport, "rm", "-f", ident)
-                del names[ident]
-
-    # A container of the inventory's name that fleet did not start (the lab's old hand-run
-    # script): stopped and kept under another name, like an old version, and restored on
-    # failure.
-    if unmanaged is not None:
-        ident, was_running = unmanaged
-        ctx.progress(f"keeping the unmanaged container {name} as {name}-unmanaged")
-        if was_running:
-            _docker(transport, "stop", ident)
-        remove_named(f"{name}-unmanaged")
-        _docker(transport, "rename", ident, f"{name}-unmanaged")
-    # Stop every other version first: they share the host network's port.
-    for container in running:
-        ctx.progress(f"stopping {container.name} ({container.tag})")
-        _docker(transport, "stop", container.id)
-    # Keep them for rollback, under their version's name; the name is the new one's.
-    renamed: dict[str, str] = {}
-    for container in state.containers:
-        if container.name == name:
-            kept_name = _kept_name(name, container)
-            remove_named(kept_name)
-            _docker(transport, "rename", container.id, kept_name)
-            names[container.id] = renamed[container.id] = kept_name
-    # A kept container of the target version is replaced by a fresh one from the label.
-    for ident, current_name in list(names.items()):
-        if current_name == f"{name}-{target.tag}" and (previous is None or ident != previous.id):
-            _docker(transport, "rm", "-f", ident)
-            del names[ident]
-    ctx.progress(f"starting {target.tag}")
-    error = ""
-    try:
-        # Again just before the start: the old version, stopped now, cannot plant a symlink.
-        check_mounts(transport, ctx.name, spec, policy)
-        transport.run(spec.to_argv(target.reference), timeout=120)
-        health = wait_healthy(transport, name, spec, check)
-    except HostError as exc:
-        health, error = Health(False, exc.reason), exc.reason
+    previous = plan.previous
+    _stop_and_keep(plan)
+    health, error = _start_gated(plan)
     entry = {
         "time": utc_now(),
         "by": options.controller,
@@ -514,7 +473,7 @@ def switch(
         "seconds": round(time.monotonic() - started, 1),
     }
     if health.healthy:
-        record(transport, {**entry, "outcome": "changed"})
+        record(ctx.transport, {**entry, "outcome": "changed"})
         return ctx.result(
             Outcome.CHANGED,
             f"{before} -> {target.tag}",
@@ -524,41 +483,10 @@ def switch(
                 "health": health.detail,
             },
         )
-    logs = transport.run(["docker", "logs", "--tail", str(_LOG_LINES), name], check=False)
-    _docker_quiet(transport, "stop", name)
-    failed_name = f"{name}-{target.tag}-failed"
-    _docker_quiet(transport, "rm", "-f", failed_name)
-    _docker_quiet(transport, "rename", name, failed_name)
-    restored = "nothing ran before"
-    if previous is None and unmanaged is not None:
-        _docker_quiet(transport, "rename", unmanaged[0], name)
-        if unmanaged[1]:
-            back = transport.run(["docker", "start", unmanaged[0]], check=False)
-            restored = (
-                "restarted the unmanaged container"
-                if back.ok
-                else f"could not restart the unmanaged container: {back.stderr.strip()}"
-            )
-        else:
-            restored = "put the unmanaged container back"
-    if previous is not None:
-        if previous.id in renamed:
-            _docker_quiet(transport, "rename", previous.id, name)
-        back = transport.run(["docker", "start", previous.id], check=False)
-        restored_health = (
-            wait_healthy(
-                transport, previous.id, spec_for_container(ctx, state, previous, spec), check
-            )
-            if back.ok
-            else Health(False, back.stderr.strip())
-        )
-        restored = f"rolled back to {previous.tag}" + (
-            ""
-            if restored_health.healthy
-            else f" (which is not healthy either: {restored_health.detail})"
-        )
+    logs = ctx.transport.run(["docker", "logs", "--tail", str(_LOG_LINES), plan.name], check=False)
+    restored = _restore_previous(plan, previous)
     record(
-        transport,
+        ctx.transport,
         {
             **entry,
             "outcome": "failed",
@@ -579,6 +507,140 @@ def switch(
             "rolled_back": previous is not None,
         },
     )
+
+
+def _plan_switch(
+    ctx: HostContext, state: HostFramework, target: Target, options: DeployOptions
+) -> _Switch:
+    """The run command, name and policies of the switch; refusals before anything stops."""
+    image = (
+        state.image_by_id(target.image_id) if target.image_id else state.image_by_tag(target.tag)
+    )
+    if image is None:
+        raise HostError(
+            ctx.name, f"image {target.reference} is not on the host", fix="fleet push it first"
+        )
+    spec = run_spec_for(ctx.host, image, target.reference)
+    policy = RunPolicy.for_host(ctx.host.vars)  # read by run_spec_for already: valid
+    if spec.name is None:
+        spec = _named(ctx.name, spec, options.repository.rpartition("/")[2])
+    name = spec.name or options.repository
+    # Refused before anything is stopped: the old version keeps running.
+    unmanaged = _unmanaged(ctx.transport, name, {c.id: c.name for c in state.containers})
+    if unmanaged is not None and policy.name != name:
+        raise HostError(
+            ctx.name,
+            f"a container named {name!r} that fleet did not start is on the host, and the "
+            f"run command of {target.reference} would replace it; the inventory names no "
+            "framework container, so fleet leaves it alone",
+            fix=f"if {name!r} is the framework's own hand-started container, set fleet_run.name "
+            f"(or fleet_run_overrides.name) to {name} in the inventory and deploy again; "
+            "otherwise give the framework its own name (fleet_run.name) and rebuild the image",
+        )
+    return _Switch(
+        ctx,
+        state,
+        target,
+        image,
+        spec,
+        policy,
+        HealthCheck.from_settings(ctx.host.vars),
+        name,
+        unmanaged,
+        names={c.id: c.name for c in state.containers},
+    )
+
+
+def _already_runs(plan: _Switch) -> bool:
+    """The target alone runs under the framework's name, and answers its health check."""
+    running, target = plan.state.running, plan.target
+    current = [
+        c
+        for c in running
+        if c.tag == target.tag and c.image_id == plan.image.id and c.name == plan.name
+    ]
+    if not (current and len(running) == 1):
+        return False
+    quick = replace(plan.check, timeout=min(plan.check.timeout, 5.0))
+    return wait_healthy(plan.ctx.transport, plan.name, plan.spec, quick).healthy
+
+
+def _stop_and_keep(plan: _Switch) -> None:
+    """Stop every running version and keep each under its version's name, for rollback."""
+    transport, name = plan.ctx.transport, plan.name
+    # A container of the inventory's name that fleet did not start (the lab's old hand-run
+    # script): stopped and kept under another name, like an old version, and restored on
+    # failure.
+    if plan.unmanaged is not None:
+        ident, was_running = plan.unmanaged
+        plan.ctx.progress(f"keeping the unmanaged container {name} as {name}-unmanaged")
+        if was_running:
+            _docker(transport, "stop", ident)
+        plan.remove_named(f"{name}-unmanaged")
+        _docker(transport, "rename", ident, f"{name}-unmanaged")
+    # Stop every other version first: they share the host network's port.
+    for container in plan.state.running:
+        plan.ctx.progress(f"stopping {container.name} ({container.tag})")
+        _docker(transport, "stop", container.id)
+    # Keep them for rollback, under their version's name; the name is the new one's.
+    for container in plan.state.containers:
+        if container.name == name:
+            kept_name = _kept_name(name, container)
+            plan.remove_named(kept_name)
+            _docker(transport, "rename", container.id, kept_name)
+            plan.names[container.id] = plan.renamed[container.id] = kept_name
+    # A kept container of the target version is replaced by a fresh one from the label.
+    previous = plan.previous
+    for ident, current_name in list(plan.names.items()):
+        if current_name == f"{name}-{plan.target.tag}" and (
+            previous is None or ident != previous.id
+        ):
+            _docker(transport, "rm", "-f", ident)
+            del plan.names[ident]
+
+
+def _start_gated(plan: _Switch) -> tuple[Health, str]:
+    """Start the target from its run command and wait for its health gate: (health, error)."""
+    plan.ctx.progress(f"starting {plan.target.tag}")
+    try:
+        # Again just before the start: the old version, stopped now, cannot plant a symlink.
+        check_mounts(plan.ctx.transport, plan.ctx.name, plan.spec, plan.policy)
+        plan.ctx.transport.run(plan.spec.to_argv(plan.target.reference), timeout=120)
+        return wait_healthy(plan.ctx.transport, plan.name, plan.spec, plan.check), ""
+    except HostError as exc:
+        return Health(False, exc.reason), exc.reason
+
+
+def _restore_previous(plan: _Switch, previous: FrameworkContainer | None) -> str:
+    """Keep the failed target aside and bring back what ran before; what was restored."""
+    transport, name = plan.ctx.transport, plan.name
+    _docker_quiet(transport, "stop", name)
+    failed_name = f"{name}-{plan.target.tag}-failed"
+    _docker_quiet(transport, "rm", "-f", failed_name)
+    _docker_quiet(transport, "rename", name, failed_name)
+    if previous is None and plan.unmanaged is not None:
+        ident, was_running = plan.unmanaged
+        _docker_quiet(transport, "rename", ident, name)
+        if not was_running:
+            return "put the unmanaged container back"
+        back = transport.run(["docker", "start", ident], check=False)
+        if back.ok:
+            return "restarted the unmanaged container"
+        return f"could not restart the unmanaged container: {back.stderr.strip()}"
+    if previous is None:
+        return "nothing ran before"
+    if previous.id in plan.renamed:
+        _docker_quiet(transport, "rename", previous.id, name)
+    back = transport.run(["docker", "start", previous.id], check=False)
+    if back.ok:
+        spec = spec_for_container(plan.ctx, plan.state, previous, plan.spec)
+        restored_health = wait_healthy(transport, previous.id, spec, plan.check)
+    else:
+        restored_health = Health(False, back.stderr.strip())
+    restored = f"rolled back to {previous.tag}"
+    if not restored_health.healthy:
+        restored += f" (which is not healthy either: {restored_health.detail})"
+    return restored
 
 
 def _named(host: str, spec: RunSpec, name: str) -> RunSpec:

@@ -400,6 +400,43 @@ def parse_docker_cmd(
     ``RunSpecError``. The text is split like a POSIX shell would split words (in time
     linear in its length), and nothing in it is ever interpreted by a shell.
     """
+    tokens = _label_tokens(label)
+    parsed = _Flags()
+    index = 2
+    while index < len(tokens):
+        word = tokens[index]
+        if not word.startswith("-") or word == "-":
+            break
+        flag, value, consumed = _read_flag(tokens, index)
+        index += consumed
+        parsed.store(flag, value)
+    if index >= len(tokens):
+        raise RunSpecError(
+            "docker.cmd: names no image", fix=f"the command must run {expected_image}"
+        )
+    image = tokens[index]
+    if image != expected_image:
+        raise RunSpecError(
+            f"docker.cmd: runs image {image[:200]!r}, expected {expected_image!r}",
+            fix="a framework image's run command may only run that image itself",
+        )
+    try:
+        spec = RunSpec(**parsed.values(), command=tuple(tokens[index + 1 :]))
+    except RunSpecError as exc:
+        raise RunSpecError(f"docker.cmd: {exc.message}", fix=exc.fix) from None
+    _refuse_dangers(spec, allow, allowed_paths)
+    if not spec.detach:
+        raise RunSpecError(
+            "docker.cmd: runs the container attached (no -d): 'docker run' would not return "
+            "until the container exits, and every deploy would wait for it",
+            fix="add -d to the run command (fleet_run: detach: true, the default) and "
+            "rebuild the image",
+        )
+    return spec
+
+
+def _label_tokens(label: str) -> list[str]:
+    """The label's words, split as a POSIX shell would; refused when too big or not a run."""
     if not isinstance(label, str):
         raise RunSpecError(f"docker.cmd: expected text, got {type(label).__name__}")
     size = len(label.encode("utf-8", "replace"))
@@ -424,29 +461,11 @@ def parse_docker_cmd(
             f"docker.cmd: must start with 'docker run', got {shlex.join(tokens[:2])[:200]!r}",
             fix="the label must be a plain 'docker run ...' command",
         )
-    parsed = _Flags()
-    index = 2
-    while index < len(tokens):
-        word = tokens[index]
-        if not word.startswith("-") or word == "-":
-            break
-        flag, value, consumed = _read_flag(tokens, index)
-        index += consumed
-        parsed.store(flag, value)
-    if index >= len(tokens):
-        raise RunSpecError(
-            "docker.cmd: names no image", fix=f"the command must run {expected_image}"
-        )
-    image = tokens[index]
-    if image != expected_image:
-        raise RunSpecError(
-            f"docker.cmd: runs image {image[:200]!r}, expected {expected_image!r}",
-            fix="a framework image's run command may only run that image itself",
-        )
-    try:
-        spec = RunSpec(**parsed.values(), command=tuple(tokens[index + 1 :]))
-    except RunSpecError as exc:
-        raise RunSpecError(f"docker.cmd: {exc.message}", fix=exc.fix) from None
+    return tokens
+
+
+def _refuse_dangers(spec: RunSpec, allow: Collection[str], allowed_paths: Collection[str]) -> None:
+    """Raise DangerousRunError for the first flag that hands the host over and is not allowed."""
     refused = [danger for danger in spec.dangers(allowed_paths) if danger.flag not in allow]
     if refused:
         fix = None
@@ -465,14 +484,6 @@ def parse_docker_cmd(
                 f"allow other networks with {FLEET_RUN_ALLOW}: [--network] in the inventory"
             )
         raise DangerousRunError(refused[0].flag, refused[0].value, dangers=refused, fix=fix)
-    if not spec.detach:
-        raise RunSpecError(
-            "docker.cmd: runs the container attached (no -d): 'docker run' would not return "
-            "until the container exits, and every deploy would wait for it",
-            fix="add -d to the run command (fleet_run: detach: true, the default) and "
-            "rebuild the image",
-        )
-    return spec
 
 
 # --- fields -------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
 from fleet.ship import registry
 from fleet.ship.bandwidth import Limits, Throttle
-from fleet.ssh.base import Transport, gathered, parses_host_output
+from fleet.ssh.base import CommandResult, Transport, gathered, parses_host_output
 from fleet.ssh.base import fix_for as _fix_for
 
 SaveStream = Callable[[], Iterable[bytes]]
@@ -1073,59 +1073,17 @@ def push(
     ``publisher``: how the registry path publishes (default: the controller's engine).
     """
     check_options(options)
-    spec, sizes = image.spec, image.sizes
+    spec = image.spec
     started = time.monotonic()
-    plans: dict[str, Plan] = {}
-    compress_of: dict[str, str] = {}
+    plans: dict[str, tuple[Plan, str]] = {}
     lock = threading.Lock()
-    pulling = options.via == "registry"
-    verb = "pull" if pulling else "send"
 
     def inspect(ctx: HostContext) -> HostResult:
-        state = read_state(ctx.transport, spec.ref, options.state_timeout)
-        if not state.engine_ok:
-            raise HostError(
-                ctx.name,
-                f"Docker engine not usable: {state.engine_error}",
-                fix=engine_fix(state.engine_error),
-            )
-        decided = pull_plan(ctx.name, spec, state) if pulling else plan(ctx.name, spec, state)
-        needed = disk_needed(sizes, decided.send, decided.store)
-        details: dict[str, Any] = {
-            "store": decided.store,
-            "layers_total": len(spec.diff_ids),
-            "layers_present": len(spec.diff_ids) - len(decided.send),
-            f"layers_to_{verb}": len(decided.send),
-            f"bytes_to_{verb}": sum(sizes[i] for i in decided.send if i < len(sizes)),
-        }
-        compress = wire_compression(options.compress, state)
-        if not pulling:
-            details["compress"] = compress
-        if decided.up_to_date:
-            return ctx.result(
-                Outcome.OK,
-                "image already present",
-                details={**details, "image_id": state.target_id},
-            )
-        if state.free_bytes is not None and state.free_bytes - needed < options.min_free_bytes:
-            raise HostError(
-                ctx.name,
-                f"not enough disk at the Docker root: needs {needed} bytes"
-                f"{f' plus a reserve of {options.min_free_bytes}' if options.min_free_bytes else ''}, "
-                f"has {state.free_bytes} free",
-                fix="free space on the host (fleet prune, docker system prune) or grow its disk",
-            )
-        with lock:
-            plans[ctx.name] = decided
-            compress_of[ctx.name] = compress
-        note = decided.reason or f"would {verb} {len(decided.send)}/{len(spec.diff_ids)} layers"
-        if pulling:
-            note += f" from {options.registry or 'the controller (tunnelled)'}"
-        if compress != options.compress:
-            note += (
-                f" ({options.compress} not loadable by Docker {state.engine_version}: {compress})"
-            )
-        return ctx.result(Outcome.CHANGED if options.check else Outcome.OK, note, details=details)
+        result, decided, compress = _inspect(ctx, image, options)
+        if decided is not None:
+            with lock:
+                plans[ctx.name] = (decided, compress)
+        return result
 
     inspected = runner.run("push: inspect", hosts, inspect)
     results = {r.host: r for r in inspected.results}
@@ -1134,15 +1092,63 @@ def push(
         return FleetResult.of(command, inspected.results, time.monotonic() - started)
     todo = [h for h in hosts if h.name in plans]
     limits = Limits(options.max_rate, options.max_rate_per_host)
+    decided = {name: plan for name, (plan, _) in plans.items()}
     if not todo:
         shipped: list[HostResult] = []
-    elif pulling:
-        shipped = _pull_all(runner, todo, spec, plans, options, limits, publisher)
+    elif options.via == "registry":
+        shipped = _pull_all(runner, todo, spec, decided, options, limits, publisher)
     else:
-        shipped = _send_all(runner, todo, image, plans, compress_of, options, limits)
+        compress_of = {name: compress for name, (_, compress) in plans.items()}
+        shipped = _send_all(runner, todo, image, decided, compress_of, options, limits)
     for row in shipped:
         results[row.host] = _merge_seconds(results[row.host], row)
     return FleetResult.of(command, (results[h.name] for h in hosts), time.monotonic() - started)
+
+
+def _inspect(
+    ctx: HostContext, image: Shippable, options: PushOptions
+) -> tuple[HostResult, Plan | None, str]:
+    """What one host has and needs: (its result, the plan when it lacks layers, compression)."""
+    spec, sizes = image.spec, image.sizes
+    pulling = options.via == "registry"
+    verb = "pull" if pulling else "send"
+    state = read_state(ctx.transport, spec.ref, options.state_timeout)
+    if not state.engine_ok:
+        raise HostError(
+            ctx.name,
+            f"Docker engine not usable: {state.engine_error}",
+            fix=engine_fix(state.engine_error),
+        )
+    decided = pull_plan(ctx.name, spec, state) if pulling else plan(ctx.name, spec, state)
+    needed = disk_needed(sizes, decided.send, decided.store)
+    details: dict[str, Any] = {
+        "store": decided.store,
+        "layers_total": len(spec.diff_ids),
+        "layers_present": len(spec.diff_ids) - len(decided.send),
+        f"layers_to_{verb}": len(decided.send),
+        f"bytes_to_{verb}": sum(sizes[i] for i in decided.send if i < len(sizes)),
+    }
+    compress = wire_compression(options.compress, state)
+    if not pulling:
+        details["compress"] = compress
+    if decided.up_to_date:
+        details["image_id"] = state.target_id
+        return ctx.result(Outcome.OK, "image already present", details=details), None, compress
+    if state.free_bytes is not None and state.free_bytes - needed < options.min_free_bytes:
+        reserve = f" plus a reserve of {options.min_free_bytes}" if options.min_free_bytes else ""
+        raise HostError(
+            ctx.name,
+            f"not enough disk at the Docker root: needs {needed} bytes"
+            f"{reserve}, has {state.free_bytes} free",
+            fix="free space on the host (fleet prune, docker system prune) or grow its disk",
+        )
+    note = decided.reason or f"would {verb} {len(decided.send)}/{len(spec.diff_ids)} layers"
+    if pulling:
+        note += f" from {options.registry or 'the controller (tunnelled)'}"
+    if compress != options.compress:
+        note += f" ({options.compress} not loadable by Docker {state.engine_version}: {compress})"
+    outcome = Outcome.CHANGED if options.check else Outcome.OK
+    return ctx.result(outcome, note, details=details), decided, compress
 
 
 def _send_all(
@@ -1259,21 +1265,7 @@ def pull(
     name is removed whatever happens.
     """
     transport = ctx.transport
-    relay: registry.Relay | None = None
-    host_port: int | None = None
-    if location.tunnel is not None:
-        if not isinstance(transport, registry.Forwarding):
-            raise HostError(
-                ctx.name,
-                "this connection cannot forward a port to the controller's registry",
-                fix="use --via ssh, or --registry URL for a registry the host reaches",
-            )
-        relay = registry.Relay(location.tunnel, location.repository(spec.ref), throttle)
-        try:
-            host_port = transport.forward_remote(0, ("127.0.0.1", relay.port))
-        except BaseException:
-            relay.close()
-            raise
+    relay, host_port = _open_tunnel(ctx, location, spec, throttle)
     name = location.name_for(spec.ref, host_port, digest)
     failed = True
     try:
@@ -1299,24 +1291,7 @@ def pull(
                 transport.cancel_forward(host_port)
             if relay is not None:
                 relay.close()
-        if not ran.ok:
-            said = tail_lines(ran.stderr or ran.stdout)
-            raise HostError(
-                ctx.name,
-                f"docker pull {name} failed (exit {ran.exit_code}):\n{said}",
-                fix=_fix_for(ran.stderr)
-                or "check that the host reaches the registry and may pull from it, then rerun",
-            )
-        parts = _sections(ran.stdout)
-        pulled = _target(parts)
-        if not is_current(spec, pulled):
-            reason = f"pulled {name}, but it is not {spec.ref}: {_evidence(spec, pulled)}"
-            fix = "rerun; if it fails again, the registry holds another image under that digest"
-            if parts.get("fetch_rc", ["0"])[:1] != ["0"]:
-                said = "\n".join(parts.get("fetch", [])[-5:])
-                reason += f"; fetching the missing blobs with ctr failed:\n{said}"
-                fix = "use --via ssh for this host (a registry ctr cannot reach or log in to)"
-            raise HostError(ctx.name, f"{reason}\nnothing was tagged", fix=fix)
+        _check_pulled(ctx, spec, name, ran)
         transport.run(["docker", "tag", name, spec.ref], timeout=options.state_timeout)
         failed = False
     finally:
@@ -1344,6 +1319,53 @@ def pull(
         f"pulled {layers}/{len(spec.diff_ids)} layers from {location.description}",
         details=details,
     )
+
+
+def _open_tunnel(
+    ctx: HostContext,
+    location: registry.Location,
+    spec: ImageSpec,
+    throttle: Throttle | None,
+) -> tuple[registry.Relay | None, int | None]:
+    """The host's end of a tunnel to the controller's registry: (relay, host port)."""
+    if location.tunnel is None:
+        return None, None
+    transport = ctx.transport
+    if not isinstance(transport, registry.Forwarding):
+        raise HostError(
+            ctx.name,
+            "this connection cannot forward a port to the controller's registry",
+            fix="use --via ssh, or --registry URL for a registry the host reaches",
+        )
+    relay = registry.Relay(location.tunnel, location.repository(spec.ref), throttle)
+    try:
+        return relay, transport.forward_remote(0, ("127.0.0.1", relay.port))
+    except BaseException:
+        relay.close()
+        raise
+
+
+def _check_pulled(ctx: HostContext, spec: ImageSpec, name: str, ran: CommandResult) -> None:
+    """The pull succeeded and brought ``spec`` itself; otherwise the host fails, untagged."""
+    if not ran.ok:
+        said = tail_lines(ran.stderr or ran.stdout)
+        raise HostError(
+            ctx.name,
+            f"docker pull {name} failed (exit {ran.exit_code}):\n{said}",
+            fix=_fix_for(ran.stderr)
+            or "check that the host reaches the registry and may pull from it, then rerun",
+        )
+    parts = _sections(ran.stdout)
+    pulled = _target(parts)
+    if is_current(spec, pulled):
+        return
+    reason = f"pulled {name}, but it is not {spec.ref}: {_evidence(spec, pulled)}"
+    fix = "rerun; if it fails again, the registry holds another image under that digest"
+    if parts.get("fetch_rc", ["0"])[:1] != ["0"]:
+        said = "\n".join(parts.get("fetch", [])[-5:])
+        reason += f"; fetching the missing blobs with ctr failed:\n{said}"
+        fix = "use --via ssh for this host (a registry ctr cannot reach or log in to)"
+    raise HostError(ctx.name, f"{reason}\nnothing was tagged", fix=fix)
 
 
 def _remove_tag(transport: Transport, name: str, timeout: float | None) -> str | None:
