@@ -264,6 +264,27 @@ class _Checker:
                 near,
                 "e.g. '- deploy: {version: 0.2.7}'",
             )
+        step, line = self._step(raw, where)
+        args = self._arguments(raw, step, where, line)
+        when = self._when(raw, where)
+        tags = raw.get("tags") or ()
+        if isinstance(tags, str):
+            tags = (tags,)
+        if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
+            raise self.fail(f"{where}.tags", "expected a list of names", self.lines.of(raw, "tags"))
+        ignore = raw.get("ignore_errors", False)
+        if not isinstance(ignore, bool):
+            raise self.fail(
+                f"{where}.ignore_errors",
+                "expected true or false",
+                self.lines.of(raw, "ignore_errors"),
+            )
+        return Task(
+            step, dict(args), str(raw.get("name") or ""), where, line, when, tuple(tags), ignore
+        )
+
+    def _step(self, raw: Mapping[str, Any], where: str) -> tuple[str, int | None]:
+        """The one step a task names, and its line."""
         steps = [k for k in raw if k in STEPS]
         unknown = [k for k in raw if k not in STEPS and k not in TASK_KEYS]
         if unknown:
@@ -286,7 +307,12 @@ class _Checker:
                 line,
                 "split it into one task per step",
             )
-        step = steps[0]
+        return steps[0], line
+
+    def _arguments(
+        self, raw: Mapping[str, Any], step: str, where: str, line: int | None
+    ) -> Mapping[str, Any]:
+        """The step's arguments, checked against its schema; templates compiled."""
         args = raw[step]
         if args is None:
             args = {}
@@ -323,39 +349,30 @@ class _Checker:
             raise self.fail(
                 f"{where}.exec", "give either command (a list) or shell (a string)", line
             )
-        when = raw.get("when")
-        if when is not None:
-            if isinstance(when, bool):
-                when = "true" if when else "false"
-            if not isinstance(when, str):
-                raise self.fail(
-                    f"{where}.when", "expected a condition (a string)", self.lines.of(raw, "when")
-                )
-            try:
-                _compile_condition(when)
-            except PlaybookError as exc:
-                raise self.fail(f"{where}.when", exc.message, self.lines.of(raw, "when")) from None
-        tags = raw.get("tags") or ()
-        if isinstance(tags, str):
-            tags = (tags,)
-        if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
-            raise self.fail(f"{where}.tags", "expected a list of names", self.lines.of(raw, "tags"))
-        ignore = raw.get("ignore_errors", False)
-        if not isinstance(ignore, bool):
-            raise self.fail(
-                f"{where}.ignore_errors",
-                "expected true or false",
-                self.lines.of(raw, "ignore_errors"),
-            )
         for text in _strings(args):
             try:
                 for expression in _EXPRESSION.findall(text):
                     _compile_expression(expression)
             except PlaybookError as exc:
                 raise self.fail(f"{where}.{step}", exc.message, line) from None
-        return Task(
-            step, dict(args), str(raw.get("name") or ""), where, line, when, tuple(tags), ignore
-        )
+        return args
+
+    def _when(self, raw: Mapping[str, Any], where: str) -> str | None:
+        """The task's condition, compiled; None when it has none."""
+        when = raw.get("when")
+        if when is None:
+            return None
+        if isinstance(when, bool):
+            when = "true" if when else "false"
+        if not isinstance(when, str):
+            raise self.fail(
+                f"{where}.when", "expected a condition (a string)", self.lines.of(raw, "when")
+            )
+        try:
+            _compile_condition(when)
+        except PlaybookError as exc:
+            raise self.fail(f"{where}.when", exc.message, self.lines.of(raw, "when")) from None
+        return when
 
 
 def _strings(value: Any) -> list[str]:
