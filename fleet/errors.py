@@ -3,15 +3,25 @@
     FleetError                       root; carries an exit code and a fix
     ├── InputError (ValueError)      a file could not be parsed or validated   -> exit 4
     │   ├── InventoryError           inventory files, group_vars/host_vars
+    │   ├── YamlLimitError           YAML past the loader's limits (size, depth, aliases)
     │   ├── PlaybookError            playbooks
-    │   └── ProjectError             a framework project (git, Dockerfiles, settings)
-    │       └── TagCollisionError    the version tag already names another commit's image
+    │   │   └── UndefinedError       a template names a variable that is not defined
+    │   ├── ProjectError             a framework project (git, Dockerfiles, settings)
+    │   │   └── TagCollisionError    the version tag already names another commit's image
+    │   ├── ProvisionSettingsError   fleet_provision (or its overrides) is malformed
+    │   └── RunSpecError             a run spec (settings or the image's docker.cmd label)
+    │       └── DangerousRunError    a run command that hands the container the host
     ├── UsageError (ValueError)      bad or incomplete options, patterns     -> exit 5
     │   └── PatternError             a host pattern that matches nothing or is malformed
     ├── LabError (RuntimeError)      the local lab could not be brought up    -> exit 1
     ├── EngineError (RuntimeError)   a Docker engine refused or is missing   -> exit 1
+    │   └── BuildError               docker build of one layer failed (layer, image, log)
     ├── RegistryError (RuntimeError) a registry could not start or take a push -> exit 1
+    ├── Interrupted                  Ctrl-C; carries the results so far      -> exit 130
+    │   └── AuditInterrupted         ... and the audit report so far
+    ├── PlayStopped                  max_fail_percentage or any_errors_fatal ended a play
     ├── HostOutputError (ValueError) a host printed what no sane host prints  -> its host fails
+    │   └── CronBlockError           a host's cron file holds a malformed fleet block
     └── HostError (RuntimeError)     one host failed; caught per host, becomes a result
         ├── UnreachableError         SSH could not connect or authenticate
         │   └── HostKeyError         unknown or changed host key
@@ -23,7 +33,12 @@ callers only ever handle this tree. Every message names what went wrong and the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fleet.ops.audit import AuditReport
+    from fleet.results import FleetResult
 
 # Exit codes follow Ansible's.
 EXIT_OK = 0
@@ -192,3 +207,93 @@ def tail_lines(text: str, count: int = 10) -> str:
     """The last ``count`` non-empty lines of ``text``, indented as evidence."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return "\n".join("    " + line for line in lines[-count:])
+
+
+class YamlLimitError(InputError):
+    """YAML past the bounded loader's limits; ``mark`` is where (the loader adds the file)."""
+
+    def __init__(self, message: str, mark: Any) -> None:
+        super().__init__(message)
+        self.mark = mark
+
+
+class UndefinedError(PlaybookError):
+    """A template names a variable that is not defined."""
+
+
+class ProvisionSettingsError(InputError):
+    """``fleet_provision`` (or its overrides) is malformed."""
+
+
+class RunSpecError(InputError):
+    """A run spec (settings or an image's docker.cmd label) is malformed or unsupported."""
+
+
+class DangerousRunError(RunSpecError):
+    """A run command asks for a flag that gives the container power over the host.
+
+    ``dangers``: every refused flag (runspec's ``Danger`` values: flag, value).
+    """
+
+    def __init__(
+        self, flag: str, value: str, *, dangers: Sequence[Any] = (), fix: str | None = None
+    ) -> None:
+        listed = ", ".join(str(danger) for danger in dangers) or f"{flag} {value}"
+        super().__init__(
+            f"the run command asks for {listed}, which gives the container power over the "
+            "host; fleet refuses it",
+            fix=fix
+            or f"remove {flag} from the run command, or, if you trust whoever builds the "
+            f"image, allow it explicitly (allow={{{flag!r}}})",
+        )
+        self.flag = flag
+        self.value = value
+        self.dangers = tuple(dangers)
+
+
+class BuildError(EngineError):
+    """``docker build`` of one layer failed. Carries the layer, the image and the log."""
+
+    def __init__(
+        self, layer: str, reference: str, reason: str, log: Iterable[str], *, fix: str
+    ) -> None:
+        self.layer = layer
+        self.reference = reference
+        self.reason = reason
+        self.log = tuple(log)
+        message = f"building the {layer} image {reference} failed: {reason}"
+        tail = tail_lines("\n".join(self.log), 15)
+        if tail:
+            message += "\n" + tail
+        super().__init__(message, fix=fix)
+
+
+class Interrupted(FleetError):
+    """The run was interrupted; carries the results so far."""
+
+    exit_code = EXIT_INTERRUPTED
+
+    def __init__(self, partial: FleetResult) -> None:
+        super().__init__("interrupted (Ctrl-C); results so far are shown")
+        self.partial = partial
+
+
+class AuditInterrupted(Interrupted):
+    """Ctrl-C during an audit; carries the report of the hosts audited so far (``report``)."""
+
+    def __init__(self, report: AuditReport) -> None:
+        super().__init__(report.result)
+        self.report = report
+
+
+class PlayStopped(FleetError):
+    """Ends the play (max_fail_percentage) or the playbook (any_errors_fatal)."""
+
+    def __init__(self, reason: str, *, everything: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.everything = everything
+
+
+class CronBlockError(HostOutputError):
+    """The cron file's fleet block is malformed (markers missing, doubled or out of order)."""

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fleet.errors import (
-    EXIT_INTERRUPTED,
     FleetError,
     HostError,
+    Interrupted,
     InventoryError,
     UnreachableError,
     UsageError,
@@ -351,16 +351,6 @@ class Runner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class Interrupted(FleetError):
-    """The run was interrupted; carries the results so far."""
-
-    exit_code = EXIT_INTERRUPTED
-
-    def __init__(self, partial: FleetResult) -> None:
-        super().__init__("interrupted (Ctrl-C); results so far are shown")
-        self.partial = partial
 
 
 def _with_seconds(result: HostResult, seconds: float) -> HostResult:

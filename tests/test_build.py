@@ -28,6 +28,7 @@ from fleet.errors import (
     EXIT_BAD_FILE,
     EXIT_BAD_OPTIONS,
     EXIT_ERROR,
+    BuildError,
     FleetError,
     ProjectError,
     UsageError,
@@ -491,7 +492,7 @@ def test_a_failing_build_carries_its_log(
     dockerfile = root / "Dockerfile"
     dockerfile.write_text(dockerfile.read_text() + "RUN echo broken-step-output && false\n")
     commit_all(root, "break the build")
-    with pytest.raises(images.BuildError) as caught:
+    with pytest.raises(BuildError) as caught:
         images.build(engine, images.load_project(root))
     error = caught.value
     assert error.layer == "framework"
@@ -511,7 +512,7 @@ def test_a_missing_upstream_image_names_the_fix(
 ) -> None:
     missing = f"fleet-test-missing-{SESSION}:none"
     root = make_project(tmp_path / "p", new_repository, image_settings={"upstream_image": missing})
-    with pytest.raises(images.BuildError) as caught:
+    with pytest.raises(BuildError) as caught:
         images.build(engine, images.load_project(root))
     assert caught.value.layer == "base"
     assert "fleet_image.upstream_image" in (caught.value.fix or "")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.errors import EXIT_BAD_FILE, PlaybookError, UsageError
+from fleet.errors import EXIT_BAD_FILE, PlaybookError, UndefinedError, UsageError
 from fleet.playbook import run as play
 from fleet.playbook import schema as playbook
 from tests.conftest import run_cli
@@ -91,7 +91,7 @@ def test_render_keeps_types_and_templates_strings() -> None:
     assert playbook.render("http://{{ name }}:{{ port }}/", variables) == "http://lab1:8339/"
     assert playbook.render({"v": ["{{ build.tag }}"]}, variables) == {"v": ["0.2.7"]}
     assert playbook.render("{{ missing | default('x') }}", variables) == "x"
-    with pytest.raises(playbook.Undefined, match="'missing' is undefined"):
+    with pytest.raises(UndefinedError, match="'missing' is undefined"):
         playbook.render("{{ missing }}", variables)
 
 

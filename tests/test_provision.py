@@ -27,20 +27,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fleet.cli
-from fleet.errors import CommandError
+from fleet.errors import CommandError, CronBlockError, ProvisionSettingsError
 from fleet.hosts.inventory import FrozenDict, Host
 from fleet.ops import provision
 from fleet.ops.facts import GPU, Disk
 from fleet.ops.provision import (
     BEGIN_MARKER,
     END_MARKER,
-    CronBlockError,
     FileState,
     PathState,
     ProvisionFacts,
     ProvisionOptions,
     ProvisionSettings,
-    ProvisionSettingsError,
 )
 from fleet.ops.runspec import RunSpec
 from fleet.results import FleetResult, HostResult, Outcome

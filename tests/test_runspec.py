@@ -12,16 +12,14 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.errors import FleetError, HostError
+from fleet.errors import DangerousRunError, FleetError, HostError, RunSpecError
 from fleet.hosts.inventory import Host
 from fleet.ops.containers import FrameworkImage
 from fleet.ops.runspec import (
     MAX_LABEL_BYTES,
-    DangerousRunError,
     HealthCheck,
     RunPolicy,
     RunSpec,
-    RunSpecError,
     parse_docker_cmd,
     run_spec_for,
 )

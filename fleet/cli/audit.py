@@ -22,7 +22,7 @@ from typing import Any
 
 from fleet import report
 from fleet.cli import common
-from fleet.errors import UsageError
+from fleet.errors import AuditInterrupted, UsageError
 from fleet.ops import audit
 from fleet.report import audit as audit_report
 from fleet.report.untrusted import safe_text, visible
@@ -116,7 +116,7 @@ def _run(
         with events if isinstance(events, report.LiveReporter) else contextlib.nullcontext():
             try:
                 return audit.audit(runner, hosts, options, controller=controller)
-            except audit.AuditInterrupted as exc:
+            except AuditInterrupted as exc:
                 return exc.report
     finally:
         runner.close()

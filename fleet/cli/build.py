@@ -18,7 +18,7 @@ from typing import Any
 from fleet import report as report_mod
 from fleet.cli import common
 from fleet.cli import views as cli_views
-from fleet.errors import PatternError, UsageError
+from fleet.errors import BuildError, PatternError, UsageError
 from fleet.hosts.inventory import Host
 from fleet.images import build as images
 from fleet.images import buildhost, gitinfo
@@ -135,7 +135,7 @@ def _build(args: argparse.Namespace) -> int:
             on_output=progress.output,
             retag=args.retag,
         )
-    except images.BuildError as exc:
+    except BuildError as exc:
         progress.failed(exc)
         raise
     finally:
@@ -176,7 +176,7 @@ def _build_on_host(args: argparse.Namespace, project: images.Project, git: gitin
             )
         finally:
             local.close()
-    except images.BuildError as exc:
+    except BuildError as exc:
         progress.failed(exc)
         raise
     finally:

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from fleet import report
-from fleet.errors import EXIT_INTERRUPTED, UsageError
+from fleet.errors import EXIT_INTERRUPTED, Interrupted, UsageError
 from fleet.hosts import inventory as inventory_mod
 from fleet.hosts.inventory import Host, Inventory
 from fleet.report.untrusted import safe_text, visible
 from fleet.results import FleetResult
-from fleet.runner import DEFAULT_FORKS, Interrupted, Runner, SSHConnector, Task
+from fleet.runner import DEFAULT_FORKS, Runner, SSHConnector, Task
 
 DEFAULT_TIMEOUT = 30.0
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from fleet import report
 from fleet.cli import common
-from fleet.errors import FleetError
+from fleet.errors import EXIT_INTERRUPTED, FleetError, Interrupted
 from fleet.playbook import run as play_mod
 from fleet.playbook import schema as playbook_mod
 from fleet.report import play as play_report
@@ -103,7 +103,7 @@ def _play(args: argparse.Namespace) -> int:
         player.prepare()  # every pattern resolves before any host is touched
         try:
             run = player.play_all()
-        except play_mod.Interrupted as exc:
+        except Interrupted as exc:
             run = player.run
             for row in exc.partial.results:
                 run.tallies.setdefault(row.host, play_mod.Tally()).add(row, False)
@@ -116,4 +116,4 @@ def _play(args: argparse.Namespace) -> int:
         json.dump(player.secrets.redact(run.to_json()), sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     out.print(play_report.recap(run))
-    return 130 if run.stopped.startswith("interrupted") else run.exit_code
+    return EXIT_INTERRUPTED if run.stopped.startswith("interrupted") else run.exit_code

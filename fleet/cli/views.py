@@ -19,7 +19,7 @@ from typing import Any
 
 from fleet import report
 from fleet.cli import common
-from fleet.errors import EXIT_INTERRUPTED, HostError, UsageError
+from fleet.errors import EXIT_INTERRUPTED, HostError, Interrupted, UsageError
 from fleet.images import build as images
 from fleet.images import labels
 from fleet.ops import containers, views
@@ -28,7 +28,7 @@ from fleet.report import build as build_report
 from fleet.report import views as report_views
 from fleet.report.untrusted import safe_text, visible
 from fleet.results import FleetResult, HostResult, Outcome
-from fleet.runner import HostContext, Interrupted, NoEvents, Runner, SSHConnector, Task
+from fleet.runner import HostContext, NoEvents, Runner, SSHConnector, Task
 from fleet.ssh.known_hosts import KnownHosts
 
 

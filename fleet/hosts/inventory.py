@@ -60,7 +60,7 @@ from yaml.events import (
 )
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from fleet.errors import InventoryError, PatternError
+from fleet.errors import InventoryError, PatternError, YamlLimitError
 from fleet.hosts import patterns
 
 try:  # libyaml's parser is much faster; the composing below is fleet's own either way.
@@ -731,12 +731,6 @@ def _looks_like_ini(data: bytes) -> bool:
 # YAML: a safe loader with fleet's own (iterative, bounded) composer.
 
 
-class _YamlLimitError(Exception):
-    def __init__(self, message: str, mark: Any) -> None:
-        super().__init__(message)
-        self.mark = mark
-
-
 class _Loader(_SafeLoaderBase):
     """A safe YAML loader that records key lines and refuses bombs and deep nesting.
 
@@ -795,7 +789,7 @@ class _Loader(_SafeLoaderBase):
                 if node is None:
                     raise ComposerError(None, None, f"found undefined alias {anchor!r}", start)
                 if id(node) not in sizes:
-                    raise _YamlLimitError(
+                    raise YamlLimitError(
                         f"alias *{anchor} refers to a collection that contains it",
                         start,
                     )
@@ -815,7 +809,7 @@ class _Loader(_SafeLoaderBase):
                 node = kind(tag, [], start, None, flow_style=event.flow_style)
                 self._anchor(anchors, anchor, node, start)
                 if len(open_nodes) >= MAX_YAML_DEPTH:
-                    raise _YamlLimitError(f"nested more than {MAX_YAML_DEPTH} levels deep", start)
+                    raise YamlLimitError(f"nested more than {MAX_YAML_DEPTH} levels deep", start)
                 open_nodes.append((node, [], [1]))
                 continue
             elif isinstance(event, SequenceEndEvent | MappingEndEvent):
@@ -828,14 +822,14 @@ class _Loader(_SafeLoaderBase):
                     node.value = items
                 size = sizes[id(node)] = total[0]
             else:  # pragma: no cover - libyaml emits nothing else inside a document
-                raise _YamlLimitError(f"unexpected YAML event {event}", start)
+                raise YamlLimitError(f"unexpected YAML event {event}", start)
             if not open_nodes:
                 return node
             parent_items, parent_total = open_nodes[-1][1], open_nodes[-1][2]
             parent_items.append(node)
             parent_total[0] += size
             if parent_total[0] > MAX_YAML_NODES:
-                raise _YamlLimitError(
+                raise YamlLimitError(
                     f"the document expands to more than {MAX_YAML_NODES} values through "
                     "aliases (a 'billion laughs' document?)",
                     start,
@@ -943,7 +937,7 @@ def _load_structured(data: bytes, path: Path) -> _Loaded:
         document = loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         raise _yaml_error(exc, path) from None
-    except _YamlLimitError as exc:
+    except YamlLimitError as exc:
         raise InventoryError(
             f"YAML refused: {exc}",
             path=str(path),

@@ -42,7 +42,14 @@ import docker
 import docker.errors
 import yaml
 
-from fleet.errors import EngineError, ProjectError, TagCollisionError, UsageError, tail_lines
+from fleet.errors import (
+    BuildError,
+    EngineError,
+    ProjectError,
+    RunSpecError,
+    TagCollisionError,
+    UsageError,
+)
 from fleet.images import gitinfo
 from fleet.images.gitinfo import GitFacts
 from fleet.images.labels import (
@@ -65,7 +72,7 @@ from fleet.images.labels import (
     image_version,
     newest_first,
 )
-from fleet.ops.runspec import HealthCheck, RunSpec, RunSpecError
+from fleet.ops.runspec import HealthCheck, RunSpec
 from fleet.units import utc_now
 
 SETTINGS_FILES = ("fleet.yml", "inventory/group_vars/all.yml")
@@ -102,23 +109,6 @@ _SKIPPED_NAMES = frozenset({"__pycache__", ".git", ".mypy_cache", ".pytest_cache
 
 StepCallback = Callable[[str, str], None]
 OutputCallback = Callable[[str], None]
-
-
-class BuildError(EngineError):
-    """``docker build`` of one layer failed. Carries the layer, the image and the log."""
-
-    def __init__(
-        self, layer: str, reference: str, reason: str, log: Iterable[str], *, fix: str
-    ) -> None:
-        self.layer = layer
-        self.reference = reference
-        self.reason = reason
-        self.log = tuple(log)
-        message = f"building the {layer} image {reference} failed: {reason}"
-        tail = tail_lines("\n".join(self.log), 15)
-        if tail:
-            message += "\n" + tail
-        super().__init__(message, fix=fix)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from fleet.errors import EngineError, HostError, UnreachableError, UsageError
+from fleet.errors import BuildError, EngineError, HostError, UnreachableError, UsageError
 from fleet.hosts.inventory import Host
 from fleet.images import build as images
 from fleet.images import gitinfo, savefilter
@@ -278,7 +278,7 @@ def build_on(
                 on_output=on_output,
                 retag=retag,
             )
-        except images.BuildError as exc:
+        except BuildError as exc:
             fix = exc.fix or ""
             upstream = project.upstream_reference()
             if exc.layer == "base" and fix.startswith("layer 1"):
@@ -287,7 +287,7 @@ def build_on(
                     f"{host.name} cannot pull it: load it into the controller's engine (docker "
                     "load; fleet then ships it to the build host) or into the build host's"
                 )
-            raise images.BuildError(
+            raise BuildError(
                 exc.layer,
                 exc.reference,
                 f"{exc.reason} (on build host {host.name})",

@@ -110,7 +110,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from fleet import units
-from fleet.errors import HostError, UsageError
+from fleet.errors import EXIT_INTERRUPTED, AuditInterrupted, HostError, Interrupted, UsageError
 from fleet.hosts.inventory import Host
 from fleet.images.labels import (
     LABEL_BRANCH,
@@ -129,7 +129,7 @@ from fleet.ops import containers
 from fleet.ops.containers import FrameworkContainer, FrameworkImage, HostFramework
 from fleet.ops.runspec import run_spec_for
 from fleet.results import FleetResult, HostResult, Outcome
-from fleet.runner import HostContext, Interrupted, Runner
+from fleet.runner import HostContext, Runner
 
 if TYPE_CHECKING:
     from fleet.ops.runspec import RunSpec
@@ -837,7 +837,7 @@ class AuditReport:
 
     @property
     def exit_code(self) -> int:
-        return 130 if self.interrupted else self.result.exit_code
+        return EXIT_INTERRUPTED if self.interrupted else self.result.exit_code
 
     def versions(self) -> dict[str, int]:
         """How many reachable hosts run each version ("none": nothing runs)."""
@@ -953,14 +953,6 @@ def audit(
             report_of(exc.partial, complete() if done else options, rows, interrupted=True)
         ) from None
     return report_of(result, complete(), rows)
-
-
-class AuditInterrupted(Interrupted):
-    """Ctrl-C during an audit; carries the report of the hosts audited so far."""
-
-    def __init__(self, report: AuditReport) -> None:
-        super().__init__(report.result)
-        self.report = report
 
 
 def report_of(

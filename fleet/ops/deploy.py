@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from fleet.errors import FleetError, HostError, UsageError, tail_lines
+from fleet.errors import FleetError, HostError, Interrupted, RunSpecError, UsageError, tail_lines
 from fleet.hosts.inventory import Host
 from fleet.images.build import Shippable
 from fleet.ops import containers
@@ -38,16 +38,9 @@ from fleet.ops.containers import (
     HostFramework,
     previous_version,
 )
-from fleet.ops.runspec import (
-    HealthCheck,
-    RunPolicy,
-    RunSpec,
-    RunSpecError,
-    path_within,
-    run_spec_for,
-)
+from fleet.ops.runspec import HealthCheck, RunPolicy, RunSpec, path_within, run_spec_for
 from fleet.results import FleetResult, HostResult, Outcome
-from fleet.runner import HostContext, Interrupted, Runner
+from fleet.runner import HostContext, Runner
 from fleet.ship import transfer
 from fleet.ssh.base import Transport, parses_host_output
 from fleet.units import utc_now

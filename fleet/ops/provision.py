@@ -88,7 +88,13 @@ from pathlib import Path
 from typing import Any
 
 from fleet import units
-from fleet.errors import CommandError, InputError, UsageError
+from fleet.errors import (
+    CommandError,
+    CronBlockError,
+    InputError,
+    ProvisionSettingsError,
+    UsageError,
+)
 from fleet.hosts.inventory import Host
 from fleet.images import build as images
 from fleet.ops import facts as facts_mod
@@ -122,14 +128,6 @@ CRON_MAX_BYTES = 1 << 20
 CAP_SYS_RESOURCE = 24
 _GIB = 1 << 30
 DEFAULT_DIRS = ("checkpoints", "datasets", "pretrained_models", "projects")
-
-
-class ProvisionSettingsError(InputError):
-    """``fleet_provision`` (or its overrides) is malformed."""
-
-
-class CronBlockError(ValueError):
-    """The cron file's fleet block is malformed (markers missing, doubled or out of order)."""
 
 
 # -- settings ---------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fleet.errors import HostError, InputError
+from fleet.errors import DangerousRunError, HostError, RunSpecError
 
 if TYPE_CHECKING:
     from fleet.hosts.inventory import Host
@@ -64,29 +64,6 @@ MAX_LABEL_BYTES = 64 * 1024
 # Networks a label may ask for; any other (a named one, container:X) joins the container
 # to something else on the host, and needs the host's allow (fleet_run_allow: [--network]).
 SAFE_NETWORKS = frozenset({"host", "bridge", "none"})
-
-
-class RunSpecError(InputError):
-    """A run spec (settings or an image's docker.cmd label) is malformed or unsupported."""
-
-
-class DangerousRunError(RunSpecError):
-    """A run command asks for a flag that gives the container power over the host."""
-
-    def __init__(
-        self, flag: str, value: str, *, dangers: Sequence[Danger] = (), fix: str | None = None
-    ) -> None:
-        listed = ", ".join(str(danger) for danger in dangers) or f"{flag} {value}"
-        super().__init__(
-            f"the run command asks for {listed}, which gives the container power over the "
-            "host; fleet refuses it",
-            fix=fix
-            or f"remove {flag} from the run command, or, if you trust whoever builds the "
-            f"image, allow it explicitly (allow={{{flag!r}}})",
-        )
-        self.flag = flag
-        self.value = value
-        self.dangers = tuple(dangers) or (Danger(flag, value),)
 
 
 @dataclass(frozen=True)

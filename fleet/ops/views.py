@@ -31,14 +31,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
-from fleet.errors import FleetError, HostError, UnreachableError, UsageError
+from fleet.errors import FleetError, HostError, Interrupted, UnreachableError, UsageError
 from fleet.hosts.inventory import Host
 from fleet.images.labels import ImageVersion
 from fleet.ops import containers, deploy, runspec
 from fleet.ops.containers import FrameworkContainer, FrameworkImage, HostFramework
 from fleet.ops.runspec import HealthCheck
 from fleet.results import FleetResult, HostResult, Outcome
-from fleet.runner import HostContext, Interrupted, Runner, Task
+from fleet.runner import HostContext, Runner, Task
 from fleet.ssh.base import Transport
 from fleet.ssh.paramiko_client import FOLLOW_STOPPED
 

@@ -28,7 +28,9 @@ from fleet.errors import (
     EXIT_UNREACHABLE,
     FleetError,
     HostError,
+    Interrupted,
     PlaybookError,
+    PlayStopped,
     UsageError,
 )
 from fleet.hosts.inventory import Host, Inventory
@@ -37,7 +39,7 @@ from fleet.ops import deploy as deploy_mod
 from fleet.playbook.schema import Play, Playbook, Task, condition, render
 from fleet.playbook.secret import DIFF_HIDDEN, Secrets
 from fleet.results import FleetResult, HostResult, Outcome
-from fleet.runner import HostContext, Interrupted, Runner
+from fleet.runner import HostContext, Runner
 from fleet.ship import transfer
 
 __all__ = ["Interrupted", "PlayOptions", "PlaybookRun", "Player", "Tally", "run"]
@@ -136,15 +138,6 @@ class PlaybookRun:
         }
 
 
-class _Stop(Exception):
-    """Ends the play (max_fail_percentage) or the playbook (any_errors_fatal)."""
-
-    def __init__(self, reason: str, *, everything: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.everything = everything
-
-
 # -- running ----------------------------------------------------------------------------
 class Player:
     """Runs a validated playbook against an inventory with one runner (one connection per host)."""
@@ -217,7 +210,7 @@ class Player:
                 self.events.play_started(play, [h.name for h in hosts])
                 try:
                     self._play(play, hosts)
-                except _Stop as stop:
+                except PlayStopped as stop:
                     self.run.stopped = stop.reason
                     if stop.everything:
                         break
@@ -240,7 +233,7 @@ class Player:
                 if failed and not task.ignore_errors:
                     active = [h for h in active if h.name not in failed]
                     if play.any_errors_fatal:
-                        raise _Stop(
+                        raise PlayStopped(
                             f"any_errors_fatal: {task.title} failed on {', '.join(failed)}",
                             everything=True,
                         )
@@ -249,7 +242,7 @@ class Player:
                         play.max_fail_percentage is not None
                         and gone * 100 / len(batch) > play.max_fail_percentage
                     ):
-                        raise _Stop(
+                        raise PlayStopped(
                             f"play '{play.name}' stopped: {gone}/{len(batch)} hosts of a batch failed, "
                             f"more than max_fail_percentage {play.max_fail_percentage:g}",
                             everything=False,

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleet.errors import InventoryError, PatternError, PlaybookError, UsageError
+from fleet.errors import InventoryError, PatternError, PlaybookError, UndefinedError, UsageError
 from fleet.hosts.inventory import read_yaml
 from fleet.hosts.patterns import compile_term, split_pattern
 
@@ -431,10 +431,6 @@ _ALLOWED = (
 _LITERALS = {"true": True, "false": False, "none": None, "True": True, "False": False, "None": None}
 
 
-class Undefined(PlaybookError):
-    """A variable that is not defined."""
-
-
 def _compile_expression(text: str) -> tuple[ast.Expression, ast.Expression | None]:
     """Parse ``EXPR`` or ``EXPR | default(VALUE)`` into safe ASTs."""
     default: ast.Expression | None = None
@@ -480,7 +476,7 @@ def _lookup(variables: Mapping[str, Any], dotted: str) -> Any:
         if isinstance(value, Mapping) and part in value:
             value = value[part]
         else:
-            raise Undefined(f"'{dotted}' is undefined")
+            raise UndefinedError(f"'{dotted}' is undefined")
     return value
 
 
@@ -494,19 +490,19 @@ def _evaluate(node: ast.AST, variables: Mapping[str, Any]) -> Any:
             return variables[node.id]
         if node.id in _LITERALS:
             return _LITERALS[node.id]
-        raise Undefined(f"'{node.id}' is undefined")
+        raise UndefinedError(f"'{node.id}' is undefined")
     if isinstance(node, ast.Attribute):
         base = _evaluate(node.value, variables)
         if isinstance(base, Mapping) and node.attr in base:
             return base[node.attr]
-        raise Undefined(f"'{ast.unparse(node)}' is undefined")
+        raise UndefinedError(f"'{ast.unparse(node)}' is undefined")
     if isinstance(node, ast.Subscript):
         base = _evaluate(node.value, variables)
         key = _evaluate(node.slice, variables)
         try:
             return base[key]
         except (KeyError, IndexError, TypeError):
-            raise Undefined(f"'{ast.unparse(node)}' is undefined") from None
+            raise UndefinedError(f"'{ast.unparse(node)}' is undefined") from None
     if isinstance(node, ast.List | ast.Tuple):
         return [_evaluate(e, variables) for e in node.elts]
     if isinstance(node, ast.BoolOp):
@@ -518,7 +514,7 @@ def _evaluate(node: ast.AST, variables: Mapping[str, Any]) -> Any:
         name = _evaluate(node.args[0], variables) if node.args else ""
         try:
             _lookup(variables, str(name))
-        except Undefined:
+        except UndefinedError:
             return False
         return True
     if isinstance(node, ast.Compare):
@@ -560,14 +556,14 @@ def expression(text: str, variables: Mapping[str, Any]) -> Any:
     tree, default = _compile_expression(text)
     try:
         return _evaluate(tree, variables)
-    except Undefined:
+    except UndefinedError:
         if default is None:
             raise
         return _evaluate(default, variables)
 
 
 def render(value: Any, variables: Mapping[str, Any]) -> Any:
-    """``value`` with every ``{{ }}`` in its strings replaced (Undefined if one is unknown)."""
+    """``value`` with every ``{{ }}`` in its strings replaced (UndefinedError if one is unknown)."""
     if isinstance(value, str):
         whole = _EXPRESSION.fullmatch(value.strip())
         if whole and value.strip() == value:
@@ -594,7 +590,7 @@ def condition(task: Task, variables: Mapping[str, Any]) -> bool:
         return True
     try:
         return bool(expression(task.when, variables))
-    except Undefined as exc:
+    except UndefinedError as exc:
         raise PlaybookError(
             f"{task.where}.when: {exc.message}",
             line=task.line,

@@ -17,7 +17,8 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from fleet.images.build import BuildError, BuildResult, LayerInfo
+from fleet.errors import BuildError
+from fleet.images.build import BuildResult, LayerInfo
 from fleet.images.buildhost import PullBack, RemoteBuild
 from fleet.images.labels import ImageVersion
 from fleet.report import human_size
