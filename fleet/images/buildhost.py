@@ -54,6 +54,7 @@ from fleet.images.build import (
     StepCallback,
 )
 from fleet.images.gitinfo import GitFacts
+from fleet.programs import program
 from fleet.results import Outcome
 from fleet.runner import Runner
 from fleet.ship import transfer
@@ -347,10 +348,7 @@ def _build_and_pull(
 
 
 # The host's docker save, cut by fleet.images.savefilter there: "$@" are the CHAIN=DIFF to leave out.
-_SAVE_SCRIPT = r"""
-ref="$1"; source="$2"; shift 2
-docker save "$ref" | python3 -c "$source" "$@"
-"""
+_SAVE_SCRIPT = program("save_filtered.sh")
 
 
 class FilteredSave:

@@ -38,6 +38,7 @@ from fleet.images.labels import (
     LABEL_VERSION,
 )
 from fleet.ops import facts
+from fleet.programs import program
 from fleet.ssh.base import gathered, parses_host_output
 
 if TYPE_CHECKING:
@@ -50,127 +51,14 @@ LOCK_FILE = f"{STATE_DIR}/deploy.lock"
 # LOCK_FILE itself is what a deploy holds, across many commands.
 LOCK_GUARD = f"{STATE_DIR}/deploy.lock.guard"
 
-SCRIPT = r"""
-repo="$1"; history_lines="$2"; fast="$3"; cfg="${DOCKER_CONFIG:-$HOME/.docker}/config.json"
-if [ -n "$fast" ] && [ -z "$DOCKER_HOST$DOCKER_CONTEXT" ] && [ -S /var/run/docker.sock ] &&
-  command -v python3 >/dev/null 2>&1 && { [ ! -e "$cfg" ] || ! grep -qs currentContext "$cfg"; }; then
-  python3 -I -S -c "$fast" "$repo" "$history_lines" && exit 0
-fi
-echo "@@engine"; docker version --format '{{.Server.Version}}' 2>&1; echo "@@engine_rc $?"
-echo "@@containers"
-ids=$(docker ps -aq --no-trunc --filter "label=io.fleet.framework=$repo" 2>/dev/null)
-[ -n "$ids" ] && docker inspect --type container --format '{{json .}}' $ids 2>/dev/null
-echo "@@images"
-imgs=$(docker image ls -q --no-trunc --filter "label=io.fleet.framework=$repo" 2>/dev/null | sort -u)
-[ -n "$imgs" ] && docker image inspect --format '{{json .}}' $imgs 2>/dev/null
-echo "@@lock"; cat /var/lib/fleet/deploy.lock 2>/dev/null; echo
-echo "@@history"; tail -n "$history_lines" /var/lib/fleet/history.jsonl 2>/dev/null
-echo "@@store"; store=$(docker info --format '{{json .DriverStatus}}' 2>/dev/null); echo "$store"
-echo "@@manifests"
-case "$store" in *io.containerd.snapshotter*)
-  sock=/run/docker/containerd/containerd.sock
-  for i in $imgs; do
-    m=$(ctr --address "$sock" -n moby content get "$i" 2>/dev/null | head -c 65536 | tr -d '\n')
-    [ -n "$m" ] && echo "$i $m"
-  done;;
-esac
-echo "@@end"
-"""
+SCRIPT = program("framework_state.sh")
 
 # The same sections as SCRIPT, read from the engine's API socket by one python3 process
 # instead of six docker CLI processes (about a third of the time on the lab's hosts).
 # SCRIPT runs it only where the CLI would talk to that same socket (no DOCKER_HOST, no
 # context) and falls back to the CLI when it fails: it prints nothing until it has all.
 # Python 3.5 compatible (old GPU servers).
-FAST_GATHER = r"""
-import collections, json, socket, sys
-
-repo, lines = sys.argv[1], int(sys.argv[2])
-SAFE = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_.-~"
-
-
-def get(path):
-    # HTTP/1.0 by hand (the engine answers without chunks, then closes): importing
-    # http.client costs more than everything else this script does.
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(60)
-    parts = []
-    try:
-        sock.connect("/var/run/docker.sock")
-        sock.sendall(("GET %s HTTP/1.0\r\nHost: docker\r\n\r\n" % path).encode())
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            parts.append(data)
-    finally:
-        sock.close()
-    head, _, body = b"".join(parts).partition(b"\r\n\r\n")
-    if head.split(None, 2)[1:2] != [b"200"]:
-        raise OSError("%s: %r" % (path, head[:100]))
-    return json.loads(body.decode("utf-8"))
-
-
-def quote(text):
-    return "".join(chr(b) if b in SAFE else "%%%02X" % b for b in text.encode("utf-8"))
-
-
-def text(path, tail=None):
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            if tail is None:
-                return handle.read()
-            return "".join(collections.deque(handle, maxlen=tail))
-    except OSError:
-        return ""
-
-
-def blob(root, digest):
-    # A blob of the containerd content store: read where it lives, else asked of ctr.
-    import hashlib, subprocess  # only the containerd store needs them
-    hexa = digest.split(":", 1)[-1]
-    tail = "io.containerd.content.v1.content/blobs/sha256/" + hexa
-    for path in (root + "/containerd/daemon/" + tail, "/var/lib/containerd/" + tail):
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read(65537)
-        except OSError:
-            continue
-        if len(data) <= 65536 and hashlib.sha256(data).hexdigest() == hexa:
-            return data.decode("utf-8", "replace")
-    try:
-        got = subprocess.run(
-            ["ctr", "--address", "/run/docker/containerd/containerd.sock", "-n", "moby",
-             "content", "get", digest],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return got.stdout[:65536].decode("utf-8", "replace") if got.returncode == 0 else ""
-
-
-def compact(value):
-    return json.dumps(value, separators=(",", ":"))
-
-
-only = quote(json.dumps({"label": ["io.fleet.framework=" + repo]}))
-info = get("/info")
-version = info["ServerVersion"]  # what /version says, without asking again
-found = [get("/containers/%s/json" % c["Id"]) for c in get("/containers/json?all=1&filters=" + only)]
-images = [get("/images/%s/json" % i["Id"]) for i in get("/images/json?filters=" + only)]
-drivers = info.get("DriverStatus")
-out = ["@@engine", version, "@@engine_rc 0", "@@containers"] + [compact(c) for c in found]
-out += ["@@images"] + [compact(i) for i in images]
-out += ["@@lock", text("/var/lib/fleet/deploy.lock"), "@@history"]
-out += [text("/var/lib/fleet/history.jsonl", lines) if lines > 0 else ""]
-out += ["@@store", compact(drivers), "@@manifests"]
-if "io.containerd.snapshotter" in compact(drivers):
-    for image in images:
-        manifest = blob(info.get("DockerRootDir") or "/var/lib/docker", image["Id"])
-        if manifest:
-            out.append(image["Id"] + " " + manifest.replace("\n", ""))
-out.append("@@end")
-sys.stdout.write("\n".join(out) + "\n")
-"""
+FAST_GATHER = program("framework_state_fast.py")
 
 
 @dataclass(frozen=True)

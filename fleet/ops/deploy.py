@@ -39,6 +39,7 @@ from fleet.ops.containers import (
     previous_version,
 )
 from fleet.ops.runspec import HealthCheck, RunPolicy, RunSpec, path_within, run_spec_for
+from fleet.programs import program
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
 from fleet.ship import transfer
@@ -50,58 +51,20 @@ _LOG_LINES = 20
 _SETTLE_SECONDS = 3.0
 
 # Probe the framework's health from the host itself (its port is on the host's network).
-HEALTH_SCRIPT = r"""
-url="$1"; name="$2"
-echo "state $(docker inspect --type container --format '{{.State.Status}}' "$name" 2>/dev/null)"
-[ -n "$url" ] || exit 0
-if command -v curl >/dev/null 2>&1; then
-  code=$(curl -s -o /dev/null -m 3 -w '%{http_code}' "$url" 2>/dev/null)
-elif command -v wget >/dev/null 2>&1; then
-  wget -q -T 3 -O /dev/null "$url" 2>/dev/null && code=200 || code=000
-else
-  code=$(python3 -c 'import sys,urllib.request as u
-try: print(u.urlopen(sys.argv[1], timeout=3).status)
-except Exception as e: print(getattr(e, "code", "000"))' "$url" 2>/dev/null)
-fi
-echo "http ${code:-000}"
-"""
+HEALTH_SCRIPT = program("health.sh")
 
 # Take the lock (stdin: our lock document), under flock of the guard file, so that taking,
 # taking over and releasing never interleave between controllers. With a checksum ($4), a
 # lock with exactly that content (the stale one the controller judged) is replaced by ours;
 # any other lock is left alone. Exit 0: ours (prints its checksum); 1: held (prints its
 # checksum, age in seconds and content); 3: no state directory; 4: no flock; 5: busy.
-LOCK_SCRIPT = r"""
-dir=$1; lock=$2; guard=$3; stale=$4
-mkdir -p -- "$dir" || exit 3
-command -v flock >/dev/null 2>&1 || { echo "flock (util-linux) is not installed" >&2; exit 4; }
-exec 9>>"$guard" || exit 3
-flock -w 10 9 || exit 5
-if [ -n "$stale" ] && [ -f "$lock" ] && [ "$(cksum < "$lock")" = "$stale" ]; then
-  cat > "$lock.new" && mv -f -- "$lock.new" "$lock" || exit 3
-  echo "@@sum $(cksum < "$lock")"; exit 0
-fi
-# noclobber: a controller of an older fleet creates the lock the same way, without flock.
-if ( set -C; cat > "$lock" ) 2>/dev/null; then echo "@@sum $(cksum < "$lock")"; exit 0; fi
-echo "@@sum $(cksum 2>/dev/null < "$lock")"
-echo "@@age $(( $(date +%s) - $(stat -c %Y -- "$lock" 2>/dev/null || date +%s) ))"
-echo "@@lock"; head -c 65536 -- "$lock" 2>/dev/null
-exit 1
-"""
+LOCK_SCRIPT = program("lock.sh")
 
 # Release the lock only while it is exactly the one this controller wrote (its checksum),
 # under the same flock: another controller's lock is never removed.
-UNLOCK_SCRIPT = r"""
-lock=$2; guard=$3; mine=$4
-exec 9>>"$guard" || exit 3
-flock -w 10 9 || exit 5
-[ -n "$mine" ] && [ "$(cksum 2>/dev/null < "$lock")" = "$mine" ] && rm -f -- "$lock"
-exit 0
-"""
+UNLOCK_SCRIPT = program("unlock.sh")
 
-APPEND_SCRIPT = r"""
-mkdir -p /var/lib/fleet && cat >> /var/lib/fleet/history.jsonl
-"""
+APPEND_SCRIPT = program("history_append.sh")
 
 
 def controller_identity() -> str:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from fleet.programs import program
 from fleet.ssh.base import gathered, parses_host_output
 
 if TYPE_CHECKING:
@@ -22,25 +23,7 @@ FRAMEWORK_LABEL = "io.fleet.framework"
 
 # One round trip. Every section is printed even when its command fails, so the parser
 # can tell "no GPU" from "could not ask".
-SCRIPT = r"""
-exec 2>&1
-LC_ALL=C; export LC_ALL
-echo "@@hostname"; hostname
-echo "@@kernel"; uname -sr
-echo "@@docker_info"; docker info --format '{{json .}}'; echo "@@docker_info_rc $?"
-echo "@@docker_api"; docker version --format '{{.Server.APIVersion}}'
-echo "@@nvidia_smi"
-if command -v nvidia-smi >/dev/null 2>&1; then
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-else
-  echo "absent"
-fi
-root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null); [ -n "$root" ] || root=/var/lib/docker
-echo "@@df_docker"; df -PB1 "$root" | tail -n 1
-echo "@@df_data"; if [ -e /data ]; then df -PB1 /data | tail -n 1; else echo "absent"; fi
-echo "@@framework"; docker ps --filter label=io.fleet.framework --format '{{json .}}'
-echo "@@end"
-"""
+SCRIPT = program("facts.sh")
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,7 @@ from fleet.images import build as images
 from fleet.ops import facts as facts_mod
 from fleet.ops.facts import Disk, HostFacts
 from fleet.ops.runspec import RunSpec
+from fleet.programs import program
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
 from fleet.ship import transfer
@@ -691,84 +692,7 @@ def label_diff(text: str, host: str) -> str:
 # as one (the data root itself may be the admin's link to a bigger disk).
 #   p_lib: the script's directory (not followed) and each of its parents (followed);
 #   p_lib_real: that directory's parent and the data root, links resolved.
-FACTS_SCRIPT = (
-    facts_mod.SCRIPT
-    + r"""
-cron_file=$1; script=$2; owner=$3; group=$4; weights_user=$5; url=$6; data_root=$7; copy=$8
-shift 8
-echo "@@p_id"; id -u; id -un
-echo "@@p_owner"; id -u "$owner" 2>/dev/null || echo absent
-echo "@@p_group"; gid=$(getent group "$group" 2>/dev/null | cut -d: -f3); echo "${gid:-absent}"
-echo "@@p_weights_user"
-if [ -z "$weights_user" ]; then echo none; else id -u "$weights_user" 2>/dev/null || echo absent; fi
-echo "@@p_paths"
-i=0
-for p in "$@"; do
-  if [ "$p" = "$data_root" ]; then follow=-L; else follow=; fi
-  if [ -e "$p" ] || [ -L "$p" ]; then stat $follow -c "$i|%F|%a|%u|%g|%U|%G" -- "$p" 2>&1 | head -n 1; else echo "$i|absent"; fi
-  i=$((i + 1))
-done
-# $4: -L follows a symbolic link; empty: a link is reported as one and not read.
-file_fact() {
-  echo "@@$1"
-  if [ -e "$2" ] || [ -L "$2" ]; then
-    stat $4 -c '%F|%a|%u|%g|%s' -- "$2" 2>&1 | head -n 1
-    if [ -f "$2" ] && [ -r "$2" ] && { [ -n "$4" ] || [ ! -L "$2" ]; }; then
-      sha256sum <"$2" | cut -d' ' -f1
-      head -c "$3" <"$2" | base64 | tr -d '\n'; echo
-    fi
-  else
-    echo absent
-  fi
-}
-file_fact p_script "$script" 262144 ""
-file_fact p_copy "$copy" 262144 ""
-file_fact p_cron "$cron_file" 1048576 -L
-file_fact p_daemon_json /etc/docker/daemon.json 65536 -L
-echo "@@p_lib"
-d=${script%/*}; follow=
-while :; do
-  if [ -e "${d:-/}" ] || [ -L "${d:-/}" ]; then stat $follow -c '%n|%F|%a|%u|%g' -- "${d:-/}" 2>&1 | head -n 1
-  else echo "${d:-/}|absent"; fi
-  [ -n "$d" ] || break
-  d=${d%/*}; follow=-L
-done
-echo "@@p_lib_real"
-lib=${script%/*}; readlink -f -- "${lib%/*}" || echo absent
-readlink -f -- "$data_root" || echo absent
-echo "@@p_tools"
-for t in python3 flock setpriv setsid nvidia-container-runtime-hook nvidia-ctk; do
-  command -v "$t" >/dev/null 2>&1 && echo "$t"
-done
-echo "@@p_cdi"; ls /etc/cdi /var/run/cdi 2>/dev/null | grep -i nvidia
-echo "@@p_crond"
-if command -v pgrep >/dev/null 2>&1; then pgrep -x 'cron|crond' | head -n 1 || echo none
-else echo unknown; fi
-echo "@@p_limits"
-pid=$(pgrep -xo dockerd 2>/dev/null || pidof -s dockerd 2>/dev/null)
-if [ -n "$pid" ] && [ -r "/proc/$pid/limits" ]; then echo "source dockerd"; else pid=$$; echo "source shell"; fi
-grep -E '^Cap(Eff|Bnd):' "/proc/$pid/status"
-cat "/proc/$pid/limits"
-echo "@@p_df_data"
-d=$data_root; while [ ! -e "$d" ]; do d=$(dirname -- "$d"); done
-df -PB1 -- "$d" | tail -n 1
-echo "@@p_weights"
-if command -v python3 >/dev/null 2>&1; then
-python3 -I -c '
-import sys, urllib.error, urllib.request
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-try:
-    opener.open(sys.argv[1], timeout=3).close()
-    print("up")
-except urllib.error.HTTPError as exc:
-    print("up", exc.code)
-except Exception as exc:
-    print("down", exc)
-' "$url"
-else echo "down: python3 is missing"; fi
-echo "@@end"
-"""
-)
+FACTS_SCRIPT = program("provision_facts.sh")
 
 
 @dataclass(frozen=True)
@@ -1511,34 +1435,7 @@ class Change:
 # link, not a link) and its mode and owner are set through the descriptor. The rename
 # replaces a link at the target instead of writing through it (-T: nor into a directory).
 # The temporary file is removed on any failure or signal.
-WRITE_SCRIPT = r"""
-set -eu
-path=$1; mode=$2; expected=$3
-dir=${path%/*}; name=${path##*/}
-cd -P -- "${dir:-/}"
-case $expected in
-  any) ;;
-  absent)
-    if [ -e "$name" ] || [ -L "$name" ]; then echo "fleet: $path appeared since its facts were read; rerun" >&2; exit 3; fi ;;
-  *)
-    current=$(sha256sum <"$name" | cut -d' ' -f1)
-    if [ "$current" != "$expected" ]; then echo "fleet: $path changed since its facts were read; rerun" >&2; exit 3; fi ;;
-esac
-tmp=$(mktemp "$name.fleet-XXXXXX")
-trap 'rm -f -- "$tmp"' EXIT
-trap 'exit 1' HUP INT TERM PIPE
-exec 3>>"$tmp"
-fd=/proc/$$/fd/3
-if [ -L "$tmp" ] || ! [ "$tmp" -ef "$fd" ] || [ "$(stat -L -c %h "$fd")" != 1 ]; then
-  echo "fleet: $dir/$tmp was replaced before fleet wrote it (by a link?); nothing written" >&2; exit 3
-fi
-cat >&3
-chown 0:0 "$fd"
-chmod "$mode" "$fd"
-exec 3>&-
-mv -fT -- "$tmp" "$name"
-trap - EXIT
-"""
+WRITE_SCRIPT = program("provision_write.sh")
 
 
 def write_command(
@@ -1565,26 +1462,7 @@ def write_command(
 # "cd -P" and checked to be where it should be, so a link planted by a container fails
 # the change instead of redirecting a chown or chmod; created and changed through the
 # directory itself (the current one), never through its name.
-DIR_SCRIPT = r"""
-set -euf
-root=$1; path=$2; owner=$3; mode=$4
-mkdir -p -- "$root"
-cd -P -- "$root"
-here=$(pwd -P); at=$root
-IFS=/
-for part in ${path#"$root"}; do
-  [ -n "$part" ] || continue
-  [ -e "$part" ] || [ -L "$part" ] || mkdir -- "$part" || [ -d "$part" ]
-  cd -P -- "$part"
-  here=${here%/}/$part; at=$at/$part
-  if [ "$(pwd -P)" != "$here" ]; then
-    echo "fleet: $at leads to $(pwd -P): a symbolic link below the data root; fleet does not change what it points to" >&2
-    exit 3
-  fi
-done
-if [ -n "$owner" ]; then chown -- "$owner" .; fi
-if [ -n "$mode" ]; then chmod -- "$mode" .; fi
-"""
+DIR_SCRIPT = program("provision_dir.sh")
 
 
 def dir_command(

@@ -37,6 +37,7 @@ from fleet.images.labels import ImageVersion
 from fleet.ops import containers, deploy, runspec
 from fleet.ops.containers import FrameworkContainer, FrameworkImage, HostFramework
 from fleet.ops.runspec import HealthCheck
+from fleet.programs import program
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner, Task
 from fleet.ssh.base import Transport
@@ -47,13 +48,7 @@ LABEL_BUILD_DATE = "org.label-schema.build-date"
 
 # Every container of the host, in the output format of ``containers.SCRIPT`` so that
 # ``containers.parse`` reads it.
-ALL_CONTAINERS_SCRIPT = r"""
-echo "@@engine"; docker version --format '{{.Server.Version}}' 2>&1; echo "@@engine_rc $?"
-echo "@@containers"
-ids=$(docker ps -aq --no-trunc 2>/dev/null)
-[ -n "$ids" ] && docker inspect --type container --format '{{json .}}' $ids 2>/dev/null
-echo "@@end"
-"""
+ALL_CONTAINERS_SCRIPT = program("all_containers.sh")
 
 # The container's log with its stdout and stderr in the order they were written.
 LOGS_SCRIPT = 'exec "$@" 2>&1'

@@ -38,6 +38,7 @@ from fleet.images import build as images
 from fleet.ops import deploy as deploy_mod
 from fleet.playbook.schema import Play, Playbook, Task, condition, render
 from fleet.playbook.secret import DIFF_HIDDEN, Secrets
+from fleet.programs import program
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
 from fleet.ship import transfer
@@ -587,13 +588,7 @@ _ACCOUNT = re.compile(r"[A-Za-z_][\w.-]*|\d+")
 # itself (same device and inode as the name, not followed): in a directory others may
 # write, a name swapped for a symlink between the two reads shows no other file's content
 # (root reads /etc/shadow as well as anything) in a diff.
-_STAT_SCRIPT = r"""
-if [ -e "$1" ]; then stat -c '%F|%a|%U|%G' "$1"; else echo "absent"; fi
-if [ "$2" = content ] && [ -f "$1" ] && exec 3<"$1" &&
-    [ "$(stat -L -c %d:%i /proc/self/fd/3)" = "$(stat -c %d:%i -- "$1")" ]; then
-    base64 <&3
-fi
-"""
+_STAT_SCRIPT = program("file_stat.sh")
 # Write stdin to "$1" with mode "$2", atomically, through a temp file in the same directory.
 # That directory may be writable by others (a group-writable /data/projects, 2775): a temp
 # name they can foresee, or a file they can swap between its creation and its use, would
@@ -603,16 +598,7 @@ fi
 # name again: the mode is set through /proc/self/fd, and the rename (-T: never into a
 # directory) moves whatever the name holds into place, which anyone who can swap it could
 # have written there anyway. The temp file is removed when a step fails.
-_WRITE_SCRIPT = r"""
-set -C
-umask 077
-dir=$(dirname -- "$1") && name=$(basename -- "$1") || exit 1
-tmp=$(mktemp -u -- "$dir/.$name.XXXXXX") || exit 1
-exec 3>"$tmp" || exit 1
-if cat >&3 && chmod -- "$2" /proc/self/fd/3 && mv -fT -- "$tmp" "$1"; then exit 0; fi
-rm -f -- "$tmp"
-exit 1
-"""
+_WRITE_SCRIPT = program("file_write.sh")
 
 
 def _stat_argv(path: str, content: bool = False) -> list[str]:

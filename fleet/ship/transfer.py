@@ -62,6 +62,7 @@ from fleet.images.build import ImageSpec, Shippable, chain_ids
 from fleet.images.labels import normalized_name
 from fleet.images.savefilter import v1_candidates
 from fleet.ops import facts
+from fleet.programs import program
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
 from fleet.ship import registry
@@ -101,52 +102,18 @@ OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 # One round trip; "$1" is the image reference, passed as an argument, never interpolated.
 # The target image as the host has it; shared by the state script and the load. ``$store``
 # says whether the containerd content store holds its manifest (whose config is the ID).
-_TARGET_SCRIPT = r"""
-echo "@@target"; target=$(docker image inspect --format '{{.Id}} {{json .RootFS.Layers}}' "$ref" 2>/dev/null) && printf '%s\n' "$target"
-echo "@@listed"; docker image ls -q --no-trunc "$ref" 2>/dev/null
-if [ "$store" = containerd ]; then
-  echo "@@target_manifest"; [ -n "$target" ] && ctr --address /run/docker/containerd/containerd.sock -n moby content get "${target%% *}" 2>/dev/null | head -c 262144; echo
-fi
-"""
+_TARGET_SCRIPT = program("image_target.sh")
 
 # Every docker CLI call costs a Go process start on the host (tens of ms of CPU): on hosts
 # that share cores, as a lab's or a busy GPU server's do, that is most of a thin push.
 # So one 'docker info' says engine, store and root, and ctr runs on containerd stores only.
-STATE_SCRIPT = (
-    r"""
-ref="$1"
-info=$(docker info --format '{{.ServerVersion}}|{{.DockerRootDir}}|{{json .DriverStatus}}' 2>&1)
-echo "@@engine"
-case "$info" in
-  [0-9]*) printf '%s\n' "${info%%|*}"; echo "@@engine_rc 0" ;;
-  *) printf '%s\n' "$info"; echo "@@engine_rc 1"; exit 0 ;;
-esac
-echo "@@store"; printf '%s\n' "${info#*|*|}"
-store=classic; case "$info" in *io.containerd.snapshotter*) store=containerd ;; esac
-root=${info#*|}; root=${root%%|*}; [ -n "$root" ] || root=/var/lib/docker
-"""
-    + _TARGET_SCRIPT
-    + r"""
-echo "@@layers"; docker image ls -aq --no-trunc 2>/dev/null | sort -u | xargs -r docker image inspect --format '{{json .RootFS.Layers}}' 2>/dev/null
-if [ "$store" = containerd ]; then
-  echo "@@content"; ctr --address /run/docker/containerd/containerd.sock -n moby content ls -q 2>&1; echo "@@content_rc $?"
-fi
-echo "@@df"; df -PB1 "$root" 2>/dev/null | tail -n 1
-echo "@@end"
-"""
-)
+STATE_SCRIPT = program("image_state.sh")
 
 # containerd's client on the engine's own containerd (the moby namespace holds its images).
 _CTR = ("ctr", "--address", "/run/docker/containerd/containerd.sock", "-n", "moby")
 
 # docker load, then the target as it now is: the verification costs no extra round trip.
-LOAD_SCRIPT = (
-    r"""
-ref="$1"; store="$2"
-docker load --quiet || exit $?
-"""
-    + _TARGET_SCRIPT
-)
+LOAD_SCRIPT = program("image_load.sh")
 
 # A pull by digest, then the pulled image as the host has it, so that it is verified before
 # it gets its real name, in the same round trip. On the containerd store the pull skips a
@@ -158,32 +125,7 @@ docker load --quiet || exit $?
 # (which other users of the host see) nor in the user's docker config: it lives in a
 # private directory (docker's --config, ctr's --hosts-dir) that is removed on exit, and is
 # worthless once the tunnel has closed.
-PULL_SCRIPT = (
-    r"""
-name="$1"; store="$2"; registry="$3"; ref="$name"; config=""
-if [ -n "$registry" ]; then
-  config=$(umask 077 && mktemp -d) || exit 125
-  trap 'rm -rf "$config"' EXIT
-  trap 'exit 129' HUP INT TERM
-  IFS= read -r auth || exit 125
-  umask 077
-  printf '{"auths":{"%s":{"auth":"%s"}}}\n' "$registry" "$auth" >"$config/config.json" || exit 125
-  mkdir "$config/hosts" "$config/hosts/$registry" || exit 125
-  printf 'server = "http://%s"\n\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n  [host."http://%s".header]\n    Authorization = "Basic %s"\n' \
-    "$registry" "$registry" "$registry" "$auth" >"$config/hosts/$registry/hosts.toml" || exit 125
-  set -- --config "$config"
-else
-  set --
-fi
-docker "$@" pull --quiet "$name" >/dev/null || exit $?
-if [ "$store" = containerd ]; then
-  if [ -n "$config" ]; then set -- --hosts-dir "$config/hosts"; else set --; fi
-  fetched=$(ctr --address /run/docker/containerd/containerd.sock -n moby content fetch "$@" "$name" 2>&1)
-  echo "@@fetch_rc $?"; echo "@@fetch"; printf '%s\n' "$fetched" | tail -n 5
-fi
-"""
-    + _TARGET_SCRIPT
-)
+PULL_SCRIPT = program("image_pull.sh")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,2 @@
+
+mkdir -p /var/lib/fleet && cat >> /var/lib/fleet/history.jsonl

@@ -1,0 +1,4 @@
+
+ref="$1"; store="$2"
+docker load --quiet || exit $?
+#@include image_target.sh
