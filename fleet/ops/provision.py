@@ -95,6 +95,7 @@ from fleet.errors import (
     ProvisionSettingsError,
     UsageError,
 )
+from fleet.hosts import settings as layered
 from fleet.hosts.inventory import Host
 from fleet.images import build as images
 from fleet.ops import facts as facts_mod
@@ -257,34 +258,19 @@ def settings_from_vars(variables: Mapping[str, Any]) -> ProvisionSettings:
     Overrides merge key by key (``min_free`` entry by entry), so a group or a host changes
     only what differs, as ``fleet_run_overrides`` does for the run spec.
     """
-    raw: dict[str, tuple[Any, str]] = {}
-    for section_name in (FLEET_PROVISION, FLEET_PROVISION_OVERRIDES):
-        section = variables.get(section_name)
-        if section is None:
-            continue
-        if not isinstance(section, Mapping):
+    raw = layered.merged(
+        variables,
+        FLEET_PROVISION,
+        error=ProvisionSettingsError,
+        example="{data_root: /data, cron_schedule: '*/5 * * * *'}",
+        deep={"min_free"},
+    )
+    for key, (_, where) in raw.items():
+        if key not in _SETTING_KEYS:
             raise ProvisionSettingsError(
-                f"{section_name}: expected a mapping of settings, got {_type(section)}",
-                fix=f"e.g. {section_name}: {{data_root: /data, cron_schedule: '*/5 * * * *'}}",
+                f"{where}: unknown setting",
+                fix="use one of: " + ", ".join(sorted(_SETTING_KEYS)),
             )
-        for raw_key, value in section.items():
-            key = str(raw_key)
-            where = f"{section_name}.{key}"
-            if key not in _SETTING_KEYS:
-                raise ProvisionSettingsError(
-                    f"{where}: unknown setting",
-                    fix="use one of: " + ", ".join(sorted(_SETTING_KEYS)),
-                )
-            previous = raw.get(key)
-            if (
-                key == "min_free"
-                and previous is not None
-                and isinstance(previous[0], Mapping)
-                and isinstance(value, Mapping)
-            ):
-                raw[key] = ({**previous[0], **value}, where)
-            else:
-                raw[key] = (value, where)
     return _build_settings(raw, RunSpec.from_settings(variables))
 
 

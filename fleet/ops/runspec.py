@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fleet.errors import DangerousRunError, HostError, RunSpecError
+from fleet.hosts import settings as layered
 
 if TYPE_CHECKING:
     from fleet.hosts.inventory import Host
@@ -56,8 +57,6 @@ FLEET_RUN = "fleet_run"
 FLEET_RUN_OVERRIDES = "fleet_run_overrides"
 FLEET_RUN_ALLOW = "fleet_run_allow"
 FLEET_RUN_ALLOW_PATHS = "fleet_run_allow_paths"
-# Where provision's settings keep the data root (fleet.ops.provision reads the same keys).
-_PROVISION_SECTIONS = ("fleet_provision_overrides", "fleet_provision")
 DEFAULT_DATA_ROOT = "/data"
 # An image label is untrusted text: bounded before it is even split into words.
 MAX_LABEL_BYTES = 64 * 1024
@@ -203,15 +202,7 @@ class RunSpec:
     def from_settings(cls, variables: Mapping[str, Any]) -> RunSpec:
         """The spec in ``fleet_run``, with ``fleet_run_overrides`` merged on top."""
         spec = cls()
-        for key in (FLEET_RUN, FLEET_RUN_OVERRIDES):
-            section = variables.get(key)
-            if section is None:
-                continue
-            if not isinstance(section, Mapping):
-                raise RunSpecError(
-                    f"{key}: expected a mapping of run settings, got {type(section).__name__}",
-                    fix=f"write {key} as a mapping, e.g. {key}: {{name: cauchy_service}}",
-                )
+        for key, section in _run_layers(variables):
             spec = spec.with_overrides(section, location=key)
         return spec
 
@@ -326,9 +317,8 @@ class HealthCheck:
     def from_settings(cls, variables: Mapping[str, Any]) -> HealthCheck:
         """``fleet_run.health``, with ``fleet_run_overrides.health`` merged on top."""
         check = cls()
-        for key in (FLEET_RUN, FLEET_RUN_OVERRIDES):
-            section = variables.get(key)
-            if not isinstance(section, Mapping) or section.get("health") is None:
+        for key, section in _run_layers(variables):
+            if section.get("health") is None:
                 continue
             health = section["health"]
             where = f"{key}.health"
@@ -874,13 +864,19 @@ class RunPolicy:
         )
 
 
+def _run_layers(variables: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    return layered.layers(
+        variables, FLEET_RUN, error=RunSpecError, example="{name: cauchy_service}"
+    )
+
+
 def data_root(variables: Mapping[str, Any]) -> str:
     """The host's data root: ``fleet_provision_overrides``/``fleet_provision`` ``data_root``."""
-    for section_name in _PROVISION_SECTIONS:
-        section = variables.get(section_name)
-        if isinstance(section, Mapping) and section.get("data_root") is not None:
-            return _allowed_path(section["data_root"], f"{section_name}.data_root")
-    return DEFAULT_DATA_ROOT
+    # The keys provision reads (fleet.ops.provision.settings_from_vars), layered the same way.
+    value, where = layered.merged(
+        variables, "fleet_provision", error=RunSpecError, example="{data_root: /data}"
+    ).get("data_root", (None, ""))
+    return DEFAULT_DATA_ROOT if value is None else _allowed_path(value, where)
 
 
 def path_within(path: str, allowed: Iterable[str]) -> bool:
