@@ -73,7 +73,9 @@ def test_facts(lab_env: LabFixture, capsys: pytest.CaptureFixture[str]) -> None:
     assert (lab1["hostname"], lab1["image_store"]) == ("lab1", "classic")
     assert (lab2["hostname"], lab2["image_store"]) == ("lab2", "containerd")
     assert lab2["api_version"] >= "1.45"
-    assert lab1["gpus"] == [] and "nvidia" not in lab1["runtimes"]
+    # A lab host is a GPU server (simulated): one GPU, the nvidia runtime.
+    assert [g["model"] for g in lab1["gpus"]] == ["NVIDIA A100-SXM4-80GB"]
+    assert "nvidia" in lab1["runtimes"]
     assert lab1["disk_docker"]["free"] > 0
 
 

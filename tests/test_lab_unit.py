@@ -46,7 +46,10 @@ def test_engine_plan() -> None:
 def named(name: str, tmp_path: Path) -> lab.Lab:
     return lab.Lab(
         name,
-        (lab.LabHost("lab1", f"{name}-lab1", "classic", "127.0.0.1", 40001, "running"),),
+        (
+            lab.LabHost("lab1", f"{name}-lab1", "classic", "127.0.0.1", 40001, "running", gpus=2),
+            lab.LabHost("lab2", f"{name}-lab2", "containerd", "127.0.0.1", 40002, "running"),
+        ),
         tmp_path / "id_ed25519",
         tmp_path / "known_hosts",
         None,
@@ -63,6 +66,14 @@ def test_inventory_is_ansible_yaml_with_pinned_keys(tmp_path: Path) -> None:
         "ansible_host": "127.0.0.1",
         "ansible_port": 40001,
         "fleet_lab_engine": "classic",
+        "fleet_lab_gpus": 2,
+    }
+    # The run command runs as labeled, but for what the lab cannot grant: memlock=-1 where
+    # the bounding set lacks CAP_SYS_RESOURCE, and the nvidia runtime on a host without GPUs.
+    assert group["vars"]["fleet_run_overrides"] == lab.run_overrides(1)
+    assert group["hosts"]["lab2"]["fleet_run_overrides"] == {
+        **lab.run_overrides(1),
+        "runtime": None,
     }
     assert group["vars"]["ansible_ssh_private_key_file"] == str(tmp_path / "id_ed25519")
     assert (
@@ -116,3 +127,11 @@ def test_lab_down_of_a_lab_that_is_not_there_removes_no_inventory(
     said = " ".join(err.split())  # as wrapped at the console's width
     assert "removed 0 lab hosts: -" in said
     assert f"kept {path}: it is the inventory of the lab 'fleet-lab'" in said
+
+
+def test_only_memlock_is_dropped_and_only_where_the_bounding_set_lacks_sys_resource() -> None:
+    everything = "CapBnd:\t000001ffffffffff\n"
+    without = "CapBnd:\t000001fffeffffff\n"  # bit 24: CAP_SYS_RESOURCE
+    assert lab.run_overrides(1, everything) == {}
+    assert lab.run_overrides(1, without) == {"ulimits": {"memlock": None}}
+    assert lab.run_overrides(0, everything) == {"runtime": None}

@@ -28,6 +28,8 @@ from tests.framework import build_image
 
 pytestmark = pytest.mark.lab
 
+GPU_STATE = "/etc/fleet-lab/gpus.json"
+
 HOSTS = ("lab1", "lab2")
 BASE_IMAGE = "fleet-test-provision:base"
 SCRIPT_DIR = provision.SCRIPT_DIR
@@ -338,26 +340,36 @@ def test_preflight_failures_leave_the_host_alone(
 ) -> None:
     before = {host: _state(lab_env, host, sandbox) for host in HOSTS}
     inventory = sandbox.inventory(
-        host_vars={
-            # The lab group drops the nvidia runtime (fleet_run_overrides); put it back.
-            "lab2": {"fleet_run_overrides": {"runtime": "nvidia", "ulimits": {"memlock": None}}},
-            "lab1": {"fleet_provision_overrides": {"min_free": {"data": "1000T"}}},
-        }
+        host_vars={"lab1": {"fleet_provision_overrides": {"min_free": {"data": "1000T"}}}}
     )
-    code, doc = sandbox.provision(capsys, inventory, "--skip-base")
+    # lab2's driver is gone (its state file, which the simulated nvidia-smi reads): what
+    # nvidia-smi says on a server whose driver is not loaded.
+    host_run(lab_env, "lab2", "mv", GPU_STATE, f"{GPU_STATE}.away")
+    try:
+        code, doc = sandbox.provision(capsys, inventory, "--skip-base")
+    finally:
+        host_run(lab_env, "lab2", "mv", f"{GPU_STATE}.away", GPU_STATE)
     assert code == 2, doc
     lab1, lab2 = doc["hosts"]["lab1"], doc["hosts"]["lab2"]
     assert lab1["outcome"] == lab2["outcome"] == "failed"
     assert lab1["reason"].startswith("refused: only ")
     assert "below fleet_provision.min_free.data = 1000.0TiB" in lab1["reason"]
-    assert lab2["reason"].startswith(
-        "the run spec asks for --runtime nvidia, but the engine has no 'nvidia' runtime"
-    )
-    assert "nvidia-smi is not installed" in lab2["reason"]
-    assert "nvidia-ctk runtime configure" in lab2["fix"]
+    assert lab2["reason"].startswith("nvidia-smi lists no GPU: NVIDIA-SMI has failed"), lab2
+    assert "driver/library version mismatch needs a reboot" in lab2["fix"]
     for host in HOSTS:
         assert not host_run(lab_env, host, "test", "-e", sandbox.root).ok
         assert _state(lab_env, host, sandbox) == before[host]
+
+
+def test_gpu_hosts_pass_the_gpu_preflight(
+    lab_env: LabFixture, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The nvidia runtime and a working nvidia-smi: the label's --runtime nvidia is fine."""
+    code, doc = sandbox.provision(capsys, sandbox.inventory(), "--check", "--skip-base")
+    assert code == 0, doc
+    for host in HOSTS:
+        reason = doc["hosts"][host]["reason"]
+        assert "nvidia" not in reason, reason
 
 
 def test_missing_base_image_is_a_usage_error(

@@ -29,6 +29,14 @@ def register(subparsers: Any) -> None:
         default="mixed",
         help="image store of the hosts' engines; mixed alternates (default)",
     )
+    up.add_argument(
+        "--gpus",
+        type=_gpus,
+        default=1,
+        metavar="N|HOST=N,...",
+        help="simulated GPUs per host (an nvidia runtime, nvidia-smi, GPU state): N for every "
+        "host, or per host, e.g. lab1=2,lab2=0 (unnamed hosts: none); default 1",
+    )
     _common(up)
     up.set_defaults(handler=_up)
     down = actions.add_parser("down", help="remove the lab's hosts and their volumes")
@@ -55,6 +63,25 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _gpus(text: str) -> int | dict[str, int]:
+    """``--gpus``: one count, or HOST=N pairs."""
+    try:
+        if "=" not in text:
+            count = int(text)
+            if not 0 <= count <= 16:
+                raise ValueError
+            return count
+        pairs = dict(part.split("=", 1) for part in text.split(","))
+        counts = {host.strip(): int(n) for host, n in pairs.items()}
+        if not all(0 <= n <= 16 for n in counts.values()):
+            raise ValueError
+        return counts
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give 0 to 16 GPUs, for every host (2) or per host (lab1=2,lab2=0)"
+        ) from None
+
+
 def _up(args: argparse.Namespace) -> int:
     out = report.console()
     lab_ = lab.up(
@@ -63,8 +90,10 @@ def _up(args: argparse.Namespace) -> int:
         name=args.name,
         inventory=args.write_inventory,
         log=lambda line: out.print(safe_text("lab: ", style="dim") + safe_text(line, lines=True)),
+        gpus=args.gpus,
     )
     out.print(report.lab_table(lab_.hosts))
+    _say_overrides(out, lab_.hosts)
     # Paths are printed unwrapped: an operator copies them.
     out.print(
         safe_text(f"inventory: {args.write_inventory}   known_hosts: {lab_.known_hosts}"),
@@ -86,6 +115,22 @@ def _down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say_overrides(out: Any, hosts: Any) -> None:
+    """What the lab turns off in the run command, and why (fleet_run_overrides)."""
+    for host in hosts:
+        overrides = lab.run_overrides(host.gpus)
+        if "ulimits" in overrides:
+            out.print(
+                safe_text(
+                    f"{host.name}: --ulimit memlock=-1 is dropped (this machine's bounding set "
+                    "lacks CAP_SYS_RESOURCE)"
+                    + ("; --runtime nvidia too (no GPUs)" if "runtime" in overrides else "")
+                )
+            )
+        elif "runtime" in overrides:
+            out.print(safe_text(f"{host.name}: --runtime nvidia is dropped (no GPUs)"))
+
+
 def _status(args: argparse.Namespace) -> int:
     hosts = lab.status(name=args.name)
     if args.json:
@@ -95,6 +140,7 @@ def _status(args: argparse.Namespace) -> int:
         out = report.console(sys.stdout)
         if hosts:
             out.print(report.lab_table(hosts))
+            _say_overrides(out, hosts)
         else:
             out.print(safe_text(f"no lab {args.name!r} is running; start one with 'fleet lab up'"))
     return 0

@@ -27,8 +27,9 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,16 @@ _NODE_PACKAGES = (
     "procps",
     "ca-certificates",
     "curl",
+    "sudo",
 )
+# The lab's simulated GPU tools (fleet/data/lab), installed in every node under these names;
+# a host becomes a GPU server at start when it is given GPUs (gpu-setup).
+_GPU_TOOLS = {
+    "nvidia_container_runtime.py": "nvidia-container-runtime",
+    "nvidia_smi.py": "nvidia-smi",
+    "fleet_gpu_job.py": "fleet-gpu-job",
+    "gpu_setup.py": "gpu-setup",
+}
 
 # Per host, on its first start: fresh host keys (never shared between hosts). On every
 # start: stale pid files of the previous run removed (a restarted host is a rebooted
@@ -68,6 +78,7 @@ if [ ! -s /etc/ssh/ssh_host_ed25519_key ]; then
 fi
 mkdir -p /run/sshd /data /var/log
 rm -f /var/run/docker.pid /var/run/docker/containerd/containerd.pid /var/run/crond.pid
+python3 /usr/local/lib/fleet-lab/gpu-setup "${FLEET_LAB_GPUS:-0}"
 cron
 nohup dockerd >>/var/log/dockerd.log 2>&1 &
 exec /usr/sbin/sshd -D -e
@@ -88,7 +99,8 @@ FROM {rootfs}
 COPY entrypoint /usr/local/sbin/fleet-lab-entrypoint
 COPY sshd.conf /etc/ssh/sshd_config.d/fleet-lab.conf
 COPY daemon.json /etc/docker/daemon.json
-RUN chmod 0755 /usr/local/sbin/fleet-lab-entrypoint \\
+COPY gpu/ /usr/local/lib/fleet-lab/
+RUN chmod 0755 /usr/local/sbin/fleet-lab-entrypoint /usr/local/lib/fleet-lab/* \\
  && rm -f /etc/ssh/ssh_host_* \\
  && mkdir -p /root/.ssh /data && chmod 0700 /root/.ssh
 EXPOSE 22
@@ -108,13 +120,31 @@ class NodeRecipe:
     @property
     def digest(self) -> str:
         text = json.dumps(
-            [self.suite, self.packages, self.daemon_json, _ENTRYPOINT, _SSHD_CONFIG, _DOCKERFILE]
+            [
+                self.suite,
+                self.packages,
+                self.daemon_json,
+                _ENTRYPOINT,
+                _SSHD_CONFIG,
+                _DOCKERFILE,
+                [_gpu_tool(name) for name in sorted(_GPU_TOOLS)],
+            ]
         )
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     @property
+    def rootfs(self) -> str:
+        """The Debian root filesystem's image: rebuilt only when the packages change."""
+        text = json.dumps([self.suite, self.packages])
+        return f"fleet-lab-rootfs:{self.engine}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+    @property
     def image(self) -> str:
         return f"fleet-lab-node:{self.engine}-{self.digest}"
+
+
+def _gpu_tool(name: str) -> str:
+    return resources.files("fleet").joinpath("data", "lab", name).read_text(encoding="utf-8")
 
 
 def recipe(engine: str) -> NodeRecipe:
@@ -145,6 +175,7 @@ class LabHost:
     state: str
     engine_version: str = ""
     image_store: str = ""
+    gpus: int = 0
 
 
 @dataclass(frozen=True)
@@ -233,7 +264,7 @@ def ensure_node_image(client: docker.DockerClient, engine: str, log: Log = _quie
     node = recipe(engine)
     if _image_exists(client, node.image):
         return node.image
-    rootfs = f"fleet-lab-rootfs:{node.engine}-{node.digest}"
+    rootfs = node.rootfs
     with tempfile.TemporaryDirectory(prefix="fleet-node-") as tmp:
         if not _image_exists(client, rootfs):
             out = Path(tmp) / "rootfs.tar"
@@ -246,6 +277,9 @@ def ensure_node_image(client: docker.DockerClient, engine: str, log: Log = _quie
         (context / "entrypoint").write_text(_ENTRYPOINT)
         (context / "sshd.conf").write_text(_SSHD_CONFIG)
         (context / "daemon.json").write_text(node.daemon_json + "\n")
+        (context / "gpu").mkdir()
+        for source, installed in _GPU_TOOLS.items():
+            (context / "gpu" / installed).write_text(_gpu_tool(source))
         log(f"building node image {node.image}")
         try:
             client.images.build(path=str(context), tag=node.image, rm=True, labels={LABEL: "node"})
@@ -404,7 +438,13 @@ def _free_port() -> int:
 
 
 def _start_host(
-    client: docker.DockerClient, lab: str, index: int, engine: str, image: str, key: Path
+    client: docker.DockerClient,
+    lab: str,
+    index: int,
+    engine: str,
+    image: str,
+    key: Path,
+    gpus: int = 0,
 ) -> Any:
     host = f"lab{index}"
     container_name = f"{lab}-{host}"
@@ -429,7 +469,14 @@ def _start_host(
         name=container_name,
         hostname=host,
         detach=True,
-        labels={LABEL: lab, f"{LABEL}.host": host, f"{LABEL}.engine": engine},
+        labels={
+            LABEL: lab,
+            f"{LABEL}.host": host,
+            f"{LABEL}.engine": engine,
+            f"{LABEL}.gpus": str(gpus),
+        },
+        # Read by the entrypoint's gpu-setup: a GPU server with that many GPUs, or none.
+        environment={"FLEET_LAB_GPUS": str(gpus)},
         ports=[22],
         volumes=["/var/lib/docker"],
         host_config=host_config,
@@ -488,6 +535,20 @@ def _write_known_hosts(path: Path, lines: list[str]) -> None:
     path.chmod(0o600)
 
 
+def run_overrides(gpus: int, status: str | None = None) -> dict[str, Any]:
+    """What the lab cannot give a container as the run command asks, turned off.
+
+    ``--ulimit memlock=-1`` needs CAP_SYS_RESOURCE, which a machine's bounding set may lack;
+    a host without GPUs has no ``nvidia`` runtime. Everything else runs as the label says.
+    """
+    overrides: dict[str, Any] = {}
+    if "SYS_RESOURCE" not in bounding_capabilities(status):
+        overrides["ulimits"] = {"memlock": None}
+    if gpus == 0:
+        overrides["runtime"] = None
+    return overrides
+
+
 def inventory_document(lab: Lab) -> dict[str, Any]:
     """The Ansible-compatible inventory of a lab."""
     hosts: dict[str, Any] = {}
@@ -496,7 +557,11 @@ def inventory_document(lab: Lab) -> dict[str, Any]:
             "ansible_host": host.address,
             "ansible_port": host.port,
             "fleet_lab_engine": host.engine,
+            "fleet_lab_gpus": host.gpus,
         }
+        if host.gpus == 0:
+            # A host variable replaces the group's whole: it repeats the group's overrides.
+            hosts[host.name]["fleet_run_overrides"] = run_overrides(0)
     return {
         "all": {
             "children": {
@@ -511,8 +576,8 @@ def inventory_document(lab: Lab) -> dict[str, Any]:
                         "fleet_known_hosts": str(lab.known_hosts),
                         # Which lab wrote it: 'fleet lab down --name X' removes only X's.
                         "fleet_lab_name": lab.name,
-                        # Lab hosts have no GPU and cannot grant memlock=-1.
-                        "fleet_run_overrides": {"runtime": None, "ulimits": {"memlock": None}},
+                        # What the lab cannot grant; the run command runs as labeled otherwise.
+                        "fleet_run_overrides": run_overrides(1),
                     },
                 },
             }
@@ -573,11 +638,14 @@ def up(
     inventory: Path | None = None,
     timeout: float = 180.0,
     log: Log = _quiet,
+    gpus: int | Mapping[str, int] = 1,
 ) -> Lab:
     """Start (or complete) a lab of ``hosts`` hosts and write its inventory.
 
-    Hosts that already run with the right engine are kept; missing ones are started,
-    surplus ones removed. Returns when every host's sshd and engine answer.
+    ``gpus``: simulated GPUs per host (one number for all, default one each: a lab of GPU
+    servers; or per host name, unnamed hosts getting none). Hosts that already run with the right engine, node image and GPUs
+    are kept; missing ones are started, surplus ones removed. Returns when every host's
+    sshd and engine answer.
     """
     if hosts < 1 or hosts > 32:
         raise UsageError(f"--hosts {hosts}: a lab has 1 to 32 hosts")
@@ -593,16 +661,18 @@ def up(
     for index, kind in enumerate(plan, start=1):
         host = f"lab{index}"
         current = existing.pop(host, None)
+        count = gpus if isinstance(gpus, int) else gpus.get(host, 0)
         if current is not None and (
             current.labels.get(f"{LABEL}.engine") != kind
             or current.image.tags[:1] != [images[kind]]
+            or current.labels.get(f"{LABEL}.gpus", "0") != str(count)
         ):
-            log(f"replacing {current.name} (engine or node image changed)")
+            log(f"replacing {current.name} (engine, node image or GPUs changed)")
             _remove_container(client, current)
             current = None
         if current is None:
-            log(f"starting {host} ({kind})")
-            current = _start_host(client, name, index, kind, images[kind], key)
+            log(f"starting {host} ({kind}{f', {count} GPUs' if count else ''})")
+            current = _start_host(client, name, index, kind, images[kind], key, count)
         elif current.status != "running":
             current.start()
         containers.append((host, kind, current))
@@ -617,8 +687,9 @@ def up(
         version, store = _wait_ready(client, container, deadline)
         port = _published_port(container)
         key_lines.append(_host_key_line(container, port))
+        count = int(container.labels.get(f"{LABEL}.gpus", "0"))
         lab_hosts.append(
-            LabHost(host, container.name, kind, "127.0.0.1", port, "running", version, store)
+            LabHost(host, container.name, kind, "127.0.0.1", port, "running", version, store, count)
         )
     known_hosts = directory / "known_hosts"
     _write_known_hosts(known_hosts, key_lines)
@@ -701,6 +772,16 @@ def status(*, name: str = DEFAULT_LAB) -> list[LabHost]:
                 version = ""
                 store = "engine down"
         result.append(
-            LabHost(host, container.name, kind, "127.0.0.1", port, container.status, version, store)
+            LabHost(
+                host,
+                container.name,
+                kind,
+                "127.0.0.1",
+                port,
+                container.status,
+                version,
+                store,
+                int(container.labels.get(f"{LABEL}.gpus", "0")),
+            )
         )
     return result

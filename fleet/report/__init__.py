@@ -300,7 +300,7 @@ def _free(disk: Mapping[str, Any], missing: str) -> str:
 def lab_table(hosts: Iterable[Any]) -> RenderableType:
     """``fleet lab status``."""
     table = Table(box=None, pad_edge=False)
-    for column in ("host", "address", "engine", "version", "store", "state"):
+    for column in ("host", "address", "engine", "version", "store", "GPUs", "state"):
         table.add_column(column)
     for host in hosts:
         address = f"{host.address}:{host.port}" if host.port else "-"
@@ -311,6 +311,7 @@ def lab_table(hosts: Iterable[Any]) -> RenderableType:
             safe_text(host.engine),
             safe_text(host.engine_version),
             safe_text(host.image_store),
+            str(host.gpus),
             state,
         )
     return table
