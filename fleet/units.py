@@ -37,3 +37,15 @@ def format_size(count: float) -> str:
 def utc_now() -> str:
     """The current time as UTC ISO-8601 with a ``Z``, to the second."""
     return datetime.now(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of ``90``, ``90s``, ``30m``, ``2h`` or ``1d``; ValueError naming the text."""
+    matched = _DURATION.match(str(text))
+    if matched is None:
+        raise ValueError(f"{text!r} is not a duration (e.g. 90, 90s, 30m, 2h)")
+    return float(matched.group(1)) * _DURATION_UNITS[matched.group(2) or "s"]

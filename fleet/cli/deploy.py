@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from fleet import units
 from fleet.cli import common
 from fleet.cli import push as push_cli
 from fleet.cli import views as cli_views
@@ -42,6 +43,7 @@ def register(subparsers: Any) -> None:
         metavar="N%",
         help="stop the rollout when more than N%% of a batch failed",
     )
+    _gpu_options(parser)
     push_cli.add_path_options(parser)
     parser.set_defaults(handler=_deploy)
 
@@ -56,6 +58,7 @@ def register(subparsers: Any) -> None:
         "pick from the versions on the hosts",
     )
     _common(back)
+    _gpu_options(back)
     back.set_defaults(handler=_rollback)
 
     prune = subparsers.add_parser(
@@ -89,6 +92,30 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _gpu_options(parser: argparse.ArgumentParser) -> None:
+    """What to do when a GPU job runs in the container a switch would stop."""
+    parser.add_argument(
+        "--wait-idle",
+        type=_duration,
+        default=0.0,
+        metavar="DURATION",
+        help="when GPU jobs run in the framework's container, wait up to this long "
+        "(90s, 30m, 2h) for them to end; default: skip that host at once",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="stop the framework even while GPU jobs run in it (recorded in the history)",
+    )
+
+
+def _duration(text: str) -> float:
+    try:
+        return units.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _percent(text: str) -> float:
     try:
         value = float(text.strip().rstrip("%"))
@@ -108,6 +135,8 @@ def _options(args: argparse.Namespace, repository: str) -> deploy.DeployOptions:
         check=args.check,
         wait_lock=args.wait,
         state_timeout=args.timeout,
+        wait_idle=getattr(args, "wait_idle", 0.0),
+        force=getattr(args, "force", False),
         **paths,
     )
 

@@ -14,6 +14,7 @@ transfer of ``fleet push`` runs first), so a failing host keeps what it ran.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
 import math
@@ -28,7 +29,7 @@ from typing import Any
 from fleet.errors import FleetError, HostError, Interrupted, RunSpecError, UsageError, tail_lines
 from fleet.hosts.inventory import Host
 from fleet.images.build import Shippable
-from fleet.ops import containers
+from fleet.ops import containers, gpu
 from fleet.ops.containers import (
     LOCK_FILE,
     LOCK_GUARD,
@@ -102,6 +103,10 @@ class DeployOptions:
     registry: str | None = None
     max_rate: float | None = None
     max_rate_per_host: float | None = None
+    # GPU jobs in the framework's container: wait this long for them to end (seconds),
+    # then skip the host; or interrupt them (force), which the host's history records.
+    wait_idle: float = 0.0
+    force: bool = False
 
     def push_options(self) -> transfer.PushOptions:
         """The shipping step's options."""
@@ -358,6 +363,10 @@ class Target:
     image_id: str
 
 
+# How often a host with GPU jobs is asked again under --wait-idle.
+_IDLE_POLL = 5.0
+
+
 @dataclass
 class _Switch:
     """One host's switch to ``target``: what was decided before anything is stopped."""
@@ -404,6 +413,9 @@ def switch(
             details={"version_before": target.tag, "version_after": target.tag},
         )
     check_mounts(ctx.transport, ctx.name, plan.spec, plan.policy)
+    skipped, interrupted = _gpu_gate(plan, options)
+    if skipped is not None:
+        return skipped
     if options.check:
         return ctx.result(
             Outcome.CHANGED,
@@ -419,7 +431,7 @@ def switch(
     previous = plan.previous
     _stop_and_keep(plan)
     health, error = _start_gated(plan)
-    entry = {
+    entry: dict[str, Any] = {
         "time": utc_now(),
         "by": options.controller,
         "action": action,
@@ -428,6 +440,9 @@ def switch(
         "image": target.reference,
         "seconds": round(time.monotonic() - started, 1),
     }
+    if interrupted:
+        # --force stopped GPU jobs: whoever ran them finds out why in the host's history.
+        entry["interrupted"] = [str(p) for p in interrupted]
     if health.healthy:
         record(ctx.transport, {**entry, "outcome": "changed"})
         return ctx.result(
@@ -463,6 +478,40 @@ def switch(
             "rolled_back": previous is not None,
         },
     )
+
+
+def _gpu_gate(
+    plan: _Switch, options: DeployOptions
+) -> tuple[HostResult | None, list[gpu.GPUProcess]]:
+    """A skipped result while GPU jobs run in a container the switch would stop; else None
+    and the jobs a forced switch interrupts.
+
+    With ``wait_idle`` the host is polled until its jobs end or that time has passed.
+    """
+    ids = [c.id for c in plan.state.running]
+    if plan.unmanaged is not None and plan.unmanaged[1]:
+        ids.append(plan.unmanaged[0])
+    if not ids:
+        return None, []
+    deadline = time.monotonic() + options.wait_idle
+    while True:
+        busy = gpu.processes(plan.ctx.transport, options.state_timeout).in_containers(ids)
+        if not busy or options.force:
+            return None, busy
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        plan.ctx.progress(f"waiting for {len(busy)} GPU job(s) to end ({left:.0f}s left)")
+        time.sleep(min(_IDLE_POLL, left))
+    waited = f" after waiting {options.wait_idle:g}s" if options.wait_idle else ""
+    result = plan.ctx.result(
+        Outcome.SKIPPED,
+        gpu.busy_reason(busy) + waited,
+        details={"gpu_processes": [dataclasses.asdict(p) for p in busy]},
+        fix="let the job finish, wait for it with --wait-idle DURATION, or interrupt it "
+        "with --force (recorded in the host's history)",
+    )
+    return result, busy
 
 
 def _plan_switch(
