@@ -29,7 +29,7 @@ from fleet.errors import (
 )
 from fleet.hosts.inventory import Host
 from fleet.results import FleetResult, HostResult, Outcome
-from fleet.ssh.base import Transport
+from fleet.ssh.base import Transport, fix_for
 from fleet.ssh.endpoint import BECOME_PASSWORD_VARS, DEFAULT_CONNECT_TIMEOUT
 
 if TYPE_CHECKING:
@@ -223,6 +223,8 @@ class HostContext:
             details={"exit_code": ran.exit_code},
             stdout=ran.stdout,
             stderr=ran.stderr,
+            # sudo wanting a password, docker's socket refused: the known fixes.
+            fix=None if ran.ok else fix_for(ran.stderr),
         )
 
 

@@ -132,6 +132,7 @@ def make_runner(args: argparse.Namespace, events: Events) -> Runner:
         accept_new=args.accept_new_host_keys,
         connect_timeout=args.timeout,
         command_timeout=args.timeout,
+        become_password=common.become_password(args),
     )
     return Runner(connector, forks=args.forks, events=events)
 

@@ -155,6 +155,7 @@ def _build_on_host(args: argparse.Namespace, project: images.Project, git: gitin
         known_hosts=KnownHosts(accept_new=args.accept_new_host_keys),
         connect_timeout=args.timeout,
         command_timeout=args.timeout,
+        become_password=common.become_password(args),
     )
     runner = Runner(connector, forks=1)
     progress = build_report.BuildProgress(report_mod.console(), verbose=args.verbose)
