@@ -71,6 +71,7 @@ from fleet.images.labels import (
     framework_filter,
     image_version,
     newest_first,
+    required_cuda,
 )
 from fleet.ops.runspec import HealthCheck, RunSpec
 from fleet.units import utc_now
@@ -653,7 +654,9 @@ def find_image(client: Any, reference: str) -> ImageSpec | None:
     image = _image(client, reference)
     if image is None:
         return None
-    return ImageSpec(reference, str(image.id), tuple(_layers(image)))
+    config = image.attrs.get("Config") or {}
+    cuda = required_cuda(config.get("Env") or [], config.get("Labels") or {})
+    return ImageSpec(reference, str(image.id), tuple(_layers(image)), cuda)
 
 
 def image_parent(client: Any, reference: str) -> str:
@@ -1148,6 +1151,8 @@ class ImageSpec:
     ref: str
     config_digest: str
     diff_ids: tuple[str, ...]
+    # The CUDA version it needs of a host's driver ("" when it states none).
+    cuda: str = ""
 
     @property
     def chain_ids(self) -> tuple[str, ...]:
@@ -1179,7 +1184,9 @@ def image_spec(client: Any, reference: str) -> ImageSpec:
             f"no image {reference} on the controller",
             fix="build it first ('fleet build'), or name an existing IMAGE:TAG ('fleet images')",
         )
-    return ImageSpec(reference, str(image.id), tuple(_layers(image)))
+    config = image.attrs.get("Config") or {}
+    cuda = required_cuda(config.get("Env") or [], config.get("Labels") or {})
+    return ImageSpec(reference, str(image.id), tuple(_layers(image)), cuda)
 
 
 def layer_sizes(client: Any, reference: str, count: int) -> list[int]:

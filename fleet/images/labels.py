@@ -7,7 +7,8 @@ where importing either costs more than the audit itself.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,10 @@ LABEL_BUILD_DATE = "org.label-schema.build-date"
 LABEL_SHORT_COMMIT = "org.label-schema.vcs-ref"
 LABEL_BRANCH = "org.label-schema.vcs-branch"
 LABEL_REVISION = "org.opencontainers.image.revision"
+# The CUDA an image was built for, as NVIDIA's CUDA images state it.
+LABEL_CUDA = "com.nvidia.cuda.version"
+_REQUIRE_CUDA = re.compile(r"(?:^|\s)cuda>=([0-9]+(?:\.[0-9]+)*)")
+_CUDA_VERSION = re.compile(r"^([0-9]+(?:\.[0-9]+)*)$")
 
 
 @dataclass(frozen=True)
@@ -112,3 +117,27 @@ def normalized_name(ref: str) -> str:
 
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def required_cuda(env: Sequence[str], labels: Mapping[str, str]) -> str:
+    """The CUDA version an image needs of the host's driver ("" when it states none).
+
+    ``NVIDIA_REQUIRE_CUDA="cuda>=12.1 brand=tesla,driver>=470,..."`` as NVIDIA's images set
+    it (what the NVIDIA runtime itself checks), else their ``com.nvidia.cuda.version`` label
+    or ``CUDA_VERSION`` variable. Labels are untrusted: anything else counts as no statement.
+    """
+    variables = dict(entry.partition("=")[::2] for entry in env)
+    found = _REQUIRE_CUDA.search(variables.get("NVIDIA_REQUIRE_CUDA", ""))
+    if found:
+        return found.group(1)
+    for stated in (labels.get(LABEL_CUDA, ""), variables.get("CUDA_VERSION", "")):
+        if _CUDA_VERSION.match(stated.strip()):
+            return stated.strip()
+    return ""
+
+
+def cuda_tuple(version: str) -> tuple[int, int]:
+    """(major, minor) of ``12.1.0``; a driver's CUDA is major.minor and so is the check."""
+    major, _, rest = version.partition(".")
+    minor = rest.partition(".")[0]
+    return (int(major) if major.isdigit() else 0, int(minor) if minor.isdigit() else 0)

@@ -59,7 +59,7 @@ from fleet.errors import CommandError, HostError, RegistryError, UsageError, tai
 from fleet.hosts.inventory import Host
 from fleet.images import build as images
 from fleet.images.build import ImageSpec, Shippable, chain_ids
-from fleet.images.labels import normalized_name
+from fleet.images.labels import cuda_tuple, normalized_name
 from fleet.images.savefilter import v1_candidates
 from fleet.ops import facts
 from fleet.programs import program
@@ -144,6 +144,9 @@ class HostImageState:
     content: frozenset[str] | None = None
     content_error: str = ""
     free_bytes: int | None = None
+    # The driver's version and the CUDA it supports, from nvidia-smi ("" without a driver).
+    driver: str = ""
+    cuda: str = ""
 
 
 def _sections(text: str) -> dict[str, list[str]]:
@@ -194,7 +197,17 @@ def parse_state(text: str) -> HostImageState:
         content=content,
         content_error=content_error,
         free_bytes=free,
+        driver=_driver(parts.get("cuda", []))[0],
+        cuda=_driver(parts.get("cuda", []))[1],
     )
+
+
+def _driver(lines: list[str]) -> tuple[str, str]:
+    """(driver, CUDA) from the state program's ``@@cuda`` line; ("", "") when unknown."""
+    words = (lines[:1] or [""])[0].split()
+    if len(words) == 2 and all(w.replace(".", "").isdigit() for w in words):
+        return words[0], words[1]
+    return "", ""
 
 
 def _target(parts: Mapping[str, list[str]]) -> HostImageState:
@@ -1047,6 +1060,25 @@ def push(
     return FleetResult.of(command, (results[h.name] for h in hosts), time.monotonic() - started)
 
 
+def check_cuda(host: str, spec: ImageSpec, state: HostImageState) -> None:
+    """Refuse a host whose driver supports an older CUDA than the image needs.
+
+    Before a byte is shipped: such an image would not start its CUDA work there. A host
+    without a driver (no nvidia-smi) is provision's concern, not this check's.
+    """
+    if not spec.cuda or not state.cuda:
+        return
+    if cuda_tuple(state.cuda) >= cuda_tuple(spec.cuda):
+        return
+    raise HostError(
+        host,
+        f"{spec.ref} needs CUDA {spec.cuda}, but the host's driver {state.driver} supports "
+        f"CUDA {state.cuda} at most; nothing was shipped",
+        fix=f"upgrade the host's NVIDIA driver to one that supports CUDA {spec.cuda} (see "
+        "NVIDIA's CUDA compatibility table), or deploy a version built on an older CUDA base",
+    )
+
+
 def _inspect(
     ctx: HostContext, image: Shippable, options: PushOptions
 ) -> tuple[HostResult, Plan | None, str]:
@@ -1061,6 +1093,7 @@ def _inspect(
             f"Docker engine not usable: {state.engine_error}",
             fix=engine_fix(state.engine_error),
         )
+    check_cuda(ctx.name, spec, state)
     decided = pull_plan(ctx.name, spec, state) if pulling else plan(ctx.name, spec, state)
     needed = disk_needed(sizes, decided.send, decided.store)
     details: dict[str, Any] = {

@@ -16,4 +16,8 @@ if [ "$store" = containerd ]; then
   echo "@@content"; ctr --address /run/docker/containerd/containerd.sock -n moby content ls -q 2>&1; echo "@@content_rc $?"
 fi
 echo "@@df"; df -PB1 "$root" 2>/dev/null | tail -n 1
+echo "@@cuda"
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi 2>/dev/null | sed -n 's/.*Driver Version: *\([0-9.]*\).*CUDA Version: *\([0-9.]*\).*/\1 \2/p' | head -n 1
+fi
 echo "@@end"
