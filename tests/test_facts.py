@@ -67,3 +67,24 @@ def test_gpus_and_framework_containers() -> None:
 def test_garbage_does_not_crash() -> None:
     found = facts.parse("\x00garbage\n@@docker_info\n{not json\n@@df_docker\n1 2\n")
     assert not found.engine_ok
+
+
+def test_gpus_as_the_driver_lists_them_with_use_and_cuda() -> None:
+    text = "\n".join(
+        [
+            "@@docker_info",
+            '{"ServerVersion":"24.0.7","Runtimes":{"nvidia":{},"runc":{}},"DriverStatus":[]}',
+            "@@docker_info_rc 0",
+            "@@nvidia_smi",
+            "0, GPU-5a5f7b2e-1c1d-4e8a-9f00-0123456789ab, NVIDIA A100-SXM4-80GB, 535.104.05, "
+            "81920, 3076, 100",
+            "@@nvidia_cuda",
+            "12.2",
+            "@@end",
+        ]
+    )
+    found = facts.parse(text)
+    (gpu,) = found.gpus
+    assert (gpu.index, gpu.model, gpu.driver) == (0, "NVIDIA A100-SXM4-80GB", "535.104.05")
+    assert (gpu.memory, gpu.memory_used, gpu.utilization) == ("81920 MiB", "3076 MiB", "100 %")
+    assert gpu.uuid.startswith("GPU-") and found.cuda_version == "12.2"

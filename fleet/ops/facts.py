@@ -37,9 +37,15 @@ class Disk:
 
 @dataclass(frozen=True)
 class GPU:
+    """One GPU as ``nvidia-smi --query-gpu`` lists it (memory in MiB, utilization in %)."""
+
     model: str
     driver: str
-    memory: str
+    memory: str  # total, as shown: "81920 MiB"
+    index: int | None = None
+    uuid: str = ""
+    memory_used: str = ""
+    utilization: str = ""
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,8 @@ class HostFacts:
     runtimes: tuple[str, ...] = ()
     gpus: tuple[GPU, ...] = ()
     nvidia_smi: bool = False
+    # The CUDA version the driver supports (nvidia-smi's banner); "" without a driver.
+    cuda_version: str = ""
     disk_docker: Disk | None = None
     disk_data: Disk | None = None
     framework_containers: tuple[Mapping[str, str], ...] = field(default_factory=tuple)
@@ -140,10 +148,7 @@ def parse(text: str) -> HostFacts:
     smi = parts.get("nvidia_smi", [])
     nvidia_smi = bool(smi) and smi[0].strip() != "absent"
     if nvidia_smi:
-        for line in smi:
-            cells = [c.strip() for c in line.split(",")]
-            if len(cells) == 3:
-                gpus.append(GPU(*cells))
+        gpus = [gpu for gpu in (_gpu(line) for line in smi) if gpu is not None]
     containers: list[dict[str, str]] = []
     for line in parts.get("framework", []):
         if line.startswith("{"):
@@ -165,10 +170,23 @@ def parse(text: str) -> HostFacts:
         runtimes=tuple(sorted((info.get("Runtimes") or {}).keys())),
         gpus=tuple(gpus),
         nvidia_smi=nvidia_smi,
+        cuda_version=(parts.get("nvidia_cuda") or [""])[0].strip() if nvidia_smi else "",
         disk_docker=_disk(parts.get("df_docker", [])),
         disk_data=_disk(parts.get("df_data", [])),
         framework_containers=tuple(containers),
     )
+
+
+def _gpu(line: str) -> GPU | None:
+    """A GPU from a ``--query-gpu`` line: index, uuid, name, driver, total, used, util
+    (nounits), or the older name, driver, total form."""
+    cells = [c.strip() for c in line.split(",")]
+    if len(cells) == 7 and cells[0].isdigit():
+        index, uuid, name, driver, total, used, util = cells
+        return GPU(name, driver, f"{total} MiB", int(index), uuid, f"{used} MiB", f"{util} %")
+    if len(cells) == 3:
+        return GPU(cells[0], cells[1], cells[2])
+    return None
 
 
 def _clipped(text: str, limit: int = 1000) -> str:

@@ -284,12 +284,26 @@ def facts_table(rows: Iterable[tuple[str, Mapping[str, Any] | None]]) -> Rendera
             safe_text(facts.get("api_version", "")),
             safe_text(facts.get("image_store", "")),
             safe_text(",".join(str(r) for r in facts.get("runtimes") or ())),
-            safe_text(f"{len(gpus)}x {gpus[0].get('model', '?')}" if gpus else "none"),
+            safe_text(_gpus(gpus, facts.get("cuda_version") or "")),
             _free(disk_docker, "?"),
             _free(disk_data, "absent"),
             safe_text(",".join(running) or "-"),
         )
     return table
+
+
+def _gpus(gpus: list[Mapping[str, Any]], cuda: str) -> str:
+    """``1x NVIDIA A100-SXM4-80GB (CUDA 12.2), 4 MiB / 81920 MiB used, 0 %``."""
+    if not gpus:
+        return "none"
+    text = f"{len(gpus)}x {gpus[0].get('model', '?')}" + (f" (CUDA {cuda})" if cuda else "")
+    used = [g for g in gpus if g.get("memory_used")]
+    if used:
+        text += "; " + "; ".join(
+            f"{g.get('index')}: {g['memory_used']} / {g.get('memory')}, {g.get('utilization')}"
+            for g in used
+        )
+    return text
 
 
 def _free(disk: Mapping[str, Any], missing: str) -> str:

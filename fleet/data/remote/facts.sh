@@ -7,7 +7,8 @@ echo "@@docker_info"; docker info --format '{{json .}}'; echo "@@docker_info_rc 
 echo "@@docker_api"; docker version --format '{{.Server.APIVersion}}'
 echo "@@nvidia_smi"
 if command -v nvidia-smi >/dev/null 2>&1; then
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  nvidia-smi --query-gpu=index,uuid,name,driver_version,memory.total,memory.used,utilization.gpu --format=csv,noheader,nounits
+  echo "@@nvidia_cuda"; nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9.]*\).*/\1/p' | head -n 1
 else
   echo "absent"
 fi
