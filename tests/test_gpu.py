@@ -4,6 +4,8 @@ see tests/fixtures/gpu/README.md): parsing, whose container, the busy reason."""
 from __future__ import annotations
 
 from fleet.ops import gpu
+from fleet.ssh.base import CommandResult
+from tests.fakes import FakeTransport
 
 ID1 = "a" * 64
 ID2 = "0123456789abcdef" * 4
@@ -58,3 +60,39 @@ def test_a_host_without_a_driver_or_with_a_broken_one() -> None:
 
 def test_no_process_is_an_idle_host() -> None:
     assert gpu.parse("@@gpu_apps\n@@gpu_apps_rc 0\n@@gpu_owners\n").processes == ()
+
+
+def test_how_many_gpus_a_container_should_see() -> None:
+    assert gpu.expected_gpus(None, 4) == 4  # --runtime nvidia, NVIDIA_VISIBLE_DEVICES=all
+    assert gpu.expected_gpus("all", 4) == 4
+    assert gpu.expected_gpus("2", 4) == 2
+    assert gpu.expected_gpus('"device=0,2"', 4) == 2
+    assert gpu.expected_gpus("device=1", 4) == 1
+
+
+class _Host(FakeTransport):
+    def __init__(self, printed: str) -> None:
+        super().__init__("gpu07")
+        self.printed = printed
+
+    def answer(self, argv: list[str], stdin: bytes | None) -> CommandResult:
+        return CommandResult(" ".join(argv), 0, self.printed, "", 0.0)
+
+
+HOST_L = f"@@host\nGPU 0: NVIDIA A100-SXM4-80GB (UUID: {UUID})\nGPU 1: NVIDIA A100-SXM4-80GB (UUID: GPU-2)\n"
+
+
+def test_a_container_that_lists_its_gpus_passes() -> None:
+    inside = f"@@inside\nGPU 0: NVIDIA A100-SXM4-80GB (UUID: {UUID})\nGPU 1: x (UUID: GPU-2)\n"
+    host = _Host(HOST_L + inside + "@@inside_rc 0\n")
+    assert gpu.sees_its_gpus(host, "cauchy_service", None) == (True, "sees 2 GPU(s)")
+    assert host.commands[0][-1] == "cauchy_service"  # an argument, never spliced into sh -c
+
+
+def test_a_container_without_nvidia_smi_or_with_too_few_gpus_fails() -> None:
+    missing = '@@inside\nOCI runtime exec failed: exec: "nvidia-smi": not found\n@@inside_rc 126\n'
+    ok, said = gpu.sees_its_gpus(_Host(HOST_L + missing), "c", None)
+    assert not ok and said.startswith("the container sees 0 of 2 GPU(s): OCI runtime exec failed")
+    one = f"@@inside\nGPU 0: x (UUID: {UUID})\n@@inside_rc 0\n"
+    assert not gpu.sees_its_gpus(_Host(HOST_L + one), "c", "all")[0]
+    assert gpu.sees_its_gpus(_Host(HOST_L + one), "c", "1")[0]

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from fleet.images import build as images
 from tests.conftest import LabFixture, clear_framework, host_run, host_sh, run_project_json
-from tests.framework import FrameworkProject
+from tests.framework import FrameworkProject, build_image, build_with_label
 
 pytestmark = pytest.mark.lab
 
@@ -173,3 +174,68 @@ def test_a_training_job_is_never_interrupted_silently(
     last = json.loads(history)
     assert last["to"] == v4 and len(last["interrupted"]) == 1
     assert last["interrupted"][0].startswith("pid ")
+
+
+def test_an_image_needing_a_newer_cuda_is_refused_before_a_byte_is_shipped(
+    lab_env: LabFixture,
+    project: FrameworkProject,
+    fast_inventory: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tag = f"77.{uuid.uuid4().int % 1000}"
+    reference = f"{project.repository}:{tag}"
+    build_with_label(
+        f"{project.repository}:{project.built[0]}",
+        reference,
+        {"io.fleet.tag": tag, "io.fleet.commit-count": "9998", "com.nvidia.cuda.version": "12.4.1"},
+    )
+    code, doc = run_project_json(capsys, fast_inventory, project, "push", "all", reference)
+    assert code == 2, doc
+    for host in HOSTS:
+        result = doc["hosts"][host]
+        assert result["outcome"] == "failed", result
+        assert (
+            f"{reference} needs CUDA 12.4.1, but the host's driver 535.104.05" in result["reason"]
+        )
+        assert "nothing was shipped" in result["reason"]
+        assert not host_run(lab_env, host, "docker", "image", "inspect", reference).ok
+
+
+def test_a_container_that_does_not_see_its_gpu_is_rolled_back(
+    lab_env: LabFixture,
+    project: FrameworkProject,
+    fast_inventory: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    v1 = project.built[0]
+    base = f"{project.repository}:{v1}"
+    tag = f"78.{uuid.uuid4().int % 1000}"
+    reference = f"{project.repository}:{tag}"
+    client = images.connect()
+    command = client.images.get(base).labels["org.label-schema.docker.cmd"].replace(base, reference)
+    # Healthy, but blind to the GPUs: the NVIDIA runtime hands it none (void).
+    dockerfile = (
+        f"FROM {base}\nENV NVIDIA_VISIBLE_DEVICES=void\n"
+        f'LABEL io.fleet.tag={json.dumps(tag)} io.fleet.commit-count="9997" '
+        f"org.label-schema.docker.cmd={json.dumps(command)}\n"
+    )
+    build_image(client, reference, dockerfile)
+    code, doc = run_project_json(capsys, fast_inventory, project, "deploy", "lab1", v1)
+    assert code == 0, doc
+    code, doc = run_project_json(capsys, fast_inventory, project, "deploy", "lab1", reference)
+    lab1 = doc["hosts"]["lab1"]
+    assert code == 2 and lab1["outcome"] == "failed", lab1
+    assert f"{tag} does not see its GPUs" in lab1["reason"]
+    assert "the container sees 0 of 1 GPU(s)" in lab1["reason"]
+    assert f"rolled back to {v1}" in lab1["reason"]
+    running = host_sh(
+        lab_env,
+        "lab1",
+        "docker",
+        "ps",
+        "--filter",
+        f"label=io.fleet.framework={project.repository}",
+        "--format",
+        "{{.Image}}",
+    )
+    assert running.strip() == base

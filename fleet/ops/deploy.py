@@ -611,9 +611,16 @@ def _start_gated(plan: _Switch) -> tuple[Health, str]:
         # Again just before the start: the old version, stopped now, cannot plant a symlink.
         check_mounts(plan.ctx.transport, plan.ctx.name, plan.spec, plan.policy)
         plan.ctx.transport.run(plan.spec.to_argv(plan.target.reference), timeout=120)
-        return wait_healthy(plan.ctx.transport, plan.name, plan.spec, plan.check), ""
+        health = wait_healthy(plan.ctx.transport, plan.name, plan.spec, plan.check)
     except HostError as exc:
         return Health(False, exc.reason), exc.reason
+    if health.healthy and (plan.spec.runtime == "nvidia" or plan.spec.gpus is not None):
+        # Healthy but blind to its GPUs: a failed gate like any other (rolled back).
+        seen, detail = gpu.sees_its_gpus(plan.ctx.transport, plan.name, plan.spec.gpus)
+        health = Health(seen, f"{health.detail}; {detail}")
+        if not seen:
+            return health, "does not see its GPUs"
+    return health, ""
 
 
 def _restore_previous(plan: _Switch, previous: FrameworkContainer | None) -> str:

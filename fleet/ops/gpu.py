@@ -124,3 +124,38 @@ def _age(seconds: int) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+# The host's GPU count, then what the container's nvidia-smi lists ("$1": the container).
+_SEEN_PROGRAM = (
+    'echo "@@host"; nvidia-smi -L 2>&1; echo "@@inside"; docker exec "$1" nvidia-smi -L 2>&1; '
+    'echo "@@inside_rc $?"'
+)
+
+
+def expected_gpus(gpus: str | None, host_count: int) -> int:
+    """How many GPUs a container should see: ``--gpus N`` or ``device=a,b``, else the host's."""
+    if gpus is None or gpus == "all":
+        return host_count
+    if gpus.isdigit():
+        return int(gpus)
+    devices = gpus.removeprefix('"').removesuffix('"').partition("device=")[2]
+    return len([d for d in devices.split(",") if d]) if devices else host_count
+
+
+def sees_its_gpus(transport: Transport, container: str, gpus: str | None) -> tuple[bool, str]:
+    """Whether ``nvidia-smi -L`` inside the started container lists the GPUs it was given.
+
+    (ok, evidence). Run after its health check: a framework that answers /health but has no
+    GPU would train on the CPU, or not at all.
+    """
+    ran = transport.run(["sh", "-c", _SEEN_PROGRAM, "fleet-gpu-seen", container], check=False)
+    parts = sections(gathered(ran.stdout, "GPU check"), keep_blank=False)
+    host = [line for line in parts.get("host", []) if line.startswith("GPU ")]
+    inside = parts.get("inside", [])
+    listed = [line for line in inside if line.startswith("GPU ")]
+    wanted = expected_gpus(gpus, len(host))
+    if (parts.get("inside_rc") or ["1"])[0].strip() == "0" and len(listed) >= max(wanted, 1):
+        return True, f"sees {len(listed)} GPU(s)"
+    said = " / ".join(inside[:2]) or "no output"
+    return False, f"the container sees {len(listed)} of {max(wanted, 1)} GPU(s): {said}"
