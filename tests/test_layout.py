@@ -131,3 +131,22 @@ def _long_functions() -> Iterator[str]:
 
 def test_no_function_is_over_80_lines() -> None:
     assert list(_long_functions()) == []
+
+
+# A distribution's name on PyPI -> the module it is imported as.
+_IMPORT_NAMES = {"pyyaml": "yaml"}
+
+
+def test_every_declared_dependency_is_imported() -> None:
+    """No dependency goes unused: each one in pyproject.toml is imported by some module."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    imported = {name.partition(".")[0] for module in MODULES for name, _ in _imports(module)}
+    unused = []
+    for requirement in project["dependencies"]:
+        distribution = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower()
+        if _IMPORT_NAMES.get(distribution, distribution) not in imported:
+            unused.append(distribution)
+    assert unused == []
