@@ -484,7 +484,9 @@ def test_exit_codes_and_the_json_document() -> None:
         "lock",
         "history",
         "last_deploy",
+        "gpu_busy",
     }
+    assert lab2["gpu_busy"] == []
     assert lab2["framework"]["config_digest"] == version("9.0.2").image_id
     assert lab2["controller"] == {"match": "same", "image_id": version("9.0.2").image_id}
 

@@ -147,6 +147,12 @@ def test_a_training_job_is_never_interrupted_silently(
     assert code == 0, doc
     _start_job(lab_env, "lab1", _framework_container(lab_env, "lab1", project.repository), 600)
 
+    # The audit says which host is busy, and with what.
+    _, doc = run_project_json(capsys, fast_inventory, project, "audit", "all")
+    busy = doc["hosts"]["lab1"]["details"]["gpu_busy"]
+    assert len(busy) == 1 and busy[0].startswith("pid ") and "3072 MiB" in busy[0]
+    assert doc["hosts"]["lab2"]["details"]["gpu_busy"] == []
+
     # A busy host is skipped, with the job as evidence; the idle one moves on.
     code, doc = run_project_json(capsys, fast_inventory, project, "deploy", "all", v2)
     lab1, lab2 = doc["hosts"]["lab1"], doc["hosts"]["lab2"]

@@ -87,7 +87,8 @@ there: ``details.status`` tells) or ``unreachable``, and its ``details`` is its 
      "rollback_to": "0.2.6" | null,      # what 'fleet rollback' would start
      "lock": {...} | null,               # a deploy in progress (the lock file's content)
      "history": [{...}],                 # the last N history lines (--history N; 1)
-     "last_deploy": {...} | null}        # the last history line
+     "last_deploy": {...} | null,        # the last history line
+     "gpu_busy": ["pid 4242, 3072 MiB, for 41m07s"]}  # GPU jobs in the framework container
 
 and a top-level ``audit`` object::
 
@@ -237,6 +238,8 @@ class AuditRow:
     lock: Mapping[str, Any] | None = None
     history: tuple[Mapping[str, Any], ...] = ()
     reachable: bool = True
+    # GPU jobs in the running framework container (pid, memory, age): a deploy skips it.
+    busy: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -282,6 +285,7 @@ class AuditRow:
             "lock": dict(self.lock) if self.lock is not None else None,
             "history": [dict(entry) for entry in self.history],
             "last_deploy": dict(self.last_deploy) if self.last_deploy else None,
+            "gpu_busy": list(self.busy),
         }
 
 
@@ -354,6 +358,7 @@ def audit_host(
         rollback_to=containers.previous_version(facts) if running_tag else None,
         lock=facts.lock,
         history=facts.history,
+        busy=tuple(str(p) for p in facts.busy),
     )
 
 

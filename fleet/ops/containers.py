@@ -37,7 +37,8 @@ from fleet.images.labels import (
     LABEL_TAG,
     LABEL_VERSION,
 )
-from fleet.ops import facts
+from fleet.ops import facts, gpu
+from fleet.ops.gpu import GPUProcess, GPUProcesses
 from fleet.programs import program
 from fleet.ssh.base import gathered, parses_host_output
 
@@ -142,6 +143,13 @@ class HostFramework:
     lock_raw: str = ""
     history: tuple[Mapping[str, Any], ...] = ()
     store: str = ""  # "classic", "containerd", or "" when the host did not tell
+    # The GPUs' compute processes (none known when the host has no driver).
+    gpu: GPUProcesses = field(default_factory=lambda: GPUProcesses(available=False))
+
+    @property
+    def busy(self) -> list[GPUProcess]:
+        """GPU jobs running in the running framework containers: what a switch interrupts."""
+        return self.gpu.in_containers([c.id for c in self.running])
 
     def image_by_id(self, image_id: str) -> FrameworkImage | None:
         for image in self.images:
@@ -284,6 +292,7 @@ def parse(text: str) -> HostFramework:
         key=lambda i: (-i.commit_count, i.created),
     )
     return HostFramework(
+        gpu=gpu.parse(text),
         engine_ok=True,
         engine_version=engine[0].strip(),
         containers=tuple(containers),

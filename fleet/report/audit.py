@@ -118,6 +118,8 @@ def _values(row: AuditRow, now: datetime) -> list[str | Text]:
         )
     if not framework.running:
         status.append(f" ({framework.exit_code})")
+    if row.busy:
+        status.append(f" busy: {len(row.busy)} GPU job(s)", style="bold yellow")
     match = Text(
         row.controller_match or "-", style=_MATCH_STYLES.get(row.controller_match or "", "")
     )
@@ -177,6 +179,11 @@ def summary_lines(report: AuditReport) -> list[RenderableType]:
         lines.append(text)
     else:
         lines.append(Text("drifted: none", style="green"))
+    busy = [r for r in rows if r.busy]
+    if busy:
+        text = Text(f"busy GPUs: {len(busy)}: ", style="bold yellow")
+        text.append(visible("; ".join(f"{r.host} ({', '.join(r.busy)})" for r in busy)), style="")
+        lines.append(text)
     unreachable = report.unreachable
     if unreachable:
         text = Text(f"unreachable: {len(unreachable)}: ", style="bold magenta")

@@ -1,5 +1,6 @@
 
 repo="$1"; history_lines="$2"; fast="$3"; cfg="${DOCKER_CONFIG:-$HOME/.docker}/config.json"
+#@include gpu_processes.sh
 if [ -n "$fast" ] && [ -z "$DOCKER_HOST$DOCKER_CONTEXT" ] && [ -S /var/run/docker.sock ] &&
   command -v python3 >/dev/null 2>&1 && { [ ! -e "$cfg" ] || ! grep -qs currentContext "$cfg"; }; then
   python3 -I -S -c "$fast" "$repo" "$history_lines" && exit 0
