@@ -8,7 +8,8 @@ import pytest
 from fleet.errors import HostError
 from fleet.images.build import ImageSpec
 from fleet.images.labels import cuda_tuple, required_cuda
-from fleet.ship import transfer
+from fleet.ship.plan import check_cuda
+from fleet.ship.state import HostImageState, parse_state
 
 # What nvidia/cuda:12.1.0-runtime-ubuntu22.04 sets (docker image inspect, Config.Env).
 NVIDIA_ENV = [
@@ -42,14 +43,14 @@ def test_versions_compare_as_major_minor() -> None:
     assert cuda_tuple("12.10") > cuda_tuple("12.9")
 
 
-def _state(cuda: str) -> transfer.HostImageState:
-    return transfer.HostImageState(True, driver="535.104.05" if cuda else "", cuda=cuda)
+def _state(cuda: str) -> HostImageState:
+    return HostImageState(True, driver="535.104.05" if cuda else "", cuda=cuda)
 
 
 def test_an_older_driver_is_refused_with_both_versions_and_the_fix() -> None:
     spec = ImageSpec("cauchy:0.2.9", "sha256:x", (), cuda="12.4")
     with pytest.raises(HostError) as caught:
-        transfer.check_cuda("lab1", spec, _state("12.2"))
+        check_cuda("lab1", spec, _state("12.2"))
     assert "cauchy:0.2.9 needs CUDA 12.4" in caught.value.reason
     assert "driver 535.104.05 supports CUDA 12.2 at most; nothing was shipped" in (
         caught.value.reason
@@ -58,15 +59,15 @@ def test_an_older_driver_is_refused_with_both_versions_and_the_fix() -> None:
 
 
 def test_a_new_enough_driver_an_unstated_need_or_no_driver_pass() -> None:
-    transfer.check_cuda("lab1", ImageSpec("a:1", "x", (), cuda="12.1"), _state("12.2"))
-    transfer.check_cuda("lab1", ImageSpec("a:1", "x", (), cuda="12.2.2"), _state("12.2"))
-    transfer.check_cuda("lab1", ImageSpec("a:1", "x", ()), _state("11.0"))
-    transfer.check_cuda("lab1", ImageSpec("a:1", "x", (), cuda="12.4"), _state(""))
+    check_cuda("lab1", ImageSpec("a:1", "x", (), cuda="12.1"), _state("12.2"))
+    check_cuda("lab1", ImageSpec("a:1", "x", (), cuda="12.2.2"), _state("12.2"))
+    check_cuda("lab1", ImageSpec("a:1", "x", ()), _state("11.0"))
+    check_cuda("lab1", ImageSpec("a:1", "x", (), cuda="12.4"), _state(""))
 
 
 def test_the_state_program_reports_driver_and_cuda() -> None:
     text = "@@engine\n20.10.24\n@@engine_rc 0\n@@store\n[]\n@@cuda\n535.104.05 12.2\n@@end\n"
-    state = transfer.parse_state(text)
+    state = parse_state(text)
     assert (state.driver, state.cuda) == ("535.104.05", "12.2")
-    none = transfer.parse_state(text.replace("535.104.05 12.2\n", ""))
+    none = parse_state(text.replace("535.104.05 12.2\n", ""))
     assert (none.driver, none.cuda) == ("", "")

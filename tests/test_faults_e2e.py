@@ -41,7 +41,7 @@ import yaml
 
 from fleet.images import build as images
 from fleet.lab import nodes as lab
-from fleet.ship import transfer
+from fleet.ship.state import is_current, read_state
 from fleet.ssh.known_hosts import KnownHosts
 from fleet.ssh.paramiko_client import SSHTransport
 from tests.conftest import (
@@ -202,8 +202,8 @@ def half_tagged(env: LabFixture, host: str, repository: str, shipped: set[str]) 
             if ref not in built or ref.rpartition(":")[2] not in shipped:
                 continue
             spec = images.image_spec(images.connect(), ref)
-            state = transfer.read_state(transport, ref)
-            if not transfer.is_current(spec, state):
+            state = read_state(transport, ref)
+            if not is_current(spec, state):
                 bad.append(
                     f"{host}: {ref} is ID {state.target_id[:19]} with {len(state.target_layers)} "
                     f"layers, the controller built {spec.config_digest[:19]} with "

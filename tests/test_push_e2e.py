@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from fleet.lab import nodes as lab
-from fleet.ship import transfer
+from fleet.ship.stream import zstd_program
 from fleet.ssh.known_hosts import KnownHosts
 from fleet.ssh.paramiko_client import SSHTransport
 from tests.conftest import LabFixture, heal, host_sh, run_json
@@ -177,7 +177,7 @@ def test_stream_over_one_gib(lab_env: LabFixture) -> None:
 
 
 @pytest.mark.skipif(
-    transfer.zstd_program() is None,
+    zstd_program() is None,
     reason="no zstd program on the controller (scripts/setup.sh should install zstd)",
 )
 def test_zstd_goes_to_the_engine_that_loads_it_and_gzip_to_the_other(

@@ -24,13 +24,15 @@ from pathlib import Path
 
 import pytest
 
-from fleet.errors import RegistryError, UsageError
+from fleet.errors import HostError, RegistryError, UsageError
 from fleet.hosts.inventory import Host
 from fleet.images.build import ImageSpec, Shippable
-from fleet.results import Outcome
+from fleet.results import FleetResult, Outcome
 from fleet.runner import Runner
-from fleet.ship import registry, transfer
+from fleet.ship import registry
 from fleet.ship.bandwidth import Throttle, TokenBucket
+from fleet.ship.plan import PushOptions, check_options
+from fleet.ship.push import push
 from fleet.ssh.base import CommandResult
 
 SPEC = ImageSpec(
@@ -251,7 +253,7 @@ class FakeHost:
                 code, err = 1, f"Error: No such image: {argv[2]}"
         result = CommandResult(" ".join(argv), code, out, err, 0.0)
         if check and code != 0:
-            raise transfer.HostError(self.name, f"command exited {code}: {result.command}\n{err}")
+            raise HostError(self.name, f"command exited {code}: {result.command}\n{err}")
         return result
 
     def _store(self, name: str, image: tuple[str, tuple[str, ...]]) -> None:
@@ -314,10 +316,10 @@ def run_push(
     hosts: dict[str, FakeHost],
     publisher: FakePublisher,
     **options: object,
-) -> transfer.FleetResult:
+) -> FleetResult:
     runner = Runner(lambda host: hosts[host.name], forks=4)
-    chosen = transfer.PushOptions(via="registry", **options)  # type: ignore[arg-type]
-    return transfer.push(runner, [Host(n) for n in hosts], IMAGE, chosen, publisher=publisher)
+    chosen = PushOptions(via="registry", **options)  # type: ignore[arg-type]
+    return push(runner, [Host(n) for n in hosts], IMAGE, chosen, publisher=publisher)
 
 
 def test_hosts_pull_the_digest_through_their_tunnel_and_get_the_real_name(
@@ -485,15 +487,13 @@ def test_check_says_what_would_be_pulled_and_publishes_nothing(
 
 def test_options_that_cannot_work_together_are_refused() -> None:
     with pytest.raises(UsageError, match="--via registry"):
-        transfer.check_options(transfer.PushOptions(registry="harbor.lab"))
+        check_options(PushOptions(registry="harbor.lab"))
     with pytest.raises(UsageError, match="cannot limit") as caught:
-        transfer.check_options(
-            transfer.PushOptions(via="registry", registry="harbor.lab", max_rate=1e6)
-        )
+        check_options(PushOptions(via="registry", registry="harbor.lab", max_rate=1e6))
     assert "tunnelled" in (caught.value.fix or "")
-    transfer.check_options(transfer.PushOptions(via="registry", max_rate=1e6))
+    check_options(PushOptions(via="registry", max_rate=1e6))
     with pytest.raises(UsageError, match="--via"):
-        transfer.check_options(transfer.PushOptions(via="carrier-pigeon"))
+        check_options(PushOptions(via="carrier-pigeon"))
 
 
 # -- the controller's registry, for real ------------------------------------------------

@@ -23,7 +23,9 @@ from fleet.images import build as images
 from fleet.lab import nodes as lab
 from fleet.results import FleetResult
 from fleet.runner import Runner, SSHConnector
-from fleet.ship import registry, transfer
+from fleet.ship import registry
+from fleet.ship.plan import PushOptions
+from fleet.ship.push import push as ship_push
 from fleet.ssh.base import CommandResult, Transport
 from fleet.ssh.known_hosts import KnownHosts
 from fleet.ssh.paramiko_client import SSHTransport
@@ -388,8 +390,8 @@ def push_via_registry(
     runner = Runner(connect, forks=4)
     try:
         image = images.shippable(lab.engine_client(), ref)
-        options = transfer.PushOptions(via="registry")
-        return transfer.push(runner, hosts, image, options, publisher=publisher), opened
+        options = PushOptions(via="registry")
+        return ship_push(runner, hosts, image, options, publisher=publisher), opened
     finally:
         runner.close()
 

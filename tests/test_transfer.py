@@ -13,9 +13,21 @@ from pathlib import Path
 
 import pytest
 
+from fleet.errors import HostError
 from fleet.images import savefilter
 from fleet.images.build import ImageSpec, chain_ids
-from fleet.ship import transfer
+from fleet.images.labels import normalized_name
+from fleet.ship.plan import disk_needed, pull_plan, wire_compression, zstd_loads
+from fleet.ship.plan import plan as ship_plan
+from fleet.ship.state import HostImageState, engine_fix, is_current, parse_state
+from fleet.ship.stream import (
+    Broadcast,
+    ImageStream,
+    Sink,
+    _Encoder,
+    _identify_by_digest,
+    zstd_program,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "transfer"
 # cauchy:0.2.3 as built on the controller when the fixtures were recorded.
@@ -34,8 +46,8 @@ SPEC = ImageSpec(
 )
 
 
-def state(name: str) -> transfer.HostImageState:
-    return transfer.parse_state((FIXTURES / f"state-{name}.txt").read_text())
+def state(name: str) -> HostImageState:
+    return parse_state((FIXTURES / f"state-{name}.txt").read_text())
 
 
 def test_chain_ids_follow_dockers_rule() -> None:
@@ -50,18 +62,18 @@ def test_layer_of_unknown_v1_id_is_identified_by_its_digest() -> None:
     data = b"layer bytes" * 1000
     diff = "sha256:" + hashlib.sha256(data).hexdigest()
     spec = ImageSpec("x:1", "sha256:" + "0" * 64, ("sha256:" + "1" * 64, diff))
-    index, chunks = transfer._identify_by_digest(spec, io.BytesIO(data))
+    index, chunks = _identify_by_digest(spec, io.BytesIO(data))
     assert index == 1
     assert b"".join(chunks) == data
-    with pytest.raises(transfer.HostError, match="not in the image"):
-        transfer._identify_by_digest(spec, io.BytesIO(b"other"))
+    with pytest.raises(HostError, match="not in the image"):
+        _identify_by_digest(spec, io.BytesIO(b"other"))
 
 
 def test_classic_host_with_the_image_is_current() -> None:
     found = state("classic-current")
     assert found.engine_ok and found.store == "classic"
     assert found.target_id == SPEC.config_digest and found.target_listed
-    plan = transfer.plan("lab1", SPEC, found)
+    plan = ship_plan("lab1", SPEC, found)
     assert plan.up_to_date and plan.send == frozenset()
 
 
@@ -70,14 +82,14 @@ def test_containerd_host_with_the_image_is_current_by_its_manifests_config() -> 
     assert found.store == "containerd"
     assert found.target_id != SPEC.config_digest  # the manifest's digest on this store
     assert found.target_config == SPEC.config_digest
-    assert transfer.plan("lab2", SPEC, found).up_to_date
+    assert ship_plan("lab2", SPEC, found).up_to_date
 
 
 def test_new_top_layer_is_all_a_classic_host_lacks() -> None:
     newer = ImageSpec(
         "cauchy:0.2.4", "sha256:" + "1" * 64, (*SPEC.diff_ids[:-1], "sha256:" + "2" * 64)
     )
-    plan = transfer.plan("lab1", newer, state("classic-missing"))
+    plan = ship_plan("lab1", newer, state("classic-missing"))
     assert not plan.up_to_date
     assert plan.send == frozenset({6})
 
@@ -85,7 +97,7 @@ def test_new_top_layer_is_all_a_classic_host_lacks() -> None:
 def test_same_layer_on_another_parent_is_not_present_on_classic() -> None:
     # Chains, not diff IDs: layer 6 alone, without its parents, is not "present".
     moved = ImageSpec("x:1", "sha256:" + "3" * 64, ("sha256:" + "4" * 64, SPEC.diff_ids[6]))
-    assert transfer.plan("lab1", moved, state("classic-missing")).send == frozenset({0, 1})
+    assert ship_plan("lab1", moved, state("classic-missing")).send == frozenset({0, 1})
 
 
 def test_containerd_leaves_out_only_blobs_its_content_store_lists() -> None:
@@ -94,28 +106,28 @@ def test_containerd_leaves_out_only_blobs_its_content_store_lists() -> None:
     newer = ImageSpec(
         "cauchy:0.2.4", "sha256:" + "1" * 64, (*SPEC.diff_ids[:-1], "sha256:" + "2" * 64)
     )
-    assert transfer.plan("lab2", newer, found).send == frozenset({6})
+    assert ship_plan("lab2", newer, found).send == frozenset({6})
 
 
 def test_containerd_without_a_readable_content_store_gets_every_layer() -> None:
     text = (FIXTURES / "state-containerd-missing.txt").read_text()
     text = text.replace("@@content_rc 0", "@@content_rc 1")
-    found = transfer.parse_state(text)
+    found = parse_state(text)
     assert found.content is None
-    plan = transfer.plan("lab2", SPEC, found)
+    plan = ship_plan("lab2", SPEC, found)
     assert plan.send == frozenset(range(7))
     assert "sending every layer" in plan.reason
 
 
 def test_engine_down_is_reported_with_its_words() -> None:
-    found = transfer.parse_state(
+    found = parse_state(
         "@@engine\nCannot connect to the Docker daemon at unix:///var/run/docker.sock. "
         "Is the docker daemon running?\n@@engine_rc 1\n@@end\n"
     )
     assert not found.engine_ok
     assert "Cannot connect" in found.engine_error
-    assert "start the host's Docker engine" in transfer.engine_fix(found.engine_error)
-    assert "docker' group" in transfer.engine_fix("permission denied while trying to connect")
+    assert "start the host's Docker engine" in engine_fix(found.engine_error)
+    assert "docker' group" in engine_fix("permission denied while trying to connect")
 
 
 def test_v1_directories_are_recognised_before_their_data() -> None:
@@ -150,16 +162,16 @@ def test_v1_directories_are_recognised_before_their_data() -> None:
 
 
 def test_normalized_names() -> None:
-    assert transfer.normalized_name("cauchy:0.2.7") == "docker.io/library/cauchy:0.2.7"
-    assert transfer.normalized_name("lab/cauchy:1") == "docker.io/lab/cauchy:1"
-    assert transfer.normalized_name("reg.example:5000/cauchy:1") == "reg.example:5000/cauchy:1"
-    assert transfer.normalized_name("cauchy") == "docker.io/library/cauchy:latest"
+    assert normalized_name("cauchy:0.2.7") == "docker.io/library/cauchy:0.2.7"
+    assert normalized_name("lab/cauchy:1") == "docker.io/lab/cauchy:1"
+    assert normalized_name("reg.example:5000/cauchy:1") == "reg.example:5000/cauchy:1"
+    assert normalized_name("cauchy") == "docker.io/library/cauchy:latest"
 
 
 def test_disk_needed_counts_the_missing_layers_twice_on_both_stores() -> None:
     # Measured: classic 20.10 spools the tarball under <root>/tmp before unpacking it.
-    assert transfer.disk_needed([10, 20, 30], {1, 2}, "classic") == 100
-    assert transfer.disk_needed([10, 20, 30], {1, 2}, "containerd") == 100
+    assert disk_needed([10, 20, 30], {1, 2}, "classic") == 100
+    assert disk_needed([10, 20, 30], {1, 2}, "containerd") == 100
 
 
 # -- the stream, on the controller's engine ---------------------------------------------
@@ -194,14 +206,14 @@ def test_dual_tarball_has_both_manifests_and_only_wanted_layers(small_image) -> 
     from fleet.images import build as images
 
     client, spec = small_image
-    broadcast = transfer.Broadcast(spec, lambda: images.save_stream(client, spec.ref), "gzip")
-    everything = transfer._Sink("a", frozenset(range(len(spec.diff_ids))))
-    top_only = transfer._Sink("b", frozenset({len(spec.diff_ids) - 1}))
+    broadcast = Broadcast(spec, lambda: images.save_stream(client, spec.ref), "gzip")
+    everything = Sink("a", frozenset(range(len(spec.diff_ids))))
+    top_only = Sink("b", frozenset({len(spec.diff_ids) - 1}))
     import threading
 
     outputs: dict[str, bytes] = {}
 
-    def drain(sink: transfer._Sink) -> None:
+    def drain(sink: Sink) -> None:
         outputs[sink.host] = b"".join(sink.chunks())
 
     readers = [threading.Thread(target=drain, args=(s,)) for s in (everything, top_only)]
@@ -238,7 +250,7 @@ def test_dual_tarball_has_both_manifests_and_only_wanted_layers(small_image) -> 
     # The thin stream is a small fraction of the full one: only the top layer travels.
     assert len(outputs["b"]) < len(outputs["a"]) / 10
     # Compressed once: a later wave is replayed from the cache, byte for byte.
-    again = transfer._Sink("c", frozenset({len(spec.diff_ids) - 1}))
+    again = Sink("c", frozenset({len(spec.diff_ids) - 1}))
     reader = threading.Thread(target=drain, args=(again,))
     reader.start()
     broadcast.run([again])
@@ -251,7 +263,7 @@ def test_uncompressed_stream_is_a_plain_tar(small_image) -> None:
     from fleet.images import build as images
 
     client, spec = small_image
-    stream = transfer.ImageStream(spec, lambda: images.save_stream(client, spec.ref), "none")
+    stream = ImageStream(spec, lambda: images.save_stream(client, spec.ref), "none")
     raw = b"".join(b"".join(chunks) for _, chunks in stream.members())
     assert f"blobs/sha256/{spec.diff_ids[0][7:]}" in _members(raw)
     assert stream.layer_sizes[0] > 1_000_000
@@ -270,9 +282,9 @@ def test_local_store_gives_the_same_stream_as_docker_save(small_image) -> None:
     assert local.tar_size(chains[top]) == len(local.tar(chains[top], spec.diff_ids[top]))
     with pytest.raises(OSError, match="does not match"):
         local.tar(chains[top], spec.diff_ids[0])
-    saved = transfer.ImageStream(spec, lambda: images.save_stream(client, spec.ref), "none")
+    saved = ImageStream(spec, lambda: images.save_stream(client, spec.ref), "none")
     from_save = {m.key: b"".join(c) for m, c in saved.members() if m.layer in (None, top)}
-    read = transfer.ImageStream(spec, lambda: iter(()), "none")
+    read = ImageStream(spec, lambda: iter(()), "none")
     from_store = {m.key: b"".join(c) for m, c in read.local_members(local, {top})}
     assert from_store == from_save
     assert read.layer_sizes == saved.layer_sizes
@@ -280,27 +292,27 @@ def test_local_store_gives_the_same_stream_as_docker_save(small_image) -> None:
 
 # -- compression per host ----------------------------------------------------------------
 def test_zstd_goes_only_to_engines_that_load_it() -> None:
-    assert not transfer.zstd_loads("20.10.24+dfsg1")  # measured: "invalid tar header"
-    assert transfer.zstd_loads("26.1.5+dfsg1")  # measured: loads, concatenated frames too
-    assert transfer.zstd_loads("23.0.0")
-    assert not transfer.zstd_loads("")
-    classic = transfer.HostImageState(True, engine_version="20.10.24")
-    recent = transfer.HostImageState(True, engine_version="26.1.5")
-    assert transfer.wire_compression("zstd", classic) == "gzip"
-    assert transfer.wire_compression("zstd", recent) == "zstd"
-    assert transfer.wire_compression("none", classic) == "none"
+    assert not zstd_loads("20.10.24+dfsg1")  # measured: "invalid tar header"
+    assert zstd_loads("26.1.5+dfsg1")  # measured: loads, concatenated frames too
+    assert zstd_loads("23.0.0")
+    assert not zstd_loads("")
+    classic = HostImageState(True, engine_version="20.10.24")
+    recent = HostImageState(True, engine_version="26.1.5")
+    assert wire_compression("zstd", classic) == "gzip"
+    assert wire_compression("zstd", recent) == "zstd"
+    assert wire_compression("none", classic) == "none"
     found = state("containerd-current")
     assert found.engine_version[:1].isdigit()
 
 
-needs_zstd = pytest.mark.skipif(transfer.zstd_program() is None, reason="no zstd program")
+needs_zstd = pytest.mark.skipif(zstd_program() is None, reason="no zstd program")
 
 
 @needs_zstd
 def test_zstd_members_concatenate_into_one_stream() -> None:
     import subprocess
 
-    encoder = transfer._Encoder("zstd")
+    encoder = _Encoder("zstd")
     parts = [b"header" * 100, bytes(range(256)) * 5000, b"end"]
     wire = b""
     for index, part in enumerate(parts):
@@ -314,7 +326,7 @@ def test_zstd_members_concatenate_into_one_stream() -> None:
 
 @needs_zstd
 def test_an_abandoned_zstd_member_leaves_no_process() -> None:
-    encoder = transfer._Encoder("zstd")
+    encoder = _Encoder("zstd")
     encoder.start(10)
     frame = encoder._zip
     encoder.feed(b"partial")
@@ -327,9 +339,9 @@ def test_registry_manifests_spread_over_many_lines_still_verify() -> None:
     head, _, rest = text.partition("@@target_manifest\n")
     line, _, tail = rest.partition("\n")
     pretty = json.dumps(json.loads(line), indent=3)  # as 'docker push' writes manifests
-    found = transfer.parse_state(f"{head}@@target_manifest\n{pretty}\n{tail}")
+    found = parse_state(f"{head}@@target_manifest\n{pretty}\n{tail}")
     assert found.target_config == SPEC.config_digest
-    assert transfer.is_current(SPEC, found)
+    assert is_current(SPEC, found)
 
 
 def test_a_pull_plans_by_layer_chains_on_both_stores() -> None:
@@ -337,9 +349,9 @@ def test_a_pull_plans_by_layer_chains_on_both_stores() -> None:
         "cauchy:0.2.4", "sha256:" + "1" * 64, (*SPEC.diff_ids[:-1], "sha256:" + "2" * 64)
     )
     for name in ("classic-current", "containerd-current"):
-        plan = transfer.pull_plan("h", newer, state(name))
+        plan = pull_plan("h", newer, state(name))
         assert plan.send == frozenset({6}), name
-        assert transfer.pull_plan("h", SPEC, state(name)).up_to_date
+        assert pull_plan("h", SPEC, state(name)).up_to_date
 
 
 # -- bandwidth ---------------------------------------------------------------------------
@@ -371,9 +383,9 @@ def test_a_throttled_sink_takes_at_least_size_over_rate() -> None:
 
     size, rate = 3 << 20, 4 << 20  # 3 MiB at 4 MiB/s: at least 0.75 s
     limits = Limits(total=rate)
-    sinks = [transfer._Sink(name, frozenset(), limits.for_host()) for name in ("a", "b")]
+    sinks = [Sink(name, frozenset(), limits.for_host()) for name in ("a", "b")]
 
-    def produce(sink: transfer._Sink) -> None:
+    def produce(sink: Sink) -> None:
         for _ in range(size // len(sinks) >> 16):
             sink.put(b"\0" * (1 << 16))
         sink.put(None)

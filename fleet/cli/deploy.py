@@ -13,7 +13,7 @@ from fleet.cli.push import default_image
 from fleet.images import build as images
 from fleet.ops import deploy
 from fleet.results import FleetResult
-from fleet.ship import transfer
+from fleet.ship.plan import check_options
 
 
 def register(subparsers: Any) -> None:
@@ -162,7 +162,7 @@ def _deploy(args: argparse.Namespace) -> int:
     if args.serial is not None:
         deploy.batches([], args.serial)  # validate before touching any host
     options = _options(args, repository)
-    transfer.check_options(options.push_options())  # bad options exit 5 before any host
+    check_options(options.push_options())  # bad options exit 5 before any host
 
     def operation(runner: Any, hosts: Any) -> FleetResult:
         return deploy.deploy(runner, hosts, image, options)

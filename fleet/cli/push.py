@@ -10,7 +10,9 @@ from fleet.cli import common
 from fleet.errors import UsageError
 from fleet.images import build as images
 from fleet.results import FleetResult
-from fleet.ship import transfer
+from fleet.ship.plan import VIAS, PushOptions, check_options
+from fleet.ship.push import push
+from fleet.ship.stream import COMPRESSIONS
 
 
 def register(subparsers: Any) -> None:
@@ -51,7 +53,7 @@ def add_path_options(parser: argparse.ArgumentParser) -> None:
     """--via, --registry, --compress and the bandwidth limits (push and deploy)."""
     parser.add_argument(
         "--via",
-        choices=transfer.VIAS,
+        choices=VIAS,
         default="ssh",
         help="ssh: stream each host its missing layers (default); registry: push once to "
         "a registry, every host pulls",
@@ -65,7 +67,7 @@ def add_path_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--compress",
-        choices=transfer.COMPRESSIONS,
+        choices=COMPRESSIONS,
         default=None,
         help="on the wire with --via ssh (default gzip); zstd goes to Docker 23+ hosts, "
         "the others get gzip",
@@ -143,17 +145,17 @@ def _push(args: argparse.Namespace) -> int:
         # 'fleet push cauchy:0.2.7' names an image, not the union of two host patterns.
         args.image, args.pattern = args.pattern, "all"
     reference = args.image or default_image(client, args.project)
-    options = transfer.PushOptions(
+    options = PushOptions(
         check=args.check,
         min_free_bytes=args.min_free,
         state_timeout=args.timeout,
         **path_options(args),
     )
-    transfer.check_options(options)  # before reading the image: bad options exit 5 at once
+    check_options(options)  # before reading the image: bad options exit 5 at once
     image = images.shippable(client, reference)
 
     def task(runner: Any, hosts: Any) -> FleetResult:
-        return transfer.push(runner, hosts, image, options)
+        return push(runner, hosts, image, options)
 
     return common.run_fleet(args, task, detail_columns=columns_for(args), title=f"push {reference}")
 

@@ -12,11 +12,11 @@
    ``ssh://`` hosts do). ``images.build`` then runs unchanged against that engine; the
    build context is uploaded through the tunnel.
 2. *Layer 1.* The upstream image must be on the host. When it is not and the controller
-   has it, it is shipped with ``transfer.push`` (only the layers the host lacks); when
+   has it, it is shipped with ``push`` (only the layers the host lacks); when
    neither has it, the host's engine pulls it during the build, as a local build would.
 3. *Pull-back.* The base and framework images come back to the controller's engine, only
    the layers it lacks: the host's ``docker save`` is read through the tunnel and cut to a
-   thin tarball (``transfer.thin_tarball``) for the controller's ``docker load``; then the
+   thin tarball (``thin_tarball``) for the controller's ``docker load``; then the
    controller's image is verified (ID and diff IDs). So the controller's store stays the
    record of every version built: ``fleet images``, push, deploy and audit work unchanged.
 
@@ -57,7 +57,9 @@ from fleet.images.gitinfo import GitFacts
 from fleet.programs import program
 from fleet.results import Outcome
 from fleet.runner import Runner
-from fleet.ship import transfer
+from fleet.ship.push import push
+from fleet.ship.state import engine_fix
+from fleet.ship.stream import thin_tarball
 from fleet.ssh.base import Transport
 
 DIAL_STDIO = ("docker", "system", "dial-stdio")
@@ -418,7 +420,7 @@ def check_engine(transport: Transport) -> None:
     said = (ran.stderr or ran.stdout).strip() or f"docker exited {ran.exit_code}"
     raise EngineError(
         f"the Docker engine of build host {transport.host} does not answer: {said}",
-        fix=transfer.engine_fix(said),
+        fix=engine_fix(said),
     )
 
 
@@ -439,7 +441,7 @@ def ensure_upstream(
         )
         return None
     step("upstream", f"shipping {reference} to {host.name} (only the layers it lacks)")
-    shipped = transfer.push(runner, [host], images.shippable(local, reference))
+    shipped = push(runner, [host], images.shippable(local, reference))
     row = shipped.results[0]
     if row.outcome is Outcome.UNREACHABLE:
         raise UnreachableError(host.name, row.reason or "unreachable", fix=row.fix)
@@ -545,7 +547,7 @@ def pull_back(
         local=None,  # images.LocalLayers reads the controller's store, never the host's
     )
     try:
-        images.load_stream(local, loaded.count(transfer.thin_tarball(image, send)))
+        images.load_stream(local, loaded.count(thin_tarball(image, send)))
     except HostError as exc:
         raise EngineError(
             f"pulling {reference} back from build host {host} failed: {exc.reason}",

@@ -43,7 +43,9 @@ from fleet.ops.runspec import HealthCheck, RunPolicy, RunSpec, path_within, run_
 from fleet.programs import program
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
-from fleet.ship import transfer
+from fleet.ship.plan import PushOptions
+from fleet.ship.push import push
+from fleet.ship.state import engine_fix
 from fleet.ssh.base import Transport, parses_host_output
 from fleet.units import utc_now
 
@@ -98,7 +100,7 @@ class DeployOptions:
     compress: str = "gzip"
     state_timeout: float | None = None
     controller: str = field(default_factory=controller_identity)
-    # How the image travels (transfer.PushOptions): SSH stream or registry, and limits.
+    # How the image travels (PushOptions): SSH stream or registry, and limits.
     via: str = "ssh"
     registry: str | None = None
     max_rate: float | None = None
@@ -108,9 +110,9 @@ class DeployOptions:
     wait_idle: float = 0.0
     force: bool = False
 
-    def push_options(self) -> transfer.PushOptions:
+    def push_options(self) -> PushOptions:
         """The shipping step's options."""
-        return transfer.PushOptions(
+        return PushOptions(
             compress=self.compress,
             check=self.check,
             state_timeout=self.state_timeout,
@@ -764,7 +766,7 @@ def _gather(ctx: HostContext, options: DeployOptions) -> HostFramework:
         raise HostError(
             ctx.name,
             f"Docker engine not usable: {state.engine_error}",
-            fix=transfer.engine_fix(state.engine_error),
+            fix=engine_fix(state.engine_error),
         )
     return state
 
@@ -806,7 +808,7 @@ def _rollout(
             for host in batch:
                 results[host.name] = HostResult(host.name, Outcome.SKIPPED, stop_reason)
             continue
-        pushed = transfer.push(runner, batch, image, options.push_options())
+        pushed = push(runner, batch, image, options.push_options())
         ready = [h for h in batch if pushed_ok(pushed, h.name)]
         for row in pushed.results:
             if not row.succeeded:

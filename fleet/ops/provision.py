@@ -16,7 +16,7 @@ What a provisioned host has (every item is a setting of ``fleet_provision``, see
 - the weights service itself, answering (started by running ``aicron.sh`` once);
 - an engine that answers and can run what the run spec (``fleet_run``) asks: the runtime,
   GPUs, ulimits; free disk at Docker's root and at the data root: the *preflight*;
-- the base image (layers 1-2), shipped with :func:`fleet.ship.transfer.push`, so that a
+- the base image (layers 1-2), shipped with :func:`fleet.ship.push`, so that a
   framework release then only sends its thin top layer.
 
 Nothing a container can write is run by root. The framework's run command mounts the data
@@ -104,7 +104,9 @@ from fleet.ops.runspec import RunSpec
 from fleet.programs import program
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
-from fleet.ship import transfer
+from fleet.ship.plan import PushOptions
+from fleet.ship.push import push
+from fleet.ship.state import engine_fix
 from fleet.ssh.base import Transport, gathered, parses_host_output
 
 FLEET_PROVISION = "fleet_provision"
@@ -1021,7 +1023,7 @@ def _check_engine(
         failures.append(
             Problem(
                 f"Docker engine not usable: {host.engine_error or 'docker info failed'}",
-                transfer.engine_fix(host.engine_error),
+                engine_fix(host.engine_error),
             )
         )
         return
@@ -1915,7 +1917,7 @@ def provision(
     First each host on its own (facts, preflight, plan, changes, verification); then the
     hosts that succeeded get their base image (``settings[host].base_image``, which must be
     a key of ``bases``; None ships nothing), grouped by image and disk reserve (the reserve
-    is ``min_free.docker``: left free after loading), through :func:`transfer.push`.
+    is ``min_free.docker``: left free after loading), through :func:`push`.
     """
     started = time.monotonic()
     first = runner.run(
@@ -1930,13 +1932,13 @@ def provision(
                 key = (ref, settings[host.name].min_free_docker)
                 groups.setdefault(key, []).append(host)
         for (ref, reserve), members in groups.items():
-            push_options = transfer.PushOptions(
+            push_options = PushOptions(
                 compress=options.compress,
                 check=options.check,
                 min_free_bytes=reserve,
                 state_timeout=options.timeout,
             )
-            pushed = transfer.push(runner, members, bases[ref], push_options)
+            pushed = push(runner, members, bases[ref], push_options)
             for row in pushed.results:
                 results[row.host] = with_base(results[row.host], row, ref, options.check)
     command = "provision --check" if options.check else "provision"

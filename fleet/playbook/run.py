@@ -41,7 +41,8 @@ from fleet.playbook.secret import DIFF_HIDDEN, Secrets
 from fleet.programs import program
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
-from fleet.ship import transfer
+from fleet.ship.plan import PushOptions
+from fleet.ship.push import push
 
 __all__ = ["Interrupted", "PlayOptions", "PlaybookRun", "Player", "Tally", "run"]
 
@@ -463,13 +464,13 @@ def _push(
         return _not_built(reference, hosts, "push")
     image = images.shippable(player.client, reference)
     min_free = args.get("min_free") or 0
-    options = transfer.PushOptions(
+    options = PushOptions(
         compress=str(args.get("compress", "gzip")),
         check=player.options.check,
         min_free_bytes=_size(min_free),
         **shipping_options(args),
     )
-    return transfer.push(player.runner, hosts, image, options)
+    return push(player.runner, hosts, image, options)
 
 
 def shipping_options(args: Mapping[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ What a host pulls is what the controller pushed, whoever else reaches the regist
   is never what a host pulls.
 
 The per-host steps (pull, verify, name, remove the pull's name) live in
-:mod:`fleet.ship.transfer`, beside the SSH path they replace.
+:mod:`fleet.ship.pull`, beside the SSH path they replace (:mod:`fleet.ship.push`).
 """
 
 from __future__ import annotations

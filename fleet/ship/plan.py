@@ -1,0 +1,175 @@
+"""Which layers each host gets, in which compression, and the checks made before a byte ships.
+
+Per host, from what it reported (:mod:`fleet.ship.state`):
+
+- classic store: layer *i* may be left out when the chain ID of layers ``0..i`` is among
+  the chains of the host's images (Docker 20.10's ``docker load`` skips every layer whose
+  chain exists without opening its file);
+- containerd store: layer *i* may be left out only when the host's content store lists a
+  blob whose digest is the layer's diff ID (``ctr content ls``): its ``docker load``
+  accepts a missing blob only then. When that cannot be asked (no ``ctr``, no root),
+  every layer is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from fleet.errors import HostError, UsageError
+from fleet.images.build import ImageSpec
+from fleet.images.labels import cuda_tuple
+from fleet.ship import registry
+from fleet.ship.state import HostImageState, is_current
+from fleet.ship.stream import COMPRESSIONS, zstd_program
+
+LOAD_TIMEOUT = 3600.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which layers one host gets, and why."""
+
+    host: str
+    store: str
+    up_to_date: bool
+    send: frozenset[int]
+    reason: str = ""
+
+
+def plan(host: str, spec: ImageSpec, state: HostImageState) -> Plan:
+    """The layers ``host`` lacks (a pure function of what it reported)."""
+    if is_current(spec, state):
+        return Plan(host, state.store, True, frozenset())
+    if state.store == "containerd":
+        if state.content is None:
+            return Plan(
+                host,
+                state.store,
+                False,
+                frozenset(range(len(spec.diff_ids))),
+                f"content store not readable ({state.content_error}); sending every layer",
+            )
+        send = frozenset(i for i, d in enumerate(spec.diff_ids) if d not in state.content)
+        return Plan(host, state.store, False, send)
+    chains = spec.chain_ids
+    send = frozenset(i for i, c in enumerate(chains) if c not in state.chains)
+    return Plan(host, state.store, False, send)
+
+
+def pull_plan(host: str, spec: ImageSpec, state: HostImageState) -> Plan:
+    """The layers a pull from a registry unpacks: those whose chain the host lacks.
+
+    On both stores (measured on the lab: Docker 26.1's containerd store skips the
+    download of a layer whose snapshot exists, even when its content store holds the
+    layer only uncompressed, as ``docker load`` left it). :func:`pull` then fetches such
+    layers' registry blobs too, so on that store the bytes pulled (counted by the relay)
+    can exceed these layers: the plan is a lower bound there.
+    """
+    if is_current(spec, state):
+        return Plan(host, state.store, True, frozenset())
+    send = frozenset(i for i, c in enumerate(spec.chain_ids) if c not in state.chains)
+    return Plan(host, state.store, False, send)
+
+
+def zstd_loads(engine_version: str) -> bool:
+    """Whether an engine's ``docker load`` takes zstd input: Docker 23 and later.
+
+    Measured on the lab: 20.10 fails ("archive/tar: invalid tar header"), 26.1 loads it
+    (concatenated frames too). zstd reached ``docker load`` in moby#41759, first
+    released in 23.0. An unknown version gets gzip.
+    """
+    major = engine_version.split(".", 1)[0]
+    return major.isdigit() and int(major) >= 23
+
+
+def wire_compression(requested: str, state: HostImageState) -> str:
+    """What a host gets: zstd falls back to gzip for engines that cannot load it."""
+    if requested == "zstd" and not zstd_loads(state.engine_version):
+        return "gzip"
+    return requested
+
+
+def disk_needed(spec_sizes: Sequence[int], send: Iterable[int], store: str) -> int:
+    """Bytes a load needs at the Docker root: the missing layers twice, on either store.
+
+    The classic store's ``docker load`` spools the whole tarball under ``<root>/tmp``
+    before it unpacks it (incompressible layers cost their size twice); the containerd
+    store keeps the compressed blob beside the unpacked snapshot.
+    """
+    return 2 * sum(spec_sizes[i] for i in send if i < len(spec_sizes))
+
+
+VIAS = ("ssh", "registry")
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    """How to push: path, compression, bandwidth, dry run, and the limits of one host.
+
+    ``via``: ``ssh`` streams each host its missing layers; ``registry`` publishes once and
+    every host pulls (``registry``: an existing registry's address, or None for the
+    controller's own, tunnelled). ``max_rate``/``max_rate_per_host``: bytes per second
+    over all hosts / for each host (see the module docstring for what they cap).
+    """
+
+    compress: str = "gzip"
+    check: bool = False
+    min_free_bytes: int = 0
+    load_timeout: float = LOAD_TIMEOUT
+    state_timeout: float | None = None
+    via: str = "ssh"
+    registry: str | None = None
+    max_rate: float | None = None
+    max_rate_per_host: float | None = None
+
+
+def check_options(options: PushOptions) -> None:
+    """Refuse options that cannot work together, before any host is touched."""
+    if options.via not in VIAS:
+        raise UsageError(f"--via {options.via!r}: choose one of {', '.join(VIAS)}")
+    if options.compress not in COMPRESSIONS:
+        raise UsageError(
+            f"--compress {options.compress!r}: choose one of {', '.join(COMPRESSIONS)}"
+        )
+    if options.registry is not None and options.via != "registry":
+        raise UsageError("--registry URL goes with --via registry", fix="add --via registry")
+    if options.registry is not None:
+        registry.parse_address(options.registry)
+    limited = options.max_rate is not None or options.max_rate_per_host is not None
+    if limited and options.via == "registry" and options.registry is not None:
+        raise UsageError(
+            "--max-rate cannot limit hosts that pull from a registry themselves",
+            fix="limit the registry's bandwidth there, or use --via ssh, or --via registry "
+            "without --registry (the controller's tunnelled registry)",
+        )
+    for name, rate in (
+        ("--max-rate", options.max_rate),
+        ("--max-rate-per-host", options.max_rate_per_host),
+    ):
+        if rate is not None and rate <= 0:
+            raise UsageError(f"{name} must be more than 0 bytes per second")
+    if options.via == "ssh" and options.compress == "zstd" and zstd_program() is None:
+        raise UsageError(
+            "--compress zstd needs the zstd program on the controller",
+            fix="apt-get install zstd, or use --compress gzip",
+        )
+
+
+def check_cuda(host: str, spec: ImageSpec, state: HostImageState) -> None:
+    """Refuse a host whose driver supports an older CUDA than the image needs.
+
+    Before a byte is shipped: such an image would not start its CUDA work there. A host
+    without a driver (no nvidia-smi) is provision's concern, not this check's.
+    """
+    if not spec.cuda or not state.cuda:
+        return
+    if cuda_tuple(state.cuda) >= cuda_tuple(spec.cuda):
+        return
+    raise HostError(
+        host,
+        f"{spec.ref} needs CUDA {spec.cuda}, but the host's driver {state.driver} supports "
+        f"CUDA {state.cuda} at most; nothing was shipped",
+        fix=f"upgrade the host's NVIDIA driver to one that supports CUDA {spec.cuda} (see "
+        "NVIDIA's CUDA compatibility table), or deploy a version built on an older CUDA base",
+    )

@@ -1,0 +1,282 @@
+"""Ship an image to hosts, sending each host only the layers it lacks.
+
+First every host says what it has (:mod:`fleet.ship.state`, one round trip each) and gets
+its plan (:mod:`fleet.ship.plan`). Over SSH, hosts go in waves of at most ``forks``: one
+producer per compression in use (:mod:`fleet.ship.stream`) feeds every host of the wave,
+and each host's stream goes into its ``docker load``, whose output verifies the image in
+the same round trip. ``--via registry`` replaces the stream (:mod:`fleet.ship.pull`).
+
+``--max-rate``: token buckets (:mod:`fleet.ship.bandwidth`), one for the whole run and one
+per host, on the bytes that leave the controller for the hosts (compressed, before SSH
+framing); on the tunnelled registry path, on what the registry sends each host.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fleet.errors import CommandError, HostError, tail_lines
+from fleet.hosts.inventory import Host
+from fleet.images.build import Shippable
+from fleet.programs import program
+from fleet.results import FleetResult, HostResult, Outcome
+from fleet.runner import HostContext, Runner
+from fleet.ship import registry
+from fleet.ship.bandwidth import Limits
+from fleet.ship.plan import (
+    LOAD_TIMEOUT,
+    Plan,
+    PushOptions,
+    check_cuda,
+    check_options,
+    disk_needed,
+    plan,
+    pull_plan,
+    wire_compression,
+)
+from fleet.ship.pull import pull_all
+from fleet.ship.state import engine_fix, read_state, verify
+from fleet.ship.stream import Broadcast, Sink
+
+_STALL_DEFAULT = 180.0
+
+
+# docker load, then the target as it now is: the verification costs no extra round trip.
+LOAD_SCRIPT = program("image_load.sh")
+
+
+@dataclass(frozen=True)
+class Shipment:
+    """What a host's transfer did, for the result's details."""
+
+    store: str
+    layers_total: int
+    layers_sent: int
+    bytes_sent: int
+    image_id: str
+
+
+def load(
+    ctx: HostContext,
+    sink: Sink,
+    plan: Plan,
+    ref: str,
+    timeout: float = LOAD_TIMEOUT,
+    stall: float | None = None,
+) -> str:
+    """Stream a sink into ``docker load`` on the host; a host that stops taking data fails.
+
+    Returns what the host then says of ``ref`` (for :func:`verify`), in the same round trip.
+    """
+    try:
+        ran = ctx.transport.stream(
+            ["sh", "-c", LOAD_SCRIPT, "fleet-load", ref, plan.store],
+            sink.chunks(),
+            timeout=timeout,
+            stall_timeout=stall,
+        )
+    except CommandError as exc:
+        said = tail_lines(exc.stderr or exc.stdout)
+        full = "no space left on device" in (exc.stderr + exc.stdout).lower()
+        raise HostError(
+            ctx.name,
+            f"docker load of {ref} failed (exit {exc.returncode})"
+            f"{': the disk at the Docker root is full' if full else ''}:\n{said}",
+            fix="free space on the host (fleet prune, docker system prune) or grow its disk, "
+            "then rerun"
+            if full
+            else exc.fix or "rerun: nothing was tagged, the missing layers are sent again",
+        ) from exc
+    finally:
+        sink.close()
+    return ran.stdout
+
+
+def result_for(ctx: HostContext, shipment: Shipment) -> HostResult:
+    outcome = Outcome.CHANGED if shipment.layers_sent or shipment.bytes_sent else Outcome.OK
+    reason = (
+        f"sent {shipment.layers_sent}/{shipment.layers_total} layers, {shipment.bytes_sent} bytes"
+        if outcome is Outcome.CHANGED
+        else "image already present"
+    )
+    return ctx.result(
+        outcome,
+        reason,
+        details={
+            "store": shipment.store,
+            "layers_total": shipment.layers_total,
+            "layers_present": shipment.layers_total - shipment.layers_sent,
+            "layers_sent": shipment.layers_sent,
+            "bytes_sent": shipment.bytes_sent,
+            "image_id": shipment.image_id,
+        },
+    )
+
+
+def push(
+    runner: Runner,
+    hosts: Sequence[Host],
+    image: Shippable,
+    options: PushOptions = PushOptions(),
+    publisher: registry.Publisher | None = None,
+) -> FleetResult:
+    """Ship ``image`` to every host that lacks it; one result per host, in host order.
+
+    First every host says what it has (one round trip each). Over SSH: in waves of at
+    most ``runner.forks`` hosts, one pass over ``docker save`` (per compression) feeds
+    every host of the wave its missing layers. Via a registry: the image is published
+    once, then every host pulls it. Either way each host's image is verified.
+    ``publisher``: how the registry path publishes (default: the controller's engine).
+    """
+    check_options(options)
+    spec = image.spec
+    started = time.monotonic()
+    plans: dict[str, tuple[Plan, str]] = {}
+    lock = threading.Lock()
+
+    def inspect(ctx: HostContext) -> HostResult:
+        result, decided, compress = _inspect(ctx, image, options)
+        if decided is not None:
+            with lock:
+                plans[ctx.name] = (decided, compress)
+        return result
+
+    inspected = runner.run("push: inspect", hosts, inspect)
+    results = {r.host: r for r in inspected.results}
+    command = "push --check" if options.check else "push"
+    if options.check:
+        return FleetResult.of(command, inspected.results, time.monotonic() - started)
+    todo = [h for h in hosts if h.name in plans]
+    limits = Limits(options.max_rate, options.max_rate_per_host)
+    decided = {name: plan for name, (plan, _) in plans.items()}
+    if not todo:
+        shipped: list[HostResult] = []
+    elif options.via == "registry":
+        shipped = pull_all(runner, todo, spec, decided, options, limits, publisher)
+    else:
+        compress_of = {name: compress for name, (_, compress) in plans.items()}
+        shipped = _send_all(runner, todo, image, decided, compress_of, options, limits)
+    for row in shipped:
+        results[row.host] = _merge_seconds(results[row.host], row)
+    return FleetResult.of(command, (results[h.name] for h in hosts), time.monotonic() - started)
+
+
+def _inspect(
+    ctx: HostContext, image: Shippable, options: PushOptions
+) -> tuple[HostResult, Plan | None, str]:
+    """What one host has and needs: (its result, the plan when it lacks layers, compression)."""
+    spec, sizes = image.spec, image.sizes
+    pulling = options.via == "registry"
+    verb = "pull" if pulling else "send"
+    state = read_state(ctx.transport, spec.ref, options.state_timeout)
+    if not state.engine_ok:
+        raise HostError(
+            ctx.name,
+            f"Docker engine not usable: {state.engine_error}",
+            fix=engine_fix(state.engine_error),
+        )
+    check_cuda(ctx.name, spec, state)
+    decided = pull_plan(ctx.name, spec, state) if pulling else plan(ctx.name, spec, state)
+    needed = disk_needed(sizes, decided.send, decided.store)
+    details: dict[str, Any] = {
+        "store": decided.store,
+        "layers_total": len(spec.diff_ids),
+        "layers_present": len(spec.diff_ids) - len(decided.send),
+        f"layers_to_{verb}": len(decided.send),
+        f"bytes_to_{verb}": sum(sizes[i] for i in decided.send if i < len(sizes)),
+    }
+    compress = wire_compression(options.compress, state)
+    if not pulling:
+        details["compress"] = compress
+    if decided.up_to_date:
+        details["image_id"] = state.target_id
+        return ctx.result(Outcome.OK, "image already present", details=details), None, compress
+    if state.free_bytes is not None and state.free_bytes - needed < options.min_free_bytes:
+        reserve = f" plus a reserve of {options.min_free_bytes}" if options.min_free_bytes else ""
+        raise HostError(
+            ctx.name,
+            f"not enough disk at the Docker root: needs {needed} bytes"
+            f"{reserve}, has {state.free_bytes} free",
+            fix="free space on the host (fleet prune, docker system prune) or grow its disk",
+        )
+    note = decided.reason or f"would {verb} {len(decided.send)}/{len(spec.diff_ids)} layers"
+    if pulling:
+        note += f" from {options.registry or 'the controller (tunnelled)'}"
+    if compress != options.compress:
+        note += f" ({options.compress} not loadable by Docker {state.engine_version}: {compress})"
+    outcome = Outcome.CHANGED if options.check else Outcome.OK
+    return ctx.result(outcome, note, details=details), decided, compress
+
+
+def _send_all(
+    runner: Runner,
+    todo: Sequence[Host],
+    image: Shippable,
+    plans: Mapping[str, Plan],
+    compress_of: Mapping[str, str],
+    options: PushOptions,
+    limits: Limits,
+) -> list[HostResult]:
+    """The SSH path: waves of hosts, one producer per compression in use."""
+    spec = image.spec
+    broadcasts = {
+        c: Broadcast(spec, image.save, c, image.local) for c in sorted(set(compress_of.values()))
+    }
+    shipped: list[HostResult] = []
+    for first in range(0, len(todo), runner.forks):
+        wave = todo[first : first + runner.forks]
+        sinks = {h.name: Sink(h.name, plans[h.name].send, limits.for_host()) for h in wave}
+        more = first + runner.forks < len(todo)
+        producers = []
+        for compress, broadcast in broadcasts.items():
+            group = [sinks[h.name] for h in wave if compress_of[h.name] == compress]
+            if group:
+                producer = threading.Thread(
+                    target=broadcast.run, args=(group,), kwargs={"replay": more}, daemon=True
+                )
+                producer.start()
+                producers.append(producer)
+
+        def ship(ctx: HostContext, sinks: dict[str, Sink] = sinks) -> HostResult:
+            sink = sinks[ctx.name]
+            broadcast = broadcasts[compress_of[ctx.name]]
+            sink.on_progress = lambda sent: ctx.progress("sending", sent, 0)
+            decided = plans[ctx.name]
+            try:
+                loaded = load(ctx, sink, decided, spec.ref, options.load_timeout, _STALL_DEFAULT)
+            except HostError:
+                if broadcast.error is not None:
+                    raise HostError(
+                        ctx.name, f"reading the image on the controller failed: {broadcast.error}"
+                    ) from broadcast.error
+                raise
+            if broadcast.error is not None:
+                raise HostError(
+                    ctx.name, f"reading the image on the controller failed: {broadcast.error}"
+                )
+            image_id = verify(ctx.transport, spec, options.state_timeout, loaded)
+            shipment = Shipment(
+                decided.store, len(spec.diff_ids), len(decided.send), sink.bytes, image_id
+            )
+            result = result_for(ctx, shipment)
+            sizes_known = broadcast.layer_sizes
+            missing = sum(sizes_known[i] for i in decided.send) if sizes_known else None
+            extra = {
+                "missing_bytes": missing,
+                "source": broadcast.source,
+                "compress": compress_of[ctx.name],
+            }
+            return replace(result, details={**result.details, **extra})
+
+        shipped += runner.run("push", wave, ship).results
+        for producer in producers:
+            producer.join(timeout=60)
+    return shipped
+
+
+def _merge_seconds(inspected: HostResult, shipped: HostResult) -> HostResult:
+    return replace(shipped, seconds=inspected.seconds + shipped.seconds)

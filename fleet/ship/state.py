@@ -1,0 +1,203 @@
+"""What a host's engine holds of one image, asked in one round trip, and its check after a load.
+
+The state program says the engine's version, its image store, the chains of the host's
+images (classic store), the blobs of its content store (containerd store, by ``ctr``), the
+free disk at the Docker root, the driver's CUDA version and the target image as the host
+has it. After a load the same target lines verify the image: ``docker load`` can report
+success for an image that is not usable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from fleet.errors import HostError
+from fleet.images.build import ImageSpec, chain_ids
+from fleet.ops import facts
+from fleet.programs import program
+from fleet.ssh.base import Transport, gathered, parses_host_output
+
+# One round trip; "$1" is the image reference, passed as an argument, never interpolated.
+# The target image as the host has it; shared by the state script and the load. ``$store``
+# says whether the containerd content store holds its manifest (whose config is the ID).
+_TARGET_SCRIPT = program("image_target.sh")
+
+
+# Every docker CLI call costs a Go process start on the host (tens of ms of CPU): on hosts
+# that share cores, as a lab's or a busy GPU server's do, that is most of a thin push.
+# So one 'docker info' says engine, store and root, and ctr runs on containerd stores only.
+STATE_SCRIPT = program("image_state.sh")
+
+
+@dataclass(frozen=True)
+class HostImageState:
+    """What a host's engine holds, as far as shipping one image is concerned."""
+
+    engine_ok: bool
+    engine_error: str = ""
+    engine_version: str = ""
+    store: str = "classic"
+    target_id: str = ""
+    target_layers: tuple[str, ...] = ()
+    target_listed: bool = False
+    target_config: str = ""
+    chains: frozenset[str] = frozenset()
+    content: frozenset[str] | None = None
+    content_error: str = ""
+    free_bytes: int | None = None
+    # The driver's version and the CUDA it supports, from nvidia-smi ("" without a driver).
+    driver: str = ""
+    cuda: str = ""
+
+
+def sections(text: str) -> dict[str, list[str]]:
+    return {
+        k: [line.strip() for line in v] for k, v in facts.sections(text, keep_blank=False).items()
+    }
+
+
+@parses_host_output("the host's image state")
+def parse_state(text: str) -> HostImageState:
+    """A host's image state from the output of :data:`STATE_SCRIPT`."""
+    parts = sections(gathered(text, "the host's image state"))
+    engine_lines = parts.get("engine", [])
+    if (
+        parts.get("engine_rc", ["1"])[:1] != ["0"]
+        or not engine_lines[:1]
+        or not engine_lines[0][:1].isdigit()
+    ):
+        return HostImageState(False, "\n".join(engine_lines) or "docker did not answer")
+    store = "classic"
+    for line in parts.get("store", []):
+        if "io.containerd.snapshotter" in line:
+            store = "containerd"
+    chains: set[str] = set()
+    for line in parts.get("layers", []):
+        try:
+            layers = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(layers, list):
+            chains.update(chain_ids([str(x) for x in layers]))
+    content: frozenset[str] | None = None
+    content_error = ""
+    content_lines = parts.get("content", [])
+    if parts.get("content_rc", ["1"])[:1] == ["0"]:
+        content = frozenset(x for x in content_lines if x.startswith("sha256:"))
+    else:
+        content_error = " ".join(content_lines[-2:]) or "ctr failed"
+    free: int | None = None
+    df_words = (parts.get("df") or [""])[-1].split()
+    if len(df_words) >= 4 and df_words[3].isdigit():
+        free = int(df_words[3])
+    return replace(
+        target_state(parts),
+        engine_version=engine_lines[0],
+        store=store,
+        chains=frozenset(chains),
+        content=content,
+        content_error=content_error,
+        free_bytes=free,
+        driver=_driver(parts.get("cuda", []))[0],
+        cuda=_driver(parts.get("cuda", []))[1],
+    )
+
+
+def _driver(lines: list[str]) -> tuple[str, str]:
+    """(driver, CUDA) from the state program's ``@@cuda`` line; ("", "") when unknown."""
+    words = (lines[:1] or [""])[0].split()
+    if len(words) == 2 and all(w.replace(".", "").isdigit() for w in words):
+        return words[0], words[1]
+    return "", ""
+
+
+def target_state(parts: Mapping[str, list[str]]) -> HostImageState:
+    """The target image's part of a state: its ID, layers, listing and manifest's config."""
+    target_id = ""
+    target_layers: tuple[str, ...] = ()
+    for line in parts.get("target", [])[:1]:
+        ident, _, layers_json = line.partition(" ")
+        try:
+            target_layers = tuple(str(x) for x in json.loads(layers_json) or ())
+            target_id = ident
+        except json.JSONDecodeError:
+            pass
+    target_config = ""
+    manifest_lines = parts.get("target_manifest", [])
+    # One line when fleet wrote the manifest; indented over many when a registry did.
+    for candidate in [*manifest_lines[:1], "".join(manifest_lines)]:
+        try:
+            manifest = json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(manifest, dict) and isinstance(manifest.get("config"), dict):
+            target_config = str(manifest["config"].get("digest", ""))
+            break
+    return HostImageState(
+        engine_ok=True,
+        target_id=target_id,
+        target_layers=target_layers,
+        target_listed=bool(parts.get("listed")),
+        target_config=target_config,
+    )
+
+
+def read_state(transport: Transport, ref: str, timeout: float | None = None) -> HostImageState:
+    """Ask a host what it holds (one round trip)."""
+    ran = transport.run(
+        ["sh", "-c", STATE_SCRIPT, "fleet-state", ref], timeout=timeout, check=False
+    )
+    return parse_state(ran.stdout)
+
+
+def verify(
+    transport: Transport, spec: ImageSpec, timeout: float | None = None, loaded: str | None = None
+) -> str:
+    """Check the host's image after a load; its ID, or HostError with the evidence.
+
+    ``loaded``: what :func:`load` printed, which already says how the target is now;
+    without it the host is asked.
+    """
+    if loaded is not None:
+        state = target_state(sections(loaded))
+    else:
+        state = read_state(transport, spec.ref, timeout)
+    if is_current(spec, state):
+        return state.target_id
+    raise HostError(
+        transport.host,
+        f"image {spec.ref} did not verify after loading: {evidence(spec, state)}",
+        fix="rerun: the missing layers are sent again",
+    )
+
+
+def evidence(spec: ImageSpec, state: HostImageState) -> str:
+    """How the host's image differs from ``spec``."""
+    return (
+        f"expected config {spec.config_digest[:19]} with {len(spec.diff_ids)} layers; "
+        f"host has ID {state.target_id[:19] or 'none'} with {len(state.target_layers)} layers"
+        f"{'' if state.target_listed else ', not listed by docker image ls'}"
+    )
+
+
+def engine_fix(error: str) -> str:
+    """The fix for an engine that does not answer, recognised from what docker said."""
+    text = error.lower()
+    if "permission denied" in text:
+        return "add the SSH user to the host's 'docker' group, or set ansible_become: true"
+    if "command not found" in text or ("not found" in text and "docker" in text):
+        return "install Docker on the host (fleet provision checks this)"
+    return "start the host's Docker engine (e.g. 'systemctl start docker') and check 'docker info' there"
+
+
+def is_current(spec: ImageSpec, state: HostImageState) -> bool:
+    """Whether the host already has exactly this image under its name.
+
+    The classic store's image ID is the config digest; the containerd store's is the
+    digest of a manifest, whose config the host's content store tells.
+    """
+    if not state.target_listed or state.target_layers != spec.diff_ids:
+        return False
+    return spec.config_digest in (state.target_id, state.target_config)

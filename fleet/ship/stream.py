@@ -1,0 +1,598 @@
+"""The tarball a host's ``docker load`` takes, made once and fanned out to many hosts.
+
+One format serves both image stores (measured on the lab's engines): an OCI image layout
+(``oci-layout``, ``index.json``, ``blobs/sha256/...``) that also carries a legacy
+``manifest.json`` pointing into ``blobs/``. Docker 20.10's classic store reads
+``manifest.json``; the containerd store (Docker 26+) reads ``index.json``.
+
+The controller's ``docker save`` is read once per wave of hosts as a stream, never stored:
+each tar member is (optionally) compressed once as its own gzip member or zstd frame
+(concatenated members are one valid stream), and the same compressed bytes are fanned
+out to every host of the wave that needs them. Memory stays bounded by the per-host
+queues. zstd frames are made by the controller's ``zstd`` program: no Python package.
+Docker 20.10's ``docker load`` rejects zstd input (measured on the lab); Docker 23 and
+later load it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import queue
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fleet.errors import HostError
+from fleet.images.build import ImageSpec, Shippable
+from fleet.images.labels import normalized_name
+from fleet.images.savefilter import v1_candidates
+from fleet.ship.bandwidth import Throttle
+
+SaveStream = Callable[[], Iterable[bytes]]
+
+
+class LayerSource(Protocol):
+    """Layers and config of an image read without ``docker save`` (see images.LocalLayers)."""
+
+    def config(self, image_id: str) -> bytes: ...
+
+    def tar_size(self, chain_id: str) -> int: ...
+
+    def tar(self, chain_id: str, diff_id: str) -> bytes: ...
+
+
+_CHUNK = 1 << 20
+
+
+_QUEUE_CHUNKS = 32
+
+
+_REPLAY_CACHE_BYTES = 256 << 20
+
+
+_SMALL_MEMBER = 16 << 20
+
+
+# Up to this much of missing layers is read from the local store instead of docker save.
+_LOCAL_LAYERS_BYTES = 256 << 20
+
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+
+
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+
+
+def zstd_program() -> str | None:
+    """The controller's ``zstd`` program, if installed."""
+    return shutil.which("zstd")
+
+
+class _IterReader(io.RawIOBase):
+    """A file over an iterator of byte chunks (what docker-py's save stream gives)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = memoryview(next(self._chunks))
+            except StopIteration:
+                return 0
+        count = min(len(target), len(self._buffer))
+        target[:count] = self._buffer[:count]
+        self._buffer = self._buffer[count:]
+        return count
+
+
+@dataclass
+class _Member:
+    """One tar member of the output: its key, its tar header+data, compressed or not."""
+
+    key: str
+    layer: int | None
+    chunks: list[bytes] = field(default_factory=list)
+
+
+def _tar_header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o644
+    info.mtime = 0
+    return info.tobuf(format=tarfile.GNU_FORMAT)
+
+
+def _padding(size: int) -> bytes:
+    return b"\0" * (-size % tarfile.BLOCKSIZE)
+
+
+COMPRESSIONS = ("gzip", "none", "zstd")
+
+
+class _Encoder:
+    """Turns raw tar bytes into what goes on the wire (gzip or zstd members, or as they are)."""
+
+    def __init__(self, compress: str) -> None:
+        if compress not in COMPRESSIONS:
+            raise ValueError(f"unknown compression {compress!r}")
+        self.compress = compress
+        self.gzip = compress == "gzip"
+        self._zip: Any = None
+
+    def start(self, size: int = 0) -> None:
+        # Small members (configs, thin layers) get a thorough level: every byte counts on
+        # the wire and the CPU cost is nil; large layers get a fast one.
+        small = size < _SMALL_MEMBER
+        if self.gzip:
+            self._zip = zlib.compressobj(6 if small else 1, zlib.DEFLATED, 31)
+        elif self.compress == "zstd":
+            self._zip = _ZstdFrame(9 if small else 3)
+
+    def feed(self, data: bytes) -> bytes:
+        if self._zip is None:
+            return data
+        out: bytes = self._zip.compress(data)
+        return out
+
+    def finish(self) -> bytes:
+        if self._zip is None:
+            return b""
+        tail: bytes = self._zip.flush()
+        self._zip = None
+        return tail
+
+    def abort(self) -> None:
+        """Drop a member left unfinished (its consumer went away)."""
+        if isinstance(self._zip, _ZstdFrame):
+            self._zip.kill()
+        self._zip = None
+
+
+class _ZstdFrame:
+    """One zstd frame made by the ``zstd`` program, fed and drained piece by piece.
+
+    A thread drains the program's output while the caller writes its input, so neither
+    pipe can fill up and block the other.
+    """
+
+    def __init__(self, level: int) -> None:
+        program = zstd_program()
+        if program is None:
+            raise HostError(
+                "controller",
+                "zstd is not installed",
+                fix="apt-get install zstd, or --compress gzip",
+            )
+        self._process = subprocess.Popen(
+            [program, "-q", "-c", f"-{level}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self._out: list[bytes] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._drain, name="zstd-out", daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self._process.stdout is not None
+        fd = self._process.stdout.fileno()
+        while chunk := os.read(fd, _CHUNK):
+            with self._lock:
+                self._out.append(chunk)
+
+    def _take(self) -> bytes:
+        with self._lock:
+            out, self._out = b"".join(self._out), []
+        return out
+
+    def compress(self, data: bytes) -> bytes:
+        assert self._process.stdin is not None
+        try:
+            self._process.stdin.write(data)
+        except OSError as exc:
+            raise HostError("controller", f"zstd stopped taking data: {self._error(exc)}") from exc
+        return self._take()
+
+    def flush(self) -> bytes:
+        assert self._process.stdin is not None
+        try:
+            self._process.stdin.close()
+        except OSError as exc:
+            raise HostError("controller", f"zstd failed: {self._error(exc)}") from exc
+        self._reader.join()
+        if self._process.wait() != 0:
+            raise HostError("controller", f"zstd failed: {self._error(None)}")
+        self._close_pipes()
+        return self._take()
+
+    def _error(self, exc: BaseException | None) -> str:
+        self._stop()
+        assert self._process.stderr is not None
+        text = self._process.stderr.read().decode(errors="replace").strip()
+        self._close_pipes()
+        return text or f"exit {self._process.returncode} ({exc})"
+
+    def kill(self) -> None:
+        """End the program (a member left unfinished) and release its pipes."""
+        self._stop()
+        self._close_pipes()
+
+    def _stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.wait()
+        self._reader.join(timeout=5)  # the output pipe ends with the program
+
+    def _close_pipes(self) -> None:
+        for pipe in (self._process.stdin, self._process.stdout, self._process.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+
+def _manifest_bytes(spec: ImageSpec, config: bytes, sizes: Sequence[int]) -> bytes:
+    document = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": spec.config_digest, "size": len(config)},
+        "layers": [
+            {"mediaType": OCI_LAYER_TAR, "digest": d, "size": s}
+            for d, s in zip(spec.diff_ids, sizes, strict=True)
+        ],
+    }
+    return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+
+
+class ImageStream:
+    """Reads ``docker save`` once and yields the dual-format tarball's members, encoded."""
+
+    def __init__(self, spec: ImageSpec, save: SaveStream, compress: str = "gzip") -> None:
+        self.spec = spec
+        self._save = save
+        self.compress = compress
+        self.layer_sizes: list[int] = [0] * len(spec.diff_ids)
+        self.manifest_digest = ""
+
+    def local_members(
+        self, source: LayerSource, wanted: set[int]
+    ) -> list[tuple[_Member, Iterator[bytes]]]:
+        """The members, with the wanted layers read from ``source``; OSError if it cannot.
+
+        Everything is read and checked before the first byte is sent, so a failure here
+        falls back to ``docker save`` cleanly.
+        """
+        spec = self.spec
+        chains = spec.chain_ids
+        sizes = [source.tar_size(chain) for chain in chains]
+        if sum(sizes[i] for i in wanted) > _LOCAL_LAYERS_BYTES:
+            raise OSError("too much to read from the local store")
+        blobs = {i: source.tar(chains[i], spec.diff_ids[i]) for i in sorted(wanted)}
+        config = source.config(spec.config_digest)
+        self.layer_sizes = sizes
+        encoder = _Encoder(self.compress)
+        members: list[tuple[_Member, Iterator[bytes]]] = []
+        for index, blob in blobs.items():
+            name = f"blobs/sha256/{spec.diff_ids[index][7:]}"
+            members.append(
+                (
+                    _Member(f"layer {index}", index),
+                    self._encode(encoder, name, len(blob), iter((blob,))),
+                )
+            )
+        members += self._closing_members(encoder, config)
+        return members
+
+    def members(self) -> Iterator[tuple[_Member, Iterator[bytes]]]:
+        """Yield each output member with an iterator of its encoded chunks, in order."""
+        spec = self.spec
+        chains = spec.chain_ids
+        index_of_v1: dict[str, int] = {}
+        config = b""
+        encoder = _Encoder(self.compress)
+        with tarfile.open(
+            fileobj=io.BufferedReader(_IterReader(self._save()), _CHUNK), mode="r|"
+        ) as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                name = info.name
+                directory, _, base = name.rpartition("/")
+                source = tar.extractfile(info)
+                if source is None:
+                    continue
+                if not directory and base == spec.config_digest.removeprefix("sha256:") + ".json":
+                    config = source.read()
+                    continue
+                if base == "json" and directory:
+                    document = json.loads(source.read())
+                    for i, chain in enumerate(chains):
+                        if directory in v1_candidates(document, chain):
+                            index_of_v1[directory] = i
+                            break
+                    continue
+                if base != "layer.tar":
+                    continue
+                layer = index_of_v1.get(directory)
+                data: Iterator[bytes] = _read(source)
+                if layer is None:
+                    # An engine whose v1 IDs we cannot recompute: learn the layer from its
+                    # digest instead, at the cost of spooling this one layer.
+                    layer, data = _identify_by_digest(spec, source)
+                self.layer_sizes[layer] = info.size
+                member = _Member(f"layer {layer}", layer)
+                yield (
+                    member,
+                    self._encode(
+                        encoder, f"blobs/sha256/{spec.diff_ids[layer][7:]}", info.size, data
+                    ),
+                )
+        if not config:
+            raise HostError("controller", f"'docker save {spec.ref}' did not contain its config")
+        yield from self._closing_members(encoder, config)
+
+    def _closing_members(
+        self, encoder: _Encoder, config: bytes
+    ) -> list[tuple[_Member, Iterator[bytes]]]:
+        """Config, manifests, index and the end of the archive (layer sizes known by now)."""
+        spec = self.spec
+        if hashlib.sha256(config).hexdigest() != spec.config_digest.removeprefix("sha256:"):
+            raise HostError("controller", f"the config of {spec.ref} does not match its image ID")
+        manifest = _manifest_bytes(spec, config, self.layer_sizes)
+        self.manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+        index = {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": self.manifest_digest,
+                    "size": len(manifest),
+                    "annotations": {
+                        "io.containerd.image.name": normalized_name(spec.ref),
+                        "org.opencontainers.image.ref.name": spec.ref.rpartition(":")[2],
+                    },
+                }
+            ],
+        }
+        legacy = [
+            {
+                "Config": f"blobs/sha256/{spec.config_digest[7:]}",
+                "RepoTags": [spec.ref],
+                "Layers": [f"blobs/sha256/{d[7:]}" for d in spec.diff_ids],
+            }
+        ]
+        small = {
+            f"blobs/sha256/{spec.config_digest[7:]}": config,
+            f"blobs/sha256/{self.manifest_digest[7:]}": manifest,
+            "oci-layout": b'{"imageLayoutVersion":"1.0.0"}',
+            "index.json": json.dumps(index, separators=(",", ":")).encode(),
+            "manifest.json": json.dumps(legacy, separators=(",", ":")).encode(),
+        }
+        members = [
+            (_Member(name, None), self._encode(encoder, name, len(content), iter((content,))))
+            for name, content in small.items()
+        ]
+        members.append(
+            (_Member("end", None), self._encode_raw(encoder, b"\0" * (2 * tarfile.BLOCKSIZE)))
+        )
+        return members
+
+    def _encode(
+        self, encoder: _Encoder, name: str, size: int, data: Iterator[bytes]
+    ) -> Iterator[bytes]:
+        encoder.start(size)
+        finished = False
+        try:
+            out = encoder.feed(_tar_header(name, size))
+            if out:
+                yield out
+            for chunk in data:
+                # Bounded pieces: a whole layer in one piece would be sliced quadratically
+                # by paramiko's sendall, and would sit whole in every host's queue.
+                view = memoryview(chunk)
+                for start in range(0, len(view), _CHUNK):
+                    out = encoder.feed(bytes(view[start : start + _CHUNK]))
+                    if out:
+                        yield out
+            out = encoder.feed(_padding(size)) + encoder.finish()
+            finished = True
+        finally:
+            if not finished:
+                encoder.abort()
+        if out:
+            yield out
+
+    def _encode_raw(self, encoder: _Encoder, data: bytes) -> Iterator[bytes]:
+        encoder.start()
+        yield encoder.feed(data) + encoder.finish()
+
+
+def _identify_by_digest(spec: ImageSpec, source: Any) -> tuple[int, Iterator[bytes]]:
+    spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)  # noqa: SIM115 - handed on
+    digest = hashlib.sha256()
+    for chunk in _read(source):
+        digest.update(chunk)
+        spool.write(chunk)
+    diff_id = f"sha256:{digest.hexdigest()}"
+    if diff_id not in spec.diff_ids:
+        spool.close()
+        raise HostError(
+            "controller",
+            f"'docker save {spec.ref}' holds a layer {diff_id[:19]} that is not in the image",
+        )
+    spool.seek(0)
+
+    def replay() -> Iterator[bytes]:
+        with spool:
+            yield from _read(spool)
+
+    return spec.diff_ids.index(diff_id), replay()
+
+
+def _read(source: Any) -> Iterator[bytes]:
+    while True:
+        chunk = source.read(_CHUNK)
+        if not chunk:
+            return
+        yield chunk
+
+
+class Sink:
+    """One host's bounded queue of encoded chunks; the producer never waits on a dead one."""
+
+    def __init__(self, host: str, send: frozenset[int], throttle: Throttle | None = None) -> None:
+        self.host = host
+        self.send = send
+        self.throttle = throttle
+        self.queue: queue.Queue[bytes | None] = queue.Queue(_QUEUE_CHUNKS)
+        self.dead = threading.Event()
+        self.bytes = 0
+        self.on_progress: Callable[[int], None] | None = None
+        self._reported = 0
+
+    def wants(self, member: _Member) -> bool:
+        return member.layer is None or member.layer in self.send
+
+    def put(self, chunk: bytes | None) -> None:
+        while not self.dead.is_set():
+            try:
+                self.queue.put(chunk, timeout=0.2)
+            except queue.Full:
+                continue
+            return
+
+    def chunks(self) -> Iterator[bytes]:
+        while True:
+            chunk = self.queue.get()
+            if chunk is None:
+                return
+            if self.throttle is not None:
+                self.throttle.take(len(chunk))
+            self.bytes += len(chunk)
+            if self.on_progress is not None and self.bytes - self._reported >= _CHUNK:
+                self._reported = self.bytes
+                self.on_progress(self.bytes)
+            yield chunk
+
+    def close(self) -> None:
+        self.dead.set()
+        while True:  # unblock a producer waiting on a full queue
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                return
+
+
+class Broadcast:
+    """Feeds one pass over ``docker save`` to several hosts' sinks, each its own layers.
+
+    Encoded members are kept for replay to later waves while they fit in a bounded cache;
+    past that, a later wave reads ``docker save`` again.
+    """
+
+    def __init__(
+        self, spec: ImageSpec, save: SaveStream, compress: str, local: LayerSource | None = None
+    ) -> None:
+        self.spec = spec
+        self.save = save
+        self.compress = compress
+        self.local = local
+        self.source = ""
+        self._replay: list[_Member] | None = None
+        self.error: BaseException | None = None
+        self.layer_sizes: list[int] = []
+
+    def run(self, sinks: Sequence[Sink], *, replay: bool = True) -> None:
+        """Produce into ``sinks`` until the end (call in a thread).
+
+        ``replay``: later waves will follow, so keep what was encoded for them. Without
+        it, members that no sink wants are skipped unencoded.
+        """
+        try:
+            if self._replay is not None:
+                for member in self._replay:
+                    for chunk in member.chunks:
+                        for sink in sinks:
+                            if sink.wants(member):
+                                sink.put(chunk)
+                return
+            stream = ImageStream(self.spec, self.save, self.compress)
+            cache: list[_Member] | None = [] if replay else None
+            cached = 0
+            members: Iterable[tuple[_Member, Iterator[bytes]]] | None = None
+            if self.local is not None:
+                wanted: set[int] = set().union(*(sink.send for sink in sinks))
+                try:
+                    members = stream.local_members(self.local, wanted)
+                    self.source = "local store"
+                except (OSError, ValueError, KeyError):
+                    members = None  # docker save reads it all instead
+            if members is None:
+                members = stream.members()
+                self.source = "docker save"
+            for member, chunks in members:
+                if cache is None and not any(sink.wants(member) for sink in sinks):
+                    continue  # tarfile skips the unread data
+                for chunk in chunks:
+                    for sink in sinks:
+                        if sink.wants(member):
+                            sink.put(chunk)
+                    if cache is not None:
+                        member.chunks.append(chunk)
+                        cached += len(chunk)
+                        if cached > _REPLAY_CACHE_BYTES:
+                            cache = None
+                if cache is not None:
+                    cache.append(member)
+            self._replay = cache
+            self.layer_sizes = stream.layer_sizes
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            for sink in sinks:
+                sink.put(None)
+
+
+def thin_tarball(image: Shippable, send: Iterable[int], compress: str = "none") -> Iterator[bytes]:
+    """The tarball ``docker load`` takes, with only the layers ``send``, as a stream.
+
+    For one receiver that is not a host of the fleet (the controller pulling an image back
+    from a build host); a thread reads the image while the caller consumes the stream.
+    """
+    broadcast = Broadcast(image.spec, image.save, compress, image.local)
+    sink = Sink("controller", frozenset(send))
+    producer = threading.Thread(
+        target=broadcast.run, args=([sink],), kwargs={"replay": False}, daemon=True
+    )
+    producer.start()
+    try:
+        yield from sink.chunks()
+    finally:
+        sink.close()
+        producer.join(timeout=60)
+    if broadcast.error is not None:
+        raise HostError(
+            "controller", f"reading {image.spec.ref} failed: {broadcast.error}"
+        ) from broadcast.error
