@@ -728,7 +728,7 @@ def test_deploy_takes_the_same_path_options_as_push() -> None:
         ["deploy", "0.2.3", "--via", "registry", "--max-rate-per-host", "5M/s"]
     )
     options = deploy_cli._options(args, "cauchy").push_options()
-    assert (options.via, options.registry, options.compress) == ("registry", None, "gzip")
+    assert (options.via, options.registry, options.compress) == ("registry", None, "auto")
     assert options.max_rate_per_host == 5 << 20 and options.max_rate is None
     args = build_parser().parse_args(["deploy", "--compress", "zstd", "--max-rate", "20M"])
     options = deploy_cli._options(args, "cauchy").push_options()

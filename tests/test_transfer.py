@@ -272,22 +272,95 @@ def test_uncompressed_stream_is_a_plain_tar(small_image) -> None:
 @pytest.mark.docker
 def test_local_store_gives_the_same_stream_as_docker_save(small_image) -> None:
     from fleet.images import build as images
+    from fleet.images.store import LocalLayers
 
     client, spec = small_image
-    local = images.LocalLayers.of(client)
-    if local is None:
-        pytest.skip("the controller's store is not a readable classic overlay2 store")
-    top = len(spec.diff_ids) - 1
+    local = LocalLayers.of(client)
+    # CI's controller engine is a classic overlay2 store: the path must be exercised there.
+    assert local is not None, "the controller's store is not a readable classic overlay2 store"
     chains = spec.chain_ids
-    assert local.tar_size(chains[top]) == len(local.tar(chains[top], spec.diff_ids[top]))
+    bottom = 0  # the lab's layer 1: tens of MB, so it comes in many pieces
+    pieces = list(local.tar(chains[bottom], spec.diff_ids[bottom]))
+    assert len(pieces) > 10 and max(map(len, pieces)) <= 2 << 20, "a layer is never held whole"
+    assert local.tar_size(chains[bottom]) == sum(map(len, pieces))
+    wrong = local.tar(chains[bottom], spec.diff_ids[1])
+    first = next(wrong)  # streamed before the digest is known ...
+    assert first
     with pytest.raises(OSError, match="does not match"):
-        local.tar(chains[top], spec.diff_ids[0])
+        list(wrong)  # ... and refused at the end, before its last piece
+    top = len(spec.diff_ids) - 1
     saved = ImageStream(spec, lambda: images.save_stream(client, spec.ref), "none")
-    from_save = {m.key: b"".join(c) for m, c in saved.members() if m.layer in (None, top)}
+    from_save = {m.key: b"".join(c) for m, c in saved.members() if m.layer in (None, 0, top)}
     read = ImageStream(spec, lambda: iter(()), "none")
-    from_store = {m.key: b"".join(c) for m, c in read.local_members(local, {top})}
+    from_store = {m.key: b"".join(c) for m, c in read.local_members(local, {0, top})}
     assert from_store == from_save
     assert read.layer_sizes == saved.layer_sizes
+
+
+class BrokenStore:
+    """A LayerSource whose layer turns out wrong halfway, as a corrupted store's would."""
+
+    def __init__(self, config: bytes) -> None:
+        self._config = config
+
+    def config(self, image_id: str) -> bytes:
+        return self._config
+
+    def tar_size(self, chain_id: str) -> int:
+        return 3 << 20
+
+    def check(self, chain_id: str) -> None:
+        return None
+
+    def tar(self, chain_id: str, diff_id: str):
+        yield b"x" * (1 << 20)
+        raise OSError(f"reassembled layer does not match {diff_id}")
+
+
+def test_a_layer_that_fails_midway_ends_the_stream_before_any_manifest() -> None:
+    config = b'{"rootfs":{"diff_ids":[]}}'
+    spec = ImageSpec(
+        "broken:1", f"sha256:{hashlib.sha256(config).hexdigest()}", ("sha256:" + "a" * 64,)
+    )
+    broadcast = Broadcast(spec, lambda: iter(()), "none", BrokenStore(config))
+    sink = Sink("a", frozenset({0}))
+    import threading
+
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.extend(sink.chunks()))
+    reader.start()
+    broadcast.run([sink])
+    reader.join()
+    assert isinstance(broadcast.error, OSError) and "does not match" in str(broadcast.error)
+    assert broadcast.source == "local store"
+    wire = b"".join(got)
+    assert wire.startswith(b"blobs/sha256/" + b"a" * 64)  # the layer's header went out
+    for name in (b"index.json", b"manifest.json", b"oci-layout"):
+        assert name not in wire  # so no engine can load what arrived
+
+
+def test_parallel_gzip_is_one_stream_that_stores_what_does_not_shrink() -> None:
+    import os
+
+    from fleet.ship.stream import _GZIP_BLOCK, _gzip_level
+
+    text = b"".join(b"line %d of a library file\n" % i for i in range(400_000))
+    noise = os.urandom(3 * _GZIP_BLOCK)
+    encoder = _Encoder("gzip")
+    encoder.start(1 << 30)  # a large member: blocks on every core
+    wire = b""
+    for part in (text, noise):
+        for start in range(0, len(part), 1 << 20):
+            wire += encoder.feed(part[start : start + (1 << 20)])
+    wire += encoder.finish()
+    assert gzip.decompress(wire) == text + noise  # any gunzip reads it as one stream
+    assert wire.count(b"\x1f\x8b\x08") >= (len(text) + len(noise)) // _GZIP_BLOCK
+    assert len(wire) < len(text) / 5 + len(noise) * 1.01
+    # Random blocks are stored, not squeezed for nothing; library-like ones are compressed.
+    assert _gzip_level(noise[:_GZIP_BLOCK], 1) == 0
+    assert _gzip_level(text[:_GZIP_BLOCK], 1) == 1
+    half = noise[: _GZIP_BLOCK // 2] + text[: _GZIP_BLOCK // 2]
+    assert _gzip_level(half, 6) == 6  # the sample is the middle: text there
 
 
 # -- compression per host ----------------------------------------------------------------
@@ -301,6 +374,10 @@ def test_zstd_goes_only_to_engines_that_load_it() -> None:
     assert wire_compression("zstd", classic) == "gzip"
     assert wire_compression("zstd", recent) == "zstd"
     assert wire_compression("none", classic) == "none"
+    # The default: zstd wherever it loads (CI's controller has the zstd program).
+    assert zstd_program() is not None, "setup installs zstd: the default depends on it"
+    assert wire_compression("auto", classic) == "gzip"
+    assert wire_compression("auto", recent) == "zstd"
     found = state("containerd-current")
     assert found.engine_version[:1].isdigit()
 

@@ -13,6 +13,7 @@ from fleet.ops import provision as provision_mod
 from fleet.ops.provision import BaseImage, ProvisionOptions
 from fleet.results import FleetResult
 from fleet.runner import Runner
+from fleet.ship.stream import COMPRESSIONS
 
 
 def register(subparsers: Any) -> None:
@@ -50,9 +51,10 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--compress",
-        choices=("gzip", "none"),
-        default="gzip",
-        help="the base image on the wire (default gzip)",
+        choices=COMPRESSIONS,
+        default="auto",
+        help="the base image on the wire (default auto: zstd to Docker 23+ hosts, gzip "
+        "to the others)",
     )
     parser.set_defaults(handler=_provision)
 

@@ -69,8 +69,8 @@ def add_path_options(parser: argparse.ArgumentParser) -> None:
         "--compress",
         choices=COMPRESSIONS,
         default=None,
-        help="on the wire with --via ssh (default gzip); zstd goes to Docker 23+ hosts, "
-        "the others get gzip",
+        help="on the wire with --via ssh (default auto: zstd to Docker 23+ hosts when the "
+        "controller has zstd, gzip to the others); incompressible blocks are stored",
     )
     parser.add_argument(
         "--max-rate",
@@ -98,7 +98,7 @@ def path_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "via": args.via,
         "registry": args.registry,
-        "compress": args.compress or "gzip",
+        "compress": args.compress or "auto",
         "max_rate": args.max_rate,
         "max_rate_per_host": args.max_rate_per_host,
     }

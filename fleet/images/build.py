@@ -73,6 +73,7 @@ from fleet.images.labels import (
     newest_first,
     required_cuda,
 )
+from fleet.images.store import LocalLayers
 from fleet.ops.runspec import HealthCheck, RunSpec
 from fleet.units import utc_now
 
@@ -1208,7 +1209,7 @@ def layer_sizes(client: Any, reference: str, count: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Shippable:
-    """An image on the controller as ``transfer.push`` ships it."""
+    """An image on the controller as :func:`fleet.ship.push.push` ships it."""
 
     spec: ImageSpec
     sizes: tuple[int, ...]
@@ -1233,99 +1234,3 @@ def save_stream(client: Any, reference: str, where: str = "the controller") -> I
         yield from client.api.get_image(reference, chunk_size=1 << 20)
     except (docker.errors.DockerException, OSError) as exc:
         raise EngineError(f"docker save {reference} failed on {where}: {exc}") from exc
-
-
-class LocalLayers:
-    """Layers read straight from the controller engine's classic store, without ``docker save``.
-
-    ``docker save`` reads every layer of an image, even when the hosts lack only the thin
-    top one; for a multi-GB GPU image that is most of a thin push's time. The classic
-    store keeps each layer as a directory plus its tar-split record (the tar's headers and
-    padding), from which Docker itself reassembles the exact tar. fleet does the same for
-    small layers, checks the result against the layer's diff ID, and falls back to
-    ``docker save`` whenever anything is missing, unreadable or different.
-    """
-
-    def __init__(self, root: Path, driver: str) -> None:
-        self.root = root
-        self.driver = driver
-        self._layerdb = root / "image" / driver / "layerdb" / "sha256"
-
-    @classmethod
-    def of(cls, client: Any) -> LocalLayers | None:
-        """The engine's store, when it is a classic overlay2 store this process can read."""
-        try:
-            info = client.info()
-        except (docker.errors.DockerException, OSError):
-            return None
-        driver = str(info.get("Driver", ""))
-        root = Path(str(info.get("DockerRootDir", "")))
-        store = cls(root, driver)
-        if driver != "overlay2" or not os.access(store._layerdb, os.R_OK | os.X_OK):
-            return None
-        return store
-
-    def config(self, image_id: str) -> bytes:
-        """The image's config, exactly (its digest is the image ID)."""
-        hex_id = image_id.removeprefix("sha256:")
-        data = (
-            self.root / "image" / self.driver / "imagedb" / "content" / "sha256" / hex_id
-        ).read_bytes()
-        if hashlib.sha256(data).hexdigest() != hex_id:
-            raise OSError(f"config of {image_id} does not match its digest")
-        return data
-
-    def _entries(self, chain_id: str) -> Iterator[dict[str, Any]]:
-        import gzip
-        import json
-
-        path = self._layerdb / chain_id.removeprefix("sha256:") / "tar-split.json.gz"
-        with gzip.open(path, "rt", encoding="utf-8") as records:
-            for line in records:
-                if line.strip():
-                    yield json.loads(line)
-
-    def tar_size(self, chain_id: str) -> int:
-        """The size of the layer's tar, from its tar-split record alone."""
-        import base64
-
-        total = 0
-        for entry in self._entries(chain_id):
-            if entry.get("type") == 2:
-                total += len(base64.b64decode(entry.get("payload") or ""))
-            else:
-                total += int(entry.get("size") or 0)
-        return total
-
-    def tar(self, chain_id: str, diff_id: str) -> bytes:
-        """The layer's tar, reassembled and checked against ``diff_id``."""
-        import base64
-
-        layer = self._layerdb / chain_id.removeprefix("sha256:")
-        diff = self.root / self.driver / (layer / "cache-id").read_text().strip() / "diff"
-        out = io.BytesIO()
-        for entry in self._entries(chain_id):
-            if entry.get("type") == 2:
-                out.write(base64.b64decode(entry.get("payload") or ""))
-                continue
-            size = int(entry.get("size") or 0)
-            if size <= 0:
-                continue
-            raw = entry.get("name_raw")
-            name = (
-                base64.b64decode(raw).decode("utf-8", "surrogateescape")
-                if raw
-                else str(entry.get("name", ""))
-            )
-            path = (diff / name.lstrip("/")).resolve()
-            if not path.is_relative_to(diff.resolve()):
-                raise OSError(f"layer entry {name!r} leaves the layer's directory")
-            with path.open("rb") as handle:
-                data = handle.read(size)
-            if len(data) != size:
-                raise OSError(f"layer file {name} is shorter than its tar entry")
-            out.write(data)
-        blob = out.getvalue()
-        if f"sha256:{hashlib.sha256(blob).hexdigest()}" != diff_id:
-            raise OSError(f"reassembled layer does not match {diff_id}")
-        return blob

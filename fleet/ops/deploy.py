@@ -97,7 +97,7 @@ class DeployOptions:
     check: bool = False
     wait_lock: float = 0.0
     lock_ttl: float = DEFAULT_LOCK_TTL
-    compress: str = "gzip"
+    compress: str = "auto"
     state_timeout: float | None = None
     controller: str = field(default_factory=controller_identity)
     # How the image travels (PushOptions): SSH stream or registry, and limits.

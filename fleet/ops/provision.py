@@ -1726,7 +1726,7 @@ class ProvisionOptions:
     check: bool = False
     diff: bool = False
     ship_base: bool = True
-    compress: str = "gzip"
+    compress: str = "auto"
     timeout: float | None = None
 
 

@@ -465,7 +465,7 @@ def _push(
     image = images.shippable(player.client, reference)
     min_free = args.get("min_free") or 0
     options = PushOptions(
-        compress=str(args.get("compress", "gzip")),
+        compress=str(args.get("compress", "auto")),
         check=player.options.check,
         min_free_bytes=_size(min_free),
         **shipping_options(args),
@@ -489,7 +489,7 @@ def _deploy_options(
         repository=repository,
         check=player.options.check,
         wait_lock=float(args.get("wait", 0)),
-        compress=str(args.get("compress", "gzip")),
+        compress=str(args.get("compress", "auto")),
         **shipping_options(args),
     )
 

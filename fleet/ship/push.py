@@ -206,7 +206,7 @@ def _inspect(
     note = decided.reason or f"would {verb} {len(decided.send)}/{len(spec.diff_ids)} layers"
     if pulling:
         note += f" from {options.registry or 'the controller (tunnelled)'}"
-    if compress != options.compress:
+    if options.compress == "zstd" and compress != options.compress:
         note += f" ({options.compress} not loadable by Docker {state.engine_version}: {compress})"
     outcome = Outcome.CHANGED if options.check else Outcome.OK
     return ctx.result(outcome, note, details=details), decided, compress

@@ -16,6 +16,8 @@ later load it.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import hashlib
 import io
@@ -42,40 +44,31 @@ SaveStream = Callable[[], Iterable[bytes]]
 
 
 class LayerSource(Protocol):
-    """Layers and config of an image read without ``docker save`` (see images.LocalLayers)."""
+    """Layers and config of an image read without ``docker save`` (see images.store)."""
 
     def config(self, image_id: str) -> bytes: ...
 
     def tar_size(self, chain_id: str) -> int: ...
 
-    def tar(self, chain_id: str, diff_id: str) -> bytes: ...
+    def check(self, chain_id: str) -> None: ...
+
+    def tar(self, chain_id: str, diff_id: str) -> Iterator[bytes]: ...
 
 
 _CHUNK = 1 << 20
-
-
 _QUEUE_CHUNKS = 32
-
-
-_REPLAY_CACHE_BYTES = 256 << 20
-
-
+# Encoded members kept for a later wave of hosts; past this, the wave reads its source again.
+_REPLAY_CACHE_BYTES = 64 << 20
 _SMALL_MEMBER = 16 << 20
-
-
-# Up to this much of missing layers is read from the local store instead of docker save.
-_LOCAL_LAYERS_BYTES = 256 << 20
-
+# A large member is compressed in blocks of this size, each its own gzip member, in parallel.
+_GZIP_BLOCK = 4 << 20
+# A block whose sample shrinks by less than this (random bytes, compressed files) is stored.
+_STORE_RATIO = 0.97
+_SAMPLE = 64 << 10
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-
-
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-
-
 OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 
 
@@ -127,14 +120,16 @@ def _padding(size: int) -> bytes:
     return b"\0" * (-size % tarfile.BLOCKSIZE)
 
 
-COMPRESSIONS = ("gzip", "none", "zstd")
+# What --compress takes; "auto" is resolved per host (see fleet.ship.plan.wire_compression).
+WIRE_COMPRESSIONS = ("gzip", "none", "zstd")
+COMPRESSIONS = ("auto", *WIRE_COMPRESSIONS)
 
 
 class _Encoder:
     """Turns raw tar bytes into what goes on the wire (gzip or zstd members, or as they are)."""
 
     def __init__(self, compress: str) -> None:
-        if compress not in COMPRESSIONS:
+        if compress not in WIRE_COMPRESSIONS:
             raise ValueError(f"unknown compression {compress!r}")
         self.compress = compress
         self.gzip = compress == "gzip"
@@ -145,9 +140,9 @@ class _Encoder:
         # the wire and the CPU cost is nil; large layers get a fast one.
         small = size < _SMALL_MEMBER
         if self.gzip:
-            self._zip = zlib.compressobj(6 if small else 1, zlib.DEFLATED, 31)
+            self._zip = _ParallelGzip(6 if small else 1)
         elif self.compress == "zstd":
-            self._zip = _ZstdFrame(9 if small else 3)
+            self._zip = _ZstdFrame(9 if small else 3, threads=not small)
 
     def feed(self, data: bytes) -> bytes:
         if self._zip is None:
@@ -169,6 +164,78 @@ class _Encoder:
         self._zip = None
 
 
+def _workers() -> concurrent.futures.ThreadPoolExecutor:
+    """One pool for the whole process: as many compressing threads as the controller has cores."""
+    global _POOL  # noqa: PLW0603 - created on first use, never replaced
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(
+                max_workers=os.cpu_count() or 1, thread_name_prefix="gzip"
+            )
+        return _POOL
+
+
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _gzip_level(block: bytes, level: int) -> int:
+    """``level``, or 0 (stored) when a sample of ``block`` says it will not shrink.
+
+    Random bytes and already-compressed files gain nothing at any level and cost a core
+    each about 50 MB/s; stored, they cost a copy and a CRC.
+    """
+    if len(block) > 4 * _SAMPLE:
+        middle = len(block) // 2
+        sample = block[middle : middle + _SAMPLE]
+        if len(zlib.compress(sample, 1)) > _STORE_RATIO * len(sample):
+            return 0
+    return level
+
+
+def _gzip_member(block: bytes, level: int) -> bytes:
+    """``block`` as one gzip member (zlib releases the GIL: blocks compress on all cores)."""
+    packer = zlib.compressobj(_gzip_level(block, level), zlib.DEFLATED, 31)
+    return packer.compress(block) + packer.flush()
+
+
+class _ParallelGzip:
+    """A gzip stream made on every core: blocks compressed at once, as concatenated members.
+
+    Any gunzip (Go's, which ``docker load`` uses, too) reads concatenated members as one
+    stream. At most two blocks per core are in flight, so memory stays bounded.
+    """
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+        self._pending: list[bytes] = []
+        self._held = 0
+        self._flight: collections.deque[concurrent.futures.Future[bytes]] = collections.deque()
+        self._limit = 2 * (os.cpu_count() or 1)
+
+    def compress(self, data: bytes) -> bytes:
+        self._pending.append(data)
+        self._held += len(data)
+        if self._held >= _GZIP_BLOCK:
+            self._submit()
+        out = []
+        while self._flight and (self._flight[0].done() or len(self._flight) > self._limit):
+            out.append(self._flight.popleft().result())
+        return b"".join(out)
+
+    def _submit(self) -> None:
+        block = b"".join(self._pending)
+        self._pending, self._held = [], 0
+        self._flight.append(_workers().submit(_gzip_member, block, self.level))
+
+    def flush(self) -> bytes:
+        if self._held or not self._flight:
+            self._submit()
+        out = b"".join(future.result() for future in self._flight)
+        self._flight.clear()
+        return out
+
+
 class _ZstdFrame:
     """One zstd frame made by the ``zstd`` program, fed and drained piece by piece.
 
@@ -176,7 +243,7 @@ class _ZstdFrame:
     pipe can fill up and block the other.
     """
 
-    def __init__(self, level: int) -> None:
+    def __init__(self, level: int, *, threads: bool = False) -> None:
         program = zstd_program()
         if program is None:
             raise HostError(
@@ -185,7 +252,8 @@ class _ZstdFrame:
                 fix="apt-get install zstd, or --compress gzip",
             )
         self._process = subprocess.Popen(
-            [program, "-q", "-c", f"-{level}"],
+            # -T0: one worker per core, for large members (zstd splits them into jobs).
+            [program, "-q", "-c", f"-{level}", *(["-T0"] if threads else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -278,29 +346,33 @@ class ImageStream:
     def local_members(
         self, source: LayerSource, wanted: set[int]
     ) -> list[tuple[_Member, Iterator[bytes]]]:
-        """The members, with the wanted layers read from ``source``; OSError if it cannot.
+        """The members, with the wanted layers streamed from ``source``; OSError if it cannot.
 
-        Everything is read and checked before the first byte is sent, so a failure here
-        falls back to ``docker save`` cleanly.
+        What commonly fails (a missing or unreadable file, a config that differs) is found
+        before the first byte is sent, so it falls back to ``docker save`` cleanly. A layer
+        whose bytes differ from its diff ID fails the stream at the layer's end, before
+        the config and manifests: no host can load it.
         """
         spec = self.spec
         chains = spec.chain_ids
         sizes = [source.tar_size(chain) for chain in chains]
-        if sum(sizes[i] for i in wanted) > _LOCAL_LAYERS_BYTES:
-            raise OSError("too much to read from the local store")
-        blobs = {i: source.tar(chains[i], spec.diff_ids[i]) for i in sorted(wanted)}
+        for index in wanted:
+            source.check(chains[index])
         config = source.config(spec.config_digest)
         self.layer_sizes = sizes
         encoder = _Encoder(self.compress)
-        members: list[tuple[_Member, Iterator[bytes]]] = []
-        for index, blob in blobs.items():
-            name = f"blobs/sha256/{spec.diff_ids[index][7:]}"
-            members.append(
-                (
-                    _Member(f"layer {index}", index),
-                    self._encode(encoder, name, len(blob), iter((blob,))),
-                )
+        members: list[tuple[_Member, Iterator[bytes]]] = [
+            (
+                _Member(f"layer {index}", index),
+                self._encode(
+                    encoder,
+                    f"blobs/sha256/{spec.diff_ids[index][7:]}",
+                    sizes[index],
+                    source.tar(chains[index], spec.diff_ids[index]),
+                ),
             )
+            for index in sorted(wanted)
+        ]
         members += self._closing_members(encoder, config)
         return members
 

@@ -1,0 +1,284 @@
+"""bench/seedscale: pushes of seed-size images, side by side with their limits and the naive way.
+
+The lab's real images are large: an upstream of 4.5 GB, a base of 6 GB, and one framework
+commit adds a layer of about 240 MB. This bench builds images of that shape locally, from
+bytes the machine has (random bytes, and library files as CUDA's shared libraries are):
+
+- layer 1: the lab's Debian layer plus ``2 GiB x scale``, half random, half library-like;
+- the base: ``300 MB x scale`` on top;
+- framework versions N and N+1: ``240 MiB x scale`` each, half random, half library-like.
+
+On a fresh lab of ``--hosts`` hosts (both image stores), measured in one run:
+
+1. thin push (hosts have N, push N+1) to 1 host, against a host-local ``docker load`` of a
+   tarball of the same missing layer (the limit: no network, no compression);
+2. thin push to all hosts, against the naive ``docker save | ssh docker load``;
+3. first push (fresh hosts) to all hosts: fleet, the naive way, and ``--via registry``;
+4. fleet's peak RSS and CPU seconds on the controller, per run (``wait4`` of its process).
+
+Prints a table, and as its last line one JSON object of ratios (targets in the README).
+
+    .venv/bin/python bench/seedscale.py [--hosts 4] [--scale 1.0] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fleet.images import build as images
+from fleet.lab import nodes as lab
+from fleet.ship.stream import thin_tarball
+
+LAB = "fleet-bench-seed"
+REPO = "fleet-bench-seed"
+
+# Writes SIZE bytes under DIR, half random, half library-like (the image's own /usr files
+# concatenated in a shuffled order, as a CUDA or PyTorch wheel's shared libraries are).
+FILL = r"""
+import os, random, sys
+target, size, seed = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+os.makedirs(target, exist_ok=True)
+rng = random.Random(seed)
+pool = []
+for root in ("/usr/lib", "/usr/bin"):
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            if os.path.isfile(p) and not os.path.islink(p):
+                pool.append(p)
+piece = 64 << 20
+half = size // 2
+n = 0
+left = half
+while left > 0:
+    with open(os.path.join(target, "random-%d.bin" % n), "wb") as out:
+        out.write(os.urandom(min(piece, left)))
+    left -= piece; n += 1
+left = size - half
+while left > 0:
+    with open(os.path.join(target, "lib%d.so" % n), "wb") as out:
+        want = min(piece, left)
+        while want > 0:
+            with open(rng.choice(pool), "rb") as src:
+                data = src.read(want)
+            out.write(data); want -= len(data)
+    left -= piece; n += 1
+"""
+
+
+def build(client: Any, tag: str, base: str, directory: str, size: int) -> str:
+    """``REPO:tag``: ``base`` plus one layer of ``size`` bytes under ``directory``."""
+    fill = FILL.encode()
+    dockerfile = (
+        f"FROM {base}\nCOPY fill.py /tmp/fill.py\n"
+        f"RUN python3 /tmp/fill.py {directory} {size} {tag} && rm /tmp/fill.py\n"
+    ).encode()
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for name, data in (("Dockerfile", dockerfile), ("fill.py", fill)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    reference = f"{REPO}:{tag}"
+    if not images.has_image(client, reference):
+        client.images.build(fileobj=context, custom_context=True, tag=reference, rm=True)
+    return reference
+
+
+def fleet(*argv: str) -> tuple[float, float, int, dict[str, Any]]:
+    """Run fleet with --json; (wall s, controller CPU s, peak RSS bytes, document)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleet", *argv, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out = proc.stdout.read() if proc.stdout else b""
+    err = proc.stderr.read() if proc.stderr else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(
+            f"fleet {' '.join(argv)} failed:\n{out.decode()[-3000:]}\n{err.decode()[-3000:]}"
+        )
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, json.loads(out)
+
+
+def ssh_argv(inventory: Path, host: str) -> list[str]:
+    document = yaml.safe_load(inventory.read_text())
+    group = document["all"]["children"]["lab"]
+    return [
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f"UserKnownHostsFile={group['vars']['fleet_known_hosts']}",
+        "-i",
+        group["vars"]["ansible_ssh_private_key_file"],
+        "-p",
+        str(group["hosts"][host]["ansible_port"]),
+        "root@127.0.0.1",
+    ]
+
+
+def on_host(inventory: Path, host: str, command: str, stdin: Any = None) -> str:
+    ran = subprocess.run(
+        [*ssh_argv(inventory, host), command], stdin=stdin, capture_output=True, check=False
+    )
+    if ran.returncode != 0:
+        raise SystemExit(f"{host}: {command} failed: {ran.stderr.decode()[-2000:]}")
+    return ran.stdout.decode()
+
+
+def naive(inventory: Path, hosts: Iterable[str], reference: str) -> float:
+    """``docker save IMAGE | ssh HOST docker load`` to every host at once; wall seconds."""
+    started = time.perf_counter()
+
+    def one(host: str) -> None:
+        save = subprocess.Popen(["docker", "save", reference], stdout=subprocess.PIPE)
+        on_host(inventory, host, "docker load -q >/dev/null", stdin=save.stdout)
+        save.wait()
+
+    hosts = list(hosts)
+    with ThreadPoolExecutor(len(hosts)) as pool:
+        list(pool.map(one, hosts))
+    return time.perf_counter() - started
+
+
+def host_local_load(inventory: Path, host: str, image: images.Shippable, send: set[int]) -> float:
+    """Seconds of ``docker load -i`` on the host of a plain tarball of the layers ``send``."""
+    writer = subprocess.Popen(
+        [*ssh_argv(inventory, host), "cat > /var/tmp/seed-thin.tar"], stdin=subprocess.PIPE
+    )
+    assert writer.stdin is not None
+    for chunk in thin_tarball(image, send, "none"):
+        writer.stdin.write(chunk)
+    writer.stdin.close()
+    if writer.wait() != 0:
+        raise SystemExit(f"{host}: could not copy the thin tarball")
+    said = on_host(
+        inventory,
+        host,
+        "sync; s=$(date +%s.%N); docker load -q -i /var/tmp/seed-thin.tar >/dev/null; "
+        "e=$(date +%s.%N); rm -f /var/tmp/seed-thin.tar; echo $s $e",
+    )
+    start, end = (float(x) for x in said.split())
+    return end - start
+
+
+def remove(inventory: Path, hosts: Iterable[str], *references: str) -> None:
+    for host in hosts:
+        on_host(inventory, host, f"docker image rm -f {' '.join(references)} >/dev/null 2>&1; true")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--hosts", type=int, default=4)
+    parser.add_argument("--scale", type=float, default=1.0, help="of the seed sizes (default 1)")
+    parser.add_argument("--keep", action="store_true", help="leave the bench lab and images")
+    args = parser.parse_args()
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / LAB
+    work.mkdir(parents=True, exist_ok=True)
+    inventory = work / "lab.yml"
+    client = lab.engine_client()
+    lab.ensure_layer1_image(client)
+    scale = args.scale
+    tag = f"s{scale:g}"
+    started = time.perf_counter()
+    layer1 = build(
+        client,
+        f"layer1-{tag}",
+        "fleet-lab-layer1:bookworm",
+        "/opt/upstream",
+        int((2 << 30) * scale),
+    )
+    base = build(client, f"base-{tag}", layer1, "/opt/deps", int(300e6 * scale))
+    version_n = build(client, f"n-{tag}", base, "/opt/framework", int((240 << 20) * scale))
+    version_n1 = build(client, f"n1-{tag}", base, "/opt/framework", int((240 << 20) * scale))
+    built = time.perf_counter() - started
+    names = [f"lab{i}" for i in range(1, args.hosts + 1)]
+    shippable_n1 = images.shippable(client, version_n1)
+    top = len(shippable_n1.spec.diff_ids) - 1
+    total = sum(shippable_n1.sizes)
+
+    def push(target: str, reference: str, *more: str) -> tuple[float, float, int, dict[str, Any]]:
+        return fleet(
+            "push", "-i", str(inventory), "--retry-file", "/dev/null", target, reference, *more
+        )
+
+    lab.down(name=LAB, inventory=inventory)
+    lab.up(args.hosts, "mixed", name=LAB, inventory=inventory)
+    rows: list[tuple[str, str]] = []
+    # First pushes: fleet, then the naive way, then the registry, each to fresh hosts.
+    first = push("all", version_n)
+    remove(inventory, names, version_n)
+    on_host_prune = (
+        "docker image prune -af >/dev/null 2>&1; docker builder prune -af >/dev/null 2>&1; true"
+    )
+    for host in names:
+        on_host(inventory, host, on_host_prune)
+    first_naive = naive(inventory, names, version_n)
+    remove(inventory, names, version_n)
+    for host in names:
+        on_host(inventory, host, on_host_prune)
+    first_registry = push("all", version_n, "--via", "registry")
+    # Thin pushes: every host has N now.
+    limit = host_local_load(inventory, "lab1", shippable_n1, {top})
+    remove(inventory, ["lab1"], version_n1)
+    thin1 = push("lab1", version_n1)
+    remove(inventory, ["lab1"], version_n1)
+    thin_all = push("all", version_n1)
+    remove(inventory, names, version_n1)
+    thin_naive = naive(inventory, names, version_n1)
+    sources = sorted({str(h["details"].get("source")) for h in thin_all[3]["hosts"].values()})
+    rows += [
+        ("image size (history), bytes", str(total)),
+        ("building the images (cached after the first run), s", f"{built:.1f}"),
+        (f"first push, {args.hosts} hosts, fleet: wall s", f"{first[0]:.1f}"),
+        (f"first push, {args.hosts} hosts, fleet: controller CPU s", f"{first[1]:.1f}"),
+        (f"first push, {args.hosts} hosts, fleet: controller RSS MiB", f"{first[2] >> 20}"),
+        (f"first push, {args.hosts} hosts, naive: wall s", f"{first_naive:.1f}"),
+        (f"first push, {args.hosts} hosts, --via registry: wall s", f"{first_registry[0]:.1f}"),
+        ("host-local docker load of the thin layer, s", f"{limit:.1f}"),
+        ("thin push, 1 host: wall s", f"{thin1[0]:.1f}"),
+        (f"thin push, {args.hosts} hosts: wall s", f"{thin_all[0]:.1f}"),
+        (f"thin push, {args.hosts} hosts: controller RSS MiB", f"{thin_all[2] >> 20}"),
+        (f"thin push, {args.hosts} hosts, naive: wall s", f"{thin_naive:.1f}"),
+        ("thin push: where the layer was read", ", ".join(sources)),
+    ]
+    width = max(len(name) for name, _ in rows) + 2
+    for name, value in rows:
+        print(f"{name:<{width}} {value:>12}")
+    figures = {
+        "hosts": args.hosts,
+        "scale": scale,
+        "thin1_over_host_local_load": round(thin1[0] / limit, 2),
+        "thin_all_over_thin1": round(thin_all[0] / thin1[0], 2),
+        "thin_speedup_vs_naive": round(thin_naive / thin_all[0], 2),
+        "first_over_naive": round(first[0] / first_naive, 2),
+        "first_over_registry": round(first[0] / first_registry[0], 2),
+        "peak_rss_mib": max(first[2], thin_all[2], first_registry[2]) >> 20,
+        "thin_source": sources,
+    }
+    if not args.keep:
+        lab.down(name=LAB, inventory=inventory)
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
