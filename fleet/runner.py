@@ -27,7 +27,7 @@ from fleet.errors import (
     UnreachableError,
     UsageError,
 )
-from fleet.hosts.inventory import Host
+from fleet.hosts.model import Host
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.ssh.base import Transport, fix_for
 from fleet.ssh.endpoint import BECOME_PASSWORD_VARS, DEFAULT_CONNECT_TIMEOUT

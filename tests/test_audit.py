@@ -15,7 +15,7 @@ import pytest
 
 from fleet import cli as fleet_cli
 from fleet.errors import UnreachableError, UsageError
-from fleet.hosts.inventory import Host
+from fleet.hosts.model import Host
 from fleet.images.labels import ImageVersion
 from fleet.ops import audit, containers
 from fleet.ops.audit import AuditOptions, AuditRow, audit_host

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fleet.errors import HostError
-from fleet.hosts.inventory import Host
+from fleet.hosts.model import Host
 from fleet.runner import ClientConnector
 from fleet.ssh import become
 from fleet.ssh.endpoint import command_line, resolve

@@ -7,7 +7,7 @@ import pytest
 from fleet import __version__
 from fleet.cli import common
 from fleet.errors import UnreachableError
-from fleet.hosts.inventory import Host
+from fleet.hosts.model import Host
 from fleet.runner import Runner
 from fleet.ssh.base import CommandResult
 from tests import fakes

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fleet.errors import HostError
-from fleet.hosts.inventory import Host
+from fleet.hosts.model import Host
 from fleet.images.labels import LABEL_DOCKER_CMD, LABEL_TAG
 from fleet.ops import deploy
 from fleet.ops.containers import FrameworkContainer, FrameworkImage, HostFramework

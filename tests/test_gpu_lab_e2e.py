@@ -162,6 +162,18 @@ def test_a_training_job_is_never_interrupted_silently(
     assert lab2["outcome"] == "changed", lab2
     assert len(apps(lab_env, "lab1")) == 1  # still training
 
+    # A driver that does not answer cannot vouch that nothing runs: skipped, not guessed.
+    host_run(lab_env, "lab1", "mv", "/etc/fleet-lab/gpus.json", "/etc/fleet-lab/gpus.off")
+    try:
+        code, doc = run_project_json(capsys, fast_inventory, project, "deploy", "lab1", v2)
+    finally:
+        host_run(lab_env, "lab1", "mv", "/etc/fleet-lab/gpus.off", "/etc/fleet-lab/gpus.json")
+    lab1 = doc["hosts"]["lab1"]
+    assert lab1["outcome"] == "skipped", lab1
+    assert "cannot tell whether a GPU job runs" in lab1["reason"], lab1
+    assert "couldn't communicate with the NVIDIA driver" in lab1["reason"], lab1
+    assert len(apps(lab_env, "lab1")) == 1  # still training
+
     # --wait-idle waits for the job to end, then switches.
     host_run(lab_env, "lab1", "pkill", "-f", "^/usr/bin/python3 /usr/bin/fleet-gpu-job")
     container = _framework_container(lab_env, "lab1", project.repository)

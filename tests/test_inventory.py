@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from fleet.errors import EXIT_BAD_FILE, FleetError, InventoryError, PatternError
 from fleet.hosts import inventory, patterns
-from fleet.hosts.inventory import FrozenDict, Host, Inventory, Unsafe
+from fleet.hosts.model import FrozenDict, Host, Inventory, Unsafe, empty
+from fleet.hosts.safe_yaml import MAX_FILE_BYTES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "inventories"
 BAD = FIXTURES / "bad"
@@ -328,7 +329,7 @@ def test_graph_and_list() -> None:
 
 
 def test_empty_inventory() -> None:
-    inv = inventory.empty()
+    inv = empty()
     assert dict(inv.hosts) == {}
     assert inv.to_ansible_list() == {"all": {"children": ["ungrouped"]}, "_meta": {"hostvars": {}}}
     assert inv.graph() == "@all:\n  |--@ungrouped:"
@@ -619,7 +620,7 @@ def test_group_and_host_names_ansible_frowns_on(write: Write) -> None:
 
 
 def test_huge_file_is_refused_before_reading(write: Write) -> None:
-    path = write("huge.yml", b"#" * (inventory.MAX_FILE_BYTES + 1))
+    path = write("huge.yml", b"#" * (MAX_FILE_BYTES + 1))
     started = time.perf_counter()
     with pytest.raises(InventoryError, match="fleet reads inventory files of at most"):
         load_one(path)

@@ -27,6 +27,7 @@ import pytest
 
 from fleet.errors import PatternError
 from fleet.hosts import inventory, patterns
+from fleet.hosts.model import Inventory
 
 FIXTURES = Path(__file__).parent / "fixtures" / "inventories"
 
@@ -250,7 +251,7 @@ def ansible(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], A
     return {tuple(c): r for c, r in zip(commands, results, strict=True)}
 
 
-def _fleet(source: str) -> inventory.Inventory:
+def _fleet(source: str) -> Inventory:
     return inventory.load([FIXTURES / path for path in SOURCES[source]])
 
 

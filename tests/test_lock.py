@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fleet.errors import HostError
-from fleet.hosts.inventory import Host
+from fleet.hosts.model import Host
 from fleet.ops import deploy
 from fleet.ops.containers import LOCK_FILE, STATE_DIR
 from fleet.runner import HostContext, Runner

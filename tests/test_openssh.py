@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fleet.errors import InventoryError, UnreachableError, UsageError
-from fleet.hosts.inventory import Host
+from fleet.hosts.model import Host
 from fleet.runner import ClientConnector
 from fleet.ssh.endpoint import Endpoint, command_line
 from fleet.ssh.openssh import OpenSSHConnector, OpenSSHTransport, private_dir

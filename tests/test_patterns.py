@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.errors import EXIT_BAD_OPTIONS, FleetError, PatternError
-from fleet.hosts import inventory, patterns
+from fleet.hosts import hostnames, inventory, patterns
+from fleet.hosts.model import Inventory
 
 LAB = """\
 all:
@@ -68,7 +69,7 @@ ALL = [
 
 
 @pytest.fixture(scope="module")
-def inv(tmp_path_factory: pytest.TempPathFactory) -> inventory.Inventory:
+def inv(tmp_path_factory: pytest.TempPathFactory) -> Inventory:
     path = tmp_path_factory.mktemp("patterns") / "hosts.yml"
     path.write_text(LAB)
     return inventory.load([path])
@@ -117,12 +118,12 @@ def inv(tmp_path_factory: pytest.TempPathFactory) -> inventory.Inventory:
     ],
 )
 def test_select_follows_ansible_semantics(
-    inv: inventory.Inventory, pattern: str, expected: list[str]
+    inv: Inventory, pattern: str, expected: list[str]
 ) -> None:
     assert patterns.select(inv, pattern) == expected
 
 
-def test_inventory_select_returns_hosts(inv: inventory.Inventory) -> None:
+def test_inventory_select_returns_hosts(inv: Inventory) -> None:
     hosts = inv.select("rack1")
     assert [h.name for h in hosts] == ["gpu01", "gpu02"]
     assert hosts[0] is inv.hosts["gpu01"]
@@ -140,12 +141,12 @@ def test_inventory_select_returns_hosts(inv: inventory.Inventory) -> None:
     ],
 )
 def test_limit_intersects_like_ansible(
-    inv: inventory.Inventory, pattern: str, limit: str, expected: list[str]
+    inv: Inventory, pattern: str, limit: str, expected: list[str]
 ) -> None:
     assert patterns.select(inv, pattern, limit) == expected
 
 
-def test_limit_from_retry_file(inv: inventory.Inventory, tmp_path: Path) -> None:
+def test_limit_from_retry_file(inv: Inventory, tmp_path: Path) -> None:
     retry = tmp_path / "deploy.retry"
     retry.write_text("gpu03\n\n  web1  \n")
     assert patterns.select(inv, "all", f"@{retry}") == ["web1", "gpu03"]
@@ -177,7 +178,7 @@ def test_limit_from_retry_file(inv: inventory.Inventory, tmp_path: Path) -> None
     ],
 )
 def test_bad_patterns_raise_pattern_error(
-    inv: inventory.Inventory, pattern: str, limit: str | None, needles: list[str]
+    inv: Inventory, pattern: str, limit: str | None, needles: list[str]
 ) -> None:
     with pytest.raises(PatternError) as caught:
         patterns.select(inv, pattern, limit)
@@ -188,7 +189,7 @@ def test_bad_patterns_raise_pattern_error(
     assert caught.value.fix
 
 
-def test_unknown_host_names_the_close_ones(inv: inventory.Inventory) -> None:
+def test_unknown_host_names_the_close_ones(inv: Inventory) -> None:
     with pytest.raises(PatternError, match="no host named 'gpu5'") as caught:
         inv.host("gpu5")
     assert "gpu0" in str(caught.value.fix)
@@ -232,7 +233,7 @@ def test_split_pattern(pattern: str, terms: list[str]) -> None:
     ],
 )
 def test_parse_address(entry: str, parsed: tuple[str, int | None] | None) -> None:
-    assert patterns.parse_address(entry) == parsed
+    assert hostnames.parse_address(entry) == parsed
 
 
 @pytest.mark.parametrize(
@@ -251,7 +252,7 @@ def test_parse_address(entry: str, parsed: tuple[str, int | None] | None) -> Non
     ],
 )
 def test_expand_hostnames(pattern: str, names: list[str]) -> None:
-    assert patterns.expand_hostnames(pattern) == names
+    assert hostnames.expand_hostnames(pattern) == names
 
 
 @pytest.mark.parametrize(
@@ -270,17 +271,17 @@ def test_expand_hostnames(pattern: str, names: list[str]) -> None:
 )
 def test_bad_ranges(pattern: str, needle: str) -> None:
     with pytest.raises(PatternError, match=needle):
-        patterns.expand_hostnames(pattern)
+        hostnames.expand_hostnames(pattern)
 
 
 def test_huge_ranges_are_refused_without_expanding_them() -> None:
     with pytest.raises(PatternError, match="more than 100000 hosts"):
-        patterns.expand_hostnames("gpu[0:999999999999]")
+        hostnames.expand_hostnames("gpu[0:999999999999]")
     with pytest.raises(PatternError, match="more than 100000 hosts"):
-        patterns.expand_hostnames("gpu[1:2][0:999999999999]")
+        hostnames.expand_hostnames("gpu[1:2][0:999999999999]")
     # A range times an empty one is no name, found without walking the huge range.
-    assert patterns.expand_hostnames("gpu[0:999999999999][1:0]") == []
-    assert len(patterns.expand_hostnames("n[0:9][0:9][0:9]", limit=1000)) == 1000
+    assert hostnames.expand_hostnames("gpu[0:999999999999][1:0]") == []
+    assert len(hostnames.expand_hostnames("n[0:9][0:9][0:9]", limit=1000)) == 1000
 
 
 _PATTERN_PIECES = st.sampled_from(
@@ -308,7 +309,7 @@ _PATTERNS = st.lists(_PATTERN_PIECES, max_size=12).map("".join)
 @settings(max_examples=400, deadline=None)
 @given(pattern=st.one_of(_PATTERNS, st.text(max_size=20)), limit=st.none() | _PATTERNS)
 def test_random_patterns_only_raise_pattern_errors(
-    inv: inventory.Inventory, pattern: str, limit: str | None
+    inv: Inventory, pattern: str, limit: str | None
 ) -> None:
     try:
         names = patterns.select(inv, pattern, limit)
@@ -323,8 +324,8 @@ def test_random_patterns_only_raise_pattern_errors(
 @given(entry=st.text(alphabet="ab01:[]-._ ", max_size=16))
 def test_random_host_entries_only_raise_pattern_errors(entry: str) -> None:
     try:
-        name, _port = patterns.split_host_port(entry)
-        names = patterns.expand_hostnames(name, limit=1000)
+        name, _port = hostnames.split_host_port(entry)
+        names = hostnames.expand_hostnames(name, limit=1000)
     except FleetError as exc:
         assert isinstance(exc, PatternError)
         return

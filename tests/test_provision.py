@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 import fleet.cli
 from fleet.errors import CommandError, CronBlockError, ProvisionSettingsError
-from fleet.hosts.inventory import FrozenDict, Host
+from fleet.hosts.model import FrozenDict, Host
 from fleet.ops import provision
 from fleet.ops.facts import GPU, Disk
 from fleet.ops.provision import (

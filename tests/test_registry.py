@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from fleet.errors import HostError, RegistryError, UsageError
-from fleet.hosts.inventory import Host
+from fleet.hosts.model import Host
 from fleet.images.build import ImageSpec, Shippable
 from fleet.results import FleetResult, Outcome
 from fleet.runner import Runner

@@ -2,6 +2,7 @@
 
 import io
 import re
+import time
 
 import pytest
 from rich.console import Console
@@ -56,6 +57,44 @@ def test_plain_progress_lines_when_not_a_terminal() -> None:
         reporter.finished(HostResult("a", Outcome.OK, seconds=0.25))
         reporter.finished(HostResult("b", Outcome.UNREACHABLE, "timed out\nmore", seconds=3))
     assert buffer.getvalue().splitlines() == ["a: ok (0.2s)", "b: unreachable (3.0s) timed out"]
+
+
+def test_piped_output_has_a_line_per_host_and_phase_not_per_byte() -> None:
+    buffer = io.StringIO()
+    reporter = report.LiveReporter(["a"], report.console(buffer, width=80), live=False)
+    with reporter:
+        reporter.started("a", "push")
+        reporter.progress("a", "push", "send", 0, 3 << 30)
+        for done in range(1, 100):
+            reporter.progress("a", "push", "send", done << 25, 3 << 30)
+        reporter.progress("a", "push", "load")
+        reporter.progress("a", "push", "verify")
+        reporter.finished(HostResult("a", Outcome.CHANGED, seconds=61))
+    assert buffer.getvalue().splitlines() == [
+        "a: push send (3.0GiB)",
+        "a: push load",
+        "a: push verify",
+        "a: changed (61.0s)",
+    ]
+
+
+def test_live_view_shows_bytes_rate_and_eta_while_a_host_sends() -> None:
+    terminal = io.StringIO()
+    out = Console(file=terminal, width=200, force_terminal=True, color_system=None)
+    reporter = report.LiveReporter(["gpu01", "gpu02"], out)
+    with reporter:
+        reporter.started("gpu01", "push")
+        for done in (0, 1 << 29, 1 << 30):  # rich needs two samples for a rate
+            reporter.progress("gpu01", "push", "send", done, 2 << 30)
+            time.sleep(0.1)
+        reporter.started("gpu02", "push")
+        reporter.progress("gpu02", "push", "load")
+        assert reporter._progress is not None
+        shown = render(reporter._progress.make_tasks_table(reporter._progress.tasks))
+    first, second = shown.splitlines()[:2]
+    assert first.startswith("gpu01 push send") and "1.0/2.0 GiB" in first, first
+    assert "/s" in first and "0:00:0" in first  # a rate and an ETA
+    assert "GiB" not in second and "load" in second, second  # no bar without a byte count
 
 
 def test_command_output_groups_by_host() -> None:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.errors import DangerousRunError, FleetError, HostError, RunSpecError
-from fleet.hosts.inventory import Host
+from fleet.hosts.model import Host
 from fleet.ops.containers import FrameworkImage
 from fleet.ops.runspec import (
     MAX_LABEL_BYTES,

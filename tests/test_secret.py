@@ -13,7 +13,7 @@ import pytest
 
 from fleet.errors import CommandError, HostError, PlaybookError, UnreachableError, UsageError
 from fleet.hosts import inventory
-from fleet.hosts.inventory import empty
+from fleet.hosts.model import empty
 from fleet.playbook import run as play_mod
 from fleet.playbook import schema as playbook
 from fleet.playbook.secret import COMMAND_HIDDEN, DIFF_HIDDEN, MIN_LINE, REDACTED, Secrets

@@ -247,6 +247,9 @@ def test_dual_tarball_has_both_manifests_and_only_wanted_layers(small_image) -> 
     for name, data in full.items():
         if name.startswith("blobs/sha256/"):
             assert hashlib.sha256(data).hexdigest() == name.rsplit("/", 1)[1]
+    # Progress counts tar bytes, exactly what each host's stream unpacks to.
+    assert everything.raw == len(gzip.decompress(outputs["a"]))
+    assert top_only.raw == len(gzip.decompress(outputs["b"]))
     # The thin stream is a small fraction of the full one: only the top layer travels.
     assert len(outputs["b"]) < len(outputs["a"]) / 10
     # Compressed once: a later wave is replayed from the cache, byte for byte.
@@ -256,6 +259,7 @@ def test_dual_tarball_has_both_manifests_and_only_wanted_layers(small_image) -> 
     broadcast.run([again])
     reader.join()
     assert outputs["c"] == outputs["b"]
+    assert again.raw == top_only.raw
 
 
 @pytest.mark.docker

@@ -19,7 +19,7 @@ from fleet import report as report_mod
 from fleet.cli import common
 from fleet.cli import views as cli_views
 from fleet.errors import BuildError, PatternError, UsageError
-from fleet.hosts.inventory import Host
+from fleet.hosts.model import Host
 from fleet.images import build as images
 from fleet.images import buildhost, gitinfo
 from fleet.report import build as build_report

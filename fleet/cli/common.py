@@ -14,7 +14,7 @@ from typing import Any
 from fleet import report
 from fleet.errors import EXIT_INTERRUPTED, Interrupted, UsageError
 from fleet.hosts import inventory as inventory_mod
-from fleet.hosts.inventory import Host, Inventory
+from fleet.hosts.model import Host, Inventory
 from fleet.report.untrusted import safe_text, visible
 from fleet.results import FleetResult
 from fleet.runner import DEFAULT_FORKS, Runner, SSHConnector, Task

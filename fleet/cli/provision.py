@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fleet.cli import common
-from fleet.hosts.inventory import Host
+from fleet.hosts.model import Host
 from fleet.ops import provision as provision_mod
 from fleet.ops.provision import BaseImage, ProvisionOptions
 from fleet.results import FleetResult

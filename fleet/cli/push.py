@@ -168,4 +168,4 @@ def columns_for(args: argparse.Namespace) -> tuple[str, ...]:
         return ("store", "layers_pulled", "bytes_pulled")
     if args.check:
         return ("store", "layers_present", "layers_to_send")
-    return ("store", "layers_sent", "bytes_sent")
+    return ("store", "layers_sent", "bytes_sent", "compress", "source")

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from fleet.errors import BuildError, EngineError, HostError, UnreachableError, UsageError
-from fleet.hosts.inventory import Host
+from fleet.hosts.model import Host
 from fleet.images import build as images
 from fleet.images import gitinfo, savefilter
 from fleet.images.build import (

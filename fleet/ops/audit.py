@@ -112,7 +112,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleet import units
 from fleet.errors import EXIT_INTERRUPTED, AuditInterrupted, HostError, Interrupted, UsageError
-from fleet.hosts.inventory import Host
+from fleet.hosts.model import Host
 from fleet.images.labels import (
     LABEL_BRANCH,
     LABEL_BUILD_DATE,

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fleet.errors import FleetError, HostError, Interrupted, RunSpecError, UsageError, tail_lines
-from fleet.hosts.inventory import Host
+from fleet.hosts.model import Host
 from fleet.images.build import Shippable
 from fleet.ops import containers, gpu
 from fleet.ops.containers import (
@@ -497,7 +497,17 @@ def _gpu_gate(
         return None, []
     deadline = time.monotonic() + options.wait_idle
     while True:
-        busy = gpu.processes(plan.ctx.transport, options.state_timeout).in_containers(ids)
+        found = gpu.processes(plan.ctx.transport, options.state_timeout)
+        if found.error and not options.force:
+            # A driver that does not answer cannot say that no job runs: never guess.
+            return plan.ctx.result(
+                Outcome.SKIPPED,
+                "cannot tell whether a GPU job runs in the framework's container: "
+                f"nvidia-smi failed: {found.error}",
+                fix="check the host's NVIDIA driver ('nvidia-smi' there); to switch anyway, "
+                "--force (recorded in the host's history)",
+            ), []
+        busy = found.in_containers(ids)
         if not busy or options.force:
             return None, busy
         left = deadline - time.monotonic()

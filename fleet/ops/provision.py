@@ -96,7 +96,7 @@ from fleet.errors import (
     UsageError,
 )
 from fleet.hosts import settings as layered
-from fleet.hosts.inventory import Host
+from fleet.hosts.model import Host
 from fleet.images import build as images
 from fleet.ops import facts as facts_mod
 from fleet.ops.facts import Disk, HostFacts

@@ -50,7 +50,7 @@ from fleet.errors import DangerousRunError, HostError, RunSpecError
 from fleet.hosts import settings as layered
 
 if TYPE_CHECKING:
-    from fleet.hosts.inventory import Host
+    from fleet.hosts.model import Host
     from fleet.ops.containers import FrameworkImage
 
 FLEET_RUN = "fleet_run"

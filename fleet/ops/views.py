@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 from fleet.errors import FleetError, HostError, Interrupted, UnreachableError, UsageError
-from fleet.hosts.inventory import Host
+from fleet.hosts.model import Host
 from fleet.images.labels import ImageVersion
 from fleet.ops import containers, deploy, runspec
 from fleet.ops.containers import FrameworkContainer, FrameworkImage, HostFramework

@@ -33,7 +33,7 @@ from fleet.errors import (
     PlayStopped,
     UsageError,
 )
-from fleet.hosts.inventory import Host, Inventory
+from fleet.hosts.model import Host, Inventory
 from fleet.images import build as images
 from fleet.ops import deploy as deploy_mod
 from fleet.playbook.schema import Play, Playbook, Task, condition, render

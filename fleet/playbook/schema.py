@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from fleet.errors import InventoryError, PatternError, PlaybookError, UndefinedError, UsageError
-from fleet.hosts.inventory import read_yaml
 from fleet.hosts.patterns import compile_term, split_pattern
+from fleet.hosts.safe_yaml import read_yaml
 
 # -- the model --------------------------------------------------------------------------
 PLAY_KEYS = frozenset(

@@ -1,7 +1,8 @@
 """Everything fleet shows a person: live progress, recaps, tables. The only user of rich.
 
-On a terminal, a run shows a live per-host view (host, step, progress, elapsed); piped or
-in CI, plain lines as hosts finish. At the end: a recap table (one row per host), a
+On a terminal, a run shows a live per-host view (host, step, what it does, and for bytes
+moved a bar, bytes, rate and ETA: rich.progress columns); piped or in CI, a plain line per
+host and phase, and one as each host finishes. At the end: a recap table (one row per host), a
 one-line summary, and the failed and unreachable hosts with their reason and fix, at the
 bottom where they are seen. ``--json`` output is written by the CLI, never through here.
 
@@ -15,13 +16,22 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import IO, Any
 
 from rich.console import Console, Group, RenderableType
-from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -50,90 +60,115 @@ def console(file: IO[str] | None = None, *, width: int | None = None) -> Console
     )
 
 
-@dataclass
-class _Row:
-    step: str
-    started: float
-    note: str = ""
-    done: int = 0
-    total: int = 0
-    result: HostResult | None = None
+class _Status(ProgressColumn):
+    """The host's outcome once it has one (styled), else what it is doing now."""
+
+    def render(self, task: Task) -> Text:
+        outcome = task.fields.get("outcome")
+        if outcome is not None:
+            return Text(str(outcome), style=STYLES[outcome])
+        return Text(task.fields.get("note", ""))
+
+
+class _WhenBytes(ProgressColumn):
+    """A rich column shown only while the host moves bytes (a known total, not finished)."""
+
+    def __init__(self, column: ProgressColumn) -> None:
+        super().__init__()
+        self.column = column
+
+    def render(self, task: Task) -> RenderableType:
+        if not task.total or task.fields.get("outcome") is not None:
+            return Text("")
+        return self.column.render(task)
 
 
 class LiveReporter:
-    """Hears a run's events and shows them: live on a terminal, plain lines otherwise."""
+    """Hears a run's events and shows them: live on a terminal, plain lines otherwise.
+
+    Live: one row per host (rich.progress): host, step, what it does or its outcome and,
+    while it moves bytes (a push's send), a bar, bytes done of the total, rate and ETA.
+    Plain: a line when a host starts a new phase, and one when it finishes.
+    """
 
     def __init__(
         self, hosts: Sequence[str], out: Console | None = None, *, live: bool | None = None
     ) -> None:
         self.console = out or console()
         self.hosts = list(hosts)
-        self._rows: dict[str, _Row] = {}
         self._lock = threading.Lock()
+        self._phase: dict[str, tuple[str, str]] = {}
         use_live = self.console.is_terminal if live is None else live
-        self._live = (
-            Live(self._render(), console=self.console, refresh_per_second=8, transient=True)
-            if use_live
-            else None
-        )
+        self._progress: Progress | None = None
+        self._tasks: dict[str, TaskID] = {}
+        if use_live:
+            self._progress = Progress(
+                TextColumn("{task.fields[host]}", markup=False),
+                TextColumn("{task.fields[step]}", markup=False),
+                _Status(),
+                _WhenBytes(BarColumn(bar_width=20)),
+                _WhenBytes(DownloadColumn(binary_units=True)),
+                _WhenBytes(TransferSpeedColumn()),
+                _WhenBytes(TimeRemainingColumn()),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+                refresh_per_second=8,
+            )
+            for host in self.hosts:
+                self._tasks[host] = self._progress.add_task(
+                    "", start=False, total=None, host=visible(host), step="", note="waiting"
+                )
 
     def __enter__(self) -> LiveReporter:
-        if self._live is not None:
-            self._live.start()
+        if self._progress is not None:
+            self._progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._live is not None:
-            self._live.stop()
+        if self._progress is not None:
+            self._progress.stop()
+
+    def _task(self, host: str) -> TaskID | None:
+        if self._progress is None:
+            return None
+        with self._lock:
+            if host not in self._tasks:
+                self._tasks[host] = self._progress.add_task(
+                    "", start=False, total=None, host=visible(host), step="", note=""
+                )
+            return self._tasks[host]
 
     def started(self, host: str, step: str) -> None:
-        with self._lock:
-            self._rows[host] = _Row(step, time.monotonic())
-        self._refresh()
+        task = self._task(host)
+        if self._progress is not None and task is not None:
+            self._progress.start_task(task)
+            self._progress.update(task, step=visible(step), note="", total=None, completed=0)
 
     def progress(self, host: str, step: str, note: str = "", done: int = 0, total: int = 0) -> None:
+        task = self._task(host)
+        if self._progress is not None and task is not None:
+            self._progress.update(
+                task, step=visible(step), note=visible(note), total=total or None, completed=done
+            )
+            return
         with self._lock:
-            row = self._rows.setdefault(host, _Row(step, time.monotonic()))
-            row.step, row.note, row.done, row.total = step, note, done, total
-        self._refresh()
+            new = self._phase.get(host) != (step, note)
+            self._phase[host] = (step, note)
+        if new and note:
+            line = safe_text(host)
+            line.append(f": {visible(step)} {visible(note)}")
+            if total and not done:
+                line.append(f" ({format_size(total)})", style="dim")
+            self.console.print(line)
 
     def finished(self, result: HostResult) -> None:
-        with self._lock:
-            row = self._rows.setdefault(result.host, _Row("", time.monotonic()))
-            row.result = result
-        if self._live is None:
-            self.console.print(_plain_line(result))
-        self._refresh()
-
-    def _refresh(self) -> None:
-        if self._live is not None:
-            self._live.update(self._render())
-
-    def _render(self) -> RenderableType:
-        table = Table(box=None, pad_edge=False)
-        for column in ("host", "step", "progress", "elapsed"):
-            table.add_column(column)
-        now = time.monotonic()
-        with self._lock:
-            for host in self.hosts:
-                row = self._rows.get(host)
-                name = safe_text(host)
-                if row is None:
-                    table.add_row(name, "waiting", "", "")
-                    continue
-                step = safe_text(row.step)
-                if row.result is not None:
-                    outcome = row.result.outcome
-                    status = Text(str(outcome), style=STYLES[outcome])
-                    table.add_row(name, step, status, f"{row.result.seconds:.1f}s")
-                    continue
-                progress = row.note
-                if row.total:
-                    progress = (
-                        f"{format_size(row.done)}/{format_size(row.total)} {row.note}".strip()
-                    )
-                table.add_row(name, step, safe_text(progress), f"{now - row.started:.1f}s")
-        return table
+        task = self._task(result.host)
+        if self._progress is not None and task is not None:
+            self._progress.update(task, outcome=result.outcome)
+            self._progress.stop_task(task)
+            return
+        self.console.print(_plain_line(result))
 
 
 def _plain_line(result: HostResult) -> Text:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fleet.errors import HostError, RegistryError, tail_lines
-from fleet.hosts.inventory import Host
+from fleet.hosts.model import Host
 from fleet.images import build as images
 from fleet.images.build import ImageSpec
 from fleet.programs import program

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fleet.errors import CommandError, HostError, tail_lines
-from fleet.hosts.inventory import Host
+from fleet.hosts.model import Host
 from fleet.images.build import Shippable
 from fleet.programs import program
 from fleet.results import FleetResult, HostResult, Outcome
@@ -43,8 +43,6 @@ from fleet.ship.state import engine_fix, read_state, verify
 from fleet.ship.stream import Broadcast, Sink
 
 _STALL_DEFAULT = 180.0
-
-
 # docker load, then the target as it now is: the verification costs no extra round trip.
 LOAD_SCRIPT = program("image_load.sh")
 
@@ -244,8 +242,12 @@ def _send_all(
         def ship(ctx: HostContext, sinks: dict[str, Sink] = sinks) -> HostResult:
             sink = sinks[ctx.name]
             broadcast = broadcasts[compress_of[ctx.name]]
-            sink.on_progress = lambda sent: ctx.progress("sending", sent, 0)
             decided = plans[ctx.name]
+            # Progress in tar bytes against the layers' sizes; the wire carries fewer.
+            total = sum(image.sizes[i] for i in decided.send if i < len(image.sizes)) or 0
+            ctx.progress("send", 0, total)
+            sink.on_progress = lambda done: ctx.progress("send", done, max(total, done))
+            sink.on_end = lambda: ctx.progress("load")
             try:
                 loaded = load(ctx, sink, decided, spec.ref, options.load_timeout, _STALL_DEFAULT)
             except HostError:
@@ -258,6 +260,7 @@ def _send_all(
                 raise HostError(
                     ctx.name, f"reading the image on the controller failed: {broadcast.error}"
                 )
+            ctx.progress("verify")
             image_id = verify(ctx.transport, spec, options.state_timeout, loaded)
             shipment = Shipment(
                 decided.store, len(spec.diff_ids), len(decided.send), sink.bytes, image_id
@@ -270,7 +273,11 @@ def _send_all(
                 "source": broadcast.source,
                 "compress": compress_of[ctx.name],
             }
-            return replace(result, details={**result.details, **extra})
+            reason = result.reason
+            if broadcast.source_why:
+                extra["source_why"] = broadcast.source_why
+                reason = f"{reason}; read with docker save: {broadcast.source_why}"
+            return replace(result, reason=reason, details={**result.details, **extra})
 
         shipped += runner.run("push", wave, ship).results
         for producer in producers:

@@ -23,8 +23,6 @@ from fleet.ssh.base import Transport, gathered, parses_host_output
 # The target image as the host has it; shared by the state script and the load. ``$store``
 # says whether the containerd content store holds its manifest (whose config is the ID).
 _TARGET_SCRIPT = program("image_target.sh")
-
-
 # Every docker CLI call costs a Go process start on the host (tens of ms of CPU): on hosts
 # that share cores, as a lab's or a busy GPU server's do, that is most of a thin push.
 # So one 'docker info' says engine, store and root, and ctr runs on containerd stores only.

@@ -56,7 +56,9 @@ class LayerSource(Protocol):
 
 
 _CHUNK = 1 << 20
-_QUEUE_CHUNKS = 32
+# Each host's queue: at most this many chunks of at most _CHUNK bytes (the controller's
+# memory grows with hosts x this, so it stays small; loopback and LANs keep it full).
+_QUEUE_CHUNKS = 8
 # Encoded members kept for a later wave of hosts; past this, the wave reads its source again.
 _REPLAY_CACHE_BYTES = 64 << 20
 _SMALL_MEMBER = 16 << 20
@@ -105,7 +107,8 @@ class _Member:
 
     key: str
     layer: int | None
-    chunks: list[bytes] = field(default_factory=list)
+    # Encoded chunks, each with the count of tar bytes it stands for (for progress).
+    chunks: list[tuple[bytes, int]] = field(default_factory=list)
 
 
 def _tar_header(name: str, size: int) -> bytes:
@@ -342,6 +345,8 @@ class ImageStream:
         self.compress = compress
         self.layer_sizes: list[int] = [0] * len(spec.diff_ids)
         self.manifest_digest = ""
+        # Tar bytes encoded so far: what a host's progress counts (its wire bytes lag behind).
+        self.raw_fed = 0
 
     def local_members(
         self, source: LayerSource, wanted: set[int]
@@ -477,7 +482,9 @@ class ImageStream:
         encoder.start(size)
         finished = False
         try:
-            out = encoder.feed(_tar_header(name, size))
+            header = _tar_header(name, size)
+            self.raw_fed += len(header)
+            out = encoder.feed(header)
             if out:
                 yield out
             for chunk in data:
@@ -485,9 +492,12 @@ class ImageStream:
                 # by paramiko's sendall, and would sit whole in every host's queue.
                 view = memoryview(chunk)
                 for start in range(0, len(view), _CHUNK):
-                    out = encoder.feed(bytes(view[start : start + _CHUNK]))
+                    piece = bytes(view[start : start + _CHUNK])
+                    self.raw_fed += len(piece)
+                    out = encoder.feed(piece)
                     if out:
                         yield out
+            self.raw_fed += len(_padding(size))
             out = encoder.feed(_padding(size)) + encoder.finish()
             finished = True
         finally:
@@ -498,6 +508,7 @@ class ImageStream:
 
     def _encode_raw(self, encoder: _Encoder, data: bytes) -> Iterator[bytes]:
         encoder.start()
+        self.raw_fed += len(data)
         yield encoder.feed(data) + encoder.finish()
 
 
@@ -538,34 +549,44 @@ class Sink:
         self.host = host
         self.send = send
         self.throttle = throttle
-        self.queue: queue.Queue[bytes | None] = queue.Queue(_QUEUE_CHUNKS)
+        self.queue: queue.Queue[tuple[bytes, int] | None] = queue.Queue(_QUEUE_CHUNKS)
         self.dead = threading.Event()
         self.bytes = 0
+        # Tar bytes delivered: the measure of progress, against the plan's layer sizes.
+        self.raw = 0
         self.on_progress: Callable[[int], None] | None = None
+        # Called once the last byte has been taken: the host now finishes its load.
+        self.on_end: Callable[[], None] | None = None
         self._reported = 0
 
     def wants(self, member: _Member) -> bool:
         return member.layer is None or member.layer in self.send
 
-    def put(self, chunk: bytes | None) -> None:
+    def put(self, chunk: bytes | None, raw: int = 0) -> None:
+        """Queue an encoded chunk standing for ``raw`` tar bytes; None ends the stream."""
+        item = None if chunk is None else (chunk, raw)
         while not self.dead.is_set():
             try:
-                self.queue.put(chunk, timeout=0.2)
+                self.queue.put(item, timeout=0.2)
             except queue.Full:
                 continue
             return
 
     def chunks(self) -> Iterator[bytes]:
         while True:
-            chunk = self.queue.get()
-            if chunk is None:
+            item = self.queue.get()
+            if item is None:
+                if self.on_end is not None:
+                    self.on_end()
                 return
+            chunk, raw = item
             if self.throttle is not None:
                 self.throttle.take(len(chunk))
             self.bytes += len(chunk)
-            if self.on_progress is not None and self.bytes - self._reported >= _CHUNK:
-                self._reported = self.bytes
-                self.on_progress(self.bytes)
+            self.raw += raw
+            if self.on_progress is not None and self.raw - self._reported >= 4 * _CHUNK:
+                self._reported = self.raw
+                self.on_progress(self.raw)
             yield chunk
 
     def close(self) -> None:
@@ -592,6 +613,8 @@ class Broadcast:
         self.compress = compress
         self.local = local
         self.source = ""
+        # Why the layers were read with docker save (the slow way), when they were.
+        self.source_why = ""
         self._replay: list[_Member] | None = None
         self.error: BaseException | None = None
         self.layer_sizes: list[int] = []
@@ -605,37 +628,45 @@ class Broadcast:
         try:
             if self._replay is not None:
                 for member in self._replay:
-                    for chunk in member.chunks:
+                    for chunk, raw in member.chunks:
                         for sink in sinks:
                             if sink.wants(member):
-                                sink.put(chunk)
+                                sink.put(chunk, raw)
                 return
             stream = ImageStream(self.spec, self.save, self.compress)
             cache: list[_Member] | None = [] if replay else None
             cached = 0
             members: Iterable[tuple[_Member, Iterator[bytes]]] | None = None
-            if self.local is not None:
+            if self.local is None:
+                self.source_why = (
+                    "the controller's engine is not a classic overlay2 store this user can read"
+                )
+            else:
                 wanted: set[int] = set().union(*(sink.send for sink in sinks))
                 try:
                     members = stream.local_members(self.local, wanted)
                     self.source = "local store"
-                except (OSError, ValueError, KeyError):
-                    members = None  # docker save reads it all instead
+                except (OSError, ValueError, KeyError) as exc:
+                    self.source_why = f"the controller's store could not give the layers: {exc}"
             if members is None:
-                members = stream.members()
+                members = stream.members()  # reads every layer of the image
                 self.source = "docker save"
+            seen = 0
             for member, chunks in members:
                 if cache is None and not any(sink.wants(member) for sink in sinks):
                     continue  # tarfile skips the unread data
-                for chunk in chunks:
-                    for sink in sinks:
-                        if sink.wants(member):
-                            sink.put(chunk)
-                    if cache is not None:
-                        member.chunks.append(chunk)
-                        cached += len(chunk)
-                        if cached > _REPLAY_CACHE_BYTES:
-                            cache = None
+                for encoded in chunks:
+                    raw, seen = stream.raw_fed - seen, stream.raw_fed
+                    for chunk, share in _pieces(encoded, raw):
+                        for sink in sinks:
+                            if sink.wants(member):
+                                sink.put(chunk, share)
+                        if cache is not None:
+                            member.chunks.append((chunk, share))
+                            cached += len(chunk)
+                            if cached > _REPLAY_CACHE_BYTES:
+                                cache = None
+                                member.chunks.clear()
                 if cache is not None:
                     cache.append(member)
             self._replay = cache
@@ -645,6 +676,18 @@ class Broadcast:
         finally:
             for sink in sinks:
                 sink.put(None)
+
+
+def _pieces(chunk: bytes, raw: int) -> Iterator[tuple[bytes, int]]:
+    """``chunk`` in pieces of at most ``_CHUNK`` (a compressed block is 4 MiB), so that the
+    hosts' queues are bounded in bytes; the last piece carries the tar bytes it stands for.
+    """
+    if len(chunk) <= _CHUNK:
+        yield chunk, raw
+        return
+    view = memoryview(chunk)
+    for start in range(0, len(view), _CHUNK):
+        yield view[start : start + _CHUNK].tobytes(), raw if start + _CHUNK >= len(view) else 0
 
 
 def thin_tarball(image: Shippable, send: Iterable[int], compress: str = "none") -> Iterator[bytes]:

@@ -56,7 +56,7 @@ from fleet.ssh.endpoint import (
 )
 
 if TYPE_CHECKING:
-    from fleet.hosts.inventory import Host
+    from fleet.hosts.model import Host
 
 SSH = "ssh"
 CONTROL_PERSIST = "60s"
