@@ -223,23 +223,24 @@ def main() -> int:
     lab.down(name=LAB, inventory=inventory)
     lab.up(args.hosts, "mixed", name=LAB, inventory=inventory)
     rows: list[tuple[str, str]] = []
-    # First pushes: fleet, then the naive way, then the registry, each to fresh hosts.
-    first = push("all", version_n)
-    remove(inventory, names, version_n)
-    on_host_prune = (
-        "docker image prune -af >/dev/null 2>&1; docker builder prune -af >/dev/null 2>&1; true"
-    )
-    for host in names:
-        on_host(inventory, host, on_host_prune)
+    # First pushes to fresh hosts: the naive way, the registry, then fleet (last, so that
+    # the thin pushes start from what fleet's own path leaves on the hosts).
+    reset = "docker image prune -af >/dev/null 2>&1; docker builder prune -af >/dev/null 2>&1; true"
     first_naive = naive(inventory, names, version_n)
     remove(inventory, names, version_n)
     for host in names:
-        on_host(inventory, host, on_host_prune)
+        on_host(inventory, host, reset)
     first_registry = push("all", version_n, "--via", "registry")
+    remove(inventory, names, version_n)
+    for host in names:
+        on_host(inventory, host, reset)
+    first = push("all", version_n)
     # Thin pushes: every host has N now.
     limit = host_local_load(inventory, "lab1", shippable_n1, {top})
     remove(inventory, ["lab1"], version_n1)
     thin1 = push("lab1", version_n1)
+    remove(inventory, ["lab1"], version_n1)
+    thin1_plain = push("lab1", version_n1, "--compress", "none")
     remove(inventory, ["lab1"], version_n1)
     thin_all = push("all", version_n1)
     remove(inventory, names, version_n1)
@@ -255,6 +256,7 @@ def main() -> int:
         (f"first push, {args.hosts} hosts, --via registry: wall s", f"{first_registry[0]:.1f}"),
         ("host-local docker load of the thin layer, s", f"{limit:.1f}"),
         ("thin push, 1 host: wall s", f"{thin1[0]:.1f}"),
+        ("thin push, 1 host, --compress none: wall s", f"{thin1_plain[0]:.1f}"),
         (f"thin push, {args.hosts} hosts: wall s", f"{thin_all[0]:.1f}"),
         (f"thin push, {args.hosts} hosts: controller RSS MiB", f"{thin_all[2] >> 20}"),
         (f"thin push, {args.hosts} hosts, naive: wall s", f"{thin_naive:.1f}"),

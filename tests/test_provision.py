@@ -29,16 +29,28 @@ from hypothesis import strategies as st
 import fleet.cli
 from fleet.errors import CommandError, CronBlockError, ProvisionSettingsError
 from fleet.hosts.model import FrozenDict, Host
-from fleet.ops import provision
 from fleet.ops.facts import GPU, Disk
-from fleet.ops.provision import (
-    BEGIN_MARKER,
-    END_MARKER,
+from fleet.ops.provision import run as provision_run
+from fleet.ops.provision.cron import apply_block, cron_block, find_block, render_copy, render_script
+from fleet.ops.provision.facts import (
+    FACTS_SCRIPT,
     FileState,
     PathState,
     ProvisionFacts,
-    ProvisionOptions,
+    facts_arguments,
+    parse_facts,
+)
+from fleet.ops.provision.plan import DIR_SCRIPT, Change, Command, dir_command, plan, write_command
+from fleet.ops.provision.preflight import preflight
+from fleet.ops.provision.run import ProvisionOptions, provision, resolve_base_images, with_base
+from fleet.ops.provision.settings import (
+    BEGIN_MARKER,
+    COPY_NOTE,
+    END_MARKER,
     ProvisionSettings,
+    parse_size,
+    settings_for_hosts,
+    settings_from_vars,
 )
 from fleet.ops.runspec import RunSpec
 from fleet.results import FleetResult, HostResult, Outcome
@@ -47,7 +59,7 @@ from fleet.ssh.base import CommandResult
 from tests.conftest import run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "provision"
-DEFAULTS = provision.settings_from_vars({})
+DEFAULTS = settings_from_vars({})
 USER_CRONTAB = (
     b"SHELL=/bin/sh\n"
     b"# the user's own jobs, with tabs, trailing blanks, CRLF and latin-1 bytes\n"
@@ -78,11 +90,11 @@ def recorded(name: str) -> ProvisionFacts:
         stdout = stdout.replace("\n@@p_script\n", "\n@@p_copy\n")
         stdout = stdout.replace("\n@@p_cron\n", "\n@@p_script\nabsent\n@@p_cron\n")
         stdout += LIB_FACTS
-    return provision.parse_facts(stdout, record["paths"])
+    return parse_facts(stdout, record["paths"])
 
 
 def settings(**provision_vars: Any) -> ProvisionSettings:
-    return provision.settings_from_vars({"fleet_provision": provision_vars})
+    return settings_from_vars({"fleet_provision": provision_vars})
 
 
 def file_state(content: bytes, mode: int = 0o644, uid: int = 0) -> FileState:
@@ -104,13 +116,13 @@ def converged(config: ProvisionSettings, base: ProvisionFacts | None = None) -> 
         d.path: PathState("directory", d.mode, 0, 0, d.owner, d.group) for d in config.managed_dirs
     }
     cron_before = base.cron.content if base.cron is not None else b""
-    cron = provision.apply_block(cron_before or b"", provision.cron_block(config))
+    cron = apply_block(cron_before or b"", cron_block(config))
     lib = {**base.lib, config.script_dir: PathState("directory", 0o755, 0, 0)}
     return dataclasses.replace(
         base,
         paths=paths,
-        script=file_state(provision.render_script(config), 0o755),
-        copy=file_state(provision.render_copy(config), 0o644),
+        script=file_state(render_script(config), 0o755),
+        copy=file_state(render_copy(config), 0o644),
         lib=lib,
         cron=file_state(cron),
         weights_up=True,
@@ -118,11 +130,11 @@ def converged(config: ProvisionSettings, base: ProvisionFacts | None = None) -> 
     )
 
 
-def kinds(changes: Sequence[provision.Change]) -> list[str]:
+def kinds(changes: Sequence[Change]) -> list[str]:
     return [c.kind for c in changes]
 
 
-def written(change: provision.Change) -> bytes:
+def written(change: Change) -> bytes:
     """What a file change writes (the stdin of its write command)."""
     (stdin,) = [c.stdin for c in change.commands if c.stdin is not None]
     return stdin
@@ -156,12 +168,12 @@ def test_the_documented_settings_are_the_defaults() -> None:
     project = yaml.safe_load(
         (Path(__file__).parent.parent / "inventory/group_vars/all.yml").read_text()
     )
-    documented = provision.settings_from_vars({"fleet_provision": project["fleet_provision"]})
+    documented = settings_from_vars({"fleet_provision": project["fleet_provision"]})
     assert documented == DEFAULTS
 
 
 def test_overrides_merge_key_by_key_and_min_free_entry_by_entry() -> None:
-    found = provision.settings_from_vars(
+    found = settings_from_vars(
         {
             "fleet_provision": {"data_root": "/srv/data", "min_free": {"docker": "20G"}},
             "fleet_provision_overrides": {"cron_schedule": "*/2  * * * *", "min_free": {"data": 0}},
@@ -238,7 +250,7 @@ def test_settings_error_names_the_host() -> None:
     with pytest.raises(
         ProvisionSettingsError, match="host gpu1: fleet_provision: expected a mapping"
     ):
-        provision.settings_for_hosts(hosts)
+        settings_for_hosts(hosts)
 
 
 @pytest.mark.parametrize(
@@ -253,12 +265,12 @@ def test_settings_error_names_the_host() -> None:
     ],
 )
 def test_sizes(text: Any, size: int) -> None:
-    assert provision.parse_size(text) == size
+    assert parse_size(text) == size
 
 
 # -- the script ---------------------------------------------------------------------------
 def test_rendered_script_is_valid_shell_with_every_setting_filled_in(tmp_path: Path) -> None:
-    script = provision.render_script(DEFAULTS)
+    script = render_script(DEFAULTS)
     assert b"__FLEET_" not in script
     assert b"WEIGHTS_PORT=8340\n" in script and b"URL=http://127.0.0.1:8340/\n" in script
     path = tmp_path / "aicron.sh"
@@ -270,11 +282,11 @@ def test_rendered_values_are_shell_quoted() -> None:
     hostile = "/tmp/it's $(touch /tmp/pwned) `x`; here"
     config = dataclasses.replace(DEFAULTS, log_file=hostile)
     template = "LOG=__FLEET_LOG__\nprintf '%s' \"$LOG\"\n"
-    rendered = provision.render_script(config, template)
+    rendered = render_script(config, template)
     out = subprocess.run(["sh", "-c", rendered.decode()], capture_output=True, check=True)
     assert out.stdout.decode() == hostile
     with pytest.raises(ValueError, match="__FLEET_NOPE__"):
-        provision.render_script(config, "X=__FLEET_NOPE__\n")
+        render_script(config, "X=__FLEET_NOPE__\n")
 
 
 @pytest.fixture
@@ -300,7 +312,7 @@ def local_service(tmp_path: Path) -> Iterator[tuple[ProvisionSettings, Path]]:
         log_file=str(tmp_path / "aicron.log"),
         pid_file=str(tmp_path / "weights.pid"),
     )
-    script.write_bytes(provision.render_script(config))
+    script.write_bytes(render_script(config))
     yield config, script
     pid_file = tmp_path / "weights.pid"
     if pid_file.exists():
@@ -347,7 +359,7 @@ def test_script_reports_a_missing_weights_directory(
 
 
 def test_script_runs_from_root_and_python_isolated() -> None:
-    script = provision.render_script(DEFAULTS).decode()
+    script = render_script(DEFAULTS).decode()
     code = [line.strip() for line in script.splitlines() if not line.lstrip().startswith("#")]
     commands = [line for line in code if line and not re.fullmatch(r"[A-Z_]+=\S*", line)]
     assert commands[:2] == ["set -u", "cd / || exit 1"]
@@ -377,39 +389,39 @@ def test_script_imports_nothing_from_where_it_was_started(
 
 
 def test_copy_says_at_its_top_that_cron_runs_the_root_owned_script(tmp_path: Path) -> None:
-    copy = provision.render_copy(DEFAULTS)
-    script = provision.render_script(DEFAULTS)
+    copy = render_copy(DEFAULTS)
+    script = render_script(DEFAULTS)
     lines = copy.decode().splitlines()
     assert lines[0] == "#!/bin/sh"
     assert lines[1] == (
         "# A COPY, for reading: cron runs /usr/local/lib/fleet/aicron.sh (root's, outside the "
         "data root,"
     )
-    assert copy.replace(provision.COPY_NOTE.encode(), b"") == script
+    assert copy.replace(COPY_NOTE.encode(), b"") == script
     assert b"\nSELF=/usr/local/lib/fleet/aicron.sh\n" in copy  # one lock for both
     (tmp_path / "copy.sh").write_bytes(copy)
     assert subprocess.run(["sh", "-n", str(tmp_path / "copy.sh")], check=False).returncode == 0
 
 
 # -- the cron block -----------------------------------------------------------------------
-BLOCK = provision.cron_block(DEFAULTS)
+BLOCK = cron_block(DEFAULTS)
 
 
 def test_block_is_appended_after_the_users_lines_byte_for_byte() -> None:
-    after = provision.apply_block(USER_CRONTAB, BLOCK)
+    after = apply_block(USER_CRONTAB, BLOCK)
     assert after == USER_CRONTAB + BLOCK
-    assert provision.apply_block(after, BLOCK) == after  # rerun: no duplicate
+    assert apply_block(after, BLOCK) == after  # rerun: no duplicate
 
 
 def test_unterminated_last_line_gets_its_newline_and_keeps_its_bytes() -> None:
-    after = provision.apply_block(b"0 1 * * * root /bin/true", BLOCK)
+    after = apply_block(b"0 1 * * * root /bin/true", BLOCK)
     assert after == b"0 1 * * * root /bin/true\n" + BLOCK
 
 
 def test_block_is_replaced_in_place_between_user_lines() -> None:
     before = USER_CRONTAB + BLOCK + b"# after the block\n5 5 * * * root true\n"
-    new_block = provision.cron_block(dataclasses.replace(DEFAULTS, cron_schedule="* * * * *"))
-    after = provision.apply_block(before, new_block)
+    new_block = cron_block(dataclasses.replace(DEFAULTS, cron_schedule="* * * * *"))
+    after = apply_block(before, new_block)
     assert after == USER_CRONTAB + new_block + b"# after the block\n5 5 * * * root true\n"
 
 
@@ -423,11 +435,11 @@ def test_block_is_replaced_in_place_between_user_lines() -> None:
 )
 def test_malformed_markers_are_refused(content: bytes) -> None:
     with pytest.raises(CronBlockError, match="not one well-formed block"):
-        provision.apply_block(content, BLOCK)
+        apply_block(content, BLOCK)
     facts = dataclasses.replace(converged(DEFAULTS), cron=file_state(content))
-    verdict = provision.preflight(DEFAULTS, facts)
+    verdict = preflight(DEFAULTS, facts)
     assert "markers are not one well-formed block" in verdict.failures[0].message
-    assert "cron_block" not in " ".join(kinds(provision.plan(DEFAULTS, facts)))
+    assert "cron_block" not in " ".join(kinds(plan(DEFAULTS, facts)))
 
 
 _user_text = st.lists(
@@ -437,12 +449,12 @@ _user_text = st.lists(
 
 @given(before=_user_text, after=_user_text)
 def test_user_bytes_survive_any_number_of_applications(before: bytes, after: bytes) -> None:
-    once = provision.apply_block(before, BLOCK)
+    once = apply_block(before, BLOCK)
     prefix = once[: -len(BLOCK)]
     assert once.endswith(BLOCK) and prefix in (before, before + b"\n")
-    assert provision.apply_block(once, BLOCK) == once
+    assert apply_block(once, BLOCK) == once
     other = BLOCK.replace(b"*/5", b"*/9")
-    assert provision.apply_block(once + after, other) == prefix + other + after
+    assert apply_block(once + after, other) == prefix + other + after
 
 
 # -- facts recorded on the lab -------------------------------------------------------------
@@ -472,11 +484,11 @@ def test_provisioned_containerd_host_facts() -> None:
     # Recorded when cron ran /data/aicron.sh: the copy's place holds the old script.
     assert found.copy is not None and found.copy.mode == 0o755 and len(found.copy.sha256) == 64
     assert found.script is None and found.lib["/usr/local/lib/fleet"] is None
-    assert provision.find_block(found.cron.content or b"") is not None  # type: ignore[union-attr]
+    assert find_block(found.cron.content or b"") is not None  # type: ignore[union-attr]
 
 
 def test_unparsable_output_gives_empty_facts_not_an_exception() -> None:
-    found = provision.parse_facts("garbage\n@@p_paths\nx|y\n@@p_script\n1|2\n", ["/data"])
+    found = parse_facts("garbage\n@@p_paths\nx|y\n@@p_script\n1|2\n", ["/data"])
     assert not found.host.engine_ok
     assert found.paths == {}
     assert found.script is not None and found.script.kind.startswith("unreadable")
@@ -486,10 +498,10 @@ def test_unparsable_output_gives_empty_facts_not_an_exception() -> None:
 def test_fresh_host_gets_everything_in_order() -> None:
     for name in ("fresh-classic", "fresh-containerd"):
         facts = recorded(name)
-        verdict = provision.preflight(DEFAULTS, facts)
+        verdict = preflight(DEFAULTS, facts)
         assert verdict.ok, verdict
         assert any("not rotated" in w for w in verdict.warnings)
-        changes = provision.plan(DEFAULTS, facts)
+        changes = plan(DEFAULTS, facts)
         assert kinds(changes) == [
             "dir_created",
             "dir_created",
@@ -502,7 +514,7 @@ def test_fresh_host_gets_everything_in_order() -> None:
             "service_started",
         ]
         (mkdir,) = changes[0].commands
-        assert mkdir.argv[:3] == ("sh", "-c", provision.DIR_SCRIPT)
+        assert mkdir.argv[:3] == ("sh", "-c", DIR_SCRIPT)
         assert mkdir.argv[-4:] == ("/data", "/data/checkpoints", "root:root", "00755")
         assert str(mkdir) == (
             "mkdir, chown root:root, chmod 00755 /data/checkpoints (following no link below /data)"
@@ -513,10 +525,10 @@ def test_fresh_host_gets_everything_in_order() -> None:
             ("chmod", "00755", "/usr/local/lib/fleet"),
         ]
         script = changes[5]
-        assert written(script) == provision.render_script(DEFAULTS)
+        assert written(script) == render_script(DEFAULTS)
         assert script.commands[0].argv[-3:] == ("/usr/local/lib/fleet/aicron.sh", "0755", "absent")
         copy = changes[6]
-        assert written(copy) == provision.render_copy(DEFAULTS)
+        assert written(copy) == render_copy(DEFAULTS)
         assert copy.commands[0].argv[-3:] == ("/data/aicron.sh", "0644", "any")
         cron = changes[7]
         assert written(cron) == (facts.cron.content or b"") + BLOCK  # type: ignore[union-attr]
@@ -527,15 +539,15 @@ def test_fresh_host_gets_everything_in_order() -> None:
 def test_nothing_to_do_means_no_changes() -> None:
     for name in ("fresh-classic", "provisioned-containerd"):
         facts = converged(DEFAULTS, recorded(name))
-        assert provision.plan(DEFAULTS, facts) == []
-        assert provision.preflight(DEFAULTS, facts).ok
+        assert plan(DEFAULTS, facts) == []
+        assert preflight(DEFAULTS, facts).ok
 
 
 def test_mode_fix_is_one_chmod() -> None:
     facts = converged(DEFAULTS)
     paths = dict(facts.paths)
     paths["/data/datasets"] = PathState("directory", 0o2700, 0, 0, "root", "root")
-    changes = provision.plan(DEFAULTS, dataclasses.replace(facts, paths=paths))
+    changes = plan(DEFAULTS, dataclasses.replace(facts, paths=paths))
     assert kinds(changes) == ["dir_mode_fixed"]
     assert changes[0].what == "fix mode of /data/datasets: 2700 -> 0755"
     # Through the directory itself, not its name; five digits clear the setgid bit.
@@ -547,14 +559,14 @@ def test_owner_fix_is_one_chown() -> None:
     facts = dataclasses.replace(converged(config), owner_uid=1000, group_gid=1000)
     paths = {p: dataclasses.replace(s, uid=1000, gid=1000) for p, s in facts.paths.items() if s}
     paths["/data/projects"] = PathState("directory", 0o755, 0, 0, "root", "root")
-    changes = provision.plan(config, dataclasses.replace(facts, paths=paths))
+    changes = plan(config, dataclasses.replace(facts, paths=paths))
     assert kinds(changes) == ["dir_owner_fixed"]
     assert changes[0].commands[0].argv[-4:] == ("/data", "/data/projects", "lab:lab", "")
 
 
 def test_users_crontab_lines_are_kept_byte_for_byte() -> None:
     facts = dataclasses.replace(converged(DEFAULTS), cron=file_state(USER_CRONTAB))
-    (change,) = provision.plan(DEFAULTS, facts)
+    (change,) = plan(DEFAULTS, facts)
     assert change.kind == "cron_block_added"
     assert written(change) == USER_CRONTAB + BLOCK
     # Refused when the file changed since it was read: its sha256 goes with the write.
@@ -565,31 +577,27 @@ def test_schedule_change_updates_the_block_in_place() -> None:
     before = USER_CRONTAB + BLOCK + b"# mine, after fleet's\n"
     facts = dataclasses.replace(converged(DEFAULTS), cron=file_state(before))
     config = dataclasses.replace(DEFAULTS, cron_schedule="*/7 * * * *")
-    (change,) = provision.plan(config, facts)
+    (change,) = plan(config, facts)
     assert change.kind == "cron_block_updated"
     assert "'*/5 * * * * root" in change.why and "'*/7 * * * * root" in change.why
-    assert (
-        written(change) == USER_CRONTAB + provision.cron_block(config) + b"# mine, after fleet's\n"
-    )
+    assert written(change) == USER_CRONTAB + cron_block(config) + b"# mine, after fleet's\n"
     assert "-*/5 * * * * root" in change.diff and "+*/7 * * * * root" in change.diff
-    assert (
-        provision.plan(config, dataclasses.replace(facts, cron=file_state(written(change)))) == []
-    )
+    assert plan(config, dataclasses.replace(facts, cron=file_state(written(change)))) == []
 
 
 def test_recorded_host_with_another_schedule_only_updates_its_block() -> None:
     facts = converged(DEFAULTS, recorded("provisioned-classic"))
     facts = dataclasses.replace(facts, cron=recorded("provisioned-classic").cron)
-    assert kinds(provision.plan(DEFAULTS, facts)) == ["cron_block_updated"]
+    assert kinds(plan(DEFAULTS, facts)) == ["cron_block_updated"]
 
 
 def test_host_provisioned_when_cron_ran_the_data_roots_script_converges() -> None:
     old = recorded("provisioned-classic")  # its block runs /bin/sh /data/aicron.sh
     old_block = old.cron.content or b""  # type: ignore[union-attr]
     assert b"root /bin/sh /data/aicron.sh" in old_block
-    verdict = provision.preflight(DEFAULTS, old)
+    verdict = preflight(DEFAULTS, old)
     assert verdict.ok, verdict
-    changes = provision.plan(DEFAULTS, old)
+    changes = plan(DEFAULTS, old)
     assert kinds(changes) == [
         "script_dir_created",
         "script_installed",
@@ -602,7 +610,7 @@ def test_host_provisioned_when_cron_ran_the_data_roots_script_converges() -> Non
     )
     assert "-* * * * * root /bin/sh /data/aicron.sh >/dev/null" in cron.diff  # --diff shows it
     assert "+*/5 * * * * root /bin/sh /usr/local/lib/fleet/aicron.sh >/dev/null" in cron.diff
-    assert "/data/aicron.sh" not in provision.cron_block(DEFAULTS).decode()
+    assert "/data/aicron.sh" not in cron_block(DEFAULTS).decode()
     assert written(changes[2]).startswith(b"#!/bin/sh\n# A COPY, for reading: cron runs ")
     # Once applied, nothing is left: the next run is ok.
     applied = dataclasses.replace(
@@ -612,22 +620,22 @@ def test_host_provisioned_when_cron_ran_the_data_roots_script_converges() -> Non
         copy=file_state(written(changes[2]), 0o644),
         cron=file_state(written(cron)),
     )
-    assert provision.plan(DEFAULTS, applied) == []
+    assert plan(DEFAULTS, applied) == []
 
 
 def test_changed_script_is_updated_with_a_diff() -> None:
-    old = provision.render_script(DEFAULTS).replace(b"flock -w 30", b"flock -w 5")
+    old = render_script(DEFAULTS).replace(b"flock -w 30", b"flock -w 5")
     facts = dataclasses.replace(converged(DEFAULTS), script=file_state(old, 0o755))
-    (change,) = provision.plan(DEFAULTS, facts)
+    (change,) = plan(DEFAULTS, facts)
     assert change.kind == "script_updated"
     assert "-if ! flock -w 5 9; then" in change.diff and "+if ! flock -w 30 9; then" in change.diff
     assert change.commands[0].argv[-1] == hashlib.sha256(old).hexdigest()
 
 
 def test_script_writable_by_others_is_fixed() -> None:
-    script = provision.render_script(DEFAULTS)
+    script = render_script(DEFAULTS)
     facts = dataclasses.replace(converged(DEFAULTS), script=file_state(script, 0o777, uid=1000))
-    (change,) = provision.plan(DEFAULTS, facts)
+    (change,) = plan(DEFAULTS, facts)
     assert change.kind == "script_mode_fixed"
     # By name: the script's directory is root's alone (preflight checks its parents).
     assert [c.argv for c in change.commands] == [
@@ -638,38 +646,38 @@ def test_script_writable_by_others_is_fixed() -> None:
 
 def test_copy_that_is_a_link_or_changed_is_rewritten_whole() -> None:
     facts = converged(DEFAULTS)
-    copy = provision.render_copy(DEFAULTS)
+    copy = render_copy(DEFAULTS)
     found = {
         "a link": FileState("symbolic link", 0o777, 0, 0, 11),
         "appended to": file_state(copy + b"touch /pwned\n", 0o644),
         "executable": file_state(copy, 0o755),
     }
     for state in found.values():
-        (change,) = provision.plan(DEFAULTS, dataclasses.replace(facts, copy=state))
+        (change,) = plan(DEFAULTS, dataclasses.replace(facts, copy=state))
         assert change.kind == "copy_updated"
         (write,) = change.commands
         assert write.argv[-3:] == ("/data/aicron.sh", "0644", "any")
         assert written(change) == copy
     directory = dataclasses.replace(facts, copy=FileState("directory", 0o755, 0, 0, 4096))
-    assert provision.plan(DEFAULTS, directory) == []
-    assert "is a directory" in provision.preflight(DEFAULTS, directory).warnings[-1]
+    assert plan(DEFAULTS, directory) == []
+    assert "is a directory" in preflight(DEFAULTS, directory).warnings[-1]
 
 
 def test_group_writable_crontab_is_fixed_and_written_files_keep_a_safe_mode() -> None:
     facts = converged(DEFAULTS)
     content = facts.cron.content or b""  # type: ignore[union-attr]
     bad = dataclasses.replace(facts, cron=file_state(content, 0o664))
-    (change,) = provision.plan(DEFAULTS, bad)
+    (change,) = plan(DEFAULTS, bad)
     assert change.kind == "cron_mode_fixed"
     assert change.commands[-1].argv == ("chmod", "0644", "/etc/crontab")
     private = dataclasses.replace(facts, cron=file_state(USER_CRONTAB, 0o600))
-    (write,) = provision.plan(DEFAULTS, private)
+    (write,) = plan(DEFAULTS, private)
     assert write.commands[0].argv[-2] == "0600"  # its own safe mode is kept
 
 
 def test_service_down_is_started() -> None:
     facts = dataclasses.replace(converged(DEFAULTS), weights_up=False, weights_probe="down x")
-    (change,) = provision.plan(DEFAULTS, facts)
+    (change,) = plan(DEFAULTS, facts)
     assert change.kind == "service_started"
     assert change.why == "nothing answers on http://127.0.0.1:8340/ (down x)"
 
@@ -679,7 +687,7 @@ as_root = pytest.mark.skipif(os.geteuid() != 0, reason="provision runs them as r
 
 
 def run_here(
-    command: provision.Command, path_dirs: Sequence[Path] = ()
+    command: Command, path_dirs: Sequence[Path] = ()
 ) -> subprocess.CompletedProcess[bytes]:
     """Run a planned command on this machine, with ``path_dirs`` first on PATH."""
     env = {**os.environ, "PATH": os.pathsep.join([*map(str, path_dirs), os.environ["PATH"]])}
@@ -716,7 +724,7 @@ def test_files_are_written_through_mktemp_in_their_directory_then_renamed(tmp_pa
     target = tmp_path / "etc" / "crontab"
     target.parent.mkdir()
     target.write_bytes(b"old\n")
-    command = provision.write_command(str(target), b"new\n", 0o600, file_state(b"old\n"))
+    command = write_command(str(target), b"new\n", 0o600, file_state(b"old\n"))
     ran = run_here(command, [bin_dir])
     assert ran.returncode == 0, ran.stderr
     # mktemp (O_EXCL) made the temporary file beside the target, by a relative template.
@@ -725,7 +733,7 @@ def test_files_are_written_through_mktemp_in_their_directory_then_renamed(tmp_pa
     assert (target.stat().st_mode & 0o7777, target.stat().st_uid) == (0o600, 0)
     assert os.listdir(target.parent) == ["crontab"]
     # The file changed since its facts were read: refused, nothing left behind.
-    ran = run_here(provision.write_command(str(target), b"x", 0o600, file_state(b"old\n")))
+    ran = run_here(write_command(str(target), b"x", 0o600, file_state(b"old\n")))
     assert ran.returncode == 3 and b"changed since its facts were read" in ran.stderr
     assert target.read_bytes() == b"new\n" and os.listdir(target.parent) == ["crontab"]
 
@@ -733,8 +741,8 @@ def test_files_are_written_through_mktemp_in_their_directory_then_renamed(tmp_pa
 @as_root
 def test_a_failed_write_removes_its_temporary_file(tmp_path: Path) -> None:
     target = tmp_path / "aicron.sh"
-    command = provision.write_command(str(target), b"x\n", 0o644, None)
-    broken = provision.Command((*command.argv[:-2], "0999", "absent"), command.stdin)
+    command = write_command(str(target), b"x\n", 0o644, None)
+    broken = Command((*command.argv[:-2], "0999", "absent"), command.stdin)
     ran = run_here(broken)
     assert ran.returncode != 0 and b"invalid mode" in ran.stderr
     assert os.listdir(tmp_path) == []
@@ -752,7 +760,7 @@ def test_a_link_planted_at_the_temporary_name_redirects_nothing(tmp_path: Path) 
     data = tmp_path / "data"
     data.mkdir()
     config = settings(data_root=str(data))
-    command = provision.write_command(config.copy_path, provision.render_copy(config), 0o644, "any")
+    command = write_command(config.copy_path, render_copy(config), 0o644, "any")
     ran = run_here(command, [bin_dir])
     assert ran.returncode == 3, ran.stderr
     assert b"was replaced before fleet wrote it" in ran.stderr
@@ -772,13 +780,11 @@ def test_the_copy_replaces_a_link_at_its_place_instead_of_writing_through_it(
     data.mkdir()
     config = settings(data_root=str(data))
     Path(config.copy_path).symlink_to(victim)
-    ran = run_here(
-        provision.write_command(config.copy_path, provision.render_copy(config), 0o644, "any")
-    )
+    ran = run_here(write_command(config.copy_path, render_copy(config), 0o644, "any"))
     assert ran.returncode == 0, ran.stderr
     assert victim.read_bytes() == b"root:x:0:0\n"
     copy = Path(config.copy_path)
-    assert not copy.is_symlink() and copy.read_bytes() == provision.render_copy(config)
+    assert not copy.is_symlink() and copy.read_bytes() == render_copy(config)
     assert copy.stat().st_mode & 0o7777 == 0o644
 
 
@@ -799,7 +805,7 @@ def test_a_link_planted_below_the_data_root_redirects_no_chmod(tmp_path: Path, l
     paths[f"{data}/{listed}"] = (
         PathState("directory", 0o755, 0, 0, "root", "root") if listed == "projects" else None
     )
-    (change,) = provision.plan(config, dataclasses.replace(facts, paths=paths))
+    (change,) = plan(config, dataclasses.replace(facts, paths=paths))
     (data / "projects").symlink_to(victim)
     (command,) = change.commands
     ran = run_here(command)
@@ -818,10 +824,10 @@ def test_directories_are_created_and_fixed_through_themselves(tmp_path: Path) ->
     disk.mkdir()
     (tmp_path / "data").symlink_to(disk)
     root = str(tmp_path / "data")
-    ran = run_here(provision.dir_command(root, f"{root}/a/b", "0:0", 0o2750, create=True))
+    ran = run_here(dir_command(root, f"{root}/a/b", "0:0", 0o2750, create=True))
     assert ran.returncode == 0, ran.stderr
     assert (disk / "a" / "b").stat().st_mode & 0o7777 == 0o2750
-    ran = run_here(provision.dir_command(root, f"{root}/a/b", mode=0o755))
+    ran = run_here(dir_command(root, f"{root}/a/b", mode=0o755))
     assert ran.returncode == 0, ran.stderr
     assert (disk / "a" / "b").stat().st_mode & 0o7777 == 0o755  # five digits: setgid cleared
 
@@ -836,7 +842,7 @@ def gpu_settings(**run: Any) -> ProvisionSettings:
 
 
 def test_gpu_run_spec_without_nvidia_runtime_fails_with_the_fix() -> None:
-    verdict = provision.preflight(gpu_settings(runtime="nvidia"), converged(DEFAULTS))
+    verdict = preflight(gpu_settings(runtime="nvidia"), converged(DEFAULTS))
     messages = [p.message for p in verdict.failures]
     assert messages[0] == (
         "the run spec asks for --runtime nvidia, but the engine has no 'nvidia' runtime "
@@ -854,7 +860,7 @@ def test_gpu_host_with_runtime_and_driver_passes() -> None:
         nvidia_smi=True,
         gpus=(GPU("NVIDIA A100", "550.54", "81920 MiB"),),
     )
-    assert provision.preflight(gpu_settings(runtime="nvidia"), facts).ok
+    assert preflight(gpu_settings(runtime="nvidia"), facts).ok
 
 
 def test_driver_that_lists_no_gpu_fails() -> None:
@@ -862,30 +868,30 @@ def test_driver_that_lists_no_gpu_fails() -> None:
         with_host(converged(DEFAULTS), runtimes=("nvidia",), nvidia_smi=True),
         nvidia_smi_output="Failed to initialize NVML: Driver/library version mismatch",
     )
-    (problem,) = provision.preflight(gpu_settings(runtime="nvidia"), facts).failures
+    (problem,) = preflight(gpu_settings(runtime="nvidia"), facts).failures
     assert problem.message.startswith("nvidia-smi lists no GPU: Failed to initialize NVML")
 
 
 def test_gpus_flag_needs_the_container_toolkit() -> None:
     facts = with_host(converged(DEFAULTS), nvidia_smi=True, gpus=(GPU("T4", "535", "15360 MiB"),))
-    (problem,) = provision.preflight(gpu_settings(gpus="all"), facts).failures
+    (problem,) = preflight(gpu_settings(gpus="all"), facts).failures
     assert "--gpus all" in problem.message and "NVIDIA Container Toolkit" in problem.message
     with_hook = dataclasses.replace(facts, tools=facts.tools | {"nvidia-container-runtime-hook"})
-    assert provision.preflight(gpu_settings(gpus="all"), with_hook).ok
+    assert preflight(gpu_settings(gpus="all"), with_hook).ok
 
 
 def test_ulimits_the_host_cannot_grant() -> None:
     config = gpu_settings(ulimits={"memlock": "-1", "stack": "67108864"})
     facts = converged(DEFAULTS)  # recorded: memlock hard 8 MiB, stack unlimited, no capability
-    (problem,) = provision.preflight(config, facts).failures
+    (problem,) = preflight(config, facts).failures
     assert problem.message == (
         "host cannot grant memlock=unlimited: the engine's hard limit is 8388608 bytes and it "
         "lacks CAP_SYS_RESOURCE to raise it"
     )
     assert "fleet_run_overrides: {ulimits: {memlock: null}}" in problem.fix
-    assert provision.preflight(config, dataclasses.replace(facts, cap_sys_resource=True)).ok
+    assert preflight(config, dataclasses.replace(facts, cap_sys_resource=True)).ok
     small = gpu_settings(ulimits={"memlock": "1024:4096"})
-    assert provision.preflight(small, facts).ok
+    assert preflight(small, facts).ok
 
 
 @pytest.mark.parametrize("which", ["docker", "data"])
@@ -898,7 +904,7 @@ def test_too_little_disk_is_refused(which: str) -> None:
         if which == "docker"
         else dataclasses.replace(facts, data_disk=small)
     )
-    (problem,) = provision.preflight(config, facts).failures
+    (problem,) = preflight(config, facts).failures
     assert problem.message.startswith("refused: only 5.0GiB free at ")
     assert f"below fleet_provision.min_free.{which} = 100.0GiB" in problem.message
 
@@ -909,16 +915,16 @@ def test_engine_that_refuses_the_user_names_the_docker_group() -> None:
         engine_ok=False,
         engine_error="permission denied while trying to connect to the Docker daemon socket",
     )
-    (problem,) = provision.preflight(DEFAULTS, facts).failures
+    (problem,) = preflight(DEFAULTS, facts).failures
     assert problem.message.startswith("Docker engine not usable: permission denied")
     assert "docker' group" in problem.fix and "ansible_become" in problem.fix
 
 
 def test_non_root_user_is_refused_only_when_something_must_change() -> None:
     facts = dataclasses.replace(converged(DEFAULTS), uid=1000, user="alice")
-    assert provision.preflight(DEFAULTS, facts).ok
+    assert preflight(DEFAULTS, facts).ok
     broken = dataclasses.replace(facts, weights_up=False)
-    (problem,) = provision.preflight(DEFAULTS, broken).failures
+    (problem,) = preflight(DEFAULTS, broken).failures
     assert "provisioning needs root" in problem.message and "connected as alice" in problem.message
     assert "ansible_become: true" in problem.fix
 
@@ -926,11 +932,9 @@ def test_non_root_user_is_refused_only_when_something_must_change() -> None:
 def test_log_rotation_configured_means_no_warning() -> None:
     rotated = b'{"log-driver": "json-file", "log-opts": {"max-size": "100m"}}'
     facts = dataclasses.replace(converged(DEFAULTS), daemon_json=file_state(rotated))
-    assert provision.preflight(DEFAULTS, facts).warnings == ()
+    assert preflight(DEFAULTS, facts).warnings == ()
     broken = dataclasses.replace(facts, daemon_json=file_state(b"{not json"))
-    assert provision.preflight(DEFAULTS, broken).warnings == (
-        "/etc/docker/daemon.json is not valid JSON",
-    )
+    assert preflight(DEFAULTS, broken).warnings == ("/etc/docker/daemon.json is not valid JSON",)
 
 
 def test_things_in_the_way_are_failures() -> None:
@@ -939,7 +943,7 @@ def test_things_in_the_way_are_failures() -> None:
     blocked = dataclasses.replace(
         facts, paths=paths, owner_uid=None, tools=frozenset({"python3"}), cron_running=False
     )
-    verdict = provision.preflight(settings(owner="lab"), blocked)
+    verdict = preflight(settings(owner="lab"), blocked)
     text = "\n".join(p.message for p in verdict.failures)
     assert "/data/datasets exists and is not a directory (regular file)" in text
     assert "the owner 'lab' of /data does not exist on the host" in text
@@ -969,7 +973,7 @@ def test_data_root_writable_by_others_is_refused_unless_allowed(
 ) -> None:
     config = settings(**variables)
     facts = dataclasses.replace(converged(config), owner_uid=1000, group_gid=1000)
-    failures = provision.preflight(config, facts).failures
+    failures = preflight(config, facts).failures
     assert any("writable by others than its owner" in p.message for p in failures) is refused
 
 
@@ -1021,7 +1025,7 @@ def test_the_scripts_directory_must_be_roots_alone(
     facts = dataclasses.replace(
         converged(DEFAULTS), lib=lib, lib_parent_real=real, data_root_real="/data"
     )
-    verdict = provision.preflight(DEFAULTS, facts)
+    verdict = preflight(DEFAULTS, facts)
     if failure:
         (problem,) = verdict.failures
         assert failure in problem.message
@@ -1036,7 +1040,7 @@ def test_the_scripts_directory_is_created_or_fixed_as_roots() -> None:
     loose = dataclasses.replace(
         facts, lib=_lib("/usr/local/lib/fleet", PathState("directory", 0o777, 1000, 0))
     )
-    (change,) = provision.plan(DEFAULTS, loose)
+    (change,) = plan(DEFAULTS, loose)
     assert change.kind == "script_dir_fixed"
     assert [c.argv for c in change.commands] == [
         ("chown", "--", "0:0", "/usr/local/lib/fleet"),
@@ -1058,9 +1062,9 @@ def test_links_below_the_data_root_show_as_links_in_the_facts(tmp_path: Path) ->
         settings(data_root=str(data)), script_path=str(tmp_path / "lib" / "fleet" / "aicron.sh")
     )
     (tmp_path / "lib").mkdir()
-    argv = ["sh", "-c", provision.FACTS_SCRIPT, "facts", *provision.facts_arguments(config)]
+    argv = ["sh", "-c", FACTS_SCRIPT, "facts", *facts_arguments(config)]
     ran = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
-    facts = provision.parse_facts(ran.stdout, [d.path for d in config.managed_dirs])
+    facts = parse_facts(ran.stdout, [d.path for d in config.managed_dirs])
     projects = facts.paths[f"{data}/projects"]
     assert projects is not None and projects.kind == "symbolic link"
     assert facts.copy is not None and facts.copy.kind == "symbolic link"
@@ -1069,7 +1073,7 @@ def test_links_below_the_data_root_show_as_links_in_the_facts(tmp_path: Path) ->
     assert facts.lib[f"{tmp_path}/lib"] == PathState("directory", 0o755, 0, 0)
     assert "/" in facts.lib
     assert (facts.lib_parent_real, facts.data_root_real) == (f"{tmp_path}/lib", str(data))
-    problems = [p.message for p in provision.preflight(config, facts).failures]
+    problems = [p.message for p in preflight(config, facts).failures]
     assert f"{data}/projects exists and is not a directory (symbolic link); fleet does not " in (
         "\n".join(problems)
     )
@@ -1078,17 +1082,17 @@ def test_links_below_the_data_root_show_as_links_in_the_facts(tmp_path: Path) ->
 def test_hand_made_aicron_line_is_a_warning_and_left_alone() -> None:
     line = b"*/5 * * * * root /usr/local/lib/fleet/aicron.sh\n"
     facts = dataclasses.replace(converged(DEFAULTS), cron=file_state(USER_CRONTAB + line + BLOCK))
-    verdict = provision.preflight(DEFAULTS, facts)
+    verdict = preflight(DEFAULTS, facts)
     assert verdict.ok
     assert "line(s) 5 outside fleet's block also run aicron.sh" in verdict.warnings[-1]
-    assert provision.plan(DEFAULTS, facts) == []
+    assert plan(DEFAULTS, facts) == []
 
 
 @pytest.mark.hostile
 def test_hand_made_line_running_the_data_roots_copy_fails_the_host() -> None:
     content = USER_CRONTAB + b"*/5 * * * * root /bin/sh /data/aicron.sh\n" + BLOCK
     facts = dataclasses.replace(converged(DEFAULTS), cron=file_state(content))
-    (problem,) = provision.preflight(DEFAULTS, facts).failures
+    (problem,) = preflight(DEFAULTS, facts).failures
     assert problem.message == (
         "/etc/crontab: line(s) 5 outside fleet's block run /data/aicron.sh, which every "
         "framework container can write: whatever a container appends to it would run on this host"
@@ -1136,10 +1140,10 @@ def run_provision(
     config: ProvisionSettings = DEFAULTS,
 ) -> HostResult:
     queue = list(states)
-    monkeypatch.setattr(provision, "gather", lambda *args, **kwargs: queue.pop(0))
+    monkeypatch.setattr(provision_run, "gather", lambda *args, **kwargs: queue.pop(0))
     host = Host("gpu1", FrozenDict())
     runner = Runner(lambda _: transport)
-    result = provision.provision(runner, [host], {"gpu1": config}, {}, options)
+    result = provision(runner, [host], {"gpu1": config}, {}, options)
     return result.results[0]
 
 
@@ -1244,15 +1248,15 @@ def test_base_shipping_merges_into_the_hosts_result() -> None:
         "sent 2/2 layers, 1000 bytes",
         details={"layers_sent": 2, "layers_present": 0},
     )
-    merged = provision.with_base(done, pushed, "base:1", check=False)
+    merged = with_base(done, pushed, "base:1", check=False)
     assert merged.outcome is Outcome.CHANGED
     assert merged.reason == "created 4 dirs, shipped the base image"
     assert merged.details["base_image"]["ref"] == "base:1"
     ok = HostResult("gpu1", Outcome.OK, "nothing to change", details={"changes": []})
     present = HostResult("gpu1", Outcome.OK, "image already present", details={"layers_sent": 0})
-    assert provision.with_base(ok, present, "base:1", check=False).outcome is Outcome.OK
+    assert with_base(ok, present, "base:1", check=False).outcome is Outcome.OK
     refused = HostResult("gpu1", Outcome.FAILED, "not enough disk", "free space")
-    failed = provision.with_base(ok, refused, "base:1", check=False)
+    failed = with_base(ok, refused, "base:1", check=False)
     assert (failed.outcome, failed.reason) == (Outcome.FAILED, "base image base:1: not enough disk")
 
 
@@ -1323,7 +1327,7 @@ def test_hosts_without_a_base_image_get_the_projects(monkeypatch: pytest.MonkeyP
         lambda client, ref: images.Shippable(ImageSpec(ref, "sha256:c", ()), (), lambda: iter(())),
     )
     given = {"gpu1": DEFAULTS, "gpu2": dataclasses.replace(DEFAULTS, base_image="other:1")}
-    resolved, bases = provision.resolve_base_images(given, Path(__file__).parent.parent)
+    resolved, bases = resolve_base_images(given, Path(__file__).parent.parent)
     assert resolved["gpu1"].base_image == "cauchy_base:latest"  # fleet_image in all.yml
     assert resolved["gpu2"].base_image == "other:1"
     assert sorted(bases) == ["cauchy_base:latest", "other:1"]

@@ -22,7 +22,8 @@ import yaml
 
 import fleet.cli
 from fleet.lab import nodes as lab
-from fleet.ops import provision
+from fleet.ops.provision.cron import cron_block, find_block, render_copy, render_script
+from fleet.ops.provision.settings import SCRIPT_DIR, SCRIPT_PATH, settings_from_vars
 from tests.conftest import LabFixture, host_run, run_cli, run_json
 from tests.framework import build_image
 
@@ -32,7 +33,6 @@ GPU_STATE = "/etc/fleet-lab/gpus.json"
 
 HOSTS = ("lab1", "lab2")
 BASE_IMAGE = "fleet-test-provision:base"
-SCRIPT_DIR = provision.SCRIPT_DIR
 PROJECT_SETTINGS = Path(__file__).parent.parent / "inventory" / "group_vars" / "all.yml"
 
 
@@ -83,8 +83,8 @@ class Sandbox:
         self.script_dirs: dict[str, bool] = {}
         for host in HOSTS:
             self.script_dirs[host] = host_run(env, host, "test", "-d", SCRIPT_DIR).ok
-            found = host_run(env, host, "test", "-f", provision.SCRIPT_PATH).ok
-            self.scripts[host] = read_bytes(env, host, provision.SCRIPT_PATH) if found else None
+            found = host_run(env, host, "test", "-f", SCRIPT_PATH).ok
+            self.scripts[host] = read_bytes(env, host, SCRIPT_PATH) if found else None
 
     def inventory(
         self, host_vars: dict[str, dict[str, Any]] | None = None, **settings: Any
@@ -135,7 +135,7 @@ class Sandbox:
             if not self.script_dirs[host]:
                 host_run(self.env, host, "rm", "-rf", SCRIPT_DIR)
             elif script is None:
-                host_run(self.env, host, "rm", "-f", provision.SCRIPT_PATH)
+                host_run(self.env, host, "rm", "-f", SCRIPT_PATH)
             else:
                 restore = (
                     'cat >"$1.fleet-e2e" && chmod 0755 "$1.fleet-e2e" && mv "$1.fleet-e2e" "$1"'
@@ -147,7 +147,7 @@ class Sandbox:
                     "-c",
                     restore,
                     "restore",
-                    provision.SCRIPT_PATH,
+                    SCRIPT_PATH,
                     stdin=script,
                 )
 
@@ -185,11 +185,11 @@ def test_fresh_hosts_provisioned_then_ok(
     inventory = sandbox.inventory(cron_schedule="* * * * *", base_image=base_image)
     code, doc = sandbox.provision(capsys, inventory, "--skip-base")
     assert code == 0, doc
-    expected = provision.settings_from_vars(
+    expected = settings_from_vars(
         {"fleet_provision": {**sandbox.settings, "cron_schedule": "* * * * *"}}
     )
-    script = provision.render_script(expected)
-    block = provision.cron_block(expected)
+    script = render_script(expected)
+    block = cron_block(expected)
     for host in HOSTS:
         result = doc["hosts"][host]
         assert result["outcome"] == "changed", result
@@ -207,7 +207,7 @@ def test_fresh_hosts_provisioned_then_ok(
         ).stdout.splitlines()
         assert listing == [f"{d.path} 755 root root" for d in expected.managed_dirs]
         assert read_bytes(lab_env, host, expected.script_path) == script
-        assert read_bytes(lab_env, host, expected.copy_path) == provision.render_copy(expected)
+        assert read_bytes(lab_env, host, expected.copy_path) == render_copy(expected)
         modes = host_run(
             lab_env,
             host,
@@ -284,8 +284,8 @@ def test_users_crontab_kept_byte_for_byte_and_schedule_updated_in_place(
     inventory = sandbox.inventory(cron_schedule="*/5 * * * *")
     code, doc = sandbox.provision(capsys, inventory, "--limit", "lab1", "--skip-base")
     assert code == 0, doc
-    settings = provision.settings_from_vars({"fleet_provision": sandbox.settings})
-    block = provision.cron_block(settings)
+    settings = settings_from_vars({"fleet_provision": sandbox.settings})
+    block = cron_block(settings)
     assert read_bytes(lab_env, "lab1", "/etc/crontab") == before + block
 
     after_block = b"# added by hand after fleet's block\n15 4 * * * root /bin/true\n"
@@ -297,7 +297,7 @@ def test_users_crontab_kept_byte_for_byte_and_schedule_updated_in_place(
     assert [c["kind"] for c in result["details"]["changes"]] == ["cron_block_updated"]
     assert "-*/5 * * * * root" in result["details"]["diff"]
     assert "+*/7 * * * * root" in result["details"]["diff"]
-    new_block = provision.cron_block(replace(settings, cron_schedule="*/7 * * * *"))
+    new_block = cron_block(replace(settings, cron_schedule="*/7 * * * *"))
     assert read_bytes(lab_env, "lab1", "/etc/crontab") == before + new_block + after_block
 
     code, doc = sandbox.provision(capsys, inventory, "--limit", "lab1", "--skip-base")
@@ -386,7 +386,7 @@ def test_missing_base_image_is_a_usage_error(
 def fleet_cron_command(env: LabFixture, host: str) -> str:
     """The command of the line in fleet's block of the host's /etc/crontab, as cron reads it."""
     crontab = read_bytes(env, host, "/etc/crontab")
-    span = provision.find_block(crontab)
+    span = find_block(crontab)
     assert span is not None, crontab
     return cron_command(crontab[span[0] : span[1]])
 
@@ -395,7 +395,7 @@ def fleet_cron_command(env: LabFixture, host: str) -> str:
 def test_a_container_appending_to_the_data_roots_aicron_runs_nothing_as_root(
     lab_env: LabFixture, sandbox: Sandbox, base_image: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    settings = provision.settings_from_vars({"fleet_provision": sandbox.settings})
+    settings = settings_from_vars({"fleet_provision": sandbox.settings})
     marker = f"{sandbox.root}/owned-by-a-container"
 
     # A data root that others than its owner may write is refused, naming the fix.
@@ -412,9 +412,7 @@ def test_a_container_appending_to_the_data_roots_aicron_runs_nothing_as_root(
     assert not host_run(lab_env, "lab1", "test", "-e", sandbox.root).ok
 
     # Hosts provisioned before the script moved: fleet's block runs the data root's aicron.sh.
-    old_block = provision.cron_block(settings).replace(
-        provision.SCRIPT_PATH.encode(), settings.copy_path.encode()
-    )
+    old_block = cron_block(settings).replace(SCRIPT_PATH.encode(), settings.copy_path.encode())
     for host in HOSTS:
         crontab = sandbox.crontabs[host] + old_block
         assert host_run(lab_env, host, "sh", "-c", "cat >/etc/crontab", stdin=crontab).ok
@@ -431,10 +429,7 @@ def test_a_container_appending_to_the_data_roots_aicron_runs_nothing_as_root(
             f"-*/5 * * * * root /bin/sh {settings.copy_path} >/dev/null"
             in (result["details"]["diff"])
         )
-        assert (
-            f"+*/5 * * * * root /bin/sh {provision.SCRIPT_PATH} >/dev/null"
-            in (result["details"]["diff"])
-        )
+        assert f"+*/5 * * * * root /bin/sh {SCRIPT_PATH} >/dev/null" in (result["details"]["diff"])
 
     for host in HOSTS:
         # A framework image, run the way the framework's run command mounts the data root.
@@ -456,16 +451,14 @@ def test_a_container_appending_to_the_data_roots_aicron_runs_nothing_as_root(
 
         # What cron runs every 5 minutes, run now, as root, exactly as the crontab says.
         command = fleet_cron_command(lab_env, host)
-        assert command == f"/bin/sh {provision.SCRIPT_PATH} >/dev/null"
+        assert command == f"/bin/sh {SCRIPT_PATH} >/dev/null"
         log_before = len(read_bytes(lab_env, host, settings.log_file))
         assert host_run(lab_env, host, "sh", "-c", command).ok
         assert not host_run(lab_env, host, "test", "-e", marker).ok, "root ran the container's line"
         log = read_bytes(lab_env, host, settings.log_file)[log_before:].decode()
         assert "aicron[" in log and "nothing to do" in log  # the root-owned script ran
-        assert read_bytes(lab_env, host, provision.SCRIPT_PATH) == provision.render_script(settings)
-        owners = host_run(
-            lab_env, host, "stat", "-c", "%a %U %G", SCRIPT_DIR, provision.SCRIPT_PATH
-        ).stdout
+        assert read_bytes(lab_env, host, SCRIPT_PATH) == render_script(settings)
+        owners = host_run(lab_env, host, "stat", "-c", "%a %U %G", SCRIPT_DIR, SCRIPT_PATH).stdout
         assert owners == "755 root root\n755 root root\n"
 
     # The next provision puts the copy back as it was; nothing else changed.
@@ -474,4 +467,4 @@ def test_a_container_appending_to_the_data_roots_aicron_runs_nothing_as_root(
     for host in HOSTS:
         result = doc["hosts"][host]
         assert [c["kind"] for c in result["details"]["changes"]] == ["copy_updated"], result
-        assert read_bytes(lab_env, host, settings.copy_path) == provision.render_copy(settings)
+        assert read_bytes(lab_env, host, settings.copy_path) == render_copy(settings)

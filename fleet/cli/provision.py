@@ -9,8 +9,8 @@ from typing import Any
 
 from fleet.cli import common
 from fleet.hosts.model import Host
-from fleet.ops import provision as provision_mod
-from fleet.ops.provision import BaseImage, ProvisionOptions
+from fleet.ops.provision.run import BaseImage, ProvisionOptions, provision, resolve_base_images
+from fleet.ops.provision.settings import settings_for_hosts
 from fleet.results import FleetResult
 from fleet.runner import Runner
 from fleet.ship.stream import COMPRESSIONS
@@ -91,11 +91,11 @@ def _provision(args: argparse.Namespace) -> int:
     def operation(runner: Runner, hosts: list[Host]) -> FleetResult:
         # Settings and base images are checked before any host is touched (the runner
         # connects lazily): a bad setting exits 4, a missing base image 5.
-        settings = provision_mod.settings_for_hosts(hosts)
+        settings = settings_for_hosts(hosts)
         bases: Mapping[str, BaseImage] = {}
         if options.ship_base:
-            settings, bases = provision_mod.resolve_base_images(settings, args.project)
-        result = provision_mod.provision(runner, hosts, settings, bases, options)
+            settings, bases = resolve_base_images(settings, args.project)
+        result = provision(runner, hosts, settings, bases, options)
         finished.append(result)
         return result
 

@@ -872,7 +872,7 @@ def _run_layers(variables: Mapping[str, Any]) -> list[tuple[str, Mapping[str, An
 
 def data_root(variables: Mapping[str, Any]) -> str:
     """The host's data root: ``fleet_provision_overrides``/``fleet_provision`` ``data_root``."""
-    # The keys provision reads (fleet.ops.provision.settings_from_vars), layered the same way.
+    # The keys provision reads (fleet.ops.provision.settings.settings_from_vars), layered the same way.
     value, where = layered.merged(
         variables, "fleet_provision", error=RunSpecError, example="{data_root: /data}"
     ).get("data_root", (None, ""))

@@ -781,16 +781,17 @@ def _cron(
 def _provision(
     player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
 ) -> FleetResult:
-    from fleet.ops import provision as provision_mod
+    from fleet.ops.provision.run import BaseImage, ProvisionOptions, provision, resolve_base_images
+    from fleet.ops.provision.settings import settings_for_hosts
 
-    options = provision_mod.ProvisionOptions(
+    options = ProvisionOptions(
         check=player.options.check, diff=player.options.diff, ship_base=not args.get("skip_base")
     )
-    settings = provision_mod.settings_for_hosts(hosts)
-    bases: Mapping[str, provision_mod.BaseImage] = {}
+    settings = settings_for_hosts(hosts)
+    bases: Mapping[str, BaseImage] = {}
     if options.ship_base:
-        settings, bases = provision_mod.resolve_base_images(settings, player.options.project)
-    return provision_mod.provision(player.runner, hosts, settings, bases, options)
+        settings, bases = resolve_base_images(settings, player.options.project)
+    return provision(player.runner, hosts, settings, bases, options)
 
 
 def _audit(

@@ -5,13 +5,15 @@ One format serves both image stores (measured on the lab's engines): an OCI imag
 ``manifest.json`` pointing into ``blobs/``. Docker 20.10's classic store reads
 ``manifest.json``; the containerd store (Docker 26+) reads ``index.json``.
 
-The controller's ``docker save`` is read once per wave of hosts as a stream, never stored:
-each tar member is (optionally) compressed once as its own gzip member or zstd frame
-(concatenated members are one valid stream), and the same compressed bytes are fanned
-out to every host of the wave that needs them. Memory stays bounded by the per-host
-queues. zstd frames are made by the controller's ``zstd`` program: no Python package.
-Docker 20.10's ``docker load`` rejects zstd input (measured on the lab); Docker 23 and
-later load it.
+The image is read once per wave of hosts as a stream, never stored: the wanted layers
+straight from the controller's classic store (:mod:`fleet.images.store`), or, failing
+that, the whole of ``docker save``. Each tar member is (optionally) compressed once, as
+gzip members made on every core or zstd frames (concatenated members are one valid
+stream), and the same compressed bytes are fanned out to every host of the wave that
+needs them. Memory stays bounded: per-host queues of a few MiB, a bounded replay cache,
+two blocks per core in compression. zstd frames are made by the controller's ``zstd``
+program (``-T0``): no Python package. Docker 20.10's ``docker load`` rejects zstd input
+(measured on the lab); Docker 23 and later load it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,368 @@
+"""The changes a host needs: what, why, and the argv that makes each (a pure function)."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from fleet.errors import (
+    CronBlockError,
+)
+from fleet.ops.provision.cron import (
+    apply_block,
+    cron_block,
+    find_block,
+    numbered_lines,
+    render_copy,
+    render_script,
+    unified_diff,
+)
+from fleet.ops.provision.facts import FileState, PathState, ProvisionFacts
+from fleet.ops.provision.settings import (
+    COPY_MODE,
+    CRON_MODE,
+    SCRIPT_DIR_MODE,
+    SCRIPT_MODE,
+    DirSpec,
+    ProvisionSettings,
+)
+from fleet.programs import program
+
+
+@dataclass(frozen=True)
+class Command:
+    """One remote command: an argv (quoted, never a shell string) and its stdin."""
+
+    argv: tuple[str, ...]
+    stdin: bytes | None = None
+    label: str = ""  # how to show it, when the argv is a long constant script
+
+    def __str__(self) -> str:
+        if self.label:
+            return self.label
+        text = shlex.join(self.argv)
+        return text if self.stdin is None else f"{text} <({len(self.stdin)} bytes)"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One thing a host still needs: what, why, the commands that do it, a diff for files."""
+
+    kind: str
+    target: str
+    what: str
+    why: str
+    commands: tuple[Command, ...]
+    diff: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "target": self.target,
+            "what": self.what,
+            "why": self.why,
+            "commands": [str(c) for c in self.commands],
+        }
+
+
+# Writes stdin to $1 atomically with mode $2, root's, but only when the file is still what
+# the facts saw ($3: its sha256, "absent", or "any" for the copy nobody runs); a concurrent
+# edit is never overwritten. It works inside the target's directory (its own links
+# followed, as the admin made them) and never through a name that may have been swapped:
+# mktemp creates the temporary file there with O_EXCL; where others can write the
+# directory (the data root: every framework container can), that name may be replaced by a
+# link before it is opened, so the open descriptor must be that very file (same inode, one
+# link, not a link) and its mode and owner are set through the descriptor. The rename
+# replaces a link at the target instead of writing through it (-T: nor into a directory).
+# The temporary file is removed on any failure or signal.
+WRITE_SCRIPT = program("provision_write.sh")
+
+
+def write_command(
+    path: str, content: bytes, mode: int, expected: FileState | str | None
+) -> Command:
+    """The command that writes ``content`` to ``path`` (see :data:`WRITE_SCRIPT`).
+
+    ``expected`` is what the facts saw (None: no file); the string ``"any"`` writes whatever
+    is there (the copy in the data root, which nothing runs).
+    """
+    if isinstance(expected, str):
+        seen = expected
+    else:
+        seen = "absent" if expected is None else expected.sha256
+    argv = ("sh", "-c", WRITE_SCRIPT, "fleet-write", path, f"{mode:04o}", seen)
+    unless = "" if seen == "any" else ", unless changed"
+    label = f"write {path} (root, mode {mode:04o}, {len(content)} bytes, atomically{unless})"
+    return Command(argv, content, label)
+
+
+# Creates directory $2 (or only fixes it), then chowns it to $3 and chmods it to $4 (either
+# may be empty: left alone). $1 is the data root: it and its parents are followed as the
+# admin made them (a link to a bigger disk); below it, every component is entered with
+# "cd -P" and checked to be where it should be, so a link planted by a container fails
+# the change instead of redirecting a chown or chmod; created and changed through the
+# directory itself (the current one), never through its name.
+DIR_SCRIPT = program("provision_dir.sh")
+
+
+def dir_command(
+    root: str, path: str, owner: str = "", mode: int | None = None, create: bool = False
+) -> Command:
+    """Creates or fixes ``path`` (``root`` or below it) following no link below ``root``.
+
+    See :data:`DIR_SCRIPT`; ``owner`` empty and ``mode`` None leave them alone.
+    """
+    # Five digits: GNU chmod keeps a directory's setgid bit on "0755" but sets it exactly on "00755".
+    mode_text = "" if mode is None else f"0{mode:04o}"
+    argv = ("sh", "-c", DIR_SCRIPT, "fleet-dir", root, path, owner, mode_text)
+    done = ["mkdir"] if create else []
+    done += [f"chown {owner}"] if owner else []
+    done += [f"chmod {mode_text}"] if mode_text else []
+    return Command(argv, label=f"{', '.join(done)} {path} (following no link below {root})")
+
+
+def _chmod(mode: int, path: str) -> Command:
+    # Five digits: GNU chmod keeps a directory's setgid bit on "0755" but sets it exactly on "00755".
+    return Command(("chmod", f"0{mode:04o}", path))
+
+
+def _owned_by(
+    spec: DirSpec, state: PathState, facts: ProvisionFacts, settings: ProvisionSettings
+) -> bool:
+    def same(name: str, uid: int, known_name: str, resolved: int | None, default_name: str) -> bool:
+        if name.isdigit():
+            return int(name) == uid
+        if name == default_name and resolved is not None:
+            return resolved == uid
+        return name == known_name
+
+    return same(spec.owner, state.uid, state.user, facts.owner_uid, settings.owner) and same(
+        spec.group, state.gid, state.group, facts.group_gid, settings.group
+    )
+
+
+def plan(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Change]:
+    """The changes this host still needs, in the order they must run (pure).
+
+    Empty when the host has converged. Assumes :func:`preflight` found nothing that stops
+    the host; what it cannot plan (a path that is not a directory, a malformed cron block)
+    it leaves out.
+    """
+    changes: list[Change] = []
+    for spec in settings.managed_dirs:
+        changes += _plan_dir(spec, facts, settings)
+    changes += _plan_script_dir(settings, facts)
+    changes += _plan_script(settings, facts)
+    changes += _plan_copy(settings, facts)
+    changes += _plan_cron(settings, facts)
+    if not facts.weights_up:
+        changes.append(
+            Change(
+                "service_started",
+                settings.weights_url,
+                f"start the weights service on {settings.weights_bind}:{settings.weights_port} "
+                f"(run {settings.script_path})",
+                f"nothing answers on {settings.weights_url}"
+                + (f" ({facts.weights_probe})" if facts.weights_probe else ""),
+                (Command(("/bin/sh", settings.script_path)),),
+            )
+        )
+    return changes
+
+
+def _plan_dir(spec: DirSpec, facts: ProvisionFacts, settings: ProvisionSettings) -> list[Change]:
+    owner = f"{spec.owner}:{spec.group}"
+    if spec.path not in facts.paths:
+        return []  # not asked (or unparsable): preflight reports it
+    state = facts.paths[spec.path]
+    if state is None:
+        return [
+            Change(
+                "dir_created",
+                spec.path,
+                f"create directory {spec.path} ({owner} {spec.mode:04o})",
+                "missing",
+                (dir_command(settings.data_root, spec.path, owner, spec.mode, create=True),),
+            )
+        ]
+    if state.kind != "directory":
+        return []
+    changes = []
+    if not _owned_by(spec, state, facts, settings):
+        changes.append(
+            Change(
+                "dir_owner_fixed",
+                spec.path,
+                f"fix owner of {spec.path}: {state.user or state.uid}:{state.group or state.gid} -> {owner}",
+                f"owned by {state.user or state.uid}:{state.group or state.gid}",
+                (dir_command(settings.data_root, spec.path, owner),),
+            )
+        )
+    if state.mode != spec.mode:
+        changes.append(
+            Change(
+                "dir_mode_fixed",
+                spec.path,
+                f"fix mode of {spec.path}: {state.mode:04o} -> {spec.mode:04o}",
+                f"mode is {state.mode:04o}",
+                (dir_command(settings.data_root, spec.path, mode=spec.mode),),
+            )
+        )
+    return changes
+
+
+def _plan_script_dir(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Change]:
+    """The script's own directory: root's, 0755 (its parents are checked, never changed)."""
+    if settings.script_dir not in facts.lib:
+        return []  # not reported: nothing to plan from
+    state = facts.lib[settings.script_dir]
+    if state is None:
+        return [
+            Change(
+                "script_dir_created",
+                settings.script_dir,
+                f"create directory {settings.script_dir} (root:root {SCRIPT_DIR_MODE:04o})",
+                "missing",
+                (
+                    Command(("mkdir", "-p", "--", settings.script_dir)),
+                    Command(("chown", "--", "0:0", settings.script_dir)),
+                    _chmod(SCRIPT_DIR_MODE, settings.script_dir),
+                ),
+            )
+        ]
+    if state.kind == "directory" and (state.uid, state.gid, state.mode) != (0, 0, SCRIPT_DIR_MODE):
+        return [
+            Change(
+                "script_dir_fixed",
+                settings.script_dir,
+                f"fix {settings.script_dir}: owner {state.uid}:{state.gid} mode {state.mode:04o} -> "
+                f"root:root {SCRIPT_DIR_MODE:04o}",
+                "cron runs a script from it as root; only root may change it",
+                (
+                    Command(("chown", "--", "0:0", settings.script_dir)),
+                    _chmod(SCRIPT_DIR_MODE, settings.script_dir),
+                ),
+            )
+        ]
+    return []
+
+
+def _plan_script(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Change]:
+    path = settings.script_path
+    wanted = render_script(settings)
+    digest = hashlib.sha256(wanted).hexdigest()
+    current = facts.script
+    if current is not None and current.kind not in ("regular file", "regular empty file"):
+        return []
+    if current is None or current.sha256 != digest:
+        before = current.content if current is not None else None
+        return [
+            Change(
+                "script_installed" if current is None else "script_updated",
+                path,
+                f"{'install' if current is None else 'update'} {path}",
+                "missing" if current is None else f"content differs (sha256 {current.sha256[:12]})",
+                (write_command(path, wanted, SCRIPT_MODE, current),),
+                diff=unified_diff(path, before, wanted),
+            )
+        ]
+    if current.mode != SCRIPT_MODE or current.uid != 0 or current.gid != 0:
+        return [
+            Change(
+                "script_mode_fixed",
+                path,
+                f"fix {path}: owner {current.uid}:{current.gid} mode {current.mode:04o} -> "
+                f"root:root {SCRIPT_MODE:04o}",
+                "cron runs it; only root may change it",
+                (Command(("chown", "--", "0:0", path)), _chmod(SCRIPT_MODE, path)),
+            )
+        ]
+    return []
+
+
+def _plan_copy(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Change]:
+    """The readable copy in the data root: rewritten whole (never chmodded by name)."""
+    path = settings.copy_path
+    wanted = render_copy(settings)
+    current = facts.copy
+    if current is not None and current.kind == "directory":
+        return []  # preflight warns
+    if (
+        current is not None
+        and current.kind in ("regular file", "regular empty file")
+        and current.sha256 == hashlib.sha256(wanted).hexdigest()
+        and (current.mode, current.uid, current.gid) == (COPY_MODE, 0, 0)
+    ):
+        return []
+    why = (
+        "missing"
+        if current is None
+        else f"it is a {current.kind}"
+        if current.kind not in ("regular file", "regular empty file")
+        else f"differs from {settings.script_path} or is not root's {COPY_MODE:04o}"
+    )
+    return [
+        Change(
+            "copy_installed" if current is None else "copy_updated",
+            path,
+            f"{'write' if current is None else 'rewrite'} {path}, a copy of "
+            f"{settings.script_path} to read (cron does not run it)",
+            why,
+            (write_command(path, wanted, COPY_MODE, "any"),),
+        )
+    ]
+
+
+def _plan_cron(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Change]:
+    path = settings.cron_file
+    current = facts.cron
+    if current is not None and (not current.complete or current.content is None):
+        return []
+    before = current.content if current is not None else None
+    content = before or b""
+    try:
+        span = find_block(content)
+    except CronBlockError:
+        return []
+    block = cron_block(settings)
+    after = apply_block(content, block)
+    # A cron file must not be writable by group or others (cron would ignore it) and must
+    # belong to root; otherwise its mode is kept.
+    mode = CRON_MODE if current is None or current.mode & 0o022 else current.mode & 0o7777
+    if after != content:
+        old_line = _block_line(content[span[0] : span[1]]) if span else ""
+        return [
+            Change(
+                "cron_block_added" if span is None else "cron_block_updated",
+                path,
+                f"add the aicron block to {path} ({settings.cron_schedule})"
+                if span is None
+                else f"update the aicron block in {path}",
+                "missing"
+                if span is None
+                else f"block differs: {old_line!r} -> {settings.cron_line!r}",
+                (write_command(path, after, mode, current),),
+                diff=unified_diff(path, before, after),
+            )
+        ]
+    if current is not None and (current.mode & 0o022 or current.uid != 0):
+        return [
+            Change(
+                "cron_mode_fixed",
+                path,
+                f"fix {path}: owner uid {current.uid} mode {current.mode:04o} -> root {mode:04o}",
+                "cron ignores a crontab that is group/other writable or not root's",
+                (Command(("chown", "--", "0:0", path)), Command(("chmod", f"{mode:04o}", path))),
+            )
+        ]
+    return []
+
+
+def _block_line(block: bytes) -> str:
+    for _, line in numbered_lines(block):
+        text = line.decode("utf-8", "replace").strip()
+        if text and not text.startswith("#"):
+            return text
+    return ""
