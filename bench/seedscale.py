@@ -11,10 +11,13 @@ bytes the machine has (random bytes, and library files as CUDA's shared librarie
 On a fresh lab of ``--hosts`` hosts (both image stores), measured in one run:
 
 1. thin push (hosts have N, push N+1) to 1 host, against a host-local ``docker load`` of a
-   tarball of the same missing layer (the limit: no network, no compression);
+   tarball of the same missing layer (the limit: no network, no compression), and the
+   same loads on every host at once (the limit where hosts share the machine's cores);
 2. thin push to all hosts, against the naive ``docker save | ssh docker load``;
 3. first push (fresh hosts) to all hosts: fleet, the naive way, and ``--via registry``;
-4. fleet's peak RSS and CPU seconds on the controller, per run (``wait4`` of its process).
+4. fleet's peak RSS and CPU seconds on the controller, per run (``wait4`` of its process);
+5. each wire compression of the framework layer: size, controller CPU, time to unpack
+   (``--compression-only`` measures just this, without a lab).
 
 Prints a table, and as its last line one JSON object of ratios (targets in the README).
 
@@ -27,6 +30,8 @@ import argparse
 import io
 import json
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -36,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import yaml
+from transfer import ssh_argv  # bench/transfer.py: OpenSSH to a lab host, as a user would
 
 from fleet.images import build as images
 from fleet.lab import nodes as lab
@@ -99,13 +104,16 @@ def build(client: Any, tag: str, base: str, directory: str, size: int) -> str:
     return reference
 
 
-def fleet(*argv: str) -> tuple[float, float, int, dict[str, Any]]:
+def fleet(
+    *argv: str, env: dict[str, str] | None = None
+) -> tuple[float, float, int, dict[str, Any]]:
     """Run fleet with --json; (wall s, controller CPU s, peak RSS bytes, document)."""
     started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "fleet", *argv, "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
     out = proc.stdout.read() if proc.stdout else b""
     err = proc.stderr.read() if proc.stderr else b""
@@ -116,23 +124,6 @@ def fleet(*argv: str) -> tuple[float, float, int, dict[str, Any]]:
             f"fleet {' '.join(argv)} failed:\n{out.decode()[-3000:]}\n{err.decode()[-3000:]}"
         )
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, json.loads(out)
-
-
-def ssh_argv(inventory: Path, host: str) -> list[str]:
-    document = yaml.safe_load(inventory.read_text())
-    group = document["all"]["children"]["lab"]
-    return [
-        "ssh",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        f"UserKnownHostsFile={group['vars']['fleet_known_hosts']}",
-        "-i",
-        group["vars"]["ansible_ssh_private_key_file"],
-        "-p",
-        str(group["hosts"][host]["ansible_port"]),
-        "root@127.0.0.1",
-    ]
 
 
 def on_host(inventory: Path, host: str, command: str, stdin: Any = None) -> str:
@@ -180,6 +171,57 @@ def host_local_load(inventory: Path, host: str, image: images.Shippable, send: s
     return end - start
 
 
+def compression(image: images.Shippable, layer: int) -> list[tuple[str, str]]:
+    """Each wire compression of one framework layer: controller CPU, size, time to unpack.
+
+    The unpacking runs here with ``gzip -dc`` / ``zstd -dc``, standing in for the host's
+    ``docker load``, which decompresses the same stream (Go's gzip, or its zstd).
+    """
+    from fleet.ship.stream import ImageStream
+
+    rows: list[tuple[str, str]] = []
+    for method in ("none", "gzip", "zstd"):
+        usage = (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+        started = time.perf_counter()
+        stream = ImageStream(image.spec, image.save, method)
+        assert image.local is not None, "the bench needs a classic controller store"
+        out = work_file(f"layer.{method}")
+        with out.open("wb") as handle:
+            for _, chunks in stream.local_members(image.local, {layer}):
+                for chunk in chunks:
+                    handle.write(chunk)
+        wall = time.perf_counter() - started
+        after = (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+        cpu = sum(
+            a.ru_utime + a.ru_stime - (b.ru_utime + b.ru_stime)
+            for a, b in zip(after, usage, strict=True)
+        )
+        unpack = 0.0
+        if method != "none":
+            started = time.perf_counter()
+            subprocess.run([method, "-dc", str(out)], stdout=subprocess.DEVNULL, check=True)
+            unpack = time.perf_counter() - started
+        size = out.stat().st_size
+        out.unlink()
+        rows.append(
+            (
+                f"layer as {method}: MiB, encode wall s, controller CPU s, decode s",
+                f"{size / (1 << 20):.0f}, {wall:.1f}, {cpu:.1f}, {unpack:.1f}",
+            )
+        )
+    return rows
+
+
+def work_file(name: str) -> Path:
+    return Path(os.environ.get("TMPDIR", "/tmp")) / LAB / name
+
+
 def remove(inventory: Path, hosts: Iterable[str], *references: str) -> None:
     for host in hosts:
         on_host(inventory, host, f"docker image rm -f {' '.join(references)} >/dev/null 2>&1; true")
@@ -190,6 +232,11 @@ def main() -> int:
     parser.add_argument("--hosts", type=int, default=4)
     parser.add_argument("--scale", type=float, default=1.0, help="of the seed sizes (default 1)")
     parser.add_argument("--keep", action="store_true", help="leave the bench lab and images")
+    parser.add_argument(
+        "--compression-only",
+        action="store_true",
+        help="only the wire compressions of one framework layer (no lab)",
+    )
     args = parser.parse_args()
     work = Path(os.environ.get("TMPDIR", "/tmp")) / LAB
     work.mkdir(parents=True, exist_ok=True)
@@ -215,11 +262,16 @@ def main() -> int:
     top = len(shippable_n1.spec.diff_ids) - 1
     total = sum(shippable_n1.sizes)
 
-    def push(target: str, reference: str, *more: str) -> tuple[float, float, int, dict[str, Any]]:
-        return fleet(
-            "push", "-i", str(inventory), "--retry-file", "/dev/null", target, reference, *more
-        )
+    def push(
+        target: str, reference: str, *more: str, env: dict[str, str] | None = None
+    ) -> tuple[float, float, int, dict[str, Any]]:
+        argv = ("push", "-i", str(inventory), "--retry-file", "/dev/null", target, reference)
+        return fleet(*argv, *more, env=env)
 
+    if args.compression_only:
+        for name, value in compression(shippable_n1, top):
+            print(f"{name:<64} {value:>22}")
+        return 0
     lab.down(name=LAB, inventory=inventory)
     lab.up(args.hosts, "mixed", name=LAB, inventory=inventory)
     rows: list[tuple[str, str]] = []
@@ -230,7 +282,14 @@ def main() -> int:
     remove(inventory, names, version_n)
     for host in names:
         on_host(inventory, host, reset)
-    first_registry = push("all", version_n, "--via", "registry")
+    # A first publish: the controller's registry starts empty (it keeps its blobs between
+    # runs, which would make every later "first" push free of compression).
+    cold = work_file("registry")
+    shutil.rmtree(cold, ignore_errors=True)
+    first_registry = push(
+        "all", version_n, "--via", "registry", env={"FLEET_REGISTRY_CACHE": str(cold)}
+    )
+    shutil.rmtree(cold, ignore_errors=True)
     remove(inventory, names, version_n)
     for host in names:
         on_host(inventory, host, reset)
@@ -238,6 +297,13 @@ def main() -> int:
     # Thin pushes: every host has N now.
     limit = host_local_load(inventory, "lab1", shippable_n1, {top})
     remove(inventory, ["lab1"], version_n1)
+    # The same on every host at once: where the hosts share the machine's cores, as a
+    # lab's do, this (not one host's load) is what a push to all of them cannot beat.
+    with ThreadPoolExecutor(len(names)) as pool:
+        limit_all = max(
+            pool.map(lambda h: host_local_load(inventory, h, shippable_n1, {top}), names)
+        )
+    remove(inventory, names, version_n1)
     thin1 = push("lab1", version_n1)
     remove(inventory, ["lab1"], version_n1)
     thin1_plain = push("lab1", version_n1, "--compress", "none")
@@ -257,11 +323,13 @@ def main() -> int:
         ("host-local docker load of the thin layer, s", f"{limit:.1f}"),
         ("thin push, 1 host: wall s", f"{thin1[0]:.1f}"),
         ("thin push, 1 host, --compress none: wall s", f"{thin1_plain[0]:.1f}"),
+        (f"host-local docker load on all {args.hosts} hosts at once, s", f"{limit_all:.1f}"),
         (f"thin push, {args.hosts} hosts: wall s", f"{thin_all[0]:.1f}"),
         (f"thin push, {args.hosts} hosts: controller RSS MiB", f"{thin_all[2] >> 20}"),
         (f"thin push, {args.hosts} hosts, naive: wall s", f"{thin_naive:.1f}"),
         ("thin push: where the layer was read", ", ".join(sources)),
     ]
+    rows += compression(shippable_n1, top)
     width = max(len(name) for name, _ in rows) + 2
     for name, value in rows:
         print(f"{name:<{width}} {value:>12}")
@@ -270,6 +338,8 @@ def main() -> int:
         "scale": scale,
         "thin1_over_host_local_load": round(thin1[0] / limit, 2),
         "thin_all_over_thin1": round(thin_all[0] / thin1[0], 2),
+        "thin_all_over_host_local_loads": round(thin_all[0] / limit_all, 2),
+        "thin1_plain_over_host_local_load": round(thin1_plain[0] / limit, 2),
         "thin_speedup_vs_naive": round(thin_naive / thin_all[0], 2),
         "first_over_naive": round(first[0] / first_naive, 2),
         "first_over_registry": round(first[0] / first_registry[0], 2),

@@ -102,3 +102,31 @@ def test_hosts_that_become_with_a_password_are_read_with_paramiko() -> None:
     assert ClientConnector(default="openssh", become_password="k").client(plain) == "paramiko"
     no_become = Host("c", vars={"ansible_become_password": "pw"})
     assert connector.client(no_become) == "openssh"
+
+
+def test_the_become_password_file_gives_its_first_line_to_owner_only_files(tmp_path) -> None:
+    from fleet.cli import build_parser, common
+    from fleet.errors import EXIT_BAD_FILE, EXIT_BAD_OPTIONS, InputError, UsageError
+
+    secret = tmp_path / "become.txt"
+    secret.write_text("s3cret pass\r\nignored second line\n")
+    secret.chmod(0o600)
+    args = build_parser().parse_args(["exec", "--become-password-file", str(secret), "--", "id"])
+    assert common.become_password(args) == "s3cret pass"
+    secret.chmod(0o640)  # the group may read it: refused, with the fix
+    with pytest.raises(InputError) as refused:
+        common.become_password(args)
+    assert refused.value.exit_code == EXIT_BAD_FILE
+    assert str(secret) in str(refused.value) and "chmod 600" in str(refused.value)
+    assert "s3cret" not in str(refused.value)
+    missing = build_parser().parse_args(
+        ["exec", "--become-pass-file", str(tmp_path / "none"), "--", "id"]
+    )
+    with pytest.raises(InputError, match="cannot read the become password file"):
+        common.become_password(missing)
+    both = build_parser().parse_args(
+        ["exec", "-K", "--become-password-file", str(secret), "--", "id"]
+    )
+    with pytest.raises(UsageError) as clash:
+        common.become_password(both)
+    assert clash.value.exit_code == EXIT_BAD_OPTIONS

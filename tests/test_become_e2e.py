@@ -3,6 +3,7 @@ one (a university lab's usual setup), and one who is only in the docker group.""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -121,6 +122,20 @@ def test_ask_become_pass_reads_the_password_once_without_a_terminal(
     assert ran.returncode == 0, ran.stderr
     assert "root" in ran.stdout
     assert PASSWORD not in ran.stdout + ran.stderr
+
+
+def test_the_become_password_file_serves_runs_without_a_terminal(
+    lab_env: LabFixture, users: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = inventory(lab_env, tmp_path / "inv.yml", ansible_user="fleetop", ansible_become=True)
+    secret = tmp_path / "become"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o600)
+    argv = ["exec", "lab1", "-i", str(inv), "--become-password-file", str(secret)]
+    code, doc = run_json(capsys, *argv, "--", "id", "-un")
+    assert code == 0, doc
+    assert doc["hosts"]["lab1"]["stdout"].strip() == "root"
+    assert PASSWORD not in json.dumps(doc)
 
 
 def test_a_docker_group_user_needs_no_become(

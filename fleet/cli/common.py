@@ -6,13 +6,14 @@ import argparse
 import getpass
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fleet import report
-from fleet.errors import EXIT_INTERRUPTED, Interrupted, UsageError
+from fleet.errors import EXIT_INTERRUPTED, InputError, Interrupted, UsageError
 from fleet.hosts import inventory as inventory_mod
 from fleet.hosts.model import Host, Inventory
 from fleet.report.untrusted import safe_text, visible
@@ -74,6 +75,13 @@ def add_host_options(parser: argparse.ArgumentParser, *, pattern: bool = True) -
         "inventory gives no ansible_become_password",
     )
     parser.add_argument(
+        "--become-password-file",
+        "--become-pass-file",
+        metavar="FILE",
+        help="sudo's password from the first line of FILE (readable by its owner only), as "
+        "-K's answer: for runs without a terminal",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print one JSON document on stdout, nothing else"
     )
     parser.add_argument(
@@ -120,7 +128,15 @@ def select_hosts(
 
 
 def become_password(args: argparse.Namespace) -> str | None:
-    """-K's answer, asked once per run without echo; None without -K."""
+    """-K's answer, asked once per run without echo, or --become-password-file's; None
+    without either (the inventory's ansible_become_password wins over both, per host)."""
+    path = getattr(args, "become_password_file", None)
+    if path is not None:
+        if getattr(args, "ask_become_pass", False):
+            raise UsageError(
+                "-K and --become-password-file both give sudo's password", fix="keep one"
+            )
+        return read_password_file(Path(path))
     if not getattr(args, "ask_become_pass", False):
         return None
     cached: str | None = getattr(args, "_become_password", None)
@@ -134,6 +150,33 @@ def become_password(args: argparse.Namespace) -> str | None:
             ) from None
         args._become_password = cached
     return cached
+
+
+def read_password_file(path: Path) -> str:
+    """The first line of ``path``, refused when others than its owner may read it."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as exc:
+        raise InputError(
+            f"cannot read the become password file: {exc}",
+            path=str(path),
+            fix="give a readable UTF-8 file whose first line is sudo's password",
+        ) from exc
+    if mode & 0o077:
+        raise InputError(
+            f"the become password file is readable or writable by others (mode {mode & 0o777:04o})",
+            path=str(path),
+            fix=f"chmod 600 {shlex.quote(str(path))}",
+        )
+    password = text.split("\n", 1)[0].removesuffix("\r")
+    if not password:
+        raise InputError(
+            "the become password file's first line is empty",
+            path=str(path),
+            fix="write sudo's password on its first line",
+        )
+    return password
 
 
 def make_runner(args: argparse.Namespace, events: Any) -> Runner:

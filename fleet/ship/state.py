@@ -17,7 +17,7 @@ from fleet.errors import HostError
 from fleet.images.build import ImageSpec, chain_ids
 from fleet.ops import facts
 from fleet.programs import program
-from fleet.ssh.base import Transport, gathered, parses_host_output
+from fleet.ssh.base import DOCKER_GROUP_FIX, Transport, fix_for, gathered, parses_host_output
 
 # One round trip; "$1" is the image reference, passed as an argument, never interpolated.
 # The target image as the host has it; shared by the state script and the load. ``$store``
@@ -181,13 +181,16 @@ def evidence(spec: ImageSpec, state: HostImageState) -> str:
 
 
 def engine_fix(error: str) -> str:
-    """The fix for an engine that does not answer, recognised from what docker said."""
-    text = error.lower()
-    if "permission denied" in text:
-        return "add the SSH user to the host's 'docker' group, or set ansible_become: true"
-    if "command not found" in text or ("not found" in text and "docker" in text):
-        return "install Docker on the host (fleet provision checks this)"
-    return "start the host's Docker engine (e.g. 'systemctl start docker') and check 'docker info' there"
+    """The fix for an engine that does not answer, from what docker said (see fix_for).
+
+    Every error here came from ``docker info``, so a bare "permission denied" is the socket's.
+    """
+    if "permission denied" in error.lower():
+        return DOCKER_GROUP_FIX
+    return fix_for(error) or (
+        "start the host's Docker engine (e.g. 'systemctl start docker') and check "
+        "'docker info' there"
+    )
 
 
 def is_current(spec: ImageSpec, state: HostImageState) -> bool:

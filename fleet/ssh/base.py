@@ -150,16 +150,38 @@ def _clipped(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit]}..."
 
 
+# Well-known remote failures: (words that must all be in the message, the fix). The one
+# table fleet reads a remote error's fix from; the first row that matches wins.
+DOCKER_GROUP_FIX = "add the SSH user to the host's 'docker' group, or set ansible_become: true"
+_FIXES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("permission denied", "docker", ".sock"), DOCKER_GROUP_FIX),
+    (
+        ("cannot connect to the docker daemon",),
+        "start the host's Docker engine (e.g. 'systemctl start docker')",
+    ),
+    (
+        ("is the docker daemon running",),
+        "start the host's Docker engine (e.g. 'systemctl start docker')",
+    ),
+    (("docker", "command not found"), "install Docker on the host (fleet provision checks this)"),
+    (("docker", "not found"), "install Docker on the host (fleet provision checks this)"),
+    (
+        ("sudo: a password is required",),
+        "give sudo's password with -K/--ask-become-pass or ansible_become_password, "
+        "allow passwordless sudo for the SSH user (NOPASSWD), or unset ansible_become",
+    ),
+    (
+        ("sudo: a terminal is required",),
+        "give sudo's password with -K/--ask-become-pass or ansible_become_password, "
+        "allow passwordless sudo for the SSH user (NOPASSWD), or unset ansible_become",
+    ),
+)
+
+
 def fix_for(stderr: str) -> str | None:
     """A fix for well-known remote failures, recognised from their messages."""
     text = stderr.lower()
-    if "permission denied" in text and "docker" in text and ".sock" in text:
-        return "add the SSH user to the host's 'docker' group, or set ansible_become: true"
-    if "cannot connect to the docker daemon" in text or "is the docker daemon running" in text:
-        return "start the host's Docker engine (e.g. 'systemctl start docker')"
-    if "sudo: a password is required" in text or "sudo: a terminal is required" in text:
-        return (
-            "give sudo's password with -K/--ask-become-pass or ansible_become_password, "
-            "allow passwordless sudo for the SSH user (NOPASSWD), or unset ansible_become"
-        )
+    for words, fix in _FIXES:
+        if all(word in text for word in words):
+            return fix
     return None
