@@ -281,6 +281,36 @@ def test_a_registry_update_over_layers_loaded_by_ssh_is_complete_on_both_stores(
             client.images.remove(ref, force=True)
 
 
+def test_an_ssh_update_over_layers_pulled_from_a_registry_sends_only_the_new_layer(
+    lab_env: LabFixture, versions, capsys
+) -> None:
+    # The reverse: the base comes from a registry, so the containerd store holds its layers
+    # only as gzip'd blobs (not under their diff IDs). The SSH update names those blobs in
+    # that host's manifest instead of sending the layers again.
+    client = lab.engine_client()
+    base = _build(client, "pulled-base", versions["v1"], 400_000)
+    update = _build(client, "ssh-update", base, 30_000)
+    try:
+        code, doc = push(capsys, lab_env, base, "--via", "registry")
+        assert code == 0, doc
+        code, doc = push(capsys, lab_env, update, "--via", "ssh")
+        assert code == 0, [(h, r["reason"]) for h, r in doc["hosts"].items()]
+        lab2 = doc["hosts"]["lab2"]["details"]  # the containerd host
+        assert lab2["store"] == "containerd"
+        # At least the base's own layer (v1's may have come over SSH in an earlier test).
+        assert lab2["layers_sent"] == 1 and lab2["layers_held_compressed"] >= 1, lab2
+        assert lab2["bytes_sent"] < 200_000, lab2  # not the base's 400 kB of random bytes
+        for host in ("lab1", "lab2"):
+            assert_image_is(lab_env, host, update)
+            # Complete: every blob its manifest names is in the host's store.
+            host_sh(lab_env, host, "docker", "save", "-o", "/dev/null", update)
+        code, doc = push(capsys, lab_env, update, "--via", "ssh")
+        assert {r["reason"] for r in doc["hosts"].values()} == {"image already present"}, doc
+    finally:
+        for ref in (update, base):
+            client.images.remove(ref, force=True)
+
+
 # -- someone else on the registry path ------------------------------------------------------
 # What a host's loopback neighbour runs once the tunnel is open: an image of its own, under
 # the very name the host is about to pull, pushed to the tunnel's end; the pushed name is

@@ -488,3 +488,112 @@ def test_a_throttled_sink_takes_at_least_size_over_rate() -> None:
     assert sum(counted) == size
     assert took >= size / rate * 0.8, took  # the total holds for both hosts together
     assert took < size / rate * 4 + 2, took
+
+
+# -- layers a containerd host holds only compressed ----------------------------------------
+LISTING = """@@content
+DIGEST\tSIZE\tAGE\tLABELS
+sha256:{blob}\t67.41MB\t2 seconds\tcontainerd.io/distribution.source.127.0.0.1=fleet/x,containerd.io/uncompressed=sha256:{diff}
+sha256:{manifest}\t1.775kB\t2 seconds\tcontainerd.io/gc.ref.content.config=sha256:{config},containerd.io/gc.ref.content.l.0=sha256:{blob}
+sha256:{config}\t14.49kB\t2 seconds\tcontainerd.io/gc.ref.snapshot.overlayfs=sha256:{diff}
+@@content_rc 0
+"""
+
+
+def test_a_content_listing_says_which_layers_are_held_compressed_and_where() -> None:
+    from fleet.ship.state import _content_listing
+
+    names = {"blob": "b" * 64, "diff": "d" * 64, "manifest": "e" * 64, "config": "c" * 64}
+    lines = [line.strip() for line in LISTING.format(**names).splitlines()[1:-1]]
+    compressed: dict[str, str] = {}
+    manifests: dict[str, list[str]] = {}
+    digests = _content_listing(lines, compressed, manifests)
+    assert digests == [f"sha256:{names[k]}" for k in ("blob", "manifest", "config")]
+    assert compressed == {f"sha256:{'d' * 64}": f"sha256:{'b' * 64}"}
+    assert manifests == {f"sha256:{'b' * 64}": [f"sha256:{'e' * 64}"]}
+    # The recorded states' digest-only listings (ctr content ls -q) still read.
+    assert _content_listing([f"sha256:{'a' * 64}"], {}, {}) == [f"sha256:{'a' * 64}"]
+
+
+@pytest.mark.hostile
+def test_only_well_formed_layer_descriptors_from_a_host_are_used() -> None:
+    from fleet.ship.state import Descriptor, _descriptors
+
+    good = {
+        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "digest": f"sha256:{'1' * 64}",
+        "size": 5,
+    }
+    bad = [
+        {**good, "digest": f"sha256:{'2' * 64}", "mediaType": "text/x-shellscript"},
+        {**good, "digest": f"sha256:{'3' * 64}", "size": True},
+        {**good, "digest": f"sha256:{'4' * 64}", "size": -1},
+        {**good, "digest": "sha256:../../etc/passwd"},
+        "not a descriptor",
+    ]
+    text = "@@blob x\n" + json.dumps({"layers": [good, *bad]}) + "\n@@blob y\n{not json\n@@end\n"
+    assert _descriptors(text) == {good["digest"]: Descriptor(good["mediaType"], good["digest"], 5)}
+
+
+class MemoryStore:
+    """A LayerSource of our own interface holding two layers in memory."""
+
+    def __init__(self, config: bytes, layers: list[bytes]) -> None:
+        self._config, self.layers = config, layers
+
+    def config(self, image_id: str) -> bytes:
+        return self._config
+
+    def tar_size(self, chain_id: str) -> int:
+        return len(self.layers[0])
+
+    def check(self, chain_id: str) -> None:
+        return None
+
+    def tar(self, chain_id: str, diff_id: str):
+        yield self.layers[int(diff_id[-1])]
+
+
+def test_each_host_gets_the_manifest_naming_the_blobs_it_holds_in_every_wave() -> None:
+    import threading
+
+    from fleet.ship.state import Descriptor
+
+    config = b'{"rootfs":{}}'
+    diff_ids = (f"sha256:{'0' * 64}", f"sha256:{'0' * 63}1")
+    spec = ImageSpec("x:1", f"sha256:{hashlib.sha256(config).hexdigest()}", diff_ids)
+    held = Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", f"sha256:{'9' * 64}", 77)
+    broadcast = Broadcast(
+        spec, lambda: iter(()), "none", MemoryStore(config, [b"a" * 512, b"b" * 512])
+    )
+
+    def run(*sinks: Sink, replay: bool) -> dict[str, dict[str, bytes]]:
+        got: dict[str, bytes] = {}
+        readers = [
+            threading.Thread(target=lambda s=s: got.__setitem__(s.host, b"".join(s.chunks())))
+            for s in sinks
+        ]
+        for reader in readers:
+            reader.start()
+        broadcast.run(list(sinks), replay=replay)
+        for reader in readers:
+            reader.join()
+        assert broadcast.error is None
+        return {host: _members(raw) for host, raw in got.items()}
+
+    def layers_named(files: dict[str, bytes]) -> list[dict]:
+        index = json.loads(files["index.json"])
+        return json.loads(files[f"blobs/sha256/{index['manifests'][0]['digest'][7:]}"])["layers"]
+
+    first = run(Sink("plain", frozenset({0, 1})), replay=True)
+    assert [layer["digest"] for layer in layers_named(first["plain"])] == list(diff_ids)
+    # A later wave (replayed from the cache) with a host that holds layer 0 compressed.
+    later = run(
+        Sink("holder", frozenset({1}), reuse={0: held}),
+        Sink("other", frozenset({0, 1})),
+        replay=False,
+    )
+    assert layers_named(later["holder"])[0] == held.to_json()
+    assert layers_named(later["holder"])[1]["digest"] == diff_ids[1]
+    assert f"blobs/sha256/{diff_ids[0][7:]}" not in later["holder"]  # not sent again
+    assert [layer["digest"] for layer in layers_named(later["other"])] == list(diff_ids)

@@ -7,20 +7,22 @@ Per host, from what it reported (:mod:`fleet.ship.state`):
   chain exists without opening its file);
 - containerd store: layer *i* may be left out only when the host's content store lists a
   blob whose digest is the layer's diff ID (``ctr content ls``): its ``docker load``
-  accepts a missing blob only then. When that cannot be asked (no ``ctr``, no root),
-  every layer is sent.
+  accepts a missing blob only then. A layer it holds only as a registry's compressed blob
+  (labelled with the diff ID it unpacks to) is left out too: that host's manifest names the
+  blob itself (:func:`fleet.ship.state.held_compressed`). When the content store cannot
+  be asked (no ``ctr``, no root), every layer is sent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from fleet.errors import HostError, UsageError
 from fleet.images.build import ImageSpec
 from fleet.images.labels import cuda_tuple
 from fleet.ship import registry
-from fleet.ship.state import HostImageState, is_current
+from fleet.ship.state import Descriptor, HostImageState, is_current
 from fleet.ship.stream import COMPRESSIONS, zstd_program
 
 LOAD_TIMEOUT = 3600.0
@@ -35,10 +37,21 @@ class Plan:
     up_to_date: bool
     send: frozenset[int]
     reason: str = ""
+    # Layers the host holds only as a registry's compressed blob: its manifest names those.
+    reuse: Mapping[int, Descriptor] = field(default_factory=dict)
 
 
-def plan(host: str, spec: ImageSpec, state: HostImageState) -> Plan:
-    """The layers ``host`` lacks (a pure function of what it reported)."""
+def plan(
+    host: str,
+    spec: ImageSpec,
+    state: HostImageState,
+    reuse: Mapping[int, Descriptor] | None = None,
+) -> Plan:
+    """The layers ``host`` lacks (a pure function of what it reported).
+
+    ``reuse``: on a containerd store, layers it holds only compressed (see
+    :func:`fleet.ship.state.held_compressed`): not sent, named by their blob instead.
+    """
     if is_current(spec, state):
         return Plan(host, state.store, True, frozenset())
     if state.store == "containerd":
@@ -50,8 +63,11 @@ def plan(host: str, spec: ImageSpec, state: HostImageState) -> Plan:
                 frozenset(range(len(spec.diff_ids))),
                 f"content store not readable ({state.content_error}); sending every layer",
             )
-        send = frozenset(i for i, d in enumerate(spec.diff_ids) if d not in state.content)
-        return Plan(host, state.store, False, send)
+        held = dict(reuse or {})
+        send = frozenset(
+            i for i, d in enumerate(spec.diff_ids) if d not in state.content and i not in held
+        )
+        return Plan(host, state.store, False, send, reuse=held)
     chains = spec.chain_ids
     send = frozenset(i for i, c in enumerate(chains) if c not in state.chains)
     return Plan(host, state.store, False, send)

@@ -39,7 +39,7 @@ from fleet.ship.plan import (
     wire_compression,
 )
 from fleet.ship.pull import pull_all
-from fleet.ship.state import engine_fix, read_state, verify
+from fleet.ship.state import engine_fix, held_compressed, read_state, verify
 from fleet.ship.stream import Broadcast, Sink
 
 _STALL_DEFAULT = 180.0
@@ -178,13 +178,18 @@ def _inspect(
             fix=engine_fix(state.engine_error),
         )
     check_cuda(ctx.name, spec, state)
-    decided = pull_plan(ctx.name, spec, state) if pulling else plan(ctx.name, spec, state)
+    if pulling:
+        decided = pull_plan(ctx.name, spec, state)
+    else:
+        reuse = held_compressed(ctx.transport, spec, state, options.state_timeout)
+        decided = plan(ctx.name, spec, state, reuse)
     needed = disk_needed(sizes, decided.send, decided.store)
     details: dict[str, Any] = {
         "store": decided.store,
         "layers_total": len(spec.diff_ids),
         "layers_present": len(spec.diff_ids) - len(decided.send),
         f"layers_to_{verb}": len(decided.send),
+        "layers_held_compressed": len(decided.reuse),
         f"bytes_to_{verb}": sum(sizes[i] for i in decided.send if i < len(sizes)),
     }
     compress = wire_compression(options.compress, state)
@@ -227,7 +232,10 @@ def _send_all(
     shipped: list[HostResult] = []
     for first in range(0, len(todo), runner.forks):
         wave = todo[first : first + runner.forks]
-        sinks = {h.name: Sink(h.name, plans[h.name].send, limits.for_host()) for h in wave}
+        sinks = {
+            h.name: Sink(h.name, plans[h.name].send, limits.for_host(), plans[h.name].reuse)
+            for h in wave
+        }
         more = first + runner.forks < len(todo)
         producers = []
         for compress, broadcast in broadcasts.items():
@@ -272,6 +280,7 @@ def _send_all(
                 "missing_bytes": missing,
                 "source": broadcast.source,
                 "compress": compress_of[ctx.name],
+                "layers_held_compressed": len(decided.reuse),
             }
             reason = result.reason
             if broadcast.source_why:

@@ -10,8 +10,9 @@ success for an image that is not usable.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from fleet.errors import HostError
 from fleet.images.build import ImageSpec, chain_ids
@@ -44,10 +45,38 @@ class HostImageState:
     chains: frozenset[str] = frozenset()
     content: frozenset[str] | None = None
     content_error: str = ""
+    # containerd store: blobs held only compressed (a registry pull's), by the diff ID
+    # their labels name, and the manifests that list each such blob as a layer.
+    compressed: Mapping[str, str] = field(default_factory=dict)
+    manifests_of: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     free_bytes: int | None = None
     # The driver's version and the CUDA it supports, from nvidia-smi ("" without a driver).
     driver: str = ""
     cuda: str = ""
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """A layer blob as a manifest names it: media type, digest (of the blob), size."""
+
+    media_type: str
+    digest: str
+    size: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+
+
+# The layer media types a containerd store may hold (OCI's and Docker's).
+LAYER_TYPES = frozenset(
+    {
+        "application/vnd.oci.image.layer.v1.tar",
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    }
+)
+CONTENT_GET_SCRIPT = program("content_get.sh")
 
 
 def sections(text: str) -> dict[str, list[str]]:
@@ -82,8 +111,10 @@ def parse_state(text: str) -> HostImageState:
     content: frozenset[str] | None = None
     content_error = ""
     content_lines = parts.get("content", [])
+    compressed: dict[str, str] = {}
+    manifests_of: dict[str, list[str]] = {}
     if parts.get("content_rc", ["1"])[:1] == ["0"]:
-        content = frozenset(x for x in content_lines if x.startswith("sha256:"))
+        content = frozenset(_content_listing(content_lines, compressed, manifests_of))
     else:
         content_error = " ".join(content_lines[-2:]) or "ctr failed"
     free: int | None = None
@@ -97,10 +128,38 @@ def parse_state(text: str) -> HostImageState:
         chains=frozenset(chains),
         content=content,
         content_error=content_error,
+        compressed=compressed,
+        manifests_of={k: tuple(v) for k, v in manifests_of.items()},
         free_bytes=free,
         driver=_driver(parts.get("cuda", []))[0],
         cuda=_driver(parts.get("cuda", []))[1],
     )
+
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _content_listing(
+    lines: Sequence[str], compressed: dict[str, str], manifests_of: dict[str, list[str]]
+) -> list[str]:
+    """The digests of ``ctr content ls`` (with or without its columns); fills in which
+    blobs are compressed layers (label ``containerd.io/uncompressed``) and which manifests
+    list them (labels ``containerd.io/gc.ref.content.l.N``)."""
+    digests = []
+    for line in lines:
+        digest, _, rest = line.partition("\t")
+        if not _DIGEST.fullmatch(digest):
+            continue
+        digests.append(digest)
+        for label in rest.rpartition("\t")[2].split(","):
+            key, _, value = label.partition("=")
+            if not _DIGEST.fullmatch(value):
+                continue
+            if key == "containerd.io/uncompressed" and value != digest:
+                compressed[value] = digest
+            elif key.startswith("containerd.io/gc.ref.content.l."):
+                manifests_of.setdefault(value, []).append(digest)
+    return digests
 
 
 def _driver(lines: list[str]) -> tuple[str, str]:
@@ -191,6 +250,61 @@ def engine_fix(error: str) -> str:
         "start the host's Docker engine (e.g. 'systemctl start docker') and check "
         "'docker info' there"
     )
+
+
+def held_compressed(
+    transport: Transport, spec: ImageSpec, state: HostImageState, timeout: float | None = None
+) -> dict[int, Descriptor]:
+    """The layers a containerd host holds only as a registry's compressed blob, by index.
+
+    Its ``docker load`` takes a manifest that names such a blob (its unpacked snapshot is
+    there too), so those layers need not travel again. The blobs' exact descriptors come
+    from the host's own manifests that list them (one round trip, only when there are
+    such layers); a layer whose descriptor cannot be read is simply sent.
+    """
+    if state.store != "containerd" or state.content is None:
+        return {}
+    wanted = {
+        i: state.compressed[d]
+        for i, d in enumerate(spec.diff_ids)
+        if d not in state.content and d in state.compressed
+    }
+    manifests = sorted(
+        {state.manifests_of[b][0] for b in wanted.values() if state.manifests_of.get(b)}
+    )
+    if not manifests:
+        return {}
+    ran = transport.run(
+        ["sh", "-c", CONTENT_GET_SCRIPT, "fleet-content", *manifests], timeout=timeout, check=False
+    )
+    found = _descriptors(gathered(ran.stdout, "the host's manifests"))
+    return {i: found[blob] for i, blob in wanted.items() if blob in found}
+
+
+def _descriptors(text: str) -> dict[str, Descriptor]:
+    """Layer descriptors from the manifests :data:`CONTENT_GET_SCRIPT` printed, checked."""
+    found: dict[str, Descriptor] = {}
+    for line in text.splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            layers = json.loads(line).get("layers")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        for layer in layers if isinstance(layers, list) else []:
+            if not isinstance(layer, dict):
+                continue
+            media, digest, size = layer.get("mediaType"), layer.get("digest"), layer.get("size")
+            if (
+                media in LAYER_TYPES
+                and isinstance(digest, str)
+                and _DIGEST.fullmatch(digest)
+                and isinstance(size, int)
+                and not isinstance(size, bool)
+                and size >= 0
+            ):
+                found[digest] = Descriptor(media, digest, size)
+    return found
 
 
 def is_current(spec: ImageSpec, state: HostImageState) -> bool:

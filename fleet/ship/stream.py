@@ -32,7 +32,7 @@ import tarfile
 import tempfile
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,8 +41,12 @@ from fleet.images.build import ImageSpec, Shippable
 from fleet.images.labels import normalized_name
 from fleet.images.savefilter import v1_candidates
 from fleet.ship.bandwidth import Throttle
+from fleet.ship.state import Descriptor
 
 SaveStream = Callable[[], Iterable[bytes]]
+# Which layers a host's manifest names by a blob it already holds compressed, sorted; ()
+# for the hosts that get (or have) every layer as the tar this stream carries.
+Variant = tuple[tuple[int, Descriptor], ...]
 
 
 class LayerSource(Protocol):
@@ -109,6 +113,8 @@ class _Member:
 
     key: str
     layer: int | None
+    # The hosts' manifest variant it belongs to (None: every host's; see Sink.variant).
+    variant: Variant | None = None
     # Encoded chunks, each with the count of tar bytes it stands for (for progress).
     chunks: list[tuple[bytes, int]] = field(default_factory=list)
 
@@ -325,14 +331,17 @@ class _ZstdFrame:
                     pipe.close()
 
 
-def _manifest_bytes(spec: ImageSpec, config: bytes, sizes: Sequence[int]) -> bytes:
+def _manifest_bytes(
+    spec: ImageSpec, config: bytes, sizes: Sequence[int], variant: Variant = ()
+) -> bytes:
+    held = dict(variant)
     document = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": spec.config_digest, "size": len(config)},
         "layers": [
-            {"mediaType": OCI_LAYER_TAR, "digest": d, "size": s}
-            for d, s in zip(spec.diff_ids, sizes, strict=True)
+            held[i].to_json() if i in held else {"mediaType": OCI_LAYER_TAR, "digest": d, "size": s}
+            for i, (d, s) in enumerate(zip(spec.diff_ids, sizes, strict=True))
         ],
     }
     return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
@@ -341,10 +350,18 @@ def _manifest_bytes(spec: ImageSpec, config: bytes, sizes: Sequence[int]) -> byt
 class ImageStream:
     """Reads ``docker save`` once and yields the dual-format tarball's members, encoded."""
 
-    def __init__(self, spec: ImageSpec, save: SaveStream, compress: str = "gzip") -> None:
+    def __init__(
+        self,
+        spec: ImageSpec,
+        save: SaveStream,
+        compress: str = "gzip",
+        variants: Iterable[Variant] = ((),),
+    ) -> None:
         self.spec = spec
         self._save = save
         self.compress = compress
+        self.variants = sorted(set(variants))
+        self.config = b""
         self.layer_sizes: list[int] = [0] * len(spec.diff_ids)
         self.manifest_digest = ""
         # Tar bytes encoded so far: what a host's progress counts (its wire bytes lag behind).
@@ -438,23 +455,7 @@ class ImageStream:
         spec = self.spec
         if hashlib.sha256(config).hexdigest() != spec.config_digest.removeprefix("sha256:"):
             raise HostError("controller", f"the config of {spec.ref} does not match its image ID")
-        manifest = _manifest_bytes(spec, config, self.layer_sizes)
-        self.manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
-        index = {
-            "schemaVersion": 2,
-            "mediaType": OCI_INDEX,
-            "manifests": [
-                {
-                    "mediaType": OCI_MANIFEST,
-                    "digest": self.manifest_digest,
-                    "size": len(manifest),
-                    "annotations": {
-                        "io.containerd.image.name": normalized_name(spec.ref),
-                        "org.opencontainers.image.ref.name": spec.ref.rpartition(":")[2],
-                    },
-                }
-            ],
-        }
+        self.config = config
         legacy = [
             {
                 "Config": f"blobs/sha256/{spec.config_digest[7:]}",
@@ -464,18 +465,56 @@ class ImageStream:
         ]
         small = {
             f"blobs/sha256/{spec.config_digest[7:]}": config,
-            f"blobs/sha256/{self.manifest_digest[7:]}": manifest,
             "oci-layout": b'{"imageLayoutVersion":"1.0.0"}',
-            "index.json": json.dumps(index, separators=(",", ":")).encode(),
             "manifest.json": json.dumps(legacy, separators=(",", ":")).encode(),
         }
         members = [
             (_Member(name, None), self._encode(encoder, name, len(content), iter((content,))))
             for name, content in small.items()
         ]
+        members += self.variant_members(encoder, self.variants)
         members.append(
             (_Member("end", None), self._encode_raw(encoder, b"\0" * (2 * tarfile.BLOCKSIZE)))
         )
+        return members
+
+    def variant_members(
+        self, encoder: _Encoder, variants: Iterable[Variant]
+    ) -> list[tuple[_Member, Iterator[bytes]]]:
+        """Each variant's OCI manifest and index.json (a host's ``docker load`` on the
+        containerd store reads them), for the variants' hosts only."""
+        spec = self.spec
+        members = []
+        for variant in variants:
+            manifest = _manifest_bytes(spec, self.config, self.layer_sizes, variant)
+            digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+            if not variant:
+                self.manifest_digest = digest
+            index = {
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": [
+                    {
+                        "mediaType": OCI_MANIFEST,
+                        "digest": digest,
+                        "size": len(manifest),
+                        "annotations": {
+                            "io.containerd.image.name": normalized_name(spec.ref),
+                            "org.opencontainers.image.ref.name": spec.ref.rpartition(":")[2],
+                        },
+                    }
+                ],
+            }
+            for name, content in (
+                (f"blobs/sha256/{digest[7:]}", manifest),
+                ("index.json", json.dumps(index, separators=(",", ":")).encode()),
+            ):
+                members.append(
+                    (
+                        _Member(f"{name} {variant}", None, variant),
+                        self._encode(encoder, name, len(content), iter((content,))),
+                    )
+                )
         return members
 
     def _encode(
@@ -547,10 +586,17 @@ def _read(source: Any) -> Iterator[bytes]:
 class Sink:
     """One host's bounded queue of encoded chunks; the producer never waits on a dead one."""
 
-    def __init__(self, host: str, send: frozenset[int], throttle: Throttle | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        send: frozenset[int],
+        throttle: Throttle | None = None,
+        reuse: Mapping[int, Descriptor] | None = None,
+    ) -> None:
         self.host = host
         self.send = send
         self.throttle = throttle
+        self.variant: Variant = tuple(sorted((reuse or {}).items()))
         self.queue: queue.Queue[tuple[bytes, int] | None] = queue.Queue(_QUEUE_CHUNKS)
         self.dead = threading.Event()
         self.bytes = 0
@@ -562,6 +608,8 @@ class Sink:
         self._reported = 0
 
     def wants(self, member: _Member) -> bool:
+        if member.variant is not None:
+            return member.variant == self.variant
         return member.layer is None or member.layer in self.send
 
     def put(self, chunk: bytes | None, raw: int = 0) -> None:
@@ -618,6 +666,7 @@ class Broadcast:
         # Why the layers were read with docker save (the slow way), when they were.
         self.source_why = ""
         self._replay: list[_Member] | None = None
+        self._stream: ImageStream | None = None
         self.error: BaseException | None = None
         self.layer_sizes: list[int] = []
 
@@ -628,14 +677,12 @@ class Broadcast:
         it, members that no sink wants are skipped unencoded.
         """
         try:
+            variants = {sink.variant for sink in sinks}
             if self._replay is not None:
-                for member in self._replay:
-                    for chunk, raw in member.chunks:
-                        for sink in sinks:
-                            if sink.wants(member):
-                                sink.put(chunk, raw)
+                self._replay_to(sinks, variants)
                 return
-            stream = ImageStream(self.spec, self.save, self.compress)
+            stream = ImageStream(self.spec, self.save, self.compress, variants)
+            self._stream = stream
             cache: list[_Member] | None = [] if replay else None
             cached = 0
             members: Iterable[tuple[_Member, Iterator[bytes]]] | None = None
@@ -678,6 +725,24 @@ class Broadcast:
         finally:
             for sink in sinks:
                 sink.put(None)
+
+    def _replay_to(self, sinks: Sequence[Sink], variants: set[Variant]) -> None:
+        """A later wave: the cached members, with the manifests of this wave's variants."""
+        assert self._replay is not None and self._stream is not None
+        for member in self._replay:
+            if member.variant is not None:
+                continue
+            if member.key == "end":
+                encoder = _Encoder(self.compress)
+                for fresh, chunks in self._stream.variant_members(encoder, sorted(variants)):
+                    for chunk in chunks:
+                        for sink in sinks:
+                            if sink.wants(fresh):
+                                sink.put(chunk)
+            for chunk, raw in member.chunks:
+                for sink in sinks:
+                    if sink.wants(member):
+                        sink.put(chunk, raw)
 
 
 def _pieces(chunk: bytes, raw: int) -> Iterator[tuple[bytes, int]]:

@@ -13,7 +13,7 @@ root=${info#*|}; root=${root%%|*}; [ -n "$root" ] || root=/var/lib/docker
 
 echo "@@layers"; docker image ls -aq --no-trunc 2>/dev/null | sort -u | xargs -r docker image inspect --format '{{json .RootFS.Layers}}' 2>/dev/null
 if [ "$store" = containerd ]; then
-  echo "@@content"; ctr --address /run/docker/containerd/containerd.sock -n moby content ls -q 2>&1; echo "@@content_rc $?"
+  echo "@@content"; ctr --address /run/docker/containerd/containerd.sock -n moby content ls 2>&1; echo "@@content_rc $?"
 fi
 echo "@@df"; df -PB1 "$root" 2>/dev/null | tail -n 1
 echo "@@cuda"
