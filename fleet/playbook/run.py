@@ -34,10 +34,12 @@ from fleet.errors import (
     UsageError,
 )
 from fleet.hosts.model import Host, Inventory
+from fleet.hosts.patterns import group_hosts
 from fleet.images import build as images
 from fleet.ops import deploy as deploy_mod
-from fleet.playbook.schema import Play, Playbook, Task, condition, render
+from fleet.playbook.schema import Play, Playbook, Task, condition
 from fleet.playbook.secret import DIFF_HIDDEN, Secrets
+from fleet.playbook.template import render
 from fleet.programs import program
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
@@ -154,6 +156,9 @@ class Player:
     ) -> None:
         self.book = book
         self.inventory = inventory
+        # Ansible's groups (each group's hosts, its children's included) and hostvars.
+        self._groups = {name: group_hosts(inventory, name) for name in inventory.groups}
+        self._hostvars = {name: dict(h.vars) for name, h in inventory.hosts.items()}
         self.runner = runner
         self.options = options
         self.events = events
@@ -264,6 +269,10 @@ class Player:
             merged.update(host.vars)
             merged["inventory_hostname"] = host.name
             merged["group_names"] = sorted(g for g in host.groups if g not in ("all", "ungrouped"))
+        # The variables Ansible provides every template.
+        merged["groups"] = self._groups
+        merged["hostvars"] = self._hostvars
+        merged["ansible_check_mode"] = self.options.check
         merged.update(play.vars)
         merged.update(self.controller_vars)
         merged.update(self.options.extra)

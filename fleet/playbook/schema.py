@@ -24,11 +24,11 @@ with ``reference``, ``tag``, ``image_id``), ``push``, ``provision``, ``deploy``,
 Ansible's where they mean the same.
 
 Variables, lowest to highest: inventory (group_vars, host_vars), play ``vars``, extra vars
-(``-e key=value``, ``-e @file.yml``). Strings are templated: ``{{ name }}``,
-``{{ name.key }}``, ``{{ name | default(value) }}``; a string that is exactly one
-expression keeps the value's type. An undefined variable is an error naming the task.
-``when`` is a small expression language: names, literals, ``==``, ``!=``, ``<``, ``>``,
-``in``, ``not``, ``and``, ``or``, ``X is defined``, ``X is not defined``.
+(``-e key=value``, ``-e @file.yml``); and Ansible's ``inventory_hostname``, ``groups``,
+``group_names``, ``hostvars``, ``ansible_check_mode``. Strings are Jinja2 templates and
+``when`` a Jinja2 expression, sandboxed, with Ansible's filters and tests (see
+:mod:`fleet.playbook.template`); a string that is exactly one expression keeps the value's
+type. An undefined variable is an error naming the task.
 
 Everything is validated before anything runs (unknown keys, wrong types, unknown steps,
 bad patterns): errors name the file, the line and the dotted path
@@ -37,7 +37,6 @@ bad patterns): errors name the file, the line and the dotted path
 
 from __future__ import annotations
 
-import ast
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from typing import Any
 from fleet.errors import InventoryError, PatternError, PlaybookError, UndefinedError, UsageError
 from fleet.hosts.patterns import compile_term, split_pattern
 from fleet.hosts.safe_yaml import read_yaml
+from fleet.playbook import template
 
 # -- the model --------------------------------------------------------------------------
 PLAY_KEYS = frozenset(
@@ -351,8 +351,7 @@ class _Checker:
             )
         for text in _strings(args):
             try:
-                for expression in _EXPRESSION.findall(text):
-                    _compile_expression(expression)
+                template.check(text)
             except PlaybookError as exc:
                 raise self.fail(f"{where}.{step}", exc.message, line) from None
         return args
@@ -369,7 +368,7 @@ class _Checker:
                 f"{where}.when", "expected a condition (a string)", self.lines.of(raw, "when")
             )
         try:
-            _compile_condition(when)
+            template.check_condition(when)
         except PlaybookError as exc:
             raise self.fail(f"{where}.when", exc.message, self.lines.of(raw, "when")) from None
         return when
@@ -399,197 +398,12 @@ def _check_pattern_syntax(pattern: str, fail: Callable[[str], PlaybookError]) ->
                 raise fail(f"invalid regular expression: {exc.message}") from None
 
 
-# -- expressions ------------------------------------------------------------------------
-_EXPRESSION = re.compile(r"\{\{\s*((?:(?!\}\}).)*?)\s*\}\}", re.S)
-_DEFINED = re.compile(r"([A-Za-z_][\w.]*)\s+is\s+(not\s+)?defined")
-_FILTER_DEFAULT = re.compile(r"^(.*?)\s*\|\s*default\((.*)\)\s*$", re.S)
-_ALLOWED = (
-    ast.Expression,
-    ast.BoolOp,
-    ast.And,
-    ast.Or,
-    ast.UnaryOp,
-    ast.Not,
-    ast.Compare,
-    ast.Eq,
-    ast.NotEq,
-    ast.Lt,
-    ast.LtE,
-    ast.Gt,
-    ast.GtE,
-    ast.In,
-    ast.NotIn,
-    ast.Name,
-    ast.Load,
-    ast.Attribute,
-    ast.Constant,
-    ast.List,
-    ast.Tuple,
-    ast.Call,
-    ast.Subscript,
-)
-_LITERALS = {"true": True, "false": False, "none": None, "True": True, "False": False, "None": None}
-
-
-def _compile_expression(text: str) -> tuple[ast.Expression, ast.Expression | None]:
-    """Parse ``EXPR`` or ``EXPR | default(VALUE)`` into safe ASTs."""
-    default: ast.Expression | None = None
-    match = _FILTER_DEFAULT.match(text)
-    if match:
-        text, default_text = match.group(1), match.group(2)
-        default = _parse(default_text)
-    elif "|" in text:
-        raise PlaybookError(
-            f"unsupported filter in {{{{ {text} }}}}: only '| default(...)' is known"
-        )
-    return _parse(
-        _DEFINED.sub(lambda m: f"{'not ' if m.group(2) else ''}_defined({m.group(1)!r})", text)
-    ), default
-
-
-def _compile_condition(text: str) -> tuple[ast.Expression, ast.Expression | None]:
-    return _compile_expression(text)
-
-
-def _parse(text: str) -> ast.Expression:
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as exc:
-        raise PlaybookError(f"cannot parse expression {text!r}: {exc.msg}") from None
-    for node in ast.walk(tree):
-        if not isinstance(node, _ALLOWED):
-            raise PlaybookError(
-                f"expression {text!r} uses {type(node).__name__}, which playbooks do not allow"
-            )
-        if isinstance(node, ast.Call) and not (
-            isinstance(node.func, ast.Name) and node.func.id == "_defined"
-        ):
-            raise PlaybookError(
-                f"expression {text!r} calls a function; playbooks only know 'is defined'"
-            )
-    return tree
-
-
-def _lookup(variables: Mapping[str, Any], dotted: str) -> Any:
-    value: Any = variables
-    for part in dotted.split("."):
-        if isinstance(value, Mapping) and part in value:
-            value = value[part]
-        else:
-            raise UndefinedError(f"'{dotted}' is undefined")
-    return value
-
-
-def _evaluate(node: ast.AST, variables: Mapping[str, Any]) -> Any:
-    if isinstance(node, ast.Expression):
-        return _evaluate(node.body, variables)
-    if isinstance(node, ast.Constant):
-        return node.value
-    if isinstance(node, ast.Name):
-        if node.id in variables:
-            return variables[node.id]
-        if node.id in _LITERALS:
-            return _LITERALS[node.id]
-        raise UndefinedError(f"'{node.id}' is undefined")
-    if isinstance(node, ast.Attribute):
-        base = _evaluate(node.value, variables)
-        if isinstance(base, Mapping) and node.attr in base:
-            return base[node.attr]
-        raise UndefinedError(f"'{ast.unparse(node)}' is undefined")
-    if isinstance(node, ast.Subscript):
-        base = _evaluate(node.value, variables)
-        key = _evaluate(node.slice, variables)
-        try:
-            return base[key]
-        except (KeyError, IndexError, TypeError):
-            raise UndefinedError(f"'{ast.unparse(node)}' is undefined") from None
-    if isinstance(node, ast.List | ast.Tuple):
-        return [_evaluate(e, variables) for e in node.elts]
-    if isinstance(node, ast.BoolOp):
-        values = (_evaluate(v, variables) for v in node.values)
-        return all(values) if isinstance(node.op, ast.And) else any(values)
-    if isinstance(node, ast.UnaryOp):
-        return not _evaluate(node.operand, variables)
-    if isinstance(node, ast.Call):
-        name = _evaluate(node.args[0], variables) if node.args else ""
-        try:
-            _lookup(variables, str(name))
-        except UndefinedError:
-            return False
-        return True
-    if isinstance(node, ast.Compare):
-        left = _evaluate(node.left, variables)
-        for op, right_node in zip(node.ops, node.comparators, strict=True):
-            right = _evaluate(right_node, variables)
-            if not _compare(op, left, right):
-                return False
-            left = right
-        return True
-    raise PlaybookError(f"unsupported expression {ast.unparse(node)!r}")
-
-
-def _compare(op: ast.cmpop, left: Any, right: Any) -> bool:
-    try:
-        if isinstance(op, ast.Eq):
-            return bool(left == right)
-        if isinstance(op, ast.NotEq):
-            return bool(left != right)
-        if isinstance(op, ast.Lt):
-            return bool(left < right)
-        if isinstance(op, ast.LtE):
-            return bool(left <= right)
-        if isinstance(op, ast.Gt):
-            return bool(left > right)
-        if isinstance(op, ast.GtE):
-            return bool(left >= right)
-        if isinstance(op, ast.In):
-            return bool(left in right)
-        if isinstance(op, ast.NotIn):
-            return bool(left not in right)
-    except TypeError as exc:
-        raise PlaybookError(f"cannot compare {left!r} and {right!r}: {exc}") from None
-    raise PlaybookError("unsupported comparison")
-
-
-def expression(text: str, variables: Mapping[str, Any]) -> Any:
-    """The value of one ``{{ }}`` expression (or a ``when`` condition)."""
-    tree, default = _compile_expression(text)
-    try:
-        return _evaluate(tree, variables)
-    except UndefinedError:
-        if default is None:
-            raise
-        return _evaluate(default, variables)
-
-
-def render(value: Any, variables: Mapping[str, Any]) -> Any:
-    """``value`` with every ``{{ }}`` in its strings replaced (UndefinedError if one is unknown)."""
-    if isinstance(value, str):
-        whole = _EXPRESSION.fullmatch(value.strip())
-        if whole and value.strip() == value:
-            return expression(whole.group(1), variables)
-        return _EXPRESSION.sub(lambda m: _text(expression(m.group(1), variables)), value)
-    if isinstance(value, Mapping):
-        return {k: render(v, variables) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [render(v, variables) for v in value]
-    return value
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def condition(task: Task, variables: Mapping[str, Any]) -> bool:
     """Whether ``task`` runs for a host with these variables."""
     if task.when is None:
         return True
     try:
-        return bool(expression(task.when, variables))
+        return bool(template.expression(task.when, variables))
     except UndefinedError as exc:
         raise PlaybookError(
             f"{task.where}.when: {exc.message}",
