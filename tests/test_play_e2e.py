@@ -227,3 +227,48 @@ def test_a_copy_into_a_shared_directory_writes_its_target_not_a_planted_symlink(
     finally:
         for host in hosts:
             host_sh(lab_env, host, "rm", "-rf", shared, victim)
+
+
+def test_register_when_changed_when_and_failed_when_as_ansible_has_them(
+    lab_env: LabFixture, fast_inventory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    book = tmp_path / "register.yml"
+    book.write_text(
+        """- hosts: all
+  tasks:
+    - name: which kernel
+      exec: {shell: "uname -s; echo second line"}
+      register: kernel
+      changed_when: false
+    - name: only where the first task said Linux, with its output templated in
+      exec: {command: [echo, "{{ kernel.stdout_lines | first | lower }} rc={{ kernel.rc }}"]}
+      when:
+        - kernel.rc == 0
+        - "'Linux' in kernel.stdout"
+      register: said
+    - name: a non-zero exit that is not a failure here
+      exec: {shell: "exit 3"}
+      failed_when: false
+    - name: a zero exit that is one
+      exec: {shell: "echo disk full"}
+      register: check
+      failed_when: "'full' in check.stdout"
+      ignore_errors: true
+    - name: never runs where the check failed
+      exec: {command: ["true"]}
+      when: not check.failed
+"""
+    )
+    code, doc = run_json(
+        capsys, "play", str(book), "-i", str(fast_inventory), "--retry-file", "/dev/null"
+    )
+    assert code == 0, doc
+    first, second, third, fourth, fifth = (t["hosts"] for t in doc["tasks"])
+    for host in first:
+        assert first[host]["outcome"] == "ok", first[host]  # changed_when: false
+        assert second[host]["outcome"] == "changed"
+        assert second[host]["stdout"] == "linux rc=0\n", second[host]
+        assert third[host]["outcome"] == "changed", third[host]  # exit 3, failed_when: false
+        assert fourth[host]["outcome"] == "failed", fourth[host]
+        assert "failed_when: 'full' in check.stdout" in fourth[host]["reason"]
+        assert fifth[host]["outcome"] == "skipped", fifth[host]

@@ -184,6 +184,51 @@ def test_condition_on_undefined_names_the_task() -> None:
         playbook.condition(task, {})
 
 
+def test_register_and_the_outcome_keys_are_checked_before_anything_runs(tmp_path: Path) -> None:
+    book = tmp_path / "book.yml"
+
+    def refused(task: str) -> str:
+        book.write_text(f"- hosts: all\n  tasks:\n    - {task}\n")
+        with pytest.raises(PlaybookError) as failed:
+            playbook.load(book)
+        assert failed.value.exit_code == 4
+        return str(failed.value)
+
+    assert "fleet provides that variable" in refused("{exec: {shell: id}, register: groups}")
+    assert "expected a variable name" in refused("{exec: {shell: id}, register: 'a b'}")
+    assert "applies to exec tasks" in refused("{deploy: {}, changed_when: false}")
+    assert "No filter named 'nope'" in refused("{exec: {shell: id}, failed_when: 'x | nope'}")
+    book.write_text(
+        "- hosts: all\n  tasks:\n    - exec: {shell: id}\n      register: out\n"
+        "      when: [a == 1, 'b is defined']\n      changed_when: false\n"
+    )
+    task = playbook.load(book).plays[0].tasks[0]
+    assert (task.register, task.when, task.changed_when) == (
+        "out",
+        "(a == 1) and (b is defined)",
+        "false",
+    )
+    assert playbook.condition(task, {"a": 1, "b": 2}) and not playbook.condition(task, {"a": 1})
+
+
+def test_a_registered_exec_result_has_ansibles_keys() -> None:
+    from fleet.results import HostResult, Outcome
+
+    task = playbook.Task("exec", {}, "", "t", 1, register="out")
+    row = HostResult(
+        "gpu01",
+        Outcome.FAILED,
+        "exit 2",
+        details={"exit_code": 2},
+        stdout="a\nb\n",
+        stderr="oops\n",
+    )
+    value = play.registered_value(task, row)
+    assert value["rc"] == 2 and value["failed"] and not value["changed"] and not value["skipped"]
+    assert (value["stdout"], value["stdout_lines"]) == ("a\nb", ["a", "b"])
+    assert (value["stderr"], value["stderr_lines"]) == ("oops", ["oops"])
+
+
 def test_extra_vars(tmp_path: Path) -> None:
     extra = tmp_path / "vars.yml"
     extra.write_text("a: 1\nb: two\n")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import difflib
 import json
 import re
@@ -159,6 +160,8 @@ class Player:
         # Ansible's groups (each group's hosts, its children's included) and hostvars.
         self._groups = {name: group_hosts(inventory, name) for name in inventory.groups}
         self._hostvars = {name: dict(h.vars) for name, h in inventory.hosts.items()}
+        # Per host, what its tasks registered (register: NAME), for the tasks after them.
+        self._registered: dict[str, dict[str, Any]] = {}
         self.runner = runner
         self.options = options
         self.events = events
@@ -275,6 +278,8 @@ class Player:
         merged["ansible_check_mode"] = self.options.check
         merged.update(play.vars)
         merged.update(self.controller_vars)
+        if host is not None:
+            merged.update(self._registered.get(host.name, {}))
         merged.update(self.options.extra)
         # Play vars may refer to each other and to inventory vars: one rendering pass.
         for key in play.vars:
@@ -325,6 +330,10 @@ class Player:
                     (HostResult(h.name, Outcome.FAILED, exc.message, exc.fix) for h in members),
                 )
             results.update({r.host: r for r in outcome.results})
+        if task.register or task.changed_when or task.failed_when:
+            by_name = {h.name: h for h in hosts}
+            for name, row in results.items():
+                results[name] = self._judge_and_register(play, task, by_name[name], row)
         result = FleetResult.of(
             task.step,
             (results[h.name] for h in hosts if h.name in results),
@@ -333,6 +342,31 @@ class Player:
         result = self.secrets.result(result)
         self.events.task_finished(play, task, result)
         return result
+
+    def _judge_and_register(
+        self, play: Play, task: Task, host: Host, row: HostResult
+    ) -> HostResult:
+        """Apply ``changed_when``/``failed_when`` to an exec's result, then register it."""
+        value = registered_value(task, row)
+        judged = row.outcome not in (Outcome.SKIPPED, Outcome.UNREACHABLE)
+        if judged and (task.changed_when or task.failed_when):
+            variables = self.variables(play, host)
+            if task.register:
+                variables[task.register] = value
+            failed = (
+                condition(task, variables, "failed_when")
+                if task.failed_when
+                else row.outcome is Outcome.FAILED
+            )
+            changed = condition(task, variables, "changed_when") if task.changed_when else True
+            outcome = Outcome.FAILED if failed else Outcome.CHANGED if changed else Outcome.OK
+            if outcome is not row.outcome:
+                why = f"failed_when: {task.failed_when}" if failed else row.reason
+                row = dataclasses.replace(row, outcome=outcome, reason=why)
+            value = {**value, "changed": changed and not failed, "failed": failed}
+        if task.register:
+            self._registered.setdefault(host.name, {})[task.register] = value
+        return row
 
     def _refuse_recorded_secrets(
         self, task: Task, args: Mapping[str, Any], on_host: str = ""
@@ -548,6 +582,29 @@ def _host_step(
     player: Player, hosts: list[Host], name: str, body: Callable[[HostContext], HostResult]
 ) -> FleetResult:
     return player.runner.run(name, hosts, body)
+
+
+def registered_value(task: Task, row: HostResult) -> dict[str, Any]:
+    """A host's result as ``register:`` keeps it: Ansible's keys (``changed``, ``failed``,
+    ``skipped``, ``msg``; an exec's ``rc``, ``stdout``, ``stdout_lines``, ``stderr``,
+    ``stderr_lines``; a deploy's ``version_before``/``version_after``) and fleet's details."""
+    value: dict[str, Any] = dict(row.details)
+    value.update(
+        changed=row.outcome is Outcome.CHANGED,
+        failed=row.outcome in (Outcome.FAILED, Outcome.UNREACHABLE),
+        skipped=row.outcome is Outcome.SKIPPED,
+        msg=row.reason or "",
+    )
+    if task.step == "exec":
+        stdout, stderr = row.stdout.removesuffix("\n"), row.stderr.removesuffix("\n")
+        value.update(
+            rc=row.details.get("exit_code"),
+            stdout=stdout,
+            stdout_lines=stdout.splitlines(),
+            stderr=stderr,
+            stderr_lines=stderr.splitlines(),
+        )
+    return value
 
 
 def _exec(

@@ -52,7 +52,14 @@ from fleet.playbook import template
 PLAY_KEYS = frozenset(
     {"name", "hosts", "serial", "max_fail_percentage", "any_errors_fatal", "vars", "tasks"}
 )
-TASK_KEYS = frozenset({"name", "when", "tags", "ignore_errors"})
+TASK_KEYS = frozenset(
+    {"name", "when", "tags", "ignore_errors", "register", "changed_when", "failed_when"}
+)
+# What a task may not register under: the variables Ansible (and fleet) provide.
+RESERVED_NAMES = frozenset(
+    {"inventory_hostname", "groups", "group_names", "hostvars", "ansible_check_mode", "build"}
+)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _STR = (str,)
 _NUM = (int, float)
@@ -103,6 +110,11 @@ class Task:
     when: str | None = None
     tags: tuple[str, ...] = ()
     ignore_errors: bool = False
+    # Ansible's: the host's result as a variable of later tasks; an exec task's outcome
+    # decided by expressions instead of its exit code.
+    register: str | None = None
+    changed_when: str | None = None
+    failed_when: str | None = None
 
     @property
     def title(self) -> str:
@@ -266,7 +278,17 @@ class _Checker:
             )
         step, line = self._step(raw, where)
         args = self._arguments(raw, step, where, line)
-        when = self._when(raw, where)
+        when = self._condition(raw, "when", where)
+        changed_when = self._condition(raw, "changed_when", where)
+        failed_when = self._condition(raw, "failed_when", where)
+        if (changed_when or failed_when) and step != "exec":
+            key = "changed_when" if changed_when else "failed_when"
+            raise self.fail(
+                f"{where}.{key}",
+                f"applies to exec tasks; '{step}' decides its own outcome",
+                self.lines.of(raw, key),
+            )
+        register = self._register(raw, where)
         tags = raw.get("tags") or ()
         if isinstance(tags, str):
             tags = (tags,)
@@ -280,8 +302,32 @@ class _Checker:
                 self.lines.of(raw, "ignore_errors"),
             )
         return Task(
-            step, dict(args), str(raw.get("name") or ""), where, line, when, tuple(tags), ignore
+            step,
+            dict(args),
+            str(raw.get("name") or ""),
+            where,
+            line,
+            when,
+            tuple(tags),
+            ignore,
+            register,
+            changed_when,
+            failed_when,
         )
+
+    def _register(self, raw: Mapping[str, Any], where: str) -> str | None:
+        name = raw.get("register")
+        if name is None:
+            return None
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name in RESERVED_NAMES:
+            raise self.fail(
+                f"{where}.register",
+                f"expected a variable name, not {name!r}"
+                + (" (fleet provides that variable)" if name in RESERVED_NAMES else ""),
+                self.lines.of(raw, "register"),
+                "e.g. 'register: out', then 'when: out.rc == 0' in a later task",
+            )
+        return name
 
     def _step(self, raw: Mapping[str, Any], where: str) -> tuple[str, int | None]:
         """The one step a task names, and its line."""
@@ -356,22 +402,28 @@ class _Checker:
                 raise self.fail(f"{where}.{step}", exc.message, line) from None
         return args
 
-    def _when(self, raw: Mapping[str, Any], where: str) -> str | None:
-        """The task's condition, compiled; None when it has none."""
-        when = raw.get("when")
-        if when is None:
+    def _condition(self, raw: Mapping[str, Any], key: str, where: str) -> str | None:
+        """A ``when``-like key compiled: an expression, or a list of them that must all
+        hold (joined with ``and``, as Ansible does); None when the task has none."""
+        value = raw.get(key)
+        if value is None:
             return None
-        if isinstance(when, bool):
-            when = "true" if when else "false"
-        if not isinstance(when, str):
-            raise self.fail(
-                f"{where}.when", "expected a condition (a string)", self.lines.of(raw, "when")
-            )
-        try:
-            template.check_condition(when)
-        except PlaybookError as exc:
-            raise self.fail(f"{where}.when", exc.message, self.lines.of(raw, "when")) from None
-        return when
+        parts = value if isinstance(value, list) else [value]
+        texts = []
+        for given in parts:
+            part = ("true" if given else "false") if isinstance(given, bool) else given
+            if not isinstance(part, str) or not part.strip():
+                raise self.fail(
+                    f"{where}.{key}",
+                    "expected a condition (a string) or a list of them",
+                    self.lines.of(raw, key),
+                )
+            try:
+                template.check_condition(part)
+            except PlaybookError as exc:
+                raise self.fail(f"{where}.{key}", exc.message, self.lines.of(raw, key)) from None
+            texts.append(part)
+        return texts[0] if len(texts) == 1 else " and ".join(f"({text})" for text in texts)
 
 
 def _strings(value: Any) -> list[str]:
@@ -398,15 +450,17 @@ def _check_pattern_syntax(pattern: str, fail: Callable[[str], PlaybookError]) ->
                 raise fail(f"invalid regular expression: {exc.message}") from None
 
 
-def condition(task: Task, variables: Mapping[str, Any]) -> bool:
-    """Whether ``task`` runs for a host with these variables."""
-    if task.when is None:
-        return True
+def condition(task: Task, variables: Mapping[str, Any], key: str = "when") -> bool:
+    """Whether ``task``'s ``when`` (or ``changed_when``/``failed_when``) holds for a host
+    with these variables; a task without one: ``when`` holds, the others do not apply."""
+    text = getattr(task, key)
+    if text is None:
+        return key == "when"
     try:
-        return bool(template.expression(task.when, variables))
+        return bool(template.expression(text, variables))
     except UndefinedError as exc:
         raise PlaybookError(
-            f"{task.where}.when: {exc.message}",
+            f"{task.where}.{key}: {exc.message}",
             line=task.line,
             fix="define it (vars, -e) or test it with 'is defined'",
         ) from None
