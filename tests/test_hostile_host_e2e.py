@@ -63,15 +63,37 @@ def hostile(lab_env: LabFixture, request: pytest.FixtureRequest) -> Iterator[str
         host_run(lab_env, "lab2", "rm", "-f", *paths)
 
 
+# Runs fleet as its own child and reports that child's peak RSS (KiB) on the fd argv[1]. A process
+# forked straight from pytest would count pytest's own peak too: Linux keeps the largest
+# resident set a process had, and a child starts as a copy of its parent (exec records
+# the copy's high-water mark). Forked from this small launcher instead, fleet counts only
+# itself.
+LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.close(int(sys.argv[1]))
+    os.execv(sys.executable, [sys.executable, "-m", "fleet", *sys.argv[2:]])
+_, status, usage = os.wait4(pid, 0)
+os.write(int(sys.argv[1]), str(usage.ru_maxrss).encode())
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_fleet(*argv: str) -> tuple[int, dict[str, object], str, int]:
     """``python -m fleet ARGV --json`` in its own process: (code, JSON, stderr, peak RSS KiB)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        read_rss, write_rss = os.pipe()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fleet", *argv, "--json"], stdout=out, stderr=err
+            [sys.executable, "-c", LAUNCHER, str(write_rss), *argv, "--json"],
+            stdout=out,
+            stderr=err,
+            pass_fds=(write_rss,),
         )
-        # wait4, not wait: the child's own peak memory comes with its exit status.
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        os.close(write_rss)
+        with os.fdopen(read_rss, "rb") as rss_pipe:
+            rss = rss_pipe.read()
+        proc.wait()
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read().decode(errors="replace")
@@ -79,7 +101,8 @@ def run_fleet(*argv: str) -> tuple[int, dict[str, object], str, int]:
         document = json.loads(stdout)
     except json.JSONDecodeError:
         raise AssertionError(f"not JSON:\n{stdout[:2000]!r}\nstderr:\n{stderr[-2000:]}") from None
-    return proc.returncode, document, stderr, usage.ru_maxrss
+    assert rss.isdigit(), f"the launcher reported no peak RSS: {rss!r}; stderr: {stderr[-2000:]}"
+    return proc.returncode, document, stderr, int(rss)
 
 
 @pytest.mark.parametrize("hostile", list(ANSWERS), indirect=True)
