@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,12 @@ from fleet.lab import nodes as lab
 from fleet.ssh.base import CommandResult
 from fleet.ssh.known_hosts import KnownHosts
 from fleet.ssh.paramiko_client import SSHTransport
+
+# A suite started in the background by a shell without job control (`.ci/run &`) inherits
+# SIGINT ignored, and so would every fleet the tests start: Ctrl-C tests could not
+# interrupt it. A handled signal is reset to the default on exec, an ignored one is not.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Unique per test session: several sessions (developers, CI) may share one engine.
 TEST_LAB = os.environ.get("FLEET_TEST_LAB", f"fleet-test-{os.getpid()}")

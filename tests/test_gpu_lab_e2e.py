@@ -179,9 +179,17 @@ def test_a_training_job_is_never_interrupted_silently(
     container = _framework_container(lab_env, "lab1", project.repository)
     _start_job(lab_env, "lab1", container, 4)
     code, doc = run_project_json(
-        capsys, fast_inventory, project, "deploy", "lab1", v3, "--wait-idle", "60s"
+        capsys, fast_inventory, project, "deploy", "all", v3, "--wait-idle", "60s", "--serial", "1"
     )
     assert doc["hosts"]["lab1"]["outcome"] == "changed", doc["hosts"]["lab1"]
+    assert doc["hosts"]["lab2"]["outcome"] == "changed", doc["hosts"]["lab2"]
+    # In batches, the idle host went first: lab2 switched while lab1's job still ran.
+    switched = {
+        host: json.loads(host_sh(lab_env, host, "tail", "-n", "1", "/var/lib/fleet/history.jsonl"))
+        for host in ("lab1", "lab2")
+    }
+    assert switched["lab2"]["to"] == switched["lab1"]["to"] == v3
+    assert switched["lab2"]["time"] < switched["lab1"]["time"], switched
 
     # --force interrupts it, and the host's history says so.
     _start_job(lab_env, "lab1", _framework_container(lab_env, "lab1", project.repository), 600)

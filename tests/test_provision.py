@@ -41,7 +41,7 @@ from fleet.ops.provision.facts import (
     parse_facts,
 )
 from fleet.ops.provision.plan import DIR_SCRIPT, Change, Command, dir_command, plan, write_command
-from fleet.ops.provision.preflight import preflight
+from fleet.ops.provision.preflight import gpu_busy, preflight
 from fleet.ops.provision.run import ProvisionOptions, provision, resolve_base_images, with_base
 from fleet.ops.provision.settings import (
     BEGIN_MARKER,
@@ -861,6 +861,30 @@ def test_gpu_host_with_runtime_and_driver_passes() -> None:
         gpus=(GPU("NVIDIA A100", "550.54", "81920 MiB"),),
     )
     assert preflight(gpu_settings(runtime="nvidia"), facts).ok
+
+
+def test_a_server_whose_every_gpu_is_busy_gets_a_warning_not_a_failure() -> None:
+    def gpu(index: int, used: str, util: str) -> GPU:
+        return GPU("NVIDIA A100", "550.54", "81920 MiB", index, f"GPU-{index}", used, util)
+
+    def verdict(*gpus: GPU):
+        facts = with_host(
+            converged(DEFAULTS), runtimes=("nvidia", "runc"), nvidia_smi=True, gpus=gpus
+        )
+        return preflight(gpu_settings(runtime="nvidia"), facts)
+
+    idle_desktop = gpu(1, "412 MiB", "0 %")  # a driver and Xorg: not busy
+    training = gpu(0, "61440 MiB", "97 %")
+    loading = gpu(2, "40960 MiB", "0 %")  # weights in memory, no kernel running yet
+    assert [gpu_busy(g) for g in (idle_desktop, training, loading)] == [False, True, True]
+    assert not gpu_busy(GPU("T4", "535", "15360 MiB"))  # no usage known: not busy
+    one_free = verdict(training, idle_desktop)
+    assert one_free.ok and not any("no GPU is free" in w for w in one_free.warnings)
+    all_busy = verdict(training, loading)
+    assert all_busy.ok, all_busy.failures
+    assert any(
+        "no GPU is free (GPU 0: 97 % used, 61440 MiB of 81920 MiB" in w for w in all_busy.warnings
+    )
 
 
 def test_driver_that_lists_no_gpu_fails() -> None:

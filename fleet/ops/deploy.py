@@ -781,6 +781,25 @@ def _gather(ctx: HostContext, options: DeployOptions) -> HostFramework:
     return state
 
 
+def idle_first(runner: Runner, hosts: Sequence[Host], options: DeployOptions) -> list[Host]:
+    """``hosts`` with those whose framework runs a GPU job last (a rollout in batches then
+    updates idle hosts while the jobs go on; in inventory order otherwise).
+
+    One round trip per host; a host that cannot say counts as idle: its own switch asks
+    again, and skips it if it is busy.
+    """
+
+    def probe(ctx: HostContext) -> HostResult:
+        state = _gather(ctx, options)
+        ids = [c.id for c in state.running]
+        busy = gpu.processes(ctx.transport, options.state_timeout).in_containers(ids) if ids else []
+        return ctx.result(Outcome.OK, details={"gpu_jobs": len(busy)})
+
+    found = runner.run("deploy: which hosts are busy", hosts, probe)
+    busy = {r.host for r in found.results if r.details.get("gpu_jobs")}
+    return sorted(hosts, key=lambda h: h.name in busy)
+
+
 # -- the fleet --------------------------------------------------------------------------
 def deploy(
     runner: Runner, hosts: Sequence[Host], image: Shippable, options: DeployOptions
@@ -813,6 +832,8 @@ def _rollout(
     spec = image.spec
     tag = spec.ref.rpartition(":")[2]
     stop_reason = ""
+    if options.serial and not options.force:
+        hosts = idle_first(runner, hosts, options)
     for index, batch in enumerate(batches(hosts, options.serial), start=1):
         if stop_reason:
             for host in batch:

@@ -12,6 +12,7 @@ from fleet import units
 from fleet.errors import (
     CronBlockError,
 )
+from fleet.ops.facts import GPU
 from fleet.ops.provision.cron import find_block, numbered_lines, other_aicron_lines
 from fleet.ops.provision.facts import BYTE_LIMITS, ProvisionFacts
 from fleet.ops.provision.plan import plan
@@ -132,7 +133,35 @@ def _check_engine(
                     "reboot, a missing device a look at the hardware",
                 )
             )
+        elif all(gpu_busy(gpu) for gpu in host.gpus):
+            # A warning, not a failure: provisioning again a server that trains is routine.
+            shown = "; ".join(
+                f"GPU {g.index}: {g.utilization} used, {g.memory_used} of {g.memory}"
+                for g in host.gpus
+            )
+            warnings.append(
+                f"no GPU is free ({shown}): the framework's container would share them with "
+                "what runs there now"
+            )
     _check_ulimits(spec, facts, failures)
+
+
+# A GPU counts as busy above these: a driver and a desktop hold a few hundred MiB at 0 %.
+_BUSY_UTILIZATION = 5
+_BUSY_MEMORY_SHARE = 0.1
+
+
+def gpu_busy(gpu: GPU) -> bool:
+    """Whether a GPU is in use, from nvidia-smi's utilization and memory (unknown: no)."""
+
+    def number(text: str) -> float | None:
+        word = text.split(" ", 1)[0]
+        return float(word) if word.replace(".", "", 1).isdigit() else None
+
+    utilization, used, total = number(gpu.utilization), number(gpu.memory_used), number(gpu.memory)
+    if utilization is not None and utilization > _BUSY_UTILIZATION:
+        return True
+    return used is not None and bool(total) and used > _BUSY_MEMORY_SHARE * (total or 1)
 
 
 def _check_log_rotation(facts: ProvisionFacts, warnings: list[str]) -> None:
