@@ -99,13 +99,18 @@ class LocalLayers:
         """The size of the layer's tar, from its tar-split record alone."""
         return sum(len(raw) if raw is not None else size for raw, _, size in self._files(chain_id))
 
-    def check(self, chain_id: str) -> None:
-        """OSError unless every file of the layer is there, readable, with at least its size."""
-        for _, path, size in self._files(chain_id):
+    def check(self, chain_id: str) -> int:
+        """The layer's tar size, once every file of it is there, readable, with at least its
+        size (OSError otherwise): one pass over its record, not one to size and one to check."""
+        total = 0
+        for raw, path, size in self._files(chain_id):
             if path is None:
+                total += len(raw or b"")
                 continue
             if path.stat().st_size < size or not os.access(path, os.R_OK):
                 raise OSError(f"layer file {path} is shorter than its tar entry or unreadable")
+            total += size
+        return total
 
     def tar(self, chain_id: str, diff_id: str) -> Iterator[bytes]:
         """The layer's tar as a stream of pieces; OSError at its end if not ``diff_id``."""

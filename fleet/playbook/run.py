@@ -297,8 +297,9 @@ class Player:
             return result
         skipped: list[HostResult] = []
         groups: dict[str, tuple[dict[str, Any], list[Host]]] = {}
+        variables_of: dict[str, dict[str, Any]] = {}
         for host in hosts:
-            variables = self.variables(play, host)
+            variables = variables_of[host.name] = self.variables(play, host)
             try:
                 if not condition(task, variables):
                     skipped.append(HostResult(host.name, Outcome.SKIPPED, f"when: {task.when}"))
@@ -331,9 +332,8 @@ class Player:
                 )
             results.update({r.host: r for r in outcome.results})
         if task.register or task.changed_when or task.failed_when:
-            by_name = {h.name: h for h in hosts}
             for name, row in results.items():
-                results[name] = self._judge_and_register(play, task, by_name[name], row)
+                results[name] = self._judge_and_register(task, variables_of[name], row)
         result = FleetResult.of(
             task.step,
             (results[h.name] for h in hosts if h.name in results),
@@ -344,13 +344,14 @@ class Player:
         return result
 
     def _judge_and_register(
-        self, play: Play, task: Task, host: Host, row: HostResult
+        self, task: Task, host_variables: Mapping[str, Any], row: HostResult
     ) -> HostResult:
-        """Apply ``changed_when``/``failed_when`` to an exec's result, then register it."""
+        """Apply ``changed_when``/``failed_when`` to an exec's result (with the variables the
+        task ran with), then register it."""
         value = registered_value(task, row)
         judged = row.outcome not in (Outcome.SKIPPED, Outcome.UNREACHABLE)
         if judged and (task.changed_when or task.failed_when):
-            variables = self.variables(play, host)
+            variables = dict(host_variables)
             if task.register:
                 variables[task.register] = value
             failed = (
@@ -365,7 +366,7 @@ class Player:
                 row = dataclasses.replace(row, outcome=outcome, reason=why)
             value = {**value, "changed": changed and not failed, "failed": failed}
         if task.register:
-            self._registered.setdefault(host.name, {})[task.register] = value
+            self._registered.setdefault(row.host, {})[task.register] = value
         return row
 
     def _refuse_recorded_secrets(

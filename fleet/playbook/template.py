@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 from jinja2 import StrictUndefined, Undefined
-from jinja2.exceptions import SecurityError, TemplateError
+from jinja2.exceptions import TemplateError  # SecurityError among them
 from jinja2.exceptions import UndefinedError as JinjaUndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -181,7 +181,7 @@ def expression(text: str, variables: Mapping[str, Any]) -> Any:
             # refuses) yields the Undefined itself: using it raises the error with its name.
             str(value)
         return value
-    except (TemplateError, SecurityError, TypeError, ValueError) as exc:
+    except (TemplateError, TypeError, ValueError) as exc:
         raise _failure(exc) from None
 
 
@@ -196,7 +196,7 @@ def render(value: Any, variables: Mapping[str, Any]) -> Any:
             return expression(whole.group(1).strip(), variables)
         try:
             return _ENV.from_string(value).render(variables)
-        except (TemplateError, SecurityError, TypeError, ValueError) as exc:
+        except (TemplateError, TypeError, ValueError) as exc:
             raise _failure(exc) from None
     if isinstance(value, Mapping):
         return {k: render(v, variables) for k, v in value.items()}

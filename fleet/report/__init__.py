@@ -116,9 +116,7 @@ class LiveReporter:
                 refresh_per_second=8,
             )
             for host in self.hosts:
-                self._tasks[host] = self._progress.add_task(
-                    "", start=False, total=None, host=visible(host), step="", note="waiting"
-                )
+                self._task(host, "waiting")
 
     def __enter__(self) -> LiveReporter:
         if self._progress is not None:
@@ -129,26 +127,29 @@ class LiveReporter:
         if self._progress is not None:
             self._progress.stop()
 
-    def _task(self, host: str) -> TaskID | None:
+    def _task(self, host: str, note: str = "") -> tuple[Progress, TaskID] | None:
+        """The live view and the host's row in it (made on first use); None when plain."""
         if self._progress is None:
             return None
         with self._lock:
             if host not in self._tasks:
                 self._tasks[host] = self._progress.add_task(
-                    "", start=False, total=None, host=visible(host), step="", note=""
+                    "", start=False, total=None, host=visible(host), step="", note=note
                 )
-            return self._tasks[host]
+            return self._progress, self._tasks[host]
 
     def started(self, host: str, step: str) -> None:
-        task = self._task(host)
-        if self._progress is not None and task is not None:
-            self._progress.start_task(task)
-            self._progress.update(task, step=visible(step), note="", total=None, completed=0)
+        live = self._task(host)
+        if live is not None:
+            view, task = live
+            view.start_task(task)
+            view.update(task, step=visible(step), note="", total=None, completed=0)
 
     def progress(self, host: str, step: str, note: str = "", done: int = 0, total: int = 0) -> None:
-        task = self._task(host)
-        if self._progress is not None and task is not None:
-            self._progress.update(
+        live = self._task(host)
+        if live is not None:
+            view, task = live
+            view.update(
                 task, step=visible(step), note=visible(note), total=total or None, completed=done
             )
             return
@@ -163,10 +164,11 @@ class LiveReporter:
             self.console.print(line)
 
     def finished(self, result: HostResult) -> None:
-        task = self._task(result.host)
-        if self._progress is not None and task is not None:
-            self._progress.update(task, outcome=result.outcome)
-            self._progress.stop_task(task)
+        live = self._task(result.host)
+        if live is not None:
+            view, task = live
+            view.update(task, outcome=result.outcome)
+            view.stop_task(task)
             return
         self.console.print(_plain_line(result))
 

@@ -252,7 +252,7 @@ def _send_all(
             broadcast = broadcasts[compress_of[ctx.name]]
             decided = plans[ctx.name]
             # Progress in tar bytes against the layers' sizes; the wire carries fewer.
-            total = sum(image.sizes[i] for i in decided.send if i < len(image.sizes)) or 0
+            total = sum(image.sizes[i] for i in decided.send if i < len(image.sizes))
             ctx.progress("send", 0, total)
             sink.on_progress = lambda done: ctx.progress("send", done, max(total, done))
             sink.on_end = lambda: ctx.progress("load")

@@ -18,7 +18,13 @@ from fleet.errors import HostError
 from fleet.images.build import ImageSpec, chain_ids
 from fleet.ops import facts
 from fleet.programs import program
-from fleet.ssh.base import DOCKER_GROUP_FIX, Transport, fix_for, gathered, parses_host_output
+from fleet.ssh.base import (
+    DOCKER_GROUP_FIX,
+    ENGINE_START_FIX,
+    Transport,
+    gathered,
+    parses_host_output,
+)
 
 # One round trip; "$1" is the image reference, passed as an argument, never interpolated.
 # The target image as the host has it; shared by the state script and the load. ``$store``
@@ -240,16 +246,15 @@ def evidence(spec: ImageSpec, state: HostImageState) -> str:
 
 
 def engine_fix(error: str) -> str:
-    """The fix for an engine that does not answer, from what docker said (see fix_for).
-
-    Every error here came from ``docker info``, so a bare "permission denied" is the socket's.
-    """
-    if "permission denied" in error.lower():
+    """The fix for an engine that does not answer, from what ``docker info`` said (its
+    fixes are those of :func:`fleet.ssh.base.fix_for`, read more broadly: every error here
+    is the engine's, so a bare "permission denied" is the socket's and "not found" docker's)."""
+    text = error.lower()
+    if "permission denied" in text:
         return DOCKER_GROUP_FIX
-    return fix_for(error) or (
-        "start the host's Docker engine (e.g. 'systemctl start docker') and check "
-        "'docker info' there"
-    )
+    if "command not found" in text or ("not found" in text and "docker" in text):
+        return "install Docker on the host (fleet provision checks this)"
+    return f"{ENGINE_START_FIX} and check 'docker info' there"
 
 
 def held_compressed(

@@ -56,7 +56,7 @@ class LayerSource(Protocol):
 
     def tar_size(self, chain_id: str) -> int: ...
 
-    def check(self, chain_id: str) -> None: ...
+    def check(self, chain_id: str) -> int: ...
 
     def tar(self, chain_id: str, diff_id: str) -> Iterator[bytes]: ...
 
@@ -363,7 +363,6 @@ class ImageStream:
         self.variants = sorted(set(variants))
         self.config = b""
         self.layer_sizes: list[int] = [0] * len(spec.diff_ids)
-        self.manifest_digest = ""
         # Tar bytes encoded so far: what a host's progress counts (its wire bytes lag behind).
         self.raw_fed = 0
 
@@ -379,9 +378,9 @@ class ImageStream:
         """
         spec = self.spec
         chains = spec.chain_ids
-        sizes = [source.tar_size(chain) for chain in chains]
-        for index in wanted:
-            source.check(chains[index])
+        sizes = [
+            source.check(c) if i in wanted else source.tar_size(c) for i, c in enumerate(chains)
+        ]
         config = source.config(spec.config_digest)
         self.layer_sizes = sizes
         encoder = _Encoder(self.compress)
@@ -488,8 +487,6 @@ class ImageStream:
         for variant in variants:
             manifest = _manifest_bytes(spec, self.config, self.layer_sizes, variant)
             digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
-            if not variant:
-                self.manifest_digest = digest
             index = {
                 "schemaVersion": 2,
                 "mediaType": OCI_INDEX,
@@ -707,9 +704,7 @@ class Broadcast:
                 for encoded in chunks:
                     raw, seen = stream.raw_fed - seen, stream.raw_fed
                     for chunk, share in _pieces(encoded, raw):
-                        for sink in sinks:
-                            if sink.wants(member):
-                                sink.put(chunk, share)
+                        _fan(sinks, member, chunk, share)
                         if cache is not None:
                             member.chunks.append((chunk, share))
                             cached += len(chunk)
@@ -736,13 +731,16 @@ class Broadcast:
                 encoder = _Encoder(self.compress)
                 for fresh, chunks in self._stream.variant_members(encoder, sorted(variants)):
                     for chunk in chunks:
-                        for sink in sinks:
-                            if sink.wants(fresh):
-                                sink.put(chunk)
+                        _fan(sinks, fresh, chunk)
             for chunk, raw in member.chunks:
-                for sink in sinks:
-                    if sink.wants(member):
-                        sink.put(chunk, raw)
+                _fan(sinks, member, chunk, raw)
+
+
+def _fan(sinks: Sequence[Sink], member: _Member, chunk: bytes, raw: int = 0) -> None:
+    """One chunk of ``member`` to every sink that wants it."""
+    for sink in sinks:
+        if sink.wants(member):
+            sink.put(chunk, raw)
 
 
 def _pieces(chunk: bytes, raw: int) -> Iterator[tuple[bytes, int]]:

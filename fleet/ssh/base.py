@@ -153,28 +153,17 @@ def _clipped(text: str, limit: int = 80) -> str:
 # Well-known remote failures: (words that must all be in the message, the fix). The one
 # table fleet reads a remote error's fix from; the first row that matches wins.
 DOCKER_GROUP_FIX = "add the SSH user to the host's 'docker' group, or set ansible_become: true"
+ENGINE_START_FIX = "start the host's Docker engine (e.g. 'systemctl start docker')"
+_SUDO_FIX = (
+    "give sudo's password with -K/--ask-become-pass or ansible_become_password, "
+    "allow passwordless sudo for the SSH user (NOPASSWD), or unset ansible_become"
+)
 _FIXES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("permission denied", "docker", ".sock"), DOCKER_GROUP_FIX),
-    (
-        ("cannot connect to the docker daemon",),
-        "start the host's Docker engine (e.g. 'systemctl start docker')",
-    ),
-    (
-        ("is the docker daemon running",),
-        "start the host's Docker engine (e.g. 'systemctl start docker')",
-    ),
-    (("docker", "command not found"), "install Docker on the host (fleet provision checks this)"),
-    (("docker", "not found"), "install Docker on the host (fleet provision checks this)"),
-    (
-        ("sudo: a password is required",),
-        "give sudo's password with -K/--ask-become-pass or ansible_become_password, "
-        "allow passwordless sudo for the SSH user (NOPASSWD), or unset ansible_become",
-    ),
-    (
-        ("sudo: a terminal is required",),
-        "give sudo's password with -K/--ask-become-pass or ansible_become_password, "
-        "allow passwordless sudo for the SSH user (NOPASSWD), or unset ansible_become",
-    ),
+    (("cannot connect to the docker daemon",), ENGINE_START_FIX),
+    (("is the docker daemon running",), ENGINE_START_FIX),
+    (("sudo: a password is required",), _SUDO_FIX),
+    (("sudo: a terminal is required",), _SUDO_FIX),
 )
 
 
