@@ -15,6 +15,7 @@ from tests.framework import FrameworkProject
 
 pytestmark = pytest.mark.lab
 ROLLOUT = str(Path(__file__).resolve().parents[1] / "playbooks" / "rollout.yml")
+PROVISION = str(Path(__file__).resolve().parents[1] / "playbooks" / "provision.yml")
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,12 @@ def test_rollout_then_rerun_is_all_ok(
     assert code == 0
     for host, recap in doc["recap"].items():
         assert recap["changed"] == 0, (host, recap)
-        assert recap["ok"] == 3
+        assert recap["ok"] == 4
+    # the registered deploy result, shown by the playbook's debug task
+    said = [t for t in doc["tasks"] if t["step"] == "debug"]  # one per serial batch
+    assert {h: r["reason"] for t in said for h, r in t["hosts"].items()} == {
+        host: f"{tag} -> {tag}" for host in doc["recap"]
+    }
 
 
 def test_a_new_commit_ships_only_the_thin_layer(
@@ -272,3 +278,26 @@ def test_register_when_changed_when_and_failed_when_as_ansible_has_them(
         assert fourth[host]["outcome"] == "failed", fourth[host]
         assert "failed_when: 'full' in check.stdout" in fourth[host]["reason"]
         assert fifth[host]["outcome"] == "skipped", fifth[host]
+
+
+def test_the_provision_playbooks_disk_check_loops_over_the_data_tree(
+    lab_env: LabFixture, fast_inventory: Path, capsys
+) -> None:
+    for host in lab_env.lab.hosts:
+        host_sh(lab_env, host.name, "mkdir", "-p", "/data/checkpoints", "/data/datasets")
+    argv = ["play", PROVISION, "-i", str(fast_inventory), "--tags", "disk"]
+    code, doc = run_json(capsys, *argv, "--retry-file", "/dev/null", "-e", "data_min_free_mb=1")
+    assert code == 0, doc
+    (task,) = doc["tasks"]
+    for host, row in task["hosts"].items():
+        assert row["outcome"] == "ok", row  # changed_when: false, for every item
+        assert [i["item"] for i in row["details"]["loop"]] == ["checkpoints", "datasets"]
+        assert doc["recap"][host]["ok"] == 2  # one per item
+    # a host short of room fails with the item that is short named
+    code, doc = run_json(
+        capsys, *argv, "--retry-file", "/dev/null", "-e", "data_min_free_mb=999999999"
+    )
+    assert code == 2
+    for row in doc["tasks"][0]["hosts"].values():
+        assert row["outcome"] == "failed"
+        assert row["reason"].startswith("item checkpoints: failed_when: room.rc != 0"), row

@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from fleet.errors import (
@@ -38,6 +39,7 @@ from fleet.hosts.model import Host, Inventory
 from fleet.hosts.patterns import group_hosts
 from fleet.images import build as images
 from fleet.ops import deploy as deploy_mod
+from fleet.playbook import loop
 from fleet.playbook.schema import Play, Playbook, Task, condition
 from fleet.playbook.secret import DIFF_HIDDEN, Secrets
 from fleet.playbook.template import render
@@ -87,8 +89,10 @@ class Tally:
     version_after: str | None = None
 
     def add(self, result: HostResult, ignored: bool) -> None:
-        key = "ignored" if ignored and not result.succeeded else str(result.outcome)
-        self.counts[key] += 1
+        """Count a task's row: each item of a looped task, else the row's outcome."""
+        for outcome in loop.item_outcomes(result) or [str(result.outcome)]:
+            failed = outcome in (Outcome.FAILED, Outcome.UNREACHABLE)
+            self.counts["ignored" if ignored and failed else outcome] += 1
         before = result.details.get("version_before")
         after = result.details.get("version_after")
         if before is not None and self.version_before is None:
@@ -192,14 +196,7 @@ class Player:
             for task in play.tasks:
                 used = _secret_references(task.args, self.secrets.names)
                 if task.step not in _HOST_STEPS and used:
-                    raise PlaybookError(
-                        f"{task.where} ({task.title}): the secret variable {used} is used in "
-                        f"the arguments of '{task.step}', which records them (image labels, "
-                        "host history)",
-                        path=str(self.book.path),
-                        line=task.line,
-                        fix="use secrets only in exec, copy, cron or dir tasks",
-                    )
+                    raise self._secret_refused(task, f"the secret variable {used}")
                 if task.step == "copy" and _secret_references(
                     task.args.get("content"), self.secrets.names
                 ):
@@ -295,29 +292,81 @@ class Player:
             result = self.secrets.result(self._build(play, task, hosts))
             self.events.task_finished(play, task, result)
             return result
-        skipped: list[HostResult] = []
-        groups: dict[str, tuple[dict[str, Any], list[Host]]] = {}
-        variables_of: dict[str, dict[str, Any]] = {}
-        for host in hosts:
-            variables = variables_of[host.name] = self.variables(play, host)
-            try:
-                if not condition(task, variables):
-                    skipped.append(HostResult(host.name, Outcome.SKIPPED, f"when: {task.when}"))
+        variables_of = {h.name: self.variables(play, h) for h in hosts}
+        items_of = {
+            h.name: self._guarded(task, h.name, partial(loop.items, task, variables_of[h.name]))
+            for h in hosts
+            if task.looped
+        }
+        runs: dict[str, list[loop.ItemRun]] = {h.name: [] for h in hosts}
+        rounds = max(map(len, items_of.values()), default=0) if task.looped else 1
+        # A host's items run in order, hosts side by side: round i runs every host's item i.
+        for index in range(rounds):
+            round_vars: dict[str, dict[str, Any]] = {}
+            for host in hosts:
+                variables = variables_of[host.name]
+                if task.looped:
+                    host_items = items_of[host.name]
+                    if index >= len(host_items) or loop.gone(runs[host.name]):
+                        continue
+                    variables = {**variables, **loop.variables(task, host_items[index], index)}
+                round_vars[host.name] = variables
+            chosen = [h for h in hosts if h.name in round_vars]
+            for ran in self._round(play, task, chosen, round_vars):
+                variables = round_vars[ran.host]
+                row, value = self._judge(task, variables, ran)
+                if not task.looped:
+                    runs[row.host].append(loop.ItemRun(None, "", row, value))
                     continue
-                args = render(task.args, variables)
-            except PlaybookError as exc:
-                raise PlaybookError(
-                    f"{task.where} ({task.title}) on {host.name}: {exc.message}",
-                    path=str(self.book.path),
-                    line=task.line,
-                    fix=exc.fix or "define the variable (play vars, inventory, -e)",
-                ) from None
+                name = self._guarded(task, row.host, partial(loop.label, task, variables))
+                runs[row.host].append(loop.ItemRun(variables[task.loop_var], name, row, value))
+        results: dict[str, HostResult] = {}
+        for host in hosts:
+            if task.looped:
+                row, value = loop.combined(host.name, runs[host.name], task.loop_var)
+            else:
+                only = runs[host.name][0]
+                row, value = only.row, dict(only.value)
+            if task.register:
+                self._registered.setdefault(host.name, {})[task.register] = value
+            results[host.name] = row
+        result = FleetResult.of(
+            task.step, (results[h.name] for h in hosts), time.monotonic() - started
+        )
+        result = self.secrets.result(result)
+        self.events.task_finished(play, task, result)
+        return result
+
+    def _guarded(self, task: Task, host: str, compute: Callable[[], Any]) -> Any:
+        """``compute()``, a template's error named with the task, the host and the fix."""
+        try:
+            return compute()
+        except PlaybookError as exc:
+            raise PlaybookError(
+                f"{task.where} ({task.title}) on {host}: {exc.message}",
+                path=str(self.book.path),
+                line=task.line,
+                fix=exc.fix or "define the variable (play vars, inventory, -e)",
+            ) from None
+
+    def _round(
+        self, play: Play, task: Task, hosts: list[Host], variables_of: Mapping[str, dict[str, Any]]
+    ) -> list[HostResult]:
+        """The step run once on each of ``hosts`` with its variables; a fleet-wide step once
+        per group of hosts whose arguments came out the same."""
+        results: dict[str, HostResult] = {}
+        groups: dict[str, tuple[dict[str, Any], list[Host]]] = {}
+        for host in hosts:
+            variables = variables_of[host.name]
+            if not self._guarded(task, host.name, partial(condition, task, variables)):
+                results[host.name] = HostResult(host.name, Outcome.SKIPPED, f"when: {task.when}")
+                continue
+            args = self._guarded(task, host.name, partial(render, task.args, variables))
             self._refuse_recorded_secrets(task, args, f" on {host.name}")
             if task.step == "copy" and self.secrets.found_in(args.get("content")):
                 self._refuse_readable_secret_file(task, args, f" on {host.name}")
             key = json.dumps(args, sort_keys=True, default=str)
             groups.setdefault(key, (args, []))[1].append(host)
-        results: dict[str, HostResult] = {r.host: r for r in skipped}
         for args, members in groups.values():
             step = _STEPS[task.step]
             try:
@@ -331,43 +380,35 @@ class Player:
                     (HostResult(h.name, Outcome.FAILED, exc.message, exc.fix) for h in members),
                 )
             results.update({r.host: r for r in outcome.results})
-        if task.register or task.changed_when or task.failed_when:
-            for name, row in results.items():
-                results[name] = self._judge_and_register(task, variables_of[name], row)
-        result = FleetResult.of(
-            task.step,
-            (results[h.name] for h in hosts if h.name in results),
-            time.monotonic() - started,
-        )
-        result = self.secrets.result(result)
-        self.events.task_finished(play, task, result)
-        return result
+        return [results[h.name] for h in hosts if h.name in results]
 
-    def _judge_and_register(
-        self, task: Task, host_variables: Mapping[str, Any], row: HostResult
-    ) -> HostResult:
-        """Apply ``changed_when``/``failed_when`` to an exec's result (with the variables the
-        task ran with), then register it."""
+    def _judge(
+        self, task: Task, variables: Mapping[str, Any], row: HostResult
+    ) -> tuple[HostResult, dict[str, Any]]:
+        """An exec's result judged by ``changed_when``/``failed_when`` (with the variables
+        the task ran with), and the value ``register`` keeps of it."""
         value = registered_value(task, row)
         judged = row.outcome not in (Outcome.SKIPPED, Outcome.UNREACHABLE)
         if judged and (task.changed_when or task.failed_when):
-            variables = dict(host_variables)
+            variables = dict(variables)
             if task.register:
                 variables[task.register] = value
             failed = (
-                condition(task, variables, "failed_when")
+                self._guarded(task, row.host, partial(condition, task, variables, "failed_when"))
                 if task.failed_when
                 else row.outcome is Outcome.FAILED
             )
-            changed = condition(task, variables, "changed_when") if task.changed_when else True
+            changed = (
+                self._guarded(task, row.host, partial(condition, task, variables, "changed_when"))
+                if task.changed_when
+                else True
+            )
             outcome = Outcome.FAILED if failed else Outcome.CHANGED if changed else Outcome.OK
             if outcome is not row.outcome:
                 why = f"failed_when: {task.failed_when}" if failed else row.reason
                 row = dataclasses.replace(row, outcome=outcome, reason=why)
             value = {**value, "changed": changed and not failed, "failed": failed}
-        if task.register:
-            self._registered.setdefault(row.host, {})[task.register] = value
-        return row
+        return row, value
 
     def _refuse_recorded_secrets(
         self, task: Task, args: Mapping[str, Any], on_host: str = ""
@@ -375,10 +416,18 @@ class Player:
         """Secrets stay out of steps whose arguments end up in image labels or host history."""
         if task.step in _HOST_STEPS or not self.secrets.found_in(args):
             return
-        raise PlaybookError(
-            f"{task.where} ({task.title}){on_host}: a secret variable "
-            f"({', '.join(sorted(self.secrets.names))}) is used in the arguments of "
-            f"'{task.step}', which records them (image labels, host history)",
+        names = ", ".join(sorted(self.secrets.names))
+        raise self._secret_refused(task, f"a secret variable ({names})", on_host)
+
+    def _secret_refused(self, task: Task, what: str, on_host: str = "") -> PlaybookError:
+        where = (
+            "which shows them"
+            if task.step == "debug"
+            else "which records them (image labels, host history)"
+        )
+        return PlaybookError(
+            f"{task.where} ({task.title}){on_host}: {what} is used in the arguments of "
+            f"'{task.step}', {where}",
             path=str(self.book.path),
             line=task.line,
             fix="use secrets only in exec, copy, cron or dir tasks",
@@ -596,7 +645,9 @@ def registered_value(task: Task, row: HostResult) -> dict[str, Any]:
         skipped=row.outcome is Outcome.SKIPPED,
         msg=row.reason or "",
     )
-    if task.step == "exec":
+    if row.outcome is Outcome.SKIPPED:
+        value["skip_reason"] = row.reason or ""
+    elif task.step == "exec":
         stdout, stderr = row.stdout.removesuffix("\n"), row.stderr.removesuffix("\n")
         value.update(
             rc=row.details.get("exit_code"),
@@ -878,6 +929,17 @@ def _audit(
     return audit_mod.audit(player.runner, hosts, options).result
 
 
+def _debug(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    """Ansible's debug: each host's rendered message, shown; nothing runs on the hosts."""
+    message = args["msg"]
+    text = message if isinstance(message, str) else json.dumps(message, default=str)
+    return FleetResult.of(
+        "debug", (HostResult(h.name, Outcome.OK, text, details={"msg": message}) for h in hosts)
+    )
+
+
 def _secret_references(value: Any, names: frozenset[str]) -> str | None:
     """The first secret name a template in ``value`` refers to."""
     if isinstance(value, str):
@@ -907,6 +969,7 @@ _STEPS: dict[str, Step] = {
     "dir": _dir,
     "copy": _copy,
     "cron": _cron,
+    "debug": _debug,
 }
 
 

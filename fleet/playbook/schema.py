@@ -20,8 +20,14 @@ with ``reference``, ``tag``, ``image_id``), ``push``, ``provision``, ``deploy``,
 ``rollback``, ``prune``, ``audit``, ``exec`` (``command: [argv]`` or ``shell: "..."``),
 ``dir`` (``path``, ``mode``, ``owner``, ``group``), ``copy`` (``dest``, ``content``,
 ``mode``: 0644 by default, 0600 when the content holds a secret), ``cron`` (``name``,
-``schedule``, ``job``; written to ``/etc/cron.d/fleet-NAME``, mode 0600). The names are
-Ansible's where they mean the same.
+``schedule``, ``job``; written to ``/etc/cron.d/fleet-NAME``, mode 0600), ``debug``
+(``msg``: shown for each host, nothing run). The names are Ansible's where they mean the
+same.
+
+A task may ``loop`` over a list (a literal, or a template of one), with ``item`` (or
+``loop_control.loop_var``) set for each item, and ``register`` its result, with Ansible's
+keys, for the tasks after it; an exec's ``changed_when``/``failed_when`` decide its outcome
+(see :mod:`fleet.playbook.loop`).
 
 Variables, lowest to highest: inventory (group_vars, host_vars), play ``vars``, extra vars
 (``-e key=value``, ``-e @file.yml``); and Ansible's ``inventory_hostname``, ``groups``,
@@ -53,8 +59,19 @@ PLAY_KEYS = frozenset(
     {"name", "hosts", "serial", "max_fail_percentage", "any_errors_fatal", "vars", "tasks"}
 )
 TASK_KEYS = frozenset(
-    {"name", "when", "tags", "ignore_errors", "register", "changed_when", "failed_when"}
+    {
+        "name",
+        "when",
+        "tags",
+        "ignore_errors",
+        "register",
+        "changed_when",
+        "failed_when",
+        "loop",
+        "loop_control",
+    }
 )
+LOOP_CONTROL_KEYS = frozenset({"loop_var", "index_var", "label"})
 # What a task may not register under: the variables Ansible (and fleet) provide.
 RESERVED_NAMES = frozenset(
     {"inventory_hostname", "groups", "group_names", "hostvars", "ansible_check_mode", "build"}
@@ -89,11 +106,13 @@ STEPS: Mapping[str, Mapping[str, tuple[type, ...]]] = {
     "dir": {"path": _STR, "mode": (str, int), "owner": _STR, "group": _STR},
     "copy": {"dest": _STR, "content": _STR, "mode": (str, int)},
     "cron": {"name": _STR, "schedule": _STR, "job": _STR},
+    "debug": {"msg": (str, int, float, bool, list, dict)},
 }
 REQUIRED: Mapping[str, tuple[str, ...]] = {
     "dir": ("path",),
     "copy": ("dest", "content"),
     "cron": ("name", "schedule", "job"),
+    "debug": ("msg",),
 }
 CONTROLLER_STEPS = frozenset({"build"})
 
@@ -115,10 +134,20 @@ class Task:
     register: str | None = None
     changed_when: str | None = None
     failed_when: str | None = None
+    # Ansible's loop: a list, or a template that renders to one; each item runs the step
+    # with ``loop_var`` (``item``) and ``index_var`` set, and ``label`` names it.
+    loop: Any = None
+    loop_var: str = "item"
+    index_var: str | None = None
+    label: str | None = None
 
     @property
     def title(self) -> str:
         return self.name or self.step
+
+    @property
+    def looped(self) -> bool:
+        return self.loop is not None
 
 
 @dataclass(frozen=True)
@@ -301,6 +330,7 @@ class _Checker:
                 "expected true or false",
                 self.lines.of(raw, "ignore_errors"),
             )
+        loop, control = self._loop(raw, step, where)
         return Task(
             step,
             dict(args),
@@ -313,7 +343,67 @@ class _Checker:
             register,
             changed_when,
             failed_when,
+            loop,
+            **control,
         )
+
+    def _loop(self, raw: Mapping[str, Any], step: str, where: str) -> tuple[Any, dict[str, Any]]:
+        """``loop`` (a list, or a template that renders to one) and ``loop_control``."""
+        control = raw.get("loop_control")
+        if "loop" not in raw:
+            if control is not None:
+                raise self.fail(
+                    f"{where}.loop_control",
+                    "applies to a task with loop",
+                    self.lines.of(raw, "loop_control"),
+                )
+            return None, {}
+        loop, line = raw["loop"], self.lines.of(raw, "loop")
+        if step in CONTROLLER_STEPS:
+            raise self.fail(f"{where}.loop", f"'{step}' runs once on the controller", line)
+        if (isinstance(loop, str) and "{{" not in loop) or not isinstance(loop, str | list):
+            raise self.fail(
+                f"{where}.loop",
+                f"expected a list or a template of one, got {type(loop).__name__} {loop!r}",
+                line,
+                'e.g. loop: [a, b] or loop: "{{ models }}"',
+            )
+        for text in _strings(loop):
+            try:
+                template.check(text)
+            except PlaybookError as exc:
+                raise self.fail(f"{where}.loop", exc.message, line) from None
+        return loop, self._loop_control(control, where, self.lines.of(raw, "loop_control") or line)
+
+    def _loop_control(self, control: Any, where: str, line: int | None) -> dict[str, Any]:
+        if control is None:
+            return {}
+        if not isinstance(control, Mapping) or set(control) - LOOP_CONTROL_KEYS:
+            raise self.fail(
+                f"{where}.loop_control",
+                f"expected a mapping of {', '.join(sorted(LOOP_CONTROL_KEYS))}",
+                line,
+            )
+        found: dict[str, Any] = {}
+        for key in ("loop_var", "index_var"):
+            name = control.get(key)
+            if name is None:
+                continue
+            if not isinstance(name, str) or not _NAME.fullmatch(name) or name in RESERVED_NAMES:
+                raise self.fail(
+                    f"{where}.loop_control.{key}", f"expected a variable name, not {name!r}", line
+                )
+            found[key] = name
+        label = control.get("label")
+        if label is not None:
+            if not isinstance(label, str):
+                raise self.fail(f"{where}.loop_control.label", "expected a string", line)
+            try:
+                template.check(label)
+            except PlaybookError as exc:
+                raise self.fail(f"{where}.loop_control.label", exc.message, line) from None
+            found["label"] = label
+        return found
 
     def _register(self, raw: Mapping[str, Any], where: str) -> str | None:
         name = raw.get("register")
@@ -333,6 +423,13 @@ class _Checker:
         """The one step a task names, and its line."""
         steps = [k for k in raw if k in STEPS]
         unknown = [k for k in raw if k not in STEPS and k not in TASK_KEYS]
+        if unknown and str(unknown[0]).startswith("with_"):
+            raise self.fail(
+                f"{where}.{unknown[0]}",
+                "the with_* loops are not supported",
+                self.lines.of(raw, unknown[0]),
+                "write 'loop:' with the list (Ansible's own advice since 2.5)",
+            )
         if unknown:
             key = unknown[0]
             raise self.fail(

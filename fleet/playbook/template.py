@@ -9,9 +9,10 @@ Ansible's native rendering does; any other string is rendered to text.
 Beside Jinja2's own filters (``default``/``d``, ``lower``, ``upper``, ``replace``, ``join``,
 ``length``, ``first``, ``last``, ``min``, ``max``, ``string``, ``int``, ``float``, ...):
 Ansible's ``bool``, ``regex_replace``, ``regex_search``, ``basename``, ``dirname``,
-``to_json``, ``to_yaml``; tests: ``version``, ``match``, ``search``, ``regex`` beside
-``defined``/``undefined``. Syntax errors and unknown filters or tests are found when the
-playbook is validated (:func:`check`), before any host is touched.
+``to_json``, ``to_yaml``, ``dict2items``, ``split``; tests: ``version``, ``match``,
+``search``, ``regex``, and ``changed``, ``failed``, ``succeeded``, ``skipped`` of a
+registered result, beside ``defined``/``undefined``. Syntax errors and unknown filters or
+tests are found when the playbook is validated (:func:`check`), before any host is touched.
 """
 
 from __future__ import annotations
@@ -108,6 +109,31 @@ def _version(value: Any, other: Any, op: str = "eq", strict: bool = False) -> bo
     return bool(compare(_version_key(value), _version_key(other)))
 
 
+def _dict2items(value: Any, key_name: str = "key", value_name: str = "value") -> list[Any]:
+    """Ansible's ``dict2items``: a mapping as a list of key/value pairs, for ``loop``."""
+    if not isinstance(value, Mapping):
+        raise PlaybookError(f"dict2items expects a mapping, got {type(value).__name__}")
+    return [{key_name: k, value_name: v} for k, v in value.items()]
+
+
+def _split(value: Any, separator: str | None = None, limit: int = -1) -> list[str]:
+    """Ansible's ``split``: Python's ``str.split``."""
+    return str(value).split(separator, limit)
+
+
+def _result_test(key: str, wanted: bool = True) -> Callable[[Any], bool]:
+    """Ansible's tests of a registered result: ``out is changed``, ``is failed``..."""
+
+    def test(value: Any) -> bool:
+        if not isinstance(value, Mapping):
+            raise PlaybookError(
+                f"the '{key}' test applies to a registered result, not {type(value).__name__}"
+            )
+        return bool(value.get(key, False)) is wanted
+
+    return test
+
+
 def _match(value: Any, pattern: str, ignorecase: bool = False) -> bool:
     return re.match(pattern, str(value), flags=re.I if ignorecase else 0) is not None
 
@@ -129,6 +155,8 @@ def _environment() -> ImmutableSandboxedEnvironment:
             "dirname": posixpath.dirname,
             "to_json": json.dumps,
             "to_yaml": _to_yaml,
+            "dict2items": _dict2items,
+            "split": _split,
         }
     )
     env.tests.update(
@@ -138,6 +166,11 @@ def _environment() -> ImmutableSandboxedEnvironment:
             "match": _match,
             "search": _search,
             "regex": _search,
+            "changed": _result_test("changed"),
+            "failed": _result_test("failed"),
+            "succeeded": _result_test("failed", wanted=False),
+            "success": _result_test("failed", wanted=False),
+            "skipped": _result_test("skipped"),
         }
     )
     return env

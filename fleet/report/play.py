@@ -17,7 +17,7 @@ from fleet.playbook.run import PlaybookRun
 from fleet.playbook.schema import Play, Task
 from fleet.report import REASON_INDENT, STYLES
 from fleet.report.untrusted import first_line, safe_text, visible
-from fleet.results import FleetResult, Outcome
+from fleet.results import FleetResult, HostResult, Outcome
 
 
 class PlayReporter:
@@ -36,21 +36,37 @@ class PlayReporter:
 
     def task_finished(self, play: Play, task: Task, result: FleetResult) -> None:
         for row in result.results:
-            line = safe_text(f"  {row.host}: ")
-            line.append(str(row.outcome), style=STYLES[row.outcome])
-            if row.reason:
-                first = visible(first_line(row.reason))
-                line.append(f" {first}" if row.succeeded else f": {first}")
-            bytes_sent = row.details.get("bytes_sent")
-            if bytes_sent:
-                line.append(f" [{visible(bytes_sent)} bytes sent]", style="dim")
-            self.console.print(line)
-            diff = row.details.get("diff")
-            if diff:
-                self.console.print(safe_text(str(diff).rstrip("\n"), style="dim", lines=True))
-            if not row.succeeded and row.fix:
-                fix = visible(row.fix, lines=True, indent=REASON_INDENT + "  ")
-                self.console.print(Text(f"    fix: {fix}", style="dim"))
+            items = row.details.get("loop")
+            if not isinstance(items, list) or not items:
+                self._line(row)
+                continue
+            for item in items:
+                self._line(
+                    HostResult(
+                        f"{row.host} (item={item.get('item')})",
+                        Outcome(item.get("outcome")),
+                        item.get("reason"),
+                        item.get("fix"),
+                        details=item.get("details") or {},
+                    )
+                )
+
+    def _line(self, row: HostResult) -> None:
+        line = safe_text(f"  {row.host}: ")
+        line.append(str(row.outcome), style=STYLES[row.outcome])
+        if row.reason:
+            first = visible(first_line(row.reason))
+            line.append(f" {first}" if row.succeeded else f": {first}")
+        bytes_sent = row.details.get("bytes_sent")
+        if bytes_sent:
+            line.append(f" [{visible(bytes_sent)} bytes sent]", style="dim")
+        self.console.print(line)
+        diff = row.details.get("diff")
+        if diff:
+            self.console.print(safe_text(str(diff).rstrip("\n"), style="dim", lines=True))
+        if not row.succeeded and row.fix:
+            fix = visible(row.fix, lines=True, indent=REASON_INDENT + "  ")
+            self.console.print(Text(f"    fix: {fix}", style="dim"))
 
     # The runner's per-host events are not shown line by line: task_finished does it.
     def started(self, host: str, step: str) -> None:
