@@ -1,5 +1,6 @@
 """Become with a password, end to end on the lab: a non-root SSH user whose sudo asks for
-one (a university lab's usual setup), and one who is only in the docker group."""
+one (a university lab's usual setup), and one who is only in the docker group; exec,
+provision, deploy, audit and playbooks as each."""
 
 from __future__ import annotations
 
@@ -7,13 +8,25 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import LabFixture, host_run, run_json
+from tests.conftest import (
+    LabFixture,
+    clear_framework,
+    host_run,
+    host_sh,
+    run_cli,
+    run_json,
+    run_project_json,
+    write_fast_inventory,
+)
+from tests.framework import FrameworkProject
+from tests.test_provision_e2e import Sandbox, base_image  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.lab
 
@@ -49,7 +62,8 @@ def users(lab_env: LabFixture) -> Iterator[None]:
 
 
 def inventory(env: LabFixture, path: Path, **lab1: object) -> Path:
-    document = yaml.safe_load(env.inventory.read_text())
+    write_fast_inventory(env, path)
+    document = yaml.safe_load(path.read_text())
     hosts = document["all"]["children"]["lab"]["hosts"]
     document["all"]["children"]["lab"]["hosts"] = {"lab1": {**hosts["lab1"], **lab1}}
     path.write_text(yaml.safe_dump(document))
@@ -146,3 +160,135 @@ def test_a_docker_group_user_needs_no_become(
     assert code == 0, doc
     code, doc = run_json(capsys, "exec", "lab1", "-i", str(inv), "--", "id", "-u")
     assert code == 0 and doc["hosts"]["lab1"]["stdout"].strip() != "0"
+
+
+def password_file(tmp_path: Path) -> str:
+    secret = tmp_path / "become"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o600)
+    return str(secret)
+
+
+@pytest.fixture(scope="module")
+def project(
+    lab_env: LabFixture, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FrameworkProject]:
+    clear_framework(lab_env)
+    built = FrameworkProject.create(
+        tmp_path_factory.mktemp("fw") / "cauchy", f"fleet-test-become-{uuid.uuid4().hex[:6]}"
+    )
+    built.commit_and_build("v1")
+    built.commit_and_build("v2")
+    yield built
+    clear_framework(lab_env)
+    built.remove_images()
+
+
+def running(env: LabFixture, repository: str) -> str:
+    return host_sh(
+        env,
+        "lab1",
+        "docker",
+        "ps",
+        "--filter",
+        f"label=io.fleet.framework={repository}",
+        "--format",
+        '{{.Label "io.fleet.tag"}}',
+    ).strip()
+
+
+def test_provision_through_sudo_with_a_password(
+    lab_env: LabFixture,
+    users: None,
+    base_image: str,  # noqa: F811 (the fixture)
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    host_run(lab_env, "lab1", "docker", "image", "rm", "-f", base_image)
+    box = Sandbox(lab_env, tmp_path, 18348)
+    try:
+        sudoer = {"ansible_user": "fleetop", "ansible_become": True}
+        inv = box.inventory(host_vars={"lab1": sudoer}, base_image=base_image)
+        argv = ["--limit", "lab1", "--become-password-file", password_file(tmp_path)]
+        code, doc = box.provision(capsys, inv, *argv)
+        assert code == 0, doc
+        lab1 = doc["hosts"]["lab1"]
+        assert lab1["outcome"] == "changed", lab1
+        # the base image went through sudo's docker load, the tree is root's
+        assert lab1["details"]["base_image"]["layers_sent"] >= 1, lab1["details"]
+        owner = host_sh(lab_env, "lab1", "stat", "-c", "%U", f"{box.root}/data/checkpoints")
+        assert owner.strip() == "root"
+        assert PASSWORD not in json.dumps(doc)
+        code, doc = box.provision(capsys, inv, *argv)
+        assert (code, doc["hosts"]["lab1"]["outcome"]) == (0, "ok"), doc
+    finally:
+        box.clean()
+
+
+def test_provision_as_a_docker_group_user_says_root_is_needed_and_changes_nothing(
+    lab_env: LabFixture, users: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    box = Sandbox(lab_env, tmp_path, 18349)
+    try:
+        inv = box.inventory(host_vars={"lab1": {"ansible_user": "fleetdocker"}})
+        code, doc = box.provision(capsys, inv, "--limit", "lab1", "--skip-base")
+        assert code == 2, doc
+        lab1 = doc["hosts"]["lab1"]
+        assert lab1["outcome"] == "failed", lab1
+        assert "ansible_become" in str(lab1["fix"]), lab1
+        assert not host_run(lab_env, "lab1", "test", "-e", box.root).ok
+    finally:
+        box.clean()
+
+
+def test_deploy_and_audit_as_a_sudo_user_then_as_a_docker_group_user(
+    lab_env: LabFixture,
+    users: None,
+    project: FrameworkProject,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    v1, v2 = project.built
+    sudoer = inventory(lab_env, tmp_path / "sudo.yml", ansible_user="fleetop", ansible_become=True)
+    become = ["--become-password-file", password_file(tmp_path)]
+    code, doc = run_project_json(capsys, sudoer, project, "deploy", "lab1", v1, *become)
+    assert code == 0, doc
+    assert running(lab_env, project.repository) == v1
+    code, doc = run_project_json(capsys, sudoer, project, "audit", "lab1", *become)
+    assert code == 0, doc
+    assert PASSWORD not in json.dumps(doc)
+    assert doc["hosts"]["lab1"]["details"]["framework"]["tag"] == v1, doc["hosts"]["lab1"]
+
+    docker_user = inventory(lab_env, tmp_path / "docker.yml", ansible_user="fleetdocker")
+    code, doc = run_project_json(capsys, docker_user, project, "deploy", "lab1", v2)
+    assert code == 0, doc["hosts"]
+    assert running(lab_env, project.repository) == v2
+    # the lock and history are shared: the docker-group user's switch is in the history
+    last = host_sh(lab_env, "lab1", "tail", "-n", "1", "/var/lib/fleet/history.jsonl")
+    assert json.loads(last)["to"] == v2, last
+    code, doc = run_project_json(capsys, docker_user, project, "audit", "lab1", "--expect", v2)
+    assert code == 0, doc
+
+
+def test_a_playbook_takes_the_become_password_from_a_secrets_file(
+    lab_env: LabFixture, users: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = inventory(lab_env, tmp_path / "inv.yml", ansible_user="fleetop", ansible_become=True)
+    secrets = tmp_path / "secrets.yml"
+    secrets.write_text(yaml.safe_dump({"ansible_become_password": PASSWORD}))
+    book = tmp_path / "whoami.yml"
+    book.write_text(
+        "- hosts: all\n  tasks:\n    - exec: {command: [id, -u]}\n      register: me\n"
+        "    - debug: {msg: 'uid {{ me.stdout }}'}\n"
+    )
+    retry = tmp_path / "retry"
+    argv = ["play", str(book), "-i", str(inv), "--secret", f"@{secrets}"]
+    code, doc = run_json(capsys, *argv, "--retry-file", str(retry))
+    assert code == 0, doc
+    assert doc["tasks"][1]["hosts"]["lab1"]["reason"] == "uid 0"
+    assert PASSWORD not in json.dumps(doc) + capsys.readouterr().err
+    # the password is a secret unmarked too: a task cannot show it
+    book.write_text("- hosts: all\n  tasks:\n    - debug: {msg: '{{ ansible_become_password }}'}\n")
+    code, out, err = run_cli(capsys, *argv, "--retry-file", str(retry))
+    assert code == 4 and "the secret variable ansible_become_password" in err, err
+    assert PASSWORD not in out + err

@@ -801,3 +801,14 @@ def test_random_bytes_only_raise_fleet_errors(
     path = tmp_path_factory.mktemp("bytes") / "hosts"
     path.write_bytes(data)
     _load_or_fleet_error(path)
+
+
+def test_extra_vars_win_over_every_hosts_own_connection_variables(tmp_path: Path) -> None:
+    source = tmp_path / "hosts.yml"
+    source.write_text("all:\n  hosts:\n    gpu1: {ansible_user: lab}\n    gpu2:\n")
+    loaded = inventory.load([source])
+    overridden = loaded.with_vars({"ansible_user": "ops", "ansible_become_password": "pw"})
+    assert [h.user for h in overridden.hosts.values()] == ["ops", "ops"]
+    assert overridden.hosts["gpu2"].vars["ansible_become_password"] == "pw"
+    assert loaded.hosts["gpu1"].user == "lab"  # the loaded inventory is unchanged
+    assert loaded.with_vars({}) is loaded

@@ -85,6 +85,9 @@ def _play(args: argparse.Namespace) -> int:
     inventory = common.load_inventory(args)
     for warning in inventory.warnings:
         print(f"fleet: warning: {warning}", file=sys.stderr)
+    # As in Ansible, extra vars (-e, --secret @FILE) win over the inventory's, connection
+    # variables included: a become password can come from a secrets file.
+    inventory = inventory.with_vars(extra)
     options = play_mod.PlayOptions(
         check=args.check,
         diff=args.diff,

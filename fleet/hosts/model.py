@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import difflib
 import json
@@ -181,6 +182,20 @@ class Inventory:
     def select(self, pattern: str = "all", limit: str | None = None) -> list[Host]:
         """The hosts an Ansible host pattern selects, in Ansible's order (see fleet.hosts.patterns)."""
         return [self.hosts[name] for name in patterns.select(self, pattern, limit)]
+
+    def with_vars(self, overrides: Mapping[str, Any]) -> Inventory:
+        """Every host with ``overrides`` over its variables: Ansible's extra vars, which win
+        over everything, connection variables (``ansible_user``, ``ansible_become_password``)
+        included."""
+        if not overrides:
+            return self
+        hosts = FrozenDict(
+            {
+                name: dataclasses.replace(host, vars=FrozenDict({**host.vars, **overrides}))
+                for name, host in self.hosts.items()
+            }
+        )
+        return dataclasses.replace(self, hosts=hosts)
 
     def to_ansible_list(self, *, export: bool = False) -> dict[str, Any]:
         """What ``ansible-inventory --list`` prints (``--export`` with ``export=True``).

@@ -251,7 +251,9 @@ def acquire_lock(ctx: HostContext, what: str, options: DeployOptions) -> Lock:
                 ctx.name,
                 f"cannot take the deploy lock in {STATE_DIR} (exit {ran.exit_code}): "
                 f"{ran.stderr.strip() or ran.stdout.strip()[:200]}",
-                fix="check the SSH user's rights, or set ansible_become",
+                fix=f"{STATE_DIR} is made by root and shared with the docker group: deploy "
+                "once as root (ansible_become) so that docker-group users may too, or set "
+                "ansible_become",
             )
         take_over = ""
         if (

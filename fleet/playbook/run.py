@@ -48,6 +48,7 @@ from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
 from fleet.ship.plan import PushOptions
 from fleet.ship.push import push
+from fleet.ssh.endpoint import BECOME_PASSWORD_VARS
 
 __all__ = ["Interrupted", "PlayOptions", "PlaybookRun", "Player", "Tally", "run"]
 
@@ -172,8 +173,9 @@ class Player:
         self.run = PlaybookRun()
         self._client: Any = None
         self.controller_vars: dict[str, Any] = {}
+        # Sudo's password is a secret wherever it comes from, marked or not.
         self.secrets = Secrets.of(
-            options.secret_names,
+            options.secret_names | frozenset(BECOME_PASSWORD_VARS),
             [
                 options.extra,
                 *(p.vars for p in book.plays),
