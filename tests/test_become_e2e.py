@@ -292,3 +292,19 @@ def test_a_playbook_takes_the_become_password_from_a_secrets_file(
     code, out, err = run_cli(capsys, *argv, "--retry-file", str(retry))
     assert code == 4 and "the secret variable ansible_become_password" in err, err
     assert PASSWORD not in out + err
+
+
+def test_become_user_is_honoured(
+    lab_env: LabFixture, users: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = inventory(
+        lab_env,
+        tmp_path / "inv.yml",
+        ansible_user="fleetop",
+        ansible_become=True,
+        ansible_become_user="fleetdocker",
+        ansible_become_password=PASSWORD,
+    )
+    code, doc = run_json(capsys, "exec", "lab1", "-i", str(inv), "--", "id", "-un")
+    assert code == 0, doc
+    assert doc["hosts"]["lab1"]["stdout"].strip() == "fleetdocker"
