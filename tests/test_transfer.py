@@ -170,8 +170,14 @@ def test_normalized_names() -> None:
 
 def test_disk_needed_counts_the_missing_layers_twice_on_both_stores() -> None:
     # Measured: classic 20.10 spools the tarball under <root>/tmp before unpacking it.
-    assert disk_needed([10, 20, 30], {1, 2}, "classic") == 100
-    assert disk_needed([10, 20, 30], {1, 2}, "containerd") == 100
+    classic = disk_needed([10, 20, 30], {1, 2}, "classic")
+    assert (classic.staged, classic.unpacked, classic.total) == (50, 50, 100)
+    assert "spool under <root>/tmp" in classic.describe()
+    containerd = disk_needed([10 << 30, 20 << 30, 30 << 30], {1, 2}, "containerd")
+    assert containerd.total == 100 << 30
+    assert containerd.describe() == (
+        "100.0GiB (50.0GiB the content store's blobs + 50.0GiB unpacked)"
+    )
 
 
 # -- the stream, on the controller's engine ---------------------------------------------

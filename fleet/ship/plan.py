@@ -24,6 +24,7 @@ from fleet.images.labels import cuda_tuple
 from fleet.ship import registry
 from fleet.ship.state import Descriptor, HostImageState, is_current
 from fleet.ship.stream import COMPRESSIONS, zstd_program
+from fleet.units import format_size
 
 LOAD_TIMEOUT = 3600.0
 
@@ -114,14 +115,41 @@ def wire_compression(requested: str, state: HostImageState) -> str:
     return requested
 
 
-def disk_needed(spec_sizes: Sequence[int], send: Iterable[int], store: str) -> int:
-    """Bytes a load needs at the Docker root: the missing layers twice, on either store.
+@dataclass(frozen=True)
+class DiskNeed:
+    """What a load holds at the Docker root at its peak, in its two parts."""
 
-    The classic store's ``docker load`` spools the whole tarball under ``<root>/tmp``
-    before it unpacks it (incompressible layers cost their size twice); the containerd
-    store keeps the compressed blob beside the unpacked snapshot.
+    store: str
+    staged: int  # classic: the tarball spooled under <root>/tmp; containerd: the blobs
+    unpacked: int  # the layers unpacked (overlay2 diffs, or containerd's snapshots)
+
+    @property
+    def total(self) -> int:
+        return self.staged + self.unpacked
+
+    def describe(self) -> str:
+        staged = (
+            "the load's spool under <root>/tmp"
+            if self.store == "classic"
+            else "the content store's blobs"
+        )
+        return (
+            f"{format_size(self.total)} ({format_size(self.staged)} {staged} + "
+            f"{format_size(self.unpacked)} unpacked)"
+        )
+
+
+def disk_needed(spec_sizes: Sequence[int], send: Iterable[int], store: str) -> DiskNeed:
+    """What loading the missing layers needs at the Docker root, on the host's store.
+
+    Both stores hold each missing layer twice at the peak, differently: the classic
+    store's ``docker load`` spools the tarball (its layers uncompressed, whatever crossed
+    the wire) under ``<root>/tmp`` and unpacks from there, freeing the spool afterwards; the
+    containerd store keeps each layer's blob in its content store for good, beside the
+    unpacked snapshot. Layer sizes are their tar sizes, what both copies take.
     """
-    return 2 * sum(spec_sizes[i] for i in send if i < len(spec_sizes))
+    missing = sum(spec_sizes[i] for i in send if i < len(spec_sizes))
+    return DiskNeed(store, missing, missing)
 
 
 VIAS = ("ssh", "registry")

@@ -41,6 +41,7 @@ from fleet.ship.plan import (
 from fleet.ship.pull import pull_all
 from fleet.ship.state import engine_fix, held_compressed, read_state, verify
 from fleet.ship.stream import Broadcast, Sink
+from fleet.units import format_size
 
 _STALL_DEFAULT = 180.0
 # docker load, then the target as it now is: the verification costs no extra round trip.
@@ -191,6 +192,7 @@ def _inspect(
         f"layers_to_{verb}": len(decided.send),
         "layers_held_compressed": len(decided.reuse),
         f"bytes_to_{verb}": sum(sizes[i] for i in decided.send if i < len(sizes)),
+        "disk_needed": needed.total,
     }
     compress = wire_compression(options.compress, state)
     if not pulling:
@@ -198,12 +200,16 @@ def _inspect(
     if decided.up_to_date:
         details["image_id"] = state.target_id
         return ctx.result(Outcome.OK, "image already present", details=details), None, compress
-    if state.free_bytes is not None and state.free_bytes - needed < options.min_free_bytes:
-        reserve = f" plus a reserve of {options.min_free_bytes}" if options.min_free_bytes else ""
+    if state.free_bytes is not None and state.free_bytes - needed.total < options.min_free_bytes:
+        reserve = (
+            f" plus a reserve of {format_size(options.min_free_bytes)}"
+            if options.min_free_bytes
+            else ""
+        )
         raise HostError(
             ctx.name,
-            f"not enough disk at the Docker root: needs {needed} bytes"
-            f"{reserve}, has {state.free_bytes} free",
+            f"not enough disk at the Docker root ({decided.store} store): needs "
+            f"{needed.describe()}{reserve}, has {format_size(state.free_bytes)} free",
             fix="free space on the host (fleet prune, docker system prune) or grow its disk",
         )
     note = decided.reason or f"would {verb} {len(decided.send)}/{len(spec.diff_ids)} layers"
