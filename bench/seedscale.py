@@ -15,13 +15,18 @@ On a fresh lab of ``--hosts`` hosts (both image stores), measured in one run:
    same loads on every host at once (the limit where hosts share the machine's cores);
 2. thin push to all hosts, against the naive ``docker save | ssh docker load``;
 3. first push (fresh hosts) to all hosts: fleet, the naive way, and ``--via registry``;
-4. fleet's peak RSS and CPU seconds on the controller, per run (``wait4`` of its process);
+   then fleet and the naive way again on a shaped link, where the bytes matter: ``tc``
+   tbf at 1 Gbit/s on the lab's bridge (the controller's uplink, shared by all hosts), or
+   where ``tc`` cannot, fleet's ``--max-rate 125M`` against the naive way through a pipe
+   throttled to the same rate;
+4. fleet's peak RSS and CPU seconds on the controller, per run (``wait4`` of its process,
+   from a small launcher);
 5. each wire compression of the framework layer: size, controller CPU, time to unpack
    (``--compression-only`` measures just this, without a lab).
 
 Prints a table, and as its last line one JSON object of ratios (targets in the README).
 
-    .venv/bin/python bench/seedscale.py [--hosts 4] [--scale 1.0] [--keep]
+    .venv/bin/python bench/seedscale.py [--hosts 4] [--scale 1.0] [--no-shaped] [--keep]
 """
 
 from __future__ import annotations
@@ -104,26 +109,44 @@ def build(client: Any, tag: str, base: str, directory: str, size: int) -> str:
     return reference
 
 
+# fleet runs forked from this small launcher, which reports its peak RSS and CPU: a
+# process forked straight from the bench would inherit the bench's own high-water mark
+# (a fork's copy of the parent counts, and exec keeps it).
+LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.close(int(sys.argv[1]))
+    os.execv(sys.executable, [sys.executable, "-m", "fleet", *sys.argv[2:]])
+_, status, usage = os.wait4(pid, 0)
+os.write(int(sys.argv[1]), f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}".encode())
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def fleet(
     *argv: str, env: dict[str, str] | None = None
 ) -> tuple[float, float, int, dict[str, Any]]:
     """Run fleet with --json; (wall s, controller CPU s, peak RSS bytes, document)."""
     started = time.perf_counter()
+    read_usage, write_usage = os.pipe()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fleet", *argv, "--json"],
+        [sys.executable, "-c", LAUNCHER, str(write_usage), *argv, "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        pass_fds=(write_usage,),
         env={**os.environ, **(env or {})},
     )
-    out = proc.stdout.read() if proc.stdout else b""
-    err = proc.stderr.read() if proc.stderr else b""
-    _, status, usage = os.wait4(proc.pid, 0)
+    os.close(write_usage)
+    out, err = proc.communicate()
+    with os.fdopen(read_usage, "rb") as pipe:
+        usage = pipe.read().split()
     wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
+    if proc.returncode != 0 or len(usage) != 2:
         raise SystemExit(
             f"fleet {' '.join(argv)} failed:\n{out.decode()[-3000:]}\n{err.decode()[-3000:]}"
         )
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, json.loads(out)
+    return wall, float(usage[1]), int(usage[0]) * 1024, json.loads(out)
 
 
 def on_host(inventory: Path, host: str, command: str, stdin: Any = None) -> str:
@@ -145,6 +168,66 @@ def naive(inventory: Path, hosts: Iterable[str], reference: str) -> float:
         save.wait()
 
     hosts = list(hosts)
+    with ThreadPoolExecutor(len(hosts)) as pool:
+        list(pool.map(one, hosts))
+    return time.perf_counter() - started
+
+
+# A shaped link: 1 Gbit/s, as a lab's controller uplink. The lab's hosts sit on Docker's
+# default bridge, so a token bucket on it shapes every byte the controller sends them.
+RATE = 125_000_000
+BRIDGE = "docker0"
+
+
+class Shaped:
+    """``tc`` tbf at ``RATE`` on the lab's bridge while in use; ``available`` says if it can."""
+
+    def __init__(self) -> None:
+        self.available = shutil.which("tc") is not None and self._tc("replace") == 0
+        if self.available:
+            self._tc("del")
+
+    def _tc(self, verb: str) -> int:
+        argv = ["tc", "qdisc", verb, "dev", BRIDGE, "root"]
+        if verb != "del":
+            argv += ["tbf", "rate", f"{RATE * 8}bit", "burst", "1mb", "latency", "50ms"]
+        return subprocess.run(argv, capture_output=True, check=False).returncode
+
+    def __enter__(self) -> Shaped:
+        if self.available and self._tc("replace") != 0:
+            raise SystemExit(f"tc: cannot shape {BRIDGE}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.available:
+            self._tc("del")
+
+
+def throttled(source: Any, sink: Any, rate: int) -> None:
+    """Copy ``source`` to ``sink`` at no more than ``rate`` bytes/s (``pv -L``'s job)."""
+    started, sent = time.perf_counter(), 0
+    while chunk := source.read(1 << 20):
+        sink.write(chunk)
+        sent += len(chunk)
+        ahead = sent / rate - (time.perf_counter() - started)
+        if ahead > 0:
+            time.sleep(ahead)
+    sink.close()
+
+
+def naive_throttled(inventory: Path, hosts: list[str], reference: str, rate: int) -> float:
+    """The naive way with every host's stream throttled so that all share ``rate``."""
+    started = time.perf_counter()
+
+    def one(host: str) -> None:
+        save = subprocess.Popen(["docker", "save", reference], stdout=subprocess.PIPE)
+        load = subprocess.Popen(
+            [*ssh_argv(inventory, host), "docker load -q >/dev/null"], stdin=subprocess.PIPE
+        )
+        throttled(save.stdout, load.stdin, rate // len(hosts))
+        if load.wait() != 0 or save.wait() != 0:
+            raise SystemExit(f"{host}: the naive throttled push failed")
+
     with ThreadPoolExecutor(len(hosts)) as pool:
         list(pool.map(one, hosts))
     return time.perf_counter() - started
@@ -237,6 +320,9 @@ def main() -> int:
         action="store_true",
         help="only the wire compressions of one framework layer (no lab)",
     )
+    parser.add_argument(
+        "--no-shaped", action="store_true", help="skip the first pushes on a 1 Gbit/s link"
+    )
     args = parser.parse_args()
     work = Path(os.environ.get("TMPDIR", "/tmp")) / LAB
     work.mkdir(parents=True, exist_ok=True)
@@ -311,6 +397,24 @@ def main() -> int:
     thin_all = push("all", version_n1)
     remove(inventory, names, version_n1)
     thin_naive = naive(inventory, names, version_n1)
+    shaped: dict[str, Any] = {}
+    if not args.no_shaped:
+        link = Shaped()
+        for method in ("naive", "fleet"):
+            remove(inventory, names, version_n, version_n1)
+            for host in names:
+                on_host(inventory, host, reset)
+            if method == "naive" and link.available:
+                with link:
+                    shaped[method] = naive(inventory, names, version_n)
+            elif method == "naive":
+                shaped[method] = naive_throttled(inventory, names, version_n, RATE)
+            elif link.available:
+                with link:
+                    shaped[method] = push("all", version_n)[0]
+            else:
+                shaped[method] = push("all", version_n, "--max-rate", str(RATE))[0]
+        shaped["how"] = f"tc tbf on {BRIDGE}" if link.available else "--max-rate and a throttle"
     sources = sorted({str(h["details"].get("source")) for h in thin_all[3]["hosts"].values()})
     rows += [
         ("image size (history), bytes", str(total)),
@@ -329,6 +433,17 @@ def main() -> int:
         (f"thin push, {args.hosts} hosts, naive: wall s", f"{thin_naive:.1f}"),
         ("thin push: where the layer was read", ", ".join(sources)),
     ]
+    if shaped:
+        rows += [
+            (
+                f"first push, {args.hosts} hosts, 1 Gbit/s ({shaped['how']}), fleet: wall s",
+                f"{shaped['fleet']:.1f}",
+            ),
+            (
+                f"first push, {args.hosts} hosts, 1 Gbit/s ({shaped['how']}), naive: wall s",
+                f"{shaped['naive']:.1f}",
+            ),
+        ]
     rows += compression(shippable_n1, top)
     width = max(len(name) for name, _ in rows) + 2
     for name, value in rows:
@@ -343,6 +458,8 @@ def main() -> int:
         "thin_speedup_vs_naive": round(thin_naive / thin_all[0], 2),
         "first_over_naive": round(first[0] / first_naive, 2),
         "first_over_registry": round(first[0] / first_registry[0], 2),
+        "first_over_naive_1gbit": (round(shaped["fleet"] / shaped["naive"], 2) if shaped else None),
+        "shaped_by": shaped.get("how"),
         "peak_rss_mib": max(first[2], thin_all[2], first_registry[2]) >> 20,
         "thin_source": sources,
     }

@@ -792,10 +792,8 @@ def idle_first(runner: Runner, hosts: Sequence[Host], options: DeployOptions) ->
     """
 
     def probe(ctx: HostContext) -> HostResult:
-        state = _gather(ctx, options)
-        ids = [c.id for c in state.running]
-        busy = gpu.processes(ctx.transport, options.state_timeout).in_containers(ids) if ids else []
-        return ctx.result(Outcome.OK, details={"gpu_jobs": len(busy)})
+        # The framework's state carries the GPU processes too: one program, one round trip.
+        return ctx.result(Outcome.OK, details={"gpu_jobs": len(_gather(ctx, options).busy)})
 
     found = runner.run("deploy: which hosts are busy", hosts, probe)
     busy = {r.host for r in found.results if r.details.get("gpu_jobs")}

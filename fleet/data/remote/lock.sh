@@ -2,16 +2,18 @@
 dir=$1; lock=$2; guard=$3; stale=$4
 # The lock and the history are shared by all who may drive the engine: root (or sudo) and
 # the docker group's users, who are root's equals on this host anyway. So the directory is
-# root:docker 2775 and its files group-writable; root mends one an older fleet made 0755.
+# root:docker 2775 and its files group-writable; root mends what an older fleet (0755) or
+# a restored copy (0644) left.
 umask 002
 mkdir -p -- "$dir" || exit 3
-if [ "$(id -u)" = 0 ] && getent group docker >/dev/null 2>&1 \
-    && [ "$(stat -c %G -- "$dir")" != docker ]; then
-  chgrp docker -- "$dir" && chmod 2775 -- "$dir" || exit 3
-  for file in "$guard" "$dir/history.jsonl"; do
-    # Only the files themselves: a name that is a symlink is left alone.
-    if [ -f "$file" ] && [ ! -L "$file" ]; then chgrp docker -- "$file" && chmod 0664 -- "$file"; fi
+if [ "$(id -u)" = 0 ] && getent group docker >/dev/null 2>&1; then
+  for path in "$dir" "$guard" "$dir/history.jsonl"; do
+    # Only the directory and files themselves: a name that is a symlink is left alone.
+    if [ ! -e "$path" ] || [ -L "$path" ]; then continue; fi
+    case $(stat -c %G:%A -- "$path") in docker:?????w*) continue ;; esac
+    chgrp docker -- "$path" && chmod g+w -- "$path" || exit 3
   done
+  [ -g "$dir" ] || chmod g+s -- "$dir" || exit 3
 fi
 command -v flock >/dev/null 2>&1 || { echo "flock (util-linux) is not installed" >&2; exit 4; }
 exec 9>>"$guard" || exit 3
