@@ -159,6 +159,20 @@ def clear_framework(env: LabFixture) -> None:
         )
 
 
+def running_tag(env: LabFixture, host: str, repository: str) -> str:
+    """The tag of the framework version that runs on ``host`` ("" when none does)."""
+    return host_sh(
+        env,
+        host,
+        "docker",
+        "ps",
+        "--filter",
+        f"label=io.fleet.framework={repository}",
+        "--format",
+        '{{.Label "io.fleet.tag"}}',
+    ).strip()
+
+
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     """Run fleet in-process; (exit code, stdout, stderr)."""
     code = main(list(argv))

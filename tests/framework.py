@@ -6,7 +6,7 @@ import io
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,3 +111,19 @@ def build_image(
 
 def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+def built_project(
+    env: Any, root: Path, repository: str, versions: Sequence[str]
+) -> Iterator[FrameworkProject]:
+    """A module's framework project with ``versions`` committed and built, the lab's
+    framework containers cleared before and after, its images removed at the end."""
+    from tests.conftest import clear_framework
+
+    clear_framework(env)
+    built = FrameworkProject.create(root, repository)
+    for message in versions:
+        built.commit_and_build(message)
+    yield built
+    clear_framework(env)
+    built.remove_images()

@@ -17,15 +17,15 @@ import yaml
 
 from tests.conftest import (
     LabFixture,
-    clear_framework,
     host_run,
     host_sh,
     run_cli,
     run_json,
     run_project_json,
+    running_tag,
     write_fast_inventory,
 )
-from tests.framework import FrameworkProject
+from tests.framework import FrameworkProject, built_project
 from tests.test_provision_e2e import Sandbox, base_image  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.lab
@@ -70,7 +70,7 @@ def inventory(env: LabFixture, path: Path, **lab1: object) -> Path:
     return path
 
 
-def test_sudo_with_the_inventory_password_runs_as_root(
+def test_sudo_with_the_inventory_password_runs_as_root_or_the_become_user(
     lab_env: LabFixture, users: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     inv = inventory(
@@ -87,6 +87,18 @@ def test_sudo_with_the_inventory_password_runs_as_root(
     # and a real fleet command: the framework's state, read as root through sudo
     code, doc = run_json(capsys, "ps", "lab1", "-i", str(inv))
     assert code == 0, doc
+    # ansible_become_user is honoured
+    inv = inventory(
+        lab_env,
+        tmp_path / "inv.yml",
+        ansible_user="fleetop",
+        ansible_become=True,
+        ansible_become_user="fleetdocker",
+        ansible_become_password=PASSWORD,
+    )
+    code, doc = run_json(capsys, "exec", "lab1", "-i", str(inv), "--", "id", "-un")
+    assert code == 0, doc
+    assert doc["hosts"]["lab1"]["stdout"].strip() == "fleetdocker"
 
 
 def test_a_wrong_password_fails_that_host_at_once(
@@ -173,28 +185,9 @@ def password_file(tmp_path: Path) -> str:
 def project(
     lab_env: LabFixture, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FrameworkProject]:
-    clear_framework(lab_env)
-    built = FrameworkProject.create(
-        tmp_path_factory.mktemp("fw") / "cauchy", f"fleet-test-become-{uuid.uuid4().hex[:6]}"
-    )
-    built.commit_and_build("v1")
-    built.commit_and_build("v2")
-    yield built
-    clear_framework(lab_env)
-    built.remove_images()
-
-
-def running(env: LabFixture, repository: str) -> str:
-    return host_sh(
-        env,
-        "lab1",
-        "docker",
-        "ps",
-        "--filter",
-        f"label=io.fleet.framework={repository}",
-        "--format",
-        '{{.Label "io.fleet.tag"}}',
-    ).strip()
+    root = tmp_path_factory.mktemp("fw") / "cauchy"
+    repository = f"fleet-test-become-{uuid.uuid4().hex[:6]}"
+    yield from built_project(lab_env, root, repository, ["v1", "v2"])
 
 
 def test_provision_through_sudo_with_a_password(
@@ -257,7 +250,7 @@ def test_deploy_and_audit_as_a_sudo_user_then_as_a_docker_group_user(
     become = ["--become-password-file", password_file(tmp_path)]
     code, doc = run_project_json(capsys, sudoer, project, "deploy", "lab1", v1, *become)
     assert code == 0, doc
-    assert running(lab_env, project.repository) == v1
+    assert running_tag(lab_env, "lab1", project.repository) == v1
     code, doc = run_project_json(capsys, sudoer, project, "audit", "lab1", *become)
     assert code == 0, doc
     assert PASSWORD not in json.dumps(doc)
@@ -266,7 +259,7 @@ def test_deploy_and_audit_as_a_sudo_user_then_as_a_docker_group_user(
     docker_user = inventory(lab_env, tmp_path / "docker.yml", ansible_user="fleetdocker")
     code, doc = run_project_json(capsys, docker_user, project, "deploy", "lab1", v2)
     assert code == 0, doc["hosts"]
-    assert running(lab_env, project.repository) == v2
+    assert running_tag(lab_env, "lab1", project.repository) == v2
     # the lock and history are shared: the docker-group user's switch is in the history
     last = host_sh(lab_env, "lab1", "tail", "-n", "1", "/var/lib/fleet/history.jsonl")
     assert json.loads(last)["to"] == v2, last
@@ -296,19 +289,3 @@ def test_a_playbook_takes_the_become_password_from_a_secrets_file(
     code, out, err = run_cli(capsys, *argv, "--retry-file", str(retry))
     assert code == 4 and "the secret variable ansible_become_password" in err, err
     assert PASSWORD not in out + err
-
-
-def test_become_user_is_honoured(
-    lab_env: LabFixture, users: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    inv = inventory(
-        lab_env,
-        tmp_path / "inv.yml",
-        ansible_user="fleetop",
-        ansible_become=True,
-        ansible_become_user="fleetdocker",
-        ansible_become_password=PASSWORD,
-    )
-    code, doc = run_json(capsys, "exec", "lab1", "-i", str(inv), "--", "id", "-un")
-    assert code == 0, doc
-    assert doc["hosts"]["lab1"]["stdout"].strip() == "fleetdocker"

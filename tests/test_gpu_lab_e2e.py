@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from fleet.images import build as images
-from tests.conftest import LabFixture, clear_framework, host_run, host_sh, run_project_json
-from tests.framework import FrameworkProject, build_image, build_with_label
+from tests.conftest import LabFixture, host_run, host_sh, run_project_json
+from tests.framework import FrameworkProject, build_image, build_with_label, built_project
 
 pytestmark = pytest.mark.lab
 
@@ -30,17 +30,9 @@ APPS = [
 def project(
     lab_env: LabFixture, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FrameworkProject]:
-    clear_framework(lab_env)
-    built = FrameworkProject.create(
-        tmp_path_factory.mktemp("gpufw") / "cauchy", f"fleet-test-gpu-{uuid.uuid4().hex[:6]}"
-    )
-    built.commit_and_build("v1")
-    built.commit_and_build("v2")
-    built.commit_and_build("v3")
-    built.commit_and_build("v4")
-    yield built
-    clear_framework(lab_env)
-    built.remove_images()
+    root = tmp_path_factory.mktemp("gpufw") / "cauchy"
+    repository = f"fleet-test-gpu-{uuid.uuid4().hex[:6]}"
+    yield from built_project(lab_env, root, repository, ["v1", "v2", "v3", "v4"])
 
 
 def apps(env: LabFixture, host: str) -> list[list[str]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fleet.ship import registry
-from tests.conftest import LabFixture, clear_framework, host_sh, run_json
+from tests.conftest import LabFixture, clear_framework, host_sh, run_json, running_tag
 from tests.framework import FrameworkProject
 
 pytestmark = pytest.mark.lab
@@ -45,19 +45,6 @@ def play(capsys, inventory: Path, project: FrameworkProject, *args: str) -> tupl
         "/dev/null",
         *args,
     )
-
-
-def running(env: LabFixture, host: str, repository: str) -> str:
-    return host_sh(
-        env,
-        host,
-        "docker",
-        "ps",
-        "--filter",
-        f"label=io.fleet.framework={repository}",
-        "--format",
-        '{{.Label "io.fleet.tag"}}',
-    ).strip()
 
 
 def snapshot(env: LabFixture) -> list[str]:
@@ -102,7 +89,7 @@ def test_rollout_then_rerun_is_all_ok(
         "image"
     ].rpartition(":")[2]
     for host in ("lab1", "lab2"):
-        assert running(lab_env, host, project.repository) == tag
+        assert running_tag(lab_env, host, project.repository) == tag
         assert doc["recap"][host]["failed"] == 0 and doc["recap"][host]["version_after"] == tag
     code, doc = play(capsys, fast_inventory, project)
     assert code == 0

@@ -199,3 +199,24 @@ def test_debug_may_not_show_a_secret(tmp_path: Path) -> None:
         player.play_all()
     assert "the secret variable token" in caught.value.message
     assert "'debug', which shows them" in caught.value.message
+
+
+def test_a_secret_item_is_redacted_in_its_label_and_output(tmp_path: Path) -> None:
+    book = tmp_path / "book.yml"
+    book.write_text(
+        "- hosts: all\n  tasks:\n    - exec: {shell: 'use {{ item }}'}\n"
+        "      loop: ['{{ token }}', plain]\n"
+    )
+    inventory_file = tmp_path / "hosts.yml"
+    inventory_file.write_text("all:\n  hosts:\n    gpu1: {token: s3cret-value}\n")
+    player = play.Player(
+        playbook.load(book),
+        inventory_mod.load([inventory_file]),
+        Runner(ShellHost, forks=1),  # type: ignore[arg-type]
+        play.PlayOptions(secret_names=frozenset({"token"})),
+        Quiet(),  # type: ignore[arg-type]
+    )
+    run = player.play_all()
+    (row,) = run.tasks[0].result.results
+    assert [i["item"] for i in row.details["loop"]] == ["********", "plain"]
+    assert "s3cret-value" not in repr(row)
