@@ -159,3 +159,15 @@ def test_a_host_that_cannot_resolve_paths_is_refused() -> None:
     with pytest.raises(HostError, match="cannot resolve") as caught:
         deploy.check_mounts(NoReadlink(), "gpu1", RunSpec(volumes=("/data:/d",)), RunPolicy())
     assert "invalid option" in caught.value.reason
+
+
+def test_a_history_line_that_cannot_be_written_is_said() -> None:
+    denied = "sh: 2: cannot create /var/lib/fleet/history.jsonl: Permission denied"
+
+    class ReadOnlyHistory(FakeTransport):
+        def answer(self, argv: list[str], stdin: bytes | None) -> CommandResult:
+            return CommandResult("sh", 2, "", denied + "\n", 0.0)
+
+    said = deploy.record(ReadOnlyHistory("gpu1"), {"action": "deploy", "to": "0.2.7"})
+    assert said == {"history_not_recorded": f"/var/lib/fleet/history.jsonl: {denied}"}
+    assert deploy.record(FakeTransport("gpu2"), {"action": "deploy"}) == {}

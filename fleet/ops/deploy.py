@@ -309,10 +309,16 @@ def _lock_document(text: str) -> dict[str, Any]:
 
 
 # -- history ----------------------------------------------------------------------------
-def record(transport: Transport, entry: Mapping[str, Any]) -> None:
-    """Append one JSON line to the host's history (best effort: never hides the outcome)."""
+def record(transport: Transport, entry: Mapping[str, Any]) -> dict[str, str]:
+    """Append one JSON line to the host's history; best effort, never hiding the outcome,
+    but not silent: a line that could not be written is said in the result's details."""
     line = json.dumps(dict(entry), sort_keys=True, separators=(",", ":")) + "\n"
-    transport.run(["sh", "-c", APPEND_SCRIPT], stdin=line.encode(), check=False)
+    ran = transport.run(["sh", "-c", APPEND_SCRIPT], stdin=line.encode(), check=False)
+    if ran.exit_code == 0:
+        return {}
+    said = (ran.stderr or ran.stdout).strip().splitlines()[-3:]
+    why = " / ".join(said) or f"exit {ran.exit_code}"
+    return {"history_not_recorded": f"{containers.HISTORY_FILE}: {why}"}
 
 
 # -- health -----------------------------------------------------------------------------
@@ -448,19 +454,21 @@ def switch(
         # --force stopped GPU jobs: whoever ran them finds out why in the host's history.
         entry["interrupted"] = [str(p) for p in interrupted]
     if health.healthy:
-        record(ctx.transport, {**entry, "outcome": "changed"})
+        unrecorded = record(ctx.transport, {**entry, "outcome": "changed"})
+        note = "; not in the host's history (see details)" if unrecorded else ""
         return ctx.result(
             Outcome.CHANGED,
-            f"{before} -> {target.tag}",
+            f"{before} -> {target.tag}{note}",
             details={
                 "version_before": before,
                 "version_after": target.tag,
                 "health": health.detail,
+                **unrecorded,
             },
         )
     logs = ctx.transport.run(["docker", "logs", "--tail", str(_LOG_LINES), plan.name], check=False)
     restored = _restore_previous(plan, previous)
-    record(
+    unrecorded = record(
         ctx.transport,
         {
             **entry,
@@ -480,6 +488,7 @@ def switch(
             "version_before": before,
             "version_after": previous.tag if previous else "none",
             "rolled_back": previous is not None,
+            **unrecorded,
         },
     )
 
