@@ -289,3 +289,24 @@ def test_a_playbook_takes_the_become_password_from_a_secrets_file(
     code, out, err = run_cli(capsys, *argv, "--retry-file", str(retry))
     assert code == 4 and "the secret variable ansible_become_password" in err, err
     assert PASSWORD not in out + err
+
+
+def test_lab_up_users_gives_a_sudoer_and_a_docker_group_user(
+    lab_env: LabFixture, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fleet.lab import nodes as lab
+
+    password = lab.add_users(lab_env.lab)
+    assert password.stat().st_mode & 0o777 == 0o600
+    assert lab.add_users(lab_env.lab) == password  # again: the same users, the same password
+    sudoer, docker_user = tmp_path / "sudo.yml", tmp_path / "docker.yml"
+    lab.write_inventory(lab_env.lab, sudoer, lab.SUDO_USER)
+    lab.write_inventory(lab_env.lab, docker_user, lab.DOCKER_USER)
+    argv = ["exec", "lab1", "-i", str(sudoer), "--become-password-file", str(password)]
+    code, doc = run_json(capsys, *argv, "--", "id", "-un")
+    assert (code, doc["hosts"]["lab1"]["stdout"].strip()) == (0, "root"), doc
+    code, doc = run_json(capsys, "exec", "lab1", "-i", str(docker_user), "--", "id", "-un")
+    assert (code, doc["hosts"]["lab1"]["stdout"].strip()) == (0, lab.DOCKER_USER), doc
+    code, doc = run_json(capsys, "ps", "lab1", "-i", str(docker_user))
+    assert code == 0, doc
+    assert password.read_text().strip() not in json.dumps(doc)

@@ -97,6 +97,26 @@ def test_down_of_another_lab_keeps_the_running_labs_inventory(
     assert not path.exists()
 
 
+def test_the_users_inventories_sit_beside_the_labs_and_go_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEET_LAB_DIR", str(tmp_path / "state"))
+    path = tmp_path / "inventory" / "lab.yml"
+    lab_ = named("fleet-lab", tmp_path)
+    lab.write_inventory(lab_, path)
+    for user in (lab.SUDO_USER, lab.DOCKER_USER):
+        lab.write_inventory(lab_, lab.user_inventory(path, user), user)
+    sudoer = yaml.safe_load((tmp_path / "inventory" / "lab-lab.yml").read_text())
+    variables = sudoer["all"]["children"]["lab"]["vars"]
+    assert (variables["ansible_user"], variables["ansible_become"]) == ("lab", True)
+    assert "ansible_become_password" not in variables  # -K or --become-password-file
+    docker_user = yaml.safe_load((tmp_path / "inventory" / "lab-labdocker.yml").read_text())
+    variables = docker_user["all"]["children"]["lab"]["vars"]
+    assert variables["ansible_user"] == "labdocker" and "ansible_become" not in variables
+    assert lab.forget("fleet-lab", path) is True
+    assert sorted(p.name for p in (tmp_path / "inventory").iterdir()) == []
+
+
 def test_which_lab_wrote_an_inventory(tmp_path: Path) -> None:
     path = tmp_path / "lab.yml"
     assert lab.inventory_lab(path) is None  # no file

@@ -37,6 +37,13 @@ def register(subparsers: Any) -> None:
         help="simulated GPUs per host (an nvidia runtime, nvidia-smi, GPU state): N for every "
         "host, or per host, e.g. lab1=2,lab2=0 (unnamed hosts: none); default 1",
     )
+    up.add_argument(
+        "--users",
+        action="store_true",
+        help=f"also give every host a sudoer whose sudo asks for a password "
+        f"({lab.SUDO_USER}) and a user in the docker group ({lab.DOCKER_USER}), each with "
+        "its own inventory beside --write-inventory's",
+    )
     _common(up)
     up.set_defaults(handler=_up)
     down = actions.add_parser("down", help="remove the lab's hosts and their volumes")
@@ -91,6 +98,7 @@ def _up(args: argparse.Namespace) -> int:
         inventory=args.write_inventory,
         log=lambda line: out.print(safe_text("lab: ", style="dim") + safe_text(line, lines=True)),
         gpus=args.gpus,
+        users=args.users,
     )
     out.print(report.lab_table(lab_.hosts))
     _say_overrides(out, lab_.hosts)
@@ -99,6 +107,16 @@ def _up(args: argparse.Namespace) -> int:
         safe_text(f"inventory: {args.write_inventory}   known_hosts: {lab_.known_hosts}"),
         soft_wrap=True,
     )
+    if args.users:
+        sudoer = lab.user_inventory(args.write_inventory, lab.SUDO_USER)
+        docker_user = lab.user_inventory(args.write_inventory, lab.DOCKER_USER)
+        password = lab.become_password_file(args.name)
+        for line in (
+            f"as {lab.SUDO_USER} (sudo asks for a password): -i {sudoer} "
+            f"--become-password-file {password} (or -K)",
+            f"as {lab.DOCKER_USER} (docker group only): -i {docker_user}",
+        ):
+            out.print(safe_text(line), soft_wrap=True)
     return 0
 
 

@@ -441,18 +441,7 @@ def switch(
     previous = plan.previous
     _stop_and_keep(plan)
     health, error = _start_gated(plan)
-    entry: dict[str, Any] = {
-        "time": utc_now(),
-        "by": options.controller,
-        "action": action,
-        "from": previous.tag if previous else None,
-        "to": target.tag,
-        "image": target.reference,
-        "seconds": round(time.monotonic() - started, 1),
-    }
-    if interrupted:
-        # --force stopped GPU jobs: whoever ran them finds out why in the host's history.
-        entry["interrupted"] = [str(p) for p in interrupted]
+    entry = _history_entry(action, previous, target, options, started, interrupted)
     if health.healthy:
         unrecorded = record(ctx.transport, {**entry, "outcome": "changed"})
         note = "; not in the host's history (see details)" if unrecorded else ""
@@ -491,6 +480,30 @@ def switch(
             **unrecorded,
         },
     )
+
+
+def _history_entry(
+    action: str,
+    previous: FrameworkContainer | None,
+    target: Target,
+    options: DeployOptions,
+    started: float,
+    interrupted: Sequence[gpu.GPUProcess],
+) -> dict[str, Any]:
+    """The host's history line of a switch, without its outcome."""
+    entry: dict[str, Any] = {
+        "time": utc_now(),
+        "by": options.controller,
+        "action": action,
+        "from": previous.tag if previous else None,
+        "to": target.tag,
+        "image": target.reference,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    if interrupted:
+        # --force stopped GPU jobs: whoever ran them finds out why in the host's history.
+        entry["interrupted"] = [str(p) for p in interrupted]
+    return entry
 
 
 def _gpu_gate(
