@@ -73,7 +73,7 @@ from fleet.images.labels import (
     newest_first,
     required_cuda,
 )
-from fleet.images.store import LocalLayers
+from fleet.images.store import ContentStore, LocalLayers
 from fleet.ops.runspec import HealthCheck, RunSpec
 from fleet.units import utc_now
 
@@ -1177,8 +1177,12 @@ def has_image(client: Any, reference: str) -> bool:
     return _image(client, reference) is not None
 
 
-def image_spec(client: Any, reference: str) -> ImageSpec:
-    """What ``fleet push`` ships: the image's name, config digest (ID) and layers."""
+def image_spec(client: Any, reference: str, store: ContentStore | None = None) -> ImageSpec:
+    """What ``fleet push`` ships: the image's name, config digest and layers.
+
+    On the classic store the image's ID is its config digest; on the containerd store it is
+    its manifest's, and ``store`` (the engine's content store) tells the config's.
+    """
     image = _image(client, reference)
     if image is None:
         raise EngineError(
@@ -1187,7 +1191,16 @@ def image_spec(client: Any, reference: str) -> ImageSpec:
         )
     config = image.attrs.get("Config") or {}
     cuda = required_cuda(config.get("Env") or [], config.get("Labels") or {})
-    return ImageSpec(reference, str(image.id), tuple(_layers(image)), cuda)
+    layers = tuple(_layers(image))
+    config_digest = str(image.id)
+    if store is not None:
+        try:
+            config_digest = store.resolve(config_digest, chain_ids(layers))
+        except (OSError, ValueError) as exc:
+            raise EngineError(
+                f"cannot read {reference} in the engine's content store: {exc}"
+            ) from exc
+    return ImageSpec(reference, config_digest, layers, cuda)
 
 
 def layer_sizes(client: Any, reference: str, count: int) -> list[int]:
@@ -1214,17 +1227,27 @@ class Shippable:
     spec: ImageSpec
     sizes: tuple[int, ...]
     save: Callable[[], Iterable[bytes]]
-    local: LocalLayers | None = None
+    local: LocalLayers | ContentStore | None = None
 
 
 def shippable(client: Any, reference: str) -> Shippable:
     """Everything push needs of ``reference``: its layers, their sizes, how to read them."""
-    spec = image_spec(client, reference)
+    try:
+        store = ContentStore.of(client)
+    except OSError as exc:
+        # Its docker save is an OCI layout of compressed blobs, and its image ID is not the
+        # config's: without the store, the image cannot be described.
+        raise EngineError(
+            f"cannot ship {reference}: {exc}",
+            fix="run fleet as root (or as a user who may read the engine's containerd "
+            "directory); FLEET_ENGINE_ROOT names the engine's root as this machine sees it",
+        ) from exc
+    spec = image_spec(client, reference, store)
     return Shippable(
         spec=spec,
         sizes=tuple(layer_sizes(client, reference, len(spec.diff_ids))),
         save=functools.partial(save_stream, client, reference),
-        local=LocalLayers.of(client),
+        local=store if store is not None else LocalLayers.of(client),
     )
 
 

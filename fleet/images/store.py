@@ -1,28 +1,35 @@
-"""The controller engine's classic store, read directly: layers without ``docker save``.
+"""The controller engine's image store, read directly: layers without ``docker save``.
 
 ``docker save`` reads every layer of an image, even when the hosts lack only the thin top
-one; for a multi-GB GPU image that is most of a thin push's time. The classic (overlay2)
-store keeps each layer as a directory plus its tar-split record (the tar's headers and
-padding, in order, with the size of each file's data between them), from which Docker
-itself reassembles the exact tar on ``docker save``. fleet does the same, as a stream:
-a layer is never held in memory, whatever its size, and its digest is computed on the
-way and checked against the layer's diff ID at its end.
+one; for a multi-GB GPU image that is most of a thin push's time. Both stores are read
+instead, as a stream: a layer is never held in memory, whatever its size, and its digest is
+computed on the way and checked against the layer's diff ID at its end.
 
-Before a byte is sent, :meth:`LocalLayers.check` makes sure every file a layer's record
-names is there with at least its size (a ``stat`` each, no read), so that what commonly
-goes wrong (a layer removed meanwhile, no permission) falls back to ``docker save``
-cleanly. A layer whose bytes turn out different from its diff ID fails the stream at its
-end, before the archive's config and manifests, so no host can load it.
+The classic (overlay2) store (:class:`LocalLayers`) keeps each layer as a directory plus
+its tar-split record (the tar's headers and padding, in order, with the size of each file's
+data between them), from which Docker itself reassembles the exact tar on ``docker save``;
+fleet does the same. The containerd store (:class:`ContentStore`, Docker 29's default)
+keeps each layer as a blob, usually gzip'd, named in the image's manifest.
+
+Before a byte is sent, ``check`` makes sure every file (or blob) a layer needs is there and
+readable, so that what commonly goes wrong (a layer removed meanwhile, no permission) falls
+back to ``docker save`` cleanly. A layer whose bytes turn out different from its diff ID
+fails the stream at its end, before the archive's config and manifests, so no host can
+load it.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+import re
+import subprocess
+import zlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +156,231 @@ def _read_exactly(path: Path, size: int) -> Iterator[bytes]:
                 raise OSError(f"layer file {path} is shorter than its tar entry")
             left -= len(data)
             yield data
+
+
+# -- the containerd image store ----------------------------------------------------------
+_CONTENT = "io.containerd.content.v1.content"
+_INDEXES = frozenset(
+    {
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    }
+)
+_TAR = frozenset(
+    {"application/vnd.oci.image.layer.v1.tar", "application/vnd.docker.image.rootfs.diff.tar"}
+)
+_GZIP = frozenset(
+    {
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    }
+)
+_ZSTD = frozenset({"application/vnd.oci.image.layer.v1.tar+zstd"})
+# Manifests, indexes and configs are small; a larger "document" is not one.
+_MAX_DOCUMENT = 4 << 20
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def containerd_store(info: dict[str, Any]) -> bool:
+    """Whether an engine's ``docker info`` says it keeps images in containerd's store."""
+    status = info.get("DriverStatus") or []
+    return any(
+        isinstance(pair, list | tuple) and len(pair) == 2 and pair[1] == _SNAPSHOTTER
+        for pair in status
+    )
+
+
+_SNAPSHOTTER = "io.containerd.snapshotter.v1"
+
+
+class ContentStore:
+    """Images read from the controller engine's containerd content store.
+
+    On that store (Docker 29's default) an image's ID is its manifest's (or index's)
+    digest, and each layer is a blob, usually gzip'd as ``docker build`` left it. The
+    image's manifest names its config and its layers' blobs; a layer is streamed as the
+    tar it unpacks to, checked against its diff ID at its end like the classic store's.
+    A compressed blob's tar size is learnt once by reading it, then kept in a small cache
+    (blobs never change under their digest).
+    """
+
+    def __init__(self, content: Path, sizes_file: Path | None = None) -> None:
+        self.blobs = content / "blobs" / "sha256"
+        self._layers: dict[str, tuple[str, str]] = {}  # chain ID -> (media type, blob)
+        self._sizes_file = sizes_file
+        self._sizes: dict[str, int] | None = None
+
+    @classmethod
+    def of(cls, client: Any) -> ContentStore | None:
+        """The engine's content store; None for a classic store; OSError when the engine
+        keeps its images in containerd's store and this process cannot read it."""
+        try:
+            info = client.info()
+        except (docker.errors.DockerException, OSError):
+            return None
+        if not containerd_store(info):
+            return None
+        # An engine in a container or a VM: where this machine sees its root.
+        root = Path(os.environ.get("FLEET_ENGINE_ROOT") or str(info.get("DockerRootDir", "")))
+        candidates = (
+            root / "containerd" / "daemon" / _CONTENT,
+            Path("/var/lib/containerd") / _CONTENT,
+        )
+        for content in candidates:
+            if os.access(content / "blobs" / "sha256", os.R_OK | os.X_OK):
+                cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                return cls(content, cache / "fleet" / "layer-sizes.json")
+        raise OSError(
+            "the engine keeps its images in containerd's content store, which this user "
+            f"cannot read (looked in {', '.join(str(c) for c in candidates)})"
+        )
+
+    def _blob(self, digest: str) -> Path:
+        if not _DIGEST.fullmatch(digest):
+            raise OSError(f"not a sha256 digest: {digest!r}")
+        return self.blobs / digest.removeprefix("sha256:")
+
+    def _document(self, digest: str) -> dict[str, Any]:
+        path = self._blob(digest)
+        if path.stat().st_size > _MAX_DOCUMENT:
+            raise OSError(f"{digest} is too large for a manifest or config")
+        data = path.read_bytes()
+        if f"sha256:{hashlib.sha256(data).hexdigest()}" != digest:
+            raise OSError(f"blob {digest} does not match its digest")
+        document = json.loads(data)
+        if not isinstance(document, dict):
+            raise OSError(f"blob {digest} is not a JSON object")
+        return document
+
+    def resolve(self, image_id: str, chains: Sequence[str]) -> str:
+        """The config digest of the image whose ID (manifest or index digest) is
+        ``image_id``; its layers' blobs are remembered under their ``chains``."""
+        manifest = self._document(image_id)
+        if manifest.get("mediaType") in _INDEXES or "manifests" in manifest:
+            manifest = self._local_manifest(manifest)
+        layers = manifest.get("layers")
+        config = (manifest.get("config") or {}).get("digest")
+        if not isinstance(layers, list) or len(layers) != len(chains) or not config:
+            raise OSError(f"the manifest of {image_id} does not list the image's layers")
+        for chain, layer in zip(chains, layers, strict=True):
+            self._layers[chain] = (str(layer.get("mediaType")), str(layer.get("digest")))
+        return str(config)
+
+    def _local_manifest(self, index: dict[str, Any]) -> dict[str, Any]:
+        """The index's manifest for Linux whose blobs this engine holds (a pulled
+        multi-platform image keeps only its own platform's)."""
+        for entry in index.get("manifests") or []:
+            platform = entry.get("platform") or {}
+            digest = str(entry.get("digest", ""))
+            linux = platform.get("os", "linux") == "linux"
+            if linux and _DIGEST.fullmatch(digest) and self._blob(digest).is_file():
+                manifest = self._document(digest)
+                config = str((manifest.get("config") or {}).get("digest", ""))
+                if _DIGEST.fullmatch(config) and self._blob(config).is_file():
+                    return manifest
+        raise OSError("the image's index names no manifest whose blobs are here")
+
+    def config(self, image_id: str) -> bytes:
+        """The image's config, exactly (``image_id``: its config digest)."""
+        data = self._blob(image_id).read_bytes()
+        if f"sha256:{hashlib.sha256(data).hexdigest()}" != image_id:
+            raise OSError(f"config {image_id} does not match its digest")
+        return data
+
+    def _layer(self, chain_id: str) -> tuple[str, str]:
+        try:
+            return self._layers[chain_id]
+        except KeyError:
+            raise OSError(f"layer {chain_id} of no resolved image") from None
+
+    def tar_size(self, chain_id: str) -> int:
+        media, digest = self._layer(chain_id)
+        if media in _TAR:
+            return self._blob(digest).stat().st_size
+        sizes = self._load_sizes()
+        if digest not in sizes:
+            sizes[digest] = sum(len(piece) for piece in self._unpacked(media, digest))
+            self._save_sizes()
+        return sizes[digest]
+
+    def check(self, chain_id: str) -> int:
+        """The layer's tar size, once its blob is there and readable (OSError otherwise)."""
+        media, digest = self._layer(chain_id)
+        path = self._blob(digest)
+        if not os.access(path, os.R_OK) or media not in _TAR | _GZIP | _ZSTD:
+            raise OSError(f"layer blob {digest} ({media}) cannot be read here")
+        return self.tar_size(chain_id)
+
+    def tar(self, chain_id: str, diff_id: str) -> Iterator[bytes]:
+        """The layer's tar as a stream of pieces; OSError at its end if not ``diff_id``
+        (the blob's own digest is checked too)."""
+        media, digest = self._layer(chain_id)
+        unpacked = hashlib.sha256()
+        held = b""
+        for piece in self._unpacked(media, digest):
+            unpacked.update(piece)
+            if held:
+                yield held
+            held = piece
+        if f"sha256:{unpacked.hexdigest()}" != diff_id:
+            raise OSError(f"layer blob {digest} does not unpack to {diff_id}")
+        # The last piece goes only once the whole layer is known to be right.
+        yield held
+
+    def _unpacked(self, media: str, digest: str) -> Iterator[bytes]:
+        """The blob's tar in pieces; OSError at its end when the blob is not ``digest``."""
+        packed = hashlib.sha256()
+        if media in _ZSTD:
+            yield from self._zstd(digest, packed)
+        else:
+            inflate = zlib.decompressobj(wbits=31) if media in _GZIP else None
+            with self._blob(digest).open("rb") as handle:
+                while data := handle.read(_PIECE):
+                    packed.update(data)
+                    while inflate is not None and data:
+                        out = inflate.decompress(data)
+                        # Concatenated gzip members are one stream (pigz and parallel gzip).
+                        data = inflate.unused_data if inflate.eof else b""
+                        if inflate.eof:
+                            inflate = zlib.decompressobj(wbits=31)
+                        if out:
+                            yield out
+                    if inflate is None:
+                        yield data
+        if f"sha256:{packed.hexdigest()}" != digest:
+            raise OSError(f"blob {digest} does not match its digest")
+
+    def _zstd(self, digest: str, packed: Any) -> Iterator[bytes]:
+        path = self._blob(digest)
+        # The zstd program reads the file itself: its digest is taken by a read of ours.
+        with path.open("rb") as handle:
+            while data := handle.read(_PIECE):
+                packed.update(data)
+        with subprocess.Popen(["zstd", "-dcq", str(path)], stdout=subprocess.PIPE) as proc:
+            assert proc.stdout is not None
+            while data := proc.stdout.read(_PIECE):
+                yield data
+        if proc.returncode != 0:
+            raise OSError(f"zstd could not unpack {digest} (exit {proc.returncode})")
+
+    def _load_sizes(self) -> dict[str, int]:
+        if self._sizes is None:
+            self._sizes = {}
+            try:
+                loaded = json.loads(self._sizes_file.read_text()) if self._sizes_file else {}
+            except (OSError, ValueError):
+                loaded = {}
+            if isinstance(loaded, dict):
+                self._sizes = {
+                    k: v for k, v in loaded.items() if _DIGEST.fullmatch(k) and isinstance(v, int)
+                }
+        return self._sizes
+
+    def _save_sizes(self) -> None:
+        if self._sizes_file is None or self._sizes is None:
+            return
+        with contextlib.suppress(OSError):  # a cache: losing it costs a read, nothing more
+            self._sizes_file.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self._sizes_file.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(self._sizes, sort_keys=True))
+            temporary.replace(self._sizes_file)

@@ -489,6 +489,84 @@ def _start_host(
     return container
 
 
+@dataclass(frozen=True)
+class ControllerEngine:
+    """A second engine for the controller, on the containerd image store: its socket and
+    its root as this machine sees them (``DOCKER_HOST``, ``FLEET_ENGINE_ROOT``)."""
+
+    container: str
+    socket: Path
+    root: Path
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return {"DOCKER_HOST": f"unix://{self.socket}", "FLEET_ENGINE_ROOT": str(self.root)}
+
+
+def controller_engine(name: str, directory: Path, timeout: float = 120.0) -> ControllerEngine:
+    """Start (or find) a Docker engine on the containerd image store for the controller,
+    as Docker 29 installs by default: a lab node whose ``/run`` and ``/var/lib/docker``
+    are directories of this machine, so its socket and its content store can be reached."""
+    client = engine_client()
+    image = ensure_node_image(client, "containerd")
+    container_name = f"{name}-controller"
+    engine = ControllerEngine(container_name, directory / "run" / "docker.sock", directory / "root")
+    try:
+        existing = client.containers.get(container_name)
+    except docker.errors.NotFound:
+        existing = None
+    if existing is None:
+        for part in ("run", "root"):
+            (directory / part).mkdir(parents=True, exist_ok=True)
+        options = isolation_options()
+        unmask = options.pop("unmask_system_paths", False)
+        binds = {
+            str(engine.root): {"bind": "/var/lib/docker", "mode": "rw"},
+            str(directory / "run"): {"bind": "/run", "mode": "rw"},
+            **options.pop("volumes_extra", {}),
+        }
+        api = client.api
+        host_config = api.create_host_config(binds=binds, tmpfs={"/tmp": ""}, **options)  # noqa: S108
+        if unmask:
+            host_config["MaskedPaths"] = []
+            host_config["ReadonlyPaths"] = []
+        created = api.create_container(
+            image,
+            name=container_name,
+            hostname="controller",
+            detach=True,
+            labels={LABEL: f"{name}-controller"},
+            environment={"FLEET_LAB_GPUS": "0"},
+            host_config=host_config,
+        )
+        api.start(created["Id"])
+    elif existing.status != "running":
+        existing.start()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            # A bare connect first: a client made before the socket answers leaks its own.
+            with socket.socket(socket.AF_UNIX) as bare:
+                bare.connect(str(engine.socket))
+            probe = docker.DockerClient(base_url=f"unix://{engine.socket}", timeout=5)
+            try:
+                probe.ping()
+            finally:
+                probe.close()
+            return engine
+        except (docker.errors.DockerException, OSError):
+            if time.monotonic() > deadline:
+                raise LabError(f"the controller engine {container_name} did not answer") from None
+            time.sleep(0.5)
+
+
+def remove_controller_engine(engine: ControllerEngine) -> None:
+    """Remove the controller engine's container (its directories are the caller's)."""
+    client = engine_client()
+    with contextlib.suppress(docker.errors.NotFound):
+        _remove_container(client, client.containers.get(engine.container))
+
+
 def _wait_ready(client: docker.DockerClient, container: Any, deadline: float) -> tuple[str, str]:
     """Poll until the host's engine answers; (version, store) or LabError with its log."""
     while True:

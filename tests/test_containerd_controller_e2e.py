@@ -1,0 +1,92 @@
+"""End to end on the lab: a controller whose engine keeps its images in containerd's store
+(Docker 29's default) pushes to a classic and a containerd host, reading the layers from
+its content store, and then only the thin layer a new version adds."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from fleet.lab import nodes as lab
+from tests.conftest import LabFixture, host_sh, run_json
+
+pytestmark = pytest.mark.lab
+
+REPOSITORY = "fleet-test-ctrd"
+DOCKERFILES = {
+    "1": "FROM fleet-lab-layer1:bookworm\nRUN head -c 3000000 /dev/urandom > /opt/weights\n"
+    "RUN echo v1 > /opt/release\n",
+    "2": f"FROM {REPOSITORY}:1\nRUN echo v2 > /opt/release\n",
+}
+
+
+@pytest.fixture(scope="module")
+def controller(
+    lab_env: LabFixture, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[lab.ControllerEngine]:
+    directory = tmp_path_factory.mktemp("controller")
+    engine = lab.controller_engine(lab_env.lab.name, directory)
+    # Layer 1 from this machine's engine (no registry here), then two versions built on it.
+    with subprocess.Popen(
+        ["docker", "save", "fleet-lab-layer1:bookworm"], stdout=subprocess.PIPE
+    ) as save:
+        load = ["docker", "-H", f"unix://{engine.socket}", "load", "-q"]
+        subprocess.run(load, stdin=save.stdout, check=True, capture_output=True)
+    assert save.returncode == 0
+    client = docker.DockerClient(base_url=f"unix://{engine.socket}")
+    try:
+        for tag, dockerfile in DOCKERFILES.items():
+            context = directory / f"context-{tag}"
+            context.mkdir()
+            (context / "Dockerfile").write_text(dockerfile)
+            client.images.build(path=str(context), tag=f"{REPOSITORY}:{tag}", rm=True)
+    finally:
+        client.close()
+    for host in lab_env.lab.hosts:
+        host_sh(
+            lab_env, host.name, "docker", "image", "rm", "-f", f"{REPOSITORY}:1", f"{REPOSITORY}:2"
+        )
+    yield engine
+    lab.remove_controller_engine(engine)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_containerd_controller_ships_from_its_content_store(
+    lab_env: LabFixture,
+    controller: lab.ControllerEngine,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in controller.environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(Path(str(controller.root)).parent / "cache"))
+    argv = ["-i", str(lab_env.inventory), "--retry-file", "/dev/null"]
+    code, doc = run_json(capsys, "push", "all", f"{REPOSITORY}:1", *argv)
+    assert code == 0, doc
+    for host, row in doc["hosts"].items():
+        assert row["outcome"] == "changed", row
+        assert row["details"]["source"] == "local store", row  # not docker save
+        release = host_sh(
+            lab_env, host, "docker", "run", "--rm", f"{REPOSITORY}:1", "cat", "/opt/release"
+        )
+        assert release.strip() == "v1"
+    code, doc = run_json(capsys, "push", "all", f"{REPOSITORY}:2", *argv)
+    assert code == 0, doc
+    for host, row in doc["hosts"].items():
+        assert row["details"]["layers_sent"] == 1, row  # only the new version's layer
+        assert row["details"]["bytes_sent"] < 64 << 10, row
+        release = host_sh(
+            lab_env, host, "docker", "run", "--rm", f"{REPOSITORY}:2", "cat", "/opt/release"
+        )
+        assert release.strip() == "v2"
+    code, doc = run_json(capsys, "push", "all", f"{REPOSITORY}:2", *argv)
+    assert code == 0 and {r["outcome"] for r in doc["hosts"].values()} == {"ok"}, doc
+    for host in lab_env.lab.hosts:
+        host_sh(
+            lab_env, host.name, "docker", "image", "rm", "-f", f"{REPOSITORY}:1", f"{REPOSITORY}:2"
+        )
