@@ -27,6 +27,11 @@ On a fresh lab of ``--hosts`` hosts (both image stores), measured in one run:
 Prints a table, and as its last line one JSON object of ratios (targets in the README).
 
     .venv/bin/python bench/seedscale.py [--hosts 4] [--scale 1.0] [--no-shaped] [--keep]
+        [--controller-store classic|containerd]
+
+``--controller-store containerd`` runs the controller's side on a second engine that keeps
+its images in containerd's store (Docker 29's default), started as the tests start it:
+images are built there, and fleet and the naive way read them from there.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import docker
 from transfer import ssh_argv  # bench/transfer.py: OpenSSH to a lab host, as a user would
 
 from fleet.images import build as images
@@ -124,6 +130,34 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
+# The controller engine's environment (DOCKER_HOST, FLEET_ENGINE_ROOT) when it is not this
+# machine's own engine: for fleet and for the naive way's docker save.
+CONTROLLER_ENV: dict[str, str] = {}
+CONTROLLER: list[lab.ControllerEngine] = []
+
+
+def docker_save(reference: str) -> list[str]:
+    host = CONTROLLER_ENV.get("DOCKER_HOST")
+    return ["docker", *(["-H", host] if host else []), "save", reference]
+
+
+def controller_on_containerd(work: Path) -> Any:
+    """A second engine on the containerd store with the lab's layer 1: its client."""
+    # Its root stays in the work directory: the images built there serve the next run.
+    engine = lab.controller_engine(LAB, work / "controller")
+    CONTROLLER.append(engine)
+    CONTROLLER_ENV.update(engine.environment)
+    os.environ["FLEET_ENGINE_ROOT"] = engine.environment["FLEET_ENGINE_ROOT"]
+    client = docker.DockerClient(base_url=engine.environment["DOCKER_HOST"], timeout=600)
+    if not images.has_image(client, "fleet-lab-layer1:bookworm"):
+        with subprocess.Popen(
+            ["docker", "save", "fleet-lab-layer1:bookworm"], stdout=subprocess.PIPE
+        ) as save:
+            load = ["docker", "-H", engine.environment["DOCKER_HOST"], "load", "-q"]
+            subprocess.run(load, stdin=save.stdout, check=True, capture_output=True)
+    return client
+
+
 def fleet(
     *argv: str, env: dict[str, str] | None = None
 ) -> tuple[float, float, int, dict[str, Any]]:
@@ -135,7 +169,7 @@ def fleet(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         pass_fds=(write_usage,),
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **CONTROLLER_ENV, **(env or {})},
     )
     os.close(write_usage)
     out, err = proc.communicate()
@@ -163,7 +197,7 @@ def naive(inventory: Path, hosts: Iterable[str], reference: str) -> float:
     started = time.perf_counter()
 
     def one(host: str) -> None:
-        save = subprocess.Popen(["docker", "save", reference], stdout=subprocess.PIPE)
+        save = subprocess.Popen(docker_save(reference), stdout=subprocess.PIPE)
         on_host(inventory, host, "docker load -q >/dev/null", stdin=save.stdout)
         save.wait()
 
@@ -220,7 +254,7 @@ def naive_throttled(inventory: Path, hosts: list[str], reference: str, rate: int
     started = time.perf_counter()
 
     def one(host: str) -> None:
-        save = subprocess.Popen(["docker", "save", reference], stdout=subprocess.PIPE)
+        save = subprocess.Popen(docker_save(reference), stdout=subprocess.PIPE)
         load = subprocess.Popen(
             [*ssh_argv(inventory, host), "docker load -q >/dev/null"], stdin=subprocess.PIPE
         )
@@ -323,12 +357,20 @@ def main() -> int:
     parser.add_argument(
         "--no-shaped", action="store_true", help="skip the first pushes on a 1 Gbit/s link"
     )
+    parser.add_argument(
+        "--controller-store",
+        choices=("classic", "containerd"),
+        default="classic",
+        help="the controller engine's image store (containerd: a second engine, started here)",
+    )
     args = parser.parse_args()
     work = Path(os.environ.get("TMPDIR", "/tmp")) / LAB
     work.mkdir(parents=True, exist_ok=True)
     inventory = work / "lab.yml"
     client = lab.engine_client()
     lab.ensure_layer1_image(client)
+    if args.controller_store == "containerd":
+        client = controller_on_containerd(work)
     scale = args.scale
     tag = f"s{scale:g}"
     started = time.perf_counter()
@@ -451,6 +493,7 @@ def main() -> int:
     figures = {
         "hosts": args.hosts,
         "scale": scale,
+        "controller_store": args.controller_store,
         "thin1_over_host_local_load": round(thin1[0] / limit, 2),
         "thin_all_over_thin1": round(thin_all[0] / thin1[0], 2),
         "thin_all_over_host_local_loads": round(thin_all[0] / limit_all, 2),
@@ -465,6 +508,8 @@ def main() -> int:
     }
     if not args.keep:
         lab.down(name=LAB, inventory=inventory)
+        for engine in CONTROLLER:
+            lab.remove_controller_engine(engine)
     print(json.dumps(figures))
     return 0
 
