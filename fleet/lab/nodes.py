@@ -438,6 +438,20 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _node_host_config(api: Any, binds: dict[str, Any], **settings: Any) -> dict[str, Any]:
+    """A lab node's host config: its binds and ``settings``, with the isolation options
+    that let it run an engine of its own."""
+    options = isolation_options()
+    unmask = options.pop("unmask_system_paths", False)
+    binds = {**binds, **options.pop("volumes_extra", {})}
+    host_config: dict[str, Any] = api.create_host_config(binds=binds, **settings, **options)
+    if unmask:
+        # What the CLI's --security-opt systempaths=unconfined means; not in docker-py.
+        host_config["MaskedPaths"] = []
+        host_config["ReadonlyPaths"] = []
+    return host_config
+
+
 def _start_host(
     client: docker.DockerClient,
     lab: str,
@@ -449,22 +463,14 @@ def _start_host(
 ) -> Any:
     host = f"lab{index}"
     container_name = f"{lab}-{host}"
-    options = isolation_options()
-    unmask = options.pop("unmask_system_paths", False)
-    binds = {f"{container_name}-docker": {"bind": "/var/lib/docker", "mode": "rw"}}
-    binds.update(options.pop("volumes_extra", {}))
     api = client.api
-    host_config = api.create_host_config(
-        binds=binds,
+    host_config = _node_host_config(
+        api,
+        {f"{container_name}-docker": {"bind": "/var/lib/docker", "mode": "rw"}},
         # A fixed port, so a restarted ("rebooted") host keeps its address.
         port_bindings={22: ("127.0.0.1", _free_port())},
         tmpfs={"/run": "", "/tmp": ""},  # noqa: S108 - the lab host's own /tmp
-        **options,
     )
-    if unmask:
-        # What the CLI's --security-opt systempaths=unconfined means; not in docker-py.
-        host_config["MaskedPaths"] = []
-        host_config["ReadonlyPaths"] = []
     created = api.create_container(
         image,
         name=container_name,
@@ -518,18 +524,12 @@ def controller_engine(name: str, directory: Path, timeout: float = 120.0) -> Con
     if existing is None:
         for part in ("run", "root"):
             (directory / part).mkdir(parents=True, exist_ok=True)
-        options = isolation_options()
-        unmask = options.pop("unmask_system_paths", False)
         binds = {
             str(engine.root): {"bind": "/var/lib/docker", "mode": "rw"},
             str(directory / "run"): {"bind": "/run", "mode": "rw"},
-            **options.pop("volumes_extra", {}),
         }
         api = client.api
-        host_config = api.create_host_config(binds=binds, tmpfs={"/tmp": ""}, **options)  # noqa: S108
-        if unmask:
-            host_config["MaskedPaths"] = []
-            host_config["ReadonlyPaths"] = []
+        host_config = _node_host_config(api, binds, tmpfs={"/tmp": ""})  # noqa: S108
         created = api.create_container(
             image,
             name=container_name,
