@@ -368,11 +368,7 @@ class _Checker:
                 line,
                 'e.g. loop: [a, b] or loop: "{{ models }}"',
             )
-        for text in _strings(loop):
-            try:
-                template.check(text)
-            except PlaybookError as exc:
-                raise self.fail(f"{where}.loop", exc.message, line) from None
+        self._templates(loop, f"{where}.loop", line)
         return loop, self._loop_control(control, where, self.lines.of(raw, "loop_control") or line)
 
     def _loop_control(self, control: Any, where: str, line: int | None) -> dict[str, Any]:
@@ -398,10 +394,7 @@ class _Checker:
         if label is not None:
             if not isinstance(label, str):
                 raise self.fail(f"{where}.loop_control.label", "expected a string", line)
-            try:
-                template.check(label)
-            except PlaybookError as exc:
-                raise self.fail(f"{where}.loop_control.label", exc.message, line) from None
+            self._templates(label, f"{where}.loop_control.label", line)
             found["label"] = label
         return found
 
@@ -492,12 +485,17 @@ class _Checker:
             raise self.fail(
                 f"{where}.exec", "give either command (a list) or shell (a string)", line
             )
-        for text in _strings(args):
+        self._templates(args, f"{where}.{step}", line)
+        return args
+
+    def _templates(self, value: Any, where: str, line: int | None) -> None:
+        """Every template in ``value`` compiles (syntax, filters, tests), else the error
+        at ``where``."""
+        for text in _strings(value):
             try:
                 template.check(text)
             except PlaybookError as exc:
-                raise self.fail(f"{where}.{step}", exc.message, line) from None
-        return args
+                raise self.fail(where, exc.message, line) from None
 
     def _condition(self, raw: Mapping[str, Any], key: str, where: str) -> str | None:
         """A ``when``-like key compiled: an expression, or a list of them that must all

@@ -17,6 +17,7 @@ tests are found when the playbook is validated (:func:`check`), before any host 
 
 from __future__ import annotations
 
+import functools
 import json
 import operator
 import posixpath
@@ -25,7 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
-from jinja2 import StrictUndefined, Undefined
+from jinja2 import StrictUndefined, Template, Undefined
 from jinja2.exceptions import TemplateError  # SecurityError among them
 from jinja2.exceptions import UndefinedError as JinjaUndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -179,6 +180,18 @@ def _environment() -> ImmutableSandboxedEnvironment:
 _ENV = _environment()
 
 
+# A playbook's templates are few and evaluated per host (and per loop item): each is
+# compiled once. The environment is immutable, so compiled templates are safe to share.
+@functools.lru_cache(maxsize=1024)
+def _template(text: str) -> Template:
+    return _ENV.from_string(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _expression(text: str) -> Callable[..., Any]:
+    return _ENV.compile_expression(text, undefined_to_none=False)
+
+
 def _failure(exc: Exception) -> PlaybookError:
     """Jinja2's error as fleet's: an undefined variable, or a template that cannot work."""
     if isinstance(exc, JinjaUndefinedError):
@@ -192,7 +205,7 @@ def _failure(exc: Exception) -> PlaybookError:
 def check(text: str) -> None:
     """PlaybookError unless ``text`` compiles as a template (syntax, filters, tests)."""
     try:
-        _ENV.from_string(text)
+        _template(text)
     except TemplateError as exc:
         raise _failure(exc) from None
 
@@ -200,7 +213,7 @@ def check(text: str) -> None:
 def check_condition(text: str) -> None:
     """PlaybookError unless ``text`` compiles as a ``when`` expression."""
     try:
-        _ENV.compile_expression(text)
+        _expression(text)
     except TemplateError as exc:
         raise _failure(exc) from None
 
@@ -208,7 +221,7 @@ def check_condition(text: str) -> None:
 def expression(text: str, variables: Mapping[str, Any]) -> Any:
     """The value of one expression (a ``when`` or the inside of ``{{ }}``), natively typed."""
     try:
-        value = _ENV.compile_expression(text, undefined_to_none=False)(**variables)
+        value = _expression(text)(**variables)
         if isinstance(value, Undefined):
             # An expression that is only an undefined name (or an attribute the sandbox
             # refuses) yields the Undefined itself: using it raises the error with its name.
@@ -228,7 +241,7 @@ def render(value: Any, variables: Mapping[str, Any]) -> Any:
         if whole:
             return expression(whole.group(1).strip(), variables)
         try:
-            return _ENV.from_string(value).render(variables)
+            return _template(value).render(variables)
         except (TemplateError, TypeError, ValueError) as exc:
             raise _failure(exc) from None
     if isinstance(value, Mapping):
