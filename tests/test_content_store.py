@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fleet.images.build import chain_ids
-from fleet.images.store import ContentStore, containerd_store
+from fleet.images.store import ContentStore, store_of
 
 
 def digest(data: bytes) -> str:
@@ -123,6 +123,6 @@ def test_what_is_not_a_store_of_this_image_is_refused(tmp_path: Path) -> None:
 
 
 def test_which_engines_keep_images_in_containerd() -> None:
-    assert containerd_store({"DriverStatus": [["driver-type", "io.containerd.snapshotter.v1"]]})
-    assert not containerd_store({"DriverStatus": [["Backing Filesystem", "extfs"]]})
-    assert not containerd_store({})
+    assert store_of([["driver-type", "io.containerd.snapshotter.v1"]]) == "containerd"
+    assert store_of([["Backing Filesystem", "extfs"]]) == "classic"
+    assert store_of(None) == "classic"

@@ -73,7 +73,7 @@ from fleet.images.labels import (
     newest_first,
     required_cuda,
 )
-from fleet.images.store import ContentStore, LocalLayers
+from fleet.images.store import ContentStore, LocalLayers, store_of
 from fleet.ops.runspec import HealthCheck, RunSpec
 from fleet.units import utc_now
 
@@ -622,10 +622,7 @@ def image_store(client: Any) -> str:
         info = client.info()
     except (docker.errors.DockerException, OSError) as exc:
         raise EngineError(f"cannot read the engine's info: {exc}") from exc
-    for pair in info.get("DriverStatus") or ():
-        if len(pair) == 2 and pair[0] == "driver-type" and "containerd" in str(pair[1]):
-            return "containerd"
-    return "classic"
+    return store_of(info.get("DriverStatus"))
 
 
 def layer_chains(client: Any) -> frozenset[str]:

@@ -121,29 +121,42 @@ class LocalLayers:
 
     def tar(self, chain_id: str, diff_id: str) -> Iterator[bytes]:
         """The layer's tar as a stream of pieces; OSError at its end if not ``diff_id``."""
-        digest = hashlib.sha256()
+        mismatch = f"reassembled layer does not match {diff_id}"
+        return _verified(self._pieces(chain_id), diff_id, mismatch)
+
+    def _pieces(self, chain_id: str) -> Iterator[bytes]:
+        """The layer's tar in pieces of about :data:`_PIECE` bytes, from its record."""
         pending: list[bytes] = []
         held = 0
         for raw, path, size in self._files(chain_id):
             if raw is not None:
                 pending.append(raw)
                 held += len(raw)
-            else:
-                assert path is not None
-                for data in _read_exactly(path, size):
-                    pending.append(data)
-                    held += len(data)
-                    if held >= _PIECE:
-                        piece = b"".join(pending)
-                        pending, held = [], 0
-                        digest.update(piece)
-                        yield piece
-        piece = b"".join(pending)
+                continue
+            assert path is not None
+            for data in _read_exactly(path, size):
+                pending.append(data)
+                held += len(data)
+                if held >= _PIECE:
+                    yield b"".join(pending)
+                    pending, held = [], 0
+        yield b"".join(pending)
+
+
+def _verified(pieces: Iterator[bytes], diff_id: str, mismatch: str) -> Iterator[bytes]:
+    """``pieces`` passed on, their digest checked against ``diff_id``: the last piece goes
+    only once the whole layer is known to be right (OSError(``mismatch``) otherwise)."""
+    digest = hashlib.sha256()
+    held: bytes | None = None
+    for piece in pieces:
         digest.update(piece)
-        if f"sha256:{digest.hexdigest()}" != diff_id:
-            raise OSError(f"reassembled layer does not match {diff_id}")
-        # The last piece goes only once the whole layer is known to be right.
-        yield piece
+        if held is not None:
+            yield held
+        held = piece
+    if f"sha256:{digest.hexdigest()}" != diff_id:
+        raise OSError(mismatch)
+    if held is not None:
+        yield held
 
 
 def _read_exactly(path: Path, size: int) -> Iterator[bytes]:
@@ -181,16 +194,13 @@ _MAX_DOCUMENT = 4 << 20
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
-def containerd_store(info: dict[str, Any]) -> bool:
-    """Whether an engine's ``docker info`` says it keeps images in containerd's store."""
-    status = info.get("DriverStatus") or []
-    return any(
-        isinstance(pair, list | tuple) and len(pair) == 2 and pair[1] == _SNAPSHOTTER
-        for pair in status
-    )
-
-
-_SNAPSHOTTER = "io.containerd.snapshotter.v1"
+def store_of(driver_status: Any) -> str:
+    """``containerd`` when an engine's ``DriverStatus`` (from ``docker info``) says it keeps
+    its images in containerd's store, else ``classic``."""
+    for pair in driver_status or ():
+        if len(pair) == 2 and pair[0] == "driver-type" and "containerd" in str(pair[1]):
+            return "containerd"
+    return "classic"
 
 
 class ContentStore:
@@ -218,7 +228,7 @@ class ContentStore:
             info = client.info()
         except (docker.errors.DockerException, OSError):
             return None
-        if not containerd_store(info):
+        if store_of(info.get("DriverStatus")) != "containerd":
             return None
         # An engine in a container or a VM: where this machine sees its root.
         root = Path(os.environ.get("FLEET_ENGINE_ROOT") or str(info.get("DockerRootDir", "")))
@@ -240,14 +250,17 @@ class ContentStore:
             raise OSError(f"not a sha256 digest: {digest!r}")
         return self.blobs / digest.removeprefix("sha256:")
 
-    def _document(self, digest: str) -> dict[str, Any]:
-        path = self._blob(digest)
-        if path.stat().st_size > _MAX_DOCUMENT:
-            raise OSError(f"{digest} is too large for a manifest or config")
-        data = path.read_bytes()
+    def _read(self, digest: str, what: str = "blob") -> bytes:
+        """A small blob's bytes, checked against its digest."""
+        data = self._blob(digest).read_bytes()
         if f"sha256:{hashlib.sha256(data).hexdigest()}" != digest:
-            raise OSError(f"blob {digest} does not match its digest")
-        document = json.loads(data)
+            raise OSError(f"{what} {digest} does not match its digest")
+        return data
+
+    def _document(self, digest: str) -> dict[str, Any]:
+        if self._blob(digest).stat().st_size > _MAX_DOCUMENT:
+            raise OSError(f"{digest} is too large for a manifest or config")
+        document = json.loads(self._read(digest))
         if not isinstance(document, dict):
             raise OSError(f"blob {digest} is not a JSON object")
         return document
@@ -282,10 +295,7 @@ class ContentStore:
 
     def config(self, image_id: str) -> bytes:
         """The image's config, exactly (``image_id``: its config digest)."""
-        data = self._blob(image_id).read_bytes()
-        if f"sha256:{hashlib.sha256(data).hexdigest()}" != image_id:
-            raise OSError(f"config {image_id} does not match its digest")
-        return data
+        return self._read(image_id, "config")
 
     def _layer(self, chain_id: str) -> tuple[str, str]:
         try:
@@ -315,17 +325,8 @@ class ContentStore:
         """The layer's tar as a stream of pieces; OSError at its end if not ``diff_id``
         (the blob's own digest is checked too)."""
         media, digest = self._layer(chain_id)
-        unpacked = hashlib.sha256()
-        held = b""
-        for piece in self._unpacked(media, digest):
-            unpacked.update(piece)
-            if held:
-                yield held
-            held = piece
-        if f"sha256:{unpacked.hexdigest()}" != diff_id:
-            raise OSError(f"layer blob {digest} does not unpack to {diff_id}")
-        # The last piece goes only once the whole layer is known to be right.
-        yield held
+        mismatch = f"layer blob {digest} does not unpack to {diff_id}"
+        return _verified(self._unpacked(media, digest), diff_id, mismatch)
 
     def _unpacked(self, media: str, digest: str) -> Iterator[bytes]:
         """The blob's tar in pieces; OSError at its end when the blob is not ``digest``."""

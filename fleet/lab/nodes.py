@@ -39,6 +39,7 @@ import docker.errors
 import yaml
 
 from fleet.errors import EngineError, HostError, LabError, UsageError
+from fleet.images.store import store_of
 from fleet.ssh.endpoint import Endpoint
 from fleet.ssh.known_hosts import KnownHosts
 from fleet.ssh.paramiko_client import SSHTransport
@@ -595,10 +596,7 @@ def _store_from_driver_status(status_json: str) -> str:
         status = json.loads(status_json) or []
     except json.JSONDecodeError:
         return "unknown"
-    for key, value in status:
-        if key == "driver-type" and "containerd" in str(value):
-            return "containerd"
-    return "classic"
+    return store_of(status)
 
 
 def _host_key_line(container: Any, port: int) -> str:

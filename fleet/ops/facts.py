@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from fleet.images.store import store_of
 from fleet.programs import program
 from fleet.ssh.base import gathered, parses_host_output
 
@@ -105,13 +106,6 @@ def sections(text: str, *, keep_blank: bool = True) -> dict[str, list[str]]:
     return found
 
 
-def _store(info: Mapping[str, Any]) -> str:
-    for pair in info.get("DriverStatus") or []:
-        if len(pair) == 2 and pair[0] == "driver-type" and "containerd" in str(pair[1]):
-            return "containerd"
-    return "classic"
-
-
 def _disk(line: list[str]) -> Disk | None:
     if not line or line[0].strip() == "absent":
         return None
@@ -164,7 +158,7 @@ def parse(text: str) -> HostFacts:
         engine_error=_clipped(engine_error) if not engine_ok else "",
         engine_version=str(info.get("ServerVersion", "")),
         api_version=(parts.get("docker_api") or [""])[0].strip() if engine_ok else "",
-        image_store=_store(info) if engine_ok else "",
+        image_store=store_of(info.get("DriverStatus")) if engine_ok else "",
         storage_driver=str(info.get("Driver", "")),
         docker_root=str(info.get("DockerRootDir", "")),
         runtimes=tuple(sorted((info.get("Runtimes") or {}).keys())),

@@ -117,11 +117,20 @@ def wire_compression(requested: str, state: HostImageState) -> str:
 
 @dataclass(frozen=True)
 class DiskNeed:
-    """What a load holds at the Docker root at its peak, in its two parts."""
+    """What a load holds at the Docker root at its peak: each missing layer twice."""
 
     store: str
-    staged: int  # classic: the tarball spooled under <root>/tmp; containerd: the blobs
-    unpacked: int  # the layers unpacked (overlay2 diffs, or containerd's snapshots)
+    layers: int  # the missing layers' tar sizes
+
+    @property
+    def staged(self) -> int:
+        """classic: the tarball spooled under <root>/tmp; containerd: the blobs."""
+        return self.layers
+
+    @property
+    def unpacked(self) -> int:
+        """The layers unpacked (overlay2 diffs, or containerd's snapshots)."""
+        return self.layers
 
     @property
     def total(self) -> int:
@@ -148,8 +157,7 @@ def disk_needed(spec_sizes: Sequence[int], send: Iterable[int], store: str) -> D
     containerd store keeps each layer's blob in its content store for good, beside the
     unpacked snapshot. Layer sizes are their tar sizes, what both copies take.
     """
-    missing = sum(spec_sizes[i] for i in send if i < len(spec_sizes))
-    return DiskNeed(store, missing, missing)
+    return DiskNeed(store, sum(spec_sizes[i] for i in send if i < len(spec_sizes)))
 
 
 VIAS = ("ssh", "registry")
