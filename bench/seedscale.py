@@ -51,7 +51,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import docker
 from transfer import ssh_argv  # bench/transfer.py: OpenSSH to a lab host, as a user would
 
 from fleet.images import build as images
@@ -148,14 +147,8 @@ def controller_on_containerd(work: Path) -> Any:
     CONTROLLER.append(engine)
     CONTROLLER_ENV.update(engine.environment)
     os.environ["FLEET_ENGINE_ROOT"] = engine.environment["FLEET_ENGINE_ROOT"]
-    client = docker.DockerClient(base_url=engine.environment["DOCKER_HOST"], timeout=600)
-    if not images.has_image(client, "fleet-lab-layer1:bookworm"):
-        with subprocess.Popen(
-            ["docker", "save", "fleet-lab-layer1:bookworm"], stdout=subprocess.PIPE
-        ) as save:
-            load = ["docker", "-H", engine.environment["DOCKER_HOST"], "load", "-q"]
-            subprocess.run(load, stdin=save.stdout, check=True, capture_output=True)
-    return client
+    engine.load("fleet-lab-layer1:bookworm")
+    return engine.client()
 
 
 def fleet(

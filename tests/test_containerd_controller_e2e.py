@@ -5,11 +5,9 @@ its content store, and then only the thin layer a new version adds."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import docker
 import pytest
 
 from fleet.lab import nodes as lab
@@ -32,13 +30,8 @@ def controller(
     directory = tmp_path_factory.mktemp("controller")
     engine = lab.controller_engine(lab_env.lab.name, directory)
     # Layer 1 from this machine's engine (no registry here), then two versions built on it.
-    with subprocess.Popen(
-        ["docker", "save", "fleet-lab-layer1:bookworm"], stdout=subprocess.PIPE
-    ) as save:
-        load = ["docker", "-H", f"unix://{engine.socket}", "load", "-q"]
-        subprocess.run(load, stdin=save.stdout, check=True, capture_output=True)
-    assert save.returncode == 0
-    client = docker.DockerClient(base_url=f"unix://{engine.socket}")
+    engine.load("fleet-lab-layer1:bookworm")
+    client = engine.client()
     try:
         for tag, dockerfile in DOCKERFILES.items():
             context = directory / f"context-{tag}"

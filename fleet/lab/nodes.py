@@ -509,6 +509,24 @@ class ControllerEngine:
     def environment(self) -> dict[str, str]:
         return {"DOCKER_HOST": f"unix://{self.socket}", "FLEET_ENGINE_ROOT": str(self.root)}
 
+    def client(self) -> docker.DockerClient:
+        return docker.DockerClient(base_url=f"unix://{self.socket}", timeout=600)
+
+    def load(self, reference: str) -> None:
+        """Copy ``reference`` from this machine's engine into this one (no registry here),
+        streamed: ``docker save`` into its ``docker load``."""
+        source, target = engine_client(), self.client()
+        try:
+            if _image_exists(target, reference):
+                return
+            chunks = source.api.get_image(reference, chunk_size=1 << 20)
+            for said in target.api.load_image(chunks, quiet=True):
+                if isinstance(said, dict) and said.get("error"):
+                    raise LabError(f"loading {reference} into {self.container}: {said['error']}")
+        finally:
+            source.close()
+            target.close()
+
 
 def controller_engine(name: str, directory: Path, timeout: float = 120.0) -> ControllerEngine:
     """Start (or find) a Docker engine on the containerd image store for the controller,
