@@ -1,6 +1,7 @@
 """End to end on the lab: a controller whose engine keeps its images in containerd's store
 (Docker 29's default) pushes to a classic and a containerd host, reading the layers from
-its content store, and then only the thin layer a new version adds."""
+its content store, and then only the thin layer a new version adds. The layers the
+controller built are gzip blobs there: they go as they are stored, to both hosts."""
 
 from __future__ import annotations
 
@@ -64,6 +65,8 @@ def test_a_containerd_controller_ships_from_its_content_store(
     for host, row in doc["hosts"].items():
         assert row["outcome"] == "changed", row
         assert row["details"]["source"] == "local store", row  # not docker save
+        # Layer 1 came from a docker load (a plain tar blob); the two built are gzip'd.
+        assert row["details"]["layers_as_stored"] == 2, row
         release = host_sh(
             lab_env, host, "docker", "run", "--rm", f"{REPOSITORY}:1", "cat", "/opt/release"
         )
@@ -72,6 +75,7 @@ def test_a_containerd_controller_ships_from_its_content_store(
     assert code == 0, doc
     for host, row in doc["hosts"].items():
         assert row["details"]["layers_sent"] == 1, row  # only the new version's layer
+        assert row["details"]["layers_as_stored"] == 1, row
         assert row["details"]["bytes_sent"] < 64 << 10, row
         release = host_sh(
             lab_env, host, "docker", "run", "--rm", f"{REPOSITORY}:2", "cat", "/opt/release"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fleet.images.build import chain_ids
-from fleet.images.store import ContentStore, store_of
+from fleet.images.store import ContentStore, Descriptor, store_of
 
 
 def digest(data: bytes) -> str:
@@ -33,7 +33,8 @@ def layer_tar(name: str, size: int) -> bytes:
 class Store:
     """A content store on disk with one image: an uncompressed and a gzip'd layer."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, sizes: bool = False) -> None:
+        """``sizes``: the manifest gives each layer's size (as real manifests do)."""
         self.blobs = root / "blobs" / "sha256"
         self.blobs.mkdir(parents=True)
         self.tars = [layer_tar("a", 1 << 20), layer_tar("b", 3 << 20)]
@@ -52,7 +53,14 @@ class Store:
                 "schemaVersion": 2,
                 "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "config": {"digest": self.put(config), "size": len(config)},
-                "layers": [{"mediaType": m, "digest": d} for m, d in layers],
+                "layers": [
+                    {
+                        "mediaType": m,
+                        "digest": d,
+                        **({"size": (self.blobs / d[7:]).stat().st_size} if sizes else {}),
+                    }
+                    for m, d in layers
+                ],
             }
         ).encode()
         index = json.dumps(
@@ -109,6 +117,33 @@ def test_a_layer_that_is_not_its_diff_id_or_a_blob_not_its_digest_fails_at_its_e
     blob.write_bytes(gzip.compress(made.tars[1]))  # same tar, other bytes: not the blob
     with pytest.raises(OSError, match="does not match its digest"):
         list(store.tar(chains[1], made.diff_ids[1]))
+
+
+def test_a_compressed_blob_is_offered_as_it_is_stored_and_read_checked(tmp_path: Path) -> None:
+    made = Store(tmp_path / "content")
+    store = ContentStore(tmp_path / "content")
+    chains = chain_ids(made.diff_ids)
+    store.resolve(made.image_id, chains)
+    assert store.stored(chains[0]) is None  # a plain tar blob: it goes as its tar
+    packed = (made.blobs / made.packed[7:]).read_bytes()
+    descriptor = store.stored(chains[1])
+    assert descriptor == Descriptor(
+        "application/vnd.docker.image.rootfs.diff.tar.gzip", made.packed, len(packed)
+    )
+    assert b"".join(store.blob(chains[1])) == packed
+    # A blob changed on disk since: refused at its end, before its last piece goes.
+    (made.blobs / made.packed[7:]).write_bytes(packed[:-1] + bytes([packed[-1] ^ 1]))
+    pieces = store.blob(chains[1])
+    with pytest.raises(OSError, match="does not match its digest"):
+        next(pieces)
+    # A blob whose size is not the manifest's is not offered as stored.
+    (made.blobs / made.packed[7:]).write_bytes(packed + b"x")
+    sized = Store(tmp_path / "sized", sizes=True)
+    store = ContentStore(tmp_path / "sized")
+    store.resolve(sized.image_id, chains)
+    assert store.stored(chains[1]) is not None
+    (sized.blobs / sized.packed[7:]).write_bytes(b"short")
+    assert store.stored(chains[1]) is None
 
 
 def test_what_is_not_a_store_of_this_image_is_refused(tmp_path: Path) -> None:

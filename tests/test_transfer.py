@@ -17,6 +17,7 @@ from fleet.errors import HostError
 from fleet.images import savefilter
 from fleet.images.build import ImageSpec, chain_ids
 from fleet.images.labels import normalized_name
+from fleet.images.store import Descriptor
 from fleet.ship.plan import disk_needed, pull_plan, wire_compression, zstd_loads
 from fleet.ship.plan import plan as ship_plan
 from fleet.ship.state import HostImageState, engine_fix, is_current, parse_state
@@ -637,3 +638,203 @@ def test_each_host_gets_the_manifest_naming_the_blobs_it_holds_in_every_wave() -
     assert layers_named(later["holder"])[1]["digest"] == diff_ids[1]
     assert f"blobs/sha256/{diff_ids[0][7:]}" not in later["holder"]  # not sent again
     assert [layer["digest"] for layer in layers_named(later["other"])] == list(diff_ids)
+
+
+# -- layers sent as the controller stores them ---------------------------------------------
+GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
+
+
+class BlobStore(MemoryStore):
+    """A LayerSource whose second layer is stored as a gzip blob, as a content store keeps
+    a pulled or built layer."""
+
+    def __init__(self, config: bytes, layers: list[bytes]) -> None:
+        super().__init__(config, layers)
+        self.packed = gzip.compress(layers[1])
+        self.descriptor = Descriptor(
+            GZIP_LAYER, f"sha256:{hashlib.sha256(self.packed).hexdigest()}", len(self.packed)
+        )
+        self.tar_sizes_asked: list[str] = []
+
+    def tar_size(self, chain_id: str) -> int:
+        self.tar_sizes_asked.append(chain_id)
+        return 512
+
+    def tar(self, chain_id: str, diff_id: str):
+        yield self.layers[self.chains.index(chain_id)]
+
+    def stored(self, chain_id: str) -> Descriptor | None:
+        return self.descriptor if chain_id == self.chains[1] else None
+
+    def blob(self, chain_id: str):
+        assert chain_id == self.chains[1]
+        yield self.packed[:100]
+        yield self.packed[100:]
+
+
+def _two_layer_image() -> tuple[ImageSpec, BlobStore]:
+    config = b'{"rootfs":{}}'
+    layers = [b"a" * 512, b"b" * 512]
+    diff_ids = tuple(f"sha256:{hashlib.sha256(layer).hexdigest()}" for layer in layers)
+    spec = ImageSpec("x:1", f"sha256:{hashlib.sha256(config).hexdigest()}", diff_ids)
+    store = BlobStore(config, layers)
+    store.chains = spec.chain_ids
+    return spec, store
+
+
+def _drain(broadcast: Broadcast, sinks: list[Sink], *, replay: bool) -> dict[str, bytes]:
+    import threading
+
+    got: dict[str, bytes] = {}
+    readers = [
+        threading.Thread(target=lambda s=s: got.__setitem__(s.host, b"".join(s.chunks())))
+        for s in sinks
+    ]
+    for reader in readers:
+        reader.start()
+    broadcast.run(sinks, replay=replay)
+    for reader in readers:
+        reader.join()
+    assert broadcast.error is None
+    return got
+
+
+def test_a_later_wave_gets_layers_the_first_wave_did_not_need() -> None:
+    spec, store = _two_layer_image()
+    thin = Sink("updated", frozenset({1}))
+    fresh = Sink("fresh", frozenset({0, 1}))
+    broadcast = Broadcast(spec, lambda: iter(()), "none", store, [thin, fresh])
+    first = _members(_drain(broadcast, [thin], replay=True)["updated"])
+    later = _members(_drain(broadcast, [fresh], replay=False)["fresh"])
+    bottom = f"blobs/sha256/{spec.diff_ids[0][7:]}"
+    assert bottom not in first
+    assert later[bottom] == b"a" * 512  # replayed from what the first wave read
+
+
+@pytest.mark.parametrize("compress", ["none", "gzip", "zstd"])
+def test_a_stored_blob_goes_as_it_is_to_the_hosts_that_take_it(compress: str) -> None:
+    import subprocess
+
+    spec, store = _two_layer_image()
+    blob = store.descriptor
+    classic = Sink("classic", frozenset({0, 1}), stored={1: blob}, oci=False)
+    containerd = Sink("containerd", frozenset({0, 1}), stored={1: blob})
+    old = Sink("old", frozenset({1}))  # an engine that does not load the blob: its tar
+    broadcast = Broadcast(spec, lambda: iter(()), compress, store, [classic, containerd, old])
+    wires = _drain(broadcast, [classic, containerd, old], replay=False)
+    decode = {
+        "none": lambda raw: raw,
+        "gzip": gzip.decompress,
+        "zstd": lambda raw: (
+            subprocess.run(["zstd", "-dc"], input=raw, capture_output=True, check=True).stdout
+        ),
+    }[compress]
+    got = {host: _members(decode(raw)) for host, raw in wires.items()}
+    blob_file = f"blobs/sha256/{blob.digest[7:]}"
+    tar_file = f"blobs/sha256/{spec.diff_ids[1][7:]}"
+    for host in ("classic", "containerd"):
+        files = got[host]
+        assert files[blob_file] == store.packed  # byte for byte, as stored
+        assert tar_file not in files
+        legacy = json.loads(files["manifest.json"])[0]["Layers"]
+        assert legacy == [f"blobs/sha256/{spec.diff_ids[0][7:]}", blob_file]
+    # A classic store reads manifest.json only: no OCI manifest, so no tar size is read
+    # for the layer it gets as a blob.
+    assert "index.json" not in got["classic"]
+    index = json.loads(got["containerd"]["index.json"])
+    manifest = json.loads(got["containerd"][f"blobs/sha256/{index['manifests'][0]['digest'][7:]}"])
+    assert manifest["layers"][1] == blob.to_json()
+    assert manifest["layers"][0]["size"] == 512
+    assert got["old"][tar_file] == b"b" * 512 and blob_file not in got["old"]
+    assert json.loads(got["old"]["manifest.json"])[0]["Layers"][1] == tar_file
+    # A classic host that gets layer 1 as a blob needs no tar size of it (the containerd
+    # host's OCI manifest names the blob too): its compressed blob is never unpacked.
+    spec, store = _two_layer_image()
+    alone = Sink("classic", frozenset({1}), stored={1: store.descriptor}, oci=False)
+    _drain(Broadcast(spec, lambda: iter(()), compress, store, [alone]), [alone], replay=False)
+    assert store.chains[1] not in store.tar_sizes_asked
+
+
+@needs_zstd
+def test_compressed_data_is_framed_as_it_is_in_both_wire_compressions() -> None:
+    import os
+    import subprocess
+
+    data = os.urandom(300 << 10)  # three raw zstd blocks, the last one partial
+    for compress, decode in (
+        (
+            "zstd",
+            lambda raw: subprocess.run(
+                ["zstd", "-dc"], input=raw, capture_output=True, check=False
+            ),
+        ),
+        ("gzip", None),
+    ):
+        encoder = _Encoder(compress)
+        for payload in (data, b""):
+            encoder.start(len(payload), stored=True)
+            wire = encoder.feed(payload[:1000]) + encoder.feed(payload[1000:]) + encoder.finish()
+            assert len(wire) <= len(payload) + 256 + len(payload) // 1000  # framing only
+            if decode is None:
+                assert gzip.decompress(wire) == payload
+            else:
+                ran = decode(wire)
+                assert ran.returncode == 0, ran.stderr
+                assert ran.stdout == payload
+
+
+def test_blobs_go_as_stored_to_the_engines_that_load_their_compression() -> None:
+    from fleet.ship.plan import as_stored
+
+    gz = Descriptor(GZIP_LAYER, f"sha256:{'1' * 64}", 10)
+    zs = Descriptor(ZSTD_LAYER, f"sha256:{'2' * 64}", 10)
+    blobs = [gz, zs, None]
+    assert as_stored(blobs, {0, 1, 2}, "26.1.5") == {0: gz, 1: zs}
+    assert as_stored(blobs, {0, 1, 2}, "20.10.24") == {0: gz}  # its load takes no zstd
+    assert as_stored(blobs, {1}, "26.1.5") == {1: zs}  # only what the host lacks
+    assert as_stored([], {0, 1}, "26.1.5") == {}  # a classic controller stores no blobs
+
+
+def test_a_stored_blob_that_is_not_its_digest_fails_the_stream_before_any_manifest() -> None:
+    spec, store = _two_layer_image()
+
+    def corrupt(chain_id: str):
+        yield store.packed[:100]
+        raise OSError(f"blob {store.descriptor.digest} does not match its digest")
+
+    store.blob = corrupt  # type: ignore[method-assign]
+    sink = Sink("a", frozenset({1}), stored={1: store.descriptor})
+    broadcast = Broadcast(spec, lambda: iter(()), "none", store, [sink])
+    import threading
+
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.extend(sink.chunks()))
+    reader.start()
+    broadcast.run([sink], replay=False)
+    reader.join()
+    assert isinstance(broadcast.error, OSError) and "does not match" in str(broadcast.error)
+    assert b"manifest.json" not in b"".join(got)
+
+
+def test_a_store_that_cannot_give_a_blob_sends_its_tar_from_docker_save() -> None:
+    spec, store = _two_layer_image()
+    store.stored = lambda chain: None  # type: ignore[method-assign]  # gone since planning
+    sink = Sink("a", frozenset({1}), stored={1: store.descriptor})
+
+    def save():
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            for name, data in (
+                (f"{spec.config_digest[7:]}.json", store._config),
+                ("v1/layer.tar", b"b" * 512),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        yield out.getvalue()
+
+    broadcast = Broadcast(spec, save, "none", store, [sink])
+    _drain(broadcast, [sink], replay=False)
+    assert broadcast.source == "docker save" and "stored blob" in broadcast.source_why
+    assert sink.stored == frozenset() and not broadcast.blobs_ok

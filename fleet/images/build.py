@@ -73,7 +73,7 @@ from fleet.images.labels import (
     newest_first,
     required_cuda,
 )
-from fleet.images.store import ContentStore, LocalLayers, store_of
+from fleet.images.store import ContentStore, Descriptor, LocalLayers, store_of
 from fleet.ops.runspec import HealthCheck, RunSpec
 from fleet.units import utc_now
 
@@ -1225,6 +1225,9 @@ class Shippable:
     sizes: tuple[int, ...]
     save: Callable[[], Iterable[bytes]]
     local: LocalLayers | ContentStore | None = None
+    # Per layer, its blob as the controller's content store keeps it compressed (None:
+    # only its tar can be sent); empty on a classic store.
+    blobs: tuple[Descriptor | None, ...] = ()
 
 
 def shippable(client: Any, reference: str) -> Shippable:
@@ -1245,6 +1248,7 @@ def shippable(client: Any, reference: str) -> Shippable:
         sizes=tuple(layer_sizes(client, reference, len(spec.diff_ids))),
         save=functools.partial(save_stream, client, reference),
         local=store if store is not None else LocalLayers.of(client),
+        blobs=tuple(store.stored(c) for c in spec.chain_ids) if store is not None else (),
     )
 
 

@@ -9,7 +9,9 @@ The classic (overlay2) store (:class:`LocalLayers`) keeps each layer as a direct
 its tar-split record (the tar's headers and padding, in order, with the size of each file's
 data between them), from which Docker itself reassembles the exact tar on ``docker save``;
 fleet does the same. The containerd store (:class:`ContentStore`, Docker 29's default)
-keeps each layer as a blob, usually gzip'd, named in the image's manifest.
+keeps each layer as a blob, usually gzip'd, named in the image's manifest: a host whose
+engine loads that compression gets the blob as it is (:meth:`ContentStore.blob`, checked
+against the blob's digest), the others the tar it unpacks to.
 
 Before a byte is sent, ``check`` makes sure every file (or blob) a layer needs is there and
 readable, so that what commonly goes wrong (a layer removed meanwhile, no permission) falls
@@ -30,10 +32,24 @@ import re
 import subprocess
 import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import docker.errors
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """A layer blob as a manifest names it: media type, digest (of the blob), size."""
+
+    media_type: str
+    digest: str
+    size: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+
 
 # Pieces handed on: big enough to keep per-chunk costs low, small enough to fan out.
 _PIECE = 1 << 20
@@ -119,6 +135,13 @@ class LocalLayers:
             total += size
         return total
 
+    def stored(self, chain_id: str) -> Descriptor | None:
+        """None: this store keeps no layer compressed (see :meth:`ContentStore.stored`)."""
+        return None
+
+    def blob(self, chain_id: str) -> Iterator[bytes]:
+        raise OSError(f"layer {chain_id} has no stored blob in a classic store")
+
     def tar(self, chain_id: str, diff_id: str) -> Iterator[bytes]:
         """The layer's tar as a stream of pieces; OSError at its end if not ``diff_id``."""
         mismatch = f"reassembled layer does not match {diff_id}"
@@ -144,8 +167,9 @@ class LocalLayers:
 
 
 def _verified(pieces: Iterator[bytes], diff_id: str, mismatch: str) -> Iterator[bytes]:
-    """``pieces`` passed on, their digest checked against ``diff_id``: the last piece goes
-    only once the whole layer is known to be right (OSError(``mismatch``) otherwise)."""
+    """``pieces`` passed on, their digest checked against ``diff_id`` (a layer's, or a
+    blob's): the last piece goes only once the whole is known to be right
+    (OSError(``mismatch``) otherwise)."""
     digest = hashlib.sha256()
     held: bytes | None = None
     for piece in pieces:
@@ -217,6 +241,7 @@ class ContentStore:
     def __init__(self, content: Path, sizes_file: Path | None = None) -> None:
         self.blobs = content / "blobs" / "sha256"
         self._layers: dict[str, tuple[str, str]] = {}  # chain ID -> (media type, blob)
+        self._declared: dict[str, int] = {}  # blob -> its size, as the manifest says
         self._sizes_file = sizes_file
         self._sizes: dict[str, int] | None = None
 
@@ -276,7 +301,11 @@ class ContentStore:
         if not isinstance(layers, list) or len(layers) != len(chains) or not config:
             raise OSError(f"the manifest of {image_id} does not list the image's layers")
         for chain, layer in zip(chains, layers, strict=True):
-            self._layers[chain] = (str(layer.get("mediaType")), str(layer.get("digest")))
+            digest = str(layer.get("digest"))
+            self._layers[chain] = (str(layer.get("mediaType")), digest)
+            size = layer.get("size")
+            if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
+                self._declared[digest] = size
         return str(config)
 
     def _local_manifest(self, index: dict[str, Any]) -> dict[str, Any]:
@@ -320,6 +349,32 @@ class ContentStore:
         if not os.access(path, os.R_OK) or media not in _TAR | _GZIP | _ZSTD:
             raise OSError(f"layer blob {digest} ({media}) cannot be read here")
         return self.tar_size(chain_id)
+
+    def stored(self, chain_id: str) -> Descriptor | None:
+        """The layer's blob when it is compressed (gzip or zstd), as a manifest names it: a
+        host whose engine loads that compression gets it as it is, with no recompression.
+        None for a plain tar blob, or one whose size is not what the manifest says."""
+        media, digest = self._layer(chain_id)
+        if media not in _GZIP | _ZSTD:
+            return None
+        try:
+            size = self._blob(digest).stat().st_size
+        except OSError:
+            return None
+        if self._declared.get(digest, size) != size:
+            return None
+        return Descriptor(media, digest, size)
+
+    def blob(self, chain_id: str) -> Iterator[bytes]:
+        """The layer's blob as it is stored, in pieces; OSError at its end (before its last
+        piece) when it is not its digest."""
+        _, digest = self._layer(chain_id)
+        return _verified(self._raw(digest), digest, f"blob {digest} does not match its digest")
+
+    def _raw(self, digest: str) -> Iterator[bytes]:
+        with self._blob(digest).open("rb") as handle:
+            while data := handle.read(_PIECE):
+                yield data
 
     def tar(self, chain_id: str, diff_id: str) -> Iterator[bytes]:
         """The layer's tar as a stream of pieces; OSError at its end if not ``diff_id``

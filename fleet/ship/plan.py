@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from fleet.errors import HostError, UsageError
 from fleet.images.build import ImageSpec
 from fleet.images.labels import cuda_tuple
+from fleet.images.store import Descriptor
 from fleet.ship import registry
-from fleet.ship.state import Descriptor, HostImageState, is_current
+from fleet.ship.state import HostImageState, is_current
 from fleet.ship.stream import COMPRESSIONS, zstd_program
 from fleet.units import format_size
 
@@ -40,6 +41,8 @@ class Plan:
     reason: str = ""
     # Layers the host holds only as a registry's compressed blob: its manifest names those.
     reuse: Mapping[int, Descriptor] = field(default_factory=dict)
+    # Layers of ``send`` that go as the controller's compressed blob, as it is stored.
+    stored: Mapping[int, Descriptor] = field(default_factory=dict)
 
 
 def plan(
@@ -87,6 +90,27 @@ def pull_plan(host: str, spec: ImageSpec, state: HostImageState) -> Plan:
         return Plan(host, state.store, True, frozenset())
     send = frozenset(i for i, c in enumerate(spec.chain_ids) if c not in state.chains)
     return Plan(host, state.store, False, send)
+
+
+def as_stored(
+    blobs: Sequence[Descriptor | None], send: Iterable[int], engine_version: str
+) -> dict[int, Descriptor]:
+    """The layers of ``send`` a host gets as the controller's stored blob, by index.
+
+    A blob the content store keeps compressed goes as it is (no unpacking, no
+    recompression; checked against its digest as it is read) to every engine whose
+    ``docker load`` takes its compression: gzip all of them (each layer file of the
+    archive is decompressed by both stores' loads), zstd those of :func:`zstd_loads`.
+    """
+    chosen: dict[int, Descriptor] = {}
+    for index in send:
+        blob = blobs[index] if index < len(blobs) else None
+        if blob is None:
+            continue
+        if blob.media_type.endswith("zstd") and not zstd_loads(engine_version):
+            continue
+        chosen[index] = blob
+    return chosen
 
 
 def zstd_loads(engine_version: str) -> bool:

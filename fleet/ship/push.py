@@ -31,6 +31,7 @@ from fleet.ship.plan import (
     LOAD_TIMEOUT,
     Plan,
     PushOptions,
+    as_stored,
     check_cuda,
     check_options,
     disk_needed,
@@ -184,6 +185,9 @@ def _inspect(
     else:
         reuse = held_compressed(ctx.transport, spec, state, options.state_timeout)
         decided = plan(ctx.name, spec, state, reuse)
+        decided = replace(
+            decided, stored=as_stored(image.blobs, decided.send, state.engine_version)
+        )
     needed = disk_needed(sizes, decided.send, decided.store)
     details: dict[str, Any] = {
         "store": decided.store,
@@ -191,6 +195,7 @@ def _inspect(
         "layers_present": len(spec.diff_ids) - len(decided.send),
         f"layers_to_{verb}": len(decided.send),
         "layers_held_compressed": len(decided.reuse),
+        "layers_as_stored": len(decided.stored),
         f"bytes_to_{verb}": sum(sizes[i] for i in decided.send if i < len(sizes)),
         "disk_needed": needed.total,
     }
@@ -232,16 +237,27 @@ def _send_all(
 ) -> list[HostResult]:
     """The SSH path: waves of hosts, one producer per compression in use."""
     spec = image.spec
+    sinks = {
+        h.name: Sink(
+            h.name,
+            plans[h.name].send,
+            limits.for_host(),
+            plans[h.name].reuse,
+            plans[h.name].stored,
+            oci=plans[h.name].store == "containerd",
+        )
+        for h in todo
+    }
+    # Each knows every host it will feed: what its first wave reads serves the later ones.
     broadcasts = {
-        c: Broadcast(spec, image.save, c, image.local) for c in sorted(set(compress_of.values()))
+        c: Broadcast(
+            spec, image.save, c, image.local, [s for s in sinks.values() if s.host in group]
+        )
+        for c, group in _by_compression(compress_of).items()
     }
     shipped: list[HostResult] = []
     for first in range(0, len(todo), runner.forks):
         wave = todo[first : first + runner.forks]
-        sinks = {
-            h.name: Sink(h.name, plans[h.name].send, limits.for_host(), plans[h.name].reuse)
-            for h in wave
-        }
         more = first + runner.forks < len(todo)
         producers = []
         for compress, broadcast in broadcasts.items():
@@ -253,12 +269,12 @@ def _send_all(
                 producer.start()
                 producers.append(producer)
 
-        def ship(ctx: HostContext, sinks: dict[str, Sink] = sinks) -> HostResult:
+        def ship(ctx: HostContext) -> HostResult:
             sink = sinks[ctx.name]
             broadcast = broadcasts[compress_of[ctx.name]]
             decided = plans[ctx.name]
-            # Progress in tar bytes against the layers' sizes; the wire carries fewer.
-            total = sum(image.sizes[i] for i in decided.send if i < len(image.sizes))
+            # Progress in archive bytes (tars, or blobs as stored) against the layers' sizes.
+            total = _archived(image.sizes, decided, frozenset(decided.stored)) or 0
             ctx.progress("send", 0, total)
             sink.on_progress = lambda done: ctx.progress("send", done, max(total, done))
             sink.on_end = lambda: ctx.progress("load")
@@ -279,25 +295,47 @@ def _send_all(
             shipment = Shipment(
                 decided.store, len(spec.diff_ids), len(decided.send), sink.bytes, image_id
             )
-            result = result_for(ctx, shipment)
-            sizes_known = broadcast.layer_sizes
-            missing = sum(sizes_known[i] for i in decided.send) if sizes_known else None
-            extra = {
-                "missing_bytes": missing,
-                "source": broadcast.source,
-                "compress": compress_of[ctx.name],
-                "layers_held_compressed": len(decided.reuse),
-            }
-            reason = result.reason
-            if broadcast.source_why:
-                extra["source_why"] = broadcast.source_why
-                reason = f"{reason}; read with docker save: {broadcast.source_why}"
-            return replace(result, reason=reason, details={**result.details, **extra})
+            return _shipped(result_for(ctx, shipment), decided, sink, broadcast)
 
         shipped += runner.run("push", wave, ship).results
         for producer in producers:
             producer.join(timeout=60)
     return shipped
+
+
+def _by_compression(compress_of: Mapping[str, str]) -> dict[str, set[str]]:
+    """The hosts of each compression in use."""
+    groups: dict[str, set[str]] = {}
+    for host, compress in sorted(compress_of.items()):
+        groups.setdefault(compress, set()).add(host)
+    return groups
+
+
+def _shipped(result: HostResult, decided: Plan, sink: Sink, broadcast: Broadcast) -> HostResult:
+    """A host's result with how its layers were read and sent."""
+    extra = {
+        "missing_bytes": _archived(broadcast.layer_sizes, decided, sink.stored),
+        "source": broadcast.source,
+        "compress": broadcast.compress,
+        "layers_held_compressed": len(decided.reuse),
+        "layers_as_stored": len(sink.stored),
+    }
+    reason = result.reason
+    if broadcast.source_why:
+        extra["source_why"] = broadcast.source_why
+        reason = f"{reason}; read with docker save: {broadcast.source_why}"
+    return replace(result, reason=reason, details={**result.details, **extra})
+
+
+def _archived(sizes: Sequence[int], decided: Plan, stored: frozenset[int]) -> int | None:
+    """The bytes of the missing layers in the host's archive (tars, and blobs as the
+    controller stores them); None when their sizes are not known."""
+    if not sizes:
+        return None
+    return sum(
+        decided.stored[i].size if i in stored else sizes[i] if i < len(sizes) else 0
+        for i in decided.send
+    )
 
 
 def _merge_seconds(inspected: HostResult, shipped: HostResult) -> HostResult:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from fleet.errors import HostError
 from fleet.images.build import ImageSpec, chain_ids
+from fleet.images.store import Descriptor
 from fleet.ops import facts
 from fleet.programs import program
 from fleet.ssh.base import (
@@ -59,18 +60,6 @@ class HostImageState:
     # The driver's version and the CUDA it supports, from nvidia-smi ("" without a driver).
     driver: str = ""
     cuda: str = ""
-
-
-@dataclass(frozen=True)
-class Descriptor:
-    """A layer blob as a manifest names it: media type, digest (of the blob), size."""
-
-    media_type: str
-    digest: str
-    size: int
-
-    def to_json(self) -> dict[str, object]:
-        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
 
 
 # The layer media types a containerd store may hold (OCI's and Docker's).

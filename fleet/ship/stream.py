@@ -33,6 +33,7 @@ import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,13 +41,28 @@ from fleet.errors import HostError
 from fleet.images.build import ImageSpec, Shippable
 from fleet.images.labels import normalized_name
 from fleet.images.savefilter import v1_candidates
+from fleet.images.store import Descriptor
 from fleet.ship.bandwidth import Throttle
-from fleet.ship.state import Descriptor
 
 SaveStream = Callable[[], Iterable[bytes]]
-# Which layers a host's manifest names by a blob it already holds compressed, sorted; ()
-# for the hosts that get (or have) every layer as the tar this stream carries.
-Variant = tuple[tuple[int, Descriptor], ...]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What one host's manifests say, beyond what every host's say.
+
+    ``named``: the layers its manifests name by a compressed blob (one it already holds, or
+    one it gets as the controller stores it), sorted; the others are named by their tar.
+    ``oci``: whether its ``docker load`` reads the OCI index (containerd store); a classic
+    store reads only ``manifest.json``, so it needs no OCI manifest, whose layer sizes
+    could cost a read of a compressed layer it is not even sent.
+    """
+
+    named: tuple[tuple[int, Descriptor], ...] = ()
+    oci: bool = True
+
+    def key(self) -> str:
+        return repr(self)
 
 
 class LayerSource(Protocol):
@@ -59,6 +75,10 @@ class LayerSource(Protocol):
     def check(self, chain_id: str) -> int: ...
 
     def tar(self, chain_id: str, diff_id: str) -> Iterator[bytes]: ...
+
+    def stored(self, chain_id: str) -> Descriptor | None: ...
+
+    def blob(self, chain_id: str) -> Iterator[bytes]: ...
 
 
 _CHUNK = 1 << 20
@@ -115,6 +135,8 @@ class _Member:
     layer: int | None
     # The hosts' manifest variant it belongs to (None: every host's; see Sink.variant).
     variant: Variant | None = None
+    # A layer as the controller's compressed blob (else as its tar).
+    stored: bool = False
     # Encoded chunks, each with the count of tar bytes it stands for (for progress).
     chunks: list[tuple[bytes, int]] = field(default_factory=list)
 
@@ -146,14 +168,16 @@ class _Encoder:
         self.gzip = compress == "gzip"
         self._zip: Any = None
 
-    def start(self, size: int = 0) -> None:
+    def start(self, size: int = 0, *, stored: bool = False) -> None:
+        """Begin a member; ``stored``: its data is compressed already (a layer's blob),
+        so it is framed as it is, at the cost of a copy."""
         # Small members (configs, thin layers) get a thorough level: every byte counts on
         # the wire and the CPU cost is nil; large layers get a fast one.
         small = size < _SMALL_MEMBER
         if self.gzip:
-            self._zip = _ParallelGzip(6 if small else 1)
+            self._zip = _ParallelGzip(0 if stored else 6 if small else 1)
         elif self.compress == "zstd":
-            self._zip = _ZstdFrame(9 if small else 3, threads=not small)
+            self._zip = _RawZstd() if stored else _ZstdFrame(9 if small else 3, threads=not small)
 
     def feed(self, data: bytes) -> bytes:
         if self._zip is None:
@@ -331,20 +355,71 @@ class _ZstdFrame:
                     pipe.close()
 
 
+class _RawZstd:
+    """A zstd frame of raw (stored) blocks: data that is compressed already, framed for a
+    zstd stream at the cost of a copy (RFC 8878: a frame header with a 128 KiB window,
+    then blocks of at most 128 KiB, the last one flagged)."""
+
+    _BLOCK = 128 << 10
+    # Magic number; frame header descriptor 0 (no content size, no checksum, no
+    # dictionary, not single-segment); window descriptor: 2^(10+7) = 128 KiB.
+    _HEADER = b"\x28\xb5\x2f\xfd\x00\x38"
+
+    def __init__(self) -> None:
+        self._started = False
+
+    def compress(self, data: bytes) -> bytes:
+        out = [] if self._started else [self._HEADER]
+        self._started = True
+        view = memoryview(data)
+        for start in range(0, len(view), self._BLOCK):
+            block = view[start : start + self._BLOCK]
+            out += [self._block_header(len(block), last=False), bytes(block)]
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        head = b"" if self._started else self._HEADER
+        self._started = False
+        return head + self._block_header(0, last=True)
+
+    @staticmethod
+    def _block_header(size: int, *, last: bool) -> bytes:
+        # Little-endian 24 bits: last-block flag, block type 0 (raw), then the size.
+        return (int(last) | size << 3).to_bytes(3, "little")
+
+
 def _manifest_bytes(
-    spec: ImageSpec, config: bytes, sizes: Sequence[int], variant: Variant = ()
+    spec: ImageSpec, config: bytes, sizes: Sequence[int], variant: Variant
 ) -> bytes:
-    held = dict(variant)
+    named = dict(variant.named)
     document = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": spec.config_digest, "size": len(config)},
         "layers": [
-            held[i].to_json() if i in held else {"mediaType": OCI_LAYER_TAR, "digest": d, "size": s}
-            for i, (d, s) in enumerate(zip(spec.diff_ids, sizes, strict=True))
+            named[i].to_json()
+            if i in named
+            else {"mediaType": OCI_LAYER_TAR, "digest": d, "size": sizes[i]}
+            for i, d in enumerate(spec.diff_ids)
         ],
     }
     return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _legacy_manifest(spec: ImageSpec, variant: Variant) -> bytes:
+    """``manifest.json``, which classic stores read: each layer's file in the archive."""
+    named = dict(variant.named)
+    legacy = [
+        {
+            "Config": f"blobs/sha256/{spec.config_digest[7:]}",
+            "RepoTags": [spec.ref],
+            "Layers": [
+                f"blobs/sha256/{(named[i].digest if i in named else d)[7:]}"
+                for i, d in enumerate(spec.diff_ids)
+            ],
+        }
+    ]
+    return json.dumps(legacy, separators=(",", ":")).encode()
 
 
 class ImageStream:
@@ -355,49 +430,69 @@ class ImageStream:
         spec: ImageSpec,
         save: SaveStream,
         compress: str = "gzip",
-        variants: Iterable[Variant] = ((),),
+        variants: Iterable[Variant] = (Variant(),),
     ) -> None:
         self.spec = spec
         self._save = save
         self.compress = compress
-        self.variants = sorted(set(variants))
+        self.variants = sorted(set(variants), key=Variant.key)
         self.config = b""
+        # Each layer's tar size, 0 until known (a layer sent as its blob may never be).
         self.layer_sizes: list[int] = [0] * len(spec.diff_ids)
+        self._size_of: Callable[[int], int] | None = None
         # Tar bytes encoded so far: what a host's progress counts (its wire bytes lag behind).
         self.raw_fed = 0
 
     def local_members(
-        self, source: LayerSource, wanted: set[int]
+        self, source: LayerSource, wanted: AbstractSet[int], blobs: AbstractSet[int] = frozenset()
     ) -> list[tuple[_Member, Iterator[bytes]]]:
-        """The members, with the wanted layers streamed from ``source``; OSError if it cannot.
+        """The members, with the ``wanted`` layers' tars and the ``blobs`` layers' stored
+        blobs streamed from ``source``; OSError if it cannot.
 
         What commonly fails (a missing or unreadable file, a config that differs) is found
         before the first byte is sent, so it falls back to ``docker save`` cleanly. A layer
-        whose bytes differ from its diff ID fails the stream at the layer's end, before
-        the config and manifests: no host can load it.
+        whose bytes differ from its diff ID (a blob from its digest) fails the stream at its
+        end, before the config and manifests: no host can load it.
         """
         spec = self.spec
         chains = spec.chain_ids
-        sizes = [
-            source.check(c) if i in wanted else source.tar_size(c) for i, c in enumerate(chains)
-        ]
+        self.layer_sizes = [source.check(c) if i in wanted else 0 for i, c in enumerate(chains)]
+        stored = {i: source.stored(chains[i]) for i in blobs}
+        for index, descriptor in stored.items():
+            if descriptor is None:
+                raise OSError(f"the stored blob of layer {index} is gone or unreadable")
+        self._size_of = lambda index: source.tar_size(chains[index])
         config = source.config(spec.config_digest)
-        self.layer_sizes = sizes
         encoder = _Encoder(self.compress)
-        members: list[tuple[_Member, Iterator[bytes]]] = [
-            (
-                _Member(f"layer {index}", index),
-                self._encode(
+        members: list[tuple[_Member, Iterator[bytes]]] = []
+        for index in sorted(wanted | blobs):
+            if index in wanted:
+                diff_id = spec.diff_ids[index]
+                data = self._encode(
                     encoder,
-                    f"blobs/sha256/{spec.diff_ids[index][7:]}",
-                    sizes[index],
-                    source.tar(chains[index], spec.diff_ids[index]),
-                ),
-            )
-            for index in sorted(wanted)
-        ]
+                    f"blobs/sha256/{diff_id[7:]}",
+                    self.layer_sizes[index],
+                    source.tar(chains[index], diff_id),
+                )
+                members.append((_Member(f"layer {index}", index), data))
+            blob = stored.get(index)
+            if blob is not None:
+                data = self._encode(
+                    encoder,
+                    f"blobs/sha256/{blob.digest[7:]}",
+                    blob.size,
+                    source.blob(chains[index]),
+                    stored=True,
+                )
+                members.append((_Member(f"blob {index}", index, stored=True), data))
         members += self._closing_members(encoder, config)
         return members
+
+    def _size(self, index: int) -> int:
+        """Layer ``index``'s tar size, learnt from the store when it was not streamed."""
+        if not self.layer_sizes[index] and self._size_of is not None:
+            self.layer_sizes[index] = self._size_of(index)
+        return self.layer_sizes[index]
 
     def members(self) -> Iterator[tuple[_Member, Iterator[bytes]]]:
         """Yield each output member with an iterator of its encoded chunks, in order."""
@@ -455,17 +550,9 @@ class ImageStream:
         if hashlib.sha256(config).hexdigest() != spec.config_digest.removeprefix("sha256:"):
             raise HostError("controller", f"the config of {spec.ref} does not match its image ID")
         self.config = config
-        legacy = [
-            {
-                "Config": f"blobs/sha256/{spec.config_digest[7:]}",
-                "RepoTags": [spec.ref],
-                "Layers": [f"blobs/sha256/{d[7:]}" for d in spec.diff_ids],
-            }
-        ]
         small = {
             f"blobs/sha256/{spec.config_digest[7:]}": config,
             "oci-layout": b'{"imageLayoutVersion":"1.0.0"}',
-            "manifest.json": json.dumps(legacy, separators=(",", ":")).encode(),
         }
         members = [
             (_Member(name, None), self._encode(encoder, name, len(content), iter((content,))))
@@ -480,44 +567,60 @@ class ImageStream:
     def variant_members(
         self, encoder: _Encoder, variants: Iterable[Variant]
     ) -> list[tuple[_Member, Iterator[bytes]]]:
-        """Each variant's OCI manifest and index.json (a host's ``docker load`` on the
-        containerd store reads them), for the variants' hosts only."""
+        """Each variant's manifests, for the variants' hosts only: ``manifest.json`` (the
+        classic store's load reads it), and the OCI manifest and index.json (the containerd
+        store's reads them) for the variants that need them."""
         spec = self.spec
         members = []
         for variant in variants:
-            manifest = _manifest_bytes(spec, self.config, self.layer_sizes, variant)
-            digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
-            index = {
-                "schemaVersion": 2,
-                "mediaType": OCI_INDEX,
-                "manifests": [
-                    {
-                        "mediaType": OCI_MANIFEST,
-                        "digest": digest,
-                        "size": len(manifest),
-                        "annotations": {
-                            "io.containerd.image.name": normalized_name(spec.ref),
-                            "org.opencontainers.image.ref.name": spec.ref.rpartition(":")[2],
-                        },
-                    }
-                ],
-            }
-            for name, content in (
-                (f"blobs/sha256/{digest[7:]}", manifest),
-                ("index.json", json.dumps(index, separators=(",", ":")).encode()),
-            ):
+            files = [("manifest.json", _legacy_manifest(spec, variant))]
+            if variant.oci:
+                files += self._oci_files(variant)
+            for name, content in files:
                 members.append(
                     (
-                        _Member(f"{name} {variant}", None, variant),
+                        _Member(f"{name} {variant.key()}", None, variant),
                         self._encode(encoder, name, len(content), iter((content,))),
                     )
                 )
         return members
 
+    def _oci_files(self, variant: Variant) -> list[tuple[str, bytes]]:
+        spec = self.spec
+        named = dict(variant.named)
+        sizes = [0 if i in named else self._size(i) for i in range(len(spec.diff_ids))]
+        manifest = _manifest_bytes(spec, self.config, sizes, variant)
+        digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+        index = {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": digest,
+                    "size": len(manifest),
+                    "annotations": {
+                        "io.containerd.image.name": normalized_name(spec.ref),
+                        "org.opencontainers.image.ref.name": spec.ref.rpartition(":")[2],
+                    },
+                }
+            ],
+        }
+        return [
+            (f"blobs/sha256/{digest[7:]}", manifest),
+            ("index.json", json.dumps(index, separators=(",", ":")).encode()),
+        ]
+
     def _encode(
-        self, encoder: _Encoder, name: str, size: int, data: Iterator[bytes]
+        self,
+        encoder: _Encoder,
+        name: str,
+        size: int,
+        data: Iterator[bytes],
+        *,
+        stored: bool = False,
     ) -> Iterator[bytes]:
-        encoder.start(size)
+        encoder.start(size, stored=stored)
         finished = False
         try:
             header = _tar_header(name, size)
@@ -589,11 +692,20 @@ class Sink:
         send: frozenset[int],
         throttle: Throttle | None = None,
         reuse: Mapping[int, Descriptor] | None = None,
+        stored: Mapping[int, Descriptor] | None = None,
+        *,
+        oci: bool = True,
     ) -> None:
+        """``reuse``: layers it holds compressed (not sent); ``stored``: layers of ``send``
+        it gets as the controller's stored blob; ``oci``: its load reads the OCI index."""
         self.host = host
         self.send = send
         self.throttle = throttle
-        self.variant: Variant = tuple(sorted((reuse or {}).items()))
+        self._reuse = dict(reuse or {})
+        self._oci = oci
+        self.stored: frozenset[int] = frozenset()
+        self.variant = Variant()
+        self.use_stored(stored or {})
         self.queue: queue.Queue[tuple[bytes, int] | None] = queue.Queue(_QUEUE_CHUNKS)
         self.dead = threading.Event()
         self.bytes = 0
@@ -604,10 +716,18 @@ class Sink:
         self.on_end: Callable[[], None] | None = None
         self._reported = 0
 
+    def use_stored(self, stored: Mapping[int, Descriptor]) -> None:
+        """Which layers it gets as stored blobs (none, when the store cannot give them)."""
+        self.stored = frozenset(stored)
+        named = {**self._reuse, **stored}
+        self.variant = Variant(tuple(sorted(named.items(), key=lambda item: item[0])), self._oci)
+
     def wants(self, member: _Member) -> bool:
         if member.variant is not None:
             return member.variant == self.variant
-        return member.layer is None or member.layer in self.send
+        if member.layer is None:
+            return True
+        return member.layer in self.send and member.stored == (member.layer in self.stored)
 
     def put(self, chunk: bytes | None, raw: int = 0) -> None:
         """Queue an encoded chunk standing for ``raw`` tar bytes; None ends the stream."""
@@ -646,19 +766,32 @@ class Sink:
 
 
 class Broadcast:
-    """Feeds one pass over ``docker save`` to several hosts' sinks, each its own layers.
+    """Feeds one pass over the image (its store, or ``docker save``) to several hosts'
+    sinks, each its own layers.
 
     Encoded members are kept for replay to later waves while they fit in a bounded cache;
-    past that, a later wave reads ``docker save`` again.
+    past that, a later wave reads the image again.
     """
 
     def __init__(
-        self, spec: ImageSpec, save: SaveStream, compress: str, local: LayerSource | None = None
+        self,
+        spec: ImageSpec,
+        save: SaveStream,
+        compress: str,
+        local: LayerSource | None = None,
+        hosts: Iterable[Sink] = (),
     ) -> None:
+        """``hosts``: every host this broadcast will feed, over all waves (their sinks or
+        like ones), so that what the first wave reads serves the later ones too."""
         self.spec = spec
         self.save = save
         self.compress = compress
         self.local = local
+        hosts = list(hosts)
+        self._tars: set[int] = set().union(*(h.send - h.stored for h in hosts))
+        self._blobs: set[int] = set().union(*(h.stored for h in hosts))
+        # False once the stored blobs could not be read: every wave then gets tars.
+        self.blobs_ok = True
         self.source = ""
         # Why the layers were read with docker save (the slow way), when they were.
         self.source_why = ""
@@ -674,27 +807,22 @@ class Broadcast:
         it, members that no sink wants are skipped unencoded.
         """
         try:
-            variants = {sink.variant for sink in sinks}
             if self._replay is not None:
-                self._replay_to(sinks, variants)
+                self._replay_to(sinks)
                 return
-            stream = ImageStream(self.spec, self.save, self.compress, variants)
+            stream = ImageStream(
+                self.spec, self.save, self.compress, {sink.variant for sink in sinks}
+            )
             self._stream = stream
             cache: list[_Member] | None = [] if replay else None
             cached = 0
-            members: Iterable[tuple[_Member, Iterator[bytes]]] | None = None
-            if self.local is None:
-                self.source_why = (
-                    "the controller's engine is not a classic overlay2 store this user can read"
-                )
-            else:
-                wanted: set[int] = set().union(*(sink.send for sink in sinks))
-                try:
-                    members = stream.local_members(self.local, wanted)
-                    self.source = "local store"
-                except (OSError, ValueError, KeyError) as exc:
-                    self.source_why = f"the controller's store could not give the layers: {exc}"
+            members: Iterable[tuple[_Member, Iterator[bytes]]] | None = self._local(stream, sinks)
             if members is None:
+                # docker save gives tars only: the hosts get every layer as its tar.
+                self.blobs_ok = False
+                for sink in sinks:
+                    sink.use_stored({})
+                stream.variants = sorted({sink.variant for sink in sinks}, key=Variant.key)
                 members = stream.members()  # reads every layer of the image
                 self.source = "docker save"
             seen = 0
@@ -721,15 +849,39 @@ class Broadcast:
             for sink in sinks:
                 sink.put(None)
 
-    def _replay_to(self, sinks: Sequence[Sink], variants: set[Variant]) -> None:
+    def _local(
+        self, stream: ImageStream, sinks: Sequence[Sink]
+    ) -> list[tuple[_Member, Iterator[bytes]]] | None:
+        """The members read from the controller's own store, or None (``source_why`` says
+        why) when it cannot give them."""
+        if self.local is None:
+            self.source_why = (
+                "the controller's engine is not a classic overlay2 store this user can read"
+            )
+            return None
+        tars = self._tars.union(*(sink.send - sink.stored for sink in sinks))
+        blobs = self._blobs.union(*(sink.stored for sink in sinks))
+        try:
+            members = stream.local_members(self.local, tars, blobs)
+        except (OSError, ValueError, KeyError) as exc:
+            self.source_why = f"the controller's store could not give the layers: {exc}"
+            return None
+        self.source = "local store"
+        return members
+
+    def _replay_to(self, sinks: Sequence[Sink]) -> None:
         """A later wave: the cached members, with the manifests of this wave's variants."""
         assert self._replay is not None and self._stream is not None
+        if not self.blobs_ok:
+            for sink in sinks:
+                sink.use_stored({})
+        variants = sorted({sink.variant for sink in sinks}, key=Variant.key)
         for member in self._replay:
             if member.variant is not None:
                 continue
             if member.key == "end":
                 encoder = _Encoder(self.compress)
-                for fresh, chunks in self._stream.variant_members(encoder, sorted(variants)):
+                for fresh, chunks in self._stream.variant_members(encoder, variants):
                     for chunk in chunks:
                         _fan(sinks, fresh, chunk)
             for chunk, raw in member.chunks:
