@@ -5,7 +5,9 @@ controller built are gzip blobs there: they go as they are stored, to both hosts
 
 from __future__ import annotations
 
+import gc
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,3 +89,34 @@ def test_a_containerd_controller_ships_from_its_content_store(
         host_sh(
             lab_env, host.name, "docker", "image", "rm", "-f", f"{REPOSITORY}:1", f"{REPOSITORY}:2"
         )
+
+
+def test_a_user_who_cannot_read_the_content_store_ships_from_a_docker_save_copy(
+    lab_env: LabFixture,
+    controller: lab.ControllerEngine,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # As a docker-group user on Docker 29 sees it: the engine's root is not readable.
+    monkeypatch.setenv("DOCKER_HOST", controller.environment["DOCKER_HOST"])
+    monkeypatch.setenv("FLEET_ENGINE_ROOT", str(tmp_path / "not-readable"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the copy goes
+    argv = ["-i", str(lab_env.inventory), "--retry-file", "/dev/null"]
+    code, doc = run_json(capsys, "push", "all", f"{REPOSITORY}:2", *argv)
+    assert code == 0, doc
+    for host, row in doc["hosts"].items():
+        assert row["outcome"] == "changed", row
+        assert row["details"]["source"] == "docker save copy", row
+        assert "cannot read" in row["details"]["source_why"], row
+        assert "read with docker save" in row["reason"], row
+        assert row["details"]["layers_as_stored"] >= 1, row  # the blobs, as docker save gave
+        release = host_sh(
+            lab_env, host, "docker", "run", "--rm", f"{REPOSITORY}:2", "cat", "/opt/release"
+        )
+        assert release.strip() == "v2"
+    gc.collect()
+    assert not list(tmp_path.glob("fleet-save-*")), "the copy is removed after the push"
+    for host in lab_env.lab.hosts:
+        host_sh(lab_env, host.name, "docker", "image", "rm", "-f", f"{REPOSITORY}:2")

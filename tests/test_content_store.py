@@ -146,6 +146,44 @@ def test_a_compressed_blob_is_offered_as_it_is_stored_and_read_checked(tmp_path:
     assert store.stored(chains[1]) is None
 
 
+def _saved(made: Store, extra: dict[str, bytes]) -> list[bytes]:
+    """``made``'s blobs as docker save on a containerd store writes them, plus ``extra``."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        files = {f"blobs/sha256/{p.name}": p.read_bytes() for p in made.blobs.iterdir()}
+        for name, data in {**files, "index.json": b"{}", **extra}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    raw = out.getvalue()
+    return [raw[i : i + 4096] for i in range(0, len(raw), 4096)]  # a stream of chunks
+
+
+def test_a_docker_save_copy_is_a_store_of_checked_blobs_that_goes_with_its_object(
+    tmp_path: Path,
+) -> None:
+    import gc
+
+    made = Store(tmp_path / "content")
+    hostile = {"blobs/sha256/../../escape": b"x", f"blobs/sha256/{'0' * 63}/x": b"y"}
+    copy = ContentStore.saved(_saved(made, hostile), "the store is root's")
+    assert (copy.source, copy.why) == ("docker save copy", "the store is root's")
+    directory = copy.blobs.parent.parent
+    assert sorted(p.name for p in copy.blobs.iterdir()) == sorted(
+        p.name for p in made.blobs.iterdir()
+    )
+    assert not (directory.parent / "escape").exists()
+    chains = chain_ids(made.diff_ids)
+    assert copy.resolve(made.image_id, chains) == digest(made.config)
+    assert b"".join(copy.tar(chains[1], made.diff_ids[1])) == made.tars[1]
+    del copy
+    gc.collect()
+    assert not directory.exists()  # the copy goes with its store
+    wrong = {f"blobs/sha256/{'1' * 64}": b"not that digest"}
+    with pytest.raises(OSError, match="not its digest"):
+        ContentStore.saved(_saved(made, wrong), "")
+
+
 def test_what_is_not_a_store_of_this_image_is_refused(tmp_path: Path) -> None:
     made = Store(tmp_path / "content")
     store = ContentStore(tmp_path / "content")

@@ -345,6 +345,8 @@ def test_local_store_gives_the_same_stream_as_docker_save(small_image) -> None:
 class BrokenStore:
     """A LayerSource whose layer turns out wrong halfway, as a corrupted store's would."""
 
+    source, why = "local store", ""
+
     def __init__(self, config: bytes) -> None:
         self._config = config
 
@@ -578,6 +580,8 @@ def test_only_well_formed_layer_descriptors_from_a_host_are_used() -> None:
 
 class MemoryStore:
     """A LayerSource of our own interface holding two layers in memory."""
+
+    source, why = "local store", ""
 
     def __init__(self, config: bytes, layers: list[bytes]) -> None:
         self._config, self.layers = config, layers

@@ -1182,10 +1182,7 @@ def image_spec(client: Any, reference: str, store: ContentStore | None = None) -
     """
     image = _image(client, reference)
     if image is None:
-        raise EngineError(
-            f"no image {reference} on the controller",
-            fix="build it first ('fleet build'), or name an existing IMAGE:TAG ('fleet images')",
-        )
+        raise _no_image(reference)
     config = image.attrs.get("Config") or {}
     cuda = required_cuda(config.get("Env") or [], config.get("Labels") or {})
     layers = tuple(_layers(image))
@@ -1235,13 +1232,9 @@ def shippable(client: Any, reference: str) -> Shippable:
     try:
         store = ContentStore.of(client)
     except OSError as exc:
-        # Its docker save is an OCI layout of compressed blobs, and its image ID is not the
-        # config's: without the store, the image cannot be described.
-        raise EngineError(
-            f"cannot ship {reference}: {exc}",
-            fix="run fleet as root (or as a user who may read the engine's containerd "
-            "directory); FLEET_ENGINE_ROOT names the engine's root as this machine sees it",
-        ) from exc
+        # The image's ID is not its config's there: the config is found in its blobs,
+        # which docker save gives as the store keeps them (the slow way: every layer).
+        store = _saved_copy(client, reference, str(exc))
     spec = image_spec(client, reference, store)
     return Shippable(
         spec=spec,
@@ -1250,6 +1243,27 @@ def shippable(client: Any, reference: str) -> Shippable:
         local=store if store is not None else LocalLayers.of(client),
         blobs=tuple(store.stored(c) for c in spec.chain_ids) if store is not None else (),
     )
+
+
+def _no_image(reference: str) -> EngineError:
+    return EngineError(
+        f"no image {reference} on the controller",
+        fix="build it first ('fleet build'), or name an existing IMAGE:TAG ('fleet images')",
+    )
+
+
+def _saved_copy(client: Any, reference: str, why: str) -> ContentStore:
+    if _image(client, reference) is None:
+        raise _no_image(reference)
+    try:
+        return ContentStore.saved(save_stream(client, reference), why)
+    except (OSError, tarfile.TarError) as exc:
+        raise EngineError(
+            f"cannot ship {reference}: {why}; and copying it with docker save failed: {exc}",
+            fix="free space under $TMPDIR for a copy of the image, or run fleet as a user "
+            "who may read the engine's containerd directory (FLEET_ENGINE_ROOT names the "
+            "engine's root as this machine sees it)",
+        ) from exc
 
 
 def save_stream(client: Any, reference: str, where: str = "the controller") -> Iterator[bytes]:

@@ -26,12 +26,17 @@ import base64
 import contextlib
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
+import shutil
 import subprocess
+import tarfile
+import tempfile
+import weakref
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +60,34 @@ class Descriptor:
 _PIECE = 1 << 20
 
 
+class ChunkReader(io.RawIOBase):
+    """A file over an iterator of byte chunks (what docker-py's save stream gives)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = memoryview(next(self._chunks))
+            except StopIteration:
+                return 0
+        count = min(len(target), len(self._buffer))
+        target[:count] = self._buffer[:count]
+        self._buffer = self._buffer[count:]
+        return count
+
+
 class LocalLayers:
     """Layers and configs read from the controller engine's classic overlay2 store."""
+
+    # What a push says it read the layers from; and why, when it is not the store itself.
+    source = "local store"
+    why = ""
 
     def __init__(self, root: Path, driver: str) -> None:
         self.root = root
@@ -216,6 +247,13 @@ _ZSTD = frozenset({"application/vnd.oci.image.layer.v1.tar+zstd"})
 # Manifests, indexes and configs are small; a larger "document" is not one.
 _MAX_DOCUMENT = 4 << 20
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _sizes_cache() -> Path:
+    """Where compressed layers' tar sizes are kept (blobs never change under a digest)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "fleet" / "layer-sizes.json"
 
 
 def store_of(driver_status: Any) -> str:
@@ -237,6 +275,9 @@ class ContentStore:
     A compressed blob's tar size is learnt once by reading it, then kept in a small cache
     (blobs never change under their digest).
     """
+
+    source = "local store"
+    why = ""
 
     def __init__(self, content: Path, sizes_file: Path | None = None) -> None:
         self.blobs = content / "blobs" / "sha256"
@@ -263,12 +304,45 @@ class ContentStore:
         )
         for content in candidates:
             if os.access(content / "blobs" / "sha256", os.R_OK | os.X_OK):
-                cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-                return cls(content, cache / "fleet" / "layer-sizes.json")
+                return cls(content, _sizes_cache())
         raise OSError(
             "the engine keeps its images in containerd's content store, which this user "
             f"cannot read (looked in {', '.join(str(c) for c in candidates)})"
         )
+
+    @classmethod
+    def saved(cls, save: Iterable[bytes], why: str) -> ContentStore:
+        """A private copy of an image's blobs from its ``docker save`` (the OCI layout of
+        an engine on the containerd store), for a user who cannot read the store itself.
+
+        Every blob is checked against its name as it is written; what is not a blob is
+        left out. The copy lives in a temporary directory, removed with this object.
+        """
+        directory = Path(tempfile.mkdtemp(prefix="fleet-save-"))
+        store = cls(directory, _sizes_cache())
+        weakref.finalize(store, shutil.rmtree, directory, True)
+        store.source, store.why = "docker save copy", why
+        store.blobs.mkdir(parents=True)
+        with tarfile.open(fileobj=io.BufferedReader(ChunkReader(save), _PIECE), mode="r|") as tar:
+            for info in tar:
+                folder, _, name = info.name.rpartition("/")
+                source = tar.extractfile(info) if info.isfile() else None
+                if source is None or folder != "blobs/sha256" or not _HEX.fullmatch(name):
+                    continue
+                store._write(f"sha256:{name}", source)
+        return store
+
+    def _write(self, digest: str, source: Any) -> None:
+        check = hashlib.sha256()
+        partial = self.blobs / f"{digest[7:]}.partial"
+        with partial.open("wb") as out:
+            while data := source.read(_PIECE):
+                check.update(data)
+                out.write(data)
+        if f"sha256:{check.hexdigest()}" != digest:
+            partial.unlink()
+            raise OSError(f"docker save gave a blob that is not its digest {digest}")
+        partial.replace(self._blob(digest))
 
     def _blob(self, digest: str) -> Path:
         if not _DIGEST.fullmatch(digest):

@@ -41,7 +41,7 @@ from fleet.errors import HostError
 from fleet.images.build import ImageSpec, Shippable
 from fleet.images.labels import normalized_name
 from fleet.images.savefilter import v1_candidates
-from fleet.images.store import Descriptor
+from fleet.images.store import ChunkReader, Descriptor
 from fleet.ship.bandwidth import Throttle
 
 SaveStream = Callable[[], Iterable[bytes]]
@@ -67,6 +67,9 @@ class Variant:
 
 class LayerSource(Protocol):
     """Layers and config of an image read without ``docker save`` (see images.store)."""
+
+    source: str  # what the layers are read from, as a push reports it
+    why: str  # why, when that is not the controller's store itself
 
     def config(self, image_id: str) -> bytes: ...
 
@@ -103,28 +106,6 @@ OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 def zstd_program() -> str | None:
     """The controller's ``zstd`` program, if installed."""
     return shutil.which("zstd")
-
-
-class _IterReader(io.RawIOBase):
-    """A file over an iterator of byte chunks (what docker-py's save stream gives)."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks = iter(chunks)
-        self._buffer = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target: Any) -> int:
-        while not self._buffer:
-            try:
-                self._buffer = memoryview(next(self._chunks))
-            except StopIteration:
-                return 0
-        count = min(len(target), len(self._buffer))
-        target[:count] = self._buffer[:count]
-        self._buffer = self._buffer[count:]
-        return count
 
 
 @dataclass
@@ -502,7 +483,7 @@ class ImageStream:
         config = b""
         encoder = _Encoder(self.compress)
         with tarfile.open(
-            fileobj=io.BufferedReader(_IterReader(self._save()), _CHUNK), mode="r|"
+            fileobj=io.BufferedReader(ChunkReader(self._save()), _CHUNK), mode="r|"
         ) as tar:
             for info in tar:
                 if not info.isfile():
@@ -866,7 +847,7 @@ class Broadcast:
         except (OSError, ValueError, KeyError) as exc:
             self.source_why = f"the controller's store could not give the layers: {exc}"
             return None
-        self.source = "local store"
+        self.source, self.source_why = self.local.source, self.local.why
         return members
 
     def _replay_to(self, sinks: Sequence[Sink]) -> None:
