@@ -126,6 +126,20 @@ def test_containerd_host_matches_the_controller_by_config_digest() -> None:
     assert found.other_versions == ("9.0.1",) and found.rollback_to == "9.0.1"
 
 
+def test_a_containerd_controller_matches_hosts_of_both_stores_by_config_digest() -> None:
+    # The controller's own engine names its builds by manifest digest: its versions carry
+    # the config digest read from its content store (images.store.named_by_config).
+    by_manifest = [
+        dataclasses.replace(v, image_id=f"sha256:{'e' * 64}", config_digest=v.image_id)
+        for v in controller()
+    ]
+    for name in ("classic-v1", "containerd-v2"):
+        found = row(name, versions=by_manifest)
+        assert found.controller_match == "same", name
+    unread = [dataclasses.replace(v, config_digest="") for v in by_manifest]
+    assert row("classic-v1", versions=unread).controller_match == "labels"
+
+
 def test_without_the_content_store_the_labels_decide_and_say_so() -> None:
     text = (FIXTURES / "containerd-v2.txt").read_text()
     head, _, tail = text.partition("@@manifests\n")

@@ -4,6 +4,7 @@ The store here is written by the test in containerd's layout (blobs/sha256/<hex>
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fleet.images.build import chain_ids
-from fleet.images.store import ContentStore, Descriptor, store_of
+from fleet.images.store import ContentStore, Descriptor, named_by_config, store_of
 
 
 def digest(data: bytes) -> str:
@@ -182,6 +183,39 @@ def test_a_docker_save_copy_is_a_store_of_checked_blobs_that_goes_with_its_objec
     wrong = {f"blobs/sha256/{'1' * 64}": b"not that digest"}
     with pytest.raises(OSError, match="not its digest"):
         ContentStore.saved(_saved(made, wrong), "")
+
+
+def test_a_controllers_versions_get_their_config_digests_from_its_content_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleet.images.labels import ImageVersion
+
+    made = Store(tmp_path / "root" / "containerd" / "daemon" / "io.containerd.content.v1.content")
+    monkeypatch.delenv("FLEET_ENGINE_ROOT", raising=False)
+    info = {
+        "DriverStatus": [["driver-type", "io.containerd.snapshotter.v1"]],
+        "DockerRootDir": str(tmp_path / "root"),
+    }
+    fields = dict.fromkeys(("repository", "tag", "created", "build_date", "commit"), "")
+    ours = ImageVersion(
+        **fields,
+        image_id=made.image_id,
+        short_commit="",
+        branch=None,
+        dirty=False,
+        commit_count=1,
+        version="0.2.1",
+        size=0,
+        tagged=True,
+        docker_cmd="",
+    )
+    gone = dataclasses.replace(ours, image_id=digest(b"removed meanwhile"))
+    named = named_by_config([ours, gone], info)
+    assert [v.config_digest for v in named] == [digest(made.config), ""]
+    classic = {"DriverStatus": [["Backing Filesystem", "extfs"]]}
+    assert named_by_config([ours], classic) == [ours]
+    unreadable = {**info, "DockerRootDir": str(tmp_path / "elsewhere")}
+    assert named_by_config([ours], unreadable) == [ours]  # compared by labels instead
 
 
 def test_what_is_not_a_store_of_this_image_is_refused(tmp_path: Path) -> None:

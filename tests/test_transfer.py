@@ -179,6 +179,10 @@ def test_disk_needed_counts_the_missing_layers_twice_on_both_stores() -> None:
     assert containerd.describe() == (
         "100.0GiB (50.0GiB the content store's blobs + 50.0GiB unpacked)"
     )
+    # A layer sent as the controller's gzip blob is staged as that blob.
+    blob = Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", f"sha256:{'1' * 64}", 8)
+    both = disk_needed([10, 20, 30], {1, 2}, "containerd", {2: blob})
+    assert (both.staged, both.unpacked, both.total) == (28, 50, 78)
 
 
 # -- the stream, on the controller's engine ---------------------------------------------

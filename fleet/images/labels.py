@@ -55,6 +55,9 @@ class ImageVersion:
     tagged: bool  # False when the tag has moved to a newer build of the same commit count
     docker_cmd: str
     moved_from: str = ""  # the commit the tag named before ``fleet build --retag`` moved it
+    # Its config's digest when the engine names images otherwise (the containerd store's
+    # IDs are manifest digests); "" when it is the image ID or cannot be read.
+    config_digest: str = ""
 
     @property
     def reference(self) -> str:

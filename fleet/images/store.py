@@ -36,12 +36,12 @@ import tarfile
 import tempfile
 import weakref
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import docker.errors
+from fleet.images.labels import ImageVersion
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,8 @@ class LocalLayers:
     @classmethod
     def of(cls, client: Any) -> LocalLayers | None:
         """The engine's store, when it is a classic overlay2 store this process can read."""
-        try:
-            info = client.info()
-        except (docker.errors.DockerException, OSError):
+        info = _info(client)
+        if info is None:
             return None
         driver = str(info.get("Driver", ""))
         root = Path(str(info.get("DockerRootDir", "")))
@@ -250,6 +249,37 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]{64}")
 
 
+def _info(client: Any) -> dict[str, Any] | None:
+    """The engine's ``docker info``, or None when it does not answer."""
+    import docker.errors  # docker-py only where a client is given: audit reads without it
+
+    try:
+        info: dict[str, Any] = client.info()
+    except (docker.errors.DockerException, OSError):
+        return None
+    return info
+
+
+def named_by_config(versions: list[ImageVersion], info: Mapping[str, Any]) -> list[ImageVersion]:
+    """``versions`` with their config digests, when the engine (its ``docker info``) names
+    images by manifest: the containerd store, when this user can read it. Hosts' images
+    are compared to the controller's builds by config digest (see fleet.ops.audit)."""
+    try:
+        store = ContentStore.at(info)
+    except OSError:
+        return versions  # compared by their labels instead
+    if store is None:
+        return versions
+    return [_with_config_digest(store, version) for version in versions]
+
+
+def _with_config_digest(store: ContentStore, version: ImageVersion) -> ImageVersion:
+    try:
+        return replace(version, config_digest=store.config_digest(version.image_id))
+    except (OSError, ValueError):
+        return version
+
+
 def _sizes_cache() -> Path:
     """Where compressed layers' tar sizes are kept (blobs never change under a digest)."""
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
@@ -290,10 +320,12 @@ class ContentStore:
     def of(cls, client: Any) -> ContentStore | None:
         """The engine's content store; None for a classic store; OSError when the engine
         keeps its images in containerd's store and this process cannot read it."""
-        try:
-            info = client.info()
-        except (docker.errors.DockerException, OSError):
-            return None
+        info = _info(client)
+        return None if info is None else cls.at(info)
+
+    @classmethod
+    def at(cls, info: Mapping[str, Any]) -> ContentStore | None:
+        """:meth:`of` for an engine's ``docker info`` already read."""
         if store_of(info.get("DriverStatus")) != "containerd":
             return None
         # An engine in a container or a VM: where this machine sees its root.
@@ -364,12 +396,24 @@ class ContentStore:
             raise OSError(f"blob {digest} is not a JSON object")
         return document
 
-    def resolve(self, image_id: str, chains: Sequence[str]) -> str:
-        """The config digest of the image whose ID (manifest or index digest) is
-        ``image_id``; its layers' blobs are remembered under their ``chains``."""
+    def config_digest(self, image_id: str) -> str:
+        """The config digest (the identity the classic store names images by) of the
+        image whose ID is ``image_id``; OSError when its manifest is not readable here."""
+        config = str((self._manifest(image_id).get("config") or {}).get("digest", ""))
+        if not _DIGEST.fullmatch(config):
+            raise OSError(f"the manifest of {image_id} names no config")
+        return config
+
+    def _manifest(self, image_id: str) -> dict[str, Any]:
         manifest = self._document(image_id)
         if manifest.get("mediaType") in _INDEXES or "manifests" in manifest:
             manifest = self._local_manifest(manifest)
+        return manifest
+
+    def resolve(self, image_id: str, chains: Sequence[str]) -> str:
+        """The config digest of the image whose ID (manifest or index digest) is
+        ``image_id``; its layers' blobs are remembered under their ``chains``."""
+        manifest = self._manifest(image_id)
         layers = manifest.get("layers")
         config = (manifest.get("config") or {}).get("digest")
         if not isinstance(layers, list) or len(layers) != len(chains) or not config:

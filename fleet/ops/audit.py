@@ -556,7 +556,7 @@ def compare_build(
     """How a host's image relates to the controller's builds (see the module docstring)."""
     identities = {image_id, config_digest} - {""}
     for version in versions:
-        if version.image_id in identities:
+        if {version.image_id, version.config_digest} & identities:
             return ("same" if version.tagged else "superseded"), version
     tag = labels.get("io.fleet.tag", "")
     same_tag = [v for v in versions if v.tag == tag]
@@ -899,14 +899,19 @@ def controller_options(
 def local_versions(repository: str) -> list[ImageVersion]:
     """This machine's builds of ``repository``, newest first (see :func:`controller_options`)."""
     from fleet.images import engine
+    from fleet.images.store import named_by_config
 
     summaries = engine.get_json("/images/json", {"filters": framework_filter(repository)})
-    if summaries is None:
+    info = engine.get_json("/info")
+    if summaries is None or not isinstance(info, dict):
         # docker-py is paid for only when a project's settings are read.
         from fleet.images import build as images
 
-        return images.list_versions(images.connect(), repository)
-    return newest_first([image_version(repository, summary) for summary in summaries])
+        client = images.connect()
+        return named_by_config(images.list_versions(client, repository), client.info())
+    return named_by_config(
+        newest_first([image_version(repository, summary) for summary in summaries]), info
+    )
 
 
 def audit(

@@ -144,17 +144,8 @@ class DiskNeed:
     """What a load holds at the Docker root at its peak: each missing layer twice."""
 
     store: str
-    layers: int  # the missing layers' tar sizes
-
-    @property
-    def staged(self) -> int:
-        """classic: the tarball spooled under <root>/tmp; containerd: the blobs."""
-        return self.layers
-
-    @property
-    def unpacked(self) -> int:
-        """The layers unpacked (overlay2 diffs, or containerd's snapshots)."""
-        return self.layers
+    unpacked: int  # the layers unpacked (overlay2 diffs, or containerd's snapshots)
+    staged: int  # classic: the archive spooled under <root>/tmp; containerd: the blobs
 
     @property
     def total(self) -> int:
@@ -172,16 +163,28 @@ class DiskNeed:
         )
 
 
-def disk_needed(spec_sizes: Sequence[int], send: Iterable[int], store: str) -> DiskNeed:
+def disk_needed(
+    spec_sizes: Sequence[int],
+    send: Iterable[int],
+    store: str,
+    stored: Mapping[int, Descriptor] | None = None,
+) -> DiskNeed:
     """What loading the missing layers needs at the Docker root, on the host's store.
 
     Both stores hold each missing layer twice at the peak, differently: the classic
-    store's ``docker load`` spools the tarball (its layers uncompressed, whatever crossed
-    the wire) under ``<root>/tmp`` and unpacks from there, freeing the spool afterwards; the
+    store's ``docker load`` spools the archive (whatever compression crossed the wire
+    undone) under ``<root>/tmp`` and unpacks from there, freeing the spool afterwards; the
     containerd store keeps each layer's blob in its content store for good, beside the
-    unpacked snapshot. Layer sizes are their tar sizes, what both copies take.
+    unpacked snapshot. A layer sent as its ``stored`` blob is staged compressed, as the
+    blob's size; the others as their tar.
     """
-    return DiskNeed(store, sum(spec_sizes[i] for i in send if i < len(spec_sizes)))
+    stored = stored or {}
+    missing = [i for i in send if i < len(spec_sizes)]
+    return DiskNeed(
+        store,
+        unpacked=sum(spec_sizes[i] for i in missing),
+        staged=sum(stored[i].size if i in stored else spec_sizes[i] for i in missing),
+    )
 
 
 VIAS = ("ssh", "registry")

@@ -188,7 +188,7 @@ def _inspect(
         decided = replace(
             decided, stored=as_stored(image.blobs, decided.send, state.engine_version)
         )
-    needed = disk_needed(sizes, decided.send, decided.store)
+    needed = disk_needed(sizes, decided.send, decided.store, decided.stored)
     details: dict[str, Any] = {
         "store": decided.store,
         "layers_total": len(spec.diff_ids),
