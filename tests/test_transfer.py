@@ -604,7 +604,6 @@ class MemoryStore:
 
 
 def test_each_host_gets_the_manifest_naming_the_blobs_it_holds_in_every_wave() -> None:
-    import threading
 
     from fleet.ship.state import Descriptor
 
@@ -617,17 +616,7 @@ def test_each_host_gets_the_manifest_naming_the_blobs_it_holds_in_every_wave() -
     )
 
     def run(*sinks: Sink, replay: bool) -> dict[str, dict[str, bytes]]:
-        got: dict[str, bytes] = {}
-        readers = [
-            threading.Thread(target=lambda s=s: got.__setitem__(s.host, b"".join(s.chunks())))
-            for s in sinks
-        ]
-        for reader in readers:
-            reader.start()
-        broadcast.run(list(sinks), replay=replay)
-        for reader in readers:
-            reader.join()
-        assert broadcast.error is None
+        got = _drain(broadcast, list(sinks), replay=replay)
         return {host: _members(raw) for host, raw in got.items()}
 
     def layers_named(files: dict[str, bytes]) -> list[dict]:
@@ -691,7 +680,11 @@ def _two_layer_image() -> tuple[ImageSpec, BlobStore]:
     return spec, store
 
 
-def _drain(broadcast: Broadcast, sinks: list[Sink], *, replay: bool) -> dict[str, bytes]:
+def _drain(
+    broadcast: Broadcast, sinks: list[Sink], *, replay: bool, failing: bool = False
+) -> dict[str, bytes]:
+    """Run ``broadcast`` into ``sinks``: what each host received (``failing``: the
+    broadcast is expected to fail)."""
     import threading
 
     got: dict[str, bytes] = {}
@@ -704,7 +697,7 @@ def _drain(broadcast: Broadcast, sinks: list[Sink], *, replay: bool) -> dict[str
     broadcast.run(sinks, replay=replay)
     for reader in readers:
         reader.join()
-    assert broadcast.error is None
+    assert (broadcast.error is not None) == failing, broadcast.error
     return got
 
 
@@ -814,15 +807,9 @@ def test_a_stored_blob_that_is_not_its_digest_fails_the_stream_before_any_manife
     store.blob = corrupt  # type: ignore[method-assign]
     sink = Sink("a", frozenset({1}), stored={1: store.descriptor})
     broadcast = Broadcast(spec, lambda: iter(()), "none", store, [sink])
-    import threading
-
-    got: list[bytes] = []
-    reader = threading.Thread(target=lambda: got.extend(sink.chunks()))
-    reader.start()
-    broadcast.run([sink], replay=False)
-    reader.join()
+    got = _drain(broadcast, [sink], replay=False, failing=True)
     assert isinstance(broadcast.error, OSError) and "does not match" in str(broadcast.error)
-    assert b"manifest.json" not in b"".join(got)
+    assert b"manifest.json" not in got["a"]
 
 
 def test_a_store_that_cannot_give_a_blob_sends_its_tar_from_docker_save() -> None:
