@@ -192,6 +192,11 @@ class HostContext:
     def transport(self) -> Transport:
         return self._runner.transport(self.host)
 
+    def reconnect(self) -> Transport:
+        """A new connection to the host, in place of one that was lost."""
+        self._runner.drop(self.name)
+        return self._runner.transport(self.host)
+
     @property
     def cancelled(self) -> bool:
         """Whether the run was interrupted: a task checks it between its steps."""

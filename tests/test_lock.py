@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.errors import HostError
+from fleet.errors import HostError, UnreachableError
 from fleet.hosts.model import Host
 from fleet.ops import deploy
 from fleet.ops.containers import LOCK_FILE, STATE_DIR
@@ -157,6 +157,39 @@ def test_release_removes_only_the_lock_this_run_wrote(tmp_path: Path) -> None:
     path.write_text(other)
     lock.release()
     assert path.read_text() == other
+
+
+class LostHost(LocalHost):
+    """A host whose SSH connection is lost after ``alive`` commands, as when its sessions
+    are killed: each later command fails to start, like a dead connection's."""
+
+    def __init__(self, name: str, root: Path, alive: int) -> None:
+        super().__init__(name, root)
+        self.alive = alive
+
+    def answer(self, argv: list[str], stdin: bytes | None) -> CommandResult:
+        if len(self.commands) > self.alive:
+            raise UnreachableError(self.host, "connection lost: cannot start the command")
+        return super().answer(argv, stdin)
+
+
+def test_a_lock_whose_connection_was_lost_is_released_over_a_new_one(tmp_path: Path) -> None:
+    lost = LostHost("gpu1", tmp_path, alive=1)
+    fresh = LocalHost("gpu1", tmp_path)
+    connections = iter([lost, fresh])
+    ctx = HostContext(Host("gpu1"), Runner(lambda _: next(connections)))
+    lock = deploy.acquire_lock(ctx, "deploy 0.2.2", options())
+    assert lock_path(tmp_path).exists()
+    lock.release()  # the held connection is gone: a new one releases the lock
+    assert not lock_path(tmp_path).exists()
+    assert fresh.commands and fresh.commands[0][:2] == ["sh", "-c"]
+    # Unreachable for good: one new connection is tried, then the release gives up
+    # quietly (the lock expires).
+    gone = LostHost("gpu2", tmp_path, alive=1)
+    again = deploy.acquire_lock(context(gone), "deploy 0.2.2", options())
+    again.release()
+    assert lock_path(tmp_path).exists()
+    assert len(gone.commands) == 3  # the lock, then one try on each connection
 
 
 def _slow_rm(directory: Path) -> Path:

@@ -26,7 +26,15 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from fleet.errors import FleetError, HostError, Interrupted, RunSpecError, UsageError, tail_lines
+from fleet.errors import (
+    FleetError,
+    HostError,
+    Interrupted,
+    RunSpecError,
+    UnreachableError,
+    UsageError,
+    tail_lines,
+)
 from fleet.hosts.model import Host
 from fleet.images.build import Shippable
 from fleet.ops import containers, gpu
@@ -153,19 +161,39 @@ _MAX_TAKE_OVERS = 3
 
 @dataclass
 class Lock:
-    """A host's deploy lock, held by this run (``checksum``: of the lock file we wrote)."""
+    """A host's deploy lock, held by this run (``checksum``: of the lock file we wrote).
+
+    ``reconnect``: a fresh connection to the host, for a release after the one the lock
+    was taken on was lost.
+    """
 
     transport: Transport
     token: str
     checksum: str
+    reconnect: Callable[[], Transport] | None = None
 
     def release(self) -> None:
-        """Remove the lock if it is still ours (best effort: a lost lock expires)."""
+        """Remove the lock if it is still ours (best effort: a lost lock expires).
+
+        A connection lost while the lock was held (the host's SSH sessions killed, a
+        network blip) is opened again, once: otherwise the host would refuse every rerun,
+        from any controller, until the lock expires.
+        """
+        transport, reconnect = self.transport, self.reconnect
         for attempt in range(3):
-            ran = self.transport.run(
-                ["sh", "-c", UNLOCK_SCRIPT, "fleet-unlock", *_LOCK_ARGS, self.checksum],
-                check=False,
-            )
+            try:
+                ran = transport.run(
+                    ["sh", "-c", UNLOCK_SCRIPT, "fleet-unlock", *_LOCK_ARGS, self.checksum],
+                    check=False,
+                )
+            except UnreachableError:
+                if reconnect is None:
+                    return  # the lock expires
+                try:
+                    transport, reconnect = reconnect(), None
+                except UnreachableError:
+                    return
+                continue
             if ran.exit_code != 5:
                 return
             time.sleep(0.5 * (attempt + 1))
@@ -239,7 +267,7 @@ def acquire_lock(ctx: HostContext, what: str, options: DeployOptions) -> Lock:
                     f"took over a stale lock of {judged.holder()} from "
                     f"{judged.document.get('since', '?')}"
                 )
-            return Lock(ctx.transport, token, state.checksum)
+            return Lock(ctx.transport, token, state.checksum, ctx.reconnect)
         if ran.exit_code == 4:
             raise HostError(
                 ctx.name,
