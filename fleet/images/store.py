@@ -471,15 +471,17 @@ class ContentStore:
     def stored(self, chain_id: str) -> Descriptor | None:
         """The layer's blob when it is compressed (gzip or zstd), as a manifest names it: a
         host whose engine loads that compression gets it as it is, with no recompression.
-        None for a plain tar blob, or one whose size is not what the manifest says."""
+        None for a plain tar blob, one whose size is not what the manifest says, or one
+        this user cannot read."""
         media, digest = self._layer(chain_id)
         if media not in _GZIP | _ZSTD:
             return None
+        path = self._blob(digest)
         try:
-            size = self._blob(digest).stat().st_size
+            size = path.stat().st_size
         except OSError:
             return None
-        if self._declared.get(digest, size) != size:
+        if self._declared.get(digest, size) != size or not os.access(path, os.R_OK):
             return None
         return Descriptor(media, digest, size)
 
