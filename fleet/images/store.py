@@ -510,28 +510,28 @@ class ContentStore:
             yield from self._zstd(digest, packed)
         else:
             inflate = zlib.decompressobj(wbits=31) if media in _GZIP else None
-            with self._blob(digest).open("rb") as handle:
-                while data := handle.read(_PIECE):
-                    packed.update(data)
-                    while inflate is not None and data:
-                        out = inflate.decompress(data)
-                        # Concatenated gzip members are one stream (pigz and parallel gzip).
-                        data = inflate.unused_data if inflate.eof else b""
-                        if inflate.eof:
-                            inflate = zlib.decompressobj(wbits=31)
-                        if out:
-                            yield out
-                    if inflate is None:
-                        yield data
+            for piece in self._raw(digest):
+                packed.update(piece)
+                if inflate is None:
+                    yield piece
+                    continue
+                data = piece
+                while data:
+                    out = inflate.decompress(data)
+                    # Concatenated gzip members are one stream (pigz and parallel gzip).
+                    data = inflate.unused_data if inflate.eof else b""
+                    if inflate.eof:
+                        inflate = zlib.decompressobj(wbits=31)
+                    if out:
+                        yield out
         if f"sha256:{packed.hexdigest()}" != digest:
             raise OSError(f"blob {digest} does not match its digest")
 
     def _zstd(self, digest: str, packed: Any) -> Iterator[bytes]:
         path = self._blob(digest)
         # The zstd program reads the file itself: its digest is taken by a read of ours.
-        with path.open("rb") as handle:
-            while data := handle.read(_PIECE):
-                packed.update(data)
+        for data in self._raw(digest):
+            packed.update(data)
         with subprocess.Popen(["zstd", "-dcq", str(path)], stdout=subprocess.PIPE) as proc:
             assert proc.stdout is not None
             while data := proc.stdout.read(_PIECE):

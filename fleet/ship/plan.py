@@ -178,13 +178,20 @@ def disk_needed(
     unpacked snapshot. A layer sent as its ``stored`` blob is staged compressed, as the
     blob's size; the others as their tar.
     """
-    stored = stored or {}
     missing = [i for i in send if i < len(spec_sizes)]
     return DiskNeed(
         store,
         unpacked=sum(spec_sizes[i] for i in missing),
-        staged=sum(stored[i].size if i in stored else spec_sizes[i] for i in missing),
+        staged=archived_bytes(spec_sizes, missing, stored or {}),
     )
+
+
+def archived_bytes(
+    sizes: Sequence[int], send: Iterable[int], stored: Mapping[int, Descriptor]
+) -> int:
+    """The bytes of the layers ``send`` in a host's archive: tars at ``sizes``, the layers
+    sent as ``stored`` blobs at the blobs' sizes (0 for a layer whose size is unknown)."""
+    return sum(stored[i].size if i in stored else sizes[i] if i < len(sizes) else 0 for i in send)
 
 
 VIAS = ("ssh", "registry")

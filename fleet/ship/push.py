@@ -31,6 +31,7 @@ from fleet.ship.plan import (
     LOAD_TIMEOUT,
     Plan,
     PushOptions,
+    archived_bytes,
     as_stored,
     check_cuda,
     check_options,
@@ -274,7 +275,7 @@ def _send_all(
             broadcast = broadcasts[compress_of[ctx.name]]
             decided = plans[ctx.name]
             # Progress in archive bytes (tars, or blobs as stored) against the layers' sizes.
-            total = _archived(image.sizes, decided, frozenset(decided.stored)) or 0
+            total = archived_bytes(image.sizes, decided.send, decided.stored)
             ctx.progress("send", 0, total)
             sink.on_progress = lambda done: ctx.progress("send", done, max(total, done))
             sink.on_end = lambda: ctx.progress("load")
@@ -313,8 +314,10 @@ def _by_compression(compress_of: Mapping[str, str]) -> dict[str, set[str]]:
 
 def _shipped(result: HostResult, decided: Plan, sink: Sink, broadcast: Broadcast) -> HostResult:
     """A host's result with how its layers were read and sent."""
+    sizes = broadcast.layer_sizes  # empty when the image was not read
+    as_sent = {i: decided.stored[i] for i in sink.stored}  # none after a docker save
     extra = {
-        "missing_bytes": _archived(broadcast.layer_sizes, decided, sink.stored),
+        "missing_bytes": archived_bytes(sizes, decided.send, as_sent) if sizes else None,
         "source": broadcast.source,
         "compress": broadcast.compress,
         "layers_held_compressed": len(decided.reuse),
@@ -325,17 +328,6 @@ def _shipped(result: HostResult, decided: Plan, sink: Sink, broadcast: Broadcast
         extra["source_why"] = broadcast.source_why
         reason = f"{reason}; read with docker save: {broadcast.source_why}"
     return replace(result, reason=reason, details={**result.details, **extra})
-
-
-def _archived(sizes: Sequence[int], decided: Plan, stored: frozenset[int]) -> int | None:
-    """The bytes of the missing layers in the host's archive (tars, and blobs as the
-    controller stores them); None when their sizes are not known."""
-    if not sizes:
-        return None
-    return sum(
-        decided.stored[i].size if i in stored else sizes[i] if i < len(sizes) else 0
-        for i in decided.send
-    )
 
 
 def _merge_seconds(inspected: HostResult, shipped: HostResult) -> HostResult:

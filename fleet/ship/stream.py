@@ -799,11 +799,8 @@ class Broadcast:
             cached = 0
             members: Iterable[tuple[_Member, Iterator[bytes]]] | None = self._local(stream, sinks)
             if members is None:
-                # docker save gives tars only: the hosts get every layer as its tar.
                 self.blobs_ok = False
-                for sink in sinks:
-                    sink.use_stored({})
-                stream.variants = sorted({sink.variant for sink in sinks}, key=Variant.key)
+                stream.variants = self._variants(sinks)
                 members = stream.members()  # reads every layer of the image
                 self.source = "docker save"
             seen = 0
@@ -850,13 +847,18 @@ class Broadcast:
         self.source, self.source_why = self.local.source, self.local.why
         return members
 
-    def _replay_to(self, sinks: Sequence[Sink]) -> None:
-        """A later wave: the cached members, with the manifests of this wave's variants."""
-        assert self._replay is not None and self._stream is not None
+    def _variants(self, sinks: Sequence[Sink]) -> list[Variant]:
+        """The manifest variants of ``sinks``, in order; without stored blobs when they
+        could not be read (docker save gives tars only: every layer goes as its tar)."""
         if not self.blobs_ok:
             for sink in sinks:
                 sink.use_stored({})
-        variants = sorted({sink.variant for sink in sinks}, key=Variant.key)
+        return sorted({sink.variant for sink in sinks}, key=Variant.key)
+
+    def _replay_to(self, sinks: Sequence[Sink]) -> None:
+        """A later wave: the cached members, with the manifests of this wave's variants."""
+        assert self._replay is not None and self._stream is not None
+        variants = self._variants(sinks)
         for member in self._replay:
             if member.variant is not None:
                 continue
