@@ -192,6 +192,36 @@ def test_a_lock_whose_connection_was_lost_is_released_over_a_new_one(tmp_path: P
     assert len(gone.commands) == 3  # the lock, then one try on each connection
 
 
+class AnswerLostHost(LocalHost):
+    """A host that runs the first command but whose answer is lost with the connection
+    (its SSH sessions killed right then)."""
+
+    def answer(self, argv: list[str], stdin: bytes | None) -> CommandResult:
+        if len(self.commands) == 1:
+            super().answer(argv, stdin)  # it ran on the host ...
+        raise UnreachableError(self.host, "connection lost")  # ... and the connection is gone
+
+
+def test_a_lock_written_when_the_answer_was_lost_is_released_over_a_new_one(
+    tmp_path: Path,
+) -> None:
+    lost = AnswerLostHost("gpu1", tmp_path)
+    fresh = LocalHost("gpu1", tmp_path)
+    connections = iter([lost, fresh])
+    ctx = HostContext(Host("gpu1"), Runner(lambda _: next(connections)))
+    with pytest.raises(UnreachableError):
+        deploy.acquire_lock(ctx, "deploy 0.2.2", options())
+    assert len(lost.commands) == 2 and fresh.commands  # the unlock went over a new one
+    assert not lock_path(tmp_path).exists()
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 70000])
+def test_the_lock_checksum_is_what_the_cksum_program_prints(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    printed = subprocess.run(["cksum"], input=data, capture_output=True, check=True)
+    assert deploy.cksum(data) == printed.stdout.decode().strip()
+
+
 def _slow_rm(directory: Path) -> Path:
     """An ``rm`` that takes long, the second one longer: widens any check-then-remove race."""
     shims = directory / "shims"

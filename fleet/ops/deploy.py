@@ -232,6 +232,33 @@ class LockState:
         return str(self.document.get("holder", "?"))
 
 
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for index in range(256):
+        crc = index << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1) & 0xFFFFFFFF
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC_TABLE = _crc_table()
+
+
+def cksum(data: bytes) -> str:
+    """What POSIX ``cksum < file`` prints for a file holding ``data`` ("CRC SIZE"): the
+    lock scripts name a lock by it."""
+    crc = 0
+    length = len(data)
+    tail = b""
+    while length:
+        tail += bytes([length & 0xFF])
+        length >>= 8
+    for byte in data + tail:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ _CRC_TABLE[((crc >> 24) ^ byte) & 0xFF]
+    return f"{~crc & 0xFFFFFFFF} {len(data)}"
+
+
 def acquire_lock(ctx: HostContext, what: str, options: DeployOptions) -> Lock:
     """Take the host's deploy lock, waiting up to ``options.wait_lock``; HostError if held.
 
@@ -255,11 +282,18 @@ def acquire_lock(ctx: HostContext, what: str, options: DeployOptions) -> Lock:
                 "%Y-%m-%dT%H:%M:%SZ"
             ),
         }
-        ran = ctx.transport.run(
-            ["sh", "-c", LOCK_SCRIPT, "fleet-lock", *_LOCK_ARGS, take_over],
-            stdin=json.dumps(document).encode() + b"\n",
-            check=False,
-        )
+        content = json.dumps(document).encode() + b"\n"
+        try:
+            ran = ctx.transport.run(
+                ["sh", "-c", LOCK_SCRIPT, "fleet-lock", *_LOCK_ARGS, take_over],
+                stdin=content,
+                check=False,
+            )
+        except UnreachableError:
+            # The answer was lost, maybe not the lock: if the host wrote ours, it is the
+            # only lock with our content's checksum, and is released over a new connection.
+            Lock(ctx.transport, token, cksum(content), ctx.reconnect).release()
+            raise
         state = LockState.parse(ran.stdout)
         if ran.exit_code == 0:
             if take_over and judged is not None:
