@@ -143,6 +143,22 @@ def host_sh(env: LabFixture, host: str, *argv: str) -> str:
     return host_run(env, host, *argv).stdout
 
 
+# A lab host's engine stopped, and started again (its entrypoint started it the first time).
+ENGINE_STOP = "pkill -x dockerd; while pgrep -x dockerd >/dev/null; do sleep 0.1; done"
+ENGINE_START = """
+nohup dockerd >>/var/log/dockerd.log 2>&1 &
+for i in $(seq 600); do docker version >/dev/null 2>&1 && exit 0; sleep 0.2; done
+exit 1
+"""
+
+
+def restart_engine(env: LabFixture, host: str) -> None:
+    """Restart a lab host's Docker engine, through the controller's engine (not over SSH)."""
+    container = lab.engine_client().containers.get(env.host(host).container)
+    code, out = container.exec_run(["sh", "-c", ENGINE_STOP + "\n" + ENGINE_START])
+    assert code == 0, (out or b"").decode("utf-8", "replace")
+
+
 def clear_framework(env: LabFixture) -> None:
     """Remove every framework container from the lab's hosts (another module's deploys).
 

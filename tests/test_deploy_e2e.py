@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import LabFixture, clear_framework, host_sh, run_json, run_project_json
+from tests.conftest import (
+    LabFixture,
+    clear_framework,
+    host_sh,
+    restart_engine,
+    run_json,
+    run_project_json,
+)
 from tests.framework import FrameworkProject, build_with_label
 
 pytestmark = pytest.mark.lab
@@ -60,6 +67,22 @@ def named_inventory(fast_inventory: Path, tmp_path_factory: pytest.TempPathFacto
     path = tmp_path_factory.mktemp("namedinv") / "lab.yml"
     path.write_text(yaml.safe_dump(document))
     return path
+
+
+def with_host_vars(inventory: Path, host: str, variables: dict[str, object], tmp: Path) -> Path:
+    """A copy of ``inventory`` with ``variables`` added to one host's."""
+    document = yaml.safe_load(inventory.read_text())
+    hosts = document["all"]["children"]["lab"]["hosts"]
+    hosts[host] = {**hosts[host], **variables}
+    path = tmp / "inventory.yml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def restart_policy(env: LabFixture, host: str, name: str) -> str:
+    return host_sh(
+        env, host, "docker", "inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", name
+    ).strip()
 
 
 def started_at(env: LabFixture, host: str, name: str) -> str:
@@ -366,32 +389,70 @@ def test_a_hand_started_container_of_that_name_is_kept_aside(
 
 
 @pytest.mark.hostile
-def test_a_symlink_planted_under_the_data_root_does_not_mount_the_host(
+def test_the_restart_swap_never_mounts_the_host(
     lab_env: LabFixture, fast_inventory: Path, project: FrameworkProject, capsys
 ) -> None:
-    """/data/r -> / (what any container with /data mounted can plant): refused on the host."""
+    """The review's attack: a label that mounts /data whole and /data/x beside it, with
+    --restart always. Once healthy, the container would swap /data/x for a link to / and
+    exit; Docker resolves bind sources again at the restart (or a reboot, or a docker
+    start), and mounts the host's / at /host. The label is refused before anything stops,
+    whatever /data/x is at deploy time."""
     v1 = project.built[0]
     code, doc = fleet(capsys, fast_inventory, project, "deploy", "lab1", v1)
     assert code == 0, doc
     before = started_at(lab_env, "lab1", "cauchy_service")
-    host_sh(lab_env, "lab1", "sh", "-c", "mkdir -p /data && ln -sfn / /data/r")
+    host_sh(lab_env, "lab1", "sh", "-c", "mkdir -p /data/x")
     tag, reference = hostile_image(
         project,
-        "docker run -d --name cauchy_service --network host -v /data/r:/host {image} "
-        "python cauchy_services.py --port 8339",
+        "docker run -d --name cauchy_service --restart always --network host -v /data:/data "
+        "-v /data/x:/host {image} python cauchy_services.py --port 8339",
     )
     try:
         code, doc = fleet(capsys, fast_inventory, project, "deploy", "lab1", tag)
         result = doc["hosts"]["lab1"]
         assert code == 2 and result["outcome"] == "failed", result
-        assert "mounts /data/r, which is / on the host" in result["reason"]
-        assert "fleet_run_allow_paths" in result["fix"]
+        assert "--volume /data/x:/host" in result["reason"], result
+        assert "never a path below one" in result["fix"]
         # Nothing was stopped: the running version is the same container, never restarted.
         assert started_at(lab_env, "lab1", "cauchy_service") == before
         assert containers(lab_env, "lab1", project.repository)["cauchy_service"] == "running"
+        # The data root itself made a link to / (by whoever may write the host's /): the
+        # label mounting /data whole is refused once the host resolves it.
+        host_sh(lab_env, "lab1", "sh", "-c", "mv /data /data.real && ln -s / /data")
+        try:
+            code, doc = fleet(capsys, fast_inventory, project, "deploy", "lab1", project.built[1])
+        finally:
+            host_sh(lab_env, "lab1", "sh", "-c", "rm /data && mv /data.real /data")
+        result = doc["hosts"]["lab1"]
+        assert code == 2 and "mounts /data, which is / on the host" in result["reason"], result
+        assert started_at(lab_env, "lab1", "cauchy_service") == before
     finally:
-        host_sh(lab_env, "lab1", "rm", "-f", "/data/r")
+        host_sh(lab_env, "lab1", "rm", "-rf", "/data/x")
         remove_image(reference)
+
+
+@pytest.mark.hostile
+def test_a_kept_version_stays_stopped_through_an_engine_restart(
+    lab_env: LabFixture, fast_inventory: Path, project: FrameworkProject, tmp_path: Path, capsys
+) -> None:
+    """A version fleet stopped and kept must not come back by itself: with --restart
+    always, Docker starts a stopped container again when its engine restarts."""
+    v1, v2 = project.built[:2]
+    always = {"fleet_run_overrides": {"restart": "always"}}
+    inventory = with_host_vars(fast_inventory, "lab1", always, tmp_path)
+    code, doc = fleet(capsys, inventory, project, "deploy", "lab1", v1)
+    assert code == 0, doc
+    code, doc = fleet(capsys, inventory, project, "deploy", "lab1", v2)
+    assert code == 0, doc
+    kept = f"cauchy_service-{v1}"
+    assert restart_policy(lab_env, "lab1", kept) == "no"
+    restart_engine(lab_env, "lab1")
+    states = containers(lab_env, "lab1", project.repository)
+    assert states[kept] == "exited" and states["cauchy_service"] == "running", states
+    # Rolled back, the kept version gets its own restart policy again.
+    code, doc = fleet(capsys, inventory, project, "rollback", "lab1", "--to", v1)
+    assert code == 0, doc
+    assert restart_policy(lab_env, "lab1", "cauchy_service") == "always"
 
 
 @pytest.mark.hostile

@@ -86,11 +86,20 @@ def switch(host: GpuHost, variables: Mapping[str, Any], label: str) -> None:
 
 @pytest.mark.hostile
 def test_a_mount_that_a_planted_symlink_leads_out_is_refused_before_anything_stops() -> None:
+    # Below the data root: refused as text, before the host is even asked.
     host = GpuHost(resolved={"/data/r": "/"})
     label = f"docker run -d --name cauchy_service -v /data/r:/host {NEW} python x.py"
     with pytest.raises(HostError) as caught:
         switch(host, NAMED, label)
-    assert "mounts /data/r, which is / on the host" in caught.value.reason
+    assert "--volume /data/r:/host" in caught.value.reason
+    assert caught.value.fix is not None and "never a path below one" in caught.value.fix
+    assert host.changes() == []
+    # The data root itself a link to / on the host: refused once resolved there.
+    host = GpuHost(resolved={"/data": "/"})
+    label = f"docker run -d --name cauchy_service -v /data:/host {NEW} python x.py"
+    with pytest.raises(HostError) as caught:
+        switch(host, NAMED, label)
+    assert "mounts /data, which is / on the host" in caught.value.reason
     assert caught.value.fix is not None and "fleet_run_allow_paths" in caught.value.fix
     assert host.changes() == []
 
@@ -116,31 +125,60 @@ def test_a_container_the_inventory_does_not_name_is_left_alone() -> None:
 def test_the_mount_check_comes_before_taking_over_a_hand_started_container() -> None:
     host = GpuHost(others={"cauchy_service": "d" * 64 + " true"})
     # Refused on the mount, so the switch stops right after deciding about the container.
-    host.resolved["/data/x"] = "/etc"
-    label = f"docker run -d -v /data/x:/x {NEW}"
+    host.resolved["/data"] = "/etc"
+    label = f"docker run -d -v /data:/x {NEW}"
     with pytest.raises(HostError, match="which is /etc on the host"):
         switch(host, NAMED, label)
     assert host.changes() == []
 
 
 def test_mounts_in_a_symlinked_data_root_are_allowed() -> None:
-    policy = RunPolicy.for_host({"fleet_run_allow_paths": ["/data/models"]})
-    spec = RunSpec(volumes=("/data:/data", "/data/models/v1:/models:ro", "cache:/cache"))
-    host = GpuHost(
-        resolved={
-            "/data": "/mnt/disk/data",
-            "/data/models/v1": "/mnt/disk/data/models/v1",
-        }
-    )
+    policy = RunPolicy.for_host({"fleet_run_allow_paths": ["/scratch"]})
+    spec = RunSpec(volumes=("/data:/data", "/scratch:/s:ro", "/data:/d2", "cache:/cache"))
+    host = GpuHost(resolved={"/data": "/mnt/disk/data"})
     deploy.check_mounts(host, "gpu1", spec, policy)
-    # Only the outermost allowed path is resolved: /data/models is inside /data.
-    assert host.commands == [[*deploy.RESOLVE_ARGV, "/data", "/data", "/data/models/v1"]]
-    # An allowed path inside another counts only as written: a container that mounts /data
-    # could have made /data/models a symlink to /.
-    host = GpuHost(resolved={"/data/models": "/", "/data/models/etc": "/etc"})
-    spec = RunSpec(volumes=("/data/models/etc:/x",))
-    with pytest.raises(HostError, match="which is /etc on the host"):
+    assert host.commands == [[*deploy.RESOLVE_ARGV, "/data", "/scratch"]]
+    # Two roots that the host's links make one inside the other are refused.
+    host = GpuHost(resolved={"/scratch": "/mnt/disk/data/scratch", "/data": "/mnt/disk/data"})
+    with pytest.raises(HostError, match="holds or lies in another mount"):
         deploy.check_mounts(host, "gpu1", spec, policy)
+    # A path below a root never reaches the host.
+    host = GpuHost()
+    with pytest.raises(HostError, match="not one of the directories"):
+        deploy.check_mounts(host, "gpu1", RunSpec(volumes=("/data/models:/x",)), policy)
+    assert host.commands == []
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize(
+    ("grants", "refused"),
+    [
+        # Kept from before binds were checked whole: the restart swap's second mount.
+        ('["/data:/data","/data/x:/host"]\tnull\tnvidia\tfalse', "/data/x:/host"),
+        ('["postgres_data:/x"]\tnull\trunc\tfalse', "postgres_data:/x"),
+        ('["/data:/data"]\tnull\tkata\tfalse', "--runtime kata"),
+        ('null\t[{"Type":"bind","Source":"/"}]\trunc\tfalse', "--mount"),
+        ("null\tnull\trunc\ttrue", "--privileged"),
+    ],
+)
+def test_a_kept_container_is_checked_before_it_is_started_again(grants: str, refused: str) -> None:
+    ident = "e" * 64
+    host = GpuHost(others={ident: grants})
+    with pytest.raises(HostError, match="would be started with") as caught:
+        deploy.check_container(host, Host("gpu1", {}), ident, RunPolicy())
+    assert refused in caught.value.reason
+    assert caught.value.fix is not None and f"docker rm {ident[:12]}" in caught.value.fix
+    assert host.changes() == []
+
+
+def test_a_kept_container_with_whole_roots_is_resolved_then_started() -> None:
+    ident = "e" * 64
+    host = GpuHost(others={ident: '["/data:/data","/data:/m:ro"]\tnull\tnvidia\tfalse'})
+    deploy.check_container(host, Host("gpu1", {}), ident, RunPolicy())
+    assert host.commands[-1] == [*deploy.RESOLVE_ARGV, "/data"]
+    host = GpuHost(resolved={"/data": "/etc"}, others={ident: '["/data:/data"]\tnull\trunc\tfalse'})
+    with pytest.raises(HostError, match="which is /etc on the host"):
+        deploy.check_container(host, Host("gpu1", {}), ident, RunPolicy())
 
 
 def test_mounts_are_not_resolved_when_nothing_is_bound_or_any_path_is_allowed() -> None:

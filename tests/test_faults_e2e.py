@@ -45,6 +45,8 @@ from fleet.ship.state import is_current, read_state
 from fleet.ssh.known_hosts import KnownHosts
 from fleet.ssh.paramiko_client import SSHTransport
 from tests.conftest import (
+    ENGINE_START,
+    ENGINE_STOP,
     FAULTS,
     TEST_LAB,
     FaultRow,
@@ -533,12 +535,7 @@ def test_fault4_new_version_unhealthy_on_one_host_only(
     check_fault(faults, run, capsys)
 
 
-_STOP_ENGINE = "pkill -x dockerd; while pgrep -x dockerd >/dev/null; do sleep 0.1; done"
-_START_ENGINE = """
-nohup dockerd >>/var/log/dockerd.log 2>&1 &
-for i in $(seq 600); do docker version >/dev/null 2>&1 && exit 0; sleep 0.2; done
-exit 1
-"""
+_STOP_ENGINE, _START_ENGINE = ENGINE_STOP, ENGINE_START
 # The engine stopped, its root (re)mounted, the engine started again.
 _SWAP_ROOT = _STOP_ENGINE + "\n{mount}\n" + _START_ENGINE
 

@@ -812,3 +812,30 @@ def test_extra_vars_win_over_every_hosts_own_connection_variables(tmp_path: Path
     assert overridden.hosts["gpu2"].vars["ansible_become_password"] == "pw"
     assert loaded.hosts["gpu1"].user == "lab"  # the loaded inventory is unchanged
     assert loaded.with_vars({}) is loaded
+
+
+# -- names that would steer a terminal -------------------------------------------------------
+@pytest.mark.hostile
+@pytest.mark.parametrize(
+    ("text", "name", "line"),
+    [
+        ('all:\n  hosts:\n    "lab\\e7": {}\n', "\\x1b", 3),
+        ('all:\n  children:\n    "gpu\\e]0;owned\\a":\n      hosts: {lab1: {}}\n', "\\x1b", 3),
+        ('all:\n  hosts:\n    "lab1\\nlab2": {}\n', "\\n", 3),
+        ('all:\n  hosts:\n    "lab\\u202e1": {}\n', "\\u202e", 3),
+        ('all:\n  hosts:\n    "lab\\t1": {}\n', "\\t", 3),
+        ("[gpu\x1b[0m]\nlab1\n", "\\x1b", 1),
+        ("[gpu]\nlab\u202e1\n", "\\u202e", 2),
+    ],
+)
+def test_a_name_that_steers_a_terminal_is_refused_at_load(
+    tmp_path: Path, text: str, name: str, line: int
+) -> None:
+    path = tmp_path / ("hosts.yml" if text.startswith("all:") else "hosts.ini")
+    path.write_text(text)
+    with pytest.raises(InventoryError) as caught:
+        load_one(path)
+    message = caught.value.message
+    assert f"{path}:{line}:" in message and f"contains {name}" in message
+    assert "\x1b" not in message and "\u202e" not in message and "\n" not in message
+    assert caught.value.fix and "rename" in caught.value.fix

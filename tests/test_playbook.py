@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
 
 from fleet.errors import EXIT_BAD_FILE, PlaybookError, UndefinedError, UsageError
+from fleet.hosts import inventory
 from fleet.playbook import run as play
 from fleet.playbook import schema as playbook
 from fleet.playbook import template
+from fleet.results import FleetResult
 from tests.conftest import run_cli
+
+
+class NoRunner:
+    """A runner that fails the test if any host is touched."""
+
+    forks = 1
+
+    def run(self, *args: object, **kwargs: object) -> FleetResult:
+        raise AssertionError("a host was touched")
+
+
+class Silent:
+    """Play events that show nothing."""
+
+    def __getattr__(self, name: str) -> object:
+        return lambda *args: None
+
 
 BAD = Path(__file__).parent / "fixtures" / "playbooks" / "bad"
 ROOT = Path(__file__).resolve().parents[1]
@@ -269,27 +289,13 @@ def test_push_and_deploy_say_how_the_image_travels(tmp_path: Path) -> None:
 def test_a_host_path_climbing_out_or_relative_fails_every_host_and_runs_nothing(
     tmp_path: Path, task: str, key: str
 ) -> None:
-    from fleet.hosts import inventory as inventory_mod
-    from fleet.results import FleetResult
-
-    class NoRunner:
-        forks = 1
-
-        def run(self, *args: object, **kwargs: object) -> FleetResult:
-            raise AssertionError("a host was touched")
-
-    class Silent:
-        def __getattr__(self, name: str) -> object:
-            return lambda *args: None
-
     book = tmp_path / "paths.yml"
     book.write_text(f"- hosts: all\n  tasks:\n    - {task}\n")
     hosts_file = tmp_path / "hosts.yml"
     hosts_file.write_text("all:\n  hosts:\n    gpu1:\n")
-    inventory = inventory_mod.load([hosts_file])
     player = play.Player(
         playbook.load(book),
-        inventory,
+        inventory.load([hosts_file]),
         NoRunner(),  # type: ignore[arg-type]
         play.PlayOptions(),
         Silent(),  # type: ignore[arg-type]
@@ -300,49 +306,53 @@ def test_a_host_path_climbing_out_or_relative_fails_every_host_and_runs_nothing(
     assert key in (row.reason or "") and "must be absolute, without '..'" in (row.reason or "")
 
 
-# -- the write of copy and cron steps, run by this machine's own sh ----------------------------
+# -- bounded templates: a playbook cannot crash or hang the controller ----------------------
 @pytest.mark.hostile
-def test_a_file_is_written_through_no_name_planted_in_a_shared_directory(tmp_path: Path) -> None:
-    import os
-    import subprocess
-
-    shared = tmp_path / "projects"
-    shared.mkdir()
-    shared.chmod(0o2775)  # group-writable, not sticky: a member may plant names here
-    victim = tmp_path / "victim"
-    victim.write_text("victim\n")
-    target = shared / "app.env"
-    # Every name the write used to go through is a symlink to the victim.
-    (shared / "app.env.fleet-tmp").symlink_to(victim)
-    ran = subprocess.run(play._write_argv(str(target), "640"), input=b"new\n", check=False)
-    assert ran.returncode == 0
-    assert victim.read_text() == "victim\n" and oct(victim.stat().st_mode & 0o777) != "0o640"
-    assert not target.is_symlink() and target.read_text() == "new\n"
-    assert target.stat().st_mode & 0o777 == 0o640
-    assert sorted(os.listdir(shared)) == ["app.env", "app.env.fleet-tmp"]  # no temp file left
-    # A failing step (chmod refuses the mode) leaves the target as it was and no temp file.
-    failed = subprocess.run(
-        play._write_argv(str(target), "9"), input=b"other\n", check=False, capture_output=True
+@pytest.mark.parametrize(
+    ("template", "said"),
+    [
+        ("{{ 'a' * 10**9 }}", "'\\*' would make 1000000000"),
+        ("{{ [1] * 10**8 }}", "'\\*' would make 100000000"),
+        ("{{ 7 ** 100000 }}", "'\\*\\*' would make a number"),
+        ("{{ range(10**9) | list }}", "range\\(1000000000,\\) has"),
+        ("{% macro m(x) %}{{ m(x) }}{% endmacro %}{{ m(1) }}", "recurses too deep"),
+        ("{{ ('x' * 5000) | regex_search('(x+x+)+y') }}", "did not finish within"),
+        ("{{ ('a' * 40 ~ 'b') is search('(a|aa)+$') }}", "did not finish within"),
+        ("{% for i in range(9000) %}{{ 'x' * 1000 }}{% endfor %}", "renders more than"),
+    ],
+)
+def test_a_template_that_would_exhaust_the_controller_fails_naming_its_task(
+    tmp_path: Path, template: str, said: str
+) -> None:
+    path = tmp_path / "book.yml"
+    path.write_text(
+        "- name: p\n  hosts: all\n  tasks:\n"
+        f"    - name: greedy\n      exec: {{command: [echo, {json.dumps(template)}]}}\n"
     )
-    assert failed.returncode != 0 and target.read_text() == "new\n"
-    assert sorted(os.listdir(shared)) == ["app.env", "app.env.fleet-tmp"]
-
-
-@pytest.mark.hostile
-def test_a_file_is_read_for_its_diff_only_through_its_own_name(tmp_path: Path) -> None:
-    import base64
-    import subprocess
-
-    victim = tmp_path / "shadow"
-    victim.write_text("root:$6$hash:19000::::::\n")
-    planted = tmp_path / "app.env"
-    planted.symlink_to(victim)  # what the name holds when the diff reads it
-    ran = subprocess.run(
-        play._stat_argv(str(planted), content=True), check=False, capture_output=True
+    book = playbook.load(path)  # validation compiles it: nothing is folded or run yet
+    hosts = tmp_path / "hosts.yml"
+    hosts.write_text("all:\n  hosts:\n    gpu1:\n")
+    player = play.Player(
+        book,
+        inventory.load([hosts]),
+        NoRunner(),  # type: ignore[arg-type]
+        play.PlayOptions(),
+        Silent(),  # type: ignore[arg-type]
     )
-    assert ran.stdout.decode().startswith("symbolic link|")
-    assert base64.b64encode(victim.read_bytes()) not in ran.stdout
-    real = tmp_path / "real.env"
-    real.write_text("mine\n")
-    ran = subprocess.run(play._stat_argv(str(real), content=True), check=False, capture_output=True)
-    assert ran.stdout.decode().splitlines()[1:] == [base64.b64encode(b"mine\n").decode()]
+    with pytest.raises(PlaybookError, match=said) as caught:
+        player.play_all()
+    assert caught.value.exit_code == 4
+    assert f"{path}:5" in str(caught.value) and "greedy" in str(caught.value)
+    assert caught.value.fix and "define the variable" not in caught.value.fix
+
+
+def test_bounded_templates_still_do_what_playbooks_need() -> None:
+    assert template.render("{{ 'ab' * 3 }}-{{ 2 ** 10 }}", {}) == "ababab-1024"
+    assert template.render("{{ range(3) | list }}", {}) == [0, 1, 2]
+    assert template.render("{{ '%05d' % 42 }}", {}) == "00042"
+    assert template.render("{{ 'x-12' | regex_search('[0-9]+') }}", {}) == "12"
+    # The review's hang: an engine that does not backtrack for ever answers at once.
+    assert template.render("{{ ('a' * 40 ~ 'b') | regex_search('(a+)+$') }}", {}) is None
+    assert template.render("{{ 'aXb' | regex_replace('x', '-', ignorecase=True) }}", {}) == "a-b"
+    assert template.render("{{ 'hi' | b64encode | b64decode }}", {}) == "hi"
+    assert template.render("{{ 'abcdef'[1:3] }}{{ 'abcdef'[::-2] }}", {}) == "bcfdb"

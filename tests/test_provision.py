@@ -9,14 +9,16 @@ handwritten from them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
+import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,6 +31,7 @@ from hypothesis import strategies as st
 import fleet.cli
 from fleet.errors import CommandError, CronBlockError, ProvisionSettingsError
 from fleet.hosts.model import FrozenDict, Host
+from fleet.ops import hostfiles
 from fleet.ops.facts import GPU, Disk
 from fleet.ops.provision import run as provision_run
 from fleet.ops.provision.cron import apply_block, cron_block, find_block, render_copy, render_script
@@ -40,7 +43,7 @@ from fleet.ops.provision.facts import (
     facts_arguments,
     parse_facts,
 )
-from fleet.ops.provision.plan import DIR_SCRIPT, Change, Command, dir_command, plan, write_command
+from fleet.ops.provision.plan import Change, Command, dir_command, plan, write_command
 from fleet.ops.provision.preflight import gpu_busy, preflight
 from fleet.ops.provision.run import ProvisionOptions, provision, resolve_base_images, with_base
 from fleet.ops.provision.settings import (
@@ -348,6 +351,47 @@ def test_script_starts_the_service_once_and_logs_with_timestamps(
     assert b"nothing to do" in again.stdout
 
 
+@pytest.mark.hostile
+def test_the_weights_service_follows_no_link_out_of_its_directory(
+    local_service: tuple[ProvisionSettings, Path], tmp_path: Path
+) -> None:
+    # What a container that mounts the data root can plant among the weights: links to the
+    # host's files and directories, at the top and deeper. Each is a 404, never served.
+    config, script = local_service
+    secret = tmp_path / "host-secret"
+    secret.write_bytes(b"the host's file")
+    secret.chmod(0o644)  # readable by anyone: the server's own user could read it by name
+    weights = Path(config.weights_dir)
+    (weights / "leak.bin").symlink_to(secret)
+    (weights / "hostdir").symlink_to(tmp_path)
+    (weights / "sub").mkdir()
+    (weights / "sub" / "ok.bin").write_bytes(b"deeper")
+    (weights / "sub" / "leak").symlink_to(secret)
+    ran = subprocess.run(["/bin/sh", str(script)], capture_output=True, check=False, timeout=60)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+
+    def get(path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(config.weights_url + path, timeout=5) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as error:
+            return error.code, b""
+
+    assert get("model.bin") == (200, b"weights")
+    assert get("sub/ok.bin") == (200, b"deeper")
+    for path in ("leak.bin", "hostdir/host-secret", "sub/leak", "hostdir/", "sub/../leak.bin"):
+        status, body = get(path)
+        assert status == 404 and b"the host" not in body, path
+    status, listing = get("")
+    assert status == 200 and b"model.bin" in listing and b"sub/" in listing
+    # The weights directory itself swapped for a link after the service started: it keeps
+    # serving the directory it opened, not what the name holds now.
+    weights.rename(tmp_path / "moved")
+    weights.symlink_to(tmp_path)
+    assert get("host-secret")[0] == 404
+    assert get("model.bin") == (200, b"weights")
+
+
 def test_script_reports_a_missing_weights_directory(
     local_service: tuple[ProvisionSettings, Path],
 ) -> None:
@@ -364,7 +408,7 @@ def test_script_runs_from_root_and_python_isolated() -> None:
     commands = [line for line in code if line and not re.fullmatch(r"[A-Z_]+=\S*", line)]
     assert commands[:2] == ["set -u", "cd / || exit 1"]
     calls = re.findall(r"python3(?: +-\S+)*", "\n".join(code))
-    assert calls == ["python3 -I -c", "python3 -I -m"], calls
+    assert calls == ["python3 -I -c", "python3 -I -c"], calls
 
 
 @pytest.mark.hostile
@@ -514,22 +558,27 @@ def test_fresh_host_gets_everything_in_order() -> None:
             "service_started",
         ]
         (mkdir,) = changes[0].commands
-        assert mkdir.argv[:3] == ("sh", "-c", DIR_SCRIPT)
-        assert mkdir.argv[-4:] == ("/data", "/data/checkpoints", "root:root", "00755")
-        assert str(mkdir) == (
-            "mkdir, chown root:root, chmod 00755 /data/checkpoints (following no link below /data)"
+        assert mkdir.argv == (
+            *hostfiles.SAFE_PATH,
+            *("dir", "/data", "/data/checkpoints", "0755", "root:root", "1"),
         )
-        assert [c.argv for c in changes[4].commands] == [
-            ("mkdir", "-p", "--", "/usr/local/lib/fleet"),
-            ("chown", "--", "0:0", "/usr/local/lib/fleet"),
-            ("chmod", "00755", "/usr/local/lib/fleet"),
+        assert str(mkdir) == (
+            "mkdir, chown root:root, chmod 0755 /data/checkpoints (following no link below /data)"
+        )
+        assert [c.argv[4:] for c in changes[4].commands] == [
+            ("dir", "/usr/local/lib", "/usr/local/lib/fleet", "0755", "0:0", "1")
         ]
         script = changes[5]
         assert written(script) == render_script(DEFAULTS)
-        assert script.commands[0].argv[-3:] == ("/usr/local/lib/fleet/aicron.sh", "0755", "absent")
+        assert script.commands[0].argv[-4:] == (
+            "/usr/local/lib/fleet/aicron.sh",
+            "0755",
+            "absent",
+            "0:0",
+        )
         copy = changes[6]
         assert written(copy) == render_copy(DEFAULTS)
-        assert copy.commands[0].argv[-3:] == ("/data/aicron.sh", "0644", "any")
+        assert copy.commands[0].argv[-5:] == ("/data", "/data/aicron.sh", "0644", "any", "0:0")
         cron = changes[7]
         assert written(cron) == (facts.cron.content or b"") + BLOCK  # type: ignore[union-attr]
         assert "+*/5 * * * * root /bin/sh /usr/local/lib/fleet/aicron.sh >/dev/null" in cron.diff
@@ -550,8 +599,8 @@ def test_mode_fix_is_one_chmod() -> None:
     changes = plan(DEFAULTS, dataclasses.replace(facts, paths=paths))
     assert kinds(changes) == ["dir_mode_fixed"]
     assert changes[0].what == "fix mode of /data/datasets: 2700 -> 0755"
-    # Through the directory itself, not its name; five digits clear the setgid bit.
-    assert changes[0].commands[0].argv[-4:] == ("/data", "/data/datasets", "", "00755")
+    # Through the directory itself, not its name; exact bits clear the setgid bit.
+    assert changes[0].commands[0].argv[-5:] == ("/data", "/data/datasets", "0755", "-", "0")
 
 
 def test_owner_fix_is_one_chown() -> None:
@@ -561,7 +610,7 @@ def test_owner_fix_is_one_chown() -> None:
     paths["/data/projects"] = PathState("directory", 0o755, 0, 0, "root", "root")
     changes = plan(config, dataclasses.replace(facts, paths=paths))
     assert kinds(changes) == ["dir_owner_fixed"]
-    assert changes[0].commands[0].argv[-4:] == ("/data", "/data/projects", "lab:lab", "")
+    assert changes[0].commands[0].argv[-5:] == ("/data", "/data/projects", "-", "lab:lab", "0")
 
 
 def test_users_crontab_lines_are_kept_byte_for_byte() -> None:
@@ -570,7 +619,7 @@ def test_users_crontab_lines_are_kept_byte_for_byte() -> None:
     assert change.kind == "cron_block_added"
     assert written(change) == USER_CRONTAB + BLOCK
     # Refused when the file changed since it was read: its sha256 goes with the write.
-    assert change.commands[0].argv[-1] == hashlib.sha256(USER_CRONTAB).hexdigest()
+    assert change.commands[0].argv[-2] == hashlib.sha256(USER_CRONTAB).hexdigest()
 
 
 def test_schedule_change_updates_the_block_in_place() -> None:
@@ -629,7 +678,7 @@ def test_changed_script_is_updated_with_a_diff() -> None:
     (change,) = plan(DEFAULTS, facts)
     assert change.kind == "script_updated"
     assert "-if ! flock -w 5 9; then" in change.diff and "+if ! flock -w 30 9; then" in change.diff
-    assert change.commands[0].argv[-1] == hashlib.sha256(old).hexdigest()
+    assert change.commands[0].argv[-2] == hashlib.sha256(old).hexdigest()
 
 
 def test_script_writable_by_others_is_fixed() -> None:
@@ -637,10 +686,9 @@ def test_script_writable_by_others_is_fixed() -> None:
     facts = dataclasses.replace(converged(DEFAULTS), script=file_state(script, 0o777, uid=1000))
     (change,) = plan(DEFAULTS, facts)
     assert change.kind == "script_mode_fixed"
-    # By name: the script's directory is root's alone (preflight checks its parents).
-    assert [c.argv for c in change.commands] == [
-        ("chown", "--", "0:0", "/usr/local/lib/fleet/aicron.sh"),
-        ("chmod", "00755", "/usr/local/lib/fleet/aicron.sh"),
+    # Through the file itself, never a link at its name.
+    assert [c.argv[4:] for c in change.commands] == [
+        ("fix", "/usr/local/lib/fleet", "/usr/local/lib/fleet/aicron.sh", "0755", "0:0")
     ]
 
 
@@ -656,7 +704,7 @@ def test_copy_that_is_a_link_or_changed_is_rewritten_whole() -> None:
         (change,) = plan(DEFAULTS, dataclasses.replace(facts, copy=state))
         assert change.kind == "copy_updated"
         (write,) = change.commands
-        assert write.argv[-3:] == ("/data/aicron.sh", "0644", "any")
+        assert write.argv[-5:] == ("/data", "/data/aicron.sh", "0644", "any", "0:0")
         assert written(change) == copy
     directory = dataclasses.replace(facts, copy=FileState("directory", 0o755, 0, 0, 4096))
     assert plan(DEFAULTS, directory) == []
@@ -669,10 +717,10 @@ def test_group_writable_crontab_is_fixed_and_written_files_keep_a_safe_mode() ->
     bad = dataclasses.replace(facts, cron=file_state(content, 0o664))
     (change,) = plan(DEFAULTS, bad)
     assert change.kind == "cron_mode_fixed"
-    assert change.commands[-1].argv == ("chmod", "0644", "/etc/crontab")
+    assert change.commands[-1].argv[4:] == ("fix", "/etc", "/etc/crontab", "0644", "0:0")
     private = dataclasses.replace(facts, cron=file_state(USER_CRONTAB, 0o600))
     (write,) = plan(DEFAULTS, private)
-    assert write.commands[0].argv[-2] == "0600"  # its own safe mode is kept
+    assert write.commands[0].argv[-3] == "0600"  # its own safe mode is kept
 
 
 def test_service_down_is_started() -> None:
@@ -701,72 +749,85 @@ def run_here(
     )
 
 
-def fake_mktemp(tmp_path: Path, after: str = "") -> Path:
-    """A ``mktemp`` that logs where and how it was called, then runs ``after`` on the name."""
-    real = shutil.which("mktemp")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    wrapper = bin_dir / "mktemp"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        f'echo "$(pwd -P) $*" >>{tmp_path}/mktemp.log\n'
-        f'name=$({real} "$@") || exit 1\n'
-        f"{after}\n"
-        'echo "$name"\n'
-    )
-    wrapper.chmod(0o755)
-    return bin_dir
-
-
 @as_root
-def test_files_are_written_through_mktemp_in_their_directory_then_renamed(tmp_path: Path) -> None:
-    bin_dir = fake_mktemp(tmp_path)
+def test_files_are_written_beside_their_target_then_renamed(tmp_path: Path) -> None:
     target = tmp_path / "etc" / "crontab"
     target.parent.mkdir()
     target.write_bytes(b"old\n")
-    command = write_command(str(target), b"new\n", 0o600, file_state(b"old\n"))
-    ran = run_here(command, [bin_dir])
+    command = write_command(str(target.parent), str(target), b"new\n", 0o600, file_state(b"old\n"))
+    ran = run_here(command)
     assert ran.returncode == 0, ran.stderr
-    # mktemp (O_EXCL) made the temporary file beside the target, by a relative template.
-    assert (tmp_path / "mktemp.log").read_text() == f"{target.parent} crontab.fleet-XXXXXX\n"
     assert target.read_bytes() == b"new\n"
     assert (target.stat().st_mode & 0o7777, target.stat().st_uid) == (0o600, 0)
     assert os.listdir(target.parent) == ["crontab"]
     # The file changed since its facts were read: refused, nothing left behind.
-    ran = run_here(write_command(str(target), b"x", 0o600, file_state(b"old\n")))
+    root = str(target.parent)
+    ran = run_here(write_command(root, str(target), b"x", 0o600, file_state(b"old\n")))
     assert ran.returncode == 3 and b"changed since its facts were read" in ran.stderr
     assert target.read_bytes() == b"new\n" and os.listdir(target.parent) == ["crontab"]
+    # A file that appeared where the facts saw none is not overwritten either.
+    ran = run_here(write_command(root, str(target), b"x", 0o600, None))
+    assert ran.returncode == 3 and b"appeared since its facts were read" in ran.stderr
 
 
 @as_root
 def test_a_failed_write_removes_its_temporary_file(tmp_path: Path) -> None:
     target = tmp_path / "aicron.sh"
-    command = write_command(str(target), b"x\n", 0o644, None)
-    broken = Command((*command.argv[:-2], "0999", "absent"), command.stdin)
+    command = write_command(str(tmp_path), str(target), b"x\n", 0o644, None)
+    mode = command.argv.index("0644")
+    broken = Command((*command.argv[:mode], "0999", *command.argv[mode + 1 :]), command.stdin)
     ran = run_here(broken)
-    assert ran.returncode != 0 and b"invalid mode" in ran.stderr
+    assert ran.returncode == 1 and b"invalid literal" in ran.stderr
     assert os.listdir(tmp_path) == []
+
+
+class Swapper:
+    """What a container that mounts the data root can do, as fast as it can: replace every
+    temporary file fleet makes there, and the target's own name, by a link to ``victim``."""
+
+    def __init__(self, directory: Path, name: str, victim: Path) -> None:
+        self.directory, self.name, self.victim = directory, name, victim
+        self.swaps = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Swapper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for entry in os.listdir(self.directory):
+                if entry == self.name or ".fleet-" in entry:
+                    path = self.directory / entry
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                        os.symlink(self.victim, path)
+                        self.swaps += 1
 
 
 @as_root
 @pytest.mark.hostile
-def test_a_link_planted_at_the_temporary_name_redirects_nothing(tmp_path: Path) -> None:
-    # A container that watches the data root replaces mktemp's file with a link to a file of
-    # the host's, before fleet opens it: root's write and chmod must not reach that file.
+def test_a_container_swapping_names_in_a_loop_redirects_no_write(tmp_path: Path) -> None:
+    # The review's race: root's write of the copy in the data root, while a container swaps
+    # the temporary file and the target for links to a 0600 file of the host's.
     victim = tmp_path / "shadow"
     victim.write_bytes(b"root:secret\n")
     victim.chmod(0o600)
-    bin_dir = fake_mktemp(tmp_path, after=f'rm -f -- "$name"; ln -s {victim} "$name"')
     data = tmp_path / "data"
     data.mkdir()
     config = settings(data_root=str(data))
-    command = write_command(config.copy_path, render_copy(config), 0o644, "any")
-    ran = run_here(command, [bin_dir])
-    assert ran.returncode == 3, ran.stderr
-    assert b"was replaced before fleet wrote it" in ran.stderr
+    command = write_command(str(data), config.copy_path, render_copy(config), 0o644, "any")
+    with Swapper(data, "aicron.sh", victim) as swapper:
+        results = [run_here(command).returncode for _ in range(40)]
+    assert swapper.swaps > 0
+    assert set(results) <= {0, 1}, results
     assert victim.read_bytes() == b"root:secret\n"
-    assert victim.stat().st_mode & 0o7777 == 0o600
-    assert os.listdir(data) == []  # the planted link is gone too
+    assert (victim.stat().st_mode & 0o7777, victim.stat().st_uid) == (0o600, os.geteuid())
 
 
 @as_root
@@ -780,7 +841,7 @@ def test_the_copy_replaces_a_link_at_its_place_instead_of_writing_through_it(
     data.mkdir()
     config = settings(data_root=str(data))
     Path(config.copy_path).symlink_to(victim)
-    ran = run_here(write_command(config.copy_path, render_copy(config), 0o644, "any"))
+    ran = run_here(write_command(str(data), config.copy_path, render_copy(config), 0o644, "any"))
     assert ran.returncode == 0, ran.stderr
     assert victim.read_bytes() == b"root:x:0:0\n"
     copy = Path(config.copy_path)
@@ -810,9 +871,7 @@ def test_a_link_planted_below_the_data_root_redirects_no_chmod(tmp_path: Path, l
     (command,) = change.commands
     ran = run_here(command)
     assert ran.returncode == 3, ran.stderr
-    assert f"{data}/projects leads to {victim}: a symbolic link below the data root".encode() in (
-        ran.stderr
-    )
+    assert f"{data}/projects is a symbolic link below {data}".encode() in ran.stderr
     assert victim.stat().st_mode & 0o7777 == 0o755
     assert os.listdir(victim) == []
 
@@ -829,7 +888,7 @@ def test_directories_are_created_and_fixed_through_themselves(tmp_path: Path) ->
     assert (disk / "a" / "b").stat().st_mode & 0o7777 == 0o2750
     ran = run_here(dir_command(root, f"{root}/a/b", mode=0o755))
     assert ran.returncode == 0, ran.stderr
-    assert (disk / "a" / "b").stat().st_mode & 0o7777 == 0o755  # five digits: setgid cleared
+    assert (disk / "a" / "b").stat().st_mode & 0o7777 == 0o755  # exact bits: setgid cleared
 
 
 # -- preflight -------------------------------------------------------------------------------
@@ -1066,9 +1125,8 @@ def test_the_scripts_directory_is_created_or_fixed_as_roots() -> None:
     )
     (change,) = plan(DEFAULTS, loose)
     assert change.kind == "script_dir_fixed"
-    assert [c.argv for c in change.commands] == [
-        ("chown", "--", "0:0", "/usr/local/lib/fleet"),
-        ("chmod", "00755", "/usr/local/lib/fleet"),
+    assert [c.argv[4:] for c in change.commands] == [
+        ("dir", "/usr/local/lib", "/usr/local/lib/fleet", "0755", "0:0", "0")
     ]
 
 
@@ -1183,7 +1241,7 @@ def test_changes_run_in_order_then_the_host_is_verified(monkeypatch: pytest.Monk
         "copy, added the cron block, started the weights service"
     )
     sent = [argv for argv, _ in transport.commands]
-    assert sent[0][-4:] == ("/data", "/data/checkpoints", "root:root", "00755")
+    assert sent[0][-5:] == ("/data", "/data/checkpoints", "0755", "root:root", "1")
     assert sent[-1] == ("/bin/sh", "/usr/local/lib/fleet/aicron.sh")
     assert [c["kind"] for c in result.details["changes"]][:1] == ["dir_created"]
     assert result.details["engine"].startswith("20.10") and result.details["store"] == "classic"

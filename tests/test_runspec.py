@@ -182,6 +182,9 @@ _REFUSED_HOST_PATHS = [
     "/data//x",
     "/data/",
     "//data",
+    # Below the data root: a container may swap it for a symlink before the next restart.
+    "/data/x",
+    "/data/projects/shared",
 ]
 
 
@@ -210,6 +213,11 @@ _REFUSED_HOST_PATHS = [
         ("docker run -d -v /var:/v cauchy:0.2.7", "--volume"),
         ("docker run -d -v /var/run/docker.sock:/s cauchy:0.2.7", "--volume"),
         ("docker run -d -v /proc/1/root:/r cauchy:0.2.7", "--volume"),
+        # The review's restart swap: the second mount is below the first.
+        ("docker run -d --restart always -v /data:/data -v /data/x:/host cauchy:0.2.7", "--volume"),
+        # Another service's named volume, and a runtime the host did not register for us.
+        ("docker run -d -v postgres_data:/x cauchy:0.2.7", "--volume"),
+        ("docker run -d --runtime kata-host cauchy:0.2.7", "--runtime"),
         *((f"docker run -d -v {path}:/c cauchy:0.2.7", "--volume") for path in _REFUSED_HOST_PATHS),
     ],
 )
@@ -245,8 +253,8 @@ def test_mount_propagation_is_refused_even_when_volumes_are_allowed(propagation:
 
 
 def test_private_propagation_stays_accepted() -> None:
-    spec = parse_docker_cmd("docker run -d -v /data/x:/x:ro,rprivate cauchy:0.2.7", IMAGE)
-    assert spec.volumes == ("/data/x:/x:ro,rprivate",)
+    spec = parse_docker_cmd("docker run -d -v /data:/x:ro,rprivate cauchy:0.2.7", IMAGE)
+    assert spec.volumes == ("/data:/x:ro,rprivate",)
 
 
 @pytest.mark.parametrize(
@@ -279,38 +287,81 @@ def test_every_danger_is_listed() -> None:
 
 def test_harmless_mounts_are_accepted() -> None:
     label = (
-        "docker run -d -v /data:/data -v /data/models:/models:ro -v cache:/cache -v /scratch "
-        "cauchy:0.2.7"
+        "docker run -d -v /data:/data -v /data:/models:ro -v /scratch --runtime runc cauchy:0.2.7"
     )
     spec = parse_docker_cmd(label, IMAGE)
     assert spec.dangers() == ()
-    assert len(spec.volumes) == 4
-    assert spec.bind_sources() == ("/data", "/data/models")
+    assert len(spec.volumes) == 3
+    assert spec.bind_sources() == ("/data", "/data")
+    named = parse_docker_cmd("docker run -d -v cache:/cache cauchy:0.2.7", IMAGE, volumes={"cache"})
+    assert named.named_volumes() == ("cache",)
 
 
-def test_a_host_allows_more_paths_and_its_own_data_root() -> None:
-    # /srv was accepted by the old denylist; now only when the host allows it.
-    label = "docker run -d -v /srv/models:/models:ro -v /scratch/run:/run cauchy:0.2.7"
+def test_a_host_allows_more_roots_and_its_own_data_root() -> None:
+    # /srv was accepted by the old denylist; now only when the host allows it, whole.
+    label = "docker run -d -v /srv/models:/models:ro -v /scratch:/run cauchy:0.2.7"
     with pytest.raises(DangerousRunError):
         parse_docker_cmd(label, IMAGE)
     spec = parse_docker_cmd(label, IMAGE, allowed_paths=("/data", "/srv/models", "/scratch"))
-    assert spec.bind_sources() == ("/srv/models", "/scratch/run")
+    assert spec.bind_sources() == ("/srv/models", "/scratch")
+    # A path below an allowed root is refused even when the caller lists both.
+    with pytest.raises(DangerousRunError):
+        parse_docker_cmd(
+            "docker run -d -v /scratch/run:/r cauchy:0.2.7",
+            IMAGE,
+            allowed_paths=("/scratch", "/scratch/run"),
+        )
     policy = RunPolicy.for_host(
         {
             "fleet_provision": {"data_root": "/data"},
             "fleet_provision_overrides": {"data_root": "/storage/lab"},
-            "fleet_run_allow_paths": ["/srv/models", "/storage/lab/x"],
+            "fleet_run_allow_paths": ["/srv/models", "/scratch"],
+            "fleet_run_allow_runtimes": ["runc"],
+            "fleet_run_allow_volumes": ["cache"],
         }
     )
-    assert policy.paths == ("/storage/lab", "/srv/models", "/storage/lab/x")
-    assert policy.roots == ("/storage/lab", "/srv/models")
+    assert policy.paths == ("/storage/lab", "/srv/models", "/scratch")
+    assert policy.roots == policy.paths
+    assert policy.runtimes == {"runc"} and policy.volumes == {"cache"}
     assert RunPolicy.for_host({}).paths == ("/data",)
+    assert RunPolicy.for_host({}).runtimes == {"runc", "nvidia"}
     # A host path never lets a label mount a host-system tree.
     for system in ("/var/run", "/var/lib/fleet", "/var/spool/cron", "/usr/local/lib/fleet"):
         with pytest.raises(DangerousRunError):
             parse_docker_cmd(
                 f"docker run -d -v {system}:/r cauchy:0.2.7", IMAGE, allowed_paths=["/var", "/usr"]
             )
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"fleet_run_allow_paths": ["/data/models"]}, r"\[0\]: /data/models and /data nest"),
+        ({"fleet_run_allow_paths": ["/srv", "/srv/a"]}, r"\[1\]: /srv/a and /srv nest"),
+        ({"fleet_run_allow_paths": ["/"]}, r"\[0\]: / and /data nest"),
+        ({"fleet_run_allow_paths": ["/var"]}, r"\[0\]: /var is, holds or lies in a host-system"),
+        ({"fleet_run_allow_paths": ["/var/lib/dpkg"]}, r"host-system"),
+        ({"fleet_run_allow_runtimes": ["bad name"]}, r"fleet_run_allow_runtimes\[0\]"),
+        ({"fleet_run_allow_volumes": "cache"}, r"fleet_run_allow_volumes: expected a list"),
+    ],
+)
+def test_allowed_roots_never_nest_nor_hold_the_system(
+    variables: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(RunSpecError, match=message) as caught:
+        RunPolicy.for_host(variables)
+    assert caught.value.fix
+
+
+@pytest.mark.hostile
+def test_inventory_binds_below_a_writable_tree_are_swappable_too() -> None:
+    policy = RunPolicy.for_host({})
+    spec = RunSpec(volumes=("/data:/data", "/data/models:/models:ro"))
+    assert policy.swappable_binds(spec) == ("/data/models",)
+    # Below one of the spec's own read-write binds, outside the roots: swappable too.
+    spec = RunSpec(volumes=("/srv:/srv", "/srv/x:/x", "/opt:/opt:ro", "/opt/y:/y"))
+    assert policy.swappable_binds(spec) == ("/srv/x",)
 
 
 @pytest.mark.parametrize(
@@ -594,14 +645,24 @@ def test_the_inventorys_name_is_the_containers_name() -> None:
 
 @pytest.mark.hostile
 def test_the_hosts_policy_reaches_the_label() -> None:
-    label = "docker run -d --network lab_net -v /scratch/x:/x cauchy:0.2.7"
+    label = "docker run -d --network lab_net -v /scratch:/x --runtime kata cauchy:0.2.7"
     with pytest.raises(HostError, match="refusing the run command"):
         run_spec_for(Host("gpu4", {}), _image(label), IMAGE)
     trusting = Host(
-        "gpu5", {"fleet_run_allow": ["--network"], "fleet_run_allow_paths": ["/scratch"]}
+        "gpu5",
+        {
+            "fleet_run_allow": ["--network"],
+            "fleet_run_allow_paths": ["/scratch"],
+            "fleet_run_allow_runtimes": ["runc", "kata"],
+        },
     )
     spec = run_spec_for(trusting, _image(label), IMAGE)
-    assert spec.network == "lab_net" and spec.bind_sources() == ("/scratch/x",)
+    assert spec.network == "lab_net" and spec.bind_sources() == ("/scratch",)
+    # The inventory's own overrides are held to the same physics: no bind below a root.
+    swapping = Host("gpu7", {"fleet_run_overrides": {"volumes": ["/data:/data", "/data/m:/m"]}})
+    with pytest.raises(HostError, match="mounts /data/m, below a directory") as caught:
+        run_spec_for(swapping, _image("docker run -d cauchy:0.2.7"), IMAGE)
+    assert caught.value.fix
     attached = Host("gpu6", {"fleet_run_overrides": {"detach": False}})
     with pytest.raises(HostError, match="detach: false"):
         run_spec_for(attached, _image("docker run -d cauchy:0.2.7"), IMAGE)

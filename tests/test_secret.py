@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import difflib
 import json
 import shlex
@@ -14,9 +13,11 @@ import pytest
 from fleet.errors import CommandError, HostError, PlaybookError, UnreachableError, UsageError
 from fleet.hosts import inventory
 from fleet.hosts.model import empty
+from fleet.ops import hostfiles
 from fleet.playbook import run as play_mod
 from fleet.playbook import schema as playbook
 from fleet.playbook.secret import COMMAND_HIDDEN, DIFF_HIDDEN, MIN_LINE, REDACTED, Secrets
+from fleet.playbook.template import Taint, render, tracking
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import Runner
 from fleet.ssh.base import CommandResult
@@ -274,15 +275,17 @@ class _Host(fakes.FakeTransport):
 
     def answer(self, argv: list[str], stdin: bytes | None) -> CommandResult:
         command = shlex.join(argv)
-        if argv[:2] == ["sh", "-c"] and argv[3:4] == ["fleet-stat"]:
-            path = argv[4]
-            if path not in self.files:
-                return CommandResult(command, 0, "absent\n", "", 0.0)
-            data = base64.b64encode(self.files[path]).decode()
-            return CommandResult(command, 0, f"regular file|644|root|root\n{data}\n", "", 0.0)
-        if argv[:2] == ["sh", "-c"] and argv[3:4] == ["fleet-write"]:
-            self.written[argv[4]] = (stdin or b"", argv[5])
-            return CommandResult(command, 0, "", "", 0.0)
+        if argv[: len(hostfiles.SAFE_PATH)] == list(hostfiles.SAFE_PATH):
+            op, _root, path, *rest = argv[len(hostfiles.SAFE_PATH) :]
+            if op == "stat" and path not in self.files:
+                return CommandResult(command, 0, '{"kind": "absent"}\n', "", 0.0)
+            if op == "stat":
+                data = self.files[path].hex()
+                found = {"kind": "regular file", "mode": "644", "user": "root", "content": data}
+                return CommandResult(command, 0, json.dumps(found) + "\n", "", 0.0)
+            if op == "write":
+                self.written[path] = (stdin or b"", rest[0].lstrip("0"))
+                return CommandResult(command, 0, "", "", 0.0)
         if self.exec_fails == "timeout":
             raise HostError(self.host, f"timed out after 1s running {command!r}", fix="wait")
         return CommandResult(command, 3, "", f"sh: {argv[-1]}: not found\n", 0.0)
@@ -386,3 +389,91 @@ def test_a_failed_exec_holding_a_secret_shows_no_command_line(tmp_path: Path, fa
     assert "notthere" not in row["reason"]
     text = json.dumps(document)
     assert "w0rd" not in text and "pa'" not in text
+
+
+# -- secrets through filters, calls, slices and formats -----------------------------------
+TOKEN = "s3cr3t-t0ken'<&>\"/x y"  # every filtered form differs from the value itself
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "token | to_yaml",
+        "{'t': token} | to_yaml",
+        "token | tojson",
+        "token | to_json",
+        "token | urlencode",
+        "token | escape",
+        "token | b64encode",
+        "('Bearer ' ~ token) | b64encode",
+        "token | upper",
+        "token | replace('t', 'T')",
+        "token | reverse",
+        "token.upper()",
+        "'%s!' % token",
+        "token[2:]",
+        "[token] | map('upper') | list",
+    ],
+)
+def test_a_secret_passed_through_a_filter_is_redacted_in_every_form(
+    tmp_path: Path, expression: str
+) -> None:
+    """The review's leak: redaction matched only the literal value, so a filtered form
+    was shown, a copy of it got mode 0644, its diff was shown and a failed exec printed
+    its command line."""
+    transport = _Host("gpu1", {"/etc/app.env": b"old\n"}, exec_fails="exit")
+    template = json.dumps("{{ " + expression + " }}")
+    tasks = (
+        f"    - copy: {{dest: /etc/app.env, content: {template}}}\n"
+        f"    - exec: {{command: [notthere, {template}]}}\n"
+    )
+    document = _play(tmp_path, _book(tmp_path, tasks), transport, diff=True, secret=TOKEN)
+    copy, failed = (next(iter(t["hosts"].values())) for t in document["tasks"])
+    assert copy["details"]["diff"] == DIFF_HIDDEN
+    (content, mode) = transport.written["/etc/app.env"]
+    assert mode == "600", expression  # held a secret, so its owner's alone
+    assert failed["outcome"] == "failed" and COMMAND_HIDDEN in failed["reason"]
+    shown = json.dumps(document)
+    assert content.decode() not in shown
+    assert "s3cr3t" not in shown.lower() and "S3CR3T" not in shown
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize(
+    "expression", ["token[:3]", "token | first", "token | truncate(4, True, '')", "'%.3s' % token"]
+)
+def test_a_short_piece_of_a_secret_is_refused(tmp_path: Path, expression: str) -> None:
+    transport = _Host("gpu1", {})
+    tasks = f"    - exec: {{command: [echo, {json.dumps('{{ ' + expression + ' }}')}]}}\n"
+    with pytest.raises(PlaybookError, match="short piece of text") as caught:
+        _play(tmp_path, _book(tmp_path, tasks), transport, diff=False, secret=TOKEN)
+    assert caught.value.fix and "book.yml" in str(caught.value)
+    assert transport.commands == []
+
+
+def test_values_that_only_pass_a_secret_along_are_not_secrets() -> None:
+    variables = {"token": TOKEN, "hosts": ["gpu1", "gpu2"]}
+    with tracking(Taint((TOKEN,))) as taint:
+        joined = render("{{ [token, 'visible-words'] | join(',') }}", variables)
+        picked = render("{{ {'a': token, 'b': 'visible-value'}['b'] | upper }}", variables)
+        counted = render("{{ token | length }}", variables)
+        assert taint.derived == set()
+        upper = render("{{ token | upper }}", variables)
+        assert taint.derived == {upper}
+    assert joined == f"{TOKEN},visible-words" and picked == "VISIBLE-VALUE"
+    assert counted == len(TOKEN)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("text", ["a: *Xk9pq2\n", "a: [Xk9pq2\n", "a: 'Xk9pq2\n", "a: !Xk9pq2 x\n"])
+def test_a_broken_secrets_file_never_quotes_its_text(tmp_path: Path, text: str) -> None:
+    secrets = tmp_path / "secrets.yml"
+    secrets.write_text(text)
+    with pytest.raises(PlaybookError) as caught:
+        playbook.vars_file(f"@{secrets}", secret=True)
+    assert "Xk9pq2" not in str(caught.value) and "Xk9pq2" not in str(caught.value.fix)
+    assert str(secrets) in str(caught.value) and caught.value.line is not None
+    # The same file as plain variables says what the problem is.
+    with pytest.raises(PlaybookError):
+        playbook.vars_file(f"@{secrets}")

@@ -57,6 +57,32 @@ def test_key_of_another_type_is_not_a_new_host(tmp_path: Path, keys) -> None:
         KnownHosts([path], accept_new=True).verify(endpoint(), rsa)
 
 
+@pytest.mark.hostile
+def test_a_revoked_key_is_refused_even_where_a_plain_line_records_it(tmp_path: Path, keys) -> None:
+    """The review's crash: paramiko raises on an @revoked line instead of refusing."""
+    path = tmp_path / "kh"
+    line = f"{keys[0].get_name()} {keys[0].get_base64()}"
+    path.write_text(f"[10.0.0.1]:2222 {line}\n@revoked * {line}\nnot a key line\n")
+    with pytest.raises(HostKeyError, match="marked @revoked") as caught:
+        KnownHosts([path], accept_new=True).verify(endpoint(), keys[0])
+    assert str(path) in str(caught.value) and caught.value.fix
+    # Another key of the host is not touched by the revocation.
+    other = tmp_path / "other"
+    other.write_text(f"[10.0.0.1]:2222 {keys[1].get_name()} {keys[1].get_base64()}\n")
+    other.write_text(other.read_text() + f"@revoked * {line}\n")
+    KnownHosts([other]).verify(endpoint(), keys[1])
+
+
+@pytest.mark.hostile
+def test_a_cert_authority_line_vouches_for_nothing_and_says_so(tmp_path: Path, keys) -> None:
+    path = tmp_path / "kh"
+    path.write_text(f"@cert-authority *.lab,10.0.0.* {keys[1].get_name()} {keys[1].get_base64()}\n")
+    with pytest.raises(HostKeyError, match="does not verify host certificates") as caught:
+        KnownHosts([path], accept_new=True).verify(endpoint(), keys[0])
+    assert "ssh-keyscan" in str(caught.value.fix)
+    assert path.read_text().count("\n") == 1  # accept-new added nothing beside a CA line
+
+
 # -- each host against its own known_hosts ------------------------------------------------
 def gpu(number: int, *files: Path) -> Endpoint:
     """Host gpuN at 10.0.0.N:2222, verified against ``files``."""

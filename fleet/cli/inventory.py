@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from fleet.cli import common
-from fleet.report.untrusted import visible
+from fleet.escape import visible
 
 
 def register(subparsers: Any) -> None:
@@ -39,11 +39,11 @@ def _inventory(args: argparse.Namespace) -> int:
         json.dump(inv.to_ansible_list(), sys.stdout, indent=4, sort_keys=True, default=str)
         sys.stdout.write("\n")
     elif args.graph:
-        sys.stdout.write(inv.graph(args.graph).rstrip("\n") + "\n")
+        sys.stdout.write(visible(inv.graph(args.graph).rstrip("\n"), lines=True) + "\n")
     elif args.host:
         json.dump(dict(inv.host(args.host).vars), sys.stdout, indent=4, sort_keys=True, default=str)
         sys.stdout.write("\n")
     else:
         for host in inv.select(args.list_hosts, args.limit):
-            print(host.name)
+            print(visible(host.name))
     return 0

@@ -10,6 +10,7 @@ from typing import Any
 from fleet import report
 from fleet.cli import common
 from fleet.errors import EXIT_INTERRUPTED, FleetError, Interrupted
+from fleet.escape import visible
 from fleet.playbook import run as play_mod
 from fleet.playbook import schema as playbook_mod
 from fleet.report import play as play_report
@@ -72,7 +73,7 @@ def _play(args: argparse.Namespace) -> int:
     secret_names: set[str] = set()
     for item in args.secret:
         if item.startswith("@"):
-            loaded = playbook_mod.vars_file(item)
+            loaded = playbook_mod.vars_file(item, secret=True)
             extra.update(loaded)
             secret_names.update(loaded)
         else:
@@ -84,7 +85,7 @@ def _play(args: argparse.Namespace) -> int:
         return 0
     inventory = common.load_inventory(args)
     for warning in inventory.warnings:
-        print(f"fleet: warning: {warning}", file=sys.stderr)
+        print(f"fleet: warning: {visible(warning, lines=True)}", file=sys.stderr)
     # As in Ansible, extra vars (-e, --secret @FILE) win over the inventory's, connection
     # variables included: a become password can come from a secrets file.
     inventory = inventory.with_vars(extra)

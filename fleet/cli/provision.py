@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fleet.cli import common
+from fleet.escape import visible
 from fleet.hosts.model import Host
 from fleet.ops.provision.run import BaseImage, ProvisionOptions, provision, resolve_base_images
 from fleet.ops.provision.settings import settings_for_hosts
@@ -62,7 +63,7 @@ def register(subparsers: Any) -> None:
 def render_warnings(result: FleetResult) -> str:
     """Each host's warnings, one line each."""
     return "".join(
-        f"{row.host}: warning: {warning}\n"
+        f"{visible(row.host)}: warning: {visible(warning)}\n"
         for row in result.results
         for warning in row.details.get("warnings") or ()
     )

@@ -9,10 +9,12 @@
 #
 # What one run does, and logs with a timestamp:
 #   - the service answers HTTP on its URL     -> nothing to do (logged as such)
-#   - it does not                             -> start it, detached:
-#       python3 -I -m http.server PORT --bind BIND --directory WEIGHTS_DIR
-#     as WEIGHTS_USER when run as root (a root server would follow any symlink a user
-#     drops into the weights directory), then wait until it answers.
+#   - it does not                             -> start it, detached: a static HTTP
+#     server of WEIGHTS_DIR (python3's http.server, below), as WEIGHTS_USER when run as
+#     root, then wait until it answers. Every framework container can write the data
+#     root, so the server follows no link there: it opens DATA_ROOT once, walks to
+#     WEIGHTS_DIR and to each requested file one component at a time without following
+#     links (O_NOFOLLOW), and serves what it opened; a link is a 404.
 # Runs are serialised with flock on this file (a second run waits up to 30 s, then finds
 # the service up), so cron and a person may run it at the same time. Exit 0 when the
 # service answers at the end, 1 otherwise. It runs from / and starts python3 isolated (-I:
@@ -21,6 +23,7 @@
 
 # -- settings (filled in by fleet provision; every value is shell-quoted) --
 SELF=__FLEET_SELF__
+DATA_ROOT=__FLEET_DATA_ROOT__
 WEIGHTS_DIR=__FLEET_WEIGHTS_DIR__
 WEIGHTS_PORT=__FLEET_WEIGHTS_PORT__
 WEIGHTS_BIND=__FLEET_WEIGHTS_BIND__
@@ -69,6 +72,77 @@ bound() {
     cp -f "$1" "$1.1" && : >"$1"
 }
 
+# The weights server: argv PORT BIND DATA_ROOT WEIGHTS_DIR. (No single quote inside.)
+WEIGHTS_SERVER='
+import http.server, os, socket, stat, sys, urllib.parse
+port, bind, root, weights = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+NOFOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def walk(fd, parts):
+    """A new descriptor of fd/parts, or OSError at a link (ELOOP) or a missing part."""
+    fd = os.dup(fd)
+    for part in parts:
+        try:
+            child = os.open(part, NOFOLLOW, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
+
+
+top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+below = os.path.relpath(weights, root)
+top = walk(top, [] if below == "." else below.split("/"))
+if not stat.S_ISDIR(os.fstat(top).st_mode):
+    sys.exit("%s is not a directory" % weights)
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def send_head(self):
+        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+        parts = [part for part in path.split("/") if part]
+        if any(part in (".", "..") for part in parts):
+            self.send_error(404, "File not found")
+            return None
+        try:
+            fd = walk(top, parts)
+        except OSError:
+            self.send_error(404, "File not found")
+            return None
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            try:
+                if not path.endswith("/"):
+                    self.send_response(301)
+                    self.send_header("Location", urllib.parse.quote(path) + "/")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                # The directory this request opened, not whatever its name holds now.
+                return self.list_directory("/proc/self/fd/%d" % fd)
+            finally:
+                os.close(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            self.send_error(404, "File not found")
+            return None
+        served = os.fdopen(fd, "rb")
+        self.send_response(200)
+        self.send_header("Content-type", self.guess_type(path))
+        self.send_header("Content-Length", str(info.st_size))
+        self.send_header("Last-Modified", self.date_time_string(int(info.st_mtime)))
+        self.end_headers()
+        return served
+
+
+class Server(http.server.ThreadingHTTPServer):
+    address_family = socket.getaddrinfo(bind, port, 0, socket.SOCK_STREAM)[0][0]
+
+
+Server((bind, port), Handler).serve_forever()
+'
+
 # One run at a time: the lock is on this script (opened read-only: nothing is created).
 exec 9<"$SELF" || exit 1
 if ! flock -w 30 9; then
@@ -100,8 +174,8 @@ else
 fi
 # Detached from this run: own session, no terminal, none of this script's descriptors
 # (the lock on fd 9 must not outlive the run).
-setsid nohup "$@" python3 -I -m http.server "$WEIGHTS_PORT" --bind "$WEIGHTS_BIND" \
-    --directory "$WEIGHTS_DIR" </dev/null >>"$SERVICE_LOG" 2>&1 9<&- &
+setsid nohup "$@" python3 -I -c "$WEIGHTS_SERVER" "$WEIGHTS_PORT" "$WEIGHTS_BIND" \
+    "$DATA_ROOT" "$WEIGHTS_DIR" </dev/null >>"$SERVICE_LOG" 2>&1 9<&- &
 pid=$!
 printf '%s\n' "$pid" >"$PID_FILE" 2>/dev/null || log "warning: cannot write $PID_FILE"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.errors import InventoryError, PatternError
+from fleet.escape import steering, visible
 from fleet.hosts import hostnames
 
 JINJA_KEYWORDS = frozenset({"False", "None", "True", "false", "none", "not", "true"})
@@ -104,6 +105,7 @@ class Builder:
             )
         if not name:
             raise origin.error("empty group name")
+        _refuse_steering("group", name, origin)
         if name not in self.groups:
             self.groups[name] = _GroupDraft(name, origin)
             if _INVALID_GROUP_CHARS.search(name):
@@ -121,6 +123,7 @@ class Builder:
             )
         if not name:
             raise origin.error("empty host name")
+        _refuse_steering("host", name, origin)
         host = self.hosts.get(name)
         if host is None:
             host = self.hosts[name] = _HostDraft(name, origin)
@@ -257,3 +260,16 @@ def expand_entry(entry: str, origin: Origin) -> tuple[list[str], int | None]:
         return hostnames.expand_hostnames(name), port
     except PatternError as exc:
         raise origin.error(exc.message, fix=exc.fix) from None
+
+
+def _refuse_steering(kind: str, name: str, origin: Origin) -> None:
+    """A name with a control, bidirectional or line-separating character is refused: it
+    would show as another name (or fake lines) wherever fleet prints it, and a newline
+    would add lines to a retry file."""
+    found = steering(name)
+    if found is not None:
+        raise origin.error(
+            f"{kind} name {visible(name)!r} contains {found}, a character that steers a "
+            "terminal (control, bidirectional override, line separator) or a tab",
+            fix=f"rename the {kind}: letters, digits, '.', '-' and '_'",
+        )

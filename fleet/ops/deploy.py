@@ -47,7 +47,15 @@ from fleet.ops.containers import (
     HostFramework,
     previous_version,
 )
-from fleet.ops.runspec import HealthCheck, RunPolicy, RunSpec, path_within, run_spec_for
+from fleet.ops.runspec import (
+    HealthCheck,
+    RunPolicy,
+    RunSpec,
+    bind_allowed,
+    holds_host_system,
+    path_within,
+    run_spec_for,
+)
 from fleet.programs import program
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
@@ -681,9 +689,13 @@ def _stop_and_keep(plan: _Switch) -> None:
             _docker(transport, "stop", ident)
         plan.remove_named(f"{name}-unmanaged")
         _docker(transport, "rename", ident, f"{name}-unmanaged")
-    # Stop every other version first: they share the host network's port.
+    # Stop every other version first: they share the host network's port. A kept version
+    # must stay stopped: with --restart always, Docker would start it again with the next
+    # engine restart or reboot, beside the new one, on its port, with whatever its bind
+    # sources name by then. Its policy comes back from its label if it is ever restored.
     for container in plan.state.running:
         plan.ctx.progress(f"stopping {container.name} ({container.tag})")
+        _docker(transport, "update", "--restart", "no", container.id)
         _docker(transport, "stop", container.id)
     # Keep them for rollback, under their version's name; the name is the new one's.
     for container in plan.state.containers:
@@ -741,9 +753,15 @@ def _restore_previous(plan: _Switch, previous: FrameworkContainer | None) -> str
         return "nothing ran before"
     if previous.id in plan.renamed:
         _docker_quiet(transport, "rename", previous.id, name)
+    spec = spec_for_container(plan.ctx, plan.state, previous, plan.spec)
+    try:
+        # Docker resolves its bind sources again now: checked as a fresh deploy would be.
+        check_container(transport, plan.ctx.host, previous.id, plan.policy)
+    except HostError as exc:
+        return f"did not restart {previous.tag}: {exc.reason}"
+    _docker_quiet(transport, "update", "--restart", spec.restart or "no", previous.id)
     back = transport.run(["docker", "start", previous.id], check=False)
     if back.ok:
-        spec = spec_for_container(plan.ctx, plan.state, previous, plan.spec)
         restored_health = wait_healthy(transport, previous.id, spec, plan.check)
     else:
         restored_health = Health(False, back.stderr.strip())
@@ -751,6 +769,65 @@ def _restore_previous(plan: _Switch, previous: FrameworkContainer | None) -> str
     if not restored_health.healthy:
         restored += f" (which is not healthy either: {restored_health.detail})"
     return restored
+
+
+# What a container hands over at its start, from the host's engine: its binds and named
+# volumes (HostConfig.Binds), mounts made with --mount, its runtime and privilege.
+_CONTAINER_GRANTS = (
+    "{{json .HostConfig.Binds}}\t{{json .HostConfig.Mounts}}\t{{.HostConfig.Runtime}}"
+    "\t{{.HostConfig.Privileged}}"
+)
+
+
+def check_container(transport: Transport, host: Host, ident: str, policy: RunPolicy) -> None:
+    """Refuse to start a kept container that a fresh deploy of its spec would refuse.
+
+    Its binds must be whole allowed roots, its named volumes and runtime allowed, nothing
+    mounted with ``--mount``, not privileged; then its bind sources are resolved on the
+    host like a deploy's.
+    """
+    if "--volume" in policy.allow:
+        return
+    ran = transport.run(
+        ["docker", "inspect", "--type", "container", "--format", _CONTAINER_GRANTS, ident],
+        check=False,
+    )
+    fields = ran.stdout.rstrip("\n").split("\t")
+    try:
+        binds, mounts = (json.loads(fields[0]) or []), (json.loads(fields[1]) or [])
+        runtime, privileged = fields[2], fields[3]
+    except (ValueError, IndexError):
+        raise HostError(
+            host.name,
+            f"cannot read the mounts of container {ident[:12]} "
+            f"({ran.stderr.strip() or ran.stdout.strip()[:200]})",
+        ) from None
+    refused = [
+        str(bind)
+        for bind in binds
+        if not isinstance(bind, str) or not _bind_granted(bind.partition(":")[0], policy)
+    ]
+    refused += ["--mount " + json.dumps(mount)[:200] for mount in mounts]
+    if runtime not in policy.runtimes and runtime not in ("", "<no value>"):
+        refused.append(f"--runtime {runtime}")
+    if privileged == "true" and "--privileged" not in policy.allow:
+        refused.append("--privileged")
+    if refused:
+        raise HostError(
+            host.name,
+            f"container {ident[:12]} would be started with {refused[0]}, which its host does "
+            "not allow (a version kept from before fleet checked bind sources whole?)",
+            fix="deploy a version whose run command mounts only whole allowed directories; "
+            f"remove the old container with 'docker rm {ident[:12]}' on the host",
+        )
+    sources = tuple(bind.partition(":")[0] for bind in binds if bind.startswith("/"))
+    check_mounts(transport, host.name, RunSpec(volumes=tuple(f"{s}:{s}" for s in sources)), policy)
+
+
+def _bind_granted(source: str, policy: RunPolicy) -> bool:
+    if source.startswith("/"):
+        return bind_allowed(source, policy.paths)
+    return source in policy.volumes
 
 
 def _named(host: str, spec: RunSpec, name: str) -> RunSpec:
@@ -771,36 +848,44 @@ RESOLVE_ARGV = ("readlink", "-m", "-z", "--")
 
 
 def check_mounts(transport: Transport, host: str, spec: RunSpec, policy: RunPolicy) -> None:
-    """Refuse a bind mount whose source, symlinks resolved on the host, leaves the allowed paths.
+    """Refuse a bind mount that is not a whole allowed root, or whose root is, after its
+    symlinks on the host, a host-system tree (``/data -> /``).
 
-    The label's paths were checked as text; this catches ``/data/r -> /`` planted by an
-    earlier container. An allowed path that no other allowed path holds also counts in its
-    resolved form (a data root that is a symlink to a bigger disk).
+    The label's paths were checked as text; a root's own link is the admin's (a data root
+    that is a symlink to a bigger disk), and lies where no container can write.
     """
-    sources = spec.bind_sources()
+    sources = tuple(dict.fromkeys(spec.bind_sources()))
     if not sources or "--volume" in policy.allow:
         return
-    roots = policy.roots
-    ran = transport.run([*RESOLVE_ARGV, *roots, *sources], check=False)
+    for source in sources:
+        if not bind_allowed(source, policy.paths):
+            raise HostError(
+                host,
+                f"the run command mounts {source}, which is not one of the directories a "
+                f"container may mount whole ({', '.join(policy.paths)})",
+                fix=f"mount a whole allowed directory, or add {source} to "
+                "fleet_run_allow_paths in the inventory (outside the others)",
+            )
+    ran = transport.run([*RESOLVE_ARGV, *sources], check=False)
     resolved = ran.stdout.split("\0")
-    if not ran.ok or len(resolved) != len(roots) + len(sources) + 1 or resolved[-1]:
+    if not ran.ok or len(resolved) != len(sources) + 1 or resolved[-1]:
         raise HostError(
             host,
             "cannot resolve the run command's host paths on the host "
             f"({' '.join(RESOLVE_ARGV)}: {ran.stderr.strip() or f'exit {ran.exit_code}'})",
             fix="fleet needs GNU coreutils' readlink on the host to check mounts",
         )
-    allowed = (*policy.paths, *resolved[: len(roots)])
-    for source, real in zip(sources, resolved[len(roots) : -1], strict=True):
-        if not path_within(real, allowed):
+    for source, real in zip(sources, resolved[:-1], strict=True):
+        if holds_host_system(real) or any(
+            other != real and (path_within(real, (other,)) or path_within(other, (real,)))
+            for other in resolved[:-1]
+        ):
             raise HostError(
                 host,
                 f"the run command mounts {source}, which is {real} on the host (after its "
-                f"symlinks), outside the host paths a container may mount "
-                f"({', '.join(policy.paths)})",
-                fix=f"remove whatever symlink led {source} out (a container may have planted "
-                f"it); if {real} is meant to be mounted, add it to fleet_run_allow_paths in "
-                "the inventory",
+                "symlinks): a host-system tree, or one that holds or lies in another mount",
+                fix=f"point {source} at a directory of its own (it is a symlink on the host); "
+                "fleet_run_allow_paths names the directories a container may mount",
             )
 
 

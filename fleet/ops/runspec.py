@@ -21,12 +21,22 @@ a host's image when deploying. Three shapes of the same thing:
   ...) unless the caller allows it.
 
 What a host lets a label do is its ``RunPolicy``, from the inventory: ``fleet_run_allow``
-(flags, e.g. ``[--network]``), ``fleet_run_allow_paths`` (host paths that may be mounted
-besides the data root, ``fleet_provision.data_root``, default ``/data``) and the container's
-name (``fleet_run.name`` with ``fleet_run_overrides``): a label naming another container is
-refused. Mount propagation (``shared``, ``slave``, ...) is refused everywhere. The host-path
-check here is textual; a deploy also resolves every mount's symlinks on the host before it
-stops anything (``fleet.ops.deploy.check_mounts``).
+(flags, e.g. ``[--network]``), ``fleet_run_allow_paths`` (host directories that may be
+mounted whole besides the data root, ``fleet_provision.data_root``, default ``/data``),
+``fleet_run_allow_runtimes`` (default ``[runc, nvidia]``), ``fleet_run_allow_volumes``
+(named volumes, default none) and the container's name (``fleet_run.name`` with
+``fleet_run_overrides``): a label naming another container is refused. Mount propagation
+(``shared``, ``slave``, ...) is refused everywhere.
+
+Bind sources are the one thing Docker resolves again at every start of a container (a
+``--restart`` policy, a reboot, ``docker start``), long after fleet checked them. So a
+label may bind-mount only an allowed root itself, whole: never a path below one. Every
+framework container may write the allowed roots, and a path below one could be swapped
+for a symlink to ``/`` between two starts; a root itself sits in a directory no container
+can write, so nothing a container does changes what it names. For the same reason allowed
+roots never nest, and never hold or lie in a host-system tree. A deploy also resolves every
+mount's symlinks on the host before it stops anything (``fleet.ops.deploy.check_mounts``),
+and a kept container is checked again before fleet starts it.
 
 Overrides merge key by key: a scalar replaces (``null`` clears it, e.g. ``runtime: null``
 on a CPU host), a list replaces, and ``ulimits``/``env`` merge per entry where ``null``
@@ -57,6 +67,12 @@ FLEET_RUN = "fleet_run"
 FLEET_RUN_OVERRIDES = "fleet_run_overrides"
 FLEET_RUN_ALLOW = "fleet_run_allow"
 FLEET_RUN_ALLOW_PATHS = "fleet_run_allow_paths"
+FLEET_RUN_ALLOW_RUNTIMES = "fleet_run_allow_runtimes"
+FLEET_RUN_ALLOW_VOLUMES = "fleet_run_allow_volumes"
+# Runtimes a label may name unless the host says otherwise: Docker's own, and NVIDIA's
+# (which wraps it). Any other registered runtime (kata with host mounts, a debugging shim)
+# is the host's to allow.
+DEFAULT_RUNTIMES = frozenset({"runc", "nvidia"})
 DEFAULT_DATA_ROOT = "/data"
 # An image label is untrusted text: bounded before it is even split into words.
 MAX_LABEL_BYTES = 64 * 1024
@@ -150,11 +166,11 @@ _HOST_SYSTEM_PATHS = (
     "/sbin",
     "/sys",
     "/usr",
-    "/var/lib/containerd",
-    "/var/lib/docker",
-    "/var/lib/fleet",  # deploy lock and history: a container would forge them
+    # Engines' stores, fleet's deploy lock and history, dpkg's maintainer scripts (run
+    # as root at the next upgrade): every package's state lives here.
+    "/var/lib",
     "/var/run",
-    "/var/spool/cron",  # root's crontab
+    "/var/spool",  # root's crontab, at jobs
 )
 
 
@@ -275,11 +291,26 @@ class RunSpec:
             source for source in (_bind_source(volume) for volume in self.volumes) if source
         )
 
-    def dangers(self, allowed_paths: Collection[str] = (DEFAULT_DATA_ROOT,)) -> tuple[Danger, ...]:
+    def named_volumes(self) -> tuple[str, ...]:
+        """The named volumes this spec mounts (``NAME:...`` volumes), in order."""
+        return tuple(
+            volume.partition(":")[0]
+            for volume in self.volumes
+            if ":" in volume and not volume.startswith("/")
+        )
+
+    def dangers(
+        self,
+        allowed_paths: Collection[str] = (DEFAULT_DATA_ROOT,),
+        *,
+        runtimes: Collection[str] = DEFAULT_RUNTIMES,
+        volumes: Collection[str] = (),
+    ) -> tuple[Danger, ...]:
         """The flags of this spec that hand the container part of the host.
 
-        A host path is one unless it is normalised, lies in (or is) one of
-        ``allowed_paths`` and holds no host-system tree.
+        A host path is one unless it is one of ``allowed_paths`` itself (normalised), lies
+        in no other of them and holds no host-system tree; a named volume unless it is in
+        ``volumes``; a runtime unless it is in ``runtimes``.
         """
         found: list[Danger] = []
         if self.privileged:
@@ -295,14 +326,33 @@ class RunSpec:
             found.append(Danger("--userns", self.userns))
         if self.network is not None and self.network not in SAFE_NETWORKS:
             found.append(Danger("--network", self.network))
+        if self.runtime is not None and self.runtime not in runtimes:
+            found.append(Danger("--runtime", self.runtime))
         found += [Danger("--ulimit", f"{n}={v}") for n, v in self.ulimits if n == "rtprio"]
-        found += [
-            Danger("--volume", volume)
-            for volume in self.volumes
-            if (source := _bind_source(volume))
-            and (not path_within(source, allowed_paths) or _mounts_host_system(source))
-        ]
+        for volume in self.volumes:
+            source = _bind_source(volume)
+            if source is not None:
+                granted = bind_allowed(source, allowed_paths)
+            else:  # a named volume (NAME:...), or an anonymous one (a container path alone)
+                granted = ":" not in volume or volume.partition(":")[0] in volumes
+            if not granted:
+                found.append(Danger("--volume", volume))
         return tuple(found)
+
+
+def bind_allowed(source: str, roots: Collection[str]) -> bool:
+    """True when ``source`` is one of ``roots`` itself, inside no other, and no system tree.
+
+    Never a path below a root: every framework container may write the roots, and Docker
+    resolves a bind source again at every start, so a path below one could be a symlink
+    to ``/`` by the next restart.
+    """
+    return (
+        source in roots
+        and _is_normalised(source)
+        and not any(other != source and path_within(source, (other,)) for other in roots)
+        and not holds_host_system(source)
+    )
 
 
 @dataclass(frozen=True)
@@ -356,14 +406,17 @@ def parse_docker_cmd(
     *,
     allow: Collection[str] = frozenset(),
     allowed_paths: Collection[str] = (DEFAULT_DATA_ROOT,),
+    runtimes: Collection[str] = DEFAULT_RUNTIMES,
+    volumes: Collection[str] = (),
 ) -> RunSpec:
     """The ``RunSpec`` of an untrusted ``docker run`` command line.
 
     Accepts only ``docker run -d [whitelisted flags] EXPECTED_IMAGE [command...]`` of at
     most ``MAX_LABEL_BYTES``. Flags that hand the container the host raise
     ``DangerousRunError`` unless their long name (e.g. ``"--privileged"``, ``"--volume"``
-    for any host path, ``"--network"`` for a named network) is in ``allow``; host paths
-    are allowed when they lie in ``allowed_paths``. Anything else malformed raises
+    for any host path, ``"--network"`` for a named network) is in ``allow``; a host path is
+    allowed when it is one of ``allowed_paths`` (whole), a named volume when it is in
+    ``volumes``, a runtime when it is in ``runtimes``. Anything else malformed raises
     ``RunSpecError``. The text is split like a POSIX shell would split words (in time
     linear in its length), and nothing in it is ever interpreted by a shell.
     """
@@ -391,7 +444,7 @@ def parse_docker_cmd(
         spec = RunSpec(**parsed.values(), command=tuple(tokens[index + 1 :]))
     except RunSpecError as exc:
         raise RunSpecError(f"docker.cmd: {exc.message}", fix=exc.fix) from None
-    _refuse_dangers(spec, allow, allowed_paths)
+    _refuse_dangers(spec, allow, allowed_paths, runtimes, volumes)
     if not spec.detach:
         raise RunSpecError(
             "docker.cmd: runs the container attached (no -d): 'docker run' would not return "
@@ -431,24 +484,40 @@ def _label_tokens(label: str) -> list[str]:
     return tokens
 
 
-def _refuse_dangers(spec: RunSpec, allow: Collection[str], allowed_paths: Collection[str]) -> None:
+def _refuse_dangers(
+    spec: RunSpec,
+    allow: Collection[str],
+    allowed_paths: Collection[str],
+    runtimes: Collection[str],
+    volumes: Collection[str],
+) -> None:
     """Raise DangerousRunError for the first flag that hands the host over and is not allowed."""
-    refused = [danger for danger in spec.dangers(allowed_paths) if danger.flag not in allow]
+    dangers = spec.dangers(allowed_paths, runtimes=runtimes, volumes=volumes)
+    refused = [danger for danger in dangers if danger.flag not in allow]
     if refused:
         fix = None
         if any(danger.flag == "--volume" for danger in refused):
+            named = ", ".join(sorted(volumes)) or "none"
             fix = (
-                "mount only host paths in "
+                "mount only whole host directories among "
                 + ", ".join(sorted(allowed_paths))
-                + f" (written normalised, without '..'); let a host mount another path with "
-                f"{FLEET_RUN_ALLOW_PATHS} in the inventory (never a host-system tree such as "
-                "/etc or /var/lib/docker), or allow any host path with "
+                + " (never a path below one: a container may swap it for a symlink, and "
+                "Docker follows it at the next restart); let a host mount another "
+                f"directory with {FLEET_RUN_ALLOW_PATHS} (outside those, and never a "
+                "host-system tree such as /etc or /var/lib/docker), a named volume with "
+                f"{FLEET_RUN_ALLOW_VOLUMES} (allowed: {named}), or allow any host path with "
                 f"{FLEET_RUN_ALLOW}: [--volume] if you trust whoever builds the image"
             )
         elif any(danger.flag == "--network" for danger in refused):
             fix = (
                 "use --network host or bridge, or, if you trust whoever builds the image, "
                 f"allow other networks with {FLEET_RUN_ALLOW}: [--network] in the inventory"
+            )
+        elif any(danger.flag == "--runtime" for danger in refused):
+            fix = (
+                "use one of the runtimes the host allows ("
+                + ", ".join(sorted(runtimes))
+                + f"), or allow this one with {FLEET_RUN_ALLOW_RUNTIMES} in the inventory"
             )
         raise DangerousRunError(refused[0].flag, refused[0].value, dangers=refused, fix=fix)
 
@@ -635,7 +704,7 @@ def _bind_source(volume: str) -> str | None:
     return source if colon and source.startswith("/") else None
 
 
-def _mounts_host_system(source: str) -> bool:
+def holds_host_system(source: str) -> bool:
     """True when ``source`` is ``/``, in a host-system tree, or a parent of one."""
     path = "/" + posixpath.normpath(source).lstrip("/")
     if path == "/":
@@ -805,6 +874,8 @@ __all__ = [
     "FLEET_RUN",
     "FLEET_RUN_ALLOW",
     "FLEET_RUN_ALLOW_PATHS",
+    "FLEET_RUN_ALLOW_RUNTIMES",
+    "FLEET_RUN_ALLOW_VOLUMES",
     "FLEET_RUN_OVERRIDES",
     "MAX_LABEL_BYTES",
     "SAFE_NETWORKS",
@@ -814,7 +885,9 @@ __all__ = [
     "RunPolicy",
     "RunSpec",
     "RunSpecError",
+    "bind_allowed",
     "data_root",
+    "holds_host_system",
     "parse_docker_cmd",
     "path_within",
     "run_spec_for",
@@ -827,10 +900,14 @@ class RunPolicy:
 
     # Flags allowed although they hand the container part of the host (fleet_run_allow).
     allow: frozenset[str] = frozenset()
-    # Host paths that may be mounted: the data root, then fleet_run_allow_paths.
+    # Host directories that may be mounted whole: the data root, then fleet_run_allow_paths.
+    # None holds another (checked by for_host): see the module doc.
     paths: tuple[str, ...] = (DEFAULT_DATA_ROOT,)
     # The container's name from fleet_run/fleet_run_overrides; None when they name none.
     name: str | None = None
+    # Runtimes (fleet_run_allow_runtimes) and named volumes (fleet_run_allow_volumes).
+    runtimes: frozenset[str] = DEFAULT_RUNTIMES
+    volumes: frozenset[str] = frozenset()
 
     @classmethod
     def for_host(
@@ -839,29 +916,88 @@ class RunPolicy:
         """The policy of a host's variables; ``RunSpecError`` names a malformed setting."""
         allow = frozenset(_text_list(variables.get(FLEET_RUN_ALLOW), FLEET_RUN_ALLOW))
         paths = [data_root(variables)]
-        for index, path in enumerate(
+        for index, text in enumerate(
             _text_list(variables.get(FLEET_RUN_ALLOW_PATHS), FLEET_RUN_ALLOW_PATHS)
         ):
-            paths.append(_allowed_path(path, f"{FLEET_RUN_ALLOW_PATHS}[{index}]"))
+            where = f"{FLEET_RUN_ALLOW_PATHS}[{index}]"
+            path = _allowed_path(text, where)
+            _refuse_nested_root(path, paths, where)
+            paths.append(path)
+        runtimes = variables.get(FLEET_RUN_ALLOW_RUNTIMES)
         return cls(
             allow=allow | frozenset(options_allow),
             paths=tuple(dict.fromkeys(paths)),
             name=RunSpec.from_settings(variables).name,
+            runtimes=DEFAULT_RUNTIMES
+            if runtimes is None
+            else frozenset(_names(runtimes, FLEET_RUN_ALLOW_RUNTIMES, _RUNTIME)),
+            volumes=frozenset(
+                _names(
+                    variables.get(FLEET_RUN_ALLOW_VOLUMES), FLEET_RUN_ALLOW_VOLUMES, _VOLUME_NAME
+                )
+            ),
         )
 
     @property
     def roots(self) -> tuple[str, ...]:
-        """The allowed paths that no other allowed path holds.
+        """The allowed paths, trusted in their resolved form (a data root that is a symlink
+        to a bigger disk): none lies in another, so no container can have swapped one."""
+        return self.paths
 
-        Only these may be trusted in their resolved form (a data root that is a symlink to
-        a bigger disk): a path inside another one could have been replaced by a symlink by
-        any container that mounts the outer one.
+    def swappable_binds(self, spec: RunSpec) -> tuple[str, ...]:
+        """The bind sources of ``spec`` below a tree a container can write.
+
+        Those trees are the allowed roots (any framework container may mount them) and the
+        spec's own read-write binds. Holds for the inventory's own settings too: a swap
+        does not care who wrote the path.
         """
+        writable = [*self.paths, *_rw_bind_sources(spec)]
         return tuple(
-            path
-            for path in self.paths
-            if not any(other != path and path_within(path, (other,)) for other in self.paths)
+            source
+            for source in spec.bind_sources()
+            if any(source != tree and path_within(source, (tree,)) for tree in writable)
         )
+
+
+def _rw_bind_sources(spec: RunSpec) -> list[str]:
+    """The host paths ``spec`` mounts without ``ro``."""
+    found = []
+    for volume in spec.volumes:
+        source = _bind_source(volume)
+        options = volume.split(":")[2].split(",") if volume.count(":") == 2 else []
+        if source is not None and "ro" not in options:
+            found.append(source)
+    return found
+
+
+def _refuse_nested_root(path: str, roots: Sequence[str], where: str) -> None:
+    """An allowed root must hold no other, lie in none, and be no host-system tree."""
+    for other in roots:
+        if path != other and (path_within(path, (other,)) or path_within(other, (path,))):
+            raise RunSpecError(
+                f"{where}: {path} and {other} nest: every framework container may write an "
+                "allowed directory, so it could swap the inner one for a symlink (say to /), "
+                "which Docker would follow at the container's next start",
+                fix=f"allow only {min(path, other, key=len)}, mounted whole, or choose "
+                "directories apart",
+            )
+    if holds_host_system(path):
+        raise RunSpecError(
+            f"{where}: {path} is, holds or lies in a host-system tree (such as /etc, /usr, "
+            "/var/lib/docker, /var/lib/fleet): a container that mounts it has the host",
+            fix="allow a directory of its own, e.g. /scratch/models",
+        )
+
+
+def _names(value: Any, where: str, pattern: re.Pattern[str]) -> list[str]:
+    names = _text_list(value, where)
+    for index, name in enumerate(names):
+        if not pattern.fullmatch(name):
+            raise RunSpecError(
+                f"{where}[{index}]: {name!r} is not a valid name",
+                fix="letters, digits, '_', '.' and '-', as Docker names runtimes and volumes",
+            )
+    return names
 
 
 def _run_layers(variables: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
@@ -936,7 +1072,14 @@ def run_spec_for(
         )
     try:
         policy = RunPolicy.for_host(host.vars, options_allow)
-        spec = parse_docker_cmd(label, reference, allow=policy.allow, allowed_paths=policy.paths)
+        spec = parse_docker_cmd(
+            label,
+            reference,
+            allow=policy.allow,
+            allowed_paths=policy.paths,
+            runtimes=policy.runtimes,
+            volumes=policy.volumes,
+        )
         if policy.name is not None and spec.name not in (None, policy.name):
             raise RunSpecError(
                 f"docker.cmd: names the container {spec.name!r}, but the inventory's run spec "
@@ -950,6 +1093,15 @@ def run_spec_for(
             spec = spec.with_overrides(overrides, location=FLEET_RUN_OVERRIDES)
         if policy.name is not None:
             spec = dataclasses.replace(spec, name=policy.name)
+        swappable = policy.swappable_binds(spec)
+        if swappable and "--volume" not in policy.allow:
+            raise RunSpecError(
+                f"the run spec mounts {swappable[0]}, below a directory that framework "
+                "containers can write: one could swap it for a symlink (say to /), and "
+                "Docker follows it at the container's next start, with no fleet present",
+                fix="mount the whole directory instead (e.g. /data:/data), or move "
+                f"{swappable[0]} out of it and allow it with {FLEET_RUN_ALLOW_PATHS}",
+            )
         if not spec.detach:
             raise RunSpecError(
                 f"{FLEET_RUN_OVERRIDES}.detach: false would run the container attached, and "

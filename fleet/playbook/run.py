@@ -12,10 +12,10 @@ and after (from deploy and rollback).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import difflib
+import hashlib
 import json
 import re
 import time
@@ -33,17 +33,19 @@ from fleet.errors import (
     Interrupted,
     PlaybookError,
     PlayStopped,
+    RunSpecError,
     UsageError,
 )
 from fleet.hosts.model import Host, Inventory
 from fleet.hosts.patterns import group_hosts
 from fleet.images import build as images
 from fleet.ops import deploy as deploy_mod
+from fleet.ops import hostfiles
+from fleet.ops.runspec import RunPolicy
 from fleet.playbook import loop
 from fleet.playbook.schema import Play, Playbook, Task, condition
 from fleet.playbook.secret import DIFF_HIDDEN, Secrets
-from fleet.playbook.template import render
-from fleet.programs import program
+from fleet.playbook.template import Taint, render, tracking
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
 from fleet.ship.plan import PushOptions
@@ -174,7 +176,7 @@ class Player:
         self._client: Any = None
         self.controller_vars: dict[str, Any] = {}
         # Sudo's password is a secret wherever it comes from, marked or not.
-        self.secrets = Secrets.of(
+        self._secrets = Secrets.of(
             options.secret_names | frozenset(BECOME_PASSWORD_VARS),
             [
                 options.extra,
@@ -182,6 +184,15 @@ class Player:
                 *(h.vars for h in inventory.hosts.values()),
             ],
         )
+        # What templates derive from the secrets (an upper-cased token, its base64) is
+        # secret too: found while rendering, redacted from then on.
+        self.taint = Taint(self._secrets.values)
+
+    @property
+    def secrets(self) -> Secrets:
+        """The run's secrets, with every value the templates derived from them so far."""
+        self._secrets = self._secrets.adding(self.taint.derived)
+        return self._secrets
 
     @property
     def client(self) -> Any:
@@ -209,6 +220,10 @@ class Player:
         ]
 
     def play_all(self) -> PlaybookRun:
+        with tracking(self.taint):
+            return self._play_all()
+
+    def _play_all(self) -> PlaybookRun:
         started = time.monotonic()
         selected = self.prepare()
         for _, hosts in selected:
@@ -704,46 +719,39 @@ def _hiding(
 _MODE = re.compile(r"0?[0-7]{3,4}")
 _ACCOUNT = re.compile(r"[A-Za-z_][\w.-]*|\d+")
 
-# Read a path's kind, mode, owner and group, and (for a file) its content, base64. The
-# content is read through one open file, and only when that file is the one the name holds
-# itself (same device and inode as the name, not followed): in a directory others may
-# write, a name swapped for a symlink between the two reads shows no other file's content
-# (root reads /etc/shadow as well as anything) in a diff.
-_STAT_SCRIPT = program("file_stat.sh")
-# Write stdin to "$1" with mode "$2", atomically, through a temp file in the same directory.
-# That directory may be writable by others (a group-writable /data/projects, 2775): a temp
-# name they can foresee, or a file they can swap between its creation and its use, would
-# let them point root's write at any file. So the name is random (mktemp), the file is
-# created by the very open that writes it, with O_EXCL (noclobber: it fails on anything
-# already there, a symlink included), and every later step uses that open file, never the
-# name again: the mode is set through /proc/self/fd, and the rename (-T: never into a
-# directory) moves whatever the name holds into place, which anyone who can swap it could
-# have written there anyway. The temp file is removed when a step fails.
-_WRITE_SCRIPT = program("file_write.sh")
+
+def _roots(ctx: HostContext) -> tuple[str, ...]:
+    """The host's trees that containers can write: walked without following links."""
+    try:
+        return RunPolicy.for_host(ctx.host.vars).paths
+    except RunSpecError as exc:
+        raise HostError(ctx.name, exc.message, fix=exc.fix) from None
 
 
-def _stat_argv(path: str, content: bool = False) -> list[str]:
-    return ["sh", "-c", _STAT_SCRIPT, "fleet-stat", path, "content" if content else ""]
+def _helper(ctx: HostContext, argv: list[str], stdin: bytes | None = None) -> str:
+    """Run the host's file helper (``fleet.ops.hostfiles``); its stdout, or a HostError."""
+    ran = ctx.transport.run(argv, stdin=stdin, check=False)
+    if ran.ok:
+        return ran.stdout
+    said = ran.stderr.strip().removeprefix("fleet: ") or f"exit {ran.exit_code}"
+    if ran.exit_code == 127:
+        raise HostError(
+            ctx.name,
+            f"python3 is not on the host ({said})",
+            fix="install python3 on the host: fleet changes files there through it",
+        )
+    raise HostError(ctx.name, said)
 
 
-def _write_argv(path: str, mode: str) -> list[str]:
-    return ["sh", "-c", _WRITE_SCRIPT, "fleet-write", path, mode]
-
-
-def _stat(
-    ctx: HostContext, path: str, content: bool = False
-) -> tuple[str, str, str, str, bytes | None]:
-    ran = ctx.transport.run(_stat_argv(path, content), check=False)
-    lines = ran.stdout.splitlines()
-    if not lines or lines[0] == "absent":
-        return "absent", "", "", "", None
-    kind, mode, owner, group = ([*lines[0].split("|"), "", "", "", ""])[:4]
-    data = (
-        base64.b64decode("".join(lines[1:]))
-        if content and len(lines) > 1
-        else (b"" if content else None)
-    )
-    return kind, mode, owner, group, data
+def _stat(ctx: HostContext, path: str, content: bool = False) -> hostfiles.PathInfo:
+    """What ``path`` is, seen from its root without following a link below it: in a
+    directory that containers write, a name swapped for a symlink shows as the link, and
+    no other file's content (root reads /etc/shadow as well as anything) reaches a diff."""
+    out = _helper(ctx, hostfiles.stat_argv(hostfiles.root_of(path, _roots(ctx)), path, content))
+    try:
+        return hostfiles.PathInfo.parse(out)
+    except ValueError as exc:
+        raise HostError(ctx.name, f"cannot read what {path} is: {exc}") from None
 
 
 def _mode_of(task: Task, value: Any, default: str) -> str:
@@ -784,7 +792,8 @@ def _dir(
             )
 
     def body(ctx: HostContext) -> HostResult:
-        kind, current, owner, group, _ = _stat(ctx, path)
+        found = _stat(ctx, path)
+        kind, current, owner, group = found.kind, found.mode, found.user, found.group
         changes: list[str] = []
         if kind == "absent":
             changes.append("create")
@@ -800,14 +809,13 @@ def _dir(
         if not changes:
             return ctx.result(Outcome.OK, f"{path} as wanted")
         if not player.options.check:
-            ctx.transport.run(["mkdir", "-p", path])
-            ctx.transport.run(["chmod", mode, path])
-            if "owner" in args or "group" in args:
-                ctx.transport.run(["chown", f"{wanted_owner}:{wanted_group}", path])
+            account = f"{wanted_owner}:{wanted_group}" if owned else hostfiles.LEAVE
+            root = hostfiles.root_of(path, _roots(ctx))
+            _helper(ctx, hostfiles.dir_argv(root, path, int(mode, 8), account, create=True))
         verb = "would " if player.options.check else ""
         return ctx.result(Outcome.CHANGED, f"{verb}{', '.join(changes)}: {path}")
 
-    commands = [_stat_argv(path), ["mkdir", "-p", path], ["chmod", mode, path]]
+    commands = [hostfiles.stat_argv("/", path), hostfiles.dir_argv("/", path, int(mode, 8))]
     return _host_step(player, hosts, "dir", _hiding(player, args, commands, body))
 
 
@@ -815,7 +823,8 @@ def _write_file(
     player: Player, ctx: HostContext, path: str, content: bytes, mode: str, secret: bool
 ) -> HostResult:
     """Put ``content`` at ``path`` with ``mode``; a ``secret`` one shows no diff."""
-    kind, current_mode, _, _, current = _stat(ctx, path, content=True)
+    found = _stat(ctx, path, content=True)
+    kind, current_mode, current = found.kind, found.mode, found.content
     if kind not in ("absent", "regular file", "regular empty file"):
         raise HostError(ctx.name, f"{path} exists and is a {kind}, not a file")
     changes = []
@@ -835,7 +844,11 @@ def _write_file(
     if not changes:
         return ctx.result(Outcome.OK, f"{path} as wanted")
     if not player.options.check:
-        ctx.transport.run(_write_argv(path, mode), stdin=content)
+        # Written only while the file is what was just read: a concurrent edit is kept.
+        expected = "absent" if current is None else hashlib.sha256(current).hexdigest()
+        root = hostfiles.root_of(path, _roots(ctx))
+        argv = hostfiles.write_argv(root, path, int(mode, 8), expected, owner=hostfiles.LEAVE)
+        _helper(ctx, argv, stdin=content)
     verb = "would change" if player.options.check else "changed"
     return ctx.result(Outcome.CHANGED, f"{verb} {' and '.join(changes)} of {path}", details=details)
 
@@ -866,7 +879,10 @@ def _write_step(
     def body(ctx: HostContext) -> HostResult:
         return _write_file(player, ctx, path, content, mode, secret)
 
-    commands = [_stat_argv(path, content=True), _write_argv(path, mode)]
+    commands = [
+        hostfiles.stat_argv("/", path, content=True),
+        hostfiles.write_argv("/", path, int(mode, 8), "any", owner=hostfiles.LEAVE),
+    ]
     return _host_step(player, hosts, step, _hiding(player, args, commands, body))
 
 

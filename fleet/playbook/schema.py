@@ -578,12 +578,26 @@ def extra_vars(items: Sequence[str]) -> dict[str, Any]:
     return merged
 
 
-def vars_file(item: str) -> dict[str, Any]:
-    """The variables of ``@file.yml``, read the safe, bounded way inventories are."""
+def vars_file(item: str, *, secret: bool = False) -> dict[str, Any]:
+    """The variables of ``@file.yml``, read the safe, bounded way inventories are.
+
+    A ``secret`` file's errors say where, never what: a YAML error quotes the text it
+    stumbled on (an alias, a token), and in a secrets file that text is a secret.
+    """
     path = Path(item[1:])
     try:
         loaded, _ = read_yaml(path)
     except InventoryError as exc:
+        if secret:
+            raise PlaybookError(
+                f"{item}: the secrets file cannot be read as YAML or JSON (its text is not "
+                "shown: it holds secrets)",
+                path=str(path),
+                line=exc.line,
+                column=exc.column,
+                fix="check the file where its secrets may be seen, e.g. with "
+                "python3 -c 'import sys, yaml; yaml.safe_load(open(sys.argv[1]))' FILE",
+            ) from None
         raise PlaybookError(f"{item}: {exc.message}", fix=exc.fix) from None
     if not isinstance(loaded, Mapping):
         raise PlaybookError(f"{item}: expected a mapping of variables", path=str(path))

@@ -15,12 +15,17 @@ quoting, truncation or partial output cannot be told from the rest.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import shlex
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import markupsafe
+from jinja2.utils import htmlsafe_json_dumps
 
 from fleet.errors import CommandError, FleetError, HostError, UnreachableError, tail_lines
 from fleet.results import FleetResult, HostResult
@@ -67,6 +72,28 @@ def _collapsed(text: str) -> str:
     return " ".join(text.split())
 
 
+def _yaml_single_quoted(text: str) -> str:
+    # to_yaml's quoted scalars double each '.
+    return text.replace("'", "''")
+
+
+def _json_html_safe(text: str) -> str:
+    # Jinja's tojson also escapes <, >, & and ' (as \u003c ...).
+    return str(htmlsafe_json_dumps(text))[1:-1]
+
+
+def _url_encoded(text: str) -> str:
+    return urllib.parse.quote(text, safe="/")
+
+
+def _url_encoded_form(text: str) -> str:
+    return urllib.parse.quote_plus(text)
+
+
+def _html_escaped(text: str) -> str:
+    return str(markupsafe.escape(text))
+
+
 _RENDERERS: tuple[Callable[[str], str], ...] = (
     _shell_quoted,
     _repr_in_single_quotes,
@@ -74,7 +101,29 @@ _RENDERERS: tuple[Callable[[str], str], ...] = (
     _json_ascii,
     _json_unicode,
     _collapsed,
+    _yaml_single_quoted,
+    _json_html_safe,
+    _url_encoded,
+    _url_encoded_form,
+    _html_escaped,
 )
+
+
+def _base64_cores(text: str) -> set[str]:
+    """What base64 of any text holding ``text`` holds for sure: at each of the three
+    alignments, the groups made of ``text``'s bytes alone (b64encode of a longer value)."""
+    data = text.encode()
+    cores = set()
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + data).decode()
+        first = 4 if offset else 0  # the group that mixes the prefix in
+        whole = (offset + len(data)) // 3 * 4  # groups with no byte of what follows
+        core = encoded[first:whole]
+        if len(core) >= MIN_LINE * 2:
+            cores.add(core)
+    return cores
+
+
 # A repr'd shell command line (a timeout message) is two renderings deep; a third covers
 # such a message inside a JSON document or a list's repr.
 _DEPTH = 3
@@ -84,8 +133,9 @@ def renderings(text: str) -> frozenset[str]:
     """Every form ``text`` takes in output, ``text`` itself included.
 
     Shell-quoted (``shlex.quote``), ``repr`` (alone or in a list, either quote), JSON
-    (ASCII or not), whitespace-collapsed, and combinations of up to :data:`_DEPTH` of
-    them; then the same for each line of a multi-line ``text`` that has at least
+    (ASCII or not, or HTML-safe as Jinja's ``tojson``), YAML-quoted, URL-encoded,
+    HTML-escaped, whitespace-collapsed, and combinations of up to :data:`_DEPTH` of them;
+    base64 at any alignment (:func:`_base64_cores`); then the same for each line of a multi-line ``text`` that has at least
     :data:`MIN_LINE` characters besides indentation.
     """
     bases = {text, text.strip()}
@@ -94,6 +144,7 @@ def renderings(text: str) -> frozenset[str]:
     forms = {base for base in bases if base}
     for _ in range(_DEPTH):
         forms |= {render(form) for form in forms for render in _RENDERERS}
+    forms |= {core for base in bases if base for core in _base64_cores(base)}
     return frozenset(form for form in forms if form)
 
 
@@ -133,6 +184,14 @@ class Secrets:
 
     def __bool__(self) -> bool:
         return bool(self.values)
+
+    def adding(self, derived: Iterable[str]) -> Secrets:
+        """These secrets and the values templates ``derived`` from them (redacted alike)."""
+        new = set(derived) - set(self.values)
+        if not new:
+            return self
+        values = sorted({*self.values, *new}, key=lambda text: (-len(text), text))
+        return Secrets(self.names, tuple(values))
 
     def found_in(self, value: Any) -> bool:
         """Whether any secret value appears anywhere in ``value`` (strings, nested)."""

@@ -13,12 +13,50 @@ import os
 import shlex
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
 
 from fleet.errors import HostKeyError
 from fleet.ssh.endpoint import USER_KNOWN_HOSTS, Endpoint
+
+
+@dataclass(frozen=True)
+class Markers:
+    """What a known_hosts file says besides plain keys: revoked keys, CA lines seen."""
+
+    revoked: frozenset[bytes] = frozenset()
+    authorities: int = 0
+
+
+def _load(keys: paramiko.HostKeys, path: Path) -> Markers:
+    """Plain lines of ``path`` into ``keys``; ``@revoked`` keys and ``@cert-authority``
+    lines apart. A line paramiko cannot read (paramiko raises on some, e.g. a marker) is
+    skipped, as OpenSSH skips it."""
+    revoked: set[bytes] = set()
+    authorities = 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        marker, _, rest = text.partition(" ") if text.startswith("@") else ("", "", text)
+        entry = _entry(rest.strip())
+        if marker == "@revoked" and entry is not None:
+            revoked.add(entry.key.asbytes())  # revoked for every host, whatever it names
+        elif marker == "@cert-authority":
+            authorities += 1
+        elif not marker and entry is not None:
+            for name in entry.hostnames:
+                keys.add(name, entry.key.get_name(), entry.key)
+    return Markers(frozenset(revoked), authorities)
+
+
+def _entry(line: str) -> paramiko.hostkeys.HostKeyEntry | None:
+    try:
+        return paramiko.hostkeys.HostKeyEntry.from_line(line)
+    except (paramiko.SSHException, paramiko.hostkeys.InvalidHostKey, ValueError, TypeError):
+        return None
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -45,6 +83,7 @@ class KnownHosts:
         self._lock = threading.Lock()
         self._default = tuple(str(path) for path in files)
         self._parsed: dict[Path, paramiko.HostKeys] = {}
+        self._markers: dict[Path, Markers] = {}
         self.accepted: list[tuple[str, str]] = []
 
     @property
@@ -64,9 +103,13 @@ class KnownHosts:
         if keys is None:
             keys = paramiko.HostKeys()
             if path.is_file():
-                keys.load(str(path))
+                self._markers[path] = _load(keys, path)
             self._parsed[path] = keys
         return keys
+
+    def _marks(self, path: Path) -> Markers:
+        self._keys(path)
+        return self._markers.get(path, Markers())
 
     def verify(self, endpoint: Endpoint, key: paramiko.PKey) -> None:
         """Accept ``key`` for ``endpoint``, or raise :class:`HostKeyError` with evidence."""
@@ -77,8 +120,27 @@ class KnownHosts:
             for path in files:
                 found = self._keys(path).lookup(name)
                 recorded += [(path, k) for k in (found or {}).values()]
+            revoked = [p for p in files if key.asbytes() in self._marks(p).revoked]
+            if revoked:
+                raise HostKeyError(
+                    endpoint.name,
+                    f"host {name} offered {key.get_name()} {fingerprint(key)}, a key marked "
+                    f"@revoked in {revoked[0]}; refusing to connect",
+                    fix="the key was revoked on purpose: give the host a new key and record "
+                    "that one",
+                )
             if any(k == key for _, k in recorded):
                 return
+            authorities = [p for p in files if self._marks(p).authorities]
+            if not recorded and authorities:
+                raise HostKeyError(
+                    endpoint.name,
+                    f"no plain host key for {name} is recorded, and fleet does not verify "
+                    f"host certificates (the @cert-authority lines of {authorities[0]}); "
+                    "refusing to connect",
+                    fix=f"record the host's own key (ssh-keyscan {shlex.quote(name)}, checked "
+                    "against the host's fingerprint) in its known_hosts file",
+                )
             same_type = [(p, k) for p, k in recorded if k.get_name() == key.get_name()]
             if same_type:
                 path, expected = same_type[0]

@@ -7,8 +7,9 @@ What a provisioned host has (every item is a setting of ``fleet_provision``, see
   its owner, group and mode. Only the listed directories themselves are created, chowned
   or chmodded (never recursively): existing content is never touched or removed;
 - ``/usr/local/lib/fleet/aicron.sh`` (:data:`SCRIPT_PATH`), rendered from the template
-  ``fleet/data/aicron.sh``: it keeps the pretrained-weights HTTP service up (``python3 -m
-  http.server`` on ``weights_port``, serving ``/data/pretrained_models``) and logs what it
+  ``fleet/data/aicron.sh``: it keeps the pretrained-weights HTTP service up (python3's
+  ``http.server`` on ``weights_port``, serving ``/data/pretrained_models`` and following
+  no link there) and logs what it
   did to ``/var/log/aicron.log``. ``<data_root>/aicron.sh`` is a copy of it for people to
   read (mode 0644, marked as a copy at its top); nothing runs it;
 - a managed block in ``/etc/crontab`` that runs ``/usr/local/lib/fleet/aicron.sh`` on

@@ -29,6 +29,7 @@ def render_script(settings: ProvisionSettings, template: str | None = None) -> b
     text = script_template() if template is None else template
     values = {
         "SELF": settings.script_path,
+        "DATA_ROOT": settings.data_root,
         "WEIGHTS_DIR": settings.weights_dir,
         "WEIGHTS_PORT": str(settings.weights_port),
         "WEIGHTS_BIND": settings.weights_bind,

@@ -10,6 +10,7 @@ from typing import Any
 from fleet.errors import (
     CronBlockError,
 )
+from fleet.ops import hostfiles
 from fleet.ops.provision.cron import (
     apply_block,
     cron_block,
@@ -28,7 +29,6 @@ from fleet.ops.provision.settings import (
     DirSpec,
     ProvisionSettings,
 )
-from fleet.programs import program
 
 
 @dataclass(frozen=True)
@@ -67,44 +67,26 @@ class Change:
         }
 
 
-# Writes stdin to $1 atomically with mode $2, root's, but only when the file is still what
-# the facts saw ($3: its sha256, "absent", or "any" for the copy nobody runs); a concurrent
-# edit is never overwritten. It works inside the target's directory (its own links
-# followed, as the admin made them) and never through a name that may have been swapped:
-# mktemp creates the temporary file there with O_EXCL; where others can write the
-# directory (the data root: every framework container can), that name may be replaced by a
-# link before it is opened, so the open descriptor must be that very file (same inode, one
-# link, not a link) and its mode and owner are set through the descriptor. The rename
-# replaces a link at the target instead of writing through it (-T: nor into a directory).
-# The temporary file is removed on any failure or signal.
-WRITE_SCRIPT = program("provision_write.sh")
-
-
 def write_command(
-    path: str, content: bytes, mode: int, expected: FileState | str | None
+    root: str, path: str, content: bytes, mode: int, expected: FileState | str | None
 ) -> Command:
-    """The command that writes ``content`` to ``path`` (see :data:`WRITE_SCRIPT`).
+    """The command that writes ``content`` to ``path`` as root's, walking from ``root``.
 
-    ``expected`` is what the facts saw (None: no file); the string ``"any"`` writes whatever
-    is there (the copy in the data root, which nothing runs).
+    Through the host helper (:mod:`fleet.ops.hostfiles`): no link below ``root`` is
+    followed, the file is made beside its target with ``O_EXCL``, owned and moded through
+    its descriptor and renamed into place, and only while the target is still what the
+    facts saw (``expected``: None for no file; the string ``"any"`` writes whatever is
+    there, for the copy in the data root, which nothing runs), so a concurrent edit is
+    never overwritten.
     """
     if isinstance(expected, str):
         seen = expected
     else:
         seen = "absent" if expected is None else expected.sha256
-    argv = ("sh", "-c", WRITE_SCRIPT, "fleet-write", path, f"{mode:04o}", seen)
+    argv = hostfiles.write_argv(root, path, mode, seen)
     unless = "" if seen == "any" else ", unless changed"
     label = f"write {path} (root, mode {mode:04o}, {len(content)} bytes, atomically{unless})"
-    return Command(argv, content, label)
-
-
-# Creates directory $2 (or only fixes it), then chowns it to $3 and chmods it to $4 (either
-# may be empty: left alone). $1 is the data root: it and its parents are followed as the
-# admin made them (a link to a bigger disk); below it, every component is entered with
-# "cd -P" and checked to be where it should be, so a link planted by a container fails
-# the change instead of redirecting a chown or chmod; created and changed through the
-# directory itself (the current one), never through its name.
-DIR_SCRIPT = program("provision_dir.sh")
+    return Command(tuple(argv), content, label)
 
 
 def dir_command(
@@ -112,20 +94,23 @@ def dir_command(
 ) -> Command:
     """Creates or fixes ``path`` (``root`` or below it) following no link below ``root``.
 
-    See :data:`DIR_SCRIPT`; ``owner`` empty and ``mode`` None leave them alone.
+    ``root`` and its parents are followed as the admin made them (a link to a bigger disk);
+    every component below it is entered without following a link, and the directory is
+    changed through its own descriptor. ``owner`` empty and ``mode`` None leave them alone.
     """
-    # Five digits: GNU chmod keeps a directory's setgid bit on "0755" but sets it exactly on "00755".
-    mode_text = "" if mode is None else f"0{mode:04o}"
-    argv = ("sh", "-c", DIR_SCRIPT, "fleet-dir", root, path, owner, mode_text)
+    argv = hostfiles.dir_argv(root, path, mode, owner or hostfiles.LEAVE, create)
     done = ["mkdir"] if create else []
     done += [f"chown {owner}"] if owner else []
-    done += [f"chmod {mode_text}"] if mode_text else []
-    return Command(argv, label=f"{', '.join(done)} {path} (following no link below {root})")
+    done += [f"chmod {mode:04o}"] if mode is not None else []
+    return Command(tuple(argv), label=f"{', '.join(done)} {path} (following no link below {root})")
 
 
-def _chmod(mode: int, path: str) -> Command:
-    # Five digits: GNU chmod keeps a directory's setgid bit on "0755" but sets it exactly on "00755".
-    return Command(("chmod", f"0{mode:04o}", path))
+def _fix_file(path: str, mode: int) -> Command:
+    """Make file ``path`` root's with ``mode``, through the file itself, never a link."""
+    return Command(
+        tuple(hostfiles.fix_argv(_parent(path), path, mode, "0:0")),
+        label=f"chown 0:0, chmod {mode:04o} {path} (through the file, not a link)",
+    )
 
 
 def _owned_by(
@@ -225,11 +210,7 @@ def _plan_script_dir(settings: ProvisionSettings, facts: ProvisionFacts) -> list
                 settings.script_dir,
                 f"create directory {settings.script_dir} (root:root {SCRIPT_DIR_MODE:04o})",
                 "missing",
-                (
-                    Command(("mkdir", "-p", "--", settings.script_dir)),
-                    Command(("chown", "--", "0:0", settings.script_dir)),
-                    _chmod(SCRIPT_DIR_MODE, settings.script_dir),
-                ),
+                (_script_dir_command(settings, create=True),),
             )
         ]
     if state.kind == "directory" and (state.uid, state.gid, state.mode) != (0, 0, SCRIPT_DIR_MODE):
@@ -240,10 +221,7 @@ def _plan_script_dir(settings: ProvisionSettings, facts: ProvisionFacts) -> list
                 f"fix {settings.script_dir}: owner {state.uid}:{state.gid} mode {state.mode:04o} -> "
                 f"root:root {SCRIPT_DIR_MODE:04o}",
                 "cron runs a script from it as root; only root may change it",
-                (
-                    Command(("chown", "--", "0:0", settings.script_dir)),
-                    _chmod(SCRIPT_DIR_MODE, settings.script_dir),
-                ),
+                (_script_dir_command(settings, create=False),),
             )
         ]
     return []
@@ -264,7 +242,7 @@ def _plan_script(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Cha
                 path,
                 f"{'install' if current is None else 'update'} {path}",
                 "missing" if current is None else f"content differs (sha256 {current.sha256[:12]})",
-                (write_command(path, wanted, SCRIPT_MODE, current),),
+                (write_command(settings.script_dir, path, wanted, SCRIPT_MODE, current),),
                 diff=unified_diff(path, before, wanted),
             )
         ]
@@ -276,7 +254,7 @@ def _plan_script(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Cha
                 f"fix {path}: owner {current.uid}:{current.gid} mode {current.mode:04o} -> "
                 f"root:root {SCRIPT_MODE:04o}",
                 "cron runs it; only root may change it",
-                (Command(("chown", "--", "0:0", path)), _chmod(SCRIPT_MODE, path)),
+                (_fix_file(path, SCRIPT_MODE),),
             )
         ]
     return []
@@ -310,7 +288,7 @@ def _plan_copy(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Chang
             f"{'write' if current is None else 'rewrite'} {path}, a copy of "
             f"{settings.script_path} to read (cron does not run it)",
             why,
-            (write_command(path, wanted, COPY_MODE, "any"),),
+            (write_command(settings.data_root, path, wanted, COPY_MODE, "any"),),
         )
     ]
 
@@ -343,7 +321,7 @@ def _plan_cron(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Chang
                 "missing"
                 if span is None
                 else f"block differs: {old_line!r} -> {settings.cron_line!r}",
-                (write_command(path, after, mode, current),),
+                (write_command(_parent(path), path, after, mode, current),),
                 diff=unified_diff(path, before, after),
             )
         ]
@@ -354,10 +332,21 @@ def _plan_cron(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Chang
                 path,
                 f"fix {path}: owner uid {current.uid} mode {current.mode:04o} -> root {mode:04o}",
                 "cron ignores a crontab that is group/other writable or not root's",
-                (Command(("chown", "--", "0:0", path)), Command(("chmod", f"{mode:04o}", path))),
+                (_fix_file(path, mode),),
             )
         ]
     return []
+
+
+def _parent(path: str) -> str:
+    return path.rpartition("/")[0] or "/"
+
+
+def _script_dir_command(settings: ProvisionSettings, *, create: bool) -> Command:
+    """The script's directory, root's (its parents are the admin's: followed)."""
+    return dir_command(
+        _parent(settings.script_dir), settings.script_dir, "0:0", SCRIPT_DIR_MODE, create=create
+    )
 
 
 def _block_line(block: bytes) -> str:

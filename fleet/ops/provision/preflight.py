@@ -435,7 +435,7 @@ def _check_tools(
     warnings: list[str],
 ) -> None:
     needed = {
-        "python3": "python3 (the weights service is python3 -m http.server)",
+        "python3": "python3 (the weights service and fleet's file changes run on it)",
         "flock": "flock (util-linux: serialises aicron.sh runs)",
         "setsid": "setsid (util-linux: detaches the weights service)",
     }

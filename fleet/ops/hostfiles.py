@@ -1,0 +1,103 @@
+"""Files and directories that fleet changes on a host as root: never by name below a root.
+
+A container that mounts the data root (every framework container does) is root in that
+tree: it can swap any name in it for a symbolic link between the moment fleet looks and
+the moment fleet acts, and root would then write, chmod or chown the link's target. So
+every write, directory, chmod and chown that fleet makes goes through one host helper
+(``fleet/data/remote/safe_path.py``): it opens a *root* as the admin made it (a data root
+may be a link to a bigger disk) and walks below it with directory descriptors and
+``O_NOFOLLOW``, refusing a link at any component; it creates with ``O_EXCL`` and changes
+through open descriptors (``fchown``, ``fchmod``), and renames into place.
+
+The root of a path is the container-writable tree that holds it (the data root and the
+host's other allowed roots, ``RunPolicy.paths``), else the path's own directory, which
+no container can write (its links are the admin's, followed as before).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from fleet.programs import program
+
+# The helper runs isolated (-I): nothing of the SSH user's environment or current
+# directory is imported as root.
+SAFE_PATH = ("python3", "-I", "-c", program("safe_path.py"))
+# What the helper's exit codes mean (3: refused, with the reason on stderr).
+REFUSED = 3
+LEAVE = "-"  # an owner or mode that the helper leaves as it is
+
+
+def root_of(path: str, writable: Iterable[str]) -> str:
+    """The root to walk ``path`` from: the writable tree holding it, else its directory."""
+    holding = [root for root in writable if path == root or path.startswith(root.rstrip("/") + "/")]
+    if holding:
+        return max(holding, key=len)
+    return path.rpartition("/")[0] or "/"
+
+
+def write_argv(root: str, path: str, mode: int, expected: str, owner: str = "0:0") -> list[str]:
+    """Write stdin to ``path`` atomically with ``mode`` and ``owner`` ("-": the caller's).
+
+    ``expected`` is what the file must still be: ``"absent"``, its sha256, or ``"any"``.
+    """
+    return [*SAFE_PATH, "write", root, path, f"{mode:04o}", expected, owner]
+
+
+def dir_argv(
+    root: str, path: str, mode: int | None = None, owner: str = LEAVE, create: bool = False
+) -> list[str]:
+    """Create (``create``) or fix ``path``: its mode (exact bits, setgid included) and owner."""
+    mode_text = LEAVE if mode is None else f"{mode:04o}"
+    return [*SAFE_PATH, "dir", root, path, mode_text, owner, "1" if create else "0"]
+
+
+def fix_argv(root: str, path: str, mode: int, owner: str = LEAVE) -> list[str]:
+    """Set regular file ``path``'s mode and owner through the file itself (never a link)."""
+    return [*SAFE_PATH, "fix", root, path, f"{mode:04o}", owner]
+
+
+def stat_argv(root: str, path: str, content: bool = False) -> list[str]:
+    """Describe ``path`` (kind, mode, owner; the content of a regular file if asked)."""
+    return [*SAFE_PATH, "stat", root, path, "1" if content else "0"]
+
+
+@dataclass(frozen=True)
+class PathInfo:
+    """What the helper saw at a path, never through a link below its root."""
+
+    kind: str  # "absent", "regular file", "regular empty file", "directory", ...
+    mode: str = ""  # octal, without leading zeros ("644", "2775")
+    user: str = ""
+    group: str = ""
+    content: bytes | None = None
+
+    @classmethod
+    def parse(cls, stdout: str) -> PathInfo:
+        """The helper's one JSON line; ``ValueError`` when it is not one."""
+        found = json.loads(stdout)
+        if not isinstance(found, dict) or not isinstance(found.get("kind"), str):
+            raise ValueError(f"not a description of a path: {stdout[:200]!r}")
+        content = found.get("content")
+        return cls(
+            kind=found["kind"],
+            mode=str(found.get("mode", "")),
+            user=str(found.get("user", "")),
+            group=str(found.get("group", "")),
+            content=bytes.fromhex(content) if isinstance(content, str) else None,
+        )
+
+
+__all__ = [
+    "LEAVE",
+    "REFUSED",
+    "SAFE_PATH",
+    "PathInfo",
+    "dir_argv",
+    "fix_argv",
+    "root_of",
+    "stat_argv",
+    "write_argv",
+]
