@@ -25,6 +25,7 @@
     └── HostError (RuntimeError)     one host failed; caught per host, becomes a result
         ├── UnreachableError         SSH could not connect or authenticate
         │   └── HostKeyError         unknown or changed host key
+        ├── LeaseLostError           the run's deploy lock lease is no longer certainly held
         └── CommandError             a command exited non-zero (command, code, stderr tail)
 
 Third-party errors are translated where they are caught (``raise X(...) from exc``), so
@@ -170,6 +171,10 @@ class UnreachableError(HostError):
 
 class HostKeyError(UnreachableError):
     """The host's key is unknown or differs from the recorded one."""
+
+
+class LeaseLostError(HostError):
+    """The run no longer certainly holds the host's deploy lock: it acts there no more."""
 
 
 class CommandError(HostError):

@@ -10,6 +10,7 @@ is ``unreachable``, a failed command ``failed`` with its evidence, an unexpected
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import threading
@@ -183,6 +184,8 @@ class HostContext:
     host: Host
     _runner: Runner
     step: str = ""
+    # Wraps the connection for work that may only go on under a condition (a held lease).
+    _wrap: Callable[[Transport], Transport] | None = None
 
     @property
     def name(self) -> str:
@@ -190,7 +193,13 @@ class HostContext:
 
     @property
     def transport(self) -> Transport:
-        return self._runner.transport(self.host)
+        transport = self._runner.transport(self.host)
+        return transport if self._wrap is None else self._wrap(transport)
+
+    def guarded(self, wrap: Callable[[Transport], Transport]) -> HostContext:
+        """This context, whose connection is ``wrap(connection)``: e.g. every command first
+        checks the lease of the host's deploy lock."""
+        return dataclasses.replace(self, _wrap=wrap)
 
     def reconnect(self) -> Transport:
         """A new connection to the host, in place of one that was lost."""

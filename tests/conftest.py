@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +159,37 @@ def restart_engine(env: LabFixture, host: str) -> None:
     container = lab.engine_client().containers.get(env.host(host).container)
     code, out = container.exec_run(["sh", "-c", ENGINE_STOP + "\n" + ENGINE_START])
     assert code == 0, (out or b"").decode("utf-8", "replace")
+
+
+def ensure_image(env: LabFixture, host: str, image: str = lab.LAYER1_IMAGE) -> str:
+    """``image`` on a lab host's engine, loaded from this machine's when it lacks it."""
+    if host_run(env, host, "docker", "image", "inspect", image).ok:
+        return image
+    saved = b"".join(lab.engine_client().images.get(image).save(named=True))
+    loaded = host_run(env, host, "docker", "load", stdin=saved)
+    assert loaded.ok, loaded.stderr
+    return image
+
+
+@contextlib.contextmanager
+def swapping(env: LabFixture, host: str, mount: str, script: str) -> Iterator[str]:
+    """What any framework container can do to the data root, as fast as it can: a container
+    on ``host`` with the host's ``mount`` at ``/d``, running the sh ``script`` in a loop
+    (for at most two minutes, whatever happens to the test). Yields its name."""
+    image = ensure_image(env, host)
+    name = f"fleet-test-swapper-{uuid.uuid4().hex[:6]}"
+    loop = f"while :; do {script}; done"
+    ran = host_run(
+        env,
+        host,
+        *("docker", "run", "-d", "--name", name, "--network", "none", "-v", f"{mount}:/d"),
+        *(image, "timeout", "120", "sh", "-c", loop),
+    )
+    assert ran.ok, ran.stderr
+    try:
+        yield name
+    finally:
+        host_run(env, host, "docker", "rm", "-f", name)
 
 
 def clear_framework(env: LabFixture) -> None:

@@ -26,6 +26,7 @@ from tests.conftest import (
     write_fast_inventory,
 )
 from tests.framework import FrameworkProject, built_project
+from tests.test_deploy_e2e import hostile_image, remove_image
 from tests.test_provision_e2e import Sandbox, base_image  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.lab
@@ -265,6 +266,41 @@ def test_deploy_and_audit_as_a_sudo_user_then_as_a_docker_group_user(
     assert json.loads(last)["to"] == v2, last
     code, doc = run_project_json(capsys, docker_user, project, "audit", "lab1", "--expect", v2)
     assert code == 0, doc
+
+
+@pytest.mark.hostile
+def test_a_docker_group_deployer_mounts_no_link_under_a_directory_it_cannot_read(
+    lab_env: LabFixture,
+    users: None,
+    project: FrameworkProject,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The review's second route: a container made /data/p (0700) holding x -> /. A
+    docker-group deployer's readlink cannot look inside /data/p, so a check that resolved
+    paths passed the link for that user. A path below the data root is refused as text."""
+    v1 = project.built[0]
+    docker_user = inventory(lab_env, tmp_path / "docker.yml", ansible_user="fleetdocker")
+    code, doc = run_project_json(capsys, docker_user, project, "deploy", "lab1", v1)
+    assert code == 0, doc["hosts"]
+    before = host_sh(lab_env, "lab1", "docker", "inspect", "-f", "{{.Id}}", "cauchy_service")
+    plant = "mkdir -m 0700 /data/fleet-test-p && ln -s / /data/fleet-test-p/x"
+    assert host_run(lab_env, "lab1", "sh", "-c", plant).ok
+    tag, reference = hostile_image(
+        project,
+        "docker run -d --name cauchy_service --network host -v /data:/data "
+        "-v /data/fleet-test-p/x:/host {image} python cauchy_services.py --port 8339",
+    )
+    try:
+        code, doc = run_project_json(capsys, docker_user, project, "deploy", "lab1", tag)
+        lab1 = doc["hosts"]["lab1"]
+        assert code == 2 and lab1["outcome"] == "failed", lab1
+        assert "--volume /data/fleet-test-p/x:/host" in lab1["reason"], lab1
+        after = host_sh(lab_env, "lab1", "docker", "inspect", "-f", "{{.Id}}", "cauchy_service")
+        assert after == before  # nothing was stopped or replaced
+    finally:
+        host_run(lab_env, "lab1", "rm", "-rf", "/data/fleet-test-p")
+        remove_image(reference)
 
 
 def test_a_playbook_takes_the_become_password_from_a_secrets_file(

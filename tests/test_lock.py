@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -17,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from fleet.errors import HostError, UnreachableError
+from fleet.errors import HostError, LeaseLostError, UnreachableError
 from fleet.hosts.model import Host
 from fleet.ops import deploy
+from fleet.ops import lock as leases
 from fleet.ops.containers import LOCK_FILE, STATE_DIR
 from fleet.runner import HostContext, Runner
 from fleet.ssh.base import CommandResult
@@ -65,6 +67,17 @@ def options(wait: float = 0.0, controller: str = "bob@ctl") -> deploy.DeployOpti
     return deploy.DeployOptions(repository="cauchy", wait_lock=wait, controller=controller)
 
 
+def take(ctx: HostContext, given: deploy.DeployOptions) -> leases.Lease:
+    """The host's lock, as a deploy with these options takes it."""
+    return leases.acquire(
+        ctx,
+        "deploy 0.2.2",
+        controller=given.controller,
+        wait=given.wait_lock,
+        ttl=given.lock_ttl,
+    )
+
+
 def lock_path(root: Path) -> Path:
     return root / Path(LOCK_FILE).relative_to(STATE_DIR)
 
@@ -96,7 +109,7 @@ def test_an_expired_lock_of_any_format_is_taken_over_in_a_few_commands(
 ) -> None:
     tmp_path.joinpath("deploy.lock").write_text(content)
     host = LocalHost("gpu1", tmp_path)
-    lock = deploy.acquire_lock(context(host), "deploy 0.2.2", options(wait=0))
+    lock = take(context(host), options(wait=0))
     assert len(host.commands) <= 3
     held = json.loads(lock_path(tmp_path).read_text())
     assert held["token"] == lock.token and held["holder"] == "bob@ctl"
@@ -112,15 +125,15 @@ def test_a_lock_without_a_readable_expiry_is_held_until_it_is_older_than_the_ttl
     path = lock_path(tmp_path)
     path.write_text(content)
     host = LocalHost("gpu1", tmp_path)
-    with pytest.raises(HostError, match="no readable expiry") as caught:
-        deploy.acquire_lock(context(host), "deploy 0.2.2", options(wait=0))
+    with pytest.raises(HostError, match="no readable lease") as caught:
+        take(context(host), options(wait=0))
     assert len(host.commands) == 1
-    assert caught.value.fix is not None and LOCK_FILE in caught.value.fix
+    assert caught.value.fix is not None and "fleet lock release" in caught.value.fix
     assert path.read_text() == content
     # Older than the lock's TTL (an unfinished write of a controller long gone): taken over.
-    old = time.time() - deploy.DEFAULT_LOCK_TTL - 60
+    old = time.time() - leases.DEFAULT_TTL - 60
     os.utime(path, (old, old))
-    lock = deploy.acquire_lock(context(host), "deploy 0.2.2", options(wait=0))
+    lock = take(context(host), options(wait=0))
     assert json.loads(path.read_text())["token"] == lock.token
     assert len(host.commands) <= 4
 
@@ -130,7 +143,7 @@ def test_a_held_lock_is_waited_for_with_sleeps_until_the_deadline(tmp_path: Path
     host = LocalHost("gpu1", tmp_path)
     started = time.monotonic()
     with pytest.raises(HostError, match="held by alice@laptop") as caught:
-        deploy.acquire_lock(context(host), "deploy 0.2.2", options(wait=1.5))
+        take(context(host), options(wait=1.5))
     elapsed = time.monotonic() - started
     assert 1.5 <= elapsed < 10
     assert 2 <= len(host.commands) <= 4  # a try, sleeps, a try at the deadline
@@ -143,14 +156,14 @@ def test_a_lock_freed_while_waiting_is_taken(tmp_path: Path) -> None:
     freer = threading.Timer(0.5, path.unlink)
     freer.start()
     host = LocalHost("gpu1", tmp_path)
-    lock = deploy.acquire_lock(context(host), "deploy 0.2.2", options(wait=30))
+    lock = take(context(host), options(wait=30))
     freer.join()
     assert json.loads(path.read_text())["token"] == lock.token
 
 
 def test_release_removes_only_the_lock_this_run_wrote(tmp_path: Path) -> None:
     host = LocalHost("gpu1", tmp_path)
-    lock = deploy.acquire_lock(context(host), "deploy 0.2.2", options())
+    lock = take(context(host), options())
     path = lock_path(tmp_path)
     # Another controller's lock now (ours was taken over, say): release must leave it.
     other = json.dumps(lock_document("other", FUTURE)) + "\n"
@@ -178,7 +191,7 @@ def test_a_lock_whose_connection_was_lost_is_released_over_a_new_one(tmp_path: P
     fresh = LocalHost("gpu1", tmp_path)
     connections = iter([lost, fresh])
     ctx = HostContext(Host("gpu1"), Runner(lambda _: next(connections)))
-    lock = deploy.acquire_lock(ctx, "deploy 0.2.2", options())
+    lock = take(ctx, options())
     assert lock_path(tmp_path).exists()
     lock.release()  # the held connection is gone: a new one releases the lock
     assert not lock_path(tmp_path).exists()
@@ -186,7 +199,7 @@ def test_a_lock_whose_connection_was_lost_is_released_over_a_new_one(tmp_path: P
     # Unreachable for good: one new connection is tried, then the release gives up
     # quietly (the lock expires).
     gone = LostHost("gpu2", tmp_path, alive=1)
-    again = deploy.acquire_lock(context(gone), "deploy 0.2.2", options())
+    again = take(context(gone), options())
     again.release()
     assert lock_path(tmp_path).exists()
     assert len(gone.commands) == 3  # the lock, then one try on each connection
@@ -210,7 +223,7 @@ def test_a_lock_written_when_the_answer_was_lost_is_released_over_a_new_one(
     connections = iter([lost, fresh])
     ctx = HostContext(Host("gpu1"), Runner(lambda _: next(connections)))
     with pytest.raises(UnreachableError):
-        deploy.acquire_lock(ctx, "deploy 0.2.2", options())
+        take(ctx, options())
     assert len(lost.commands) == 2 and fresh.commands  # the unlock went over a new one
     assert not lock_path(tmp_path).exists()
 
@@ -219,7 +232,7 @@ def test_a_lock_written_when_the_answer_was_lost_is_released_over_a_new_one(
 def test_the_lock_checksum_is_what_the_cksum_program_prints(size: int) -> None:
     data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
     printed = subprocess.run(["cksum"], input=data, capture_output=True, check=True)
-    assert deploy.cksum(data) == printed.stdout.decode().strip()
+    assert leases.cksum(data) == printed.stdout.decode().strip()
 
 
 def _slow_rm(directory: Path) -> Path:
@@ -237,9 +250,9 @@ def _slow_rm(directory: Path) -> Path:
 
 
 def _race(
-    take: Callable[[str], deploy.Lock], controllers: list[str]
-) -> dict[str, deploy.Lock | BaseException]:
-    outcomes: dict[str, deploy.Lock | BaseException] = {}
+    take: Callable[[str], leases.Lease], controllers: list[str]
+) -> dict[str, leases.Lease | BaseException]:
+    outcomes: dict[str, leases.Lease | BaseException] = {}
     start = threading.Barrier(len(controllers))
 
     def run(controller: str) -> None:
@@ -269,13 +282,13 @@ def test_two_controllers_taking_over_one_stale_lock_one_wins(tmp_path: Path, com
     )
     shims = _slow_rm(tmp_path)
 
-    def take(controller: str) -> deploy.Lock:
+    def take_as(controller: str) -> leases.Lease:
         host = LocalHost("gpu1", state, path=str(shims))
-        return deploy.acquire_lock(context(host), "deploy 0.2.2", options(0, controller))
+        return take(context(host), options(0, controller))
 
-    outcomes = _race(take, ["a@ctl", "b@ctl"])
-    won = {c: o for c, o in outcomes.items() if isinstance(o, deploy.Lock)}
-    lost = {c: o for c, o in outcomes.items() if not isinstance(o, deploy.Lock)}
+    outcomes = _race(take_as, ["a@ctl", "b@ctl"])
+    won = {c: o for c, o in outcomes.items() if isinstance(o, leases.Lease)}
+    lost = {c: o for c, o in outcomes.items() if not isinstance(o, leases.Lease)}
     assert len(won) == 1, outcomes
     [(winner, lock)] = won.items()
     [(loser, error)] = lost.items()
@@ -285,3 +298,120 @@ def test_two_controllers_taking_over_one_stale_lock_one_wins(tmp_path: Path, com
     assert held["token"] == lock.token and held["holder"] == winner != loser
     lock.release()
     assert not lock_path(state).exists()
+
+
+# -- the lease -------------------------------------------------------------------------------
+def test_a_lease_names_its_holder_and_lasts_its_ttl_on_the_hosts_clock(tmp_path: Path) -> None:
+    host = LocalHost("gpu1", tmp_path)
+    lease = leases.acquire(context(host), "deploy 0.2.2", controller="bob@ctl", ttl=30)
+    held = json.loads(lock_path(tmp_path).read_text())
+    assert held["holder"] == "bob@ctl" and held["pid"] == os.getpid()
+    assert held["host"] == socket.gethostname() and held["run"] == leases.RUN_ID
+    assert held["ttl"] == 30 and "expires" not in held  # no controller clock in it
+    assert held["pid_start"]
+    state = leases.LockState(lease.checksum, 29.0, "", held)
+    assert not state.stale(1) and state.left() == 1.0
+    assert leases.LockState(lease.checksum, 31.0, "", held).stale(3600)
+    lease.release()
+    assert not lock_path(tmp_path).exists()
+
+
+def test_a_held_lease_is_renewed_while_its_run_lives(tmp_path: Path) -> None:
+    host = LocalHost("gpu1", tmp_path)
+    lease = leases.acquire(context(host), "deploy 0.2.2", controller="bob@ctl", ttl=2).start()
+    path = lock_path(tmp_path)
+    try:
+        time.sleep(3)  # longer than the TTL: only renewals keep it
+        age = time.time() - path.stat().st_mtime
+        assert age < 1.5 and lease.valid()
+        renewals = [c for c in host.commands if "fleet-renew" in c]
+        assert len(renewals) >= 3
+    finally:
+        lease.release()
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("what", ["taken over", "lapsed"])
+def test_a_lease_the_host_will_not_renew_is_lost_and_acts_no_more(
+    tmp_path: Path, what: str
+) -> None:
+    host = LocalHost("gpu1", tmp_path)
+    lease = leases.acquire(context(host), "deploy 0.2.2", controller="bob@ctl", ttl=30)
+    path = lock_path(tmp_path)
+    if what == "taken over":
+        path.write_text(json.dumps(lock_document("other", FUTURE)) + "\n")
+    else:  # nobody took it, but it lapsed: its holder may not bring it back
+        old = time.time() - 60
+        os.utime(path, (old, old))
+    lease.renew()
+    assert not lease.valid() and lease.lost
+    guarded = lease.guard(host)
+    before = len(host.commands)
+    with pytest.raises(LeaseLostError, match="no longer this run's") as caught:
+        guarded.run(["docker", "stop", "cauchy_service"])
+    assert len(host.commands) == before  # the command never reached the host
+    assert caught.value.fix and "rerun" in caught.value.fix
+
+
+def test_a_controller_stopped_past_its_lease_does_nothing_when_it_wakes(tmp_path: Path) -> None:
+    host = LocalHost("gpu1", tmp_path)
+    lease = leases.acquire(context(host), "deploy 0.2.2", controller="bob@ctl", ttl=30)
+    lease.confirmed -= 25  # the last renewal the host confirmed was sent 25 s ago ...
+    assert not lease.valid()  # ... past the margin: no command is sent any more
+    with pytest.raises(LeaseLostError, match=r"no renewal confirmed by the host for 2[56]s"):
+        lease.check()
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_a_lock_whose_holder_process_is_gone_is_taken_over_at_once(tmp_path: Path) -> None:
+    """The soak's blocked reruns: a controller killed mid-deploy, then run again."""
+    dead = {
+        "token": "t0",
+        "holder": "bob@ctl",
+        "host": socket.gethostname(),
+        "pid": _dead_pid(),
+        "pid_start": "1",
+        "run": "deadbeef",
+        "what": "deploy 0.2.1",
+        "since": "2026-12-06T12:00:00Z",
+        "ttl": 60,
+    }
+    lock_path(tmp_path).write_text(json.dumps(dead) + "\n")
+    host = LocalHost("gpu1", tmp_path)
+    lease = take(context(host), options())
+    assert json.loads(lock_path(tmp_path).read_text())["token"] == lease.token
+    [line] = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert line["action"] == "lock_taken_over" and line["why"] == "its process is gone"
+    assert line["previous_holder"]["run"] == "deadbeef" and line["outcome"] == "lock"
+    lease.release()
+    # A live holder of this controller (this very process) is waited for, not taken over.
+    alive = {**dead, "pid": os.getpid(), "pid_start": leases._process_start(os.getpid())}
+    lock_path(tmp_path).write_text(json.dumps(alive) + "\n")
+    with pytest.raises(HostError, match="lapses in 60s"):
+        take(context(LocalHost("gpu1", tmp_path)), options())
+
+
+def test_lock_status_and_release_of_exactly_what_was_shown(tmp_path: Path) -> None:
+    host = LocalHost("gpu1", tmp_path)
+    assert leases.status(context(host)).reason == "free"
+    held = leases.acquire(context(host), "deploy 0.2.1", controller="alice@laptop")
+    shown = leases.status(context(host))
+    assert shown.reason is not None and shown.reason.startswith("held by alice@laptop (pid")
+    assert "deploy 0.2.1" in shown.reason and "lapses in 60s" in shown.reason
+    # Another lock took its place meanwhile: release refuses, and removes nothing.
+    path = lock_path(tmp_path)
+    original = path.read_text()
+    path.write_text(json.dumps(lock_document("other", FUTURE)) + "\n")
+    refused = leases.release(context(host), held.checksum, "root@admin")
+    assert refused.outcome == "failed" and "changed since it was shown" in str(refused.reason)
+    path.write_text(original)
+    done = leases.release(context(host), held.checksum, "root@admin")
+    assert done.outcome == "changed" and not path.exists()
+    [line] = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert line["action"] == "lock_released" and line["by"] == "root@admin"
+    assert line["previous_holder"]["holder"] == "alice@laptop"

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from fleet.ship import registry
-from tests.conftest import LabFixture, clear_framework, host_sh, run_json, running_tag
+from tests.conftest import (
+    LabFixture,
+    clear_framework,
+    host_run,
+    host_sh,
+    run_json,
+    running_tag,
+    swapping,
+)
 from tests.framework import FrameworkProject
 
 pytestmark = pytest.mark.lab
@@ -288,3 +296,41 @@ def test_the_provision_playbooks_disk_check_loops_over_the_data_tree(
     for row in doc["tasks"][0]["hosts"].values():
         assert row["outcome"] == "failed"
         assert row["reason"].startswith("item checkpoints: failed_when: room.rc != 0"), row
+
+
+@pytest.mark.hostile
+def test_the_dir_step_chmods_no_directory_a_container_swaps_in(
+    lab_env: LabFixture, fast_inventory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The review's dir race: a container swaps /data/.../shared for a link to a host
+    directory between fleet's look and its chmod, in a loop; root chmods only the real one."""
+    host = "lab1"
+    parent = f"fleet-test-dirswap-{uuid.uuid4().hex[:6]}"
+    shared = f"/data/{parent}/shared"
+    victim = f"/etc/fleet-test-victim-{uuid.uuid4().hex[:6]}"
+    book = tmp_path / "dir.yml"
+    book.write_text(
+        f"- hosts: {host}\n  tasks:\n    - dir: {{path: {shared}, mode: '{{{{ m }}}}'}}\n"
+    )
+    setup = 'mkdir -p "$1" "$2" && chmod 0755 "$2"'
+    assert host_run(lab_env, host, "sh", "-c", setup, "setup", shared, victim).ok
+    swap = (
+        f"mv /d/{parent}/shared /d/{parent}/real 2>/dev/null && "
+        f"ln -s {victim} /d/{parent}/shared && echo swapped; "
+        f"rm -f /d/{parent}/shared && mv /d/{parent}/real /d/{parent}/shared 2>/dev/null"
+    )
+    try:
+        with swapping(lab_env, host, "/data", swap) as swapper:
+            outcomes = []
+            for mode in ("2775", "2770") * 5:
+                argv = ("play", str(book), "-i", str(fast_inventory), "-e", f"m={mode}")
+                _, doc = run_json(capsys, *argv, "--retry-file", "/dev/null")
+                outcomes.append(next(iter(doc["tasks"][0]["hosts"].values()))["outcome"])  # type: ignore[index]
+            swaps = host_run(lab_env, host, "docker", "logs", swapper).stdout.count("swapped")
+        assert swaps > 0, "the container never swapped the directory"
+        assert set(outcomes) <= {"changed", "failed", "ok"}, outcomes
+        assert "changed" in outcomes, outcomes
+        stat = host_run(lab_env, host, "stat", "-c", "%a %u", victim).stdout
+        assert stat == "755 0\n", "root chmodded the directory a link led to"
+    finally:
+        host_run(lab_env, host, "rm", "-rf", f"/data/{parent}", victim)

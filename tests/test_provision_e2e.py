@@ -24,7 +24,7 @@ import fleet.cli
 from fleet.lab import nodes as lab
 from fleet.ops.provision.cron import cron_block, find_block, render_copy, render_script
 from fleet.ops.provision.settings import SCRIPT_DIR, SCRIPT_PATH, settings_from_vars
-from tests.conftest import LabFixture, host_run, run_cli, run_json
+from tests.conftest import LabFixture, host_run, run_cli, run_json, swapping
 from tests.framework import build_image
 
 pytestmark = pytest.mark.lab
@@ -163,6 +163,7 @@ def sandbox(
         "test_preflight_failures_leave_the_host_alone": 18344,
         "test_missing_base_image_is_a_usage_error": 18345,
         "test_a_container_appending_to_the_data_roots_aicron_runs_nothing_as_root": 18346,
+        "test_a_container_swapping_the_copy_in_a_loop_redirects_no_write_of_roots": 18347,
     }
     box = Sandbox(lab_env, tmp_path, ports.get(request.node.name, 18349))
     try:
@@ -468,3 +469,38 @@ def test_a_container_appending_to_the_data_roots_aicron_runs_nothing_as_root(
         result = doc["hosts"][host]
         assert [c["kind"] for c in result["details"]["changes"]] == ["copy_updated"], result
         assert read_bytes(lab_env, host, settings.copy_path) == render_copy(settings)
+
+
+@pytest.mark.hostile
+def test_a_container_swapping_the_copy_in_a_loop_redirects_no_write_of_roots(
+    lab_env: LabFixture, sandbox: Sandbox, base_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The review's race: provision rewrites the data root's copy of aicron.sh as root
+    while a container swaps its name, and every temporary name beside it, for a link to a
+    0600 file of the host's, in a loop. Root's write, chown and chmod must never reach it."""
+    host = "lab1"
+    settings = settings_from_vars({"fleet_provision": sandbox.settings})
+    victim = f"/etc/fleet-test-victim-{uuid.uuid4().hex[:6]}"
+    inventory = sandbox.inventory(base_image=base_image)
+    code, doc = sandbox.provision(capsys, inventory, "--limit", host)
+    assert code == 0, doc
+    plant = 'printf "root:secret\\n" >"$1" && chmod 0600 "$1"'
+    assert host_run(lab_env, host, "sh", "-c", plant, "plant", victim).ok
+    swap = (
+        'for f in /d/aicron.sh /d/aicron.sh.* /d/.aicron.sh.*; do [ -e "$f" ] && '
+        f'[ ! -L "$f" ] && rm -f "$f" && ln -s {victim} "$f" && echo swapped; done'
+    )
+    try:
+        with swapping(lab_env, host, settings.data_root, swap) as swapper:
+            outcomes = []
+            for _ in range(8):
+                code, doc = sandbox.provision(capsys, inventory, "--limit", host, "--skip-base")
+                outcomes.append(doc["hosts"][host]["outcome"])
+            swaps = host_run(lab_env, host, "docker", "logs", swapper).stdout.count("swapped")
+        assert swaps > 0, "the container never swapped a name"
+        assert set(outcomes) <= {"changed", "failed"}, outcomes
+        assert host_run(lab_env, host, "cat", victim).stdout == "root:secret\n"
+        stat = host_run(lab_env, host, "stat", "-c", "%a %u %F", victim).stdout
+        assert stat == "600 0 regular file\n"
+    finally:
+        host_run(lab_env, host, "rm", "-f", victim)

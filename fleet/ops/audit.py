@@ -128,6 +128,7 @@ from fleet.images.labels import (
 )
 from fleet.ops import containers
 from fleet.ops.containers import FrameworkContainer, FrameworkImage, HostFramework
+from fleet.ops.history import is_switch
 from fleet.ops.runspec import run_spec_for
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
@@ -254,7 +255,8 @@ class AuditRow:
 
     @property
     def last_deploy(self) -> Mapping[str, Any] | None:
-        return self.history[-1] if self.history else None
+        """The last switch in the history (a lock's take-over or release is no deploy)."""
+        return next((e for e in reversed(self.history) if is_switch(e)), None)
 
     @property
     def codes(self) -> tuple[str, ...]:

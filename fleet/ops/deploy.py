@@ -15,15 +15,11 @@ transfer of ``fleet push`` runs first), so a failing host keeps what it ran.
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import json
 import math
-import socket
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
 from fleet.errors import (
@@ -31,22 +27,19 @@ from fleet.errors import (
     HostError,
     Interrupted,
     RunSpecError,
-    UnreachableError,
     UsageError,
     tail_lines,
 )
 from fleet.hosts.model import Host
 from fleet.images.build import Shippable
-from fleet.ops import containers, gpu
+from fleet.ops import containers, gpu, lock
 from fleet.ops.containers import (
-    LOCK_FILE,
-    LOCK_GUARD,
-    STATE_DIR,
     FrameworkContainer,
     FrameworkImage,
     HostFramework,
     previous_version,
 )
+from fleet.ops.history import record
 from fleet.ops.runspec import (
     HealthCheck,
     RunPolicy,
@@ -62,44 +55,14 @@ from fleet.runner import HostContext, Runner
 from fleet.ship.plan import PushOptions
 from fleet.ship.push import push
 from fleet.ship.state import engine_fix
-from fleet.ssh.base import Transport, parses_host_output
+from fleet.ssh.base import Transport
 from fleet.units import utc_now
 
-DEFAULT_LOCK_TTL = 1800.0
 _LOG_LINES = 20
 _SETTLE_SECONDS = 3.0
 
 # Probe the framework's health from the host itself (its port is on the host's network).
 HEALTH_SCRIPT = program("health.sh")
-
-# Take the lock (stdin: our lock document), under flock of the guard file, so that taking,
-# taking over and releasing never interleave between controllers. With a checksum ($4), a
-# lock with exactly that content (the stale one the controller judged) is replaced by ours;
-# any other lock is left alone. Exit 0: ours (prints its checksum); 1: held (prints its
-# checksum, age in seconds and content); 3: no state directory; 4: no flock; 5: busy.
-LOCK_SCRIPT = program("lock.sh")
-
-# Release the lock only while it is exactly the one this controller wrote (its checksum),
-# under the same flock: another controller's lock is never removed.
-UNLOCK_SCRIPT = program("unlock.sh")
-
-APPEND_SCRIPT = program("history_append.sh")
-
-
-def controller_identity() -> str:
-    """``user@controller`` for locks and history (never a credential)."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
-
-
-def _parse_time(text: str) -> float | None:
-    try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
-    except (TypeError, ValueError):
-        return None
 
 
 # -- options ----------------------------------------------------------------------------
@@ -112,10 +75,10 @@ class DeployOptions:
     max_fail_percent: float | None = None
     check: bool = False
     wait_lock: float = 0.0
-    lock_ttl: float = DEFAULT_LOCK_TTL
+    lock_ttl: float = lock.DEFAULT_TTL
     compress: str = "auto"
     state_timeout: float | None = None
-    controller: str = field(default_factory=controller_identity)
+    controller: str = field(default_factory=lock.controller_identity)
     # How the image travels (PushOptions): SSH stream or registry, and limits.
     via: str = "ssh"
     registry: str | None = None
@@ -159,236 +122,6 @@ def batches(hosts: Sequence[Host], serial: str | None) -> list[list[Host]]:
             f"--serial {serial!r}: expected a number of hosts (2) or a share (25%)"
         ) from None
     return [list(hosts[i : i + size]) for i in range(0, len(hosts), size)]
-
-
-# -- the lock ---------------------------------------------------------------------------
-_LOCK_ARGS = (STATE_DIR, LOCK_FILE, LOCK_GUARD)
-# Take-overs tried at once, one after another, before a run waits like for a held lock.
-_MAX_TAKE_OVERS = 3
-
-
-@dataclass
-class Lock:
-    """A host's deploy lock, held by this run (``checksum``: of the lock file we wrote).
-
-    ``reconnect``: a fresh connection to the host, for a release after the one the lock
-    was taken on was lost.
-    """
-
-    transport: Transport
-    token: str
-    checksum: str
-    reconnect: Callable[[], Transport] | None = None
-
-    def release(self) -> None:
-        """Remove the lock if it is still ours (best effort: a lost lock expires).
-
-        A connection lost while the lock was held (the host's SSH sessions killed, a
-        network blip) is opened again, once: otherwise the host would refuse every rerun,
-        from any controller, until the lock expires.
-        """
-        transport, reconnect = self.transport, self.reconnect
-        for attempt in range(3):
-            try:
-                ran = transport.run(
-                    ["sh", "-c", UNLOCK_SCRIPT, "fleet-unlock", *_LOCK_ARGS, self.checksum],
-                    check=False,
-                )
-            except UnreachableError:
-                if reconnect is None:
-                    return  # the lock expires
-                try:
-                    transport, reconnect = reconnect(), None
-                except UnreachableError:
-                    return
-                continue
-            if ran.exit_code != 5:
-                return
-            time.sleep(0.5 * (attempt + 1))
-
-
-@dataclass(frozen=True)
-class LockState:
-    """What the lock script saw on a host: the lock's checksum, age and document."""
-
-    checksum: str
-    age: float | None
-    raw: str
-    document: Mapping[str, Any]
-
-    @classmethod
-    @parses_host_output("the deploy lock's state")
-    def parse(cls, text: str) -> LockState:
-        head, marker, raw = text.partition("@@lock\n")
-        fields = dict(line.partition(" ")[::2] for line in head.splitlines())
-        age = fields.get("@@age", "").strip()
-        return cls(
-            checksum=fields.get("@@sum", "").strip(),
-            age=float(age) if age.lstrip("-").isdigit() else None,
-            raw=raw if marker else "",
-            document=_lock_document(raw) if marker else {},
-        )
-
-    def stale(self, ttl: float) -> bool:
-        """Expired (by its ``expires``), or without one and older than ``ttl`` on the host."""
-        expires = _parse_time(str(self.document.get("expires", "")))
-        if expires is not None:
-            return expires < time.time()
-        return self.age is not None and self.age > ttl
-
-    def holder(self) -> str:
-        return str(self.document.get("holder", "?"))
-
-
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for index in range(256):
-        crc = index << 24
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1) & 0xFFFFFFFF
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC_TABLE = _crc_table()
-
-
-def cksum(data: bytes) -> str:
-    """What POSIX ``cksum < file`` prints for a file holding ``data`` ("CRC SIZE"): the
-    lock scripts name a lock by it."""
-    crc = 0
-    length = len(data)
-    tail = b""
-    while length:
-        tail += bytes([length & 0xFF])
-        length >>= 8
-    for byte in data + tail:
-        crc = ((crc << 8) & 0xFFFFFFFF) ^ _CRC_TABLE[((crc >> 24) ^ byte) & 0xFF]
-    return f"{~crc & 0xFFFFFFFF} {len(data)}"
-
-
-def acquire_lock(ctx: HostContext, what: str, options: DeployOptions) -> Lock:
-    """Take the host's deploy lock, waiting up to ``options.wait_lock``; HostError if held.
-
-    A stale lock (expired, or unreadable and older than the lock's TTL) is taken over
-    atomically: the host replaces exactly the lock this run judged stale, so of two
-    controllers taking over one stale lock, one wins and the other sees a fresh lock.
-    Every try but a take-over's sleeps first, and the deadline holds in every branch.
-    """
-    token = uuid.uuid4().hex
-    deadline = time.monotonic() + max(0.0, options.wait_lock)
-    take_over = ""
-    taken_over: set[str] = set()
-    judged: LockState | None = None
-    while True:
-        document = {
-            "token": token,
-            "holder": options.controller,
-            "what": what,
-            "since": utc_now(),
-            "expires": datetime.fromtimestamp(time.time() + options.lock_ttl, UTC).strftime(
-                "%Y-%m-%dT%H:%M:%SZ"
-            ),
-        }
-        content = json.dumps(document).encode() + b"\n"
-        try:
-            ran = ctx.transport.run(
-                ["sh", "-c", LOCK_SCRIPT, "fleet-lock", *_LOCK_ARGS, take_over],
-                stdin=content,
-                check=False,
-            )
-        except UnreachableError:
-            # The answer was lost, maybe not the lock: if the host wrote ours, it is the
-            # only lock with our content's checksum, and is released over a new connection.
-            Lock(ctx.transport, token, cksum(content), ctx.reconnect).release()
-            raise
-        state = LockState.parse(ran.stdout)
-        if ran.exit_code == 0:
-            if take_over and judged is not None:
-                ctx.progress(
-                    f"took over a stale lock of {judged.holder()} from "
-                    f"{judged.document.get('since', '?')}"
-                )
-            return Lock(ctx.transport, token, state.checksum, ctx.reconnect)
-        if ran.exit_code == 4:
-            raise HostError(
-                ctx.name,
-                f"cannot take the deploy lock: {ran.stderr.strip()}",
-                fix="install util-linux (flock) on the host",
-            )
-        if ran.exit_code not in (1, 5):
-            raise HostError(
-                ctx.name,
-                f"cannot take the deploy lock in {STATE_DIR} (exit {ran.exit_code}): "
-                f"{ran.stderr.strip() or ran.stdout.strip()[:200]}",
-                fix=f"{STATE_DIR} is made by root and shared with the docker group: deploy "
-                "once as root (ansible_become) so that docker-group users may too, or set "
-                "ansible_become",
-            )
-        take_over = ""
-        if (
-            ran.exit_code == 1
-            and state.checksum
-            and state.stale(options.lock_ttl)
-            and state.checksum not in taken_over
-            and len(taken_over) < _MAX_TAKE_OVERS
-        ):
-            # Replace exactly this lock on the next try, at once (bounded by the set).
-            taken_over.add(state.checksum)
-            take_over, judged = state.checksum, state
-            continue
-        if time.monotonic() >= deadline:
-            raise _held(ctx.name, state, options.lock_ttl, busy=ran.exit_code == 5)
-        ctx.progress(f"waiting for the lock of {state.holder()}")
-        time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
-
-
-def _held(host: str, state: LockState, ttl: float, *, busy: bool) -> HostError:
-    """The error of a lock this run could not take before its deadline."""
-    if busy:
-        return HostError(
-            host,
-            f"the deploy lock's guard {LOCK_GUARD} stayed busy",
-            fix="rerun with --wait SECONDS; if it persists, look for a hung fleet on the host",
-        )
-    document = state.document
-    if _parse_time(str(document.get("expires", ""))) is None:
-        shown = state.raw.strip()[:200] or "(empty)"
-        return HostError(
-            host,
-            f"deploy lock {LOCK_FILE} has no readable expiry ({shown!r}); it counts as held "
-            f"until it is {ttl:g}s old",
-            fix=f"wait, rerun with --wait SECONDS, or remove {LOCK_FILE} on the host if no "
-            "deploy runs there",
-        )
-    return HostError(
-        host,
-        f"deploy lock held by {state.holder()} ({document.get('what', '?')}) "
-        f"since {document.get('since', '?')}, expires {document.get('expires', '?')}",
-        fix="wait for that deploy to finish, rerun with --wait SECONDS, or remove "
-        f"{LOCK_FILE} on the host if it is dead",
-    )
-
-
-def _lock_document(text: str) -> dict[str, Any]:
-    try:
-        parsed = json.loads(text.strip() or "{}")
-    except (json.JSONDecodeError, RecursionError):
-        return {"holder": text.strip()[:200] or "?"}
-    return parsed if isinstance(parsed, dict) else {}
-
-
-# -- history ----------------------------------------------------------------------------
-def record(transport: Transport, entry: Mapping[str, Any]) -> dict[str, str]:
-    """Append one JSON line to the host's history; best effort, never hiding the outcome,
-    but not silent: a line that could not be written is said in the result's details."""
-    line = json.dumps(dict(entry), sort_keys=True, separators=(",", ":")) + "\n"
-    ran = transport.run(["sh", "-c", APPEND_SCRIPT], stdin=line.encode(), check=False)
-    if ran.exit_code == 0:
-        return {}
-    said = (ran.stderr or ran.stdout).strip().splitlines()[-3:]
-    why = " / ".join(said) or f"exit {ran.exit_code}"
-    return {"history_not_recorded": f"{containers.HISTORY_FILE}: {why}"}
 
 
 # -- health -----------------------------------------------------------------------------
@@ -929,16 +662,19 @@ def _docker_quiet(transport: Transport, *argv: str) -> None:
 
 
 def _locked(
-    ctx: HostContext, what: str, options: DeployOptions, body: Callable[[], HostResult]
+    ctx: HostContext, what: str, options: DeployOptions, body: Callable[[HostContext], HostResult]
 ) -> HostResult:
-    """``body`` under the host's deploy lock (a dry run takes no lock)."""
+    """``body`` under the host's deploy lock (a dry run takes no lock); every command it
+    runs on the host first checks that the lease is still held."""
     if options.check:
-        return body()
-    lock = acquire_lock(ctx, what, options)
+        return body(ctx)
+    lease = lock.acquire(
+        ctx, what, controller=options.controller, wait=options.wait_lock, ttl=options.lock_ttl
+    ).start()
     try:
-        return body()
+        return body(ctx.guarded(lease.guard))
     finally:
-        lock.release()
+        lease.release()
 
 
 def _gather(ctx: HostContext, options: DeployOptions) -> HostFramework:
@@ -1016,7 +752,7 @@ def _rollout(
         id_by_host = {r.host: str(r.details.get("image_id", "")) for r in pushed.results}
 
         def task(ctx: HostContext, id_by_host: dict[str, str] = id_by_host) -> HostResult:
-            def body() -> HostResult:
+            def body(ctx: HostContext) -> HostResult:
                 if ctx.cancelled:
                     return ctx.result(
                         Outcome.SKIPPED, "interrupted (Ctrl-C) before the switch; nothing changed"
@@ -1063,7 +799,7 @@ def rollback(
     """Back to the previous version (from each host's history) or to ``to``."""
 
     def task(ctx: HostContext) -> HostResult:
-        def body() -> HostResult:
+        def body(ctx: HostContext) -> HostResult:
             state = _gather(ctx, options)
             version = to or previous_version(state)
             if version is None:
@@ -1092,7 +828,7 @@ def prune(runner: Runner, hosts: Sequence[Host], keep: int, options: DeployOptio
         raise UsageError("--keep must be at least 1")
 
     def task(ctx: HostContext) -> HostResult:
-        def body() -> HostResult:
+        def body(ctx: HostContext) -> HostResult:
             state = _gather(ctx, options)
             protected = {c.tag for c in state.running}
             rollback_to = previous_version(state)

@@ -235,6 +235,14 @@ def history_line(entry: Mapping[str, Any]) -> str:
     """``2026-11-28T04:27:13Z deploy 0.2.6 -> 0.2.7 changed by alice@ctl (1.7s)``.
 
     The host's own words: show it with :func:`fleet.report.untrusted.untrusted`."""
+    if entry.get("outcome") == "lock":
+        previous = entry.get("previous_holder")
+        holder = previous.get("holder", "?") if isinstance(previous, Mapping) else "?"
+        why = f": {entry['why']}" if entry.get("why") else ""
+        return (
+            f"{entry.get('time', '?')} {entry.get('action', '?')} by {entry.get('by', '?')} "
+            f"(the lock of {holder}{why})"
+        )
     text = (
         f"{entry.get('time', '?')} {entry.get('action', '?')} "
         f"{entry.get('from') or 'none'} -> {entry.get('to') or '?'} "
