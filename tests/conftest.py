@@ -9,7 +9,7 @@ import shutil
 import signal
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -330,6 +330,68 @@ class FaultTable:
 FAULTS = FaultTable([], {})
 
 
+# -- the chaos soak's rounds (tests/test_chaos_e2e.py; printed beside the faults table) ---
+@dataclass
+class ChaosRound:
+    """One round: the fault, when and where it hit, and whether the fleet converged."""
+
+    number: int
+    fault: str
+    host: str
+    moment: float
+    hit: str = ""  # what the injection found (e.g. "killed mid-switch"), or why it missed
+    faulted_exit: int | None = None
+    rerun_exit: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def converged(self) -> bool:
+        return self.rerun_exit == 0 and not self.problems
+
+
+@dataclass
+class ChaosTable:
+    seed: int = 0
+    rounds: list[ChaosRound] = field(default_factory=list)
+    rollout_seconds: float = 0.0  # what the faults' moments were drawn within
+
+    def render(self) -> list[str]:
+        header = ("round", "fault", "host", "at", "injected", "run", "rerun", "invariants")
+        cells = [
+            (
+                str(r.number),
+                r.fault,
+                r.host,
+                f"{r.moment:.1f}s",
+                r.hit,
+                "killed" if r.faulted_exit is None else f"exit {r.faulted_exit}",
+                f"exit {r.rerun_exit}",
+                "held" if not r.problems else "BROKEN: " + "; ".join(r.problems)[:200],
+            )
+            for r in self.rounds
+        ]
+        widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
+        lines = [
+            f"seed {self.seed}; a rollout took {self.rollout_seconds:.1f}s, faults hit within it"
+        ]
+        lines.append(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+        lines.append("-+-".join("-" * w for w in widths))
+        lines += [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+        converged = sum(1 for r in self.rounds if r.converged)
+        lines.append(f"chaos: {converged}/{len(self.rounds)} rounds converged")
+        return lines
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "rollout_seconds": self.rollout_seconds,
+            "rounds": [{**vars(r), "converged": r.converged} for r in self.rounds],
+        }
+
+
+CHAOS = ChaosTable()
+
+
 # -- hostile inputs (tests marked ``hostile``): counted at the session's end ------------
 HOSTILE: dict[str, str] = {}
 
@@ -362,11 +424,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             if outcome != "passed":
                 terminalreporter.write_line(f"NOT HANDLED ({outcome}): {nodeid}")
         terminalreporter.write_line(hostile_summary())
-    if not FAULTS.expected:
-        return
-    terminalreporter.section("faults")
-    for line in FAULTS.render():
-        terminalreporter.write_line(line)
-    target = os.environ.get("FLEET_FAULTS_JSON")
-    if target:
-        Path(target).write_text(json.dumps(FAULTS.to_json(), indent=2))
+    for name, table, shown, target in (
+        ("faults", FAULTS, FAULTS.expected, "FLEET_FAULTS_JSON"),
+        ("chaos", CHAOS, CHAOS.rounds, "FLEET_CHAOS_JSON"),
+    ):
+        if not shown:
+            continue
+        terminalreporter.section(name)
+        for line in table.render():
+            terminalreporter.write_line(line)
+        if os.environ.get(target):
+            Path(os.environ[target]).write_text(json.dumps(table.to_json(), indent=2))

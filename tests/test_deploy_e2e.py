@@ -18,6 +18,7 @@ from tests.conftest import (
     clear_framework,
     host_sh,
     restart_engine,
+    run_cli,
     run_json,
     run_project_json,
 )
@@ -581,4 +582,51 @@ def test_two_controllers_taking_over_one_stale_lock(
     finally:
         for transport in transports.values():
             transport.close()
+        host_sh(lab_env, "lab1", "rm", "-f", "/var/lib/fleet/deploy.lock")
+
+
+def test_lock_status_and_release_on_the_lab(
+    lab_env: LabFixture, fast_inventory: Path, project: FrameworkProject, capsys
+) -> None:
+    """A lock of a run that died on another controller: shown, then released with --yes."""
+    foreign = {
+        "token": "t1",
+        "holder": "alice@laptop",
+        "host": "laptop",
+        "pid": 4242,
+        "run": "0badc0ffee00",
+        "what": "deploy 0.2.1",
+        "since": "2026-12-06T12:00:00Z",
+        "ttl": 60,
+    }
+    plant = 'mkdir -p /var/lib/fleet && printf "%s\\n" "$1" > /var/lib/fleet/deploy.lock'
+    host_sh(lab_env, "lab1", "sh", "-c", plant, "plant", json.dumps(foreign))
+    options = ["-i", str(fast_inventory), "--retry-file", "/dev/null"]
+    try:
+        code, doc = fleet(capsys, fast_inventory, project, "deploy", "lab1", project.built[0])
+        assert code == 2, doc["hosts"]
+        reason = doc["hosts"]["lab1"]["reason"]
+        assert "held by alice@laptop (pid 4242, run 0badc0ffee00) deploy 0.2.1" in reason
+        assert "lapses in" in reason and "fleet lock release" in doc["hosts"]["lab1"]["fix"]
+        code, doc = run_json(capsys, "lock", "status", "all", *options)
+        assert code == 0
+        assert doc["hosts"]["lab1"]["details"]["lock"]["holder"] == "alice@laptop"
+        assert doc["hosts"]["lab2"]["reason"] == "free"
+        # No terminal to ask on, no --yes: nothing is released.
+        code, _, err = run_cli(capsys, "lock", "release", "lab1", *options)
+        assert code == 5 and "--yes" in err
+        assert "deploy.lock" in host_sh(lab_env, "lab1", "ls", "/var/lib/fleet").split()
+        code, doc = run_json(capsys, "lock", "release", "all", "--yes", *options)
+        assert code == 0, doc["hosts"]
+        assert doc["hosts"]["lab1"]["outcome"] == "changed"
+        assert doc["hosts"]["lab2"]["outcome"] == "ok"
+        last = json.loads(
+            host_sh(lab_env, "lab1", "tail", "-n", "1", "/var/lib/fleet/history.jsonl")
+        )
+        assert (
+            last["action"] == "lock_released" and last["previous_holder"]["run"] == "0badc0ffee00"
+        )
+        code, doc = fleet(capsys, fast_inventory, project, "deploy", "lab1", project.built[0])
+        assert code == 0, doc["hosts"]
+    finally:
         host_sh(lab_env, "lab1", "rm", "-f", "/var/lib/fleet/deploy.lock")

@@ -39,7 +39,7 @@ from fleet.ops.containers import (
     HostFramework,
     previous_version,
 )
-from fleet.ops.history import record
+from fleet.ops.history import is_switch, record
 from fleet.ops.runspec import (
     HealthCheck,
     RunPolicy,
@@ -220,11 +220,14 @@ def switch(
     running = state.running
     before = ", ".join(sorted({c.tag or c.image for c in running})) or "none"
     if _already_runs(plan):
-        return ctx.result(
-            Outcome.OK,
-            f"{target.tag} already runs",
-            details={"version_before": target.tag, "version_after": target.tag},
-        )
+        details: dict[str, Any] = {"version_before": target.tag, "version_after": target.tag}
+        if not options.check and not _recorded(state, target):
+            # A run that started it ended (killed, its host lost) before its history line:
+            # the switch happened, and gets its line now, said to be late.
+            entry = _history_entry(action, None, target, options, time.monotonic(), ())
+            entry.update(outcome="changed", recorded_late=True, seconds=None)
+            details.update(record(ctx.transport, entry), recorded_late=True)
+        return ctx.result(Outcome.OK, f"{target.tag} already runs", details=details)
     check_mounts(ctx.transport, ctx.name, plan.spec, plan.policy)
     skipped, interrupted = _gpu_gate(plan, options)
     if skipped is not None:
@@ -392,6 +395,16 @@ def _plan_switch(
         name,
         unmanaged,
         names={c.id: c.name for c in state.containers},
+    )
+
+
+def _recorded(state: HostFramework, target: Target) -> bool:
+    """Whether the host's history says the last switch was to ``target``."""
+    switches = [e for e in state.history if is_switch(e)]
+    return (
+        bool(switches)
+        and switches[-1].get("to") == target.tag
+        and (switches[-1].get("outcome") == "changed")
     )
 
 
