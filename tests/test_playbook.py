@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fleet.errors import EXIT_BAD_FILE, PlaybookError, UndefinedError, UsageError
 from fleet.hosts import inventory
@@ -356,3 +357,13 @@ def test_bounded_templates_still_do_what_playbooks_need() -> None:
     assert template.render("{{ 'aXb' | regex_replace('x', '-', ignorecase=True) }}", {}) == "a-b"
     assert template.render("{{ 'hi' | b64encode | b64decode }}", {}) == "hi"
     assert template.render("{{ 'abcdef'[1:3] }}{{ 'abcdef'[::-2] }}", {}) == "bcfdb"
+
+
+@pytest.mark.parametrize(
+    ("written", "mode"),
+    [("0640", "640"), ("0750", "750"), ("'0640'", "640"), ("'2775'", "2775"), ("0600", "600")],
+)
+def test_a_mode_written_as_a_yaml_number_is_the_octal_mode(written: str, mode: str) -> None:
+    """YAML reads 0640 as the number 416: its octal digits are the mode, as in Ansible."""
+    task = playbook.Task(step="copy", args={}, name="t", where="plays[0].tasks[0]", line=4)
+    assert play._mode_of(task, yaml.safe_load(written), "0644") == mode

@@ -757,11 +757,9 @@ def _stat(ctx: HostContext, path: str, content: bool = False) -> hostfiles.PathI
 def _mode_of(task: Task, value: Any, default: str) -> str:
     text = str(value if value is not None else default)
     if isinstance(value, int) and not isinstance(value, bool):
-        text = (
-            format(value, "o")
-            if value > 0o777 or value in (0o644, 0o755, 0o700, 0o600)
-            else str(value)
-        )
+        # A number is the mode itself, as Ansible takes it: YAML reads 0640 as octal (416),
+        # so its octal digits are the mode; a bare 644 is decimal (octal 1204), as there.
+        text = format(value, "o")
     if not _MODE.fullmatch(text):
         raise PlaybookError(
             f"{task.where}: mode {value!r} is not an octal mode like '0755'", line=task.line
