@@ -14,16 +14,21 @@ for p in "$@"; do
   if [ -e "$p" ] || [ -L "$p" ]; then stat $follow -c "$i|%F|%a|%u|%g|%U|%G" -- "$p" 2>&1 | head -n 1; else echo "$i|absent"; fi
   i=$((i + 1))
 done
-# $4: -L follows a symbolic link; empty: a link is reported as one and not read.
+# $4: -L follows a symbolic link; empty: a link is reported as one and not read, and the
+# file is read through one descriptor that must be the name's own file (same device and
+# inode): in the data root a container may swap the name for a link between the look and
+# the read, and root would read (and hash) any file of the host's.
 file_fact() {
   echo "@@$1"
   if [ -e "$2" ] || [ -L "$2" ]; then
     # shellcheck disable=SC2086 # $4 is empty or -L: no word when empty
     stat $4 -c '%F|%a|%u|%g|%s' -- "$2" 2>&1 | head -n 1
-    if [ -f "$2" ] && [ -r "$2" ] && { [ -n "$4" ] || [ ! -L "$2" ]; }; then
-      sha256sum <"$2" | cut -d' ' -f1
-      head -c "$3" <"$2" | base64 | tr -d '\n'; echo
+    if [ -f "$2" ] && [ -r "$2" ] && { [ -n "$4" ] || [ ! -L "$2" ]; } && exec 3<"$2" &&
+        { [ -n "$4" ] || [ "$(stat -L -c %d:%i /proc/self/fd/3)" = "$(stat -c %d:%i -- "$2")" ]; }; then
+      sha256sum </proc/self/fd/3 | cut -d' ' -f1
+      head -c "$3" </proc/self/fd/3 | base64 | tr -d '\n'; echo
     fi
+    exec 3<&-
   else
     echo absent
   fi
