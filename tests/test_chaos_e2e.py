@@ -207,7 +207,9 @@ def restart_host(chaos: Chaos, host: str, controller: subprocess.Popen[str], at:
 def kill_sessions(chaos: Chaos, host: str, controller: subprocess.Popen[str], at: float) -> str:
     if not _at(at, controller):
         return "too late: the rollout had ended"
-    code, _ = host_exec(chaos.env, host, "pkill -KILL -f 'sshd: [^ ]*@'")
+    # Each connection's own process: "sshd: root@notty", or "sshd-session: root@notty"
+    # since OpenSSH 9.8 (Debian trixie); the listener lives on.
+    code, _ = host_exec(chaos.env, host, "pkill -KILL -f 'sshd(-session)?: [^ ]+@'")
     return "sessions killed" if code == 0 else "no session to kill"
 
 

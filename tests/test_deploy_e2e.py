@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -628,5 +630,61 @@ def test_lock_status_and_release_on_the_lab(
         )
         code, doc = fleet(capsys, fast_inventory, project, "deploy", "lab1", project.built[0])
         assert code == 0, doc["hosts"]
+    finally:
+        host_sh(lab_env, "lab1", "rm", "-f", "/var/lib/fleet/deploy.lock")
+
+
+def _answer_on_a_terminal(argv: list[str], answer: bytes) -> tuple[int, str]:
+    """Run fleet on a pseudo-terminal, answer its question with ``answer``: (exit, screen)."""
+    import select
+
+    controller, terminal = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleet", *argv],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        env={**os.environ, "TERM": "xterm", "COLUMNS": "120"},
+    )
+    os.close(terminal)
+    screen = b""
+    answered = False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal closed: fleet exited
+                break
+            if not chunk:
+                break
+            screen += chunk
+        if not answered and b"[y/N]" in screen:
+            os.write(controller, answer + b"\n")
+            answered = True
+        if proc.poll() is not None and not ready:
+            break
+    os.close(controller)
+    return proc.wait(timeout=60), screen.decode("utf-8", "replace")
+
+
+def test_lock_release_asks_on_a_terminal_and_releases_only_on_yes(
+    lab_env: LabFixture, fast_inventory: Path
+) -> None:
+    foreign = {"token": "t2", "holder": "bob@desk", "host": "desk", "pid": 7, "ttl": 60}
+    plant = 'mkdir -p /var/lib/fleet && printf "%s\\n" "$1" > /var/lib/fleet/deploy.lock'
+    host_sh(lab_env, "lab1", "sh", "-c", plant, "plant", json.dumps(foreign))
+    argv = ["lock", "release", "lab1", "-i", str(fast_inventory), "--retry-file", "/dev/null"]
+    try:
+        code, screen = _answer_on_a_terminal(argv, b"n")
+        assert code == 0, screen
+        assert "lab1: held by bob@desk (pid 7" in screen and "release 1 lock(s)?" in screen
+        assert "nothing released" in screen
+        assert "deploy.lock" in host_sh(lab_env, "lab1", "ls", "/var/lib/fleet").split()
+        code, screen = _answer_on_a_terminal(argv, b"y")
+        assert code == 0, screen
+        assert "released the lock of bob@desk" in screen, screen
+        assert "deploy.lock" not in host_sh(lab_env, "lab1", "ls", "/var/lib/fleet").split()
     finally:
         host_sh(lab_env, "lab1", "rm", "-f", "/var/lib/fleet/deploy.lock")

@@ -77,6 +77,7 @@ def _release(args: argparse.Namespace) -> int:
                 rows.get(h.name) or HostResult(h.name, Outcome.OK, "no lock to release")
                 for h in selected
             ),
+            (released.seconds if released else 0.0) + shown.seconds,
         )
 
     return common.run_fleet(args, operation, title="lock release")
