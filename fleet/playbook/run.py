@@ -743,11 +743,11 @@ def _helper(ctx: HostContext, argv: list[str], stdin: bytes | None = None) -> st
     raise HostError(ctx.name, said)
 
 
-def _stat(ctx: HostContext, path: str, content: bool = False) -> hostfiles.PathInfo:
-    """What ``path`` is, seen from its root without following a link below it: in a
+def _stat(ctx: HostContext, root: str, path: str, content: bool = False) -> hostfiles.PathInfo:
+    """What ``path`` is, seen from ``root`` without following a link below it: in a
     directory that containers write, a name swapped for a symlink shows as the link, and
     no other file's content (root reads /etc/shadow as well as anything) reaches a diff."""
-    out = _helper(ctx, hostfiles.stat_argv(hostfiles.root_of(path, _roots(ctx)), path, content))
+    out = _helper(ctx, hostfiles.stat_argv(root, path, content))
     try:
         return hostfiles.PathInfo.parse(out)
     except ValueError as exc:
@@ -790,7 +790,8 @@ def _dir(
             )
 
     def body(ctx: HostContext) -> HostResult:
-        found = _stat(ctx, path)
+        root = hostfiles.root_of(path, _roots(ctx))
+        found = _stat(ctx, root, path)
         kind, current, owner, group = found.kind, found.mode, found.user, found.group
         changes: list[str] = []
         if kind == "absent":
@@ -808,7 +809,6 @@ def _dir(
             return ctx.result(Outcome.OK, f"{path} as wanted")
         if not player.options.check:
             account = f"{wanted_owner}:{wanted_group}" if owned else hostfiles.LEAVE
-            root = hostfiles.root_of(path, _roots(ctx))
             _helper(ctx, hostfiles.dir_argv(root, path, int(mode, 8), account, create=True))
         verb = "would " if player.options.check else ""
         return ctx.result(Outcome.CHANGED, f"{verb}{', '.join(changes)}: {path}")
@@ -821,7 +821,8 @@ def _write_file(
     player: Player, ctx: HostContext, path: str, content: bytes, mode: str, secret: bool
 ) -> HostResult:
     """Put ``content`` at ``path`` with ``mode``; a ``secret`` one shows no diff."""
-    found = _stat(ctx, path, content=True)
+    root = hostfiles.root_of(path, _roots(ctx))
+    found = _stat(ctx, root, path, content=True)
     kind, current_mode, current = found.kind, found.mode, found.content
     if kind not in ("absent", "regular file", "regular empty file"):
         raise HostError(ctx.name, f"{path} exists and is a {kind}, not a file")
@@ -844,7 +845,6 @@ def _write_file(
     if not player.options.check:
         # Written only while the file is what was just read: a concurrent edit is kept.
         expected = "absent" if current is None else hashlib.sha256(current).hexdigest()
-        root = hostfiles.root_of(path, _roots(ctx))
         argv = hostfiles.write_argv(root, path, int(mode, 8), expected, owner=hostfiles.LEAVE)
         _helper(ctx, argv, stdin=content)
     verb = "would change" if player.options.check else "changed"
