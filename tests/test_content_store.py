@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from fleet.hostoutput import store_of
 from fleet.images.build import chain_ids
-from fleet.images.store import ContentStore, Descriptor, named_by_config, store_of
+from fleet.images.store import ContentStore, Descriptor, named_by_config
 
 
 def digest(data: bytes) -> str:

@@ -50,6 +50,7 @@ from fleet.errors import (
     TagCollisionError,
     UsageError,
 )
+from fleet.hostoutput import store_of
 from fleet.images import gitinfo
 from fleet.images.gitinfo import GitFacts
 from fleet.images.labels import (
@@ -73,7 +74,7 @@ from fleet.images.labels import (
     newest_first,
     required_cuda,
 )
-from fleet.images.store import ContentStore, Descriptor, LocalLayers, store_of
+from fleet.images.store import ContentStore, Descriptor, LocalLayers
 from fleet.ops.runspec import HealthCheck, RunSpec
 from fleet.units import utc_now
 

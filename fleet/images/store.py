@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from fleet.hostoutput import store_of
 from fleet.images.labels import ImageVersion
 
 
@@ -284,15 +285,6 @@ def _sizes_cache() -> Path:
     """Where compressed layers' tar sizes are kept (blobs never change under a digest)."""
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return cache / "fleet" / "layer-sizes.json"
-
-
-def store_of(driver_status: Any) -> str:
-    """``containerd`` when an engine's ``DriverStatus`` (from ``docker info``) says it keeps
-    its images in containerd's store, else ``classic``."""
-    for pair in driver_status or ():
-        if len(pair) == 2 and pair[0] == "driver-type" and "containerd" in str(pair[1]):
-            return "containerd"
-    return "classic"
 
 
 class ContentStore:

@@ -39,7 +39,7 @@ import docker.errors
 import yaml
 
 from fleet.errors import EngineError, HostError, LabError, UsageError
-from fleet.images.store import store_of
+from fleet.hostoutput import store_of
 from fleet.ssh.endpoint import Endpoint
 from fleet.ssh.known_hosts import KnownHosts
 from fleet.ssh.paramiko_client import SSHTransport

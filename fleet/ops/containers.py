@@ -30,6 +30,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from fleet.hostoutput import (
+    Fact,
+    engine_answered,
+    engine_error,
+    gathered,
+    parses_host_output,
+    sections,
+    store_in,
+)
 from fleet.images.labels import (
     LABEL_COMMIT_COUNT,
     LABEL_DIRTY,
@@ -37,10 +46,9 @@ from fleet.images.labels import (
     LABEL_TAG,
     LABEL_VERSION,
 )
-from fleet.ops import facts, gpu
+from fleet.ops import gpu
 from fleet.ops.gpu import GPUProcess, GPUProcesses
 from fleet.programs import program
-from fleet.ssh.base import gathered, parses_host_output
 
 if TYPE_CHECKING:
     from fleet.ssh.base import Transport
@@ -174,16 +182,7 @@ def gather(
     transport: Transport, repository: str, *, history: int = 20, timeout: float | None = None
 ) -> HostFramework:
     """Ask a host about the framework (one round trip)."""
-    ran = transport.run(
-        ["sh", "-c", SCRIPT, "fleet-framework", repository, str(history), FAST_GATHER],
-        timeout=timeout,
-        check=False,
-    )
-    return parse(ran.stdout)
-
-
-def _sections(text: str) -> dict[str, list[str]]:
-    return facts.sections(text, keep_blank=False)
+    return FRAMEWORK.gather(transport, repository, str(history), FAST_GATHER, timeout=timeout)
 
 
 def _json_lines(lines: list[str]) -> list[dict[str, Any]]:
@@ -243,13 +242,6 @@ def _image(doc: Mapping[str, Any], store: str, manifests: Mapping[str, str]) -> 
     )
 
 
-def _store(lines: list[str]) -> str:
-    """The image store from ``docker info``'s DriverStatus ("" when not told)."""
-    if not lines:
-        return ""
-    return "containerd" if any("io.containerd.snapshotter" in line for line in lines) else "classic"
-
-
 def _manifest_configs(lines: list[str]) -> dict[str, str]:
     """Image ID -> config digest, from ``ID MANIFEST-JSON`` lines (indexes are skipped)."""
     found: dict[str, str] = {}
@@ -269,10 +261,10 @@ def _manifest_configs(lines: list[str]) -> dict[str, str]:
 @parses_host_output("the framework's state")
 def parse(text: str) -> HostFramework:
     """The framework's state from the output of :data:`SCRIPT`."""
-    parts = _sections(gathered(text, "the framework's state"))
-    engine = parts.get("engine", [])
-    if parts.get("engine_rc", ["1"])[:1] != ["0"] or not engine[:1] or not engine[0][:1].isdigit():
-        return HostFramework(False, "\n".join(engine) or "docker did not answer")
+    parts = sections(gathered(text, "the framework's state"), keep_blank=False)
+    version = engine_answered(parts)
+    if version is None:
+        return HostFramework(False, engine_error(parts))
     lock_raw = "\n".join(parts.get("lock", [])).strip()
     lock: Mapping[str, Any] | None = None
     if lock_raw:
@@ -285,7 +277,7 @@ def parse(text: str) -> HostFramework:
         (_container(d) for d in _json_lines(parts.get("containers", []))),
         key=lambda c: (not c.running, -c.commit_count, c.name),
     )
-    store = _store(parts.get("store", []))
+    store = store_in(parts.get("store", []))
     manifests = _manifest_configs(parts.get("manifests", []))
     images = sorted(
         (_image(d, store, manifests) for d in _json_lines(parts.get("images", []))),
@@ -294,7 +286,7 @@ def parse(text: str) -> HostFramework:
     return HostFramework(
         gpu=gpu.parse(text),
         engine_ok=True,
-        engine_version=engine[0].strip(),
+        engine_version=version,
         containers=tuple(containers),
         images=tuple(images),
         lock=lock,
@@ -302,6 +294,9 @@ def parse(text: str) -> HostFramework:
         history=tuple(_json_lines(parts.get("history", []))),
         store=store,
     )
+
+
+FRAMEWORK: Fact[HostFramework] = Fact("the framework's state", SCRIPT, parse, "fleet-framework")
 
 
 def previous_version(state: HostFramework) -> str | None:

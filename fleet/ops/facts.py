@@ -13,9 +13,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fleet.images.store import store_of
+from fleet.hostoutput import Fact, gathered, parses_host_output, sections, store_of
 from fleet.programs import program
-from fleet.ssh.base import gathered, parses_host_output
 
 if TYPE_CHECKING:
     from fleet.ssh.base import Transport
@@ -81,31 +80,6 @@ class HostFacts:
         return data
 
 
-def gather(transport: Transport, timeout: float | None = None) -> HostFacts:
-    """Gather a host's facts in one round trip."""
-    result = transport.run(["sh", "-c", SCRIPT], timeout=timeout, check=False)
-    return parse(result.stdout)
-
-
-def sections(text: str, *, keep_blank: bool = True) -> dict[str, list[str]]:
-    """Split a fact script's output into its ``@@name`` sections (every fact script's format).
-
-    A marker line may carry a value after a space (``@@engine_rc 0``).
-    """
-    found: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in text.splitlines():
-        if line.startswith("@@"):
-            name, _, rest = line[2:].partition(" ")
-            current = found.setdefault(name, [])
-            if rest:
-                current.append(rest)
-            continue
-        if current is not None and (keep_blank or line.strip()):
-            current.append(line)
-    return found
-
-
 def _disk(line: list[str]) -> Disk | None:
     if not line or line[0].strip() == "absent":
         return None
@@ -169,6 +143,14 @@ def parse(text: str) -> HostFacts:
         disk_data=_disk(parts.get("df_data", [])),
         framework_containers=tuple(containers),
     )
+
+
+FACTS: Fact[HostFacts] = Fact("facts", SCRIPT, parse)
+
+
+def gather(transport: Transport, timeout: float | None = None) -> HostFacts:
+    """Gather a host's facts in one round trip."""
+    return FACTS.gather(transport, timeout=timeout)
 
 
 def _gpu(line: str) -> GPU | None:

@@ -17,9 +17,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fleet.ops.facts import sections
+from fleet.hostoutput import Fact, gathered, parses_host_output, sections
 from fleet.programs import program
-from fleet.ssh.base import gathered, parses_host_output
 
 if TYPE_CHECKING:
     from fleet.ssh.base import Transport
@@ -104,10 +103,12 @@ def parse(text: str) -> GPUProcesses:
     return GPUProcesses(True, tuple(processes))
 
 
+PROCESSES: Fact[GPUProcesses] = Fact("GPU processes", PROGRAM, parse)
+
+
 def processes(transport: Transport, timeout: float | None = None) -> GPUProcesses:
     """A host's GPU compute processes, in one round trip."""
-    ran = transport.run(["sh", "-c", PROGRAM], timeout=timeout, check=False)
-    return parse(ran.stdout)
+    return PROCESSES.gather(transport, timeout=timeout)
 
 
 def busy_reason(found: Sequence[GPUProcess]) -> str:

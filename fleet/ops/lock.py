@@ -40,12 +40,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fleet.errors import FleetError, HostError, LeaseLostError, UnreachableError
+from fleet.hostoutput import parses_host_output
 from fleet.ops.containers import LOCK_FILE, LOCK_GUARD, STATE_DIR
 from fleet.ops.history import record
 from fleet.programs import program
 from fleet.results import HostResult, Outcome
 from fleet.runner import HostContext
-from fleet.ssh.base import CommandResult, Transport, parses_host_output
+from fleet.ssh.base import CommandResult, Transport
 from fleet.units import utc_now
 
 DEFAULT_TTL = 60.0

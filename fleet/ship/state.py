@@ -15,17 +15,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from fleet.errors import HostError
-from fleet.images.build import ImageSpec, chain_ids
-from fleet.images.store import Descriptor
-from fleet.ops import facts
-from fleet.programs import program
-from fleet.ssh.base import (
-    DOCKER_GROUP_FIX,
-    ENGINE_START_FIX,
-    Transport,
+from fleet.hostoutput import (
+    Fact,
+    engine_answered,
+    engine_error,
     gathered,
     parses_host_output,
+    sections,
+    store_in,
 )
+from fleet.images.build import ImageSpec, chain_ids
+from fleet.images.store import Descriptor
+from fleet.programs import program
+from fleet.ssh.base import DOCKER_GROUP_FIX, ENGINE_START_FIX, Transport
 
 # One round trip; "$1" is the image reference, passed as an argument, never interpolated.
 # The target image as the host has it; shared by the state script and the load. ``$store``
@@ -74,27 +76,14 @@ LAYER_TYPES = frozenset(
 CONTENT_GET_SCRIPT = program("content_get.sh")
 
 
-def sections(text: str) -> dict[str, list[str]]:
-    return {
-        k: [line.strip() for line in v] for k, v in facts.sections(text, keep_blank=False).items()
-    }
-
-
 @parses_host_output("the host's image state")
 def parse_state(text: str) -> HostImageState:
     """A host's image state from the output of :data:`STATE_SCRIPT`."""
-    parts = sections(gathered(text, "the host's image state"))
-    engine_lines = parts.get("engine", [])
-    if (
-        parts.get("engine_rc", ["1"])[:1] != ["0"]
-        or not engine_lines[:1]
-        or not engine_lines[0][:1].isdigit()
-    ):
-        return HostImageState(False, "\n".join(engine_lines) or "docker did not answer")
-    store = "classic"
-    for line in parts.get("store", []):
-        if "io.containerd.snapshotter" in line:
-            store = "containerd"
+    parts = sections(gathered(text, "the host's image state"), keep_blank=False, strip=True)
+    version = engine_answered(parts)
+    if version is None:
+        return HostImageState(False, engine_error(parts))
+    store = store_in(parts.get("store", [])) or "classic"
     chains: set[str] = set()
     for line in parts.get("layers", []):
         try:
@@ -118,7 +107,7 @@ def parse_state(text: str) -> HostImageState:
         free = int(df_words[3])
     return replace(
         target_state(parts),
-        engine_version=engine_lines[0],
+        engine_version=version,
         store=store,
         chains=frozenset(chains),
         content=content,
@@ -196,12 +185,14 @@ def target_state(parts: Mapping[str, list[str]]) -> HostImageState:
     )
 
 
+STATE: Fact[HostImageState] = Fact(
+    "the host's image state", STATE_SCRIPT, parse_state, "fleet-state"
+)
+
+
 def read_state(transport: Transport, ref: str, timeout: float | None = None) -> HostImageState:
     """Ask a host what it holds (one round trip)."""
-    ran = transport.run(
-        ["sh", "-c", STATE_SCRIPT, "fleet-state", ref], timeout=timeout, check=False
-    )
-    return parse_state(ran.stdout)
+    return STATE.gather(transport, ref, timeout=timeout)
 
 
 def verify(
@@ -213,7 +204,7 @@ def verify(
     without it the host is asked.
     """
     if loaded is not None:
-        state = target_state(sections(loaded))
+        state = target_state(sections(loaded, keep_blank=False, strip=True))
     else:
         state = read_state(transport, spec.ref, timeout)
     if is_current(spec, state):

@@ -11,11 +11,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from fleet.hostoutput import Fact, gathered, parses_host_output, sections
 from fleet.ops import facts as facts_mod
 from fleet.ops.facts import Disk, HostFacts
 from fleet.ops.provision.settings import CAP_SYS_RESOURCE, ProvisionSettings
 from fleet.programs import program
-from fleet.ssh.base import Transport, gathered, parses_host_output
+from fleet.ssh.base import Transport
 
 # Appended to fleet.ops.facts.SCRIPT (engine, runtimes, nvidia-smi, disk at Docker's root):
 # one round trip. Settings arrive as arguments, never interpolated: $1 cron file, $2
@@ -96,9 +97,13 @@ def gather(
 ) -> ProvisionFacts:
     """A host's provisioning facts, in one round trip."""
     paths = [d.path for d in settings.managed_dirs]
-    argv = ["sh", "-c", FACTS_SCRIPT, "fleet-provision-facts", *facts_arguments(settings)]
-    ran = transport.run(argv, timeout=timeout, check=False)
-    return parse_facts(ran.stdout, paths)
+    fact = Fact(
+        "the provisioning facts",
+        FACTS_SCRIPT,
+        lambda text: parse_facts(text, paths),
+        "fleet-provision-facts",
+    )
+    return fact.gather(transport, *facts_arguments(settings), timeout=timeout)
 
 
 def facts_arguments(settings: ProvisionSettings) -> list[str]:
@@ -267,7 +272,7 @@ def parse_facts(text: str, paths: Sequence[str]) -> ProvisionFacts:
     """Facts from the output of :data:`FACTS_SCRIPT`; ``paths`` are the directories asked."""
     parts = {
         name: [line for line in lines if line.strip()]
-        for name, lines in facts_mod.sections(gathered(text, "the provisioning facts")).items()
+        for name, lines in sections(gathered(text, "the provisioning facts")).items()
     }
     host = facts_mod.parse(text)
     ids = parts.get("p_id", [])
