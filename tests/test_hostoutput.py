@@ -18,7 +18,7 @@ from fleet.ssh.base import CommandResult
 from tests.fakes import FakeTransport
 
 OUTPUT = (
-    "@@engine\n 27.5.1 \n@@engine_rc 0\n@@store\n\n  [driver-type io.containerd.snapshotter.v1]\n"
+    "@@engine\n27.5.1 \n@@engine_rc 0\n@@store\n\n  [driver-type io.containerd.snapshotter.v1]\n"
 )
 
 
