@@ -53,7 +53,8 @@ from typing import Any
 
 from transfer import ssh_argv  # bench/transfer.py: OpenSSH to a lab host, as a user would
 
-from fleet.images import build as images
+from fleet.images import daemon
+from fleet.images.spec import Shippable
 from fleet.lab import nodes as lab
 from fleet.ship.stream import thin_tarball
 
@@ -109,7 +110,7 @@ def build(client: Any, tag: str, base: str, directory: str, size: int) -> str:
             tar.addfile(info, io.BytesIO(data))
     context.seek(0)
     reference = f"{REPO}:{tag}"
-    if not images.has_image(client, reference):
+    if not daemon.has_image(client, reference):
         client.images.build(fileobj=context, custom_context=True, tag=reference, rm=True)
     return reference
 
@@ -260,7 +261,7 @@ def naive_throttled(inventory: Path, hosts: list[str], reference: str, rate: int
     return time.perf_counter() - started
 
 
-def host_local_load(inventory: Path, host: str, image: images.Shippable, send: set[int]) -> float:
+def host_local_load(inventory: Path, host: str, image: Shippable, send: set[int]) -> float:
     """Seconds of ``docker load -i`` on the host of a plain tarball of the layers ``send``."""
     writer = subprocess.Popen(
         [*ssh_argv(inventory, host), "cat > /var/tmp/seed-thin.tar"], stdin=subprocess.PIPE
@@ -281,7 +282,7 @@ def host_local_load(inventory: Path, host: str, image: images.Shippable, send: s
     return end - start
 
 
-def compression(image: images.Shippable, layer: int) -> list[tuple[str, str]]:
+def compression(image: Shippable, layer: int) -> list[tuple[str, str]]:
     """Each wire compression of one framework layer: controller CPU, size, time to unpack.
 
     The unpacking runs here with ``gzip -dc`` / ``zstd -dc``, standing in for the host's
@@ -379,7 +380,7 @@ def main() -> int:
     version_n1 = build(client, f"n1-{tag}", base, "/opt/framework", int((240 << 20) * scale))
     built = time.perf_counter() - started
     names = [f"lab{i}" for i in range(1, args.hosts + 1)]
-    shippable_n1 = images.shippable(client, version_n1)
+    shippable_n1 = daemon.shippable(client, version_n1)
     top = len(shippable_n1.spec.diff_ids) - 1
     total = sum(shippable_n1.sizes)
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from fleet.images import build as images
+from fleet.images import daemon
 from fleet.lab import nodes as lab
 from fleet.ssh.known_hosts import KnownHosts
 from fleet.ssh.paramiko_client import SSHTransport
@@ -139,7 +139,7 @@ def remove_on_hosts(inventory: Path, hosts: list[str], reference: str) -> None:
 def missing_gzip_size(client: Any, reference: str, diff_ids: set[str]) -> int:
     """gzip (default level) size of the layer tars with these diff IDs, from docker save."""
     total = 0
-    raw = b"".join(images.save_stream(client, reference))
+    raw = b"".join(daemon.save_stream(client, reference))
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         import hashlib
 
@@ -211,8 +211,8 @@ def main() -> int:
     remove_on_hosts(inventory, ["lab1"], version_n1)
     thin8_wall, thin8_cpu, doc = fleet(*push[:1], "all", version_n1, *push[1:])
 
-    spec_n = images.image_spec(client, version_n)
-    spec_n1 = images.image_spec(client, version_n1)
+    spec_n = daemon.image_spec(client, version_n)
+    spec_n1 = daemon.image_spec(client, version_n1)
     lacking = set(spec_n1.diff_ids) - set(spec_n.diff_ids)
     missing = missing_gzip_size(client, version_n1, lacking)
     per_store: dict[str, list[int]] = {}

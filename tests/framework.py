@@ -14,6 +14,8 @@ from typing import Any
 import yaml
 
 from fleet.images import build as images
+from fleet.images import daemon
+from fleet.images.project import load_project
 from fleet.lab import nodes as lab
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,15 +76,15 @@ class FrameworkProject:
         marker.write_text(message + "\n")
         self.git("add", "-A")
         self.git("commit", "-q", "-m", message)
-        client = images.connect()
+        client = daemon.connect()
         lab.ensure_layer1_image(client)
-        result = images.build(client, images.load_project(self.root))
+        result = images.build(client, load_project(self.root))
         self.built.append(result.tag)
         return result.tag
 
     def remove_images(self) -> None:
-        client = images.connect()
-        for version in images.list_versions(client, self.repository):
+        client = daemon.connect()
+        for version in daemon.list_versions(client, self.repository):
             client.images.remove(version.image_id, force=True)
         for image in client.images.list(name=f"{self.repository}_base"):
             client.images.remove(image.id, force=True)
@@ -91,7 +93,7 @@ class FrameworkProject:
 def build_with_label(base_ref: str, reference: str, labels: Mapping[str, str]) -> str:
     """An image FROM ``base_ref`` with extra labels (hostile run commands, for example)."""
     lines = [f"FROM {base_ref}"] + [f"LABEL {_quote(k)}={_quote(v)}" for k, v in labels.items()]
-    return build_image(images.connect(), reference, "\n".join(lines) + "\n")
+    return build_image(daemon.connect(), reference, "\n".join(lines) + "\n")
 
 
 def build_image(

@@ -17,9 +17,9 @@ from fleet import cli as fleet_cli
 from fleet.errors import UnreachableError, UsageError
 from fleet.hosts.model import Host
 from fleet.images.labels import ImageVersion
+from fleet.images.runspec import RunSpec
 from fleet.ops import audit, containers
 from fleet.ops.audit import AuditOptions, AuditRow, audit_host
-from fleet.ops.runspec import RunSpec
 from fleet.report import audit as audit_report
 from fleet.report import console
 from fleet.results import Outcome

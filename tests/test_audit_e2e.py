@@ -21,6 +21,8 @@ import yaml
 
 from fleet import cli as fleet_cli
 from fleet.images import build as images
+from fleet.images import daemon
+from fleet.images.project import load_project
 from fleet.lab import nodes as lab
 from fleet.ops import containers
 from fleet.ssh.known_hosts import KnownHosts
@@ -90,7 +92,7 @@ def project(
     built.git("add", "-A")
     built.git("commit", "-q", "-m", "v3")
     marker.write_text("v3, not committed\n")
-    dirty = images.build(images.connect(), images.load_project(built.root))
+    dirty = images.build(daemon.connect(), load_project(built.root))
     assert dirty.git.dirty
     built.built.append(dirty.tag)
     # Another module's framework may hold the container name and the port: start clean.
@@ -161,7 +163,7 @@ def test_audit_of_a_mixed_lab(
     # v1 on lab1 (classic store), v2 on lab2 (containerd store): both the controller's builds.
     code, doc, rows = audit_rows(capsys, inventory, project)
     assert code == 0, doc
-    versions = {v.tag: v for v in images.list_versions(images.connect(), project.repository)}
+    versions = {v.tag: v for v in daemon.list_versions(daemon.connect(), project.repository)}
     for host, tag in (("lab1", v1), ("lab2", v2)):
         row = rows[host]
         assert row["status"] == "ok", row
@@ -377,7 +379,7 @@ def test_hostile_labels_history_and_lock_are_shown_as_text(
     and deploy lock carry more (and a byte that is not UTF-8): the audit and images views
     show them as text, escaped; --json carries them exactly."""
     v1 = project.built[0]
-    base = images.connect().images.get(f"{project.repository}:{v1}")
+    base = daemon.connect().images.get(f"{project.repository}:{v1}")
     tag = "9.0.66"
     reference = f"{project.repository}:{tag}"
     command = base.labels["org.label-schema.docker.cmd"].replace(f":{v1} ", f":{tag} ")

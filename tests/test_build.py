@@ -34,8 +34,10 @@ from fleet.errors import (
     UsageError,
 )
 from fleet.images import build as images
-from fleet.images import gitinfo
-from fleet.ops.runspec import parse_docker_cmd
+from fleet.images import daemon, gitinfo
+from fleet.images.context import context_digest, context_files, with_labels
+from fleet.images.project import Project, framework_build_args, framework_labels, load_project
+from fleet.images.runspec import parse_docker_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYER1 = "fleet-lab-layer1:bookworm"
@@ -117,7 +119,7 @@ def run_cli(*argv: str) -> int:
 
 
 def test_project_settings_from_the_inventory(tmp_path: Path) -> None:
-    project = images.load_project(make_project(tmp_path / "p", "cauchy-x"))
+    project = load_project(make_project(tmp_path / "p", "cauchy-x"))
     assert project.repository == "cauchy-x"
     assert project.base_reference == "cauchy-x_base:latest"
     assert project.tag_prefix == "0.2"
@@ -131,7 +133,7 @@ def test_project_settings_from_the_inventory(tmp_path: Path) -> None:
 def test_fleet_yml_wins_and_defaults_apply(tmp_path: Path) -> None:
     root = make_project(tmp_path / "My Framework", "ignored")
     (root / "fleet.yml").write_text("fleet_run: {command: [python, x.py]}\n")
-    project = images.load_project(root, tag_prefix="1.4")
+    project = load_project(root, tag_prefix="1.4")
     assert project.settings_path == root / "fleet.yml"
     assert project.repository == "my-framework"
     assert project.tag_prefix == "1.4"
@@ -157,22 +159,22 @@ def test_fleet_yml_wins_and_defaults_apply(tmp_path: Path) -> None:
 def test_bad_settings_are_project_errors(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "fleet.yml").write_text(text)
     with pytest.raises(ProjectError, match=message) as caught:
-        images.load_project(tmp_path)
+        load_project(tmp_path)
     assert caught.value.exit_code == EXIT_BAD_FILE
 
 
 def test_a_bad_tag_prefix_option_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
-        images.load_project(make_project(tmp_path / "p", "x-y"), tag_prefix="a b")
+        load_project(make_project(tmp_path / "p", "x-y"), tag_prefix="a b")
     assert run_cli("build", "--project", str(tmp_path / "p"), "--tag-prefix", "a b") == 5
     assert run_cli("build", "--no-such-option") == EXIT_BAD_OPTIONS
 
 
 def test_labels_equal_the_git_facts(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p", "cauchy-l", commits=3, remote=REMOTE)
-    project = images.load_project(root)
+    project = load_project(root)
     facts = gitinfo.read(root)
-    labels = images.framework_labels(
+    labels = framework_labels(
         project,
         facts,
         build_date="2026-11-28T10:00:00Z",
@@ -183,13 +185,13 @@ def test_labels_equal_the_git_facts(tmp_path: Path) -> None:
     check_labels(labels, project, facts, tag="0.2.3")
     assert labels["org.opencontainers.image.base.digest"] == "sha256:" + "b" * 64
     assert labels["org.label-schema.build-date"] == "2026-11-28T10:00:00Z"
-    build_args = images.framework_build_args(labels)
+    build_args = framework_build_args(labels)
     assert build_args["VCS_REVISION"] == facts.commit
     assert build_args["BASE_IMAGE"] == "cauchy-l_base:latest"
 
 
 def check_labels(
-    labels: dict[str, str] | Any, project: images.Project, facts: gitinfo.GitFacts, *, tag: str
+    labels: dict[str, str] | Any, project: Project, facts: gitinfo.GitFacts, *, tag: str
 ) -> None:
     schema, oci = "org.label-schema.", "org.opencontainers.image."
     reference = f"{project.repository}:{tag}"
@@ -222,8 +224,8 @@ def test_the_context_digest_follows_content_only(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p", "cauchy-d")
 
     def digest(args: dict[str, str] | None = None) -> str:
-        files = images.context_files(root, "Dockerfile.base", ["external"])
-        return images.context_digest(files, args or {})
+        files = context_files(root, "Dockerfile.base", ["external"])
+        return context_digest(files, args or {})
 
     first = digest()
     module = root / "external" / "cauchy_kernels" / "__init__.py"
@@ -234,7 +236,7 @@ def test_the_context_digest_follows_content_only(tmp_path: Path) -> None:
     assert digest({"PIP_PACKAGES": "scipy"}) != first
     module.write_text(module.read_text() + "\n# changed\n")
     assert digest() != first
-    names = [name for name, _ in images.context_files(root, "Dockerfile.base", ["external"])]
+    names = [name for name, _ in context_files(root, "Dockerfile.base", ["external"])]
     assert names[0] == "Dockerfile.base"
     assert "external/cauchy_kernels/__init__.py" in names
     assert not any("__pycache__" in name for name in names)
@@ -242,21 +244,21 @@ def test_the_context_digest_follows_content_only(tmp_path: Path) -> None:
 
 def test_labels_become_one_dockerfile_instruction() -> None:
     labels = {"a.b": 'x "y" $HOME \\z', "multi": "one\ntwo"}
-    text, rest = images.with_labels("FROM scratch\n", labels)
+    text, rest = with_labels("FROM scratch\n", labels)
     assert text.endswith('LABEL "a.b"="x \\"y\\" \\$HOME \\\\z"\n')
     assert text.count("LABEL") == 1
     assert rest == {"multi": "one\ntwo"}
     escaped = "# syntax=docker/dockerfile:1\n# escape=`\nFROM scratch\n"
-    assert images.with_labels(escaped, labels) == (escaped, labels)
+    assert with_labels(escaped, labels) == (escaped, labels)
 
 
 def test_a_missing_context_path_or_dockerfile_is_a_project_error(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p", "cauchy-m")
     with pytest.raises(ProjectError, match="models is missing"):
-        images.context_files(root, "Dockerfile", ["framework", "models"])
+        context_files(root, "Dockerfile", ["framework", "models"])
     (root / "Dockerfile").unlink()
     with pytest.raises(ProjectError, match="Dockerfile is missing"):
-        images.context_files(root, "Dockerfile", ["framework"])
+        context_files(root, "Dockerfile", ["framework"])
 
 
 def test_outside_a_git_repository_build_exits_4(tmp_path: Path) -> None:
@@ -274,7 +276,7 @@ def test_outside_a_git_repository_build_exits_4(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Any]:
     try:
-        client = images.connect()
+        client = daemon.connect()
     except FleetError as exc:
         pytest.fail(f"{exc}\n(deselect engine tests with -m 'not docker')")
     if not client.images.list(name=LAYER1):
@@ -320,7 +322,7 @@ def new_repository(repositories: list[str]) -> Iterator[str]:
 @pytest.mark.docker
 def test_build_tags_labels_and_reuses(engine: Any, new_repository: str, tmp_path: Path) -> None:
     root = make_project(tmp_path / "p", new_repository, commits=2, remote=REMOTE)
-    project = images.load_project(root)
+    project = load_project(root)
     steps: list[tuple[str, str]] = []
     result = images.build(engine, project, on_step=lambda *step: steps.append(step))
 
@@ -365,7 +367,7 @@ def test_build_tags_labels_and_reuses(engine: Any, new_repository: str, tmp_path
     assert third.base.action == "reused"
     assert third.framework.action == "built"
 
-    versions = images.list_versions(engine, new_repository)
+    versions = daemon.list_versions(engine, new_repository)
     assert [version.tag for version in versions] == ["0.2.3", "0.2.2"]
     newest = versions[0]
     assert newest.image_id == third.image_id
@@ -383,11 +385,11 @@ def test_the_base_is_rebuilt_only_when_its_inputs_change(
     engine: Any, new_repository: str, tmp_path: Path
 ) -> None:
     root = make_project(tmp_path / "p", new_repository)
-    first = images.build(engine, images.load_project(root))
+    first = images.build(engine, load_project(root))
     assert first.base.action == "built"
 
     def build_again(reason: str | None, *, rebuild_base: bool = False) -> images.BuildResult:
-        result = images.build(engine, images.load_project(root), rebuild_base=rebuild_base)
+        result = images.build(engine, load_project(root), rebuild_base=rebuild_base)
         if reason is None:
             assert result.base.action == "reused"
         else:
@@ -430,10 +432,10 @@ def test_dirty_trees_and_detached_heads_still_build(
     engine: Any, new_repository: str, tmp_path: Path
 ) -> None:
     root = make_project(tmp_path / "p", new_repository, commits=2)
-    clean = images.build(engine, images.load_project(root))
+    clean = images.build(engine, load_project(root))
 
     (root / "framework" / "CHANGES").write_text("uncommitted\n")
-    dirty = images.build(engine, images.load_project(root))
+    dirty = images.build(engine, load_project(root))
     facts = gitinfo.read(root)
     assert facts.dirty
     assert dirty.tag == clean.tag == "0.2.2"
@@ -441,18 +443,18 @@ def test_dirty_trees_and_detached_heads_still_build(
     assert dirty.framework.reason == "the work tree has uncommitted changes"
     assert dirty.labels["io.fleet.dirty"] == "true"
     assert dirty.labels["org.label-schema.version"].endswith("-dirty")
-    assert images.build(engine, images.load_project(root)).framework.action == "built"
-    versions = images.list_versions(engine, new_repository)
+    assert images.build(engine, load_project(root)).framework.action == "built"
+    versions = daemon.list_versions(engine, new_repository)
     assert versions[0].dirty and versions[0].tagged
     assert not versions[-1].tagged  # the clean build lost its tag to the dirty one
 
     git(root, "checkout", "-q", "--", ".")
     git(root, "checkout", "-q", "--detach", "HEAD~1")
-    detached = images.build(engine, images.load_project(root))
+    detached = images.build(engine, load_project(root))
     assert detached.tag == "0.2.1"
     assert detached.labels["io.fleet.detached"] == "true"
     assert detached.labels["org.label-schema.vcs-branch"] == ""
-    assert images.list_versions(engine, new_repository)[-1].branch is None
+    assert daemon.list_versions(engine, new_repository)[-1].branch is None
 
 
 @pytest.mark.docker
@@ -493,7 +495,7 @@ def test_a_failing_build_carries_its_log(
     dockerfile.write_text(dockerfile.read_text() + "RUN echo broken-step-output && false\n")
     commit_all(root, "break the build")
     with pytest.raises(BuildError) as caught:
-        images.build(engine, images.load_project(root))
+        images.build(engine, load_project(root))
     error = caught.value
     assert error.layer == "framework"
     assert error.exit_code == EXIT_ERROR
@@ -513,7 +515,7 @@ def test_a_missing_upstream_image_names_the_fix(
     missing = f"fleet-test-missing-{SESSION}:none"
     root = make_project(tmp_path / "p", new_repository, image_settings={"upstream_image": missing})
     with pytest.raises(BuildError) as caught:
-        images.build(engine, images.load_project(root))
+        images.build(engine, load_project(root))
     assert caught.value.layer == "base"
     assert "fleet_image.upstream_image" in (caught.value.fix or "")
     assert missing in (caught.value.fix or "")
@@ -529,7 +531,7 @@ def test_label_values_survive_the_dockerfile_quoting(
     settings["fleet_image"]["description"] = 'quotes " and $dollars'
     write_settings(root, settings)
     commit_all(root, "tricky labels")
-    project = images.load_project(root)
+    project = load_project(root)
     result = images.build(engine, project)
     labels = engine.images.get(result.reference).labels
     assert labels["org.label-schema.description"] == 'quotes " and $dollars'

@@ -17,8 +17,9 @@ import pytest
 import yaml
 
 from fleet.errors import EngineError
-from fleet.images import build as images
-from fleet.images import buildhost
+from fleet.images import daemon
+from fleet.images.spec import chain_ids
+from fleet.ops import buildhost
 from fleet.ssh.base import CommandResult
 from tests import fakes
 from tests.conftest import run_cli
@@ -29,7 +30,7 @@ DIFFS = ("sha256:" + "a" * 64, "sha256:" + "b" * 64, "sha256:" + "c" * 64)
 
 # -- which layers come back ------------------------------------------------------------------
 def test_missing_layers_are_those_whose_chain_the_controller_lacks() -> None:
-    chains = images.chain_ids(DIFFS)
+    chains = chain_ids(DIFFS)
     assert buildhost.missing_layers(DIFFS, frozenset(chains[:2])) == {2}
     assert buildhost.missing_layers(DIFFS, frozenset(chains)) == frozenset()
     assert buildhost.missing_layers(DIFFS, frozenset()) == {0, 1, 2}
@@ -140,9 +141,9 @@ class EngineSplicer:
 @pytest.mark.skipif(not Path("/var/run/docker.sock").exists(), reason="no local Docker engine")
 def test_docker_py_speaks_through_the_relay() -> None:
     with buildhost.DockerRelay(EngineSplicer()) as relay:
-        client = images.connect_url(relay.base_url, where="the relay", fix="-")
+        client = daemon.connect_url(relay.base_url, where="the relay", fix="-")
         try:
-            assert images.image_store(client) in ("classic", "containerd")
+            assert daemon.image_store(client) in ("classic", "containerd")
             assert client.version()["ApiVersion"]
         finally:
             client.close()

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from fleet.images import build as images
+from fleet.images import daemon
+from fleet.images.spec import chain_ids
 from fleet.lab import nodes as lab
 from tests.conftest import LabFixture, host_sh, run_json
 from tests.framework import FrameworkProject
@@ -74,7 +75,7 @@ def _remote_layers(env: LabFixture, host: str, reference: str) -> list[str]:
 
 
 def _layer_count(client: Any, reference: str) -> int:
-    found = images.find_image(client, reference)
+    found = daemon.find_image(client, reference)
     assert found is not None, reference
     return len(found.diff_ids)
 
@@ -83,7 +84,7 @@ def test_build_host_builds_there_and_pulls_back_only_missing_layers(
     lab_env: LabFixture, project: FrameworkProject, capsys: pytest.CaptureFixture[str]
 ) -> None:
     host = _classic_host(lab_env)
-    local = images.connect()
+    local = daemon.connect()
     lab.ensure_layer1_image(local)  # layer 1 is on the controller, maybe not on the host
     had_layer1 = bool(_remote(lab_env, host, lab.LAYER1_IMAGE)[0])
 
@@ -104,11 +105,11 @@ def test_build_host_builds_there_and_pulls_back_only_missing_layers(
     remote_id, remote_parent = _remote(lab_env, host, reference)
     assert remote_id == first["image_id"]
     assert remote_parent.startswith("sha256:")
-    mine = images.find_image(local, reference)
+    mine = daemon.find_image(local, reference)
     assert mine is not None and mine.config_digest == remote_id
-    assert images.image_parent(local, reference) == ""
-    assert images.find_image(local, base_ref) is not None
-    assert images.find_image(local, base_ref).config_digest == _remote(lab_env, host, base_ref)[0]  # type: ignore[union-attr]
+    assert daemon.image_parent(local, reference) == ""
+    assert daemon.find_image(local, base_ref) is not None
+    assert daemon.find_image(local, base_ref).config_digest == _remote(lab_env, host, base_ref)[0]  # type: ignore[union-attr]
 
     # Only the layers the controller lacked came back: never layer 1 (it has it), and of
     # the framework image only its own layers (the base came just before).
@@ -138,8 +139,8 @@ def test_build_host_builds_there_and_pulls_back_only_missing_layers(
     assert second["pulled_back"]["base"]["layers_pulled"] == 0
     # The thin part: the layers of version 2 not in version 1 (the host's build cache
     # reuses the unchanged steps, e.g. WORKDIR), which are its top layers.
-    old_chains = set(images.chain_ids(_remote_layers(lab_env, host, reference)))
-    new_chains = images.chain_ids(_remote_layers(lab_env, host, second["reference"]))
+    old_chains = set(chain_ids(_remote_layers(lab_env, host, reference)))
+    new_chains = chain_ids(_remote_layers(lab_env, host, second["reference"]))
     fresh = [i for i, chain in enumerate(new_chains) if chain not in old_chains]
     assert fresh and fresh == list(range(len(new_chains) - len(fresh), len(new_chains)))
     framework = second["pulled_back"]["framework"]
@@ -151,9 +152,9 @@ def test_build_host_builds_there_and_pulls_back_only_missing_layers(
     assert 0 < framework["bytes_read"] <= increment + (512 << 10)
     remote_id, remote_parent = _remote(lab_env, host, second["reference"])
     assert remote_id == second["image_id"] and remote_parent
-    mine = images.find_image(local, second["reference"])
+    mine = daemon.find_image(local, second["reference"])
     assert mine is not None and mine.config_digest == remote_id
-    assert images.image_parent(local, second["reference"]) == ""
+    assert daemon.image_parent(local, second["reference"]) == ""
 
     # The controller's store is the record: fleet images lists both versions.
     code, listed = run_json(capsys, "images", "--project", str(project.root))

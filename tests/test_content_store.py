@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fleet.hostoutput import store_of
-from fleet.images.build import chain_ids
+from fleet.images.spec import chain_ids
 from fleet.images.store import ContentStore, Descriptor, named_by_config
 
 

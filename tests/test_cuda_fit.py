@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from fleet.errors import HostError
-from fleet.images.build import ImageSpec
 from fleet.images.labels import cuda_tuple, required_cuda
+from fleet.images.spec import ImageSpec
 from fleet.ship.plan import check_cuda
 from fleet.ship.state import HostImageState, parse_state
 

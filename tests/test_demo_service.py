@@ -24,6 +24,8 @@ import yaml
 
 from fleet.errors import FleetError
 from fleet.images import build as images
+from fleet.images import daemon
+from fleet.images.project import load_project
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYER1 = "fleet-lab-layer1:bookworm"
@@ -153,7 +155,7 @@ def git(repo: Path, *args: str) -> None:
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, images.BuildResult]]:
     """The demo framework built from a temporary git repository; removed afterwards."""
     try:
-        client = images.connect()
+        client = daemon.connect()
     except FleetError as exc:
         pytest.fail(f"{exc}\n(deselect engine tests with -m 'not docker')")
     repository = f"fleet-test-demo-{uuid.uuid4().hex[:8]}"
@@ -171,7 +173,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, image
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "demo")
     try:
-        yield client, images.build(client, images.load_project(root))
+        yield client, images.build(client, load_project(root))
     finally:
         for reference in (f"{repository}:0.2.1", f"{repository}_base:latest"):
             try:

@@ -109,9 +109,9 @@ def hostile_image(project: FrameworkProject, label: str) -> tuple[str, str]:
 
 
 def remove_image(reference: str) -> None:
-    from fleet.images import build as images
+    from fleet.images import daemon
 
-    images.connect().images.remove(reference, force=True)
+    daemon.connect().images.remove(reference, force=True)
 
 
 def test_rollout_story(
@@ -340,9 +340,9 @@ def test_hostile_labels_are_refused(
             assert "refusing the run command" in result["reason"]
         assert containers(lab_env, "lab1", project.repository).get("cauchy_service") == "running"
     finally:
-        from fleet.images import build as images
+        from fleet.images import daemon
 
-        images.connect().images.remove(reference, force=True)
+        daemon.connect().images.remove(reference, force=True)
 
 
 def test_a_hand_started_container_of_that_name_is_kept_aside(

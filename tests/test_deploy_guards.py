@@ -15,9 +15,9 @@ import pytest
 from fleet.errors import HostError
 from fleet.hosts.model import Host
 from fleet.images.labels import LABEL_DOCKER_CMD, LABEL_TAG
+from fleet.images.runspec import RunPolicy, RunSpec
 from fleet.ops import deploy
 from fleet.ops.containers import FrameworkContainer, FrameworkImage, HostFramework
-from fleet.ops.runspec import RunPolicy, RunSpec
 from fleet.runner import HostContext, Runner
 from fleet.ssh.base import CommandResult
 from tests.fakes import FakeTransport

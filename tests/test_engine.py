@@ -6,8 +6,7 @@ import uuid
 
 import pytest
 
-from fleet.images import build as images
-from fleet.images import engine, labels
+from fleet.images import daemon, engine, labels
 from fleet.ops import audit
 from tests.framework import build_image
 
@@ -37,7 +36,7 @@ def test_a_summary_becomes_a_version() -> None:
 
 @pytest.mark.docker
 def test_local_versions_equal_docker_py_s() -> None:
-    client = images.connect()
+    client = daemon.connect()
     repository = f"fleet-test-engine-{uuid.uuid4().hex[:6]}"
     built = []
     try:
@@ -49,7 +48,7 @@ def test_local_versions_equal_docker_py_s() -> None:
             built.append(build_image(client, f"{repository}:0.1.{count}", dockerfile))
         fast = audit.local_versions(repository)
         assert [v.tag for v in fast] == ["0.1.4", "0.1.3"]
-        assert fast == images.list_versions(client, repository)
+        assert fast == daemon.list_versions(client, repository)
     finally:
         for tag in built:
             client.images.remove(tag, force=True)

@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fleet.images import build as images
+from fleet.images import daemon
 from fleet.lab import nodes as lab
 from fleet.ship.state import is_current, read_state
 from fleet.ssh.known_hosts import KnownHosts
@@ -194,7 +194,7 @@ def half_tagged(env: LabFixture, host: str, repository: str, shipped: set[str]) 
         env, host, f"docker image ls --format '{{{{.Repository}}}}:{{{{.Tag}}}}' {repository}"
     )
     refs = [r for r in out.split() if not r.endswith(":<none>")]
-    versions = images.list_versions(images.connect(), repository)
+    versions = daemon.list_versions(daemon.connect(), repository)
     built = {f"{repository}:{v.tag}" for v in versions if v.tagged}
     bad = [f"{host}: {ref} was never built on the controller" for ref in refs if ref not in built]
     endpoint = next(e for e in lab.endpoints(env.lab) if e.name == host)
@@ -203,7 +203,7 @@ def half_tagged(env: LabFixture, host: str, repository: str, shipped: set[str]) 
         for ref in refs:
             if ref not in built or ref.rpartition(":")[2] not in shipped:
                 continue
-            spec = images.image_spec(images.connect(), ref)
+            spec = daemon.image_spec(daemon.connect(), ref)
             state = read_state(transport, ref)
             if not is_current(spec, state):
                 bad.append(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.images import build as images
+from fleet.images import daemon
 from tests.conftest import LabFixture, host_run, host_sh, run_project_json
 from tests.framework import FrameworkProject, build_image, build_with_label, built_project
 
@@ -229,7 +229,7 @@ def test_a_container_that_does_not_see_its_gpu_is_rolled_back(
     base = f"{project.repository}:{v1}"
     tag = f"78.{uuid.uuid4().int % 1000}"
     reference = f"{project.repository}:{tag}"
-    client = images.connect()
+    client = daemon.connect()
     command = client.images.get(base).labels["org.label-schema.docker.cmd"].replace(base, reference)
     # Healthy, but blind to the GPUs: the NVIDIA runtime hands it none (void).
     dockerfile = (

@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 import fleet.cli
 from fleet.errors import CommandError, CronBlockError, ProvisionSettingsError
 from fleet.hosts.model import FrozenDict, Host
+from fleet.images.runspec import RunSpec
 from fleet.ops import hostfiles
 from fleet.ops.facts import GPU, Disk
 from fleet.ops.provision import run as provision_run
@@ -55,7 +56,6 @@ from fleet.ops.provision.settings import (
     settings_for_hosts,
     settings_from_vars,
 )
-from fleet.ops.runspec import RunSpec
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import Runner
 from fleet.ssh.base import CommandResult
@@ -1383,10 +1383,10 @@ def test_missing_base_image_exits_5_naming_fleet_build(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from fleet.images import build as images
+    from fleet.images import daemon
 
-    monkeypatch.setattr(images, "connect", object)
-    monkeypatch.setattr(images, "has_image", lambda client, ref: False)
+    monkeypatch.setattr(daemon, "connect", object)
+    monkeypatch.setattr(daemon, "has_image", lambda client, ref: False)
     inventory = _unreachable_inventory(
         tmp_path, {"fleet_provision": {"base_image": "cauchy_base:nope"}}
     )
@@ -1398,15 +1398,15 @@ def test_missing_base_image_exits_5_naming_fleet_build(
 
 
 def test_hosts_without_a_base_image_get_the_projects(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fleet.images import build as images
-    from fleet.images.build import ImageSpec
+    from fleet.images import daemon
+    from fleet.images.spec import ImageSpec, Shippable
 
-    monkeypatch.setattr(images, "connect", object)
-    monkeypatch.setattr(images, "has_image", lambda client, ref: True)
+    monkeypatch.setattr(daemon, "connect", object)
+    monkeypatch.setattr(daemon, "has_image", lambda client, ref: True)
     monkeypatch.setattr(
-        images,
+        daemon,
         "shippable",
-        lambda client, ref: images.Shippable(ImageSpec(ref, "sha256:c", ()), (), lambda: iter(())),
+        lambda client, ref: Shippable(ImageSpec(ref, "sha256:c", ()), (), lambda: iter(())),
     )
     given = {"gpu1": DEFAULTS, "gpu2": dataclasses.replace(DEFAULTS, base_image="other:1")}
     resolved, bases = resolve_base_images(given, Path(__file__).parent.parent)

@@ -26,7 +26,7 @@ import pytest
 
 from fleet.errors import HostError, RegistryError, UsageError
 from fleet.hosts.model import Host
-from fleet.images.build import ImageSpec, Shippable
+from fleet.images.spec import ImageSpec, Shippable
 from fleet.results import FleetResult, Outcome
 from fleet.runner import Runner
 from fleet.ship import registry

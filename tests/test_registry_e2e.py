@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from fleet.hosts import inventory
-from fleet.images import build as images
+from fleet.images import daemon
 from fleet.lab import nodes as lab
 from fleet.results import FleetResult
 from fleet.runner import Runner, SSHConnector
@@ -419,7 +419,7 @@ def push_via_registry(
 
     runner = Runner(connect, forks=4)
     try:
-        image = images.shippable(lab.engine_client(), ref)
+        image = daemon.shippable(lab.engine_client(), ref)
         options = PushOptions(via="registry")
         return ship_push(runner, hosts, image, options, publisher=publisher), opened
     finally:

@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 
 from fleet.errors import DangerousRunError, FleetError, HostError, RunSpecError
 from fleet.hosts.model import Host
-from fleet.ops.containers import FrameworkImage
-from fleet.ops.runspec import (
+from fleet.images.runspec import (
     MAX_LABEL_BYTES,
     HealthCheck,
     RunPolicy,
@@ -23,6 +22,7 @@ from fleet.ops.runspec import (
     parse_docker_cmd,
     run_spec_for,
 )
+from fleet.ops.containers import FrameworkImage
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "cauchy:0.2.7"

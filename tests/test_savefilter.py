@@ -10,8 +10,7 @@ import uuid
 
 import pytest
 
-from fleet.images import build as images
-from fleet.images import savefilter
+from fleet.images import daemon, savefilter
 from tests.framework import build_image
 
 
@@ -31,13 +30,13 @@ def _is_layer(name: str) -> bool:
 
 @pytest.mark.docker
 def test_the_layers_to_drop_are_left_out_and_everything_else_kept() -> None:
-    client = images.connect()
+    client = daemon.connect()
     reference = f"fleet-test-savefilter-{uuid.uuid4().hex[:6]}:1"
     files = {"a": os.urandom(40_000), "b": os.urandom(30_000), "c": os.urandom(20_000)}
     build_image(client, reference, "FROM scratch\nCOPY a /a\nCOPY b /b\nCOPY c /c\n", files)
     try:
-        spec = images.image_spec(client, reference)
-        whole = b"".join(images.save_stream(client, reference))
+        spec = daemon.image_spec(client, reference)
+        whole = b"".join(daemon.save_stream(client, reference))
         drop = dict(list(zip(spec.chain_ids, spec.diff_ids, strict=True))[:2])
         out = io.BytesIO()
         assert savefilter.filter_save(io.BytesIO(whole), out, drop) >= 2

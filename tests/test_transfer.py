@@ -15,8 +15,8 @@ import pytest
 
 from fleet.errors import HostError
 from fleet.images import savefilter
-from fleet.images.build import ImageSpec, chain_ids
 from fleet.images.labels import normalized_name
+from fleet.images.spec import ImageSpec, chain_ids
 from fleet.images.store import Descriptor
 from fleet.ship.plan import disk_needed, pull_plan, wire_compression, zstd_loads
 from fleet.ship.plan import plan as ship_plan
@@ -189,7 +189,7 @@ def test_disk_needed_counts_the_missing_layers_twice_on_both_stores() -> None:
 @pytest.fixture(scope="module")
 def small_image():
     docker = pytest.importorskip("docker")
-    from fleet.images import build as images
+    from fleet.images import daemon
     from fleet.lab import nodes as lab
 
     client = lab.engine_client()
@@ -202,7 +202,7 @@ def small_image():
         tar.addfile(info, io.BytesIO(dockerfile))
     context.seek(0)
     client.images.build(fileobj=context, custom_context=True, tag="fleet-test-stream:1", rm=True)
-    yield client, images.image_spec(client, "fleet-test-stream:1")
+    yield client, daemon.image_spec(client, "fleet-test-stream:1")
     with contextlib.suppress(docker.errors.NotFound):
         client.images.remove("fleet-test-stream:1", force=True)
 
@@ -223,10 +223,10 @@ def _members(raw: bytes) -> dict[str, bytes]:
 
 @pytest.mark.docker
 def test_dual_tarball_has_both_manifests_and_only_wanted_layers(small_image) -> None:
-    from fleet.images import build as images
+    from fleet.images import daemon
 
     client, spec = small_image
-    broadcast = Broadcast(spec, lambda: images.save_stream(client, spec.ref), "gzip")
+    broadcast = Broadcast(spec, lambda: daemon.save_stream(client, spec.ref), "gzip")
     everything = Sink("a", frozenset(range(len(spec.diff_ids))))
     top_only = Sink("b", frozenset({len(spec.diff_ids) - 1}))
     import threading
@@ -284,10 +284,10 @@ def test_dual_tarball_has_both_manifests_and_only_wanted_layers(small_image) -> 
 
 @pytest.mark.docker
 def test_uncompressed_stream_is_a_plain_tar(small_image, tmp_path: Path) -> None:
-    from fleet.images import build as images
+    from fleet.images import daemon
 
     client, spec = small_image
-    stream = ImageStream(spec, lambda: images.save_stream(client, spec.ref), "none")
+    stream = ImageStream(spec, lambda: daemon.save_stream(client, spec.ref), "none")
     archive = tmp_path / "image.tar"
     with archive.open("wb") as out:  # on disk: the 190 MB image is never held in memory
         for _, chunks in stream.members():
@@ -307,11 +307,10 @@ def test_uncompressed_stream_is_a_plain_tar(small_image, tmp_path: Path) -> None
 
 @pytest.mark.docker
 def test_local_store_gives_the_same_stream_as_docker_save(small_image) -> None:
-    from fleet.images import build as images
-    from fleet.images.store import LocalLayers
+    from fleet.images import daemon
 
     client, spec = small_image
-    local = LocalLayers.of(client)
+    local = daemon.local_layers(client)
     # CI's controller engine is a classic overlay2 store: the path must be exercised there.
     assert local is not None, "the controller's store is not a readable classic overlay2 store"
     chains = spec.chain_ids
@@ -338,7 +337,7 @@ def test_local_store_gives_the_same_stream_as_docker_save(small_image) -> None:
         return found
 
     top = len(spec.diff_ids) - 1
-    saved = ImageStream(spec, lambda: images.save_stream(client, spec.ref), "none")
+    saved = ImageStream(spec, lambda: daemon.save_stream(client, spec.ref), "none")
     wanted = ((m, c) for m, c in saved.members() if m.layer in (None, 0, top))
     from_save = digests(wanted)
     read = ImageStream(spec, lambda: iter(()), "none")

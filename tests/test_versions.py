@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.images import build as images
+from fleet.images import daemon
 from tests.conftest import (
     LabFixture,
     host_run,
@@ -61,7 +61,7 @@ def _commit(project: FrameworkProject, ref: str) -> str:
 
 
 def _image_commit(reference: str) -> str:
-    labels = images.connect().images.get(reference).labels or {}
+    labels = daemon.connect().images.get(reference).labels or {}
     return str(labels.get("org.opencontainers.image.revision", ""))
 
 

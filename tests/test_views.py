@@ -20,7 +20,7 @@ from rich.console import Console
 from fleet.cli import views as cli_views
 from fleet.errors import HostError, UnreachableError, UsageError
 from fleet.hosts.model import FrozenDict, Host
-from fleet.images.build import ImageVersion
+from fleet.images.labels import ImageVersion
 from fleet.ops import containers, deploy, views
 from fleet.report import views as report_views
 from fleet.report.untrusted import visible

@@ -21,7 +21,9 @@ from fleet.cli import views as cli_views
 from fleet.errors import BuildError, PatternError, UsageError
 from fleet.hosts.model import Host
 from fleet.images import build as images
-from fleet.images import buildhost, gitinfo
+from fleet.images import daemon, gitinfo
+from fleet.images.project import Project, load_project
+from fleet.ops import buildhost
 from fleet.report import build as build_report
 from fleet.runner import Runner, SSHConnector
 from fleet.ssh.known_hosts import KnownHosts
@@ -118,11 +120,11 @@ def _project_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    project = images.load_project(args.project, tag_prefix=args.tag_prefix)
+    project = load_project(args.project, tag_prefix=args.tag_prefix)
     git = gitinfo.read(project.root)
     if args.build_host is not None:
         return _build_on_host(args, project, git)
-    client = images.connect()
+    client = daemon.connect()
     progress = build_report.BuildProgress(report_mod.console(), verbose=args.verbose)
     try:
         result = images.build(
@@ -147,7 +149,7 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_on_host(args: argparse.Namespace, project: images.Project, git: gitinfo.GitFacts) -> int:
+def _build_on_host(args: argparse.Namespace, project: Project, git: gitinfo.GitFacts) -> int:
     """``fleet build --build-host HOST``: build there, pull back what this engine lacks."""
     common.require(args.timeout > 0, f"--timeout {args.timeout:g} must be more than 0")
     host = _one_host(args)
@@ -161,7 +163,7 @@ def _build_on_host(args: argparse.Namespace, project: images.Project, git: gitin
     progress = build_report.BuildProgress(report_mod.console(), verbose=args.verbose)
     try:
         runner.transport(host)  # unreachable: exit 3 before the local engine is asked
-        local = images.connect()
+        local = daemon.connect()
         try:
             remote = buildhost.build_on(
                 runner,
@@ -208,12 +210,12 @@ def _one_host(args: argparse.Namespace) -> Host:
 
 
 def _images(args: argparse.Namespace) -> int:
-    repository = args.repository or images.load_project(args.project).repository
+    repository = args.repository or load_project(args.project).repository
     if args.on is not None:
         return cli_views.images_on(args, repository)
-    client = images.connect()
+    client = daemon.connect()
     try:
-        versions = images.list_versions(client, repository)
+        versions = daemon.list_versions(client, repository)
     finally:
         client.close()
     if args.json:

@@ -292,9 +292,9 @@ def repository(args: argparse.Namespace) -> str:
     given = getattr(args, "repository", None)
     if given:
         return str(given)
-    from fleet.images import build as images
+    from fleet.images.project import load_project
 
-    return images.load_project(args.project).repository
+    return load_project(args.project).repository
 
 
 def require(condition: bool, message: str, fix: str | None = None) -> None:

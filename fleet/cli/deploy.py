@@ -10,7 +10,8 @@ from fleet.cli import common
 from fleet.cli import push as push_cli
 from fleet.cli import views as cli_views
 from fleet.cli.push import default_image
-from fleet.images import build as images
+from fleet.images import daemon
+from fleet.images.project import load_project
 from fleet.ops import deploy
 from fleet.results import FleetResult
 from fleet.ship.plan import check_options
@@ -145,8 +146,8 @@ COLUMNS = ("version_before", "version_after", "bytes_sent")
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    client = images.connect()
-    project = images.load_project(args.project)
+    client = daemon.connect()
+    project = load_project(args.project)
     if args.version is None:
         reference = (
             cli_views.pick_deploy_reference(args, client, project.repository)
@@ -157,7 +158,7 @@ def _deploy(args: argparse.Namespace) -> int:
         reference = args.version
     else:
         reference = f"{project.repository}:{args.version}"
-    image = images.shippable(client, reference)
+    image = daemon.shippable(client, reference)
     repository = reference.rpartition(":")[0]
     if args.serial is not None:
         deploy.batches([], args.serial)  # validate before touching any host

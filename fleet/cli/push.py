@@ -8,7 +8,8 @@ from typing import Any
 from fleet import units
 from fleet.cli import common
 from fleet.errors import UsageError
-from fleet.images import build as images
+from fleet.images import daemon
+from fleet.images.project import load_project
 from fleet.results import FleetResult
 from fleet.ship.plan import VIAS, PushOptions, check_options
 from fleet.ship.push import push
@@ -129,8 +130,8 @@ def _rate(text: str) -> int:
 
 def default_image(client: Any, project: str) -> str:
     """The newest framework version built for the project."""
-    repository = images.load_project(project).repository
-    for version in images.list_versions(client, repository):
+    repository = load_project(project).repository
+    for version in daemon.list_versions(client, repository):
         if version.tagged:
             return version.reference
     raise UsageError(
@@ -140,8 +141,8 @@ def default_image(client: Any, project: str) -> str:
 
 
 def _push(args: argparse.Namespace) -> int:
-    client = images.connect()
-    if args.image is None and ":" in args.pattern and images.has_image(client, args.pattern):
+    client = daemon.connect()
+    if args.image is None and ":" in args.pattern and daemon.has_image(client, args.pattern):
         # 'fleet push cauchy:0.2.7' names an image, not the union of two host patterns.
         args.image, args.pattern = args.pattern, "all"
     reference = args.image or default_image(client, args.project)
@@ -152,7 +153,7 @@ def _push(args: argparse.Namespace) -> int:
         **path_options(args),
     )
     check_options(options)  # before reading the image: bad options exit 5 at once
-    image = images.shippable(client, reference)
+    image = daemon.shippable(client, reference)
 
     def task(runner: Any, hosts: Any) -> FleetResult:
         return push(runner, hosts, image, options)

@@ -20,8 +20,7 @@ from typing import Any
 from fleet import report
 from fleet.cli import common
 from fleet.errors import EXIT_INTERRUPTED, HostError, Interrupted, UsageError
-from fleet.images import build as images
-from fleet.images import labels
+from fleet.images import daemon, labels
 from fleet.ops import containers, views
 from fleet.ops.containers import HostFramework
 from fleet.report import build as build_report
@@ -174,9 +173,9 @@ def images_on(args: argparse.Namespace, repository_name: str) -> int:
     controller_error = ""
     versions: list[labels.ImageVersion] = []
     try:
-        client = images.connect()
+        client = daemon.connect()
         try:
-            versions = images.list_versions(client, repository_name)
+            versions = daemon.list_versions(client, repository_name)
         finally:
             client.close()
     except Exception as exc:  # the hosts are worth showing without the controller's list
@@ -342,7 +341,7 @@ def _ask(rows: list[views.MenuRow], title: str, question: str) -> views.MenuRow:
 
 def pick_deploy_reference(args: argparse.Namespace, client: Any, repository_name: str) -> str:
     """Show the built versions with the hosts running each; the IMAGE:TAG picked."""
-    versions = images.list_versions(client, repository_name)
+    versions = daemon.list_versions(client, repository_name)
     rows = views.deploy_menu(versions, host_states(args, repository_name))
     if not rows:
         raise UsageError(

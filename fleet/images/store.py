@@ -96,11 +96,9 @@ class LocalLayers:
         self._layerdb = root / "image" / driver / "layerdb" / "sha256"
 
     @classmethod
-    def of(cls, client: Any) -> LocalLayers | None:
-        """The engine's store, when it is a classic overlay2 store this process can read."""
-        info = _info(client)
-        if info is None:
-            return None
+    def at(cls, info: Mapping[str, Any]) -> LocalLayers | None:
+        """The store of the engine whose ``docker info`` this is, when it is a classic
+        overlay2 store this process can read."""
         driver = str(info.get("Driver", ""))
         root = Path(str(info.get("DockerRootDir", "")))
         store = cls(root, driver)
@@ -250,17 +248,6 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]{64}")
 
 
-def _info(client: Any) -> dict[str, Any] | None:
-    """The engine's ``docker info``, or None when it does not answer."""
-    import docker.errors  # docker-py only where a client is given: audit reads without it
-
-    try:
-        info: dict[str, Any] = client.info()
-    except (docker.errors.DockerException, OSError):
-        return None
-    return info
-
-
 def named_by_config(versions: list[ImageVersion], info: Mapping[str, Any]) -> list[ImageVersion]:
     """``versions`` with their config digests, when the engine (its ``docker info``) names
     images by manifest: the containerd store, when this user can read it. Hosts' images
@@ -309,15 +296,10 @@ class ContentStore:
         self._sizes: dict[str, int] | None = None
 
     @classmethod
-    def of(cls, client: Any) -> ContentStore | None:
-        """The engine's content store; None for a classic store; OSError when the engine
-        keeps its images in containerd's store and this process cannot read it."""
-        info = _info(client)
-        return None if info is None else cls.at(info)
-
-    @classmethod
     def at(cls, info: Mapping[str, Any]) -> ContentStore | None:
-        """:meth:`of` for an engine's ``docker info`` already read."""
+        """The content store of the engine whose ``docker info`` this is; None for a classic
+        store; OSError when the engine keeps its images in containerd's store and this
+        process cannot read it."""
         if store_of(info.get("DriverStatus")) != "containerd":
             return None
         # An engine in a container or a VM: where this machine sees its root.

@@ -126,15 +126,15 @@ from fleet.images.labels import (
     newest_first,
     normalized_name,
 )
+from fleet.images.runspec import run_spec_for
 from fleet.ops import containers
 from fleet.ops.containers import FrameworkContainer, FrameworkImage, HostFramework
 from fleet.ops.history import is_switch
-from fleet.ops.runspec import run_spec_for
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
 
 if TYPE_CHECKING:
-    from fleet.ops.runspec import RunSpec
+    from fleet.images.runspec import RunSpec
 
 LATEST = "latest"
 STATUS_OK = "ok"
@@ -907,10 +907,10 @@ def local_versions(repository: str) -> list[ImageVersion]:
     info = engine.get_json("/info")
     if summaries is None or not isinstance(info, dict):
         # docker-py is paid for only when a project's settings are read.
-        from fleet.images import build as images
+        from fleet.images import daemon
 
-        client = images.connect()
-        return named_by_config(images.list_versions(client, repository), client.info())
+        client = daemon.connect()
+        return named_by_config(daemon.list_versions(client, repository), client.info())
     return named_by_config(
         newest_first([image_version(repository, summary) for summary in summaries]), info
     )

@@ -31,16 +31,7 @@ from fleet.errors import (
     tail_lines,
 )
 from fleet.hosts.model import Host
-from fleet.images.build import Shippable
-from fleet.ops import containers, gpu, lock
-from fleet.ops.containers import (
-    FrameworkContainer,
-    FrameworkImage,
-    HostFramework,
-    previous_version,
-)
-from fleet.ops.history import is_switch, record
-from fleet.ops.runspec import (
+from fleet.images.runspec import (
     HealthCheck,
     RunPolicy,
     RunSpec,
@@ -49,6 +40,15 @@ from fleet.ops.runspec import (
     path_within,
     run_spec_for,
 )
+from fleet.images.spec import Shippable
+from fleet.ops import containers, gpu, lock
+from fleet.ops.containers import (
+    FrameworkContainer,
+    FrameworkImage,
+    HostFramework,
+    previous_version,
+)
+from fleet.ops.history import is_switch, record
 from fleet.programs import program
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner

@@ -33,10 +33,11 @@ from typing import Any, Protocol, runtime_checkable
 
 from fleet.errors import FleetError, HostError, Interrupted, UnreachableError, UsageError
 from fleet.hosts.model import Host
+from fleet.images import runspec
 from fleet.images.labels import ImageVersion
-from fleet.ops import containers, deploy, runspec
+from fleet.images.runspec import HealthCheck
+from fleet.ops import containers, deploy
 from fleet.ops.containers import FrameworkContainer, FrameworkImage, HostFramework
-from fleet.ops.runspec import HealthCheck
 from fleet.programs import program
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner, Task

@@ -39,9 +39,11 @@ from fleet.errors import (
 from fleet.hosts.model import Host, Inventory
 from fleet.hosts.patterns import group_hosts
 from fleet.images import build as images
+from fleet.images import daemon
+from fleet.images.project import load_project
+from fleet.images.runspec import RunPolicy
 from fleet.ops import deploy as deploy_mod
 from fleet.ops import hostfiles
-from fleet.ops.runspec import RunPolicy
 from fleet.playbook import loop
 from fleet.playbook.schema import Play, Playbook, Task, condition
 from fleet.playbook.secret import DIFF_HIDDEN, Secrets
@@ -197,7 +199,7 @@ class Player:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = images.connect()
+            self._client = daemon.connect()
         return self._client
 
     def prepare(self) -> list[tuple[Play, list[Host]]]:
@@ -484,7 +486,7 @@ class Player:
                     for h in hosts
                 ),
             )
-        project = images.load_project(
+        project = load_project(
             str(args.get("project", self.options.project)), tag_prefix=args.get("tag_prefix")
         )
         if self.options.check:
@@ -536,12 +538,12 @@ class Player:
         if value:
             text = str(value)
             if ":" not in text:
-                text = f"{images.load_project(str(args.get('project', self.options.project))).repository}:{text}"
+                text = f"{load_project(str(args.get('project', self.options.project))).repository}:{text}"
             return text
         if "build" in self.controller_vars:
             return str(self.controller_vars["build"]["reference"])
-        repository = images.load_project(str(args.get("project", self.options.project))).repository
-        for version in images.list_versions(self.client, repository):
+        repository = load_project(str(args.get("project", self.options.project))).repository
+        for version in daemon.list_versions(self.client, repository):
             if version.tagged:
                 return version.reference
         raise UsageError(
@@ -570,9 +572,9 @@ def _push(
     player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
 ) -> FleetResult:
     reference = player.image(args, "image")
-    if player.options.check and not images.has_image(player.client, reference):
+    if player.options.check and not daemon.has_image(player.client, reference):
         return _not_built(reference, hosts, "push")
-    image = images.shippable(player.client, reference)
+    image = daemon.shippable(player.client, reference)
     min_free = args.get("min_free") or 0
     options = PushOptions(
         compress=str(args.get("compress", "auto")),
@@ -608,16 +610,16 @@ def _deploy(
     player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
 ) -> FleetResult:
     reference = player.image(args, "version")
-    if player.options.check and not images.has_image(player.client, reference):
+    if player.options.check and not daemon.has_image(player.client, reference):
         return _not_built(reference, hosts, "deploy")
     options = _deploy_options(player, args, reference.rpartition(":")[0])
     return deploy_mod.deploy(
-        player.runner, hosts, images.shippable(player.client, reference), options
+        player.runner, hosts, daemon.shippable(player.client, reference), options
     )
 
 
 def _repository(player: Player, args: Mapping[str, Any]) -> str:
-    return images.load_project(str(args.get("project", player.options.project))).repository
+    return load_project(str(args.get("project", player.options.project))).repository
 
 
 def _rollback(
@@ -934,7 +936,7 @@ def _audit(
     from fleet.ops import audit as audit_mod
 
     repository = _repository(player, args)
-    versions = images.list_versions(player.client, repository)
+    versions = daemon.list_versions(player.client, repository)
     expect = args.get("expect")
     options = audit_mod.AuditOptions(
         repository=repository,

@@ -19,8 +19,8 @@ from rich.text import Text
 
 from fleet.errors import BuildError
 from fleet.images.build import BuildResult, LayerInfo
-from fleet.images.buildhost import PullBack, RemoteBuild
 from fleet.images.labels import ImageVersion
+from fleet.ops.buildhost import PullBack, RemoteBuild
 from fleet.report import human_size
 from fleet.report.untrusted import safe_text, visible
 

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fleet.errors import HostError, UsageError
-from fleet.images.build import ImageSpec
 from fleet.images.labels import cuda_tuple
+from fleet.images.spec import ImageSpec
 from fleet.images.store import Descriptor
 from fleet.ship import registry
 from fleet.ship.state import HostImageState, is_current

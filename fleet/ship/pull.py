@@ -14,8 +14,8 @@ from typing import Any
 from fleet.errors import HostError, RegistryError, tail_lines
 from fleet.hostoutput import sections
 from fleet.hosts.model import Host
-from fleet.images import build as images
-from fleet.images.build import ImageSpec
+from fleet.images import daemon
+from fleet.images.spec import ImageSpec
 from fleet.programs import program
 from fleet.results import HostResult, Outcome
 from fleet.runner import HostContext, Runner
@@ -50,7 +50,7 @@ def pull_all(
 ) -> list[HostResult]:
     """The registry path: publish once, then every host pulls (``forks`` at a time)."""
     if publisher is None:
-        publisher = registry.EnginePublisher(images.connect(), options.registry)
+        publisher = registry.EnginePublisher(daemon.connect(), options.registry)
     try:
         with publisher.serve() as location:
             published = location.name_for(spec.ref)

@@ -21,7 +21,7 @@ from typing import Any
 
 from fleet.errors import CommandError, HostError, tail_lines
 from fleet.hosts.model import Host
-from fleet.images.build import Shippable
+from fleet.images.spec import Shippable
 from fleet.programs import program
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner

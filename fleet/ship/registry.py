@@ -569,52 +569,21 @@ class EnginePublisher:
 
 
 def publish(client: Any, ref: str, name: str) -> str:
-    """``docker tag REF NAME && docker push NAME`` on the controller's engine.
+    """``docker tag REF NAME && docker push NAME`` on the controller's engine; the digest.
 
     The engine authenticates with its own credentials (docker-py reads the same config
     as the docker CLI); fleet never sees them. A tag this function created is removed
     again; one that existed before is left alone.
     """
-    import docker.errors
+    # docker-py only where a client is given: hosts that pull from a registry load nothing.
+    from fleet.images import daemon
 
-    repository, _, tag = name.rpartition(":")
     try:
-        existed = _has_image(client, name)
-        client.api.tag(ref, repository, tag, force=True)
-        try:
-            digest = ""
-            errors: list[str] = []
-            for line in client.api.push(repository, tag=tag, stream=True, decode=True):
-                if not isinstance(line, dict):
-                    continue
-                if line.get("error"):
-                    errors.append(str(line.get("error")))
-                aux = line.get("aux")
-                if isinstance(aux, dict) and aux.get("Digest"):
-                    digest = str(aux["Digest"])
-            if errors:
-                raise RegistryError(
-                    f"pushing {ref} to {name} failed: {errors[-1]}", fix=_publish_fix(errors[-1])
-                )
-            return digest
-        finally:
-            if not existed:
-                with contextlib.suppress(docker.errors.DockerException, OSError):
-                    client.api.remove_image(name, noprune=True)
-    except (docker.errors.DockerException, OSError) as exc:
+        return daemon.push_as(client, ref, name)
+    except daemon.PushRefused as exc:
         raise RegistryError(
-            f"pushing {ref} to {name} failed: {exc}", fix=_publish_fix(str(exc))
-        ) from exc
-
-
-def _has_image(client: Any, name: str) -> bool:
-    import docker.errors
-
-    try:
-        client.api.inspect_image(name)
-    except docker.errors.ImageNotFound:
-        return False
-    return True
+            f"pushing {ref} to {name} failed: {exc.reason}", fix=_publish_fix(exc.reason)
+        ) from None
 
 
 def _publish_fix(error: str) -> str:

@@ -24,7 +24,7 @@ from fleet.hostoutput import (
     sections,
     store_in,
 )
-from fleet.images.build import ImageSpec, chain_ids
+from fleet.images.spec import ImageSpec, chain_ids
 from fleet.images.store import Descriptor
 from fleet.programs import program
 from fleet.ssh.base import DOCKER_GROUP_FIX, ENGINE_START_FIX, Transport

@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fleet.errors import HostError
-from fleet.images.build import ImageSpec, Shippable
 from fleet.images.labels import normalized_name
 from fleet.images.savefilter import v1_candidates
+from fleet.images.spec import ImageSpec, Shippable
 from fleet.images.store import ChunkReader, Descriptor
 from fleet.ship.bandwidth import Throttle
 

@@ -12,12 +12,12 @@ from fleet import units
 from fleet.errors import (
     CronBlockError,
 )
+from fleet.images.runspec import RunSpec
 from fleet.ops.facts import GPU
 from fleet.ops.provision.cron import find_block, numbered_lines, other_aicron_lines
 from fleet.ops.provision.facts import BYTE_LIMITS, ProvisionFacts
 from fleet.ops.provision.plan import plan
 from fleet.ops.provision.settings import CRON_MAX_BYTES, ProvisionSettings, is_below
-from fleet.ops.runspec import RunSpec
 from fleet.ship.state import engine_fix
 
 

@@ -15,7 +15,9 @@ from fleet.errors import (
     UsageError,
 )
 from fleet.hosts.model import Host
-from fleet.images import build as images
+from fleet.images import daemon
+from fleet.images.project import Project, load_project
+from fleet.images.spec import Shippable
 from fleet.ops.provision.cron import label_diff
 from fleet.ops.provision.facts import ProvisionFacts, gather
 from fleet.ops.provision.plan import plan
@@ -27,7 +29,7 @@ from fleet.ship.plan import PushOptions
 from fleet.ship.push import push
 
 # The base image as the controller has it: what push ships.
-BaseImage = images.Shippable
+BaseImage = Shippable
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,11 @@ def resolve_base_images(
     """
     resolved = dict(settings)
     named_by: dict[str, list[str]] = {}
-    project_settings: images.Project | None = None
+    project_settings: Project | None = None
     for name, host_settings in settings.items():
         ref = host_settings.base_image
         if ref is None:
-            project_settings = project_settings or images.load_project(project)
+            project_settings = project_settings or load_project(project)
             ref = project_settings.base_reference
             resolved[name] = dataclasses.replace(host_settings, base_image=ref)
             source = project_settings.settings_path or project_settings.root
@@ -67,17 +69,17 @@ def resolve_base_images(
             named_by.setdefault(ref, []).append(f"fleet_provision.base_image of {name}")
     if not named_by:
         return resolved, {}
-    client = images.connect()
+    client = daemon.connect()
     found: dict[str, BaseImage] = {}
     for ref, sources in named_by.items():
-        if not images.has_image(client, ref):
+        if not daemon.has_image(client, ref):
             raise UsageError(
                 f"the base image {ref} ({', '.join(dict.fromkeys(sources))}) is not on this "
                 "machine: there is nothing to ship",
                 fix="build it with 'fleet build' (it builds the base, layers 1-2, first), set "
                 "fleet_provision.base_image to an image you have, or pass --skip-base",
             )
-        found[ref] = images.shippable(client, ref)
+        found[ref] = daemon.shippable(client, ref)
     return resolved, found
 
 

@@ -17,7 +17,7 @@ from fleet.errors import (
 )
 from fleet.hosts import settings as layered
 from fleet.hosts.model import Host
-from fleet.ops.runspec import RunSpec
+from fleet.images.runspec import RunSpec
 
 FLEET_PROVISION = "fleet_provision"
 

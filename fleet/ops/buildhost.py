@@ -44,16 +44,11 @@ from typing import Any, Protocol, runtime_checkable
 from fleet.errors import BuildError, EngineError, HostError, UnreachableError, UsageError
 from fleet.hosts.model import Host
 from fleet.images import build as images
-from fleet.images import gitinfo, savefilter
-from fleet.images.build import (
-    BuildResult,
-    ImageSpec,
-    OutputCallback,
-    Project,
-    Shippable,
-    StepCallback,
-)
+from fleet.images import daemon, gitinfo, savefilter
+from fleet.images.build import BuildResult, OutputCallback, StepCallback
 from fleet.images.gitinfo import GitFacts
+from fleet.images.project import Project
+from fleet.images.spec import ImageSpec, Shippable, chain_ids
 from fleet.programs import program
 from fleet.results import Outcome
 from fleet.runner import Runner
@@ -261,7 +256,7 @@ def build_on(
         )
     check_engine(transport)
     with DockerRelay(transport) as relay:
-        remote = images.connect_url(
+        remote = daemon.connect_url(
             relay.base_url,
             where=f"build host {host.name}",
             fix=f"check that 'docker system dial-stdio' works on {host.name} (Docker 18.09+ "
@@ -319,7 +314,7 @@ def _build_and_pull(
     on_output: OutputCallback | None,
     retag: bool,
 ) -> RemoteBuild:
-    store = images.image_store(remote)
+    store = daemon.image_store(remote)
     if store != "classic":
         raise EngineError(
             f"build host {host.name} keeps images in the {store} image store; fleet can pull "
@@ -337,12 +332,12 @@ def _build_and_pull(
         on_output=on_output,
         retag=retag,
     )
-    local_store = images.image_store(local)
-    present = images.layer_chains(local) if local_store == "classic" else None
+    local_store = daemon.image_store(local)
+    present = daemon.layer_chains(local) if local_store == "classic" else None
     saver = FilteredSave(runner.transport(host)) if present is not None else None
     base = pull_back(remote, local, "base", project.base_reference, present, host.name, step, saver)
     if present is not None:
-        present = present | set(images.chain_ids(_diff_ids(local, project.base_reference)))
+        present = present | set(chain_ids(_diff_ids(local, project.base_reference)))
     framework = pull_back(
         remote, local, "framework", result.reference, present, host.name, step, saver
     )
@@ -429,11 +424,11 @@ def ensure_upstream(
 ) -> UpstreamShipment | None:
     """Ship layer 1 to the build host when it lacks it and the controller has it."""
     reference = project.upstream_reference()
-    if reference is None or images.has_image(remote, reference):
+    if reference is None or daemon.has_image(remote, reference):
         if reference is not None:
             step("upstream", f"{reference} is on {host.name}")
         return None
-    if not images.has_image(local, reference):
+    if not daemon.has_image(local, reference):
         step(
             "upstream",
             f"{reference} is neither on {host.name} nor on the controller: "
@@ -441,7 +436,7 @@ def ensure_upstream(
         )
         return None
     step("upstream", f"shipping {reference} to {host.name} (only the layers it lacks)")
-    shipped = push(runner, [host], images.shippable(local, reference))
+    shipped = push(runner, [host], daemon.shippable(local, reference))
     row = shipped.results[0]
     if row.outcome is Outcome.UNREACHABLE:
         raise UnreachableError(host.name, row.reason or "unreachable", fix=row.fix)
@@ -464,7 +459,7 @@ def missing_layers(diff_ids: Sequence[str], present: frozenset[str] | None) -> f
     """The layers a controller lacks; every layer when what it has is unknown (``None``)."""
     if present is None:
         return frozenset(range(len(diff_ids)))
-    return frozenset(i for i, c in enumerate(images.chain_ids(diff_ids)) if c not in present)
+    return frozenset(i for i, c in enumerate(chain_ids(diff_ids)) if c not in present)
 
 
 class _Tally:
@@ -496,7 +491,7 @@ def pull_back(
     the layers the controller has are not read across (else the whole save is).
     """
     started = time.monotonic()
-    spec = images.find_image(remote, reference)
+    spec = daemon.find_image(remote, reference)
     if spec is None:
         raise EngineError(
             f"{reference} is not on build host {host} after its build",
@@ -516,13 +511,13 @@ def pull_back(
             note,
         )
 
-    if _same_image(images.find_image(local, reference), spec, present):
+    if _same_image(daemon.find_image(local, reference), spec, present):
         step(role, f"{reference} is already on the controller")
         return done(0, 0, 0, "already on the controller")
     if present is not None and _same_image(
-        images.find_image(local, spec.config_digest), spec, present
+        daemon.find_image(local, spec.config_digest), spec, present
     ):
-        images.tag_image(local, spec.config_digest, reference)
+        daemon.tag_image(local, spec.config_digest, reference)
         step(role, f"{reference}: the controller had the image under another name; tagged it")
         return done(0, 0, 0, "already on the controller, tagged")
 
@@ -538,16 +533,16 @@ def pull_back(
     def save() -> Iterator[bytes]:
         if saver is not None and drop and saver.usable:
             return read.count(saver(reference, drop))
-        return read.count(images.save_stream(remote, reference, f"build host {host}"))
+        return read.count(daemon.save_stream(remote, reference, f"build host {host}"))
 
     image = Shippable(
         spec=ImageSpec(reference, spec.config_digest, spec.diff_ids),
-        sizes=tuple(images.layer_sizes(remote, reference, len(spec.diff_ids))),
+        sizes=tuple(daemon.layer_sizes(remote, reference, len(spec.diff_ids))),
         save=save,
         local=None,  # images.LocalLayers reads the controller's store, never the host's
     )
     try:
-        images.load_stream(local, loaded.count(thin_tarball(image, send)))
+        daemon.load_stream(local, loaded.count(thin_tarball(image, send)))
     except HostError as exc:
         raise EngineError(
             f"pulling {reference} back from build host {host} failed: {exc.reason}",
@@ -566,7 +561,7 @@ def _same_image(have: ImageSpec | None, want: ImageSpec, present: frozenset[str]
 
 def verify_pulled(local: Any, spec: ImageSpec, present: frozenset[str] | None, host: str) -> None:
     """The controller's image after the load: its ID (classic store) and its layers."""
-    have = images.find_image(local, spec.ref)
+    have = daemon.find_image(local, spec.ref)
     if _same_image(have, spec, present):
         return
     found = (
@@ -582,7 +577,7 @@ def verify_pulled(local: Any, spec: ImageSpec, present: frozenset[str] | None, h
 
 
 def _diff_ids(client: Any, reference: str) -> tuple[str, ...]:
-    found = images.find_image(client, reference)
+    found = daemon.find_image(client, reference)
     return found.diff_ids if found is not None else ()
 
 
