@@ -18,8 +18,9 @@ from fleet.errors import UnreachableError, UsageError
 from fleet.hosts.model import Host
 from fleet.images.labels import ImageVersion
 from fleet.images.runspec import RunSpec
-from fleet.ops import audit, containers
-from fleet.ops.audit import AuditOptions, AuditRow, audit_host
+from fleet.ops import audit, containers, drift
+from fleet.ops.audit import AuditOptions
+from fleet.ops.verdict import AuditRow, audit_host
 from fleet.report import audit as audit_report
 from fleet.report import console
 from fleet.results import Outcome
@@ -305,11 +306,11 @@ IMAGE = containers.FrameworkImage(
 
 
 def test_docker_defaults_are_no_difference() -> None:
-    found = audit.config_differences(_container({}, {}), IMAGE, RunSpec(name="svc"), "fw:1")
+    found = drift.config_differences(_container({}, {}), IMAGE, RunSpec(name="svc"), "fw:1")
     assert found == []
     # Run by its ID, with the image's own variable repeated: still the same.
     same = _container({"Image": IMAGE.id, "Env": ["PATH=/bin", "A=1"]}, {})
-    assert audit.config_differences(same, IMAGE, RunSpec(), "fw:1") == []
+    assert drift.config_differences(same, IMAGE, RunSpec(), "fw:1") == []
 
 
 def test_ports_gpus_devices_capabilities_and_modes() -> None:
@@ -346,9 +347,9 @@ def test_ports_gpus_devices_capabilities_and_modes() -> None:
             "Binds": ["/data:/data:ro"],
         },
     )
-    assert audit.config_differences(matching, IMAGE, spec, "fw:1") == []
+    assert drift.config_differences(matching, IMAGE, spec, "fw:1") == []
     plain = _container({}, {"Privileged": True, "PidMode": "host"})
-    fields = [d.field for d in audit.config_differences(plain, IMAGE, spec, "fw:1")]
+    fields = [d.field for d in drift.config_differences(plain, IMAGE, spec, "fw:1")]
     assert fields == [
         "restart",
         "volumes",
@@ -364,10 +365,10 @@ def test_ports_gpus_devices_capabilities_and_modes() -> None:
 
 
 def test_shm_sizes_are_read_as_docker_reads_them() -> None:
-    assert audit._bytes("2g") == 2 << 30
-    assert audit._bytes("512m") == 512 << 20
-    assert audit._bytes("1.5GB") == 3 << 29
-    assert audit._bytes("64") == 64
+    assert drift.ram_bytes("2g") == 2 << 30
+    assert drift.ram_bytes("512m") == 512 << 20
+    assert drift.ram_bytes("1.5GB") == 3 << 29
+    assert drift.ram_bytes("64") == 64
 
 
 # -- the expected version ------------------------------------------------------------------------
@@ -601,11 +602,11 @@ def test_history_view() -> None:
 
 def test_csv_rows_keep_host_data_as_data() -> None:
     found = row("classic-v1")
-    record = audit.csv_record(found)
-    assert list(record) == list(audit.CSV_COLUMNS)
+    record = audit_report.csv_record(found)
+    assert list(record) == list(audit_report.CSV_COLUMNS)
     assert record["tag"] == "9.0.1" and record["controller_match"] == "same"
     hostile = dataclasses.replace(found, history=({"by": "=HYPERLINK(1)", "to": "-1"},))
-    record = audit.csv_record(hostile)
+    record = audit_report.csv_record(hostile)
     assert record["last_deploy_by"] == "'=HYPERLINK(1)" and record["last_deploy_to"] == "'-1"
 
 

@@ -144,12 +144,14 @@ def _print(args: argparse.Namespace, result: audit.AuditReport) -> int:
         json.dump(result.to_json(), sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     elif args.csv:
-        writer = csv.DictWriter(sys.stdout, fieldnames=audit.CSV_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(
+            sys.stdout, fieldnames=audit_report.CSV_COLUMNS, lineterminator="\n"
+        )
         writer.writeheader()
         for row in result.rows:
             # A CSV is read with cat and less too: terminal controls in a cell are shown
             # escaped (newlines as well: a cell keeps its row on one line).
-            record = audit.csv_record(row)
+            record = audit_report.csv_record(row)
             writer.writerow({key: visible(value) for key, value in record.items()})
     else:
         # Piped, one line per host however wide: the table is for reading and for grep.

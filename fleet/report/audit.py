@@ -19,7 +19,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from fleet.ops.audit import STATUS_ERROR, STATUS_OK, STATUS_UNREACHABLE, AuditReport, AuditRow
+from fleet.ops.audit import AuditReport
+from fleet.ops.verdict import STATUS_ERROR, STATUS_OK, STATUS_UNREACHABLE, AuditRow
 from fleet.report import REASON_INDENT
 from fleet.report.untrusted import safe_text, visible
 
@@ -288,3 +289,76 @@ def _age(seconds: float) -> str:
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"
     return f"{int(seconds)}s"
+
+
+# -- CSV: `fleet audit --csv` ---------------------------------------------------------------
+CSV_COLUMNS = (
+    "host",
+    "status",
+    "reasons",
+    "tag",
+    "version",
+    "commit",
+    "branch",
+    "build_date",
+    "dirty",
+    "state",
+    "health",
+    "since",
+    "restart_count",
+    "image_id",
+    "controller_match",
+    "expected",
+    "other_versions",
+    "rollback_to",
+    "last_deploy_time",
+    "last_deploy_by",
+    "last_deploy_action",
+    "last_deploy_to",
+    "last_deploy_outcome",
+    "config_diff",
+    "message",
+)
+
+
+def csv_record(row: AuditRow) -> dict[str, str]:
+    """One spreadsheet row (every value text; lists joined with spaces)."""
+    framework = row.framework
+    last = row.last_deploy or {}
+    values: dict[str, Any] = {
+        "host": row.host,
+        "status": row.status,
+        "reasons": " ".join(row.codes),
+        "expected": row.expected or "",
+        "controller_match": row.controller_match or "",
+        "other_versions": " ".join(row.other_versions),
+        "rollback_to": row.rollback_to or "",
+        "last_deploy_time": last.get("time", ""),
+        "last_deploy_by": last.get("by", ""),
+        "last_deploy_action": last.get("action", ""),
+        "last_deploy_to": last.get("to", ""),
+        "last_deploy_outcome": last.get("outcome", ""),
+        "config_diff": " ".join(d.field for d in row.config_diff),
+        "message": row.reason_text(),
+    }
+    if framework is not None:
+        values |= {
+            "tag": framework.tag,
+            "version": framework.version,
+            "commit": framework.commit,
+            "branch": framework.branch,
+            "build_date": framework.build_date,
+            "dirty": "true" if framework.dirty else "false",
+            "state": framework.state,
+            "health": framework.health,
+            "since": framework.since,
+            "restart_count": framework.restart_count,
+            "image_id": framework.image_id,
+        }
+    return {column: _csv_text(values.get(column, "")) for column in CSV_COLUMNS}
+
+
+def _csv_text(value: Any) -> str:
+    text = "" if value is None else str(value)
+    # A cell starting with = + - @ is a formula to a spreadsheet: host data must stay data.
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
