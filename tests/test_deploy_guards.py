@@ -16,7 +16,7 @@ from fleet.errors import HostError
 from fleet.hosts.model import Host
 from fleet.images.labels import LABEL_DOCKER_CMD, LABEL_TAG
 from fleet.images.runspec import RunPolicy, RunSpec
-from fleet.ops import deploy
+from fleet.ops import deploy, mounts
 from fleet.ops.containers import FrameworkContainer, FrameworkImage, HostFramework
 from fleet.runner import HostContext, Runner
 from fleet.ssh.base import CommandResult
@@ -39,7 +39,7 @@ class GpuHost(FakeTransport):
 
     def answer(self, argv: list[str], stdin: bytes | None) -> CommandResult:
         command = " ".join(argv)
-        if argv[:4] == list(deploy.RESOLVE_ARGV):
+        if argv[:4] == list(mounts.RESOLVE_ARGV):
             paths = argv[4:]
             out = "".join(self.resolved.get(path, path) + "\0" for path in paths)
             return CommandResult(command, 0, out, "", 0.0)
@@ -136,16 +136,16 @@ def test_mounts_in_a_symlinked_data_root_are_allowed() -> None:
     policy = RunPolicy.for_host({"fleet_run_allow_paths": ["/scratch"]})
     spec = RunSpec(volumes=("/data:/data", "/scratch:/s:ro", "/data:/d2", "cache:/cache"))
     host = GpuHost(resolved={"/data": "/mnt/disk/data"})
-    deploy.check_mounts(host, "gpu1", spec, policy)
-    assert host.commands == [[*deploy.RESOLVE_ARGV, "/data", "/scratch"]]
+    mounts.check_mounts(host, "gpu1", spec, policy)
+    assert host.commands == [[*mounts.RESOLVE_ARGV, "/data", "/scratch"]]
     # Two roots that the host's links make one inside the other are refused.
     host = GpuHost(resolved={"/scratch": "/mnt/disk/data/scratch", "/data": "/mnt/disk/data"})
     with pytest.raises(HostError, match="holds or lies in another mount"):
-        deploy.check_mounts(host, "gpu1", spec, policy)
+        mounts.check_mounts(host, "gpu1", spec, policy)
     # A path below a root never reaches the host.
     host = GpuHost()
     with pytest.raises(HostError, match="not one of the directories"):
-        deploy.check_mounts(host, "gpu1", RunSpec(volumes=("/data/models:/x",)), policy)
+        mounts.check_mounts(host, "gpu1", RunSpec(volumes=("/data/models:/x",)), policy)
     assert host.commands == []
 
 
@@ -165,7 +165,7 @@ def test_a_kept_container_is_checked_before_it_is_started_again(grants: str, ref
     ident = "e" * 64
     host = GpuHost(others={ident: grants})
     with pytest.raises(HostError, match="would be started with") as caught:
-        deploy.check_container(host, Host("gpu1", {}), ident, RunPolicy())
+        mounts.check_container(host, Host("gpu1", {}), ident, RunPolicy())
     assert refused in caught.value.reason
     assert caught.value.fix is not None and f"docker rm {ident[:12]}" in caught.value.fix
     assert host.changes() == []
@@ -174,18 +174,18 @@ def test_a_kept_container_is_checked_before_it_is_started_again(grants: str, ref
 def test_a_kept_container_with_whole_roots_is_resolved_then_started() -> None:
     ident = "e" * 64
     host = GpuHost(others={ident: '["/data:/data","/data:/m:ro"]\tnull\tnvidia\tfalse'})
-    deploy.check_container(host, Host("gpu1", {}), ident, RunPolicy())
-    assert host.commands[-1] == [*deploy.RESOLVE_ARGV, "/data"]
+    mounts.check_container(host, Host("gpu1", {}), ident, RunPolicy())
+    assert host.commands[-1] == [*mounts.RESOLVE_ARGV, "/data"]
     host = GpuHost(resolved={"/data": "/etc"}, others={ident: '["/data:/data"]\tnull\trunc\tfalse'})
     with pytest.raises(HostError, match="which is /etc on the host"):
-        deploy.check_container(host, Host("gpu1", {}), ident, RunPolicy())
+        mounts.check_container(host, Host("gpu1", {}), ident, RunPolicy())
 
 
 def test_mounts_are_not_resolved_when_nothing_is_bound_or_any_path_is_allowed() -> None:
     host = GpuHost(resolved={"/data/r": "/"})
-    deploy.check_mounts(host, "gpu1", RunSpec(volumes=("cache:/c", "/anon")), RunPolicy())
+    mounts.check_mounts(host, "gpu1", RunSpec(volumes=("cache:/c", "/anon")), RunPolicy())
     trusting = RunPolicy(allow=frozenset({"--volume"}))
-    deploy.check_mounts(host, "gpu1", RunSpec(volumes=("/data/r:/h",)), trusting)
+    mounts.check_mounts(host, "gpu1", RunSpec(volumes=("/data/r:/h",)), trusting)
     assert host.commands == []
 
 
@@ -195,7 +195,7 @@ def test_a_host_that_cannot_resolve_paths_is_refused() -> None:
             return CommandResult(" ".join(argv), 1, "", "readlink: invalid option -- 'm'", 0.0)
 
     with pytest.raises(HostError, match="cannot resolve") as caught:
-        deploy.check_mounts(NoReadlink(), "gpu1", RunSpec(volumes=("/data:/d",)), RunPolicy())
+        mounts.check_mounts(NoReadlink(), "gpu1", RunSpec(volumes=("/data:/d",)), RunPolicy())
     assert "invalid option" in caught.value.reason
 
 

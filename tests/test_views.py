@@ -21,7 +21,7 @@ from fleet.cli import views as cli_views
 from fleet.errors import HostError, UnreachableError, UsageError
 from fleet.hosts.model import FrozenDict, Host
 from fleet.images.labels import ImageVersion
-from fleet.ops import containers, deploy, views
+from fleet.ops import containers, health, views
 from fleet.report import views as report_views
 from fleet.report.untrusted import visible
 from fleet.results import FleetResult, HostResult, Outcome
@@ -144,7 +144,7 @@ class FakeTransport(fakes.FakeTransport):
         out = ""
         if argv[:3] == ["sh", "-c", containers.SCRIPT]:
             out = self.gather
-        elif argv[:3] == ["sh", "-c", deploy.HEALTH_SCRIPT]:
+        elif argv[:3] == ["sh", "-c", health.HEALTH_SCRIPT]:
             out = f"state running\nhttp {self.http}\n"
         elif argv[:3] == ["sh", "-c", views.ALL_CONTAINERS_SCRIPT]:
             out = self.everything
@@ -188,7 +188,7 @@ def test_ps_lists_framework_containers_with_health_from_the_images_port() -> Non
     assert rows[0]["health"] == "healthy" and rows[0]["health_detail"] == "GET /health -> 200"
     assert rows[0]["restart_policy"] == "unless-stopped"
     assert rows[1]["health"] == ""  # a stopped container is not probed
-    probe = next(c for c in lab1.commands if c[2] == deploy.HEALTH_SCRIPT)
+    probe = next(c for c in lab1.commands if c[2] == health.HEALTH_SCRIPT)
     # The URL comes from the image's run command; the container is named by its ID.
     assert probe[4:] == ["http://127.0.0.1:8339/health", "cauchy_service-id".ljust(64, "0")]
 

@@ -12,7 +12,7 @@ from fleet.cli import views as cli_views
 from fleet.cli.push import default_image
 from fleet.images import daemon
 from fleet.images.project import load_project
-from fleet.ops import deploy
+from fleet.ops import deploy, prune
 from fleet.results import FleetResult
 from fleet.ship.plan import check_options
 
@@ -188,7 +188,7 @@ def _prune(args: argparse.Namespace) -> int:
     options = _options(args, common.repository(args))
     return common.run_fleet(
         args,
-        lambda runner, hosts: deploy.prune(runner, hosts, args.keep, options),
+        lambda runner, hosts: prune.prune(runner, hosts, args.keep, options),
         detail_columns=("bytes_freed",),
         title="prune",
     )

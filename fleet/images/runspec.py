@@ -35,7 +35,7 @@ framework container may write the allowed roots, and a path below one could be s
 for a symlink to ``/`` between two starts; a root itself sits in a directory no container
 can write, so nothing a container does changes what it names. For the same reason allowed
 roots never nest, and never hold or lie in a host-system tree. A deploy also resolves every
-mount's symlinks on the host before it stops anything (``fleet.ops.deploy.check_mounts``),
+mount's symlinks on the host before it stops anything (``fleet.ops.mounts.check_mounts``),
 and a kept container is checked again before fleet starts it.
 
 Overrides merge key by key: a scalar replaces (``null`` clears it, e.g. ``runtime: null``

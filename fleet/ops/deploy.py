@@ -1,4 +1,4 @@
-"""Deploy, roll back and prune the framework on hosts: the labeled run command, gated.
+"""Deploy and roll back the framework on hosts: the labeled run command, gated.
 
 Per host, a deploy is: take the host's deploy lock; read what runs (one round trip); if
 the target version already runs healthy, nothing else (``ok``); otherwise stop the other
@@ -15,7 +15,6 @@ transfer of ``fleet push`` runs first), so a failing host keeps what it ran.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,9 +34,6 @@ from fleet.images.runspec import (
     HealthCheck,
     RunPolicy,
     RunSpec,
-    bind_allowed,
-    holds_host_system,
-    path_within,
     run_spec_for,
 )
 from fleet.images.spec import Shippable
@@ -48,8 +44,9 @@ from fleet.ops.containers import (
     HostFramework,
     previous_version,
 )
+from fleet.ops.health import Health, wait_healthy
 from fleet.ops.history import is_switch, record
-from fleet.programs import program
+from fleet.ops.mounts import check_container, check_mounts
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
 from fleet.ship.plan import PushOptions
@@ -59,10 +56,6 @@ from fleet.ssh.base import Transport
 from fleet.units import utc_now
 
 _LOG_LINES = 20
-_SETTLE_SECONDS = 3.0
-
-# Probe the framework's health from the host itself (its port is on the host's network).
-HEALTH_SCRIPT = program("health.sh")
 
 
 # -- options ----------------------------------------------------------------------------
@@ -124,41 +117,8 @@ def batches(hosts: Sequence[Host], serial: str | None) -> list[list[Host]]:
     return [list(hosts[i : i + size]) for i in range(0, len(hosts), size)]
 
 
-# -- health -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Health:
-    healthy: bool
-    detail: str
-
-
-def wait_healthy(transport: Transport, name: str, spec: RunSpec, check: HealthCheck) -> Health:
-    """Poll the started container until its health endpoint answers 200, it dies, or time runs out."""
-    # Without a port, "healthy" means: still running after a few seconds.
-    url = f"http://127.0.0.1:{spec.port}{check.path}" if spec.port is not None else ""
-    settle = time.monotonic() + min(check.timeout, _SETTLE_SECONDS)
-    deadline = time.monotonic() + check.timeout
-    last = ""
-    while True:
-        ran = transport.run(["sh", "-c", HEALTH_SCRIPT, "fleet-health", url, name], check=False)
-        values = dict(line.split(" ", 1) for line in ran.stdout.splitlines() if " " in line)
-        state, code = values.get("state", "").strip(), values.get("http", "000").strip()
-        if not url:
-            last = f"container {state or 'gone'} (no port to check)"
-            if state == "running" and time.monotonic() >= settle:
-                return Health(True, last)
-        else:
-            last = f"container {state or 'gone'}, GET {check.path} -> {code}"
-        if url and code == "200" and state == "running":
-            return Health(True, last)
-        if state in ("exited", "dead", ""):
-            return Health(False, last)
-        if time.monotonic() >= deadline:
-            return Health(False, f"not healthy after {check.timeout:g}s: {last}")
-        time.sleep(check.interval)
-
-
 # -- one host ---------------------------------------------------------------------------
-def _docker(transport: Transport, *argv: str) -> None:
+def run_docker(transport: Transport, *argv: str) -> None:
     transport.run(["docker", *argv], timeout=120)
 
 
@@ -208,7 +168,7 @@ class _Switch:
     def remove_named(self, wanted: str) -> None:
         for ident, current_name in list(self.names.items()):
             if current_name == wanted:
-                _docker(self.ctx.transport, "rm", "-f", ident)
+                run_docker(self.ctx.transport, "rm", "-f", ident)
                 del self.names[ident]
 
 
@@ -432,23 +392,23 @@ def _stop_and_keep(plan: _Switch) -> None:
         ident, was_running = plan.unmanaged
         plan.ctx.progress(f"keeping the unmanaged container {name} as {name}-unmanaged")
         if was_running:
-            _docker(transport, "stop", ident)
+            run_docker(transport, "stop", ident)
         plan.remove_named(f"{name}-unmanaged")
-        _docker(transport, "rename", ident, f"{name}-unmanaged")
+        run_docker(transport, "rename", ident, f"{name}-unmanaged")
     # Stop every other version first: they share the host network's port. A kept version
     # must stay stopped: with --restart always, Docker would start it again with the next
     # engine restart or reboot, beside the new one, on its port, with whatever its bind
     # sources name by then. Its policy comes back from its label if it is ever restored.
     for container in plan.state.running:
         plan.ctx.progress(f"stopping {container.name} ({container.tag})")
-        _docker(transport, "update", "--restart", "no", container.id)
-        _docker(transport, "stop", container.id)
+        run_docker(transport, "update", "--restart", "no", container.id)
+        run_docker(transport, "stop", container.id)
     # Keep them for rollback, under their version's name; the name is the new one's.
     for container in plan.state.containers:
         if container.name == name:
             kept_name = _kept_name(name, container)
             plan.remove_named(kept_name)
-            _docker(transport, "rename", container.id, kept_name)
+            run_docker(transport, "rename", container.id, kept_name)
             plan.names[container.id] = plan.renamed[container.id] = kept_name
     # A kept container of the target version is replaced by a fresh one from the label.
     previous = plan.previous
@@ -456,7 +416,7 @@ def _stop_and_keep(plan: _Switch) -> None:
         if current_name == f"{name}-{plan.target.tag}" and (
             previous is None or ident != previous.id
         ):
-            _docker(transport, "rm", "-f", ident)
+            run_docker(transport, "rm", "-f", ident)
             del plan.names[ident]
 
 
@@ -482,13 +442,13 @@ def _start_gated(plan: _Switch) -> tuple[Health, str]:
 def _restore_previous(plan: _Switch, previous: FrameworkContainer | None) -> str:
     """Keep the failed target aside and bring back what ran before; what was restored."""
     transport, name = plan.ctx.transport, plan.name
-    _docker_quiet(transport, "stop", name)
+    run_docker_quiet(transport, "stop", name)
     failed_name = f"{name}-{plan.target.tag}-failed"
-    _docker_quiet(transport, "rm", "-f", failed_name)
-    _docker_quiet(transport, "rename", name, failed_name)
+    run_docker_quiet(transport, "rm", "-f", failed_name)
+    run_docker_quiet(transport, "rename", name, failed_name)
     if previous is None and plan.unmanaged is not None:
         ident, was_running = plan.unmanaged
-        _docker_quiet(transport, "rename", ident, name)
+        run_docker_quiet(transport, "rename", ident, name)
         if not was_running:
             return "put the unmanaged container back"
         back = transport.run(["docker", "start", ident], check=False)
@@ -498,14 +458,14 @@ def _restore_previous(plan: _Switch, previous: FrameworkContainer | None) -> str
     if previous is None:
         return "nothing ran before"
     if previous.id in plan.renamed:
-        _docker_quiet(transport, "rename", previous.id, name)
+        run_docker_quiet(transport, "rename", previous.id, name)
     spec = spec_for_container(plan.ctx, plan.state, previous, plan.spec)
     try:
         # Docker resolves its bind sources again now: checked as a fresh deploy would be.
         check_container(transport, plan.ctx.host, previous.id, plan.policy)
     except HostError as exc:
         return f"did not restart {previous.tag}: {exc.reason}"
-    _docker_quiet(transport, "update", "--restart", spec.restart or "no", previous.id)
+    run_docker_quiet(transport, "update", "--restart", spec.restart or "no", previous.id)
     back = transport.run(["docker", "start", previous.id], check=False)
     if back.ok:
         restored_health = wait_healthy(transport, previous.id, spec, plan.check)
@@ -515,65 +475,6 @@ def _restore_previous(plan: _Switch, previous: FrameworkContainer | None) -> str
     if not restored_health.healthy:
         restored += f" (which is not healthy either: {restored_health.detail})"
     return restored
-
-
-# What a container hands over at its start, from the host's engine: its binds and named
-# volumes (HostConfig.Binds), mounts made with --mount, its runtime and privilege.
-_CONTAINER_GRANTS = (
-    "{{json .HostConfig.Binds}}\t{{json .HostConfig.Mounts}}\t{{.HostConfig.Runtime}}"
-    "\t{{.HostConfig.Privileged}}"
-)
-
-
-def check_container(transport: Transport, host: Host, ident: str, policy: RunPolicy) -> None:
-    """Refuse to start a kept container that a fresh deploy of its spec would refuse.
-
-    Its binds must be whole allowed roots, its named volumes and runtime allowed, nothing
-    mounted with ``--mount``, not privileged; then its bind sources are resolved on the
-    host like a deploy's.
-    """
-    if "--volume" in policy.allow:
-        return
-    ran = transport.run(
-        ["docker", "inspect", "--type", "container", "--format", _CONTAINER_GRANTS, ident],
-        check=False,
-    )
-    fields = ran.stdout.rstrip("\n").split("\t")
-    try:
-        binds, mounts = (json.loads(fields[0]) or []), (json.loads(fields[1]) or [])
-        runtime, privileged = fields[2], fields[3]
-    except (ValueError, IndexError):
-        raise HostError(
-            host.name,
-            f"cannot read the mounts of container {ident[:12]} "
-            f"({ran.stderr.strip() or ran.stdout.strip()[:200]})",
-        ) from None
-    refused = [
-        str(bind)
-        for bind in binds
-        if not isinstance(bind, str) or not _bind_granted(bind.partition(":")[0], policy)
-    ]
-    refused += ["--mount " + json.dumps(mount)[:200] for mount in mounts]
-    if runtime not in policy.runtimes and runtime not in ("", "<no value>"):
-        refused.append(f"--runtime {runtime}")
-    if privileged == "true" and "--privileged" not in policy.allow:
-        refused.append("--privileged")
-    if refused:
-        raise HostError(
-            host.name,
-            f"container {ident[:12]} would be started with {refused[0]}, which its host does "
-            "not allow (a version kept from before fleet checked bind sources whole?)",
-            fix="deploy a version whose run command mounts only whole allowed directories; "
-            f"remove the old container with 'docker rm {ident[:12]}' on the host",
-        )
-    sources = tuple(bind.partition(":")[0] for bind in binds if bind.startswith("/"))
-    check_mounts(transport, host.name, RunSpec(volumes=tuple(f"{s}:{s}" for s in sources)), policy)
-
-
-def _bind_granted(source: str, policy: RunPolicy) -> bool:
-    if source.startswith("/"):
-        return bind_allowed(source, policy.paths)
-    return source in policy.volumes
 
 
 def _named(host: str, spec: RunSpec, name: str) -> RunSpec:
@@ -586,53 +487,6 @@ def _named(host: str, spec: RunSpec, name: str) -> RunSpec:
             f"cannot name the container after the repository: {exc.message}",
             fix="set fleet_run.name in the inventory",
         ) from exc
-
-
-# Resolve each path's symlinks on the host (GNU readlink: missing components allowed,
-# output NUL-terminated, so no path can be mistaken for another).
-RESOLVE_ARGV = ("readlink", "-m", "-z", "--")
-
-
-def check_mounts(transport: Transport, host: str, spec: RunSpec, policy: RunPolicy) -> None:
-    """Refuse a bind mount that is not a whole allowed root, or whose root is, after its
-    symlinks on the host, a host-system tree (``/data -> /``).
-
-    The label's paths were checked as text; a root's own link is the admin's (a data root
-    that is a symlink to a bigger disk), and lies where no container can write.
-    """
-    sources = tuple(dict.fromkeys(spec.bind_sources()))
-    if not sources or "--volume" in policy.allow:
-        return
-    for source in sources:
-        if not bind_allowed(source, policy.paths):
-            raise HostError(
-                host,
-                f"the run command mounts {source}, which is not one of the directories a "
-                f"container may mount whole ({', '.join(policy.paths)})",
-                fix=f"mount a whole allowed directory, or add {source} to "
-                "fleet_run_allow_paths in the inventory (outside the others)",
-            )
-    ran = transport.run([*RESOLVE_ARGV, *sources], check=False)
-    resolved = ran.stdout.split("\0")
-    if not ran.ok or len(resolved) != len(sources) + 1 or resolved[-1]:
-        raise HostError(
-            host,
-            "cannot resolve the run command's host paths on the host "
-            f"({' '.join(RESOLVE_ARGV)}: {ran.stderr.strip() or f'exit {ran.exit_code}'})",
-            fix="fleet needs GNU coreutils' readlink on the host to check mounts",
-        )
-    for source, real in zip(sources, resolved[:-1], strict=True):
-        if holds_host_system(real) or any(
-            other != real and (path_within(real, (other,)) or path_within(other, (real,)))
-            for other in resolved[:-1]
-        ):
-            raise HostError(
-                host,
-                f"the run command mounts {source}, which is {real} on the host (after its "
-                "symlinks): a host-system tree, or one that holds or lies in another mount",
-                fix=f"point {source} at a directory of its own (it is a symlink on the host); "
-                "fleet_run_allow_paths names the directories a container may mount",
-            )
 
 
 def _unmanaged(
@@ -670,11 +524,11 @@ def spec_for_container(
         return fallback
 
 
-def _docker_quiet(transport: Transport, *argv: str) -> None:
+def run_docker_quiet(transport: Transport, *argv: str) -> None:
     transport.run(["docker", *argv], check=False, timeout=120)
 
 
-def _locked(
+def locked(
     ctx: HostContext, what: str, options: DeployOptions, body: Callable[[HostContext], HostResult]
 ) -> HostResult:
     """``body`` under the host's deploy lock (a dry run takes no lock); every command it
@@ -690,7 +544,7 @@ def _locked(
         lease.release()
 
 
-def _gather(ctx: HostContext, options: DeployOptions) -> HostFramework:
+def gather_state(ctx: HostContext, options: DeployOptions) -> HostFramework:
     state = containers.gather(ctx.transport, options.repository, timeout=options.state_timeout)
     if not state.engine_ok:
         raise HostError(
@@ -711,7 +565,7 @@ def idle_first(runner: Runner, hosts: Sequence[Host], options: DeployOptions) ->
 
     def probe(ctx: HostContext) -> HostResult:
         # The framework's state carries the GPU processes too: one program, one round trip.
-        return ctx.result(Outcome.OK, details={"gpu_jobs": len(_gather(ctx, options).busy)})
+        return ctx.result(Outcome.OK, details={"gpu_jobs": len(gather_state(ctx, options).busy)})
 
     found = runner.run("deploy: which hosts are busy", hosts, probe)
     busy = {r.host for r in found.results if r.details.get("gpu_jobs")}
@@ -770,7 +624,7 @@ def _rollout(
                     return ctx.result(
                         Outcome.SKIPPED, "interrupted (Ctrl-C) before the switch; nothing changed"
                     )
-                state = _gather(ctx, options)
+                state = gather_state(ctx, options)
                 here = Target(spec.ref, tag, "" if options.check else id_by_host.get(ctx.name, ""))
                 if options.check and state.image_by_tag(tag) is None:
                     return ctx.result(
@@ -780,7 +634,7 @@ def _rollout(
                     )
                 return switch(ctx, state, here, options, "deploy")
 
-            return _locked(ctx, f"deploy {tag}", options, body)
+            return locked(ctx, f"deploy {tag}", options, body)
 
         switched = runner.run("deploy", ready, task)
         for row in switched.results:
@@ -813,7 +667,7 @@ def rollback(
 
     def task(ctx: HostContext) -> HostResult:
         def body(ctx: HostContext) -> HostResult:
-            state = _gather(ctx, options)
+            state = gather_state(ctx, options)
             version = to or previous_version(state)
             if version is None:
                 return ctx.result(Outcome.SKIPPED, "no previous version recorded on this host")
@@ -830,72 +684,6 @@ def rollback(
             )
             return switch(ctx, state, Target(reference, version, image.id), options, "rollback")
 
-        return _locked(ctx, f"rollback to {to or 'previous'}", options, body)
+        return locked(ctx, f"rollback to {to or 'previous'}", options, body)
 
     return runner.run("rollback", hosts, task)
-
-
-def prune(runner: Runner, hosts: Sequence[Host], keep: int, options: DeployOptions) -> FleetResult:
-    """Remove framework images and stopped containers beyond the ``keep`` newest versions."""
-    if keep < 1:
-        raise UsageError("--keep must be at least 1")
-
-    def task(ctx: HostContext) -> HostResult:
-        def body(ctx: HostContext) -> HostResult:
-            state = _gather(ctx, options)
-            protected = {c.tag for c in state.running}
-            rollback_to = previous_version(state)
-            if rollback_to:
-                protected.add(rollback_to)
-            newest = [i.tag for i in state.images if i.tag][:keep]
-            keep_tags = protected | set(newest)
-            doomed_containers = [
-                c
-                for c in state.containers
-                if not c.running and (c.tag not in keep_tags or c.name.endswith("-failed"))
-            ]
-            doomed_images = [
-                i
-                for i in state.images
-                if i.tag not in keep_tags
-                and not any(
-                    c.image_id == i.id for c in state.containers if c not in doomed_containers
-                )
-            ]
-            if not doomed_containers and not doomed_images:
-                return ctx.result(
-                    Outcome.OK, f"nothing to prune (keeping {', '.join(sorted(keep_tags)) or '-'})"
-                )
-            names = [c.name for c in doomed_containers] + [
-                i.tags[0] if i.tags else i.id[:19] for i in doomed_images
-            ]
-            if options.check:
-                return ctx.result(
-                    Outcome.CHANGED,
-                    f"would remove {', '.join(names)}",
-                    details={"would_remove": names},
-                )
-            before = _free(ctx.transport)
-            for container in doomed_containers:
-                _docker(ctx.transport, "rm", container.id)
-            for image in doomed_images:
-                _docker_quiet(ctx.transport, "image", "rm", *(image.tags or (image.id,)))
-            freed = max(0, _free(ctx.transport) - before)
-            return ctx.result(
-                Outcome.CHANGED,
-                f"removed {', '.join(names)}; freed {freed} bytes",
-                details={"removed": names, "bytes_freed": freed, "kept": sorted(keep_tags)},
-            )
-
-        return _locked(ctx, "prune", options, body)
-
-    return runner.run("prune", hosts, task)
-
-
-def _free(transport: Transport) -> int:
-    ran = transport.run(
-        ["sh", "-c", 'df -PB1 "$(docker info --format "{{.DockerRootDir}}")" | tail -n 1'],
-        check=False,
-    )
-    words = ran.stdout.split()
-    return int(words[3]) if len(words) >= 4 and words[3].isdigit() else 0

@@ -36,7 +36,7 @@ from fleet.hosts.model import Host
 from fleet.images import runspec
 from fleet.images.labels import ImageVersion
 from fleet.images.runspec import HealthCheck
-from fleet.ops import containers, deploy
+from fleet.ops import containers, health
 from fleet.ops.containers import FrameworkContainer, FrameworkImage, HostFramework
 from fleet.programs import program
 from fleet.results import FleetResult, HostResult, Outcome
@@ -133,7 +133,7 @@ def probe_health(
         return "", "no port to check"
     url = f"http://127.0.0.1:{spec.port}{check.path}"
     ran = ctx.transport.run(
-        ["sh", "-c", deploy.HEALTH_SCRIPT, "fleet-health", url, container.id],
+        ["sh", "-c", health.HEALTH_SCRIPT, "fleet-health", url, container.id],
         check=False,
         timeout=timeout,
     )

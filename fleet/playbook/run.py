@@ -43,7 +43,7 @@ from fleet.images import daemon
 from fleet.images.project import load_project
 from fleet.images.runspec import RunPolicy
 from fleet.ops import deploy as deploy_mod
-from fleet.ops import hostfiles
+from fleet.ops import hostfiles, prune
 from fleet.playbook import loop
 from fleet.playbook.schema import Play, Playbook, Task, condition
 from fleet.playbook.secret import DIFF_HIDDEN, Secrets
@@ -634,7 +634,7 @@ def _prune(
     player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
 ) -> FleetResult:
     options = _deploy_options(player, args, _repository(player, args))
-    return deploy_mod.prune(player.runner, hosts, int(args.get("keep", 3)), options)
+    return prune.prune(player.runner, hosts, int(args.get("keep", 3)), options)
 
 
 def _size(value: Any, what: str = "min_free") -> int:
