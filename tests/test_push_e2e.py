@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from fleet.lab import nodes as lab
-from fleet.ship.stream import zstd_program
+from fleet.ship.codec import zstd_program
 from fleet.ssh.known_hosts import KnownHosts
 from fleet.ssh.paramiko_client import SSHTransport
 from tests.conftest import LabFixture, heal, host_sh, run_json

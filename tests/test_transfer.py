@@ -18,17 +18,11 @@ from fleet.images import savefilter
 from fleet.images.labels import normalized_name
 from fleet.images.spec import ImageSpec, chain_ids
 from fleet.images.store import Descriptor
+from fleet.ship.codec import Encoder, zstd_program
 from fleet.ship.plan import disk_needed, pull_plan, wire_compression, zstd_loads
 from fleet.ship.plan import plan as ship_plan
 from fleet.ship.state import HostImageState, engine_fix, is_current, parse_state
-from fleet.ship.stream import (
-    Broadcast,
-    ImageStream,
-    Sink,
-    _Encoder,
-    _identify_by_digest,
-    zstd_program,
-)
+from fleet.ship.stream import Broadcast, ImageStream, Sink, _identify_by_digest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "transfer"
 # cauchy:0.2.3 as built on the controller when the fixtures were recorded.
@@ -392,11 +386,11 @@ def test_a_layer_that_fails_midway_ends_the_stream_before_any_manifest() -> None
 def test_parallel_gzip_is_one_stream_that_stores_what_does_not_shrink() -> None:
     import os
 
-    from fleet.ship.stream import _GZIP_BLOCK, _gzip_level
+    from fleet.ship.codec import GZIP_BLOCK, gzip_level
 
     text = b"".join(b"line %d of a library file\n" % i for i in range(400_000))
-    noise = os.urandom(3 * _GZIP_BLOCK)
-    encoder = _Encoder("gzip")
+    noise = os.urandom(3 * GZIP_BLOCK)
+    encoder = Encoder("gzip")
     encoder.start(1 << 30)  # a large member: blocks on every core
     wire = b""
     for part in (text, noise):
@@ -404,13 +398,13 @@ def test_parallel_gzip_is_one_stream_that_stores_what_does_not_shrink() -> None:
             wire += encoder.feed(part[start : start + (1 << 20)])
     wire += encoder.finish()
     assert gzip.decompress(wire) == text + noise  # any gunzip reads it as one stream
-    assert wire.count(b"\x1f\x8b\x08") >= (len(text) + len(noise)) // _GZIP_BLOCK
+    assert wire.count(b"\x1f\x8b\x08") >= (len(text) + len(noise)) // GZIP_BLOCK
     assert len(wire) < len(text) / 5 + len(noise) * 1.01
     # Random blocks are stored, not squeezed for nothing; library-like ones are compressed.
-    assert _gzip_level(noise[:_GZIP_BLOCK], 1) == 0
-    assert _gzip_level(text[:_GZIP_BLOCK], 1) == 1
-    half = noise[: _GZIP_BLOCK // 2] + text[: _GZIP_BLOCK // 2]
-    assert _gzip_level(half, 6) == 6  # the sample is the middle: text there
+    assert gzip_level(noise[:GZIP_BLOCK], 1) == 0
+    assert gzip_level(text[:GZIP_BLOCK], 1) == 1
+    half = noise[: GZIP_BLOCK // 2] + text[: GZIP_BLOCK // 2]
+    assert gzip_level(half, 6) == 6  # the sample is the middle: text there
 
 
 # -- compression per host ----------------------------------------------------------------
@@ -439,7 +433,7 @@ needs_zstd = pytest.mark.skipif(zstd_program() is None, reason="no zstd program"
 def test_zstd_members_concatenate_into_one_stream() -> None:
     import subprocess
 
-    encoder = _Encoder("zstd")
+    encoder = Encoder("zstd")
     parts = [b"header" * 100, bytes(range(256)) * 5000, b"end"]
     wire = b""
     for index, part in enumerate(parts):
@@ -453,7 +447,7 @@ def test_zstd_members_concatenate_into_one_stream() -> None:
 
 @needs_zstd
 def test_an_abandoned_zstd_member_leaves_no_process() -> None:
-    encoder = _Encoder("zstd")
+    encoder = Encoder("zstd")
     encoder.start(10)
     frame = encoder._zip
     encoder.feed(b"partial")
@@ -771,7 +765,7 @@ def test_compressed_data_is_framed_as_it_is_in_both_wire_compressions() -> None:
         ),
         ("gzip", None),
     ):
-        encoder = _Encoder(compress)
+        encoder = Encoder(compress)
         for payload in (data, b""):
             encoder.start(len(payload), stored=True)
             wire = encoder.feed(payload[:1000]) + encoder.feed(payload[1000:]) + encoder.finish()

@@ -14,7 +14,7 @@ from fleet.ops.provision.run import BaseImage, ProvisionOptions, provision, reso
 from fleet.ops.provision.settings import settings_for_hosts
 from fleet.results import FleetResult
 from fleet.runner import Runner
-from fleet.ship.stream import COMPRESSIONS
+from fleet.ship.codec import COMPRESSIONS
 
 
 def register(subparsers: Any) -> None:

@@ -11,9 +11,9 @@ from fleet.errors import UsageError
 from fleet.images import daemon
 from fleet.images.project import load_project
 from fleet.results import FleetResult
+from fleet.ship.codec import COMPRESSIONS
 from fleet.ship.plan import VIAS, PushOptions, check_options
 from fleet.ship.push import push
-from fleet.ship.stream import COMPRESSIONS
 
 
 def register(subparsers: Any) -> None:

@@ -23,8 +23,8 @@ from fleet.images.labels import cuda_tuple
 from fleet.images.spec import ImageSpec
 from fleet.images.store import Descriptor
 from fleet.ship import registry
+from fleet.ship.codec import COMPRESSIONS, zstd_program
 from fleet.ship.state import HostImageState, is_current
-from fleet.ship.stream import COMPRESSIONS, zstd_program
 from fleet.units import format_size
 
 LOAD_TIMEOUT = 3600.0
