@@ -13,7 +13,7 @@ from fleet.errors import EXIT_BAD_FILE, PlaybookError, UndefinedError, UsageErro
 from fleet.hosts import inventory
 from fleet.playbook import run as play
 from fleet.playbook import schema as playbook
-from fleet.playbook import template
+from fleet.playbook import steps, template
 from fleet.results import FleetResult
 from tests.conftest import run_cli
 
@@ -244,7 +244,7 @@ def test_a_registered_exec_result_has_ansibles_keys() -> None:
         stdout="a\nb\n",
         stderr="oops\n",
     )
-    value = play.registered_value(task, row)
+    value = steps.registered_value(task, row)
     assert value["rc"] == 2 and value["failed"] and not value["changed"] and not value["skipped"]
     assert (value["stdout"], value["stdout_lines"]) == ("a\nb", ["a", "b"])
     assert (value["stderr"], value["stderr_lines"]) == ("oops", ["oops"])
@@ -269,15 +269,15 @@ def test_push_and_deploy_say_how_the_image_travels(tmp_path: Path) -> None:
         "    - deploy: {via: registry, registry: 'harbor.lab:5000/ml'}\n"
     )
     tasks = playbook.load(book).plays[0].tasks
-    assert play.shipping_options(tasks[0].args) == {
+    assert steps.shipping_options(tasks[0].args) == {
         "via": "registry",
         "registry": None,
         "max_rate": 20 * 1024**2,
         "max_rate_per_host": 5 * 1024**2,
     }
-    assert play.shipping_options(tasks[1].args)["registry"] == "harbor.lab:5000/ml"
+    assert steps.shipping_options(tasks[1].args)["registry"] == "harbor.lab:5000/ml"
     with pytest.raises(UsageError, match="max_rate: 'fast'"):
-        play.shipping_options({"max_rate": "fast"})
+        steps.shipping_options({"max_rate": "fast"})
 
 
 @pytest.mark.parametrize(
@@ -366,4 +366,4 @@ def test_bounded_templates_still_do_what_playbooks_need() -> None:
 def test_a_mode_written_as_a_yaml_number_is_the_octal_mode(written: str, mode: str) -> None:
     """YAML reads 0640 as the number 416: its octal digits are the mode, as in Ansible."""
     task = playbook.Task(step="copy", args={}, name="t", where="plays[0].tasks[0]", line=4)
-    assert play._mode_of(task, yaml.safe_load(written), "0644") == mode
+    assert steps.mode_of(task, yaml.safe_load(written), "0644") == mode

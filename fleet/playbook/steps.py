@@ -1,0 +1,479 @@
+"""A playbook's steps: fleet-wide ones (build, push, deploy, rollback, prune, provision,
+audit) call the operations the CLI calls; host steps (exec, dir, copy, cron) run on each
+host through the link-safe host programs; debug prints. :data:`STEPS` maps a step's name to
+its implementation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from fleet.errors import (
+    HostError,
+    PlaybookError,
+    RunSpecError,
+    UsageError,
+)
+from fleet.hosts.model import Host
+from fleet.images import daemon
+from fleet.images.project import load_project
+from fleet.images.runspec import RunPolicy
+from fleet.ops import deploy as deploy_mod
+from fleet.ops import hostfiles, prune
+from fleet.playbook.schema import Play, Task
+from fleet.playbook.secret import DIFF_HIDDEN
+from fleet.results import FleetResult, HostResult, Outcome
+from fleet.runner import HostContext
+from fleet.ship.plan import PushOptions
+from fleet.ship.push import push
+
+if TYPE_CHECKING:
+    from fleet.playbook.run import Player
+
+# -- fleet-wide steps -------------------------------------------------------------------
+Step = Callable[["Player", Play, Task, dict[str, Any], list[Host]], FleetResult]
+
+
+def _not_built(reference: str, hosts: list[Host], what: str) -> FleetResult:
+    return FleetResult.of(
+        what,
+        (
+            HostResult(
+                h.name, Outcome.CHANGED, f"would {what} {reference} (not built yet: check mode)"
+            )
+            for h in hosts
+        ),
+    )
+
+
+def _push(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    reference = player.image(args, "image")
+    if player.options.check and not daemon.has_image(player.client, reference):
+        return _not_built(reference, hosts, "push")
+    image = daemon.shippable(player.client, reference)
+    min_free = args.get("min_free") or 0
+    options = PushOptions(
+        compress=str(args.get("compress", "auto")),
+        check=player.options.check,
+        min_free_bytes=_size(min_free),
+        **shipping_options(args),
+    )
+    return push(player.runner, hosts, image, options)
+
+
+def shipping_options(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The push/deploy arguments that say how the image travels (``fleet push --via``...)."""
+    rates = {
+        key: float(_size(str(args[key]).removesuffix("/s"), key)) if args.get(key) else None
+        for key in ("max_rate", "max_rate_per_host")
+    }
+    return {"via": str(args.get("via", "ssh")), "registry": args.get("registry"), **rates}
+
+
+def _deploy_options(
+    player: Player, args: Mapping[str, Any], repository: str
+) -> deploy_mod.DeployOptions:
+    return deploy_mod.DeployOptions(
+        repository=repository,
+        check=player.options.check,
+        wait_lock=float(args.get("wait", 0)),
+        compress=str(args.get("compress", "auto")),
+        **shipping_options(args),
+    )
+
+
+def _deploy(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    reference = player.image(args, "version")
+    if player.options.check and not daemon.has_image(player.client, reference):
+        return _not_built(reference, hosts, "deploy")
+    options = _deploy_options(player, args, reference.rpartition(":")[0])
+    return deploy_mod.deploy(
+        player.runner, hosts, daemon.shippable(player.client, reference), options
+    )
+
+
+def _repository(player: Player, args: Mapping[str, Any]) -> str:
+    return load_project(str(args.get("project", player.options.project))).repository
+
+
+def _rollback(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    options = _deploy_options(player, args, _repository(player, args))
+    to = args.get("to")
+    return deploy_mod.rollback(player.runner, hosts, str(to) if to else None, options)
+
+
+def _prune(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    options = _deploy_options(player, args, _repository(player, args))
+    return prune.prune(player.runner, hosts, int(args.get("keep", 3)), options)
+
+
+def _size(value: Any, what: str = "min_free") -> int:
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", str(value), re.I)
+    if not match:
+        raise UsageError(f"{what}: {value!r} is not a size like 10G")
+    return int(float(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " "))
+
+
+# -- small host steps -------------------------------------------------------------------
+def _host_step(
+    player: Player, hosts: list[Host], name: str, body: Callable[[HostContext], HostResult]
+) -> FleetResult:
+    return player.runner.run(name, hosts, body)
+
+
+def registered_value(task: Task, row: HostResult) -> dict[str, Any]:
+    """A host's result as ``register:`` keeps it: Ansible's keys (``changed``, ``failed``,
+    ``skipped``, ``msg``; an exec's ``rc``, ``stdout``, ``stdout_lines``, ``stderr``,
+    ``stderr_lines``; a deploy's ``version_before``/``version_after``) and fleet's details."""
+    value: dict[str, Any] = dict(row.details)
+    value.update(
+        changed=row.outcome is Outcome.CHANGED,
+        failed=row.outcome in (Outcome.FAILED, Outcome.UNREACHABLE),
+        skipped=row.outcome is Outcome.SKIPPED,
+        msg=row.reason or "",
+    )
+    if row.outcome is Outcome.SKIPPED:
+        value["skip_reason"] = row.reason or ""
+    elif task.step == "exec":
+        stdout, stderr = row.stdout.removesuffix("\n"), row.stderr.removesuffix("\n")
+        value.update(
+            rc=row.details.get("exit_code"),
+            stdout=stdout,
+            stdout_lines=stdout.splitlines(),
+            stderr=stderr,
+            stderr_lines=stderr.splitlines(),
+        )
+    return value
+
+
+def _exec(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    argv = (
+        [str(a) for a in args["command"]] if "command" in args else ["sh", "-c", str(args["shell"])]
+    )
+
+    def body(ctx: HostContext) -> HostResult:
+        if player.options.check:
+            return ctx.result(Outcome.SKIPPED, "exec does not run in check mode")
+        return ctx.run_command(argv)
+
+    return _host_step(player, hosts, "exec", _hiding(player, args, [argv], body))
+
+
+def _hiding(
+    player: Player,
+    args: Mapping[str, Any],
+    commands: Sequence[Sequence[str]],
+    body: Callable[[HostContext], HostResult],
+) -> Callable[[HostContext], HostResult]:
+    """``body``, whose reasons name none of ``commands`` when ``args`` hold a secret.
+
+    Redaction finds a secret's known renderings; a command line can also show a part of one
+    (an abbreviated message, a word split by the shell), so a task that holds a secret
+    shows no command line at all.
+    """
+    if not player.secrets.found_in(args):
+        return body
+
+    def hidden(ctx: HostContext) -> HostResult:
+        try:
+            row = body(ctx)
+        except HostError as exc:
+            raise player.secrets.hide_commands_in_error(exc, commands) from None
+        return player.secrets.hide_commands_in_row(row, commands)
+
+    return hidden
+
+
+_MODE = re.compile(r"0?[0-7]{3,4}")
+
+
+_ACCOUNT = re.compile(r"[A-Za-z_][\w.-]*|\d+")
+
+
+def _roots(ctx: HostContext) -> tuple[str, ...]:
+    """The host's trees that containers can write: walked without following links."""
+    try:
+        return RunPolicy.for_host(ctx.host.vars).paths
+    except RunSpecError as exc:
+        raise HostError(ctx.name, exc.message, fix=exc.fix) from None
+
+
+def _helper(ctx: HostContext, argv: list[str], stdin: bytes | None = None) -> str:
+    """Run the host's file helper (``fleet.ops.hostfiles``); its stdout, or a HostError."""
+    ran = ctx.transport.run(argv, stdin=stdin, check=False)
+    if ran.ok:
+        return ran.stdout
+    said = ran.stderr.strip().removeprefix("fleet: ") or f"exit {ran.exit_code}"
+    if ran.exit_code == 127:
+        raise HostError(
+            ctx.name,
+            f"python3 is not on the host ({said})",
+            fix="install python3 on the host: fleet changes files there through it",
+        )
+    raise HostError(ctx.name, said)
+
+
+def _stat(ctx: HostContext, root: str, path: str, content: bool = False) -> hostfiles.PathInfo:
+    """What ``path`` is, seen from ``root`` without following a link below it: in a
+    directory that containers write, a name swapped for a symlink shows as the link, and
+    no other file's content (root reads /etc/shadow as well as anything) reaches a diff."""
+    out = _helper(ctx, hostfiles.stat_argv(root, path, content))
+    try:
+        return hostfiles.PathInfo.parse(out)
+    except ValueError as exc:
+        raise HostError(ctx.name, f"cannot read what {path} is: {exc}") from None
+
+
+def mode_of(task: Task, value: Any, default: str) -> str:
+    text = str(value if value is not None else default)
+    if isinstance(value, int) and not isinstance(value, bool):
+        # A number is the mode itself, as Ansible takes it: YAML reads 0640 as octal (416),
+        # so its octal digits are the mode; a bare 644 is decimal (octal 1204), as there.
+        text = format(value, "o")
+    if not _MODE.fullmatch(text):
+        raise PlaybookError(
+            f"{task.where}: mode {value!r} is not an octal mode like '0755'", line=task.line
+        )
+    return text.lstrip("0").rjust(3, "0")
+
+
+def _host_path(task: Task, args: Mapping[str, Any], key: str) -> str:
+    """A task's path on the hosts: absolute, and never climbing out with '..'."""
+    path = str(args[key])
+    if not path.startswith("/") or ".." in path.split("/"):
+        raise PlaybookError(
+            f"{task.where}.{task.step}.{key}: {path!r} must be absolute, without '..'",
+            line=task.line,
+        )
+    return path
+
+
+def _dir(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    path = _host_path(task, args, "path")
+    mode = mode_of(task, args.get("mode"), "0755")
+    for key in ("owner", "group"):
+        if key in args and not _ACCOUNT.fullmatch(str(args[key])):
+            raise PlaybookError(
+                f"{task.where}.dir.{key}: {args[key]!r} is not a user or group name", line=task.line
+            )
+
+    def body(ctx: HostContext) -> HostResult:
+        root = hostfiles.root_of(path, _roots(ctx))
+        found = _stat(ctx, root, path)
+        kind, current, owner, group = found.kind, found.mode, found.user, found.group
+        changes: list[str] = []
+        if kind == "absent":
+            changes.append("create")
+        elif kind != "directory":
+            raise HostError(ctx.name, f"{path} exists and is a {kind}, not a directory")
+        if kind == "absent" or current != mode:
+            changes.append(f"mode {mode}")
+        wanted_owner = str(args.get("owner", owner or "root"))
+        wanted_group = str(args.get("group", group or wanted_owner))
+        owned = "owner" in args or "group" in args
+        if owned and (kind == "absent" or owner != wanted_owner or group != wanted_group):
+            changes.append(f"owner {wanted_owner}:{wanted_group}")
+        if not changes:
+            return ctx.result(Outcome.OK, f"{path} as wanted")
+        if not player.options.check:
+            account = f"{wanted_owner}:{wanted_group}" if owned else hostfiles.LEAVE
+            _helper(ctx, hostfiles.dir_argv(root, path, int(mode, 8), account, create=True))
+        verb = "would " if player.options.check else ""
+        return ctx.result(Outcome.CHANGED, f"{verb}{', '.join(changes)}: {path}")
+
+    commands = [hostfiles.stat_argv("/", path), hostfiles.dir_argv("/", path, int(mode, 8))]
+    return _host_step(player, hosts, "dir", _hiding(player, args, commands, body))
+
+
+def _write_file(
+    player: Player, ctx: HostContext, path: str, content: bytes, mode: str, secret: bool
+) -> HostResult:
+    """Put ``content`` at ``path`` with ``mode``; a ``secret`` one shows no diff."""
+    root = hostfiles.root_of(path, _roots(ctx))
+    found = _stat(ctx, root, path, content=True)
+    kind, current_mode, current = found.kind, found.mode, found.content
+    if kind not in ("absent", "regular file", "regular empty file"):
+        raise HostError(ctx.name, f"{path} exists and is a {kind}, not a file")
+    changes = []
+    if current != content:
+        changes.append("content")
+    if kind == "absent" or current_mode != mode:
+        changes.append(f"mode {mode}")
+    details: dict[str, Any] = {}
+    if player.options.diff and current != content and secret:
+        details["diff"] = DIFF_HIDDEN
+    elif player.options.diff and current != content:
+        before = (current or b"").decode("utf-8", "replace").splitlines(keepends=True)
+        after = content.decode("utf-8", "replace").splitlines(keepends=True)
+        details["diff"] = "".join(
+            difflib.unified_diff(before, after, f"{path} (before)", f"{path} (after)")
+        )
+    if not changes:
+        return ctx.result(Outcome.OK, f"{path} as wanted")
+    if not player.options.check:
+        # Written only while the file is what was just read: a concurrent edit is kept.
+        expected = "absent" if current is None else hashlib.sha256(current).hexdigest()
+        argv = hostfiles.write_argv(root, path, int(mode, 8), expected, owner=hostfiles.LEAVE)
+        _helper(ctx, argv, stdin=content)
+    verb = "would change" if player.options.check else "changed"
+    return ctx.result(Outcome.CHANGED, f"{verb} {' and '.join(changes)} of {path}", details=details)
+
+
+def _copy(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    path = _host_path(task, args, "dest")
+    secret = player.secrets.found_in(args)
+    # A file holding a secret is its owner's alone unless the task says otherwise (a mode
+    # that lets others read it was refused before the task started).
+    default = "0600" if player.secrets.found_in(args["content"]) else "0644"
+    mode = mode_of(task, args.get("mode"), default)
+    content = str(args["content"]).encode()
+    return _write_step(player, hosts, "copy", args, path, content, mode, secret)
+
+
+def _write_step(
+    player: Player,
+    hosts: list[Host],
+    step: str,
+    args: Mapping[str, Any],
+    path: str,
+    content: bytes,
+    mode: str,
+    secret: bool,
+) -> FleetResult:
+    def body(ctx: HostContext) -> HostResult:
+        return _write_file(player, ctx, path, content, mode, secret)
+
+    commands = [
+        hostfiles.stat_argv("/", path, content=True),
+        hostfiles.write_argv("/", path, int(mode, 8), "any", owner=hostfiles.LEAVE),
+    ]
+    return _host_step(player, hosts, step, _hiding(player, args, commands, body))
+
+
+_CRON_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+_CRON_SCHEDULE = re.compile(
+    r"(@(reboot|yearly|annually|monthly|weekly|daily|hourly))|(\S+\s+){4}\S+"
+)
+
+
+def _cron(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    name, schedule, job = str(args["name"]), str(args["schedule"]).strip(), str(args["job"])
+    if not _CRON_NAME.fullmatch(name):
+        # cron ignores /etc/cron.d files whose names have dots or odd characters.
+        raise PlaybookError(
+            f"{task.where}.cron.name: {name!r}: use letters, digits, '-' and '_'", line=task.line
+        )
+    if not _CRON_SCHEDULE.fullmatch(schedule) or "\n" in job:
+        raise PlaybookError(
+            f"{task.where}.cron: schedule {schedule!r} needs five fields (or @daily...), job one line",
+            line=task.line,
+        )
+    content = f"# Managed by fleet (playbook task '{task.title}'); edits are overwritten.\n{schedule} root {job}\n".encode()
+    path = f"/etc/cron.d/fleet-{name}"
+    # Only root's cron reads these files, and a job line often carries a credential, marked
+    # secret or not: 0600 always, so a file's mode never depends on what a run marked.
+    secret = player.secrets.found_in(args)
+    return _write_step(player, hosts, "cron", args, path, content, "600", secret)
+
+
+def _provision(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    from fleet.ops.provision.run import BaseImage, ProvisionOptions, provision, resolve_base_images
+    from fleet.ops.provision.settings import settings_for_hosts
+
+    options = ProvisionOptions(
+        check=player.options.check, diff=player.options.diff, ship_base=not args.get("skip_base")
+    )
+    settings = settings_for_hosts(hosts)
+    bases: Mapping[str, BaseImage] = {}
+    if options.ship_base:
+        settings, bases = resolve_base_images(settings, player.options.project)
+    return provision(player.runner, hosts, settings, bases, options)
+
+
+def _audit(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    from fleet.ops import audit as audit_mod
+
+    repository = _repository(player, args)
+    versions = daemon.list_versions(player.client, repository)
+    expect = args.get("expect")
+    options = audit_mod.AuditOptions(
+        repository=repository,
+        controller_versions=tuple(versions),
+        expected=audit_mod.resolve_expected(str(expect), versions) if expect else None,
+        history=int(args.get("history", 1)),
+    )
+    return audit_mod.audit(player.runner, hosts, options).result
+
+
+def _debug(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    """Ansible's debug: each host's rendered message, shown; nothing runs on the hosts."""
+    message = args["msg"]
+    text = message if isinstance(message, str) else json.dumps(message, default=str)
+    return FleetResult.of(
+        "debug", (HostResult(h.name, Outcome.OK, text, details={"msg": message}) for h in hosts)
+    )
+
+
+def secret_references(value: Any, names: frozenset[str]) -> str | None:
+    """The first secret name a template in ``value`` refers to."""
+    if isinstance(value, str):
+        for expression in re.findall(r"\{\{(.*?)\}\}", value, re.S):
+            for name in sorted(names):
+                if re.search(rf"\b{re.escape(name)}\b", expression):
+                    return name
+        return None
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        return next((n for v in value if (n := secret_references(v, names))), None)
+    return None
+
+
+# Steps that act on a host and record nothing of their arguments: secrets may go there.
+HOST_STEPS = frozenset({"exec", "dir", "copy", "cron"})
+
+
+STEPS: dict[str, Step] = {
+    "audit": _audit,
+    "provision": _provision,
+    "push": _push,
+    "deploy": _deploy,
+    "rollback": _rollback,
+    "prune": _prune,
+    "exec": _exec,
+    "dir": _dir,
+    "copy": _copy,
+    "cron": _cron,
+    "debug": _debug,
+}
