@@ -20,6 +20,7 @@ from fleet.images.labels import ImageVersion
 from fleet.images.runspec import RunSpec
 from fleet.ops import audit, containers, drift
 from fleet.ops.audit import AuditOptions
+from fleet.ops.records import HistoryEntry
 from fleet.ops.verdict import AuditRow, audit_host
 from fleet.report import audit as audit_report
 from fleet.report import console
@@ -115,7 +116,7 @@ def test_a_host_on_v1_deployed_by_fleet_is_ok() -> None:
         0,
     )
     assert found.controller_match == "same" and found.config_diff == ()
-    assert found.last_deploy is not None and found.last_deploy["to"] == "9.0.1"
+    assert found.last_deploy is not None and found.last_deploy.to_version == "9.0.1"
     assert (found.engine_version, found.store) == ("20.10.24+dfsg1", "classic")
 
 
@@ -605,7 +606,9 @@ def test_csv_rows_keep_host_data_as_data() -> None:
     record = audit_report.csv_record(found)
     assert list(record) == list(audit_report.CSV_COLUMNS)
     assert record["tag"] == "9.0.1" and record["controller_match"] == "same"
-    hostile = dataclasses.replace(found, history=({"by": "=HYPERLINK(1)", "to": "-1"},))
+    hostile = dataclasses.replace(
+        found, history=(HistoryEntry({"by": "=HYPERLINK(1)", "to": "-1"}),)
+    )
     record = audit_report.csv_record(hostile)
     assert record["last_deploy_by"] == "'=HYPERLINK(1)" and record["last_deploy_to"] == "'-1"
 
@@ -744,3 +747,13 @@ def test_cli_table_of_hostile_hosts_is_text_and_json_has_the_exact_strings(
     assert code == 2, err
     assert "\x1b" not in out and "\x07" not in out
     assert "main[/]\\x1b]0;title\\x07\\x1b[2J\\x1b[1A" in out
+
+
+def test_a_history_line_is_read_whatever_the_host_holds() -> None:
+    entry = HistoryEntry.parse('{"time": "2026-11-28T04:27:13Z", "from": null, "to": 7}')
+    assert entry is not None and entry.is_switch
+    assert entry.from_version is None and entry.to_version == "7" and entry.by is None
+    assert entry.to_json() == {"time": "2026-11-28T04:27:13Z", "from": None, "to": 7}
+    assert HistoryEntry.parse("[1]") is None and HistoryEntry.parse("not json") is None
+    lock_change = HistoryEntry.parse('{"outcome": "lock", "action": "release"}')
+    assert lock_change is not None and not lock_change.is_switch

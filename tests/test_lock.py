@@ -23,6 +23,7 @@ from fleet.hosts.model import Host
 from fleet.ops import deploy
 from fleet.ops import lock as leases
 from fleet.ops.containers import LOCK_FILE, STATE_DIR
+from fleet.ops.records import LockDocument
 from fleet.runner import HostContext, Runner
 from fleet.ssh.base import CommandResult
 from tests.fakes import FakeTransport
@@ -309,9 +310,11 @@ def test_a_lease_names_its_holder_and_lasts_its_ttl_on_the_hosts_clock(tmp_path:
     assert held["host"] == socket.gethostname() and held["run"] == leases.RUN_ID
     assert held["ttl"] == 30 and "expires" not in held  # no controller clock in it
     assert held["pid_start"]
-    state = leases.LockState(lease.checksum, 29.0, "", held)
+    document = LockDocument.parse(lock_path(tmp_path).read_text())
+    assert document.holder == "bob@ctl" and document.pid == os.getpid() and document.ttl == 30
+    state = leases.LockState(lease.checksum, 29.0, "", document)
     assert not state.stale(1) and state.left() == 1.0
-    assert leases.LockState(lease.checksum, 31.0, "", held).stale(3600)
+    assert leases.LockState(lease.checksum, 31.0, "", document).stale(3600)
     lease.release()
     assert not lock_path(tmp_path).exists()
 
@@ -415,3 +418,29 @@ def test_lock_status_and_release_of_exactly_what_was_shown(tmp_path: Path) -> No
     [line] = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert line["action"] == "lock_released" and line["by"] == "root@admin"
     assert line["previous_holder"]["holder"] == "alice@laptop"
+
+
+@pytest.mark.parametrize(
+    ("text", "holder", "shown"),
+    [
+        (
+            '{"holder": "bob@ctl", "ttl": 30, "pid": 7}',
+            "bob@ctl",
+            {"holder": "bob@ctl", "ttl": 30, "pid": 7},
+        ),
+        ("[1, 2]", "?", {"raw": "[1, 2]"}),
+        (
+            "garbage from a hand edit",
+            "garbage from a hand edit",
+            {"raw": "garbage from a hand edit"},
+        ),
+        ('{"ttl": true, "pid": "7"}', "?", {"ttl": True, "pid": "7"}),
+    ],
+)
+def test_a_lock_document_is_read_whatever_the_host_holds(
+    text: str, holder: str, shown: dict[str, object]
+) -> None:
+    document = LockDocument.parse(text)
+    assert document.holder == holder and document.to_json() == shown
+    # Only a number is a TTL, only a positive integer a pid: the host's file is its word.
+    assert document.ttl in (None, 30.0) and document.pid in (None, 7)

@@ -48,6 +48,7 @@ from fleet.images.labels import (
 )
 from fleet.ops import gpu
 from fleet.ops.gpu import GPUProcess, GPUProcesses
+from fleet.ops.records import HistoryEntry, LockDocument
 from fleet.programs import program
 
 if TYPE_CHECKING:
@@ -147,9 +148,9 @@ class HostFramework:
     engine_version: str = ""
     containers: tuple[FrameworkContainer, ...] = ()
     images: tuple[FrameworkImage, ...] = ()
-    lock: Mapping[str, Any] | None = None
+    lock: LockDocument | None = None
     lock_raw: str = ""
-    history: tuple[Mapping[str, Any], ...] = ()
+    history: tuple[HistoryEntry, ...] = ()
     store: str = ""  # "classic", "containerd", or "" when the host did not tell
     # The GPUs' compute processes (none known when the host has no driver).
     gpu: GPUProcesses = field(default_factory=lambda: GPUProcesses(available=False))
@@ -266,13 +267,7 @@ def parse(text: str) -> HostFramework:
     if version is None:
         return HostFramework(False, engine_error(parts))
     lock_raw = "\n".join(parts.get("lock", [])).strip()
-    lock: Mapping[str, Any] | None = None
-    if lock_raw:
-        try:
-            parsed = json.loads(lock_raw)
-            lock = parsed if isinstance(parsed, dict) else {"raw": lock_raw}
-        except json.JSONDecodeError:
-            lock = {"raw": lock_raw}
+    lock = LockDocument.parse(lock_raw) if lock_raw else None
     containers = sorted(
         (_container(d) for d in _json_lines(parts.get("containers", []))),
         key=lambda c: (not c.running, -c.commit_count, c.name),
@@ -291,7 +286,11 @@ def parse(text: str) -> HostFramework:
         images=tuple(images),
         lock=lock,
         lock_raw=lock_raw,
-        history=tuple(_json_lines(parts.get("history", []))),
+        history=tuple(
+            entry
+            for entry in map(HistoryEntry.parse, parts.get("history", []))
+            if entry is not None
+        ),
         store=store,
     )
 
@@ -305,12 +304,12 @@ def previous_version(state: HostFramework) -> str | None:
     current = running[0].tag if running else None
     for entry in reversed(state.history):
         if (
-            entry.get("outcome") == "changed"
-            and entry.get("to") == current
-            and entry.get("from")
-            and entry.get("from") != current
+            entry.outcome == "changed"
+            and entry.to_version == current
+            and entry.from_version
+            and entry.from_version != current
         ):
-            return str(entry["from"])
+            return entry.from_version
     kept = [
         c
         for c in state.containers

@@ -45,7 +45,7 @@ from fleet.ops.containers import (
     previous_version,
 )
 from fleet.ops.health import Health, wait_healthy
-from fleet.ops.history import is_switch, record
+from fleet.ops.history import record
 from fleet.ops.mounts import check_container, check_mounts
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
@@ -360,11 +360,11 @@ def _plan_switch(
 
 def _recorded(state: HostFramework, target: Target) -> bool:
     """Whether the host's history says the last switch was to ``target``."""
-    switches = [e for e in state.history if is_switch(e)]
+    switches = [e for e in state.history if e.is_switch]
     return (
         bool(switches)
-        and switches[-1].get("to") == target.tag
-        and (switches[-1].get("outcome") == "changed")
+        and switches[-1].to_version == target.tag
+        and (switches[-1].outcome == "changed")
     )
 
 

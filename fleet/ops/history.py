@@ -24,8 +24,3 @@ def record(transport: Transport, entry: Mapping[str, Any]) -> dict[str, str]:
     said = (ran.stderr or ran.stdout).strip().splitlines()[-3:]
     why = " / ".join(said) or f"exit {ran.exit_code}"
     return {"history_not_recorded": f"{HISTORY_FILE}: {why}"}
-
-
-def is_switch(entry: Mapping[str, Any]) -> bool:
-    """A line of a switch (deploy, rollback, a failed try), not of a lock's change."""
-    return entry.get("outcome") != "lock"

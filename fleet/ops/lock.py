@@ -34,7 +34,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +43,7 @@ from fleet.errors import FleetError, HostError, LeaseLostError, UnreachableError
 from fleet.hostoutput import parses_host_output
 from fleet.ops.containers import LOCK_FILE, LOCK_GUARD, STATE_DIR
 from fleet.ops.history import record
+from fleet.ops.records import LockDocument
 from fleet.programs import program
 from fleet.results import HostResult, Outcome
 from fleet.runner import HostContext
@@ -115,7 +116,7 @@ class LockState:
     checksum: str
     age: float | None
     raw: str
-    document: Mapping[str, Any]
+    document: LockDocument
 
     @classmethod
     @parses_host_output("the deploy lock's state")
@@ -127,16 +128,13 @@ class LockState:
             checksum=fields.get("@@sum", "").strip(),
             age=float(age) if age.lstrip("-").isdigit() else None,
             raw=raw if marker else "",
-            document=_lock_document(raw) if marker else {},
+            document=LockDocument.parse(raw if marker else ""),
         )
 
     @property
     def ttl(self) -> float | None:
         """The lease's TTL, None for a lock of an older fleet (a fixed expiry) or garbage."""
-        ttl = self.document.get("ttl")
-        if isinstance(ttl, int | float) and not isinstance(ttl, bool) and ttl > 0:
-            return float(ttl)
-        return None
+        return self.document.ttl
 
     def left(self) -> float | None:
         """Seconds until the lease lapses, by the host's clock (None when unknown)."""
@@ -149,7 +147,7 @@ class LockState:
         expiry, or a lock without either older than ``fallback_ttl`` on the host."""
         if self.ttl is not None:
             return self.age is not None and self.age > self.ttl
-        expires = _parse_time(str(self.document.get("expires", "")))
+        expires = _parse_time(self.document.expires)
         if expires is not None:
             return expires < time.time()
         return self.age is not None and self.age > fallback_ttl
@@ -157,16 +155,13 @@ class LockState:
     def holder_gone(self) -> bool:
         """The holder ran on this controller, and its process is no more."""
         document = self.document
-        if document.get("host") != socket.gethostname():
+        if document.get("host") != socket.gethostname() or document.pid is None:
             return False
-        pid = document.get("pid")
-        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-            return False
-        started = _process_start(pid)
-        return started is None or started != str(document.get("pid_start", started))
+        started = _process_start(document.pid)
+        return started is None or started != str(document.fields.get("pid_start", started))
 
     def holder(self) -> str:
-        return str(self.document.get("holder", "?"))
+        return self.document.holder
 
     def describe(self) -> str:
         """``root@vm (pid 4242, run 1a2b3c) deploy 0.2.7 since 12:00:00Z``."""
@@ -175,7 +170,7 @@ class LockState:
         pid, run = document.get("pid"), document.get("run")
         if pid or run:
             who += f" (pid {pid or '?'}, run {run or '?'})"
-        return f"{who} {document.get('what', '?')} since {document.get('since', '?')}"
+        return f"{who} {document.said('what')} since {document.said('since')}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -189,14 +184,6 @@ class LockState:
             "left": self.left(),
             "expires": self.document.get("expires"),
         }
-
-
-def _lock_document(text: str) -> dict[str, Any]:
-    try:
-        parsed = json.loads(text.strip() or "{}")
-    except (json.JSONDecodeError, RecursionError):
-        return {"holder": text.strip()[:200] or "?"}
-    return parsed if isinstance(parsed, dict) else {}
 
 
 def _crc_table() -> tuple[int, ...]:
@@ -477,7 +464,7 @@ def _held(host: str, state: LockState, ttl: float, *, busy: bool) -> HostError:
             fix="wait for that run to finish, rerun with --wait SECONDS, or, if that run is "
             "dead on another controller, 'fleet lock release' this host",
         )
-    if _parse_time(str(document.get("expires", ""))) is None:
+    if _parse_time(document.expires) is None:
         shown = state.raw.strip()[:200] or "(empty)"
         return HostError(
             host,
@@ -488,8 +475,8 @@ def _held(host: str, state: LockState, ttl: float, *, busy: bool) -> HostError:
         )
     return HostError(
         host,
-        f"deploy lock held by {state.holder()} ({document.get('what', '?')}) "
-        f"since {document.get('since', '?')}, expires {document.get('expires', '?')}",
+        f"deploy lock held by {state.holder()} ({document.said('what')}) "
+        f"since {document.said('since')}, expires {document.said('expires')}",
         fix="wait for that deploy to finish, rerun with --wait SECONDS, or 'fleet lock "
         "release' this host if it is dead",
     )
@@ -516,7 +503,7 @@ def status(ctx: HostContext) -> HostResult:
     until = (
         f"lapses in {max(0.0, left):.0f}s"
         if left is not None
-        else f"expires {state.document.get('expires', '?')}"
+        else f"expires {state.document.said('expires')}"
     )
     gone = "; its process is gone" if state.holder_gone() else ""
     lapsed = "; lapsed" if state.stale(DEFAULT_TTL) else ""

@@ -76,7 +76,7 @@ from fleet.images.labels import (
 from fleet.images.runspec import run_spec_for
 from fleet.ops import containers
 from fleet.ops.containers import FrameworkContainer, FrameworkImage, HostFramework
-from fleet.ops.history import is_switch
+from fleet.ops.records import HistoryEntry, LockDocument
 
 if TYPE_CHECKING:
     pass
@@ -171,8 +171,8 @@ class AuditRow:
     containers: tuple[tuple[str, str, str], ...] = ()  # (name, tag, state)
     other_versions: tuple[str, ...] = ()
     rollback_to: str | None = None
-    lock: Mapping[str, Any] | None = None
-    history: tuple[Mapping[str, Any], ...] = ()
+    lock: LockDocument | None = None
+    history: tuple[HistoryEntry, ...] = ()
     reachable: bool = True
     # GPU jobs in the running framework container (pid, memory, age): a deploy skips it.
     busy: tuple[str, ...] = ()
@@ -189,9 +189,9 @@ class AuditRow:
         return self.framework.tag or "?"
 
     @property
-    def last_deploy(self) -> Mapping[str, Any] | None:
+    def last_deploy(self) -> HistoryEntry | None:
         """The last switch in the history (a lock's take-over or release is no deploy)."""
-        return next((e for e in reversed(self.history) if is_switch(e)), None)
+        return next((e for e in reversed(self.history) if e.is_switch), None)
 
     @property
     def codes(self) -> tuple[str, ...]:
@@ -219,9 +219,9 @@ class AuditRow:
             ],
             "other_versions": list(self.other_versions),
             "rollback_to": self.rollback_to,
-            "lock": dict(self.lock) if self.lock is not None else None,
-            "history": [dict(entry) for entry in self.history],
-            "last_deploy": dict(self.last_deploy) if self.last_deploy else None,
+            "lock": self.lock.to_json() if self.lock is not None else None,
+            "history": [entry.to_json() for entry in self.history],
+            "last_deploy": self.last_deploy.to_json() if self.last_deploy else None,
             "gpu_busy": list(self.busy),
         }
 

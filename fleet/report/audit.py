@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fleet.ops.audit import AuditReport
+from fleet.ops.records import HistoryEntry
 from fleet.ops.verdict import STATUS_ERROR, STATUS_OK, STATUS_UNREACHABLE, AuditRow
 from fleet.report import REASON_INDENT
 from fleet.report.untrusted import safe_text, visible
@@ -212,8 +213,8 @@ def drift_details(rows: Sequence[AuditRow]) -> list[RenderableType]:
             lock = row.lock
             parts.append(
                 safe_text(
-                    f"{row.host}: a deploy is in progress: lock of {lock.get('holder', '?')} "
-                    f"({lock.get('what', '?')}) since {lock.get('since', '?')}",
+                    f"{row.host}: a deploy is in progress: lock of {lock.holder} "
+                    f"({lock.said('what')}) since {lock.said('since')}",
                     style="yellow",
                 )
             )
@@ -232,38 +233,34 @@ def history_view(rows: Sequence[AuditRow]) -> RenderableType:
     return Group(*parts)
 
 
-def history_line(entry: Mapping[str, Any]) -> str:
+def history_line(entry: HistoryEntry) -> str:
     """``2026-11-28T04:27:13Z deploy 0.2.6 -> 0.2.7 changed by alice@ctl (1.7s)``.
 
     The host's own words: show it with :func:`fleet.report.untrusted.untrusted`."""
-    if entry.get("outcome") == "lock":
+    said = f"{entry.time or '?'} {entry.action or '?'}"
+    if not entry.is_switch:
         previous = entry.get("previous_holder")
         holder = previous.get("holder", "?") if isinstance(previous, Mapping) else "?"
-        why = f": {entry['why']}" if entry.get("why") else ""
-        return (
-            f"{entry.get('time', '?')} {entry.get('action', '?')} by {entry.get('by', '?')} "
-            f"(the lock of {holder}{why})"
-        )
+        why = f": {entry.get('why')}" if entry.get("why") else ""
+        return f"{said} by {entry.by or '?'} (the lock of {holder}{why})"
     text = (
-        f"{entry.get('time', '?')} {entry.get('action', '?')} "
-        f"{entry.get('from') or 'none'} -> {entry.get('to') or '?'} "
-        f"{entry.get('outcome', '?')} by {entry.get('by', '?')}"
+        f"{said} {entry.from_version or 'none'} -> {entry.to_version or '?'} "
+        f"{entry.outcome or '?'} by {entry.by or '?'}"
     )
     if entry.get("seconds") is not None:
-        text += f" ({entry['seconds']}s)"
+        text += f" ({entry.get('seconds')}s)"
     if entry.get("restored"):
-        text += f", restored {entry['restored']}"
+        text += f", restored {entry.get('restored')}"
     return text
 
 
-def _last_deploy(entry: Mapping[str, Any] | None) -> str:
+def _last_deploy(entry: HistoryEntry | None) -> str:
     if not entry:
         return "-"
-    action = "" if entry.get("action") == "deploy" else f"{entry.get('action', '?')} "
-    arrow = f"{entry.get('from') or 'none'}->{entry.get('to') or '?'}"
-    outcome = "" if entry.get("outcome") == "changed" else f" {entry.get('outcome', '?')}"
-    when = _when(str(entry.get("time", "")))
-    return f"{action}{arrow}{outcome} by {entry.get('by', '?')} {when}"
+    action = "" if entry.action == "deploy" else f"{entry.action or '?'} "
+    arrow = f"{entry.from_version or 'none'}->{entry.to_version or '?'}"
+    outcome = "" if entry.outcome == "changed" else f" {entry.outcome or '?'}"
+    return f"{action}{arrow}{outcome} by {entry.by or '?'} {_when(entry.time or '')}"
 
 
 def _when(timestamp: str) -> str:
@@ -324,7 +321,7 @@ CSV_COLUMNS = (
 def csv_record(row: AuditRow) -> dict[str, str]:
     """One spreadsheet row (every value text; lists joined with spaces)."""
     framework = row.framework
-    last = row.last_deploy or {}
+    last = row.last_deploy
     values: dict[str, Any] = {
         "host": row.host,
         "status": row.status,
@@ -333,11 +330,11 @@ def csv_record(row: AuditRow) -> dict[str, str]:
         "controller_match": row.controller_match or "",
         "other_versions": " ".join(row.other_versions),
         "rollback_to": row.rollback_to or "",
-        "last_deploy_time": last.get("time", ""),
-        "last_deploy_by": last.get("by", ""),
-        "last_deploy_action": last.get("action", ""),
-        "last_deploy_to": last.get("to", ""),
-        "last_deploy_outcome": last.get("outcome", ""),
+        "last_deploy_time": last.time if last else "",
+        "last_deploy_by": last.by if last else "",
+        "last_deploy_action": last.action if last else "",
+        "last_deploy_to": last.to_version if last else "",
+        "last_deploy_outcome": last.outcome if last else "",
         "config_diff": " ".join(d.field for d in row.config_diff),
         "message": row.reason_text(),
     }
