@@ -95,7 +95,7 @@ class Danger:
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 _RESTART = re.compile(r"no|always|unless-stopped|on-failure(?::[0-9]+)?")
 _NETWORK = re.compile(r"(?:container:)?[a-zA-Z0-9][a-zA-Z0-9_.-]*")
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _RUNTIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _GPUS = re.compile(r'[A-Za-z0-9"][A-Za-z0-9"=,_.:-]*')
 _SHM_SIZE = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:[kKmMgGtT][iI]?)?[bB]?")
@@ -586,7 +586,7 @@ def _validate(spec: RunSpec) -> None:
     for index, volume in enumerate(spec.volumes):
         _check_volume(f"volumes[{index}]", volume)
     _match("network", spec.network, _NETWORK, "e.g. host, bridge or a network name")
-    _match("hostname", spec.hostname, _HOSTNAME, "letters, digits, '-' and '.'")
+    _match("hostname", spec.hostname, HOSTNAME, "letters, digits, '-' and '.'")
     _match("runtime", spec.runtime, _RUNTIME, "e.g. nvidia or runc")
     _match("gpus", spec.gpus, _GPUS, "e.g. all, 2 or device=0,1")
     _match("shm_size", spec.shm_size, _SHM_SIZE, "e.g. 2g or 512m")

@@ -17,6 +17,7 @@ no container can write (its links are the admin's, followed as before).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -28,6 +29,18 @@ SAFE_PATH = ("python3", "-I", "-c", program("safe_path.py"))
 # What the helper's exit codes mean (3: refused, with the reason on stderr).
 REFUSED = 3
 LEAVE = "-"  # an owner or mode that the helper leaves as it is
+
+# The words of a file's settings, one rule each wherever a file is described (provision's
+# settings, a playbook's dir/copy/cron): a user or group (useradd's 32 characters, or an id),
+# an octal mode, a cron schedule, and a name cron reads in /etc/cron.d (no dots).
+ACCOUNT = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10}")
+MODE = re.compile(r"0?[0-7]{3,4}")
+_CRON_FIELD = r"[0-9A-Za-z*/,-]+"
+CRON_SCHEDULE = re.compile(
+    rf"{_CRON_FIELD}(?:[ \t]+{_CRON_FIELD}){{4}}"
+    r"|@(?:reboot|yearly|annually|monthly|weekly|daily|midnight|hourly)"
+)
+CRON_D_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def root_of(path: str, writable: Iterable[str]) -> str:

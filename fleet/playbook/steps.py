@@ -201,12 +201,6 @@ def _hiding(
     return hidden
 
 
-_MODE = re.compile(r"0?[0-7]{3,4}")
-
-
-_ACCOUNT = re.compile(r"[A-Za-z_][\w.-]*|\d+")
-
-
 def _roots(ctx: HostContext) -> tuple[str, ...]:
     """The host's trees that containers can write: walked without following links."""
     try:
@@ -247,7 +241,7 @@ def mode_of(task: Task, value: Any, default: str) -> str:
         # A number is the mode itself, as Ansible takes it: YAML reads 0640 as octal (416),
         # so its octal digits are the mode; a bare 644 is decimal (octal 1204), as there.
         text = format(value, "o")
-    if not _MODE.fullmatch(text):
+    if not hostfiles.MODE.fullmatch(text):
         raise PlaybookError(
             f"{task.where}: mode {value!r} is not an octal mode like '0755'", line=task.line
         )
@@ -271,7 +265,7 @@ def _dir(
     path = _host_path(task, args, "path")
     mode = mode_of(task, args.get("mode"), "0755")
     for key in ("owner", "group"):
-        if key in args and not _ACCOUNT.fullmatch(str(args[key])):
+        if key in args and not hostfiles.ACCOUNT.fullmatch(str(args[key])):
             raise PlaybookError(
                 f"{task.where}.dir.{key}: {args[key]!r} is not a user or group name", line=task.line
             )
@@ -371,24 +365,16 @@ def _write_step(
     return _host_step(player, hosts, step, _hiding(player, args, commands, body))
 
 
-_CRON_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-_CRON_SCHEDULE = re.compile(
-    r"(@(reboot|yearly|annually|monthly|weekly|daily|hourly))|(\S+\s+){4}\S+"
-)
-
-
 def _cron(
     player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
 ) -> FleetResult:
     name, schedule, job = str(args["name"]), str(args["schedule"]).strip(), str(args["job"])
-    if not _CRON_NAME.fullmatch(name):
+    if not hostfiles.CRON_D_NAME.fullmatch(name):
         # cron ignores /etc/cron.d files whose names have dots or odd characters.
         raise PlaybookError(
             f"{task.where}.cron.name: {name!r}: use letters, digits, '-' and '_'", line=task.line
         )
-    if not _CRON_SCHEDULE.fullmatch(schedule) or "\n" in job:
+    if not hostfiles.CRON_SCHEDULE.fullmatch(schedule) or "\n" in job:
         raise PlaybookError(
             f"{task.where}.cron: schedule {schedule!r} needs five fields (or @daily...), job one line",
             line=task.line,

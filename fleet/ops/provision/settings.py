@@ -17,7 +17,8 @@ from fleet.errors import (
 )
 from fleet.hosts import settings as layered
 from fleet.hosts.model import Host
-from fleet.images.runspec import RunSpec
+from fleet.images.runspec import HOSTNAME, RunSpec
+from fleet.ops.hostfiles import ACCOUNT, CRON_D_NAME, CRON_SCHEDULE, MODE
 
 FLEET_PROVISION = "fleet_provision"
 
@@ -181,28 +182,7 @@ _ABSOLUTE = re.compile(rf"/{_PATH_PART}(?:/{_PATH_PART})*")
 _RELATIVE = re.compile(rf"{_PATH_PART}(?:/{_PATH_PART})*")
 
 
-_ACCOUNT = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10}")
-
-
-_MODE = re.compile(r"0?[0-7]{3,4}")
-
-
-_CRON_FIELD = r"[0-9A-Za-z*/,-]+"
-
-
-_SCHEDULE = re.compile(
-    rf"{_CRON_FIELD}(?:[ \t]+{_CRON_FIELD}){{4}}"
-    r"|@(?:reboot|yearly|annually|monthly|weekly|daily|midnight|hourly)"
-)
-
-
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
-
-
 _IMAGE_REF = re.compile(r"[A-Za-z0-9][^\s]*")
-
-
-_CRON_D_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 # A data root that would have fleet chown/chmod a system directory.
@@ -272,7 +252,7 @@ def _build_settings(raw: Mapping[str, tuple[Any, str]], run_spec: RunSpec) -> Pr
             fix="use a directory of its own, e.g. data_root: /data",
         )
     cron_file = _outside(*get("cron_file", defaults.cron_file), data_root)
-    if posixpath.dirname(cron_file) == "/etc/cron.d" and not _CRON_D_NAME.fullmatch(
+    if posixpath.dirname(cron_file) == "/etc/cron.d" and not CRON_D_NAME.fullmatch(
         posixpath.basename(cron_file)
     ):
         raise ProvisionSettingsError(
@@ -372,7 +352,7 @@ def _relative_path(value: Any, where: str) -> str:
 
 def _account(value: Any, where: str) -> str:
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if not isinstance(text, str) or not _ACCOUNT.fullmatch(text):
+    if not isinstance(text, str) or not ACCOUNT.fullmatch(text):
         raise ProvisionSettingsError(
             f"{where}: expected a user or group name (or a numeric id), got {value!r}",
             fix="e.g. root",
@@ -381,7 +361,7 @@ def _account(value: Any, where: str) -> str:
 
 
 def _mode(value: Any, where: str) -> int:
-    if not isinstance(value, str) or not _MODE.fullmatch(value):
+    if not isinstance(value, str) or not MODE.fullmatch(value):
         raise ProvisionSettingsError(
             f"{where}: expected an octal mode as a quoted string, got {value!r}",
             fix='write it quoted, e.g. mode: "0755" (unquoted, YAML reads 0755 as the number 493)',
@@ -439,7 +419,7 @@ def _bind(value: Any, where: str) -> str:
         try:
             return str(ipaddress.ip_address(value))
         except ValueError:
-            if _HOSTNAME.fullmatch(value):
+            if HOSTNAME.fullmatch(value):
                 return value
     raise ProvisionSettingsError(
         f"{where}: expected an address to listen on, got {value!r}",
@@ -448,7 +428,7 @@ def _bind(value: Any, where: str) -> str:
 
 
 def _schedule(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not _SCHEDULE.fullmatch(value.strip()):
+    if not isinstance(value, str) or not CRON_SCHEDULE.fullmatch(value.strip()):
         raise ProvisionSettingsError(
             f"{where}: expected a cron schedule of 5 fields (or @hourly, @daily, ...), "
             f"got {value!r}",
