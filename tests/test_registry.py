@@ -31,7 +31,8 @@ from fleet.results import FleetResult, Outcome
 from fleet.runner import Runner
 from fleet.ship import registry
 from fleet.ship.bandwidth import Throttle, TokenBucket
-from fleet.ship.plan import PushOptions, check_options
+from fleet.ship.codec import compression
+from fleet.ship.plan import PushOptions, check_options, via_of
 from fleet.ship.push import push
 from fleet.ssh.base import CommandResult
 
@@ -492,8 +493,11 @@ def test_options_that_cannot_work_together_are_refused() -> None:
         check_options(PushOptions(via="registry", registry="harbor.lab", max_rate=1e6))
     assert "tunnelled" in (caught.value.fix or "")
     check_options(PushOptions(via="registry", max_rate=1e6))
-    with pytest.raises(UsageError, match="--via"):
-        check_options(PushOptions(via="carrier-pigeon"))
+    with pytest.raises(UsageError, match="--via 'carrier-pigeon': choose one of ssh, registry"):
+        via_of("carrier-pigeon")
+    with pytest.raises(UsageError, match="--compress 'lz4': choose one of auto, gzip"):
+        compression("lz4")
+    assert (via_of("registry"), compression("zstd")) == ("registry", "zstd")
 
 
 # -- the controller's registry, for real ------------------------------------------------

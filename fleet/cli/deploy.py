@@ -14,7 +14,7 @@ from fleet.images import daemon
 from fleet.images.project import load_project
 from fleet.ops import deploy, prune
 from fleet.results import FleetResult
-from fleet.ship.plan import check_options
+from fleet.ship.plan import PushOptions, check_options
 
 
 def register(subparsers: Any) -> None:
@@ -135,10 +135,9 @@ def _options(args: argparse.Namespace, repository: str) -> deploy.DeployOptions:
         max_fail_percent=getattr(args, "max_fail", None),
         check=args.check,
         wait_lock=args.wait,
-        state_timeout=args.timeout,
         wait_idle=getattr(args, "wait_idle", 0.0),
         force=getattr(args, "force", False),
-        **paths,
+        shipping=PushOptions(state_timeout=args.timeout, **paths),
     )
 
 

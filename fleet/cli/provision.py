@@ -14,7 +14,7 @@ from fleet.ops.provision.run import BaseImage, ProvisionOptions, provision, reso
 from fleet.ops.provision.settings import settings_for_hosts
 from fleet.results import FleetResult
 from fleet.runner import Runner
-from fleet.ship.codec import COMPRESSIONS
+from fleet.ship.codec import COMPRESSIONS, compression
 
 
 def register(subparsers: Any) -> None:
@@ -84,7 +84,7 @@ def _provision(args: argparse.Namespace) -> int:
         check=args.check,
         diff=args.diff,
         ship_base=not args.skip_base,
-        compress=args.compress,
+        compress=compression(args.compress),
         timeout=args.timeout,
     )
     finished: list[FleetResult] = []

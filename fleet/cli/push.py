@@ -11,8 +11,8 @@ from fleet.errors import UsageError
 from fleet.images import daemon
 from fleet.images.project import load_project
 from fleet.results import FleetResult
-from fleet.ship.codec import COMPRESSIONS
-from fleet.ship.plan import VIAS, PushOptions, check_options
+from fleet.ship.codec import COMPRESSIONS, compression
+from fleet.ship.plan import VIAS, PushOptions, check_options, via_of
 from fleet.ship.push import push
 
 
@@ -97,9 +97,9 @@ def path_options(args: argparse.Namespace) -> dict[str, Any]:
             "pushed them (gzip)",
         )
     return {
-        "via": args.via,
+        "via": via_of(args.via),
         "registry": args.registry,
-        "compress": args.compress or "auto",
+        "compress": compression(args.compress or "auto"),
         "max_rate": args.max_rate,
         "max_rate_per_host": args.max_rate_per_host,
     }

@@ -28,10 +28,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from fleet.hostoutput import (
     Fact,
+    Store,
     engine_answered,
     engine_error,
     gathered,
@@ -151,7 +152,7 @@ class HostFramework:
     lock: LockDocument | None = None
     lock_raw: str = ""
     history: tuple[HistoryEntry, ...] = ()
-    store: str = ""  # "classic", "containerd", or "" when the host did not tell
+    store: Store | Literal[""] = ""  # "" when the host did not tell
     # The GPUs' compute processes (none known when the host has no driver).
     gpu: GPUProcesses = field(default_factory=lambda: GPUProcesses(available=False))
 

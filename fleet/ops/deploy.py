@@ -69,30 +69,23 @@ class DeployOptions:
     check: bool = False
     wait_lock: float = 0.0
     lock_ttl: float = lock.DEFAULT_TTL
-    compress: str = "auto"
-    state_timeout: float | None = None
     controller: str = field(default_factory=lock.controller_identity)
-    # How the image travels (PushOptions): SSH stream or registry, and limits.
-    via: str = "ssh"
-    registry: str | None = None
-    max_rate: float | None = None
-    max_rate_per_host: float | None = None
+    # How the image travels (SSH stream or registry, compression, limits) and how long a
+    # host may take to answer: the push step's options, whose dry run is this run's.
+    shipping: PushOptions = field(default_factory=PushOptions)
     # GPU jobs in the framework's container: wait this long for them to end (seconds),
     # then skip the host; or interrupt them (force), which the host's history records.
     wait_idle: float = 0.0
     force: bool = False
 
+    @property
+    def state_timeout(self) -> float | None:
+        """How long a host may take to say what it holds and runs."""
+        return self.shipping.state_timeout
+
     def push_options(self) -> PushOptions:
         """The shipping step's options."""
-        return PushOptions(
-            compress=self.compress,
-            check=self.check,
-            state_timeout=self.state_timeout,
-            via=self.via,
-            registry=self.registry,
-            max_rate=self.max_rate,
-            max_rate_per_host=self.max_rate_per_host,
-        )
+        return replace(self.shipping, check=self.check)
 
 
 def batches(hosts: Sequence[Host], serial: str | None) -> list[list[Host]]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from fleet.hostoutput import Fact, gathered, parses_host_output, sections, store_of
+from fleet.hostoutput import Fact, Store, gathered, parses_host_output, sections, store_of
 from fleet.programs import program
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class HostFacts:
     engine_error: str = ""
     engine_version: str = ""
     api_version: str = ""
-    image_store: str = ""
+    image_store: Store | Literal[""] = ""
     storage_driver: str = ""
     docker_root: str = ""
     runtimes: tuple[str, ...] = ()

@@ -29,7 +29,8 @@ from fleet.playbook.schema import Play, Task
 from fleet.playbook.secret import DIFF_HIDDEN
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext
-from fleet.ship.plan import PushOptions
+from fleet.ship.codec import compression
+from fleet.ship.plan import PushOptions, via_of
 from fleet.ship.push import push
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def _push(
     image = daemon.shippable(player.client, reference)
     min_free = args.get("min_free") or 0
     options = PushOptions(
-        compress=str(args.get("compress", "auto")),
+        compress=compression(str(args.get("compress", "auto"))),
         check=player.options.check,
         min_free_bytes=_size(min_free),
         **shipping_options(args),
@@ -74,7 +75,7 @@ def shipping_options(args: Mapping[str, Any]) -> dict[str, Any]:
         key: float(_size(str(args[key]).removesuffix("/s"), key)) if args.get(key) else None
         for key in ("max_rate", "max_rate_per_host")
     }
-    return {"via": str(args.get("via", "ssh")), "registry": args.get("registry"), **rates}
+    return {"via": via_of(str(args.get("via", "ssh"))), "registry": args.get("registry"), **rates}
 
 
 def _deploy_options(
@@ -84,8 +85,9 @@ def _deploy_options(
         repository=repository,
         check=player.options.check,
         wait_lock=float(args.get("wait", 0)),
-        compress=str(args.get("compress", "auto")),
-        **shipping_options(args),
+        shipping=PushOptions(
+            compress=compression(str(args.get("compress", "auto"))), **shipping_options(args)
+        ),
     )
 
 

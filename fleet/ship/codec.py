@@ -16,9 +16,9 @@ import shutil
 import subprocess
 import threading
 import zlib
-from typing import Any
+from typing import Any, Literal
 
-from fleet.errors import HostError
+from fleet.errors import HostError, UsageError
 
 # zstd's output is read in pieces of this size.
 _READ = 1 << 20
@@ -37,14 +37,24 @@ def zstd_program() -> str | None:
 
 
 # What --compress takes; "auto" is resolved per host (see fleet.ship.plan.wire_compression).
-WIRE_COMPRESSIONS = ("gzip", "none", "zstd")
-COMPRESSIONS = ("auto", *WIRE_COMPRESSIONS)
+WireCompression = Literal["gzip", "none", "zstd"]
+Compression = Literal["auto", "gzip", "none", "zstd"]
+WIRE_COMPRESSIONS: tuple[WireCompression, ...] = ("gzip", "none", "zstd")
+COMPRESSIONS: tuple[Compression, ...] = ("auto", *WIRE_COMPRESSIONS)
+
+
+def compression(text: str) -> Compression:
+    """``text`` as a compression; UsageError (exit 5) naming the choices otherwise."""
+    for known in COMPRESSIONS:
+        if text == known:
+            return known
+    raise UsageError(f"--compress {text!r}: choose one of {', '.join(COMPRESSIONS)}")
 
 
 class Encoder:
     """Turns raw tar bytes into what goes on the wire (gzip or zstd members, or as they are)."""
 
-    def __init__(self, compress: str) -> None:
+    def __init__(self, compress: WireCompression) -> None:
         if compress not in WIRE_COMPRESSIONS:
             raise ValueError(f"unknown compression {compress!r}")
         self.compress = compress

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from fleet.errors import HostError, UsageError
 from fleet.images.labels import cuda_tuple
 from fleet.images.spec import ImageSpec
 from fleet.images.store import Descriptor
 from fleet.ship import registry
-from fleet.ship.codec import COMPRESSIONS, zstd_program
+from fleet.ship.codec import Compression, WireCompression, zstd_program
 from fleet.ship.state import HostImageState, is_current
 from fleet.units import format_size
 
@@ -124,7 +125,7 @@ def zstd_loads(engine_version: str) -> bool:
     return major.isdigit() and int(major) >= 23
 
 
-def wire_compression(requested: str, state: HostImageState) -> str:
+def wire_compression(requested: Compression, state: HostImageState) -> WireCompression:
     """What a host gets: zstd falls back to gzip for engines that cannot load it.
 
     ``auto`` (the default): zstd where the host's engine loads it and the controller has
@@ -194,7 +195,16 @@ def archived_bytes(
     return sum(stored[i].size if i in stored else sizes[i] if i < len(sizes) else 0 for i in send)
 
 
-VIAS = ("ssh", "registry")
+Via = Literal["ssh", "registry"]
+VIAS: tuple[Via, ...] = ("ssh", "registry")
+
+
+def via_of(text: str) -> Via:
+    """``text`` as a way to ship; UsageError (exit 5) naming the choices otherwise."""
+    for known in VIAS:
+        if text == known:
+            return known
+    raise UsageError(f"--via {text!r}: choose one of {', '.join(VIAS)}")
 
 
 @dataclass(frozen=True)
@@ -207,12 +217,12 @@ class PushOptions:
     over all hosts / for each host (see the module docstring for what they cap).
     """
 
-    compress: str = "auto"
+    compress: Compression = "auto"
     check: bool = False
     min_free_bytes: int = 0
     load_timeout: float = LOAD_TIMEOUT
     state_timeout: float | None = None
-    via: str = "ssh"
+    via: Via = "ssh"
     registry: str | None = None
     max_rate: float | None = None
     max_rate_per_host: float | None = None
@@ -220,12 +230,6 @@ class PushOptions:
 
 def check_options(options: PushOptions) -> None:
     """Refuse options that cannot work together, before any host is touched."""
-    if options.via not in VIAS:
-        raise UsageError(f"--via {options.via!r}: choose one of {', '.join(VIAS)}")
-    if options.compress not in COMPRESSIONS:
-        raise UsageError(
-            f"--compress {options.compress!r}: choose one of {', '.join(COMPRESSIONS)}"
-        )
     if options.registry is not None and options.via != "registry":
         raise UsageError("--registry URL goes with --via registry", fix="add --via registry")
     if options.registry is not None:

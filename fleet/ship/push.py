@@ -27,6 +27,7 @@ from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
 from fleet.ship import registry
 from fleet.ship.bandwidth import Limits
+from fleet.ship.codec import WireCompression
 from fleet.ship.plan import (
     LOAD_TIMEOUT,
     Plan,
@@ -136,7 +137,7 @@ def push(
     check_options(options)
     spec = image.spec
     started = time.monotonic()
-    plans: dict[str, tuple[Plan, str]] = {}
+    plans: dict[str, tuple[Plan, WireCompression]] = {}
     lock = threading.Lock()
 
     def inspect(ctx: HostContext) -> HostResult:
@@ -168,7 +169,7 @@ def push(
 
 def _inspect(
     ctx: HostContext, image: Shippable, options: PushOptions
-) -> tuple[HostResult, Plan | None, str]:
+) -> tuple[HostResult, Plan | None, WireCompression]:
     """What one host has and needs: (its result, the plan when it lacks layers, compression)."""
     spec, sizes = image.spec, image.sizes
     pulling = options.via == "registry"
@@ -232,7 +233,7 @@ def _send_all(
     todo: Sequence[Host],
     image: Shippable,
     plans: Mapping[str, Plan],
-    compress_of: Mapping[str, str],
+    compress_of: Mapping[str, WireCompression],
     options: PushOptions,
     limits: Limits,
 ) -> list[HostResult]:
@@ -304,9 +305,11 @@ def _send_all(
     return shipped
 
 
-def _by_compression(compress_of: Mapping[str, str]) -> dict[str, set[str]]:
+def _by_compression(
+    compress_of: Mapping[str, WireCompression],
+) -> dict[WireCompression, set[str]]:
     """The hosts of each compression in use."""
-    groups: dict[str, set[str]] = {}
+    groups: dict[WireCompression, set[str]] = {}
     for host, compress in sorted(compress_of.items()):
         groups.setdefault(compress, set()).add(host)
     return groups

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from fleet.errors import HostError
 from fleet.hostoutput import (
     Fact,
+    Store,
     engine_answered,
     engine_error,
     gathered,
@@ -46,7 +47,7 @@ class HostImageState:
     engine_ok: bool
     engine_error: str = ""
     engine_version: str = ""
-    store: str = "classic"
+    store: Store = "classic"
     target_id: str = ""
     target_layers: tuple[str, ...] = ()
     target_listed: bool = False

@@ -33,7 +33,7 @@ from fleet.images.savefilter import v1_candidates
 from fleet.images.spec import ImageSpec, Shippable
 from fleet.images.store import ChunkReader, Descriptor
 from fleet.ship.bandwidth import Throttle
-from fleet.ship.codec import Encoder
+from fleet.ship.codec import Encoder, WireCompression
 
 SaveStream = Callable[[], Iterable[bytes]]
 
@@ -155,7 +155,7 @@ class ImageStream:
         self,
         spec: ImageSpec,
         save: SaveStream,
-        compress: str = "gzip",
+        compress: WireCompression = "gzip",
         variants: Iterable[Variant] = (Variant(),),
     ) -> None:
         self.spec = spec
@@ -503,7 +503,7 @@ class Broadcast:
         self,
         spec: ImageSpec,
         save: SaveStream,
-        compress: str,
+        compress: WireCompression,
         local: LayerSource | None = None,
         hosts: Iterable[Sink] = (),
     ) -> None:
@@ -635,7 +635,9 @@ def _pieces(chunk: bytes, raw: int) -> Iterator[tuple[bytes, int]]:
         yield view[start : start + _CHUNK].tobytes(), raw if start + _CHUNK >= len(view) else 0
 
 
-def thin_tarball(image: Shippable, send: Iterable[int], compress: str = "none") -> Iterator[bytes]:
+def thin_tarball(
+    image: Shippable, send: Iterable[int], compress: WireCompression = "none"
+) -> Iterator[bytes]:
     """The tarball ``docker load`` takes, with only the layers ``send``, as a stream.
 
     For one receiver that is not a host of the fleet (the controller pulling an image back

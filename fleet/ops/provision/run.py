@@ -25,6 +25,7 @@ from fleet.ops.provision.preflight import preflight
 from fleet.ops.provision.settings import SCRIPT_DIR, ProvisionSettings
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
+from fleet.ship.codec import Compression
 from fleet.ship.plan import PushOptions
 from fleet.ship.push import push
 
@@ -39,7 +40,7 @@ class ProvisionOptions:
     check: bool = False
     diff: bool = False
     ship_base: bool = True
-    compress: str = "auto"
+    compress: Compression = "auto"
     timeout: float | None = None
 
 
