@@ -12,11 +12,19 @@ import enum
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from fleet.errors import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
 
 JSON_SCHEMA_VERSION = 1
+_P = TypeVar("_P")
+
+
+class Payload(Protocol):
+    """What an operation reports of one host, typed (a push's ``Shipment``, a deploy's
+    ``Switch``, ...); its JSON form is the result's ``details``."""
+
+    def to_json(self) -> dict[str, Any]: ...
 
 
 class Outcome(enum.StrEnum):
@@ -41,6 +49,17 @@ class HostResult:
     details: Mapping[str, Any] = field(default_factory=dict)
     stdout: str = ""
     stderr: str = ""
+    payload: Payload | None = None
+
+    def __post_init__(self) -> None:
+        # With a payload, the details are its JSON: what a host reports has one source,
+        # read back typed by other operations (:meth:`typed`) and as JSON by people.
+        if self.payload is not None:
+            object.__setattr__(self, "details", self.payload.to_json())
+
+    def typed(self, kind: type[_P]) -> _P | None:
+        """The payload when it is a ``kind`` (None for another operation's result)."""
+        return self.payload if isinstance(self.payload, kind) else None
 
     @property
     def succeeded(self) -> bool:

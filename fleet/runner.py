@@ -29,7 +29,7 @@ from fleet.errors import (
     UsageError,
 )
 from fleet.hosts.model import Host
-from fleet.results import FleetResult, HostResult, Outcome
+from fleet.results import FleetResult, HostResult, Outcome, Payload
 from fleet.ssh.base import Transport, fix_for
 from fleet.ssh.endpoint import BECOME_PASSWORD_VARS, DEFAULT_CONNECT_TIMEOUT
 
@@ -223,9 +223,17 @@ class HostContext:
         stdout: str = "",
         stderr: str = "",
         fix: str | None = None,
+        payload: Payload | None = None,
     ) -> HostResult:
         return HostResult(
-            self.name, outcome, reason, fix, details=details or {}, stdout=stdout, stderr=stderr
+            self.name,
+            outcome,
+            reason,
+            fix,
+            details=details or {},
+            stdout=stdout,
+            stderr=stderr,
+            payload=payload,
         )
 
     def run_command(self, argv: Sequence[str]) -> HostResult:

@@ -52,7 +52,7 @@ from fleet.images.spec import ImageSpec, Shippable, chain_ids
 from fleet.programs import program
 from fleet.results import Outcome
 from fleet.runner import Runner
-from fleet.ship.push import push
+from fleet.ship.push import Shipment, push
 from fleet.ship.state import engine_fix
 from fleet.ship.stream import thin_tarball
 from fleet.ssh.base import Transport
@@ -436,8 +436,8 @@ def ensure_upstream(
         )
         return None
     step("upstream", f"shipping {reference} to {host.name} (only the layers it lacks)")
-    shipped = push(runner, [host], daemon.shippable(local, reference))
-    row = shipped.results[0]
+    image = daemon.shippable(local, reference)
+    row = push(runner, [host], image).results[0]
     if row.outcome is Outcome.UNREACHABLE:
         raise UnreachableError(host.name, row.reason or "unreachable", fix=row.fix)
     if row.outcome not in (Outcome.OK, Outcome.CHANGED):
@@ -445,12 +445,11 @@ def ensure_upstream(
             f"shipping layer 1 {reference} to build host {host.name} failed: {row.reason}",
             fix=row.fix or f"ship it yourself ('fleet push {host.name} {reference}') and rerun",
         )
-    details = row.details
+    shipment = row.typed(Shipment)
+    if shipment is None:  # nothing was sent: the host had every layer
+        return UpstreamShipment(reference, len(image.spec.diff_ids), 0, 0)
     return UpstreamShipment(
-        reference,
-        int(details.get("layers_total", 0)),
-        int(details.get("layers_sent", 0)),
-        int(details.get("bytes_sent", 0)),
+        reference, shipment.layers_total, shipment.layers_sent, shipment.bytes_sent
     )
 
 

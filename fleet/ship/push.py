@@ -53,13 +53,41 @@ LOAD_SCRIPT = program("image_load.sh")
 
 @dataclass(frozen=True)
 class Shipment:
-    """What a host's transfer did, for the result's details."""
+    """What a host's transfer did: its result's payload (``fleet push --json`` details)."""
 
     store: str
     layers_total: int
     layers_sent: int
     bytes_sent: int
     image_id: str
+    # How the layers were read and sent; None when nothing was read (the host had them).
+    source: str | None = None
+    missing_bytes: int | None = None
+    compress: str | None = None
+    layers_held_compressed: int = 0
+    layers_as_stored: int = 0
+    source_why: str = ""  # why docker save was read rather than the store
+
+    def to_json(self) -> dict[str, Any]:
+        document: dict[str, Any] = {
+            "store": self.store,
+            "layers_total": self.layers_total,
+            "layers_present": self.layers_total - self.layers_sent,
+            "layers_sent": self.layers_sent,
+            "bytes_sent": self.bytes_sent,
+            "image_id": self.image_id,
+        }
+        if self.source is not None:
+            document |= {
+                "missing_bytes": self.missing_bytes,
+                "source": self.source,
+                "compress": self.compress,
+                "layers_held_compressed": self.layers_held_compressed,
+                "layers_as_stored": self.layers_as_stored,
+            }
+        if self.source_why:
+            document["source_why"] = self.source_why
+        return document
 
 
 def load(
@@ -105,18 +133,9 @@ def result_for(ctx: HostContext, shipment: Shipment) -> HostResult:
         if outcome is Outcome.CHANGED
         else "image already present"
     )
-    return ctx.result(
-        outcome,
-        reason,
-        details={
-            "store": shipment.store,
-            "layers_total": shipment.layers_total,
-            "layers_present": shipment.layers_total - shipment.layers_sent,
-            "layers_sent": shipment.layers_sent,
-            "bytes_sent": shipment.bytes_sent,
-            "image_id": shipment.image_id,
-        },
-    )
+    if shipment.source_why:
+        reason = f"{reason}; read with docker save: {shipment.source_why}"
+    return ctx.result(outcome, reason, payload=shipment)
 
 
 def push(
@@ -297,7 +316,7 @@ def _send_all(
             shipment = Shipment(
                 decided.store, len(spec.diff_ids), len(decided.send), sink.bytes, image_id
             )
-            return _shipped(result_for(ctx, shipment), decided, sink, broadcast)
+            return result_for(ctx, _shipped(shipment, decided, sink, broadcast))
 
         shipped += runner.run("push", wave, ship).results
         for producer in producers:
@@ -315,22 +334,19 @@ def _by_compression(
     return groups
 
 
-def _shipped(result: HostResult, decided: Plan, sink: Sink, broadcast: Broadcast) -> HostResult:
-    """A host's result with how its layers were read and sent."""
+def _shipped(shipment: Shipment, decided: Plan, sink: Sink, broadcast: Broadcast) -> Shipment:
+    """A host's shipment with how its layers were read and sent."""
     sizes = broadcast.layer_sizes  # empty when the image was not read
     as_sent = {i: decided.stored[i] for i in sink.stored}  # none after a docker save
-    extra = {
-        "missing_bytes": archived_bytes(sizes, decided.send, as_sent) if sizes else None,
-        "source": broadcast.source,
-        "compress": broadcast.compress,
-        "layers_held_compressed": len(decided.reuse),
-        "layers_as_stored": len(sink.stored),
-    }
-    reason = result.reason
-    if broadcast.source_why:
-        extra["source_why"] = broadcast.source_why
-        reason = f"{reason}; read with docker save: {broadcast.source_why}"
-    return replace(result, reason=reason, details={**result.details, **extra})
+    return replace(
+        shipment,
+        missing_bytes=archived_bytes(sizes, decided.send, as_sent) if sizes else None,
+        source=broadcast.source,
+        compress=broadcast.compress,
+        layers_held_compressed=len(decided.reuse),
+        layers_as_stored=len(sink.stored),
+        source_why=broadcast.source_why or "",
+    )
 
 
 def _merge_seconds(inspected: HostResult, shipped: HostResult) -> HostResult:
