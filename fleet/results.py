@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from fleet.errors import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
@@ -49,13 +49,14 @@ class HostResult:
     details: Mapping[str, Any] = field(default_factory=dict)
     stdout: str = ""
     stderr: str = ""
+    # What the operation reported, typed, for other operations to read (:meth:`typed`);
+    # ``details`` is its JSON when it was given (:meth:`with_payload`). Only ``details`` is
+    # ever shown: it is what secrets are redacted from.
     payload: Payload | None = None
 
-    def __post_init__(self) -> None:
-        # With a payload, the details are its JSON: what a host reports has one source,
-        # read back typed by other operations (:meth:`typed`) and as JSON by people.
-        if self.payload is not None:
-            object.__setattr__(self, "details", self.payload.to_json())
+    def with_payload(self, payload: Payload) -> HostResult:
+        """This result reporting ``payload``, its details the payload's JSON."""
+        return replace(self, payload=payload, details=payload.to_json())
 
     def typed(self, kind: type[_P]) -> _P | None:
         """The payload when it is a ``kind`` (None for another operation's result)."""

@@ -230,7 +230,7 @@ class HostContext:
             outcome,
             reason,
             fix,
-            details=details or {},
+            details=payload.to_json() if payload is not None else details or {},
             stdout=stdout,
             stderr=stderr,
             payload=payload,

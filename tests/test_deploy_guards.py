@@ -209,3 +209,26 @@ def test_a_history_line_that_cannot_be_written_is_said() -> None:
     said = deploy.record(ReadOnlyHistory("gpu1"), {"action": "deploy", "to": "0.2.7"})
     assert said == {"history_not_recorded": f"/var/lib/fleet/history.jsonl: {denied}"}
     assert deploy.record(FakeTransport("gpu2"), {"action": "deploy"}) == {}
+
+
+def test_a_switch_reports_in_the_order_deploy_always_printed() -> None:
+    failed = deploy.Switch(
+        "9.0.1", "9.0.1", rolled_back=True, unrecorded={"history_not_recorded": "x"}
+    )
+    assert list(failed.to_json()) == [
+        "version_before",
+        "version_after",
+        "rolled_back",
+        "history_not_recorded",
+    ]
+    shipped = deploy.Switch(
+        "none", "9.0.2", health="ok", shipped={"store": "classic", "bytes_sent": 9}
+    )
+    assert list(shipped.to_json()) == [
+        "store",
+        "bytes_sent",
+        "version_before",
+        "version_after",
+        "health",
+    ]
+    assert deploy.Switch(None, "9.0.2").to_json() == {"version_after": "9.0.2"}

@@ -9,6 +9,7 @@ from rich.console import Console
 
 from fleet import report
 from fleet.images.labels import ImageVersion
+from fleet.ops.deploy import Switch
 from fleet.playbook.run import PlaybookRun, Tally
 from fleet.playbook.schema import Play, Task
 from fleet.report import untrusted
@@ -332,7 +333,8 @@ def test_play_lines_and_recap_show_hosts_reasons_diffs_and_versions_as_text() ->
     run = PlaybookRun(stopped=f"stopped by {HOSTILE}")
     tally = run.tallies.setdefault(HOSTILE, Tally())
     tally.add(
-        HostResult(HOSTILE, Outcome.CHANGED, details={"version_after": f"9.0.1{HOSTILE}"}), False
+        HostResult(HOSTILE, Outcome.CHANGED).with_payload(Switch(None, f"9.0.1{HOSTILE}")),
+        False,
     )
     run.tallies["x[/red]"] = Tally()
     assert_harmless(play_recap(run), *HOSTILE_SHOWN, "x[/red]", "-> 9.0.1[bold]b[/bold]")

@@ -1,3 +1,6 @@
+import dataclasses
+import json
+
 from fleet.errors import CommandError
 from fleet.results import FleetResult, HostResult, Outcome
 
@@ -51,3 +54,22 @@ def test_a_long_script_is_abbreviated_in_its_error_but_the_evidence_stays() -> N
     assert f"({len(script)} chars)" in first_line and len(first_line) < 200
     assert error.message.endswith("no space left")
     assert error.command == script  # the whole command stays on the error for callers
+
+
+@dataclasses.dataclass(frozen=True)
+class _Moved:
+    token: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"token": self.token}
+
+
+def test_a_payload_is_read_typed_and_shown_only_through_the_details() -> None:
+    row = HostResult("gpu1", Outcome.CHANGED).with_payload(_Moved("s3cret-token"))
+    assert row.details == {"token": "s3cret-token"}
+    assert row.typed(_Moved) == _Moved("s3cret-token") and row.typed(str) is None
+    # Redaction rewrites the details; the JSON shows them, never the payload.
+    redacted = dataclasses.replace(row, details={"token": "********"})
+    assert redacted.to_json()["details"] == {"token": "********"}
+    assert "s3cret" not in json.dumps(redacted.to_json())
+    assert redacted.typed(_Moved) is not None  # still readable by the operations

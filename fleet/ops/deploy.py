@@ -45,7 +45,7 @@ from fleet.ops.containers import (
     previous_version,
 )
 from fleet.ops.health import Health, wait_healthy
-from fleet.ops.history import record
+from fleet.ops.history import last_switched_to, record, switch_entry
 from fleet.ops.mounts import check_container, check_mounts
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
@@ -53,7 +53,6 @@ from fleet.ship.plan import PushOptions
 from fleet.ship.push import push
 from fleet.ship.state import engine_fix
 from fleet.ssh.base import Transport
-from fleet.units import utc_now
 
 _LOG_LINES = 20
 
@@ -121,6 +120,37 @@ def _kept_name(name: str, container: FrameworkContainer, suffix: str = "") -> st
 
 
 @dataclass(frozen=True)
+class Switch:
+    """What a switch did on one host: its result's payload (``fleet deploy --json`` details,
+    after the shipment's when the image was pushed in the same run)."""
+
+    version_before: str | None
+    version_after: str
+    health: str | None = None
+    would_stop: tuple[str, ...] | None = None  # a dry run's containers to stop
+    would_start: str | None = None
+    rolled_back: bool | None = None  # a failed switch: was the previous version restored
+    unrecorded: Mapping[str, str] = field(default_factory=dict)  # why no history line
+    recorded_late: bool = False
+    shipped: Mapping[str, Any] = field(default_factory=dict)  # the push's details
+
+    def to_json(self) -> dict[str, Any]:
+        own: dict[str, Any] = {
+            "version_before": self.version_before,
+            "version_after": self.version_after,
+            "health": self.health,
+            "would_stop": list(self.would_stop) if self.would_stop is not None else None,
+            "would_start": self.would_start,
+            "rolled_back": self.rolled_back,
+        }
+        document = {**self.shipped, **{k: v for k, v in own.items() if v is not None}}
+        document |= self.unrecorded
+        if self.recorded_late:
+            document["recorded_late"] = True
+        return document
+
+
+@dataclass(frozen=True)
 class Target:
     """The version to run on a host."""
 
@@ -173,14 +203,14 @@ def switch(
     running = state.running
     before = ", ".join(sorted({c.tag or c.image for c in running})) or "none"
     if _already_runs(plan):
-        details: dict[str, Any] = {"version_before": target.tag, "version_after": target.tag}
-        if not options.check and not _recorded(state, target):
+        done = Switch(target.tag, target.tag)
+        if not options.check and not last_switched_to(state.history, target.tag):
             # A run that started it ended (killed, its host lost) before its history line:
             # the switch happened, and gets its line now, said to be late.
-            entry = _history_entry(action, None, target, options, time.monotonic(), ())
+            entry = switch_entry(action, options.controller, None, target, time.monotonic())
             entry.update(outcome="changed", recorded_late=True, seconds=None)
-            details.update(record(ctx.transport, entry), recorded_late=True)
-        return ctx.result(Outcome.OK, f"{target.tag} already runs", details=details)
+            done = replace(done, unrecorded=record(ctx.transport, entry), recorded_late=True)
+        return ctx.result(Outcome.OK, f"{target.tag} already runs", payload=done)
     check_mounts(ctx.transport, ctx.name, plan.spec, plan.policy)
     skipped, interrupted = _gpu_gate(plan, options)
     if skipped is not None:
@@ -189,30 +219,27 @@ def switch(
         return ctx.result(
             Outcome.CHANGED,
             f"would {action}: {before} -> {target.tag}",
-            details={
-                "version_before": before,
-                "version_after": target.tag,
-                "would_stop": [c.name for c in running],
-                "would_start": plan.name,
-            },
+            payload=Switch(
+                before,
+                target.tag,
+                would_stop=tuple(c.name for c in running),
+                would_start=plan.name,
+            ),
         )
     started = time.monotonic()
     previous = plan.previous
     _stop_and_keep(plan)
     health, error = _start_gated(plan)
-    entry = _history_entry(action, previous, target, options, started, interrupted)
+    entry = switch_entry(
+        action, options.controller, previous.tag if previous else None, target, started, interrupted
+    )
     if health.healthy:
         unrecorded = record(ctx.transport, {**entry, "outcome": "changed"})
         note = "; not in the host's history (see details)" if unrecorded else ""
         return ctx.result(
             Outcome.CHANGED,
             f"{before} -> {target.tag}{note}",
-            details={
-                "version_before": before,
-                "version_after": target.tag,
-                "health": health.detail,
-                **unrecorded,
-            },
+            payload=Switch(before, target.tag, health=health.detail, unrecorded=unrecorded),
         )
     logs = ctx.transport.run(["docker", "logs", "--tail", str(_LOG_LINES), plan.name], check=False)
     restored = _restore_previous(plan, previous)
@@ -232,37 +259,13 @@ def switch(
     return ctx.result(
         Outcome.FAILED,
         reason,
-        details={
-            "version_before": before,
-            "version_after": previous.tag if previous else "none",
-            "rolled_back": previous is not None,
-            **unrecorded,
-        },
+        payload=Switch(
+            before,
+            previous.tag if previous else "none",
+            rolled_back=previous is not None,
+            unrecorded=unrecorded,
+        ),
     )
-
-
-def _history_entry(
-    action: str,
-    previous: FrameworkContainer | None,
-    target: Target,
-    options: DeployOptions,
-    started: float,
-    interrupted: Sequence[gpu.GPUProcess],
-) -> dict[str, Any]:
-    """The host's history line of a switch, without its outcome."""
-    entry: dict[str, Any] = {
-        "time": utc_now(),
-        "by": options.controller,
-        "action": action,
-        "from": previous.tag if previous else None,
-        "to": target.tag,
-        "image": target.reference,
-        "seconds": round(time.monotonic() - started, 1),
-    }
-    if interrupted:
-        # --force stopped GPU jobs: whoever ran them finds out why in the host's history.
-        entry["interrupted"] = [str(p) for p in interrupted]
-    return entry
 
 
 def _gpu_gate(
@@ -348,16 +351,6 @@ def _plan_switch(
         name,
         unmanaged,
         names={c.id: c.name for c in state.containers},
-    )
-
-
-def _recorded(state: HostFramework, target: Target) -> bool:
-    """Whether the host's history says the last switch was to ``target``."""
-    switches = [e for e in state.history if e.is_switch]
-    return (
-        bool(switches)
-        and switches[-1].to_version == target.tag
-        and (switches[-1].outcome == "changed")
     )
 
 
@@ -623,7 +616,7 @@ def _rollout(
                     return ctx.result(
                         Outcome.CHANGED,
                         f"would ship and start {tag}",
-                        details={"version_after": tag},
+                        payload=Switch(None, tag),
                     )
                 return switch(ctx, state, here, options, "deploy")
 
@@ -632,9 +625,14 @@ def _rollout(
         switched = runner.run("deploy", ready, task)
         for row in switched.results:
             push_row = next(r for r in pushed.results if r.host == row.host)
-            details = {**push_row.details, **row.details}
-            results[row.host] = replace(
-                row, details=details, seconds=row.seconds + push_row.seconds
+            done = row.typed(Switch)
+            merged = replace(
+                row,
+                details={**push_row.details, **row.details},
+                seconds=row.seconds + push_row.seconds,
+            )
+            results[row.host] = (
+                merged.with_payload(replace(done, shipped=push_row.details)) if done else merged
             )
         failed = sum(1 for h in batch if not results[h.name].succeeded)
         if (

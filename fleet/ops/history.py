@@ -4,12 +4,18 @@ someone else's deploy lock, appended to ``/var/lib/fleet/history.jsonl`` on the 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from fleet.ops.containers import HISTORY_FILE
+from fleet.ops.records import HistoryEntry
 from fleet.programs import program
 from fleet.ssh.base import Transport
+from fleet.units import utc_now
+
+if TYPE_CHECKING:
+    from fleet.ops.deploy import Target
 
 APPEND_SCRIPT = program("history_append.sh")
 
@@ -24,3 +30,33 @@ def record(transport: Transport, entry: Mapping[str, Any]) -> dict[str, str]:
     said = (ran.stderr or ran.stdout).strip().splitlines()[-3:]
     why = " / ".join(said) or f"exit {ran.exit_code}"
     return {"history_not_recorded": f"{HISTORY_FILE}: {why}"}
+
+
+def switch_entry(
+    action: str,
+    by: str,
+    previous: str | None,
+    target: Target,
+    started: float,
+    interrupted: Sequence[object] = (),
+) -> dict[str, Any]:
+    """The history line of a switch, without its outcome (``started``: its monotonic start)."""
+    entry: dict[str, Any] = {
+        "time": utc_now(),
+        "by": by,
+        "action": action,
+        "from": previous,
+        "to": target.tag,
+        "image": target.reference,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    if interrupted:
+        # --force stopped GPU jobs: whoever ran them finds out why in the host's history.
+        entry["interrupted"] = [str(p) for p in interrupted]
+    return entry
+
+
+def last_switched_to(history: Iterable[HistoryEntry], tag: str) -> bool:
+    """Whether the history's last switch changed the host to ``tag``."""
+    switches = [e for e in history if e.is_switch]
+    return bool(switches) and switches[-1].to_version == tag and switches[-1].outcome == "changed"

@@ -37,6 +37,7 @@ from fleet.images import build as images
 from fleet.images import daemon
 from fleet.images.project import load_project
 from fleet.ops import deploy as deploy_mod
+from fleet.ops.deploy import Switch
 from fleet.playbook import loop
 from fleet.playbook.schema import Play, Playbook, Task, condition
 from fleet.playbook.secret import Secrets
@@ -90,12 +91,12 @@ class Tally:
         for outcome in loop.item_outcomes(result) or [str(result.outcome)]:
             failed = outcome in (Outcome.FAILED, Outcome.UNREACHABLE)
             self.counts["ignored" if ignored and failed else outcome] += 1
-        before = result.details.get("version_before")
-        after = result.details.get("version_after")
-        if before is not None and self.version_before is None:
-            self.version_before = str(before)
-        if after is not None:
-            self.version_after = str(after)
+        switched = result.typed(Switch)
+        if switched is None:
+            return
+        if switched.version_before is not None and self.version_before is None:
+            self.version_before = switched.version_before
+        self.version_after = switched.version_after
 
 
 @dataclass(frozen=True)
