@@ -324,7 +324,9 @@ def test_build_tags_labels_and_reuses(engine: Any, new_repository: str, tmp_path
     root = make_project(tmp_path / "p", new_repository, commits=2, remote=REMOTE)
     project = load_project(root)
     steps: list[tuple[str, str]] = []
-    result = images.build(engine, project, on_step=lambda *step: steps.append(step))
+    result = images.build(
+        engine, project, images.BuildOptions(on_step=lambda *step: steps.append(step))
+    )
 
     facts = gitinfo.read(root)
     assert result.tag == "0.2.2"
@@ -389,7 +391,9 @@ def test_the_base_is_rebuilt_only_when_its_inputs_change(
     assert first.base.action == "built"
 
     def build_again(reason: str | None, *, rebuild_base: bool = False) -> images.BuildResult:
-        result = images.build(engine, load_project(root), rebuild_base=rebuild_base)
+        result = images.build(
+            engine, load_project(root), images.BuildOptions(rebuild_base=rebuild_base)
+        )
         if reason is None:
             assert result.base.action == "reused"
         else:

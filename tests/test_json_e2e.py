@@ -59,6 +59,8 @@ _VOLATILE_WORDS = frozenset(
         "total",
         "needed",
         "kernel",
+        # how many layers a host lacked depends on what earlier tests of the session shipped
+        "layers",
     ]
 )
 _VOLATILE_KEYS = frozenset({"api_version", "engine_version", "RunningFor", "Status"})
@@ -72,9 +74,10 @@ def _volatile(key: str) -> bool:
 # Within text: what differs between runs, and what it becomes.
 _MASKS = (
     (re.compile(r"sha256:[0-9a-f]{12,64}"), "sha256:<digest>"),
+    (re.compile(r"\b\d+ bytes\b"), "<n> bytes"),
     # IDs and commits, short (7) or whole: any run of 7+ hex digits, numbers too.
     (re.compile(r"\b[0-9a-f]{7,64}\b"), "<hex>"),
-    (re.compile(r"\b\d+ bytes\b"), "<n> bytes"),
+    (re.compile(r"\b\d+/\d+ layers\b"), "<n>/<n> layers"),
     # the lab engines' Debian builds (another machine may install newer ones)
     (re.compile(r"\b\d+\.\d+\.\d+\+dfsg\d*\b"), "<engine>"),
     # docker ps' ages: "4 seconds ago", "Up About a minute (healthy)".

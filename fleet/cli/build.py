@@ -119,6 +119,16 @@ def _project_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _options(args: argparse.Namespace, progress: build_report.BuildProgress) -> images.BuildOptions:
+    return images.BuildOptions(
+        rebuild_base=args.rebuild_base,
+        rebuild=args.rebuild,
+        retag=args.retag,
+        on_step=progress.step,
+        on_output=progress.output,
+    )
+
+
 def _build(args: argparse.Namespace) -> int:
     project = load_project(args.project, tag_prefix=args.tag_prefix)
     git = gitinfo.read(project.root)
@@ -127,16 +137,7 @@ def _build(args: argparse.Namespace) -> int:
     client = daemon.connect()
     progress = build_report.BuildProgress(report_mod.console(), verbose=args.verbose)
     try:
-        result = images.build(
-            client,
-            project,
-            git=git,
-            rebuild_base=args.rebuild_base,
-            rebuild=args.rebuild,
-            on_step=progress.step,
-            on_output=progress.output,
-            retag=args.retag,
-        )
+        result = images.build(client, project, _options(args, progress), git=git)
     except BuildError as exc:
         progress.failed(exc)
         raise
@@ -166,16 +167,7 @@ def _build_on_host(args: argparse.Namespace, project: Project, git: gitinfo.GitF
         local = daemon.connect()
         try:
             remote = buildhost.build_on(
-                runner,
-                host,
-                local,
-                project,
-                git=git,
-                rebuild_base=args.rebuild_base,
-                rebuild=args.rebuild,
-                on_step=progress.step,
-                on_output=progress.output,
-                retag=args.retag,
+                runner, host, local, project, _options(args, progress), git=git
             )
         finally:
             local.close()

@@ -199,34 +199,46 @@ def _layer(
     return image, "built", reason
 
 
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build, as ``fleet build`` and a playbook's ``build`` step say it.
+
+    ``rebuild_base`` rebuilds layer 2 without the build cache; ``rebuild`` builds layer 3
+    even when an identical build of this commit exists; ``retag`` moves a tag that names
+    another commit's image (recorded in the image's ``io.fleet.moved-from`` label), which
+    is otherwise refused. ``on_step(layer, message)`` hears what is being done,
+    ``on_output(line)`` every line of build output.
+    """
+
+    rebuild_base: bool = False
+    rebuild: bool = False
+    retag: bool = False
+    build_date: str | None = None  # the label's date; now when None
+    on_step: StepCallback | None = None
+    on_output: OutputCallback | None = None
+
+
 def build(
     client: Any,
     project: Project,
+    options: BuildOptions = BuildOptions(),
     *,
     git: GitFacts | None = None,
-    rebuild_base: bool = False,
-    rebuild: bool = False,
-    on_step: StepCallback | None = None,
-    on_output: OutputCallback | None = None,
-    build_date: str | None = None,
-    retag: bool = False,
 ) -> BuildResult:
     """Build layer 2 if needed, then layer 3, on the engine of ``client``.
 
-    ``rebuild_base`` rebuilds layer 2 without the build cache; ``rebuild`` builds layer 3
-    even when an identical build of this commit exists. ``on_step(layer, message)`` hears
-    what is being done, ``on_output(line)`` every line of build output. A tag that names
-    another commit's image raises TagCollisionError before anything is built, unless
-    ``retag`` moves it on purpose (recorded in the image's ``io.fleet.moved-from`` label).
+    A tag that names another commit's image raises TagCollisionError before anything is
+    built, unless ``options.retag``. ``git``: the project's git facts, when already read.
     """
     git = git if git is not None else gitinfo.read(project.root)
-    moved_from = check_tag(client, project, git, retag=retag)
-    step = on_step or (lambda layer, message: None)
+    moved_from = check_tag(client, project, git, retag=options.retag)
+    step = options.on_step or (lambda layer, message: None)
+    rebuild_base, rebuild, build_date = options.rebuild_base, options.rebuild, options.build_date
     log: list[str] = []
 
     def collect(line: str) -> None:
         log.append(line)
-        (on_output or (lambda line: None))(line)
+        (options.on_output or (lambda line: None))(line)
 
     upstream_reference = project.upstream_reference()
     upstream = daemon.inspect_image(client, upstream_reference) if upstream_reference else None

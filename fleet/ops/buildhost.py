@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -45,7 +45,7 @@ from fleet.errors import BuildError, EngineError, HostError, UnreachableError, U
 from fleet.hosts.model import Host
 from fleet.images import build as images
 from fleet.images import daemon, gitinfo, savefilter
-from fleet.images.build import BuildResult, OutputCallback, StepCallback
+from fleet.images.build import BuildOptions, BuildResult, StepCallback
 from fleet.images.gitinfo import GitFacts
 from fleet.images.project import Project
 from fleet.images.spec import ImageSpec, Shippable, chain_ids
@@ -227,13 +227,9 @@ def build_on(
     host: Host,
     local: Any,
     project: Project,
+    options: BuildOptions,
     *,
     git: GitFacts | None = None,
-    rebuild_base: bool = False,
-    rebuild: bool = False,
-    on_step: StepCallback | None = None,
-    on_output: OutputCallback | None = None,
-    retag: bool = False,
 ) -> RemoteBuild:
     """Build ``project`` on ``host``'s engine, then pull it back into ``local``'s engine.
 
@@ -245,9 +241,9 @@ def build_on(
     Raises ``UnreachableError`` when the host cannot be reached, ``EngineError`` (with
     the fix) when its engine or the controller's fails, ``BuildError`` when a layer fails.
     """
-    step = on_step or (lambda layer, message: None)
+    step = options.on_step or (lambda layer, message: None)
     git = git if git is not None else gitinfo.read(project.root)
-    images.check_tag(local, project, git, retag=retag)
+    images.check_tag(local, project, git, retag=options.retag)
     transport = runner.transport(host)
     if not isinstance(transport, Splicer):
         raise UsageError(
@@ -269,12 +265,8 @@ def build_on(
                 local,
                 remote,
                 project,
+                replace(options, on_step=step),
                 git=git,
-                rebuild_base=rebuild_base,
-                rebuild=rebuild,
-                step=step,
-                on_output=on_output,
-                retag=retag,
             )
         except BuildError as exc:
             fix = exc.fix or ""
@@ -306,14 +298,11 @@ def _build_and_pull(
     local: Any,
     remote: Any,
     project: Project,
+    options: BuildOptions,
     *,
-    git: GitFacts | None,
-    rebuild_base: bool,
-    rebuild: bool,
-    step: StepCallback,
-    on_output: OutputCallback | None,
-    retag: bool,
+    git: GitFacts,
 ) -> RemoteBuild:
+    step = options.on_step or (lambda layer, message: None)
     store = daemon.image_store(remote)
     if store != "classic":
         raise EngineError(
@@ -322,16 +311,10 @@ def _build_and_pull(
             fix="choose a classic-store build host, or build on the controller (no --build-host)",
         )
     upstream = ensure_upstream(runner, host, local, remote, project, step)
-    result = images.build(
-        remote,
-        project,
-        git=git,
-        rebuild_base=rebuild_base,
-        rebuild=rebuild,
-        on_step=lambda layer, message: step(layer, f"{message} (on {host.name})"),
-        on_output=on_output,
-        retag=retag,
+    on_host = replace(
+        options, on_step=lambda layer, message: step(layer, f"{message} (on {host.name})")
     )
+    result = images.build(remote, project, on_host, git=git)
     local_store = daemon.image_store(local)
     present = daemon.layer_chains(local) if local_store == "classic" else None
     saver = FilteredSave(runner.transport(host)) if present is not None else None

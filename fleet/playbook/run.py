@@ -496,12 +496,10 @@ class Player:
             }
             outcome, note = Outcome.CHANGED, f"would build {reference}"
         else:
-            built = images.build(
-                self.client,
-                project,
-                rebuild_base=bool(args.get("rebuild_base")),
-                rebuild=bool(args.get("rebuild")),
+            options = images.BuildOptions(
+                rebuild_base=bool(args.get("rebuild_base")), rebuild=bool(args.get("rebuild"))
             )
+            built = images.build(self.client, project, options)
             self.controller_vars["build"] = {
                 "reference": built.reference,
                 "tag": built.tag,
