@@ -14,9 +14,10 @@ from fleet.errors import CommandError, HostError, PlaybookError, UnreachableErro
 from fleet.hosts import inventory
 from fleet.hosts.model import empty
 from fleet.ops import hostfiles
+from fleet.ops.files import DIFF_HIDDEN
 from fleet.playbook import run as play_mod
 from fleet.playbook import schema as playbook
-from fleet.playbook.secret import COMMAND_HIDDEN, DIFF_HIDDEN, MIN_LINE, REDACTED, Secrets
+from fleet.playbook.secret import COMMAND_HIDDEN, MIN_LINE, REDACTED, Secrets
 from fleet.playbook.template import Taint, render, tracking
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import Runner

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from fleet.playbook.secret import COMMAND_HIDDEN, DIFF_HIDDEN, REDACTED
+from fleet.ops.files import DIFF_HIDDEN
+from fleet.playbook.secret import COMMAND_HIDDEN, REDACTED
 from tests.conftest import LabFixture, host_sh, run_cli
 
 pytestmark = pytest.mark.lab

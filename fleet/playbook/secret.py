@@ -9,8 +9,8 @@ A value is redacted in every form it takes on the way to a reader, not only as i
 command line quotes it for the shell, an error message ``repr``s that command line, a
 JSON document escapes it, a diff splits it into lines (see :func:`renderings`). A task
 whose arguments hold a secret also shows no diff content and no command line at all
-(:data:`DIFF_HIDDEN`, :meth:`Secrets.hide_commands`): what is left of a secret after
-quoting, truncation or partial output cannot be told from the rest.
+(:data:`fleet.ops.files.DIFF_HIDDEN`, :meth:`Secrets.hide_commands`): what is left of a
+secret after quoting, truncation or partial output cannot be told from the rest.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from fleet.results import FleetResult, HostResult
 
 REDACTED = "********"
 COMMAND_HIDDEN = "(command hidden: holds a secret)"
-DIFF_HIDDEN = "diff hidden: the task's content holds a secret"
 
 # A line of a multi-line secret (a key file, a credentials file) is redacted on its own
 # from this length, counted without its indentation. Shorter lines of such files are their

@@ -6,8 +6,6 @@ its implementation.
 
 from __future__ import annotations
 
-import difflib
-import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -16,17 +14,14 @@ from typing import TYPE_CHECKING, Any
 from fleet.errors import (
     HostError,
     PlaybookError,
-    RunSpecError,
     UsageError,
 )
 from fleet.hosts.model import Host
 from fleet.images import daemon
 from fleet.images.project import load_project
-from fleet.images.runspec import RunPolicy
 from fleet.ops import deploy as deploy_mod
-from fleet.ops import hostfiles, prune
+from fleet.ops import files, hostfiles, prune
 from fleet.playbook.schema import Play, Task
-from fleet.playbook.secret import DIFF_HIDDEN
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext
 from fleet.ship.codec import compression
@@ -203,40 +198,6 @@ def _hiding(
     return hidden
 
 
-def _roots(ctx: HostContext) -> tuple[str, ...]:
-    """The host's trees that containers can write: walked without following links."""
-    try:
-        return RunPolicy.for_host(ctx.host.vars).paths
-    except RunSpecError as exc:
-        raise HostError(ctx.name, exc.message, fix=exc.fix) from None
-
-
-def _helper(ctx: HostContext, argv: list[str], stdin: bytes | None = None) -> str:
-    """Run the host's file helper (``fleet.ops.hostfiles``); its stdout, or a HostError."""
-    ran = ctx.transport.run(argv, stdin=stdin, check=False)
-    if ran.ok:
-        return ran.stdout
-    said = ran.stderr.strip().removeprefix("fleet: ") or f"exit {ran.exit_code}"
-    if ran.exit_code == 127:
-        raise HostError(
-            ctx.name,
-            f"python3 is not on the host ({said})",
-            fix="install python3 on the host: fleet changes files there through it",
-        )
-    raise HostError(ctx.name, said)
-
-
-def _stat(ctx: HostContext, root: str, path: str, content: bool = False) -> hostfiles.PathInfo:
-    """What ``path`` is, seen from ``root`` without following a link below it: in a
-    directory that containers write, a name swapped for a symlink shows as the link, and
-    no other file's content (root reads /etc/shadow as well as anything) reaches a diff."""
-    out = _helper(ctx, hostfiles.stat_argv(root, path, content))
-    try:
-        return hostfiles.PathInfo.parse(out)
-    except ValueError as exc:
-        raise HostError(ctx.name, f"cannot read what {path} is: {exc}") from None
-
-
 def mode_of(task: Task, value: Any, default: str) -> str:
     text = str(value if value is not None else default)
     if isinstance(value, int) and not isinstance(value, bool):
@@ -273,65 +234,18 @@ def _dir(
             )
 
     def body(ctx: HostContext) -> HostResult:
-        root = hostfiles.root_of(path, _roots(ctx))
-        found = _stat(ctx, root, path)
-        kind, current, owner, group = found.kind, found.mode, found.user, found.group
-        changes: list[str] = []
-        if kind == "absent":
-            changes.append("create")
-        elif kind != "directory":
-            raise HostError(ctx.name, f"{path} exists and is a {kind}, not a directory")
-        if kind == "absent" or current != mode:
-            changes.append(f"mode {mode}")
-        wanted_owner = str(args.get("owner", owner or "root"))
-        wanted_group = str(args.get("group", group or wanted_owner))
-        owned = "owner" in args or "group" in args
-        if owned and (kind == "absent" or owner != wanted_owner or group != wanted_group):
-            changes.append(f"owner {wanted_owner}:{wanted_group}")
-        if not changes:
-            return ctx.result(Outcome.OK, f"{path} as wanted")
-        if not player.options.check:
-            account = f"{wanted_owner}:{wanted_group}" if owned else hostfiles.LEAVE
-            _helper(ctx, hostfiles.dir_argv(root, path, int(mode, 8), account, create=True))
-        verb = "would " if player.options.check else ""
-        return ctx.result(Outcome.CHANGED, f"{verb}{', '.join(changes)}: {path}")
+        owner, group = args.get("owner"), args.get("group")
+        return files.ensure_dir(
+            ctx,
+            path,
+            mode,
+            owner=str(owner) if owner is not None else None,
+            group=str(group) if group is not None else None,
+            check=player.options.check,
+        )
 
     commands = [hostfiles.stat_argv("/", path), hostfiles.dir_argv("/", path, int(mode, 8))]
     return _host_step(player, hosts, "dir", _hiding(player, args, commands, body))
-
-
-def _write_file(
-    player: Player, ctx: HostContext, path: str, content: bytes, mode: str, secret: bool
-) -> HostResult:
-    """Put ``content`` at ``path`` with ``mode``; a ``secret`` one shows no diff."""
-    root = hostfiles.root_of(path, _roots(ctx))
-    found = _stat(ctx, root, path, content=True)
-    kind, current_mode, current = found.kind, found.mode, found.content
-    if kind not in ("absent", "regular file", "regular empty file"):
-        raise HostError(ctx.name, f"{path} exists and is a {kind}, not a file")
-    changes = []
-    if current != content:
-        changes.append("content")
-    if kind == "absent" or current_mode != mode:
-        changes.append(f"mode {mode}")
-    details: dict[str, Any] = {}
-    if player.options.diff and current != content and secret:
-        details["diff"] = DIFF_HIDDEN
-    elif player.options.diff and current != content:
-        before = (current or b"").decode("utf-8", "replace").splitlines(keepends=True)
-        after = content.decode("utf-8", "replace").splitlines(keepends=True)
-        details["diff"] = "".join(
-            difflib.unified_diff(before, after, f"{path} (before)", f"{path} (after)")
-        )
-    if not changes:
-        return ctx.result(Outcome.OK, f"{path} as wanted")
-    if not player.options.check:
-        # Written only while the file is what was just read: a concurrent edit is kept.
-        expected = "absent" if current is None else hashlib.sha256(current).hexdigest()
-        argv = hostfiles.write_argv(root, path, int(mode, 8), expected, owner=hostfiles.LEAVE)
-        _helper(ctx, argv, stdin=content)
-    verb = "would change" if player.options.check else "changed"
-    return ctx.result(Outcome.CHANGED, f"{verb} {' and '.join(changes)} of {path}", details=details)
 
 
 def _copy(
@@ -358,7 +272,10 @@ def _write_step(
     secret: bool,
 ) -> FleetResult:
     def body(ctx: HostContext) -> HostResult:
-        return _write_file(player, ctx, path, content, mode, secret)
+        options = player.options
+        return files.ensure_file(
+            ctx, path, content, mode, check=options.check, diff=options.diff, secret=secret
+        )
 
     commands = [
         hostfiles.stat_argv("/", path, content=True),
