@@ -393,7 +393,7 @@ def test_a_lock_whose_holder_process_is_gone_is_taken_over_at_once(tmp_path: Pat
     assert line["previous_holder"]["run"] == "deadbeef" and line["outcome"] == "lock"
     lease.release()
     # A live holder of this controller (this very process) is waited for, not taken over.
-    alive = {**dead, "pid": os.getpid(), "pid_start": leases._process_start(os.getpid())}
+    alive = {**dead, "pid": os.getpid(), "pid_start": leases.process_start(os.getpid())}
     lock_path(tmp_path).write_text(json.dumps(alive) + "\n")
     with pytest.raises(HostError, match="lapses in 60s"):
         take(context(LocalHost("gpu1", tmp_path)), options())

@@ -22,7 +22,7 @@ from fleet.ship.codec import Encoder, zstd_program
 from fleet.ship.plan import disk_needed, pull_plan, wire_compression, zstd_loads
 from fleet.ship.plan import plan as ship_plan
 from fleet.ship.state import HostImageState, engine_fix, is_current, parse_state
-from fleet.ship.stream import Broadcast, ImageStream, Sink, _identify_by_digest
+from fleet.ship.stream import Broadcast, ImageStream, Sink, identify_by_digest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "transfer"
 # cauchy:0.2.3 as built on the controller when the fixtures were recorded.
@@ -57,11 +57,11 @@ def test_layer_of_unknown_v1_id_is_identified_by_its_digest() -> None:
     data = b"layer bytes" * 1000
     diff = "sha256:" + hashlib.sha256(data).hexdigest()
     spec = ImageSpec("x:1", "sha256:" + "0" * 64, ("sha256:" + "1" * 64, diff))
-    index, chunks = _identify_by_digest(spec, io.BytesIO(data))
+    index, chunks = identify_by_digest(spec, io.BytesIO(data))
     assert index == 1
     assert b"".join(chunks) == data
     with pytest.raises(HostError, match="not in the image"):
-        _identify_by_digest(spec, io.BytesIO(b"other"))
+        identify_by_digest(spec, io.BytesIO(b"other"))
 
 
 def test_classic_host_with_the_image_is_current() -> None:

@@ -82,7 +82,7 @@ def _clock() -> float:
         return time.monotonic()
 
 
-def _process_start(pid: int) -> str | None:
+def process_start(pid: int) -> str | None:
     """When process ``pid`` started (clock ticks since boot), None when there is none:
     with the PID, it names one process even after the PID is reused."""
     try:
@@ -157,7 +157,7 @@ class LockState:
         document = self.document
         if document.get("host") != socket.gethostname() or document.pid is None:
             return False
-        started = _process_start(document.pid)
+        started = process_start(document.pid)
         return started is None or started != str(document.fields.get("pid_start", started))
 
     def holder(self) -> str:
@@ -421,7 +421,7 @@ def _document(token: str, controller: str, what: str, ttl: float) -> bytes:
         "holder": controller,
         "host": socket.gethostname(),
         "pid": pid,
-        "pid_start": _process_start(pid),
+        "pid_start": process_start(pid),
         "run": RUN_ID,
         "what": what,
         "since": utc_now(),  # for people; the lease's age is the host's clock

@@ -255,7 +255,7 @@ class ImageStream:
                 if layer is None:
                     # An engine whose v1 IDs we cannot recompute: learn the layer from its
                     # digest instead, at the cost of spooling this one layer.
-                    layer, data = _identify_by_digest(spec, source)
+                    layer, data = identify_by_digest(spec, source)
                 self.layer_sizes[layer] = info.size
                 member = _Member(f"layer {layer}", layer)
                 yield (
@@ -379,7 +379,9 @@ class ImageStream:
         yield encoder.feed(data) + encoder.finish()
 
 
-def _identify_by_digest(spec: ImageSpec, source: Any) -> tuple[int, Iterator[bytes]]:
+def identify_by_digest(spec: ImageSpec, source: Any) -> tuple[int, Iterator[bytes]]:
+    """A docker save member read once, spooled, and known by its digest: (the layer's
+    index in ``spec``, the member's bytes again); HostError for a layer not in ``spec``."""
     spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)  # noqa: SIM115 - handed on
     digest = hashlib.sha256()
     for chunk in _read(source):
