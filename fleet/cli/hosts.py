@@ -71,15 +71,7 @@ def _exec(args: argparse.Namespace) -> int:
 
 
 def _facts(args: argparse.Namespace) -> int:
-    def task(ctx: HostContext) -> HostResult:
-        found = facts_mod.gather(ctx.transport)
-        outcome = Outcome.OK
-        reason = None
-        if not found.engine_ok:
-            outcome, reason = Outcome.FAILED, f"Docker engine not answering: {found.engine_error}"
-        return ctx.result(outcome, reason, details={"facts": found.to_json()})
-
     def render(result: FleetResult) -> Any:
         return report.facts_table((r.host, r.details.get("facts")) for r in result.results)
 
-    return common.run_on_hosts(args, "facts", task, render=render)
+    return common.run_on_hosts(args, "facts", facts_mod.facts_of, render=render)

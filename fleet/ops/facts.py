@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fleet.hostoutput import Fact, Store, gathered, parses_host_output, sections, store_of
 from fleet.programs import program
+from fleet.results import HostResult, Outcome
 
 if TYPE_CHECKING:
+    from fleet.runner import HostContext
     from fleet.ssh.base import Transport
 
 FRAMEWORK_LABEL = "io.fleet.framework"
@@ -151,6 +153,25 @@ FACTS: Fact[HostFacts] = Fact("facts", SCRIPT, parse)
 def gather(transport: Transport, timeout: float | None = None) -> HostFacts:
     """Gather a host's facts in one round trip."""
     return FACTS.gather(transport, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """A host's facts as ``fleet facts`` reports them: its result's payload."""
+
+    facts: HostFacts
+
+    def to_json(self) -> dict[str, Any]:
+        return {"facts": self.facts.to_json()}
+
+
+def facts_of(ctx: HostContext) -> HostResult:
+    """One host's facts as a result: ok, or failed when its engine does not answer."""
+    found = gather(ctx.transport)
+    if not found.engine_ok:
+        reason = f"Docker engine not answering: {found.engine_error}"
+        return ctx.result(Outcome.FAILED, reason, payload=Gathered(found))
+    return ctx.result(Outcome.OK, payload=Gathered(found))
 
 
 def _gpu(line: str) -> GPU | None:
