@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import LabFixture, clear_framework, project_options, run_json
-from tests.framework import ROOT, FrameworkProject
+from tests.conftest import LabFixture, project_options, run_json
+from tests.framework import ROOT, FrameworkProject, built_project
 
 pytestmark = pytest.mark.lab
 
@@ -132,14 +132,9 @@ def check(name: str, document: dict[str, Any], repository: str) -> None:
 def project(
     lab_env: LabFixture, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FrameworkProject]:
-    clear_framework(lab_env)
     repository = f"fleet-test-json-{uuid.uuid4().hex[:6]}"
-    built = FrameworkProject.create(tmp_path_factory.mktemp("fw") / "cauchy", repository)
-    built.commit_and_build("v1")
-    built.commit_and_build("v2")
-    yield built
-    clear_framework(lab_env)
-    built.remove_images()
+    root = tmp_path_factory.mktemp("fw") / "cauchy"
+    yield from built_project(lab_env, root, repository, ["v1", "v2"])
 
 
 def test_the_demo_s_json_documents_stay_as_recorded(

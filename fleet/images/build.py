@@ -26,12 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleet.errors import (
-    BuildError,
-    EngineError,
-    ProjectError,
-    TagCollisionError,
-)
+from fleet.errors import BuildError, EngineError, ProjectError, TagCollisionError
 from fleet.images import daemon, gitinfo
 from fleet.images.context import (
     BASE_DOCKERFILE,

@@ -58,12 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleet.errors import EXIT_INTERRUPTED, AuditInterrupted, Interrupted, UsageError
 from fleet.hosts.model import Host
-from fleet.images.labels import (
-    ImageVersion,
-    framework_filter,
-    image_version,
-    newest_first,
-)
+from fleet.images.labels import ImageVersion, framework_filter, image_version, newest_first
 from fleet.ops import containers
 from fleet.ops.verdict import (
     STATUS_DRIFT,

@@ -21,29 +21,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fleet.errors import (
-    FleetError,
-    HostError,
-    Interrupted,
-    RunSpecError,
-    UsageError,
-    tail_lines,
-)
+from fleet.errors import FleetError, HostError, Interrupted, RunSpecError, UsageError, tail_lines
 from fleet.hosts.model import Host
-from fleet.images.runspec import (
-    HealthCheck,
-    RunPolicy,
-    RunSpec,
-    run_spec_for,
-)
+from fleet.images.runspec import HealthCheck, RunPolicy, RunSpec, run_spec_for
 from fleet.images.spec import Shippable
 from fleet.ops import containers, gpu, lock
-from fleet.ops.containers import (
-    FrameworkContainer,
-    FrameworkImage,
-    HostFramework,
-    previous_version,
-)
+from fleet.ops.containers import FrameworkContainer, FrameworkImage, HostFramework, previous_version
 from fleet.ops.health import Health, wait_healthy
 from fleet.ops.history import last_switched_to, record, switch_entry
 from fleet.ops.mounts import check_container, check_mounts

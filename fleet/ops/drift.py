@@ -10,9 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleet import units
-from fleet.images.labels import (
-    normalized_name,
-)
+from fleet.images.labels import normalized_name
 from fleet.images.runspec import RunSpec
 from fleet.ops.containers import FrameworkContainer, FrameworkImage
 

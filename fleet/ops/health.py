@@ -5,10 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from fleet.images.runspec import (
-    HealthCheck,
-    RunSpec,
-)
+from fleet.images.runspec import HealthCheck, RunSpec
 from fleet.programs import program
 from fleet.ssh.base import Transport
 
@@ -19,7 +16,6 @@ _SETTLE_SECONDS = 3.0
 HEALTH_SCRIPT = program("health.sh")
 
 
-# -- health -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Health:
     healthy: bool

@@ -7,17 +7,9 @@ from __future__ import annotations
 
 import json
 
-from fleet.errors import (
-    HostError,
-)
+from fleet.errors import HostError
 from fleet.hosts.model import Host
-from fleet.images.runspec import (
-    RunPolicy,
-    RunSpec,
-    bind_allowed,
-    holds_host_system,
-    path_within,
-)
+from fleet.images.runspec import RunPolicy, RunSpec, bind_allowed, holds_host_system, path_within
 from fleet.ssh.base import Transport
 
 # What a container hands over at its start, from the host's engine: its binds and named

@@ -6,13 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fleet.errors import (
-    UsageError,
-)
+from fleet.errors import UsageError
 from fleet.hosts.model import Host
-from fleet.ops.containers import (
-    previous_version,
-)
+from fleet.ops.containers import previous_version
 from fleet.ops.deploy import DeployOptions, gather_state, locked, run_docker, run_docker_quiet
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner

@@ -11,11 +11,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from fleet.errors import (
-    HostError,
-    PlaybookError,
-    UsageError,
-)
+from fleet.errors import HostError, PlaybookError, UsageError
 from fleet.hosts.model import Host
 from fleet.images import daemon
 from fleet.images.project import load_project

@@ -236,7 +236,7 @@ def history_view(rows: Sequence[AuditRow]) -> RenderableType:
 def history_line(entry: HistoryEntry) -> str:
     """``2026-11-28T04:27:13Z deploy 0.2.6 -> 0.2.7 changed by alice@ctl (1.7s)``.
 
-    The host's own words: show it with :func:`fleet.report.untrusted.untrusted`."""
+    The host's own words: show it with :func:`fleet.report.untrusted.safe_text`."""
     said = f"{entry.time or '?'} {entry.action or '?'}"
     if not entry.is_switch:
         previous = entry.get("previous_holder")

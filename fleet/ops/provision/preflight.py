@@ -9,9 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleet import units
-from fleet.errors import (
-    CronBlockError,
-)
+from fleet.errors import CronBlockError
 from fleet.images.runspec import RunSpec
 from fleet.ops.facts import GPU
 from fleet.ops.provision.cron import find_block, numbered_lines, other_aicron_lines

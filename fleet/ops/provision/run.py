@@ -10,10 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleet.errors import (
-    CommandError,
-    UsageError,
-)
+from fleet.errors import CommandError, UsageError
 from fleet.hosts.model import Host
 from fleet.images import daemon
 from fleet.images.project import Project, load_project

@@ -11,10 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet import units
-from fleet.errors import (
-    InputError,
-    ProvisionSettingsError,
-)
+from fleet.errors import InputError, ProvisionSettingsError
 from fleet.hosts import settings as layered
 from fleet.hosts.model import Host
 from fleet.images.runspec import HOSTNAME, RunSpec
