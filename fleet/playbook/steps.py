@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from fleet import units
 from fleet.errors import HostError, PlaybookError, UsageError
 from fleet.hosts.model import Host
 from fleet.images import daemon
@@ -114,12 +115,10 @@ def _prune(
 
 
 def _size(value: Any, what: str = "min_free") -> int:
-    if isinstance(value, int):
-        return value
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", str(value), re.I)
-    if not match:
-        raise UsageError(f"{what}: {value!r} is not a size like 10G")
-    return int(float(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " "))
+    try:
+        return units.parse_size(value)
+    except ValueError as exc:
+        raise UsageError(f"{what}: {exc}") from None
 
 
 # -- small host steps -------------------------------------------------------------------
