@@ -53,7 +53,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fleet.errors import EXIT_INTERRUPTED, AuditInterrupted, Interrupted, UsageError
@@ -240,8 +240,8 @@ def audit(
         )
         rows[ctx.name] = row
         if row.ok:
-            return ctx.result(Outcome.OK, _summary(row), details=row.to_json())
-        return ctx.result(Outcome.FAILED, row.reason_text(), details=row.to_json())
+            return ctx.result(Outcome.OK, _summary(row), payload=row)
+        return ctx.result(Outcome.FAILED, row.reason_text(), payload=row)
 
     try:
         result = runner.run("audit", hosts, task)
@@ -271,7 +271,7 @@ def report_of(
                 row = unreachable_row(ran.host, reason, options.expected)
             else:
                 row = error_row(ran.host, reason, options.expected)
-            ran = replace(ran, details=row.to_json())  # noqa: PLW2901
+            ran = ran.with_payload(row)  # noqa: PLW2901
         ordered.append(row)
         results.append(ran)
     return AuditReport(
