@@ -263,7 +263,7 @@ def shippable(client: Any, reference: str) -> Shippable:
         spec=spec,
         sizes=tuple(layer_sizes(client, reference, len(spec.diff_ids))),
         save=functools.partial(save_stream, client, reference),
-        local=store if store is not None else local_layers(client),
+        local=store if store is not None else LocalLayers.at(info) if info is not None else None,
         blobs=tuple(store.stored(c) for c in spec.chain_ids) if store is not None else (),
     )
 

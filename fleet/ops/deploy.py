@@ -609,14 +609,12 @@ def _rollout(
         for row in switched.results:
             push_row = next(r for r in pushed.results if r.host == row.host)
             done = row.typed(Switch)
-            merged = replace(
-                row,
-                details={**push_row.details, **row.details},
-                seconds=row.seconds + push_row.seconds,
+            merged = (
+                row.with_payload(replace(done, shipped=push_row.details))
+                if done is not None
+                else replace(row, details={**push_row.details, **row.details})
             )
-            results[row.host] = (
-                merged.with_payload(replace(done, shipped=push_row.details)) if done else merged
-            )
+            results[row.host] = replace(merged, seconds=row.seconds + push_row.seconds)
         failed = sum(1 for h in batch if not results[h.name].succeeded)
         if (
             options.max_fail_percent is not None

@@ -9,13 +9,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fleet.ops.containers import HISTORY_FILE
-from fleet.ops.records import HistoryEntry
+from fleet.ops.records import HistoryEntry, last_switch
 from fleet.programs import program
 from fleet.ssh.base import Transport
 from fleet.units import utc_now
 
 if TYPE_CHECKING:
     from fleet.ops.deploy import Target
+    from fleet.ops.gpu import GPUProcess
 
 APPEND_SCRIPT = program("history_append.sh")
 
@@ -38,7 +39,7 @@ def switch_entry(
     previous: str | None,
     target: Target,
     started: float,
-    interrupted: Sequence[object] = (),
+    interrupted: Sequence[GPUProcess] = (),
 ) -> dict[str, Any]:
     """The history line of a switch, without its outcome (``started``: its monotonic start)."""
     entry: dict[str, Any] = {
@@ -58,5 +59,5 @@ def switch_entry(
 
 def last_switched_to(history: Iterable[HistoryEntry], tag: str) -> bool:
     """Whether the history's last switch changed the host to ``tag``."""
-    switches = [e for e in history if e.is_switch]
-    return bool(switches) and switches[-1].to_version == tag and switches[-1].outcome == "changed"
+    last = last_switch(history)
+    return last is not None and last.to_version == tag and last.outcome == "changed"

@@ -8,7 +8,7 @@ another type is not trusted as one), and ``--json`` shows what the host holds, a
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -127,3 +127,8 @@ class HistoryEntry:
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.fields)
+
+
+def last_switch(history: Iterable[HistoryEntry]) -> HistoryEntry | None:
+    """The history's last switch (a lock's take-over or release is none)."""
+    return next((e for e in reversed(list(history)) if e.is_switch), None)

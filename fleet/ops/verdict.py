@@ -76,7 +76,7 @@ from fleet.images.labels import (
 from fleet.images.runspec import run_spec_for
 from fleet.ops import containers
 from fleet.ops.containers import FrameworkContainer, FrameworkImage, HostFramework
-from fleet.ops.records import HistoryEntry, LockDocument
+from fleet.ops.records import HistoryEntry, LockDocument, last_switch
 
 if TYPE_CHECKING:
     pass
@@ -191,7 +191,7 @@ class AuditRow:
     @property
     def last_deploy(self) -> HistoryEntry | None:
         """The last switch in the history (a lock's take-over or release is no deploy)."""
-        return next((e for e in reversed(self.history) if e.is_switch), None)
+        return last_switch(self.history)
 
     @property
     def codes(self) -> tuple[str, ...]:

@@ -52,12 +52,7 @@ def _push(
         return _not_built(reference, hosts, "push")
     image = daemon.shippable(player.client, reference)
     min_free = args.get("min_free") or 0
-    options = PushOptions(
-        compress=compression(str(args.get("compress", "auto"))),
-        check=player.options.check,
-        min_free_bytes=_size(min_free),
-        **shipping_options(args),
-    )
+    options = _push_options(args, check=player.options.check, min_free_bytes=_size(min_free))
     return push(player.runner, hosts, image, options)
 
 
@@ -70,6 +65,12 @@ def shipping_options(args: Mapping[str, Any]) -> dict[str, Any]:
     return {"via": via_of(str(args.get("via", "ssh"))), "registry": args.get("registry"), **rates}
 
 
+def _push_options(args: Mapping[str, Any], **fields: Any) -> PushOptions:
+    """A push or deploy task's shipping, as ``fleet push`` options say it."""
+    compress = compression(str(args.get("compress", "auto")))
+    return PushOptions(compress=compress, **shipping_options(args), **fields)
+
+
 def _deploy_options(
     player: Player, args: Mapping[str, Any], repository: str
 ) -> deploy_mod.DeployOptions:
@@ -77,9 +78,7 @@ def _deploy_options(
         repository=repository,
         check=player.options.check,
         wait_lock=float(args.get("wait", 0)),
-        shipping=PushOptions(
-            compress=compression(str(args.get("compress", "auto"))), **shipping_options(args)
-        ),
+        shipping=_push_options(args),
     )
 
 

@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fleet.errors import HostError, RegistryError, tail_lines
-from fleet.hostoutput import sections
 from fleet.hosts.model import Host
 from fleet.images import daemon
 from fleet.images.spec import ImageSpec
@@ -22,7 +21,7 @@ from fleet.runner import HostContext, Runner
 from fleet.ship import registry
 from fleet.ship.bandwidth import Limits, Throttle
 from fleet.ship.plan import Plan, PushOptions
-from fleet.ship.state import evidence, is_current, target_state, verify
+from fleet.ship.state import evidence, is_current, state_parts, target_state, verify
 from fleet.ssh.base import CommandResult, Transport
 from fleet.ssh.base import fix_for as _fix_for
 
@@ -177,7 +176,7 @@ def _check_pulled(ctx: HostContext, spec: ImageSpec, name: str, ran: CommandResu
             fix=_fix_for(ran.stderr)
             or "check that the host reaches the registry and may pull from it, then rerun",
         )
-    parts = sections(ran.stdout, keep_blank=False, strip=True)
+    parts = state_parts(ran.stdout)
     pulled = target_state(parts)
     if is_current(spec, pulled):
         return

@@ -21,7 +21,7 @@ from typing import Any
 
 from fleet.errors import CommandError, HostError, tail_lines
 from fleet.hosts.model import Host
-from fleet.images.spec import Shippable
+from fleet.images.spec import ImageSpec, Shippable
 from fleet.programs import program
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
@@ -60,12 +60,12 @@ class Shipment:
     layers_sent: int
     bytes_sent: int
     image_id: str
-    # How the layers were read and sent; None when nothing was read (the host had them).
-    source: str | None = None
-    missing_bytes: int | None = None
-    compress: str | None = None
-    layers_held_compressed: int = 0
-    layers_as_stored: int = 0
+    # How the layers were read and sent.
+    source: str  # the controller's store, or docker save
+    missing_bytes: int | None  # None when the image was not read
+    compress: WireCompression
+    layers_held_compressed: int
+    layers_as_stored: int
     source_why: str = ""  # why docker save was read rather than the store
 
     def to_json(self) -> dict[str, Any]:
@@ -76,15 +76,12 @@ class Shipment:
             "layers_sent": self.layers_sent,
             "bytes_sent": self.bytes_sent,
             "image_id": self.image_id,
+            "missing_bytes": self.missing_bytes,
+            "source": self.source,
+            "compress": self.compress,
+            "layers_held_compressed": self.layers_held_compressed,
+            "layers_as_stored": self.layers_as_stored,
         }
-        if self.source is not None:
-            document |= {
-                "missing_bytes": self.missing_bytes,
-                "source": self.source,
-                "compress": self.compress,
-                "layers_held_compressed": self.layers_held_compressed,
-                "layers_as_stored": self.layers_as_stored,
-            }
         if self.source_why:
             document["source_why"] = self.source_why
         return document
@@ -313,10 +310,7 @@ def _send_all(
                 )
             ctx.progress("verify")
             image_id = verify(ctx.transport, spec, options.state_timeout, loaded)
-            shipment = Shipment(
-                decided.store, len(spec.diff_ids), len(decided.send), sink.bytes, image_id
-            )
-            return result_for(ctx, _shipped(shipment, decided, sink, broadcast))
+            return result_for(ctx, _shipment(spec, decided, sink, broadcast, image_id))
 
         shipped += runner.run("push", wave, ship).results
         for producer in producers:
@@ -334,12 +328,18 @@ def _by_compression(
     return groups
 
 
-def _shipped(shipment: Shipment, decided: Plan, sink: Sink, broadcast: Broadcast) -> Shipment:
-    """A host's shipment with how its layers were read and sent."""
+def _shipment(
+    spec: ImageSpec, decided: Plan, sink: Sink, broadcast: Broadcast, image_id: str
+) -> Shipment:
+    """What a host was sent, and how its layers were read and sent."""
     sizes = broadcast.layer_sizes  # empty when the image was not read
     as_sent = {i: decided.stored[i] for i in sink.stored}  # none after a docker save
-    return replace(
-        shipment,
+    return Shipment(
+        store=decided.store,
+        layers_total=len(spec.diff_ids),
+        layers_sent=len(decided.send),
+        bytes_sent=sink.bytes,
+        image_id=image_id,
         missing_bytes=archived_bytes(sizes, decided.send, as_sent) if sizes else None,
         source=broadcast.source,
         compress=broadcast.compress,

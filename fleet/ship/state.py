@@ -77,10 +77,15 @@ LAYER_TYPES = frozenset(
 CONTENT_GET_SCRIPT = program("content_get.sh")
 
 
+def state_parts(text: str) -> dict[str, list[str]]:
+    """The sections of what the state programs print, each line trimmed, blanks dropped."""
+    return sections(text, keep_blank=False, strip=True)
+
+
 @parses_host_output("the host's image state")
 def parse_state(text: str) -> HostImageState:
     """A host's image state from the output of :data:`STATE_SCRIPT`."""
-    parts = sections(gathered(text, "the host's image state"), keep_blank=False, strip=True)
+    parts = state_parts(gathered(text, "the host's image state"))
     version = engine_answered(parts)
     if version is None:
         return HostImageState(False, engine_error(parts))
@@ -205,7 +210,7 @@ def verify(
     without it the host is asked.
     """
     if loaded is not None:
-        state = target_state(sections(loaded, keep_blank=False, strip=True))
+        state = target_state(state_parts(loaded))
     else:
         state = read_state(transport, spec.ref, timeout)
     if is_current(spec, state):
