@@ -117,7 +117,9 @@ def test_the_users_inventories_sit_beside_the_labs_and_go_with_it(
     assert sorted(p.name for p in (tmp_path / "inventory").iterdir()) == []
 
 
-def test_which_lab_wrote_an_inventory(tmp_path: Path) -> None:
+def test_which_lab_wrote_an_inventory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # forget() removes the named lab's known_hosts: never the running lab's own.
+    monkeypatch.setenv("FLEET_LAB_DIR", str(tmp_path / "state"))
     path = tmp_path / "lab.yml"
     assert lab.inventory_lab(path) is None  # no file
     path.write_text("all:\n  hosts:\n    gpu01:\n")
