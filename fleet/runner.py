@@ -15,7 +15,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -272,6 +272,25 @@ class Runner:
         self._dead: dict[str, UnreachableError] = {}
         self._lock = threading.Lock()
         self.stopping = threading.Event()
+        self._phases = 0
+
+    @contextlib.contextmanager
+    def phases(self) -> Iterator[None]:
+        """Runs inside are phases of a longer operation (a push's inspection, a deploy's
+        push): no host is done at a phase's end, so the reporter hears it as progress. The
+        operation tells each host's end with :meth:`settle` once it knows it."""
+        self._phases += 1
+        try:
+            yield
+        finally:
+            self._phases -= 1
+
+    def settle(self, results: Iterable[HostResult]) -> None:
+        """Report these hosts as done: results of phases, or made without a run. Inside
+        :meth:`phases` it is left to the enclosing operation, which settles them itself."""
+        if self._phases == 0:
+            for result in results:
+                self.events.finished(result)
 
     def transport(self, host: Host) -> Transport:
         """The host's connection, opened on first use and reused after."""
@@ -307,8 +326,9 @@ class Runner:
         pool = ThreadPoolExecutor(max_workers=min(self.forks, max(1, len(hosts))))
         futures: dict[Future[HostResult], Host] = {}
         try:
+            phase = self._phases > 0
             for host in hosts:
-                futures[pool.submit(self._one, command, host, task)] = host
+                futures[pool.submit(self._one, command, host, task, phase)] = host
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -338,7 +358,7 @@ class Runner:
             pool.shutdown(wait=False, cancel_futures=True)
         return FleetResult.of(command, (results[h.name] for h in hosts), time.monotonic() - started)
 
-    def _one(self, command: str, host: Host, task: Task) -> HostResult:
+    def _one(self, command: str, host: Host, task: Task, phase: bool) -> HostResult:
         started = time.monotonic()
         self.events.started(host.name, command)
         context = HostContext(host, self, command)
@@ -358,7 +378,11 @@ class Runner:
                 host.name, Outcome.FAILED, f"internal error: {type(exc).__name__}: {exc}"
             )
         result = _with_seconds(result, time.monotonic() - started)
-        self.events.finished(result)
+        if phase:
+            note = "done" if result.succeeded else str(result.outcome)
+            self.events.progress(host.name, command, note)
+        else:
+            self.events.finished(result)
         return result
 
     def close(self) -> None:

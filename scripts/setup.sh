@@ -14,6 +14,8 @@ command -v git >/dev/null 2>&1 || need_apt+=(git)
 command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
 command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
+# The live view is tested as a person sees it: in a real terminal (tests/test_live_e2e.py).
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}"

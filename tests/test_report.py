@@ -5,9 +5,11 @@ import re
 import time
 
 import pytest
-from rich.console import Console
+from rich.console import Console, Group
 
 from fleet import report
+from fleet.errors import HostError
+from fleet.hosts.model import Host
 from fleet.images.labels import ImageVersion
 from fleet.ops.deploy import Switch
 from fleet.playbook.run import PlaybookRun, Tally
@@ -17,6 +19,8 @@ from fleet.report.build import versions_table
 from fleet.report.play import PlayReporter
 from fleet.report.play import recap as play_recap
 from fleet.results import FleetResult, HostResult, Outcome
+from fleet.runner import HostContext, Runner
+from tests.fakes import FakeTransport
 
 
 def render(renderable: object, width: int = 100) -> str:
@@ -96,6 +100,76 @@ def test_live_view_shows_bytes_rate_and_eta_while_a_host_sends() -> None:
     assert first.startswith("gpu01 push send") and "1.0/2.0 GiB" in first, first
     assert "/s" in first and "0:00:0" in first  # a rate and an ETA
     assert "GiB" not in second and "load" in second, second  # no bar without a byte count
+
+
+def test_a_phase_that_ended_does_not_hide_the_next_one_nor_stop_the_clock() -> None:
+    """A push in a deploy: the inspection ended (a result), then bytes move. The row shows
+    the send with its bytes, no outcome, and a clock that kept going; the outcome comes
+    with the host's end, and then the clock stands still."""
+    terminal = io.StringIO()
+    out = Console(file=terminal, width=200, force_terminal=True, color_system=None)
+    reporter = report.LiveReporter(["gpu01"], out)
+    assert reporter._progress is not None
+
+    def row() -> str:
+        assert reporter._progress is not None
+        return render(reporter._progress.make_tasks_table(reporter._progress.tasks), 200)
+
+    with reporter:
+        reporter.started("gpu01", "push: inspect")
+        reporter.finished(HostResult("gpu01", Outcome.OK, seconds=0.1))
+        assert " ok " in row()
+        time.sleep(1.1)
+        reporter.started("gpu01", "push")
+        for done in (0, 1 << 29, 1 << 30):
+            reporter.progress("gpu01", "push", "send", done, 2 << 30)
+            time.sleep(0.1)
+        sending = row()
+        assert "push send" in sending and "1.0/2.0 GiB" in sending and "/s" in sending
+        assert " ok " not in sending, sending
+        assert "0:00:01" in sending, sending  # since the host began, not since the send
+        reporter.finished(HostResult("gpu01", Outcome.CHANGED, seconds=2))
+        ended = row()
+        time.sleep(1.1)
+        assert "changed" in ended and "GiB" not in ended
+        assert row() == ended  # the clock stopped with the outcome
+
+
+def test_the_runner_reports_a_phase_end_as_progress_and_the_host_end_once() -> None:
+    heard: list[tuple[str, ...]] = []
+
+    class Heard:
+        def started(self, host: str, step: str) -> None:
+            heard.append(("started", host, step))
+
+        def progress(
+            self, host: str, step: str, note: str = "", done: int = 0, total: int = 0
+        ) -> None:
+            heard.append(("progress", host, step, note))
+
+        def finished(self, result: HostResult) -> None:
+            heard.append(("finished", result.host, str(result.outcome)))
+
+    runner = Runner(FakeTransport, events=Heard())
+    hosts = [Host("a"), Host("b")]
+
+    def inspect(ctx: HostContext) -> HostResult:
+        if ctx.name == "b":
+            raise HostError("b", "no engine")
+        return ctx.result(Outcome.OK)
+
+    with runner.phases():
+        inspected = runner.run("push: inspect", hosts, inspect)
+        runner.settle(inspected.failed)  # inside phases: the enclosing operation's to tell
+    assert ("progress", "a", "push: inspect", "done") in heard
+    assert ("progress", "b", "push: inspect", "failed") in heard
+    assert not [e for e in heard if e[0] == "finished"]
+    runner.settle(inspected.failed)
+    runner.run("push", hosts[:1], lambda ctx: ctx.result(Outcome.CHANGED))
+    assert [e for e in heard if e[0] == "finished"] == [
+        ("finished", "b", "failed"),
+        ("finished", "a", "changed"),
+    ]
 
 
 def test_command_output_groups_by_host() -> None:
@@ -398,3 +472,56 @@ def test_images_table_shows_a_tag_moved_by_retag() -> None:
     lines = shown.splitlines()
     assert "0.2.68 (moved from aaaaaaa by --retag)" in lines[1]
     assert "0.2.68 (tag moved to bbbbbbb)" in lines[2]
+
+
+def test_summaries_group_and_fold_hosts_at_scale() -> None:
+    pairs = [(f"gpu{i:03d}", "no_engine") for i in range(500)]
+    assert report.grouped_hosts(pairs) == "gpu[000-499] (no_engine)"
+    mixed = [("lab1", "behind"), ("lab2", "behind"), ("lab3", "dirty,version")]
+    assert report.grouped_hosts(mixed) == "lab[1-2] (behind), lab3 (dirty,version)"
+    # Names that fold into nothing, each with its own reason: cut, and the rest counted.
+    scattered = [(f"host-{chr(97 + i // 26)}{chr(97 + i % 26)}", f"code{i}") for i in range(500)]
+    text = report.grouped_hosts(scattered)
+    assert len(text) <= report.SUMMARY_WIDTH + 40, len(text)
+    shown = text.count("(code")
+    assert text.endswith(f"… and {500 - shown} more"), text[-40:]
+
+
+def test_a_piped_recap_keeps_each_host_on_one_line() -> None:
+    note = "sent 2/2 layers, 404200960 bytes in 12.3s " + "x" * 300
+    run = FleetResult.of(
+        "push",
+        [HostResult(f"gpu{i:02d}", Outcome.CHANGED, note, seconds=1.0) for i in range(3)],
+        1.0,
+    )
+    piped = io.StringIO()
+    report.console(piped).print(report.recap(run))  # not a terminal: no width given
+    lines = piped.getvalue().splitlines()
+    rows = [line for line in lines if line.startswith("gpu")]
+    assert len(rows) == 3, lines
+    assert all(row.rstrip().endswith("…") for row in rows), rows
+    assert all(len(row) <= report.PIPED_WIDTH for row in lines)
+
+
+def test_more_hosts_than_lines_fold_into_counts_and_the_rows_worth_watching() -> None:
+    out = Console(file=io.StringIO(), width=150, height=12, force_terminal=True)
+    hosts = [f"gpu{i:03d}" for i in range(200)]
+    reporter = report.LiveReporter(hosts, out)
+    assert reporter._progress is not None
+    with reporter:
+        for index, host in enumerate(hosts[:150]):
+            reporter.started(host, "push")
+            if index < 100:
+                reporter.progress(host, "push", "send", 1 << 20, 4 << 20)
+            if index < 40:
+                outcome = Outcome.UNREACHABLE if index == 7 else Outcome.CHANGED
+                reporter.finished(HostResult(host, outcome, "gone" if index == 7 else None))
+        lines = render(Group(*reporter._progress.get_renderables()), 150).splitlines()
+    assert lines[0] == (
+        "200 hosts: 50 waiting · 110 running (send 60, push 50)"
+        " · 40 done (changed 39, unreachable 1)"
+    ), lines[0]
+    assert len(lines) <= 12 - 3, lines
+    # The failed host first, then the longest running (started first): gpu040, gpu041...
+    assert lines[1].startswith("gpu007") and "unreachable" in lines[1], lines[1]
+    assert lines[2].startswith("gpu040 push send"), lines[2]

@@ -111,8 +111,7 @@ def _repository_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _stdout() -> Any:
-    # Piped, a table is not cut to 80 columns.
-    return report.console(sys.stdout, width=None if sys.stdout.isatty() else 200)
+    return report.console(sys.stdout)
 
 
 def _print_json(document: dict[str, Any]) -> None:

@@ -574,17 +574,21 @@ def _rollout(
     tag = spec.ref.rpartition(":")[2]
     stop_reason = ""
     if options.serial and not options.force:
-        hosts = idle_first(runner, hosts, options)
+        with runner.phases():
+            hosts = idle_first(runner, hosts, options)
     for index, batch in enumerate(batches(hosts, options.serial), start=1):
         if stop_reason:
             for host in batch:
                 results[host.name] = HostResult(host.name, Outcome.SKIPPED, stop_reason)
+            runner.settle(results[h.name] for h in batch)
             continue
-        pushed = push(runner, batch, image, options.push_options())
+        with runner.phases():
+            pushed = push(runner, batch, image, options.push_options())
         ready = [h for h in batch if pushed_ok(pushed, h.name)]
         for row in pushed.results:
             if not row.succeeded:
                 results[row.host] = row
+        runner.settle(row for row in pushed.results if not row.succeeded)
         id_by_host = {r.host: str(r.details.get("image_id", "")) for r in pushed.results}
 
         def task(ctx: HostContext, id_by_host: dict[str, str] = id_by_host) -> HostResult:

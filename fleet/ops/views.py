@@ -320,7 +320,9 @@ def follow_logs(
         located[ctx.name] = container
         return ctx.result(Outcome.OK, None, details={"container": container.name})
 
-    found = runner.run("logs", hosts, locate)
+    with runner.phases():
+        found = runner.run("logs", hosts, locate)
+    runner.settle(r for r in found.results if r.host not in located)
     for row in found.results:
         if row.outcome is not Outcome.OK:
             on_end(row)

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import IO, Any
 
 from rich.console import Console, Group, RenderableType
@@ -28,13 +31,13 @@ from rich.progress import (
     Task,
     TaskID,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
 from rich.table import Table
 from rich.text import Text
 
+from fleet.hosts.nodeset import folded
 from fleet.report.untrusted import first_line, safe_text, visible
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.units import format_size
@@ -48,9 +51,21 @@ STYLES: Mapping[Outcome, str] = {
 }
 
 
+# Piped or in CI, lines are not folded at 80 columns: a host's recap row stays one line (a
+# CI log is read with grep), its note cut and marked at NOTE_WIDTH.
+PIPED_WIDTH = 400
+NOTE_WIDTH = 160
+
+
+def clipped_line(text: str, width: int = NOTE_WIDTH) -> str:
+    """The first line of ``text``, cut at ``width`` characters and marked "…" when cut."""
+    line = first_line(text)
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
 def console(file: IO[str] | None = None, *, width: int | None = None) -> Console:
     """A console on ``file`` (stderr by default: stdout is kept for data)."""
-    return Console(
+    made = Console(
         file=file or sys.stderr,
         width=width,
         highlight=False,
@@ -58,6 +73,9 @@ def console(file: IO[str] | None = None, *, width: int | None = None) -> Console
         markup=False,
         emoji=False,
     )
+    if width is None and not made.is_terminal:
+        made.width = PIPED_WIDTH
+    return made
 
 
 class _Status(ProgressColumn):
@@ -83,12 +101,76 @@ class _WhenBytes(ProgressColumn):
         return self.column.render(task)
 
 
+class _Elapsed(ProgressColumn):
+    """Time since the host began: it advances across phases, and stands still once the host
+    has its outcome (rich's own elapsed column stops for good at a task's first stop)."""
+
+    def render(self, task: Task) -> Text:
+        since = task.fields.get("since")
+        if since is None:
+            return Text("-:--:--", style="progress.elapsed")
+        until = task.fields.get("until") or time.monotonic()
+        return Text(str(timedelta(seconds=int(until - since))), style="progress.elapsed")
+
+
+class _FoldingProgress(Progress):
+    """rich's progress view that folds: past the terminal's height, a line of counts (how
+    many hosts wait, run in each phase, ended with each outcome), then the hosts that ended
+    badly and those running longest: the ones a person watches for."""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        tasks = self.tasks
+        if not hasattr(self, "live"):  # rich renders once while it makes the view
+            yield self.make_tasks_table(tasks)
+            return
+        room = max(3, self.console.size.height - 3)
+        if len(tasks) <= room:
+            yield self.make_tasks_table(tasks)
+            return
+        waiting, ended, running = [], [], []
+        for task in tasks:
+            if task.fields.get("outcome") is not None:
+                ended.append(task)
+            elif task.fields.get("since") is None:
+                waiting.append(task)
+            else:
+                running.append(task)
+        yield _counts(len(tasks), waiting, running, ended)
+        bad = [t for t in ended if t.fields["outcome"] in (Outcome.FAILED, Outcome.UNREACHABLE)]
+        running.sort(key=lambda t: t.fields["since"])
+        shown = [*bad[: room // 3], *running][: room - 1]
+        yield self.make_tasks_table(shown)
+
+
+def _counts(total: int, waiting: list[Task], running: list[Task], ended: list[Task]) -> Text:
+    """``500 hosts: 200 waiting · 250 running (send 200, load 50) · 50 done (ok 48, failed 2)``."""
+    phases = Counter(
+        visible(t.fields.get("note") or t.fields.get("step") or "started") for t in running
+    )
+    outcomes = Counter(t.fields["outcome"] for t in ended)
+    text = Text(f"{total} hosts: {len(waiting)} waiting · {len(running)} running")
+    if phases:
+        text.append(" (" + ", ".join(f"{p} {n}" for p, n in phases.most_common(4)) + ")")
+    text.append(f" · {len(ended)} done")
+    if outcomes:
+        text.append(" (")
+        for index, outcome in enumerate(o for o in STYLES if outcomes[o]):
+            text.append(", " if index else "")
+            text.append(f"{outcome} {outcomes[outcome]}", style=STYLES[outcome])
+        text.append(")")
+    return text
+
+
 class LiveReporter:
     """Hears a run's events and shows them: live on a terminal, plain lines otherwise.
 
     Live: one row per host (rich.progress): host, step, what it does or its outcome and,
-    while it moves bytes (a push's send), a bar, bytes done of the total, rate and ETA.
-    Plain: a line when a host starts a new phase, and one when it finishes.
+    while it moves bytes (a push's send), a bar, bytes done of the total, rate and ETA, and
+    the time since the host began. A host's outcome shows once it is done: the end of a
+    phase (a push's inspection inside a deploy) is progress, and the next phase's start
+    takes the row back. More hosts than the terminal has lines fold into a line of counts
+    and the rows worth watching. Plain: a line when a host starts a new phase, and one when
+    it finishes.
     """
 
     def __init__(
@@ -101,8 +183,9 @@ class LiveReporter:
         use_live = self.console.is_terminal if live is None else live
         self._progress: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
+        self._since: dict[str, float] = {}
         if use_live:
-            self._progress = Progress(
+            self._progress = _FoldingProgress(
                 TextColumn("{task.fields[host]}", markup=False),
                 TextColumn("{task.fields[step]}", markup=False),
                 _Status(),
@@ -110,7 +193,7 @@ class LiveReporter:
                 _WhenBytes(DownloadColumn(binary_units=True)),
                 _WhenBytes(TransferSpeedColumn()),
                 _WhenBytes(TimeRemainingColumn()),
-                TimeElapsedColumn(),
+                _Elapsed(),
                 console=self.console,
                 transient=True,
                 refresh_per_second=8,
@@ -134,7 +217,15 @@ class LiveReporter:
         with self._lock:
             if host not in self._tasks:
                 self._tasks[host] = self._progress.add_task(
-                    "", start=False, total=None, host=visible(host), step="", note=note
+                    "",
+                    start=False,
+                    total=None,
+                    host=visible(host),
+                    step="",
+                    note=note,
+                    outcome=None,
+                    since=None,
+                    until=None,
                 )
             return self._progress, self._tasks[host]
 
@@ -143,7 +234,17 @@ class LiveReporter:
         if live is not None:
             view, task = live
             view.start_task(task)
-            view.update(task, step=visible(step), note="", total=None, completed=0)
+            since = self._since.setdefault(host, time.monotonic())
+            view.update(
+                task,
+                step=visible(step),
+                note="",
+                total=None,
+                completed=0,
+                outcome=None,
+                since=since,
+                until=None,
+            )
 
     def progress(self, host: str, step: str, note: str = "", done: int = 0, total: int = 0) -> None:
         live = self._task(host)
@@ -167,8 +268,7 @@ class LiveReporter:
         live = self._task(result.host)
         if live is not None:
             view, task = live
-            view.update(task, outcome=result.outcome)
-            view.stop_task(task)
+            view.update(task, outcome=result.outcome, until=time.monotonic())
             return
         self.console.print(_plain_line(result))
 
@@ -179,8 +279,32 @@ def _plain_line(result: HostResult) -> Text:
     line.append(str(result.outcome), style=STYLES[result.outcome])
     line.append(f" ({result.seconds:.1f}s)")
     if result.reason and not result.succeeded:
-        line.append(f" {visible(first_line(result.reason))}")
+        line.append(f" {visible(clipped_line(result.reason))}")
     return line
+
+
+# A summary line names at most about this many characters of hosts (a fleet of 500 folds).
+SUMMARY_WIDTH = 300
+
+
+def grouped_hosts(pairs: Iterable[tuple[str, str]], width: int = SUMMARY_WIDTH) -> str:
+    """Hosts with what each has, grouped and folded: ``lab[1-2] (no_engine), lab3 (behind)``.
+
+    One entry per label, in the order labels first came, its hosts folded into ranges;
+    past ``width`` the rest is counted: ``… and 497 more``. Show it with ``visible``."""
+    by_label: dict[str, list[str]] = {}
+    for host, label in pairs:
+        by_label.setdefault(label, []).append(host)
+    entries: list[str] = []
+    used = 0
+    for index, (label, hosts) in enumerate(by_label.items()):
+        entry = f"{folded(hosts, width // 2)} ({label})" if label else folded(hosts, width // 2)
+        if entries and used + len(entry) > width:
+            rest = sum(len(h) for h in list(by_label.values())[index:])
+            return f"{', '.join(entries)} … and {rest} more"
+        entries.append(entry)
+        used += len(entry) + 2
+    return ", ".join(entries)
 
 
 def human_size(count: float) -> str:
@@ -203,7 +327,7 @@ def recap(
     for row in result.results:
         note = ""
         if row.succeeded and row.reason:
-            note = first_line(row.reason)
+            note = clipped_line(row.reason)
         elif not row.succeeded:
             note = "see below"
         cells = [safe_text(row.details.get(c, "")) for c in detail_columns]

@@ -19,10 +19,11 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from fleet.hosts.nodeset import folded
 from fleet.ops.audit import AuditReport
 from fleet.ops.records import HistoryEntry
 from fleet.ops.verdict import STATUS_ERROR, STATUS_OK, STATUS_UNREACHABLE, AuditRow
-from fleet.report import REASON_INDENT
+from fleet.report import REASON_INDENT, grouped_hosts
 from fleet.report.untrusted import safe_text, visible
 
 _MATCH_STYLES = {
@@ -155,10 +156,16 @@ def summary_lines(report: AuditReport) -> list[RenderableType]:
     versions = report.versions()
     line = Text(f"{len(rows)} hosts in {report.result.seconds:.1f}s: ")
     if versions:
+        # Each version with its count and its hosts, folded: "0.2.7 x40 (gpu[01-40])".
+        running = {
+            tag: [r.host for r in rows if r.reachable and (r.tag or "none") == tag]
+            for tag in versions
+        }
         line.append(
             visible(
                 ", ".join(
-                    f"{'not running' if tag == 'none' else tag} x{n}" for tag, n in versions.items()
+                    f"{'not running' if tag == 'none' else tag} x{n} ({folded(running[tag], 80)})"
+                    for tag, n in versions.items()
                 )
             )
         )
@@ -175,21 +182,19 @@ def summary_lines(report: AuditReport) -> list[RenderableType]:
     drifted = report.drifted
     if drifted:
         text = Text(f"drifted: {len(drifted)} of {len(rows)}: ", style="bold red")
-        text.append(
-            visible(", ".join(f"{r.host} ({','.join(r.codes)})" for r in drifted)), style=""
-        )
+        text.append(visible(grouped_hosts((r.host, ",".join(r.codes)) for r in drifted)))
         lines.append(text)
     else:
         lines.append(Text("drifted: none", style="green"))
     busy = [r for r in rows if r.busy]
     if busy:
         text = Text(f"busy GPUs: {len(busy)}: ", style="bold yellow")
-        text.append(visible("; ".join(f"{r.host} ({', '.join(r.busy)})" for r in busy)), style="")
+        text.append(visible(grouped_hosts((r.host, ", ".join(r.busy)) for r in busy)))
         lines.append(text)
     unreachable = report.unreachable
     if unreachable:
         text = Text(f"unreachable: {len(unreachable)}: ", style="bold magenta")
-        text.append(visible(", ".join(r.host for r in unreachable)), style="")
+        text.append(visible(grouped_hosts((r.host, "") for r in unreachable)))
         lines.append(text)
     if report.interrupted:
         lines.append(Text("interrupted (Ctrl-C): hosts not audited are marked", style="yellow"))

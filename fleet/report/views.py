@@ -20,6 +20,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from fleet.hosts.nodeset import folded
 from fleet.ops.views import MenuRow
 from fleet.report import STYLES, human_size, problem_lines
 from fleet.report.untrusted import first_line, safe_text, visible
@@ -210,7 +211,7 @@ def version_menu(rows: Sequence[MenuRow], title: str) -> RenderableType:
             safe_text(row.label, style="bold" if row.default else ""),
             safe_text(row.commit or ""),
             safe_text(row.date or ""),
-            safe_text(", ".join(row.running_on) or "-"),
+            safe_text(folded(row.running_on, 60) or "-"),
             safe_text(row.note, style="dim"),
         )
     return table

@@ -61,9 +61,11 @@ def pull_all(
 
             return list(runner.run("push", todo, task).results)
     except RegistryError as exc:
-        return [
+        failed = [
             HostResult(h.name, Outcome.FAILED, f"not pulled: {exc.message}", exc.fix) for h in todo
         ]
+        runner.settle(failed)
+        return failed
 
 
 def pull(

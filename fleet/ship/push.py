@@ -163,9 +163,12 @@ def push(
                 plans[ctx.name] = (decided, compress)
         return result
 
-    inspected = runner.run("push: inspect", hosts, inspect)
+    with runner.phases():
+        inspected = runner.run("push: inspect", hosts, inspect)
     results = {r.host: r for r in inspected.results}
     command = "push --check" if options.check else "push"
+    # Hosts that have the image, or failed to say what they lack, are done.
+    runner.settle(r for r in inspected.results if options.check or r.host not in plans)
     if options.check:
         return FleetResult.of(command, inspected.results, time.monotonic() - started)
     todo = [h for h in hosts if h.name in plans]

@@ -231,26 +231,31 @@ def provision(
     is ``min_free.docker``: left free after loading), through :func:`push`.
     """
     started = time.monotonic()
-    first = runner.run(
-        "provision", hosts, lambda ctx: provision_host(ctx, settings[ctx.name], options)
-    )
+    with runner.phases():
+        first = runner.run(
+            "provision", hosts, lambda ctx: provision_host(ctx, settings[ctx.name], options)
+        )
     results = {r.host: r for r in first.results}
+    groups: dict[tuple[str, int], list[Host]] = {}
     if options.ship_base:
-        groups: dict[tuple[str, int], list[Host]] = {}
         for host in hosts:
             ref = settings[host.name].base_image
             if ref is not None and results[host.name].succeeded:
                 key = (ref, settings[host.name].min_free_docker)
                 groups.setdefault(key, []).append(host)
-        for (ref, reserve), members in groups.items():
-            push_options = PushOptions(
-                compress=options.compress,
-                check=options.check,
-                min_free_bytes=reserve,
-                state_timeout=options.timeout,
-            )
+    shipping = {h.name for members in groups.values() for h in members}
+    runner.settle(results[h.name] for h in hosts if h.name not in shipping)
+    for (ref, reserve), members in groups.items():
+        push_options = PushOptions(
+            compress=options.compress,
+            check=options.check,
+            min_free_bytes=reserve,
+            state_timeout=options.timeout,
+        )
+        with runner.phases():
             pushed = push(runner, members, bases[ref], push_options)
-            for row in pushed.results:
-                results[row.host] = with_base(results[row.host], row, ref, options.check)
+        for row in pushed.results:
+            results[row.host] = with_base(results[row.host], row, ref, options.check)
+        runner.settle(results[h.name] for h in members)
     command = "provision --check" if options.check else "provision"
     return FleetResult.of(command, (results[h.name] for h in hosts), time.monotonic() - started)
