@@ -44,7 +44,14 @@ from fleet.ops.provision.facts import (
     facts_arguments,
     parse_facts,
 )
-from fleet.ops.provision.plan import Change, Command, dir_command, plan, write_command
+from fleet.ops.provision.plan import (
+    Change,
+    Command,
+    dir_command,
+    engine_config,
+    plan,
+    write_command,
+)
 from fleet.ops.provision.preflight import gpu_busy, preflight
 from fleet.ops.provision.run import ProvisionOptions, provision, resolve_base_images, with_base
 from fleet.ops.provision.settings import (
@@ -85,10 +92,13 @@ def recorded(name: str) -> ProvisionFacts:
     The fixtures were recorded while cron ran ``/data/aicron.sh``: what they say of the
     script is now what is said of the copy at that place, the new place is empty, and its
     directory's parents are Debian's (:data:`LIB_FACTS`). A ``provisioned-*`` fixture is
-    thus a host provisioned by the fleet of before the move.
+    thus a host provisioned by the fleet of before the move. They were recorded before fleet
+    asked what manages the engine: the lab's hosts answer ``sysv`` (their init script).
     """
     record = json.loads((FIXTURES / f"{name}.json").read_text())
     stdout = record["stdout"]
+    if "\n@@p_engine_manager\n" not in stdout:
+        stdout += "@@p_engine_manager\nsysv\n"
     if record["arguments"][1] == "/data/aicron.sh":
         stdout = stdout.replace("\n@@p_script\n", "\n@@p_copy\n")
         stdout = stdout.replace("\n@@p_cron\n", "\n@@p_script\nabsent\n@@p_cron\n")
@@ -121,6 +131,8 @@ def converged(config: ProvisionSettings, base: ProvisionFacts | None = None) -> 
     cron_before = base.cron.content if base.cron is not None else b""
     cron = apply_block(cron_before or b"", cron_block(config))
     lib = {**base.lib, config.script_dir: PathState("directory", 0o755, 0, 0)}
+    engine = engine_config(config, base)
+    daemon_json = file_state(engine.content) if engine.content is not None else base.daemon_json
     return dataclasses.replace(
         base,
         paths=paths,
@@ -128,6 +140,9 @@ def converged(config: ProvisionSettings, base: ProvisionFacts | None = None) -> 
         copy=file_state(render_copy(config), 0o644),
         lib=lib,
         cron=file_state(cron),
+        daemon_json=daemon_json,
+        live_restore=config.engine.live_restore if config.engine.manage else base.live_restore,
+        engine_manager="sysv",
         weights_up=True,
         weights_probe="up",
     )
@@ -544,9 +559,10 @@ def test_fresh_host_gets_everything_in_order() -> None:
         facts = recorded(name)
         verdict = preflight(DEFAULTS, facts)
         assert verdict.ok, verdict
-        assert any("not rotated" in w for w in verdict.warnings)
+        assert not any("not rotated" in w for w in verdict.warnings)  # fleet rotates them
         changes = plan(DEFAULTS, facts)
         assert kinds(changes) == [
+            "engine_configured",
             "dir_created",
             "dir_created",
             "dir_created",
@@ -557,6 +573,7 @@ def test_fresh_host_gets_everything_in_order() -> None:
             "cron_block_added",
             "service_started",
         ]
+        changes = changes[1:]  # the engine's has tests of its own
         (mkdir,) = changes[0].commands
         assert mkdir.argv == (
             *hostfiles.SAFE_PATH,
@@ -648,11 +665,13 @@ def test_host_provisioned_when_cron_ran_the_data_roots_script_converges() -> Non
     assert verdict.ok, verdict
     changes = plan(DEFAULTS, old)
     assert kinds(changes) == [
+        "engine_configured",
         "script_dir_created",
         "script_installed",
         "copy_updated",
         "cron_block_updated",
     ]
+    engine, changes = changes[0], changes[1:]
     cron = changes[-1]
     assert "'* * * * * root /bin/sh /data/aicron.sh >/dev/null' -> '*/5 * * * * root /bin/sh " in (
         cron.why
@@ -668,6 +687,8 @@ def test_host_provisioned_when_cron_ran_the_data_roots_script_converges() -> Non
         script=file_state(written(changes[1]), 0o755),
         copy=file_state(written(changes[2]), 0o644),
         cron=file_state(written(cron)),
+        daemon_json=file_state(engine.commands[1].stdin or b""),  # [0]: the backup
+        live_restore=True,
     )
     assert plan(DEFAULTS, applied) == []
 
@@ -1012,12 +1033,106 @@ def test_non_root_user_is_refused_only_when_something_must_change() -> None:
     assert "ansible_become: true" in problem.fix
 
 
-def test_log_rotation_configured_means_no_warning() -> None:
+def test_log_rotation_configured_means_no_warning_when_fleet_leaves_the_engine_alone() -> None:
+    alone = settings(engine=False)
     rotated = b'{"log-driver": "json-file", "log-opts": {"max-size": "100m"}}'
-    facts = dataclasses.replace(converged(DEFAULTS), daemon_json=file_state(rotated))
-    assert preflight(DEFAULTS, facts).warnings == ()
+    facts = dataclasses.replace(converged(alone), daemon_json=file_state(rotated))
+    assert preflight(alone, facts).warnings == ()
+    assert "engine_configured" not in kinds(plan(alone, recorded("fresh-classic")))
     broken = dataclasses.replace(facts, daemon_json=file_state(b"{not json"))
-    assert preflight(DEFAULTS, broken).warnings == ("/etc/docker/daemon.json is not valid JSON",)
+    assert preflight(alone, broken).warnings == ("/etc/docker/daemon.json is not valid JSON",)
+
+
+def test_a_daemon_json_that_is_not_json_fails_the_host_and_is_never_written() -> None:
+    facts = dataclasses.replace(converged(DEFAULTS), daemon_json=file_state(b"{not json"))
+    (problem,) = preflight(DEFAULTS, facts).failures
+    assert problem.message.startswith("/etc/docker/daemon.json is not valid JSON: ")
+    assert "never overwrites it" in problem.message and "fix the file by hand" in problem.fix
+    listed = dataclasses.replace(facts, daemon_json=file_state(b'["live-restore"]'))
+    (problem,) = preflight(DEFAULTS, listed).failures
+    assert "is not a JSON object (a list)" in problem.message
+
+
+def test_the_engine_config_keeps_the_operators_keys_and_reports_what_it_will_not_change() -> None:
+    mine = {
+        "data-root": "/srv/docker",
+        "live-restore": False,
+        "log-driver": "local",
+        "log-opts": {"max-size": "1g"},
+        "labels": ["rack=7"],
+        "default-ulimits": {"nofile": {"Name": "nofile", "Hard": 64000, "Soft": 64000}},
+    }
+    facts = dataclasses.replace(
+        recorded("fresh-classic"),
+        daemon_json=file_state(json.dumps(mine).encode()),
+        containers_running=0,
+        tools=frozenset({"python3", "flock", "setpriv", "setsid", "nvidia-container-runtime"}),
+    )
+    # The engine has an nvidia runtime already (from its command line): none is added.
+    facts = dataclasses.replace(
+        facts, host=dataclasses.replace(facts.host, runtimes=("nvidia", "runc"))
+    )
+    config = engine_config(DEFAULTS, facts)
+    assert config.content is not None
+    after = json.loads(config.content)
+    # Every key of the operator's is there with its value; fleet added only what lacked.
+    assert {k: after[k] for k in mine} == {**mine, "log-opts": {"max-size": "1g", "max-file": "3"}}
+    assert set(after) == set(mine)
+    assert config.sets == ("log-opts.max-file: 3",) and config.restart
+    assert config.kept == ("live-restore is false (yours, kept)",)
+    verdict = preflight(DEFAULTS, facts)
+    assert verdict.ok and "/etc/docker/daemon.json: live-restore is false (yours, kept)" in (
+        verdict.warnings
+    )
+    # A restart with live-restore off stops what runs: refused, with the evidence.
+    (problem,) = preflight(DEFAULTS, dataclasses.replace(facts, containers_running=2)).failures
+    assert "it would stop the 2 running container(s)" in problem.message
+    assert "set live-restore: true" in problem.fix
+    # Nothing to restart it with: refused before anything is written.
+    (problem,) = preflight(DEFAULTS, dataclasses.replace(facts, engine_manager="none")).failures
+    assert "nothing manages the engine here" in problem.message
+
+
+def test_the_nvidia_runtime_is_registered_where_the_toolkit_is_and_the_engine_lacks_it() -> None:
+    facts = dataclasses.replace(
+        recorded("fresh-classic"),
+        daemon_json=None,
+        tools=frozenset({"nvidia-container-runtime"}),
+    )
+    facts = dataclasses.replace(facts, host=dataclasses.replace(facts.host, runtimes=("runc",)))
+    config = engine_config(DEFAULTS, facts)
+    assert json.loads(config.content or b"") == {
+        "live-restore": True,
+        "log-opts": {"max-size": "100m", "max-file": "3"},
+        "runtimes": {"nvidia": {"path": "nvidia-container-runtime", "args": []}},
+    }
+    (change,) = [c for c in plan(DEFAULTS, facts) if c.kind == "engine_configured"]
+    # No file before: /etc/docker is made, nothing is backed up, the file is written new.
+    assert [c.argv[4] for c in change.commands[:2]] == ["dir", "write"]
+    assert change.commands[-1].argv[-3:] == ("yes", "sysv", "-")
+    assert "--- /dev/null" in change.diff
+
+
+def test_a_reload_alone_when_the_file_says_live_restore_and_the_engine_does_not() -> None:
+    facts = dataclasses.replace(converged(DEFAULTS), live_restore=False)
+    (change,) = plan(DEFAULTS, facts)
+    assert change.kind == "engine_reloaded"
+    assert change.commands[-1].argv[-3:] == ("no", "sysv", "=")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("yes", "expected a mapping, true or false"),
+        ({"live_restore": "on"}, "live_restore: expected true or false"),
+        ({"log_max_size": "100MB"}, "is not a size Docker's log-opts take"),
+        ({"log_max_file": 0}, "log_max_file: expected a number of files from 1 to 100"),
+        ({"data_root": "/srv"}, "engine.data_root: unknown setting"),
+    ],
+)
+def test_bad_engine_settings_name_the_setting(value: Any, message: str) -> None:
+    with pytest.raises(ProvisionSettingsError, match=re.escape(message)):
+        settings(engine=value)
 
 
 def test_things_in_the_way_are_failures() -> None:
@@ -1237,13 +1352,19 @@ def test_changes_run_in_order_then_the_host_is_verified(monkeypatch: pytest.Monk
     )
     assert result.outcome is Outcome.CHANGED
     assert result.reason == (
-        "created 4 dirs, created /usr/local/lib/fleet, installed aicron.sh, wrote its readable "
-        "copy, added the cron block, started the weights service"
+        "configured the engine (daemon.json), created 4 dirs, created /usr/local/lib/fleet, "
+        "installed aicron.sh, wrote its readable copy, added the cron block, started the weights "
+        "service"
     )
     sent = [argv for argv, _ in transport.commands]
-    assert sent[0][-5:] == ("/data", "/data/checkpoints", "0755", "root:root", "1")
+    # The engine first (backup, daemon.json, reload or restart), then the data tree.
+    assert sent[1][4:6] == ("write", "/etc/docker") and sent[2][:2] == ("sh", "-c")
+    assert sent[3][-5:] == ("/data", "/data/checkpoints", "0755", "root:root", "1")
     assert sent[-1] == ("/bin/sh", "/usr/local/lib/fleet/aicron.sh")
-    assert [c["kind"] for c in result.details["changes"]][:1] == ["dir_created"]
+    assert [c["kind"] for c in result.details["changes"]][:2] == [
+        "engine_configured",
+        "dir_created",
+    ]
     assert result.details["engine"].startswith("20.10") and result.details["store"] == "classic"
 
 
@@ -1253,7 +1374,8 @@ def test_check_changes_nothing_and_says_what_would(monkeypatch: pytest.MonkeyPat
     result = run_provision(monkeypatch, [recorded("fresh-classic")], options, transport)
     assert transport.commands == []
     assert result.outcome is Outcome.CHANGED
-    assert result.reason is not None and result.reason.startswith("would create 4 dirs")
+    assert result.reason is not None
+    assert result.reason.startswith("would configure the engine, create 4 dirs")
     assert "+++ gpu1:/etc/crontab (after)" in result.details["diff"]
     assert "+++ gpu1:/usr/local/lib/fleet/aicron.sh (after)" in result.details["diff"]
 
@@ -1274,7 +1396,10 @@ def test_failed_change_names_itself_and_what_was_done(monkeypatch: pytest.Monkey
     assert result.outcome is Outcome.FAILED
     assert result.reason is not None
     assert result.reason.startswith("create directory /data/datasets (root:root 0755): command")
-    assert [c["target"] for c in result.details["changes"]] == ["/data/checkpoints"]
+    assert [c["target"] for c in result.details["changes"]] == [
+        "/etc/docker/daemon.json",
+        "/data/checkpoints",
+    ]
     assert result.details["failed_change"]["target"] == "/data/datasets"
 
 

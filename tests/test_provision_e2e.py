@@ -76,6 +76,8 @@ class Sandbox:
             "weights_port": port,
             "log_file": f"{self.root}/aicron.log",
             "min_free": {"docker": "1M", "data": "1M"},
+            # The engine's configuration has tests of its own (test_engine_config_e2e.py).
+            "engine": False,
         }
         self.crontabs = {host: read_bytes(env, host, "/etc/crontab") for host in HOSTS}
         # The script cron runs is one per host, whatever the data root: put back as found.

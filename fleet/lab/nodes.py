@@ -60,13 +60,15 @@ _NODE_PACKAGES = (
     "curl",
     "sudo",
 )
-# The lab's simulated GPU tools (fleet/data/lab), installed in every node under these names;
+# The lab's simulated host tools (fleet/data/lab), installed in every node under these names;
 # a host becomes a GPU server at start when it is given GPUs (gpu-setup).
 _GPU_TOOLS = {
     "nvidia_container_runtime.py": "nvidia-container-runtime",
     "nvidia_smi.py": "nvidia-smi",
     "fleet_gpu_job.py": "fleet-gpu-job",
     "gpu_setup.py": "gpu-setup",
+    # The engine's init script (installed as /etc/init.d/docker): what restarts it.
+    "docker_init.sh": "docker-init",
 }
 
 # Per host, on its first start: fresh host keys (never shared between hosts). On every
@@ -103,6 +105,7 @@ COPY sshd.conf /etc/ssh/sshd_config.d/fleet-lab.conf
 COPY daemon.json /etc/docker/daemon.json
 COPY gpu/ /usr/local/lib/fleet-lab/
 RUN chmod 0755 /usr/local/sbin/fleet-lab-entrypoint /usr/local/lib/fleet-lab/* \\
+ && mv /usr/local/lib/fleet-lab/docker-init /etc/init.d/docker \\
  && rm -f /etc/ssh/ssh_host_* \\
  && mkdir -p /root/.ssh /data && chmod 0700 /root/.ssh
 EXPOSE 22

@@ -49,9 +49,13 @@ echo "@@p_lib_real"
 lib=${script%/*}; readlink -f -- "${lib%/*}" || echo absent
 readlink -f -- "$data_root" || echo absent
 echo "@@p_tools"
-for t in python3 flock setpriv setsid nvidia-container-runtime-hook nvidia-ctk; do
+for t in python3 flock setpriv setsid nvidia-container-runtime-hook nvidia-ctk nvidia-container-runtime; do
   command -v "$t" >/dev/null 2>&1 && echo "$t"
 done
+echo "@@p_engine_manager"
+if [ -d /run/systemd/system ] && systemctl is-active --quiet docker 2>/dev/null; then echo systemd
+elif [ -x /etc/init.d/docker ] && /etc/init.d/docker status >/dev/null 2>&1; then echo sysv
+else echo none; fi
 echo "@@p_cdi"
 # shellcheck disable=SC2010 # names are only matched, never used as paths
 ls /etc/cdi /var/run/cdi 2>/dev/null | grep -i nvidia

@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from fleet.hostoutput import Fact, gathered, parses_host_output, sections
 from fleet.ops import facts as facts_mod
@@ -84,6 +85,10 @@ class ProvisionFacts:
     nvidia_smi_output: str = ""
     cron_running: bool | None = None  # None: cannot tell
     logging_driver: str = ""
+    live_restore: bool | None = None  # the running engine's; None: it did not say
+    containers_running: int | None = None
+    # What starts and stops the engine: systemd, sysv (its init script), or none.
+    engine_manager: str = ""
     limits_source: str = ""
     hard_limits: Mapping[str, int | None] = field(default_factory=dict)  # None: unlimited
     cap_sys_resource: bool | None = None
@@ -280,11 +285,14 @@ def parse_facts(text: str, paths: Sequence[str]) -> ProvisionFacts:
     owner = _first(parts, "p_owner")
     group = _first(parts, "p_group")
     weights = _first(parts, "p_weights_user")
-    logging_driver = ""
+    info: dict[str, Any] = {}
     for line in parts.get("docker_info", []):
         if line.startswith("{"):
-            with contextlib.suppress(json.JSONDecodeError, AttributeError):
-                logging_driver = str(json.loads(line).get("LoggingDriver", ""))
+            with contextlib.suppress(json.JSONDecodeError):
+                loaded = json.loads(line)
+                info = loaded if isinstance(loaded, dict) else {}
+    live = info.get("LiveRestoreEnabled")
+    running = info.get("ContainersRunning")
     crond = _first(parts, "p_crond")
     source, hard, capable = _limits(parts.get("p_limits", []))
     smi = parts.get("nvidia_smi", [])
@@ -312,7 +320,10 @@ def parse_facts(text: str, paths: Sequence[str]) -> ProvisionFacts:
         nvidia_cdi=bool(parts.get("p_cdi")),
         nvidia_smi_output="\n".join(smi),
         cron_running=None if crond in ("unknown", "") else crond != "none",
-        logging_driver=logging_driver,
+        logging_driver=str(info.get("LoggingDriver", "")),
+        live_restore=live if isinstance(live, bool) else None,
+        containers_running=running if isinstance(running, int) else None,
+        engine_manager=_first(parts, "p_engine_manager"),
         limits_source=source,
         hard_limits=hard,
         cap_sys_resource=capable,

@@ -20,6 +20,13 @@ from fleet.ops.provision.cron import (
     render_script,
     unified_diff,
 )
+from fleet.ops.provision.engine import (
+    DAEMON_JSON,
+    DAEMON_JSON_MODE,
+    EngineConfig,
+    loaded,
+    merged,
+)
 from fleet.ops.provision.facts import FileState, PathState, ProvisionFacts
 from fleet.ops.provision.settings import (
     COPY_MODE,
@@ -29,6 +36,7 @@ from fleet.ops.provision.settings import (
     DirSpec,
     ProvisionSettings,
 )
+from fleet.programs import program
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,8 @@ class Command:
     argv: tuple[str, ...]
     stdin: bytes | None = None
     label: str = ""  # how to show it, when the argv is a long constant script
+    # At least this long, whatever --timeout says: an engine restart waits for the engine.
+    timeout: float | None = None
 
     def __str__(self) -> str:
         if self.label:
@@ -135,7 +145,9 @@ def plan(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Change]:
     the host; what it cannot plan (a path that is not a directory, a malformed cron block)
     it leaves out.
     """
-    changes: list[Change] = []
+    # The engine first: its restart is the one change that can fail half-way (then undone,
+    # with nothing else changed yet).
+    changes: list[Change] = _plan_engine(settings, facts)
     for spec in settings.managed_dirs:
         changes += _plan_dir(spec, facts, settings)
     changes += _plan_script_dir(settings, facts)
@@ -355,3 +367,84 @@ def _block_line(block: bytes) -> str:
         if text and not text.startswith("#"):
             return text
     return ""
+
+
+ENGINE_APPLY = program("engine_apply.sh")
+# The program waits up to 10 s for a reload, 60 s for the engine after a restart, and 60 s
+# more for it after putting the old file back.
+ENGINE_APPLY_TIMEOUT = 180.0
+
+
+def engine_config(settings: ProvisionSettings, facts: ProvisionFacts) -> EngineConfig:
+    """What daemon.json should become on this host (:class:`DaemonJsonError` when it is
+    not JSON: preflight refuses the host)."""
+    state = facts.daemon_json
+    return merged(
+        state.content if state is not None else None,
+        settings.engine,
+        running_driver=facts.logging_driver,
+        runtimes=frozenset(facts.host.runtimes),
+        has_nvidia_runtime="nvidia-container-runtime" in facts.tools,
+    )
+
+
+def _plan_engine(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Change]:
+    """daemon.json merged, backed up, and the engine reloaded or restarted to take it."""
+    if not settings.engine.manage or not facts.host.engine_ok:
+        return []
+    state = facts.daemon_json
+    config = engine_config(settings, facts)
+    manager = facts.engine_manager or "none"
+    if config.content is None:
+        wanted = loaded(state.content if state is not None else None).get("live-restore")
+        running = facts.live_restore
+        if isinstance(wanted, bool) and running is not None and wanted != running:
+            # The file says it, the engine does not: edited by hand, or never reloaded.
+            return [
+                Change(
+                    "engine_reloaded",
+                    DAEMON_JSON,
+                    "reload the engine (SIGHUP) to take its daemon.json",
+                    f"daemon.json says live-restore {str(wanted).lower()}, the running "
+                    f"engine has it {'on' if running else 'off'}",
+                    (_apply_command(False, manager, "="),),
+                )
+            ]
+        return []
+    before = state.content if state is not None else None
+    commands: list[Command] = []
+    backup = "-"
+    if state is None:
+        commands.append(dir_command("/etc", "/etc/docker", mode=0o755, create=True))
+    else:
+        backup = f"{DAEMON_JSON}.fleet-{state.sha256[:12]}.bak"
+        commands.append(write_command("/etc/docker", backup, before or b"", 0o600, "any"))
+    commands.append(
+        write_command("/etc/docker", DAEMON_JSON, config.content, DAEMON_JSON_MODE, state)
+    )
+    commands.append(_apply_command(config.restart, manager, backup))
+    how = (
+        "restart the engine (live-restore keeps containers running)"
+        if config.restart
+        else ("reload the engine (SIGHUP: nothing stops)")
+    )
+    return [
+        Change(
+            "engine_configured",
+            DAEMON_JSON,
+            f"set {', '.join(config.sets)} in {DAEMON_JSON}, then {how}",
+            "the engine lacks what a GPU host needs: "
+            + ", ".join(s.split(":", 1)[0] for s in config.sets),
+            tuple(commands),
+            unified_diff(DAEMON_JSON, before, config.content),
+        )
+    ]
+
+
+def _apply_command(restart: bool, manager: str, backup: str) -> Command:
+    verb = "restart" if restart else "reload"
+    return Command(
+        ("sh", "-c", ENGINE_APPLY, "fleet-engine", "yes" if restart else "no", manager, backup),
+        label=f"{verb} the engine ({manager}); on failure put back {backup}",
+        timeout=ENGINE_APPLY_TIMEOUT,
+    )

@@ -13,8 +13,9 @@ from fleet.errors import CronBlockError
 from fleet.images.runspec import RunSpec
 from fleet.ops.facts import GPU
 from fleet.ops.provision.cron import find_block, numbered_lines, other_aicron_lines
+from fleet.ops.provision.engine import DAEMON_JSON, DaemonJsonError, loaded
 from fleet.ops.provision.facts import BYTE_LIMITS, ProvisionFacts
-from fleet.ops.provision.plan import plan
+from fleet.ops.provision.plan import engine_config, plan
 from fleet.ops.provision.settings import CRON_MAX_BYTES, ProvisionSettings, is_below
 from fleet.ship.state import engine_fix
 
@@ -77,7 +78,22 @@ def _check_engine(
             )
         )
         return
-    _check_log_rotation(facts, warnings)
+    if settings.engine.manage:
+        _check_engine_config(settings, facts, failures, warnings)
+    else:
+        _check_log_rotation(facts, warnings)
+    _check_runtime(settings, facts, failures, warnings)
+    _check_ulimits(settings.run_spec, facts, failures)
+
+
+def _check_runtime(
+    settings: ProvisionSettings,
+    facts: ProvisionFacts,
+    failures: list[Problem],
+    warnings: list[str],
+) -> None:
+    """The runtime, toolkit, driver and free GPUs the run spec asks for."""
+    host = facts.host
     spec = settings.run_spec
     runtimes = ", ".join(host.runtimes) or "none"
     if spec.runtime is not None and spec.runtime not in host.runtimes:
@@ -141,7 +157,6 @@ def _check_engine(
                 f"no GPU is free ({shown}): the framework's container would share them with "
                 "what runs there now"
             )
-    _check_ulimits(spec, facts, failures)
 
 
 # A GPU counts as busy above these: a driver and a desktop hold a few hundred MiB at 0 %.
@@ -160,6 +175,65 @@ def gpu_busy(gpu: GPU) -> bool:
     if utilization is not None and utilization > _BUSY_UTILIZATION:
         return True
     return used is not None and bool(total) and used > _BUSY_MEMORY_SHARE * (total or 1)
+
+
+def _check_engine_config(
+    settings: ProvisionSettings,
+    facts: ProvisionFacts,
+    failures: list[Problem],
+    warnings: list[str],
+) -> None:
+    """daemon.json can be merged, and the engine take it without stopping a job."""
+    state = facts.daemon_json
+    leave = "or set fleet_provision.engine: false to leave the engine's configuration alone"
+    if state is not None and (
+        state.kind not in ("regular file", "regular empty file") or not state.complete
+    ):
+        failures.append(
+            Problem(
+                f"{DAEMON_JSON} is a {state.kind} of {state.size} bytes that fleet cannot read "
+                "whole; it merges only a regular file it read",
+                f"make it a regular file (at most 64 KiB), {leave}",
+            )
+        )
+        return
+    try:
+        config = engine_config(settings, facts)
+    except DaemonJsonError as exc:
+        failures.append(
+            Problem(
+                f"{exc}; fleet merges its keys into the file and never overwrites it",
+                f"fix the file by hand (the engine cannot restart with it either), {leave}",
+            )
+        )
+        return
+    warnings.extend(f"{DAEMON_JSON}: {kept}" for kept in config.kept)
+    if not config.restart:
+        return
+    live = (
+        "live-restore: true" in config.sets
+        or loaded(state.content if state is not None else None).get("live-restore") is True
+    )
+    running = facts.containers_running or 0
+    if not live and running:
+        failures.append(
+            Problem(
+                f"setting {', '.join(config.sets)} needs an engine restart, and with "
+                f"live-restore off (your daemon.json) it would stop the {running} running "
+                "container(s)",
+                f"set live-restore: true in {DAEMON_JSON}, or restart the engine yourself "
+                f"when nothing runs, {leave}",
+            )
+        )
+    elif (facts.engine_manager or "none") == "none":
+        failures.append(
+            Problem(
+                f"setting {', '.join(config.sets)} needs an engine restart, and nothing "
+                "manages the engine here (no systemd unit 'docker', no /etc/init.d/docker "
+                "that knows it): fleet cannot restart it",
+                f"run the engine under systemd (the docker.io package's unit), {leave}",
+            )
+        )
 
 
 def _check_log_rotation(facts: ProvisionFacts, warnings: list[str]) -> None:

@@ -96,6 +96,8 @@ _SUMMARY = {
     "cron_block_updated": ("updated the cron block", "update the cron block"),
     "cron_mode_fixed": ("fixed the cron file's mode", "fix the cron file's mode"),
     "service_started": ("started the weights service", "start the weights service"),
+    "engine_configured": ("configured the engine (daemon.json)", "configure the engine"),
+    "engine_reloaded": ("reloaded the engine", "reload the engine"),
     "base_shipped": ("shipped the base image", "ship the base image"),
 }
 
@@ -157,7 +159,10 @@ def provision_host(
         ctx.progress(change.what, done, len(changes))
         try:
             for command in change.commands:
-                ctx.transport.run(command.argv, stdin=command.stdin, timeout=options.timeout)
+                timeout = options.timeout
+                if command.timeout is not None:
+                    timeout = max(timeout or 0, command.timeout)
+                ctx.transport.run(command.argv, stdin=command.stdin, timeout=timeout)
         except CommandError as exc:
             details["changes"] = [c.to_json() for c in changes[:done]]
             return HostResult(

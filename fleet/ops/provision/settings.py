@@ -16,6 +16,7 @@ from fleet.hosts import settings as layered
 from fleet.hosts.model import Host
 from fleet.images.runspec import HOSTNAME, RunSpec
 from fleet.ops.hostfiles import ACCOUNT, CRON_D_NAME, CRON_SCHEDULE, MODE
+from fleet.ops.provision.engine import EngineSettings
 
 FLEET_PROVISION = "fleet_provision"
 
@@ -105,6 +106,7 @@ class ProvisionSettings:
     min_free_data: int = 1 * _GIB
     base_image: str | None = None
     allow_writable_data_root: bool = False
+    engine: EngineSettings = field(default_factory=EngineSettings)
     # Derived, not settings of their own.
     pid_file: str = "/run/aicron-weights-8340.pid"
     run_spec: RunSpec = field(default_factory=RunSpec)
@@ -166,6 +168,7 @@ _SETTING_KEYS = frozenset(
         "min_free",
         "base_image",
         "allow_writable_data_root",
+        "engine",
     }
 )
 
@@ -203,7 +206,7 @@ def settings_from_vars(variables: Mapping[str, Any]) -> ProvisionSettings:
         FLEET_PROVISION,
         error=ProvisionSettingsError,
         example="{data_root: /data, cron_schedule: '*/5 * * * *'}",
-        deep={"min_free"},
+        deep={"min_free", "engine"},
     )
     for key, (_, where) in raw.items():
         if key not in _SETTING_KEYS:
@@ -287,6 +290,7 @@ def _build_settings(raw: Mapping[str, tuple[Any, str]], run_spec: RunSpec) -> Pr
         min_free_data=min_free_data,
         base_image=base_image,
         allow_writable_data_root=allow_writable,
+        engine=_engine(raw.get("engine")),
         pid_file=f"/run/aicron-weights-{port}.pid",
         run_spec=run_spec,
     )
@@ -474,3 +478,43 @@ def _base_image(entry: tuple[Any, str] | None) -> str | None:
             f"{where}: expected an image reference, got {value!r}", fix="e.g. cauchy_base:latest"
         )
     return value
+
+
+_LOG_SIZE = re.compile(r"[1-9][0-9]*[kmg]")
+
+
+def _engine(entry: tuple[Any, str] | None) -> EngineSettings:
+    """``engine``: false (leave daemon.json alone), true, or what to set in it."""
+    if entry is None or entry[0] is None or entry[0] is True:
+        return EngineSettings()
+    value, where = entry
+    if value is False:
+        return EngineSettings(manage=False)
+    example = "engine: {live_restore: true, log_max_size: 100m, log_max_file: 3}, or false"
+    if not isinstance(value, Mapping):
+        raise ProvisionSettingsError(
+            f"{where}: expected a mapping, true or false, got {_type(value)}", fix=example
+        )
+    known = {"live_restore", "log_max_size", "log_max_file"}
+    unknown = sorted(set(map(str, value)) - known)
+    if unknown:
+        raise ProvisionSettingsError(
+            f"{where}.{unknown[0]}: unknown setting", fix="use " + ", ".join(sorted(known))
+        )
+    defaults = EngineSettings()
+    live = value.get("live_restore", defaults.live_restore)
+    if not isinstance(live, bool):
+        raise ProvisionSettingsError(f"{where}.live_restore: expected true or false", fix=example)
+    size = str(value.get("log_max_size", defaults.log_max_size))
+    if not _LOG_SIZE.fullmatch(size):
+        raise ProvisionSettingsError(
+            f"{where}.log_max_size: {size!r} is not a size Docker's log-opts take",
+            fix="a number and k, m or g, e.g. log_max_size: 100m",
+        )
+    files = value.get("log_max_file", defaults.log_max_file)
+    if isinstance(files, bool) or not isinstance(files, int) or not 1 <= files <= 100:
+        raise ProvisionSettingsError(
+            f"{where}.log_max_file: expected a number of files from 1 to 100, got {files!r}",
+            fix="e.g. log_max_file: 3",
+        )
+    return EngineSettings(True, live, size, files)
