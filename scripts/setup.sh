@@ -16,6 +16,9 @@ command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 # The live view is tested as a person sees it: in a real terminal (tests/test_live_e2e.py).
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
+# The lab builds a signed apt repository for its bare hosts (fleet/lab/aptrepo.py).
+command -v apt-ftparchive >/dev/null 2>&1 || need_apt+=(apt-utils)
+command -v gpg >/dev/null 2>&1 || need_apt+=(gnupg)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}"

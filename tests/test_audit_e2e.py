@@ -192,7 +192,8 @@ def test_audit_of_a_mixed_lab(
     assert table[0].split()[:3] == ["host", "version", "commit"]
     assert table[1].split()[:2] == ["lab1", v1] and table[1].split()[-1] == "ok"
     assert table[2].split()[:2] == ["lab2", v2] and table[2].split()[-1] == "ok"
-    assert "2 hosts in" in out and f"{v1} x1, {v2} x1" in out and "drifted: none" in out
+    assert "2 hosts in" in out and f"{v1} x1 (lab1), {v2} x1 (lab2)" in out
+    assert "drifted: none" in out
 
     # --expect: the host on another version drifted (exit 2), said why.
     code, doc, rows = audit_rows(capsys, inventory, project, "--expect", v2)

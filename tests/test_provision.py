@@ -928,7 +928,7 @@ def test_gpu_run_spec_without_nvidia_runtime_fails_with_the_fix() -> None:
         "the run spec asks for --runtime nvidia, but the engine has no 'nvidia' runtime "
         "(it has: io.containerd.runc.v2, io.containerd.runtime.v1.linux, runc)"
     )
-    assert "nvidia-ctk runtime configure" in verdict.failures[0].fix
+    assert "fleet_provision.install: [nvidia_toolkit]" in verdict.failures[0].fix
     assert "fleet_run_overrides: {runtime: null}" in verdict.failures[0].fix
     assert "nvidia-smi is not installed" in messages[1]
 

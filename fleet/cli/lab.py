@@ -25,9 +25,18 @@ def register(subparsers: Any) -> None:
     up.add_argument("--hosts", type=int, default=3, metavar="N", help="number of hosts (default 3)")
     up.add_argument(
         "--engine",
-        choices=("classic", "containerd", "mixed"),
+        choices=("classic", "containerd", "mixed", lab.BARE),
         default="mixed",
-        help="image store of the hosts' engines; mixed alternates (default)",
+        help="image store of the hosts' engines; mixed alternates (default); bare: no engine",
+    )
+    up.add_argument(
+        "--bare",
+        dest="engine",
+        action="store_const",
+        const=lab.BARE,
+        help="bare hosts, as a server leaves a reinstall: sshd and Debian's base system, no "
+        "engine, no NVIDIA toolkit, no cron (fleet provision installs them); the lab serves "
+        "a signed apt repository holding a stand-in NVIDIA Container Toolkit",
     )
     up.add_argument(
         "--gpus",

@@ -40,11 +40,15 @@ import yaml
 
 from fleet.errors import EngineError, HostError, LabError, UsageError
 from fleet.hostoutput import store_of
+from fleet.lab import aptrepo
 from fleet.ssh.endpoint import Endpoint
 from fleet.ssh.known_hosts import KnownHosts
 from fleet.ssh.paramiko_client import SSHTransport
 
 ENGINES = ("classic", "containerd")
+# A bare host: a fresh server as it leaves a reinstall (sshd and Debian's base system; no
+# engine, no toolkit, no cron). python3 is there for the lab's GPU stand-in (nvidia-smi).
+BARE = "bare"
 LABEL = "io.fleet.lab"
 LAYER1_IMAGE = "fleet-lab-layer1:bookworm"
 DEFAULT_LAB = "fleet-lab"
@@ -83,8 +87,9 @@ fi
 mkdir -p /run/sshd /data /var/log
 rm -f /var/run/docker.pid /var/run/docker/containerd/containerd.pid /var/run/crond.pid
 python3 /usr/local/lib/fleet-lab/gpu-setup "${FLEET_LAB_GPUS:-0}"
-cron
-nohup dockerd >>/var/log/dockerd.log 2>&1 &
+# What the host has installed starts at boot (a bare host has neither until provisioned).
+if command -v cron >/dev/null; then cron; fi
+if command -v dockerd >/dev/null; then nohup dockerd >>/var/log/dockerd.log 2>&1 & fi
 exec /usr/sbin/sshd -D -e
 """
 
@@ -102,8 +107,7 @@ _DOCKERFILE = """\
 FROM {rootfs}
 COPY entrypoint /usr/local/sbin/fleet-lab-entrypoint
 COPY sshd.conf /etc/ssh/sshd_config.d/fleet-lab.conf
-COPY daemon.json /etc/docker/daemon.json
-COPY gpu/ /usr/local/lib/fleet-lab/
+{daemon_json}COPY gpu/ /usr/local/lib/fleet-lab/
 RUN chmod 0755 /usr/local/sbin/fleet-lab-entrypoint /usr/local/lib/fleet-lab/* \\
  && mv /usr/local/lib/fleet-lab/docker-init /etc/init.d/docker \\
  && rm -f /etc/ssh/ssh_host_* \\
@@ -148,6 +152,9 @@ class NodeRecipe:
         return f"fleet-lab-node:{self.engine}-{self.digest}"
 
 
+_BARE_PACKAGES = ("openssh-server", "python3", "procps", "iproute2")
+
+
 def _gpu_tool(name: str) -> str:
     return resources.files("fleet").joinpath("data", "lab", name).read_text(encoding="utf-8")
 
@@ -165,6 +172,8 @@ def recipe(engine: str) -> NodeRecipe:
             (*_NODE_PACKAGES, "docker-cli"),
             json.dumps({"features": {"containerd-snapshotter": True}, "log-driver": "json-file"}),
         )
+    if engine == BARE:
+        return NodeRecipe(BARE, "bookworm", _BARE_PACKAGES, "")
     raise UsageError(f"unknown engine {engine!r}", fix="use classic, containerd or mixed")
 
 
@@ -192,6 +201,9 @@ class Lab:
     key_file: Path
     known_hosts: Path
     inventory: Path | None
+    # The lab's signed apt repository (bare hosts install the NVIDIA toolkit from it).
+    apt_url: str = ""
+    apt_key: Path | None = None
 
 
 Log = Callable[[str], None]
@@ -278,7 +290,11 @@ def ensure_node_image(client: docker.DockerClient, engine: str, log: Log = _quie
             out.unlink()
         context = Path(tmp) / "context"
         context.mkdir()
-        (context / "Dockerfile").write_text(_DOCKERFILE.format(rootfs=rootfs))
+        # A bare host has no engine, hence no configuration of one.
+        daemon_json = "COPY daemon.json /etc/docker/daemon.json\n" if node.daemon_json else ""
+        (context / "Dockerfile").write_text(
+            _DOCKERFILE.format(rootfs=rootfs, daemon_json=daemon_json)
+        )
         (context / "entrypoint").write_text(_ENTRYPOINT)
         (context / "sshd.conf").write_text(_SSHD_CONFIG)
         (context / "daemon.json").write_text(node.daemon_json + "\n")
@@ -431,7 +447,7 @@ def _published_port(container: Any) -> int:
 def _engine_plan(count: int, engine: str) -> list[str]:
     if engine == "mixed":
         return [ENGINES[i % 2] for i in range(count)]
-    if engine not in ENGINES:
+    if engine not in (*ENGINES, BARE):
         raise UsageError(f"unknown engine {engine!r}", fix="use classic, containerd or mixed")
     return [engine] * count
 
@@ -487,7 +503,7 @@ def _start_host(
             f"{LABEL}.gpus": str(gpus),
         },
         # Read by the entrypoint's gpu-setup: a GPU server with that many GPUs, or none.
-        environment={"FLEET_LAB_GPUS": str(gpus)},
+        environment={"FLEET_LAB_GPUS": str(gpus), "FLEET_LAB_BARE": "1" if engine == BARE else "0"},
         ports=[22],
         volumes=["/var/lib/docker"],
         host_config=host_config,
@@ -590,12 +606,21 @@ def remove_controller_engine(engine: ControllerEngine) -> None:
 
 
 def _wait_ready(client: docker.DockerClient, container: Any, deadline: float) -> tuple[str, str]:
-    """Poll until the host's engine answers; (version, store) or LabError with its log."""
+    """Poll until the host's engine answers; (version, store) or LabError with its log.
+    A host without an engine (bare, until provisioned) is ready when it runs: ("", "")."""
     while True:
         container.reload()
         if container.status not in ("running", "created"):
             logs = container.logs(tail=20).decode("utf-8", "replace")
             raise LabError(f"lab host {container.name} stopped ({container.status}):\n{logs}")
+        if _exec(container, "sh", "-c", "command -v dockerd")[0] != 0:
+            # No engine: ready once the entrypoint made its host keys (sshd comes next).
+            if _exec(container, "test", "-s", "/etc/ssh/ssh_host_ed25519_key.pub")[0] == 0:
+                return "", ""
+            if time.monotonic() > deadline:
+                raise LabError(f"lab host {container.name}: no host key in time")
+            time.sleep(0.3)
+            continue
         code, out = _exec(
             container, "docker", "info", "--format", "{{.ServerVersion}} {{json .DriverStatus}}"
         )
@@ -715,6 +740,12 @@ def inventory_document(lab: Lab, user: str = "root") -> dict[str, Any]:
         if host.gpus == 0:
             # A host variable replaces the group's whole: it repeats the group's overrides.
             hosts[host.name]["fleet_run_overrides"] = run_overrides(0)
+        if host.engine == BARE:
+            # What a bare server needs installed, the toolkit from the lab's own repository.
+            hosts[host.name]["fleet_provision_overrides"] = {
+                "install": ["engine", "tools", "nvidia_toolkit"],
+                "nvidia_repository": {"url": lab.apt_url, "key": str(lab.apt_key)},
+            }
     return {
         "all": {
             "children": {
@@ -847,19 +878,19 @@ def up(
         _remove_container(client, surplus)
 
     deadline = time.monotonic() + timeout
-    lab_hosts: list[LabHost] = []
-    key_lines: list[str] = []
-    for host, kind, container in containers:
-        version, store = _wait_ready(client, container, deadline)
-        port = _published_port(container)
-        key_lines.append(_host_key_line(container, port))
-        count = int(container.labels.get(f"{LABEL}.gpus", "0"))
-        lab_hosts.append(
-            LabHost(host, container.name, kind, "127.0.0.1", port, "running", version, store, count)
-        )
+    lab_hosts = _ready_hosts(client, containers, deadline)
     known_hosts = directory / "known_hosts"
-    _write_known_hosts(known_hosts, key_lines)
-    lab = Lab(name, tuple(lab_hosts), key, known_hosts, inventory)
+    _write_known_hosts(
+        known_hosts,
+        [_host_key_line(client.containers.get(h.container), h.port) for h in lab_hosts],
+    )
+    apt_url, apt_key = "", None
+    if BARE in plan:
+        apt_url = aptrepo.serve(client, name, directory, LAYER1_IMAGE)
+        apt_key = aptrepo.key_file(directory)
+    else:
+        aptrepo.remove(client, name)
+    lab = Lab(name, tuple(lab_hosts), key, known_hosts, inventory, apt_url, apt_key)
     _wait_ssh(lab, deadline)
     if users:
         add_users(lab)
@@ -868,6 +899,21 @@ def up(
         for user in (SUDO_USER, DOCKER_USER) if users else ():
             write_inventory(lab, user_inventory(inventory, user), user)
     return lab
+
+
+def _ready_hosts(
+    client: docker.DockerClient, containers: list[tuple[str, str, Any]], deadline: float
+) -> list[LabHost]:
+    """Each started host once it is ready (its engine answers, if it has one)."""
+    ready = []
+    for host, kind, container in containers:
+        version, store = _wait_ready(client, container, deadline)
+        port = _published_port(container)
+        count = int(container.labels.get(f"{LABEL}.gpus", "0"))
+        ready.append(
+            LabHost(host, container.name, kind, "127.0.0.1", port, "running", version, store, count)
+        )
+    return ready
 
 
 def endpoints(lab: Lab) -> Iterator[Endpoint]:
@@ -917,6 +963,7 @@ def down(*, name: str = DEFAULT_LAB, inventory: Path | None = None) -> list[str]
     for container in _containers(client, name):
         removed.append(container.labels.get(f"{LABEL}.host", container.name))
         _remove_container(client, container)
+    aptrepo.remove(client, name)
     forget(name, inventory)
     return removed
 

@@ -3,7 +3,9 @@
 
 Run by the lab host's entrypoint before dockerd starts. With GPUs: the state file (kept
 across restarts, as a server keeps its GPUs), ``nvidia-smi`` on PATH, and the ``nvidia``
-runtime in daemon.json, written as ``nvidia-ctk runtime configure`` writes it.
+runtime in daemon.json, written as ``nvidia-ctk runtime configure`` writes it. A bare host
+(``FLEET_LAB_BARE=1``) has the driver only: its toolkit and its daemon.json are what
+provisioning installs and writes, never touched here.
 """
 
 import hashlib
@@ -39,23 +41,27 @@ def state(count, host):
     }
 
 
-def main(count):
-    with open(DAEMON) as handle:
-        daemon = json.load(handle)
-    runtimes = daemon.setdefault("runtimes", {})
+def main(count, bare=False):
     if count > 0:
         os.makedirs(os.path.dirname(STATE), exist_ok=True)
         if not os.path.exists(STATE):
             with open(STATE, "w") as handle:
                 json.dump(state(count, socket.gethostname()), handle, indent=2)
-        runtimes["nvidia"] = {"args": [], "path": f"{LIB}/nvidia-container-runtime"}
         if not os.path.lexists(SMI):
             os.symlink(f"{LIB}/nvidia-smi", SMI)
     else:
-        runtimes.pop("nvidia", None)
         for path in (STATE, SMI):
             if os.path.lexists(path):
                 os.remove(path)
+    if bare:
+        return
+    with open(DAEMON) as handle:
+        daemon = json.load(handle)
+    runtimes = daemon.setdefault("runtimes", {})
+    if count > 0:
+        runtimes["nvidia"] = {"args": [], "path": f"{LIB}/nvidia-container-runtime"}
+    else:
+        runtimes.pop("nvidia", None)
     if not runtimes:
         daemon.pop("runtimes")
     with open(DAEMON, "w") as handle:
@@ -63,4 +69,4 @@ def main(count):
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 0, os.environ.get("FLEET_LAB_BARE") == "1")

@@ -49,9 +49,17 @@ echo "@@p_lib_real"
 lib=${script%/*}; readlink -f -- "${lib%/*}" || echo absent
 readlink -f -- "$data_root" || echo absent
 echo "@@p_tools"
-for t in python3 flock setpriv setsid nvidia-container-runtime-hook nvidia-ctk nvidia-container-runtime; do
+for t in python3 flock setpriv setsid nvidia-container-runtime-hook nvidia-ctk nvidia-container-runtime dockerd; do
   command -v "$t" >/dev/null 2>&1 && echo "$t"
 done
+echo "@@p_os"
+for k in ID ID_LIKE PRETTY_NAME; do
+  printf '%s|' "$(sed -n "s/^$k=//p" /etc/os-release 2>/dev/null | head -n 1 | tr -d "\"'")"
+done
+echo
+echo "@@p_packages"
+# shellcheck disable=SC2016 # dpkg-query's own ${...} fields
+dpkg-query -W -f '${Package} ${db:Status-Abbrev}\n' docker.io docker-ce nvidia-container-toolkit python3 cron util-linux ca-certificates 2>/dev/null
 echo "@@p_engine_manager"
 if [ -d /run/systemd/system ] && systemctl is-active --quiet docker 2>/dev/null; then echo systemd
 elif [ -x /etc/init.d/docker ] && /etc/init.d/docker status >/dev/null 2>&1; then echo sysv

@@ -15,6 +15,7 @@ from typing import Any
 from fleet.hostoutput import Fact, gathered, parses_host_output, sections
 from fleet.ops import facts as facts_mod
 from fleet.ops.facts import Disk, HostFacts
+from fleet.ops.provision.packages import OsRelease
 from fleet.ops.provision.settings import CAP_SYS_RESOURCE, ProvisionSettings
 from fleet.programs import program
 from fleet.ssh.base import Transport
@@ -89,6 +90,9 @@ class ProvisionFacts:
     containers_running: int | None = None
     # What starts and stops the engine: systemd, sysv (its init script), or none.
     engine_manager: str = ""
+    os_release: OsRelease = field(default_factory=OsRelease)
+    # Of packages.KNOWN_PACKAGES: which are installed (absent: not).
+    packages: Mapping[str, bool] = field(default_factory=dict)
     limits_source: str = ""
     hard_limits: Mapping[str, int | None] = field(default_factory=dict)  # None: unlimited
     cap_sys_resource: bool | None = None
@@ -163,6 +167,11 @@ def _id(text: str) -> int:
     """A uid or gid; -1 when unreadable."""
     found = _int(text)
     return -1 if found is None else found
+
+
+def _os_release(line: str) -> OsRelease:
+    cells = [*line.split("|"), "", "", ""][:3]
+    return OsRelease(cells[0].strip(), cells[1].strip(), cells[2].strip())
 
 
 def _first(parts: Mapping[str, list[str]], name: str) -> str:
@@ -324,6 +333,12 @@ def parse_facts(text: str, paths: Sequence[str]) -> ProvisionFacts:
         live_restore=live if isinstance(live, bool) else None,
         containers_running=running if isinstance(running, int) else None,
         engine_manager=_first(parts, "p_engine_manager"),
+        os_release=_os_release(_first(parts, "p_os")),
+        packages={
+            line.split()[0]: line.split()[1].startswith("ii")
+            for line in parts.get("p_packages", [])
+            if len(line.split()) >= 2
+        },
         limits_source=source,
         hard_limits=hard,
         cap_sys_resource=capable,

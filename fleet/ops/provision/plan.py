@@ -28,6 +28,7 @@ from fleet.ops.provision.engine import (
     merged,
 )
 from fleet.ops.provision.facts import FileState, PathState, ProvisionFacts
+from fleet.ops.provision.packages import Install, needed
 from fleet.ops.provision.settings import (
     COPY_MODE,
     CRON_MODE,
@@ -447,4 +448,57 @@ def _apply_command(restart: bool, manager: str, backup: str) -> Command:
         ("sh", "-c", ENGINE_APPLY, "fleet-engine", "yes" if restart else "no", manager, backup),
         label=f"{verb} the engine ({manager}); on failure put back {backup}",
         timeout=ENGINE_APPLY_TIMEOUT,
+    )
+
+
+INSTALL = program("install.sh")
+# apt's download and install of an engine take minutes on a slow mirror.
+INSTALL_TIMEOUT = 1800.0
+
+
+def install_plan(settings: ProvisionSettings, facts: ProvisionFacts) -> Install:
+    """What this host lacks of what ``fleet_provision.install`` names (pure)."""
+    return needed(
+        settings.install,
+        facts.packages,
+        engine_present=facts.host.engine_ok or "dockerd" in facts.tools,
+        nvidia_smi=facts.host.nvidia_smi,
+        has_runtime="nvidia-container-runtime" in facts.tools,
+        repository=settings.nvidia_repository,
+    )
+
+
+def install_change(settings: ProvisionSettings, facts: ProvisionFacts) -> Change | None:
+    """The apt run that installs what the host lacks; None when it lacks nothing."""
+    wanted = install_plan(settings, facts)
+    if not wanted.packages:
+        return None
+    repository = wanted.repository
+    argv = (
+        "sh",
+        "-c",
+        INSTALL,
+        "fleet-install",
+        str(settings.apt_lock_timeout),
+        " ".join(wanted.packages),
+        repository.url if repository is not None else "-",
+        repository.keyring if repository is not None else "-",
+        "yes" if wanted.engine else "no",
+    )
+    source = f" (adding {repository.url}, signed-by {repository.keyring})" if repository else ""
+    command = Command(
+        argv,
+        repository.key if repository is not None else None,
+        label=f"apt-get install {' '.join(wanted.packages)}{source}",
+        timeout=INSTALL_TIMEOUT,
+    )
+    what = f"install {', '.join(wanted.packages)}" + (
+        " and start the engine" if wanted.engine else ""
+    )
+    return Change(
+        "packages_installed",
+        "apt",
+        what,
+        "fleet_provision.install names them and the host lacks them",
+        (command,),
     )

@@ -95,15 +95,19 @@ def _check_runtime(
     """The runtime, toolkit, driver and free GPUs the run spec asks for."""
     host = facts.host
     spec = settings.run_spec
+    # Where the toolkit is and the engine lacks its runtime, provisioning registers it.
+    registers = settings.engine.manage and "nvidia-container-runtime" in facts.tools
+    known = {*host.runtimes, *(("nvidia",) if registers else ())}
     runtimes = ", ".join(host.runtimes) or "none"
-    if spec.runtime is not None and spec.runtime not in host.runtimes:
+    if spec.runtime is not None and spec.runtime not in known:
         if spec.runtime == "nvidia":
             failures.append(
                 Problem(
                     "the run spec asks for --runtime nvidia, but the engine has no 'nvidia' "
                     f"runtime (it has: {runtimes})",
-                    "install the NVIDIA Container Toolkit, run 'nvidia-ctk runtime configure "
-                    "--runtime=docker' and restart Docker; for a host without GPU, set "
+                    "let provisioning install the NVIDIA Container Toolkit "
+                    "(fleet_provision.install: [nvidia_toolkit], with nvidia_repository), or "
+                    "install it yourself; for a host without GPU, set "
                     "fleet_run_overrides: {runtime: null} for it",
                 )
             )
@@ -118,6 +122,7 @@ def _check_runtime(
             )
     if spec.gpus is not None and not (
         host.has_nvidia_runtime
+        or registers
         or "nvidia-container-runtime-hook" in facts.tools
         or facts.nvidia_cdi
     ):

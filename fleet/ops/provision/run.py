@@ -17,7 +17,7 @@ from fleet.images.project import Project, load_project
 from fleet.images.spec import Shippable
 from fleet.ops.provision.cron import label_diff
 from fleet.ops.provision.facts import ProvisionFacts, gather
-from fleet.ops.provision.plan import plan
+from fleet.ops.provision.plan import Change, install_change, install_plan, plan
 from fleet.ops.provision.preflight import preflight
 from fleet.ops.provision.settings import SCRIPT_DIR, ProvisionSettings
 from fleet.results import FleetResult, HostResult, Outcome
@@ -98,6 +98,7 @@ _SUMMARY = {
     "service_started": ("started the weights service", "start the weights service"),
     "engine_configured": ("configured the engine (daemon.json)", "configure the engine"),
     "engine_reloaded": ("reloaded the engine", "reload the engine"),
+    "packages_installed": ("installed packages", "install packages"),
     "base_shipped": ("shipped the base image", "ship the base image"),
 }
 
@@ -136,8 +137,15 @@ def provision_host(
     """Provision one host (everything but the base image); its result."""
     ctx.progress("facts")
     facts = gather(ctx.transport, settings, options.timeout)
+    installed, facts, ended = _install_first(ctx, settings, facts, options)
+    if ended is not None:
+        return ended
     verdict = preflight(settings, facts)
-    details: dict[str, Any] = {**_engine_details(facts), "warnings": list(verdict.warnings)}
+    details: dict[str, Any] = {
+        **_engine_details(facts),
+        "warnings": [*install_plan(settings, facts).skipped, *verdict.warnings],
+        "changes": [c.to_json() for c in installed],
+    }
     if verdict.failures:
         return HostResult(
             ctx.name,
@@ -147,33 +155,29 @@ def provision_host(
             "\n  fix: ".join(dict.fromkeys(p.fix for p in verdict.failures)),
             details={**details, "problems": [p.to_json() for p in verdict.failures]},
         )
-    changes = plan(settings, facts)
+    pending = plan(settings, facts)
+    changes = [*installed, *pending]
     details["changes"] = [c.to_json() for c in changes]
     if options.diff:
         details["diff"] = label_diff("".join(c.diff for c in changes), ctx.name)
     kinds = [c.kind for c in changes]
-    if options.check or not changes:
+    if options.check or not pending:
         outcome = Outcome.CHANGED if changes else Outcome.OK
         return ctx.result(outcome, summarize(kinds, options.check), details=details)
-    for done, change in enumerate(changes):
-        ctx.progress(change.what, done, len(changes))
-        try:
-            for command in change.commands:
-                timeout = options.timeout
-                if command.timeout is not None:
-                    timeout = max(timeout or 0, command.timeout)
-                ctx.transport.run(command.argv, stdin=command.stdin, timeout=timeout)
-        except CommandError as exc:
-            details["changes"] = [c.to_json() for c in changes[:done]]
-            return HostResult(
-                ctx.name,
-                Outcome.FAILED,
-                f"{change.what}: {exc.reason}",
-                exc.fix or "look at the evidence above, fix the host, and rerun",
-                details={**details, "failed_change": change.to_json()},
-            )
+    failed = _apply(ctx, pending, options)
+    if failed is not None:
+        done, change, exc = failed
+        details["changes"] = [c.to_json() for c in [*installed, *pending[:done]]]
+        return HostResult(
+            ctx.name,
+            Outcome.FAILED,
+            f"{change.what}: {exc.reason}",
+            exc.fix or "look at the evidence above, fix the host, and rerun",
+            details={**details, "failed_change": change.to_json()},
+        )
     ctx.progress("verifying")
-    left = plan(settings, gather(ctx.transport, settings, options.timeout))
+    after = gather(ctx.transport, settings, options.timeout)
+    left = plan(settings, after)
     if left:
         return HostResult(
             ctx.name,
@@ -184,6 +188,85 @@ def provision_host(
             details=details,
         )
     return ctx.result(Outcome.CHANGED, summarize(kinds, False), details=details)
+
+
+def _apply(
+    ctx: HostContext, changes: Sequence[Change], options: ProvisionOptions
+) -> tuple[int, Change, CommandError] | None:
+    """Run each change's commands in order; the first that failed (its index, the change,
+    the error), or None."""
+    for done, change in enumerate(changes):
+        ctx.progress(change.what)
+        try:
+            for command in change.commands:
+                timeout = options.timeout
+                if command.timeout is not None:
+                    timeout = max(timeout or 0, command.timeout)
+                ctx.transport.run(command.argv, stdin=command.stdin, timeout=timeout)
+        except CommandError as exc:
+            if command.label:  # a long program is shown by what it does, not its text
+                exc = CommandError(
+                    ctx.name, command.label, exc.returncode, exc.stdout, exc.stderr, fix=exc.fix
+                )
+            return done, change, exc
+    return None
+
+
+def _install_first(
+    ctx: HostContext,
+    settings: ProvisionSettings,
+    facts: ProvisionFacts,
+    options: ProvisionOptions,
+) -> tuple[list[Change], ProvisionFacts, HostResult | None]:
+    """What the host lacks of ``fleet_provision.install``, installed before anything else
+    (the rest needs the engine): the install made (or, under --check, planned), the facts
+    after it, and the host's result when it ends here."""
+    change = install_change(settings, facts)
+    if change is None:
+        return [], facts, None
+    release = facts.os_release
+    if not release.supported:
+        return (
+            [],
+            facts,
+            ctx.result(
+                Outcome.FAILED,
+                f"unsupported distribution: {release.pretty or release.id or 'unknown'} "
+                f"(/etc/os-release); fleet installs {', '.join(install_plan(settings, facts).packages)} "
+                "with apt, on Debian and Ubuntu",
+                fix="install them yourself, or take them out of fleet_provision.install",
+            ),
+        )
+    if options.check:
+        if facts.host.engine_ok:
+            return [change], facts, None
+        # Nothing else can be planned before the engine runs.
+        return (
+            [change],
+            facts,
+            ctx.result(
+                Outcome.CHANGED,
+                f"would {change.what}; the rest is planned once the engine runs",
+                details={**_engine_details(facts), "changes": [change.to_json()]},
+            ),
+        )
+    failed = _apply(ctx, [change], options)
+    if failed is not None:
+        _, _, exc = failed
+        return (
+            [],
+            facts,
+            HostResult(
+                ctx.name,
+                Outcome.FAILED,
+                f"{change.what}: {exc.reason}",
+                exc.fix
+                or "look at apt's words above, fix the host (network, disk, the dpkg lock's "
+                "holder), and rerun",
+                details={**_engine_details(facts), "failed_change": change.to_json()},
+            ),
+        )
+    return [change], gather(ctx.transport, settings, options.timeout), None
 
 
 def with_base(result: HostResult, pushed: HostResult, ref: str, check: bool) -> HostResult:

@@ -8,6 +8,7 @@ import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fleet import units
@@ -17,6 +18,7 @@ from fleet.hosts.model import Host
 from fleet.images.runspec import HOSTNAME, RunSpec
 from fleet.ops.hostfiles import ACCOUNT, CRON_D_NAME, CRON_SCHEDULE, MODE
 from fleet.ops.provision.engine import EngineSettings
+from fleet.ops.provision.packages import INSTALLABLE, NVIDIA_DEFAULT_URL, AptRepository
 
 FLEET_PROVISION = "fleet_provision"
 
@@ -107,6 +109,10 @@ class ProvisionSettings:
     base_image: str | None = None
     allow_writable_data_root: bool = False
     engine: EngineSettings = field(default_factory=EngineSettings)
+    # What provisioning installs where it lacks (apt): engine, tools, nvidia_toolkit.
+    install: frozenset[str] = frozenset()
+    nvidia_repository: AptRepository | None = None
+    apt_lock_timeout: int = 120
     # Derived, not settings of their own.
     pid_file: str = "/run/aicron-weights-8340.pid"
     run_spec: RunSpec = field(default_factory=RunSpec)
@@ -169,6 +175,9 @@ _SETTING_KEYS = frozenset(
         "base_image",
         "allow_writable_data_root",
         "engine",
+        "install",
+        "nvidia_repository",
+        "apt_lock_timeout",
     }
 )
 
@@ -265,13 +274,8 @@ def _build_settings(raw: Mapping[str, tuple[Any, str]], run_spec: RunSpec) -> Pr
     log_file = _outside(*get("log_file", defaults.log_file), data_root)
     min_free_docker, min_free_data = _min_free(raw.get("min_free"))
     base_image = _base_image(raw.get("base_image"))
-    allow_writable, allow_where = get("allow_writable_data_root", False)
-    if not isinstance(allow_writable, bool):
-        raise ProvisionSettingsError(
-            f"{allow_where}: expected true or false, got {allow_writable!r}",
-            fix="allow_writable_data_root: true (only when others than the data root's "
-            "owner are meant to write it)",
-        )
+    allow_writable = _allow_writable(raw.get("allow_writable_data_root"))
+    install, repository, lock_timeout = _installing(raw)
     return ProvisionSettings(
         data_root=data_root,
         owner=owner,
@@ -291,6 +295,9 @@ def _build_settings(raw: Mapping[str, tuple[Any, str]], run_spec: RunSpec) -> Pr
         base_image=base_image,
         allow_writable_data_root=allow_writable,
         engine=_engine(raw.get("engine")),
+        install=install,
+        nvidia_repository=repository,
+        apt_lock_timeout=lock_timeout,
         pid_file=f"/run/aicron-weights-{port}.pid",
         run_spec=run_spec,
     )
@@ -518,3 +525,99 @@ def _engine(entry: tuple[Any, str] | None) -> EngineSettings:
             fix="e.g. log_max_file: 3",
         )
     return EngineSettings(True, live, size, files)
+
+
+def _installing(
+    raw: Mapping[str, tuple[Any, str]],
+) -> tuple[frozenset[str], AptRepository | None, int]:
+    """``install``, ``nvidia_repository`` and ``apt_lock_timeout``, checked together."""
+    install = _install(raw.get("install"))
+    repository = _repository(raw.get("nvidia_repository"), "nvidia_toolkit" in install)
+    value, where = raw.get("apt_lock_timeout", (120, f"{FLEET_PROVISION}.apt_lock_timeout"))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ProvisionSettingsError(
+            f"{where}: expected seconds to wait for the dpkg lock, got {value!r}",
+            fix="e.g. apt_lock_timeout: 120",
+        )
+    return install, repository, value
+
+
+def _install(entry: tuple[Any, str] | None) -> frozenset[str]:
+    """``install``: what provisioning installs where a host lacks it."""
+    if entry is None or entry[0] is None:
+        return frozenset()
+    value, where = entry
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ProvisionSettingsError(
+            f"{where}: expected a list, got {_type(value)}",
+            fix="e.g. install: [engine, tools, nvidia_toolkit]",
+        )
+    unknown = sorted(set(value) - set(INSTALLABLE))
+    if unknown:
+        raise ProvisionSettingsError(
+            f"{where}: {unknown[0]!r} is nothing fleet installs",
+            fix="use " + ", ".join(INSTALLABLE),
+        )
+    return frozenset(value)
+
+
+_URL = re.compile(r"(https?|file)://[^\s\[\]]+|file:/[^\s\[\]]+")
+
+
+def _repository(entry: tuple[Any, str] | None, wanted: bool) -> AptRepository | None:
+    """``nvidia_repository: {url, key}``: where the NVIDIA Container Toolkit comes from."""
+    value, where = entry if entry is not None else (None, f"{FLEET_PROVISION}.nvidia_repository")
+    how = (
+        "get NVIDIA's key once (curl -fsSL https://nvidia.github.io/libnvidia-container/gpgkey "
+        "> nvidia-container-toolkit.asc), check its fingerprint against NVIDIA's install guide, "
+        "and name the file: nvidia_repository: {key: path/to/nvidia-container-toolkit.asc}"
+    )
+    if value is None:
+        if wanted:
+            raise ProvisionSettingsError(
+                f"{where}: install lists nvidia_toolkit, but no signing key is given: fleet "
+                "never fetches a repository's key unchecked",
+                fix=how,
+            )
+        return None
+    if not isinstance(value, Mapping):
+        raise ProvisionSettingsError(f"{where}: expected {{url, key}}, got {_type(value)}", fix=how)
+    unknown = sorted(set(map(str, value)) - {"url", "key"})
+    if unknown:
+        raise ProvisionSettingsError(f"{where}.{unknown[0]}: unknown setting", fix="use url, key")
+    url = str(value.get("url") or NVIDIA_DEFAULT_URL)
+    if not _URL.fullmatch(url):
+        raise ProvisionSettingsError(
+            f"{where}.url: {url!r} is not an http(s) or file URL", fix=f"e.g. {NVIDIA_DEFAULT_URL}"
+        )
+    key_path = value.get("key")
+    if not isinstance(key_path, str) or not key_path:
+        raise ProvisionSettingsError(
+            f"{where}.key: the repository's signing key is needed", fix=how
+        )
+    try:
+        key = Path(key_path).expanduser().read_bytes()
+    except OSError as exc:
+        raise ProvisionSettingsError(
+            f"{where}.key: cannot read {key_path}: {exc.strerror}", fix=how
+        ) from None
+    armored = key.startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    # A binary OpenPGP public key packet starts with tag 6 (old or new format).
+    if not armored and (not key or key[0] not in (0x98, 0x99, 0x9A, 0xC6)):
+        raise ProvisionSettingsError(
+            f"{where}.key: {key_path} is not an OpenPGP public key (armored or binary)", fix=how
+        )
+    return AptRepository(url, key, armored)
+
+
+def _allow_writable(entry: tuple[Any, str] | None) -> bool:
+    value, where = entry if entry is not None else (False, "")
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ProvisionSettingsError(
+            f"{where}: expected true or false, got {value!r}",
+            fix="allow_writable_data_root: true (only when others than the data root's "
+            "owner are meant to write it)",
+        )
+    return value

@@ -1,0 +1,159 @@
+"""What a bare server lacks, and how provisioning installs it (facts in, plan and result out)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from fleet.errors import ProvisionSettingsError
+from fleet.ops.provision.facts import ProvisionFacts
+from fleet.ops.provision.packages import OsRelease, needed
+from fleet.ops.provision.plan import install_change
+from fleet.ops.provision.run import ProvisionOptions
+from fleet.results import Outcome
+from tests.test_provision import FakeTransport, recorded, run_provision, settings, with_host
+
+ARMORED = b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ...\n-----END PGP PUBLIC KEY BLOCK-----\n"
+
+
+def bare(**changes: object) -> ProvisionFacts:
+    """A fresh server: no engine, no toolkit, no cron, a driver (nvidia-smi answers)."""
+    facts = with_host(
+        recorded("fresh-classic"),
+        engine_ok=False,
+        engine_error="docker: not found",
+        runtimes=(),
+        nvidia_smi=True,
+    )
+    defaults: dict[str, object] = {
+        "os_release": OsRelease("debian", "", "Debian GNU/Linux 12 (bookworm)"),
+        "packages": {"python3": True, "util-linux": True},
+        "tools": frozenset({"python3", "flock", "setpriv", "setsid"}),
+    }
+    return dataclasses.replace(facts, **{**defaults, **changes})  # type: ignore[arg-type]
+
+
+def key_file(tmp_path: Path, content: bytes = ARMORED) -> str:
+    path = tmp_path / "nvidia.asc"
+    path.write_bytes(content)
+    return str(path)
+
+
+def test_only_what_is_missing_is_installed() -> None:
+    plan = needed(
+        frozenset({"engine", "tools", "nvidia_toolkit"}),
+        {"python3": True, "util-linux": True},
+        engine_present=False,
+        nvidia_smi=True,
+        has_runtime=False,
+        repository=None,
+    )
+    assert plan.packages == ("docker.io", "cron", "ca-certificates", "nvidia-container-toolkit")
+    assert plan.engine and plan.skipped == ()
+    converged = needed(
+        frozenset({"engine", "tools", "nvidia_toolkit"}),
+        dict.fromkeys(("docker.io", "python3", "cron", "util-linux", "ca-certificates"), True),
+        engine_present=True,
+        nvidia_smi=True,
+        has_runtime=True,
+        repository=None,
+    )
+    assert converged.packages == () and not converged.engine
+
+
+def test_no_driver_no_toolkit_and_the_host_is_told_why() -> None:
+    plan = needed(
+        frozenset({"nvidia_toolkit"}),
+        {},
+        engine_present=True,
+        nvidia_smi=False,
+        has_runtime=False,
+        repository=None,
+    )
+    assert plan.packages == ()
+    (why,) = plan.skipped
+    assert "no NVIDIA driver answers" in why and "out of fleet's scope" in why
+
+
+def test_the_install_change_adds_the_repository_with_its_key_on_stdin(tmp_path: Path) -> None:
+    config = settings(
+        install=["engine", "tools", "nvidia_toolkit"],
+        nvidia_repository={"url": "http://10.0.0.9:8080/", "key": key_file(tmp_path)},
+    )
+    change = install_change(config, bare())
+    assert change is not None and change.kind == "packages_installed"
+    (command,) = change.commands
+    assert command.argv[4:] == (
+        "120",
+        "docker.io cron ca-certificates nvidia-container-toolkit",
+        "http://10.0.0.9:8080/",
+        "/etc/apt/keyrings/fleet-nvidia-container-toolkit.asc",
+        "yes",
+    )
+    assert command.stdin == ARMORED
+    assert str(command) == (
+        "apt-get install docker.io cron ca-certificates nvidia-container-toolkit (adding "
+        "http://10.0.0.9:8080/, signed-by /etc/apt/keyrings/fleet-nvidia-container-toolkit.asc)"
+    )
+    assert install_change(settings(), bare()) is None  # install is opt-in
+
+
+@pytest.mark.parametrize(
+    ("provision", "message"),
+    [
+        ({"install": ["engine", "driver"]}, "'driver' is nothing fleet installs"),
+        ({"install": "engine"}, "install: expected a list"),
+        ({"install": ["nvidia_toolkit"]}, "never fetches a repository's key unchecked"),
+        (
+            {"install": ["nvidia_toolkit"], "nvidia_repository": {"url": "ftp://x/"}},
+            "is not an http(s) or file URL",
+        ),
+        ({"apt_lock_timeout": "soon"}, "expected seconds to wait for the dpkg lock"),
+    ],
+)
+def test_bad_install_settings_name_the_setting(provision: dict, message: str) -> None:
+    with pytest.raises(ProvisionSettingsError, match=re.escape(message)):
+        settings(**provision)
+
+
+def test_a_key_that_is_no_openpgp_key_is_refused(tmp_path: Path) -> None:
+    path = key_file(tmp_path, b"<html>not found</html>")
+    with pytest.raises(ProvisionSettingsError, match="is not an OpenPGP public key"):
+        settings(install=["nvidia_toolkit"], nvidia_repository={"key": path})
+    default = settings(install=["nvidia_toolkit"], nvidia_repository={"key": key_file(tmp_path)})
+    assert default.nvidia_repository is not None
+    assert default.nvidia_repository.url.startswith("https://nvidia.github.io/libnvidia-container/")
+
+
+def test_check_on_a_bare_host_says_what_it_would_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    transport = FakeTransport()
+    config = settings(install=["engine", "tools"])
+    result = run_provision(monkeypatch, [bare()], ProvisionOptions(check=True), transport, config)
+    assert transport.commands == []
+    assert result.outcome is Outcome.CHANGED
+    assert result.reason == (
+        "would install docker.io, cron, ca-certificates and start the engine; the rest is "
+        "planned once the engine runs"
+    )
+
+
+def test_an_unsupported_distribution_is_refused_before_anything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    transport = FakeTransport()
+    alpine = bare(os_release=OsRelease("alpine", "", "Alpine Linux v3.20"))
+    config = settings(install=["engine", "tools"])
+    result = run_provision(monkeypatch, [alpine], ProvisionOptions(), transport, config)
+    assert transport.commands == []
+    assert result.outcome is Outcome.FAILED
+    assert result.reason is not None
+    assert result.reason.startswith("unsupported distribution: Alpine Linux v3.20")
+    assert "on Debian and Ubuntu" in result.reason
+    assert result.fix == "install them yourself, or take them out of fleet_provision.install"
+    ubuntu = OsRelease("pop", "ubuntu debian", "Pop!_OS 22.04")
+    assert ubuntu.supported
