@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from fleet.lab import nodes as lab
-from tests.conftest import LabFixture, host_run
+from tests.conftest import LabFixture, ensure_image, host_run
 from tests.framework import build_image
 
 pytestmark = pytest.mark.lab
@@ -158,3 +158,46 @@ def test_more_hosts_than_lines_fold_into_counts(lab_env: LabFixture, tmp_path: P
     for pane in folded:
         rows = [line for line in pane.splitlines() if re.match(r"gpu\d\d ", line)]
         assert 1 <= len(rows) <= 5, pane
+
+
+def test_fleet_top_shows_the_busy_gpu_its_job_and_answers_keys(lab_env: LabFixture) -> None:
+    """A training job on lab1's GPU: fleet top shows 1 of 2 GPUs busy, the job on lab1, lab2
+    free; 's' sorts by busy GPUs, 'q' quits."""
+    image = ensure_image(lab_env, "lab1")
+    job = host_run(
+        lab_env,
+        "lab1",
+        *("docker", "run", "-d", "--rm", "--name", "fleet-top-job", "--runtime", "nvidia"),
+        *("-e", "NVIDIA_VISIBLE_DEVICES=all", "-e", "FLEET_GPU_JOB_MIB=2048"),
+        *(image, "fleet-gpu-job", "300"),
+    )
+    assert job.ok, job.stderr
+    socket = f"fleet-test-top-{os.getpid()}"
+    command = fleet_command("top", "-i", str(lab_env.inventory), "--interval", "1")
+    shell = f"{shlex.join(command)}; echo FLEET-EXIT=$?; sleep 600"
+    _tmux(socket, "new-session", "-d", "-x", "140", "-y", "12", "-s", "top", shell)
+    try:
+
+        def pane_until(text: str) -> str:
+            deadline = time.monotonic() + 30
+            while True:
+                pane = _tmux(socket, "capture-pane", "-p", "-t", "top")
+                if text in pane or time.monotonic() > deadline:
+                    return pane
+                time.sleep(0.3)
+
+        pane = pane_until("1/2 busy")
+        assert "2 hosts · GPUs 1/2 busy · free on lab2 · sorted by free" in pane, pane
+        rows = {line.split()[0]: line for line in pane.splitlines() if line.startswith("lab")}
+        assert rows["lab1"].split()[1] == "1/1" and "python3 2.0GiB" in rows["lab1"], pane
+        assert rows["lab2"].split()[1] == "0/1", pane
+        assert pane.index("lab2") < pane.index("lab1")  # the free host first
+        _tmux(socket, "send-keys", "-t", "top", "s")
+        pane = pane_until("sorted by busy")
+        assert pane.index("\nlab1") < pane.index("\nlab2"), pane
+        _tmux(socket, "send-keys", "-t", "top", "q")
+        pane = pane_until("FLEET-EXIT=")
+        assert "FLEET-EXIT=0" in pane, pane
+    finally:
+        subprocess.run(["tmux", "-L", socket, "kill-server"], check=False, capture_output=True)
+        host_run(lab_env, "lab1", "docker", "rm", "-f", "fleet-top-job")

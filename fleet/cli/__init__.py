@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "audit",
     "views",
     "play",
+    "top",
 )
 
 # The module that registers each command. Running a command imports only its module, so
@@ -51,6 +52,7 @@ _COMMANDS = {
     "logs": "views",
     "shell": "views",
     "play": "play",
+    "top": "top",
 }
 
 

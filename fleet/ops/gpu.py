@@ -60,6 +60,20 @@ class GPUProcesses:
         ]
 
 
+# A GPU counts as busy above these: a driver and a desktop hold a few hundred MiB at 0 %.
+BUSY_UTILIZATION = 5
+BUSY_MEMORY_SHARE = 0.1
+
+
+def in_use(utilization: float | None, used_mib: float | None, total_mib: float | None) -> bool:
+    """Whether a GPU is in use, from its utilisation (%) and memory (unknown: no)."""
+    if utilization is not None and utilization > BUSY_UTILIZATION:
+        return True
+    return (
+        used_mib is not None and bool(total_mib) and used_mib > BUSY_MEMORY_SHARE * (total_mib or 1)
+    )
+
+
 def container_of(cgroup: str) -> str:
     """The container id a process's ``/proc/PID/cgroup`` names; "" when none."""
     found = _CONTAINER_ID.findall(cgroup)

@@ -12,6 +12,7 @@ from fleet import units
 from fleet.errors import CronBlockError
 from fleet.images.runspec import RunSpec
 from fleet.ops.facts import GPU
+from fleet.ops.gpu import in_use
 from fleet.ops.provision.cron import find_block, numbered_lines, other_aicron_lines
 from fleet.ops.provision.engine import DAEMON_JSON, DaemonJsonError, loaded
 from fleet.ops.provision.facts import BYTE_LIMITS, ProvisionFacts
@@ -164,11 +165,6 @@ def _check_runtime(
             )
 
 
-# A GPU counts as busy above these: a driver and a desktop hold a few hundred MiB at 0 %.
-_BUSY_UTILIZATION = 5
-_BUSY_MEMORY_SHARE = 0.1
-
-
 def gpu_busy(gpu: GPU) -> bool:
     """Whether a GPU is in use, from nvidia-smi's utilization and memory (unknown: no)."""
 
@@ -176,10 +172,7 @@ def gpu_busy(gpu: GPU) -> bool:
         word = text.split(" ", 1)[0]
         return float(word) if word.replace(".", "", 1).isdigit() else None
 
-    utilization, used, total = number(gpu.utilization), number(gpu.memory_used), number(gpu.memory)
-    if utilization is not None and utilization > _BUSY_UTILIZATION:
-        return True
-    return used is not None and bool(total) and used > _BUSY_MEMORY_SHARE * (total or 1)
+    return in_use(number(gpu.utilization), number(gpu.memory_used), number(gpu.memory))
 
 
 def _check_engine_config(
