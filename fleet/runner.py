@@ -108,7 +108,7 @@ class ClientConnector:
 
     The host's ``fleet_ssh_client`` variable (``openssh`` or ``paramiko``) wins, then
     ``$FLEET_SSH_CLIENT``, then ``default``. ``openssh`` is the system's ssh with shared
-    connections kept for 60 s (:mod:`fleet.ssh.openssh`); as the default it falls back to
+    connections kept for 5 minutes (:mod:`fleet.ssh.openssh`); as the default it falls back to
     paramiko (:class:`SSHConnector`) when no ``ssh`` is on PATH.
     """
 

@@ -61,7 +61,8 @@ def test_host_keys_are_checked_against_the_endpoints_files_in_order(tmp_path: Pa
     assert chosen["GlobalKnownHostsFile"] == "/dev/null"
     home = os.path.expanduser("~/.ssh/known_hosts")
     assert chosen["UserKnownHostsFile"] == f'"{tmp_path}/lab known_hosts" {home}'
-    assert chosen["ControlMaster"] == "auto" and chosen["ControlPersist"] == "60s"
+    assert chosen["ControlMaster"] == "auto" and chosen["ControlPersist"] == "300s"
+    assert chosen["KexAlgorithms"].startswith("curve25519-sha256,")
     assert chosen["ControlPath"] == str(transport.control_path)
     assert argv[argv.index("-p") + 1] == "2222" and argv[argv.index("-l") + 1] == "trainer"
     new = OpenSSHTransport(endpoint(tmp_path), accept_new=True, control_dir=tmp_path / "cm")

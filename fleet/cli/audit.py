@@ -5,7 +5,7 @@
 
 Read-only: one round trip per host, no deploy lock, no history line. Exit codes: 0 every
 host as expected, 2 some host drifted, 3 some host unreachable. Hosts are reached through
-the system's ssh where it is installed, its connections kept for 60 s so that the next
+the system's ssh where it is installed, its connections kept for 5 minutes so that the next
 audit needs no handshake (:mod:`fleet.ssh.openssh`; ``fleet_ssh_client: paramiko`` or
 ``FLEET_SSH_CLIENT=paramiko`` choose paramiko).
 """
@@ -125,7 +125,7 @@ def _run(
 def make_runner(args: argparse.Namespace, events: Events) -> Runner:
     """The audit's runner: read-only fan-out over the system's ssh where it is installed.
 
-    Its connections are shared and kept for 60 s, so a second audit needs no handshake;
+    Its connections are shared and kept for 5 minutes, so a second audit needs no handshake;
     a host's ``fleet_ssh_client`` or ``$FLEET_SSH_CLIENT`` chooses the client.
     """
     connector = ClientConnector(

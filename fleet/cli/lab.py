@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet import report
+from fleet.lab import light
 from fleet.lab import nodes as lab
 from fleet.report.untrusted import safe_text
 
@@ -45,6 +46,14 @@ def register(subparsers: Any) -> None:
         metavar="N|HOST=N,...",
         help="simulated GPUs per host (an nvidia runtime, nvidia-smi, GPU state): N for every "
         "host, or per host, e.g. lab1=2,lab2=0 (unnamed hosts: none); default 1",
+    )
+    up.add_argument(
+        "--light",
+        type=int,
+        metavar="N",
+        help="instead: a light lab of N SSH hosts (one port each, several sshd in one "
+        "container, no engine) for measuring fan-out at 100-1,000 hosts; its inventory is "
+        "written to --write-inventory's directory as light.yml",
     )
     up.add_argument(
         "--users",
@@ -100,6 +109,14 @@ def _gpus(text: str) -> int | dict[str, int]:
 
 def _up(args: argparse.Namespace) -> int:
     out = report.console()
+    if args.light is not None:
+        written = light.up(
+            args.light,
+            name=f"{args.name}-light",
+            inventory=Path(args.write_inventory).with_name("light.yml"),
+        )
+        out.print(safe_text(f"{args.light} light hosts; inventory: {written}"), soft_wrap=True)
+        return 0
     lab_ = lab.up(
         args.hosts,
         args.engine,
@@ -132,6 +149,7 @@ def _up(args: argparse.Namespace) -> int:
 def _down(args: argparse.Namespace) -> int:
     owner = lab.inventory_lab(args.write_inventory)
     removed = lab.down(name=args.name, inventory=args.write_inventory)
+    light.down(name=f"{args.name}-light")
     out = report.console()
     out.print(safe_text(f"removed {len(removed)} lab hosts: {', '.join(removed) or '-'}"))
     if owner is not None and owner != args.name:

@@ -116,7 +116,8 @@ class _Elapsed(ProgressColumn):
 class _FoldingProgress(Progress):
     """rich's progress view that folds: past the terminal's height, a line of counts (how
     many hosts wait, run in each phase, ended with each outcome), then the hosts that ended
-    badly and those running longest: the ones a person watches for."""
+    badly and those running longest (the ones a person watches for), then as many others
+    as fit."""
 
     def get_renderables(self) -> Iterable[RenderableType]:
         tasks = self.tasks
@@ -138,8 +139,11 @@ class _FoldingProgress(Progress):
         yield _counts(len(tasks), waiting, running, ended)
         bad = [t for t in ended if t.fields["outcome"] in (Outcome.FAILED, Outcome.UNREACHABLE)]
         running.sort(key=lambda t: t.fields["since"])
-        shown = [*bad[: room // 3], *running][: room - 1]
-        yield self.make_tasks_table(shown)
+        watched = [*bad[: room // 3], *running]
+        # The rest of the room: the hosts that wait, then those done, in inventory order.
+        seen = {t.id for t in watched}
+        rest = [t for t in tasks if t.id not in seen]
+        yield self.make_tasks_table([*watched, *rest][: room - 1])
 
 
 def _counts(total: int, waiting: list[Task], running: list[Task], ended: list[Task]) -> Text:

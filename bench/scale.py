@@ -1,0 +1,180 @@
+"""bench/scale: fleet's fan-out at 100 to 1,000 hosts, against ansible-core's, side by side.
+
+Starts a light lab (``fleet.lab.light``: N SSH hosts, one port each, no engine) per size,
+then times, alternating the tools so that machine noise hits both alike:
+
+- ``fleet exec all -- true`` (``--forks F``),
+- ``ansible all -m raw -a true --forks F`` on the same inventory,
+- ``fleet audit all`` (a read-only command; every host reports it has no engine), with
+  OpenSSH cold and warm (its shared connections kept from the run before), with paramiko,
+  and as chosen by default, cold then warm.
+
+For each it prints the wall time, the controller's CPU per host (the tool's process and
+everything it started, OpenSSH's daemonized masters included: a cgroup of its own), its
+peak RSS, and the hosts' sshd CPU per host, and beside the wall time
+the machine's floor: both sides' CPU over its cores. The last line is one JSON object.
+pyinfra is not measured yet.
+
+    .venv/bin/python bench/scale.py [--hosts 100,500] [--forks 100] [--rounds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fleet.lab import light
+from fleet.lab import nodes as lab
+
+BIN = Path(sys.executable).parent
+
+
+def sshd_cpu(container: Any) -> float:
+    """CPU seconds the light lab's sshd processes have used: their container's cgroup,
+    read on this machine (cgroup v1's cpuacct, or v2's cpu.stat)."""
+    root = Path("/sys/fs/cgroup")
+    for path, scale in (
+        (root / "cpuacct" / "docker" / container.id / "cpuacct.usage", 1e9),
+        (root / "system.slice" / f"docker-{container.id}.scope" / "cpu.stat", 1e6),
+        (root / "docker" / container.id / "cpu.stat", 1e6),
+    ):
+        if path.exists():
+            text = path.read_text()
+            if path.name == "cpuacct.usage":
+                return int(text) / scale
+            for line in text.splitlines():
+                if line.startswith("usage_usec "):
+                    return int(line.split()[1]) / scale
+    raise SystemExit(f"cannot find the cgroup of {container.name} under {root}")
+
+
+class Accounted:
+    """A cgroup of its own for the tool's process and everything it starts, daemons
+    included (OpenSSH's shared-connection masters leave the process tree, not the cgroup):
+    its CPU is the controller's whole cost of the run."""
+
+    def __init__(self, name: str) -> None:
+        v1 = Path("/sys/fs/cgroup/cpuacct")
+        self.v1 = v1.is_dir()
+        self.path = (v1 if self.v1 else Path("/sys/fs/cgroup")) / name
+        self.path.mkdir(exist_ok=True)
+
+    def enter(self) -> None:
+        """Move the calling process in (run in the child before it execs)."""
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def cpu(self) -> float:
+        if self.v1:
+            return int((self.path / "cpuacct.usage").read_text()) / 1e9
+        for line in (self.path / "cpu.stat").read_text().splitlines():
+            if line.startswith("usage_usec "):
+                return int(line.split()[1]) / 1e6
+        raise SystemExit(f"no usage_usec in {self.path}/cpu.stat")
+
+
+def measured(
+    argv: list[str], container: Any, env: dict[str, str], group: Accounted
+) -> dict[str, float]:
+    """Wall seconds, the controller's CPU seconds (the tool and all it started, in its
+    cgroup), the tool's peak RSS MiB, and the sshd processes' CPU seconds."""
+    sshd_before, cpu_before = sshd_cpu(container), group.cpu()
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=group.enter,  # noqa: PLW1509 - only writes its own pid to a file
+    )
+    assert proc.stderr is not None
+    errors = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    sshd, cpu = sshd_cpu(container) - sshd_before, group.cpu() - cpu_before
+    if proc.returncode not in (0, 2):  # audit exits 2: every host drifted (no engine)
+        raise SystemExit(f"{' '.join(argv[:3])} failed ({proc.returncode}):\n{errors[-2000:]}")
+    return {"wall": wall, "cpu": cpu, "rss_mib": usage.ru_maxrss / 1024, "sshd": sshd}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hosts", default="100,500", help="sizes, comma separated")
+    parser.add_argument("--forks", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    env = {**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_FORKS": str(args.forks)}
+    client = lab.engine_client()
+    group = Accounted("fleet-bench-scale")
+    summary: dict[str, Any] = {"cores": cores, "forks": args.forks, "sizes": {}}
+    for size in (int(n) for n in args.hosts.split(",")):
+        inventory = light.up(size, name="fleet-bench-light")
+        container = client.containers.get(light.container_name("fleet-bench-light"))
+        fleet = [str(BIN / "fleet")]
+        common = ["-i", str(inventory), "--forks", str(args.forks), "--retry-file", "/dev/null"]
+        audit = [*fleet, "audit", "all", *common, "--json"]
+        tools = {
+            "fleet exec": [*fleet, "exec", "all", *common, "--", "true"],
+            "ansible raw": [
+                *(str(BIN / "ansible"), "all", "-i", str(inventory), "-m", "raw"),
+                *("-a", "true", "--forks", str(args.forks)),
+            ],
+            # Each SSH client cold (no shared connection yet), then warm (right after).
+            "audit ssh": ["env", "FLEET_SSH_CLIENT=openssh", *audit],
+            "audit ssh 2": ["env", "FLEET_SSH_CLIENT=openssh", *audit],
+            "audit pmk": ["env", "FLEET_SSH_CLIENT=paramiko", *audit],
+            "audit dflt": audit,
+            "audit dflt 2": audit,
+        }
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in tools}
+        for _ in range(args.rounds):
+            for name, argv in tools.items():
+                if name in ("audit ssh", "audit dflt"):
+                    # Cold: no shared connection left from an earlier run.
+                    subprocess.run(["pkill", "-f", r"\[mux\]"], check=False)
+                    time.sleep(1)
+                runs[name].append(measured(argv, container, env, group))
+        print(f"\n{size} hosts, forks {args.forks}, {cores} cores")
+        print(
+            f"{'':12} {'wall s':>8} {'floor s':>8} {'ctl ms/host':>12} {'sshd ms/host':>13} {'RSS MiB':>8}"
+        )
+        figures: dict[str, dict[str, float]] = {}
+        for name, results in runs.items():
+            median = {k: statistics.median(r[k] for r in results) for k in results[0]}
+            floor = (median["cpu"] + median["sshd"]) / cores
+            figures[name] = {**median, "floor": floor}
+            print(
+                f"{name:12} {median['wall']:8.1f} {floor:8.1f} {median['cpu'] / size * 1000:12.1f}"
+                f" {median['sshd'] / size * 1000:13.1f} {median['rss_mib']:8.0f}"
+            )
+        ratio = figures["fleet exec"]["wall"] / figures["ansible raw"]["wall"]
+        print(f"fleet exec / ansible raw: {ratio:.2f} (target at 1,000 hosts: 0.4)")
+        summary["sizes"][str(size)] = {
+            "fleet_exec_over_ansible": round(ratio, 3),
+            **{
+                f"{name.replace(' ', '_')}_{key}": round(value, 3)
+                for name, values in figures.items()
+                for key, value in values.items()
+            },
+            "fleet_exec_ctl_ms_per_host": round(figures["fleet exec"]["cpu"] / size * 1000, 1),
+            "fleet_audit_ctl_ms_per_host": round(figures["audit dflt"]["cpu"] / size * 1000, 1),
+            "second_audit_over_first": round(
+                figures["audit dflt 2"]["wall"] / figures["audit dflt"]["wall"], 3
+            ),
+        }
+    light.down(name="fleet-bench-light")
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

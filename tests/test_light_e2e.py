@@ -1,0 +1,62 @@
+"""The light lab: many SSH hosts, one port each, pinned keys, several sshd in one container."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fleet.lab import light
+from tests.conftest import run_json
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def light_inventory(lab_state: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    name = f"fleet-test-{os.getpid()}-light"
+    # 20 hosts: two sshd processes (16 ports each at most).
+    path = light.up(20, name=name, inventory=tmp_path_factory.mktemp("light") / "light.yml")
+    yield path
+    light.down(name=name)
+
+
+def test_every_light_host_answers_with_its_pinned_key(
+    light_inventory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hosts = yaml.safe_load(light_inventory.read_text())["all"]["children"]["light"]["hosts"]
+    assert len(hosts) == 20 and len({h["ansible_port"] for h in hosts.values()}) == 20
+    code, doc = run_json(
+        capsys, "exec", "all", "-i", str(light_inventory), "--retry-file", "/dev/null", "--", "true"
+    )
+    assert code == 0, doc
+    assert doc["summary"]["changed"] == 20
+
+
+def test_a_light_host_with_another_key_is_refused(
+    light_inventory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = yaml.safe_load(light_inventory.read_text())
+    group = document["all"]["children"]["light"]
+    known = Path(group["vars"]["fleet_known_hosts"]).read_text().splitlines()
+    wrong = tmp_path / "known_hosts"
+    # Every port pinned to a key that is not the hosts' (another ed25519 key).
+    other = "AAAAC3NzaC1lZDI1NTE5AAAAIFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeFake"
+    wrong.write_text("".join(f"{line.split()[0]} ssh-ed25519 {other}\n" for line in known))
+    group["vars"]["fleet_known_hosts"] = str(wrong)
+    group["vars"]["ansible_ssh_common_args"] = (
+        f"-o UserKnownHostsFile={wrong} -o StrictHostKeyChecking=yes"
+    )
+    group["hosts"] = dict(list(group["hosts"].items())[:2])
+    path = tmp_path / "wrong.yml"
+    path.write_text(yaml.safe_dump(document))
+    code, doc = run_json(
+        capsys, "exec", "all", "-i", str(path), "--retry-file", "/dev/null", "--", "true"
+    )
+    assert code == 3, doc
+    for result in doc["hosts"].values():
+        assert result["outcome"] == "unreachable"
+        assert "host key" in result["reason"].lower(), result
