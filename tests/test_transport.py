@@ -212,3 +212,29 @@ def test_known_hosts_files_in_openssh_order(tmp_path: Path) -> None:
         config=paramiko.SSHConfig(),
     )
     assert ep.known_hosts_files == ("/a/kh", "/b/kh", "~/.ssh/known_hosts")
+
+
+def test_waiting_for_a_channel_works_past_selects_1024_descriptors() -> None:
+    """With a thousand hosts connected, channels' descriptors pass 1024, where select()
+    fails (ValueError); the transport waits with poll."""
+    import os
+    import resource
+
+    from fleet.ssh.paramiko_client import _readable
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    held = [os.pipe() for _ in range(560)]
+    try:
+        read_end, write_end = os.pipe()
+        assert read_end > 1024
+        assert _readable([read_end], 0.01) == set()
+        os.write(write_end, b"x")
+        assert _readable([read_end], 1.0) == {read_end}
+        os.close(read_end)
+        os.close(write_end)
+    finally:
+        for pair in held:
+            os.close(pair[0])
+            os.close(pair[1])
