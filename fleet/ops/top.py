@@ -2,9 +2,9 @@
 
 One round trip per host and refresh, over the run's kept connections: each GPU's
 utilisation and memory (``nvidia-smi --query-gpu=index,uuid,name,utilization.gpu,
-memory.used,memory.total --format=csv,noheader,nounits``), its compute processes with their age and
-container (:mod:`fleet.ops.gpu`), and the framework containers that run, with their
-version and status (health included, as ``docker ps`` shows it).
+memory.used,memory.total --format=csv,noheader,nounits``), its compute processes with
+their age and container (:mod:`fleet.ops.gpu`), and the framework containers that run,
+with their version and status (health included, as ``docker ps`` shows it).
 """
 
 from __future__ import annotations
