@@ -222,6 +222,15 @@ def running_tag(env: LabFixture, host: str, repository: str) -> str:
     ).strip()
 
 
+def framework_container(env: LabFixture, host: str, repository: str) -> str:
+    """The id of the one framework container of ``repository`` that runs on ``host``."""
+    ids = host_sh(
+        env, host, "docker", "ps", "-q", "--filter", f"label=io.fleet.framework={repository}"
+    ).split()
+    assert len(ids) == 1, f"{host}: framework containers running: {ids}"
+    return ids[0]
+
+
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     """Run fleet in-process; (exit code, stdout, stderr)."""
     code = main(list(argv))

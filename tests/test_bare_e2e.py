@@ -19,7 +19,15 @@ import pytest
 import yaml
 
 from fleet.lab import nodes as lab
-from tests.conftest import TEST_LAB, LabFixture, host_run, host_sh, run_json, run_project_json
+from tests.conftest import (
+    TEST_LAB,
+    LabFixture,
+    framework_container,
+    host_run,
+    host_sh,
+    run_json,
+    run_project_json,
+)
 from tests.framework import ROOT, FrameworkProject
 
 pytestmark = pytest.mark.lab
@@ -193,16 +201,7 @@ def test_one_provision_makes_a_bare_gpu_server_a_fleet_host(
 
     code, doc = run_project_json(capsys, path, project, "deploy", "all", project.built[0])
     assert code == 0, doc
-    name = host_sh(
-        bare,
-        HOST,
-        "docker",
-        "ps",
-        "-q",
-        "--filter",
-        f"label=io.fleet.framework={project.repository}",
-    ).strip()
-    assert name, doc
+    name = framework_container(bare, HOST, project.repository)
     runtime = host_sh(bare, HOST, "docker", "inspect", "-f", "{{.HostConfig.Runtime}}", name)
     assert runtime.strip() == "nvidia"
     inside = host_sh(bare, HOST, "docker", "exec", name, "nvidia-smi", "-L")

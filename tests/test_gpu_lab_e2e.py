@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from fleet.images import daemon
-from tests.conftest import LabFixture, host_run, host_sh, run_project_json
+from tests.conftest import (
+    LabFixture,
+    framework_container,
+    host_run,
+    host_sh,
+    run_project_json,
+)
 from tests.framework import FrameworkProject, build_image, build_with_label, built_project
 
 pytestmark = pytest.mark.lab
@@ -58,16 +64,7 @@ def test_the_labeled_run_command_runs_with_the_nvidia_runtime_and_a_job_is_a_rea
     code, doc = run_project_json(capsys, fast_inventory, project, "deploy", "all", tag)
     assert code == 0, doc
     for host in HOSTS:
-        name = host_sh(
-            lab_env,
-            host,
-            "docker",
-            "ps",
-            "-q",
-            "--filter",
-            f"label=io.fleet.framework={project.repository}",
-        ).strip()
-        assert name, f"no framework container runs on {host}"
+        name = framework_container(lab_env, host, project.repository)
         runtime = host_sh(lab_env, host, "docker", "inspect", "-f", "{{.HostConfig.Runtime}}", name)
         assert runtime.strip() == "nvidia"
         inside = host_sh(lab_env, host, "docker", "exec", name, "nvidia-smi", "-L")
@@ -100,14 +97,6 @@ def test_the_labeled_run_command_runs_with_the_nvidia_runtime_and_a_job_is_a_rea
         assert apps(lab_env, host) == []
 
 
-def _framework_container(env: LabFixture, host: str, repository: str) -> str:
-    ids = host_sh(
-        env, host, "docker", "ps", "-q", "--filter", f"label=io.fleet.framework={repository}"
-    ).split()
-    assert len(ids) == 1, ids
-    return ids[0]
-
-
 def _start_job(env: LabFixture, host: str, container: str, seconds: int) -> None:
     started = host_run(
         env,
@@ -137,7 +126,7 @@ def test_a_training_job_is_never_interrupted_silently(
     v1, v2, v3, v4 = project.built[:4]
     code, doc = run_project_json(capsys, fast_inventory, project, "deploy", "all", v1)
     assert code == 0, doc
-    _start_job(lab_env, "lab1", _framework_container(lab_env, "lab1", project.repository), 600)
+    _start_job(lab_env, "lab1", framework_container(lab_env, "lab1", project.repository), 600)
 
     # The audit says which host is busy, and with what.
     _, doc = run_project_json(capsys, fast_inventory, project, "audit", "all")
@@ -168,7 +157,7 @@ def test_a_training_job_is_never_interrupted_silently(
 
     # --wait-idle waits for the job to end, then switches.
     host_run(lab_env, "lab1", "pkill", "-f", "^/usr/bin/python3 /usr/bin/fleet-gpu-job")
-    container = _framework_container(lab_env, "lab1", project.repository)
+    container = framework_container(lab_env, "lab1", project.repository)
     _start_job(lab_env, "lab1", container, 4)
     code, doc = run_project_json(
         capsys, fast_inventory, project, "deploy", "all", v3, "--wait-idle", "60s", "--serial", "1"
@@ -184,7 +173,7 @@ def test_a_training_job_is_never_interrupted_silently(
     assert switched["lab2"]["time"] < switched["lab1"]["time"], switched
 
     # --force interrupts it, and the host's history says so.
-    _start_job(lab_env, "lab1", _framework_container(lab_env, "lab1", project.repository), 600)
+    _start_job(lab_env, "lab1", framework_container(lab_env, "lab1", project.repository), 600)
     code, doc = run_project_json(capsys, fast_inventory, project, "deploy", "lab1", v4, "--force")
     assert doc["hosts"]["lab1"]["outcome"] == "changed", doc["hosts"]["lab1"]
     assert apps(lab_env, "lab1") == []

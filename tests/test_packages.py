@@ -10,9 +10,10 @@ import pytest
 
 from fleet.errors import ProvisionSettingsError
 from fleet.ops.provision.facts import ProvisionFacts
-from fleet.ops.provision.packages import OsRelease, needed
-from fleet.ops.provision.plan import install_change
+from fleet.ops.provision.packages import KNOWN_PACKAGES, OsRelease, needed
+from fleet.ops.provision.plan import install_change, install_plan
 from fleet.ops.provision.run import ProvisionOptions
+from fleet.programs import program
 from fleet.results import Outcome
 from tests.test_provision import FakeTransport, recorded, run_provision, settings, with_host
 
@@ -83,7 +84,7 @@ def test_the_install_change_adds_the_repository_with_its_key_on_stdin(tmp_path: 
         install=["engine", "tools", "nvidia_toolkit"],
         nvidia_repository={"url": "http://10.0.0.9:8080/", "key": key_file(tmp_path)},
     )
-    change = install_change(config, bare())
+    change = install_change(config, install_plan(config, bare()))
     assert change is not None and change.kind == "packages_installed"
     (command,) = change.commands
     assert command.argv[4:] == (
@@ -98,7 +99,7 @@ def test_the_install_change_adds_the_repository_with_its_key_on_stdin(tmp_path: 
         "apt-get install docker.io cron ca-certificates nvidia-container-toolkit (adding "
         "http://10.0.0.9:8080/, signed-by /etc/apt/keyrings/fleet-nvidia-container-toolkit.asc)"
     )
-    assert install_change(settings(), bare()) is None  # install is opt-in
+    assert install_change(settings(), install_plan(settings(), bare())) is None  # opt-in
 
 
 @pytest.mark.parametrize(
@@ -157,3 +158,11 @@ def test_an_unsupported_distribution_is_refused_before_anything(
     assert result.fix == "install them yourself, or take them out of fleet_provision.install"
     ubuntu = OsRelease("pop", "ubuntu debian", "Pop!_OS 22.04")
     assert ubuntu.supported
+
+
+def test_the_facts_program_asks_dpkg_about_the_packages_fleet_installs() -> None:
+    line = next(
+        text for text in program("provision_facts.sh").splitlines() if "dpkg-query -W" in text
+    )
+    asked = line.split("\\n'", 1)[1].split(" 2>")[0].split()
+    assert tuple(asked) == KNOWN_PACKAGES

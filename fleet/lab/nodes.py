@@ -878,12 +878,9 @@ def up(
         _remove_container(client, surplus)
 
     deadline = time.monotonic() + timeout
-    lab_hosts = _ready_hosts(client, containers, deadline)
+    lab_hosts, key_lines = _ready_hosts(client, containers, deadline)
     known_hosts = directory / "known_hosts"
-    _write_known_hosts(
-        known_hosts,
-        [_host_key_line(client.containers.get(h.container), h.port) for h in lab_hosts],
-    )
+    _write_known_hosts(known_hosts, key_lines)
     apt_url, apt_key = "", None
     if BARE in plan:
         apt_url = aptrepo.serve(client, name, directory, LAYER1_IMAGE)
@@ -903,17 +900,19 @@ def up(
 
 def _ready_hosts(
     client: docker.DockerClient, containers: list[tuple[str, str, Any]], deadline: float
-) -> list[LabHost]:
-    """Each started host once it is ready (its engine answers, if it has one)."""
-    ready = []
+) -> tuple[list[LabHost], list[str]]:
+    """Each started host once it is ready (its engine answers, if it has one), and its
+    known_hosts line."""
+    ready, key_lines = [], []
     for host, kind, container in containers:
         version, store = _wait_ready(client, container, deadline)
         port = _published_port(container)
+        key_lines.append(_host_key_line(container, port))
         count = int(container.labels.get(f"{LABEL}.gpus", "0"))
         ready.append(
             LabHost(host, container.name, kind, "127.0.0.1", port, "running", version, store, count)
         )
-    return ready
+    return ready, key_lines
 
 
 def endpoints(lab: Lab) -> Iterator[Endpoint]:

@@ -39,7 +39,7 @@ class GPUProcess:
     seconds: int | None = None  # how long it has run
 
     def __str__(self) -> str:
-        since = f", for {_age(self.seconds)}" if self.seconds is not None else ""
+        since = f", for {age(self.seconds)}" if self.seconds is not None else ""
         return f"pid {self.pid}, {self.used_mib} MiB{since}"
 
 
@@ -63,6 +63,13 @@ class GPUProcesses:
 # A GPU counts as busy above these: a driver and a desktop hold a few hundred MiB at 0 %.
 BUSY_UTILIZATION = 5
 BUSY_MEMORY_SHARE = 0.1
+
+
+def reading(text: str) -> float | None:
+    """A number as nvidia-smi prints it (``97``, ``81920 MiB``, ``12.5 %``); None for
+    ``[N/A]``, ``[Not Supported]`` and the like."""
+    word = text.strip().split(" ", 1)[0]
+    return float(word) if word.replace(".", "", 1).isdigit() else None
 
 
 def in_use(utilization: float | None, used_mib: float | None, total_mib: float | None) -> bool:
@@ -133,7 +140,8 @@ def busy_reason(found: Sequence[GPUProcess]) -> str:
     return f"busy: {len(found)} GPU process{plural} ({listed}{more})"
 
 
-def _age(seconds: int) -> str:
+def age(seconds: int) -> str:
+    """How long a job has run: ``42s``, ``7m05s``, ``3h02m``."""
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:

@@ -18,7 +18,7 @@ from typing import Any
 from fleet.hostoutput import Fact, gathered, parses_host_output, sections
 from fleet.hosts.model import Host
 from fleet.ops import gpu
-from fleet.ops.gpu import GPUProcess, in_use
+from fleet.ops.gpu import GPUProcess, in_use, reading
 from fleet.programs import program
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
@@ -88,8 +88,8 @@ class HostLoad:
 
 
 def _number(text: str) -> int | None:
-    word = text.strip().split(" ")[0]
-    return int(float(word)) if word.replace(".", "", 1).isdigit() else None
+    value = reading(text)
+    return None if value is None else int(value)
 
 
 @parses_host_output("the GPU view")

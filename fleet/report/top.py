@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fleet.hosts.nodeset import folded
-from fleet.ops.gpu import GPUProcess
+from fleet.ops.gpu import GPUProcess, age
 from fleet.ops.top import HostLoad
 from fleet.report import STYLES
 from fleet.report.untrusted import safe_text
@@ -49,16 +49,9 @@ def ordered(rows: Sequence[HostResult], sort: str) -> list[HostResult]:
     return sorted(rows, key=lambda r: (-_free(r), r.host))
 
 
-def _age(seconds: int | None) -> str:
-    if seconds is None:
-        return "?"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
 def _job(job: GPUProcess) -> str:
-    return f"{job.pid} {job.name} {format_size(job.used_mib << 20)} {_age(job.seconds)}"
+    since = age(job.seconds) if job.seconds is not None else "?"
+    return f"{job.pid} {job.name} {format_size(job.used_mib << 20)} {since}"
 
 
 def _mib(value: int | None) -> str:

@@ -58,6 +58,8 @@ class EngineConfig:
     sets: tuple[str, ...] = ()
     kept: tuple[str, ...] = ()
     restart: bool = False
+    # live-restore as the file says it after the merge (None: the file does not say).
+    live_restore: bool | None = None
 
 
 def loaded(current: bytes | None) -> dict[str, Any]:
@@ -93,9 +95,11 @@ def merged(
         return EngineConfig(None)
     sets: list[str] = []
     kept: list[str] = []
+    changed: set[str] = set()  # the top-level keys fleet sets
     if "live-restore" not in document:
         document["live-restore"] = wish.live_restore
         sets.append(f"live-restore: {json.dumps(wish.live_restore)}")
+        changed.add("live-restore")
     elif document["live-restore"] != wish.live_restore:
         kept.append(f"live-restore is {json.dumps(document['live-restore'])} (yours, kept)")
     driver = str(document.get("log-driver") or running_driver or "json-file")
@@ -109,6 +113,7 @@ def merged(
             if missing:
                 document["log-opts"] = {**options, **missing}
                 sets += [f"log-opts.{k}: {v}" for k, v in missing.items()]
+                changed.add("log-opts")
     elif "log-opts" not in document:
         kept.append(f"log-driver {driver} rotates on its own terms (not set)")
     if has_nvidia_runtime and "nvidia" not in runtimes:
@@ -118,8 +123,10 @@ def merged(
         elif "nvidia" not in known:
             document["runtimes"] = {**known, "nvidia": NVIDIA_RUNTIME}
             sets.append("runtimes.nvidia: nvidia-container-runtime")
-    if not sets:
-        return EngineConfig(None, kept=tuple(kept))
-    restart = any(s.split(".", 1)[0].split(":", 1)[0] not in RELOADABLE for s in sets)
+            changed.add("runtimes")
+    said = document.get("live-restore")
+    live = said if isinstance(said, bool) else None
+    if not changed:
+        return EngineConfig(None, kept=tuple(kept), live_restore=live)
     content = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
-    return EngineConfig(content, tuple(sets), tuple(kept), restart)
+    return EngineConfig(content, tuple(sets), tuple(kept), bool(changed - RELOADABLE), live)

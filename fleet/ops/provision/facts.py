@@ -335,9 +335,9 @@ def parse_facts(text: str, paths: Sequence[str]) -> ProvisionFacts:
         engine_manager=_first(parts, "p_engine_manager"),
         os_release=_os_release(_first(parts, "p_os")),
         packages={
-            line.split()[0]: line.split()[1].startswith("ii")
-            for line in parts.get("p_packages", [])
-            if len(line.split()) >= 2
+            words[0]: words[1].startswith("ii")
+            for words in (line.split() for line in parts.get("p_packages", []))
+            if len(words) >= 2
         },
         limits_source=source,
         hard_limits=hard,

@@ -23,12 +23,13 @@ INSTALLABLE = ("engine", "tools", "nvidia_toolkit")
 ENGINE_PACKAGE = "docker.io"
 TOOL_PACKAGES = ("python3", "cron", "util-linux", "ca-certificates")
 TOOLKIT_PACKAGE = "nvidia-container-toolkit"
-# What the facts ask dpkg about (its answer says which are installed).
+# What the facts program asks dpkg about, by these names (its answer says which are
+# installed; tests/test_packages.py holds the two lists together).
 KNOWN_PACKAGES = (ENGINE_PACKAGE, "docker-ce", TOOLKIT_PACKAGE, *TOOL_PACKAGES)
 SUPPORTED = ("debian", "ubuntu")
+APT_LOCK_TIMEOUT = 120  # seconds apt waits for the dpkg lock, by default
 NVIDIA_DEFAULT_URL = "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH)"
 NVIDIA_KEYRING = "/etc/apt/keyrings/fleet-nvidia-container-toolkit"
-NVIDIA_SOURCES = "/etc/apt/sources.list.d/fleet-nvidia-container-toolkit.list"
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,7 @@ from fleet.ops.provision.cron import (
     render_script,
     unified_diff,
 )
-from fleet.ops.provision.engine import (
-    DAEMON_JSON,
-    DAEMON_JSON_MODE,
-    EngineConfig,
-    loaded,
-    merged,
-)
+from fleet.ops.provision.engine import DAEMON_JSON, DAEMON_JSON_MODE, EngineConfig, merged
 from fleet.ops.provision.facts import FileState, PathState, ProvisionFacts
 from fleet.ops.provision.packages import Install, needed
 from fleet.ops.provision.settings import (
@@ -397,9 +391,8 @@ def _plan_engine(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Cha
     config = engine_config(settings, facts)
     manager = facts.engine_manager or "none"
     if config.content is None:
-        wanted = loaded(state.content if state is not None else None).get("live-restore")
-        running = facts.live_restore
-        if isinstance(wanted, bool) and running is not None and wanted != running:
+        wanted, running = config.live_restore, facts.live_restore
+        if wanted is not None and running is not None and wanted != running:
             # The file says it, the engine does not: edited by hand, or never reloaded.
             return [
                 Change(
@@ -468,9 +461,8 @@ def install_plan(settings: ProvisionSettings, facts: ProvisionFacts) -> Install:
     )
 
 
-def install_change(settings: ProvisionSettings, facts: ProvisionFacts) -> Change | None:
-    """The apt run that installs what the host lacks; None when it lacks nothing."""
-    wanted = install_plan(settings, facts)
+def install_change(settings: ProvisionSettings, wanted: Install) -> Change | None:
+    """The apt run that installs ``wanted`` (:func:`install_plan`); None when it is nothing."""
     if not wanted.packages:
         return None
     repository = wanted.repository

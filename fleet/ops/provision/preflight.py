@@ -12,9 +12,9 @@ from fleet import units
 from fleet.errors import CronBlockError
 from fleet.images.runspec import RunSpec
 from fleet.ops.facts import GPU
-from fleet.ops.gpu import in_use
+from fleet.ops.gpu import in_use, reading
 from fleet.ops.provision.cron import find_block, numbered_lines, other_aicron_lines
-from fleet.ops.provision.engine import DAEMON_JSON, DaemonJsonError, loaded
+from fleet.ops.provision.engine import DAEMON_JSON, DaemonJsonError
 from fleet.ops.provision.facts import BYTE_LIMITS, ProvisionFacts
 from fleet.ops.provision.plan import engine_config, plan
 from fleet.ops.provision.settings import CRON_MAX_BYTES, ProvisionSettings, is_below
@@ -168,11 +168,7 @@ def _check_runtime(
 def gpu_busy(gpu: GPU) -> bool:
     """Whether a GPU is in use, from nvidia-smi's utilization and memory (unknown: no)."""
 
-    def number(text: str) -> float | None:
-        word = text.split(" ", 1)[0]
-        return float(word) if word.replace(".", "", 1).isdigit() else None
-
-    return in_use(number(gpu.utilization), number(gpu.memory_used), number(gpu.memory))
+    return in_use(reading(gpu.utilization), reading(gpu.memory_used), reading(gpu.memory))
 
 
 def _check_engine_config(
@@ -208,12 +204,8 @@ def _check_engine_config(
     warnings.extend(f"{DAEMON_JSON}: {kept}" for kept in config.kept)
     if not config.restart:
         return
-    live = (
-        "live-restore: true" in config.sets
-        or loaded(state.content if state is not None else None).get("live-restore") is True
-    )
     running = facts.containers_running or 0
-    if not live and running:
+    if config.live_restore is not True and running:
         failures.append(
             Problem(
                 f"setting {', '.join(config.sets)} needs an engine restart, and with "

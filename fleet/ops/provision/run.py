@@ -168,16 +168,10 @@ def provision_host(
     if failed is not None:
         done, change, exc = failed
         details["changes"] = [c.to_json() for c in [*installed, *pending[:done]]]
-        return HostResult(
-            ctx.name,
-            Outcome.FAILED,
-            f"{change.what}: {exc.reason}",
-            exc.fix or "look at the evidence above, fix the host, and rerun",
-            details={**details, "failed_change": change.to_json()},
-        )
+        fix = "look at the evidence above, fix the host, and rerun"
+        return _change_failed(ctx, change, exc, details, fix)
     ctx.progress("verifying")
-    after = gather(ctx.transport, settings, options.timeout)
-    left = plan(settings, after)
+    left = plan(settings, gather(ctx.transport, settings, options.timeout))
     if left:
         return HostResult(
             ctx.name,
@@ -212,6 +206,20 @@ def _apply(
     return None
 
 
+def _change_failed(
+    ctx: HostContext, change: Change, exc: CommandError, details: dict[str, Any], fix: str
+) -> HostResult:
+    """A host whose ``change`` failed: the change and the command's evidence, and the
+    command's own fix or ``fix``."""
+    return HostResult(
+        ctx.name,
+        Outcome.FAILED,
+        f"{change.what}: {exc.reason}",
+        exc.fix or fix,
+        details={**details, "failed_change": change.to_json()},
+    )
+
+
 def _install_first(
     ctx: HostContext,
     settings: ProvisionSettings,
@@ -221,7 +229,8 @@ def _install_first(
     """What the host lacks of ``fleet_provision.install``, installed before anything else
     (the rest needs the engine): the install made (or, under --check, planned), the facts
     after it, and the host's result when it ends here."""
-    change = install_change(settings, facts)
+    wanted = install_plan(settings, facts)
+    change = install_change(settings, wanted)
     if change is None:
         return [], facts, None
     release = facts.os_release
@@ -232,7 +241,7 @@ def _install_first(
             ctx.result(
                 Outcome.FAILED,
                 f"unsupported distribution: {release.pretty or release.id or 'unknown'} "
-                f"(/etc/os-release); fleet installs {', '.join(install_plan(settings, facts).packages)} "
+                f"(/etc/os-release); fleet installs {', '.join(wanted.packages)} "
                 "with apt, on Debian and Ubuntu",
                 fix="install them yourself, or take them out of fleet_provision.install",
             ),
@@ -252,20 +261,11 @@ def _install_first(
         )
     failed = _apply(ctx, [change], options)
     if failed is not None:
-        _, _, exc = failed
-        return (
-            [],
-            facts,
-            HostResult(
-                ctx.name,
-                Outcome.FAILED,
-                f"{change.what}: {exc.reason}",
-                exc.fix
-                or "look at apt's words above, fix the host (network, disk, the dpkg lock's "
-                "holder), and rerun",
-                details={**_engine_details(facts), "failed_change": change.to_json()},
-            ),
+        fix = (
+            "look at apt's words above, fix the host (network, disk, the dpkg lock's holder), "
+            "and rerun"
         )
+        return [], facts, _change_failed(ctx, change, failed[2], _engine_details(facts), fix)
     return [change], gather(ctx.transport, settings, options.timeout), None
 
 

@@ -18,7 +18,12 @@ from fleet.hosts.model import Host
 from fleet.images.runspec import HOSTNAME, RunSpec
 from fleet.ops.hostfiles import ACCOUNT, CRON_D_NAME, CRON_SCHEDULE, MODE
 from fleet.ops.provision.engine import EngineSettings
-from fleet.ops.provision.packages import INSTALLABLE, NVIDIA_DEFAULT_URL, AptRepository
+from fleet.ops.provision.packages import (
+    APT_LOCK_TIMEOUT,
+    INSTALLABLE,
+    NVIDIA_DEFAULT_URL,
+    AptRepository,
+)
 
 FLEET_PROVISION = "fleet_provision"
 
@@ -112,7 +117,7 @@ class ProvisionSettings:
     # What provisioning installs where it lacks (apt): engine, tools, nvidia_toolkit.
     install: frozenset[str] = frozenset()
     nvidia_repository: AptRepository | None = None
-    apt_lock_timeout: int = 120
+    apt_lock_timeout: int = APT_LOCK_TIMEOUT
     # Derived, not settings of their own.
     pid_file: str = "/run/aicron-weights-8340.pid"
     run_spec: RunSpec = field(default_factory=RunSpec)
@@ -533,7 +538,8 @@ def _installing(
     """``install``, ``nvidia_repository`` and ``apt_lock_timeout``, checked together."""
     install = _install(raw.get("install"))
     repository = _repository(raw.get("nvidia_repository"), "nvidia_toolkit" in install)
-    value, where = raw.get("apt_lock_timeout", (120, f"{FLEET_PROVISION}.apt_lock_timeout"))
+    where = f"{FLEET_PROVISION}.apt_lock_timeout"
+    value, where = raw.get("apt_lock_timeout", (APT_LOCK_TIMEOUT, where))
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ProvisionSettingsError(
             f"{where}: expected seconds to wait for the dpkg lock, got {value!r}",
