@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -395,7 +396,8 @@ def test_a_lock_whose_holder_process_is_gone_is_taken_over_at_once(tmp_path: Pat
     # A live holder of this controller (this very process) is waited for, not taken over.
     alive = {**dead, "pid": os.getpid(), "pid_start": leases.process_start(os.getpid())}
     lock_path(tmp_path).write_text(json.dumps(alive) + "\n")
-    with pytest.raises(HostError, match="lapses in 60s"):
+    # The lease's time left is counted from when it was seen: a slow machine may show 59s.
+    with pytest.raises(HostError, match=r"lapses in (59|60)s"):
         take(context(LocalHost("gpu1", tmp_path)), options())
 
 
@@ -405,7 +407,7 @@ def test_lock_status_and_release_of_exactly_what_was_shown(tmp_path: Path) -> No
     held = leases.acquire(context(host), "deploy 0.2.1", controller="alice@laptop")
     shown = leases.status(context(host))
     assert shown.reason is not None and shown.reason.startswith("held by alice@laptop (pid")
-    assert "deploy 0.2.1" in shown.reason and "lapses in 60s" in shown.reason
+    assert "deploy 0.2.1" in shown.reason and re.search(r"lapses in (59|60)s", shown.reason)
     # Another lock took its place meanwhile: release refuses, and removes nothing.
     path = lock_path(tmp_path)
     original = path.read_text()
