@@ -268,7 +268,7 @@ class Runner:
         self.connect: Connect = connect or SSHConnector()
         self.forks = forks
         self.events: Events = events or NoEvents()
-        self._transports: dict[str, Transport] = {}
+        self._transports: dict[tuple[str, bool, str], Transport] = {}
         self._dead: dict[str, UnreachableError] = {}
         self._lock = threading.Lock()
         self.stopping = threading.Event()
@@ -293,9 +293,11 @@ class Runner:
                 self.events.finished(result)
 
     def transport(self, host: Host) -> Transport:
-        """The host's connection, opened on first use and reused after."""
+        """The host's connection, opened on first use and reused after (one per way of
+        becoming another user: a playbook's ``become`` task gets its own)."""
+        key = _connection_key(host)
         with self._lock:
-            existing = self._transports.get(host.name)
+            existing = self._transports.get(key)
             dead = self._dead.get(host.name)
         if existing is not None:
             return existing
@@ -308,15 +310,16 @@ class Runner:
                 self._dead[host.name] = exc
             raise
         with self._lock:
-            self._transports[host.name] = opened
+            self._transports[key] = opened
         return opened
 
     def drop(self, host: str) -> None:
         """Forget a host's connection (after it broke), so the next use reconnects."""
         with self._lock:
-            transport = self._transports.pop(host, None)
+            keys = [key for key in self._transports if key[0] == host]
+            transports = [self._transports.pop(key) for key in keys]
             self._dead.pop(host, None)
-        if transport is not None:
+        for transport in transports:
             transport.close()
 
     def run(self, command: str, hosts: Sequence[Host], task: Task) -> FleetResult:
@@ -399,6 +402,12 @@ class Runner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _connection_key(host: Host) -> tuple[str, bool, str]:
+    """What a connection to ``host`` is: its name and the user its commands become."""
+    become = str(host.vars.get("ansible_become", "")).lower() in ("1", "true", "yes", "on")
+    return host.name, become, str(host.vars.get("ansible_become_user") or "")
 
 
 def _with_seconds(result: HostResult, seconds: float) -> HostResult:

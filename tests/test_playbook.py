@@ -61,7 +61,10 @@ EXPECTED = {
         "plays[0].tasks[0].prune.keep: expected int, got str 'many'",
     ),
     "unsafe-when.yml": ("unsafe-when.yml:4:", "plays[0].tasks[0].when: "),
-    "missing-required.yml": ("missing-required.yml:3:", "plays[0].tasks[0].copy.content: required"),
+    "missing-required.yml": (
+        "missing-required.yml:3:",
+        "plays[0].tasks[0].copy: give either content or src",
+    ),
     "syntax.yml": ("syntax.yml:", "invalid YAML"),
     "python-tag.yml": ("python-tag.yml:3:", "is not allowed"),
     "billion-laughs.yml": ("billion-laughs.yml:", "billion laughs"),
@@ -217,7 +220,7 @@ def test_register_and_the_outcome_keys_are_checked_before_anything_runs(tmp_path
 
     assert "fleet provides that variable" in refused("{exec: {shell: id}, register: groups}")
     assert "expected a variable name" in refused("{exec: {shell: id}, register: 'a b'}")
-    assert "applies to exec tasks" in refused("{deploy: {}, changed_when: false}")
+    assert "applies to host tasks" in refused("{deploy: {}, changed_when: false}")
     assert "No filter named 'nope'" in refused("{exec: {shell: id}, failed_when: 'x | nope'}")
     book.write_text(
         "- hosts: all\n  tasks:\n    - exec: {shell: id}\n      register: out\n"

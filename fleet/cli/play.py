@@ -64,6 +64,13 @@ def register(subparsers: Any) -> None:
         help="framework project for build/deploy steps (default .)",
     )
     parser.add_argument("--syntax-check", action="store_true", help="only validate the playbook")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="show each host's result: stdout, stderr, rc, msg (-vv: the command too)",
+    )
     parser.set_defaults(handler=_play)
 
 
@@ -80,7 +87,7 @@ def _play(args: argparse.Namespace) -> int:
             secret_names.add(item)
     if args.syntax_check:
         print(
-            f"playbook: {book.path} ({len(book.plays)} plays, {sum(len(p.tasks) for p in book.plays)} tasks): ok"
+            f"playbook: {book.path} ({len(book.plays)} plays, {sum(len(p.every_task()) for p in book.plays)} tasks): ok"
         )
         return 0
     inventory = common.load_inventory(args)
@@ -100,7 +107,7 @@ def _play(args: argparse.Namespace) -> int:
         secret_names=frozenset(secret_names),
     )
     out = report.console()
-    events = play_report.PlayReporter(out)
+    events = play_report.PlayReporter(out, verbosity=args.verbose)
     runner = common.make_runner(args, events)
     player = play_mod.Player(book, inventory, runner, options, events)
     try:

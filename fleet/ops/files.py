@@ -70,37 +70,48 @@ def stat(ctx: HostContext, root: str, path: str, content: bool = False) -> hostf
         raise HostError(ctx.name, f"cannot read what {path} is: {exc}") from None
 
 
+def _owner_change(
+    found: hostfiles.PathInfo, owner: str | None, group: str | None
+) -> tuple[str, bool]:
+    """The ``user:group`` a path should have (what it has where not asked), and whether
+    that changes it."""
+    absent = found.kind == "absent"
+    wanted_owner = owner if owner is not None else found.user or "root"
+    wanted_group = group if group is not None else found.group or wanted_owner
+    asked = owner is not None or group is not None
+    changed = asked and (absent or (found.user, found.group) != (wanted_owner, wanted_group))
+    return f"{wanted_owner}:{wanted_group}", changed
+
+
 def ensure_dir(
     ctx: HostContext,
     path: str,
-    mode: str,
+    mode: str | None,
     *,
     owner: str | None = None,
     group: str | None = None,
     check: bool = False,
 ) -> HostResult:
-    """``path`` a directory with ``mode`` (octal text), and ``owner``/``group`` when given
-    (the other one defaults to what it is, the owner's name for a new directory)."""
+    """``path`` a directory with ``mode`` (octal text; None: a new one 755, an existing one
+    as it is), and ``owner``/``group`` when given (the other one as it is)."""
     root = hostfiles.root_of(path, roots(ctx))
     found = stat(ctx, root, path)
-    kind, current, has_owner, has_group = found.kind, found.mode, found.user, found.group
     changes: list[str] = []
-    if kind == "absent":
+    if found.kind == "absent":
         changes.append("create")
-    elif kind != "directory":
-        raise HostError(ctx.name, f"{path} exists and is a {kind}, not a directory")
-    if kind == "absent" or current != mode:
-        changes.append(f"mode {mode}")
-    wanted_owner = owner if owner is not None else has_owner or "root"
-    wanted_group = group if group is not None else has_group or wanted_owner
-    owned = owner is not None or group is not None
-    if owned and (kind == "absent" or has_owner != wanted_owner or has_group != wanted_group):
-        changes.append(f"owner {wanted_owner}:{wanted_group}")
+    elif found.kind != "directory":
+        raise HostError(ctx.name, f"{path} exists and is a {found.kind}, not a directory")
+    wanted_mode = mode or found.mode or "755"
+    if found.kind == "absent" or found.mode != wanted_mode:
+        changes.append(f"mode {wanted_mode}")
+    account, owned = _owner_change(found, owner, group)
+    if owned:
+        changes.append(f"owner {account}")
     if not changes:
         return ctx.result(Outcome.OK, f"{path} as wanted")
     if not check:
-        account = f"{wanted_owner}:{wanted_group}" if owned else hostfiles.LEAVE
-        helper(ctx, hostfiles.dir_argv(root, path, int(mode, 8), account, create=True))
+        owner_arg = account if owned else hostfiles.LEAVE
+        helper(ctx, hostfiles.dir_argv(root, path, int(wanted_mode, 8), owner_arg, create=True))
     verb = "would " if check else ""
     return ctx.result(Outcome.CHANGED, f"{verb}{', '.join(changes)}: {path}")
 
@@ -109,26 +120,34 @@ def ensure_file(
     ctx: HostContext,
     path: str,
     content: bytes,
-    mode: str,
+    mode: str | None,
     *,
+    owner: str | None = None,
+    group: str | None = None,
     check: bool = False,
     diff: bool = False,
     secret: bool = False,
 ) -> HostResult:
-    """``content`` at ``path`` with ``mode`` (octal text); a ``secret`` one shows no diff.
+    """``content`` at ``path`` with ``mode`` (octal text; None: a new file 644, an existing
+    one as it is) and ``owner``/``group`` when given (else as it is); a ``secret`` one shows
+    no diff.
 
     Written only while the file is what was just read: a concurrent edit is kept.
     """
     root = hostfiles.root_of(path, roots(ctx))
     found = stat(ctx, root, path, content=True)
-    kind, current_mode, current = found.kind, found.mode, found.content
+    kind, current = found.kind, found.content
     if kind not in ("absent", "regular file", "regular empty file"):
         raise HostError(ctx.name, f"{path} exists and is a {kind}, not a file")
     changes = []
     if current != content:
         changes.append("content")
-    if kind == "absent" or current_mode != mode:
-        changes.append(f"mode {mode}")
+    wanted_mode = mode or found.mode or "644"
+    if kind == "absent" or found.mode != wanted_mode:
+        changes.append(f"mode {wanted_mode}")
+    account, owned = _owner_change(found, owner, group)
+    if owned:
+        changes.append(f"owner {account}")
     shown: str | None = None
     if diff and current != content:
         shown = DIFF_HIDDEN if secret else _diff(path, current, content)
@@ -136,7 +155,9 @@ def ensure_file(
         return ctx.result(Outcome.OK, f"{path} as wanted", payload=FileChange(path, (), shown))
     if not check:
         expected = "absent" if current is None else hashlib.sha256(current).hexdigest()
-        argv = hostfiles.write_argv(root, path, int(mode, 8), expected, owner=hostfiles.LEAVE)
+        # A rewrite keeps the file's owner unless one was asked for (root writes it).
+        keep = account if owned or kind != "absent" else hostfiles.LEAVE
+        argv = hostfiles.write_argv(root, path, int(wanted_mode, 8), expected, owner=keep)
         helper(ctx, argv, stdin=content)
     verb = "would change" if check else "changed"
     return ctx.result(
@@ -144,6 +165,65 @@ def ensure_file(
         f"{verb} {' and '.join(changes)} of {path}",
         payload=FileChange(path, tuple(changes), shown),
     )
+
+
+def ensure_state(
+    ctx: HostContext,
+    path: str,
+    state: str,
+    *,
+    mode: str | None = None,
+    owner: str | None = None,
+    group: str | None = None,
+    target: str | None = None,
+    check: bool = False,
+) -> HostResult:
+    """Ansible's ``file`` states other than directory: ``file`` (it must exist; its mode
+    and owner set), ``touch`` (created, or its times updated: always a change, as there),
+    ``absent`` (removed with its tree) and ``link`` (a symbolic link to ``target``)."""
+    root = hostfiles.root_of(path, roots(ctx))
+    found = stat(ctx, root, path)
+    verb = "would " if check else ""
+    if state == "absent":
+        if found.kind == "absent":
+            return ctx.result(Outcome.OK, f"{path} is absent")
+        if not check:
+            helper(ctx, hostfiles.remove_argv(root, path))
+        return ctx.result(Outcome.CHANGED, f"{verb}remove {found.kind} {path}")
+    if state == "link":
+        if found.kind == "symbolic link" and found.target == target:
+            return ctx.result(Outcome.OK, f"{path} links to {target}")
+        if found.kind not in ("absent", "symbolic link"):
+            raise HostError(
+                ctx.name,
+                f"refusing to convert {path} from {found.kind} to a link",
+                fix="remove it first (state: absent), or choose another path",
+            )
+        if not check:
+            helper(ctx, hostfiles.link_argv(root, path, str(target)))
+        return ctx.result(Outcome.CHANGED, f"{verb}link {path} -> {target}")
+    if state == "file" and found.kind == "absent":
+        raise HostError(
+            ctx.name,
+            f"file ({path}) is absent, cannot continue",
+            fix="use state: touch to create an empty file, or copy to give it content",
+        )
+    if found.kind not in ("absent", "regular file", "regular empty file"):
+        raise HostError(ctx.name, f"{path} exists and is a {found.kind}, not a file")
+    account, owned = _owner_change(found, owner, group)
+    wanted_mode = mode or found.mode or "644"
+    changes = [f"mode {wanted_mode}"] if found.mode != wanted_mode else []
+    changes += [f"owner {account}"] if owned else []
+    if state == "file" and not changes:
+        return ctx.result(Outcome.OK, f"{path} as wanted")
+    if not check:
+        owner_arg = account if owned else hostfiles.LEAVE
+        if state == "touch":
+            helper(ctx, hostfiles.touch_argv(root, path, wanted_mode, owner_arg))
+        else:
+            helper(ctx, hostfiles.fix_argv(root, path, int(wanted_mode, 8), owner_arg))
+    done = "touch" if state == "touch" else ", ".join(changes)
+    return ctx.result(Outcome.CHANGED, f"{verb}{done}: {path}")
 
 
 def _diff(path: str, current: bytes | None, content: bytes) -> str:

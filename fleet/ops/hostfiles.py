@@ -77,6 +77,21 @@ def stat_argv(root: str, path: str, content: bool = False) -> list[str]:
     return [*SAFE_PATH, "stat", root, path, "1" if content else "0"]
 
 
+def touch_argv(root: str, path: str, mode: str = LEAVE, owner: str = LEAVE) -> list[str]:
+    """Create ``path`` empty (or update its times), then its mode and owner when given."""
+    return [*SAFE_PATH, "touch", root, path, mode, owner]
+
+
+def remove_argv(root: str, path: str) -> list[str]:
+    """Remove ``path``: a file, a link (never its target), or a directory with its tree."""
+    return [*SAFE_PATH, "remove", root, path]
+
+
+def link_argv(root: str, path: str, target: str) -> list[str]:
+    """Make ``path`` a symbolic link to ``target`` (replacing a link or file there)."""
+    return [*SAFE_PATH, "link", root, path, target]
+
+
 @dataclass(frozen=True)
 class PathInfo:
     """What the helper saw at a path, never through a link below its root."""
@@ -86,6 +101,7 @@ class PathInfo:
     user: str = ""
     group: str = ""
     content: bytes | None = None
+    target: str | None = None  # a symbolic link's
 
     @classmethod
     def parse(cls, stdout: str) -> PathInfo:
@@ -100,6 +116,7 @@ class PathInfo:
             user=str(found.get("user", "")),
             group=str(found.get("group", "")),
             content=bytes.fromhex(content) if isinstance(content, str) else None,
+            target=found.get("target") if isinstance(found.get("target"), str) else None,
         )
 
 
@@ -110,7 +127,10 @@ __all__ = [
     "PathInfo",
     "dir_argv",
     "fix_argv",
+    "link_argv",
+    "remove_argv",
     "root_of",
     "stat_argv",
+    "touch_argv",
     "write_argv",
 ]

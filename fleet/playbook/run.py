@@ -29,23 +29,42 @@ from fleet.errors import (
     Interrupted,
     PlaybookError,
     PlayStopped,
-    UsageError,
 )
 from fleet.hosts.model import Host, Inventory
 from fleet.hosts.patterns import group_hosts
-from fleet.images import build as images
 from fleet.images import daemon
-from fleet.images.project import load_project
 from fleet.ops import deploy as deploy_mod
 from fleet.ops.deploy import Switch
-from fleet.playbook import loop
-from fleet.playbook.schema import Play, Playbook, Task, condition
+from fleet.playbook import loop, modules
+from fleet.playbook.dialect import NO_LOG
+from fleet.playbook.modules import ENVIRONMENT
+from fleet.playbook.schema import EXPRESSIONS, SECTIONS, Play, Playbook, Task, condition
 from fleet.playbook.secret import Secrets
-from fleet.playbook.steps import HOST_STEPS, STEPS, mode_of, registered_value, secret_references
+from fleet.playbook.steps import (
+    HOST_STEPS,
+    build_step,
+    mode_of,
+    registered_value,
+    secret_references,
+)
+from fleet.playbook.steps import STEPS as FLEET_STEPS
 from fleet.playbook.template import Taint, render, tracking
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import Runner
 from fleet.ssh.endpoint import BECOME_PASSWORD_VARS
+
+# Every step a task may name that runs through the runner; LOCAL_MODULES are decided on
+# the controller, per host.
+STEPS = {**FLEET_STEPS, **modules.HOST_MODULES}
+LOCAL_MODULES = modules.LOCAL_MODULES
+
+
+def _censored(row: HostResult) -> HostResult:
+    """A ``no_log`` task's row as shown: its outcome, none of its output."""
+    return dataclasses.replace(
+        row, reason=NO_LOG, fix=None, stdout="", stderr="", details={"censored": NO_LOG}
+    )
+
 
 __all__ = ["Interrupted", "PlayOptions", "PlaybookRun", "Player", "Tally", "run"]
 
@@ -80,17 +99,21 @@ class Tally:
 
     counts: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
-            ("ok", "changed", "failed", "unreachable", "skipped", "ignored"), 0
+            ("ok", "changed", "failed", "unreachable", "skipped", "rescued", "ignored"), 0
         )
     )
     version_before: str | None = None
     version_after: str | None = None
 
-    def add(self, result: HostResult, ignored: bool) -> None:
-        """Count a task's row: each item of a looped task, else the row's outcome."""
+    def add(self, result: HostResult, ignored: bool, rescued: bool = False) -> None:
+        """Count a task's row: each item of a looped task, else the row's outcome. A
+        failure that a block's rescue takes over counts as rescued, as in Ansible."""
         for outcome in loop.item_outcomes(result) or [str(result.outcome)]:
             failed = outcome in (Outcome.FAILED, Outcome.UNREACHABLE)
-            self.counts["ignored" if ignored and failed else outcome] += 1
+            counted = "ignored" if failed and ignored else outcome
+            if outcome == Outcome.FAILED and rescued and not ignored:
+                counted = "rescued"
+            self.counts[counted] += 1
         switched = result.typed(Switch)
         if switched is None:
             return
@@ -162,8 +185,10 @@ class Player:
         # Ansible's groups (each group's hosts, its children's included) and hostvars.
         self._groups = {name: group_hosts(inventory, name) for name in inventory.groups}
         self._hostvars = {name: dict(h.vars) for name, h in inventory.hosts.items()}
-        # Per host, what its tasks registered (register: NAME), for the tasks after them.
+        # Per host, what its tasks registered (register: NAME) and set (set_fact), for the
+        # tasks after them; and the handlers its changes notified, not yet run.
         self._registered: dict[str, dict[str, Any]] = {}
+        self._notified: dict[str, set[str]] = {}
         self.runner = runner
         self.options = options
         self.events = events
@@ -201,11 +226,11 @@ class Player:
         Tasks that would record a secret are refused here too, before any host is touched.
         """
         for play in self.book.plays:
-            for task in play.tasks:
+            for task in play.every_task():
                 used = secret_references(task.args, self.secrets.names)
                 if task.step not in HOST_STEPS and used:
                     raise self._secret_refused(task, f"the secret variable {used}")
-                if task.step == "copy" and secret_references(
+                if task.step in ("copy", "template") and secret_references(
                     task.args.get("content"), self.secrets.names
                 ):
                     self._refuse_readable_secret_file(task, task.args)
@@ -238,34 +263,142 @@ class Player:
         return self.run
 
     def _play(self, play: Play, hosts: list[Host]) -> None:
-        tasks = [t for t in play.tasks if self._tag_selected(t)]
         for batch in deploy_mod.batches(hosts, play.serial):
             active = list(batch)
-            for task in tasks:
-                if not active:
-                    break
-                result = self._task(play, task, active)
-                self.run.tasks.append(TaskRun(play.name, task.title, task.step, result))
-                failed = [r.host for r in result.results if not r.succeeded]
-                for row in result.results:
-                    self.run.tallies.setdefault(row.host, Tally()).add(row, task.ignore_errors)
-                if failed and not task.ignore_errors:
-                    active = [h for h in active if h.name not in failed]
-                    if play.any_errors_fatal:
-                        raise PlayStopped(
-                            f"any_errors_fatal: {task.title} failed on {', '.join(failed)}",
-                            everything=True,
-                        )
-                    gone = len(batch) - len(active)
-                    if (
-                        play.max_fail_percentage is not None
-                        and gone * 100 / len(batch) > play.max_fail_percentage
-                    ):
-                        raise PlayStopped(
-                            f"play '{play.name}' stopped: {gone}/{len(batch)} hosts of a batch failed, "
-                            f"more than max_fail_percentage {play.max_fail_percentage:g}",
-                            everything=False,
-                        )
+            for section in SECTIONS:
+                active = self._tasks(play, play.section(section), active, batch)
+                # Ansible flushes the notified handlers at the end of each section.
+                active = self._flush(play, active, batch)
+
+    def _tasks(
+        self,
+        play: Play,
+        tasks: Sequence[Task],
+        active: list[Host],
+        batch: Sequence[Host],
+        rescuing: bool = False,
+    ) -> list[Host]:
+        """Run ``tasks`` in order on the hosts still in play; those left at the end.
+
+        ``rescuing``: the tasks are a block's that has a rescue, so a host that fails
+        leaves them for the rescue, counted rescued rather than failed.
+        """
+        for task in tasks:
+            if not active:
+                break
+            if task.step == "block":
+                active = self._block(play, task, active, batch, rescuing)
+                continue
+            if not self._tag_selected(task):
+                continue
+            result = self._task(play, task, self._as_become(play, task, active))
+            self.run.tasks.append(TaskRun(play.name, task.title, task.step, result))
+            failed = [r.host for r in result.results if not r.succeeded]
+            for row in result.results:
+                tally = self.run.tallies.setdefault(row.host, Tally())
+                tally.add(row, task.ignore_errors, rescued=rescuing)
+                if rescuing and row.outcome is Outcome.FAILED and not task.ignore_errors:
+                    # What a rescue reads of the failure, as Ansible names it.
+                    self._registered.setdefault(row.host, {}).update(
+                        ansible_failed_task={"name": task.title, "action": task.step},
+                        ansible_failed_result=registered_value(task, row),
+                    )
+                if row.outcome is Outcome.CHANGED or "changed" in (loop.item_outcomes(row) or ()):
+                    self._notified.setdefault(row.host, set()).update(task.notify)
+            if failed and not task.ignore_errors:
+                active = [h for h in active if h.name not in failed]
+                if rescuing:
+                    continue
+                self._stop_if_too_many(play, task, failed, batch, active)
+        return active
+
+    def _stop_if_too_many(
+        self,
+        play: Play,
+        task: Task,
+        failed: Sequence[str],
+        batch: Sequence[Host],
+        active: Sequence[Host],
+    ) -> None:
+        """``any_errors_fatal`` and ``max_fail_percentage``, after a task failed on hosts."""
+        if play.any_errors_fatal:
+            raise PlayStopped(
+                f"any_errors_fatal: {task.title} failed on {', '.join(failed)}",
+                everything=True,
+            )
+        gone = len(batch) - len(active)
+        if (
+            play.max_fail_percentage is not None
+            and gone * 100 / len(batch) > play.max_fail_percentage
+        ):
+            raise PlayStopped(
+                f"play '{play.name}' stopped: {gone}/{len(batch)} hosts of a batch failed, "
+                f"more than max_fail_percentage {play.max_fail_percentage:g}",
+                everything=False,
+            )
+
+    def _block(
+        self, play: Play, block: Task, active: list[Host], batch: Sequence[Host], rescuing: bool
+    ) -> list[Host]:
+        """Ansible's block: its tasks; ``rescue`` for the hosts that failed in them (still
+        reachable), then ``always`` for every host that entered it."""
+        entered = list(active)
+        survived = self._tasks(play, block.block, active, batch, rescuing or bool(block.rescue))
+        left = {h.name for h in survived}
+        unreachable = {
+            r.host
+            for t in self.run.tasks
+            for r in t.result.results
+            if r.outcome is Outcome.UNREACHABLE
+        }
+        failed = [h for h in entered if h.name not in left and h.name not in unreachable]
+        if block.rescue and failed:
+            rescued = self._tasks(play, block.rescue, failed, batch, rescuing)
+            left |= {h.name for h in rescued}
+            still_failed = [h.name for h in failed if h.name not in left]
+            if still_failed and not rescuing:
+                self._stop_if_too_many(
+                    play, block, still_failed, batch, [h for h in entered if h.name in left]
+                )
+        if block.always:
+            ran = [h for h in entered if h.name not in unreachable]
+            after = {h.name for h in self._tasks(play, block.always, ran, batch, rescuing)}
+            left &= after
+        return [h for h in entered if h.name in left]
+
+    def _flush(self, play: Play, active: list[Host], batch: Sequence[Host]) -> list[Host]:
+        """Run each handler, in the order they are written, on the hosts that notified it."""
+        for handler in play.handlers:
+            names = {handler.name, *handler.listen}
+            hosts = [h for h in active if self._notified.get(h.name, set()) & names]
+            if not hosts:
+                continue
+            for host in hosts:
+                self._notified[host.name] -= names
+            stayed = {h.name for h in self._tasks(play, [handler], hosts, batch)}
+            active = [h for h in active if h.name in stayed or h not in hosts]
+        return active
+
+    def _as_become(self, play: Play, task: Task, hosts: list[Host]) -> list[Host]:
+        """The hosts as a task's ``become`` (or its play's) says to reach them: with the
+        inventory's become variables set for it, so their commands run through sudo."""
+        become = task.become if task.become is not None else play.become
+        user = task.become_user or play.become_user
+        if not become:
+            return hosts
+        added: dict[str, Any] = {"ansible_become": True}
+        if user:
+            added["ansible_become_user"] = user
+        return [
+            host
+            if all(host.vars.get(k) == v for k, v in added.items())
+            else dataclasses.replace(host, vars={**host.vars, **added})
+            for host in hosts
+        ]
+
+    def check(self, task: Task) -> bool:
+        """Whether ``task`` runs in check mode: its own ``check_mode``, else the run's."""
+        return self.options.check if task.check_mode is None else task.check_mode
 
     def _tag_selected(self, task: Task) -> bool:
         tags = set(task.tags)
@@ -299,12 +432,14 @@ class Player:
 
     def _task(self, play: Play, task: Task, hosts: list[Host]) -> FleetResult:
         started = time.monotonic()
+        # run_once: the first host runs it; every host of the batch registers its result.
+        everyone, hosts = hosts, hosts[:1] if task.run_once else hosts
         self.events.task_started(play, task, [h.name for h in hosts])
         if task.step == "build":
-            result = self.secrets.result(self._build(play, task, hosts))
+            result = self.secrets.result(build_step(self, play, task, hosts))
             self.events.task_finished(play, task, result)
             return result
-        variables_of = {h.name: self.variables(play, h) for h in hosts}
+        variables_of = {h.name: self._task_variables(play, task, h) for h in hosts}
         items_of = {
             h.name: self._guarded(task, h.name, partial(loop.items, task, variables_of[h.name]))
             for h in hosts
@@ -324,9 +459,9 @@ class Player:
                     variables = {**variables, **loop.variables(task, host_items[index], index)}
                 round_vars[host.name] = variables
             chosen = [h for h in hosts if h.name in round_vars]
-            for ran in self._round(play, task, chosen, round_vars):
-                variables = round_vars[ran.host]
-                row, value = self._judge(task, variables, ran)
+            for ran in self._attempts(play, task, chosen, round_vars):
+                row, value = ran
+                variables = round_vars[row.host]
                 if not task.looped:
                     runs[row.host].append(loop.ItemRun(None, "", row, value))
                     continue
@@ -339,15 +474,69 @@ class Player:
             else:
                 only = runs[host.name][0]
                 row, value = only.row, dict(only.value)
-            if task.register:
-                self._registered.setdefault(host.name, {})[task.register] = value
-            results[host.name] = row
+            receivers = everyone if task.run_once else [host]
+            for receiver in receivers:
+                kept = self._registered.setdefault(receiver.name, {})
+                # A module's facts (set_fact's) become the host's variables, as in Ansible.
+                kept.update(value.get("ansible_facts") or {})
+                if task.register:
+                    kept[task.register] = value
+            results[host.name] = _censored(row) if task.no_log else row
         result = FleetResult.of(
             task.step, (results[h.name] for h in hosts), time.monotonic() - started
         )
         result = self.secrets.result(result)
         self.events.task_finished(play, task, result)
         return result
+
+    def _task_variables(self, play: Play, task: Task, host: Host) -> dict[str, Any]:
+        """A host's variables for ``task``: the play's, then the task's own ``vars``
+        (below extra vars, as in Ansible)."""
+        variables = self.variables(play, host)
+        if not task.vars:
+            return variables
+        own = self._guarded(task, host.name, partial(render, task.vars, variables))
+        return {**variables, **own, **self.options.extra}
+
+    def _attempts(
+        self, play: Play, task: Task, hosts: list[Host], variables_of: Mapping[str, dict[str, Any]]
+    ) -> list[tuple[HostResult, dict[str, Any]]]:
+        """One round of the task, judged; with ``until``, the hosts whose condition does
+        not hold yet run again after ``delay``, up to ``retries`` times (Ansible's)."""
+        judged: dict[str, tuple[HostResult, dict[str, Any]]] = {}
+        pending = list(hosts)
+        attempt = 0
+        while pending:
+            attempt += 1
+            for ran in self._round(play, task, pending, variables_of):
+                judged[ran.host] = self._judge(task, variables_of[ran.host], ran)
+            if task.until is None:
+                break
+            waiting = []
+            for host in pending:
+                row, value = judged[host.name]
+                value["attempts"] = attempt
+                if row.outcome in (Outcome.SKIPPED, Outcome.UNREACHABLE):
+                    continue
+                variables = {
+                    **variables_of[host.name],
+                    **({task.register: value} if task.register else {}),
+                }
+                if not self._guarded(task, host.name, partial(condition, task, variables, "until")):
+                    waiting.append(host)
+            if not waiting or attempt > task.retries:
+                for host in waiting:
+                    row, value = judged[host.name]
+                    reason = f"retries ({task.retries}) exhausted, until: {task.until}"
+                    judged[host.name] = (
+                        dataclasses.replace(row, outcome=Outcome.FAILED, reason=reason),
+                        {**value, "failed": True, "msg": reason},
+                    )
+                break
+            pending = waiting
+            if self.runner.stopping.wait(task.delay):
+                break
+        return [judged[h.name] for h in hosts]
 
     def _guarded(self, task: Task, host: str, compute: Callable[[], Any]) -> Any:
         """``compute()``, a template's error named with the task, the host and the fix."""
@@ -365,7 +554,8 @@ class Player:
         self, play: Play, task: Task, hosts: list[Host], variables_of: Mapping[str, dict[str, Any]]
     ) -> list[HostResult]:
         """The step run once on each of ``hosts`` with its variables; a fleet-wide step once
-        per group of hosts whose arguments came out the same."""
+        per group of hosts whose arguments came out the same; a module decided on the
+        controller (set_fact, assert...) once per host."""
         results: dict[str, HostResult] = {}
         groups: dict[str, tuple[dict[str, Any], list[Host]]] = {}
         for host in hosts:
@@ -373,10 +563,14 @@ class Player:
             if not self._guarded(task, host.name, partial(condition, task, variables)):
                 results[host.name] = HostResult(host.name, Outcome.SKIPPED, f"when: {task.when}")
                 continue
-            args = self._guarded(task, host.name, partial(render, task.args, variables))
-            self._refuse_recorded_secrets(task, args, f" on {host.name}")
-            if task.step == "copy" and self.secrets.found_in(args.get("content")):
-                self._refuse_readable_secret_file(task, args, f" on {host.name}")
+            args = self._arguments(task, host, variables)
+            if task.step in LOCAL_MODULES:
+                results[host.name] = self._guarded(
+                    task,
+                    host.name,
+                    partial(LOCAL_MODULES[task.step], task, args, variables, host.name),
+                )
+                continue
             key = json.dumps(args, sort_keys=True, default=str)
             groups.setdefault(key, (args, []))[1].append(host)
         for args, members in groups.values():
@@ -393,6 +587,32 @@ class Player:
                 )
             results.update({r.host: r for r in outcome.results})
         return [results[h.name] for h in hosts if h.name in results]
+
+    def _arguments(self, task: Task, host: Host, variables: Mapping[str, Any]) -> dict[str, Any]:
+        """The task's arguments for one host: templates rendered (a condition left as it
+        is), a copy's or template's ``src`` read, a command's environment added."""
+        unrendered = EXPRESSIONS.get(task.step, frozenset())
+        rendered = {k: v for k, v in task.args.items() if k not in unrendered}
+        args = {
+            **self._guarded(task, host.name, partial(render, rendered, variables)),
+            **{k: v for k, v in task.args.items() if k in unrendered},
+        }
+        args = dict(
+            self._guarded(
+                task, host.name, partial(modules.file_arguments, self, task, args, variables)
+            )
+        )
+        if task.environment is not None and task.step in ("command", "shell"):
+            environment = self._guarded(
+                task, host.name, partial(render, task.environment, variables)
+            )
+            if not isinstance(environment, Mapping):
+                raise PlaybookError(f"{task.where}.environment: expected a mapping", line=task.line)
+            args[ENVIRONMENT] = {str(k): str(v) for k, v in environment.items()}
+        self.refuse_recorded_secrets(task, args, f" on {host.name}")
+        if task.step in ("copy", "template") and self.secrets.found_in(args.get("content")):
+            self._refuse_readable_secret_file(task, args, f" on {host.name}")
+        return args
 
     def _judge(
         self, task: Task, variables: Mapping[str, Any], row: HostResult
@@ -422,7 +642,7 @@ class Player:
             value = {**value, "changed": changed and not failed, "failed": failed}
         return row, value
 
-    def _refuse_recorded_secrets(
+    def refuse_recorded_secrets(
         self, task: Task, args: Mapping[str, Any], on_host: str = ""
     ) -> None:
         """Secrets stay out of steps whose arguments end up in image labels or host history."""
@@ -463,84 +683,6 @@ class Player:
                 fix="use mode 0600 (or 0400, 0700), or leave mode out: a file holding a "
                 "secret defaults to 0600",
             )
-
-    # -- controller steps -------------------------------------------------------------
-    def _build(self, play: Play, task: Task, hosts: list[Host]) -> FleetResult:
-        args = render(task.args, self.variables(play, None))
-        self._refuse_recorded_secrets(task, args)
-        if "build" in self.controller_vars and self.controller_vars["build"].get("args") == args:
-            built = self.controller_vars["build"]
-            return FleetResult.of(
-                "build",
-                (
-                    HostResult(
-                        h.name, Outcome.OK, f"{built['reference']} (built earlier in this play)"
-                    )
-                    for h in hosts
-                ),
-            )
-        project = load_project(
-            str(args.get("project", self.options.project)), tag_prefix=args.get("tag_prefix")
-        )
-        if self.options.check:
-            from fleet.images import gitinfo
-
-            git = gitinfo.read(project.root)
-            tag = project.tag(git)
-            reference = f"{project.repository}:{tag}"
-            self.controller_vars["build"] = {
-                "reference": reference,
-                "tag": tag,
-                "image_id": "",
-                "args": args,
-            }
-            outcome, note = Outcome.CHANGED, f"would build {reference}"
-        else:
-            options = images.BuildOptions(
-                rebuild_base=bool(args.get("rebuild_base")), rebuild=bool(args.get("rebuild"))
-            )
-            built = images.build(self.client, project, options)
-            self.controller_vars["build"] = {
-                "reference": built.reference,
-                "tag": built.tag,
-                "image_id": built.image_id,
-                "args": args,
-            }
-            reused = built.framework.action != "built"
-            outcome = Outcome.OK if reused else Outcome.CHANGED
-            note = f"{'reused' if reused else 'built'} {built.reference}"
-        # Reported once per host so the recap shows the play's hosts saw it (Ansible's run_once).
-        return FleetResult.of(
-            "build",
-            (
-                HostResult(
-                    h.name,
-                    outcome,
-                    note,
-                    details={"image": self.controller_vars["build"]["reference"]},
-                )
-                for h in hosts
-            ),
-        )
-
-    def image(self, args: Mapping[str, Any], key: str) -> str:
-        """The image a step ships: its argument, the play's build, or the newest built."""
-        value = args.get(key)
-        if value:
-            text = str(value)
-            if ":" not in text:
-                text = f"{load_project(str(args.get('project', self.options.project))).repository}:{text}"
-            return text
-        if "build" in self.controller_vars:
-            return str(self.controller_vars["build"]["reference"])
-        repository = load_project(str(args.get("project", self.options.project))).repository
-        for version in daemon.list_versions(self.client, repository):
-            if version.tagged:
-                return version.reference
-        raise UsageError(
-            f"no version of {repository} is built on this machine",
-            fix="add a build task, or run 'fleet build'",
-        )
 
 
 def run(

@@ -49,105 +49,60 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleet.errors import InventoryError, PatternError, PlaybookError, UndefinedError, UsageError
+from fleet.errors import InventoryError, PatternError, PlaybookError, UsageError
 from fleet.hosts.patterns import compile_term, split_pattern
 from fleet.hosts.safe_yaml import read_yaml
-from fleet.playbook import template
+from fleet.playbook.task import (
+    CONTROLLER_STEPS,
+    EXPRESSIONS,
+    RESERVED_NAMES,
+    STEPS,
+    TASK_KEYS,
+    Lines,
+    Task,
+    TaskChecker,
+    condition,
+)
+
+__all__ = [
+    "CONTROLLER_STEPS",
+    "EXPRESSIONS",
+    "RESERVED_NAMES",
+    "SECTIONS",
+    "STEPS",
+    "TASK_KEYS",
+    "Play",
+    "Playbook",
+    "Task",
+    "condition",
+    "extra_vars",
+    "load",
+    "vars_file",
+]
 
 # -- the model --------------------------------------------------------------------------
 PLAY_KEYS = frozenset(
-    {"name", "hosts", "serial", "max_fail_percentage", "any_errors_fatal", "vars", "tasks"}
-)
-TASK_KEYS = frozenset(
     {
         "name",
-        "when",
-        "tags",
-        "ignore_errors",
-        "register",
-        "changed_when",
-        "failed_when",
-        "loop",
-        "loop_control",
+        "hosts",
+        "serial",
+        "max_fail_percentage",
+        "any_errors_fatal",
+        "vars",
+        "tasks",
+        # Ansible's, with its meaning (see ``Play``).
+        "become",
+        "become_user",
+        "become_method",
+        "gather_facts",
+        "vars_files",
+        "pre_tasks",
+        "post_tasks",
+        "handlers",
     }
 )
-LOOP_CONTROL_KEYS = frozenset({"loop_var", "index_var", "label"})
-# What a task may not register under: the variables Ansible (and fleet) provide.
-RESERVED_NAMES = frozenset(
-    {"inventory_hostname", "groups", "group_names", "hostvars", "ansible_check_mode", "build"}
-)
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-_STR = (str,)
-_NUM = (int, float)
-# How push and deploy ship the image (fleet push --via/--registry/--max-rate*).
-_SHIPPING: Mapping[str, tuple[type, ...]] = {
-    "via": _STR,
-    "registry": _STR,
-    "max_rate": (str, int),
-    "max_rate_per_host": (str, int),
-}
-# Each step's arguments: name -> accepted types. Values may also be templated strings.
-STEPS: Mapping[str, Mapping[str, tuple[type, ...]]] = {
-    "build": {"project": _STR, "rebuild_base": (bool,), "rebuild": (bool,), "tag_prefix": _STR},
-    "push": {
-        "image": _STR,
-        "project": _STR,
-        "compress": _STR,
-        "min_free": (str, int),
-        **_SHIPPING,
-    },
-    "provision": {"skip_base": (bool,)},
-    "deploy": {"version": _STR, "project": _STR, "compress": _STR, "wait": _NUM, **_SHIPPING},
-    "rollback": {"to": _STR, "project": _STR, "wait": _NUM},
-    "prune": {"keep": (int,), "project": _STR},
-    "audit": {"expect": _STR, "project": _STR, "history": (int,)},
-    "exec": {"command": (list,), "shell": _STR},
-    "dir": {"path": _STR, "mode": (str, int), "owner": _STR, "group": _STR},
-    "copy": {"dest": _STR, "content": _STR, "mode": (str, int)},
-    "cron": {"name": _STR, "schedule": _STR, "job": _STR},
-    "debug": {"msg": (str, int, float, bool, list, dict)},
-}
-REQUIRED: Mapping[str, tuple[str, ...]] = {
-    "dir": ("path",),
-    "copy": ("dest", "content"),
-    "cron": ("name", "schedule", "job"),
-    "debug": ("msg",),
-}
-CONTROLLER_STEPS = frozenset({"build"})
-
-
-@dataclass(frozen=True)
-class Task:
-    """One step of a play, with where it was written."""
-
-    step: str
-    args: Mapping[str, Any]
-    name: str
-    where: str
-    line: int | None
-    when: str | None = None
-    tags: tuple[str, ...] = ()
-    ignore_errors: bool = False
-    # Ansible's: the host's result as a variable of later tasks; an exec task's outcome
-    # decided by expressions instead of its exit code.
-    register: str | None = None
-    changed_when: str | None = None
-    failed_when: str | None = None
-    # Ansible's loop: a list, or a template that renders to one; each item runs the step
-    # with ``loop_var`` (``item``) and ``index_var`` set, and ``label`` names it.
-    loop: Any = None
-    loop_var: str = "item"
-    index_var: str | None = None
-    label: str | None = None
-
-    @property
-    def title(self) -> str:
-        return self.name or self.step
-
-    @property
-    def looped(self) -> bool:
-        return self.loop is not None
+# A play's task lists, in the order they run; handlers are flushed after each.
+SECTIONS = ("pre_tasks", "tasks", "post_tasks")
 
 
 @dataclass(frozen=True)
@@ -163,6 +118,29 @@ class Play:
     max_fail_percentage: float | None = None
     any_errors_fatal: bool = False
     vars: Mapping[str, Any] = field(default_factory=dict)
+    # Ansible's: tasks before and after ``tasks``, handlers run when notified (flushed
+    # after each section), and become for every task.
+    pre_tasks: tuple[Task, ...] = ()
+    post_tasks: tuple[Task, ...] = ()
+    handlers: tuple[Task, ...] = ()
+    become: bool | None = None
+    become_user: str | None = None
+
+    def section(self, name: str) -> tuple[Task, ...]:
+        """The tasks of one of :data:`SECTIONS`."""
+        return {"pre_tasks": self.pre_tasks, "tasks": self.tasks, "post_tasks": self.post_tasks}[
+            name
+        ]
+
+    def every_task(self) -> list[Task]:
+        """Every task of the play, handlers and the tasks inside blocks included."""
+        found: list[Task] = []
+        pending = [*self.pre_tasks, *self.tasks, *self.post_tasks, *self.handlers]
+        while pending:
+            task = pending.pop(0)
+            found.append(task)
+            pending[:0] = [*task.block, *task.rescue, *task.always]
+        return found
 
 
 @dataclass(frozen=True)
@@ -172,23 +150,13 @@ class Playbook:
 
 
 # -- loading and validation -------------------------------------------------------------
-class _Lines:
-    """The line of each mapping key of a loaded document."""
-
-    def __init__(self, key_lines: Mapping[int, Mapping[Any, int]]) -> None:
-        self._key_lines = key_lines
-
-    def of(self, mapping: object, key: object) -> int | None:
-        return self._key_lines.get(id(mapping), {}).get(key)
-
-
-def _load_yaml(path: Path) -> tuple[Any, _Lines]:
+def _load_yaml(path: Path) -> tuple[Any, Lines]:
     """A safe, bounded YAML load that remembers lines (the inventory's loader)."""
     try:
         document, key_lines = read_yaml(path)
     except InventoryError as exc:
         raise PlaybookError(exc.message, fix=exc.fix) from None
-    return document, _Lines(key_lines)
+    return document, Lines(key_lines)
 
 
 def load(path: str | Path) -> Playbook:
@@ -212,16 +180,7 @@ def load(path: str | Path) -> Playbook:
     return Playbook(file, plays)
 
 
-class _Checker:
-    def __init__(self, path: str, lines: _Lines) -> None:
-        self.path = path
-        self.lines = lines
-
-    def fail(
-        self, where: str, message: str, line: int | None, fix: str | None = None
-    ) -> PlaybookError:
-        return PlaybookError(f"{where}: {message}", path=self.path, line=line, fix=fix)
-
+class _Checker(TaskChecker):
     def play(self, raw: Any, where: str, parent: Any, index: int) -> Play:
         line = None
         if not isinstance(raw, Mapping):
@@ -246,6 +205,48 @@ class _Checker:
         _check_pattern_syntax(
             hosts, lambda m: self.fail(f"{where}.hosts", m, self.lines.of(raw, "hosts"))
         )
+        serial, max_fail, fatal = self._batching(raw, where)
+        variables = raw.get("vars") or {}
+        if not isinstance(variables, Mapping):
+            raise self.fail(f"{where}.vars", "expected a mapping", self.lines.of(raw, "vars"))
+        variables = {**self._vars_files(raw, where), **variables}
+        become, become_user = self._become(raw, where)
+        gather = raw.get("gather_facts", False)
+        if not isinstance(gather, bool):
+            raise self.fail(
+                f"{where}.gather_facts",
+                "expected true or false",
+                self.lines.of(raw, "gather_facts"),
+            )
+        sections = {
+            key: self._tasks(raw, key, where) for key in (*SECTIONS, "handlers") if key in raw
+        }
+        if not any(sections.get(key) for key in SECTIONS):
+            raise self.fail(
+                f"{where}.tasks", "required: a list of tasks", self.lines.of(raw, "tasks") or line
+            )
+        name = raw.get("name") or hosts
+        play = Play(
+            name=str(name),
+            hosts=hosts,
+            tasks=sections.get("tasks", ()),
+            where=where,
+            line=line,
+            serial=None if serial is None else str(serial).strip(),
+            max_fail_percentage=None if max_fail is None else float(max_fail),
+            any_errors_fatal=fatal,
+            vars=dict(variables),
+            pre_tasks=sections.get("pre_tasks", ()),
+            post_tasks=sections.get("post_tasks", ()),
+            handlers=sections.get("handlers", ()),
+            become=become,
+            become_user=become_user,
+        )
+        self._check_notified(play)
+        return play
+
+    def _batching(self, raw: Mapping[str, Any], where: str) -> tuple[Any, Any, bool]:
+        """``serial``, ``max_fail_percentage`` and ``any_errors_fatal``, checked."""
         serial = raw.get("serial")
         if serial is not None:
             text = str(serial)
@@ -273,262 +274,43 @@ class _Checker:
                 "expected true or false",
                 self.lines.of(raw, "any_errors_fatal"),
             )
-        variables = raw.get("vars") or {}
-        if not isinstance(variables, Mapping):
-            raise self.fail(f"{where}.vars", "expected a mapping", self.lines.of(raw, "vars"))
-        tasks = raw.get("tasks")
-        if not isinstance(tasks, list) or not tasks:
-            raise self.fail(
-                f"{where}.tasks", "required: a list of tasks", self.lines.of(raw, "tasks") or line
-            )
-        name = raw.get("name") or hosts
-        return Play(
-            name=str(name),
-            hosts=hosts,
-            tasks=tuple(
-                self.task(t, f"{where}.tasks[{i}]", self.lines.of(raw, "tasks"))
-                for i, t in enumerate(tasks)
-            ),
-            where=where,
-            line=line,
-            serial=None if serial is None else str(serial).strip(),
-            max_fail_percentage=None if max_fail is None else float(max_fail),
-            any_errors_fatal=fatal,
-            vars=dict(variables),
-        )
+        return serial, max_fail, fatal
 
-    def task(self, raw: Any, where: str, near: int | None) -> Task:
-        if not isinstance(raw, Mapping):
-            raise self.fail(
-                where,
-                f"a task is a mapping, not {type(raw).__name__}",
-                near,
-                "e.g. '- deploy: {version: 0.2.7}'",
-            )
-        step, line = self._step(raw, where)
-        args = self._arguments(raw, step, where, line)
-        when = self._condition(raw, "when", where)
-        changed_when = self._condition(raw, "changed_when", where)
-        failed_when = self._condition(raw, "failed_when", where)
-        if (changed_when or failed_when) and step != "exec":
-            key = "changed_when" if changed_when else "failed_when"
-            raise self.fail(
-                f"{where}.{key}",
-                f"applies to exec tasks; '{step}' decides its own outcome",
-                self.lines.of(raw, key),
-            )
-        register = self._register(raw, where)
-        tags = raw.get("tags") or ()
-        if isinstance(tags, str):
-            tags = (tags,)
-        if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
-            raise self.fail(f"{where}.tags", "expected a list of names", self.lines.of(raw, "tags"))
-        ignore = raw.get("ignore_errors", False)
-        if not isinstance(ignore, bool):
-            raise self.fail(
-                f"{where}.ignore_errors",
-                "expected true or false",
-                self.lines.of(raw, "ignore_errors"),
-            )
-        loop, control = self._loop(raw, step, where)
-        return Task(
-            step,
-            dict(args),
-            str(raw.get("name") or ""),
-            where,
-            line,
-            when,
-            tuple(tags),
-            ignore,
-            register,
-            changed_when,
-            failed_when,
-            loop,
-            **control,
-        )
-
-    def _loop(self, raw: Mapping[str, Any], step: str, where: str) -> tuple[Any, dict[str, Any]]:
-        """``loop`` (a list, or a template that renders to one) and ``loop_control``."""
-        control = raw.get("loop_control")
-        if "loop" not in raw:
-            if control is not None:
+    def _vars_files(self, raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """``vars_files``: YAML files of variables, beside the playbook or absolute."""
+        names = raw.get("vars_files") or []
+        line = self.lines.of(raw, "vars_files")
+        if isinstance(names, str):
+            names = [names]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise self.fail(f"{where}.vars_files", "expected a list of file names", line)
+        merged: dict[str, Any] = {}
+        for name in names:
+            if "{{" in name:
                 raise self.fail(
-                    f"{where}.loop_control",
-                    "applies to a task with loop",
-                    self.lines.of(raw, "loop_control"),
+                    f"{where}.vars_files", f"{name!r}: a template is not read here", line
                 )
-            return None, {}
-        loop, line = raw["loop"], self.lines.of(raw, "loop")
-        if step in CONTROLLER_STEPS:
-            raise self.fail(f"{where}.loop", f"'{step}' runs once on the controller", line)
-        if (isinstance(loop, str) and "{{" not in loop) or not isinstance(loop, str | list):
-            raise self.fail(
-                f"{where}.loop",
-                f"expected a list or a template of one, got {type(loop).__name__} {loop!r}",
-                line,
-                'e.g. loop: [a, b] or loop: "{{ models }}"',
-            )
-        self._templates(loop, f"{where}.loop", line)
-        return loop, self._loop_control(control, where, self.lines.of(raw, "loop_control") or line)
-
-    def _loop_control(self, control: Any, where: str, line: int | None) -> dict[str, Any]:
-        if control is None:
-            return {}
-        if not isinstance(control, Mapping) or set(control) - LOOP_CONTROL_KEYS:
-            raise self.fail(
-                f"{where}.loop_control",
-                f"expected a mapping of {', '.join(sorted(LOOP_CONTROL_KEYS))}",
-                line,
-            )
-        found: dict[str, Any] = {}
-        for key in ("loop_var", "index_var"):
-            name = control.get(key)
-            if name is None:
-                continue
-            if not isinstance(name, str) or not _NAME.fullmatch(name) or name in RESERVED_NAMES:
-                raise self.fail(
-                    f"{where}.loop_control.{key}", f"expected a variable name, not {name!r}", line
-                )
-            found[key] = name
-        label = control.get("label")
-        if label is not None:
-            if not isinstance(label, str):
-                raise self.fail(f"{where}.loop_control.label", "expected a string", line)
-            self._templates(label, f"{where}.loop_control.label", line)
-            found["label"] = label
-        return found
-
-    def _register(self, raw: Mapping[str, Any], where: str) -> str | None:
-        name = raw.get("register")
-        if name is None:
-            return None
-        if not isinstance(name, str) or not _NAME.fullmatch(name) or name in RESERVED_NAMES:
-            raise self.fail(
-                f"{where}.register",
-                f"expected a variable name, not {name!r}"
-                + (" (fleet provides that variable)" if name in RESERVED_NAMES else ""),
-                self.lines.of(raw, "register"),
-                "e.g. 'register: out', then 'when: out.rc == 0' in a later task",
-            )
-        return name
-
-    def _step(self, raw: Mapping[str, Any], where: str) -> tuple[str, int | None]:
-        """The one step a task names, and its line."""
-        steps = [k for k in raw if k in STEPS]
-        unknown = [k for k in raw if k not in STEPS and k not in TASK_KEYS]
-        if unknown and str(unknown[0]).startswith("with_"):
-            raise self.fail(
-                f"{where}.{unknown[0]}",
-                "the with_* loops are not supported",
-                self.lines.of(raw, unknown[0]),
-                "write 'loop:' with the list (Ansible's own advice since 2.5)",
-            )
-        if unknown:
-            key = unknown[0]
-            raise self.fail(
-                f"{where}.{key}",
-                "unknown step or task key",
-                self.lines.of(raw, key),
-                "steps: "
-                + ", ".join(sorted(STEPS))
-                + "; task keys: "
-                + ", ".join(sorted(TASK_KEYS)),
-            )
-        line = self.lines.of(raw, steps[0]) if steps else self.lines.of(raw, next(iter(raw), None))
-        if len(steps) != 1:
-            found = ", ".join(steps) or "none"
-            raise self.fail(
-                where,
-                f"a task names exactly one step (found {found})",
-                line,
-                "split it into one task per step",
-            )
-        return steps[0], line
-
-    def _arguments(
-        self, raw: Mapping[str, Any], step: str, where: str, line: int | None
-    ) -> Mapping[str, Any]:
-        """The step's arguments, checked against its schema; templates compiled."""
-        args = raw[step]
-        if args is None:
-            args = {}
-        if step == "exec" and isinstance(args, str):
-            args = {"shell": args}
-        if not isinstance(args, Mapping):
-            raise self.fail(
-                f"{where}.{step}",
-                f"expected a mapping of arguments, got {type(args).__name__}",
-                line,
-            )
-        schema = STEPS[step]
-        for key, value in args.items():
-            if key not in schema:
-                raise self.fail(
-                    f"{where}.{step}.{key}",
-                    "unknown argument",
-                    self.lines.of(args, key) or line,
-                    "arguments: " + ", ".join(sorted(schema)),
-                )
-            if not isinstance(value, schema[key]) and not (
-                isinstance(value, str) and "{{" in value
-            ):
-                expected = " or ".join(t.__name__ for t in schema[key])
-                raise self.fail(
-                    f"{where}.{step}.{key}",
-                    f"expected {expected}, got {type(value).__name__} {value!r}",
-                    self.lines.of(args, key) or line,
-                )
-        for key in REQUIRED.get(step, ()):
-            if key not in args:
-                raise self.fail(f"{where}.{step}.{key}", "required", line)
-        if step == "exec" and ("command" in args) == ("shell" in args):
-            raise self.fail(
-                f"{where}.exec", "give either command (a list) or shell (a string)", line
-            )
-        self._templates(args, f"{where}.{step}", line)
-        return args
-
-    def _templates(self, value: Any, where: str, line: int | None) -> None:
-        """Every template in ``value`` compiles (syntax, filters, tests), else the error
-        at ``where``."""
-        for text in _strings(value):
+            path = Path(name) if Path(name).is_absolute() else Path(self.path).parent / name
+            if not path.is_file():
+                raise self.fail(f"{where}.vars_files", f"{path} does not exist", line)
             try:
-                template.check(text)
+                merged.update(vars_file(f"@{path}"))
             except PlaybookError as exc:
-                raise self.fail(where, exc.message, line) from None
+                raise self.fail(f"{where}.vars_files", exc.message, line, exc.fix) from None
+        return merged
 
-    def _condition(self, raw: Mapping[str, Any], key: str, where: str) -> str | None:
-        """A ``when``-like key compiled: an expression, or a list of them that must all
-        hold (joined with ``and``, as Ansible does); None when the task has none."""
-        value = raw.get(key)
-        if value is None:
-            return None
-        parts = value if isinstance(value, list) else [value]
-        texts = []
-        for given in parts:
-            part = ("true" if given else "false") if isinstance(given, bool) else given
-            if not isinstance(part, str) or not part.strip():
-                raise self.fail(
-                    f"{where}.{key}",
-                    "expected a condition (a string) or a list of them",
-                    self.lines.of(raw, key),
-                )
-            try:
-                template.check_condition(part)
-            except PlaybookError as exc:
-                raise self.fail(f"{where}.{key}", exc.message, self.lines.of(raw, key)) from None
-            texts.append(part)
-        return texts[0] if len(texts) == 1 else " and ".join(f"({text})" for text in texts)
-
-
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, Mapping):
-        return [s for v in value.values() for s in _strings(v)]
-    if isinstance(value, list | tuple):
-        return [s for v in value for s in _strings(v)]
-    return []
+    def _check_notified(self, play: Play) -> None:
+        """Every name a task notifies is a handler's name or one it listens to."""
+        known = {h.name for h in play.handlers} | {n for h in play.handlers for n in h.listen}
+        for task in play.every_task():
+            for name in task.notify:
+                if name not in known:
+                    raise self.fail(
+                        f"{task.where}.notify",
+                        f"no handler is named or listens to {name!r}",
+                        task.line,
+                        "handlers: " + (", ".join(sorted(known)) or "none in this play"),
+                    )
 
 
 def _check_pattern_syntax(pattern: str, fail: Callable[[str], PlaybookError]) -> None:
@@ -543,22 +325,6 @@ def _check_pattern_syntax(pattern: str, fail: Callable[[str], PlaybookError]) ->
                 compile_term(expr, pattern)
             except PatternError as exc:
                 raise fail(f"invalid regular expression: {exc.message}") from None
-
-
-def condition(task: Task, variables: Mapping[str, Any], key: str = "when") -> bool:
-    """Whether ``task``'s ``when`` (or ``changed_when``/``failed_when``) holds for a host
-    with these variables; a task without one: ``when`` holds, the others do not apply."""
-    text = getattr(task, key)
-    if text is None:
-        return key == "when"
-    try:
-        return bool(template.expression(text, variables))
-    except UndefinedError as exc:
-        raise PlaybookError(
-            f"{task.where}.{key}: {exc.message}",
-            line=task.line,
-            fix="define it (vars, -e) or test it with 'is defined'",
-        ) from None
 
 
 def extra_vars(items: Sequence[str]) -> dict[str, Any]:

@@ -6,7 +6,6 @@ its implementation.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -14,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 from fleet import units
 from fleet.errors import HostError, PlaybookError, UsageError
 from fleet.hosts.model import Host
+from fleet.images import build as images
 from fleet.images import daemon
 from fleet.images.project import load_project
 from fleet.ops import deploy as deploy_mod
 from fleet.ops import files, hostfiles, prune
 from fleet.playbook.schema import Play, Task
+from fleet.playbook.template import render
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext
 from fleet.ship.codec import compression
@@ -47,7 +48,7 @@ def _not_built(reference: str, hosts: list[Host], what: str) -> FleetResult:
 def _push(
     player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
 ) -> FleetResult:
-    reference = player.image(args, "image")
+    reference = image_of(player, args, "image")
     if player.options.check and not daemon.has_image(player.client, reference):
         return _not_built(reference, hosts, "push")
     image = daemon.shippable(player.client, reference)
@@ -85,7 +86,7 @@ def _deploy_options(
 def _deploy(
     player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
 ) -> FleetResult:
-    reference = player.image(args, "version")
+    reference = image_of(player, args, "version")
     if player.options.check and not daemon.has_image(player.client, reference):
         return _not_built(reference, hosts, "deploy")
     options = _deploy_options(player, args, reference.rpartition(":")[0])
@@ -120,6 +121,85 @@ def _size(value: Any, what: str = "min_free") -> int:
         raise UsageError(f"{what}: {exc}") from None
 
 
+# -- the controller's steps ------------------------------------------------------------
+def build_step(player: Player, play: Play, task: Task, hosts: list[Host]) -> FleetResult:
+    """The build task: once per play on the controller (reused when asked again the same)."""
+    args = render(task.args, player.variables(play, None))
+    player.refuse_recorded_secrets(task, args)
+    if "build" in player.controller_vars and player.controller_vars["build"].get("args") == args:
+        built = player.controller_vars["build"]
+        return FleetResult.of(
+            "build",
+            (
+                HostResult(h.name, Outcome.OK, f"{built['reference']} (built earlier in this play)")
+                for h in hosts
+            ),
+        )
+    project = load_project(
+        str(args.get("project", player.options.project)), tag_prefix=args.get("tag_prefix")
+    )
+    if player.options.check:
+        from fleet.images import gitinfo
+
+        git = gitinfo.read(project.root)
+        tag = project.tag(git)
+        reference = f"{project.repository}:{tag}"
+        player.controller_vars["build"] = {
+            "reference": reference,
+            "tag": tag,
+            "image_id": "",
+            "args": args,
+        }
+        outcome, note = Outcome.CHANGED, f"would build {reference}"
+    else:
+        options = images.BuildOptions(
+            rebuild_base=bool(args.get("rebuild_base")), rebuild=bool(args.get("rebuild"))
+        )
+        built = images.build(player.client, project, options)
+        player.controller_vars["build"] = {
+            "reference": built.reference,
+            "tag": built.tag,
+            "image_id": built.image_id,
+            "args": args,
+        }
+        reused = built.framework.action != "built"
+        outcome = Outcome.OK if reused else Outcome.CHANGED
+        note = f"{'reused' if reused else 'built'} {built.reference}"
+    # Reported once per host so the recap shows the play's hosts saw it (Ansible's run_once).
+    return FleetResult.of(
+        "build",
+        (
+            HostResult(
+                h.name,
+                outcome,
+                note,
+                details={"image": player.controller_vars["build"]["reference"]},
+            )
+            for h in hosts
+        ),
+    )
+
+
+def image_of(player: Player, args: Mapping[str, Any], key: str) -> str:
+    """The image a step ships: its argument, the play's build, or the newest built."""
+    value = args.get(key)
+    if value:
+        text = str(value)
+        if ":" not in text:
+            text = f"{load_project(str(args.get('project', player.options.project))).repository}:{text}"
+        return text
+    if "build" in player.controller_vars:
+        return str(player.controller_vars["build"]["reference"])
+    repository = load_project(str(args.get("project", player.options.project))).repository
+    for version in daemon.list_versions(player.client, repository):
+        if version.tagged:
+            return version.reference
+    raise UsageError(
+        f"no version of {repository} is built on this machine",
+        fix="add a build task, or run 'fleet build'",
+    )
+
+
 # -- small host steps -------------------------------------------------------------------
 def _host_step(
     player: Player, hosts: list[Host], name: str, body: Callable[[HostContext], HostResult]
@@ -136,14 +216,15 @@ def registered_value(task: Task, row: HostResult) -> dict[str, Any]:
         changed=row.outcome is Outcome.CHANGED,
         failed=row.outcome in (Outcome.FAILED, Outcome.UNREACHABLE),
         skipped=row.outcome is Outcome.SKIPPED,
-        msg=row.reason or "",
+        msg=row.details.get("msg", row.reason or ""),
     )
     if row.outcome is Outcome.SKIPPED:
         value["skip_reason"] = row.reason or ""
-    elif task.step == "exec":
-        stdout, stderr = row.stdout.removesuffix("\n"), row.stderr.removesuffix("\n")
+    elif task.step in ("exec", "command", "shell"):
+        stdout = str(row.details.get("stdout", row.stdout)).removesuffix("\n")
+        stderr = row.stderr.removesuffix("\n")
         value.update(
-            rc=row.details.get("exit_code"),
+            rc=row.details.get("rc", row.details.get("exit_code")),
             stdout=stdout,
             stdout_lines=stdout.splitlines(),
             stderr=stderr,
@@ -164,10 +245,10 @@ def _exec(
             return ctx.result(Outcome.SKIPPED, "exec does not run in check mode")
         return ctx.run_command(argv)
 
-    return _host_step(player, hosts, "exec", _hiding(player, args, [argv], body))
+    return _host_step(player, hosts, "exec", hiding(player, args, [argv], body))
 
 
-def _hiding(
+def hiding(
     player: Player,
     args: Mapping[str, Any],
     commands: Sequence[Sequence[str]],
@@ -205,7 +286,7 @@ def mode_of(task: Task, value: Any, default: str) -> str:
     return text.lstrip("0").rjust(3, "0")
 
 
-def _host_path(task: Task, args: Mapping[str, Any], key: str) -> str:
+def host_path(task: Task, args: Mapping[str, Any], key: str) -> str:
     """A task's path on the hosts: absolute, and never climbing out with '..'."""
     path = str(args[key])
     if not path.startswith("/") or ".." in path.split("/"):
@@ -213,46 +294,55 @@ def _host_path(task: Task, args: Mapping[str, Any], key: str) -> str:
             f"{task.where}.{task.step}.{key}: {path!r} must be absolute, without '..'",
             line=task.line,
         )
-    return path
+    return path.rstrip("/") or "/"
 
 
 def _dir(
     player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
 ) -> FleetResult:
-    path = _host_path(task, args, "path")
+    path = host_path(task, args, "path")
     mode = mode_of(task, args.get("mode"), "0755")
-    for key in ("owner", "group"):
-        if key in args and not hostfiles.ACCOUNT.fullmatch(str(args[key])):
-            raise PlaybookError(
-                f"{task.where}.dir.{key}: {args[key]!r} is not a user or group name", line=task.line
-            )
+    owner, group = (account(task, args, key) for key in ("owner", "group"))
 
     def body(ctx: HostContext) -> HostResult:
-        owner, group = args.get("owner"), args.get("group")
         return files.ensure_dir(
-            ctx,
-            path,
-            mode,
-            owner=str(owner) if owner is not None else None,
-            group=str(group) if group is not None else None,
-            check=player.options.check,
+            ctx, path, mode, owner=owner, group=group, check=player.options.check
         )
 
     commands = [hostfiles.stat_argv("/", path), hostfiles.dir_argv("/", path, int(mode, 8))]
-    return _host_step(player, hosts, "dir", _hiding(player, args, commands, body))
+    return _host_step(player, hosts, "dir", hiding(player, args, commands, body))
 
 
 def _copy(
     player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
 ) -> FleetResult:
-    path = _host_path(task, args, "dest")
+    """Ansible's copy (and template, whose ``src`` the player rendered into ``content``)."""
+    path = host_path(task, args, "dest")
     secret = player.secrets.found_in(args)
     # A file holding a secret is its owner's alone unless the task says otherwise (a mode
-    # that lets others read it was refused before the task started).
-    default = "0600" if player.secrets.found_in(args["content"]) else "0644"
-    mode = mode_of(task, args.get("mode"), default)
+    # that lets others read it was refused before the task started); any other file keeps
+    # its mode unless one is given, as Ansible's copy does (a new one: 0644).
+    default = "0600" if player.secrets.found_in(args["content"]) else None
+    given = args.get("mode")
+    mode = mode_of(task, given, "0644") if given is not None else default
+    owner, group = (account(task, args, key) for key in ("owner", "group"))
     content = str(args["content"]).encode()
-    return _write_step(player, hosts, "copy", args, path, content, mode, secret)
+    return _write_step(
+        player, hosts, task.step, args, path, content, mode, secret, owner=owner, group=group
+    )
+
+
+def account(task: Task, args: Mapping[str, Any], key: str) -> str | None:
+    """A task's ``owner`` or ``group``: a user or group name (or id), or None."""
+    value = args.get(key)
+    if value is None:
+        return None
+    if not hostfiles.ACCOUNT.fullmatch(str(value)):
+        raise PlaybookError(
+            f"{task.where}.{task.step}.{key}: {value!r} is not a user or group name",
+            line=task.line,
+        )
+    return str(value)
 
 
 def _write_step(
@@ -262,20 +352,31 @@ def _write_step(
     args: Mapping[str, Any],
     path: str,
     content: bytes,
-    mode: str,
+    mode: str | None,
     secret: bool,
+    *,
+    owner: str | None = None,
+    group: str | None = None,
 ) -> FleetResult:
     def body(ctx: HostContext) -> HostResult:
         options = player.options
         return files.ensure_file(
-            ctx, path, content, mode, check=options.check, diff=options.diff, secret=secret
+            ctx,
+            path,
+            content,
+            mode,
+            owner=owner,
+            group=group,
+            check=options.check,
+            diff=options.diff,
+            secret=secret,
         )
 
     commands = [
         hostfiles.stat_argv("/", path, content=True),
-        hostfiles.write_argv("/", path, int(mode, 8), "any", owner=hostfiles.LEAVE),
+        hostfiles.write_argv("/", path, int(mode or "644", 8), "any", owner=hostfiles.LEAVE),
     ]
-    return _host_step(player, hosts, step, _hiding(player, args, commands, body))
+    return _host_step(player, hosts, step, hiding(player, args, commands, body))
 
 
 def _cron(
@@ -333,17 +434,6 @@ def _audit(
     return audit_mod.audit(player.runner, hosts, options).result
 
 
-def _debug(
-    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
-) -> FleetResult:
-    """Ansible's debug: each host's rendered message, shown; nothing runs on the hosts."""
-    message = args["msg"]
-    text = message if isinstance(message, str) else json.dumps(message, default=str)
-    return FleetResult.of(
-        "debug", (HostResult(h.name, Outcome.OK, text, details={"msg": message}) for h in hosts)
-    )
-
-
 def secret_references(value: Any, names: frozenset[str]) -> str | None:
     """The first secret name a template in ``value`` refers to."""
     if isinstance(value, str):
@@ -360,7 +450,9 @@ def secret_references(value: Any, names: frozenset[str]) -> str | None:
 
 
 # Steps that act on a host and record nothing of their arguments: secrets may go there.
-HOST_STEPS = frozenset({"exec", "dir", "copy", "cron"})
+HOST_STEPS = frozenset(
+    {"exec", "dir", "copy", "cron", "command", "shell", "file", "template", "set_fact", "assert"}
+)
 
 
 STEPS: dict[str, Step] = {
@@ -374,5 +466,5 @@ STEPS: dict[str, Step] = {
     "dir": _dir,
     "copy": _copy,
     "cron": _cron,
-    "debug": _debug,
+    "template": _copy,
 }

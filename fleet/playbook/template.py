@@ -354,8 +354,13 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return result
 
 
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = _Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+def _environment(trim_blocks: bool = False) -> ImmutableSandboxedEnvironment:
+    env = _Sandbox(
+        undefined=StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=trim_blocks,
+    )
     env.globals["range"] = _range
     env.filters.update(
         {
@@ -391,6 +396,8 @@ def _environment() -> ImmutableSandboxedEnvironment:
 
 
 _ENV = _environment()
+# Ansible's template module renders files with trim_blocks on (a block tag's newline goes).
+_FILES = _environment(trim_blocks=True)
 
 
 # A playbook's templates are few and evaluated per host (and per loop item): each is
@@ -478,6 +485,14 @@ def render(value: Any, variables: Mapping[str, Any]) -> Any:
     if isinstance(value, list | tuple):
         return [render(v, variables) for v in value]
     return value
+
+
+def render_text(text: str, variables: Mapping[str, Any]) -> str:
+    """A template file's text rendered as Ansible's template module renders it."""
+    try:
+        return _bounded_render(_FILES.from_string(text), variables)
+    except (TemplateError, TypeError, ValueError, *_EXHAUSTION) as exc:
+        raise _failure(exc) from None
 
 
 def _bounded_render(compiled: Template, variables: Mapping[str, Any]) -> str:

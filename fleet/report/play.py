@@ -23,8 +23,10 @@ from fleet.results import FleetResult, HostResult, Outcome
 class PlayReporter:
     """Prints a playbook run as it goes: one header per play and task, one line per host."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, verbosity: int = 0) -> None:
         self.console = console
+        # -v: each host's output (stdout, stderr, rc, msg); -vv: its command too.
+        self.verbosity = verbosity
 
     def play_started(self, play: Play, hosts: Sequence[str]) -> None:
         self.console.print(
@@ -61,12 +63,32 @@ class PlayReporter:
         if bytes_sent:
             line.append(f" [{visible(bytes_sent)} bytes sent]", style="dim")
         self.console.print(line)
+        if self.verbosity:
+            self._output(row)
         diff = row.details.get("diff")
         if diff:
             self.console.print(safe_text(str(diff).rstrip("\n"), style="dim", lines=True))
         if not row.succeeded and row.fix:
             fix = visible(row.fix, lines=True, indent=REASON_INDENT + "  ")
             self.console.print(Text(f"    fix: {fix}", style="dim"))
+
+    def _output(self, row: HostResult) -> None:
+        """What ``-v`` shows of a host's result, each part under its name."""
+        shown: list[tuple[str, Any]] = []
+        if self.verbosity > 1 and row.details.get("cmd") is not None:
+            shown.append(("cmd", row.details["cmd"]))
+        if "rc" in row.details:
+            shown.append(("rc", row.details["rc"]))
+        shown += [("stdout", row.stdout), ("stderr", row.stderr)]
+        message = row.details.get("msg")
+        if message not in (None, "", row.reason):
+            shown.append(("msg", message))
+        for name, value in shown:
+            if value in (None, ""):
+                continue
+            text = value if isinstance(value, str) else repr(value)
+            body = visible(text.rstrip("\n"), lines=True, indent="      ")
+            self.console.print(Text(f"    {name}: {body}", style="dim"))
 
     # The runner's per-host events are not shown line by line: task_finished does it.
     def started(self, host: str, step: str) -> None:
@@ -79,18 +101,23 @@ class PlayReporter:
         return None
 
 
+# The recap's counts, in Ansible's order.
+RECAP = ("ok", "changed", "failed", "unreachable", "skipped", "rescued", "ignored")
+OUTCOMES = frozenset(str(o) for o in Outcome)
+
+
 def recap(run: PlaybookRun) -> RenderableType:
     """Ansible's PLAY RECAP, plus each host's framework version before -> after."""
     table = Table(title="PLAY RECAP", title_justify="left", box=None, pad_edge=False)
     table.add_column("host")
-    for key in ("ok", "changed", "failed", "unreachable", "skipped", "ignored"):
+    for key in RECAP:
         table.add_column(key, justify="right")
     table.add_column("version")
     for host, tally in run.tallies.items():
         cells = []
-        for key in ("ok", "changed", "failed", "unreachable", "skipped", "ignored"):
+        for key in RECAP:
             count = tally.counts[key]
-            style = STYLES.get(Outcome(key), "") if key != "ignored" and count else ""
+            style = STYLES[Outcome(key)] if key in OUTCOMES and count else ""
             cells.append(Text(str(count), style=style))
         version = ""
         if tally.version_before is not None or tally.version_after is not None:

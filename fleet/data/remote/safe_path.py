@@ -14,6 +14,9 @@
 #   safe_path.py dir ROOT PATH MODE OWNER CREATE       (MODE/OWNER "-": leave; CREATE 0|1)
 #   safe_path.py fix ROOT PATH MODE OWNER              (a regular file's mode and owner)
 #   safe_path.py stat ROOT PATH CONTENT                (CONTENT 0|1) -> one JSON line
+#   safe_path.py touch ROOT PATH MODE OWNER            (create empty, or update the times)
+#   safe_path.py remove ROOT PATH                      (a file, a link, or a whole tree)
+#   safe_path.py link ROOT PATH TARGET                 (PATH a symbolic link to TARGET)
 #
 # Exit 0: done; 3: refused (a link below ROOT, the file changed since it was read), with
 # the reason on stderr; 1: any other error. Standard library only, for any python3 >= 3.6
@@ -226,6 +229,89 @@ def fix_file(root, path, mode, owner):
         os.close(fd)
 
 
+def touch(root, path, mode, owner):
+    parent, name = split(path)
+    at = walk(root, parent)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(name, flags, 0o600, dir_fd=at)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Refused("%s is a symbolic link: fleet touches no link's target" % path) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Refused("%s is not a regular file" % path)
+        os.utime(fd)
+        if owner != "-":
+            uid, gid = ids(owner)
+            os.fchown(fd, uid, gid)
+        if mode != "-":
+            os.fchmod(fd, int(mode, 8))
+    finally:
+        os.close(fd)
+
+
+def remove_tree(at, name):
+    """Remove NAME in directory AT: a file or link unlinked, a directory emptied through
+    its own descriptor first (never following a link inside it)."""
+    try:
+        os.unlink(name, dir_fd=at)
+        return
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return
+        if exc.errno not in (errno.EISDIR, errno.EPERM):
+            raise
+    fd = open_dir(at, name, name, "the tree")
+    try:
+        for entry in os.listdir(fd):
+            remove_tree(fd, entry)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=at)
+
+
+def remove(root, path):
+    parent, name = split(path)
+    if path.rstrip("/") == root.rstrip("/"):
+        raise Refused("%s is a root fleet walks from: it removes what is below it only" % path)
+    try:
+        at = walk(root, parent)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return
+        raise
+    try:
+        remove_tree(at, name)
+    finally:
+        os.close(at)
+
+
+def link(root, path, target):
+    parent, name = split(path)
+    at = walk(root, parent)
+    try:
+        for _ in range(100):
+            temp = ".%s.fleet-%s" % (name, os.urandom(6).hex())
+            try:
+                os.symlink(target, temp, dir_fd=at)
+            except OSError as exc:
+                if exc.errno == errno.EEXIST:
+                    continue
+                raise
+            try:
+                os.rename(temp, name, src_dir_fd=at, dst_dir_fd=at)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp, dir_fd=at)
+                raise
+            return
+        raise Refused("could not create a temporary link beside %s" % path)
+    finally:
+        os.close(at)
+
+
 def describe(root, path, content):
     parent, name = split(path) if path != root.rstrip("/") else (path, None)
     try:
@@ -243,6 +329,8 @@ def describe(root, path, content):
     found = {"kind": kind_of(st), "mode": "%o" % stat.S_IMODE(st.st_mode), "uid": st.st_uid,
              "gid": st.st_gid, "user": name_of(pwd.getpwuid, st.st_uid),
              "group": name_of(grp.getgrgid, st.st_gid)}
+    if stat.S_ISLNK(st.st_mode):
+        found["target"] = os.readlink(name, dir_fd=at)
     if content == "1" and name and stat.S_ISREG(st.st_mode):
         fd = open_file(at, name)
         if fd is not None and fd >= 0:
@@ -269,8 +357,14 @@ def main(argv):
         fix_file(*argv[1:])
     elif op == "stat" and len(argv) == 4:
         print(json.dumps(describe(*argv[1:])))
+    elif op == "touch" and len(argv) == 5:
+        touch(*argv[1:])
+    elif op == "remove" and len(argv) == 3:
+        remove(*argv[1:])
+    elif op == "link" and len(argv) == 4:
+        link(*argv[1:])
     else:
-        sys.stderr.write("fleet: usage: safe_path.py write|dir|fix|stat ROOT PATH ...\n")
+        sys.stderr.write("fleet: usage: safe_path.py write|dir|fix|stat|touch|remove|link ROOT PATH ...\n")
         return 2
     return 0
 

@@ -1,0 +1,357 @@
+"""Ansible's modules in a fleet playbook: their names (short and ``ansible.builtin.``), their
+arguments, and their results as Ansible documents them.
+
+An Ansible user's task runs unchanged: ``command``/``shell`` (free-form or ``cmd``/``argv``,
+``chdir``, ``creates``, ``removes``, ``stdin``), ``file`` (``state`` directory, file,
+touch, absent, link), ``copy`` and ``template`` (``content``/``src``, ``dest``, ``mode``,
+``owner``, ``group``), ``debug`` (``msg``/``var``), ``set_fact``, ``assert``, ``fail``,
+``ping`` and ``pause``. They change files through the same link-safe host helper as
+fleet's own steps (:mod:`fleet.ops.files`).
+
+A module fleet does not have is refused when the playbook is read, naming the fleet step
+nearest to it (:data:`NEAREST`): a playbook never half-runs for want of a module.
+
+Two kinds of implementation: host modules run on each host (:data:`HOST_MODULES`, with the
+fleet-wide steps' signature), and per-host *local* ones (:data:`LOCAL_MODULES`) are
+decided on the controller with the host's variables (``set_fact``, ``assert``, ``debug``,
+``fail``), as Ansible's action plugins are.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shlex
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fleet.errors import HostError, PlaybookError, UndefinedError
+from fleet.hosts.model import Host
+from fleet.ops import files
+from fleet.playbook import template
+from fleet.playbook.schema import Play, Task
+from fleet.playbook.steps import account, hiding, host_path, mode_of
+from fleet.results import FleetResult, HostResult, Outcome
+from fleet.runner import HostContext
+
+if TYPE_CHECKING:
+    from fleet.playbook.run import Player
+
+
+# Where a command's rendered ``environment`` travels with its arguments (no module has
+# an argument of that name).
+ENVIRONMENT = "environment"
+
+
+# -- command and shell ------------------------------------------------------------------
+def command_argv(args: Mapping[str, Any], shell: bool) -> list[str]:
+    """The argv a command or shell task runs (before chdir and environment)."""
+    if shell:
+        executable = str(args.get("executable") or "/bin/sh")
+        return [executable, "-c", str(args["cmd"])]
+    if args.get("argv"):
+        return [str(a) for a in args["argv"]]
+    try:
+        return shlex.split(str(args["cmd"]))
+    except ValueError as exc:
+        raise PlaybookError(f"cannot split the command '{args['cmd']}': {exc}") from None
+
+
+def wrapped(argv: Sequence[str], chdir: str | None, environment: Mapping[str, Any]) -> list[str]:
+    """``argv`` run in ``chdir`` with ``environment``: values are passed as arguments to
+    ``env`` and ``sh``, never pasted into a shell string."""
+    out = list(argv)
+    if environment:
+        out = ["env", *(f"{k}={v}" for k, v in environment.items()), *out]
+    if chdir:
+        out = ["sh", "-c", 'cd -- "$1" || exit 1; shift; exec "$@"', "fleet-chdir", chdir, *out]
+    return out
+
+
+def _any_exists_argv(pattern: str, chdir: str | None) -> list[str]:
+    """Exit 0 when a path matching the glob ``pattern`` exists (relative to ``chdir``)."""
+    script = 'cd -- "$1" || exit 2; IFS=; for p in $2; do [ -e "$p" ] && exit 0; done; exit 1'
+    return ["sh", "-c", script, "fleet-creates", chdir or "/", pattern]
+
+
+def _stamp(moment: float) -> str:
+    return datetime.datetime.fromtimestamp(moment).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def run_command(
+    ctx: HostContext,
+    args: Mapping[str, Any],
+    *,
+    shell: bool,
+    environment: Mapping[str, Any],
+    check: bool,
+) -> HostResult:
+    """Ansible's command (or shell) on one host, with its registered keys as details."""
+    argv = command_argv(args, shell)
+    shown = str(args["cmd"]) if shell or not args.get("argv") else shlex.join(argv)
+    chdir = str(args["chdir"]) if args.get("chdir") else None
+    base: dict[str, Any] = {"cmd": shown if shell else argv, "rc": 0}
+    for key, wants in (("creates", True), ("removes", False)):
+        if not args.get(key):
+            continue
+        found = ctx.transport.run(_any_exists_argv(str(args[key]), chdir), check=False)
+        if found.exit_code not in (0, 1):
+            raise HostError(ctx.name, f"cannot check {key}={args[key]}: {found.stderr.strip()}")
+        if (found.exit_code == 0) == wants:
+            said = "exists, matching creates" if wants else "does not exist, matching removes"
+            stdout = f"skipped, since {args[key]} {'exists' if wants else 'does not exist'}"
+            details = {**base, "msg": f"{args[key]} {said} option", "stdout": stdout}
+            return ctx.result(Outcome.OK, details["msg"], details=details, stdout=stdout)
+    if check:
+        details = {**base, "msg": "Command would have run if not in check mode"}
+        if not (args.get("creates") or args.get("removes")):
+            return ctx.result(Outcome.SKIPPED, details["msg"], details=details)
+        return ctx.result(Outcome.CHANGED, details["msg"], details=details)
+    stdin: bytes | None = None
+    if args.get("stdin") is not None:
+        text = str(args["stdin"])
+        stdin = (text + "\n" if args.get("stdin_add_newline", True) else text).encode()
+    started = time.time()
+    ran = ctx.transport.run(wrapped(argv, chdir, environment), stdin=stdin, check=False)
+    ended = time.time()
+    details = {
+        **base,
+        "rc": ran.exit_code,
+        "start": _stamp(started),
+        "end": _stamp(ended),
+        "delta": str(datetime.timedelta(seconds=ended - started)),
+        "msg": "" if ran.ok else "non-zero return code",
+    }
+    return ctx.result(
+        Outcome.CHANGED if ran.ok else Outcome.FAILED,
+        None if ran.ok else f"non-zero return code {ran.exit_code}: {shown}",
+        details=details,
+        stdout=ran.stdout,
+        stderr=ran.stderr,
+    )
+
+
+def _command(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    shell = task.step == "shell"
+    environment = args.get(ENVIRONMENT) or {}
+
+    def body(ctx: HostContext) -> HostResult:
+        return run_command(
+            ctx, args, shell=shell, environment=environment, check=player.check(task)
+        )
+
+    commands = [command_argv(args, shell)]
+    return player.runner.run(task.step, hosts, hiding(player, args, commands, body))
+
+
+# -- files ------------------------------------------------------------------------------
+FILE_STATES = ("directory", "file", "touch", "absent", "link")
+
+
+def _file(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    path = host_path(task, args, "path")
+    state = str(args.get("state") or "file")
+    if state not in FILE_STATES:
+        raise PlaybookError(
+            f"{task.where}.file.state: {state!r} is not one of {', '.join(FILE_STATES)}",
+            line=task.line,
+        )
+    if state == "link" and not args.get("src"):
+        raise PlaybookError(f"{task.where}.file.src: required with state: link", line=task.line)
+    given = args.get("mode")
+    mode = mode_of(task, given, "0644") if given is not None else None
+    owner, group = (account(task, args, key) for key in ("owner", "group"))
+
+    def body(ctx: HostContext) -> HostResult:
+        check = player.check(task)
+        if state == "directory":
+            row = files.ensure_dir(ctx, path, mode, owner=owner, group=group, check=check)
+        else:
+            row = files.ensure_state(
+                ctx,
+                path,
+                state,
+                mode=mode,
+                owner=owner,
+                group=group,
+                target=str(args.get("src") or ""),
+                check=check,
+            )
+        return _with_details(row, path=path, state=state)
+
+    return player.runner.run("file", hosts, hiding(player, args, [], body))
+
+
+def _with_details(row: HostResult, **details: Any) -> HostResult:
+    return HostResult(
+        row.host,
+        row.outcome,
+        row.reason,
+        row.fix,
+        row.seconds,
+        {**row.details, **details},
+        row.stdout,
+        row.stderr,
+        row.payload,
+    )
+
+
+def read_source(player: Player, task: Task, name: str, folder: str) -> str:
+    """A controller file a copy or template names: as Ansible finds it, in the playbook's
+    ``files/`` or ``templates/`` folder first, then beside the playbook."""
+    base = player.book.path.resolve().parent
+    given = Path(name)
+    candidates = [given] if given.is_absolute() else [base / folder / given, base / given]
+    for candidate in candidates:
+        if candidate.is_file():
+            try:
+                return candidate.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise PlaybookError(f"{task.where}: cannot read {candidate}: {exc}") from None
+    raise PlaybookError(
+        f"{task.where} ({task.title}): could not find {name!r}",
+        path=str(player.book.path),
+        line=task.line,
+        fix="looked in " + ", ".join(str(c) for c in candidates),
+    )
+
+
+def file_arguments(
+    player: Player, task: Task, args: Mapping[str, Any], variables: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A copy's or template's arguments with ``src`` read into ``content`` (a template's
+    rendered with the host's variables), so hosts whose files come out the same share one
+    run."""
+    if task.step not in ("copy", "template") or "src" not in args:
+        return dict(args)
+    text = read_source(
+        player, task, str(args["src"]), "templates" if task.step == "template" else "files"
+    )
+    if task.step == "template":
+        try:
+            text = template.render_text(text, variables)
+        except PlaybookError as exc:
+            raise PlaybookError(f"{args['src']}: {exc.message}", fix=exc.fix) from None
+    content = {key: value for key, value in args.items() if key != "src"}
+    return {**content, "content": text, "source": str(args["src"])}
+
+
+# -- decided on the controller ----------------------------------------------------------
+Local = Callable[[Task, Mapping[str, Any], Mapping[str, Any], str], HostResult]
+
+
+def _debug(
+    task: Task, args: Mapping[str, Any], variables: Mapping[str, Any], host: str
+) -> HostResult:
+    if "var" in args:
+        name = str(args["var"])
+        try:
+            value = template.expression(name, variables)
+        except (UndefinedError, PlaybookError):
+            value = "VARIABLE IS NOT DEFINED!"
+        return HostResult(host, Outcome.OK, f"{name}: {_shown(value)}", details={name: value})
+    message = args.get("msg", "Hello world!")
+    return HostResult(host, Outcome.OK, _shown(message), details={"msg": message})
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _set_fact(
+    task: Task, args: Mapping[str, Any], variables: Mapping[str, Any], host: str
+) -> HostResult:
+    facts = {k: v for k, v in args.items() if k != "cacheable"}
+    shown = ", ".join(sorted(facts))
+    return HostResult(host, Outcome.OK, f"set {shown}", details={"ansible_facts": facts})
+
+
+def _assert(
+    task: Task, args: Mapping[str, Any], variables: Mapping[str, Any], host: str
+) -> HostResult:
+    that = args["that"]
+    conditions = that if isinstance(that, list) else [that]
+    for given in conditions:
+        text = ("true" if given else "false") if isinstance(given, bool) else str(given)
+        try:
+            held = bool(template.expression(text, variables))
+        except UndefinedError as exc:
+            raise PlaybookError(
+                f"{task.where}.assert.that: {exc.message}", line=task.line
+            ) from None
+        if not held:
+            message = args.get("fail_msg", args.get("msg", "Assertion failed"))
+            return HostResult(
+                host,
+                Outcome.FAILED,
+                f"{_shown(message)} (assertion: {text})",
+                details={"assertion": text, "evaluated_to": False, "msg": message},
+            )
+    message = args.get("success_msg", "All assertions passed")
+    return HostResult(host, Outcome.OK, _shown(message), details={"msg": message})
+
+
+def _fail(
+    task: Task, args: Mapping[str, Any], variables: Mapping[str, Any], host: str
+) -> HostResult:
+    message = args.get("msg", "Failed as requested from task")
+    return HostResult(host, Outcome.FAILED, _shown(message), details={"msg": message})
+
+
+LOCAL_MODULES: Mapping[str, Local] = {
+    "debug": _debug,
+    "set_fact": _set_fact,
+    "assert": _assert,
+    "fail": _fail,
+}
+
+
+def _ping(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    data = str(args.get("data", "pong"))
+
+    def body(ctx: HostContext) -> HostResult:
+        ctx.transport.run(["true"])
+        return ctx.result(Outcome.OK, data, details={"ping": data})
+
+    return player.runner.run("ping", hosts, body)
+
+
+def _pause(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    """Ansible's pause, for a time only: once for the play's hosts (a prompt would wait
+    for a person, and fleet runs unattended)."""
+    try:
+        seconds = float(args.get("seconds") or 0) + 60 * float(args.get("minutes") or 0)
+    except (TypeError, ValueError):
+        raise PlaybookError(
+            f"{task.where}.pause: seconds and minutes are numbers", line=task.line
+        ) from None
+    started = time.monotonic()
+    if not player.check(task):
+        player.runner.stopping.wait(seconds)
+    waited = time.monotonic() - started
+    return FleetResult.of(
+        "pause",
+        (
+            HostResult(h.name, Outcome.OK, f"paused {waited:.0f}s", details={"delta": waited})
+            for h in hosts
+        ),
+    )
+
+
+HOST_MODULES = {
+    "command": _command,
+    "shell": _command,
+    "file": _file,
+    "ping": _ping,
+    "pause": _pause,
+}
