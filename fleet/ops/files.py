@@ -91,9 +91,12 @@ def ensure_dir(
     owner: str | None = None,
     group: str | None = None,
     check: bool = False,
+    shape_parents: bool = False,
 ) -> HostResult:
     """``path`` a directory with ``mode`` (octal text; None: a new one 755, an existing one
-    as it is), and ``owner``/``group`` when given (the other one as it is)."""
+    as it is), and ``owner``/``group`` when given (the other one as it is);
+    ``shape_parents``: the directories created on the way get them too, as Ansible's
+    ``file`` module gives them."""
     root = hostfiles.root_of(path, roots(ctx))
     found = stat(ctx, root, path)
     changes: list[str] = []
@@ -111,7 +114,10 @@ def ensure_dir(
         return ctx.result(Outcome.OK, f"{path} as wanted")
     if not check:
         owner_arg = account if owned else hostfiles.LEAVE
-        helper(ctx, hostfiles.dir_argv(root, path, int(wanted_mode, 8), owner_arg, create=True))
+        argv = hostfiles.dir_argv(
+            root, path, int(wanted_mode, 8), owner_arg, create=True, shape_parents=shape_parents
+        )
+        helper(ctx, argv)
     verb = "would " if check else ""
     return ctx.result(Outcome.CHANGED, f"{verb}{', '.join(changes)}: {path}")
 

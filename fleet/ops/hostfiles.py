@@ -60,11 +60,18 @@ def write_argv(root: str, path: str, mode: int, expected: str, owner: str = "0:0
 
 
 def dir_argv(
-    root: str, path: str, mode: int | None = None, owner: str = LEAVE, create: bool = False
+    root: str,
+    path: str,
+    mode: int | None = None,
+    owner: str = LEAVE,
+    create: bool = False,
+    shape_parents: bool = False,
 ) -> list[str]:
-    """Create (``create``) or fix ``path``: its mode (exact bits, setgid included) and owner."""
+    """Create (``create``) or fix ``path``: its mode (exact bits, setgid included) and owner;
+    ``shape_parents``: the directories created on the way get them too."""
     mode_text = LEAVE if mode is None else f"{mode:04o}"
-    return [*SAFE_PATH, "dir", root, path, mode_text, owner, "1" if create else "0"]
+    made = "2" if create and shape_parents else "1" if create else "0"
+    return [*SAFE_PATH, "dir", root, path, mode_text, owner, made]
 
 
 def fix_argv(root: str, path: str, mode: int, owner: str = LEAVE) -> list[str]:

@@ -100,10 +100,13 @@ def run_command(
         if found.exit_code not in (0, 1):
             raise HostError(ctx.name, f"cannot check {key}={args[key]}: {found.stderr.strip()}")
         if (found.exit_code == 0) == wants:
-            said = "exists, matching creates" if wants else "does not exist, matching removes"
-            stdout = f"skipped, since {args[key]} {'exists' if wants else 'does not exist'}"
-            details = {**base, "msg": f"{args[key]} {said} option", "stdout": stdout}
-            return ctx.result(Outcome.OK, details["msg"], details=details, stdout=stdout)
+            # Ansible's words, for whoever reads the registered result.
+            state = "exists" if wants else "does not exist"
+            done = "Would" if check else "Did"
+            message = f"{done} not run command since '{args[key]}' {state}"
+            stdout = f"skipped, since {args[key]} {state}"
+            details = {**base, "msg": message, "stdout": stdout}
+            return ctx.result(Outcome.OK, message, details=details, stdout=stdout)
     if check:
         details = {**base, "msg": "Command would have run if not in check mode"}
         if not (args.get("creates") or args.get("removes")):
@@ -123,6 +126,9 @@ def run_command(
         "end": _stamp(ended),
         "delta": str(datetime.timedelta(seconds=ended - started)),
         "msg": "" if ran.ok else "non-zero return code",
+        # A command that ran changed something, as far as anyone can tell: in Ansible a
+        # failed one reports changed too (a recap with ignore_errors counts it).
+        "changed": True,
     }
     return ctx.result(
         Outcome.CHANGED if ran.ok else Outcome.FAILED,
@@ -171,7 +177,9 @@ def _file(
     def body(ctx: HostContext) -> HostResult:
         check = player.check(task)
         if state == "directory":
-            row = files.ensure_dir(ctx, path, mode, owner=owner, group=group, check=check)
+            row = files.ensure_dir(
+                ctx, path, mode, owner=owner, group=group, check=check, shape_parents=True
+            )
         else:
             row = files.ensure_state(
                 ctx,

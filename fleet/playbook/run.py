@@ -22,9 +22,6 @@ from functools import partial
 from typing import Any, Protocol
 
 from fleet.errors import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_UNREACHABLE,
     FleetError,
     Interrupted,
     PlaybookError,
@@ -34,10 +31,10 @@ from fleet.hosts.model import Host, Inventory
 from fleet.hosts.patterns import group_hosts
 from fleet.images import daemon
 from fleet.ops import deploy as deploy_mod
-from fleet.ops.deploy import Switch
 from fleet.playbook import loop, modules
 from fleet.playbook.dialect import NO_LOG
 from fleet.playbook.modules import ENVIRONMENT
+from fleet.playbook.recap import PlaybookRun, Tally, TaskRun
 from fleet.playbook.schema import EXPRESSIONS, SECTIONS, Play, Playbook, Task, condition
 from fleet.playbook.secret import Secrets
 from fleet.playbook.steps import (
@@ -66,7 +63,7 @@ def _censored(row: HostResult) -> HostResult:
     )
 
 
-__all__ = ["Interrupted", "PlayOptions", "PlaybookRun", "Player", "Tally", "run"]
+__all__ = ["Interrupted", "PlayOptions", "PlaybookRun", "Player", "Tally", "TaskRun", "run"]
 
 
 @dataclass(frozen=True)
@@ -91,81 +88,6 @@ class PlayEvents(Protocol):
     def task_started(self, play: Play, task: Task, hosts: Sequence[str]) -> None: ...
 
     def task_finished(self, play: Play, task: Task, result: FleetResult) -> None: ...
-
-
-@dataclass
-class Tally:
-    """One host's counts over a whole playbook, and its framework version before and after."""
-
-    counts: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(
-            ("ok", "changed", "failed", "unreachable", "skipped", "rescued", "ignored"), 0
-        )
-    )
-    version_before: str | None = None
-    version_after: str | None = None
-
-    def add(self, result: HostResult, ignored: bool, rescued: bool = False) -> None:
-        """Count a task's row: each item of a looped task, else the row's outcome. A
-        failure that a block's rescue takes over counts as rescued, as in Ansible."""
-        for outcome in loop.item_outcomes(result) or [str(result.outcome)]:
-            failed = outcome in (Outcome.FAILED, Outcome.UNREACHABLE)
-            counted = "ignored" if failed and ignored else outcome
-            if outcome == Outcome.FAILED and rescued and not ignored:
-                counted = "rescued"
-            self.counts[counted] += 1
-        switched = result.typed(Switch)
-        if switched is None:
-            return
-        if switched.version_before is not None and self.version_before is None:
-            self.version_before = switched.version_before
-        self.version_after = switched.version_after
-
-
-@dataclass(frozen=True)
-class TaskRun:
-    play: str
-    task: str
-    step: str
-    result: FleetResult
-
-
-@dataclass
-class PlaybookRun:
-    """Everything a playbook run did."""
-
-    tasks: list[TaskRun] = field(default_factory=list)
-    tallies: dict[str, Tally] = field(default_factory=dict)
-    stopped: str = ""
-    seconds: float = 0.0
-
-    @property
-    def exit_code(self) -> int:
-        if any(t.counts["unreachable"] for t in self.tallies.values()):
-            return EXIT_UNREACHABLE
-        if any(t.counts["failed"] for t in self.tallies.values()):
-            return EXIT_FAILED
-        return EXIT_OK
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema": 1,
-            "seconds": round(self.seconds, 3),
-            "exit_code": self.exit_code,
-            "stopped": self.stopped or None,
-            "tasks": [
-                {"play": t.play, "task": t.task, "step": t.step, **t.result.to_json()}
-                for t in self.tasks
-            ],
-            "recap": {
-                host: {
-                    **tally.counts,
-                    "version_before": tally.version_before,
-                    "version_after": tally.version_after,
-                }
-                for host, tally in self.tallies.items()
-            },
-        }
 
 
 # -- running ----------------------------------------------------------------------------

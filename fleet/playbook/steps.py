@@ -207,13 +207,20 @@ def _host_step(
     return player.runner.run(name, hosts, body)
 
 
+def changed(row: HostResult) -> bool:
+    """Whether a row changed its host: changed, or failed after changing (a command)."""
+    if row.outcome is Outcome.FAILED:
+        return row.details.get("changed") is True
+    return row.outcome is Outcome.CHANGED
+
+
 def registered_value(task: Task, row: HostResult) -> dict[str, Any]:
     """A host's result as ``register:`` keeps it: Ansible's keys (``changed``, ``failed``,
     ``skipped``, ``msg``; an exec's ``rc``, ``stdout``, ``stdout_lines``, ``stderr``,
     ``stderr_lines``; a deploy's ``version_before``/``version_after``) and fleet's details."""
     value: dict[str, Any] = dict(row.details)
     value.update(
-        changed=row.outcome is Outcome.CHANGED,
+        changed=changed(row),
         failed=row.outcome in (Outcome.FAILED, Outcome.UNREACHABLE),
         skipped=row.outcome is Outcome.SKIPPED,
         msg=row.details.get("msg", row.reason or ""),
@@ -241,7 +248,7 @@ def _exec(
     )
 
     def body(ctx: HostContext) -> HostResult:
-        if player.options.check:
+        if player.check(task):
             return ctx.result(Outcome.SKIPPED, "exec does not run in check mode")
         return ctx.run_command(argv)
 
@@ -305,9 +312,7 @@ def _dir(
     owner, group = (account(task, args, key) for key in ("owner", "group"))
 
     def body(ctx: HostContext) -> HostResult:
-        return files.ensure_dir(
-            ctx, path, mode, owner=owner, group=group, check=player.options.check
-        )
+        return files.ensure_dir(ctx, path, mode, owner=owner, group=group, check=player.check(task))
 
     commands = [hostfiles.stat_argv("/", path), hostfiles.dir_argv("/", path, int(mode, 8))]
     return _host_step(player, hosts, "dir", hiding(player, args, commands, body))
@@ -328,7 +333,7 @@ def _copy(
     owner, group = (account(task, args, key) for key in ("owner", "group"))
     content = str(args["content"]).encode()
     return _write_step(
-        player, hosts, task.step, args, path, content, mode, secret, owner=owner, group=group
+        player, hosts, task, args, path, content, mode, secret, owner=owner, group=group
     )
 
 
@@ -348,7 +353,7 @@ def account(task: Task, args: Mapping[str, Any], key: str) -> str | None:
 def _write_step(
     player: Player,
     hosts: list[Host],
-    step: str,
+    task: Task,
     args: Mapping[str, Any],
     path: str,
     content: bytes,
@@ -359,7 +364,6 @@ def _write_step(
     group: str | None = None,
 ) -> FleetResult:
     def body(ctx: HostContext) -> HostResult:
-        options = player.options
         return files.ensure_file(
             ctx,
             path,
@@ -367,8 +371,8 @@ def _write_step(
             mode,
             owner=owner,
             group=group,
-            check=options.check,
-            diff=options.diff,
+            check=player.check(task),
+            diff=player.options.diff,
             secret=secret,
         )
 
@@ -376,7 +380,7 @@ def _write_step(
         hostfiles.stat_argv("/", path, content=True),
         hostfiles.write_argv("/", path, int(mode or "644", 8), "any", owner=hostfiles.LEAVE),
     ]
-    return _host_step(player, hosts, step, hiding(player, args, commands, body))
+    return _host_step(player, hosts, task.step, hiding(player, args, commands, body))
 
 
 def _cron(
@@ -398,7 +402,7 @@ def _cron(
     # Only root's cron reads these files, and a job line often carries a credential, marked
     # secret or not: 0600 always, so a file's mode never depends on what a run marked.
     secret = player.secrets.found_in(args)
-    return _write_step(player, hosts, "cron", args, path, content, "600", secret)
+    return _write_step(player, hosts, task, args, path, content, "600", secret)
 
 
 def _provision(

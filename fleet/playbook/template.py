@@ -473,9 +473,13 @@ def render(value: Any, variables: Mapping[str, Any]) -> Any:
     if isinstance(value, str):
         if "{" not in value:
             return value
-        whole = _WHOLE.fullmatch(value)
+        # One expression keeps its value's type. With a newline after it, Ansible's
+        # templating does the same, but gives a text its newline back.
+        whole = _WHOLE.fullmatch(value.removesuffix("\n"))
         if whole:
-            return expression(whole.group(1).strip(), variables)
+            found = expression(whole.group(1).strip(), variables)
+            newline = value.endswith("\n") and isinstance(found, str)
+            return found + "\n" if newline else found
         try:
             return _bounded_render(_template(value), variables)
         except (TemplateError, TypeError, ValueError, *_EXHAUSTION) as exc:

@@ -11,7 +11,8 @@
 #   safe_path.py write ROOT PATH MODE EXPECTED OWNER   (stdin: the content)
 #       EXPECTED: "absent", the sha256 of the file there now, or "any"; OWNER: "u:g"
 #       (names or ids) or "-" to leave the file the caller's
-#   safe_path.py dir ROOT PATH MODE OWNER CREATE       (MODE/OWNER "-": leave; CREATE 0|1)
+#   safe_path.py dir ROOT PATH MODE OWNER CREATE       (MODE/OWNER "-": leave; CREATE 0|1,
+#       or 2: the directories made on the way get MODE and OWNER too)
 #   safe_path.py fix ROOT PATH MODE OWNER              (a regular file's mode and owner)
 #   safe_path.py stat ROOT PATH CONTENT                (CONTENT 0|1) -> one JSON line
 #   safe_path.py touch ROOT PATH MODE OWNER            (create empty, or update the times)
@@ -79,21 +80,41 @@ def open_dir(at, name, shown, root):
         raise
 
 
-def walk(root, path, create=False):
-    """A descriptor of directory PATH, reached from ROOT without following any link."""
-    if create:
+def make_root(root, made):
+    """os.makedirs(ROOT), each directory it creates given to MADE (its descriptor)."""
+    if os.path.isdir(root):
+        return
+    parent = os.path.dirname(root.rstrip("/"))
+    if parent and parent != root.rstrip("/"):
+        make_root(parent, made)
+    try:
+        os.mkdir(root, 0o755)
+    except OSError as exc:
+        if exc.errno != errno.EEXIST:
+            raise
+        return
+    if made is not None:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
         try:
-            os.makedirs(root)
-        except OSError as exc:
-            if exc.errno != errno.EEXIST:
-                raise
+            made(fd)
+        finally:
+            os.close(fd)
+
+
+def walk(root, path, create=False, made=None):
+    """A descriptor of directory PATH, reached from ROOT without following any link;
+    with CREATE, missing directories are made (and each given to MADE, if any)."""
+    if create:
+        make_root(root, made)
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
     shown = root.rstrip("/")
     for part in parts_below(root, path):
         shown = shown + "/" + part
+        created = False
         if create:
             try:
                 os.mkdir(part, 0o755, dir_fd=fd)
+                created = True
             except OSError as exc:
                 if exc.errno != errno.EEXIST:
                     os.close(fd)
@@ -103,6 +124,8 @@ def walk(root, path, create=False):
         finally:
             os.close(fd)
         fd = child
+        if created and made is not None:
+            made(fd)
     return fd
 
 
@@ -203,13 +226,17 @@ def write(root, path, mode, expected, owner):
 
 
 def make_dir(root, path, mode, owner, create):
-    fd = walk(root, path, create=create == "1")
-    try:
+    def shape(fd):
         if owner != "-":
             uid, gid = ids(owner)
             os.fchown(fd, uid, gid)
         if mode != "-":
             os.fchmod(fd, int(mode, 8))
+
+    # CREATE 2: the directories made on the way get the mode and owner too (Ansible's file).
+    fd = walk(root, path, create=create in ("1", "2"), made=shape if create == "2" else None)
+    try:
+        shape(fd)
     finally:
         os.close(fd)
 

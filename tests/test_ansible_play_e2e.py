@@ -1,0 +1,187 @@
+"""ansible-core as the oracle of fleet's Ansible vocabulary, on the lab.
+
+Each playbook here (and the shipped ``playbooks/prepare.yml``) runs twice with
+``ansible-playbook`` and twice with ``fleet play``, on the same lab hosts, each tool in its
+own directory (``oracle_root``). Compared:
+- the per-host recap counts of each run (the second run shows idempotency);
+- the hosts' resulting state: every path's type, mode, owner, group, and a file's content
+  or a link's target;
+- the registered results the playbooks write down (``argv.json``...): the keys Ansible
+  documents for the module, and their values where they are deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import LabFixture, host_run, run_cli, run_json
+from tests.test_inventory_ansible import _oracle
+
+ANSIBLE_PLAYBOOK = _oracle("ansible-playbook")
+ROOT = Path(__file__).resolve().parents[1]
+BOOKS = ROOT / "tests" / "fixtures" / "playbooks" / "ansible"
+PREPARE = ROOT / "playbooks" / "prepare.yml"
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.ansible_oracle,
+    pytest.mark.skipif(
+        ANSIBLE_PLAYBOOK is None and not os.environ.get("CI"),
+        reason="ansible-core is not installed (pip install 'fleet[test]')",
+    ),
+]
+RECAP = re.compile(
+    r"^(?P<host>\S+)\s*: ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
+    r"\s+failed=(?P<failed>\d+)\s+skipped=(?P<skipped>\d+)\s+rescued=(?P<rescued>\d+)"
+    r"\s+ignored=(?P<ignored>\d+)",
+    re.M,
+)
+COUNTS = ("ok", "changed", "unreachable", "failed", "skipped", "rescued", "ignored")
+# The registered keys Ansible documents for command and shell, and the common ones.
+COMMAND_KEYS = frozenset(
+    {"cmd", "rc", "stdout", "stdout_lines", "stderr", "stderr_lines", "start", "end", "delta"}
+) | {"changed", "failed", "msg"}
+# Keys whose values differ from run to run (times) or by tool on purpose (none yet).
+UNSTABLE = frozenset({"start", "end", "delta"})
+
+
+def ansible_play(env: LabFixture, book: Path, variables: dict[str, str]) -> dict[str, dict]:
+    """``ansible-playbook`` on the lab; each host's recap counts."""
+    if ANSIBLE_PLAYBOOK is None:
+        pytest.fail("ansible-core is not installed: scripts/setup.sh installs it")
+    extra = json.dumps({**variables, "ansible_python_interpreter": "/usr/bin/python3"})
+    environment = {
+        **os.environ,
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "ANSIBLE_DEPRECATION_WARNINGS": "0",
+    }
+    ran = subprocess.run(
+        [ANSIBLE_PLAYBOOK, "-i", str(env.inventory), str(book), "-e", extra],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+        check=False,
+    )
+    recap = {m["host"]: {key: int(m[key]) for key in COUNTS} for m in RECAP.finditer(ran.stdout)}
+    assert recap, (
+        f"ansible-playbook printed no recap (exit {ran.returncode}):\n{ran.stdout}\n{ran.stderr}"
+    )
+    return recap
+
+
+def fleet_play(capsys, env: LabFixture, book: Path, variables: dict[str, str]) -> dict[str, dict]:
+    """``fleet play`` on the lab; each host's recap counts."""
+    extra = [arg for key, value in variables.items() for arg in ("-e", f"{key}={value}")]
+    code, doc = run_json(capsys, "play", str(book), "-i", str(env.inventory), *extra)
+    assert code in (0, 2), doc
+    recap: Any = doc["recap"]
+    return {host: {key: counts[key] for key in COUNTS} for host, counts in recap.items()}
+
+
+# find's view of a tree: path, type, mode, owner, group, a link's target.
+_FIND = r"%P\t%y\t%m\t%u\t%g\t%l\n"
+
+
+def tree(env: LabFixture, host: str, root: str) -> list[str]:
+    """What is under ``root`` on ``host``: one line per path, with a file's sha256 (the
+    registered results written as ``NAME.json`` are compared by :func:`registered`)."""
+    listed = host_run(env, host, "find", root, "-mindepth", "1", "-printf", _FIND)
+    assert listed.ok, listed.stderr
+    # A file's content may name the root too (the test's roots are plain paths).
+    script = (
+        'cd "$1" && find . -type f | while read -r f; do '
+        'printf "%s " "$f"; sed "s|$1|ROOT|g" "$f" | sha256sum; done'
+    )
+    sums = host_run(env, host, "sh", "-c", script, "sh", root)
+    digest = {
+        line.split()[0].removeprefix("./"): line.split()[1] for line in sums.stdout.splitlines()
+    }
+    return sorted(
+        # A link's target names the root: each tool has its own.
+        f"{line.replace(root, 'ROOT')}\t{digest.get(line.split(chr(9))[0], '')}"
+        for line in listed.stdout.splitlines()
+        if ".json\t" not in line
+    )
+
+
+def registered(env: LabFixture, host: str, root: str) -> dict[str, dict]:
+    """The registered results a playbook wrote down as ``NAME.json`` (its root as ROOT)."""
+    found = host_run(env, host, "sh", "-c", 'cd "$1" 2>/dev/null && grep -l . *.json', "sh", root)
+    documents = {}
+    for name in found.stdout.split():
+        text = host_run(env, host, "cat", f"{root}/{name}").stdout
+        documents[name] = json.loads(text.replace(root, "ROOT"))
+    return documents
+
+
+def _comparable(document: dict) -> dict:
+    keys = (COMMAND_KEYS & document.keys()) if "rc" in document else document.keys()
+    return {k: document[k] for k in sorted(keys) if k not in UNSTABLE}
+
+
+@pytest.mark.parametrize(
+    ("book", "root_var"),
+    [
+        (BOOKS / "commands.yml", "oracle_root"),
+        (BOOKS / "files.yml", "oracle_root"),
+        (BOOKS / "blocks.yml", "oracle_root"),
+        (PREPARE, "data_root"),
+    ],
+    ids=["commands", "files", "blocks", "prepare"],
+)
+def test_fleet_does_what_ansible_does(
+    capsys, lab_env: LabFixture, book: Path, root_var: str
+) -> None:
+    base = f"/tmp/fleet-oracle-{uuid.uuid4().hex[:8]}"
+    roots = {"ansible": f"{base}/ansible", "fleet": f"{base}/fleet"}
+    try:
+        runs = {
+            "ansible": [
+                ansible_play(lab_env, book, {root_var: roots["ansible"]}) for _ in range(2)
+            ],
+            "fleet": [
+                fleet_play(capsys, lab_env, book, {root_var: roots["fleet"]}) for _ in range(2)
+            ],
+        }
+        for first_or_second in (0, 1):
+            assert runs["fleet"][first_or_second] == runs["ansible"][first_or_second], (
+                f"run {first_or_second + 1}: fleet {runs['fleet'][first_or_second]} "
+                f"ansible {runs['ansible'][first_or_second]}"
+            )
+        for host in (h.name for h in lab_env.lab.hosts):
+            states = {tool: tree(lab_env, host, root) for tool, root in roots.items()}
+            assert states["fleet"] == states["ansible"], host
+            results = {tool: registered(lab_env, host, root) for tool, root in roots.items()}
+            assert results["fleet"].keys() == results["ansible"].keys(), host
+            for name, document in results["ansible"].items():
+                assert _comparable(results["fleet"][name]) == _comparable(document), (host, name)
+    finally:
+        for host in lab_env.lab.hosts:
+            host_run(lab_env, host.name, "rm", "-rf", base)
+
+
+def test_a_module_fleet_lacks_is_refused_before_any_host_is_touched(
+    capsys, lab_env: LabFixture, tmp_path: Path
+) -> None:
+    marker = f"/tmp/fleet-oracle-untouched-{uuid.uuid4().hex[:8]}"
+    book = tmp_path / "book.yml"
+    book.write_text(
+        "- hosts: all\n  tasks:\n"
+        f"    - ansible.builtin.file: {{path: {marker}, state: touch}}\n"
+        "    - ansible.builtin.lineinfile: {path: /etc/hosts, line: x}\n"
+    )
+    code, out, err = run_cli(capsys, "play", str(book), "-i", str(lab_env.inventory))
+    assert code == 4, (out, err)
+    assert "book.yml:4" in err and "'ansible.builtin.lineinfile' is not one fleet has" in err
+    assert "nearest: copy" in err
+    for host in lab_env.lab.hosts:
+        assert not host_run(lab_env, host.name, "test", "-e", marker).ok
