@@ -450,9 +450,10 @@ class Player:
                 for host in waiting:
                     row, value = judged[host.name]
                     reason = f"retries ({task.retries}) exhausted, until: {task.until}"
+                    # Ansible reports the retries as the attempts of a task that ran out.
                     judged[host.name] = (
                         dataclasses.replace(row, outcome=Outcome.FAILED, reason=reason),
-                        {**value, "failed": True, "msg": reason},
+                        {**value, "failed": True, "msg": reason, "attempts": task.retries},
                     )
                 break
             pending = waiting
