@@ -223,7 +223,7 @@ def test_until_retries_and_run_once_register_as_ansible_does(tmp_path: Path) -> 
 
 
 def test_no_log_hides_the_output_and_register_keeps_it(tmp_path: Path) -> None:
-    run, hosts = run_book(
+    run, _ = run_book(
         tmp_path,
         "- hosts: all\n  tasks:\n"
         "    - {command: 'echo hunter2', no_log: true, register: secret}\n"
