@@ -52,7 +52,9 @@ COMMAND_KEYS = frozenset(
 UNSTABLE = frozenset({"start", "end", "delta"})
 
 
-def ansible_play(env: LabFixture, book: Path, variables: dict[str, str]) -> dict[str, dict]:
+def ansible_play(
+    env: LabFixture, book: Path, variables: dict[str, str], *options: str
+) -> dict[str, dict]:
     """``ansible-playbook`` on the lab; each host's recap counts."""
     if ANSIBLE_PLAYBOOK is None:
         pytest.fail("ansible-core is not installed: scripts/setup.sh installs it")
@@ -64,7 +66,7 @@ def ansible_play(env: LabFixture, book: Path, variables: dict[str, str]) -> dict
         "ANSIBLE_DEPRECATION_WARNINGS": "0",
     }
     ran = subprocess.run(
-        [ANSIBLE_PLAYBOOK, "-i", str(env.inventory), str(book), "-e", extra],
+        [ANSIBLE_PLAYBOOK, "-i", str(env.inventory), str(book), "-e", extra, *options],
         capture_output=True,
         text=True,
         env=environment,
@@ -78,10 +80,12 @@ def ansible_play(env: LabFixture, book: Path, variables: dict[str, str]) -> dict
     return recap
 
 
-def fleet_play(capsys, env: LabFixture, book: Path, variables: dict[str, str]) -> dict[str, dict]:
+def fleet_play(
+    capsys, env: LabFixture, book: Path, variables: dict[str, str], *options: str
+) -> dict[str, dict]:
     """``fleet play`` on the lab; each host's recap counts."""
     extra = [arg for key, value in variables.items() for arg in ("-e", f"{key}={value}")]
-    code, doc = run_json(capsys, "play", str(book), "-i", str(env.inventory), *extra)
+    code, doc = run_json(capsys, "play", str(book), "-i", str(env.inventory), *extra, *options)
     assert code in (0, 2), doc
     recap: Any = doc["recap"]
     return {host: {key: counts[key] for key in COUNTS} for host, counts in recap.items()}
@@ -144,6 +148,14 @@ def test_fleet_does_what_ansible_does(
     base = f"/tmp/fleet-oracle-{uuid.uuid4().hex[:8]}"
     roots = {"ansible": f"{base}/ansible", "fleet": f"{base}/fleet"}
     try:
+        # Check mode first, on hosts that have nothing yet: the same report, nothing made.
+        checked = {
+            "ansible": ansible_play(lab_env, book, {root_var: roots["ansible"]}, "--check"),
+            "fleet": fleet_play(capsys, lab_env, book, {root_var: roots["fleet"]}, "--check"),
+        }
+        assert checked["fleet"] == checked["ansible"], checked
+        for host in lab_env.lab.hosts:
+            assert not host_run(lab_env, host.name, "test", "-e", base).ok, host.name
         runs = {
             "ansible": [
                 ansible_play(lab_env, book, {root_var: roots["ansible"]}) for _ in range(2)

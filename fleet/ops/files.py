@@ -182,6 +182,7 @@ def ensure_state(
     owner: str | None = None,
     group: str | None = None,
     target: str | None = None,
+    force: bool = False,
     check: bool = False,
 ) -> HostResult:
     """Ansible's ``file`` states other than directory: ``file`` (it must exist; its mode
@@ -199,12 +200,25 @@ def ensure_state(
     if state == "link":
         if found.kind == "symbolic link" and found.target == target:
             return ctx.result(Outcome.OK, f"{path} links to {target}")
-        if found.kind not in ("absent", "symbolic link"):
+        if found.kind not in ("absent", "symbolic link") and not force:
             raise HostError(
                 ctx.name,
                 f"refusing to convert {path} from {found.kind} to a link",
-                fix="remove it first (state: absent), or choose another path",
+                fix="remove it first (state: absent), or give force: true",
             )
+        # As Ansible's file: a link to nothing is refused unless forced (a relative target
+        # is read from the link's directory).
+        source = (
+            str(target) if str(target).startswith("/") else f"{path.rpartition('/')[0]}/{target}"
+        )
+        if not force and not ctx.transport.run(["test", "-e", source], check=False).ok:
+            raise HostError(
+                ctx.name,
+                f"src file does not exist, use 'force=yes' if you really want to create the "
+                f"link: {source}",
+            )
+        if found.kind not in ("absent", "symbolic link") and not check:
+            helper(ctx, hostfiles.remove_argv(root, path))
         if not check:
             helper(ctx, hostfiles.link_argv(root, path, str(target)))
         return ctx.result(Outcome.CHANGED, f"{verb}link {path} -> {target}")

@@ -108,7 +108,13 @@ def run_command(
             details = {**base, "msg": message, "stdout": stdout}
             return ctx.result(Outcome.OK, message, details=details, stdout=stdout)
     if check:
-        details = {**base, "msg": "Command would have run if not in check mode"}
+        # What Ansible's command registers when it does not run: empty output, rc 0.
+        details = {
+            **base,
+            "stdout": "",
+            "stderr": "",
+            "msg": "Command would have run if not in check mode",
+        }
         if not (args.get("creates") or args.get("removes")):
             return ctx.result(Outcome.SKIPPED, details["msg"], details=details)
         return ctx.result(Outcome.CHANGED, details["msg"], details=details)
@@ -189,6 +195,7 @@ def _file(
                 owner=owner,
                 group=group,
                 target=str(args.get("src") or ""),
+                force=bool(args.get("force")),
                 check=check,
             )
         return _with_details(row, path=path, state=state)

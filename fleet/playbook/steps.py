@@ -227,7 +227,10 @@ def registered_value(task: Task, row: HostResult) -> dict[str, Any]:
     )
     if row.outcome is Outcome.SKIPPED:
         value["skip_reason"] = row.reason or ""
-    elif task.step in ("exec", "command", "shell"):
+    # A command skipped by check mode still registers its (empty) output, as Ansible's.
+    if task.step in ("exec", "command", "shell") and (
+        row.outcome is not Outcome.SKIPPED or "rc" in row.details
+    ):
         stdout = str(row.details.get("stdout", row.stdout)).removesuffix("\n")
         stderr = row.stderr.removesuffix("\n")
         value.update(

@@ -114,6 +114,7 @@ STEPS: Mapping[str, Mapping[str, tuple[type, ...]]] = {
         "owner": _STR,
         "group": _STR,
         "src": _STR,
+        "force": (bool,),
     },
     "copy": {
         "dest": _STR,

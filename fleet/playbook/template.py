@@ -37,6 +37,7 @@ import functools
 import json
 import operator
 import posixpath
+import shlex
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -271,6 +272,11 @@ def _tracked_filter(name: str, function: Callable[..., Any]) -> Callable[..., An
     return tracked
 
 
+def _quote(value: Any) -> str:
+    """Ansible's ``quote``: a word the shell reads as it is."""
+    return shlex.quote(str(value))
+
+
 def _range(*args: Any) -> range:
     numbers = range(*args)
     if len(numbers) > MAX_RANGE:
@@ -375,6 +381,7 @@ def _environment(trim_blocks: bool = False) -> ImmutableSandboxedEnvironment:
             "b64decode": _b64decode,
             "dict2items": _dict2items,
             "split": _split,
+            "quote": _quote,
         }
     )
     env.tests.update(
