@@ -138,9 +138,10 @@ def _comparable(document: dict) -> dict:
         (BOOKS / "commands.yml", "oracle_root"),
         (BOOKS / "files.yml", "oracle_root"),
         (BOOKS / "blocks.yml", "oracle_root"),
+        (BOOKS / "lines.yml", "oracle_root"),
         (PREPARE, "data_root"),
     ],
-    ids=["commands", "files", "blocks", "prepare"],
+    ids=["commands", "files", "blocks", "lines", "prepare"],
 )
 def test_fleet_does_what_ansible_does(
     capsys, lab_env: LabFixture, book: Path, root_var: str
@@ -189,11 +190,11 @@ def test_a_module_fleet_lacks_is_refused_before_any_host_is_touched(
     book.write_text(
         "- hosts: all\n  tasks:\n"
         f"    - ansible.builtin.file: {{path: {marker}, state: touch}}\n"
-        "    - ansible.builtin.lineinfile: {path: /etc/hosts, line: x}\n"
+        "    - ansible.builtin.blockinfile: {path: /etc/hosts, block: x}\n"
     )
     code, out, err = run_cli(capsys, "play", str(book), "-i", str(lab_env.inventory))
     assert code == 4, (out, err)
-    assert "book.yml:4" in err and "'ansible.builtin.lineinfile' is not one fleet has" in err
+    assert "book.yml:4" in err and "'ansible.builtin.blockinfile' is not one fleet has" in err
     assert "nearest: copy" in err
     for host in lab_env.lab.hosts:
         assert not host_run(lab_env, host.name, "test", "-e", marker).ok

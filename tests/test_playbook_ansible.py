@@ -14,7 +14,7 @@ import pytest
 from fleet.errors import PlaybookError
 from fleet.hosts import inventory as inventory_mod
 from fleet.hosts.model import Host
-from fleet.playbook import dialect, template
+from fleet.playbook import dialect, lines, template
 from fleet.playbook import run as play
 from fleet.playbook import schema as playbook
 from fleet.playbook.dialect import NO_LOG
@@ -103,7 +103,7 @@ def test_module_names_and_free_forms_read_as_ansible_reads_them() -> None:
 @pytest.mark.parametrize(
     ("module", "nearest"),
     [
-        ("ansible.builtin.lineinfile", "nearest: copy"),
+        ("ansible.builtin.blockinfile", "nearest: copy"),
         ("apt", "provision's install list"),
         ("community.docker.docker_container", "nearest: deploy"),
         ("community.general.ufw", "is not one fleet has"),
@@ -268,3 +268,19 @@ def test_a_one_expression_template_keeps_its_type_with_a_trailing_newline() -> N
     # a template file as the template module renders it: block tags leave no blank line
     text = "{% for i in xs %}\n{{ i }}\n{% endfor %}\n"
     assert template.render_text(text, {"xs": [1, 2]}) == "1\n2\n"
+
+
+def test_lineinfile_edits_lines_as_ansible_does() -> None:
+    text = "port=1\nworkers=2\n[gpu]\nmode=fast"
+    assert lines.present(text, "port=2", regexp="^port=") == (
+        "port=2\nworkers=2\n[gpu]\nmode=fast",
+        "line replaced",
+    )
+    # appended after a last line that had no newline; a line already there is left alone
+    assert lines.present(text, "log=x") == (text + "\nlog=x\n", "line added")
+    assert lines.present(text, "workers=2") == (text, "")
+    assert lines.present(text, "mem=8", insertafter=r"^\[gpu\]")[0].splitlines()[3] == "mem=8"
+    assert lines.present(text, "# top", insertbefore="BOF")[0].startswith("# top\nport=1")
+    assert lines.absent(text, regexp="^(port|mode)=") == ("workers=2\n[gpu]\n", 2)
+    with pytest.raises(PlaybookError, match="not a regular expression"):
+        lines.present(text, "x", regexp="(")

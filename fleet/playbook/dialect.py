@@ -18,7 +18,6 @@ PREFIXES = ("ansible.builtin.", "ansible.legacy.")
 NEAREST: Mapping[str, str] = {
     "raw": "command (fleet reaches hosts over SSH; no Python is needed for command)",
     "script": "copy the script, then command",
-    "lineinfile": "copy (the whole file) or template",
     "blockinfile": "copy (the whole file) or template",
     "replace": "copy (the whole file) or template",
     "apt": "command: [apt-get, install, -y, NAME], or provision's install list",

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from fleet.errors import HostError, PlaybookError, UndefinedError
 from fleet.hosts.model import Host
-from fleet.ops import files
-from fleet.playbook import template
+from fleet.ops import files, hostfiles
+from fleet.playbook import lines, template
 from fleet.playbook.schema import Play, Task
 from fleet.playbook.steps import account, hiding, host_path, mode_of
 from fleet.results import FleetResult, HostResult, Outcome
@@ -217,6 +217,68 @@ def _with_details(row: HostResult, **details: Any) -> HostResult:
     )
 
 
+def _lineinfile(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    """Ansible's lineinfile: the file's text edited on the controller (:mod:`lines`),
+    written back through the link-safe helper only while it is what was read."""
+    path = host_path(task, args, "path")
+    state = str(args.get("state") or "present")
+    if state not in ("present", "absent"):
+        raise PlaybookError(f"{task.where}.lineinfile.state: present or absent", line=task.line)
+    if state == "present" and "line" not in args:
+        raise PlaybookError(
+            f"{task.where}.lineinfile.line: required with state: present", line=task.line
+        )
+    if state == "absent" and "line" not in args and "regexp" not in args:
+        raise PlaybookError(f"{task.where}.lineinfile: give regexp or line", line=task.line)
+    given = args.get("mode")
+    mode = mode_of(task, given, "0644") if given is not None else None
+    owner, group = (account(task, args, key) for key in ("owner", "group"))
+
+    def body(ctx: HostContext) -> HostResult:
+        found = files.stat(ctx, hostfiles.root_of(path, files.roots(ctx)), path, content=True)
+        if found.kind == "absent":
+            if state == "absent":
+                return ctx.result(
+                    Outcome.OK, "file not present", details={"msg": "file not present"}
+                )
+            if not args.get("create"):
+                raise HostError(
+                    ctx.name, f"Destination {path} does not exist !", fix="create: true makes it"
+                )
+        elif found.content is None:
+            raise HostError(ctx.name, f"{path} exists and is a {found.kind}, not a file")
+        before = (found.content or b"").decode("utf-8", "surrogateescape")
+        if state == "absent":
+            after, removed = lines.absent(before, line=args.get("line"), regexp=args.get("regexp"))
+            message = f"{removed} line(s) removed" if removed else ""
+        else:
+            after, message = lines.present(
+                before,
+                str(args["line"]),
+                regexp=args.get("regexp"),
+                insertafter=args.get("insertafter"),
+                insertbefore=args.get("insertbefore"),
+                firstmatch=bool(args.get("firstmatch")),
+            )
+        row = files.ensure_file(
+            ctx,
+            path,
+            after.encode("utf-8", "surrogateescape"),
+            mode,
+            owner=owner,
+            group=group,
+            check=player.check(task),
+            diff=player.options.diff,
+        )
+        if row.outcome is Outcome.CHANGED and not message:
+            message = "ownership, perms or SE linux context changed"
+        return _with_details(row, msg=message)
+
+    return player.runner.run("lineinfile", hosts, hiding(player, args, [], body))
+
+
 def read_source(player: Player, task: Task, name: str, folder: str) -> str:
     """A controller file a copy or template names: as Ansible finds it, in the playbook's
     ``files/`` or ``templates/`` folder first, then beside the playbook."""
@@ -367,6 +429,7 @@ HOST_MODULES = {
     "command": _command,
     "shell": _command,
     "file": _file,
+    "lineinfile": _lineinfile,
     "ping": _ping,
     "pause": _pause,
 }

@@ -458,7 +458,19 @@ def secret_references(value: Any, names: frozenset[str]) -> str | None:
 
 # Steps that act on a host and record nothing of their arguments: secrets may go there.
 HOST_STEPS = frozenset(
-    {"exec", "dir", "copy", "cron", "command", "shell", "file", "template", "set_fact", "assert"}
+    {
+        "exec",
+        "dir",
+        "copy",
+        "cron",
+        "command",
+        "shell",
+        "file",
+        "template",
+        "lineinfile",
+        "set_fact",
+        "assert",
+    }
 )
 
 

@@ -125,6 +125,19 @@ STEPS: Mapping[str, Mapping[str, tuple[type, ...]]] = {
         "group": _STR,
     },
     "template": {"src": _STR, "dest": _STR, "mode": (str, int), "owner": _STR, "group": _STR},
+    "lineinfile": {
+        "path": _STR,
+        "line": _STR,
+        "regexp": _STR,
+        "state": _STR,
+        "insertafter": _STR,
+        "insertbefore": _STR,
+        "firstmatch": (bool,),
+        "create": (bool,),
+        "mode": (str, int),
+        "owner": _STR,
+        "group": _STR,
+    },
     "debug": {"msg": _ANY, "var": _STR, "verbosity": (int,)},
     "set_fact": {},  # any variable names (checked on their own)
     "assert": {
@@ -145,6 +158,7 @@ REQUIRED: Mapping[str, tuple[str, ...]] = {
     "shell": ("cmd",),
     "file": ("path",),
     "template": ("src", "dest"),
+    "lineinfile": ("path",),
     "assert": ("that",),
 }
 # Arguments of which exactly one is given.
@@ -164,6 +178,7 @@ FLEET_WIDE_STEPS = frozenset({"build", "push", "provision", "deploy", "rollback"
 # Ansible's other names of an argument.
 ALIASES: Mapping[str, Mapping[str, str]] = {
     "file": {"dest": "path", "name": "path"},
+    "lineinfile": {"dest": "path", "name": "path", "regex": "regexp"},
     "copy": {"path": "dest"},
     "template": {"path": "dest"},
 }
