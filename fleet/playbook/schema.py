@@ -52,11 +52,9 @@ from typing import Any
 from fleet.errors import InventoryError, PatternError, PlaybookError, UsageError
 from fleet.hosts.patterns import compile_term, split_pattern
 from fleet.hosts.safe_yaml import read_yaml
+from fleet.playbook.arguments import CONTROLLER_STEPS, EXPRESSIONS, STEPS
 from fleet.playbook.task import (
-    CONTROLLER_STEPS,
-    EXPRESSIONS,
     RESERVED_NAMES,
-    STEPS,
     TASK_KEYS,
     Lines,
     Task,
