@@ -133,37 +133,42 @@ def _comparable(document: dict) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("book", "root_var"),
+    ("book", "root_var", "own"),
     [
-        (BOOKS / "commands.yml", "oracle_root"),
-        (BOOKS / "files.yml", "oracle_root"),
-        (BOOKS / "blocks.yml", "oracle_root"),
-        (BOOKS / "lines.yml", "oracle_root"),
-        (PREPARE, "data_root"),
+        (BOOKS / "commands.yml", "oracle_root", ()),
+        (BOOKS / "files.yml", "oracle_root", ()),
+        (BOOKS / "blocks.yml", "oracle_root", ()),
+        (BOOKS / "lines.yml", "oracle_root", ()),
+        # A crontab is the host's: each tool edits its own user's and its own file.
+        (BOOKS / "cron.yml", "oracle_root", ("cron_user", "cron_file")),
+        (PREPARE, "data_root", ()),
     ],
-    ids=["commands", "files", "blocks", "lines", "prepare"],
+    ids=["commands", "files", "blocks", "lines", "cron", "prepare"],
 )
 def test_fleet_does_what_ansible_does(
-    capsys, lab_env: LabFixture, book: Path, root_var: str
+    capsys, lab_env: LabFixture, book: Path, root_var: str, own: tuple[str, ...]
 ) -> None:
     base = f"/tmp/fleet-oracle-{uuid.uuid4().hex[:8]}"
     roots = {"ansible": f"{base}/ansible", "fleet": f"{base}/fleet"}
+    names = {tool: f"fleet-oracle-{tool}" for tool in roots}
+    variables = {
+        tool: {root_var: roots[tool], **{key: names[tool] for key in own}} for tool in roots
+    }
+    for host in lab_env.lab.hosts:
+        for name in names.values() if own else ():
+            host_run(lab_env, host.name, "useradd", "-M", "-s", "/usr/sbin/nologin", name)
     try:
         # Check mode first, on hosts that have nothing yet: the same report, nothing made.
         checked = {
-            "ansible": ansible_play(lab_env, book, {root_var: roots["ansible"]}, "--check"),
-            "fleet": fleet_play(capsys, lab_env, book, {root_var: roots["fleet"]}, "--check"),
+            "ansible": ansible_play(lab_env, book, variables["ansible"], "--check"),
+            "fleet": fleet_play(capsys, lab_env, book, variables["fleet"], "--check"),
         }
         assert checked["fleet"] == checked["ansible"], checked
         for host in lab_env.lab.hosts:
             assert not host_run(lab_env, host.name, "test", "-e", base).ok, host.name
         runs = {
-            "ansible": [
-                ansible_play(lab_env, book, {root_var: roots["ansible"]}) for _ in range(2)
-            ],
-            "fleet": [
-                fleet_play(capsys, lab_env, book, {root_var: roots["fleet"]}) for _ in range(2)
-            ],
+            "ansible": [ansible_play(lab_env, book, variables["ansible"]) for _ in range(2)],
+            "fleet": [fleet_play(capsys, lab_env, book, variables["fleet"]) for _ in range(2)],
         }
         for first_or_second in (0, 1):
             assert runs["fleet"][first_or_second] == runs["ansible"][first_or_second], (
@@ -180,6 +185,10 @@ def test_fleet_does_what_ansible_does(
     finally:
         for host in lab_env.lab.hosts:
             host_run(lab_env, host.name, "rm", "-rf", base)
+            for name in names.values() if own else ():
+                host_run(lab_env, host.name, "crontab", "-r", "-u", name)
+                host_run(lab_env, host.name, "userdel", name)
+                host_run(lab_env, host.name, "rm", "-f", f"/etc/cron.d/{name}")
 
 
 def test_a_module_fleet_lacks_is_refused_before_any_host_is_touched(

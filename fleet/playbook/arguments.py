@@ -34,7 +34,22 @@ STEPS: Mapping[str, Mapping[str, tuple[type, ...]]] = {
     "audit": {"expect": _STR, "project": _STR, "history": (int,)},
     "exec": {"command": (list,), "shell": _STR},
     "dir": {"path": _STR, "mode": (str, int), "owner": _STR, "group": _STR},
-    "cron": {"name": _STR, "schedule": _STR, "job": _STR},
+    # fleet's cron (schedule: a file /etc/cron.d/fleet-NAME) or Ansible's (the time fields).
+    "cron": {
+        "name": _STR,
+        "schedule": _STR,
+        "job": _STR,
+        "minute": (str, int),
+        "hour": (str, int),
+        "day": (str, int),
+        "month": (str, int),
+        "weekday": (str, int),
+        "special_time": _STR,
+        "state": _STR,
+        "user": _STR,
+        "cron_file": _STR,
+        "disabled": (bool,),
+    },
     # Ansible's modules (fleet.playbook.modules), with Ansible's arguments.
     "command": {
         "cmd": _STR,
@@ -101,7 +116,7 @@ STEPS: Mapping[str, Mapping[str, tuple[type, ...]]] = {
 REQUIRED: Mapping[str, tuple[str, ...]] = {
     "dir": ("path",),
     "copy": ("dest",),
-    "cron": ("name", "schedule", "job"),
+    "cron": ("name",),
     "shell": ("cmd",),
     "file": ("path",),
     "template": ("src", "dest"),
@@ -125,6 +140,7 @@ FLEET_WIDE_STEPS = frozenset({"build", "push", "provision", "deploy", "rollback"
 # Ansible's other names of an argument.
 ALIASES: Mapping[str, Mapping[str, str]] = {
     "file": {"dest": "path", "name": "path"},
+    "cron": {"dom": "day", "dow": "weekday"},
     "lineinfile": {"dest": "path", "name": "path", "regex": "regexp"},
     "copy": {"path": "dest"},
     "template": {"path": "dest"},

@@ -27,7 +27,6 @@ NEAREST: Mapping[str, str] = {
     "systemd": "command: [systemctl, ...]",
     "systemd_service": "command: [systemctl, ...]",
     "service": "command: [systemctl, ...] (or service)",
-    "cron": "fleet's cron step: {name, schedule, job} (a file in /etc/cron.d)",
     "wait_for": "command with a retry loop in shell, or deploy (it waits for health)",
     "user": "command: [useradd, ...]",
     "group": "command: [groupadd, ...]",

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 from fleet.errors import HostError, PlaybookError, UndefinedError
 from fleet.hosts.model import Host
 from fleet.ops import files, hostfiles
-from fleet.playbook import lines, template
+from fleet.playbook import crontab, lines, template
 from fleet.playbook.schema import Play, Task
-from fleet.playbook.steps import account, hiding, host_path, mode_of
+from fleet.playbook.steps import account, cron_file_step, hiding, host_path, mode_of
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext
 
@@ -279,6 +279,89 @@ def _lineinfile(
     return player.runner.run("lineinfile", hosts, hiding(player, args, [], body))
 
 
+CRON_TIMES = ("minute", "hour", "day", "month", "weekday")
+SPECIAL_TIMES = ("reboot", "yearly", "annually", "monthly", "weekly", "daily", "hourly")
+
+
+def _cron(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    """Ansible's cron: a named job in a user's crontab or in a ``cron_file``; fleet's own
+    cron step when the task gives a ``schedule``."""
+    if "schedule" in args:
+        return cron_file_step(player, play, task, args, hosts)
+    where = f"{task.where}.cron"
+    state, special = str(args.get("state") or "present"), args.get("special_time")
+    cron_file, user = args.get("cron_file"), args.get("user")
+    times = [str(args.get(key, "*")) for key in CRON_TIMES]
+    problem = None
+    if state not in ("present", "absent"):
+        problem = f"state {state!r}: present or absent"
+    elif special is not None and (special not in SPECIAL_TIMES or times != ["*"] * 5):
+        problem = f"special_time is one of {', '.join(SPECIAL_TIMES)}, without time fields"
+    elif state == "present" and "job" not in args:
+        problem = "give the job to install"
+    elif state == "present" and cron_file and not user:
+        problem = "to use cron_file=... give user=... as well"
+    elif cron_file in ("/etc/crontab", "crontab"):
+        problem = "will not manage /etc/crontab through cron_file"
+    elif user is not None and not hostfiles.ACCOUNT.fullmatch(str(user)):
+        problem = f"user {user!r} is not a user name"
+    if problem:
+        raise PlaybookError(f"{where}: {problem}", line=task.line)
+    path = None
+    if cron_file:
+        path = str(cron_file) if str(cron_file).startswith("/") else f"/etc/cron.d/{cron_file}"
+    job = crontab.entry(
+        times,
+        str(args.get("job", "")),
+        special=str(special) if special else None,
+        disabled=bool(args.get("disabled")),
+        user=str(user) if path else None,
+    )
+    as_user = ["-u", str(user)] if user and not path else []
+
+    def body(ctx: HostContext) -> HostResult:
+        check = player.check(task)
+        if path:
+            found = files.stat(ctx, hostfiles.root_of(path, files.roots(ctx)), path, content=True)
+            text = (found.content or b"").decode("utf-8", "surrogateescape")
+        else:
+            listed = ctx.transport.run(["crontab", "-l", *as_user], check=False)
+            if listed.exit_code not in (0, 1):  # 1: no crontab yet
+                raise HostError(ctx.name, f"cannot read the crontab: {listed.stderr.strip()}")
+            text = listed.stdout if listed.ok else ""
+        before = crontab.read(text)
+        if state == "present":
+            after, changed = crontab.present(before, str(args["name"]), job)
+        else:
+            after, changed = crontab.absent(before, str(args["name"]))
+        details = {"jobs": crontab.names(after), "envs": []}
+        if path and state == "absent" and changed and not after:
+            # A cron file goes with its last job, as Ansible's does.
+            if not check:
+                files.ensure_state(ctx, path, "absent")
+            return ctx.result(Outcome.CHANGED, f"removed {path}", details=details)
+        # A crontab whose last line has no newline is rewritten: cron skips such a line.
+        changed = changed or (bool(text) and not text.endswith(("\n", "\r")))
+        if not changed:
+            return ctx.result(Outcome.OK, "as wanted", details=details)
+        rendered = crontab.render(after).encode("utf-8", "surrogateescape")
+        if path:
+            row = files.ensure_file(
+                ctx, path, rendered, None, check=check, diff=player.options.diff
+            )
+            return _with_details(row, **details)
+        if not check:
+            ctx.transport.run(["crontab", *as_user, "-"], stdin=rendered)
+        verb = "would update" if check else "updated"
+        return ctx.result(
+            Outcome.CHANGED, f"{verb} the crontab of {user or 'the SSH user'}", details=details
+        )
+
+    return player.runner.run("cron", hosts, hiding(player, args, [], body))
+
+
 def read_source(player: Player, task: Task, name: str, folder: str) -> str:
     """A controller file a copy or template names: as Ansible finds it, in the playbook's
     ``files/`` or ``templates/`` folder first, then beside the playbook."""
@@ -430,6 +513,7 @@ HOST_MODULES = {
     "shell": _command,
     "file": _file,
     "lineinfile": _lineinfile,
+    "cron": _cron,
     "ping": _ping,
     "pause": _pause,
 }

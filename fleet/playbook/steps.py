@@ -386,9 +386,12 @@ def _write_step(
     return _host_step(player, hosts, task.step, hiding(player, args, commands, body))
 
 
-def _cron(
+def cron_file_step(
     player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
 ) -> FleetResult:
+    """fleet's cron: ``schedule`` and ``job`` as a file ``/etc/cron.d/fleet-NAME``."""
+    if "job" not in args:
+        raise PlaybookError(f"{task.where}.cron.job: required with schedule", line=task.line)
     name, schedule, job = str(args["name"]), str(args["schedule"]).strip(), str(args["job"])
     if not hostfiles.CRON_D_NAME.fullmatch(name):
         # cron ignores /etc/cron.d files whose names have dots or odd characters.
@@ -484,6 +487,6 @@ STEPS: dict[str, Step] = {
     "exec": _exec,
     "dir": _dir,
     "copy": _copy,
-    "cron": _cron,
+    "cron": cron_file_step,
     "template": _copy,
 }
