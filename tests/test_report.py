@@ -525,3 +525,28 @@ def test_more_hosts_than_lines_fold_into_counts_and_the_rows_worth_watching() ->
     # The failed host first, then the longest running (started first): gpu040, gpu041...
     assert lines[1].startswith("gpu007") and "unreachable" in lines[1], lines[1]
     assert lines[2].startswith("gpu040 push send"), lines[2]
+
+
+def test_verbose_play_output_shows_each_hosts_output_and_the_command() -> None:
+    task = Task("command", {}, "list", "book.yml", 3)
+    play = Play("p", "all", (task,), "book.yml", 1)
+    row = HostResult(
+        "lab1",
+        Outcome.FAILED,
+        "non-zero return code 2: ls /nope",
+        details={"rc": 2, "cmd": ["ls", "/nope"], "msg": "non-zero return code"},
+        stdout="",
+        stderr=f"ls: cannot access '/nope'\n{HOSTILE}",
+    )
+    shown = {}
+    for verbosity in (0, 1, 2):
+        buffer = io.StringIO()
+        PlayReporter(Console(file=buffer, width=200), verbosity).task_finished(
+            play, task, FleetResult.of("command", [row])
+        )
+        shown[verbosity] = buffer.getvalue()
+    assert "rc:" not in shown[0] and "stderr" not in shown[0]
+    assert "rc: 2" in shown[1] and "stderr: ls: cannot access '/nope'" in shown[1]
+    assert "msg: non-zero return code" in shown[1] and "cmd:" not in shown[1]
+    assert "cmd: ['ls', '/nope']" in shown[2]
+    assert "\x1b" not in shown[2]  # what a host printed is shown escaped
