@@ -139,11 +139,12 @@ def _comparable(document: dict) -> dict:
         (BOOKS / "files.yml", "oracle_root", ()),
         (BOOKS / "blocks.yml", "oracle_root", ()),
         (BOOKS / "lines.yml", "oracle_root", ()),
+        (BOOKS / "waits.yml", "oracle_root", ()),
         # A crontab is the host's: each tool edits its own user's and its own file.
         (BOOKS / "cron.yml", "oracle_root", ("cron_user", "cron_file")),
         (PREPARE, "data_root", ()),
     ],
-    ids=["commands", "files", "blocks", "lines", "cron", "prepare"],
+    ids=["commands", "files", "blocks", "lines", "waits", "cron", "prepare"],
 )
 def test_fleet_does_what_ansible_does(
     capsys, lab_env: LabFixture, book: Path, root_var: str, own: tuple[str, ...]

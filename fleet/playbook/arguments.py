@@ -100,6 +100,17 @@ STEPS: Mapping[str, Mapping[str, tuple[type, ...]]] = {
         "owner": _STR,
         "group": _STR,
     },
+    "wait_for": {
+        "path": _STR,
+        "port": (int, str),
+        "host": _STR,
+        "state": _STR,
+        "timeout": (int, float, str),
+        "delay": (int, float, str),
+        "sleep": (int, float, str),
+        "search_regex": _STR,
+        "msg": _STR,
+    },
     "debug": {"msg": _ANY, "var": _STR, "verbosity": (int,)},
     "set_fact": {},  # any variable names (checked on their own)
     "assert": {

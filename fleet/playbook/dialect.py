@@ -27,7 +27,6 @@ NEAREST: Mapping[str, str] = {
     "systemd": "command: [systemctl, ...]",
     "systemd_service": "command: [systemctl, ...]",
     "service": "command: [systemctl, ...] (or service)",
-    "wait_for": "command with a retry loop in shell, or deploy (it waits for health)",
     "user": "command: [useradd, ...]",
     "group": "command: [groupadd, ...]",
     "stat": "command: [stat, ...] with register",

@@ -33,6 +33,7 @@ from fleet.ops import files, hostfiles
 from fleet.playbook import crontab, lines, template
 from fleet.playbook.schema import Play, Task
 from fleet.playbook.steps import account, cron_file_step, hiding, host_path, mode_of
+from fleet.programs import program
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext
 
@@ -362,6 +363,69 @@ def _cron(
     return player.runner.run("cron", hosts, hiding(player, args, [], body))
 
 
+def _wait_for(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    """Ansible's wait_for, on each host: a path there (or gone, or holding a pattern), a
+    TCP port accepting connections (or not), or a pause of ``timeout`` seconds."""
+    state = str(args.get("state") or "started")
+    if state not in ("started", "present", "stopped", "absent"):
+        raise PlaybookError(
+            f"{task.where}.wait_for.state: started, present, stopped or absent", line=task.line
+        )
+    if "path" in args and "port" in args:
+        raise PlaybookError(f"{task.where}.wait_for: give path or port, not both", line=task.line)
+    try:
+        timeout, delay, pause = (
+            float(args.get(k, d)) for k, d in (("timeout", 300), ("delay", 0), ("sleep", 1))
+        )
+    except (TypeError, ValueError):
+        raise PlaybookError(
+            f"{task.where}.wait_for: timeout, delay and sleep are seconds", line=task.line
+        ) from None
+    if "path" in args:
+        kind, target = "path", str(args["path"])
+        waited = f"file {target}"
+    elif "port" in args:
+        kind, target = "port", f"{args.get('host', '127.0.0.1')}:{args['port']}"
+        waited = target
+    else:
+        kind, target, waited = "none", "", ""
+    argv = [
+        "python3",
+        "-I",
+        "-c",
+        program("wait_for.py"),
+        kind,
+        target,
+        state,
+        str(timeout),
+        str(delay),
+        str(pause),
+        str(args.get("search_regex") or ""),
+    ]
+
+    def body(ctx: HostContext) -> HostResult:
+        if player.check(task):
+            # Ansible's wait_for has no check mode: the task is skipped.
+            said = "remote module (wait_for) does not support check mode"
+            return ctx.result(Outcome.SKIPPED, said, details={"msg": said})
+        ran = ctx.transport.run(argv, check=False, timeout=timeout + delay + 60)
+        try:
+            said = json.loads(ran.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise HostError(
+                ctx.name, f"wait_for did not answer: {ran.stderr.strip() or ran.stdout}"
+            ) from None
+        details = {"elapsed": said.get("elapsed"), "state": state}
+        if ran.exit_code == 0:
+            return ctx.result(Outcome.OK, f"waited {said.get('elapsed')}s", details=details)
+        message = str(args.get("msg") or f"Timeout when waiting for {waited}")
+        return ctx.result(Outcome.FAILED, message, details={**details, "msg": message})
+
+    return player.runner.run("wait_for", hosts, body)
+
+
 def read_source(player: Player, task: Task, name: str, folder: str) -> str:
     """A controller file a copy or template names: as Ansible finds it, in the playbook's
     ``files/`` or ``templates/`` folder first, then beside the playbook."""
@@ -514,6 +578,7 @@ HOST_MODULES = {
     "file": _file,
     "lineinfile": _lineinfile,
     "cron": _cron,
+    "wait_for": _wait_for,
     "ping": _ping,
     "pause": _pause,
 }
