@@ -117,29 +117,20 @@ def test_a_module_fleet_lacks_is_refused_at_load_naming_the_nearest_step(
     assert nearest in str(error)
 
 
-def test_keywords_are_checked_at_load(tmp_path: Path) -> None:
-    head = "- hosts: all\n"
-    assert "no handler is named or listens to 'restart'" in str(
-        refused(tmp_path, head + "  tasks:\n    - {ping: {}, notify: restart}\n")
-    )
-    assert "sudo only" in str(
-        refused(tmp_path, head + "  become_method: su\n  tasks:\n    - ping:\n")
-    )
-    assert "does not exist" in str(
-        refused(tmp_path, head + "  vars_files: [nope.yml]\n  tasks:\n    - ping:\n")
-    )
-    assert "delegate_to is not supported" in str(
-        refused(tmp_path, head + "  tasks:\n    - {ping: {}, delegate_to: localhost}\n")
-    )
-    assert "until with loop" in str(
-        refused(tmp_path, head + "  tasks:\n    - {ping: {}, loop: [1], until: 'true'}\n")
-    )
-    assert "not a key of a block" in str(
-        refused(tmp_path, head + "  tasks:\n    - {block: [{ping: {}}], register: x}\n")
-    )
-    assert "give either content or src" in str(
-        refused(tmp_path, head + "  tasks:\n    - copy: {dest: /x}\n")
-    )
+@pytest.mark.parametrize(
+    ("play", "said"),
+    [
+        ("  tasks:\n    - {ping: {}, notify: restart}\n", "no handler is named or listens to"),
+        ("  become_method: su\n  tasks:\n    - ping:\n", "sudo only"),
+        ("  vars_files: [nope.yml]\n  tasks:\n    - ping:\n", "does not exist"),
+        ("  tasks:\n    - {ping: {}, delegate_to: localhost}\n", "delegate_to is not supported"),
+        ("  tasks:\n    - {ping: {}, loop: [1], until: 'true'}\n", "until with loop"),
+        ("  tasks:\n    - {block: [{ping: {}}], register: x}\n", "not a key of a block"),
+        ("  tasks:\n    - copy: {dest: /x}\n", "give either content or src"),
+    ],
+)
+def test_keywords_are_checked_at_load(tmp_path: Path, play: str, said: str) -> None:
+    assert said in str(refused(tmp_path, "- hosts: all\n" + play))
 
 
 def test_a_block_passes_its_keywords_on_and_args_merge(tmp_path: Path) -> None:
