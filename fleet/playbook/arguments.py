@@ -111,6 +111,8 @@ STEPS: Mapping[str, Mapping[str, tuple[type, ...]]] = {
         "search_regex": _STR,
         "msg": _STR,
     },
+    "service": {"name": _STR, "state": _STR, "enabled": (bool,)},
+    "systemd": {"name": _STR, "state": _STR, "enabled": (bool,), "daemon_reload": (bool,)},
     "debug": {"msg": _ANY, "var": _STR, "verbosity": (int,)},
     "set_fact": {},  # any variable names (checked on their own)
     "assert": {
@@ -132,6 +134,7 @@ REQUIRED: Mapping[str, tuple[str, ...]] = {
     "file": ("path",),
     "template": ("src", "dest"),
     "lineinfile": ("path",),
+    "service": ("name",),
     "assert": ("that",),
 }
 # Arguments of which exactly one is given.
@@ -152,6 +155,7 @@ FLEET_WIDE_STEPS = frozenset({"build", "push", "provision", "deploy", "rollback"
 ALIASES: Mapping[str, Mapping[str, str]] = {
     "file": {"dest": "path", "name": "path"},
     "cron": {"dom": "day", "dow": "weekday"},
+    "systemd": {"daemon-reload": "daemon_reload"},
     "lineinfile": {"dest": "path", "name": "path", "regex": "regexp"},
     "copy": {"path": "dest"},
     "template": {"path": "dest"},

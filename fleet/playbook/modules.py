@@ -426,6 +426,62 @@ def _wait_for(
     return player.runner.run("wait_for", hosts, body)
 
 
+SERVICE_STATES = ("started", "stopped", "restarted", "reloaded")
+
+
+def _service(
+    player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
+) -> FleetResult:
+    """Ansible's service (systemd, else the init script) and systemd (systemd only)."""
+    name, state = str(args.get("name") or "-"), args.get("state")
+    if state is not None and state not in SERVICE_STATES:
+        raise PlaybookError(
+            f"{task.where}.{task.step}.state: one of {', '.join(SERVICE_STATES)}", line=task.line
+        )
+    if state is None and args.get("enabled") is None and not args.get("daemon_reload"):
+        raise PlaybookError(
+            f"{task.where}.{task.step}: give state, enabled or daemon_reload", line=task.line
+        )
+    if name == "-" and (
+        task.step != "systemd" or state is not None or args.get("enabled") is not None
+    ):
+        raise PlaybookError(f"{task.where}.{task.step}.name: required", line=task.line)
+    if name != "-" and not hostfiles.ACCOUNT.fullmatch(name.removesuffix(".service")):
+        raise PlaybookError(
+            f"{task.where}.{task.step}.name: {name!r} is not a service name", line=task.line
+        )
+    enabled = args.get("enabled")
+
+    def body(ctx: HostContext) -> HostResult:
+        argv = [
+            "sh",
+            "-c",
+            program("service.sh"),
+            "fleet-service",
+            name,
+            str(state or "-"),
+            "-" if enabled is None else "yes" if enabled else "no",
+            "yes" if args.get("daemon_reload") else "no",
+            "systemd" if task.step == "systemd" else "auto",
+            "yes" if player.check(task) else "no",
+        ]
+        ran = ctx.transport.run(argv, check=False)
+        if not ran.ok:
+            raise HostError(ctx.name, ran.stderr.strip() or f"exit {ran.exit_code}")
+        said = dict(word.split("=", 1) for word in ran.stdout.split() if "=" in word)
+        details = {
+            "name": name,
+            "state": "started" if said.get("active") == "yes" else "stopped",
+            "enabled": said.get("enabled") == "yes",
+            "manager": said.get("manager"),
+        }
+        changed = said.get("changed") == "yes"
+        reason = f"{name} {details['state']}" + (" (changed)" if changed else "")
+        return ctx.result(Outcome.CHANGED if changed else Outcome.OK, reason, details=details)
+
+    return player.runner.run(task.step, hosts, body)
+
+
 def read_source(player: Player, task: Task, name: str, folder: str) -> str:
     """A controller file a copy or template names: as Ansible finds it, in the playbook's
     ``files/`` or ``templates/`` folder first, then beside the playbook."""
@@ -579,6 +635,8 @@ HOST_MODULES = {
     "lineinfile": _lineinfile,
     "cron": _cron,
     "wait_for": _wait_for,
+    "service": _service,
+    "systemd": _service,
     "ping": _ping,
     "pause": _pause,
 }
