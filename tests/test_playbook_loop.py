@@ -1,4 +1,4 @@
-"""Playbook loops: items in order per host, judged per item, counted per item in the recap,
+"""Playbook loops: items in order per host, judged per item, the task counted once in the recap,
 registered as Ansible registers them. Hosts are fakes of fleet's own transport."""
 
 from __future__ import annotations

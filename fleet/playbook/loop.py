@@ -1,4 +1,4 @@
-"""Loops: a task run once per item of a list, each item's outcome kept and counted.
+"""Loops: a task run once per item of a list, each item's outcome kept (the recap counts the task once).
 
 Ansible's ``loop``: the list is a literal or a template rendered per host; each item runs
 the step with ``item`` (or ``loop_control.loop_var``) and, if asked, ``index_var`` set;

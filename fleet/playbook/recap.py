@@ -79,7 +79,8 @@ class PlaybookRun:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "schema": 1,
+            # 2: the recap counts as Ansible's does (ok includes changed; rescued).
+            "schema": 2,
             "seconds": round(self.seconds, 3),
             "exit_code": self.exit_code,
             "stopped": self.stopped or None,
