@@ -200,6 +200,7 @@ def test_until_retries_and_run_once_register_as_ansible_does(tmp_path: Path) -> 
         "    - command: count\n      register: d\n      until: d.stdout | int > 99\n"
         "      retries: 1\n      delay: 0\n      ignore_errors: true\n"
         "    - {command: 'echo {{ d.attempts }}'}\n"
+        "    - {pause: {seconds: 0}, register: paused}\n"
         "    - {command: 'echo once', run_once: true, register: once}\n"
         "    - {command: 'echo {{ once.stdout }}'}\n",
     )
@@ -210,7 +211,9 @@ def test_until_retries_and_run_once_register_as_ansible_does(tmp_path: Path) -> 
     assert exhausted.outcome == "failed" and "retries (1) exhausted" in str(exhausted.reason)
     assert by_host["gpu1"][6:] == ["echo 1", "echo once", "echo gpu1 echo once"]
     assert by_host["gpu2"][6:] == ["echo 1", "echo gpu1 echo once"]
+    # pause and run_once: the first host runs them, every host registers the result
     assert [r.host for r in run.tasks[4].result.results] == ["gpu1"]
+    assert [r.host for r in run.tasks[5].result.results] == ["gpu1"]
 
 
 def test_no_log_hides_the_output_and_register_keeps_it(tmp_path: Path) -> None:

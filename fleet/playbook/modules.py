@@ -607,8 +607,8 @@ def _ping(
 def _pause(
     player: Player, play: Play, task: Task, args: dict[str, Any], hosts: list[Host]
 ) -> FleetResult:
-    """Ansible's pause, for a time only: once for the play's hosts (a prompt would wait
-    for a person, and fleet runs unattended)."""
+    """Ansible's pause, for a time only (a prompt would wait for a person, and fleet runs
+    unattended); the player runs it once, for the first host (:data:`ONCE`)."""
     try:
         seconds = float(args.get("seconds") or 0) + 60 * float(args.get("minutes") or 0)
     except (TypeError, ValueError):
@@ -627,6 +627,9 @@ def _pause(
         ),
     )
 
+
+# Modules that run once for the batch, reported on its first host, as Ansible's do.
+ONCE = frozenset({"pause"})
 
 HOST_MODULES = {
     "command": _command,

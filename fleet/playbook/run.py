@@ -355,7 +355,8 @@ class Player:
     def _task(self, play: Play, task: Task, hosts: list[Host]) -> FleetResult:
         started = time.monotonic()
         # run_once: the first host runs it; every host of the batch registers its result.
-        everyone, hosts = hosts, hosts[:1] if task.run_once else hosts
+        once = task.run_once or task.step in modules.ONCE
+        everyone, hosts = hosts, hosts[:1] if once else hosts
         self.events.task_started(play, task, [h.name for h in hosts])
         if task.step == "build":
             result = self.secrets.result(build_step(self, play, task, hosts))
@@ -396,7 +397,7 @@ class Player:
             else:
                 only = runs[host.name][0]
                 row, value = only.row, dict(only.value)
-            receivers = everyone if task.run_once else [host]
+            receivers = everyone if once else [host]
             for receiver in receivers:
                 kept = self._registered.setdefault(receiver.name, {})
                 # A module's facts (set_fact's) become the host's variables, as in Ansible.
