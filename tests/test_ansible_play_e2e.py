@@ -173,9 +173,10 @@ def test_fleet_does_what_ansible_does(
             "fleet": [fleet_play(capsys, lab_env, book, variables["fleet"]) for _ in range(2)],
         }
         # Each playbook passes under Ansible (its failures are ignored or rescued ones):
-        # the comparisons below are of work done, not of two tools failing alike.
-        for recap in (checked["ansible"], *runs["ansible"]):
-            assert all(counts["failed"] == 0 and counts["ok"] > 1 for counts in recap.values())
+        # the comparisons below are of work done, not of two tools failing alike. (In
+        # check mode a task may fail for want of what an earlier one would have made.)
+        for recap in runs["ansible"]:
+            assert all(c["failed"] == 0 and c["ok"] > 1 for c in recap.values()), recap
         for first_or_second in (0, 1):
             assert runs["fleet"][first_or_second] == runs["ansible"][first_or_second], (
                 f"run {first_or_second + 1}: fleet {runs['fleet'][first_or_second]} "
