@@ -1,20 +1,14 @@
-"""Ansible's modules in a fleet playbook: their names (short and ``ansible.builtin.``), their
-arguments, and their results as Ansible documents them.
-
-An Ansible user's task runs unchanged: ``command``/``shell`` (free-form or ``cmd``/``argv``,
-``chdir``, ``creates``, ``removes``, ``stdin``), ``file`` (``state`` directory, file,
-touch, absent, link), ``copy`` and ``template`` (``content``/``src``, ``dest``, ``mode``,
-``owner``, ``group``), ``debug`` (``msg``/``var``), ``set_fact``, ``assert``, ``fail``,
-``ping`` and ``pause``. They change files through the same link-safe host helper as
-fleet's own steps (:mod:`fleet.ops.files`).
-
-A module fleet does not have is refused when the playbook is read, naming the fleet step
-nearest to it (:data:`NEAREST`): a playbook never half-runs for want of a module.
+"""Ansible's modules in a fleet playbook, with Ansible's arguments and results:
+``command``, ``shell``, ``file``, ``copy`` and ``template`` (fleet's copy step is
+Ansible's), ``lineinfile``, ``cron``, ``wait_for``, ``service``/``systemd``, ``ping``,
+``pause``, and, decided on the controller, ``debug``, ``set_fact``, ``assert``, ``fail``.
+Their names and free forms are read by :mod:`fleet.playbook.dialect`, their arguments
+checked by :mod:`fleet.playbook.arguments`. Files change through the same link-safe host
+helper as fleet's own steps (:mod:`fleet.ops.files`).
 
 Two kinds of implementation: host modules run on each host (:data:`HOST_MODULES`, with the
 fleet-wide steps' signature), and per-host *local* ones (:data:`LOCAL_MODULES`) are
-decided on the controller with the host's variables (``set_fact``, ``assert``, ``debug``,
-``fail``), as Ansible's action plugins are.
+decided on the controller with the host's variables, as Ansible's action plugins are.
 """
 
 from __future__ import annotations

@@ -530,8 +530,13 @@ class Player:
             environment = self._guarded(
                 task, host.name, partial(render, task.environment, variables)
             )
-            if not isinstance(environment, Mapping):
-                raise PlaybookError(f"{task.where}.environment: expected a mapping", line=task.line)
+            if not isinstance(environment, Mapping) or not all(
+                isinstance(k, str) and k.isidentifier() for k in environment
+            ):
+                raise PlaybookError(
+                    f"{task.where}.environment: expected a mapping of variable names",
+                    line=task.line,
+                )
             args[ENVIRONMENT] = {str(k): str(v) for k, v in environment.items()}
         self.refuse_recorded_secrets(task, args, f" on {host.name}")
         if task.step in ("copy", "template") and self.secrets.found_in(args.get("content")):

@@ -22,7 +22,8 @@ with ``reference``, ``tag``, ``image_id``), ``push``, ``provision``, ``deploy``,
 ``mode``: 0644 by default, 0600 when the content holds a secret), ``cron`` (``name``,
 ``schedule``, ``job``; written to ``/etc/cron.d/fleet-NAME``, mode 0600), ``debug``
 (``msg``: shown for each host, nothing run). The names are Ansible's where they mean the
-same.
+same; Ansible's own modules and play and task keywords are read too (see
+:mod:`fleet.playbook.modules` and :mod:`fleet.playbook.task`).
 
 A task may ``loop`` over a list (a literal, or a template of one), with ``item`` (or
 ``loop_control.loop_var``) set for each item, and ``register`` its result, with Ansible's
