@@ -83,6 +83,24 @@ def _owner_change(
     return f"{wanted_owner}:{wanted_group}", changed
 
 
+def _attributes(
+    found: hostfiles.PathInfo,
+    mode: str | None,
+    default: str,
+    owner: str | None,
+    group: str | None,
+) -> tuple[str, str, bool, list[str]]:
+    """What a path's mode and owner should be (``mode``, else what it has, else
+    ``default``), and the changes that takes: the mode, the ``user:group`` and whether
+    that one changes, and the changes in words."""
+    wanted = mode or found.mode or default
+    changes = [f"mode {wanted}"] if found.kind == "absent" or found.mode != wanted else []
+    account, owned = _owner_change(found, owner, group)
+    if owned:
+        changes.append(f"owner {account}")
+    return wanted, account, owned, changes
+
+
 def ensure_dir(
     ctx: HostContext,
     path: str,
@@ -104,12 +122,8 @@ def ensure_dir(
         changes.append("create")
     elif found.kind != "directory":
         raise HostError(ctx.name, f"{path} exists and is a {found.kind}, not a directory")
-    wanted_mode = mode or found.mode or "755"
-    if found.kind == "absent" or found.mode != wanted_mode:
-        changes.append(f"mode {wanted_mode}")
-    account, owned = _owner_change(found, owner, group)
-    if owned:
-        changes.append(f"owner {account}")
+    wanted_mode, account, owned, attributes = _attributes(found, mode, "755", owner, group)
+    changes += attributes
     if not changes:
         return ctx.result(Outcome.OK, f"{path} as wanted")
     if not check:
@@ -148,12 +162,8 @@ def ensure_file(
     changes = []
     if current != content:
         changes.append("content")
-    wanted_mode = mode or found.mode or "644"
-    if kind == "absent" or found.mode != wanted_mode:
-        changes.append(f"mode {wanted_mode}")
-    account, owned = _owner_change(found, owner, group)
-    if owned:
-        changes.append(f"owner {account}")
+    wanted_mode, account, owned, attributes = _attributes(found, mode, "644", owner, group)
+    changes += attributes
     shown: str | None = None
     if diff and current != content:
         shown = DIFF_HIDDEN if secret else _diff(path, current, content)
@@ -230,10 +240,7 @@ def ensure_state(
         )
     if found.kind not in ("absent", "regular file", "regular empty file"):
         raise HostError(ctx.name, f"{path} exists and is a {found.kind}, not a file")
-    account, owned = _owner_change(found, owner, group)
-    wanted_mode = mode or found.mode or "644"
-    changes = [f"mode {wanted_mode}"] if found.mode != wanted_mode else []
-    changes += [f"owner {account}"] if owned else []
+    wanted_mode, account, owned, changes = _attributes(found, mode, "644", owner, group)
     if state == "file" and not changes:
         return ctx.result(Outcome.OK, f"{path} as wanted")
     if not check:

@@ -26,7 +26,7 @@ from fleet.hosts.model import Host
 from fleet.ops import files, hostfiles
 from fleet.playbook import crontab, lines, template
 from fleet.playbook.schema import Play, Task
-from fleet.playbook.steps import account, cron_file_step, hiding, host_path, mode_of
+from fleet.playbook.steps import account, cron_file_step, given_mode, hiding, host_path
 from fleet.programs import program
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext
@@ -171,8 +171,7 @@ def _file(
         )
     if state == "link" and not args.get("src"):
         raise PlaybookError(f"{task.where}.file.src: required with state: link", line=task.line)
-    given = args.get("mode")
-    mode = mode_of(task, given, "0644") if given is not None else None
+    mode = given_mode(task, args)
     owner, group = (account(task, args, key) for key in ("owner", "group"))
 
     def body(ctx: HostContext) -> HostResult:
@@ -227,8 +226,7 @@ def _lineinfile(
         )
     if state == "absent" and "line" not in args and "regexp" not in args:
         raise PlaybookError(f"{task.where}.lineinfile: give regexp or line", line=task.line)
-    given = args.get("mode")
-    mode = mode_of(task, given, "0644") if given is not None else None
+    mode = given_mode(task, args)
     owner, group = (account(task, args, key) for key in ("owner", "group"))
 
     def body(ctx: HostContext) -> HostResult:

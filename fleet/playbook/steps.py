@@ -296,6 +296,13 @@ def mode_of(task: Task, value: Any, default: str) -> str:
     return text.lstrip("0").rjust(3, "0")
 
 
+def given_mode(task: Task, args: Mapping[str, Any]) -> str | None:
+    """A task's ``mode`` as octal text, or None when it gives none (the path's own stays,
+    as Ansible's modules keep it)."""
+    given = args.get("mode")
+    return None if given is None else mode_of(task, given, "0644")
+
+
 def host_path(task: Task, args: Mapping[str, Any], key: str) -> str:
     """A task's path on the hosts: absolute, and never climbing out with '..'."""
     path = str(args[key])
@@ -331,8 +338,7 @@ def _copy(
     # that lets others read it was refused before the task started); any other file keeps
     # its mode unless one is given, as Ansible's copy does (a new one: 0644).
     default = "0600" if player.secrets.found_in(args["content"]) else None
-    given = args.get("mode")
-    mode = mode_of(task, given, "0644") if given is not None else default
+    mode = given_mode(task, args) or default
     owner, group = (account(task, args, key) for key in ("owner", "group"))
     content = str(args["content"]).encode()
     return _write_step(
