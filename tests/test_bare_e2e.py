@@ -4,8 +4,10 @@ The lab's bare host has sshd, Debian's base system and a driver (its ``nvidia-sm
 no engine, no toolkit, no cron. Its inventory (written by ``fleet lab up --bare``) lets
 provisioning install the engine and the tools from Debian's archive and the NVIDIA
 Container Toolkit from the lab's own signed apt repository. First the failures, each of
-which must leave the host as it was; then the whole story: provision, a second provision
-with nothing to change, and a deploy whose container sees the GPU.
+which must leave the host as it was; then the whole story on two hosts, one with Debian's
+engine and one with Docker's packages from Docker's repository layout (the lab's
+stand-ins) and a deploy user joining the docker group: provision, a second provision with
+nothing to change, and a deploy whose container sees the GPU.
 """
 
 from __future__ import annotations
@@ -33,13 +35,15 @@ from tests.framework import ROOT, FrameworkProject
 pytestmark = pytest.mark.lab
 
 HOST = "lab1"
+DOCKER_CE_HOST = "lab2"  # engine_package: docker-ce
 SOURCES = "/etc/apt/sources.list.d/fleet-nvidia-container-toolkit.list"
+DOCKER_SOURCES = "/etc/apt/sources.list.d/fleet-docker.list"
 
 
 @pytest.fixture(scope="module")
 def bare(lab_state: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabFixture]:
     inventory = tmp_path_factory.mktemp("bareinv") / "lab.yml"
-    started = lab.up(1, lab.BARE, name=f"{TEST_LAB}-bare", inventory=inventory, gpus=1)
+    started = lab.up(2, lab.BARE, name=f"{TEST_LAB}-bare", inventory=inventory, gpus=1)
     yield LabFixture(started, inventory, lab_state)
     lab.down(name=started.name, inventory=inventory)
 
@@ -64,14 +68,18 @@ def inventory(env: LabFixture, path: Path, **provision: Any) -> Path:
         **group["vars"]["fleet_run_overrides"],
         "health": {"timeout": 30, "interval": 0.5},
     }
-    host = group["hosts"][HOST]
-    host["fleet_provision_overrides"] = {
-        **host["fleet_provision_overrides"],
-        "min_free": {"docker": "1M", "data": "1M"},
-        **provision,
-    }
+    for name, host in group["hosts"].items():
+        host["fleet_provision_overrides"] = {
+            **host["fleet_provision_overrides"],
+            "min_free": {"docker": "1M", "data": "1M"},
+            **(DOCKER_CE if name == DOCKER_CE_HOST else {}),
+            **provision,
+        }
     path.write_text(yaml.safe_dump(document))
     return path
+
+
+DOCKER_CE = {"engine_package": "docker-ce", "docker_users": ["deploy"]}
 
 
 def untouched(env: LabFixture) -> None:
@@ -83,8 +91,8 @@ def untouched(env: LabFixture) -> None:
     assert not host_run(env, HOST, "test", "-e", "/data/checkpoints").ok
 
 
-def provision(capsys: Any, path: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    return run_json(capsys, "provision", "all", "-i", str(path), "--retry-file", "/dev/null", *args)
+def provision(capsys: Any, path: Path, *args: str, hosts: str = HOST) -> tuple[int, dict[str, Any]]:
+    return run_json(capsys, "provision", hosts, "-i", str(path), "--retry-file", "/dev/null", *args)
 
 
 def test_an_unsupported_distribution_is_refused(
@@ -178,31 +186,49 @@ def test_one_provision_makes_a_bare_gpu_server_a_fleet_host(
     host_run(
         bare, HOST, "sh", "-c", "cat > /etc/docker/daemon.json", stdin=b'{"labels": ["rack=9"]}\n'
     )
+    assert host_run(bare, DOCKER_CE_HOST, "useradd", "--create-home", "deploy").ok
     path = inventory(bare, tmp_path / "inv.yml")
-    code, doc = provision(capsys, path, "--project", str(project.root))
-    assert code == 0, doc
-    result = doc["hosts"][HOST]
-    assert result["outcome"] == "changed", result
-    kinds = [c["kind"] for c in result["details"]["changes"]]
-    assert kinds[:2] == ["packages_installed", "engine_configured"], kinds
-    assert "base_shipped" in kinds
-    (install,) = [c for c in result["details"]["changes"] if c["kind"] == "packages_installed"]
-    for package in ("docker.io", "cron", "ca-certificates", "nvidia-container-toolkit"):
-        assert package in install["what"], install
-    assert host_sh(bare, HOST, "docker", "info", "--format", "{{.LiveRestoreEnabled}}") == "true\n"
-    assert "nvidia" in host_sh(bare, HOST, "docker", "info", "--format", "{{json .Runtimes}}")
+    code, doc = provision(capsys, path, "--project", str(project.root), hosts="all")
+    assert code == 0, [(r["host"], r["reason"]) for r in doc["hosts"].values()]
+    for name, engine in ((HOST, "docker.io"), (DOCKER_CE_HOST, "docker-ce")):
+        result = doc["hosts"][name]
+        assert result["outcome"] == "changed", result
+        kinds = [c["kind"] for c in result["details"]["changes"]]
+        assert kinds[:2] == ["packages_installed", "engine_configured"], kinds
+        assert "base_shipped" in kinds
+        (install,) = [c for c in result["details"]["changes"] if c["kind"] == "packages_installed"]
+        for package in (engine, "cron", "ca-certificates", "nvidia-container-toolkit"):
+            assert package in install["what"], install
+        info = host_sh(bare, name, "docker", "info", "--format", "{{.LiveRestoreEnabled}}")
+        assert info == "true\n"
+        assert "nvidia" in host_sh(bare, name, "docker", "info", "--format", "{{json .Runtimes}}")
+        assert host_run(bare, name, "pgrep", "-x", "cron").ok
     assert '"rack=9"' in host_sh(bare, HOST, "cat", "/etc/docker/daemon.json")
-    assert host_run(bare, HOST, "pgrep", "-x", "cron").ok
+    # Docker's packages came from Docker's layout, for the host's release, signed-by its key.
+    source = host_sh(bare, DOCKER_CE_HOST, "cat", DOCKER_SOURCES)
+    assert source.startswith("deb [signed-by=/etc/apt/keyrings/fleet-docker.gpg] http://")
+    assert source.rstrip().endswith("/docker/debian bookworm stable"), source
+    status = host_sh(bare, DOCKER_CE_HOST, "dpkg-query", "-W", "-f", "${Status}", "docker-ce")
+    assert status == "install ok installed"
+    kinds = [c["kind"] for c in doc["hosts"][DOCKER_CE_HOST]["details"]["changes"]]
+    assert "docker_user_added" in kinds, kinds
+    # The deploy user may use the engine now, without sudo.
+    as_deploy = host_run(bare, DOCKER_CE_HOST, "runuser", "-u", "deploy", "--", "docker", "ps")
+    assert as_deploy.ok, as_deploy.stderr
 
-    code, doc = provision(capsys, path, "--project", str(project.root))
+    code, doc = provision(capsys, path, "--project", str(project.root), hosts="all")
     assert code == 0, doc
-    again = doc["hosts"][HOST]
-    assert (again["outcome"], again["reason"]) == ("ok", "nothing to change"), again
+    for name in (HOST, DOCKER_CE_HOST):
+        again = doc["hosts"][name]
+        assert (again["outcome"], again["reason"]) == ("ok", "nothing to change"), again
 
     code, doc = run_project_json(capsys, path, project, "deploy", "all", project.built[0])
     assert code == 0, doc
-    name = framework_container(bare, HOST, project.repository)
-    runtime = host_sh(bare, HOST, "docker", "inspect", "-f", "{{.HostConfig.Runtime}}", name)
-    assert runtime.strip() == "nvidia"
-    inside = host_sh(bare, HOST, "docker", "exec", name, "nvidia-smi", "-L")
-    assert inside.startswith("GPU 0: NVIDIA A100-SXM4-80GB"), inside
+    for name in (HOST, DOCKER_CE_HOST):
+        container = framework_container(bare, name, project.repository)
+        runtime = host_sh(
+            bare, name, "docker", "inspect", "-f", "{{.HostConfig.Runtime}}", container
+        )
+        assert runtime.strip() == "nvidia"
+        inside = host_sh(bare, name, "docker", "exec", container, "nvidia-smi", "-L")
+        assert inside.startswith("GPU 0: NVIDIA A100-SXM4-80GB"), inside

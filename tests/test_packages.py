@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import re
 from pathlib import Path
@@ -11,11 +12,18 @@ import pytest
 from fleet.errors import ProvisionSettingsError
 from fleet.ops.provision.facts import ProvisionFacts
 from fleet.ops.provision.packages import KNOWN_PACKAGES, OsRelease, needed
-from fleet.ops.provision.plan import install_change, install_plan
+from fleet.ops.provision.plan import install_change, install_plan, plan
 from fleet.ops.provision.run import ProvisionOptions
 from fleet.programs import program
 from fleet.results import Outcome
-from tests.test_provision import FakeTransport, recorded, run_provision, settings, with_host
+from tests.test_provision import (
+    FakeTransport,
+    converged,
+    recorded,
+    run_provision,
+    settings,
+    with_host,
+)
 
 ARMORED = b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ...\n-----END PGP PUBLIC KEY BLOCK-----\n"
 
@@ -79,7 +87,7 @@ def test_no_driver_no_toolkit_and_the_host_is_told_why() -> None:
     assert "no NVIDIA driver answers" in why and "out of fleet's scope" in why
 
 
-def test_the_install_change_adds_the_repository_with_its_key_on_stdin(tmp_path: Path) -> None:
+def test_the_install_change_adds_the_repository_with_its_key(tmp_path: Path) -> None:
     config = settings(
         install=["engine", "tools", "nvidia_toolkit"],
         nvidia_repository={"url": "http://10.0.0.9:8080/", "key": key_file(tmp_path)},
@@ -87,19 +95,95 @@ def test_the_install_change_adds_the_repository_with_its_key_on_stdin(tmp_path: 
     change = install_change(config, install_plan(config, bare()))
     assert change is not None and change.kind == "packages_installed"
     (command,) = change.commands
-    assert command.argv[4:] == (
+    assert command.argv[4:10] == (
         "120",
         "docker.io cron ca-certificates nvidia-container-toolkit",
-        "http://10.0.0.9:8080/",
-        "/etc/apt/keyrings/fleet-nvidia-container-toolkit.asc",
         "yes",
+        "/etc/apt/sources.list.d/fleet-nvidia-container-toolkit.list",
+        "/etc/apt/keyrings/fleet-nvidia-container-toolkit.asc",
+        "http://10.0.0.9:8080/ /",
     )
-    assert command.stdin == ARMORED
+    assert base64.b64decode(command.argv[10]) == ARMORED and len(command.argv) == 11
     assert str(command) == (
         "apt-get install docker.io cron ca-certificates nvidia-container-toolkit (adding "
         "http://10.0.0.9:8080/, signed-by /etc/apt/keyrings/fleet-nvidia-container-toolkit.asc)"
     )
     assert install_change(settings(), install_plan(settings(), bare())) is None  # opt-in
+
+
+def test_docker_ce_comes_from_dockers_repository_for_the_hosts_release(tmp_path: Path) -> None:
+    config = settings(
+        install=["engine", "nvidia_toolkit"],
+        engine_package="docker-ce",
+        docker_repository={"key": key_file(tmp_path)},
+        nvidia_repository={"key": key_file(tmp_path)},
+    )
+    debian = bare(os_release=OsRelease("debian", "", "Debian GNU/Linux 12", "bookworm"))
+    wanted = install_plan(config, debian)
+    assert wanted.packages == (
+        "docker-ce",
+        "docker-ce-cli",
+        "containerd.io",
+        "nvidia-container-toolkit",
+    )
+    assert [line for _, line in wanted.repositories] == [
+        "https://download.docker.com/linux/debian bookworm stable",
+        "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /",
+    ]
+    change = install_change(config, wanted)
+    assert change is not None
+    (command,) = change.commands
+    assert command.argv[7:10] == (
+        "/etc/apt/sources.list.d/fleet-docker.list",
+        "/etc/apt/keyrings/fleet-docker.asc",
+        "https://download.docker.com/linux/debian bookworm stable",
+    )
+    # An Ubuntu derivative: Ubuntu's repository, under Ubuntu's codename.
+    pop = OsRelease("pop", "ubuntu debian", "Pop!_OS 22.04", "jammy-pop", "jammy")
+    (docker, _), _ = install_plan(config, bare(os_release=pop)).repositories
+    assert docker.source(pop) == "https://download.docker.com/linux/ubuntu jammy stable"
+    # A host whose engine package is there already gets none from the other source.
+    has_engine = bare(packages={"docker.io": True})
+    assert "docker-ce" not in install_plan(config, has_engine).packages
+
+
+def test_a_release_without_a_codename_is_refused_before_anything(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = settings(
+        install=["engine"],
+        engine_package="docker-ce",
+        docker_repository={"key": key_file(tmp_path)},
+    )
+    transport = FakeTransport()
+    nameless = bare(os_release=OsRelease("debian", "", "Debian GNU/Linux trixie/sid", ""))
+    result = run_provision(monkeypatch, [nameless], ProvisionOptions(), transport, config)
+    assert transport.commands == []
+    assert result.outcome is Outcome.FAILED
+    assert result.reason == (
+        "Debian GNU/Linux trixie/sid: /etc/os-release names no release (VERSION_CODENAME), and "
+        "Docker's apt repository is one per release"
+    )
+
+
+def test_docker_users_join_the_group_once_and_a_missing_one_stops_the_host_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = settings(install=["engine"], docker_users=["deploy", "alice"])
+    members = {"deploy": False, "alice": True}
+    changes = plan(config, converged(config, dataclasses.replace(recorded("fresh-classic"))))
+    assert changes == []  # converged() knows nothing of the group: nothing asked of it
+    host = dataclasses.replace(converged(config), docker_users=members)
+    (change,) = plan(config, host)
+    assert (change.kind, change.what) == ("docker_user_added", "add deploy to the docker group")
+    assert [c.argv for c in change.commands] == [("usermod", "-aG", "docker", "deploy")]
+    transport = FakeTransport()
+    ghost = bare(docker_users={"deploy": None, "alice": True})
+    result = run_provision(monkeypatch, [ghost], ProvisionOptions(), transport, config)
+    assert transport.commands == []  # nothing installed for a host that would fail after
+    assert result.outcome is Outcome.FAILED
+    assert result.reason == "docker_users names 'deploy', who does not exist on the host"
+    assert result.fix == "create the user first, or take it out of fleet_provision.docker_users"
 
 
 @pytest.mark.parametrize(
@@ -113,6 +197,18 @@ def test_the_install_change_adds_the_repository_with_its_key_on_stdin(tmp_path: 
             "is not an http(s) or file URL",
         ),
         ({"apt_lock_timeout": "soon"}, "expected seconds to wait for the dpkg lock"),
+        ({"engine_package": "podman"}, "'podman' is no engine fleet installs"),
+        (
+            {"install": ["engine"], "engine_package": "docker-ce"},
+            "docker_repository: engine_package is docker-ce, but no signing key is given",
+        ),
+        (
+            {"docker_repository": {"url": "https://x/{arch}", "key": "/k"}},
+            "is not an http(s) or file URL",
+        ),
+        ({"docker_users": "deploy"}, "docker_users: expected a list of user names"),
+        ({"docker_users": ["root"]}, "not root"),
+        ({"docker_users": ["a b"]}, "docker_users[0]: expected a user or group name"),
     ],
 )
 def test_bad_install_settings_name_the_setting(provision: dict, message: str) -> None:

@@ -745,6 +745,11 @@ def inventory_document(lab: Lab, user: str = "root") -> dict[str, Any]:
             hosts[host.name]["fleet_provision_overrides"] = {
                 "install": ["engine", "tools", "nvidia_toolkit"],
                 "nvidia_repository": {"url": lab.apt_url, "key": str(lab.apt_key)},
+                # Used where engine_package is docker-ce: Docker's layout, the lab's packages.
+                "docker_repository": {
+                    "url": f"{lab.apt_url}docker/{{distribution}}",
+                    "key": str(lab.apt_key),
+                },
             }
     return {
         "all": {

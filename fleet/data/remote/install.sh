@@ -1,13 +1,14 @@
 # Install packages with apt, non-interactively, as provisioning a bare server needs.
 # $1: seconds to wait for the dpkg lock; $2: the packages (names fleet chose, one word
-# each); $3: a flat repository's URL to add first, or -; $4: its keyring's path (the key
-# comes on stdin), or -; $5: yes when the engine is among them (then it is enabled,
-# started, and must answer; cron, when installed, is started too). The host's
-# configuration files are kept (--force-confold).
-# A failure prints apt's own words, removes the repository this run added, and exits
+# each); $3: yes when the engine is among them (then it is enabled, started, and must
+# answer; cron, when installed, is started too). Then, per apt repository to add first,
+# four arguments: its sources file, its keyring's path, its source ("URL SUITE
+# [COMPONENT...]", checked by fleet: no blank inside a word, no bracket) and its signing
+# key in base64. The host's configuration files are kept (--force-confold).
+# A failure prints apt's own words, removes the repositories this run added, and exits
 # non-zero; the packages apt could not install are not there.
-timeout=$1; packages=$2; url=$3; keyring=$4; engine=$5
-list=/etc/apt/sources.list.d/fleet-nvidia-container-toolkit.list
+timeout=$1; packages=$2; engine=$3
+shift 3
 added=
 
 id=$(sed -n 's/^ID=//p' /etc/os-release 2>/dev/null | tr -d "\"'")
@@ -20,21 +21,25 @@ esac
 command -v apt-get >/dev/null || { echo "apt-get is missing on a ${id} host" >&2; exit 10; }
 
 fail() {
-  if [ -n "$added" ]; then rm -f -- "$list" "$keyring"; fi
+  # shellcheck disable=SC2086 # fleet's own paths, without blanks
+  [ -z "$added" ] || rm -f -- $added
   printf '%s\n' "$2" | grep -v '^\(Reading\|Building\|Hit:\|Get:\|Ign:\|Fetched\)' | tail -n 12 >&2
   echo "$1" >&2
   exit 4
 }
 
-if [ "$url" != - ]; then
-  [ -e "$list" ] || added=1
-  mkdir -p /etc/apt/keyrings
-  if ! { cat >"$keyring.fleet-new" && chmod 0644 "$keyring.fleet-new" &&
-    mv "$keyring.fleet-new" "$keyring"; }; then
+while [ "$#" -ge 4 ]; do
+  list=$1; keyring=$2; source=$3; key=$4
+  shift 4
+  mkdir -p /etc/apt/keyrings || fail "cannot make /etc/apt/keyrings" ""
+  [ -e "$list" ] || added="$added $list $keyring"
+  if ! { printf '%s' "$key" | base64 -d >"$keyring.fleet-new" &&
+    chmod 0644 "$keyring.fleet-new" && mv "$keyring.fleet-new" "$keyring"; }; then
+    rm -f -- "$keyring.fleet-new"
     fail "cannot write $keyring" ""
   fi
-  echo "deb [signed-by=$keyring] $url /" >"$list" || fail "cannot write $list" ""
-fi
+  echo "deb [signed-by=$keyring] $source" >"$list" || fail "cannot write $list" ""
+done
 
 export DEBIAN_FRONTEND=noninteractive
 set -- -o "DPkg::Lock::Timeout=$timeout" -o Dpkg::Options::=--force-confdef \

@@ -1,7 +1,8 @@
 #@include facts.sh
 
 cron_file=$1; script=$2; owner=$3; group=$4; weights_user=$5; url=$6; data_root=$7; copy=$8
-shift 8
+docker_users=$9
+shift 9
 echo "@@p_id"; id -u; id -un
 echo "@@p_owner"; id -u "$owner" 2>/dev/null || echo absent
 echo "@@p_group"; gid=$(getent group "$group" 2>/dev/null | cut -d: -f3); echo "${gid:-absent}"
@@ -53,13 +54,20 @@ for t in python3 flock setpriv setsid nvidia-container-runtime-hook nvidia-ctk n
   command -v "$t" >/dev/null 2>&1 && echo "$t"
 done
 echo "@@p_os"
-for k in ID ID_LIKE PRETTY_NAME; do
+for k in ID ID_LIKE PRETTY_NAME VERSION_CODENAME UBUNTU_CODENAME; do
   printf '%s|' "$(sed -n "s/^$k=//p" /etc/os-release 2>/dev/null | head -n 1 | tr -d "\"'")"
 done
 echo
 echo "@@p_packages"
 # shellcheck disable=SC2016 # dpkg-query's own ${...} fields
-dpkg-query -W -f '${Package} ${db:Status-Abbrev}\n' docker.io docker-ce nvidia-container-toolkit python3 cron util-linux ca-certificates 2>/dev/null
+dpkg-query -W -f '${Package} ${db:Status-Abbrev}\n' docker.io docker-ce docker-ce-cli containerd.io nvidia-container-toolkit python3 cron util-linux ca-certificates 2>/dev/null
+echo "@@p_docker_users"
+# NAME|UID (or absent)|yes when a member of the docker group
+for u in $docker_users; do
+  uid=$(id -u "$u" 2>/dev/null) || uid=absent
+  case " $(id -nG "$u" 2>/dev/null) " in *" docker "*) member=yes ;; *) member=no ;; esac
+  echo "$u|$uid|$member"
+done
 echo "@@p_engine_manager"
 if [ -d /run/systemd/system ] && systemctl is-active --quiet docker 2>/dev/null; then echo systemd
 elif [ -x /etc/init.d/docker ] && /etc/init.d/docker status >/dev/null 2>&1; then echo sysv

@@ -93,6 +93,8 @@ class ProvisionFacts:
     os_release: OsRelease = field(default_factory=OsRelease)
     # Of packages.KNOWN_PACKAGES: which are installed (absent: not).
     packages: Mapping[str, bool] = field(default_factory=dict)
+    # Of docker_users: in the docker group or not; None: no such user.
+    docker_users: Mapping[str, bool | None] = field(default_factory=dict)
     limits_source: str = ""
     hard_limits: Mapping[str, int | None] = field(default_factory=dict)  # None: unlimited
     cap_sys_resource: bool | None = None
@@ -126,6 +128,7 @@ def facts_arguments(settings: ProvisionSettings) -> list[str]:
         settings.weights_url,
         settings.data_root,
         settings.copy_path,
+        " ".join(settings.docker_users),  # names checked: no blank, one word each
         *(d.path for d in settings.managed_dirs),
     ]
 
@@ -170,8 +173,18 @@ def _id(text: str) -> int:
 
 
 def _os_release(line: str) -> OsRelease:
-    cells = [*line.split("|"), "", "", ""][:3]
-    return OsRelease(cells[0].strip(), cells[1].strip(), cells[2].strip())
+    cells = [cell.strip() for cell in [*line.split("|"), "", "", "", "", ""][:5]]
+    return OsRelease(*cells)
+
+
+def _docker_users(lines: list[str]) -> dict[str, bool | None]:
+    """Each asked user: member of the docker group (True/False), None when no such user."""
+    found: dict[str, bool | None] = {}
+    for line in lines:
+        cells = line.strip().split("|")
+        if len(cells) == 3:
+            found[cells[0]] = None if cells[1] == "absent" else cells[2] == "yes"
+    return found
 
 
 def _first(parts: Mapping[str, list[str]], name: str) -> str:
@@ -339,6 +352,7 @@ def parse_facts(text: str, paths: Sequence[str]) -> ProvisionFacts:
             for words in (line.split() for line in parts.get("p_packages", []))
             if len(words) >= 2
         },
+        docker_users=_docker_users(parts.get("p_docker_users", [])),
         limits_source=source,
         hard_limits=hard,
         cap_sys_resource=capable,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import shlex
 from dataclasses import dataclass
@@ -143,6 +144,7 @@ def plan(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Change]:
     # The engine first: its restart is the one change that can fail half-way (then undone,
     # with nothing else changed yet).
     changes: list[Change] = _plan_engine(settings, facts)
+    changes += _plan_docker_users(settings, facts)
     for spec in settings.managed_dirs:
         changes += _plan_dir(spec, facts, settings)
     changes += _plan_script_dir(settings, facts)
@@ -162,6 +164,21 @@ def plan(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Change]:
             )
         )
     return changes
+
+
+def _plan_docker_users(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Change]:
+    # A user that does not exist is preflight's to report.
+    return [
+        Change(
+            "docker_user_added",
+            user,
+            f"add {user} to the docker group",
+            "docker_users names it: it may then use the engine without sudo (as root's equal)",
+            (Command(("usermod", "-aG", "docker", user)),),
+        )
+        for user in settings.docker_users
+        if facts.docker_users.get(user) is False
+    ]
 
 
 def _plan_dir(spec: DirSpec, facts: ProvisionFacts, settings: ProvisionSettings) -> list[Change]:
@@ -458,30 +475,28 @@ def install_plan(settings: ProvisionSettings, facts: ProvisionFacts) -> Install:
         nvidia_smi=facts.host.nvidia_smi,
         has_runtime="nvidia-container-runtime" in facts.tools,
         repository=settings.nvidia_repository,
+        engine_package=settings.engine_package,
+        docker_repository=settings.docker_repository,
+        release=facts.os_release,
     )
 
 
 def install_change(settings: ProvisionSettings, wanted: Install) -> Change | None:
-    """The apt run that installs ``wanted`` (:func:`install_plan`); None when it is nothing."""
+    """The apt run that installs ``wanted`` (:func:`install_plan`); None when it is
+    nothing."""
     if not wanted.packages:
         return None
-    repository = wanted.repository
-    argv = (
-        "sh",
-        "-c",
-        INSTALL,
-        "fleet-install",
-        str(settings.apt_lock_timeout),
-        " ".join(wanted.packages),
-        repository.url if repository is not None else "-",
-        repository.keyring if repository is not None else "-",
-        "yes" if wanted.engine else "no",
-    )
-    source = f" (adding {repository.url}, signed-by {repository.keyring})" if repository else ""
+    argv = ["sh", "-c", INSTALL, "fleet-install", str(settings.apt_lock_timeout)]
+    argv += [" ".join(wanted.packages), "yes" if wanted.engine else "no"]
+    added = []
+    for repository, source in wanted.repositories:
+        key = base64.b64encode(repository.key).decode()
+        argv += [repository.sources, repository.keyring, source, key]
+        added.append(f"{source.split()[0]}, signed-by {repository.keyring}")
+    source_text = f" (adding {'; '.join(added)})" if added else ""
     command = Command(
-        argv,
-        repository.key if repository is not None else None,
-        label=f"apt-get install {' '.join(wanted.packages)}{source}",
+        tuple(argv),
+        label=f"apt-get install {' '.join(wanted.packages)}{source_text}",
         timeout=INSTALL_TIMEOUT,
     )
     what = f"install {', '.join(wanted.packages)}" + (

@@ -488,6 +488,19 @@ def _check_accounts(
                 "create it, or change fleet_provision.weights_user",
             )
         )
+    failures += missing_docker_users(settings, facts)
+
+
+def missing_docker_users(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Problem]:
+    """``docker_users`` the host does not have (checked before anything is installed)."""
+    return [
+        Problem(
+            f"docker_users names {user!r}, who does not exist on the host",
+            "create the user first, or take it out of fleet_provision.docker_users",
+        )
+        for user in settings.docker_users
+        if user in facts.docker_users and facts.docker_users[user] is None
+    ]
 
 
 def _check_tools(

@@ -18,7 +18,7 @@ from fleet.images.spec import Shippable
 from fleet.ops.provision.cron import label_diff
 from fleet.ops.provision.facts import ProvisionFacts, gather
 from fleet.ops.provision.plan import Change, install_change, install_plan, plan
-from fleet.ops.provision.preflight import preflight
+from fleet.ops.provision.preflight import missing_docker_users, preflight
 from fleet.ops.provision.settings import SCRIPT_DIR, ProvisionSettings
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import HostContext, Runner
@@ -99,6 +99,10 @@ _SUMMARY = {
     "engine_configured": ("configured the engine (daemon.json)", "configure the engine"),
     "engine_reloaded": ("reloaded the engine", "reload the engine"),
     "packages_installed": ("installed packages", "install packages"),
+    "docker_user_added": (
+        "added {n} user{s} to the docker group",
+        "add {n} user{s} to the docker group",
+    ),
     "base_shipped": ("shipped the base image", "ship the base image"),
 }
 
@@ -230,22 +234,18 @@ def _install_first(
     (the rest needs the engine): the install made (or, under --check, planned), the facts
     after it, and the host's result when it ends here."""
     wanted = install_plan(settings, facts)
+    if not wanted.packages:
+        return [], facts, None
+    if wanted.refused:
+        fix = "install them yourself, or take them out of fleet_provision.install"
+        return [], facts, ctx.result(Outcome.FAILED, wanted.refused, fix=fix)
+    # What would fail the host after the install fails it before.
+    missing = missing_docker_users(settings, facts)
+    if missing:
+        return [], facts, ctx.result(Outcome.FAILED, missing[0].message, fix=missing[0].fix)
     change = install_change(settings, wanted)
     if change is None:
         return [], facts, None
-    release = facts.os_release
-    if not release.supported:
-        return (
-            [],
-            facts,
-            ctx.result(
-                Outcome.FAILED,
-                f"unsupported distribution: {release.pretty or release.id or 'unknown'} "
-                f"(/etc/os-release); fleet installs {', '.join(wanted.packages)} "
-                "with apt, on Debian and Ubuntu",
-                fix="install them yourself, or take them out of fleet_provision.install",
-            ),
-        )
     if options.check:
         if facts.host.engine_ok:
             return [change], facts, None

@@ -20,6 +20,9 @@ from fleet.ops.hostfiles import ACCOUNT, CRON_D_NAME, CRON_SCHEDULE, MODE
 from fleet.ops.provision.engine import EngineSettings
 from fleet.ops.provision.packages import (
     APT_LOCK_TIMEOUT,
+    DOCKER_DEFAULT_URL,
+    ENGINE_PACKAGE,
+    ENGINE_PACKAGES,
     INSTALLABLE,
     NVIDIA_DEFAULT_URL,
     AptRepository,
@@ -118,6 +121,10 @@ class ProvisionSettings:
     install: frozenset[str] = frozenset()
     nvidia_repository: AptRepository | None = None
     apt_lock_timeout: int = APT_LOCK_TIMEOUT
+    engine_package: str = ENGINE_PACKAGE  # docker.io, or docker-ce from docker_repository
+    docker_repository: AptRepository | None = None
+    # Users made members of the docker group (they may then use the engine: root's equal).
+    docker_users: tuple[str, ...] = ()
     # Derived, not settings of their own.
     pid_file: str = "/run/aicron-weights-8340.pid"
     run_spec: RunSpec = field(default_factory=RunSpec)
@@ -183,6 +190,9 @@ _SETTING_KEYS = frozenset(
         "install",
         "nvidia_repository",
         "apt_lock_timeout",
+        "engine_package",
+        "docker_repository",
+        "docker_users",
     }
 )
 
@@ -280,7 +290,7 @@ def _build_settings(raw: Mapping[str, tuple[Any, str]], run_spec: RunSpec) -> Pr
     min_free_docker, min_free_data = _min_free(raw.get("min_free"))
     base_image = _base_image(raw.get("base_image"))
     allow_writable = _allow_writable(raw.get("allow_writable_data_root"))
-    install, repository, lock_timeout = _installing(raw)
+    installing = _installing(raw)
     return ProvisionSettings(
         data_root=data_root,
         owner=owner,
@@ -300,9 +310,12 @@ def _build_settings(raw: Mapping[str, tuple[Any, str]], run_spec: RunSpec) -> Pr
         base_image=base_image,
         allow_writable_data_root=allow_writable,
         engine=_engine(raw.get("engine")),
-        install=install,
-        nvidia_repository=repository,
-        apt_lock_timeout=lock_timeout,
+        install=installing.install,
+        nvidia_repository=installing.nvidia_repository,
+        apt_lock_timeout=installing.apt_lock_timeout,
+        engine_package=installing.engine_package,
+        docker_repository=installing.docker_repository,
+        docker_users=_docker_users(raw.get("docker_users")),
         pid_file=f"/run/aicron-weights-{port}.pid",
         run_spec=run_spec,
     )
@@ -532,12 +545,29 @@ def _engine(entry: tuple[Any, str] | None) -> EngineSettings:
     return EngineSettings(True, live, size, files)
 
 
-def _installing(
-    raw: Mapping[str, tuple[Any, str]],
-) -> tuple[frozenset[str], AptRepository | None, int]:
-    """``install``, ``nvidia_repository`` and ``apt_lock_timeout``, checked together."""
+@dataclass(frozen=True)
+class _Installing:
+    install: frozenset[str]
+    nvidia_repository: AptRepository | None
+    apt_lock_timeout: int
+    engine_package: str
+    docker_repository: AptRepository | None
+
+
+def _installing(raw: Mapping[str, tuple[Any, str]]) -> _Installing:
+    """``install``, the repositories, ``engine_package`` and ``apt_lock_timeout``, checked
+    together."""
     install = _install(raw.get("install"))
-    repository = _repository(raw.get("nvidia_repository"), "nvidia_toolkit" in install)
+    nvidia = _repository(raw.get("nvidia_repository"), "nvidia_toolkit" in install, _NVIDIA)
+    where = f"{FLEET_PROVISION}.engine_package"
+    package, where = raw.get("engine_package", (ENGINE_PACKAGE, where))
+    if package not in ENGINE_PACKAGES:
+        raise ProvisionSettingsError(
+            f"{where}: {package!r} is no engine fleet installs",
+            fix="use docker.io (the distribution's) or docker-ce (Docker's own repository)",
+        )
+    wants_docker = "engine" in install and package == "docker-ce"
+    docker = _repository(raw.get("docker_repository"), wants_docker, _DOCKER)
     where = f"{FLEET_PROVISION}.apt_lock_timeout"
     value, where = raw.get("apt_lock_timeout", (APT_LOCK_TIMEOUT, where))
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -545,7 +575,26 @@ def _installing(
             f"{where}: expected seconds to wait for the dpkg lock, got {value!r}",
             fix="e.g. apt_lock_timeout: 120",
         )
-    return install, repository, value
+    return _Installing(install, nvidia, value, str(package), docker)
+
+
+def _docker_users(entry: tuple[Any, str] | None) -> tuple[str, ...]:
+    """``docker_users``: who joins the docker group."""
+    if entry is None or entry[0] is None:
+        return ()
+    value, where = entry
+    if not isinstance(value, list):
+        raise ProvisionSettingsError(
+            f"{where}: expected a list of user names, got {_type(value)}",
+            fix="e.g. docker_users: [deploy]",
+        )
+    users = tuple(_account(name, f"{where}[{i}]") for i, name in enumerate(value))
+    if "root" in users or any(name.isdigit() for name in users):
+        raise ProvisionSettingsError(
+            f"{where}: name users by name, and not root (root needs no group to use the engine)",
+            fix="e.g. docker_users: [deploy]",
+        )
+    return tuple(dict.fromkeys(users))
 
 
 def _install(entry: tuple[Any, str] | None) -> frozenset[str]:
@@ -570,19 +619,55 @@ def _install(entry: tuple[Any, str] | None) -> frozenset[str]:
 _URL = re.compile(r"(https?|file)://[^\s\[\]]+|file:/[^\s\[\]]+")
 
 
-def _repository(entry: tuple[Any, str] | None, wanted: bool) -> AptRepository | None:
-    """``nvidia_repository: {url, key}``: where the NVIDIA Container Toolkit comes from."""
-    value, where = entry if entry is not None else (None, f"{FLEET_PROVISION}.nvidia_repository")
-    how = (
-        "get NVIDIA's key once (curl -fsSL https://nvidia.github.io/libnvidia-container/gpgkey "
-        "> nvidia-container-toolkit.asc), check its fingerprint against NVIDIA's install guide, "
-        "and name the file: nvidia_repository: {key: path/to/nvidia-container-toolkit.asc}"
-    )
+@dataclass(frozen=True)
+class _Source:
+    """What an apt repository setting defaults to, and how to get its key."""
+
+    setting: str
+    name: str
+    url: str
+    suite: str
+    components: tuple[str, ...]
+    wanted_by: str
+    how: str
+
+
+_NVIDIA = _Source(
+    "nvidia_repository",
+    "nvidia-container-toolkit",
+    NVIDIA_DEFAULT_URL,
+    "/",
+    (),
+    "install lists nvidia_toolkit",
+    "get NVIDIA's key once (curl -fsSL https://nvidia.github.io/libnvidia-container/gpgkey "
+    "> nvidia-container-toolkit.asc), check its fingerprint against NVIDIA's install guide, "
+    "and name the file: nvidia_repository: {key: path/to/nvidia-container-toolkit.asc}",
+)
+
+
+_DOCKER = _Source(
+    "docker_repository",
+    "docker",
+    DOCKER_DEFAULT_URL,
+    "{codename}",
+    ("stable",),
+    "engine_package is docker-ce",
+    "get Docker's key once (curl -fsSL https://download.docker.com/linux/debian/gpg > "
+    "docker.asc), check its fingerprint against Docker's install guide, and name the file: "
+    "docker_repository: {key: path/to/docker.asc}",
+)
+
+
+def _repository(entry: tuple[Any, str] | None, wanted: bool, of: _Source) -> AptRepository | None:
+    """``{url, key}``: where packages come from (the URL may name ``{distribution}`` and
+    ``{codename}``, the host's own)."""
+    value, where = entry if entry is not None else (None, f"{FLEET_PROVISION}.{of.setting}")
+    how = of.how
     if value is None:
         if wanted:
             raise ProvisionSettingsError(
-                f"{where}: install lists nvidia_toolkit, but no signing key is given: fleet "
-                "never fetches a repository's key unchecked",
+                f"{where}: {of.wanted_by}, but no signing key is given: fleet never fetches "
+                "a repository's key unchecked",
                 fix=how,
             )
         return None
@@ -591,10 +676,11 @@ def _repository(entry: tuple[Any, str] | None, wanted: bool) -> AptRepository | 
     unknown = sorted(set(map(str, value)) - {"url", "key"})
     if unknown:
         raise ProvisionSettingsError(f"{where}.{unknown[0]}: unknown setting", fix="use url, key")
-    url = str(value.get("url") or NVIDIA_DEFAULT_URL)
-    if not _URL.fullmatch(url):
+    url = str(value.get("url") or of.url)
+    plain = url.replace("{distribution}", "x").replace("{codename}", "x")
+    if "{" in plain or "}" in plain or not _URL.fullmatch(plain):
         raise ProvisionSettingsError(
-            f"{where}.url: {url!r} is not an http(s) or file URL", fix=f"e.g. {NVIDIA_DEFAULT_URL}"
+            f"{where}.url: {url!r} is not an http(s) or file URL", fix=f"e.g. {of.url}"
         )
     key_path = value.get("key")
     if not isinstance(key_path, str) or not key_path:
@@ -613,7 +699,7 @@ def _repository(entry: tuple[Any, str] | None, wanted: bool) -> AptRepository | 
         raise ProvisionSettingsError(
             f"{where}.key: {key_path} is not an OpenPGP public key (armored or binary)", fix=how
         )
-    return AptRepository(url, key, armored)
+    return AptRepository(of.name, url, key, armored, of.suite, of.components)
 
 
 def _allow_writable(entry: tuple[Any, str] | None) -> bool:
