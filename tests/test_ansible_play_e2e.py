@@ -214,3 +214,71 @@ def test_a_module_fleet_lacks_is_refused_before_any_host_is_touched(
     assert "nearest: copy" in err
     for host in lab_env.lab.hosts:
         assert not host_run(lab_env, host.name, "test", "-e", marker).ok
+
+
+PACKAGES = ("hello", "tree")
+
+
+def _packages(env: LabFixture, host: str) -> list[str]:
+    """The packages' dpkg states and manual marks on ``host``."""
+    states = host_run(
+        env, host, "dpkg-query", "-W", "-f", r"${Package} ${db:Status-Abbrev}\n", *PACKAGES
+    )
+    manual = host_run(env, host, "apt-mark", "showmanual", *PACKAGES)
+    return [*sorted(states.stdout.splitlines()), "manual: " + " ".join(manual.stdout.split())]
+
+
+def test_fleet_installs_packages_as_ansible_does(capsys, lab_env: LabFixture) -> None:
+    book = BOOKS / "packages.yml"
+    hosts = {"ansible": lab_env.lab.hosts[0].name, "fleet": lab_env.lab.hosts[1].name}
+    root = f"/tmp/fleet-oracle-{uuid.uuid4().hex[:8]}"
+    variables = {"oracle_root": root}
+
+    def purge() -> None:
+        for host in hosts.values():
+            remove = ["apt-get", "-y", "-q", "purge", *PACKAGES]
+            host_run(lab_env, host, *remove)
+            host_run(lab_env, host, "rm", "-rf", root)
+
+    # Ansible's apt needs python3-apt (it would install it, but fails check mode without
+    # it): both hosts get it, and a fresh cache, first.
+    for host in hosts.values():
+        ready = host_run(
+            lab_env,
+            host,
+            "sh",
+            "-c",
+            "apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get -y -q install python3-apt",
+        )
+        assert ready.ok, ready.stderr
+    purge()
+    try:
+        checked = {
+            "ansible": ansible_play(
+                lab_env, book, variables, "--check", "--limit", hosts["ansible"]
+            ),
+            "fleet": fleet_play(
+                capsys, lab_env, book, variables, "--check", "--limit", hosts["fleet"]
+            ),
+        }
+        assert checked["fleet"][hosts["fleet"]] == checked["ansible"][hosts["ansible"]], checked
+        assert all("hello ii" not in line for h in hosts.values() for line in _packages(lab_env, h))
+        for run in (1, 2):
+            recaps = {
+                "ansible": ansible_play(lab_env, book, variables, "--limit", hosts["ansible"]),
+                "fleet": fleet_play(capsys, lab_env, book, variables, "--limit", hosts["fleet"]),
+            }
+            ansible, fleet = recaps["ansible"][hosts["ansible"]], recaps["fleet"][hosts["fleet"]]
+            assert ansible["failed"] == 0 and ansible["ok"] > 1, ansible
+            assert fleet == ansible, f"run {run}: fleet {fleet} ansible {ansible}"
+        states = {tool: _packages(lab_env, host) for tool, host in hosts.items()}
+        assert states["fleet"] == states["ansible"]
+        assert "hello ii " in states["fleet"][0] + " ", states
+        results = {tool: registered(lab_env, host, root) for tool, host in hosts.items()}
+        assert results["fleet"] == results["ansible"]
+        assert results["fleet"]["installed.json"]["keys"] == [
+            "cache_updated",
+            "cache_update_time",
+        ]
+    finally:
+        purge()

@@ -14,11 +14,12 @@ import pytest
 from fleet.errors import PlaybookError
 from fleet.hosts import inventory as inventory_mod
 from fleet.hosts.model import Host
-from fleet.playbook import crontab, dialect, lines, template
+from fleet.playbook import apt, crontab, dialect, lines, template
 from fleet.playbook import run as play
 from fleet.playbook import schema as playbook
 from fleet.playbook.dialect import NO_LOG
 from fleet.playbook.recap import PlaybookRun
+from fleet.playbook.task import Task
 from fleet.runner import Runner
 from fleet.ssh.base import CommandResult
 from tests.fakes import FakeTransport
@@ -104,7 +105,7 @@ def test_module_names_and_free_forms_read_as_ansible_reads_them() -> None:
     ("module", "nearest"),
     [
         ("ansible.builtin.blockinfile", "nearest: copy"),
-        ("apt", "provision's install list"),
+        ("package", "provision's install list"),
         ("community.docker.docker_container", "nearest: deploy"),
         ("community.general.ufw", "is not one fleet has"),
     ],
@@ -312,3 +313,14 @@ def test_a_commands_environment_names_variables(tmp_path: Path) -> None:
             "- hosts: all\n  vars: {env: {'A=1 B': x}}\n  tasks:\n"
             "    - {command: 'true', environment: '{{ env }}'}\n",
         )
+
+
+def test_apt_reads_packages_as_ansibles_list_and_refuses_what_it_cannot_do() -> None:
+    task = Task(step="apt", args={}, name="apt", where="plays[0].tasks[0]", line=7)
+    assert apt.packages_of(task, "hello, tree") == ["hello", "tree"]
+    assert apt.packages_of(task, ["libc6:amd64"]) == ["libc6:amd64"]
+    assert apt.packages_of(task, None) == []
+    with pytest.raises(PlaybookError, match="versions and patterns are not supported"):
+        apt.packages_of(task, "hello=2.10-3")
+    with pytest.raises(PlaybookError, match="'--purge' is not a package name"):
+        apt.packages_of(task, ["--purge"])

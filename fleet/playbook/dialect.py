@@ -20,7 +20,6 @@ NEAREST: Mapping[str, str] = {
     "script": "copy the script, then command",
     "blockinfile": "copy (the whole file) or template",
     "replace": "copy (the whole file) or template",
-    "apt": "command: [apt-get, install, -y, NAME], or provision's install list",
     "package": "command with the package manager, or provision's install list",
     "yum": "command with the package manager",
     "dnf": "command with the package manager",

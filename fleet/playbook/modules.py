@@ -1,7 +1,7 @@
 """Ansible's modules in a fleet playbook, with Ansible's arguments and results:
 ``command``, ``shell``, ``file``, ``copy`` and ``template`` (fleet's copy step is
-Ansible's), ``lineinfile``, ``cron``, ``wait_for``, ``service``/``systemd``, ``ping``,
-``pause``, and, decided on the controller, ``debug``, ``set_fact``, ``assert``, ``fail``.
+Ansible's), ``lineinfile``, ``cron``, ``wait_for``, ``service``/``systemd``, ``apt``
+(:mod:`fleet.playbook.apt`), ``ping``, ``pause``, and, decided on the controller, ``debug``, ``set_fact``, ``assert``, ``fail``.
 Their names and free forms are read by :mod:`fleet.playbook.dialect`, their arguments
 checked by :mod:`fleet.playbook.arguments`. Files change through the same link-safe host
 helper as fleet's own steps (:mod:`fleet.ops.files`).
@@ -25,6 +25,7 @@ from fleet.errors import HostError, PlaybookError, UndefinedError
 from fleet.hosts.model import Host
 from fleet.ops import files, hostfiles
 from fleet.playbook import crontab, lines, template
+from fleet.playbook.apt import apt
 from fleet.playbook.schema import Play, Task
 from fleet.playbook.steps import account, cron_file_step, given_mode, hiding, host_path
 from fleet.programs import program
@@ -624,6 +625,7 @@ def _pause(
 ONCE = frozenset({"pause"})
 
 HOST_MODULES = {
+    "apt": apt,
     "command": _command,
     "shell": _command,
     "file": _file,

@@ -8,7 +8,6 @@ import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fleet import units
@@ -17,14 +16,13 @@ from fleet.hosts import settings as layered
 from fleet.hosts.model import Host
 from fleet.images.runspec import HOSTNAME, RunSpec
 from fleet.ops.hostfiles import ACCOUNT, CRON_D_NAME, CRON_SCHEDULE, MODE
+from fleet.ops.provision import sources
 from fleet.ops.provision.engine import EngineSettings
 from fleet.ops.provision.packages import (
     APT_LOCK_TIMEOUT,
-    DOCKER_DEFAULT_URL,
     ENGINE_PACKAGE,
     ENGINE_PACKAGES,
     INSTALLABLE,
-    NVIDIA_DEFAULT_URL,
     AptRepository,
 )
 
@@ -558,7 +556,7 @@ def _installing(raw: Mapping[str, tuple[Any, str]]) -> _Installing:
     """``install``, the repositories, ``engine_package`` and ``apt_lock_timeout``, checked
     together."""
     install = _install(raw.get("install"))
-    nvidia = _repository(raw.get("nvidia_repository"), "nvidia_toolkit" in install, _NVIDIA)
+    nvidia = sources.read(raw.get("nvidia_repository"), "nvidia_toolkit" in install, sources.NVIDIA)
     where = f"{FLEET_PROVISION}.engine_package"
     package, where = raw.get("engine_package", (ENGINE_PACKAGE, where))
     if package not in ENGINE_PACKAGES:
@@ -567,7 +565,7 @@ def _installing(raw: Mapping[str, tuple[Any, str]]) -> _Installing:
             fix="use docker.io (the distribution's) or docker-ce (Docker's own repository)",
         )
     wants_docker = "engine" in install and package == "docker-ce"
-    docker = _repository(raw.get("docker_repository"), wants_docker, _DOCKER)
+    docker = sources.read(raw.get("docker_repository"), wants_docker, sources.DOCKER)
     where = f"{FLEET_PROVISION}.apt_lock_timeout"
     value, where = raw.get("apt_lock_timeout", (APT_LOCK_TIMEOUT, where))
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -614,92 +612,6 @@ def _install(entry: tuple[Any, str] | None) -> frozenset[str]:
             fix="use " + ", ".join(INSTALLABLE),
         )
     return frozenset(value)
-
-
-_URL = re.compile(r"(https?|file)://[^\s\[\]]+|file:/[^\s\[\]]+")
-
-
-@dataclass(frozen=True)
-class _Source:
-    """What an apt repository setting defaults to, and how to get its key."""
-
-    setting: str
-    name: str
-    url: str
-    suite: str
-    components: tuple[str, ...]
-    wanted_by: str
-    how: str
-
-
-_NVIDIA = _Source(
-    "nvidia_repository",
-    "nvidia-container-toolkit",
-    NVIDIA_DEFAULT_URL,
-    "/",
-    (),
-    "install lists nvidia_toolkit",
-    "get NVIDIA's key once (curl -fsSL https://nvidia.github.io/libnvidia-container/gpgkey "
-    "> nvidia-container-toolkit.asc), check its fingerprint against NVIDIA's install guide, "
-    "and name the file: nvidia_repository: {key: path/to/nvidia-container-toolkit.asc}",
-)
-
-
-_DOCKER = _Source(
-    "docker_repository",
-    "docker",
-    DOCKER_DEFAULT_URL,
-    "{codename}",
-    ("stable",),
-    "engine_package is docker-ce",
-    "get Docker's key once (curl -fsSL https://download.docker.com/linux/debian/gpg > "
-    "docker.asc), check its fingerprint against Docker's install guide, and name the file: "
-    "docker_repository: {key: path/to/docker.asc}",
-)
-
-
-def _repository(entry: tuple[Any, str] | None, wanted: bool, of: _Source) -> AptRepository | None:
-    """``{url, key}``: where packages come from (the URL may name ``{distribution}`` and
-    ``{codename}``, the host's own)."""
-    value, where = entry if entry is not None else (None, f"{FLEET_PROVISION}.{of.setting}")
-    how = of.how
-    if value is None:
-        if wanted:
-            raise ProvisionSettingsError(
-                f"{where}: {of.wanted_by}, but no signing key is given: fleet never fetches "
-                "a repository's key unchecked",
-                fix=how,
-            )
-        return None
-    if not isinstance(value, Mapping):
-        raise ProvisionSettingsError(f"{where}: expected {{url, key}}, got {_type(value)}", fix=how)
-    unknown = sorted(set(map(str, value)) - {"url", "key"})
-    if unknown:
-        raise ProvisionSettingsError(f"{where}.{unknown[0]}: unknown setting", fix="use url, key")
-    url = str(value.get("url") or of.url)
-    plain = url.replace("{distribution}", "x").replace("{codename}", "x")
-    if "{" in plain or "}" in plain or not _URL.fullmatch(plain):
-        raise ProvisionSettingsError(
-            f"{where}.url: {url!r} is not an http(s) or file URL", fix=f"e.g. {of.url}"
-        )
-    key_path = value.get("key")
-    if not isinstance(key_path, str) or not key_path:
-        raise ProvisionSettingsError(
-            f"{where}.key: the repository's signing key is needed", fix=how
-        )
-    try:
-        key = Path(key_path).expanduser().read_bytes()
-    except OSError as exc:
-        raise ProvisionSettingsError(
-            f"{where}.key: cannot read {key_path}: {exc.strerror}", fix=how
-        ) from None
-    armored = key.startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK-----")
-    # A binary OpenPGP public key packet starts with tag 6 (old or new format).
-    if not armored and (not key or key[0] not in (0x98, 0x99, 0x9A, 0xC6)):
-        raise ProvisionSettingsError(
-            f"{where}.key: {key_path} is not an OpenPGP public key (armored or binary)", fix=how
-        )
-    return AptRepository(of.name, url, key, armored, of.suite, of.components)
 
 
 def _allow_writable(entry: tuple[Any, str] | None) -> bool:
