@@ -282,3 +282,39 @@ def test_fleet_installs_packages_as_ansible_does(capsys, lab_env: LabFixture) ->
         ]
     finally:
         purge()
+
+
+# Selections of tags; each on fresh directories, compared by recap and by what was made.
+SELECTIONS = (
+    (),
+    ("--tags", "setup"),
+    ("--tags", "slow"),
+    ("--skip-tags", "slow"),
+    ("--tags", "debugging"),
+    ("--tags", "tagged"),
+    ("--tags", "untagged"),
+    ("--skip-tags", "always"),
+    ("--tags", "never,deploy"),
+    ("--skip-tags", "all"),
+)
+
+
+def test_tags_select_tasks_and_blocks_as_ansible_does(capsys, lab_env: LabFixture) -> None:
+    book = BOOKS / "tags.yml"
+    host = lab_env.lab.hosts[0].name
+    base = f"/tmp/fleet-oracle-{uuid.uuid4().hex[:8]}"
+    try:
+        for index, selection in enumerate(SELECTIONS):
+            roots = {tool: f"{base}/{index}/{tool}" for tool in ("ansible", "fleet")}
+            for root in roots.values():  # there even when the task making it is skipped
+                assert host_run(lab_env, host, "mkdir", "-p", root).ok
+            limit = ("--limit", host, *selection)
+            recaps = {
+                "ansible": ansible_play(lab_env, book, {"oracle_root": roots["ansible"]}, *limit),
+                "fleet": fleet_play(capsys, lab_env, book, {"oracle_root": roots["fleet"]}, *limit),
+            }
+            assert recaps["fleet"] == recaps["ansible"], selection
+            made = {tool: tree(lab_env, host, root) for tool, root in roots.items()}
+            assert made["fleet"] == made["ansible"], selection
+    finally:
+        host_run(lab_env, host, "rm", "-rf", base)

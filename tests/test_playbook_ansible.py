@@ -324,3 +324,24 @@ def test_apt_reads_packages_as_ansibles_list_and_refuses_what_it_cannot_do() -> 
         apt.packages_of(task, "hello=2.10-3")
     with pytest.raises(PlaybookError, match="'--purge' is not a package name"):
         apt.packages_of(task, ["--purge"])
+
+
+@pytest.mark.parametrize(
+    ("tags", "only", "skip", "runs"),
+    [
+        (set(), "", "", True),
+        ({"never"}, "", "", False),
+        ({"never", "debug"}, "debug", "", True),
+        ({"always"}, "setup", "", True),
+        ({"always"}, "", "always", False),
+        ({"always"}, "", "all", True),
+        ({"setup"}, "", "all", False),
+        (set(), "tagged", "", False),
+        ({"x"}, "tagged", "", True),
+        (set(), "untagged", "", True),
+        ({"x"}, "", "tagged", False),
+    ],
+)
+def test_tags_select_as_ansible_decides(tags: set[str], only: str, skip: str, runs: bool) -> None:
+    words = (frozenset(w for w in text.split(",") if w) for text in (only, skip))
+    assert play.tags_select(tags, *words) is runs

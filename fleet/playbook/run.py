@@ -323,12 +323,7 @@ class Player:
         return self.options.check if task.check_mode is None else task.check_mode
 
     def _tag_selected(self, task: Task) -> bool:
-        tags = set(task.tags)
-        if "always" in tags:
-            return True
-        if self.options.skip_tags & tags:
-            return False
-        return not self.options.tags or bool(self.options.tags & tags)
+        return tags_select(set(task.tags), self.options.tags, self.options.skip_tags)
 
     def variables(self, play: Play, host: Host | None) -> dict[str, Any]:
         merged: dict[str, Any] = {}
@@ -626,3 +621,24 @@ def run(
             player.run.tallies.setdefault(row.host, Tally()).add(row, False)
         player.run.stopped = "interrupted (Ctrl-C)"
         return player.run
+
+
+def tags_select(tags: set[str], only: frozenset[str], skip: frozenset[str]) -> bool:
+    """Whether a task with ``tags`` runs under ``--tags only`` and ``--skip-tags skip``, as
+    Ansible decides it: no ``--tags`` means ``all``; ``always`` runs unless skipped by
+    name; ``never`` runs only when named; ``tagged`` and ``untagged`` select by having
+    tags at all."""
+    tags = tags or {"untagged"}
+    only = only or frozenset({"all"})
+    untagged = tags == {"untagged"}
+    selected = (
+        "always" in tags
+        or ("all" in only and "never" not in tags)
+        or not tags.isdisjoint(only)
+        or ("tagged" in only and not untagged and "never" not in tags)
+    )
+    if not selected or not skip:
+        return selected
+    if "all" in skip:
+        return "always" in tags and "always" not in skip
+    return tags.isdisjoint(skip) and not ("tagged" in skip and not untagged)
