@@ -268,7 +268,7 @@ class Runner:
         self.connect: Connect = connect or SSHConnector()
         self.forks = forks
         self.events: Events = events or NoEvents()
-        self._transports: dict[tuple[str, bool, str], Transport] = {}
+        self._transports: dict[tuple[str, bool, str, bool], Transport] = {}
         self._dead: dict[str, UnreachableError] = {}
         self._lock = threading.Lock()
         self.stopping = threading.Event()
@@ -304,7 +304,7 @@ class Runner:
         if dead is not None:
             raise dead
         try:
-            opened = self.connect(host)
+            opened = _local(host, key) if key[3] else self.connect(host)
         except UnreachableError as exc:
             with self._lock:
                 self._dead[host.name] = exc
@@ -404,10 +404,18 @@ class Runner:
         self.close()
 
 
-def _connection_key(host: Host) -> tuple[str, bool, str]:
-    """What a connection to ``host`` is: its name and the user its commands become."""
+def _connection_key(host: Host) -> tuple[str, bool, str, bool]:
+    """What a connection to ``host`` is: its name, the user its commands become, and
+    whether they run on the controller itself (``ansible_connection: local``)."""
     become = str(host.vars.get("ansible_become", "")).lower() in ("1", "true", "yes", "on")
-    return host.name, become, str(host.vars.get("ansible_become_user") or "")
+    local = host.vars.get("ansible_connection") == "local"
+    return host.name, become, str(host.vars.get("ansible_become_user") or ""), local
+
+
+def _local(host: Host, key: tuple[str, bool, str, bool]) -> Transport:
+    from fleet.ssh.local import LocalTransport
+
+    return LocalTransport(host.name, become=key[1], become_user=key[2])
 
 
 def _with_seconds(result: HostResult, seconds: float) -> HostResult:

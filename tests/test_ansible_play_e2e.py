@@ -318,3 +318,52 @@ def test_tags_select_tasks_and_blocks_as_ansible_does(capsys, lab_env: LabFixtur
             assert made["fleet"] == made["ansible"], selection
     finally:
         host_run(lab_env, host, "rm", "-rf", base)
+
+
+def _local_tree(root: Path) -> list[str]:
+    """The controller's view of ``root``, as :func:`tree` lists a host's."""
+    return sorted(
+        f"{path.relative_to(root)}\t{oct(path.stat().st_mode & 0o7777)}\t"
+        + (path.read_text() if path.is_file() else "")
+        for path in root.rglob("*")
+    )
+
+
+def test_delegated_tasks_run_on_the_controller_as_ansibles_do(
+    capsys, lab_env: LabFixture, tmp_path: Path
+) -> None:
+    book = BOOKS / "delegate.yml"
+    base = f"/tmp/fleet-oracle-{uuid.uuid4().hex[:8]}"
+    variables = {
+        tool: {"oracle_root": f"{base}/{tool}", "controller_root": str(tmp_path / tool)}
+        for tool in ("ansible", "fleet")
+    }
+    try:
+        checked = {
+            "ansible": ansible_play(lab_env, book, variables["ansible"], "--check"),
+            "fleet": fleet_play(capsys, lab_env, book, variables["fleet"], "--check"),
+        }
+        assert checked["fleet"] == checked["ansible"], checked
+        assert not any(tmp_path.iterdir())
+        for run in (1, 2):
+            recaps = {
+                "ansible": ansible_play(lab_env, book, variables["ansible"]),
+                "fleet": fleet_play(capsys, lab_env, book, variables["fleet"]),
+            }
+            assert all(c["failed"] == 0 for c in recaps["ansible"].values()), recaps
+            assert recaps["fleet"] == recaps["ansible"], f"run {run}: {recaps}"
+        controller = {tool: _local_tree(tmp_path / tool) for tool in variables}
+        assert controller["fleet"] == controller["ansible"]
+        assert any(
+            line.startswith("lab1.txt\t0o640\tlab1 was here\nseen") for line in controller["fleet"]
+        )
+        for host in (h.name for h in lab_env.lab.hosts):
+            roots = {tool: f"{base}/{tool}" for tool in variables}
+            states = {tool: tree(lab_env, host, root) for tool, root in roots.items()}
+            assert states["fleet"] == states["ansible"], host
+            results = {tool: registered(lab_env, host, root) for tool, root in roots.items()}
+            assert results["fleet"] == results["ansible"], host
+            assert results["fleet"]["said.json"] == {"stdout": f"{host} was here", "rc": 0}
+    finally:
+        for host in lab_env.lab.hosts:
+            host_run(lab_env, host.name, "rm", "-rf", base)

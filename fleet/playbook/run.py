@@ -213,7 +213,7 @@ class Player:
                 continue
             if not self._tag_selected(task):
                 continue
-            result = self._task(play, task, self._as_become(play, task, active))
+            result = self._task(play, task, self._reached(play, task, active))
             self.run.tasks.append(TaskRun(play.name, task.title, task.step, result))
             failed = [r.host for r in result.results if not r.succeeded]
             for row in result.results:
@@ -301,16 +301,22 @@ class Player:
             active = [h for h in active if h.name in stayed or h not in hosts]
         return active
 
-    def _as_become(self, play: Play, task: Task, hosts: list[Host]) -> list[Host]:
-        """The hosts as a task's ``become`` (or its play's) says to reach them: with the
-        inventory's become variables set for it, so their commands run through sudo."""
+    def _reached(self, play: Play, task: Task, hosts: list[Host]) -> list[Host]:
+        """The hosts as a task reaches them: with the inventory's become variables set as
+        its ``become`` (or its play's) says, so their commands run through sudo; on the
+        controller itself for ``delegate_to: localhost`` (with the host's variables)."""
         become = task.become if task.become is not None else play.become
         user = task.become_user or play.become_user
-        if not become:
-            return hosts
-        added: dict[str, Any] = {"ansible_become": True}
-        if user:
-            added["ansible_become_user"] = user
+        added: dict[str, Any] = {}
+        if become:
+            added["ansible_become"] = True
+            if user:
+                added["ansible_become_user"] = user
+        if task.delegate_to:
+            added["ansible_connection"] = "local"
+            if not become:
+                # The remote host's own become is its own, not the controller's.
+                added["ansible_become"] = False
         return [
             host
             if all(host.vars.get(k) == v for k, v in added.items())

@@ -56,12 +56,18 @@ TASK_KEYS = frozenset(
         "delay",
         "rescue",
         "always",
+        "delegate_to",
     }
 )
 # A block's keys: its tasks, and the task keys its tasks inherit.
 BLOCK_INHERITED = frozenset(
-    {"when", "tags", "ignore_errors", "become", "become_user", "environment", "no_log", "vars"}
+    {
+        *("when", "tags", "ignore_errors", "become", "become_user", "environment", "no_log"),
+        *("vars", "delegate_to"),
+    }
 )
+# The one host a task may be delegated to: the controller (Ansible's implicit localhost).
+LOCALHOST = frozenset({"localhost", "127.0.0.1"})
 LOOP_CONTROL_KEYS = frozenset({"loop_var", "index_var", "label"})
 # What a task may not register under: the variables Ansible (and fleet) provide.
 RESERVED_NAMES = frozenset(
@@ -105,6 +111,7 @@ class Task:
     check_mode: bool | None = None
     environment: Any = None
     run_once: bool = False
+    delegate_to: bool = False  # delegate_to: localhost, run on the controller
     until: str | None = None
     retries: int = 3
     delay: float = 5.0
@@ -201,6 +208,12 @@ class TaskChecker:
                 f"applies to host tasks; '{step}' decides its own outcome",
                 self.lines.of(raw, judged),
             )
+        if raw.get("delegate_to") is not None and step in FLEET_WIDE_STEPS:
+            raise self.fail(
+                f"{where}.delegate_to",
+                f"'{step}' acts on the play's hosts themselves; it is not delegated",
+                self.lines.of(raw, "delegate_to"),
+            )
         register = self._register(raw, where)
         loop, control = self._loop(raw, step, where)
         until = self._condition(raw, "until", where)
@@ -283,7 +296,22 @@ class TaskChecker:
             "check_mode": check_mode,
             "environment": environment,
             "run_once": self._flag(raw, "run_once", where),
+            "delegate_to": self._delegate(raw, where),
         }
+
+    def _delegate(self, raw: Mapping[str, Any], where: str) -> bool:
+        """``delegate_to``: only the controller (``localhost``)."""
+        value = raw.get("delegate_to")
+        if value is None:
+            return False
+        if value not in LOCALHOST:
+            raise self.fail(
+                f"{where}.delegate_to",
+                f"{value!r}: a task may be delegated to localhost only (the controller)",
+                self.lines.of(raw, "delegate_to"),
+                "delegate_to: localhost, or run the task on that host with its own play",
+            )
+        return True
 
     def _environment(self, value: Any, where: str, line: int | None) -> None:
         if isinstance(value, str) and "{{" in value:
@@ -411,13 +439,6 @@ class TaskChecker:
                 "the with_* loops are not supported",
                 self.lines.of(raw, unknown[0]),
                 "write 'loop:' with the list (Ansible's own advice since 2.5)",
-            )
-        if unknown and str(unknown[0]) == "delegate_to":
-            raise self.fail(
-                f"{where}.delegate_to",
-                "delegate_to is not supported: a task runs on the play's hosts",
-                self.lines.of(raw, "delegate_to"),
-                "run controller work before 'fleet play', or as a build task",
             )
         if unknown:
             key = str(unknown[0])
@@ -567,6 +588,7 @@ def _inherit(task: Task, block: Task) -> Task:
         become=task.become if task.become is not None else block.become,
         become_user=task.become_user or block.become_user,
         environment=task.environment if task.environment is not None else block.environment,
+        delegate_to=task.delegate_to or block.delegate_to,
         vars={**block.vars, **task.vars},
     )
 
