@@ -110,11 +110,17 @@ def tree(env: LabFixture, host: str, root: str) -> list[str]:
         line.split()[0].removeprefix("./"): line.split()[1] for line in sums.stdout.splitlines()
     }
     return sorted(
-        # A link's target names the root: each tool has its own.
-        f"{line.replace(root, 'ROOT')}\t{digest.get(line.split(chr(9))[0], '')}"
+        # A link's target names the root: each tool has its own; a backup's name holds a
+        # pid and a time.
+        BACKUP.sub(
+            ".PID.TIME~", f"{line.replace(root, 'ROOT')}\t{digest.get(line.split(chr(9))[0], '')}"
+        )
         for line in listed.stdout.splitlines()
         if ".json\t" not in line
     )
+
+
+BACKUP = re.compile(r"\.[0-9]+\.[0-9]{4}-[0-9]{2}-[0-9]{2}@[0-9]{2}:[0-9]{2}:[0-9]{2}~")
 
 
 def registered(env: LabFixture, host: str, root: str) -> dict[str, dict]:
@@ -141,11 +147,12 @@ def _comparable(document: dict) -> dict:
         (BOOKS / "lines.yml", "oracle_root", ()),
         (BOOKS / "waits.yml", "oracle_root", ()),
         (BOOKS / "services.yml", "oracle_root", ()),
+        (BOOKS / "recurse.yml", "oracle_root", ()),
         # A crontab is the host's: each tool edits its own user's and its own file.
         (BOOKS / "cron.yml", "oracle_root", ("cron_user", "cron_file")),
         (PREPARE, "data_root", ()),
     ],
-    ids=["commands", "files", "blocks", "lines", "waits", "services", "cron", "prepare"],
+    ids=["commands", "files", "blocks", "lines", "waits", "services", "recurse", "cron", "prepare"],
 )
 def test_fleet_does_what_ansible_does(
     capsys, lab_env: LabFixture, book: Path, root_var: str, own: tuple[str, ...]

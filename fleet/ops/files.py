@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
+import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +34,11 @@ class FileChange:
     path: str
     changes: tuple[str, ...]
     diff: str | None = None
+    backup_file: str | None = None  # where the old content was kept, when asked
 
     def to_json(self) -> dict[str, Any]:
-        return {"diff": self.diff} if self.diff is not None else {}
+        shown: dict[str, Any] = {"diff": self.diff} if self.diff is not None else {}
+        return {**shown, "backup_file": self.backup_file} if self.backup_file else shown
 
 
 def roots(ctx: HostContext) -> tuple[str, ...]:
@@ -136,6 +141,32 @@ def ensure_dir(
     return ctx.result(Outcome.CHANGED, f"{verb}{', '.join(changes)}: {path}")
 
 
+def ensure_below(
+    ctx: HostContext,
+    path: str,
+    mode: str | None,
+    *,
+    owner: str | None = None,
+    group: str | None = None,
+    check: bool = False,
+) -> int:
+    """Everything below directory ``path`` given ``mode`` (directories and regular files)
+    and ``owner``/``group`` (links too, never their targets), as Ansible's ``file`` with
+    ``recurse``; how many entries changed (or would)."""
+    root = hostfiles.root_of(path, roots(ctx))
+    leave = hostfiles.LEAVE
+    argv = hostfiles.tree_argv(
+        root, path, mode or leave, owner or leave, group or leave, check=check
+    )
+    out = helper(ctx, argv)
+    try:
+        return int(json.loads(out.strip().splitlines()[-1])["changed"])
+    except (ValueError, IndexError, KeyError, TypeError):
+        raise HostError(
+            ctx.name, f"the file helper's answer is not understood: {out[:200]!r}"
+        ) from None
+
+
 def ensure_file(
     ctx: HostContext,
     path: str,
@@ -147,10 +178,12 @@ def ensure_file(
     check: bool = False,
     diff: bool = False,
     secret: bool = False,
+    backup: bool = False,
 ) -> HostResult:
     """``content`` at ``path`` with ``mode`` (octal text; None: a new file 644, an existing
     one as it is) and ``owner``/``group`` when given (else as it is); a ``secret`` one shows
-    no diff.
+    no diff. ``backup``: old content that changes is kept first beside it, as Ansible's
+    ``PATH.PID.YYYY-MM-DD@HH:MM:SS~``, with the old file's mode and owner.
 
     Written only while the file is what was just read: a concurrent edit is kept.
     """
@@ -169,7 +202,13 @@ def ensure_file(
         shown = DIFF_HIDDEN if secret else _diff(path, current, content)
     if not changes:
         return ctx.result(Outcome.OK, f"{path} as wanted", payload=FileChange(path, (), shown))
+    kept = None
     if not check:
+        if backup and current is not None and current != content:
+            kept = _backup_name(path)
+            old_owner = f"{found.user}:{found.group}" if found.user else hostfiles.LEAVE
+            argv = hostfiles.write_argv(root, kept, int(found.mode, 8), "absent", old_owner)
+            helper(ctx, argv, stdin=current)
         expected = "absent" if current is None else hashlib.sha256(current).hexdigest()
         # A rewrite keeps the file's owner unless one was asked for (root writes it).
         keep = account if owned or kind != "absent" else hostfiles.LEAVE
@@ -179,8 +218,13 @@ def ensure_file(
     return ctx.result(
         Outcome.CHANGED,
         f"{verb} {' and '.join(changes)} of {path}",
-        payload=FileChange(path, tuple(changes), shown),
+        payload=FileChange(path, tuple(changes), shown, kept),
     )
+
+
+def _backup_name(path: str) -> str:
+    """Ansible's name for a file's backup: beside it, the controller's pid and the time."""
+    return f"{path}.{os.getpid()}.{time.strftime('%Y-%m-%d@%H:%M:%S')}~"
 
 
 def ensure_state(

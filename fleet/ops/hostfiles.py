@@ -99,6 +99,19 @@ def link_argv(root: str, path: str, target: str) -> list[str]:
     return [*SAFE_PATH, "link", root, path, target]
 
 
+def tree_argv(
+    root: str,
+    path: str,
+    mode: str = LEAVE,
+    user: str = LEAVE,
+    group: str = LEAVE,
+    check: bool = False,
+) -> list[str]:
+    """Give everything below directory ``path`` ``mode`` (directories and regular files),
+    ``user`` and ``group`` (links too, never their targets); prints ``{"changed": N}``."""
+    return [*SAFE_PATH, "tree", root, path, mode, user, group, "1" if check else "0"]
+
+
 @dataclass(frozen=True)
 class PathInfo:
     """What the helper saw at a path, never through a link below its root."""

@@ -77,6 +77,7 @@ STEPS: Mapping[str, Mapping[str, tuple[type, ...]]] = {
         "group": _STR,
         "src": _STR,
         "force": (bool,),
+        "recurse": (bool,),
     },
     "copy": {
         "dest": _STR,
@@ -85,8 +86,16 @@ STEPS: Mapping[str, Mapping[str, tuple[type, ...]]] = {
         "mode": (str, int),
         "owner": _STR,
         "group": _STR,
+        "backup": (bool,),
     },
-    "template": {"src": _STR, "dest": _STR, "mode": (str, int), "owner": _STR, "group": _STR},
+    "template": {
+        "src": _STR,
+        "dest": _STR,
+        "mode": (str, int),
+        "owner": _STR,
+        "group": _STR,
+        "backup": (bool,),
+    },
     "lineinfile": {
         "path": _STR,
         "line": _STR,

@@ -174,6 +174,12 @@ def _file(
         raise PlaybookError(f"{task.where}.file.src: required with state: link", line=task.line)
     mode = given_mode(task, args)
     owner, group = (account(task, args, key) for key in ("owner", "group"))
+    recurse = bool(args.get("recurse"))
+    if recurse and state != "directory":
+        raise PlaybookError(
+            f"{task.where}.file.recurse: recurse option requires state to be 'directory'",
+            line=task.line,
+        )
 
     def body(ctx: HostContext) -> HostResult:
         check = player.check(task)
@@ -181,6 +187,12 @@ def _file(
             row = files.ensure_dir(
                 ctx, path, mode, owner=owner, group=group, check=check, shape_parents=True
             )
+            below = 0
+            if recurse and (row.outcome is Outcome.OK or not check):
+                below = files.ensure_below(ctx, path, mode, owner=owner, group=group, check=check)
+            if below and row.outcome is Outcome.OK:
+                verb = "would change" if check else "changed"
+                row = ctx.result(Outcome.CHANGED, f"{verb} {below} entries below {path}")
         else:
             row = files.ensure_state(
                 ctx,

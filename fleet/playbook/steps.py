@@ -342,7 +342,17 @@ def _copy(
     owner, group = (account(task, args, key) for key in ("owner", "group"))
     content = str(args["content"]).encode()
     return _write_step(
-        player, hosts, task, args, path, content, mode, secret, owner=owner, group=group
+        player,
+        hosts,
+        task,
+        args,
+        path,
+        content,
+        mode,
+        secret,
+        owner=owner,
+        group=group,
+        backup=bool(args.get("backup")),
     )
 
 
@@ -371,6 +381,7 @@ def _write_step(
     *,
     owner: str | None = None,
     group: str | None = None,
+    backup: bool = False,
 ) -> FleetResult:
     def body(ctx: HostContext) -> HostResult:
         return files.ensure_file(
@@ -383,6 +394,7 @@ def _write_step(
             check=player.check(task),
             diff=player.options.diff,
             secret=secret,
+            backup=backup,
         )
 
     commands = [

@@ -18,6 +18,9 @@
 #   safe_path.py touch ROOT PATH MODE OWNER            (create empty, or update the times)
 #   safe_path.py remove ROOT PATH                      (a file, a link, or a whole tree)
 #   safe_path.py link ROOT PATH TARGET                 (PATH a symbolic link to TARGET)
+#   safe_path.py tree ROOT PATH MODE USER GROUP CHECK  (everything below directory PATH:
+#       directories and regular files get MODE, USER, GROUP ("-": leave), a link its
+#       USER and GROUP, never its target's; CHECK 1: change nothing) -> one JSON line
 #
 # Exit 0: done; 3: refused (a link below ROOT, the file changed since it was read), with
 # the reason on stderr; 1: any other error. Standard library only, for any python3 >= 3.6
@@ -367,6 +370,60 @@ def describe(root, path, content):
     return found
 
 
+def shape_tree(root, path, mode, user, group, check):
+    """Ansible's file recurse, below directory PATH and never through a link; the count of
+    entries that changed (or would)."""
+    uid = -1 if user == "-" else ids(user)[0]
+    gid = -1 if group == "-" else ids("0:" + group)[1]
+    bits = None if mode == "-" else int(mode, 8)
+    changed = [0]
+
+    def fix(fd, st, is_link):
+        wants_mode = bits is not None and not is_link and stat.S_IMODE(st.st_mode) != bits
+        wants_owner = (uid != -1 and st.st_uid != uid) or (gid != -1 and st.st_gid != gid)
+        if not (wants_mode or wants_owner):
+            return
+        changed[0] += 1
+        if check == "1":
+            return
+        if wants_owner:
+            os.fchown(fd, uid, gid)
+        if wants_mode:
+            os.fchmod(fd, bits)
+
+    def below(at):
+        for name in sorted(os.listdir(at)):
+            st = os.stat(name, dir_fd=at, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                wants = (uid != -1 and st.st_uid != uid) or (gid != -1 and st.st_gid != gid)
+                if wants:
+                    changed[0] += 1
+                    if check != "1":
+                        os.chown(name, uid, gid, dir_fd=at, follow_symlinks=False)
+            elif stat.S_ISDIR(st.st_mode):
+                fd = open_dir(at, name, name, root)
+                try:
+                    below(fd)
+                    fix(fd, os.fstat(fd), False)
+                finally:
+                    os.close(fd)
+            elif stat.S_ISREG(st.st_mode):
+                fd = open_file(at, name)
+                if fd is None or fd < 0:
+                    continue  # gone, or swapped for something else since the listing
+                try:
+                    fix(fd, os.fstat(fd), False)
+                finally:
+                    os.close(fd)
+
+    fd = walk(root, path)
+    try:
+        below(fd)
+    finally:
+        os.close(fd)
+    return {"changed": changed[0]}
+
+
 def name_of(lookup, number):
     try:
         return lookup(number)[0]
@@ -390,8 +447,10 @@ def main(argv):
         remove(*argv[1:])
     elif op == "link" and len(argv) == 4:
         link(*argv[1:])
+    elif op == "tree" and len(argv) == 7:
+        print(json.dumps(shape_tree(*argv[1:])))
     else:
-        sys.stderr.write("fleet: usage: safe_path.py write|dir|fix|stat|touch|remove|link ROOT PATH ...\n")
+        sys.stderr.write("fleet: usage: safe_path.py write|dir|fix|stat|touch|remove|link|tree ROOT PATH ...\n")
         return 2
     return 0
 
