@@ -280,6 +280,15 @@ def test_lineinfile_edits_lines_as_ansible_does() -> None:
     assert lines.absent(text, regexp="^(port|mode)=") == ("workers=2\n[gpu]\n", 2)
     with pytest.raises(PlaybookError, match="not a regular expression"):
         lines.present(text, "x", regexp="(")
+    # backrefs: the match's groups in the line; no match, no line
+    rebuilt = lines.present(text, r"workers=\1 # was \g<0>", regexp=r"^workers=(\d)", backrefs=True)
+    assert rebuilt[0].splitlines()[1] == "workers=2 # was workers=2"
+    assert lines.present(text, r"x=\1", regexp=r"^threads=(\d)", backrefs=True) == (text, "")
+    with pytest.raises(PlaybookError, match="names a group the regexp has not"):
+        lines.present(text, r"\2", regexp=r"^port=(\d)", backrefs=True)
+    # search_string: a plain string, not a pattern
+    assert lines.present(text, "mode=slow", search_string="mode=")[0].endswith("mode=slow\n")
+    assert lines.absent(text, search_string="[gpu]") == ("port=1\nworkers=2\nmode=fast", 1)
 
 
 def test_cron_entries_are_named_as_ansibles_are() -> None:

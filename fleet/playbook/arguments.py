@@ -104,6 +104,8 @@ STEPS: Mapping[str, Mapping[str, tuple[type, ...]]] = {
         "insertafter": _STR,
         "insertbefore": _STR,
         "firstmatch": (bool,),
+        "search_string": _STR,
+        "backrefs": (bool,),
         "create": (bool,),
         "mode": (str, int),
         "owner": _STR,

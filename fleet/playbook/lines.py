@@ -1,6 +1,7 @@
 """A file's lines edited as Ansible's ``lineinfile`` edits them: one line made present
-(replacing the last line a ``regexp`` matches, else inserted after or before an anchor,
-else appended) or every matching line removed. Pure: text in, text and a message out.
+(replacing the last line a ``regexp`` or ``search_string`` matches, with the match's
+groups in it under ``backrefs``; else inserted after or before an anchor, else appended)
+or every matching line removed. Pure: text in, text and a message out.
 
 Regular expressions are searched per line, bounded in time: a file a container can write
 must not stall the controller.
@@ -16,9 +17,9 @@ from fleet.errors import PlaybookError
 SEARCH_SECONDS = 1.0
 
 
-def _search(pattern: str, text: str) -> bool:
+def _search(pattern: str, text: str) -> regex.Match[str] | None:
     try:
-        return regex.search(pattern, text, timeout=SEARCH_SECONDS) is not None
+        return regex.search(pattern, text, timeout=SEARCH_SECONDS)
     except regex.error as exc:
         raise PlaybookError(f"lineinfile: {pattern!r} is not a regular expression: {exc}") from None
     except TimeoutError:
@@ -35,17 +36,28 @@ def present(
     insertafter: str | None = None,
     insertbefore: str | None = None,
     firstmatch: bool = False,
+    search_string: str | None = None,
+    backrefs: bool = False,
 ) -> tuple[str, str]:
     """``text`` with ``line`` in it; the new text and Ansible's message ('' unchanged)."""
     lines = text.splitlines(keepends=True)
     wanted = line + "\n"
     matched = None
-    if regexp is not None:
+    match: regex.Match[str] | None = None
+    if regexp is not None or search_string is not None:
         for index, current in enumerate(lines):
-            if _search(regexp, current):
+            found: regex.Match[str] | bool | None = (
+                _search(regexp, current)
+                if regexp is not None
+                else search_string is not None and search_string in current
+            )
+            if found:
                 matched = index
+                match = found if isinstance(found, regex.Match) else None
                 if firstmatch:
                     break
+    if backrefs and match is not None:
+        wanted = _expand(match, line) + "\n"
     anchor = None
     if insertafter not in (None, "BOF", "EOF"):
         anchor = insertafter
@@ -66,6 +78,9 @@ def present(
             return text, ""
         lines[matched] = wanted
         return "".join(lines), "line replaced"
+    if backrefs:
+        # Without a match there are no groups to build the line from: nothing is added.
+        return text, ""
     if "BOF" in (insertafter, insertbefore):
         return wanted + text, "line added"
     # The line is nowhere in the file (it would have matched above): insert it.
@@ -77,12 +92,33 @@ def present(
     return "".join(lines), "line added"
 
 
-def absent(text: str, *, line: str | None = None, regexp: str | None = None) -> tuple[str, int]:
-    """``text`` without the lines ``regexp`` matches (else equal to ``line``); how many went."""
+def _expand(match: regex.Match[str], line: str) -> str:
+    try:
+        return match.expand(line)
+    except (regex.error, IndexError) as exc:
+        raise PlaybookError(
+            f"lineinfile: line {line!r} names a group the regexp has not: {exc}"
+        ) from None
+
+
+def absent(
+    text: str,
+    *,
+    line: str | None = None,
+    regexp: str | None = None,
+    search_string: str | None = None,
+) -> tuple[str, int]:
+    """``text`` without the lines ``regexp`` matches (or that hold ``search_string``, else
+    equal to ``line``); how many went."""
     kept: list[str] = []
     removed = 0
     for current in text.splitlines(keepends=True):
-        gone = _search(regexp, current) if regexp is not None else current.rstrip("\r\n") == line
+        if regexp is not None:
+            gone = _search(regexp, current) is not None
+        elif search_string is not None:
+            gone = search_string in current
+        else:
+            gone = current.rstrip("\r\n") == line
         removed += gone
         if not gone:
             kept.append(current)

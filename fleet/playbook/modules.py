@@ -237,8 +237,20 @@ def _lineinfile(
         raise PlaybookError(
             f"{task.where}.lineinfile.line: required with state: present", line=task.line
         )
-    if state == "absent" and "line" not in args and "regexp" not in args:
-        raise PlaybookError(f"{task.where}.lineinfile: give regexp or line", line=task.line)
+    if state == "absent" and not {"line", "regexp", "search_string"} & args.keys():
+        raise PlaybookError(
+            f"{task.where}.lineinfile: give regexp, search_string or line", line=task.line
+        )
+    if "search_string" in args and ("regexp" in args or args.get("backrefs")):
+        raise PlaybookError(
+            f"{task.where}.lineinfile.search_string: not with regexp or backrefs",
+            line=task.line,
+        )
+    if args.get("backrefs") and "regexp" not in args:
+        raise PlaybookError(
+            f"{task.where}.lineinfile.backrefs: regexp is required with backrefs",
+            line=task.line,
+        )
     mode = given_mode(task, args)
     owner, group = (account(task, args, key) for key in ("owner", "group"))
 
@@ -257,7 +269,12 @@ def _lineinfile(
             raise HostError(ctx.name, f"{path} exists and is a {found.kind}, not a file")
         before = (found.content or b"").decode("utf-8", "surrogateescape")
         if state == "absent":
-            after, removed = lines.absent(before, line=args.get("line"), regexp=args.get("regexp"))
+            after, removed = lines.absent(
+                before,
+                line=args.get("line"),
+                regexp=args.get("regexp"),
+                search_string=args.get("search_string"),
+            )
             message = f"{removed} line(s) removed" if removed else ""
         else:
             after, message = lines.present(
@@ -267,6 +284,8 @@ def _lineinfile(
                 insertafter=args.get("insertafter"),
                 insertbefore=args.get("insertbefore"),
                 firstmatch=bool(args.get("firstmatch")),
+                search_string=args.get("search_string"),
+                backrefs=bool(args.get("backrefs")),
             )
         row = files.ensure_file(
             ctx,
