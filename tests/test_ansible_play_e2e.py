@@ -148,11 +148,15 @@ def _comparable(document: dict) -> dict:
         (BOOKS / "waits.yml", "oracle_root", ()),
         (BOOKS / "services.yml", "oracle_root", ()),
         (BOOKS / "recurse.yml", "oracle_root", ()),
+        (BOOKS / "become.yml", "oracle_root", ()),
         # A crontab is the host's: each tool edits its own user's and its own file.
         (BOOKS / "cron.yml", "oracle_root", ("cron_user", "cron_file")),
         (PREPARE, "data_root", ()),
     ],
-    ids=["commands", "files", "blocks", "lines", "waits", "services", "recurse", "cron", "prepare"],
+    ids=[
+        *("commands", "files", "blocks", "lines", "waits", "services", "recurse", "become"),
+        *("cron", "prepare"),
+    ],
 )
 def test_fleet_does_what_ansible_does(
     capsys, lab_env: LabFixture, book: Path, root_var: str, own: tuple[str, ...]

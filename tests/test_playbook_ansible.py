@@ -355,3 +355,18 @@ def test_apt_reads_packages_as_ansibles_list_and_refuses_what_it_cannot_do() -> 
 def test_tags_select_as_ansible_decides(tags: set[str], only: str, skip: str, runs: bool) -> None:
     words = (frozenset(w for w in text.split(",") if w) for text in (only, skip))
     assert play.tags_select(tags, *words) is runs
+
+
+def test_a_host_that_failed_sits_out_the_later_plays(tmp_path: Path) -> None:
+    run, hosts = run_book(
+        tmp_path,
+        "- hosts: all\n  tasks:\n"
+        "    - {command: 'fail here', when: inventory_hostname == 'gpu1'}\n"
+        "    - {command: 'echo first'}\n"
+        "- hosts: all\n  tasks:\n"
+        "    - {command: 'echo second'}\n",
+    )
+    ran = {h.host: [" ".join(c) for c in h.commands] for h in hosts}
+    assert ran["gpu1"] == ["fail here"]
+    assert ran["gpu2"] == ["echo first", "echo second"]
+    assert run.tallies["gpu1"].counts["failed"] == 1 and run.exit_code == 2

@@ -78,13 +78,18 @@ def stat(ctx: HostContext, root: str, path: str, content: bool = False) -> hostf
 def _owner_change(
     found: hostfiles.PathInfo, owner: str | None, group: str | None
 ) -> tuple[str, bool]:
-    """The ``user:group`` a path should have (what it has where not asked), and whether
+    """The ``user:group`` to give a path (a part not asked is left empty: the helper leaves
+    it as it is, or as the creating user made it, as Ansible's modules do), and whether
     that changes it."""
     absent = found.kind == "absent"
-    wanted_owner = owner if owner is not None else found.user or "root"
-    wanted_group = group if group is not None else found.group or wanted_owner
-    asked = owner is not None or group is not None
-    changed = asked and (absent or (found.user, found.group) != (wanted_owner, wanted_group))
+    changed = (owner is not None or group is not None) and (
+        absent
+        or (owner is not None and found.user != owner)
+        or (group is not None and found.group != group)
+    )
+    # An existing path's own parts are kept (a rewrite makes a new file: root's otherwise).
+    wanted_owner = owner if owner is not None else "" if absent else found.user
+    wanted_group = group if group is not None else "" if absent else found.group
     return f"{wanted_owner}:{wanted_group}", changed
 
 
@@ -102,7 +107,7 @@ def _attributes(
     changes = [f"mode {wanted}"] if found.kind == "absent" or found.mode != wanted else []
     account, owned = _owner_change(found, owner, group)
     if owned:
-        changes.append(f"owner {account}")
+        changes.append(f"owner {account.strip(':')}")
     return wanted, account, owned, changes
 
 

@@ -111,6 +111,7 @@ class Player:
         # tasks after them; and the handlers its changes notified, not yet run.
         self._registered: dict[str, dict[str, Any]] = {}
         self._notified: dict[str, set[str]] = {}
+        self._dropped: set[str] = set()
         self.runner = runner
         self.options = options
         self.events = events
@@ -172,7 +173,12 @@ class Player:
             for host in hosts:
                 self.run.tallies.setdefault(host.name, Tally())
         try:
-            for play, hosts in selected:
+            for play, selected_hosts in selected:
+                # A host that failed (or was unreachable) sits out the rest of the
+                # playbook, as Ansible's does; its recap keeps its counts.
+                hosts = [h for h in selected_hosts if h.name not in self._dropped]
+                if not hosts and selected_hosts:
+                    continue
                 self.events.play_started(play, [h.name for h in hosts])
                 try:
                     self._play(play, hosts)
@@ -187,10 +193,14 @@ class Player:
     def _play(self, play: Play, hosts: list[Host]) -> None:
         for batch in deploy_mod.batches(hosts, play.serial):
             active = list(batch)
-            for section in SECTIONS:
-                active = self._tasks(play, play.section(section), active, batch)
-                # Ansible flushes the notified handlers at the end of each section.
-                active = self._flush(play, active, batch)
+            try:
+                for section in SECTIONS:
+                    active = self._tasks(play, play.section(section), active, batch)
+                    # Ansible flushes the notified handlers at the end of each section.
+                    active = self._flush(play, active, batch)
+            finally:
+                left = {h.name for h in active}
+                self._dropped.update(h.name for h in batch if h.name not in left)
 
     def _tasks(
         self,

@@ -140,8 +140,9 @@ def split(path):
 
 
 def ids(owner):
+    """(uid, gid) of "user:group"; an empty part is -1 (left as it is)."""
     user, _, group = owner.partition(":")
-    uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+    uid = -1 if not user else int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
     if not group:
         return uid, -1
     return uid, int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
