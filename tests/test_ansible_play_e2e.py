@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import LabFixture, host_run, run_cli, run_json
 from tests.test_inventory_ansible import _oracle
@@ -378,3 +379,75 @@ def test_delegated_tasks_run_on_the_controller_as_ansibles_do(
     finally:
         for host in lab_env.lab.hosts:
             host_run(lab_env, host.name, "rm", "-rf", base)
+
+
+# The modules whose --diff is a file's content (fleet shows no diff of a path's state).
+DIFFED = ("lineinfile", "copy", "template")
+
+
+def _hunks(text: str) -> list[str]:
+    """A diff's hunks: each ``@@`` line and the lines of its hunk (the files' headers are
+    left out: each tool names files its way)."""
+    found: list[str] = []
+    inside = False
+    for line in text.splitlines():
+        if line.startswith("@@"):
+            inside = True
+        elif (
+            not inside
+            or not line.startswith(("+", "-", " ", "\\"))
+            or line.startswith(("---", "+++"))
+        ):
+            inside = False
+            continue
+        found.append(line)
+    return found
+
+
+def test_diffs_show_what_ansibles_do(capsys, lab_env: LabFixture) -> None:
+    book = BOOKS / "lines.yml"
+    host = lab_env.lab.hosts[0].name
+    base = f"/tmp/fleet-oracle-{uuid.uuid4().hex[:8]}"
+    names = [
+        task["name"]
+        for task in yaml.safe_load(book.read_text())[0]["tasks"]
+        if any(key.rsplit(".", 1)[-1] in DIFFED for key in task)
+    ]
+    try:
+        options = ("--diff", "--limit", host)
+        extra = {"oracle_root": f"{base}/ansible", "ansible_python_interpreter": "/usr/bin/python3"}
+        argv = [ANSIBLE_PLAYBOOK or "ansible-playbook", "-i", str(lab_env.inventory), str(book)]
+        shown = subprocess.run(
+            [*argv, "-e", json.dumps(extra), *options],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+            timeout=300,
+            check=False,
+        ).stdout
+        ansible = {block.split("]", 1)[0]: _hunks(block) for block in shown.split("TASK [")[1:]}
+        code, doc = run_json(
+            capsys,
+            "play",
+            str(book),
+            "-i",
+            str(lab_env.inventory),
+            "-e",
+            f"oracle_root={base}/fleet",
+            *options,
+        )
+        assert code == 0, doc
+        fleet = {
+            task["task"]: _hunks(str(task["hosts"][host]["details"].get("diff", "")))
+            for task in doc["tasks"]
+        }
+        for name in names:
+            # Ansible follows a content diff with its diff of the path's attributes (as
+            # JSON: mode, owner); fleet shows the content's.
+            assert fleet[name] == ansible[name][: len(fleet[name])], name
+            rest = ansible[name][len(fleet[name]) :]
+            assert not rest or rest[1:2] == [" {"], (name, rest)
+        assert sum(map(len, fleet.values())) > 20  # diffs were shown, and compared
+        assert any(line.startswith("\\ No newline") for line in fleet[names[1]])
+    finally:
+        host_run(lab_env, host, "rm", "-rf", base)

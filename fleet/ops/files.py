@@ -303,6 +303,14 @@ def ensure_state(
 
 
 def _diff(path: str, current: bytes | None, content: bytes) -> str:
-    before = (current or b"").decode("utf-8", "replace").splitlines(keepends=True)
-    after = content.decode("utf-8", "replace").splitlines(keepends=True)
-    return "".join(difflib.unified_diff(before, after, f"{path} (before)", f"{path} (after)"))
+    """A file's change as Ansible's ``--diff`` shows it (its headers, a last line without
+    a newline marked as diff marks it)."""
+    texts = [(current or b"").decode("utf-8", "replace"), content.decode("utf-8", "replace")]
+    before, after = (_marked(text.splitlines(keepends=True)) for text in texts)
+    return "".join(difflib.unified_diff(before, after, f"before: {path}", f"after: {path}"))
+
+
+def _marked(lines: list[str]) -> list[str]:
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n\\ No newline at end of file\n"
+    return lines
