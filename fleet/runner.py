@@ -30,7 +30,7 @@ from fleet.errors import (
 )
 from fleet.hosts.model import Host
 from fleet.results import FleetResult, HostResult, Outcome, Payload
-from fleet.ssh.base import Transport, fix_for
+from fleet.ssh.base import CommandResult, Transport, fix_for
 from fleet.ssh.endpoint import BECOME_PASSWORD_VARS, DEFAULT_CONNECT_TIMEOUT
 
 if TYPE_CHECKING:
@@ -42,6 +42,10 @@ SSH_CLIENT_VAR = "fleet_ssh_client"
 SSH_CLIENT_ENV = "FLEET_SSH_CLIENT"
 
 DEFAULT_FORKS = 20
+# New SSH handshakes at once, whatever the forks: a bastion's sshd (and any sshd under
+# MaxStartups' default 10:30:100) drops unauthenticated connections past its limit, and
+# handshakes are the controller's costliest CPU (Kamal's max_concurrent_starts, 30).
+DEFAULT_MAX_STARTS = 30
 
 
 class Events(Protocol):
@@ -262,15 +266,17 @@ class Runner:
         *,
         forks: int = DEFAULT_FORKS,
         events: Events | None = None,
+        max_starts: int = DEFAULT_MAX_STARTS,
     ) -> None:
-        if forks < 1:
-            raise ValueError("forks must be at least 1")
+        if forks < 1 or max_starts < 1:
+            raise ValueError("forks and max_starts must be at least 1")
         self.connect: Connect = connect or SSHConnector()
         self.forks = forks
         self.events: Events = events or NoEvents()
         self._transports: dict[tuple[str, bool, str, bool], Transport] = {}
         self._dead: dict[str, UnreachableError] = {}
         self._lock = threading.Lock()
+        self._starts = threading.BoundedSemaphore(max_starts)
         self.stopping = threading.Event()
         self._phases = 0
 
@@ -304,7 +310,13 @@ class Runner:
         if dead is not None:
             raise dead
         try:
-            opened = _local(host, key) if key[3] else self.connect(host)
+            if key[3]:
+                opened = _local(host, key)
+            else:
+                with self._starts:  # a client that handshakes as it connects (paramiko)
+                    opened = self.connect(host)
+                if _lazy(opened):
+                    opened = _FirstCommandGated(opened, self._starts)
         except UnreachableError as exc:
             with self._lock:
                 self._dead[host.name] = exc
@@ -410,6 +422,62 @@ def _connection_key(host: Host) -> tuple[str, bool, str, bool]:
     become = str(host.vars.get("ansible_become", "")).lower() in ("1", "true", "yes", "on")
     local = host.vars.get("ansible_connection") == "local"
     return host.name, become, str(host.vars.get("ansible_become_user") or ""), local
+
+
+def _lazy(transport: Transport) -> bool:
+    """Whether ``transport`` handshakes on its first command (the system's ssh, without a
+    shared connection yet)."""
+    needs = getattr(transport, "needs_handshake", None)
+    return bool(needs()) if callable(needs) else False
+
+
+class _FirstCommandGated:
+    """A transport whose first command makes its connection: that command takes one of
+    the runner's start slots. (Only for the system's ssh, which fleet uses for short
+    read-only commands; it has none of the other transport's capabilities to hide.)"""
+
+    def __init__(self, inner: Transport, starts: threading.BoundedSemaphore) -> None:
+        self._inner = inner
+        self._starts = starts
+        self._connected = False
+
+    @property
+    def host(self) -> str:
+        return self._inner.host
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        if self._connected:
+            return self._inner.run(argv, stdin=stdin, timeout=timeout, check=check)
+        with self._starts:
+            try:
+                return self._inner.run(argv, stdin=stdin, timeout=timeout, check=check)
+            finally:
+                self._connected = True
+
+    def stream(
+        self,
+        argv: Sequence[str],
+        chunks: Iterable[bytes],
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+        stall_timeout: float | None = None,
+    ) -> CommandResult:
+        if not self._connected:  # a first command that is a stream: connect with a no-op
+            self.run(["true"], check=False)
+        return self._inner.stream(
+            argv, chunks, timeout=timeout, check=check, stall_timeout=stall_timeout
+        )
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def _local(host: Host, key: tuple[str, bool, str, bool]) -> Transport:

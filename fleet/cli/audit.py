@@ -134,7 +134,7 @@ def make_runner(args: argparse.Namespace, events: Events) -> Runner:
         command_timeout=args.timeout,
         become_password=common.become_password(args),
     )
-    return Runner(connector, forks=args.forks, events=events)
+    return Runner(connector, forks=args.forks, events=events, max_starts=args.max_starts)
 
 
 def _print(args: argparse.Namespace, result: audit.AuditReport) -> int:

@@ -18,7 +18,7 @@ from fleet.hosts import inventory as inventory_mod
 from fleet.hosts.model import Host, Inventory
 from fleet.report.untrusted import safe_text, visible
 from fleet.results import FleetResult
-from fleet.runner import DEFAULT_FORKS, Runner, SSHConnector, Task
+from fleet.runner import DEFAULT_FORKS, DEFAULT_MAX_STARTS, Runner, SSHConnector, Task
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -53,6 +53,14 @@ def add_host_options(parser: argparse.ArgumentParser, *, pattern: bool = True) -
         type=_positive_int,
         default=DEFAULT_FORKS,
         help=f"hosts at once (default {DEFAULT_FORKS})",
+    )
+    parser.add_argument(
+        "--max-starts",
+        type=_positive_int,
+        default=DEFAULT_MAX_STARTS,
+        metavar="N",
+        help="new SSH handshakes at once, whatever the forks (a bastion's sshd drops "
+        f"connections past its MaxStartups; default {DEFAULT_MAX_STARTS})",
     )
     parser.add_argument(
         "-T",
@@ -189,7 +197,7 @@ def make_runner(args: argparse.Namespace, events: Any) -> Runner:
         command_timeout=args.timeout,
         become_password=become_password(args),
     )
-    return Runner(connector, forks=args.forks, events=events)
+    return Runner(connector, forks=args.forks, events=events, max_starts=args.max_starts)
 
 
 def default_retry_file() -> Path:

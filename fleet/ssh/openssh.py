@@ -193,6 +193,10 @@ class OpenSSHTransport:
     def host(self) -> str:
         return self.endpoint.name
 
+    def needs_handshake(self) -> bool:
+        """Whether the next command authenticates anew: no shared connection is there."""
+        return not self.control_path.is_socket()
+
     # -- the ssh command line ---------------------------------------------------------
     def options(self, endpoint: Endpoint, *, master: bool) -> list[str]:
         """ssh's options for ``endpoint``; ``master``: share connections through the socket."""
