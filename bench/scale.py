@@ -13,7 +13,9 @@ For each it prints the wall time, the controller's CPU per host (the tool's proc
 everything it started, OpenSSH's daemonized masters included: a cgroup of its own), its
 peak RSS, and the hosts' sshd CPU per host, and beside the wall time
 the machine's floor: both sides' CPU over its cores. The last line is one JSON object.
-pyinfra is not measured yet.
+pyinfra (``pyinfra INVENTORY exec -- true --parallel F``) runs from a virtualenv of its
+own that the bench makes once (``~/.cache/fleet/bench/pyinfra``), with the same hosts,
+key and pinned host keys.
 
     .venv/bin/python bench/scale.py [--hosts 100,500] [--forks 100] [--rounds 1]
 """
@@ -29,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from fleet.lab import light
 from fleet.lab import nodes as lab
@@ -113,6 +117,45 @@ def measured(
     }
 
 
+PYINFRA_VERSION = "3.10.0"
+
+
+def pyinfra_bin() -> Path:
+    """pyinfra's command, installed once into a virtualenv of the bench's own (its
+    dependencies, gevent among them, stay out of fleet's)."""
+    home = Path.home() / ".cache" / "fleet" / "bench" / "pyinfra"
+    tool = home / "bin" / "pyinfra"
+    if not tool.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(home)], check=True)
+        pip = [str(home / "bin" / "pip"), "install", "-q", f"pyinfra=={PYINFRA_VERSION}"]
+        subprocess.run(pip, check=True)
+    return tool
+
+
+def pyinfra_inventory(inventory: Path) -> Path:
+    """The light lab's hosts as a pyinfra inventory (a Python file), host keys pinned."""
+    document = yaml.safe_load(inventory.read_text())
+    group = document["all"]["children"]["light"]
+    shared = group["vars"]
+    hosts = [
+        (
+            name,
+            {
+                "ssh_hostname": values["ansible_host"],
+                "ssh_port": values["ansible_port"],
+                "ssh_user": shared["ansible_user"],
+                "ssh_key": shared["ansible_ssh_private_key_file"],
+                "ssh_known_hosts_file": shared["fleet_known_hosts"],
+                "ssh_strict_host_key_checking": "yes",
+            },
+        )
+        for name, values in group["hosts"].items()
+    ]
+    path = inventory.with_name("pyinfra_inventory.py")
+    path.write_text(f"hosts = {hosts!r}\n")
+    return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hosts", default="100,500", help="sizes, comma separated")
@@ -124,6 +167,7 @@ def main() -> int:
     client = lab.engine_client()
     group = Accounted("fleet-bench-scale")
     summary: dict[str, Any] = {"cores": cores, "forks": args.forks, "sizes": {}}
+    pyinfra = pyinfra_bin()
     for size in (int(n) for n in args.hosts.split(",")):
         inventory = light.up(size, name="fleet-bench-light")
         container = client.containers.get(light.container_name("fleet-bench-light"))
@@ -135,6 +179,10 @@ def main() -> int:
             "ansible raw": [
                 *(str(BIN / "ansible"), "all", "-i", str(inventory), "-m", "raw"),
                 *("-a", "true", "--forks", str(args.forks)),
+            ],
+            "pyinfra exec": [
+                *(str(pyinfra), str(pyinfra_inventory(inventory)), "exec", "-y"),
+                *("--parallel", str(args.forks), "--", "true"),
             ],
             # Each SSH client cold (no shared connection yet), then warm (right after).
             "audit ssh": ["env", "FLEET_SSH_CLIENT=openssh", *audit],
@@ -168,8 +216,11 @@ def main() -> int:
             )
         ratio = figures["fleet exec"]["wall"] / figures["ansible raw"]["wall"]
         print(f"fleet exec / ansible raw: {ratio:.2f} (target at 1,000 hosts: 0.4)")
+        versus = figures["fleet exec"]["wall"] / figures["pyinfra exec"]["wall"]
+        print(f"fleet exec / pyinfra exec: {versus:.2f} (target at 1,000 hosts: 0.7)")
         summary["sizes"][str(size)] = {
             "fleet_exec_over_ansible": round(ratio, 3),
+            "fleet_exec_over_pyinfra": round(versus, 3),
             **{
                 f"{name.replace(' ', '_')}_{key}": round(value, 3)
                 for name, values in figures.items()

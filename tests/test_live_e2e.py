@@ -1,7 +1,7 @@
 """The live view as a person sees it: fleet in a real terminal (tmux), read while it runs.
 
-``fleet push`` of a fresh 200 MB layer to the lab's two hosts runs in a tmux pane of
-150x30; the pane is captured every 0.4 s until fleet exits. What a person must be able to
+``fleet push`` (and a playbook's push task) of a fresh 200 MB layer to the lab's two
+hosts runs in a tmux pane of 150x30; the pane is captured every 0.4 s until fleet exits. What a person must be able to
 read during the send, in those captures: per host the phase, bytes done of total, a rate
 and an ETA, an elapsed time that advances, and no outcome until the host is done.
 """
@@ -129,6 +129,35 @@ def test_a_push_shows_phase_bytes_rate_eta_and_a_moving_clock(
         assert any(r["eta"] != "-:--:--" for r in rows), [r.group(0) for r in rows]
         elapsed = {r["elapsed"] for r in rows}
         assert len(elapsed) >= 2, (host, elapsed)  # the clock moves
+
+
+def test_a_play_shows_its_tasks_live_view(
+    lab_env: LabFixture, fat_image: str, tmp_path: Path
+) -> None:
+    """A playbook's push task: under its TASK header, the hosts' rows move bytes with a
+    rate and a clock; when the task ends its rows give way to the hosts' lines."""
+    for host in HOSTS:
+        host_run(lab_env, host, "docker", "image", "rm", "-f", fat_image)
+    book = tmp_path / "ship.yml"
+    book.write_text(
+        "- name: Ship\n  hosts: all\n  tasks:\n"
+        f"    - name: The fat image\n      push: {{image: '{fat_image}', compress: none, "
+        "max_rate_per_host: 20M}\n"
+    )
+    captures = watch(fleet_command("play", str(book), "-i", str(lab_env.inventory)), 150, 30)
+    last = captures[-1]
+    assert "FLEET-EXIT=0" in last, last
+    assert "TASK [The fat image] (push)" in last and "lab1: changed" in last, last
+    moving: dict[str, set[str]] = {h: set() for h in HOSTS}
+    for pane in captures[:-1]:
+        if "TASK [The fat image]" not in pane or "PLAY RECAP" in pane:
+            continue
+        for line in pane.splitlines():
+            match = SENDING.match(line.strip())
+            if match:
+                moving[match["host"]].add(match["elapsed"] + " " + match["done"])
+    for host, seen in moving.items():
+        assert len(seen) >= 2, (host, captures)
 
 
 def test_more_hosts_than_lines_fold_into_counts(lab_env: LabFixture, tmp_path: Path) -> None:

@@ -107,7 +107,9 @@ def _play(args: argparse.Namespace) -> int:
         secret_names=frozenset(secret_names),
     )
     out = report.console()
-    events = play_report.PlayReporter(out, verbosity=args.verbose)
+    events = play_report.PlayReporter(
+        out, verbosity=args.verbose, live=out.is_terminal and not args.json
+    )
     runner = common.make_runner(args, events)
     player = play_mod.Player(book, inventory, runner, options, events)
     try:

@@ -15,18 +15,25 @@ from rich.text import Text
 
 from fleet.playbook.run import PlaybookRun
 from fleet.playbook.schema import Play, Task
-from fleet.report import REASON_INDENT, STYLES
+from fleet.report import REASON_INDENT, STYLES, LiveReporter
 from fleet.report.untrusted import first_line, safe_text, visible
 from fleet.results import FleetResult, HostResult, Outcome
 
 
 class PlayReporter:
-    """Prints a playbook run as it goes: one header per play and task, one line per host."""
+    """Prints a playbook run as it goes: one header per play and task, one line per host.
 
-    def __init__(self, console: Console, verbosity: int = 0) -> None:
+    ``live`` (a terminal): while a task runs, its hosts' live view (:class:`LiveReporter`:
+    each host's phase, bytes, rate and ETA while a push or deploy moves bytes, its clock),
+    replaced by the hosts' lines when the task ends.
+    """
+
+    def __init__(self, console: Console, verbosity: int = 0, *, live: bool = False) -> None:
         self.console = console
         # -v: each host's output (stdout, stderr, rc, msg); -vv: its command too.
         self.verbosity = verbosity
+        self.live = live
+        self._view: LiveReporter | None = None
 
     def play_started(self, play: Play, hosts: Sequence[str]) -> None:
         self.console.print(
@@ -35,8 +42,13 @@ class PlayReporter:
 
     def task_started(self, play: Play, task: Task, hosts: Sequence[str]) -> None:
         self.console.print(safe_text(f"TASK [{task.title}] ({task.step})", style="bold cyan"))
+        if self.live:
+            self._view = LiveReporter(hosts, self.console, live=True).__enter__()
 
     def task_finished(self, play: Play, task: Task, result: FleetResult) -> None:
+        view, self._view = self._view, None
+        if view is not None:
+            view.__exit__(None, None, None)
         for row in result.results:
             items = row.details.get("loop")
             if not isinstance(items, list) or not items:
@@ -90,15 +102,19 @@ class PlayReporter:
             body = visible(text.rstrip("\n"), lines=True, indent="      ")
             self.console.print(Text(f"    {name}: {body}", style="dim"))
 
-    # The runner's per-host events are not shown line by line: task_finished does it.
+    # The runner's per-host events go to the task's live view; without one, task_finished
+    # prints the hosts' lines.
     def started(self, host: str, step: str) -> None:
-        return None
+        if self._view is not None:
+            self._view.started(host, step)
 
     def progress(self, host: str, step: str, note: str = "", done: int = 0, total: int = 0) -> None:
-        return None
+        if self._view is not None:
+            self._view.progress(host, step, note, done, total)
 
     def finished(self, result: Any) -> None:
-        return None
+        if self._view is not None:
+            self._view.finished(result)
 
 
 # The recap's counts, in Ansible's order.
