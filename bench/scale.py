@@ -1,11 +1,13 @@
 """bench/scale: fleet's fan-out at 100 to 1,000 hosts, against ansible-core's, side by side.
 
-Starts a light lab (``fleet.lab.light``: N SSH hosts, one port each, no engine) per size,
+Starts a light lab (``fleet.lab.light``: N SSH hosts, one port each, an engine stand-in)
+per size,
 then times, alternating the tools so that machine noise hits both alike:
 
 - ``fleet exec all -- true`` (``--forks F``),
 - ``ansible all -m raw -a true --forks F`` on the same inventory,
-- ``fleet audit all`` (a read-only command; every host reports it has no engine), with
+- ``fleet audit all`` (a read-only command; every host's engine stand-in reports a running
+  framework that this controller never built: each host is drift), with
   OpenSSH cold and warm (its shared connections kept from the run before), with paramiko,
   and as chosen by default, cold then warm.
 

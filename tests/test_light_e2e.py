@@ -1,4 +1,5 @@
-"""The light lab: many SSH hosts, one port each, pinned keys, several sshd in one container."""
+"""The light lab: many SSH hosts, one port each, pinned keys, several sshd in one container,
+and an engine stand-in answering what a real lab engine answered."""
 
 from __future__ import annotations
 
@@ -34,6 +35,25 @@ def test_every_light_host_answers_with_its_pinned_key(
     )
     assert code == 0, doc
     assert doc["summary"]["changed"] == 20
+
+
+def test_audit_and_ps_read_the_engine_stand_in_on_every_light_host(
+    light_inventory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each light host's engine stand-in answers as the recorded lab engine did: a framework
+    container of version 0.2.2, named after the project that asks."""
+    common = ("-i", str(light_inventory), "--retry-file", "/dev/null")
+    code, doc = run_json(capsys, "audit", "all", *common)
+    assert code == 2, doc  # drifted: this controller never built the stand-in's version
+    rows = doc["hosts"]
+    assert len(rows) == 20
+    for row in rows.values():
+        framework = row["details"]["framework"]
+        assert (framework["tag"], framework["state"]) == ("0.2.2", "running"), row
+        assert [r["code"] for r in row["details"]["reasons"]] == ["unknown_version"], row
+    code, doc = run_json(capsys, "ps", "all", *common)
+    assert code == 0, [r["reason"] for r in doc["hosts"].values() if r["outcome"] != "ok"]
+    assert {r["details"]["containers"][0]["state"] for r in doc["hosts"].values()} == {"running"}
 
 
 def test_a_light_host_with_another_key_is_refused(

@@ -3,15 +3,22 @@
 Each host is a port of its own on 127.0.0.1, answered by one of several ``sshd`` processes
 in one container on the host's network (an sshd binds at most 16 listen sockets, so 1,000
 hosts are 63 sshd processes; no port is proxied by the engine). The hosts share one host
-key, pinned in the lab's known_hosts per port, and the lab's client key. They have no
-Docker engine: they measure what fleet's controller and an SSH fan-out cost, not what
-engines do (shipping at scale stays on the real lab).
+key, pinned in the lab's known_hosts per port, and the lab's client key.
+
+They run no Docker engine: an engine stand-in (``fleet/data/lab/engine_standin.py``)
+answers the Engine API on their socket with what a real lab engine answered while it ran
+a framework version (``engine_standin.json``), and the controller's docker CLI is there to
+talk to it. So audit, ps and facts read a running framework on every host, and what
+fleet's controller and an SSH fan-out cost is measured, not what engines do (shipping at
+scale stays on the real lab).
 """
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +91,7 @@ def up(hosts: int, *, name: str = "fleet-light", inventory: Path | None = None) 
             argv += ["-p", str(port)]
         container.exec_run(argv, detach=True)
     _wait_listening(ports[-1])
+    _start_engine_standin(container)
     code, public = nodes._exec(container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
     key_type, key_b64 = public.split()[:2]
     known_hosts = directory / "known_hosts"
@@ -113,6 +121,29 @@ def up(hosts: int, *, name: str = "fleet-light", inventory: Path | None = None) 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
+
+
+STANDIN_DIR = "/usr/local/lib/fleet-lab"
+
+
+def _start_engine_standin(container: Any) -> None:
+    """The engine stand-in on the container's docker socket, and the controller's docker
+    CLI beside it; waits until the socket answers."""
+    data = resources.files("fleet").joinpath("data", "lab")
+    for name in ("engine_standin.py", "engine_standin.json"):
+        body = data.joinpath(name).read_bytes()
+        nodes._put_file(container, f"{STANDIN_DIR}/{name}", body, 0o644)
+    cli = shutil.which("docker")
+    if cli is None:
+        raise LabError("the docker CLI is not installed here: the light lab's hosts get a copy")
+    nodes._put_file(container, "/usr/bin/docker", Path(cli).read_bytes(), 0o755)
+    program, recorded = (f"{STANDIN_DIR}/engine_standin.{ext}" for ext in ("py", "json"))
+    container.exec_run(["python3", "-I", program, recorded], detach=True)
+    deadline = time.monotonic() + 30
+    while nodes._exec(container, "docker", "version", "--format", "{{.Server.Version}}")[0]:
+        if time.monotonic() > deadline:
+            raise LabError("light lab: the engine stand-in did not answer in 30 s")
+        time.sleep(0.2)
 
 
 def _wait_listening(port: int, timeout: float = 30) -> None:
