@@ -1,8 +1,7 @@
-"""bench/scale: fleet's fan-out at 100 to 1,000 hosts, against ansible-core's, side by side.
+"""bench/scale: fleet's fan-out at 100 to 1,000 hosts, against ansible-core's and pyinfra's.
 
 Starts a light lab (``fleet.lab.light``: N SSH hosts, one port each, an engine stand-in)
-per size,
-then times, alternating the tools so that machine noise hits both alike:
+per size, then times, alternating the tools so that machine noise hits all alike:
 
 - ``fleet exec all -- true`` (``--forks F``),
 - ``ansible all -m raw -a true --forks F`` on the same inventory,
