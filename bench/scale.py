@@ -8,7 +8,9 @@ per size, then times, alternating the tools so that machine noise hits all alike
 - ``fleet audit all`` (a read-only command; every host's engine stand-in reports a running
   framework that this controller never built: each host is drift), with
   OpenSSH cold and warm (its shared connections kept from the run before), with paramiko,
-  and as chosen by default, cold then warm.
+  and as chosen by default, cold then warm;
+- ``fleet top -n 1`` and ``-n 6`` (a refresh's cost: the difference over five refreshes,
+  the light hosts being GPU servers of 8 GPUs with the lab's nvidia-smi).
 
 For each it prints the wall time, the controller's CPU per host (the tool's process and
 everything it started, OpenSSH's daemonized masters included: a cgroup of its own), its
@@ -191,6 +193,10 @@ def main() -> int:
             "audit pmk": ["env", "FLEET_SSH_CLIENT=paramiko", *audit],
             "audit dflt": audit,
             "audit dflt 2": audit,
+            # fleet top: one view, then six over the same connections (a refresh's cost is
+            # the difference, over five refreshes).
+            "top 1": [*fleet, "top", "all", *common[:4], "-n", "1"],
+            "top 6": [*fleet, "top", "all", *common[:4], "-n", "6", "--interval", "0.5"],
         }
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in tools}
         for _ in range(args.rounds):
@@ -217,6 +223,8 @@ def main() -> int:
             )
         ratio = figures["fleet exec"]["wall"] / figures["ansible raw"]["wall"]
         print(f"fleet exec / ansible raw: {ratio:.2f} (target at 1,000 hosts: 0.4)")
+        refresh = (figures["top 6"]["cpu"] - figures["top 1"]["cpu"]) / 5 / size * 1000
+        print(f"fleet top: a refresh costs {refresh:.1f} ms of controller CPU per host (target 20)")
         versus = figures["fleet exec"]["wall"] / figures["pyinfra exec"]["wall"]
         print(f"fleet exec / pyinfra exec: {versus:.2f} (target at 1,000 hosts: 0.7)")
         summary["sizes"][str(size)] = {
@@ -229,6 +237,9 @@ def main() -> int:
             },
             "fleet_exec_ctl_ms_per_host": round(figures["fleet exec"]["cpu"] / size * 1000, 1),
             "fleet_audit_ctl_ms_per_host": round(figures["audit dflt"]["cpu"] / size * 1000, 1),
+            "top_refresh_ctl_ms_per_host": round(
+                (figures["top 6"]["cpu"] - figures["top 1"]["cpu"]) / 5 / size * 1000, 1
+            ),
             "second_audit_over_first": round(
                 figures["audit dflt 2"]["wall"] / figures["audit dflt"]["wall"], 3
             ),

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from fleet.lab import light
-from tests.conftest import run_json
+from tests.conftest import run_cli, run_json
 
 pytestmark = pytest.mark.lab
 
@@ -54,6 +54,18 @@ def test_audit_and_ps_read_the_engine_stand_in_on_every_light_host(
     code, doc = run_json(capsys, "ps", "all", *common)
     assert code == 0, [r["reason"] for r in doc["hosts"].values() if r["outcome"] != "ok"]
     assert {r["details"]["containers"][0]["state"] for r in doc["hosts"].values()} == {"running"}
+
+
+def test_top_shows_every_light_hosts_gpus_in_each_of_its_views(
+    light_inventory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(
+        capsys, "top", "all", "-i", str(light_inventory), "-n", "2", "--interval", "0.5"
+    )
+    assert code == 0, err
+    assert out.count("20 hosts · GPUs 0/160 busy") == 2, out
+    rows = [line for line in out.splitlines() if line.startswith("light")]
+    assert len(rows) == 40 and all(" 0/8 " in row and "0.2.2" in row for row in rows), out
 
 
 def test_a_light_host_with_another_key_is_refused(

@@ -9,6 +9,7 @@ import os
 import select
 import sys
 import termios
+import time
 import tty
 from collections.abc import Iterator
 from typing import Any
@@ -44,6 +45,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--once", action="store_true", help="show one view and exit (what a pipe gets)"
     )
+    parser.add_argument(
+        "-n",
+        "--iterations",
+        type=int,
+        metavar="N",
+        help="show N views, --interval apart, over the same connections, then exit (as top -n)",
+    )
     parser.set_defaults(handler=_top)
 
 
@@ -52,6 +60,8 @@ def _top(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--interval {args.interval:g}: at least 0.5 seconds", fix="e.g. --interval 3"
         )
+    if args.iterations is not None and args.iterations < 1:
+        raise UsageError(f"--iterations {args.iterations}: at least 1", fix="e.g. -n 5")
     _, hosts = common.select_hosts(args)
     runner = common.make_runner(args, NoEvents())
     try:
@@ -65,6 +75,12 @@ def _top(args: argparse.Namespace) -> int:
             sys.stdout.write("\n")
             return result.exit_code
         out = report.console(sys.stdout)
+        if args.iterations is not None:
+            for index in range(args.iterations):
+                if index:
+                    time.sleep(args.interval)
+                out.print(top_report.top_view(fetch(), args.sort))
+            return 0
         if args.once or not (out.is_terminal and sys.stdin.isatty()):
             out.print(top_report.top_view(fetch(), args.sort))
             return 0

@@ -92,6 +92,10 @@ def up(hosts: int, *, name: str = "fleet-light", inventory: Path | None = None) 
         container.exec_run(argv, detach=True)
     _wait_listening(ports[-1])
     _start_engine_standin(container)
+    # Every light host a GPU server of 8 GPUs, with the lab's nvidia-smi (fleet top reads it).
+    code, out = nodes._exec(container, "env", "FLEET_LAB_BARE=1", "python3", GPU_SETUP, "8")
+    if code != 0:
+        raise LabError(f"light lab: the GPU stand-in did not set up: {out}")
     code, public = nodes._exec(container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
     key_type, key_b64 = public.split()[:2]
     known_hosts = directory / "known_hosts"
@@ -124,6 +128,7 @@ def up(hosts: int, *, name: str = "fleet-light", inventory: Path | None = None) 
 
 
 STANDIN_DIR = "/usr/local/lib/fleet-lab"
+GPU_SETUP = f"{STANDIN_DIR}/gpu-setup"
 
 
 def _start_engine_standin(container: Any) -> None:
