@@ -550,3 +550,27 @@ def test_verbose_play_output_shows_each_hosts_output_and_the_command() -> None:
     assert "msg: non-zero return code" in shown[1] and "cmd:" not in shown[1]
     assert "cmd: ['ls', '/nope']" in shown[2]
     assert "\x1b" not in shown[2]  # what a host printed is shown escaped
+
+
+def test_500_hosts_failing_alike_print_a_few_lines_not_500() -> None:
+    """Hosts that failed alike are one entry (folded), kinds past eight a count: the text
+    under a recap of 500 hosts stays short whatever fails."""
+    alike = FleetResult.of(
+        "exec",
+        [
+            HostResult(f"gpu{i:03d}", Outcome.UNREACHABLE, "connection refused", "start sshd")
+            for i in range(500)
+        ],
+    )
+    (entry,) = report.problem_lines(alike)
+    assert entry.plain == (
+        "gpu[000-499] unreachable (500 hosts): connection refused\n  fix: start sshd"
+    )
+    varied = FleetResult.of(
+        "exec",
+        [HostResult(f"gpu{i:03d}", Outcome.FAILED, f"exit {i % 50}") for i in range(500)],
+    )
+    lines = report.problem_lines(varied)
+    assert len(lines) == report.MAX_PROBLEM_GROUPS + 1
+    assert lines[-1].plain.startswith("… and 420 more hosts that failed in 42 other ways")
+    assert sum(len(line.plain) for line in lines) <= 600 + 80 * report.MAX_PROBLEM_GROUPS

@@ -351,23 +351,43 @@ def recap(
 REASON_INDENT = "    "
 
 
+# Kinds of failure listed after a recap; past this, a count (--json has every host's).
+MAX_PROBLEM_GROUPS = 8
+
+
 def problem_lines(result: FleetResult) -> list[Text]:
-    """Each failed and unreachable host: its reason, then the fix.
+    """The failed and unreachable hosts: each reason, then the fix, hosts that failed
+    alike together (folded: ``gpu[001-500] unreachable (500 hosts): ...``).
 
     The reason's own lines (a command's output tail) are indented under it, deeper than
     the fix, so no line of a host's output can pass for another host or for a fix.
     """
-    parts: list[Text] = []
+    groups: dict[tuple[Outcome, str, str], list[str]] = {}
     for row in (*result.failed, *result.unreachable):
-        text = safe_text(row.host, style="bold")
+        key = (row.outcome, row.reason or "no reason given", row.fix or "")
+        groups.setdefault(key, []).append(row.host)
+    parts: list[Text] = []
+    for (outcome, reason, fix), hosts in list(groups.items())[:MAX_PROBLEM_GROUPS]:
+        text = safe_text(folded(hosts, 80), style="bold")
         text.append(" ")
-        text.append(str(row.outcome), style=STYLES[row.outcome])
+        text.append(str(outcome), style=STYLES[outcome])
+        if len(hosts) > 1:
+            text.append(f" ({len(hosts)} hosts)")
         text.append(": ")
-        text.append(visible(row.reason or "no reason given", lines=True, indent=REASON_INDENT))
-        if row.fix:
+        text.append(visible(reason, lines=True, indent=REASON_INDENT))
+        if fix:
             text.append("\n  fix: ", style="dim")
-            text.append(visible(row.fix, lines=True, indent=REASON_INDENT), style="dim")
+            text.append(visible(fix, lines=True, indent=REASON_INDENT), style="dim")
         parts.append(text)
+    if len(groups) > MAX_PROBLEM_GROUPS:
+        left = list(groups.values())[MAX_PROBLEM_GROUPS:]
+        parts.append(
+            Text(
+                f"… and {sum(map(len, left))} more hosts that failed in {len(left)} other "
+                "ways (--json has every host's reason)",
+                style="dim",
+            )
+        )
     return parts
 
 

@@ -201,19 +201,40 @@ def summary_lines(report: AuditReport) -> list[RenderableType]:
     return lines
 
 
+# Kinds of drift listed under the summary; past this, a count (--json has every host's).
+MAX_DRIFT_GROUPS = 8
+
+
 def drift_details(rows: Sequence[AuditRow]) -> list[RenderableType]:
-    """Each drifted or unreachable host's reasons, one per line, and deploys in progress."""
-    parts: list[RenderableType] = []
+    """The drifted and unreachable hosts' reasons, hosts with the same reasons together
+    (folded: ``light[001-500] drift``), and deploys in progress."""
+    groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = {}
     for row in rows:
         if not row.ok:
-            style = "bold magenta" if row.status == STATUS_UNREACHABLE else "bold red"
-            text = safe_text(row.host, style="bold")
-            text.append(" ")
-            text.append(visible(row.status), style=style)
-            for reason in row.reasons:
-                text.append(f"\n  {visible(reason.code)}: ", style="dim")
-                text.append(visible(reason.message, lines=True, indent=REASON_INDENT))
-            parts.append(text)
+            reasons = tuple((reason.code, reason.message) for reason in row.reasons)
+            groups.setdefault((row.status, reasons), []).append(row.host)
+    parts: list[RenderableType] = []
+    for (status, reasons), hosts in list(groups.items())[:MAX_DRIFT_GROUPS]:
+        style = "bold magenta" if status == STATUS_UNREACHABLE else "bold red"
+        text = safe_text(folded(hosts, 80), style="bold")
+        text.append(" ")
+        text.append(visible(status), style=style)
+        if len(hosts) > 1:
+            text.append(f" ({len(hosts)} hosts)")
+        for code, message in reasons:
+            text.append(f"\n  {visible(code)}: ", style="dim")
+            text.append(visible(message, lines=True, indent=REASON_INDENT))
+        parts.append(text)
+    if len(groups) > MAX_DRIFT_GROUPS:
+        left = list(groups.values())[MAX_DRIFT_GROUPS:]
+        parts.append(
+            Text(
+                f"… and {sum(map(len, left))} more hosts in {len(left)} other kinds of drift "
+                "(--json has every host's reasons)",
+                style="dim",
+            )
+        )
+    for row in rows:
         if row.lock:
             lock = row.lock
             parts.append(
