@@ -556,7 +556,9 @@ def _installing(raw: Mapping[str, tuple[Any, str]]) -> _Installing:
     """``install``, the repositories, ``engine_package`` and ``apt_lock_timeout``, checked
     together."""
     install = _install(raw.get("install"))
-    nvidia = sources.read(raw.get("nvidia_repository"), "nvidia_toolkit" in install, sources.NVIDIA)
+    nvidia = sources.read(
+        _entry(raw, "nvidia_repository"), "nvidia_toolkit" in install, sources.NVIDIA
+    )
     where = f"{FLEET_PROVISION}.engine_package"
     package, where = raw.get("engine_package", (ENGINE_PACKAGE, where))
     if package not in ENGINE_PACKAGES:
@@ -565,7 +567,7 @@ def _installing(raw: Mapping[str, tuple[Any, str]]) -> _Installing:
             fix="use docker.io (the distribution's) or docker-ce (Docker's own repository)",
         )
     wants_docker = "engine" in install and package == "docker-ce"
-    docker = sources.read(raw.get("docker_repository"), wants_docker, sources.DOCKER)
+    docker = sources.read(_entry(raw, "docker_repository"), wants_docker, sources.DOCKER)
     where = f"{FLEET_PROVISION}.apt_lock_timeout"
     value, where = raw.get("apt_lock_timeout", (APT_LOCK_TIMEOUT, where))
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -574,6 +576,11 @@ def _installing(raw: Mapping[str, tuple[Any, str]]) -> _Installing:
             fix="e.g. apt_lock_timeout: 120",
         )
     return _Installing(install, nvidia, value, str(package), docker)
+
+
+def _entry(raw: Mapping[str, tuple[Any, str]], key: str) -> tuple[Any, str]:
+    """A setting's value and where it was set; (None, its name) when it was not."""
+    return raw.get(key, (None, f"{FLEET_PROVISION}.{key}"))
 
 
 def _docker_users(entry: tuple[Any, str] | None) -> tuple[str, ...]:

@@ -15,7 +15,6 @@ from fleet.errors import ProvisionSettingsError
 from fleet.hosts.safe_yaml import type_name
 from fleet.ops.provision.packages import DOCKER_DEFAULT_URL, NVIDIA_DEFAULT_URL, AptRepository
 
-FLEET_PROVISION = "fleet_provision"
 _URL = re.compile(r"(https?|file)://[^\s\[\]]+|file:/[^\s\[\]]+")
 
 
@@ -58,10 +57,10 @@ DOCKER = Source(
 )
 
 
-def read(entry: tuple[Any, str] | None, wanted: bool, of: Source) -> AptRepository | None:
+def read(entry: tuple[Any, str], wanted: bool, of: Source) -> AptRepository | None:
     """``{url, key}``: where packages come from (the URL may name ``{distribution}`` and
     ``{codename}``, the host's own)."""
-    value, where = entry if entry is not None else (None, f"{FLEET_PROVISION}.{of.setting}")
+    value, where = entry
     how = of.how
     if value is None:
         if wanted:
