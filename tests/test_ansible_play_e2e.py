@@ -17,6 +17,8 @@ import os
 import re
 import subprocess
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,23 @@ def fleet_play(
     assert code in (0, 2), doc
     recap: Any = doc["recap"]
     return {host: {key: counts[key] for key in COUNTS} for host, counts in recap.items()}
+
+
+def both(
+    ansible: Callable[[], dict[str, dict]],
+    fleet: Callable[[], dict[str, dict]],
+    *,
+    together: bool = True,
+) -> dict[str, dict[str, dict]]:
+    """Each tool's recap of one step, the two run side by side (ansible-playbook in a
+    thread, fleet here: each tool works in its own directories, or on its own host) unless
+    ``together`` is false (a playbook that changes what both would see: a service)."""
+    if not together:
+        return {"ansible": ansible(), "fleet": fleet()}
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(ansible)
+        mine = fleet()
+        return {"ansible": running.result(), "fleet": mine}
 
 
 # find's view of a tree: path, type, mode, owner, group, a link's target.
@@ -171,19 +190,24 @@ def test_fleet_does_what_ansible_does(
     for host in lab_env.lab.hosts:
         for name in names.values() if own else ():
             host_run(lab_env, host.name, "useradd", "-M", "-s", "/usr/sbin/nologin", name)
+    # A service is the host's: the two tools take turns there.
+    together = book.name != "services.yml"
+
+    def step(*options: str) -> dict[str, dict[str, dict]]:
+        return both(
+            lambda: ansible_play(lab_env, book, variables["ansible"], *options),
+            lambda: fleet_play(capsys, lab_env, book, variables["fleet"], *options),
+            together=together,
+        )
+
     try:
         # Check mode first, on hosts that have nothing yet: the same report, nothing made.
-        checked = {
-            "ansible": ansible_play(lab_env, book, variables["ansible"], "--check"),
-            "fleet": fleet_play(capsys, lab_env, book, variables["fleet"], "--check"),
-        }
+        checked = step("--check")
         assert checked["fleet"] == checked["ansible"], checked
         for host in lab_env.lab.hosts:
             assert not host_run(lab_env, host.name, "test", "-e", base).ok, host.name
-        runs = {
-            "ansible": [ansible_play(lab_env, book, variables["ansible"]) for _ in range(2)],
-            "fleet": [fleet_play(capsys, lab_env, book, variables["fleet"]) for _ in range(2)],
-        }
+        first, second = step(), step()
+        runs = {tool: [first[tool], second[tool]] for tool in ("ansible", "fleet")}
         # Each playbook passes under Ansible (its failures are ignored or rescued ones):
         # the comparisons below are of work done, not of two tools failing alike. (In
         # check mode a task may fail for want of what an earlier one would have made.)
@@ -265,21 +289,19 @@ def test_fleet_installs_packages_as_ansible_does(capsys, lab_env: LabFixture) ->
         assert ready.ok, ready.stderr
     purge()
     try:
-        checked = {
-            "ansible": ansible_play(
-                lab_env, book, variables, "--check", "--limit", hosts["ansible"]
-            ),
-            "fleet": fleet_play(
+        checked = both(
+            lambda: ansible_play(lab_env, book, variables, "--check", "--limit", hosts["ansible"]),
+            lambda: fleet_play(
                 capsys, lab_env, book, variables, "--check", "--limit", hosts["fleet"]
             ),
-        }
+        )
         assert checked["fleet"][hosts["fleet"]] == checked["ansible"][hosts["ansible"]], checked
         assert all("hello ii" not in line for h in hosts.values() for line in _packages(lab_env, h))
         for run in (1, 2):
-            recaps = {
-                "ansible": ansible_play(lab_env, book, variables, "--limit", hosts["ansible"]),
-                "fleet": fleet_play(capsys, lab_env, book, variables, "--limit", hosts["fleet"]),
-            }
+            recaps = both(
+                lambda: ansible_play(lab_env, book, variables, "--limit", hosts["ansible"]),
+                lambda: fleet_play(capsys, lab_env, book, variables, "--limit", hosts["fleet"]),
+            )
             ansible, fleet = recaps["ansible"][hosts["ansible"]], recaps["fleet"][hosts["fleet"]]
             assert ansible["failed"] == 0 and ansible["ok"] > 1, ansible
             assert fleet == ansible, f"run {run}: fleet {fleet} ansible {ansible}"
@@ -321,10 +343,10 @@ def test_tags_select_tasks_and_blocks_as_ansible_does(capsys, lab_env: LabFixtur
             for root in roots.values():  # there even when the task making it is skipped
                 assert host_run(lab_env, host, "mkdir", "-p", root).ok
             limit = ("--limit", host, *selection)
-            recaps = {
-                "ansible": ansible_play(lab_env, book, {"oracle_root": roots["ansible"]}, *limit),
-                "fleet": fleet_play(capsys, lab_env, book, {"oracle_root": roots["fleet"]}, *limit),
-            }
+            recaps = both(
+                lambda: ansible_play(lab_env, book, {"oracle_root": roots["ansible"]}, *limit),
+                lambda: fleet_play(capsys, lab_env, book, {"oracle_root": roots["fleet"]}, *limit),
+            )
             assert recaps["fleet"] == recaps["ansible"], selection
             made = {tool: tree(lab_env, host, root) for tool, root in roots.items()}
             assert made["fleet"] == made["ansible"], selection
@@ -351,17 +373,17 @@ def test_delegated_tasks_run_on_the_controller_as_ansibles_do(
         for tool in ("ansible", "fleet")
     }
     try:
-        checked = {
-            "ansible": ansible_play(lab_env, book, variables["ansible"], "--check"),
-            "fleet": fleet_play(capsys, lab_env, book, variables["fleet"], "--check"),
-        }
+        checked = both(
+            lambda: ansible_play(lab_env, book, variables["ansible"], "--check"),
+            lambda: fleet_play(capsys, lab_env, book, variables["fleet"], "--check"),
+        )
         assert checked["fleet"] == checked["ansible"], checked
         assert not any(tmp_path.iterdir())
         for run in (1, 2):
-            recaps = {
-                "ansible": ansible_play(lab_env, book, variables["ansible"]),
-                "fleet": fleet_play(capsys, lab_env, book, variables["fleet"]),
-            }
+            recaps = both(
+                lambda: ansible_play(lab_env, book, variables["ansible"]),
+                lambda: fleet_play(capsys, lab_env, book, variables["fleet"]),
+            )
             assert all(c["failed"] == 0 for c in recaps["ansible"].values()), recaps
             assert recaps["fleet"] == recaps["ansible"], f"run {run}: {recaps}"
         controller = {tool: _local_tree(tmp_path / tool) for tool in variables}
