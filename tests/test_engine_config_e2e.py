@@ -168,6 +168,8 @@ def test_an_engine_that_does_not_come_back_gets_its_old_config_back(
     old = read_bytes(lab_env, "lab1", DAEMON_JSON)
     write(lab_env, "lab1", "/etc/init.d/docker.real", read_bytes(lab_env, "lab1", INIT), "0755")
     write(lab_env, "lab1", INIT, _REFUSING_INIT.encode(), "0755")
+    # Not a minute: the engine that does not come back is not waited for long here.
+    sandbox.settings["engine"] = {"restart_timeout": 8}
     try:
         code, doc = sandbox.provision(capsys, sandbox.inventory(), "--skip-base")
     finally:

@@ -1109,7 +1109,7 @@ def test_the_nvidia_runtime_is_registered_where_the_toolkit_is_and_the_engine_la
     (change,) = [c for c in plan(DEFAULTS, facts) if c.kind == "engine_configured"]
     # No file before: /etc/docker is made, nothing is backed up, the file is written new.
     assert [c.argv[4] for c in change.commands[:2]] == ["dir", "write"]
-    assert change.commands[-1].argv[-3:] == ("yes", "sysv", "-")
+    assert change.commands[-1].argv[-4:] == ("yes", "sysv", "-", "60")
     assert "--- /dev/null" in change.diff
 
 
@@ -1117,7 +1117,7 @@ def test_a_reload_alone_when_the_file_says_live_restore_and_the_engine_does_not(
     facts = dataclasses.replace(converged(DEFAULTS), live_restore=False)
     (change,) = plan(DEFAULTS, facts)
     assert change.kind == "engine_reloaded"
-    assert change.commands[-1].argv[-3:] == ("no", "sysv", "=")
+    assert change.commands[-1].argv[-4:] == ("no", "sysv", "=", "60")
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,9 @@
 # without it would stop the framework in the middle of a training job. When the engine
 # does not answer after the restart, the old file goes back and the engine restarts again.
 # A backup of = : the file did not change (a reload of what it says), so none goes back.
-restart=$1; manager=$2; backup=$3; conf=/etc/docker/daemon.json
+# $4: seconds the engine has to answer after a restart (live-restore may take long with
+# many containers).
+restart=$1; manager=$2; backup=$3; wait=$4; conf=/etc/docker/daemon.json
 
 restore() {
   case $backup in
@@ -63,10 +65,10 @@ if [ "${state%% *}" != true ] && [ "${state#* }" != 0 ]; then
 fi
 engine restart >/dev/null 2>&1 || [ "$manager" != none ] ||
   undo "nothing manages the engine here (no systemd unit, no init script): fleet cannot restart it"
-if ! answers 60 >/dev/null; then
+if ! answers "$wait" >/dev/null; then
   restore
   engine restart >/dev/null 2>&1
-  answers 60 >/dev/null
+  answers "$wait" >/dev/null
   echo "the engine did not come back after the restart with the new $conf; $conf $(was), and the engine restarted with it" >&2
   exit 3
 fi

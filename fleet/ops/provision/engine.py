@@ -42,6 +42,7 @@ class EngineSettings:
     live_restore: bool = True
     log_max_size: str = "100m"
     log_max_file: int = 3
+    restart_timeout: int = 60  # seconds the engine has to answer after a restart
 
 
 class DaemonJsonError(ValueError):

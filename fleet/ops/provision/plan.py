@@ -382,9 +382,10 @@ def _block_line(block: bytes) -> str:
 
 
 ENGINE_APPLY = program("engine_apply.sh")
-# The program waits up to 10 s for a reload, 60 s for the engine after a restart, and 60 s
-# more for it after putting the old file back.
-ENGINE_APPLY_TIMEOUT = 180.0
+# The program waits up to 10 s for a reload and the restarts themselves; on top of this,
+# twice the engine's restart_timeout (after the restart, and after putting the old file
+# back).
+ENGINE_APPLY_TIMEOUT = 60.0
 
 
 def engine_config(settings: ProvisionSettings, facts: ProvisionFacts) -> EngineConfig:
@@ -418,7 +419,7 @@ def _plan_engine(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Cha
                     "reload the engine (SIGHUP) to take its daemon.json",
                     f"daemon.json says live-restore {str(wanted).lower()}, the running "
                     f"engine has it {'on' if running else 'off'}",
-                    (_apply_command(False, manager, "="),),
+                    (_apply_command(settings, False, manager, "="),),
                 )
             ]
         return []
@@ -433,7 +434,7 @@ def _plan_engine(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Cha
     commands.append(
         write_command("/etc/docker", DAEMON_JSON, config.content, DAEMON_JSON_MODE, state)
     )
-    commands.append(_apply_command(config.restart, manager, backup))
+    commands.append(_apply_command(settings, config.restart, manager, backup))
     how = (
         "restart the engine (live-restore keeps containers running)"
         if config.restart
@@ -452,12 +453,19 @@ def _plan_engine(settings: ProvisionSettings, facts: ProvisionFacts) -> list[Cha
     ]
 
 
-def _apply_command(restart: bool, manager: str, backup: str) -> Command:
+def _apply_command(
+    settings: ProvisionSettings, restart: bool, manager: str, backup: str
+) -> Command:
     verb = "restart" if restart else "reload"
+    wait = settings.engine.restart_timeout
     return Command(
-        ("sh", "-c", ENGINE_APPLY, "fleet-engine", "yes" if restart else "no", manager, backup),
+        (
+            *("sh", "-c", ENGINE_APPLY, "fleet-engine"),
+            *("yes" if restart else "no", manager, backup, str(wait)),
+        ),
         label=f"{verb} the engine ({manager}); on failure put back {backup}",
-        timeout=ENGINE_APPLY_TIMEOUT,
+        # A restart, a wait, and when it does not come back another restart and wait.
+        timeout=ENGINE_APPLY_TIMEOUT + 2 * wait,
     )
 
 

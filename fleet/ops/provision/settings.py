@@ -518,7 +518,7 @@ def _engine(entry: tuple[Any, str] | None) -> EngineSettings:
         raise ProvisionSettingsError(
             f"{where}: expected a mapping, true or false, got {_type(value)}", fix=example
         )
-    known = {"live_restore", "log_max_size", "log_max_file"}
+    known = {"live_restore", "log_max_size", "log_max_file", "restart_timeout"}
     unknown = sorted(set(map(str, value)) - known)
     if unknown:
         raise ProvisionSettingsError(
@@ -540,7 +540,13 @@ def _engine(entry: tuple[Any, str] | None) -> EngineSettings:
             f"{where}.log_max_file: expected a number of files from 1 to 100, got {files!r}",
             fix="e.g. log_max_file: 3",
         )
-    return EngineSettings(True, live, size, files)
+    wait = value.get("restart_timeout", defaults.restart_timeout)
+    if isinstance(wait, bool) or not isinstance(wait, int) or not 1 <= wait <= 3600:
+        raise ProvisionSettingsError(
+            f"{where}.restart_timeout: expected seconds from 1 to 3600, got {wait!r}",
+            fix="e.g. restart_timeout: 60",
+        )
+    return EngineSettings(True, live, size, files, wait)
 
 
 @dataclass(frozen=True)
