@@ -571,6 +571,6 @@ def test_500_hosts_failing_alike_print_a_few_lines_not_500() -> None:
         [HostResult(f"gpu{i:03d}", Outcome.FAILED, f"exit {i % 50}") for i in range(500)],
     )
     lines = report.problem_lines(varied)
-    assert len(lines) == report.MAX_PROBLEM_GROUPS + 1
-    assert lines[-1].plain.startswith("… and 420 more hosts that failed in 42 other ways")
-    assert sum(len(line.plain) for line in lines) <= 600 + 80 * report.MAX_PROBLEM_GROUPS
+    assert len(lines) == report.MAX_GROUPS + 1
+    assert lines[-1].plain.startswith("… and 420 more hosts in 42 other kinds of failure")
+    assert sum(len(line.plain) for line in lines) <= 600 + 80 * report.MAX_GROUPS

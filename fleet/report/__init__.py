@@ -351,8 +351,33 @@ def recap(
 REASON_INDENT = "    "
 
 
-# Kinds of failure listed after a recap; past this, a count (--json has every host's).
-MAX_PROBLEM_GROUPS = 8
+# Kinds of outcome listed under a summary (failures, drift); past this, a count: --json
+# has every host's.
+MAX_GROUPS = 8
+
+
+def group_head(hosts: Sequence[str], what: str, style: str) -> Text:
+    """A group of hosts that ended alike: their names folded, what they are, how many."""
+    text = safe_text(folded(hosts, 80), style="bold")
+    text.append(" ")
+    text.append(visible(what), style=style)
+    if len(hosts) > 1:
+        text.append(f" ({len(hosts)} hosts)")
+    return text
+
+
+def groups_left(groups: Sequence[Sequence[str]], kind: str) -> list[Text]:
+    """The line that counts the groups past :data:`MAX_GROUPS` (none if there are none)."""
+    left = groups[MAX_GROUPS:]
+    if not left:
+        return []
+    return [
+        Text(
+            f"… and {sum(map(len, left))} more hosts in {len(left)} other kinds of {kind} "
+            "(--json has every host's)",
+            style="dim",
+        )
+    ]
 
 
 def problem_lines(result: FleetResult) -> list[Text]:
@@ -367,28 +392,15 @@ def problem_lines(result: FleetResult) -> list[Text]:
         key = (row.outcome, row.reason or "no reason given", row.fix or "")
         groups.setdefault(key, []).append(row.host)
     parts: list[Text] = []
-    for (outcome, reason, fix), hosts in list(groups.items())[:MAX_PROBLEM_GROUPS]:
-        text = safe_text(folded(hosts, 80), style="bold")
-        text.append(" ")
-        text.append(str(outcome), style=STYLES[outcome])
-        if len(hosts) > 1:
-            text.append(f" ({len(hosts)} hosts)")
+    for (outcome, reason, fix), hosts in list(groups.items())[:MAX_GROUPS]:
+        text = group_head(hosts, str(outcome), STYLES[outcome])
         text.append(": ")
         text.append(visible(reason, lines=True, indent=REASON_INDENT))
         if fix:
             text.append("\n  fix: ", style="dim")
             text.append(visible(fix, lines=True, indent=REASON_INDENT), style="dim")
         parts.append(text)
-    if len(groups) > MAX_PROBLEM_GROUPS:
-        left = list(groups.values())[MAX_PROBLEM_GROUPS:]
-        parts.append(
-            Text(
-                f"… and {sum(map(len, left))} more hosts that failed in {len(left)} other "
-                "ways (--json has every host's reason)",
-                style="dim",
-            )
-        )
-    return parts
+    return parts + groups_left(list(groups.values()), "failure")
 
 
 def summary_line(result: FleetResult) -> Text:

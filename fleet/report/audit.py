@@ -23,7 +23,7 @@ from fleet.hosts.nodeset import folded
 from fleet.ops.audit import AuditReport
 from fleet.ops.records import HistoryEntry
 from fleet.ops.verdict import STATUS_ERROR, STATUS_OK, STATUS_UNREACHABLE, AuditRow
-from fleet.report import REASON_INDENT, grouped_hosts
+from fleet.report import MAX_GROUPS, REASON_INDENT, group_head, grouped_hosts, groups_left
 from fleet.report.untrusted import safe_text, visible
 
 _MATCH_STYLES = {
@@ -201,10 +201,6 @@ def summary_lines(report: AuditReport) -> list[RenderableType]:
     return lines
 
 
-# Kinds of drift listed under the summary; past this, a count (--json has every host's).
-MAX_DRIFT_GROUPS = 8
-
-
 def drift_details(rows: Sequence[AuditRow]) -> list[RenderableType]:
     """The drifted and unreachable hosts' reasons, hosts with the same reasons together
     (folded: ``light[001-500] drift``), and deploys in progress."""
@@ -214,26 +210,14 @@ def drift_details(rows: Sequence[AuditRow]) -> list[RenderableType]:
             reasons = tuple((reason.code, reason.message) for reason in row.reasons)
             groups.setdefault((row.status, reasons), []).append(row.host)
     parts: list[RenderableType] = []
-    for (status, reasons), hosts in list(groups.items())[:MAX_DRIFT_GROUPS]:
+    for (status, reasons), hosts in list(groups.items())[:MAX_GROUPS]:
         style = "bold magenta" if status == STATUS_UNREACHABLE else "bold red"
-        text = safe_text(folded(hosts, 80), style="bold")
-        text.append(" ")
-        text.append(visible(status), style=style)
-        if len(hosts) > 1:
-            text.append(f" ({len(hosts)} hosts)")
+        text = group_head(hosts, status, style)
         for code, message in reasons:
             text.append(f"\n  {visible(code)}: ", style="dim")
             text.append(visible(message, lines=True, indent=REASON_INDENT))
         parts.append(text)
-    if len(groups) > MAX_DRIFT_GROUPS:
-        left = list(groups.values())[MAX_DRIFT_GROUPS:]
-        parts.append(
-            Text(
-                f"… and {sum(map(len, left))} more hosts in {len(left)} other kinds of drift "
-                "(--json has every host's reasons)",
-                style="dim",
-            )
-        )
+    parts += groups_left(list(groups.values()), "drift")
     for row in rows:
         if row.lock:
             lock = row.lock
