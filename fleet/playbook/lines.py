@@ -28,6 +28,16 @@ def _search(pattern: str, text: str) -> regex.Match[str] | None:
         ) from None
 
 
+def _found(
+    current: str, regexp: str | None, search_string: str | None
+) -> regex.Match[str] | bool | None:
+    """Whether a line is the one sought: ``regexp``'s match (its groups serve backrefs),
+    else whether it holds ``search_string``."""
+    if regexp is not None:
+        return _search(regexp, current)
+    return search_string is not None and search_string in current
+
+
 def present(
     text: str,
     line: str,
@@ -46,11 +56,7 @@ def present(
     match: regex.Match[str] | None = None
     if regexp is not None or search_string is not None:
         for index, current in enumerate(lines):
-            found: regex.Match[str] | bool | None = (
-                _search(regexp, current)
-                if regexp is not None
-                else search_string is not None and search_string in current
-            )
+            found = _found(current, regexp, search_string)
             if found:
                 matched = index
                 match = found if isinstance(found, regex.Match) else None
@@ -113,10 +119,8 @@ def absent(
     kept: list[str] = []
     removed = 0
     for current in text.splitlines(keepends=True):
-        if regexp is not None:
-            gone = _search(regexp, current) is not None
-        elif search_string is not None:
-            gone = search_string in current
+        if regexp is not None or search_string is not None:
+            gone = bool(_found(current, regexp, search_string))
         else:
             gone = current.rstrip("\r\n") == line
         removed += gone
