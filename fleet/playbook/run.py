@@ -45,6 +45,7 @@ from fleet.playbook.steps import (
     secret_references,
 )
 from fleet.playbook.steps import STEPS as FLEET_STEPS
+from fleet.playbook.task import names_variables
 from fleet.playbook.template import Taint, render, tracking
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.runner import Runner
@@ -541,9 +542,7 @@ class Player:
             environment = self._guarded(
                 task, host.name, partial(render, task.environment, variables)
             )
-            if not isinstance(environment, Mapping) or not all(
-                isinstance(k, str) and k.isidentifier() for k in environment
-            ):
+            if not names_variables(environment):
                 raise PlaybookError(
                     f"{task.where}.environment: expected a mapping of variable names",
                     line=task.line,

@@ -316,9 +316,7 @@ class TaskChecker:
     def _environment(self, value: Any, where: str, line: int | None) -> None:
         if isinstance(value, str) and "{{" in value:
             return
-        if not isinstance(value, Mapping) or not all(
-            isinstance(k, str) and _NAME.fullmatch(k) for k in value
-        ):
+        if not names_variables(value):
             raise self.fail(
                 f"{where}.environment",
                 "expected a mapping of variable names to values",
@@ -571,6 +569,14 @@ class TaskChecker:
                 raise self.fail(f"{where}.{key}", exc.message, self.lines.of(raw, key)) from None
             texts.append(part)
         return texts[0] if len(texts) == 1 else " and ".join(f"({text})" for text in texts)
+
+
+def names_variables(value: Any) -> bool:
+    """Whether ``value`` is a mapping whose keys are variable names (a command's
+    ``environment``, written or rendered)."""
+    return isinstance(value, Mapping) and all(
+        isinstance(k, str) and _NAME.fullmatch(k) for k in value
+    )
 
 
 def _inherit(task: Task, block: Task) -> Task:
