@@ -75,14 +75,12 @@ def _top(args: argparse.Namespace) -> int:
             sys.stdout.write("\n")
             return result.exit_code
         out = report.console(sys.stdout)
-        if args.iterations is not None:
-            for index in range(args.iterations):
+        # Views printed one after another: -n N of them, else one (--once, or a pipe).
+        if args.iterations is not None or args.once or not (out.is_terminal and sys.stdin.isatty()):
+            for index in range(args.iterations or 1):
                 if index:
                     time.sleep(args.interval)
                 out.print(top_report.top_view(fetch(), args.sort))
-            return 0
-        if args.once or not (out.is_terminal and sys.stdin.isatty()):
-            out.print(top_report.top_view(fetch(), args.sort))
             return 0
         with _keys() as read_key, contextlib.suppress(KeyboardInterrupt):
             top_report.watch(out, fetch, read_key, interval=args.interval, sort=args.sort)
