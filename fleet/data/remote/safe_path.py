@@ -374,14 +374,17 @@ def describe(root, path, content):
 def shape_tree(root, path, mode, user, group, check):
     """Ansible's file recurse, below directory PATH and never through a link; the count of
     entries that changed (or would)."""
-    uid = -1 if user == "-" else ids(user)[0]
-    gid = -1 if group == "-" else ids("0:" + group)[1]
+    # "-" leaves a part as it is, as an empty part of "user:group" does.
+    uid, gid = ids(("" if user == "-" else user) + ":" + ("" if group == "-" else group))
     bits = None if mode == "-" else int(mode, 8)
     changed = [0]
 
-    def fix(fd, st, is_link):
-        wants_mode = bits is not None and not is_link and stat.S_IMODE(st.st_mode) != bits
-        wants_owner = (uid != -1 and st.st_uid != uid) or (gid != -1 and st.st_gid != gid)
+    def owner_differs(st):
+        return (uid != -1 and st.st_uid != uid) or (gid != -1 and st.st_gid != gid)
+
+    def fix(fd, st):
+        wants_mode = bits is not None and stat.S_IMODE(st.st_mode) != bits
+        wants_owner = owner_differs(st)
         if not (wants_mode or wants_owner):
             return
         changed[0] += 1
@@ -396,8 +399,8 @@ def shape_tree(root, path, mode, user, group, check):
         for name in sorted(os.listdir(at)):
             st = os.stat(name, dir_fd=at, follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
-                wants = (uid != -1 and st.st_uid != uid) or (gid != -1 and st.st_gid != gid)
-                if wants:
+                # A link's own owner; its mode means nothing, its target is never touched.
+                if owner_differs(st):
                     changed[0] += 1
                     if check != "1":
                         os.chown(name, uid, gid, dir_fd=at, follow_symlinks=False)
@@ -405,7 +408,7 @@ def shape_tree(root, path, mode, user, group, check):
                 fd = open_dir(at, name, name, root)
                 try:
                     below(fd)
-                    fix(fd, os.fstat(fd), False)
+                    fix(fd, os.fstat(fd))
                 finally:
                     os.close(fd)
             elif stat.S_ISREG(st.st_mode):
@@ -413,7 +416,7 @@ def shape_tree(root, path, mode, user, group, check):
                 if fd is None or fd < 0:
                     continue  # gone, or swapped for something else since the listing
                 try:
-                    fix(fd, os.fstat(fd), False)
+                    fix(fd, os.fstat(fd))
                 finally:
                     os.close(fd)
 
