@@ -10,11 +10,12 @@ alone, with the same limits and the same evidence, whichever question was asked.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
-from fleet.errors import HostOutputError
+from fleet.errors import HostError, HostOutputError
 
 if TYPE_CHECKING:
     from fleet.ssh.base import Transport
@@ -41,6 +42,20 @@ def gathered(text: str, what: str) -> str:
             f"{what}: the host printed {lines} lines, more than the {MAX_GATHER_LINES} fleet reads"
         )
     return text
+
+
+def json_answer(host: str, what: str, stdout: str, stderr: str = "") -> dict[str, Any]:
+    """The JSON object a host program prints as its last line; else the host's error,
+    with what it printed instead (its stderr first)."""
+    lines = stdout.strip().splitlines()
+    try:
+        answer = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        said = (stderr.strip() or stdout.strip())[-400:]
+        raise HostError(host, f"{what} did not answer: {said}")
+    return answer
 
 
 def sections(text: str, *, keep_blank: bool = True, strip: bool = False) -> dict[str, list[str]]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.errors import HostOutputError
+from fleet import hostoutput
+from fleet.errors import HostError, HostOutputError
 from fleet.hostoutput import (
     MAX_GATHER_LINES,
     Fact,
@@ -74,3 +75,10 @@ def test_a_fact_refuses_output_past_the_line_cap_before_parsing() -> None:
 
 def engine_answered_of(text: str) -> str | None:
     return engine_answered(sections(text))
+
+
+def test_a_host_programs_json_answer_is_its_last_line_else_the_hosts_error() -> None:
+    assert hostoutput.json_answer("gpu1", "apt", 'noise\n{"changed": true}\n') == {"changed": True}
+    for stdout in ("", "not json\n", "[1, 2]\n"):
+        with pytest.raises(HostError, match=r"^gpu1: apt did not answer: (boom|not json|\[1, 2\])"):
+            hostoutput.json_answer("gpu1", "apt", stdout, "boom" if not stdout else "")

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from fleet.errors import HostError, RunSpecError
+from fleet.hostoutput import json_answer
 from fleet.images.runspec import RunPolicy
 from fleet.ops import hostfiles
 from fleet.results import HostResult, Outcome
@@ -163,13 +163,10 @@ def ensure_below(
     argv = hostfiles.tree_argv(
         root, path, mode or leave, owner or leave, group or leave, check=check
     )
-    out = helper(ctx, argv)
-    try:
-        return int(json.loads(out.strip().splitlines()[-1])["changed"])
-    except (ValueError, IndexError, KeyError, TypeError):
-        raise HostError(
-            ctx.name, f"the file helper's answer is not understood: {out[:200]!r}"
-        ) from None
+    changed = json_answer(ctx.name, "the file helper", helper(ctx, argv)).get("changed")
+    if not isinstance(changed, int):
+        raise HostError(ctx.name, f"the file helper's answer is not understood: {changed!r}")
+    return changed
 
 
 def ensure_file(

@@ -6,11 +6,11 @@ makes, without the ``python3-apt`` bindings it needs.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from fleet.errors import HostError, PlaybookError
+from fleet.errors import PlaybookError
+from fleet.hostoutput import json_answer
 from fleet.hosts.model import Host
 from fleet.playbook.schema import Play, Task
 from fleet.programs import program
@@ -83,12 +83,7 @@ def apt(
         argv = ["python3", "-I", "-c", program("apt.py"), *options, check, str(lock), *packages]
         # apt's download and install of a large package take minutes on a slow mirror.
         ran = ctx.transport.run(argv, check=False, timeout=lock + 1800)
-        try:
-            said = json.loads(ran.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            raise HostError(
-                ctx.name, f"apt did not answer: {ran.stderr.strip() or ran.stdout}"
-            ) from None
+        said = json_answer(ctx.name, "apt", ran.stdout, ran.stderr)
         details = {k: v for k, v in said.items() if k not in ("changed", "failed")}
         if said.get("failed"):
             return ctx.result(Outcome.FAILED, str(said.get("msg")), details=details)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleet.errors import HostError, PlaybookError, UndefinedError
+from fleet.hostoutput import json_answer
 from fleet.hosts.model import Host
 from fleet.ops import files, hostfiles
 from fleet.playbook import crontab, lines, template
@@ -432,15 +433,10 @@ def _wait_for(
     def body(ctx: HostContext) -> HostResult:
         if player.check(task):
             # Ansible's wait_for has no check mode: the task is skipped.
-            said = "remote module (wait_for) does not support check mode"
-            return ctx.result(Outcome.SKIPPED, said, details={"msg": said})
+            skipped = "remote module (wait_for) does not support check mode"
+            return ctx.result(Outcome.SKIPPED, skipped, details={"msg": skipped})
         ran = ctx.transport.run(argv, check=False, timeout=timeout + delay + 60)
-        try:
-            said = json.loads(ran.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            raise HostError(
-                ctx.name, f"wait_for did not answer: {ran.stderr.strip() or ran.stdout}"
-            ) from None
+        said = json_answer(ctx.name, "wait_for", ran.stdout, ran.stderr)
         details = {"elapsed": said.get("elapsed"), "state": state}
         if ran.exit_code == 0:
             return ctx.result(Outcome.OK, f"waited {said.get('elapsed')}s", details=details)
