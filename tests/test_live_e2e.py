@@ -34,6 +34,7 @@ SENDING = re.compile(
     r"^(?P<host>lab\d)\s+push\s+send\s.*?(?P<done>[\d.]+)/(?P<total>[\d.]+) MiB\s+"
     r"(?P<rate>[\d.]+ [kMG]?B/s)\s+(?P<eta>\d+:\d\d:\d\d|-:--:--)\s+(?P<elapsed>\d+:\d\d:\d\d)\s*$"
 )
+LOADING_BYTES = re.compile(r"^lab\d\s+push\s+load\s.*MiB")
 OUTCOME = re.compile(r"^(?P<host>lab\d)\s+push\S*\s+(?P<outcome>ok|changed|failed)\b")
 
 
@@ -117,6 +118,9 @@ def test_a_push_shows_phase_bytes_rate_eta_and_a_moving_clock(
             match = SENDING.match(line.strip())
             if match:
                 sending[match["host"]].append(match)
+            # After the send, the load shows its phase and clock, not the send's total
+            # with nothing done (rich keeps a total once set).
+            assert not LOADING_BYTES.match(line.strip()), pane
             ended = OUTCOME.match(line.strip())
             # An outcome in the live view before the host sent its bytes is the old lie.
             if ended and ended["host"] in HOSTS:

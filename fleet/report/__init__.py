@@ -89,14 +89,17 @@ class _Status(ProgressColumn):
 
 
 class _WhenBytes(ProgressColumn):
-    """A rich column shown only while the host moves bytes (a known total, not finished)."""
+    """A rich column shown only while the host moves bytes (its phase gave a total, and it
+    is not finished). The row's ``moving`` field says so: rich keeps a task's total once
+    set (``update(total=None)`` leaves it), so a later phase without bytes (a push's load
+    after its send) would show the send's total with nothing done."""
 
     def __init__(self, column: ProgressColumn) -> None:
         super().__init__()
         self.column = column
 
     def render(self, task: Task) -> RenderableType:
-        if not task.total or task.fields.get("outcome") is not None:
+        if not task.fields.get("moving") or task.fields.get("outcome") is not None:
             return Text("")
         return self.column.render(task)
 
@@ -230,6 +233,7 @@ class LiveReporter:
                     outcome=None,
                     since=None,
                     until=None,
+                    moving=False,
                 )
             return self._progress, self._tasks[host]
 
@@ -243,11 +247,11 @@ class LiveReporter:
                 task,
                 step=visible(step),
                 note="",
-                total=None,
                 completed=0,
                 outcome=None,
                 since=since,
                 until=None,
+                moving=False,
             )
 
     def progress(self, host: str, step: str, note: str = "", done: int = 0, total: int = 0) -> None:
@@ -255,7 +259,12 @@ class LiveReporter:
         if live is not None:
             view, task = live
             view.update(
-                task, step=visible(step), note=visible(note), total=total or None, completed=done
+                task,
+                step=visible(step),
+                note=visible(note),
+                total=total or None,
+                completed=done,
+                moving=bool(total),
             )
             return
         with self._lock:
