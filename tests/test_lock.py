@@ -446,3 +446,40 @@ def test_a_lock_document_is_read_whatever_the_host_holds(
     assert document.holder == holder and document.to_json() == shown
     # Only a number is a TTL, only a positive integer a pid: the host's file is its word.
     assert document.ttl in (None, 30.0) and document.pid in (None, 7)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("held", [False, True], ids=["free", "stale lock"])
+def test_a_lock_document_cut_on_its_way_leaves_the_host_as_it_was(
+    tmp_path: Path, held: bool
+) -> None:
+    """A connection cut while the document arrives never leaves an empty or cut lock (one
+    that would count as held for a whole TTL): the lock is ours whole, or as it was."""
+    state = tmp_path / "state"
+    state.mkdir()
+    before = json.dumps(lock_document("t0", EXPIRED)) + "\n"
+    if held:
+        lock_path(state).write_text(before)
+    stale = leases.cksum(before.encode()) if held else ""
+    document = json.dumps({"token": "t1", "holder": "bob@ctl", "ttl": 60}) + "\n"
+    host = LocalHost("gpu1", state)
+    for cut in (0, 1, len(document) // 2, len(document) - 1):
+        ran = host.run(
+            ["sh", "-c", leases.LOCK_SCRIPT, "fleet-lock", *leases._ARGS, stale],
+            stdin=document[:cut].encode(),
+            check=False,
+        )
+        assert ran.exit_code == 8 and "cut short" in ran.stderr, ran
+        assert sorted(p.name for p in lock_path(state).parent.iterdir()) == sorted(
+            ["deploy.lock.guard", *(["deploy.lock"] if held else [])]
+        ), "a partial lock or its temporary file was left"
+        if held:
+            assert lock_path(state).read_text() == before
+    whole = host.run(
+        ["sh", "-c", leases.LOCK_SCRIPT, "fleet-lock", *leases._ARGS, stale],
+        stdin=document.encode(),
+        check=False,
+    )
+    assert whole.exit_code == 0, whole
+    assert lock_path(state).read_text() == document
+    assert [p.name for p in lock_path(state).parent.iterdir() if p.name.endswith(".new")] == []

@@ -61,7 +61,8 @@ _ARGS = (STATE_DIR, LOCK_FILE, LOCK_GUARD)
 # taking over and releasing never interleave between controllers. With a checksum ($4), a
 # lock with exactly that content (the one the controller judged stale) is replaced by ours;
 # any other lock is left alone. Exit 0: ours (prints its checksum); 1: held (prints its
-# checksum, age in seconds and content); 3: no state directory; 4: no flock; 5: busy.
+# checksum, age in seconds and content); 3: no state directory; 4: no flock; 5: busy;
+# 8: our document arrived cut short (nothing taken).
 LOCK_SCRIPT = program("lock.sh")
 # Renew: only our own lock, only before it lapsed (exit 6: not ours; 7: lapsed).
 RENEW_SCRIPT = program("lock_renew.sh")
@@ -387,6 +388,9 @@ def acquire(
                 f"cannot take the deploy lock: {ran.stderr.strip()}",
                 fix="install util-linux (flock) on the host",
             )
+        if ran.exit_code == 8:
+            # Our document was cut on its way (a broken stdin): nothing was taken.
+            raise HostError(ctx.name, f"cannot take the deploy lock: {ran.stderr.strip()}")
         if ran.exit_code not in (1, 5):
             raise HostError(
                 ctx.name,

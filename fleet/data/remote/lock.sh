@@ -18,12 +18,22 @@ fi
 command -v flock >/dev/null 2>&1 || { echo "flock (util-linux) is not installed" >&2; exit 4; }
 exec 9>>"$guard" || exit 3
 flock -w 10 9 || exit 5
+# Our document goes to a file of its own first and becomes the lock whole or not at all: a
+# connection cut while it arrives (it is one line, ending in a newline) leaves no lock, never
+# an empty or cut one that would count as held. One name is enough: we hold the flock.
+new=$lock.new
+cat > "$new" || exit 3
+if [ "$(tail -c 1 -- "$new" | wc -l)" != 1 ]; then rm -f -- "$new"; echo "the lock document arrived cut short" >&2; exit 8; fi
 if [ -n "$stale" ] && [ -f "$lock" ] && [ "$(cksum < "$lock")" = "$stale" ]; then
-  cat > "$lock.new" && mv -f -- "$lock.new" "$lock" || exit 3
+  mv -f -- "$new" "$lock" || exit 3
   echo "@@sum $(cksum < "$lock")"; exit 0
 fi
-# noclobber: a controller of an older fleet creates the lock the same way, without flock.
-if ( set -C; cat > "$lock" ) 2>/dev/null; then echo "@@sum $(cksum < "$lock")"; exit 0; fi
+# A hard link fails when the lock exists, as the noclobber creation of an older fleet's
+# controller (without flock) does: of the two, exactly one wins.
+if ln -- "$new" "$lock" 2>/dev/null; then
+  rm -f -- "$new"; echo "@@sum $(cksum < "$lock")"; exit 0
+fi
+rm -f -- "$new"
 echo "@@sum $(cksum 2>/dev/null < "$lock")"
 echo "@@age $(( $(date +%s) - $(stat -c %Y -- "$lock" 2>/dev/null || date +%s) ))"
 echo "@@lock"; head -c 65536 -- "$lock" 2>/dev/null
