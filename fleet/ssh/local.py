@@ -21,6 +21,7 @@ from typing import IO
 
 from fleet.errors import CommandError, HostError
 from fleet.ssh.base import MAX_OUTPUT, CommandResult, fix_for, too_much_output
+from fleet.ssh.process import ExitWatch
 
 _TIMEOUT_FIX = "raise the task's timeout, or look at what the command waits for"
 
@@ -73,9 +74,9 @@ class LocalTransport:
                     proc.stdin.write(chunk)
             with contextlib.suppress(BrokenPipeError):
                 proc.stdin.close()
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
+            with ExitWatch(proc) as watch:
+                exited = watch.exited(timeout)
+            if not exited:
                 proc.kill()
                 proc.wait()
                 raise HostError(

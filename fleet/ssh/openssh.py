@@ -58,6 +58,7 @@ from fleet.ssh.endpoint import (
     no_config,
     resolve,
 )
+from fleet.ssh.process import ExitWatch
 
 if TYPE_CHECKING:
     from fleet.hosts.model import Host
@@ -304,18 +305,19 @@ class OpenSSHTransport:
             assert proc.stdout is not None
             reader = _CappedReader(proc, proc.stdout)
             try:
-                if stdin is not None:
-                    assert proc.stdin is not None
-                    with contextlib.suppress(BrokenPipeError):
-                        proc.stdin.write(stdin)
-                    with contextlib.suppress(BrokenPipeError):
-                        proc.stdin.close()
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _kill(proc)
-                raise HostError(
-                    self.host, f"timed out after {timeout:g}s running {command!r}", fix=_TIMEOUT_FIX
-                ) from None
+                with ExitWatch(proc) as watch:
+                    if stdin is not None:
+                        assert proc.stdin is not None
+                        with contextlib.suppress(BrokenPipeError):
+                            proc.stdin.write(stdin)
+                        with contextlib.suppress(BrokenPipeError):
+                            proc.stdin.close()
+                    if not watch.exited(timeout):
+                        raise HostError(
+                            self.host,
+                            f"timed out after {timeout:g}s running {command!r}",
+                            fix=_TIMEOUT_FIX,
+                        )
             except BaseException:
                 _kill(proc)
                 raise
@@ -391,18 +393,17 @@ class OpenSSHTransport:
         blocked_since: list[float | None],
         stall_timeout: float | None,
     ) -> None:
-        while True:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=0.05)
-                return
-            if timeout is not None and time.monotonic() - started > timeout:
-                raise HostError(
-                    self.host, f"timed out after {timeout:g}s running {command!r}", fix=_TIMEOUT_FIX
-                )
-            since = blocked_since[0]
-            if stall_timeout is not None and since is not None:
-                idle = time.monotonic() - since
-                if idle > stall_timeout:
+        with ExitWatch(proc) as watch:
+            while not watch.exited(0.05):
+                if timeout is not None and time.monotonic() - started > timeout:
+                    raise HostError(
+                        self.host,
+                        f"timed out after {timeout:g}s running {command!r}",
+                        fix=_TIMEOUT_FIX,
+                    )
+                since = blocked_since[0]
+                idle = 0.0 if since is None else time.monotonic() - since
+                if stall_timeout is not None and idle > stall_timeout:
                     raise HostError(
                         self.host,
                         f"stalled: the host took no data for {idle:.0f}s while running {command!r}",
