@@ -327,7 +327,7 @@ class SSHTransport:
                     fix="look at the host: it may be frozen, out of disk or overloaded",
                 )
             try:
-                if self._pump(channel, command, out.append, err.append, 0.05):
+                if self._pump(channel, command, out.append, err.append, 0.5):
                     break
             except HostError:
                 _close(channel)
@@ -372,7 +372,15 @@ class SSHTransport:
             if channel.exit_status_ready():
                 return True
             raise UnreachableError(self.host, f"connection lost while running {command!r}")
-        if not drained:
+        if drained:
+            return False
+        if channel.eof_received:
+            # The channel's pipe stays readable after end-of-file: polling it would spin
+            # until the exit status comes. That status sets this event.
+            channel.status_event.wait(wait)
+        else:
+            # Output and end-of-file wake the pipe; the wait bounds only how late a
+            # timeout or a stall is seen.
             _readable([channel.fileno()], wait)
         return False
 
