@@ -617,7 +617,7 @@ def test_csv_rows_keep_host_data_as_data() -> None:
 @pytest.fixture
 def fake_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """'fleet audit' against the fake lab: the controller's builds from the fixture."""
-    from fleet.cli import audit as audit_cli
+    from fleet.cli import common
 
     names = {"lab1": "classic-v1", "lab2": "containerd-v2", "gone": "down"}
     inventory = tmp_path / "inv.yml"
@@ -629,7 +629,7 @@ def fake_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     def make_runner(args: object, events: object) -> Runner:
         return fake_lab(names)[0]
 
-    monkeypatch.setattr(audit_cli, "make_runner", make_runner)
+    monkeypatch.setattr(common, "make_runner", make_runner)
     return inventory
 
 
@@ -723,7 +723,7 @@ def test_hostile_labels_history_lock_and_host_names_are_shown_as_text() -> None:
 def test_cli_table_of_hostile_hosts_is_text_and_json_has_the_exact_strings(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from fleet.cli import audit as audit_cli
+    from fleet.cli import common
 
     inventory = tmp_path / "inv.yml"
     inventory.write_text(json.dumps({"all": {"hosts": {"main]": {}}, "vars": LAB_VARS}}))
@@ -732,7 +732,7 @@ def test_cli_table_of_hostile_hosts_is_text_and_json_has_the_exact_strings(
     def connect(host: Host) -> FakeTransport:
         return FakeTransport(host.name, hostile_output())
 
-    monkeypatch.setattr(audit_cli, "make_runner", lambda args, events: Runner(connect))
+    monkeypatch.setattr(common, "make_runner", lambda args, events: Runner(connect))
     base = ["audit", "-i", str(inventory), "--repository", REPOSITORY, "--retry-file", "/dev/null"]
     code, out, err = run_cli(capsys, *base, "--history")
     assert code == 2, out + err

@@ -100,3 +100,34 @@ def test_exec_piped_shows_hostile_output_escaped_and_json_has_it_exactly(
     hosts = document["hosts"]
     assert hosts["main]"]["stdout"] == HOSTILE_OUT  # type: ignore[index]
     assert hosts["gone"]["reason"] == f"connection lost: {HOSTILE_OUT}more"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("argv", "shared"),
+    [
+        (["audit", "all"], True),
+        (["exec", "all"], True),
+        (["ping", "all"], False),  # the host key check: paramiko names both keys
+        (["facts", "all"], True),
+        (["ps", "all"], True),
+        (["lock", "status", "all"], True),
+        (["push", "all", "cauchy:0.2.1"], False),
+        (["deploy", "all"], False),
+        (["provision", "all"], False),
+        (["top", "all"], False),
+        (["logs", "all"], False),
+        (["lock", "release", "all"], False),
+    ],
+)
+def test_short_read_only_commands_reach_hosts_over_shared_connections(
+    argv: list[str], shared: bool
+) -> None:
+    """Their connections outlive the run (the next such command needs no handshake); the
+    commands that stream images or follow output keep paramiko's."""
+    from fleet.cli import build_parser, parse
+    from fleet.runner import ClientConnector
+
+    args = parse(build_parser(argv[0]), argv)
+    runner = common.make_runner(args, None)
+    assert isinstance(runner.connect, ClientConnector) is shared, argv
+    runner.close()

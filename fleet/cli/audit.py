@@ -26,7 +26,7 @@ from fleet.errors import AuditInterrupted, UsageError
 from fleet.ops import audit
 from fleet.report import audit as audit_report
 from fleet.report.untrusted import safe_text, visible
-from fleet.runner import ClientConnector, Events, NoEvents, Runner
+from fleet.runner import Events, NoEvents
 
 DEFAULT_HISTORY = 5
 WIDE = 220
@@ -75,7 +75,7 @@ def register(subparsers: Any) -> None:
         metavar="NAME",
         help="the framework image's repository (default: the project's fleet_image.repository)",
     )
-    parser.set_defaults(handler=_audit)
+    parser.set_defaults(handler=_audit, **{common.SHARED_CONNECTIONS: True})
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -111,7 +111,7 @@ def _run(
     events: Events = (
         report.LiveReporter([h.name for h in hosts], err, live=True) if live else NoEvents()
     )
-    runner = make_runner(args, events)
+    runner = common.make_runner(args, events)
     try:
         with events if isinstance(events, report.LiveReporter) else contextlib.nullcontext():
             try:
@@ -120,21 +120,6 @@ def _run(
                 return exc.report
     finally:
         runner.close()
-
-
-def make_runner(args: argparse.Namespace, events: Events) -> Runner:
-    """The audit's runner: read-only fan-out over the system's ssh where it is installed.
-
-    Its connections are shared and kept for 5 minutes, so a second audit needs no handshake;
-    a host's ``fleet_ssh_client`` or ``$FLEET_SSH_CLIENT`` chooses the client.
-    """
-    connector = ClientConnector(
-        accept_new=args.accept_new_host_keys,
-        connect_timeout=args.timeout,
-        command_timeout=args.timeout,
-        become_password=common.become_password(args),
-    )
-    return Runner(connector, forks=args.forks, events=events, max_starts=args.max_starts)
 
 
 def _print(args: argparse.Namespace, result: audit.AuditReport) -> int:

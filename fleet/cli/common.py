@@ -18,7 +18,15 @@ from fleet.hosts import inventory as inventory_mod
 from fleet.hosts.model import Host, Inventory
 from fleet.report.untrusted import safe_text, visible
 from fleet.results import FleetResult
-from fleet.runner import DEFAULT_FORKS, DEFAULT_MAX_STARTS, Runner, SSHConnector, Task
+from fleet.runner import (
+    DEFAULT_FORKS,
+    DEFAULT_MAX_STARTS,
+    ClientConnector,
+    Connect,
+    Runner,
+    SSHConnector,
+    Task,
+)
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -187,16 +195,37 @@ def read_password_file(path: Path) -> str:
     return password
 
 
-def make_runner(args: argparse.Namespace, events: Any) -> Runner:
-    # Imported here: fleet.ssh.paramiko_client imports paramiko, which 'fleet audit' does without.
-    from fleet.ssh.known_hosts import KnownHosts
+# A command whose parser sets this default runs short commands on many hosts and nothing
+# else: its hosts are reached through the system's ssh with connections kept between runs.
+SHARED_CONNECTIONS = "shared_connections"
 
-    connector = SSHConnector(
-        known_hosts=KnownHosts(accept_new=args.accept_new_host_keys),
-        connect_timeout=args.timeout,
-        command_timeout=args.timeout,
-        become_password=become_password(args),
-    )
+
+def make_runner(args: argparse.Namespace, events: Any) -> Runner:
+    """The command's runner. Short read-only fan-out (audit, ps, exec, ...: the parser's
+    ``shared_connections`` default) reaches hosts through the system's ssh, its
+    connections kept for 5 minutes so that the next such command needs no handshake (a
+    host's ``fleet_ssh_client`` or ``$FLEET_SSH_CLIENT`` chooses); the rest through
+    paramiko, which streams images faster and keeps its connections for the run.
+    """
+    connector: Connect
+    if getattr(args, SHARED_CONNECTIONS, False):
+        connector = ClientConnector(
+            accept_new=args.accept_new_host_keys,
+            connect_timeout=args.timeout,
+            command_timeout=args.timeout,
+            become_password=become_password(args),
+        )
+    else:
+        # Imported here: fleet.ssh.paramiko_client imports paramiko, which the shared
+        # client's commands do without.
+        from fleet.ssh.known_hosts import KnownHosts
+
+        connector = SSHConnector(
+            known_hosts=KnownHosts(accept_new=args.accept_new_host_keys),
+            connect_timeout=args.timeout,
+            command_timeout=args.timeout,
+            become_password=become_password(args),
+        )
     return Runner(connector, forks=args.forks, events=events, max_starts=args.max_starts)
 
 

@@ -15,6 +15,7 @@ from fleet.runner import HostContext
 
 
 def register(subparsers: Any) -> None:
+    # ping checks the hosts' keys: paramiko's refusal names the recorded key and the offered one.
     ping = subparsers.add_parser("ping", help="connect to hosts and run a no-op")
     common.add_host_options(ping)
     ping.set_defaults(handler=_ping)
@@ -29,13 +30,15 @@ def register(subparsers: Any) -> None:
     exec_.add_argument(
         "--shell", action="store_true", help="run CMD as one 'sh -c' string (pipes, globs)"
     )
-    exec_.set_defaults(handler=_exec, takes_remote_command=True)
+    exec_.set_defaults(
+        handler=_exec, takes_remote_command=True, **{common.SHARED_CONNECTIONS: True}
+    )
 
     facts = subparsers.add_parser(
         "facts", help="hostname, kernel, engine, image store, runtimes, GPUs, disk, framework"
     )
     common.add_host_options(facts)
-    facts.set_defaults(handler=_facts)
+    facts.set_defaults(handler=_facts, **{common.SHARED_CONNECTIONS: True})
 
 
 def _ping(args: argparse.Namespace) -> int:
