@@ -195,14 +195,15 @@ def read_password_file(path: Path) -> str:
     return password
 
 
-# A command whose parser sets this default runs short commands on many hosts and nothing
-# else: its hosts are reached through the system's ssh with connections kept between runs.
+# A command whose parser sets this default runs short commands on many hosts (no image
+# streams, no output followed): its hosts are reached through the system's ssh, with
+# connections kept between runs.
 SHARED_CONNECTIONS = "shared_connections"
 
 
 def make_runner(args: argparse.Namespace, events: Any) -> Runner:
-    """The command's runner. Short read-only fan-out (audit, ps, exec, ...: the parser's
-    ``shared_connections`` default) reaches hosts through the system's ssh, its
+    """The command's runner. Short commands on many hosts (audit, exec, ps, ...: the
+    parser's ``shared_connections`` default) reach them through the system's ssh, its
     connections kept for 5 minutes so that the next such command needs no handshake (a
     host's ``fleet_ssh_client`` or ``$FLEET_SSH_CLIENT`` chooses); the rest through
     paramiko, which streams images faster and keeps its connections for the run.

@@ -98,6 +98,17 @@ def _default_key_files() -> tuple[str, ...]:
     return tuple(str(ssh_dir / n) for n in names if (ssh_dir / n).is_file())
 
 
+class _QuietTransport(paramiko.Transport):
+    """paramiko's transport whose reader thread wakes once a second while the connection
+    is idle, not ten times. The thread reads its socket with this timeout only to notice a
+    close (``close()`` returns at once either way) and to send keepalives; a run keeps its
+    connections open until it ends, and with hundreds of hosts waiting on the slowest, the
+    wakes cost the controller more CPU than the commands (audit at 500 hosts: 43 ms per
+    host against 23 at 100)."""
+
+    _active_check_timeout = 1.0
+
+
 class SSHTransport:
     """A verified, authenticated SSH connection to one host, reused for every command."""
 
@@ -143,7 +154,7 @@ class SSHTransport:
     def _connect(self) -> paramiko.Transport:
         ep = self.endpoint
         sock = self._open_socket()
-        transport = paramiko.Transport(sock)
+        transport = _QuietTransport(sock)
         transport.packetizer.REKEY_BYTES = _REKEY_BYTES
         options = transport.get_security_options()
         preferred = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
