@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fleet.errors import (
@@ -109,24 +110,37 @@ class SSHConnector:
 
 @dataclass
 class ClientConnector:
-    """Connects each host with the SSH client chosen for it: for read-only fan-out.
+    """Connects each host with the SSH client chosen for it: for short commands on many hosts.
 
     The host's ``fleet_ssh_client`` variable (``openssh`` or ``paramiko``) wins, then
     ``$FLEET_SSH_CLIENT``, then ``default``. ``openssh`` is the system's ssh with shared
     connections kept for 5 minutes (:mod:`fleet.ssh.openssh`); as the default it falls back to
-    paramiko (:class:`SSHConnector`) when no ``ssh`` is on PATH.
+    paramiko (:class:`SSHConnector`) when no ``ssh`` is on PATH. With ``reuse`` and paramiko
+    as the default, a host whose shared connection is open (an earlier command opened it)
+    is reached through it: no handshake at all, the cheapest of the three ways.
     """
 
     accept_new: bool = False
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     command_timeout: float | None = None
     default: str = "openssh"
+    reuse: bool = False
+    control_dir: Path | None = None  # the shared connections' sockets (None: fleet's own)
     become_password: str | None = field(default=None, repr=False)
     _connectors: dict[str, Connect] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def client(self, host: Host) -> str:
-        """The SSH client for ``host``: one of :data:`SSH_CLIENTS`.
+        """The SSH client for ``host``: one of :data:`SSH_CLIENTS`."""
+        chosen = self._chosen(host)
+        if chosen is not None:
+            return chosen
+        if self.default == "openssh" and shutil.which("ssh") is None:
+            return "paramiko"
+        return self.default
+
+    def _chosen(self, host: Host) -> str | None:
+        """The client the host's settings or the environment name, None when neither does.
 
         A host that becomes with a password gets paramiko: only it answers sudo's prompt.
         """
@@ -151,17 +165,35 @@ class ClientConnector:
                     fix=f"set it to one of: {', '.join(SSH_CLIENTS)}",
                 )
             return chosen
-        if self.default == "openssh" and shutil.which("ssh") is None:
-            return "paramiko"
-        return self.default
+        return None
 
     def __call__(self, host: Host) -> Transport:
         name = self.client(host)
+        if name == "paramiko" and self.reuse and self._chosen(host) is None:
+            shared = self._open_shared(host)
+            if shared is not None:
+                return shared
+        return self._connector_for(name)(host)
+
+    def _open_shared(self, host: Host) -> Transport | None:
+        """The host's shared connection when one is open, else None (nothing is opened)."""
+        if shutil.which("ssh") is None:
+            return None
+        try:
+            transport = self._connector_for("openssh")(host)
+        except FleetError:
+            return None  # paramiko connects and says what is wrong in its own words
+        if getattr(transport, "needs_handshake", lambda: True)():
+            transport.close()
+            return None
+        return transport
+
+    def _connector_for(self, name: str) -> Connect:
         with self._lock:
             connector = self._connectors.get(name)
             if connector is None:
                 connector = self._connectors[name] = self._connector(name)
-        return connector(host)
+        return connector
 
     def _connector(self, name: str) -> Connect:
         if name == "openssh":
@@ -171,6 +203,7 @@ class ClientConnector:
                 accept_new=self.accept_new,
                 connect_timeout=self.connect_timeout,
                 command_timeout=self.command_timeout,
+                control_dir=self.control_dir,
             )
         from fleet.ssh.known_hosts import KnownHosts
 

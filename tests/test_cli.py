@@ -103,31 +103,37 @@ def test_exec_piped_shows_hostile_output_escaped_and_json_has_it_exactly(
 
 
 @pytest.mark.parametrize(
-    ("argv", "shared"),
+    ("argv", "default", "reuse"),
     [
-        (["audit", "all"], True),
-        (["exec", "all"], True),
-        (["ping", "all"], False),  # the host key check: paramiko names both keys
-        (["facts", "all"], True),
-        (["ps", "all"], True),
-        (["lock", "status", "all"], True),
-        (["push", "all", "cauchy:0.2.1"], False),
-        (["deploy", "all"], False),
-        (["provision", "all"], False),
-        (["top", "all"], False),
-        (["logs", "all"], False),
-        (["lock", "release", "all"], False),
+        (["audit", "all"], "openssh", False),
+        (["exec", "all"], "paramiko", True),
+        (["facts", "all"], "paramiko", True),
+        (["ps", "all"], "paramiko", True),
+        (["lock", "status", "all"], "paramiko", True),
+        (["ping", "all"], None, False),  # the host key check: paramiko names both keys
+        (["push", "all", "cauchy:0.2.1"], None, False),
+        (["deploy", "all"], None, False),
+        (["provision", "all"], None, False),
+        (["top", "all"], None, False),
+        (["logs", "all"], None, False),
+        (["lock", "release", "all"], None, False),
     ],
 )
-def test_short_read_only_commands_reach_hosts_over_shared_connections(
-    argv: list[str], shared: bool
+def test_short_commands_on_many_hosts_use_shared_connections(
+    argv: list[str], default: str | None, reuse: bool
 ) -> None:
-    """Their connections outlive the run (the next such command needs no handshake); the
-    commands that stream images or follow output keep paramiko's."""
+    """audit opens shared connections that outlive the run; exec, facts, ps and lock status
+    take one where it is open, else connect with paramiko; the commands that stream images
+    or follow output keep paramiko's own."""
     from fleet.cli import build_parser, parse
     from fleet.runner import ClientConnector
 
     args = parse(build_parser(argv[0]), argv)
     runner = common.make_runner(args, None)
-    assert isinstance(runner.connect, ClientConnector) is shared, argv
+    connector = runner.connect
+    if default is None:
+        assert not isinstance(connector, ClientConnector), argv
+    else:
+        assert isinstance(connector, ClientConnector), argv
+        assert (connector.default, connector.reuse) == (default, reuse), argv
     runner.close()

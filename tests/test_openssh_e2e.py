@@ -224,3 +224,50 @@ def test_each_host_gets_the_client_it_asks_for(lab_env: LabFixture) -> None:
     default = connector(Host("lab1", settings))
     assert isinstance(default, OpenSSHTransport) and default.run(["true"]).ok
     default.stop_master()
+
+
+@pytest.fixture
+def own_control_dir() -> Iterator[Path]:
+    """A control directory of the test's own: no master of another test is in it."""
+    directory = Path(tempfile.mkdtemp(prefix="fleet-cm-"))
+    yield directory
+    close_masters(directory)
+
+
+def test_a_command_that_reuses_connections_takes_an_open_one_else_connects_with_paramiko(
+    lab_env: LabFixture, own_control_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """exec, facts, ps: a host's shared connection when one is open (no handshake at all),
+    else paramiko's cheaper handshake, opening nothing that outlives the run."""
+    from fleet.hosts import inventory as inventory_mod
+    from fleet.runner import ClientConnector
+
+    monkeypatch.delenv("FLEET_SSH_CLIENT", raising=False)
+    host = inventory_mod.load([lab_env.inventory]).host("lab2")
+    reusing = ClientConnector(default="paramiko", reuse=True, control_dir=own_control_dir)
+    sockets = set(own_control_dir.iterdir())
+    first = reusing(host)
+    try:
+        assert isinstance(first, SSHTransport), type(first)
+        assert first.run(["true"]).exit_code == 0
+    finally:
+        first.close()
+    assert set(own_control_dir.iterdir()) == sockets, "paramiko's run left a shared connection"
+    # Another command (audit) opens the host's shared connection and keeps it ...
+    opening = ClientConnector(default="openssh", control_dir=own_control_dir)
+    opened = opening(host)
+    assert isinstance(opened, OpenSSHTransport)
+    assert opened.run(["true"]).exit_code == 0
+    pid = master_pid(opened)
+    # ... which the next command takes, through the same master.
+    second = reusing(host)
+    assert isinstance(second, OpenSSHTransport), type(second)
+    assert second.run(["echo", "again"]).stdout.strip() == "again"
+    assert master_pid(second) == pid
+    # A host the inventory gives paramiko keeps it, shared connection or not.
+    pinned_host = dataclasses.replace(host, vars={**host.vars, "fleet_ssh_client": "paramiko"})
+    forced = reusing(pinned_host)
+    try:
+        assert isinstance(forced, SSHTransport)
+    finally:
+        forced.close()

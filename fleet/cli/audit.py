@@ -75,7 +75,7 @@ def register(subparsers: Any) -> None:
         metavar="NAME",
         help="the framework image's repository (default: the project's fleet_image.repository)",
     )
-    parser.set_defaults(handler=_audit, **{common.SHARED_CONNECTIONS: True})
+    parser.set_defaults(handler=_audit, **{common.SHARED_CONNECTIONS: common.OPENS_SHARED})
 
 
 def _audit(args: argparse.Namespace) -> int:

@@ -196,24 +196,29 @@ def read_password_file(path: Path) -> str:
 
 
 # A command whose parser sets this default runs short commands on many hosts (no image
-# streams, no output followed): its hosts are reached through the system's ssh, with
-# connections kept between runs.
+# streams, no output followed): OPENS_SHARED reaches its hosts through the system's ssh and
+# keeps the connections for the next command; REUSES_SHARED uses such a connection where
+# one is open and connects with paramiko where none is (the cheaper handshake).
 SHARED_CONNECTIONS = "shared_connections"
+OPENS_SHARED, REUSES_SHARED = "open", "reuse"
 
 
 def make_runner(args: argparse.Namespace, events: Any) -> Runner:
-    """The command's runner. Short commands on many hosts (audit, exec, ps, ...: the
-    parser's ``shared_connections`` default) reach them through the system's ssh, its
-    connections kept for 5 minutes so that the next such command needs no handshake (a
-    host's ``fleet_ssh_client`` or ``$FLEET_SSH_CLIENT`` chooses); the rest through
-    paramiko, which streams images faster and keeps its connections for the run.
+    """The command's runner: over shared connections as its parser's ``shared_connections``
+    default says (audit opens them, exec, facts, ps and lock status use those open; a
+    host's ``fleet_ssh_client`` or ``$FLEET_SSH_CLIENT`` chooses otherwise); the other
+    commands over paramiko, which streams images faster and keeps its connections for
+    the run.
     """
     connector: Connect
-    if getattr(args, SHARED_CONNECTIONS, False):
+    shared = getattr(args, SHARED_CONNECTIONS, None)
+    if shared in (OPENS_SHARED, REUSES_SHARED):
         connector = ClientConnector(
             accept_new=args.accept_new_host_keys,
             connect_timeout=args.timeout,
             command_timeout=args.timeout,
+            default="openssh" if shared == OPENS_SHARED else "paramiko",
+            reuse=shared == REUSES_SHARED,
             become_password=become_password(args),
         )
     else:

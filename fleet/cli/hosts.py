@@ -31,14 +31,16 @@ def register(subparsers: Any) -> None:
         "--shell", action="store_true", help="run CMD as one 'sh -c' string (pipes, globs)"
     )
     exec_.set_defaults(
-        handler=_exec, takes_remote_command=True, **{common.SHARED_CONNECTIONS: True}
+        handler=_exec,
+        takes_remote_command=True,
+        **{common.SHARED_CONNECTIONS: common.REUSES_SHARED},
     )
 
     facts = subparsers.add_parser(
         "facts", help="hostname, kernel, engine, image store, runtimes, GPUs, disk, framework"
     )
     common.add_host_options(facts)
-    facts.set_defaults(handler=_facts, **{common.SHARED_CONNECTIONS: True})
+    facts.set_defaults(handler=_facts, **{common.SHARED_CONNECTIONS: common.REUSES_SHARED})
 
 
 def _ping(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ def register(subparsers: Any) -> None:
     actions.required = True
     status = actions.add_parser("status", help="each host's deploy lock")
     common.add_host_options(status)
-    status.set_defaults(handler=_status, **{common.SHARED_CONNECTIONS: True})
+    status.set_defaults(handler=_status, **{common.SHARED_CONNECTIONS: common.REUSES_SHARED})
     release = actions.add_parser("release", help="remove the deploy locks shown, after asking")
     common.add_host_options(release)
     release.add_argument("--yes", "-y", action="store_true", help="release without asking")

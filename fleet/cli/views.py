@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
         "-a", "--all", action="store_true", help="every container, not only the framework's"
     )
     _repository_options(ps)
-    ps.set_defaults(handler=_ps, **{common.SHARED_CONNECTIONS: True})
+    ps.set_defaults(handler=_ps, **{common.SHARED_CONNECTIONS: common.REUSES_SHARED})
 
     logs = subparsers.add_parser(
         "logs",
