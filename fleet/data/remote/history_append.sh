@@ -1,3 +1,11 @@
 
 umask 002  # shared with the docker group: see lock.sh
-mkdir -p /var/lib/fleet && cat >> /var/lib/fleet/history.jsonl
+mkdir -p /var/lib/fleet || exit 3
+# The line arrives in a file of its own and is appended only whole (it ends in a newline):
+# a connection cut while it arrives appends nothing, so no cut line glues itself to the
+# next record. One small write with O_APPEND: records of two runs never interleave.
+new=/var/lib/fleet/history.new.$$
+trap 'rm -f -- "$new"' EXIT
+cat > "$new" || exit 3
+[ "$(tail -c 1 -- "$new" | wc -l)" = 1 ] || { echo "the history line arrived cut short" >&2; exit 8; }
+cat -- "$new" >> /var/lib/fleet/history.jsonl
