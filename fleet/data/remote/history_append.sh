@@ -6,6 +6,6 @@ mkdir -p /var/lib/fleet || exit 3
 # next record. One small write with O_APPEND: records of two runs never interleave.
 new=/var/lib/fleet/history.new.$$
 trap 'rm -f -- "$new"' EXIT
-cat > "$new" || exit 3
-[ "$(tail -c 1 -- "$new" | wc -l)" = 1 ] || { echo "the history line arrived cut short" >&2; exit 8; }
+#@include whole_line.sh
+receive_whole "$new" "history line"
 cat -- "$new" >> /var/lib/fleet/history.jsonl

@@ -21,9 +21,9 @@ flock -w 10 9 || exit 5
 # Our document goes to a file of its own first and becomes the lock whole or not at all: a
 # connection cut while it arrives (it is one line, ending in a newline) leaves no lock, never
 # an empty or cut one that would count as held. One name is enough: we hold the flock.
+#@include whole_line.sh
 new=$lock.new
-cat > "$new" || exit 3
-if [ "$(tail -c 1 -- "$new" | wc -l)" != 1 ]; then rm -f -- "$new"; echo "the lock document arrived cut short" >&2; exit 8; fi
+receive_whole "$new" "lock document"
 if [ -n "$stale" ] && [ -f "$lock" ] && [ "$(cksum < "$lock")" = "$stale" ]; then
   mv -f -- "$new" "$lock" || exit 3
   echo "@@sum $(cksum < "$lock")"; exit 0
