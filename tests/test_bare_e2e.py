@@ -6,8 +6,9 @@ provisioning install the engine and the tools from Debian's archive and the NVID
 Container Toolkit from the lab's own signed apt repository. First the failures, each of
 which must leave the host as it was; then the whole story on two hosts, one with Debian's
 engine and one with Docker's packages from Docker's repository layout (the lab's
-stand-ins) and a deploy user joining the docker group: provision, a second provision with
-nothing to change, and a deploy whose container sees the GPU.
+stand-ins), a deploy user joining the docker group and the engine's data-root on the
+host's second disk: provision, a second provision with nothing to change, and a deploy
+whose container sees the GPU.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ HOST = "lab1"
 DOCKER_CE_HOST = "lab2"  # engine_package: docker-ce
 SOURCES = "/etc/apt/sources.list.d/fleet-nvidia-container-toolkit.list"
 DOCKER_SOURCES = "/etc/apt/sources.list.d/fleet-docker.list"
+DAEMON_JSON = "/etc/docker/daemon.json"
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,12 @@ def inventory(env: LabFixture, path: Path, **provision: Any) -> Path:
     return path
 
 
-DOCKER_CE = {"engine_package": "docker-ce", "docker_users": ["deploy"]}
+# Docker's packages, a deploy user, and the engine's data-root on the host's second disk.
+DOCKER_CE = {
+    "engine_package": "docker-ce",
+    "docker_users": ["deploy"],
+    "engine": {"data_root": "/srv/docker"},
+}
 
 
 def untouched(env: LabFixture) -> None:
@@ -183,9 +190,7 @@ def test_one_provision_makes_a_bare_gpu_server_a_fleet_host(
 ) -> None:
     # A vendor's image may bring a daemon.json of its own: its keys stay.
     host_run(bare, HOST, "mkdir", "-p", "/etc/docker")
-    host_run(
-        bare, HOST, "sh", "-c", "cat > /etc/docker/daemon.json", stdin=b'{"labels": ["rack=9"]}\n'
-    )
+    host_run(bare, HOST, "sh", "-c", "cat > " + DAEMON_JSON, stdin=b'{"labels": ["rack=9"]}\n')
     assert host_run(bare, DOCKER_CE_HOST, "useradd", "--create-home", "deploy").ok
     path = inventory(bare, tmp_path / "inv.yml")
     code, doc = provision(capsys, path, "--project", str(project.root), hosts="all")
@@ -203,7 +208,7 @@ def test_one_provision_makes_a_bare_gpu_server_a_fleet_host(
         assert info == "true\n"
         assert "nvidia" in host_sh(bare, name, "docker", "info", "--format", "{{json .Runtimes}}")
         assert host_run(bare, name, "pgrep", "-x", "cron").ok
-    assert '"rack=9"' in host_sh(bare, HOST, "cat", "/etc/docker/daemon.json")
+    assert '"rack=9"' in host_sh(bare, HOST, "cat", DAEMON_JSON)
     # Docker's packages came from Docker's layout, for the host's release, signed-by its key.
     source = host_sh(bare, DOCKER_CE_HOST, "cat", DOCKER_SOURCES)
     assert source.startswith("deb [signed-by=/etc/apt/keyrings/fleet-docker.gpg] http://")
@@ -212,6 +217,13 @@ def test_one_provision_makes_a_bare_gpu_server_a_fleet_host(
     assert status == "install ok installed"
     kinds = [c["kind"] for c in doc["hosts"][DOCKER_CE_HOST]["details"]["changes"]]
     assert "docker_user_added" in kinds, kinds
+    # Its engine keeps its images on the second disk, from the start.
+    root = host_sh(bare, DOCKER_CE_HOST, "docker", "info", "--format", "{{.DockerRootDir}}")
+    assert root == "/srv/docker\n"
+    assert '"data-root": "/srv/docker"' in host_sh(bare, DOCKER_CE_HOST, "cat", DAEMON_JSON)
+    assert host_sh(bare, HOST, "docker", "info", "--format", "{{.DockerRootDir}}") == (
+        "/var/lib/docker\n"  # not asked: where the package puts it
+    )
     # The deploy user may use the engine now, without sudo.
     as_deploy = host_run(bare, DOCKER_CE_HOST, "runuser", "-u", "deploy", "--", "docker", "ps")
     assert as_deploy.ok, as_deploy.stderr

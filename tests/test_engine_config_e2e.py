@@ -206,3 +206,22 @@ def test_a_restart_that_would_stop_containers_is_refused_with_the_evidence(
     assert dockerd_pid(lab_env, "lab1") == pid
     running = host_run(lab_env, "lab1", "docker", "inspect", "-f", "{{.State.Running}}", SURVIVOR)
     assert running.stdout.strip() == "true"
+
+
+def test_a_data_root_for_an_engine_that_holds_images_is_refused_and_nothing_moves(
+    lab_env: LabFixture, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ensure_image(lab_env, "lab1", lab.LAYER1_IMAGE)
+    old = read_bytes(lab_env, "lab1", DAEMON_JSON)
+    pid = dockerd_pid(lab_env, "lab1")
+    sandbox.settings["engine"] = {"data_root": "/srv/docker"}
+    code, doc = sandbox.provision(capsys, sandbox.inventory(), "--skip-base")
+    assert code == 2, doc
+    lab1 = doc["hosts"]["lab1"]
+    images = engine_says(lab_env, "lab1", "{{.Images}}")
+    assert int(images) >= 1
+    assert "setting data-root: /srv/docker moves the engine, which holds" in lab1["reason"]
+    assert f"{images} image(s) in /var/lib/docker: they would stay behind there" in lab1["reason"]
+    assert read_bytes(lab_env, "lab1", DAEMON_JSON) == old
+    assert dockerd_pid(lab_env, "lab1") == pid
+    assert engine_says(lab_env, "lab1", "{{.DockerRootDir}}") == "/var/lib/docker"

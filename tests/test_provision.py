@@ -1120,6 +1120,36 @@ def test_a_reload_alone_when_the_file_says_live_restore_and_the_engine_does_not(
     assert change.commands[-1].argv[-4:] == ("no", "sysv", "=", "60")
 
 
+def test_a_data_root_is_set_only_for_an_engine_that_holds_nothing() -> None:
+    config = settings(engine={"data_root": "/srv/docker"})
+    fresh = recorded("fresh-classic")  # an engine in /var/lib/docker, holding nothing
+    assert (fresh.containers, fresh.images, fresh.host.docker_root) == (0, 0, "/var/lib/docker")
+    moved = engine_config(config, fresh)
+    assert moved.new_root == "/srv/docker" and moved.restart
+    assert json.loads(moved.content or b"")["data-root"] == "/srv/docker"
+    assert "data-root: /srv/docker" in moved.sets
+    assert preflight(config, fresh).ok
+    # An engine that holds something would leave it behind: refused, with what it holds.
+    holding = dataclasses.replace(fresh, images=3, containers=1)
+    (problem,) = preflight(config, holding).failures
+    assert problem.message == (
+        "setting data-root: /srv/docker moves the engine, which holds 1 container(s) and "
+        "3 image(s) in /var/lib/docker: they would stay behind there"
+    )
+    assert "copy /var/lib/docker to /srv/docker (rsync -aHAX)" in problem.fix
+    # Already there (the file says it, or the engine was started with it): nothing to do.
+    there = with_host(holding, docker_root="/srv/docker")
+    assert engine_config(config, there).new_root == ""
+    assert preflight(config, there).ok
+    # A data-root of the operator's is theirs: kept, and said.
+    theirs = dataclasses.replace(holding, daemon_json=file_state(b'{"data-root": "/big"}'))
+    kept = engine_config(config, theirs)
+    assert kept.new_root == "" and kept.kept == ('data-root is "/big" (yours, kept)',)
+    assert preflight(config, theirs).ok
+    # Not asked: the engine stays where it is.
+    assert engine_config(DEFAULTS, fresh).new_root == ""
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
@@ -1127,12 +1157,20 @@ def test_a_reload_alone_when_the_file_says_live_restore_and_the_engine_does_not(
         ({"live_restore": "on"}, "live_restore: expected true or false"),
         ({"log_max_size": "100MB"}, "is not a size Docker's log-opts take"),
         ({"log_max_file": 0}, "log_max_file: expected a number of files from 1 to 100"),
-        ({"data_root": "/srv"}, "engine.data_root: unknown setting"),
+        ({"data_roots": "/srv"}, "engine.data_roots: unknown setting"),
+        ({"data_root": "srv/docker"}, "data_root: expected an absolute path"),
+        ({"data_root": "/data/docker"}, "is below the data root /data, which every framework"),
+        ({"data_root": "/"}, "data_root: expected an absolute path"),
     ],
 )
 def test_bad_engine_settings_name_the_setting(value: Any, message: str) -> None:
     with pytest.raises(ProvisionSettingsError, match=re.escape(message)):
         settings(engine=value)
+
+
+def test_dockers_root_never_holds_the_data_root() -> None:
+    with pytest.raises(ProvisionSettingsError, match="would hold the data root /srv/data"):
+        settings(data_root="/srv/data", engine={"data_root": "/srv"})
 
 
 def test_things_in_the_way_are_failures() -> None:

@@ -486,7 +486,12 @@ def _start_host(
     api = client.api
     host_config = _node_host_config(
         api,
-        {f"{container_name}-docker": {"bind": "/var/lib/docker", "mode": "rw"}},
+        {
+            f"{container_name}-docker": {"bind": "/var/lib/docker", "mode": "rw"},
+            # A second disk, as GPU servers have, where an engine's data-root may go (an
+            # engine's store needs a filesystem of its own: not the node's overlay).
+            f"{container_name}-srv": {"bind": "/srv", "mode": "rw"},
+        },
         # A fixed port, so a restarted ("rebooted") host keeps its address.
         port_bindings={22: ("127.0.0.1", _free_port())},
         tmpfs={"/run": "", "/tmp": ""},  # noqa: S108 - the lab host's own /tmp
@@ -505,7 +510,7 @@ def _start_host(
         # Read by the entrypoint's gpu-setup: a GPU server with that many GPUs, or none.
         environment={"FLEET_LAB_GPUS": str(gpus), "FLEET_LAB_BARE": "1" if engine == BARE else "0"},
         ports=[22],
-        volumes=["/var/lib/docker"],
+        volumes=["/var/lib/docker", "/srv"],
         host_config=host_config,
     )
     api.start(created["Id"])

@@ -8,7 +8,9 @@ fleet sets what a GPU host needs of its engine and keeps every other key as it i
   ``max-file``): a training service logs for months;
 - the ``nvidia`` runtime, when the host has the NVIDIA Container Toolkit's
   ``nvidia-container-runtime`` and the engine does not know it yet (what ``nvidia-ctk
-  runtime configure --runtime=docker`` writes).
+  runtime configure --runtime=docker`` writes);
+- when asked, ``data-root`` (a big disk for images and containers), only while the engine
+  holds none: what it holds would stay behind in the old root (preflight refuses).
 
 A key the operator set to another value is kept and reported. The engine re-reads
 ``live-restore`` and ``runtimes`` on SIGHUP (a reload, nothing stops); log options need a
@@ -43,6 +45,8 @@ class EngineSettings:
     log_max_size: str = "100m"
     log_max_file: int = 3
     restart_timeout: int = 60  # seconds the engine has to answer after a restart
+    # Docker's data-root (images, containers, volumes), e.g. a big disk; "": the engine's.
+    data_root: str = ""
 
 
 class DaemonJsonError(ValueError):
@@ -61,6 +65,8 @@ class EngineConfig:
     restart: bool = False
     # live-restore as the file says it after the merge (None: the file does not say).
     live_restore: bool | None = None
+    # The data-root the change moves the engine to ("": it stays where it is).
+    new_root: str = ""
 
 
 def loaded(current: bytes | None) -> dict[str, Any]:
@@ -84,12 +90,13 @@ def merged(
     running_driver: str = "",
     runtimes: frozenset[str] = frozenset(),
     has_nvidia_runtime: bool = False,
+    engine_root: str = "",
 ) -> EngineConfig:
     """daemon.json with what fleet sets merged in (pure).
 
     ``running_driver``: the engine's logging driver now (daemon.json may not name one);
     ``runtimes``: the engine's runtimes now; ``has_nvidia_runtime``: whether the host has
-    the toolkit's ``nvidia-container-runtime``.
+    the toolkit's ``nvidia-container-runtime``; ``engine_root``: its data-root now.
     """
     document = loaded(current)
     if not wish.manage:
@@ -125,9 +132,32 @@ def merged(
             document["runtimes"] = {**known, "nvidia": NVIDIA_RUNTIME}
             sets.append("runtimes.nvidia: nvidia-container-runtime")
             changed.add("runtimes")
+    new_root = _data_root(document, wish.data_root, engine_root, sets, kept)
+    if new_root:
+        changed.add("data-root")
     said = document.get("live-restore")
     live = said if isinstance(said, bool) else None
     if not changed:
         return EngineConfig(None, kept=tuple(kept), live_restore=live)
     content = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
-    return EngineConfig(content, tuple(sets), tuple(kept), bool(changed - RELOADABLE), live)
+    restart = bool(changed - RELOADABLE)
+    return EngineConfig(content, tuple(sets), tuple(kept), restart, live, new_root)
+
+
+def _data_root(
+    document: dict[str, Any], wanted: str, engine_root: str, sets: list[str], kept: list[str]
+) -> str:
+    """Sets ``data-root`` in ``document`` when asked and the engine is elsewhere; returns it
+    ("" when nothing moves). A data-root the file names otherwise is the operator's: kept."""
+    if not wanted:
+        return ""
+    said = document.get("data-root")
+    if said is not None:
+        if said != wanted:
+            kept.append(f"data-root is {json.dumps(said)} (yours, kept)")
+        return ""
+    if engine_root == wanted:  # the engine was started with it (a --data-root flag)
+        return ""
+    document["data-root"] = wanted
+    sets.append(f"data-root: {wanted}")
+    return wanted

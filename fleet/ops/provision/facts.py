@@ -88,6 +88,9 @@ class ProvisionFacts:
     logging_driver: str = ""
     live_restore: bool | None = None  # the running engine's; None: it did not say
     containers_running: int | None = None
+    # What the engine holds, running or not: a new data-root would leave it behind.
+    containers: int | None = None
+    images: int | None = None
     # What starts and stops the engine: systemd, sysv (its init script), or none.
     engine_manager: str = ""
     os_release: OsRelease = field(default_factory=OsRelease)
@@ -185,6 +188,11 @@ def _docker_users(lines: list[str]) -> dict[str, bool | None]:
         if len(cells) == 3:
             found[cells[0]] = None if cells[1] == "absent" else cells[2] == "yes"
     return found
+
+
+def _count(value: Any) -> int | None:
+    """A count the engine's info gave (None: it gave none)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _first(parts: Mapping[str, list[str]], name: str) -> str:
@@ -314,7 +322,6 @@ def parse_facts(text: str, paths: Sequence[str]) -> ProvisionFacts:
                 loaded = json.loads(line)
                 info = loaded if isinstance(loaded, dict) else {}
     live = info.get("LiveRestoreEnabled")
-    running = info.get("ContainersRunning")
     crond = _first(parts, "p_crond")
     source, hard, capable = _limits(parts.get("p_limits", []))
     smi = parts.get("nvidia_smi", [])
@@ -344,7 +351,9 @@ def parse_facts(text: str, paths: Sequence[str]) -> ProvisionFacts:
         cron_running=None if crond in ("unknown", "") else crond != "none",
         logging_driver=str(info.get("LoggingDriver", "")),
         live_restore=live if isinstance(live, bool) else None,
-        containers_running=running if isinstance(running, int) else None,
+        containers_running=_count(info.get("ContainersRunning")),
+        containers=_count(info.get("Containers")),
+        images=_count(info.get("Images")),
         engine_manager=_first(parts, "p_engine_manager"),
         os_release=_os_release(_first(parts, "p_os")),
         packages={

@@ -398,6 +398,7 @@ def engine_config(settings: ProvisionSettings, facts: ProvisionFacts) -> EngineC
         running_driver=facts.logging_driver,
         runtimes=frozenset(facts.host.runtimes),
         has_nvidia_runtime="nvidia-container-runtime" in facts.tools,
+        engine_root=facts.host.docker_root,
     )
 
 

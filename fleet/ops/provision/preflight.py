@@ -202,6 +202,8 @@ def _check_engine_config(
         )
         return
     warnings.extend(f"{DAEMON_JSON}: {kept}" for kept in config.kept)
+    if config.new_root:
+        _check_new_root(config.new_root, facts, failures, leave)
     if not config.restart:
         return
     running = facts.containers_running or 0
@@ -222,6 +224,31 @@ def _check_engine_config(
                 "manages the engine here (no systemd unit 'docker', no /etc/init.d/docker "
                 "that knows it): fleet cannot restart it",
                 f"run the engine under systemd (the docker.io package's unit), {leave}",
+            )
+        )
+
+
+def _check_new_root(
+    new_root: str, facts: ProvisionFacts, failures: list[Problem], leave: str
+) -> None:
+    """A new data-root only for an engine that holds nothing: its images and containers
+    would stay behind in the old root (the framework gone, its image shipped again)."""
+    held = [
+        f"{count} {what}"
+        for count, what in ((facts.containers, "container(s)"), (facts.images, "image(s)"))
+        if count
+    ]
+    if facts.containers is None or facts.images is None:
+        held.append("an unknown number of images and containers (the engine did not say)")
+    if held:
+        old = facts.host.docker_root or "its root"
+        failures.append(
+            Problem(
+                f"setting data-root: {new_root} moves the engine, which holds "
+                f"{' and '.join(held)} in {old}: they would stay behind there",
+                f"set data_root on hosts whose engine holds nothing yet (a fresh one), or "
+                f"move the engine yourself: stop it, copy {old} to {new_root} (rsync -aHAX), "
+                f"set data-root in {DAEMON_JSON}, start it; {leave}",
             )
         )
 

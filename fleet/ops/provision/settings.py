@@ -307,7 +307,7 @@ def _build_settings(raw: Mapping[str, tuple[Any, str]], run_spec: RunSpec) -> Pr
         min_free_data=min_free_data,
         base_image=base_image,
         allow_writable_data_root=allow_writable,
-        engine=_engine(raw.get("engine")),
+        engine=_engine(raw.get("engine"), data_root),
         install=installing.install,
         nvidia_repository=installing.nvidia_repository,
         apt_lock_timeout=installing.apt_lock_timeout,
@@ -506,7 +506,7 @@ def _base_image(entry: tuple[Any, str] | None) -> str | None:
 _LOG_SIZE = re.compile(r"[1-9][0-9]*[kmg]")
 
 
-def _engine(entry: tuple[Any, str] | None) -> EngineSettings:
+def _engine(entry: tuple[Any, str] | None, data_root: str) -> EngineSettings:
     """``engine``: false (leave daemon.json alone), true, or what to set in it."""
     if entry is None or entry[0] is None or entry[0] is True:
         return EngineSettings()
@@ -518,7 +518,7 @@ def _engine(entry: tuple[Any, str] | None) -> EngineSettings:
         raise ProvisionSettingsError(
             f"{where}: expected a mapping, true or false, got {_type(value)}", fix=example
         )
-    known = {"live_restore", "log_max_size", "log_max_file", "restart_timeout"}
+    known = {"live_restore", "log_max_size", "log_max_file", "restart_timeout", "data_root"}
     unknown = sorted(set(map(str, value)) - known)
     if unknown:
         raise ProvisionSettingsError(
@@ -546,7 +546,22 @@ def _engine(entry: tuple[Any, str] | None) -> EngineSettings:
             f"{where}.restart_timeout: expected seconds from 1 to 3600, got {wait!r}",
             fix="e.g. restart_timeout: 60",
         )
-    return EngineSettings(True, live, size, files, wait)
+    root = value.get("data_root")
+    if root is not None:
+        root = _engine_root(root, f"{where}.data_root", data_root)
+    return EngineSettings(True, live, size, files, wait, root or "")
+
+
+def _engine_root(value: Any, where: str, data_root: str) -> str:
+    """Docker's data-root: a path of its own, apart from the data root either way."""
+    path = _outside(value, where, data_root)
+    if is_below(data_root, path):
+        raise ProvisionSettingsError(
+            f"{where}: {path} would hold the data root {data_root}, which the framework's "
+            "containers see: Docker's root is for the engine alone",
+            fix="give the engine a directory of its own, e.g. data_root: /srv/docker",
+        )
+    return path
 
 
 @dataclass(frozen=True)
