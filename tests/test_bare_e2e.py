@@ -193,6 +193,12 @@ def test_one_provision_makes_a_bare_gpu_server_a_fleet_host(
     host_run(bare, HOST, "sh", "-c", "cat > " + DAEMON_JSON, stdin=b'{"labels": ["rack=9"]}\n')
     assert host_run(bare, DOCKER_CE_HOST, "useradd", "--create-home", "deploy").ok
     path = inventory(bare, tmp_path / "inv.yml")
+    # The repositories' keys are checked against the fingerprints gpg printed for them.
+    lab_hosts = yaml.safe_load(path.read_text())["all"]["children"]["lab"]["hosts"]
+    for entry in lab_hosts.values():
+        overrides = entry["fleet_provision_overrides"]
+        for repository in ("nvidia_repository", "docker_repository"):
+            assert len(overrides[repository]["fingerprint"]) == 40, overrides
     code, doc = provision(capsys, path, "--project", str(project.root), hosts="all")
     assert code == 0, [(r["host"], r["reason"]) for r in doc["hosts"].values()]
     for name, engine in ((HOST, "docker.io"), (DOCKER_CE_HOST, "docker-ce")):

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from fleet.errors import ProvisionSettingsError
+from fleet.ops.provision import sources
 from fleet.ops.provision.facts import ProvisionFacts
 from fleet.ops.provision.packages import KNOWN_PACKAGES, OsRelease, needed
 from fleet.ops.provision.plan import install_change, install_plan, plan
@@ -262,3 +266,79 @@ def test_the_facts_program_asks_dpkg_about_the_packages_fleet_installs() -> None
     )
     asked = line.split("\\n'", 1)[1].split(" 2>")[0].split()
     assert tuple(asked) == KNOWN_PACKAGES
+
+
+def _gpg(home: Path, *args: str) -> bytes:
+    gpg = shutil.which("gpg")
+    if gpg is None:
+        pytest.fail("gpg is not installed: scripts/setup.sh installs it (gnupg)")
+    batch = [gpg, "--batch", "--pinentry-mode", "loopback", "--passphrase", ""]
+    ran = subprocess.run(
+        [*batch, *args], env={**os.environ, "GNUPGHOME": str(home)}, capture_output=True, check=True
+    )
+    return ran.stdout
+
+
+@pytest.fixture(scope="module")
+def gpg_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[bytes, bytes, str]]:
+    """Keys made by gpg (the oracle): per algorithm, armored, binary and gpg's fingerprint."""
+    home = tmp_path_factory.mktemp("gnupg")
+    home.chmod(0o700)
+    keys = {}
+    for algorithm in ("ed25519", "rsa3072"):  # NVIDIA's and Docker's keys are RSA
+        uid = f"{algorithm} <{algorithm}@fleet.invalid>"
+        _gpg(home, "--quick-gen-key", uid, algorithm, "sign", "1y")
+        listed = _gpg(home, "--with-colons", "--fingerprint", uid).decode()
+        fpr = next(line.split(":")[9] for line in listed.splitlines() if line.startswith("fpr:"))
+        keys[algorithm] = (_gpg(home, "--armor", "--export", uid), _gpg(home, "--export", uid), fpr)
+    return keys
+
+
+@pytest.mark.parametrize("algorithm", ["ed25519", "rsa3072"])
+def test_a_keys_fingerprint_is_the_one_gpg_prints(
+    gpg_keys: dict[str, tuple[bytes, bytes, str]], algorithm: str
+) -> None:
+    armored, binary, fpr = gpg_keys[algorithm]
+    assert len(fpr) == 40
+    assert sources.fingerprint(armored) == sources.fingerprint(binary) == fpr
+
+
+def test_a_key_whose_fingerprint_is_not_the_given_one_is_refused(
+    gpg_keys: dict[str, tuple[bytes, bytes, str]], tmp_path: Path
+) -> None:
+    armored, _, fpr = gpg_keys["rsa3072"]
+    path = key_file(tmp_path, armored)
+    # As publishers print it: groups of four, any case.
+    spaced = " ".join(fpr[i : i + 4] for i in range(0, 40, 4)).lower()
+    checked = settings(
+        install=["nvidia_toolkit"], nvidia_repository={"key": path, "fingerprint": spaced}
+    )
+    assert checked.nvidia_repository is not None
+    assert checked.nvidia_repository.key == armored
+    other = gpg_keys["ed25519"][2]
+    with pytest.raises(ProvisionSettingsError) as refused:
+        settings(install=["nvidia_toolkit"], nvidia_repository={"key": path, "fingerprint": other})
+    assert refused.value.message == (
+        f"fleet_provision.nvidia_repository.fingerprint: the key in {path} has fingerprint "
+        f"{fpr}, not {other}: it is not the key you checked"
+    )
+    with pytest.raises(ProvisionSettingsError, match="is not an OpenPGP fingerprint"):
+        settings(install=["nvidia_toolkit"], nvidia_repository={"key": path, "fingerprint": "ab"})
+    broken = key_file(tmp_path, armored.replace(b"\n=", b"\n!=", 1)[:200])
+    with pytest.raises(ProvisionSettingsError, match="cannot read the key in"):
+        settings(install=["nvidia_toolkit"], nvidia_repository={"key": broken, "fingerprint": fpr})
+
+
+def test_both_packet_header_formats_give_the_same_fingerprint(
+    gpg_keys: dict[str, tuple[bytes, bytes, str]],
+) -> None:
+    _, binary, fpr = gpg_keys["rsa3072"]
+    assert binary[0] == 0x99  # gpg writes the old format: tag 6, a two-octet length
+    body = binary[3 : 3 + int.from_bytes(binary[1:3], "big")]
+    assert 192 <= len(body) < 8384  # a new-format two-octet length
+    first = len(body) - 192
+    two_octets = bytes([0xC6, (first >> 8) + 192, first & 0xFF]) + body
+    five_octets = bytes([0xC6, 255]) + len(body).to_bytes(4, "big") + body
+    assert sources.fingerprint(two_octets) == sources.fingerprint(five_octets) == fpr
+    with pytest.raises(ValueError, match="ends inside its first packet"):
+        sources.fingerprint(five_octets[:-1])

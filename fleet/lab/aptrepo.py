@@ -258,6 +258,19 @@ def key_file(directory: Path) -> Path:
     return directory / "apt-key.gpg"
 
 
+def key_fingerprint(directory: Path) -> str:
+    """The repository key's fingerprint, as gpg prints it (the lab's inventory gives it,
+    as an operator copies a publisher's)."""
+    gpg = _tool("gpg", "gnupg")
+    listed = _run(
+        [gpg, "--batch", "--with-colons", "--show-keys", str(key_file(directory))], directory
+    )
+    for line in listed.splitlines():
+        if line.startswith("fpr:"):
+            return line.split(":")[9]
+    raise LabError(f"gpg printed no fingerprint for {key_file(directory)}")
+
+
 def serve(client: docker.DockerClient, lab: str, directory: Path, image: str) -> str:
     """Serve the repository from a container of the lab's (kept if it runs); its URL."""
     root = ensure_repository(directory)

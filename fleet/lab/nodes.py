@@ -204,6 +204,7 @@ class Lab:
     # The lab's signed apt repository (bare hosts install the NVIDIA toolkit from it).
     apt_url: str = ""
     apt_key: Path | None = None
+    apt_fingerprint: str = ""
 
 
 Log = Callable[[str], None]
@@ -749,11 +750,16 @@ def inventory_document(lab: Lab, user: str = "root") -> dict[str, Any]:
             # What a bare server needs installed, the toolkit from the lab's own repository.
             hosts[host.name]["fleet_provision_overrides"] = {
                 "install": ["engine", "tools", "nvidia_toolkit"],
-                "nvidia_repository": {"url": lab.apt_url, "key": str(lab.apt_key)},
+                "nvidia_repository": {
+                    "url": lab.apt_url,
+                    "key": str(lab.apt_key),
+                    "fingerprint": lab.apt_fingerprint,
+                },
                 # Used where engine_package is docker-ce: Docker's layout, the lab's packages.
                 "docker_repository": {
                     "url": f"{lab.apt_url}docker/{{distribution}}",
                     "key": str(lab.apt_key),
+                    "fingerprint": lab.apt_fingerprint,
                 },
             }
     return {
@@ -891,13 +897,16 @@ def up(
     lab_hosts, key_lines = _ready_hosts(client, containers, deadline)
     known_hosts = directory / "known_hosts"
     _write_known_hosts(known_hosts, key_lines)
-    apt_url, apt_key = "", None
+    apt_url, apt_key, apt_fingerprint = "", None, ""
     if BARE in plan:
         apt_url = aptrepo.serve(client, name, directory, LAYER1_IMAGE)
         apt_key = aptrepo.key_file(directory)
+        apt_fingerprint = aptrepo.key_fingerprint(directory)
     else:
         aptrepo.remove(client, name)
-    lab = Lab(name, tuple(lab_hosts), key, known_hosts, inventory, apt_url, apt_key)
+    lab = Lab(
+        name, tuple(lab_hosts), key, known_hosts, inventory, apt_url, apt_key, apt_fingerprint
+    )
     _wait_ssh(lab, deadline)
     if users:
         add_users(lab)
