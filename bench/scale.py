@@ -5,6 +5,7 @@ per size, then times, alternating the tools so that machine noise hits all alike
 
 - ``fleet exec all -- true`` (``--forks F``), cold (no shared connection open: paramiko)
   and warm (after the audits below, over the connections they keep),
+- ``fleet facts all`` and ``fleet ps all``, cold as exec (each prints a table of every host),
 - ``ansible all -m raw -a true --forks F`` on the same inventory,
 - ``fleet audit all`` (a read-only command; every host's engine stand-in reports a running
   framework that this controller never built: each host is drift), with the default
@@ -221,6 +222,9 @@ def main() -> int:
                 *(str(pyinfra), str(pyinfra_inventory(inventory)), "exec", "-y"),
                 *("--parallel", str(args.forks), "--", "true"),
             ],
+            # Read-only commands with a table each, cold as exec is (paramiko's handshakes).
+            "fleet facts": [*fleet, "facts", "all", *common],
+            "fleet ps": [*fleet, "ps", "all", *common],
             # The default client (the system's ssh) cold (no shared connection yet), then
             # warm (right after); paramiko, which keeps nothing between runs.
             "audit pmk": ["env", "FLEET_SSH_CLIENT=paramiko", *audit],
@@ -260,6 +264,20 @@ def main() -> int:
         ratio = figures["fleet exec"]["wall"] / figures["ansible raw"]["wall"]
         print(f"fleet exec / ansible raw: {ratio:.2f} cold (target at 1,000 hosts: 0.4)")
         refresh = None
+        print(
+            "read-only commands, controller CPU per host: "
+            + ", ".join(
+                f"{name} {figures[key]['cpu'] / size * 1000:.1f} ms"
+                for name, key in (
+                    ("exec", "fleet exec"),
+                    ("facts", "fleet facts"),
+                    ("ps", "fleet ps"),
+                    ("audit", "audit dflt"),
+                    ("audit again", "audit dflt 2"),
+                )
+            )
+            + " (target 20)"
+        )
         if "top 6" in figures:
             refresh = round(
                 (figures["top 6"]["cpu"] - figures["top 1"]["cpu"]) / 5 / size * 1000, 1
@@ -292,6 +310,8 @@ def main() -> int:
             ),
             "non_row_characters": folded,
             "fleet_audit_ctl_ms_per_host": round(figures["audit dflt"]["cpu"] / size * 1000, 1),
+            "fleet_facts_ctl_ms_per_host": round(figures["fleet facts"]["cpu"] / size * 1000, 1),
+            "fleet_ps_ctl_ms_per_host": round(figures["fleet ps"]["cpu"] / size * 1000, 1),
             "top_refresh_ctl_ms_per_host": refresh,
             "second_audit_over_first": round(
                 figures["audit dflt 2"]["wall"] / figures["audit dflt"]["wall"], 3
