@@ -1,11 +1,12 @@
 """The command line's contract: help, version and exit codes."""
 
+import argparse
 from pathlib import Path
 
 import pytest
 
 from fleet import __version__
-from fleet.cli import common
+from fleet.cli import build_parser, common
 from fleet.errors import UnreachableError
 from fleet.hosts.model import Host
 from fleet.runner import Runner
@@ -27,6 +28,20 @@ def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for command in ("lab", "inventory", "ping", "exec", "facts"):
         assert command in out
+
+
+def _commands() -> list[str]:
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sorted(commands.choices)
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_commands_help_prints(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        run_cli(capsys, command, "--help")
+    assert caught.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: fleet {command}")
 
 
 @pytest.mark.parametrize(

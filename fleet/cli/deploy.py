@@ -36,13 +36,16 @@ def register(subparsers: Any) -> None:
     )
     _common(parser)
     parser.add_argument(
-        "--serial", metavar="N|N%", help="deploy in batches of N hosts (or N%% of them)"
+        "--serial",
+        metavar="N",
+        help="deploy in batches of N hosts, or of a share of them (25%%)",
     )
     parser.add_argument(
         "--max-fail",
         type=_percent,
-        metavar="N%",
-        help="stop the rollout when more than N%% of a batch failed",
+        # No % in a metavar: argparse formats the usage it prints for --help with %.
+        metavar="PERCENT",
+        help="stop the rollout when more than PERCENT%% of a batch failed (10%% or 10)",
     )
     _gpu_options(parser)
     push_cli.add_path_options(parser)
