@@ -15,6 +15,7 @@ import http.server
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import urllib.error
@@ -92,7 +93,13 @@ class StubRegistry(http.server.ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _StubHandler)
         self.requests: list[tuple[str, str]] = []
+        self.errors: list[BaseException] = []
         self.port = int(self.server_address[1])
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that hangs up mid-answer (the tests cut relays on purpose) is kept, not
+        # printed: socketserver prints it to stderr, after the test that caused it is over.
+        self.errors.append(sys.exc_info()[1] or RuntimeError("unknown"))
 
 
 class _StubHandler(http.server.BaseHTTPRequestHandler):
