@@ -6,6 +6,9 @@ per size, then times, alternating the tools so that machine noise hits all alike
 - ``fleet exec all -- true`` (``--forks F``), cold (no shared connection open: paramiko)
   and warm (after the audits below, over the connections they keep),
 - ``fleet facts all`` and ``fleet ps all``, cold as exec (each prints a table of every host),
+- ``fleet deploy all IMAGE --check``: a deploy's control path up to where it would act (each
+  host's image store, framework and lock read from the engine stand-in; nothing shipped),
+  with a version of the demo framework the bench builds (``tests.framework``),
 - ``ansible all -m raw -a true --forks F`` on the same inventory,
 - ``fleet audit all`` (a read-only command; every host's engine stand-in reports a running
   framework that this controller never built: each host is drift), with the default
@@ -32,17 +35,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fleet.lab import light
-from fleet.lab import nodes as lab
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fleet.lab import light  # noqa: E402
+from fleet.lab import nodes as lab  # noqa: E402
+from tests.framework import FrameworkProject  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -205,121 +215,154 @@ def main() -> int:
     group = Accounted("fleet-bench-scale")
     summary: dict[str, Any] = {"cores": cores, "forks": args.forks, "sizes": {}}
     pyinfra = pyinfra_bin()
-    for size in (int(n) for n in args.hosts.split(",")):
-        inventory = light.up(size, name="fleet-bench-light")
-        container = client.containers.get(light.container_name("fleet-bench-light"))
-        fleet = [str(BIN / "fleet")]
-        common = ["-i", str(inventory), "--forks", str(args.forks), "--retry-file", "/dev/null"]
-        audit = [*fleet, "audit", "all", *common, "--json"]
-        tools = {
-            # No shared connection open: paramiko's handshake (exec opens none).
-            "fleet exec": [*fleet, "exec", "all", *common, "--", "true"],
-            "ansible raw": [
-                *(str(BIN / "ansible"), "all", "-i", str(inventory), "-m", "raw"),
-                *("-a", "true", "--forks", str(args.forks)),
-            ],
-            "pyinfra exec": [
-                *(str(pyinfra), str(pyinfra_inventory(inventory)), "exec", "-y"),
-                *("--parallel", str(args.forks), "--", "true"),
-            ],
-            # Read-only commands with a table each, cold as exec is (paramiko's handshakes).
-            "fleet facts": [*fleet, "facts", "all", *common],
-            "fleet ps": [*fleet, "ps", "all", *common],
-            # The default client (the system's ssh) cold (no shared connection yet), then
-            # warm (right after); paramiko, which keeps nothing between runs.
-            "audit pmk": ["env", "FLEET_SSH_CLIENT=paramiko", *audit],
-            "audit dflt": audit,
-            "audit dflt 2": audit,
-            # Over the shared connections audit opened: no handshake.
-            "fleet exec 2": [*fleet, "exec", "all", *common, "--", "true"],
-        }
-        if size <= args.top_up_to:
-            # fleet top: one view, then six over the same connections (a refresh's cost is
-            # the difference, over five refreshes).
-            tools["top 1"] = [*fleet, "top", "all", *common[:4], "-n", "1"]
-            tools["top 6"] = [*fleet, "top", "all", *common[:4], "-n", "6", "--interval", "0.5"]
-        runs: dict[str, list[dict[str, float]]] = {name: [] for name in tools}
-        for _ in range(args.rounds):
-            for name, argv in tools.items():
-                if name in ("fleet exec", "audit dflt"):
-                    # Cold: no shared connection left from an earlier run.
-                    subprocess.run(["pkill", "-f", r"\[mux\]"], check=False)
-                    time.sleep(1)
-                runs[name].append(measured(argv, container, env, group))
-        print(f"\n{size} hosts, forks {args.forks}, {cores} cores")
-        print(
-            f"{'':12} {'wall s':>8} {'floor s':>8} {'ctl ms/host':>12} {'sshd ms/host':>13} {'RSS MiB':>8}"
-            f" {'exit':>5}"
-        )
-        figures: dict[str, dict[str, float]] = {}
-        for name, results in runs.items():
-            median = {k: statistics.median(r[k] for r in results) for k in results[0]}
-            floor = (median["cpu"] + median["sshd"]) / cores
-            figures[name] = {**median, "floor": floor}
-            print(
-                f"{name:12} {median['wall']:8.1f} {floor:8.1f} {median['cpu'] / size * 1000:12.1f}"
-                f" {median['sshd'] / size * 1000:13.1f} {median['rss_mib']:8.0f}"
-                f" {int(median['exit']):5d}"
-            )
-        ratio = figures["fleet exec"]["wall"] / figures["ansible raw"]["wall"]
-        print(f"fleet exec / ansible raw: {ratio:.2f} cold (target at 1,000 hosts: 0.4)")
-        refresh = None
-        print(
-            "read-only commands, controller CPU per host: "
-            + ", ".join(
-                f"{name} {figures[key]['cpu'] / size * 1000:.1f} ms"
-                for name, key in (
-                    ("exec", "fleet exec"),
-                    ("facts", "fleet facts"),
-                    ("ps", "fleet ps"),
-                    ("audit", "audit dflt"),
-                    ("audit again", "audit dflt 2"),
-                )
-            )
-            + " (target 20)"
-        )
-        if "top 6" in figures:
-            refresh = round(
-                (figures["top 6"]["cpu"] - figures["top 1"]["cpu"]) / 5 / size * 1000, 1
-            )
-            print(f"fleet top: a refresh costs {refresh} ms of controller CPU per host (target 20)")
-        versus = figures["fleet exec"]["wall"] / figures["pyinfra exec"]["wall"]
-        warm = figures["fleet exec 2"]["wall"] / figures["pyinfra exec"]["wall"]
-        print(
-            f"fleet exec / pyinfra exec: {versus:.2f} cold, {warm:.2f} warm (over the connections "
-            "audit kept; target at 1,000 hosts: 0.7)"
-        )
-        folded = {name: non_row_characters(argv, inventory) for name, argv in plain(fleet, common)}
-        print(
-            "output besides the hosts' rows: "
-            + ", ".join(f"{name} {count} characters" for name, count in folded.items())
-            + " (target at 500 hosts: 600)"
-        )
-        summary["sizes"][str(size)] = {
-            "fleet_exec_over_ansible": round(ratio, 3),
-            "fleet_exec_over_pyinfra": round(versus, 3),
-            **{
-                f"{name.replace(' ', '_')}_{key}": round(value, 3)
-                for name, values in figures.items()
-                for key, value in values.items()
-            },
-            "fleet_exec_warm_over_pyinfra": round(warm, 3),
-            "fleet_exec_ctl_ms_per_host": round(figures["fleet exec"]["cpu"] / size * 1000, 1),
-            "fleet_exec_warm_ctl_ms_per_host": round(
-                figures["fleet exec 2"]["cpu"] / size * 1000, 1
-            ),
-            "non_row_characters": folded,
-            "fleet_audit_ctl_ms_per_host": round(figures["audit dflt"]["cpu"] / size * 1000, 1),
-            "fleet_facts_ctl_ms_per_host": round(figures["fleet facts"]["cpu"] / size * 1000, 1),
-            "fleet_ps_ctl_ms_per_host": round(figures["fleet ps"]["cpu"] / size * 1000, 1),
-            "top_refresh_ctl_ms_per_host": refresh,
-            "second_audit_over_first": round(
-                figures["audit dflt 2"]["wall"] / figures["audit dflt"]["wall"], 3
-            ),
-        }
+    work = Path(tempfile.mkdtemp(prefix="fleet-bench-scale-"))
+    project = FrameworkProject.create(work / "cauchy", f"fleet-bench-scale-{uuid.uuid4().hex[:6]}")
+    try:
+        image = f"{project.repository}:{project.commit_and_build('bench')}"
+        for size in (int(n) for n in args.hosts.split(",")):
+            summary["sizes"][str(size)] = one_size(size, image, args, env, client, group, pyinfra)
+    finally:
+        project.remove_images()
+        shutil.rmtree(work, ignore_errors=True)
     light.down(name="fleet-bench-light")
     print(json.dumps(summary))
     return 0
+
+
+def one_size(
+    size: int,
+    image: str,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    client: Any,
+    group: Accounted,
+    pyinfra: Path,
+) -> dict[str, Any]:
+    """Every tool at one size, side by side; the size's figures (printed, and returned)."""
+    inventory = light.up(size, name="fleet-bench-light")
+    container = client.containers.get(light.container_name("fleet-bench-light"))
+    fleet = [str(BIN / "fleet")]
+    common = ["-i", str(inventory), "--forks", str(args.forks), "--retry-file", "/dev/null"]
+    audit = [*fleet, "audit", "all", *common, "--json"]
+    tools = {
+        # No shared connection open: paramiko's handshake (exec opens none).
+        "fleet exec": [*fleet, "exec", "all", *common, "--", "true"],
+        "ansible raw": [
+            *(str(BIN / "ansible"), "all", "-i", str(inventory), "-m", "raw"),
+            *("-a", "true", "--forks", str(args.forks)),
+        ],
+        "pyinfra exec": [
+            *(str(pyinfra), str(pyinfra_inventory(inventory)), "exec", "-y"),
+            *("--parallel", str(args.forks), "--", "true"),
+        ],
+        # Read-only commands with a table each, cold as exec is (paramiko's handshakes).
+        "fleet facts": [*fleet, "facts", "all", *common],
+        "fleet ps": [*fleet, "ps", "all", *common],
+        # A deploy's control path, as cold: every host read, nothing shipped or started.
+        "deploy check": [*fleet, "deploy", "all", image, *common, "--check"],
+        # The default client (the system's ssh) cold (no shared connection yet), then
+        # warm (right after); paramiko, which keeps nothing between runs.
+        "audit pmk": ["env", "FLEET_SSH_CLIENT=paramiko", *audit],
+        "audit dflt": audit,
+        "audit dflt 2": audit,
+        # Over the shared connections audit opened: no handshake.
+        "fleet exec 2": [*fleet, "exec", "all", *common, "--", "true"],
+    }
+    if size <= args.top_up_to:
+        # fleet top: one view, then six over the same connections (a refresh's cost is
+        # the difference, over five refreshes).
+        tools["top 1"] = [*fleet, "top", "all", *common[:4], "-n", "1"]
+        tools["top 6"] = [*fleet, "top", "all", *common[:4], "-n", "6", "--interval", "0.5"]
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in tools}
+    for _ in range(args.rounds):
+        for name, argv in tools.items():
+            if name in ("fleet exec", "audit dflt"):
+                # Cold: no shared connection left from an earlier run.
+                subprocess.run(["pkill", "-f", r"\[mux\]"], check=False)
+                time.sleep(1)
+            runs[name].append(measured(argv, container, env, group))
+    return reported(size, args.forks, runs, inventory, fleet, common)
+
+
+def reported(
+    size: int,
+    forks: int,
+    runs: dict[str, list[dict[str, float]]],
+    inventory: Path,
+    fleet: list[str],
+    common: list[str],
+) -> dict[str, Any]:
+    """One size's figures printed as a table and the target lines; returned for the JSON."""
+    cores = os.cpu_count() or 1
+    print(f"\n{size} hosts, forks {forks}, {cores} cores")
+    print(
+        f"{'':12} {'wall s':>8} {'floor s':>8} {'ctl ms/host':>12} {'sshd ms/host':>13} {'RSS MiB':>8}"
+        f" {'exit':>5}"
+    )
+    figures: dict[str, dict[str, float]] = {}
+    for name, results in runs.items():
+        median = {k: statistics.median(r[k] for r in results) for k in results[0]}
+        floor = (median["cpu"] + median["sshd"]) / cores
+        figures[name] = {**median, "floor": floor}
+        print(
+            f"{name:12} {median['wall']:8.1f} {floor:8.1f} {median['cpu'] / size * 1000:12.1f}"
+            f" {median['sshd'] / size * 1000:13.1f} {median['rss_mib']:8.0f}"
+            f" {int(median['exit']):5d}"
+        )
+    ratio = figures["fleet exec"]["wall"] / figures["ansible raw"]["wall"]
+    print(f"fleet exec / ansible raw: {ratio:.2f} cold (target at 1,000 hosts: 0.4)")
+    refresh = None
+    print(
+        "read-only commands, controller CPU per host: "
+        + ", ".join(
+            f"{name} {figures[key]['cpu'] / size * 1000:.1f} ms"
+            for name, key in (
+                ("exec", "fleet exec"),
+                ("facts", "fleet facts"),
+                ("ps", "fleet ps"),
+                ("deploy --check", "deploy check"),
+                ("audit", "audit dflt"),
+                ("audit again", "audit dflt 2"),
+            )
+        )
+        + " (target 20)"
+    )
+    if "top 6" in figures:
+        refresh = round((figures["top 6"]["cpu"] - figures["top 1"]["cpu"]) / 5 / size * 1000, 1)
+        print(f"fleet top: a refresh costs {refresh} ms of controller CPU per host (target 20)")
+    versus = figures["fleet exec"]["wall"] / figures["pyinfra exec"]["wall"]
+    warm = figures["fleet exec 2"]["wall"] / figures["pyinfra exec"]["wall"]
+    print(
+        f"fleet exec / pyinfra exec: {versus:.2f} cold, {warm:.2f} warm (over the connections "
+        "audit kept; target at 1,000 hosts: 0.7)"
+    )
+    folded = {name: non_row_characters(argv, inventory) for name, argv in plain(fleet, common)}
+    print(
+        "output besides the hosts' rows: "
+        + ", ".join(f"{name} {count} characters" for name, count in folded.items())
+        + " (target at 500 hosts: 600)"
+    )
+    return {
+        "fleet_exec_over_ansible": round(ratio, 3),
+        "fleet_exec_over_pyinfra": round(versus, 3),
+        **{
+            f"{name.replace(' ', '_')}_{key}": round(value, 3)
+            for name, values in figures.items()
+            for key, value in values.items()
+        },
+        "fleet_exec_warm_over_pyinfra": round(warm, 3),
+        "fleet_exec_ctl_ms_per_host": round(figures["fleet exec"]["cpu"] / size * 1000, 1),
+        "fleet_exec_warm_ctl_ms_per_host": round(figures["fleet exec 2"]["cpu"] / size * 1000, 1),
+        "non_row_characters": folded,
+        "fleet_audit_ctl_ms_per_host": round(figures["audit dflt"]["cpu"] / size * 1000, 1),
+        "fleet_facts_ctl_ms_per_host": round(figures["fleet facts"]["cpu"] / size * 1000, 1),
+        "fleet_ps_ctl_ms_per_host": round(figures["fleet ps"]["cpu"] / size * 1000, 1),
+        "deploy_check_ctl_ms_per_host": round(figures["deploy check"]["cpu"] / size * 1000, 1),
+        "top_refresh_ctl_ms_per_host": refresh,
+        "second_audit_over_first": round(
+            figures["audit dflt 2"]["wall"] / figures["audit dflt"]["wall"], 3
+        ),
+    }
 
 
 if __name__ == "__main__":
