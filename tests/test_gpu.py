@@ -3,6 +3,13 @@ see tests/fixtures/gpu/README.md): parsing, whose container, the busy reason."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 from fleet.ops import gpu
 from fleet.ssh.base import CommandResult
 from tests.fakes import FakeTransport
@@ -96,3 +103,71 @@ def test_a_container_without_nvidia_smi_or_with_too_few_gpus_fails() -> None:
     one = f"@@inside\nGPU 0: x (UUID: {UUID})\n@@inside_rc 0\n"
     assert not gpu.sees_its_gpus(_Host(HOST_L + one), "c", "all")[0]
     assert gpu.sees_its_gpus(_Host(HOST_L + one), "c", "1")[0]
+
+
+def _driver(tmp_path: Path, uuids: list[str]) -> tuple[dict[str, str], Path]:
+    """PATH and state for the lab's nvidia-smi, run through a wrapper that logs each call."""
+    lab = Path(gpu.__file__).resolve().parents[1] / "data" / "lab" / "nvidia_smi.py"
+    state = tmp_path / "gpus.json"
+    state.write_text(
+        json.dumps(
+            {
+                "driver_version": "535.104.05",
+                "cuda_version": "12.2",
+                "gpus": [
+                    {"uuid": u, "name": "NVIDIA A100-SXM4-80GB", "memory_total_mib": 81920}
+                    for u in uuids
+                ],
+            }
+        )
+    )
+    calls = tmp_path / "calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "nvidia-smi"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >>{calls}\nexec {sys.executable} {lab} "$@"\n')
+    wrapper.chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "FLEET_LAB_GPU_STATE": str(state),
+        "FLEET_LAB_GPU_DIR": str(tmp_path / "none"),
+    }
+    return env, calls
+
+
+def test_the_program_run_by_sh_reads_the_driver_once(tmp_path: Path) -> None:
+    env, calls = _driver(tmp_path, [UUID, UUID.replace("ab", "cd")])
+    job = tmp_path / "fleet-gpu-job"  # what the lab's driver counts as a CUDA process
+    shutil.copy("/bin/sleep", job)
+    running = subprocess.Popen(
+        [str(job), "30"],
+        env={"NVIDIA_VISIBLE_DEVICES": "1", "FLEET_GPU_JOB_MIB": "2048"},
+    )
+    try:
+        time.sleep(1.1)
+        ran = subprocess.run(
+            ["sh", "-c", gpu.PROGRAM], env=env, capture_output=True, text=True, check=True
+        )
+    finally:
+        running.kill()
+        running.wait()
+    found = gpu.parse(ran.stdout)
+    mine = [p for p in found.processes if p.pid == running.pid]
+    assert found.available and found.error == "" and len(mine) == 1
+    assert (mine[0].gpu_uuid, mine[0].used_mib) == (UUID.replace("ab", "cd"), 2048)
+    assert mine[0].seconds is not None and mine[0].seconds >= 1
+    # Each nvidia-smi starts the driver's library again: the owners come from the one list.
+    assert calls.read_text().splitlines() == [
+        "--query-compute-apps=pid,gpu_uuid,used_memory,process_name --format=csv,noheader,nounits"
+    ]
+
+
+def test_the_program_reports_a_driver_that_fails(tmp_path: Path) -> None:
+    env, _ = _driver(tmp_path, [UUID])
+    env["FLEET_LAB_GPU_STATE"] = str(tmp_path / "gone.json")  # the driver cannot be reached
+    ran = subprocess.run(
+        ["sh", "-c", gpu.PROGRAM], env=env, capture_output=True, text=True, check=True
+    )
+    found = gpu.parse(ran.stdout)
+    assert found.available and found.processes == ()
+    assert "couldn't communicate with the NVIDIA driver" in found.error

@@ -79,3 +79,22 @@ def test_every_program_is_sent_by_some_module() -> None:
         if f'program("{name}")' not in sources and f"#@include {name}" not in included
     ]
     assert unused == []
+
+
+def test_the_health_probe_asks_the_engine_only_when_given_a_container(tmp_path: Path) -> None:
+    """fleet ps gives no name (it read the state a moment before); a deploy's wait does."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    # A docker of our own on PATH: it records its arguments and says the container runs.
+    docker = bin_dir / "docker"
+    docker.write_text(f'#!/bin/sh\necho "$*" >>{calls}\necho running\n')
+    docker.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    script = programs.program("health.sh")
+    probe = ["sh", "-c", script, "fleet-health", "", ""]
+    assert subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout == ""
+    assert not calls.exists()
+    named = subprocess.run([*probe[:-1], "c1"], env=env, capture_output=True, text=True, check=True)
+    assert named.stdout == "state running\n"
+    assert calls.read_text() == "inspect --type container --format {{.State.Status}} c1\n"

@@ -133,7 +133,8 @@ def probe_health(
         return "", "no port to check"
     url = f"http://127.0.0.1:{spec.port}{check.path}"
     ran = ctx.transport.run(
-        ["sh", "-c", health.HEALTH_SCRIPT, "fleet-health", url, container.id],
+        # Its state was read a moment ago (gather_state): no name, no second inspect.
+        ["sh", "-c", health.HEALTH_SCRIPT, "fleet-health", url, ""],
         check=False,
         timeout=timeout,
     )

@@ -1,6 +1,7 @@
 
 url="$1"; name="$2"
-echo "state $(docker inspect --type container --format '{{.State.Status}}' "$name" 2>/dev/null)"
+# No name: the caller read the container's state just before (fleet ps).
+[ -z "$name" ] || echo "state $(docker inspect --type container --format '{{.State.Status}}' "$name" 2>/dev/null)"
 [ -n "$url" ] || exit 0
 if command -v curl >/dev/null 2>&1; then
   code=$(curl -s -o /dev/null -m 3 -w '%{http_code}' "$url" 2>/dev/null)
