@@ -271,3 +271,72 @@ def test_a_command_that_reuses_connections_takes_an_open_one_else_connects_with_
         assert isinstance(forced, SSHTransport)
     finally:
         forced.close()
+
+
+def counting_ssh(tmp_path: Path) -> tuple[str, Path]:
+    """An ``ssh`` that logs each start, then runs the real one."""
+    calls = tmp_path / "ssh-calls"
+    wrapper = tmp_path / "ssh"
+    real = shutil.which("ssh")
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >>{calls}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper), calls
+
+
+def test_commands_over_an_open_master_start_no_ssh(
+    lab_env: LabFixture, own_control_dir: Path, tmp_path: Path
+) -> None:
+    """After the first command opened the master, commands are sessions asked of it
+    directly: the same streams, exit codes and input, and no ssh process."""
+    ssh, calls = counting_ssh(tmp_path)
+    transport = OpenSSHTransport(pinned(lab_env), control_dir=own_control_dir, ssh=ssh)
+    assert transport.run(["true"]).ok
+    assert len(calls.read_text().splitlines()) == 1  # the master's
+    ran = transport.run(["sh", "-c", "echo out; echo err >&2; exit 3"], check=False)
+    assert (ran.exit_code, ran.stdout, ran.stderr) == (3, "out\n", "err\n")
+    # More than a pipe holds, both ways: nothing waits on the other side.
+    data = os.urandom(3 << 20)
+    digest = transport.run(["sha256sum"], stdin=data).stdout.split()[0]
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert len(transport.run(["head", "-c", str(5 << 20), "/dev/zero"]).stdout) == 5 << 20
+    words = ["a b", "$HOME", "'q'", "; touch /tmp/injected"]
+    assert transport.run(["printf", "%s|", *words]).stdout == "|".join(words) + "|"
+    assert len(calls.read_text().splitlines()) == 1
+    # The command's own 255 (the master asked, still there) and a timeout, as with ssh.
+    assert transport.run(["sh", "-c", "exit 255"], check=False).exit_code == 255
+    with pytest.raises(HostError, match="timed out after 1s"):
+        transport.run(["sleep", "10"], timeout=1)
+    with pytest.raises(HostError, match="more than"):
+        transport.run(["head", "-c", str(65 << 20), "/dev/zero"])
+    assert transport.run(["true"]).ok
+
+
+def test_a_master_gone_mid_command_is_a_lost_connection_then_a_new_one(
+    lab_env: LabFixture, own_control_dir: Path
+) -> None:
+    transport = connect(own_control_dir, pinned(lab_env, "lab2"))
+    assert transport.run(["true"]).ok
+    master = master_pid(transport)
+    killer = subprocess.Popen(["sh", "-c", f"sleep 1; kill {master}"])
+    try:
+        with pytest.raises(UnreachableError, match="shared connection ended"):
+            transport.run(["sleep", "20"], timeout=15)
+    finally:
+        killer.wait()
+    # A socket left by the dead master (or none): the next command connects anew.
+    assert transport.run(["hostname"]).ok
+    assert master_pid(transport) != master
+
+
+def test_a_stale_control_socket_is_passed_over(lab_env: LabFixture, own_control_dir: Path) -> None:
+    """A socket file no master listens on (a controller killed with its masters): nothing
+    runs through it, and ssh connects anew in its place."""
+    import socket
+
+    transport = connect(own_control_dir, pinned(lab_env))
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(transport.control_path))
+    stale.close()
+    assert transport.control_path.is_socket() and not transport.master_running()
+    assert transport.run(["echo", "anew"]).stdout == "anew\n"
+    assert transport.master_running()
