@@ -1,7 +1,11 @@
 """Fact parsing from outputs recorded on the lab's real hosts."""
 
+import io
 from pathlib import Path
 
+from rich.console import Console
+
+from fleet import report
 from fleet.ops import facts
 
 FIXTURES = Path(__file__).parent / "fixtures" / "facts"
@@ -88,3 +92,31 @@ def test_gpus_as_the_driver_lists_them_with_use_and_cuda() -> None:
     assert (gpu.index, gpu.model, gpu.driver) == (0, "NVIDIA A100-SXM4-80GB", "535.104.05")
     assert (gpu.memory, gpu.memory_used, gpu.utilization) == ("81920 MiB", "3076 MiB", "100 %")
     assert gpu.uuid.startswith("GPU-") and found.cuda_version == "12.2"
+
+
+def _gpu_row(index: int, used: int, util: int) -> dict[str, object]:
+    return {
+        "model": "NVIDIA A100-SXM4-80GB",
+        "index": index,
+        "memory": "81920 MiB",
+        "memory_used": f"{used} MiB",
+        "utilization": f"{util} %",
+    }
+
+
+def test_the_table_folds_idle_gpus_and_names_those_in_use() -> None:
+    idle = {"gpus": [_gpu_row(i, 4, 0) for i in range(8)], "cuda_version": "12.2"}
+    busy = {
+        "gpus": [_gpu_row(0, 4, 0), _gpu_row(1, 40000, 97), _gpu_row(2, 9000, 0)]
+        + [_gpu_row(i, 30000, 50) for i in range(3, 6)],
+        "cuda_version": "12.2",
+    }
+    out = io.StringIO()
+    Console(file=out, width=400).print(report.facts_table([("gpu01", idle), ("gpu02", busy)]))
+    rows = {line.split()[0]: line for line in out.getvalue().splitlines()[1:]}
+    assert "8x NVIDIA A100-SXM4-80GB (CUDA 12.2), idle" in rows["gpu01"]
+    # GPU 2: a tenth of its memory held at 0 %, a job between steps: in use.
+    assert (
+        "6x NVIDIA A100-SXM4-80GB (CUDA 12.2), 5 in use: 1 (40000/81920 MiB, 97 %), "
+        "2 (9000/81920 MiB, 0 %), 3 (30000/81920 MiB, 50 %), 2 more"
+    ) in rows["gpu02"]

@@ -319,7 +319,7 @@ def test_a_master_gone_mid_command_is_a_lost_connection_then_a_new_one(
     master = master_pid(transport)
     killer = subprocess.Popen(["sh", "-c", f"sleep 1; kill {master}"])
     try:
-        with pytest.raises(UnreachableError, match="shared connection ended"):
+        with pytest.raises(UnreachableError, match="shared connection ended running"):
             transport.run(["sleep", "20"], timeout=15)
     finally:
         killer.wait()

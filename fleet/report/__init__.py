@@ -38,6 +38,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fleet.hosts.nodeset import folded
+from fleet.ops.gpu import in_use, reading
 from fleet.report.untrusted import first_line, safe_text, visible
 from fleet.results import FleetResult, HostResult, Outcome
 from fleet.units import format_size
@@ -498,18 +499,32 @@ def facts_table(rows: Iterable[tuple[str, Mapping[str, Any] | None]]) -> Rendera
     return table
 
 
+_GPUS_LISTED = 3
+
+
 def _gpus(gpus: list[Mapping[str, Any]], cuda: str) -> str:
-    """``1x NVIDIA A100-SXM4-80GB (CUDA 12.2), 4 MiB / 81920 MiB used, 0 %``."""
+    """``8x NVIDIA A100-SXM4-80GB (CUDA 12.2), idle``, or which are in use and how much:
+    ``..., 2 in use: 3 (40000/81920 MiB, 97 %), 5 (...)``. One short cell a row, so a table
+    of hundreds of GPU servers keeps one line per host (``--json`` has every GPU)."""
     if not gpus:
         return "none"
     text = f"{len(gpus)}x {gpus[0].get('model', '?')}" + (f" (CUDA {cuda})" if cuda else "")
-    used = [g for g in gpus if g.get("memory_used")]
-    if used:
-        text += "; " + "; ".join(
-            f"{g.get('index')}: {g['memory_used']} / {g.get('memory')}, {g.get('utilization')}"
-            for g in used
-        )
-    return text
+    if all(g.get("memory_used") is None for g in gpus):
+        return text  # an older driver's list: no use to tell
+    busy = []
+    for g in gpus:
+        used, total = reading(str(g.get("memory_used", ""))), reading(str(g.get("memory", "")))
+        utilization = reading(str(g.get("utilization", "")))
+        if in_use(utilization, used, total):
+            busy.append(
+                f"{g.get('index')} ({used:.0f}/{total:.0f} MiB, {g.get('utilization')})"
+                if used is not None and total is not None
+                else f"{g.get('index')} ({g.get('utilization')})"
+            )
+    if not busy:
+        return f"{text}, idle"
+    more = f", {len(busy) - _GPUS_LISTED} more" if len(busy) > _GPUS_LISTED else ""
+    return f"{text}, {len(busy)} in use: {', '.join(busy[:_GPUS_LISTED])}{more}"
 
 
 def _free(disk: Mapping[str, Any], missing: str) -> str:

@@ -48,6 +48,7 @@ class Finished:
     stdout: bytes
     timed_out: bool = False
     overflowed: bool = False
+    lost: str = ""  # the master went away while opening the session: why
 
 
 def _u32(value: int) -> bytes:
@@ -80,9 +81,14 @@ def _read_packet(sock: socket.socket) -> bytes:
     return _receive(sock, length)
 
 
+class _Lost(Exception):
+    """The master went away after it was asked for the session: the command may have run."""
+
+
 def _open(path: Path, command: str, fds: tuple[int, int, int], timeout: float) -> socket.socket:
     """The control connection with a session of ``command`` opened on it."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    asked = False
     try:
         sock.settimeout(timeout)
         sock.connect(str(path))
@@ -90,6 +96,7 @@ def _open(path: Path, command: str, fds: tuple[int, int, int], timeout: float) -
         kind, version = struct.unpack(">II", _read_packet(sock)[:8])
         if kind != _HELLO or version != _VERSION:
             raise Unavailable(f"the master speaks version {version} of the protocol, not 4")
+        asked = True
         sock.sendall(
             _packet(
                 _u32(_NEW_SESSION),
@@ -98,7 +105,7 @@ def _open(path: Path, command: str, fds: tuple[int, int, int], timeout: float) -
                 _u32(0) * 4,  # no terminal, X11, agent or subsystem
                 _u32(_NO_ESCAPE),
                 _string(b""),  # terminal type
-                _string(command.encode()),
+                _string(os.fsencode(command)),
             )
         )
         for fd in fds:  # one descriptor per message, as the master reads them
@@ -107,13 +114,16 @@ def _open(path: Path, command: str, fds: tuple[int, int, int], timeout: float) -
         kind, _ = struct.unpack(">II", reply[:8])
         if kind != _OPENED:
             said = reply[12 : 12 + struct.unpack(">I", reply[8:12])[0]] if len(reply) >= 12 else b""
+            asked = False  # refused (denied, or failed to open a channel): nothing ran
             raise Unavailable(f"the master refused a session: {said.decode(errors='replace')}")
-    except (OSError, struct.error) as exc:
+    except (OSError, struct.error, Unavailable) as exc:
         sock.close()
+        if isinstance(exc, Unavailable) and not asked:
+            raise
+        if asked:
+            # Only a refusal says that nothing ran; running it again could run it twice.
+            raise _Lost(str(exc)) from exc
         raise Unavailable(f"the control socket {path}: {exc}") from exc
-    except Unavailable:
-        sock.close()
-        raise
     return sock
 
 
@@ -153,6 +163,8 @@ def run(
         try:
             try:
                 sock = _open(path, command, (given.fileno(), out_w, stderr), connect_timeout)
+            except _Lost as exc:
+                return Finished(None, b"", lost=str(exc))
             finally:
                 os.close(out_w)  # the master holds its own copy now; EOF when it lets go
             with sock:

@@ -355,12 +355,13 @@ class OpenSSHTransport:
                     self.host, f"timed out after {timeout:g}s running {command!r}", fix=_TIMEOUT_FIX
                 )
             stderr = _read(errors, self.host, command)
-        if done.code is None and not self.master_running():
+        if done.lost or (done.code is None and not self.master_running()):
             ep = self.endpoint
+            when = f"while opening a session ({done.lost})" if done.lost else "before it did"
             raise UnreachableError(
                 self.host,
                 f"ssh to {ep.user}@{ep.address}:{ep.port} failed: the shared connection "
-                f"ended before {command!r} did",
+                f"ended running {command!r}, {when}",
             )
         code = _EXIT_SSH if done.code is None else done.code
         return self._result(command, code, done.stdout, stderr, started, check)
