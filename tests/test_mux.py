@@ -169,3 +169,26 @@ def test_no_exit_status_before_the_end_is_none(master: Callable[[Side], Path]) -
 
     done = run(master(side))
     assert done.code is None and not done.lost and done.stdout == b""
+
+
+@pytest.mark.parametrize("size", [0, 10, 4096, 4097, 1 << 20])
+def test_input_of_any_size_reaches_the_command_whole(
+    master: Callable[[Side], Path], size: int
+) -> None:
+    """Small input (a credential) in a pipe, larger in memory: all of it, then its end."""
+    data = os.urandom(size)
+    seen: list[bytes] = []
+
+    def side(conn: socket.socket) -> None:
+        _, (stdin, stdout, stderr) = receive_session(conn)
+        chunks = []
+        while chunk := os.read(stdin, 65536):
+            chunks.append(chunk)
+        seen.append(b"".join(chunks))
+        conn.sendall(packet(OPENED, 1, 1))
+        for fd in (stdin, stdout, stderr):
+            os.close(fd)
+        conn.sendall(packet(EXIT, 1, 0))
+
+    assert run(master(side), stdin=data).code == 0
+    assert seen == [data]

@@ -16,12 +16,14 @@ can be opened (no master, a master that refuses, another protocol) nothing ran:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import socket
 import struct
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,7 @@ _VERSION = 4
 _NO_ESCAPE = 0xFFFFFFFF
 _MAX_PACKET = 256 * 1024  # the master's own limit for a message
 _READ_SIZE = 256 * 1024
+_PIPE_HOLDS = 4096  # what any system's pipe holds: a credential, a lock line
 
 
 class Unavailable(Exception):
@@ -141,6 +144,35 @@ def _exit_code(messages: bytearray) -> int | None:
     return code
 
 
+@contextlib.contextmanager
+def _input(data: bytes | None) -> Iterator[int]:
+    """A descriptor the master reads ``data`` from at its own pace, written in full before
+    the session starts: nothing here waits on the command to read. Never a file on disk
+    (it may be a registry's credential): a filled pipe, else a file in memory."""
+    if data is None:
+        with open(os.devnull, "rb") as null:
+            yield null.fileno()
+        return
+    if len(data) <= _PIPE_HOLDS:
+        read, write = os.pipe()
+        try:
+            os.write(write, data)  # an empty pipe takes this much without blocking
+            os.close(write)
+            yield read
+        finally:
+            os.close(read)
+        return
+    with (
+        os.fdopen(os.memfd_create("fleet-stdin"), "w+b")
+        if hasattr(os, "memfd_create")
+        else tempfile.TemporaryFile()
+    ) as held:
+        held.write(data)
+        held.flush()
+        held.seek(0)
+        yield held.fileno()
+
+
 def run(
     path: Path,
     command: str,
@@ -154,15 +186,11 @@ def run(
     """Run ``command`` as a session of the master at ``path``; its stderr goes to the file
     descriptor ``stderr``. Raises :class:`Unavailable` when no session was opened."""
     started = time.monotonic()
-    # stdin is a file, not a pipe: the master reads it at its pace, nothing here blocks.
-    with tempfile.TemporaryFile() if stdin is not None else open(os.devnull, "rb") as given:
-        if stdin is not None:
-            given.write(stdin)
-            given.seek(0)
+    with _input(stdin) as given:
         out_r, out_w = os.pipe()
         try:
             try:
-                sock = _open(path, command, (given.fileno(), out_w, stderr), connect_timeout)
+                sock = _open(path, command, (given, out_w, stderr), connect_timeout)
             except _Lost as exc:
                 return Finished(None, b"", lost=str(exc))
             finally:
