@@ -156,8 +156,10 @@ def _input(data: bytes | None) -> Iterator[int]:
     if len(data) <= _PIPE_HOLDS:
         read, write = os.pipe()
         try:
-            os.write(write, data)  # an empty pipe takes this much without blocking
-            os.close(write)
+            try:
+                os.write(write, data)  # an empty pipe takes this much without blocking
+            finally:
+                os.close(write)
             yield read
         finally:
             os.close(read)
