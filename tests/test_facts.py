@@ -111,8 +111,11 @@ def test_the_table_folds_idle_gpus_and_names_those_in_use() -> None:
         + [_gpu_row(i, 30000, 50) for i in range(3, 6)],
         "cuda_version": "12.2",
     }
+    # An older driver's list (name, driver, total): no use to tell, so not "idle" either.
+    old = {"gpus": [{"model": "Tesla V100", "memory": "16160 MiB", "memory_used": ""}]}
     out = io.StringIO()
-    Console(file=out, width=400).print(report.facts_table([("gpu01", idle), ("gpu02", busy)]))
+    rows_in = [("gpu01", idle), ("gpu02", busy), ("gpu03", old)]
+    Console(file=out, width=400).print(report.facts_table(rows_in))
     rows = {line.split()[0]: line for line in out.getvalue().splitlines()[1:]}
     assert "8x NVIDIA A100-SXM4-80GB (CUDA 12.2), idle" in rows["gpu01"]
     # GPU 2: a tenth of its memory held at 0 %, a job between steps: in use.
@@ -120,3 +123,4 @@ def test_the_table_folds_idle_gpus_and_names_those_in_use() -> None:
         "6x NVIDIA A100-SXM4-80GB (CUDA 12.2), 5 in use: 1 (40000/81920 MiB, 97 %), "
         "2 (9000/81920 MiB, 0 %), 3 (30000/81920 MiB, 50 %), 2 more"
     ) in rows["gpu02"]
+    assert "1x Tesla V100  " in rows["gpu03"] and "idle" not in rows["gpu03"]

@@ -509,8 +509,8 @@ def _gpus(gpus: list[Mapping[str, Any]], cuda: str) -> str:
     if not gpus:
         return "none"
     text = f"{len(gpus)}x {gpus[0].get('model', '?')}" + (f" (CUDA {cuda})" if cuda else "")
-    if all(g.get("memory_used") is None for g in gpus):
-        return text  # an older driver's list: no use to tell
+    if not any(g.get("memory_used") or g.get("utilization") for g in gpus):
+        return text  # an older driver's list: no use to tell, so not "idle"
     busy = []
     for g in gpus:
         used, total = reading(str(g.get("memory_used", ""))), reading(str(g.get("memory", "")))
