@@ -302,8 +302,10 @@ def test_commands_over_an_open_master_start_no_ssh(
     words = ["a b", "$HOME", "'q'", "; touch /tmp/injected"]
     assert transport.run(["printf", "%s|", *words]).stdout == "|".join(words) + "|"
     assert len(calls.read_text().splitlines()) == 1
-    # The command's own 255 (the master asked, still there) and a timeout, as with ssh.
+    # The command's own 255 and a timeout, as with ssh. The master's status says it was the
+    # command's: no `ssh -O check` is run to tell it from ssh failing.
     assert transport.run(["sh", "-c", "exit 255"], check=False).exit_code == 255
+    assert len(calls.read_text().splitlines()) == 1
     with pytest.raises(HostError, match="timed out after 1s"):
         transport.run(["sleep", "10"], timeout=1)
     with pytest.raises(HostError, match="more than"):

@@ -319,11 +319,7 @@ class OpenSSHTransport:
                         with contextlib.suppress(BrokenPipeError):
                             proc.stdin.close()
                     if not watch.exited(timeout):
-                        raise HostError(
-                            self.host,
-                            f"timed out after {timeout:g}s running {command!r}",
-                            fix=_TIMEOUT_FIX,
-                        )
+                        raise self._timed_out(command, timeout)
             except BaseException:
                 _kill(proc)
                 raise
@@ -351,20 +347,18 @@ class OpenSSHTransport:
             if done.overflowed:
                 raise too_much_output(self.host, command)
             if done.timed_out:
-                raise HostError(
-                    self.host, f"timed out after {timeout:g}s running {command!r}", fix=_TIMEOUT_FIX
-                )
+                raise self._timed_out(command, timeout)
             stderr = _read(errors, self.host, command)
         if done.lost or (done.code is None and not self.master_running()):
-            ep = self.endpoint
             when = f"while opening a session ({done.lost})" if done.lost else "before it did"
             raise UnreachableError(
                 self.host,
-                f"ssh to {ep.user}@{ep.address}:{ep.port} failed: the shared connection "
-                f"ended running {command!r}, {when}",
+                self._failed(f"the shared connection ended running {command!r}, {when}"),
             )
+        # The master said how the command ended (no status: a signal, as ssh says it, 255):
+        # none of ssh's own failures, so nothing to guess from an exit of 255.
         code = _EXIT_SSH if done.code is None else done.code
-        return self._result(command, code, done.stdout, stderr, started, check)
+        return self._result(command, code, done.stdout, stderr, started, check, by_ssh=False)
 
     def stream(
         self,
@@ -434,11 +428,7 @@ class OpenSSHTransport:
         with ExitWatch(proc) as watch:
             while not watch.exited(0.05):
                 if timeout is not None and time.monotonic() - started > timeout:
-                    raise HostError(
-                        self.host,
-                        f"timed out after {timeout:g}s running {command!r}",
-                        fix=_TIMEOUT_FIX,
-                    )
+                    raise self._timed_out(command, timeout)
                 since = blocked_since[0]
                 idle = 0.0 if since is None else time.monotonic() - since
                 if stall_timeout is not None and idle > stall_timeout:
@@ -456,11 +446,15 @@ class OpenSSHTransport:
         stderr_bytes: bytes,
         started: float,
         check: bool,
+        *,
+        by_ssh: bool = True,
     ) -> CommandResult:
+        """The result of ``command``; ``by_ssh``: the code is an ``ssh`` process's, whose 255
+        may be ssh's own failure."""
         stderr = stderr_bytes.decode("utf-8", "replace")
         if code < 0:
             raise HostError(self.host, f"ssh was killed (signal {-code}) running {command!r}")
-        if code == _EXIT_SSH:
+        if code == _EXIT_SSH and by_ssh:
             self._raise_if_ssh_failed(stderr)
         result = CommandResult(
             command, code, stdout.decode("utf-8", "replace"), stderr, time.monotonic() - started
@@ -468,6 +462,16 @@ class OpenSSHTransport:
         if check and code != 0:
             raise CommandError(self.host, command, code, result.stdout, stderr, fix=fix_for(stderr))
         return result
+
+    def _timed_out(self, command: str, timeout: float | None) -> HostError:
+        return HostError(
+            self.host, f"timed out after {timeout:g}s running {command!r}", fix=_TIMEOUT_FIX
+        )
+
+    def _failed(self, why: str) -> str:
+        """A lost or refused connection's reason, naming whom it tried to reach."""
+        ep = self.endpoint
+        return f"ssh to {ep.user}@{ep.address}:{ep.port} failed: {why}"
 
     def _raise_if_ssh_failed(self, stderr: str) -> None:
         """Exit 255 is ssh's own failure, unless the command said it through a live master."""
@@ -493,7 +497,7 @@ class OpenSSHTransport:
             )
         if self.master_running():
             return  # the remote command itself exited 255
-        reason = f"ssh to {ep.user}@{ep.address}:{ep.port} failed: {_evidence(stderr)}"
+        reason = self._failed(_evidence(stderr))
         if "permission denied" in stderr.lower():
             raise UnreachableError(
                 self.host,
